@@ -1,0 +1,216 @@
+"""The localfs section as data: short and long form read into one model, checked, and resolved
+to whole extents.
+
+This module is pure (no I/O): `vfarm plan` on the admin's side and `cc_localfs` on the instance
+resolve the same config through `resolve()`, so the instance creates exactly what the plan shows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .findings import Finding
+from .sizes import human, parse_bytes
+
+
+@dataclass(frozen=True)
+class PartDefaults:
+    mount: Optional[str] = None
+    fs: str = "ext4"
+    mode: Optional[str] = None
+
+
+# The parts every site has; any other name needs an explicit mount point.
+DEFAULTS = {
+    "cvmfs": PartDefaults(mount="/var/lib/cvmfs"),
+    "home": PartDefaults(mount="/home"),
+    "tmp": PartDefaults(mount="/tmp", mode="1777"),
+    "swap": PartDefaults(fs="swap"),
+}
+# In the short form a bare number is a percent of the VG, except for swap: percent of what is FREE.
+FREE_BY_DEFAULT = {"swap"}
+LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is not ours
+
+_PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%(VG|FREE)$")
+
+
+@dataclass(frozen=True)
+class Size:
+    kind: str  # "VG" or "FREE" (value: percent) or "BYTES" (value: bytes)
+    value: float
+
+    def __str__(self) -> str:
+        if self.kind == "BYTES":
+            return human(int(self.value))
+        return f"{self.value:g}%{self.kind}"
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    name: str
+    size: Size
+    fs: str
+    mount: Optional[str]
+    options: str
+    label: Optional[str]
+    mode: Optional[str]
+
+
+@dataclass(frozen=True)
+class LocalfsSpec:
+    parts: tuple[PartSpec, ...]
+    vg: Optional[str]
+    devices: tuple[str, ...]
+    force: bool
+
+
+@dataclass(frozen=True)
+class VolumeGroup:
+    """The facts about one volume group that resolution needs."""
+
+    name: str
+    extent_size: int  # bytes
+    total_extents: int
+    free_extents: int
+    own_lvs: tuple[tuple[str, int], ...] = ()  # (name, extents) of LVs tagged as ours
+
+
+@dataclass(frozen=True)
+class ResolvedPart:
+    spec: PartSpec
+    extents: int
+    bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "size": str(self.spec.size),
+            "extents": self.extents,
+            "bytes": self.bytes,
+            "fs": self.spec.fs,
+            "mount": self.spec.mount,
+            "options": self.spec.options,
+            "label": self.spec.label,
+            "mode": self.spec.mode,
+        }
+
+
+class PlanError(Exception):
+    """The config cannot be laid out on this volume group."""
+
+
+def parse_size(value: Any, name: str) -> Size:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Size("FREE" if name in FREE_BY_DEFAULT else "VG", float(value))
+    text = str(value)
+    match = _PERCENT.match(text)
+    if match:
+        return Size(match.group(2), float(match.group(1)))
+    return Size("BYTES", parse_bytes(text))
+
+
+def _part_entries(parts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    sizes = {k: v for k, v in parts.items() if not k.endswith("-mount")}
+    mounts = {k[: -len("-mount")]: v for k, v in parts.items() if k.endswith("-mount")}
+    return sizes, mounts
+
+
+def parse(section: dict[str, Any]) -> LocalfsSpec:
+    """Read a schema-valid localfs section (short and long form) into the model."""
+    sizes, mounts = _part_entries(section["parts"])
+    parts = []
+    for name, value in sizes.items():
+        long = value if isinstance(value, dict) else {"size": value}
+        default = DEFAULTS.get(name, PartDefaults())
+        fs = long.get("fs", default.fs)
+        parts.append(
+            PartSpec(
+                name=name,
+                size=parse_size(long["size"], name),
+                fs=fs,
+                mount=None if fs == "swap" else long.get("mount", mounts.get(name, default.mount)),
+                options=long.get("options", "sw" if fs == "swap" else "defaults"),
+                label=long.get("label"),
+                mode=long.get("mode", default.mode),
+            )
+        )
+    return LocalfsSpec(
+        parts=tuple(parts),
+        vg=section.get("vg"),
+        devices=tuple(section.get("devices", ())),
+        force=bool(section.get("force", False)),
+    )
+
+
+def check(section: dict[str, Any]) -> list[Finding]:
+    """Semantic checks beyond the schema, on a schema-valid section."""
+    findings: list[Finding] = []
+    sizes, mounts = _part_entries(section["parts"])
+    for name in mounts:
+        if name not in sizes:
+            findings.append(Finding(("parts", f"{name}-mount"), f"mount point for a part '{name}' that is not defined", at_key=True))
+        elif isinstance(sizes[name], dict) and "mount" in sizes[name]:
+            findings.append(Finding(("parts", f"{name}-mount"), f"part '{name}' has a mount point already (its 'mount' key)", at_key=True))
+    spec = parse(section)
+    percent = {"VG": 0.0, "FREE": 0.0}
+    seen_mounts: dict[str, str] = {}
+    for part in spec.parts:
+        where = ("parts", part.name)
+        value = sizes[part.name]
+        size_path = where + ("size",) if isinstance(value, dict) else where
+        if part.size.value <= 0:
+            findings.append(Finding(size_path, f"part '{part.name}' has size 0: give it a size or remove it"))
+        if part.size.kind in percent:
+            percent[part.size.kind] += part.size.value
+        mount_given = isinstance(value, dict) and "mount" in value or part.name in mounts
+        if part.fs == "swap":
+            if mount_given:
+                findings.append(Finding(where, f"part '{part.name}' is swap and cannot have a mount point"))
+            continue
+        if part.mount is None:
+            findings.append(Finding(where, f"part '{part.name}' has no mount point: add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)", at_key=True))
+        elif part.mount == "/":
+            findings.append(Finding(where, f"part '{part.name}' would be mounted over / : choose another mount point"))
+        elif part.mount in seen_mounts:
+            findings.append(Finding(where, f"parts '{seen_mounts[part.mount]}' and '{part.name}' are both mounted on {part.mount}", at_key=True))
+        else:
+            seen_mounts[part.mount] = part.name
+    for kind, label in (("VG", "the volume group"), ("FREE", "the free space")):
+        if percent[kind] > 100:
+            detail = " + ".join(f"{p.name} {p.size.value:g}" for p in spec.parts if p.size.kind == kind)
+            findings.append(Finding(("parts",), f"parts take {percent[kind]:g}% of {label} ({detail}); at most 100% fit", at_key=True))
+    return findings
+
+
+def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
+    """Whole extents for every part: VG percentages and absolute sizes first, then FREE
+    percentages of what is left, rounded down, never over.
+
+    What is left is computed from the VG's free extents plus the extents our own LVs already
+    hold, so a second run resolves the same numbers as the first (unlike `-l 100%FREE`).
+    """
+    fixed: dict[str, int] = {}
+    for part in spec.parts:
+        if part.size.kind == "VG":
+            fixed[part.name] = math.floor(vg.total_extents * part.size.value / 100)
+        elif part.size.kind == "BYTES":
+            fixed[part.name] = math.ceil(part.size.value / vg.extent_size)  # lvcreate -L rounds up
+    available = vg.free_extents + sum(extents for _, extents in vg.own_lvs)
+    left = available - sum(fixed.values())
+    if left < 0:
+        raise PlanError(
+            f"the parts need {sum(fixed.values())} extents ({human(sum(fixed.values()) * vg.extent_size)}) "
+            f"but volume group {vg.name} has {available} ({human(available * vg.extent_size)}) for them"
+        )
+    resolved = []
+    for part in spec.parts:
+        extents = fixed.get(part.name)
+        if extents is None:
+            extents = math.floor(left * part.size.value / 100)
+        if extents <= 0:
+            raise PlanError(f"part '{part.name}' ({part.size}) comes to 0 extents on volume group {vg.name}")
+        resolved.append(ResolvedPart(part, extents, extents * vg.extent_size))
+    return resolved

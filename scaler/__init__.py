@@ -1,0 +1,1 @@
+"""`vfarm scale`: the queue monitor that grows and shrinks the farm (discover -> plan -> apply -> record)."""

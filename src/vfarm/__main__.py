@@ -1,0 +1,3 @@
+from vfarm.mime_builder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""Shared test set-up. Fixtures of each area live in tests/fixtures/ and are listed here."""
+
+pytest_plugins: list[str] = []
