@@ -1,3 +1,5 @@
 """Shared test set-up. Fixtures of each area live in tests/fixtures/ and are listed here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.cloudinit",
+]
