@@ -91,6 +91,7 @@ def _proxy_problem(proxy: str) -> Optional[str]:
 
 
 def _settings_findings(settings: dict[str, Any], where: tuple[str, ...]) -> list[Finding]:
+    path: tuple[str | int, ...]
     findings = []
     for key, value in settings.items():
         name = variable(key)
@@ -101,7 +102,7 @@ def _settings_findings(settings: dict[str, Any], where: tuple[str, ...]) -> list
                 for proxy in members:
                     problem = _proxy_problem(str(proxy).strip())
                     if problem:
-                        path = where + (key,) if not isinstance(value, list) else where + (key, i)
+                        path = (*where, key, i) if isinstance(value, list) else (*where, key)
                         findings.append(Finding(path, problem))
         if name == "CVMFS_QUOTA_LIMIT" and value != "auto" and not (isinstance(value, int) and value > 0):
             findings.append(Finding(where + (key,), "quota-limit must be a number of megabytes (> 0) or auto"))
@@ -115,5 +116,6 @@ def check(section: dict[str, Any]) -> list[Finding]:
         for name, settings in section.get(group, {}).items():
             findings += _settings_findings(settings, (group, name))
     if section.get("install") and not section.get("local") and not section.get("repository"):
-        findings.append(Finding((), "cvmfs is installed but nothing configures it: add a local: section with repositories and http-proxy", warning=True, at_key=True))
+        message = "cvmfs is installed but nothing configures it: add a local: section with repositories and http-proxy"
+        findings.append(Finding((), message, warning=True, at_key=True))
     return findings

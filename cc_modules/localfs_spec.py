@@ -171,7 +171,8 @@ def check(section: dict[str, Any]) -> list[Finding]:
                 findings.append(Finding(where, f"part '{part.name}' is swap and cannot have a mount point"))
             continue
         if part.mount is None:
-            findings.append(Finding(where, f"part '{part.name}' has no mount point: add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)", at_key=True))
+            hint = f"add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)"
+            findings.append(Finding(where, f"part '{part.name}' has no mount point: {hint}", at_key=True))
         elif part.mount == "/":
             findings.append(Finding(where, f"part '{part.name}' would be mounted over / : choose another mount point"))
         elif part.mount in seen_mounts:

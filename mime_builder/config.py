@@ -12,6 +12,7 @@ import datetime
 import difflib
 import importlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 from typing import Any, Callable, Optional, Union
@@ -31,11 +32,11 @@ FOREIGN_MAGIC = ("#cloud-config", "#include", "#!", "#part-handler", "#cloud-boo
 Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
-# Section name -> module (in cc_modules) with `check(section) -> list[Finding]`, or None.
-SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None}
-CROSS_CHECKS: list[Callable[["Config"], list[tuple[str, Finding]]]] = []
+# Section name -> module (in cc_modules, or "..pkg.mod") with `check(section) -> list[Finding]`, or None.
+SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "scale": "..scaler.spec"}
+CROSS_CHECKS: list[Callable[[Config], list[tuple[str, Finding]]]] = []
 # Sections that stay on the admin's side and are never sent to an instance.
-ADMIN_ONLY: set[str] = set()
+ADMIN_ONLY: set[str] = {"scale"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class _Builder:
         self.loader = loader
         self.problems: list[Problem] = []
         self._expanded: dict[int, int] = {}
+        self._open: set[int] = set()  # nodes being built: meeting one again is a recursive alias
 
     def expanded_size(self, node: yaml.Node) -> int:
         # Memoised by node identity: linear in the document, exact for the expansion.
@@ -113,6 +115,15 @@ class _Builder:
         self.config.values[path] = self.mark(node)
         if depth > 50:
             raise _Fatal(self.mark(node), "nesting deeper than 50 levels")
+        if id(node) in self._open:
+            raise _Fatal(self.mark(node), "an alias refers to the collection that contains it")
+        self._open.add(id(node))
+        try:
+            return self._build(node, path, depth)
+        finally:
+            self._open.discard(id(node))
+
+    def _build(self, node: yaml.Node, path: Path, depth: int) -> Any:
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -144,11 +155,20 @@ class _Fatal(Exception):
         self.message = message
 
 
-JSON_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "boolean": "true or false", "integer": "a whole number", "number": "a number", "null": "nothing"}
+JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "a whole number",
+    "number": "a number",
+    "null": "nothing",
+}
+PY_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "nothing"}
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return PY_TYPES.get(type(value), type(value).__name__)
 
 
 def _dotted(section: str, path: Path) -> str:
@@ -158,43 +178,68 @@ def _dotted(section: str, path: Path) -> str:
     return out
 
 
-def _schema_problems(config: Config, name: str, data: Any) -> list[Problem]:
+def _specific(errors: Iterable[jsonschema.ValidationError]) -> Iterator[jsonschema.ValidationError]:
+    """Replace a oneOf/anyOf error by the errors of the one branch whose type fits the value:
+    `fs: btrfs` inside a long-form part should say what is wrong with `fs`, not list every form."""
+    for error in errors:
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            branches: dict[Any, list[jsonschema.ValidationError]] = {}
+            for sub in error.context:
+                branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+            fitting = [errs for errs in branches.values() if not any(e.validator == "type" and not e.relative_path for e in errs)]
+            all_branches: Any = error.validator_value
+            if len(fitting) == 1 and len(branches) == len(all_branches):
+                yield from _specific(fitting[0])
+                continue
+        yield error
+
+
+def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem], set[str]]:
+    """Every schema problem of one section, and the section's top-level keys they lie in."""
     schema = load_schema(name)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
-    for error in validator.iter_errors(data):
+    bad_keys: set[str] = set()
+    for error in _specific(validator.iter_errors(data)):
+        # jsonschema types these as "maybe unset"; for an error they are always set.
+        instance: Any = error.instance
+        value: Any = error.validator_value
         path: Path = (name,) + tuple(error.absolute_path)
+        if error.absolute_path:
+            bad_keys.add(str(error.absolute_path[0]))
         where = _dotted(name, tuple(error.absolute_path))
         sub = error.schema if isinstance(error.schema, dict) else {}
         expected = sub.get("x-expected")
         at_key = False
         if "propertyNames" in error.absolute_schema_path:
-            path += (error.instance,)
+            path += (instance,)
             at_key = True
             message = f"{_dotted(name, path[1:])}: bad name: expected {expected or error.message}"
         elif error.validator == "additionalProperties":
             known = sorted(sub.get("properties", {}))
             patterns = sub.get("patternProperties", {})
-            for extra in error.instance:
+            for extra in instance:
                 if extra in known or any(re.search(p, extra) for p in patterns):
                     continue
                 hint = difflib.get_close_matches(extra, known, n=1)
                 suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-                problems.append(config.problem(path + (extra,), f"{where}: unknown key '{extra}'{suggestion}; expected one of: {', '.join(known)}", at_key=True))
+                message = f"{where}: unknown key '{extra}'{suggestion}; expected one of: {', '.join(known)}"
+                problems.append(config.problem(path + (extra,), message, at_key=True))
             continue
         elif error.validator == "required":
             missing = error.message.split("'")[1] if "'" in error.message else error.message
             message = f"{where}: missing required key '{missing}'"
         elif expected:
-            message = f"{where}: expected {expected}, got {error.instance!r}" if not isinstance(error.instance, (dict, list)) else f"{where}: expected {expected}, got {_type_name(error.instance)}"
+            got = _type_name(instance) if isinstance(instance, (dict, list)) else repr(instance)
+            message = f"{where}: expected {expected}, got {got}"
         elif error.validator == "type":
-            types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-            message = f"{where}: expected {' or '.join(JSON_TYPES.get(t, t) for t in types)}, got {_type_name(error.instance)}"
+            types = value if isinstance(value, list) else [value]
+            message = f"{where}: expected {' or '.join(JSON_TYPES.get(str(t), str(t)) for t in types)}, got {_type_name(instance)}"
         elif error.validator == "enum":
-            message = f"{where}: expected one of {', '.join(map(str, error.validator_value))}, got {error.instance!r}"
+            message = f"{where}: expected one of {', '.join(map(str, value))}, got {instance!r}"
         elif error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
             relation = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[str(error.validator)]
-            message = f"{where}: must be {relation} {error.validator_value}, got {error.instance!r}"
+            message = f"{where}: must be {relation} {value}, got {instance!r}"
         elif error.validator == "minProperties" or error.validator == "minItems":
             message = f"{where}: must not be empty"
         elif error.validator == "uniqueItems":
@@ -202,14 +247,15 @@ def _schema_problems(config: Config, name: str, data: Any) -> list[Problem]:
         else:
             message = f"{where}: {error.message}"
         problems.append(config.problem(path, message, at_key=at_key))
-    return problems
+    return problems, bad_keys
 
 
 def _semantic_problems(config: Config, name: str, data: Any) -> list[Problem]:
     module_name = SEMANTIC_CHECKS.get(name)
     if not module_name:
         return []
-    module = importlib.import_module(f"..cc_modules.{module_name}", __package__)
+    # A name starting with ".." is a module outside cc_modules (admin-side sections).
+    module = importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
     findings: list[Finding] = module.check(data)
     return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings]
 
@@ -229,10 +275,23 @@ def _cvmfs_cache_under_localfs(config: Config) -> list[tuple[str, Finding]]:
         return []
     key = next((k for k in cvmfs.get("local", {}) if cvmfs_spec.variable(k) == "CVMFS_CACHE_BASE"), None)
     path: Path = ("local", key) if key else ()
-    return [("cvmfs", Finding(path, f"cvmfs: cache-base {base} is on none of the localfs parts ({', '.join(mounts)}): the cvmfs part would go unused", warning=True, at_key=key is None))]
+    message = f"cvmfs: cache-base {base} is on none of the localfs parts ({', '.join(mounts)}): the cvmfs part would go unused"
+    return [("cvmfs", Finding(path, message, warning=True, at_key=key is None))]
 
 
 CROSS_CHECKS.append(_cvmfs_cache_under_localfs)
+
+
+def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
+    mark = err.problem_mark or err.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = err.problem or err.context or "cannot parse"
+    if err.context and err.problem:
+        if err.problem.startswith("but "):
+            message = f"{err.context}, {err.problem}"
+        elif err.context_mark and err.context_mark.line != (mark.line if mark else -1):
+            message += f" ({err.context} that starts at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+    return Problem(source, line, col, f"YAML syntax: {message}")
 
 
 def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] = None) -> Config:
@@ -256,12 +315,11 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
         if builder.expanded_size(node) > MAX_NODES:
             raise _Fatal(builder.mark(node), f"more than {MAX_NODES} values once aliases are expanded: refusing an alias bomb")
         if not isinstance(node, yaml.MappingNode):
-            raise _Fatal(builder.mark(node), f"expected a mapping of sections (like 'localfs: ...'), got {_type_name(loader.construct_object(node, deep=True))}")
+            got = _type_name(loader.construct_object(node, deep=True))
+            raise _Fatal(builder.mark(node), f"expected a mapping of sections (like 'localfs: ...'), got {got}")
         data = builder.build(node, ())
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError([Problem(source, line, col, f"YAML syntax: {err.problem or err.context}")]) from None
+        raise ConfigError([_syntax_problem(source, err)]) from None
     except yaml.YAMLError as err:
         raise ConfigError([Problem(source, 1, 1, f"YAML: {err}")]) from None
     except _Fatal as err:
@@ -277,9 +335,15 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             problems.append(config.problem((name,), f"unknown section '{name}'{suggestion}; expected one of: {', '.join(known)}", at_key=True))
             continue
-        section_problems = _schema_problems(config, name, value)
+        section_problems, bad_keys = _schema_problems(config, name, value)
         if not section_problems:
             section_problems = _semantic_problems(config, name, value)
+        elif isinstance(value, dict) and bad_keys:
+            # Check the rest too (every problem at once); what depends on a bad key is skipped.
+            try:
+                section_problems += _semantic_problems(config, name, {k: v for k, v in value.items() if k not in bad_keys})
+            except (KeyError, TypeError, ValueError):
+                pass
         problems += section_problems
     if not any(not p.warning for p in problems):
         for check in CROSS_CHECKS:

@@ -22,7 +22,7 @@ def load(name: str) -> dict[str, Any]:
 def names() -> list[str]:
     """Every section schema shipped (the whole-file schema excluded)."""
     if EMBEDDED:
-        found = EMBEDDED.keys()
+        found = list(EMBEDDED)
     else:
-        found = (p.name[: -len(".schema.json")] for p in Path(__file__).parent.glob("*.schema.json"))
+        found = [p.name[: -len(".schema.json")] for p in Path(__file__).parent.glob("*.schema.json")]
     return sorted(n for n in found if n != "vfarm")
