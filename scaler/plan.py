@@ -1,0 +1,258 @@
+"""The scaler's decisions as a pure function of one snapshot and the `scale` section.
+
+A snapshot is what one discover step saw, in the systems' own JSON shapes:
+
+    {"now": EPOCH_SECONDS,
+     "jobs": [job ClassAds as `condor_q -json` prints them],
+     "slots": [machine ClassAds as `condor_status -json` prints them],
+     "instances": [instance dicts as EC2 DescribeInstances returns them],
+     "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints}
+
+`plan(snapshot, spec)` applies the rules of issue 11 point 2 exactly and returns plain data:
+how many to launch, which instances to drain and to terminate, each with its reason, plus the
+state of every farm instance and the counts behind the decision. Same snapshot, same plan.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any, Optional, Union
+
+from .spec import ScaleSpec
+
+FARM_TAG = "vfarm:farm"
+INSTANCE_ATTR = "VfarmInstanceId"
+LIVE_STATES = ("pending", "running")
+# Instance states, in the order the status table lists them.
+STATES = ("booting", "lost", "idle", "busy", "other", "draining", "drained")
+REQUIRED = ("now", "jobs", "slots", "instances")
+
+Number = Union[int, float]
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be planned from; the message is one line for the user."""
+
+
+def check_snapshot(data: Any) -> dict[str, Any]:
+    """DATA as a snapshot, or SnapshotError saying (in one line) what is wrong with it."""
+    if not isinstance(data, dict):
+        raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise SnapshotError(f"the snapshot lacks {', '.join(repr(m) for m in missing)}")
+    if not _is_number(data["now"]):
+        raise SnapshotError(f"'now' must be epoch seconds (a number), got {data['now']!r}")
+    for key in ("jobs", "slots", "instances"):
+        items = data[key]
+        if not isinstance(items, list):
+            raise SnapshotError(f"'{key}' must be a list, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise SnapshotError(f"'{key}[{i}]' must be an object, got {type(item).__name__}")
+    for i, instance in enumerate(data["instances"]):
+        if not isinstance(instance.get("InstanceId"), str):
+            raise SnapshotError(f"'instances[{i}]' has no InstanceId")
+    collector = data.get("collector")
+    if collector is not None and not isinstance(collector, (dict, list)):
+        raise SnapshotError(f"'collector' must be an ad or a list of ads, got {type(collector).__name__}")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def epoch(value: Any) -> Optional[float]:
+    """EC2's LaunchTime (ISO 8601 as the CLI and JSON print it, or epoch seconds) as seconds."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    else:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)  # EC2 times are UTC
+    return moment.timestamp()
+
+
+def _tag(instance: dict[str, Any], key: str) -> Optional[str]:
+    for tag in instance.get("Tags") or []:
+        if isinstance(tag, dict) and tag.get("Key") == key:
+            value = tag.get("Value")
+            return str(value) if value is not None else None
+    return None
+
+
+def _state_name(instance: dict[str, Any]) -> str:
+    state = instance.get("State")
+    return str(state.get("Name", "")) if isinstance(state, dict) else str(state or "")
+
+
+def farm_instances(instances: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The instances of farm NAME that are pending or running; every other one is ignored."""
+    return [i for i in instances if _tag(i, FARM_TAG) == name and _state_name(i) in LIVE_STATES]
+
+
+def _number(value: Any, default: Number) -> Number:
+    return value if _is_number(value) else default
+
+
+def collector_started(collector: Any) -> Optional[float]:
+    """When the (most recently started) collector started, or None when no ad says."""
+    ads = collector if isinstance(collector, list) else [collector] if isinstance(collector, dict) else []
+    starts = []
+    for ad in ads:
+        if not isinstance(ad, dict):
+            continue
+        if _is_number(ad.get("DaemonStartTime")):
+            starts.append(float(ad["DaemonStartTime"]))
+        elif _is_number(ad.get("MyCurrentTime")) and _is_number(ad.get("MonitorSelfAge")):
+            # HTCondor 23.9's collector ad has no DaemonStartTime.
+            starts.append(float(ad["MyCurrentTime"]) - float(ad["MonitorSelfAge"]))
+    return max(starts) if starts else None
+
+
+def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool) -> dict[str, Any]:
+    """One farm instance's state, with its reason and the figures behind it."""
+    iid = instance["InstanceId"]
+    launched = epoch(instance.get("LaunchTime"))
+    age = now - launched if launched is not None else None
+    states = [s.get("State") for s in slots]
+    claimed = sum(1 for s in states if s == "Claimed")
+    info: dict[str, Any] = {"id": iid, "age": age, "slots": len(slots), "claimed": claimed, "idle_since": None}
+    if not slots:
+        if age is None:
+            # No launch time: it cannot be shown to be late, so it is not declared lost.
+            return {**info, "state": "booting", "reason": "not in the pool yet; launch time unknown"}
+        if age >= spec.boot_timeout:
+            if collector_young:
+                why = f"not in the pool after {age:.0f}s, but the collector restarted less than {spec.boot_timeout:.0f}s ago"
+                return {**info, "state": "booting", "reason": why}
+            return {**info, "state": "lost", "reason": f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)"}
+        return {**info, "state": "booting", "reason": f"launched {age:.0f}s ago, not in the pool yet"}
+    if "Drained" in states:
+        if all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots):
+            return {**info, "state": "drained", "reason": "every slot drained and idle"}
+        return {**info, "state": "draining", "reason": f"draining, {claimed} slot(s) still claimed" if claimed else "draining"}
+    if claimed:
+        return {**info, "state": "busy", "reason": f"{claimed} of {len(slots)} slot(s) claimed"}
+    if all(s == "Unclaimed" for s in states):
+        entered = [float(s["EnteredCurrentState"]) for s in slots if _is_number(s.get("EnteredCurrentState"))]
+        # Without the attribute the idle time is unknown: count it from now (never drained early).
+        since = max(entered) if len(entered) == len(slots) else now
+        return {**info, "state": "idle", "idle_since": since, "reason": f"every slot unclaimed for {now - since:.0f}s"}
+    odd = sorted({str(s) for s in states if s != "Unclaimed"})
+    return {**info, "state": "other", "reason": f"slot state(s) {', '.join(odd)}: neither idle nor busy"}
+
+
+def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> dict[str, Any]:
+    """The decisions for one snapshot (see the module's doc). Pure: reads nothing else."""
+    snapshot = check_snapshot(snapshot)
+    now = float(snapshot["now"])
+    warnings: list[str] = []
+
+    started = collector_started(snapshot.get("collector"))
+    collector_young = started is not None and now - started < spec.boot_timeout
+
+    by_instance: dict[str, list[dict[str, Any]]] = {}
+    for slot in snapshot["slots"]:
+        owner = slot.get(INSTANCE_ATTR)
+        if isinstance(owner, str):
+            by_instance.setdefault(owner, []).append(slot)
+
+    farm = sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"]))
+    instances = [classify(i, by_instance.get(i["InstanceId"], []), now, spec, collector_young) for i in farm]
+
+    # Waiting jobs: idle long enough, and small enough to ever run on one worker.
+    waiting: list[dict[str, Any]] = []
+    too_big = 0
+    demand = 0
+    for job in snapshot["jobs"]:
+        if job.get("JobStatus") != 1:
+            continue
+        since = job.get("EnteredCurrentStatus") if _is_number(job.get("EnteredCurrentStatus")) else job.get("QDate")
+        if not _is_number(since) or now - float(since) < spec.waiting_time:
+            continue
+        cpus = _number(job.get("RequestCpus"), 1)
+        if cpus > spec.cpus_per_vm:
+            too_big += 1
+            continue
+        waiting.append(job)
+        demand += int(math.ceil(cpus))
+    if too_big:
+        warnings.append(f"{too_big} idle job(s) ask for more than cpus-per-vm ({spec.cpus_per_vm}) CPUs: no worker can ever run them, they are no demand")
+
+    supply = 0
+    for info in instances:
+        if info["state"] == "booting":
+            supply += spec.cpus_per_vm
+        elif info["state"] not in ("lost", "draining", "drained"):
+            for slot in by_instance.get(info["id"], []):
+                if slot.get("State") == "Unclaimed":
+                    supply += int(_number(slot.get("Cpus"), 0))
+    active = sum(1 for i in instances if i["state"] not in ("lost", "draining", "drained"))
+    count = len(waiting)
+    over_threshold = count > spec.waiting_jobs_threshold
+
+    decisions: list[dict[str, Any]] = []
+
+    # Launch.
+    wanted = math.ceil((demand - supply) / spec.cpus_per_vm) if over_threshold and demand > supply else 0
+    launch = max(0, min(max(wanted, spec.min_vms - active), spec.max_vms - active))
+    if launch:
+        if wanted >= launch:
+            why = f"{count} waiting job(s) need {demand} CPU(s), {supply} free or booting: {wanted} more worker(s) of {spec.cpus_per_vm} CPUs"
+            if wanted > launch:
+                why += f", capped at max-vms {spec.max_vms} ({active} active)"
+        else:
+            why = f"min-vms is {spec.min_vms}, {active} active"
+        decisions.append({"action": "launch", "count": launch, "reason": why})
+    elif wanted > 0:
+        decisions.append({"action": "hold", "count": 0, "reason": f"{wanted} more worker(s) wanted but max-vms {spec.max_vms} reached ({active} active)"})
+
+    # Drain: only while the queue is quiet; the longest idle first, never below min-vms.
+    drain: list[str] = []
+    if not over_threshold:
+        candidates = [i for i in instances if i["state"] == "idle" and now - i["idle_since"] >= spec.idle_time]
+        candidates.sort(key=lambda i: (i["idle_since"], i["id"]))
+        room = max(0, active - spec.min_vms)
+        for info in candidates[:room]:
+            drain.append(info["id"])
+            why = f"idle for {now - info['idle_since']:.0f}s (idle-time {spec.idle_time:.0f}s)"
+            decisions.append({"action": "drain", "instance": info["id"], "reason": why})
+        for info in candidates[room:]:
+            info["reason"] += f"; kept for min-vms {spec.min_vms}"
+
+    # Terminate: lost and drained instances, never one holding a claim.
+    terminate: list[str] = []
+    for info in instances:
+        if info["state"] in ("lost", "drained") and info["claimed"] == 0:
+            terminate.append(info["id"])
+            decisions.append({"action": "terminate", "instance": info["id"], "reason": info["reason"]})
+
+    by_state = {state: sum(1 for i in instances if i["state"] == state) for state in STATES}
+    return {
+        "now": now,
+        "launch": launch,
+        "drain": drain,
+        "terminate": terminate,
+        "waiting": count,
+        "demand": demand,
+        "supply": supply,
+        "active": active,
+        "states": by_state,
+        "collector_started": started,
+        "decisions": decisions,
+        "instances": instances,
+        "warnings": warnings,
+    }

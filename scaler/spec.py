@@ -1,0 +1,91 @@
+"""The `scale` section as data: durations, defaults and semantic checks (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from ..cc_modules.findings import Finding
+
+UNITS = {"s": 1, "m": 60, "h": 3600}
+DURATION = re.compile(r"^([0-9]+)([smh])$")
+
+# elastiq's defaults where it had the same knob.
+DEFAULTS: dict[str, Any] = {
+    "min-vms": 0,
+    "cpus-per-vm": 1,
+    "waiting-jobs-threshold": 0,
+    "waiting-time": 40,
+    "idle-time": 3600,
+    "boot-timeout": 600,
+    "check-every": 15,
+}
+# Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
+POSITIVE = ("boot-timeout", "check-every")
+
+
+def seconds(value: Union[int, float, str]) -> float:
+    """A duration in seconds: a number, or "40s", "10m", "1h"."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = DURATION.match(str(value).strip())
+    if not match:
+        raise ValueError(f'not a duration: {value!r} (expected seconds, or like "40s", "10m", "1h")')
+    return float(int(match.group(1)) * UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    name: str
+    max_vms: int
+    min_vms: int = 0
+    cpus_per_vm: int = 1
+    waiting_jobs_threshold: int = 0
+    waiting_time: float = 40.0
+    idle_time: float = 3600.0
+    boot_timeout: float = 600.0
+    check_every: float = 15.0
+    cloud: dict[str, Any] = field(default_factory=dict)
+    pool: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def collector(self) -> Optional[str]:
+        value = self.pool.get("collector")
+        return str(value) if value else None
+
+
+def parse(section: dict[str, Any]) -> ScaleSpec:
+    """A validated `scale` section as a ScaleSpec (defaults filled in)."""
+    merged = {**DEFAULTS, **section}
+    return ScaleSpec(
+        name=str(merged["name"]),
+        max_vms=int(merged["max-vms"]),
+        min_vms=int(merged["min-vms"]),
+        cpus_per_vm=int(merged["cpus-per-vm"]),
+        waiting_jobs_threshold=int(merged["waiting-jobs-threshold"]),
+        waiting_time=seconds(merged["waiting-time"]),
+        idle_time=seconds(merged["idle-time"]),
+        boot_timeout=seconds(merged["boot-timeout"]),
+        check_every=seconds(merged["check-every"]),
+        cloud=dict(merged.get("cloud") or {}),
+        pool=dict(merged.get("pool") or {}),
+    )
+
+
+def check(section: dict[str, Any]) -> list[Finding]:
+    """What the schema cannot say: min-vms <= max-vms, timeouts above zero."""
+    findings: list[Finding] = []
+    low, high = section.get("min-vms", DEFAULTS["min-vms"]), section.get("max-vms")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        findings.append(Finding(("min-vms",), f"min-vms ({low}) is larger than max-vms ({high})"))
+    for key in POSITIVE:
+        try:
+            too_short = key in section and seconds(section[key]) <= 0
+        except ValueError:
+            continue  # the schema reports it
+        if too_short:
+            findings.append(Finding((key,), f"{key} must be longer than zero"))
+    return findings
