@@ -33,7 +33,9 @@ Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
 # Section name -> module (in cc_modules, or "..pkg.mod") with `check(section) -> list[Finding]`, or None.
-SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "scale": "..scaler.spec"}
+SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "condor": "condor_spec", "scale": "..scaler.spec"}
+# Such a module may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
+# read files the section names (relative to the config file's folder).
 CROSS_CHECKS: list[Callable[[Config], list[tuple[str, Finding]]]] = []
 # Sections that stay on the admin's side and are never sent to an instance.
 ADMIN_ONLY: set[str] = {"scale"}
@@ -64,6 +66,7 @@ class Config:
     values: dict[Path, Mark] = field(default_factory=dict)  # where each value starts
     keys: dict[Path, Mark] = field(default_factory=dict)  # where the key of each mapping entry is
     warnings: list[Problem] = field(default_factory=list)
+    base_dir: Optional[FilePath] = None  # the config file's folder; None for text without a file
 
     def where(self, path: Path, at_key: bool = False) -> Mark:
         """The position of PATH, or of its nearest ancestor that has one."""
@@ -231,6 +234,8 @@ def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem
             message = f"{where}: missing required key '{missing}'"
         elif expected:
             got = _type_name(instance) if isinstance(instance, (dict, list)) else repr(instance)
+            if sub.get("x-secret"):
+                got = "(a secret: not shown)"
             message = f"{where}: expected {expected}, got {got}"
         elif error.validator == "type":
             types = value if isinstance(value, list) else [value]
@@ -250,14 +255,18 @@ def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem
     return problems, bad_keys
 
 
-def _semantic_problems(config: Config, name: str, data: Any) -> list[Problem]:
+def _semantic_problems(config: Config, name: str, data: Any, partial: bool = False) -> list[Problem]:
+    """Problems the section's model finds. `partial`: DATA lacks keys that failed the schema, so
+    findings about the section as a whole (which may stem from those keys) are left out."""
     module_name = SEMANTIC_CHECKS.get(name)
     if not module_name:
         return []
     # A name starting with ".." is a module outside cc_modules (admin-side sections).
     module = importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
     findings: list[Finding] = module.check(data)
-    return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings]
+    if hasattr(module, "check_files") and config.base_dir is not None:
+        findings += module.check_files(data, config.base_dir)
+    return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings if f.path or not partial]
 
 
 def _cvmfs_cache_under_localfs(config: Config) -> list[tuple[str, Finding]]:
@@ -294,7 +303,7 @@ def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
     return Problem(source, line, col, f"YAML syntax: {message}")
 
 
-def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] = None) -> Config:
+def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] = None, base_dir: Optional[FilePath] = None) -> Config:
     """Load and validate a config. Raises ConfigError listing every problem.
 
     `sections` limits the known top-level sections (a handler reading its own part).
@@ -308,6 +317,7 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
     loader = yaml.SafeLoader(text)
     builder = _Builder(source, loader)
     config = builder.config
+    config.base_dir = base_dir
     try:
         node = loader.get_single_node()
         if node is None:
@@ -341,7 +351,7 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
         elif isinstance(value, dict) and bad_keys:
             # Check the rest too (every problem at once); what depends on a bad key is skipped.
             try:
-                section_problems += _semantic_problems(config, name, {k: v for k, v in value.items() if k not in bad_keys})
+                section_problems += _semantic_problems(config, name, {k: v for k, v in value.items() if k not in bad_keys}, partial=True)
             except (KeyError, TypeError, ValueError):
                 pass
         problems += section_problems
@@ -369,4 +379,4 @@ def load_file(path: Union[str, FilePath], sections: Optional[set[str]] = None) -
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError([Problem(source, line, 1, "not UTF-8 text")]) from None
-    return load_text(text, source, sections)
+    return load_text(text, source, sections, base_dir=FilePath(path).parent)
