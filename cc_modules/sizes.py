@@ -24,3 +24,19 @@ def human(n_bytes: int) -> str:
         if n_bytes >= scale:
             return f"{n_bytes / scale:.2f} {unit}"
     return f"{n_bytes} B"
+
+
+_DURATION = re.compile(r"^\s*(-?[0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_seconds(value: int | float | str) -> float:
+    """A duration in seconds: a number, or "40s", "10m", "1h", "1d". Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f'not a duration: {value!r} (expected seconds, or like "40s", "10m", "1h")')
+    return float(match.group(1)) * _SECONDS[match.group(2)]

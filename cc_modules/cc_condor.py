@@ -1,0 +1,184 @@
+"""cloud-init config module `condor`: make this worker join the site's HTCondor pool.
+
+discover (the config and token on disk, the package, the service) -> plan (pure: steps as plain
+data) -> apply (through the one runner) -> record. The token goes to a 0600 file and never into a
+log, a step or a reason. The new config is checked with HTCondor's own `condor_config_val` before
+condor is (re)started, and put back as it was when the check fails. Then the handler waits until
+the pool's collector lists a startd advertising this instance's `VfarmInstanceId`: a worker that
+has not joined within `join-timeout` is a failed handler, so the final check powers it off.
+A second run writes nothing and restarts nothing. The part-handler for text/condor-config runs
+`work` too; it comes after localfs, so an execute directory on a localfs mount lands there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import condor_spec
+from .condor_spec import CondorSpec
+from .files import atomic_write, read_text
+from .handling import PER_INSTANCE, Context, StepError, config_module
+from .runner import CommandFailed
+
+NAME = "condor"
+POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
+SERVICE = "condor"
+
+frequency = PER_INSTANCE
+distros = ["all"]
+meta: dict[str, Any] = {
+    "id": "cc_condor",
+    "name": "vfarm condor",
+    "title": "Join the site's HTCondor pool",
+    "description": __doc__ or "",
+    "distros": distros,
+    "frequency": frequency,
+    "examples": [],
+    "activate_by_schema_keys": [],
+}
+
+
+@dataclass
+class Facts:
+    config: Optional[str]  # current 50-vfarm.conf, None when absent
+    token: Optional[str]  # current token file
+    installed: bool  # condor_config_val runs
+    active: bool  # the condor service runs
+    execute_exists: bool
+    package_manager: Optional[str]  # apt-get, dnf or yum
+
+
+def discover(spec: CondorSpec, ctx: Context) -> Facts:
+    managers = [m for m in ("apt-get", "dnf", "yum") if shutil.which(m)]
+    return Facts(
+        config=read_text(ctx.path(condor_spec.CONFIG_FILE)),
+        token=read_text(ctx.path(condor_spec.TOKEN_FILE)),
+        installed=shutil.which("condor_config_val") is not None,
+        active=ctx.runner.run(["systemctl", "is-active", "--quiet", SERVICE], check=False, changes=False).returncode == 0,
+        execute_exists=ctx.path(spec.execute).is_dir(),
+        package_manager=managers[0] if managers else None,
+    )
+
+
+def _install_argv(spec: CondorSpec, manager: Optional[str]) -> list[str]:
+    if manager is None:
+        raise StepError("condor.install is true but this image has no apt-get, dnf or yum")
+    package = f"condor={spec.version}*" if spec.version and manager == "apt-get" else f"condor-{spec.version}" if spec.version else "condor"
+    if manager == "apt-get":
+        return ["apt-get", "install", "-y", "--no-install-recommends", package]
+    return [manager, "install", "-y", package]
+
+
+def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any]]:
+    """The steps that make this machine a worker of the pool, as plain data."""
+    steps: list[dict[str, Any]] = []
+    if not facts.installed:
+        if not spec.install:
+            raise StepError("HTCondor is not installed (no condor_config_val): install it in the image or set condor.install: true")
+        steps.append({"action": "install", "argv": _install_argv(spec, facts.package_manager)})
+    config = condor_spec.render(spec, instance_id)
+    changed = False
+    if spec.token is not None and facts.token != spec.token + "\n":
+        steps.append({"action": "write-token", "path": condor_spec.TOKEN_FILE, "secret": True})
+        changed = True
+    if facts.config != config:
+        steps.append({"action": "write-config", "path": condor_spec.CONFIG_FILE, "content": config})
+        changed = True
+    if not facts.execute_exists:
+        steps.append({"action": "mkdir", "argv": ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", spec.execute]})
+    if changed or not facts.installed:
+        steps.append({"action": "check-config", "argv": ["condor_config_val", "-summary"]})
+    if changed or not facts.active:
+        steps.append({"action": "restart" if facts.active else "start", "argv": ["systemctl", "restart" if facts.active else "start", SERVICE]})
+    steps.append({"action": "wait-join", "collector": spec.collector, "instance_id": instance_id, "timeout": spec.join_timeout})
+    return steps
+
+
+def joined(ctx: Context, collector: str, instance_id: str) -> bool:
+    """Whether the collector lists a startd with our VfarmInstanceId (a failed query: not yet)."""
+    constraint = f'{condor_spec.INSTANCE_ATTRIBUTE} == "{instance_id}"'
+    argv = ["condor_status", "-pool", collector, "-startd", "-constraint", constraint, "-af", "Name"]
+    result = ctx.runner.run(argv, check=False, changes=False, timeout=60)
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def wait_join(ctx: Context, step: dict[str, Any], clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    deadline = clock() + step["timeout"]
+    while True:
+        if joined(ctx, step["collector"], step["instance_id"]):
+            ctx.logger.info("joined: the collector %s lists this worker (%s)", step["collector"], step["instance_id"])
+            return
+        if clock() >= deadline:
+            raise StepError(f"not joined: the collector {step['collector']} did not list this worker's startd within {step['timeout']} s")
+        sleep(POLL_SECONDS)
+
+
+def apply(steps: list[dict[str, Any]], spec: CondorSpec, ctx: Context) -> None:
+    previous_config = read_text(ctx.path(condor_spec.CONFIG_FILE))
+    for step in steps:
+        action = step["action"]
+        if ctx.dry_run and action in ("write-token", "write-config"):
+            ctx.logger.info("dry-run, not writing %s", step["path"])
+            ctx.record.step(action, True, path=step["path"], changed=False)
+        elif action == "write-token":
+            assert spec.token is not None
+            atomic_write(ctx.path(step["path"]), spec.token + "\n", 0o600)
+            ctx.record.step(action, True, path=step["path"], mode="0600")
+        elif action == "write-config":
+            atomic_write(ctx.path(step["path"]), step["content"], 0o644)
+            ctx.record.step(action, True, path=step["path"], bytes=len(step["content"]))
+        elif action == "wait-join":
+            if ctx.dry_run:
+                ctx.record.step(action, True, skipped="dry run")
+                continue
+            started = time.monotonic()
+            try:
+                wait_join(ctx, step)
+            except StepError:
+                ctx.record.step(action, False, collector=step["collector"], seconds=round(time.monotonic() - started, 1))
+                raise
+            ctx.record.step(action, True, collector=step["collector"], seconds=round(time.monotonic() - started, 1), changed=False)
+        else:
+            try:
+                result = ctx.runner.run(step["argv"], changes=action != "check-config")
+            except CommandFailed as err:
+                ctx.record.step(action, False, argv=step["argv"], error=err.result.summary())
+                if action == "check-config" and not ctx.dry_run:
+                    _restore(ctx, previous_config)
+                raise
+            ctx.record.step(action, True, argv=step["argv"], seconds=round(result.seconds, 3), changed=action != "check-config" and not result.dry_run)
+
+
+def _restore(ctx: Context, previous: Optional[str]) -> None:
+    """Put the config back as it was, so a restart of condor by anyone finds a working config."""
+    path = ctx.path(condor_spec.CONFIG_FILE)
+    if previous is None:
+        path.unlink(missing_ok=True)
+        ctx.logger.error("condor_config_val rejected the new %s: removed it again", condor_spec.CONFIG_FILE)
+    else:
+        atomic_write(path, previous)
+        ctx.logger.error("condor_config_val rejected the new %s: restored the previous one", condor_spec.CONFIG_FILE)
+
+
+def work(section: dict[str, Any], ctx: Context) -> bool:
+    spec = condor_spec.parse(section)
+    instance_id = ctx.record.instance_id
+    if not instance_id:
+        raise StepError("no instance id from cloud-init: the scaler could not map this worker to its instance")
+    if spec.token is None:
+        raise StepError("the condor section holds no token (vfarm build reads token-file into the part)")
+    facts = discover(spec, ctx)
+    ctx.record.step("discover", True, installed=facts.installed, active=facts.active, config_present=facts.config is not None)
+    steps = plan(spec, facts, instance_id)
+    shown = [{k: v for k, v in s.items() if k != "content"} for s in steps]
+    ctx.logger.info("plan: %s", json.dumps(shown))
+    ctx.record.step("plan", True, steps=[s["action"] for s in steps])
+    apply(steps, spec, ctx)
+    return any(s["action"] not in ("wait-join", "check-config") for s in steps)
+
+
+handle = config_module(NAME, work)

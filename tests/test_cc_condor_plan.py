@@ -1,0 +1,46 @@
+"""cc_condor's plan: pure, from facts; a second run writes nothing and restarts nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from vfarm.cc_modules import cc_condor, condor_spec
+from vfarm.cc_modules.handling import StepError
+
+SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}}
+SPEC = condor_spec.parse(SECTION)
+
+
+def facts(**changes: object) -> cc_condor.Facts:
+    base = dict(config=None, token=None, installed=True, active=False, execute_exists=False, package_manager="apt-get")
+    base.update(changes)
+    return cc_condor.Facts(**base)  # type: ignore[arg-type]
+
+
+def actions(steps: list[dict[str, object]]) -> list[object]:
+    return [s["action"] for s in steps]
+
+
+def test_first_run_writes_checks_starts_and_waits() -> None:
+    steps = cc_condor.plan(SPEC, facts(), "i-1")
+    assert actions(steps) == ["write-token", "write-config", "mkdir", "check-config", "start", "wait-join"]
+    assert steps[-1] == {"action": "wait-join", "collector": "cm.example.org:9618", "instance_id": "i-1", "timeout": 300}
+    assert all("aaa.bbb.ccc" not in repr(s) for s in steps), "the token must not be in the plan (it is logged)"
+
+
+def test_second_run_changes_nothing() -> None:
+    done = facts(config=condor_spec.render(SPEC, "i-1"), token="aaa.bbb.ccc\n", active=True, execute_exists=True)
+    assert actions(cc_condor.plan(SPEC, done, "i-1")) == ["wait-join"]
+
+
+def test_changed_config_restarts() -> None:
+    old = facts(config="# old\n", token="aaa.bbb.ccc\n", active=True, execute_exists=True)
+    assert actions(cc_condor.plan(SPEC, old, "i-1")) == ["write-config", "check-config", "restart", "wait-join"]
+
+
+def test_install_when_missing() -> None:
+    spec = condor_spec.parse({**SECTION, "install": True, "version": "23.9.6"})
+    steps = cc_condor.plan(spec, facts(installed=False), "i-1")
+    assert steps[0] == {"action": "install", "argv": ["apt-get", "install", "-y", "--no-install-recommends", "condor=23.9.6*"]}
+    with pytest.raises(StepError, match="HTCondor is not installed"):
+        cc_condor.plan(SPEC, facts(installed=False), "i-1")
