@@ -1,0 +1,372 @@
+"""cloud-init config module `localfs`: LVM volumes by percentages, with filesystems, mounts,
+swap and /etc/fstab. discover (lvm2 JSON reports, blkid, findmnt) -> plan (pure) -> apply
+(through the one runner) -> record. The part-handler for text/localfs-config runs `work` too.
+
+Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TAG`; a same-named
+LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
+devices unless `force`; existing content of a mount point is carried into the new filesystem;
+fstab is written atomically, once, at the end, without duplicates; a second run plans nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from . import localfs_spec
+from .files import atomic_write, read_text
+from .handling import PER_INSTANCE, Context, StepError, config_module
+from .localfs_spec import LV_TAG, LocalfsSpec, PlanError, VolumeGroup
+from .runner import CommandFailed
+
+NAME = "localfs"
+DEFAULT_VG = "vg_local"  # the name of a VG created from `devices` when the config names none
+FSTAB = "/etc/fstab"
+CARRY_DIR = "/run/vfarm/localfs"  # where a new filesystem is mounted while content is copied in
+FSTAB_MARK = "# vfarm localfs"
+LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "vgs", "lvs", "pvs")
+
+frequency = PER_INSTANCE
+distros = ["all"]
+meta: dict[str, Any] = {
+    "id": "cc_localfs",
+    "name": "vfarm localfs",
+    "title": "LVM volumes by percentages, filesystems, mounts and swap",
+    "description": __doc__ or "",
+    "distros": distros,
+    "frequency": frequency,
+    "examples": [],
+    "activate_by_schema_keys": [],
+}
+
+
+# --- discover ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Facts:
+    """What the machine has, as plain data (tests build it by hand)."""
+
+    vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extent_size, extents, free
+    lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> size, tags
+    pvs: dict[str, str] = field(default_factory=dict)  # device -> vg name ("" when none)
+    signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
+    mounts: dict[str, str] = field(default_factory=dict)  # target -> source
+    swaps: list[str] = field(default_factory=list)  # active swap devices
+    fstab: str = ""
+    nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
+    existing_dirs: list[str] = field(default_factory=list)
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # lv path -> other names (dm, mapper)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _report(text: str, kind: str) -> list[dict[str, str]]:
+    try:
+        data = json.loads(text or "{}")
+        rows: list[dict[str, str]] = []
+        for report in data.get("report", []):
+            rows += report.get(kind, [])
+        return rows
+    except (ValueError, AttributeError) as err:
+        raise StepError(f"cannot read the {kind}s JSON report of lvm: {err}") from None
+
+
+def _lvm(ctx: Context, tool: str, fields: str) -> str:
+    argv = [tool, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields]
+    return ctx.runner.run(argv, env=LVM_ENV, changes=False).stdout
+
+
+def _probe(ctx: Context, device: str) -> Optional[str]:
+    """What blkid finds on DEVICE (filesystem TYPE or partition table), None when blank."""
+    result = ctx.runner.run(["blkid", "-p", "-o", "export", device], check=False, changes=False)
+    if result.returncode == 2 and not result.stderr.strip():
+        return None
+    if result.returncode != 0:
+        raise CommandFailed(result)
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    if values.get("TYPE"):
+        return values["TYPE"]
+    if values.get("PTTYPE"):
+        return f"a {values['PTTYPE']} partition table"
+    return values.get("USAGE") or "something"
+
+
+def mapper_name(vg: str, lv: str) -> str:
+    return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
+    facts = Facts()
+    for row in _report(_lvm(ctx, "vgs", "vg_name,vg_extent_size,vg_extent_count,vg_free_count"), "vg"):
+        facts.vgs[row["vg_name"]] = {
+            "extent_size": int(row["vg_extent_size"]),
+            "extents": int(row["vg_extent_count"]),
+            "free": int(row["vg_free_count"]),
+        }
+    for row in _report(_lvm(ctx, "lvs", "lv_name,vg_name,lv_size,lv_tags"), "lv"):
+        tags = [t for t in row.get("lv_tags", "").split(",") if t]
+        facts.lvs[f"{row['vg_name']}/{row['lv_name']}"] = {"size": int(row.get("lv_size") or 0), "tags": tags}
+    for row in _report(_lvm(ctx, "pvs", "pv_name,vg_name"), "pv"):
+        facts.pvs[row["pv_name"]] = row.get("vg_name", "")
+    for device in spec.devices:
+        if device not in facts.pvs:
+            facts.signatures[device] = _probe(ctx, device)
+    for key in facts.lvs:
+        vg, lv = key.split("/", 1)
+        if any(part.name == lv for part in spec.parts):
+            path = f"/dev/{vg}/{lv}"
+            facts.signatures[path] = _probe(ctx, path)
+            facts.aliases[path] = sorted({mapper_name(vg, lv), os.path.realpath(path)} - {path})
+    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,FSTYPE"], check=False, changes=False)
+    if found.returncode not in (0, 1):  # 1: nothing mounted that matches
+        raise CommandFailed(found)
+    try:
+        for row in json.loads(found.stdout or "{}").get("filesystems", []):
+            facts.mounts[row["target"]] = row.get("source") or ""
+    except (ValueError, AttributeError, KeyError) as err:
+        raise StepError(f"cannot read findmnt's JSON: {err}") from None
+    swaps = ctx.runner.run(["swapon", "--show=NAME", "--noheadings", "--raw"], check=False, changes=False)
+    facts.swaps = [line.strip() for line in swaps.stdout.splitlines() if line.strip()]
+    facts.fstab = read_text(ctx.path(FSTAB)) or ""
+    for part in spec.parts:
+        if part.mount:
+            where = ctx.path(part.mount)
+            if where.is_dir():
+                facts.existing_dirs.append(part.mount)
+                if any(entry != "lost+found" for entry in os.listdir(where)):
+                    facts.nonempty.append(part.mount)
+    return facts
+
+
+# --- plan (pure) ------------------------------------------------------------------------------
+
+
+def _own_lvs(facts: Facts, vg: str) -> list[str]:
+    return [key.split("/", 1)[1] for key, lv in facts.lvs.items() if key.startswith(vg + "/") and LV_TAG in lv["tags"]]
+
+
+def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
+    """(volume group name, whether it must be created from `devices`)."""
+    if spec.vg:
+        if spec.vg in facts.vgs:
+            return spec.vg, False
+        if spec.devices:
+            return spec.vg, True
+        raise PlanError(f"volume group {spec.vg} does not exist (found: {', '.join(facts.vgs) or 'none'}) and no devices are given to create it")
+    ours = sorted(vg for vg in facts.vgs if _own_lvs(facts, vg))
+    if len(ours) == 1:
+        return ours[0], False
+    if len(ours) > 1:
+        raise PlanError(f"vfarm volumes exist in several volume groups ({', '.join(ours)}): name the one to use with vg:")
+    with_space = sorted(vg for vg, info in facts.vgs.items() if info["free"] > 0)
+    if len(with_space) > 1:
+        raise PlanError(f"several volume groups have free space ({', '.join(with_space)}): name the one to use with vg:")
+    if with_space:
+        return with_space[0], False
+    # Devices that are already PVs of one VG (a VG made from them on an earlier run).
+    existing = {facts.pvs[d] for d in spec.devices if facts.pvs.get(d)}
+    if len(existing) == 1:
+        return existing.pop(), False
+    if spec.devices:
+        return DEFAULT_VG, True
+    found = ", ".join(f"{vg} (no free space)" for vg in facts.vgs) or "none"
+    raise PlanError(f"no volume group with free space (found: {found}) and no devices to create one on")
+
+
+def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = []
+    for device in spec.devices:
+        owner = facts.pvs.get(device)
+        if owner:
+            raise PlanError(f"device {device} already belongs to volume group {owner}, not {vg}")
+        if device in facts.pvs:
+            continue  # a PV with no VG yet: vgcreate takes it
+        found = facts.signatures.get(device)
+        if found:
+            if not spec.force:
+                raise PlanError(f"device {device} holds {found}: refusing to pvcreate on it (set force: true to destroy what is there)")
+            steps.append({"action": "wipefs", "device": device, "argv": ["wipefs", "--all", device]})
+        steps.append({"action": "pvcreate", "device": device, "argv": ["pvcreate", "--yes", device]})
+    steps.append({"action": "vgcreate", "vg": vg, "argv": ["vgcreate", vg, *spec.devices]})
+    return steps
+
+
+def _is_device(facts: Facts, path: str, other: str) -> bool:
+    return other == path or other in facts.aliases.get(path, [])
+
+
+def _mkfs_argv(fs: str, device: str, label: Optional[str]) -> list[str]:
+    labelled = ["-L", label] if label else []
+    if fs == "swap":
+        return ["mkswap", *labelled, device]
+    if fs == "xfs":
+        return ["mkfs.xfs", "-q", *labelled, device]
+    return ["mkfs.ext4", "-q", *labelled, device]
+
+
+def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]]) -> str:
+    """CURRENT with ENTRIES present exactly once; a line mounting something else on one of our
+    mount points is commented out (it would hide ours after a reboot)."""
+    lines = current.splitlines()
+    out: list[str] = []
+    present: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0].startswith("#") or len(fields) < 3:
+            out.append(line)
+            continue
+        handled = False
+        for index, (device, target, fstype, _options, _dump, _pass) in enumerate(entries):
+            same_device = fields[0] == device or fields[0] in aliases.get(device, [])
+            if fstype == "swap":
+                if same_device and fields[2] == "swap":
+                    if index in present:
+                        handled = True  # a duplicate of our entry: dropped
+                    present.add(index)
+                continue
+            if fields[1] == target:
+                if same_device and index not in present:
+                    present.add(index)
+                elif same_device:
+                    handled = True
+                else:
+                    out.append(f"# vfarm localfs: replaced by {device}: {line}")
+                    handled = True
+        if not handled:
+            out.append(line)
+    missing = [entry for index, entry in enumerate(entries) if index not in present]
+    if missing:
+        if FSTAB_MARK not in out:
+            out.append(FSTAB_MARK)
+        out += ["\t".join(map(str, entry)) for entry in missing]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> dict[str, Any]:
+    """The steps that bring the machine to SPEC, as plain data. No steps: nothing to do.
+
+    ROOT prefixes the paths commands act on (a temp dir in tests); fstab keeps the real ones."""
+
+    def at(path: str) -> str:
+        return path if root in ("", "/") else os.path.join(root, path.lstrip("/"))
+
+    vg, create = choose_vg(spec, facts)
+    if create:
+        return {"vg": vg, "create_vg": True, "parts": [], "steps": _vg_steps(spec, facts, vg), "rediscover": True, "notes": []}
+    info = facts.vgs[vg]
+    own = tuple((name, facts.lvs[f"{vg}/{name}"]["size"] // info["extent_size"]) for name in _own_lvs(facts, vg) if any(p.name == name for p in spec.parts))
+    resolved = localfs_spec.resolve(spec, VolumeGroup(vg, info["extent_size"], info["extents"], info["free"], own))
+    creates: list[dict[str, Any]] = []
+    mkfs: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    notes: list[str] = []
+    entries: list[tuple[str, str, str, str, int, int]] = []
+    aliases = dict(facts.aliases)
+    for part in resolved:
+        name, fs = part.spec.name, part.spec.fs
+        device = f"/dev/{vg}/{name}"
+        aliases.setdefault(device, [mapper_name(vg, name)])
+        lv = facts.lvs.get(f"{vg}/{name}")
+        fresh = lv is None
+        if lv is not None:
+            if LV_TAG not in lv["tags"]:
+                raise PlanError(f"logical volume {vg}/{name} exists but is not vfarm's (no '{LV_TAG}' tag): refusing to use or replace it")
+            have = lv["size"] // info["extent_size"]
+            notes.append(f"{vg}/{name} exists ({have} extents{'' if have == part.extents else f', the plan says {part.extents}'}): left alone")
+        else:
+            creates.append({"action": "lvcreate", "part": name, "extents": part.extents,
+                            "argv": ["lvcreate", "--yes", "--wipesignatures", "y", "-n", name, "-l", str(part.extents), "--addtag", LV_TAG, vg]})
+        found = None if fresh else facts.signatures.get(device)
+        made = False
+        if found is None:
+            mkfs.append({"action": "mkswap" if fs == "swap" else "mkfs", "part": name, "argv": _mkfs_argv(fs, device, part.spec.label)})
+            made = True
+        elif found != fs:
+            raise PlanError(f"{device} holds {found} but the config asks for {fs}: leaving it alone")
+        if fs == "swap":
+            entries.append((device, "none", "swap", part.spec.options, 0, 0))
+            if not any(_is_device(facts, device, s) for s in facts.swaps):
+                mounts.append({"action": "swapon", "part": name, "argv": ["swapon", device]})
+            continue
+        target = part.spec.mount
+        assert target is not None  # the schema checks give every filesystem part a mount point
+        entries.append((device, target, fs, part.spec.options, 0, 2))
+        source = facts.mounts.get(at(target))
+        if source is not None and _is_device(facts, device, source):
+            continue
+        if source is not None:
+            notes.append(f"{target} is a mount of {source}: {device} is mounted over it")
+        if made and target in facts.nonempty:
+            carry = at(f"{CARRY_DIR}/{name}")
+            mounts += [
+                {"action": "carry", "part": name, "argv": ["mkdir", "-p", carry]},
+                {"action": "carry", "part": name, "argv": ["mount", "-t", fs, device, carry]},
+                {"action": "carry", "part": name, "argv": ["cp", "-a", f"{at(target)}/.", f"{carry}/"]},
+                {"action": "carry", "part": name, "argv": ["umount", carry]},
+            ]
+        if target not in facts.existing_dirs:
+            mounts.append({"action": "mkdir", "part": name, "argv": ["mkdir", "-p", at(target)]})
+        mounts.append({"action": "mount", "part": name, "argv": ["mount", "-t", fs, "-o", part.spec.options, device, at(target)]})
+        if part.spec.mode:
+            mounts.append({"action": "chmod", "part": name, "argv": ["chmod", part.spec.mode, at(target)]})
+    steps = creates + mkfs + mounts
+    new_fstab = fstab_text(facts.fstab, entries, aliases)
+    if new_fstab != facts.fstab:
+        steps.append({"action": "write-fstab", "path": FSTAB, "content": new_fstab})
+    return {"vg": vg, "create_vg": False, "parts": [p.as_dict() for p in resolved], "steps": steps, "rediscover": False, "notes": notes}
+
+
+# --- apply and record -------------------------------------------------------------------------
+
+
+def apply(steps: list[dict[str, Any]], ctx: Context) -> None:
+    for step in steps:
+        action = step["action"]
+        if "argv" in step:
+            argv = step["argv"]
+            try:
+                result = ctx.runner.run(argv, env=LVM_ENV if argv[0] in LVM_TOOLS else None)
+            except CommandFailed as err:
+                ctx.record.step(action, False, argv=argv, returncode=err.result.returncode, seconds=round(err.result.seconds, 3), error=err.result.summary())
+                raise
+            ctx.record.step(action, True, argv=argv, seconds=round(result.seconds, 3), changed=not result.dry_run)
+        elif action == "write-fstab":
+            if ctx.dry_run:
+                ctx.logger.info("dry-run, not writing %s:\n%s", step["path"], step["content"])
+            else:
+                atomic_write(ctx.path(step["path"]), step["content"])
+                ctx.logger.info("wrote %s", step["path"])
+            ctx.record.step(action, True, path=step["path"], bytes=len(step["content"]), changed=not ctx.dry_run)
+        else:
+            raise StepError(f"unknown step {action!r}")
+
+
+def work(section: dict[str, Any], ctx: Context) -> bool:
+    spec = localfs_spec.parse(section)
+    changed = False
+    for _ in range(2):  # a second round after creating the volume group
+        facts = discover(spec, ctx)
+        ctx.record.step("discover", True, vgs=sorted(facts.vgs), lvs=sorted(facts.lvs))
+        steps = plan(spec, facts, str(ctx.root))
+        ctx.logger.info("plan on %s: %s", steps["vg"], json.dumps({k: v for k, v in steps.items() if k != "steps"}))
+        for note in steps["notes"]:
+            ctx.logger.info("%s", note)
+        ctx.record.step("plan", True, vg=steps["vg"], steps=len(steps["steps"]), parts=[(p["name"], p["extents"]) for p in steps["parts"]])
+        if not steps["steps"]:
+            ctx.logger.info("nothing to do: the machine already matches the config")
+        apply(steps["steps"], ctx)
+        changed = changed or bool(steps["steps"])
+        if not steps["rediscover"]:
+            break
+        if ctx.dry_run:
+            ctx.logger.info("dry run: volume group %s does not exist, so its volumes cannot be planned yet", steps["vg"])
+            break
+    return changed
+
+
+handle = config_module(NAME, work)

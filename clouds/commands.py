@@ -1,0 +1,212 @@
+"""`vfarm launch ec2`, `vfarm instances`, `vfarm terminate`: the EC2 life cycle of vfarm's workers.
+
+Every failure is one line on stderr and exit 1 (see ec2.Ec2Error); nothing prints a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..mime_builder import table
+from . import ec2
+
+EXIT_OK, EXIT_PROBLEM = 0, 1
+
+
+def _fail(message: str) -> int:
+    print(f"vfarm: {message}", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def _print_instances(instances: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(instances, indent=2, default=str, sort_keys=True))
+    elif instances:
+        rows = [ec2.summary_row(i) for i in instances]
+        print(table.render(ec2.SUMMARY_HEADERS, rows), end="")
+
+
+def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
+    params = ec2.Ec2Params.resolve(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    return ec2.Ec2Cloud(params)
+
+
+def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
+    """The user-data for FILE, exactly as `vfarm build` makes it, or None after reporting why not."""
+    from ..mime_builder import cli, mime
+
+    config = cli.load_or_report(args.file)
+    if config is None:
+        return None
+    options: dict[str, Any] = {"max_size": ec2.USERDATA_LIMIT}
+    if args.handlers is not None:
+        options["handlers"] = args.handlers
+    if args.gzip is not None:
+        options["gzip"] = args.gzip
+    try:
+        data: bytes = mime.build_userdata(config, **options)
+    except mime.BuildError as err:
+        _fail(f"{args.file}: {err}")
+        return None
+    return data
+
+
+def _progress(started: float) -> Any:
+    last: list[str] = []
+
+    def report(current: list[dict[str, Any]]) -> None:
+        states = [f"{i['InstanceId']} {i.get('State', {}).get('Name', '?')}" for i in current]
+        running = sum(1 for i in current if i.get("State", {}).get("Name") == "running")
+        line = f"waiting: {running}/{len(current)} running ({', '.join(states)})"
+        if line != (last[0] if last else None):
+            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {line}", file=sys.stderr, flush=True)
+            last[:] = [line]
+
+    return report
+
+
+def cmd_launch_ec2(args: argparse.Namespace) -> int:
+    try:
+        tags = ec2.parse_tags(args.tag)
+        request = ec2.run_request(
+            args.image_id, args.instance_type, args.count, tags, args.key_name, args.security_group, args.subnet, args.client_token
+        )
+        params = ec2.Ec2Params.resolve(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
+    except ec2.Ec2Error as err:
+        return _fail(str(err))
+    userdata = build_userdata(args)
+    if userdata is None:
+        return EXIT_PROBLEM
+    if args.dry_run:
+        # No API call at all: write the user-data and show how the classic tools would launch it.
+        out = Path(args.output or Path(args.file).stem + ".userdata")
+        try:
+            out.write_bytes(userdata)
+        except OSError as err:
+            return _fail(f"cannot write {out}: {err.strerror}")
+        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {out}; dry run, nothing launched", file=sys.stderr)
+        for line in ec2.cli_equivalents(request, str(out), userdata, params):
+            print(line)
+        return EXIT_OK
+    cloud = ec2.Ec2Cloud(params)
+    started = time.monotonic()
+    try:
+        instances = cloud.launch(
+            userdata,
+            args.image_id,
+            args.instance_type,
+            count=args.count,
+            tags=tags,
+            key_name=args.key_name,
+            security_groups=args.security_group,
+            subnet=args.subnet,
+            client_token=args.client_token,
+        )
+        ids = [i["InstanceId"] for i in instances]
+        print(f"vfarm: launched {len(ids)} instance(s) at {cloud.endpoint}: {' '.join(ids)}", file=sys.stderr)
+        if args.wait:
+            instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
+    except ec2.Ec2Error as err:
+        return _fail(str(err))
+    _print_instances(instances, args.json)
+    return EXIT_OK
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    try:
+        tag_filters = ec2.parse_tags(args.tag)
+        found = _cloud(args).instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
+    except ec2.Ec2Error as err:
+        return _fail(str(err))
+    _print_instances(found, args.json)
+    if not found and not args.json:
+        print("vfarm: no vfarm instances", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.all):
+        return _fail("terminate: give instance IDs or --all (not both)")
+    try:
+        cloud = _cloud(args)
+        if args.all:
+            ids = [i["InstanceId"] for i in cloud.instances(ec2.parse_tags(args.tag), states=("pending", "running", "stopping", "stopped"))]
+        else:
+            ids = list(args.ids)
+        changes = cloud.terminate(ids)
+    except ec2.Ec2Error as err:
+        return _fail(str(err))
+    if args.json:
+        print(json.dumps(changes, indent=2, sort_keys=True))
+    elif changes:
+        rows = [(c["InstanceId"], c.get("PreviousState", {}).get("Name", "?"), c.get("CurrentState", {}).get("Name", "?")) for c in changes]
+        print(table.render(("ID", "WAS", "NOW"), rows), end="")
+    else:
+        print("vfarm: no vfarm instances to terminate", file=sys.stderr)
+    return EXIT_OK
+
+
+def _endpoint_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("EC2 endpoint and credentials (also boto3's usual chain and EC2_URL, EC2_ACCESS_KEY, EC2_SECRET_KEY)")
+    g.add_argument("--endpoint-url", metavar="URL", help="EC2 API endpoint (default: EC2_URL, then boto3's settings)")
+    g.add_argument("--region", metavar="R", help="region (with an endpoint of its own and no region: us-east-1)")
+    g.add_argument("--profile", metavar="P", help="profile in the AWS config/credentials files")
+    p.add_argument("--json", action="store_true", help="print the instances as JSON, as the EC2 API describes them")
+
+
+def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-commands of `vfarm launch` (ec2, local), creating `launch` only once whichever
+    module registers first."""
+    launch = sub.choices.get("launch")
+    if launch is None:
+        launch = sub.add_parser("launch", help="launch workers from a config file (on an EC2 API, or local qemu)")
+        launch.add_subparsers(dest="launch_target", metavar="TARGET", required=True)
+    for action in launch._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError("vfarm launch has no targets")  # only if a module registered it without sub-commands
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = launch_targets(sub).add_parser(
+        "ec2",
+        help="build the user-data and start instances through an EC2 API (AWS, OpenStack, OpenNebula, Eucalyptus)",
+        description="Build the user-data of FILE in memory and start instances with RunInstances. Every instance is "
+        f"tagged {ec2.MANAGED_TAG}=true (plus --tag) and terminates itself when it powers off.",
+    )
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("--image-id", required=True, metavar="ID")
+    p.add_argument("--instance-type", required=True, metavar="TYPE")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="how many instances (default 1)")
+    p.add_argument("--key-name", metavar="K", help="SSH key pair name")
+    p.add_argument("--security-group", action="append", default=[], metavar="G", help="group name, or ID (sg-...); repeatable")
+    p.add_argument("--subnet", metavar="S", help="subnet ID (VPC)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="extra tag; repeatable")
+    p.add_argument("--client-token", metavar="T", help="idempotency token: the same token never launches twice")
+    p.add_argument("--handlers", metavar="HOW", help="include=URL_BASE, embed or baked (as vfarm build)")
+    p.add_argument("--gzip", choices=("auto", "always", "never"), help="compression of the user-data (as vfarm build)")
+    p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
+    p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
+    p.add_argument("--wait-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true", help="write the user-data and print the euca2ools / aws CLI lines; call nothing")
+    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
+    _endpoint_args(p)
+    p.set_defaults(func=cmd_launch_ec2)
+
+    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag too; repeatable")
+    p.add_argument("--all-states", action="store_true", help="include terminated instances")
+    _endpoint_args(p)
+    p.set_defaults(func=cmd_instances)
+
+    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API (never others)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every vfarm instance (narrowed by --tag)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="with --all: only instances with this tag; repeatable")
+    _endpoint_args(p)
+    p.set_defaults(func=cmd_terminate)

@@ -1,0 +1,133 @@
+"""A fake machine for the on-instance code: FakeRunner answers commands from recorded outputs (or
+from a small model of LVM, blkid, findmnt and swap that the commands change), so the whole
+discover -> plan -> apply -> record path runs without root."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from vfarm.cc_modules.runner import Result, Runner
+
+Answer = Union[tuple[int, str, str], Callable[[list[str]], tuple[int, str, str]]]
+
+
+class FakeRunner(Runner):
+    """Runner whose commands never run: answers come from `answers` (argv prefix -> answer),
+    then from `machine`, else exit 0 with no output. `fail` (argv prefix) makes that command
+    fail with exit 5. Every argv is kept in `calls`."""
+
+    def __init__(
+        self,
+        logger: Optional[logging.Logger] = None,
+        *,
+        dry_run: bool = False,
+        answers: Optional[dict[tuple[str, ...], Answer]] = None,
+        machine: Optional[FakeMachine] = None,
+        fail: Optional[tuple[str, ...]] = None,
+    ):
+        super().__init__(logger or logging.getLogger("vfarm.test"), dry_run=dry_run)
+        self.answers = answers or {}
+        self.machine = machine
+        self.fail = fail
+        self.calls: list[list[str]] = []
+
+    def _execute(self, argv: list[str], input: Optional[str], env: Optional[dict[str, str]], timeout: Optional[float]) -> Result:
+        self.calls.append(list(argv))
+        if self.fail and tuple(argv[: len(self.fail)]) == self.fail:
+            return Result(argv, 5, "", f"{argv[0]}: simulated failure", 0.01)
+        for prefix in sorted(self.answers, key=len, reverse=True):
+            if tuple(argv[: len(prefix)]) == prefix:
+                answer = self.answers[prefix]
+                rc, out, err = answer(argv) if callable(answer) else answer
+                return Result(argv, rc, out, err, 0.01)
+        if self.machine is not None:
+            rc, out, err = self.machine.command(argv)
+            return Result(argv, rc, out, err, 0.01)
+        return Result(argv, 0, "", "", 0.01)
+
+    def changing_calls(self) -> list[list[str]]:
+        """The calls that change something (not the read-only discovery commands)."""
+        readonly = {"vgs", "lvs", "pvs", "blkid", "findmnt", "dpkg-query", "rpm", "apt-cache"}
+        checks = (["swapon", "--show=NAME"], ["cvmfs_config", "chksetup"], ["cvmfs_config", "probe"])
+        return [c for c in self.calls if c[0] not in readonly and c[:2] not in checks]
+
+
+@dataclass
+class FakeMachine:
+    """A small model: volume groups, LVs (with tags), PVs, what blkid finds, mounts, swaps."""
+
+    extent_size: int = 4 * 1024**2
+    vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extents, free
+    lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> extents, tags
+    pvs: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, int] = field(default_factory=dict)  # blank disks: path -> extents
+    signatures: dict[str, str] = field(default_factory=dict)  # path -> TYPE
+    mounts: dict[str, str] = field(default_factory=dict)  # target -> source
+    swaps: list[str] = field(default_factory=list)
+
+    def add_vg(self, name: str, extents: int) -> FakeMachine:
+        self.vgs[name] = {"extents": extents, "free": extents}
+        return self
+
+    def add_lv(self, vg: str, name: str, extents: int, tags: tuple[str, ...] = ("vfarm",), fs: Optional[str] = None) -> FakeMachine:
+        self.lvs[f"{vg}/{name}"] = {"extents": extents, "tags": list(tags)}
+        self.vgs[vg]["free"] -= extents
+        if fs:
+            self.signatures[f"/dev/{vg}/{name}"] = fs
+        return self
+
+    def report(self, kind: str, rows: list[dict[str, str]]) -> str:
+        return json.dumps({"report": [{kind: rows}]})
+
+    def command(self, argv: list[str]) -> tuple[int, str, str]:
+        tool = argv[0]
+        if tool == "vgs":
+            size = str(self.extent_size)
+            rows = [{"vg_name": n, "vg_extent_size": size, "vg_extent_count": str(v["extents"]), "vg_free_count": str(v["free"])} for n, v in self.vgs.items()]
+            return 0, self.report("vg", rows), ""
+        if tool == "lvs":
+            rows = []
+            for key, lv in self.lvs.items():
+                vg, name = key.split("/")
+                rows.append({"lv_name": name, "vg_name": vg, "lv_size": str(lv["extents"] * self.extent_size), "lv_tags": ",".join(lv["tags"])})
+            return 0, self.report("lv", rows), ""
+        if tool == "pvs":
+            return 0, self.report("pv", [{"pv_name": d, "vg_name": vg} for d, vg in self.pvs.items()]), ""
+        if tool == "blkid":
+            found = self.signatures.get(argv[-1])
+            return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n", "") if found else (2, "", "")
+        if tool == "findmnt":
+            return 0, json.dumps({"filesystems": [{"target": t, "source": s, "fstype": "ext4"} for t, s in self.mounts.items()]}), ""
+        if tool == "swapon" and argv[1:2] == ["--show=NAME"]:
+            return 0, "".join(f"{s}\n" for s in self.swaps), ""
+        if tool == "swapon":
+            self.swaps.append(argv[-1])
+        elif tool == "pvcreate":
+            self.pvs[argv[-1]] = ""
+            self.signatures.pop(argv[-1], None)
+        elif tool == "wipefs":
+            self.signatures.pop(argv[-1], None)
+        elif tool == "vgcreate":
+            name, devices = argv[1], argv[2:]
+            extents = sum(self.devices.get(d, 1000) for d in devices)
+            self.vgs[name] = {"extents": extents, "free": extents}
+            for d in devices:
+                self.pvs[d] = name
+        elif tool == "lvcreate":
+            name = argv[argv.index("-n") + 1]
+            extents = int(argv[argv.index("-l") + 1])
+            vg = argv[-1]
+            if self.vgs[vg]["free"] < extents:
+                return 5, "", f"Volume group \"{vg}\" has insufficient free space"
+            tags = [argv[i + 1] for i, a in enumerate(argv) if a == "--addtag"]
+            self.add_lv(vg, name, extents, tuple(tags))
+        elif tool.startswith("mkfs.") or tool == "mkswap":
+            self.signatures[argv[-1]] = "swap" if tool == "mkswap" else tool.split(".", 1)[1]
+        elif tool == "mount":
+            self.mounts[argv[-1]] = argv[-2]
+        elif tool == "umount":
+            self.mounts.pop(argv[-1], None)
+        return 0, "", ""

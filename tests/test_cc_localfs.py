@@ -1,0 +1,230 @@
+"""cc_localfs on a fake machine: the plan, the commands, safety rules, failures and records."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakesystem import FakeMachine, FakeRunner
+from vfarm.cc_modules import cc_localfs, files, handling
+from vfarm.cc_modules.localfs_spec import parse
+
+TORINO = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
+IMAGE_FSTAB = "LABEL=root / ext4 defaults 0 1\ntmpfs /tmp tmpfs defaults 0 0\n"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/fstab").write_text(IMAGE_FSTAB)
+    (root / "home/debian").mkdir(parents=True)
+    (root / "home/debian/.profile").write_text("# image content\n")
+    (root / "tmp").mkdir()
+    return root
+
+
+def run(root: Path, runner: FakeRunner, section: Any = TORINO) -> dict[str, Any]:
+    return handling.execute("localfs", lambda: section, cc_localfs.work, directory=root.parent / "log", root=root, runner=runner)
+
+
+def fresh_machine() -> FakeMachine:
+    return FakeMachine().add_vg("vg_local", 5000)
+
+
+def test_first_boot_creates_exact_extents_and_fstab(root: Path) -> None:
+    machine = fresh_machine()
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert status["changed"] is True
+    lvcreates = {c[c.index("-n") + 1]: int(c[c.index("-l") + 1]) for c in runner.calls if c[0] == "lvcreate"}
+    # 17/58/8 % of 5000 extents, swap = all that is left (5000 - 850 - 2900 - 400)
+    assert lvcreates == {"cvmfs": 850, "home": 2900, "tmp": 400, "swap": 850}
+    assert all("--addtag" in c and "vfarm" in c for c in runner.calls if c[0] == "lvcreate")
+    fstab = (root / "etc/fstab").read_text()
+    assert "/dev/vg_local/home\t/home\text4\tdefaults\t0\t2" in fstab
+    assert "/dev/vg_local/swap\tnone\tswap\tsw\t0\t0" in fstab
+    assert "# vfarm localfs: replaced by /dev/vg_local/tmp: tmpfs /tmp tmpfs defaults 0 0" in fstab
+    assert fstab.count("/dev/vg_local/tmp\t") == 1
+    assert ["chmod", "1777", str(root / "tmp")] in runner.calls
+    assert ["swapon", "/dev/vg_local/swap"] in runner.calls
+    record = json.loads((root.parent / "log/localfs.status.json").read_text())
+    assert record["status"] == "ok" and record["handler"] == "localfs" and record["finished"] >= record["started"]
+    assert any(step["action"] == "lvcreate" and step["ok"] for step in record["steps"])
+    log = (root.parent / "log/localfs.log").read_text()
+    assert "running: lvcreate" in log and "exit 0 after" in log
+
+
+def test_second_run_changes_nothing(root: Path) -> None:
+    machine = fresh_machine()
+    run(root, FakeRunner(machine=machine))
+    fstab = (root / "etc/fstab").read_text()
+    again = FakeRunner(machine=machine)
+    status = run(root, again)
+    assert status["status"] == "ok" and status["changed"] is False
+    assert again.changing_calls() == []
+    assert (root / "etc/fstab").read_text() == fstab
+
+
+def test_second_boot_with_our_lvs_present_and_mounted(root: Path) -> None:
+    machine = fresh_machine()
+    for name, extents, fs in (("cvmfs", 850, "ext4"), ("home", 2900, "ext4"), ("tmp", 400, "ext4"), ("swap", 850, "swap")):
+        machine.add_lv("vg_local", name, extents, fs=fs)
+    for name, target in (("cvmfs", "var/lib/cvmfs"), ("home", "home"), ("tmp", "tmp")):
+        machine.mounts[str(root / target)] = f"/dev/mapper/vg_local-{name}"
+    machine.swaps.append("/dev/mapper/vg_local-swap")
+    lines = [f"/dev/vg_local/{n}\t/{t}\text4\tdefaults\t0\t2" for n, t in (("cvmfs", "var/lib/cvmfs"), ("home", "home"), ("tmp", "tmp"))]
+    (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n" + "\n".join(lines) + "\n/dev/vg_local/swap\tnone\tswap\tsw\t0\t0\n")
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls() == []
+    assert status["changed"] is False
+
+
+def test_existing_content_is_carried_before_mounting_over(root: Path) -> None:
+    runner = FakeRunner(machine=fresh_machine())
+    run(root, runner)
+    calls = [c for c in runner.calls if "home" in " ".join(c)]
+    carry = str(root / "run/vfarm/localfs/home")
+    order = [["mount", "-t", "ext4", "/dev/vg_local/home", carry], ["cp", "-a", f"{root}/home/.", f"{carry}/"], ["umount", carry],
+             ["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/home", str(root / "home")]]
+    positions = [calls.index(c) for c in order]
+    assert positions == sorted(positions)
+    # /var/lib/cvmfs had no content (nor existed): no carry, a mkdir
+    assert not any(c[:2] == ["cp", "-a"] and "cvmfs" in c[2] for c in runner.calls)
+    assert ["mkdir", "-p", str(root / "var/lib/cvmfs")] in runner.calls
+
+
+def test_foreign_lv_with_our_name_is_a_conflict(root: Path) -> None:
+    machine = fresh_machine().add_lv("vg_local", "home", 100, tags=())
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner)
+    assert status["status"] == "failed"
+    assert "vg_local/home exists but is not vfarm's" in status["reason"]
+    assert runner.changing_calls() == []
+    assert (root / "etc/fstab").read_text() == IMAGE_FSTAB
+
+
+def test_disk_with_a_filesystem_is_refused_without_force(root: Path) -> None:
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4"})
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {**TORINO, "devices": ["/dev/vdb"]})
+    assert status["status"] == "failed"
+    assert "/dev/vdb holds ext4" in status["reason"] and "force" in status["reason"]
+    assert runner.changing_calls() == []
+
+
+def test_force_wipes_then_creates_the_vg(root: Path) -> None:
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4"})
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {**TORINO, "devices": ["/dev/vdb"], "force": True})
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:3] == [["wipefs", "--all", "/dev/vdb"], ["pvcreate", "--yes", "/dev/vdb"], ["vgcreate", "vg_local", "/dev/vdb"]]
+
+
+def test_blank_device_gets_a_vg_then_the_volumes(root: Path) -> None:
+    machine = FakeMachine(devices={"/dev/vdb": 2000})
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {**TORINO, "devices": ["/dev/vdb"], "vg": "vg_work"})
+    assert status["status"] == "ok", status["reason"]
+    assert ["vgcreate", "vg_work", "/dev/vdb"] in runner.calls
+    assert sorted(k for k in machine.lvs) == ["vg_work/cvmfs", "vg_work/home", "vg_work/swap", "vg_work/tmp"]
+    again = FakeRunner(machine=machine)
+    assert run(root, again, {**TORINO, "devices": ["/dev/vdb"], "vg": "vg_work"})["status"] == "ok"
+    assert again.changing_calls() == []
+
+
+def test_our_lv_without_filesystem_gets_one_existing_filesystem_never(root: Path) -> None:
+    machine = fresh_machine().add_lv("vg_local", "home", 2900, fs="ext4").add_lv("vg_local", "tmp", 400)
+    runner = FakeRunner(machine=machine)
+    assert run(root, runner)["status"] == "ok"
+    mkfs = [c[-1] for c in runner.calls if c[0].startswith("mkfs")]
+    assert "/dev/vg_local/tmp" in mkfs and "/dev/vg_local/home" not in mkfs
+    assert not any(c[0] == "lvcreate" and "home" in c for c in runner.calls)
+
+
+def test_wrong_filesystem_on_our_lv_fails(root: Path) -> None:
+    machine = fresh_machine().add_lv("vg_local", "home", 2900, fs="xfs")
+    status = run(root, FakeRunner(machine=machine))
+    assert status["status"] == "failed" and "holds xfs" in status["reason"]
+
+
+def _changing_commands() -> list[list[str]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "home").mkdir()
+        (root / "home/x").write_text("x")
+        runner = FakeRunner(machine=fresh_machine())
+        run(root, runner)
+        return [c[:3] if c[0] != "cp" else c[:2] for c in runner.changing_calls()]
+
+
+@pytest.mark.parametrize("failing", _changing_commands(), ids=lambda c: " ".join(c).replace("/", "_"))
+def test_a_failing_command_stops_the_handler(tmp_path: Path, failing: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/fstab").write_text(IMAGE_FSTAB)
+    (root / "home").mkdir()
+    (root / "home/x").write_text("x")
+    # the rooted paths of this run differ from the ones the list was made with
+    prefix = tuple(a.replace(a.split("/root")[0], str(tmp_path)) if "/root" in a else a for a in failing)
+    runner = FakeRunner(machine=fresh_machine(), fail=prefix)
+    status = run(root, runner)
+    assert status["status"] == "failed"
+    assert "failed (exit 5)" in status["reason"] and "simulated failure" in status["reason"]
+    assert runner.calls[-1][: len(prefix)] == list(prefix)  # nothing ran after it
+    assert (root / "etc/fstab").read_text() == IMAGE_FSTAB  # fstab is written last, whole or not at all
+    failed = [s for s in status["steps"] if not s["ok"]]
+    assert len(failed) == 1 and failed[0]["returncode"] == 5
+
+
+def test_dry_run_changes_nothing_but_shows_the_plan(root: Path) -> None:
+    runner = FakeRunner(machine=fresh_machine(), dry_run=True)
+    status = run(root, runner)
+    assert status["status"] == "ok" and status["changed"] is False
+    assert runner.changing_calls() == []
+    assert (root / "etc/fstab").read_text() == IMAGE_FSTAB
+    assert "dry-run, not running: lvcreate" in (root.parent / "log/localfs.log").read_text()
+
+
+def test_ambiguous_volume_group(root: Path) -> None:
+    machine = fresh_machine().add_vg("vg_other", 100)
+    status = run(root, FakeRunner(machine=machine))
+    assert status["status"] == "failed" and "several volume groups" in status["reason"]
+
+
+def test_fstab_has_no_duplicates() -> None:
+    entry = ("/dev/vg/home", "/home", "ext4", "defaults", 0, 2)
+    current = "/dev/vg/home /home ext4 defaults 0 2\n/dev/mapper/vg-home /home ext4 defaults 0 2\n"
+    text = cc_localfs.fstab_text(current, [entry], {"/dev/vg/home": ["/dev/mapper/vg-home"]})
+    assert text == "/dev/vg/home /home ext4 defaults 0 2\n"
+    assert cc_localfs.fstab_text(text, [entry], {}) == text
+
+
+def test_plan_is_plain_data() -> None:
+    facts = cc_localfs.Facts(vgs={"vg_local": {"extent_size": 4 << 20, "extents": 1000, "free": 1000}})
+    steps = cc_localfs.plan(parse(TORINO), facts)
+    assert json.loads(json.dumps(steps)) == steps
+    assert [p["extents"] for p in steps["parts"]] == [170, 580, 80, 170]
+
+
+def test_fstab_write_is_atomic(fs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs.create_file("/etc/fstab", contents=IMAGE_FSTAB)
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        files.atomic_write("/etc/fstab", "half")
+    assert Path("/etc/fstab").read_text() == IMAGE_FSTAB
+    assert os.listdir("/etc") == ["fstab"]  # no temp file left behind
