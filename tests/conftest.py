@@ -2,5 +2,6 @@
 
 pytest_plugins: list[str] = [
     "tests.fixtures.cloudinit",
+    "tests.fixtures.check",
     "tests.fixtures.moto",
 ]

@@ -1,0 +1,89 @@
+"""cloud-init config module `vfarm_check`: vfarm's final check, baked into an image.
+
+List it LAST in `cloud_final_modules`. WHEN it checks is the whole point:
+- Inside the final stage the check cannot see everything: cloud-init writes the final stage's
+  errors to status.json, and result.json at all, only after the last final module returned,
+  and `cloud-init status --wait` from here would wait for ourselves forever.
+- So `handle` does not check: it starts a detached process (double fork + setsid, the way
+  cloud-init's own power_state_change waits for cloud-init to exit) and returns at once. That
+  process waits until result.json exists (written at the very end of the final stage, after
+  status.json has every stage's errors and 25.1's recoverable errors), or the `check.timeout`
+  (an unfinished cloud-init then counts as a failure), and only then discovers, plans, writes
+  the summary and powers off.
+- It survives the end of the stage: Debian's cloud-final.service (22.4) and
+  cloud-init-main.service (25.1, the single process running all stages) both set
+  KillMode=process, so systemd does not kill what the stage left running.
+The settings come from the raw user-data (see check.py), so the check works even when cloud-init
+consumed none of the user-data (a failed #include). Frequency `always`: every boot is checked,
+so a worker that failed once cannot quietly join the pool after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from . import check
+
+frequency = "always"
+meta: dict[str, Any] = {
+    "id": "cc_vfarm_check",
+    "name": "vfarm final check",
+    "title": "Summary of the vfarm handlers and cloud-init, power off on failure",
+    "description": __doc__,
+    "distros": ["all"],
+    "frequency": frequency,
+    "examples": [],
+    "activate_by_schema_keys": [],
+}
+
+# Tests point these elsewhere; on an instance they are the real paths and the one runner.
+PATHS = check.Paths()
+RUNNER: Optional[check.Runner] = None
+
+
+def _detach(target: Callable[[], object]) -> int:
+    """Run TARGET in a grandchild that is no longer ours (own session, stdio on /dev/null);
+    returns the grandchild's pid to the caller, who returns at once."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle:
+        os.close(write_end)
+        os.waitpid(middle, 0)
+        with os.fdopen(read_end, "r") as pipe:
+            text = pipe.read().strip()
+        return int(text) if text.isdigit() else 0
+    code = 1
+    try:
+        os.close(read_end)
+        os.setsid()
+        grandchild = os.fork()
+        if grandchild:
+            os.write(write_end, str(grandchild).encode())
+            code = 0
+        else:
+            os.close(write_end)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            try:
+                target()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        os._exit(code)
+
+
+def handle(*args: Any, **kwargs: Any) -> None:
+    """cloud-init calls this positionally (22.4: name, cfg, cloud, log, args) or by keyword
+    (25.1: name, cfg, cloud, args); the check needs none of them."""
+    log = kwargs.get("log") or (args[3] if len(args) > 3 else None)
+    pid = _detach(lambda: check.run_guarded(PATHS, run=RUNNER))
+    message = f"vfarm_check: checking in process {pid} once cloud-init has finished (summary: {PATHS.log_dir / 'summary.log'})"
+    if log is not None and hasattr(log, "info"):
+        log.info(message)
+    else:
+        import logging
+
+        logging.getLogger(__name__).info(message)
