@@ -1,0 +1,206 @@
+"""cc_cvmfs on a fake machine: repository, pinned install, config files, setup, probes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakesystem import FakeRunner
+from vfarm.cc_modules import cc_cvmfs, handling
+
+SECTION: dict[str, Any] = {
+    "install": True,
+    "version": "2.1.14",
+    "local": {"repositories": "alice.cern.ch", "http-proxy": "http://t2-squid-01.example.org:3128", "cache-base": "/var/lib/cvmfs", "quota-limit": 18000},
+}
+DEFAULT_LOCAL = (
+    f"# {cc_cvmfs.HEADER}\n"
+    'CVMFS_REPOSITORIES="alice.cern.ch"\n'
+    'CVMFS_HTTP_PROXY="http://t2-squid-01.example.org:3128"\n'
+    'CVMFS_CACHE_BASE="/var/lib/cvmfs"\n'
+    'CVMFS_QUOTA_LIMIT="18000"\n'
+)
+MADISON = " cvmfs | 2.11.5~1+debian12 | https://cvmrepo Packages\n cvmfs | 2.1.14~1+debian12 | https://cvmrepo Packages\n"
+
+
+class FakeCvmfsHost:
+    """dpkg, apt and cvmfs_config as a tiny state machine."""
+
+    def __init__(self, installed: str | None = None, set_up: bool = False):
+        self.installed = installed
+        self.release = False
+        self.set_up = set_up
+
+    def answers(self) -> dict[tuple[str, ...], Any]:
+        def dpkg_query(argv: list[str]) -> tuple[int, str, str]:
+            version = self.installed if argv[-1] == "cvmfs" else ("1.0" if self.release else None)
+            return (0, f"install ok installed\t{version}", "") if version else (1, "", f"dpkg-query: no packages found matching {argv[-1]}")
+
+        def install(argv: list[str]) -> tuple[int, str, str]:
+            self.installed = argv[-1].split("=", 1)[1]
+            return 0, "", ""
+
+        def dpkg_i(argv: list[str]) -> tuple[int, str, str]:
+            self.release = True
+            return 0, "", ""
+
+        def chksetup(argv: list[str]) -> tuple[int, str, str]:
+            return (0, "OK\n", "") if self.set_up else (1, "Warning: autofs map is not referenced\n", "")
+
+        def setup(argv: list[str]) -> tuple[int, str, str]:
+            self.set_up = True
+            return 0, "", ""
+
+        return {
+            ("dpkg-query",): dpkg_query,
+            ("dpkg", "-i"): dpkg_i,
+            ("apt-cache", "madison", "cvmfs"): (0, MADISON, ""),
+            ("apt-get", "install"): install,
+            ("cvmfs_config", "chksetup"): chksetup,
+            ("cvmfs_config", "setup"): setup,
+            ("cvmfs_config", "probe"): (0, "Probing /cvmfs/alice.cern.ch... OK\n", ""),
+        }
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text('ID=debian\nVERSION_CODENAME="bookworm"\n')
+    monkeypatch.setattr(cc_cvmfs.shutil, "which", lambda tool: "/usr/bin/apt-get" if tool == "apt-get" else None)
+    downloads: list[str] = []
+
+    def download(url: str, path: Path, ctx: handling.Context) -> None:
+        downloads.append(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"deb")
+
+    monkeypatch.setattr(cc_cvmfs, "_download", download)
+    return root
+
+
+def run(root: Path, runner: FakeRunner, section: Any = SECTION) -> dict[str, Any]:
+    return handling.execute("cvmfs", lambda: section, cc_cvmfs.work, directory=root.parent / "log", root=root, runner=runner)
+
+
+def test_install_pinned_configure_setup_probe(root: Path) -> None:
+    host = FakeCvmfsHost()
+    runner = FakeRunner(answers=host.answers())
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls() == [
+        ["dpkg", "-i", "/run/vfarm/cvmfs/cvmfs-release-latest_all.deb"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--allow-downgrades", "cvmfs=2.1.14~1+debian12"],
+        ["cvmfs_config", "setup"],
+    ]
+    assert ["cvmfs_config", "probe", "alice.cern.ch"] in runner.calls
+    assert (root / "etc/cvmfs/default.local").read_text() == DEFAULT_LOCAL
+    assert status["changed"] is True
+
+
+def test_second_run_changes_nothing(root: Path) -> None:
+    host = FakeCvmfsHost()
+    run(root, FakeRunner(answers=host.answers()))
+    again = FakeRunner(answers=host.answers())
+    status = run(root, again)
+    assert status["status"] == "ok" and status["changed"] is False
+    assert again.changing_calls() == []
+    assert ["cvmfs_config", "probe", "alice.cern.ch"] in again.calls
+
+
+def test_install_false_configures_an_existing_client(root: Path) -> None:
+    host = FakeCvmfsHost(installed="2.11.5~1+debian12", set_up=True)
+    runner = FakeRunner(answers=host.answers())
+    status = run(root, runner, {**SECTION, "install": False})
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls() == [["cvmfs_config", "reload"]]  # config written to a set-up client
+    assert (root / "etc/cvmfs/default.local").read_text() == DEFAULT_LOCAL
+
+
+def test_install_false_without_cvmfs_fails(root: Path) -> None:
+    status = run(root, FakeRunner(answers=FakeCvmfsHost().answers()), {**SECTION, "install": False})
+    assert status["status"] == "failed" and "not installed" in status["reason"]
+
+
+def test_domain_repository_files_and_auto_quota(root: Path) -> None:
+    (root / "var/lib/cvmfs").mkdir(parents=True)
+    section = {
+        "local": {"repositories": ["atlas.cern.ch", "alice.cern.ch"], "http-proxy": [["http://a:3128", "http://b:3128"], "DIRECT"],
+                  "cache-base": "/var/lib/cvmfs", "quota-limit": "auto"},
+        "domain": {"cern.ch": {"server-url": ["http://s1/cvmfs/@fqrn@", "http://s2/cvmfs/@fqrn@"]}},
+        "repository": {"alice.cern.ch": {"CVMFS_HTTP_PROXY": "DIRECT"}},
+    }
+    host = FakeCvmfsHost(installed="2.11.5~1+debian12", set_up=True)
+    runner = FakeRunner(answers=host.answers())
+    status = run(root, runner, section)
+    assert status["status"] == "ok", status["reason"]
+    stat = os.statvfs(root / "var/lib/cvmfs")
+    quota = int(stat.f_blocks * stat.f_frsize * 0.85) // 2**20
+    text = (root / "etc/cvmfs/default.local").read_text()
+    assert f'CVMFS_QUOTA_LIMIT="{quota}"' in text
+    assert 'CVMFS_HTTP_PROXY="http://a:3128|http://b:3128;DIRECT"' in text
+    assert 'CVMFS_SERVER_URL="http://s1/cvmfs/@fqrn@;http://s2/cvmfs/@fqrn@"' in (root / "etc/cvmfs/domain.d/cern.ch.local").read_text()
+    assert 'CVMFS_HTTP_PROXY="DIRECT"' in (root / "etc/cvmfs/config.d/alice.cern.ch.local").read_text()
+    assert [c[-1] for c in runner.calls if c[:2] == ["cvmfs_config", "probe"]] == ["atlas.cern.ch", "alice.cern.ch"]
+
+
+def test_custom_apt_repository(root: Path) -> None:
+    section = {**SECTION, "package-repository": {"apt": "http://127.0.0.1:8080/cvmfs", "trusted": True}}
+    runner = FakeRunner(answers=FakeCvmfsHost().answers())
+    assert run(root, runner, section)["status"] == "ok"
+    assert (root / "etc/apt/sources.list.d/vfarm-cvmfs.list").read_text() == "deb [trusted=yes] http://127.0.0.1:8080/cvmfs bookworm-prod main\n"
+    assert not any(c[:2] == ["dpkg", "-i"] for c in runner.calls)
+
+
+def test_dnf_family(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cc_cvmfs.shutil, "which", lambda tool: "/usr/bin/dnf" if tool == "dnf" else None)
+    runner = FakeRunner(answers={("rpm", "-q"): (1, "", "package cvmfs is not installed"), ("cvmfs_config", "chksetup"): (0, "OK\n", "")})
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:2] == [["dnf", "install", "-y", cc_cvmfs.RELEASE_RPM], ["dnf", "install", "-y", "cvmfs-2.1.14"]]
+
+
+def test_missing_pinned_version_is_a_clear_failure(root: Path) -> None:
+    status = run(root, FakeRunner(answers=FakeCvmfsHost().answers()), {**SECTION, "version": "9.9.9"})
+    assert status["status"] == "failed"
+    assert "cvmfs 9.9.9 is not in the package repository" in status["reason"]
+
+
+@pytest.mark.parametrize("failing", [("dpkg", "-i"), ("apt-get", "update"), ("apt-get", "install"), ("cvmfs_config", "setup"), ("cvmfs_config", "probe")])
+def test_a_failing_command_stops_the_handler(root: Path, failing: tuple[str, ...]) -> None:
+    runner = FakeRunner(answers=FakeCvmfsHost().answers(), fail=failing)
+    status = run(root, runner)
+    assert status["status"] == "failed"
+    assert f"`{' '.join(failing)}" in status["reason"] and "exit 5" in status["reason"]
+    assert runner.calls[-1][: len(failing)] == list(failing)
+    written = (root / "etc/cvmfs/default.local").exists()
+    assert written == (failing[0] == "cvmfs_config")  # config is written after the install only
+
+
+def test_default_local_is_never_half_written(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "etc/cvmfs").mkdir(parents=True)
+    (root / "etc/cvmfs/default.local").write_text("CVMFS_REPOSITORIES=old\n")
+
+    real_replace = os.replace
+
+    def full_disk(src: str, dst: str) -> None:
+        if str(dst).endswith("default.local"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    status = run(root, FakeRunner(answers=FakeCvmfsHost(installed="2.1.14~1", set_up=True).answers()))
+    assert status["status"] == "failed" and "No space left" in status["reason"]
+    assert (root / "etc/cvmfs/default.local").read_text() == "CVMFS_REPOSITORIES=old\n"
+    assert os.listdir(root / "etc/cvmfs") == ["default.local"]
+
+
+def test_proxy_credentials_never_reach_the_log(root: Path) -> None:
+    section = {**SECTION, "local": {**SECTION["local"], "http-proxy": "http://user:s3cret@squid.example.org:3128"}}
+    run(root, FakeRunner(answers=FakeCvmfsHost().answers(), fail=("cvmfs_config", "probe")), section)
+    for name in ("cvmfs.log", "cvmfs.status.json"):
+        assert "s3cret" not in (root.parent / "log" / name).read_text()
