@@ -1,0 +1,464 @@
+"""The handler bundler: one self-contained Python file per part-handler (or per script).
+
+An image has cloud-init (so Python 3, PyYAML and jsonschema) and nothing of vfarm. A bundle
+carries the source of every package module its entry point reaches through relative imports
+(found by walking the AST, never by hand), plus the JSON schemas it needs, as string literals, and
+a tiny meta-path importer that serves them under a PRIVATE package name (`_vfarm_<hash>`): an
+installed vfarm, or a second bundle of another version in the same cloud-init process, never
+clashes. Comments and docstrings are stripped to save bytes (EC2 allows 16 KiB of user-data).
+The output depends only on the sources: the same tree gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import pkgutil
+import tokenize
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+# The installed root package ("vfarm"); this module is <root>.mime_builder.bundle.
+ROOT_PACKAGE = __name__.split(".")[0]
+HANDLER_SUFFIX = "_handler"
+HANDLERS_PACKAGE = "part_handlers"
+SCHEMAS_PACKAGE = "schemas"
+# Schema keywords that only document: dropped from the embedded copies.
+DOC_KEYWORDS = ("description", "title", "$comment", "examples")
+SUBSCHEMA_KEYWORDS = ("items", "additionalProperties", "not", "if", "then", "else", "propertyNames", "contains", "unevaluatedProperties", "additionalItems")
+SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+class BundleError(Exception):
+    """A module cannot be bundled (an absolute import of the package, a missing module...)."""
+
+
+# --- source minification -------------------------------------------------------------------
+# Token- and AST-position based, never ast.unparse: the output must be the same bytes on any
+# Python that builds it (the sha256 of a hosted handler is pinned at build time elsewhere).
+
+
+def _char_col(line: str, byte_col: int) -> int:
+    """AST columns count UTF-8 bytes; string slicing counts characters."""
+    return len(line.encode("utf-8")[:byte_col].decode("utf-8", "ignore"))
+
+
+def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def _annotation_cuts(tree: ast.AST, lines: list[str], tokens: list[tokenize.TokenInfo]) -> list[tuple[int, int, int]]:
+    """(line, start, end) character spans of annotations that do nothing at run time: those of
+    function signatures and of assignments outside class bodies (dataclass fields need theirs)."""
+    cuts: list[tuple[int, int, int]] = []
+    parents = _parents(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, *(x for x in (a.vararg, a.kwarg) if x)]:
+                ann = arg.annotation
+                if ann is not None and arg.lineno == ann.end_lineno:
+                    text = lines[arg.lineno - 1]
+                    cuts.append((arg.lineno, _char_col(text, arg.col_offset) + len(arg.arg), _char_col(text, ann.end_col_offset or 0)))
+            ret = node.returns
+            if ret is not None and ret.lineno == ret.end_lineno:
+                ret_col = _char_col(lines[ret.lineno - 1], ret.col_offset)
+                arrows = [t for t in tokens if t.type == tokenize.OP and t.string == "->" and t.start[0] == ret.lineno and t.start[1] < ret_col]
+                if arrows:
+                    text = lines[ret.lineno - 1]
+                    start = arrows[-1].start[1]
+                    start -= 1 if start and text[start - 1] == " " else 0
+                    cuts.append((ret.lineno, start, _char_col(text, ret.end_col_offset or 0)))
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and not isinstance(parents.get(node), ast.ClassDef):
+            target, ann = node.target, node.annotation
+            if target.end_lineno == ann.end_lineno == target.lineno:
+                text = lines[target.lineno - 1]
+                cuts.append((target.lineno, _char_col(text, target.end_col_offset or 0), _char_col(text, ann.end_col_offset or 0)))
+    # Only cut what is exactly `: annotation` / `-> annotation`, whatever the AST said.
+    return [(n, a, b) for n, a, b in cuts if lines[n - 1][a:b].lstrip().startswith((":", "->"))]
+
+
+def _docstrings(tree: ast.AST, lines: list[str]) -> list[tuple[int, int, bool]]:
+    """(first line, last line, body has more statements) of every docstring on lines of its own."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                doc = body[0]
+                first, last = doc.lineno, doc.end_lineno or doc.lineno
+                head, tail = lines[first - 1], lines[last - 1]
+                alone = _char_col(head, doc.col_offset) == len(head) - len(head.lstrip())
+                after = tail[_char_col(tail, doc.end_col_offset or 0) :].strip()
+                if alone and (not after or after.startswith("#")):
+                    found.append((first, last, len(body) > 1))
+    return found
+
+
+def minify(source: str) -> str:
+    """SOURCE without comments, docstrings, blank lines and run-time-inert annotations, indented
+    by one space a level: the same program, in fewer bytes."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    verbatim: set[int] = set()  # lines inside a multi-line token (strings): never touched
+    comment_at: dict[int, int] = {}
+    depth_of: dict[int, int] = {}  # first line of each logical line -> indentation depth
+    depth, at_start = 0, True
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            comment_at[tok.start[0]] = tok.start[1]
+        if tok.start[0] != tok.end[0]:
+            verbatim.update(range(tok.start[0] + 1, tok.end[0] + 1))
+        if tok.type == tokenize.INDENT:
+            depth += 1
+        elif tok.type == tokenize.DEDENT:
+            depth -= 1
+        elif tok.type == tokenize.NEWLINE:
+            at_start = True
+        elif tok.type not in (tokenize.NL, tokenize.COMMENT, tokenize.ENDMARKER) and at_start:
+            depth_of[tok.start[0]] = depth
+            at_start = False
+    drop: set[int] = set()
+    replace: dict[int, str] = {}
+    for first, last, more in _docstrings(tree, lines):
+        drop.update(range(first, last + 1))
+        verbatim.difference_update(range(first, last + 1))
+        if not more:
+            replace[first] = " " * depth_of.get(first, 1) + "pass"
+    cuts: dict[int, list[tuple[int, int]]] = {}
+    for line, start, end in _annotation_cuts(tree, lines, tokens):
+        cuts.setdefault(line, []).append((start, end))
+    out: list[str] = []
+    for number, text in enumerate(lines, start=1):
+        if number in replace:
+            out.append(replace[number])
+            continue
+        if number in drop:
+            continue
+        if number in verbatim:
+            out.append(text)
+            continue
+        if number in comment_at:
+            text = text[: comment_at[number]]
+        for start, end in sorted(cuts.get(number, []), reverse=True):
+            text = text[:start] + text[end:]
+        body = text.strip()
+        if not body:
+            continue
+        out.append((" " * depth_of[number] if number in depth_of else " ") + body)
+    return "\n".join(out) + "\n"
+
+
+def minify_schema(schema: Any) -> Any:
+    """A copy of a JSON Schema without its documentation keywords (descriptions, titles...)."""
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in DOC_KEYWORDS and not isinstance(value, (dict, list)) or key == "examples":
+            continue
+        if key in SUBSCHEMA_KEYWORDS:
+            result[key] = minify_schema(value)
+        elif key in SUBSCHEMA_LISTS and isinstance(value, list):
+            result[key] = [minify_schema(v) for v in value]
+        elif key in SUBSCHEMA_MAPS and isinstance(value, dict):
+            result[key] = {k: minify_schema(v) for k, v in value.items()}
+        else:
+            result[key] = value
+    return result
+
+
+# --- the import graph ----------------------------------------------------------------------
+
+
+@dataclass
+class Module:
+    name: str  # relative to the root package: "" is the root, "cc_modules.sizes"
+    is_package: bool
+    source: str
+
+
+@dataclass
+class Graph:
+    root: str
+    modules: dict[str, Module] = field(default_factory=dict)
+
+    def full(self, relative: str) -> str:
+        return f"{self.root}.{relative}" if relative else self.root
+
+    def relative(self, full: str) -> str:
+        return full[len(self.root) + 1 :] if full != self.root else ""
+
+
+def _spec(full: str) -> Optional[Any]:
+    try:
+        return importlib.util.find_spec(full)
+    except (ImportError, ValueError):
+        return None
+
+
+def _is_module(full: str) -> bool:
+    return _spec(full) is not None
+
+
+def _read(graph: Graph, relative: str) -> Module:
+    full = graph.full(relative)
+    spec = _spec(full)
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise BundleError(f"module {full} not found")
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    return Module(relative, spec.submodule_search_locations is not None, source)
+
+
+def _resolve(graph: Graph, module: Module, level: int, name: Optional[str]) -> str:
+    package = graph.full(module.name) if module.is_package else graph.full(module.name).rpartition(".")[0]
+    base = importlib.util.resolve_name("." * level + (name or ""), package)
+    if base != graph.root and not base.startswith(graph.root + "."):
+        raise BundleError(f"{graph.full(module.name)}: relative import leaves the package: {base}")
+    return base
+
+
+def _imports(graph: Graph, module: Module) -> list[str]:
+    """The package modules (full names) MODULE imports, relatively or dynamically."""
+    tree = ast.parse(module.source)
+    found: list[str] = []
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                if node.module and (node.module == graph.root or node.module.startswith(graph.root + ".")):
+                    raise BundleError(f"{graph.full(module.name)}:{node.lineno}: absolute import of {node.module}: use a relative import")
+                continue
+            base = _resolve(graph, module, node.level, node.module)
+            found.append(base)
+            for alias in node.names:
+                if alias.name != "*" and _is_module(f"{base}.{alias.name}"):
+                    found.append(f"{base}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == graph.root or alias.name.startswith(graph.root + "."):
+                    raise BundleError(f"{graph.full(module.name)}:{node.lineno}: absolute import of {alias.name}: use a relative import")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module" and node.args:
+            found += _dynamic(graph, module, node.args[0], strings)
+    return found
+
+
+def _dynamic(graph: Graph, module: Module, arg: ast.expr, strings: set[str]) -> list[str]:
+    """`importlib.import_module("..pkg.name", __package__)`, or with an f-string whose fixed
+    prefix names a package: then every module of that package named by a string constant of
+    the importing module (`{"localfs": "localfs_spec"}` tables) is taken."""
+    if isinstance(arg, ast.IfExp):
+        return _dynamic(graph, module, arg.body, strings) + _dynamic(graph, module, arg.orelse, strings)
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("."):
+        level = len(arg.value) - len(arg.value.lstrip("."))
+        return [_resolve(graph, module, level, arg.value[level:] or None)]
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        prefix = str(arg.values[0].value)
+        if prefix.startswith(".") and prefix.endswith("."):
+            level = len(prefix) - len(prefix.lstrip("."))
+            package = _resolve(graph, module, level, prefix[level:-1] or None)
+            spec = _spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                return []
+            names = {m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)}
+            return [f"{package}.{n}" for n in sorted(names & strings)]
+    return []
+
+
+def collect(entries: Sequence[str], root: str = ROOT_PACKAGE) -> Graph:
+    """Every module the ENTRIES (relative to ROOT, e.g. "part_handlers.localfs_handler") need."""
+    graph = Graph(root)
+    todo = [graph.full(entry) for entry in entries]
+    while todo:
+        full = todo.pop()
+        relative = graph.relative(full)
+        if relative in graph.modules:
+            continue
+        module = _read(graph, relative)
+        graph.modules[relative] = module
+        # Parents first: importing a.b.c runs a/__init__ and a/b/__init__.
+        parts = relative.split(".") if relative else []
+        todo += [graph.full(".".join(parts[:i])) for i in range(len(parts))]
+        todo += _imports(graph, module)
+    return graph
+
+
+# --- the bundle ----------------------------------------------------------------------------
+
+# The importer every bundle carries (kept small and stdlib-only; runs on Python 3.9+).
+LOADER = r'''import importlib as _i, importlib.abc as _a, importlib.util as _u, linecache as _l, sys as _s
+class _F(_a.MetaPathFinder, _a.Loader):
+    def find_spec(self, name, path=None, target=None):
+        key = name[len(_P) + 1:]
+        if (name == _P or name.startswith(_P + '.')) and key in _M:
+            return _u.spec_from_loader(name, self, is_package=_M[key][0])
+        return None
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        key = module.__name__[len(_P) + 1:]
+        fn = module.__file__ = '<%s/%s.py>' % (_P, key.replace('.', '/') or '__init__')
+        src = _M[key][1]
+        _l.cache[fn] = (len(src), None, src.splitlines(True), fn)
+        exec(compile(src, fn, 'exec'), module.__dict__)
+        for attr, value in _D.get(key, {}).items():
+            getattr(module, attr).update(value)
+if not any(getattr(f, 'vfarm_package', None) == _P for f in _s.meta_path):
+    _f = _F()
+    _f.vfarm_package = _P
+    _s.meta_path.insert(0, _f)
+'''
+# The attributes cloud-init reads from a part-handler module.
+HANDLER_ATTRIBUTES = ("handler_version", "frequency", "list_types", "handle_part")
+
+
+@dataclass(frozen=True)
+class Library:
+    """Modules (and data) under one private package name, as Python source that installs them."""
+
+    package: str
+    source: str  # defines _P, _M, _D and installs the importer; imports nothing of them yet
+
+
+def _literal(value: Any) -> str:
+    """A deterministic, ASCII-only Python literal (the file travels as 7-bit text)."""
+    return ascii(value)
+
+
+def _schema_data(names: Sequence[str]) -> dict[str, str]:
+    from .. import schemas
+
+    return {name: json.dumps(minify_schema(schemas.load(name)), separators=(",", ":"), ensure_ascii=True) for name in names}
+
+
+def library(entries: Sequence[str], schemas: Optional[Sequence[str]] = None, root: str = ROOT_PACKAGE) -> Library:
+    """The modules ENTRIES need, with SCHEMAS (default: all) embedded when schemas is among them.
+    The private package name is a hash of the content: equal content, equal name."""
+    graph = collect(entries, root)
+    modules = {name: (m.is_package, minify(m.source)) for name, m in sorted(graph.modules.items())}
+    data: dict[str, Any] = {}
+    if SCHEMAS_PACKAGE in graph.modules and root == ROOT_PACKAGE:
+        data[SCHEMAS_PACKAGE] = {"EMBEDDED": _schema_data(sorted(schemas if schemas is not None else _all_schemas()))}
+    digest = hashlib.sha256(json.dumps([modules, data], sort_keys=True).encode()).hexdigest()
+    package = f"_{root}_{digest[:10]}"
+    lines = [f"_P = {_literal(package)}", "_M = {"]
+    lines += [f" {_literal(name)}: ({is_package}, {_literal(src)})," for name, (is_package, src) in modules.items()]
+    lines += ["}", f"_D = {_literal(data)}", LOADER.rstrip("\n")]
+    return Library(package, "\n".join(lines) + "\n")
+
+
+def _all_schemas() -> list[str]:
+    from .. import schemas
+
+    return schemas.names()
+
+
+def handler_names() -> list[str]:
+    """Sections that have a part-handler (`part_handlers/<name>_handler.py`), sorted."""
+    package = importlib.import_module(f"..{HANDLERS_PACKAGE}", __package__)
+    return sorted(m.name[: -len(HANDLER_SUFFIX)] for m in pkgutil.iter_modules(package.__path__) if m.name.endswith(HANDLER_SUFFIX))
+
+
+def handler_module(name: str) -> Any:
+    """The (admin-side) handler module of section NAME; BundleError when there is none."""
+    if name not in handler_names():
+        raise BundleError(f"no part-handler for '{name}' (known: {', '.join(handler_names()) or 'none'})")
+    return importlib.import_module(f"..{HANDLERS_PACKAGE}.{name}{HANDLER_SUFFIX}", __package__)
+
+
+def handler_types(name: str) -> list[str]:
+    return [str(t) for t in handler_module(name).list_types()]
+
+
+def handler_frequency(name: str) -> str:
+    return str(getattr(handler_module(name), "frequency", "once-per-instance"))
+
+
+def handler_filename(name: str) -> str:
+    """The file name of a bundled handler, as `vfarm handlers` writes it and URLs name it."""
+    return f"{name}{HANDLER_SUFFIX}.py"
+
+
+def _entry(name: str) -> str:
+    return f"{HANDLERS_PACKAGE}.{name}{HANDLER_SUFFIX}"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return str(__version__)
+
+
+def _handler_header(name: str, how: str) -> list[str]:
+    return [
+        "#part-handler",
+        f"# vfarm {_version()}: the {name} part-handler, {how}. Generated by vfarm; do not edit.",
+        f"# vfarm-types: {' '.join(handler_types(name))}",
+    ]
+
+
+def _handler_tail(name: str, package: str) -> str:
+    present = [a for a in HANDLER_ATTRIBUTES if hasattr(handler_module(name), a)]
+    lines = [f"_h = __import__('importlib').import_module({_literal(package + '.' + _entry(name))})"]
+    return "\n".join(lines + [f"{a} = _h.{a}" for a in present]) + "\n"
+
+
+def bundle_handler(name: str) -> str:
+    """The self-contained source of the part-handler for section NAME (for a URL or a file in
+    /var/lib/cloud/handlers): needs nothing but the stdlib, PyYAML and jsonschema."""
+    handler_module(name)
+    lib = library([_entry(name)], [name] if name in _all_schemas() else [])
+    return "\n".join(_handler_header(name, "bundled with its modules")) + "\n" + lib.source + _handler_tail(name, lib.package)
+
+
+def bundle_library(names: Sequence[str]) -> Library:
+    """One library part for the handlers of NAMES (embed mode: the modules travel once)."""
+    for name in names:
+        handler_module(name)
+    lib = library([_entry(n) for n in names], [n for n in names if n in _all_schemas()])
+    header = [
+        "#part-handler",
+        f"# vfarm {_version()}: the modules of the {', '.join(names)} part-handler(s) that follow. Generated by vfarm; do not edit.",
+        f"# vfarm-library: {lib.package}",
+    ]
+    # A part-handler that takes no type: registering it installs the importer, nothing more.
+    tail = "def list_types():\n    return []\ndef handle_part(*args):\n    pass\n"
+    return Library(lib.package, "\n".join(header) + "\n" + lib.source + tail)
+
+
+def thin_handler(name: str, package: str) -> str:
+    """The part-handler of NAME whose modules come from the library part PACKAGE before it."""
+    return "\n".join(_handler_header(name, f"its modules from the library part {package} before it")) + "\n" + _handler_tail(name, package)
+
+
+def bundle_module(module_name: str) -> str:
+    """A self-contained script of any package module with a `main()` (e.g. "cc_modules.check"):
+    `python3 FILE ARGS...` exits with what main() returns."""
+    entry = module_name[len(ROOT_PACKAGE) + 1 :] if module_name.startswith(ROOT_PACKAGE + ".") else module_name
+    try:
+        module = importlib.import_module(f"..{entry}", __package__)
+    except ImportError as err:
+        raise BundleError(f"cannot bundle {module_name}: {err}") from None
+    if not callable(getattr(module, "main", None)):
+        raise BundleError(f"{ROOT_PACKAGE}.{entry} has no main(): cannot make a script of it")
+    lib = library([entry])
+    header = ["#!/usr/bin/env python3", f"# vfarm {_version()}: {entry}, bundled with its modules. Generated by vfarm; do not edit."]
+    tail = f"if __name__ == '__main__':\n    raise SystemExit(__import__('importlib').import_module({_literal(lib.package + '.' + entry)}).main())\n"
+    return "\n".join(header) + "\n" + lib.source + tail
+
+
+def bundle_all() -> dict[str, str]:
+    """filename -> source of every part-handler, as `vfarm handlers` writes them."""
+    return {handler_filename(name): bundle_handler(name) for name in handler_names()}
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

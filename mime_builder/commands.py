@@ -1,0 +1,153 @@
+"""`vfarm build`, `vfarm inspect` and `vfarm handlers`: the user-data side of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import bundle, mime
+from . import inspect as userdata
+from .cli import EXIT_OK, EXIT_PROBLEM, load_or_report
+from .table import render
+
+SUMS = "SHA256SUMS"
+
+
+def _fail(message: str) -> int:
+    print(f"vfarm: {message}", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Atomically: a reader (a web server, a launch) never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _size_report(path: str, built: mime.Built, max_size: int) -> str:
+    names = ", ".join(p.filename for p in built.parts)
+    how = f"gzip of {built.plain_size} bytes" if built.compressed else "not compressed"
+    share = 100 * len(built.data) / max_size
+    return f"vfarm build: {path}: {len(built.data)} bytes ({how}), {share:.0f}% of the {max_size}-byte limit; {len(built.parts)} parts: {names}"
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if args.max_size <= 0:
+        return _fail(f"--max-size must be a positive number of bytes, got {args.max_size}")
+    try:
+        attachments = [mime.attachment(a) for a in args.attach]
+        mime.parse_handlers(args.handlers)
+    except mime.BuildError as err:
+        return _fail(str(err))
+    config = load_or_report(args.file)
+    if config is None:
+        return EXIT_PROBLEM
+    try:
+        built = mime.build(config, handlers=args.handlers, gzip=args.gzip, max_size=args.max_size, attach=attachments, pin=args.pin)
+    except mime.BuildError as err:
+        return _fail(f"{args.file}: {err}")
+    for warning in built.warnings:
+        print(f"vfarm build: warning: {warning}", file=sys.stderr)
+    if args.output and args.output != "-":
+        out = Path(args.output)
+        try:
+            _write(out, built.data, 0o600)  # user-data may carry proxy credentials
+        except OSError as err:
+            return _fail(f"cannot write {out}: {err.strerror or err}")
+    else:
+        sys.stdout.buffer.write(built.data)
+        sys.stdout.flush()
+    print(_size_report(args.output or "stdout", built, args.max_size), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as err:
+        return _fail(f"{args.file}: cannot read: {err.strerror or err}")
+    try:
+        report = userdata.inspect_bytes(raw, args.max_size)
+    except userdata.InspectError as err:
+        return _fail(f"{args.file}: {err}")
+    if args.json:
+        doc: dict[str, Any] = {"file": args.file, **report.as_dict()}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    how = f"gzip, {report.plain_size} bytes unpacked" if report.compressed else "not compressed"
+    kind = "MIME multipart" if report.mime else "a single part (no MIME)"
+    print(f"{args.file}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
+    rows = [(p.index, p.type, p.filename, p.size, p.handler) for p in report.parts]
+    print(render(("#", "TYPE", "FILENAME", "SIZE", "HANDLED BY"), rows, right=("#", "SIZE")), end="")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def cmd_handlers(args: argparse.Namespace) -> int:
+    outdir = Path(args.outdir)
+    try:
+        names = args.only or bundle.handler_names()
+        files = {bundle.handler_filename(n): bundle.bundle_handler(n) for n in names}
+    except bundle.BundleError as err:
+        return _fail(str(err))
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for filename, source in sorted(files.items()):
+            _write(outdir / filename, source.encode("utf-8"))
+        sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
+        _write(outdir / SUMS, sums.encode("ascii"))
+    except OSError as err:
+        return _fail(f"cannot write into {outdir}: {err.strerror or err}")
+    for filename, source in sorted(files.items()):
+        print(f"{outdir / filename}: {len(source)} bytes, sha256 {bundle.sha256(source)}")
+    print(f"{outdir / SUMS}: check with `sha256sum -c {SUMS}`; host the folder and build with --handlers include=URL_BASE [--pin]", file=sys.stderr)
+    return EXIT_OK
+
+
+def _int_bytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("build", help="write the user-data (MIME, gzip when needed) of a config file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
+    p.add_argument(
+        "--handlers",
+        default="embed",
+        metavar="include=URL_BASE|embed|baked",
+        help="how the handlers reach the instance: fetched from URL_BASE (see `vfarm handlers`), embedded (default), or baked into the image",
+    )
+    p.add_argument("--pin", action="store_true", help="with include=: a small loader checks each fetched handler's sha256 and records a failure")
+    p.add_argument("--gzip", choices=mime.GZIP_MODES, default="auto", help="compress the whole payload: auto (when over --max-size, default), always, never")
+    p.add_argument("--max-size", type=_int_bytes, default=mime.EC2_LIMIT, metavar="BYTES", help=f"refuse larger user-data (default {mime.EC2_LIMIT}: EC2)")
+    p.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part (a script, a #cloud-config...); TYPE as make-mime's")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("inspect", help="list the parts of a user-data file in cloud-init's order, with warnings")
+    p.add_argument("file", metavar="FILE", help="user-data, plain or gzip ('-' for stdin)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--max-size", type=_int_bytes, default=mime.EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {mime.EC2_LIMIT})")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("handlers", help="write the bundled, self-contained handler files and SHA256SUMS for hosting")
+    p.add_argument("outdir", metavar="OUTDIR")
+    p.add_argument("--only", action="append", metavar="NAME", help="only the handler of this section (repeatable)")
+    p.set_defaults(func=cmd_handlers)

@@ -1,0 +1,229 @@
+"""Reading user-data back: the parts in the order cloud-init walks them, which handler takes each,
+and what will go wrong (a part before its handler, a type nobody handles, a compressed custom
+part, an unverified or plain-http include, the size against the limit).
+
+It follows cloud-init's user_data.py (22.4 and 25.1 agree on this): gunzip the whole payload if
+it is gzip; MIME only if `mime-version:` is in the first 4096 bytes; a gzip-typed part is
+decompressed and its type guessed from its first line; includes are listed, never fetched.
+"""
+
+from __future__ import annotations
+
+import ast
+import email
+import email.message
+import gzip
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .mime import EC2_LIMIT, PART_HANDLER, type_from_payload
+
+DECOMP_TYPES = {
+    "application/gzip",
+    "application/gzip-compressed",
+    "application/gzipped",
+    "application/x-compress",
+    "application/x-compressed",
+    "application/x-gunzip",
+    "application/x-gzip",
+    "application/x-gzip-compressed",
+}
+TYPE_NEEDED = ("text/plain", "text/x-not-multipart", "text/x-shellscript")
+INCLUDE_TYPES = ("text/x-include-url", "text/x-include-once-url")
+# Types cloud-init's own handlers take (22.4 and 25.1).
+BUILTIN = {
+    "text/cloud-config": "cloud-init cloud-config",
+    "text/cloud-config-jsonp": "cloud-init cloud-config",
+    "text/x-shellscript": "cloud-init scripts",
+    "text/x-shellscript-per-boot": "cloud-init scripts (per boot)",
+    "text/x-shellscript-per-instance": "cloud-init scripts (per instance)",
+    "text/x-shellscript-per-once": "cloud-init scripts (once)",
+    "text/cloud-boothook": "cloud-init boothook",
+    "text/jinja2": "cloud-init jinja template",
+    "text/cloud-config-archive": "cloud-init archive (expanded)",
+}
+HANDLER_URL = re.compile(r"/([a-z][a-z0-9_]*)_handler\.py$")
+
+
+class InspectError(Exception):
+    """Not user-data cloud-init can read: one line for the user."""
+
+
+@dataclass
+class PartInfo:
+    index: int
+    type: str
+    filename: str
+    size: int
+    handler: str
+    registers: list[str] = field(default_factory=list)  # types a part-handler part takes
+    urls: list[str] = field(default_factory=list)  # include / pinned URLs
+
+
+@dataclass
+class Report:
+    size: int
+    compressed: bool
+    plain_size: int
+    limit: int
+    mime: bool
+    parts: list[PartInfo]
+    warnings: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _decoded(part: email.message.Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def handler_types(payload: bytes) -> Optional[list[str]]:
+    """The types a part-handler payload takes: from vfarm's `# vfarm-types:` line, else from a
+    `list_types()` that returns a literal list; None when that cannot be told without running it."""
+    text = payload.decode("utf-8", "replace")
+    for line in text.splitlines()[:5]:
+        if line.startswith("# vfarm-types:"):
+            return line.split(":", 1)[1].split()
+        if line.startswith("# vfarm-library:"):
+            return []
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "list_types":
+            for ret in (n for n in ast.walk(node) if isinstance(n, ast.Return)):
+                try:
+                    value = ast.literal_eval(ret.value) if ret.value is not None else None
+                except ValueError:
+                    return None
+                if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                    return list(value)
+    return None
+
+
+def _pins(payload: bytes) -> list[str]:
+    return [line.split()[3] for line in payload.decode("utf-8", "replace").splitlines()[:50] if line.startswith("# vfarm-pin:") and len(line.split()) >= 4]
+
+
+def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
+    warnings: list[str] = []
+    data, compressed = raw, False
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise InspectError(f"gzip data that does not decompress: {err}") from None
+        compressed = True
+    is_mime = b"mime-version:" in data[:4096].lower()
+    if is_mime:
+        try:
+            message = email.message_from_string(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InspectError("a MIME message that is not UTF-8 text") from None
+        leaves = [p for p in message.walk() if p.get_content_maintype() != "multipart"]
+        if b"mime-version:" in data.lower() and not leaves:
+            raise InspectError("a MIME message without any part")
+        found = [(p.get_content_type(), p.get_filename() or "", _decoded(p)) for p in leaves]
+    else:
+        if b"mime-version:" in data.lower():
+            warnings.append("'MIME-Version:' is not in the first 4096 bytes: cloud-init takes the whole file as one plain part")
+        found = [("text/x-not-multipart", "", data)]
+    parts: list[PartInfo] = []
+    handlers: dict[str, int] = {}  # type -> index of the part that registers it
+    custom_seen: list[tuple[int, str]] = []
+    # Pass 1: types, and who registers what where.
+    for number, (ctype, filename, payload) in enumerate(found, start=1):
+        was_compressed = False
+        if ctype in DECOMP_TYPES:
+            try:
+                payload = gzip.decompress(payload)
+            except (OSError, EOFError, zlib.error):
+                warnings.append(f"part {number} ({filename or ctype}) is typed {ctype} but does not decompress: cloud-init aborts the user-data")
+                parts.append(PartInfo(number, ctype, filename, len(payload), "none (broken gzip)"))
+                continue
+            was_compressed = True
+            ctype = "text/plain"
+        if ctype in TYPE_NEEDED:
+            ctype = type_from_payload(payload) or ctype
+        info = PartInfo(number, ctype, filename or f"part-{number:03d}", len(payload), "")
+        if was_compressed:
+            info.handler = "compressed"
+            if ctype == "text/plain":
+                warnings.append(
+                    f"part {number} ({info.filename}) is a gzip-compressed part: cloud-init cannot route it to a custom handler "
+                    "(its type is lost); compress the whole user-data instead (vfarm build --gzip)"
+                )
+        if ctype == PART_HANDLER:
+            types = handler_types(payload)
+            info.registers = types if types is not None else ["?"]
+            info.urls = _pins(payload)
+            for t in types or []:
+                handlers.setdefault(t, number)
+            if types is None:
+                warnings.append(f"part {number} ({info.filename}) is a part-handler whose types cannot be read without running it")
+        elif ctype in INCLUDE_TYPES:
+            for line in payload.decode("utf-8", "replace").splitlines():
+                url = re.sub(r"^#include(-once)?", "", line.strip(), flags=re.I).strip()
+                if not url or url.startswith("#"):
+                    continue
+                info.urls.append(url)
+                named = HANDLER_URL.search(url)
+                if named:
+                    t = f"text/{named.group(1)}-config"
+                    info.registers.append(t)
+                    handlers.setdefault(t, number)
+        parts.append(info)
+    # Pass 2: who takes each part, and the warnings.
+    for info in parts:
+        ctype = info.type
+        if info.handler:
+            pass
+        elif ctype == PART_HANDLER:
+            info.handler = f"registers {' '.join(info.registers) or 'no type (a library)'}"
+        elif ctype in INCLUDE_TYPES:
+            info.handler = "cloud-init include (fetched at boot)"
+            for url in info.urls:
+                if not url.lower().startswith("https://"):
+                    warnings.append(f"part {info.index}: include URL {url} is not https: anyone on the path can change what runs as root")
+                warnings.append(
+                    f"part {info.index}: include URL {url} is not pinned: cloud-init runs whatever it fetches, and a failed fetch drops the whole "
+                    "user-data (vfarm build --pin checks a sha256 and records a failure instead)"
+                )
+        elif ctype in BUILTIN:
+            info.handler = BUILTIN[ctype]
+        elif ctype in handlers:
+            owner = handlers[ctype]
+            if owner < info.index:
+                info.handler = f"part {owner} ({parts[owner - 1].filename})"
+            else:
+                info.handler = "none: its handler comes later"
+                warnings.append(f"part {info.index} ({info.filename}, {ctype}) comes before its handler (part {owner}): cloud-init drops it")
+        else:
+            info.handler = "none in this user-data"
+            custom_seen.append((info.index, ctype))
+        if info.type == PART_HANDLER:
+            for url in info.urls:
+                if not url.lower().startswith("https://"):
+                    warnings.append(f"part {info.index}: pinned URL {url} is not https: its sha256 is checked, but the file travels in clear")
+    for index, ctype in custom_seen:
+        name = parts[index - 1].filename
+        if re.fullmatch(r"text/[a-z][a-z0-9_]*-config", ctype):
+            warnings.append(
+                f"part {index} ({name}): nobody in this user-data handles {ctype}: only an image with that handler baked in "
+                "(/var/lib/cloud/handlers) takes it"
+            )
+        elif ctype == "text/x-not-multipart":
+            warnings.append(f"part {index}: cloud-init does not recognise this user-data (no MIME, no known first line): nothing handles it")
+        else:
+            warnings.append(f"part {index} ({name}): nobody handles {ctype}: cloud-init drops it")
+    if len(raw) > limit:
+        warnings.append(f"{len(raw)} bytes: {len(raw) - limit} over the limit of {limit} bytes")
+    return Report(len(raw), compressed, len(data), limit, is_mime, parts, warnings)

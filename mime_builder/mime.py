@@ -1,0 +1,327 @@
+"""The user-data assembler: one `#multiple-config` in, one MIME multipart (gzip when needed) out.
+
+Order (cloud-init walks parts in order and drops a part that comes before its handler):
+handlers (include list, pin loader or embedded bundles), attached part-handlers, the config parts
+(localfs, then cvmfs, then the others in file order), other attachments, the final check's parts.
+Compression is of the whole payload only: cloud-init cannot route a gzipped custom part.
+The output depends only on the input: the boundary is a hash of the content, gzip has no date.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import importlib.util
+import inspect as pyinspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import bundle, pinloader
+from .config import Config
+
+EC2_LIMIT = 16384
+GZIP_MODES = ("auto", "always", "never")
+SECTION_ORDER = ("localfs", "cvmfs")
+MAX_ATTACHMENT = 1024 * 1024
+# Types cloud-init (22.4 and 25.1) has a handler or a special meaning for, by make-mime subtype.
+CLOUD_INIT_TYPES = (
+    "cloud-config",
+    "cloud-config-archive",
+    "cloud-config-jsonp",
+    "cloud-boothook",
+    "jinja2",
+    "part-handler",
+    "upstart-job",
+    "x-include-url",
+    "x-include-once-url",
+    "x-shellscript",
+    "x-shellscript-per-boot",
+    "x-shellscript-per-instance",
+    "x-shellscript-per-once",
+)
+# First lines cloud-init recognises (handlers.INCLUSION_TYPES_MAP), longest first.
+STARTS_WITH = (
+    ("#cloud-config-archive", "text/cloud-config-archive"),
+    ("#cloud-config-jsonp", "text/cloud-config-jsonp"),
+    ("## template: jinja", "text/jinja2"),
+    ("#cloud-boothook", "text/cloud-boothook"),
+    ("#include-once", "text/x-include-once-url"),
+    ("#cloud-config", "text/cloud-config"),
+    ("#part-handler", "text/part-handler"),
+    ("#include", "text/x-include-url"),
+    ("#!", "text/x-shellscript"),
+)
+PART_HANDLER = "text/part-handler"
+
+
+class BuildError(Exception):
+    """Bad input or a result that cannot be delivered: the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An extra part, as `cloud-init devel make-mime -a FILE:SUBTYPE` adds one."""
+
+    content_type: str
+    filename: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Part:
+    content_type: str
+    filename: str
+    payload: bytes
+    role: str  # handler, config, attachment, check
+
+
+@dataclass(frozen=True)
+class Built:
+    data: bytes
+    parts: tuple[Part, ...]
+    plain_size: int  # the MIME before compression
+    compressed: bool
+    warnings: tuple[str, ...] = ()
+
+
+def type_from_payload(payload: bytes) -> Optional[str]:
+    """The type cloud-init guesses from the first line, or None."""
+    try:
+        head = payload[:64].decode("utf-8", "ignore").lstrip().lower()
+    except UnicodeDecodeError:
+        return None
+    for prefix, ctype in STARTS_WITH:
+        if head.startswith(prefix):
+            return ctype
+    return None
+
+
+def known_types() -> set[str]:
+    """Every type a built user-data may carry: cloud-init's, and those of vfarm's handlers."""
+    types = {f"text/{t}" for t in CLOUD_INIT_TYPES}
+    for name in bundle.handler_names():
+        types.update(bundle.handler_types(name))
+    return types
+
+
+def attachment(arg: str) -> Attachment:
+    """`FILE[:TYPE]` -> Attachment. TYPE is a make-mime subtype (`x-shellscript`) or a full type
+    (`text/x-shellscript`); without it the type comes from the first line, as cloud-init does."""
+    path, ctype = arg, ""
+    if not Path(arg).exists() and ":" in arg:
+        path, _, ctype = arg.rpartition(":")
+    try:
+        payload = Path(path).read_bytes()
+    except OSError as err:
+        raise BuildError(f"--attach {arg}: cannot read {path}: {err.strerror or err}") from None
+    if len(payload) > MAX_ATTACHMENT:
+        raise BuildError(f"--attach {arg}: {path} is larger than {MAX_ATTACHMENT // 1024} KiB: not user-data")
+    if not ctype:
+        guessed = type_from_payload(payload)
+        if guessed is None:
+            raise BuildError(f"--attach {arg}: cannot tell the type of {path} from its first line: give it as {path}:TYPE (e.g. {path}:x-shellscript)")
+        ctype = guessed
+    elif "/" not in ctype:
+        ctype = f"text/{ctype}"
+    known = known_types()
+    if ctype not in known:
+        subtypes = sorted(t.split("/", 1)[1] for t in known)
+        raise BuildError(f"--attach {arg}: cloud-init has no handler for type {ctype}; known: {', '.join(subtypes)}")
+    return Attachment(ctype, Path(path).name, payload)
+
+
+@dataclass(frozen=True)
+class HandlerMode:
+    kind: str  # embed, include, baked
+    url_base: str = ""
+
+    def url(self, name: str) -> str:
+        return f"{self.url_base.rstrip('/')}/{bundle.handler_filename(name)}"
+
+
+def parse_handlers(value: str) -> HandlerMode:
+    if value in ("embed", "baked"):
+        return HandlerMode(value)
+    if value.startswith("include="):
+        base = value[len("include=") :]
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base):
+            raise BuildError(f"--handlers include=URL_BASE: {base!r} is not an http(s) URL (like https://example.org/vfarm/handlers)")
+        return HandlerMode("include", base)
+    raise BuildError(f"--handlers: expected embed, baked or include=URL_BASE, got {value!r}")
+
+
+def section_payload(name: str, section: Any) -> bytes:
+    """The part of one section: a one-section YAML document, as the user wrote it (order kept)."""
+    text = yaml.safe_dump({name: section}, default_flow_style=False, sort_keys=False, allow_unicode=False, width=1000)
+    return text.encode("ascii")
+
+
+def ordered_sections(config: Config) -> list[str]:
+    sent = list(config.sent_sections())
+    return [n for n in SECTION_ORDER if n in sent] + [n for n in sent if n not in SECTION_ORDER]
+
+
+def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
+    """The loader part-handler that fetches and verifies the handlers of NAMES."""
+    pinned = []
+    for name in names:
+        source = bundle.bundle_handler(name)
+        types, frequency = bundle.handler_types(name), bundle.handler_frequency(name)
+        pinned.append({"name": name, "url": mode.url(name), "sha256": bundle.sha256(source), "types": types, "frequency": frequency})
+    frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
+    code = bundle.minify(pyinspect.getsource(pinloader))
+    for old, new in (("PINNED = []", f"PINNED = {pinned!a}"), ('FREQUENCY = "once-per-instance"', f"FREQUENCY = {frequency!a}")):
+        if code.count(f"\n{old}\n") != 1:
+            raise BuildError(f"internal: the pin loader has no single line {old!r}")
+        code = code.replace(f"\n{old}\n", f"\n{new}\n")
+    header = ["#part-handler", "# vfarm pin loader: fetches each handler, runs it only if its sha256 matches. Generated by vfarm build."]
+    header.append(f"# vfarm-types: {' '.join(sorted({t for p in pinned for t in p['types']}))}")
+    header += [f"# vfarm-pin: {p['sha256']} {p['url']}" for p in pinned]
+    return "\n".join(header) + "\n" + code
+
+
+def _check_parts(config: Config, mode: str) -> list[tuple[str, str, str]]:
+    """The final check's parts (issue 5's mime_builder/checkpart.py), when that module exists."""
+    if importlib.util.find_spec(f"{__package__}.checkpart") is None:
+        return []
+    module: Any = importlib.import_module(f"{__package__}.checkpart")
+    return list(module.check_parts(config, mode))
+
+
+def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachment] = (), pin: bool = False) -> tuple[list[Part], list[str]]:
+    """The parts in walk order, and warnings for the user."""
+    mode = parse_handlers(handlers)
+    if pin and mode.kind != "include":
+        raise BuildError("--pin needs --handlers include=URL_BASE (it pins the URLs of the handlers)")
+    warnings: list[str] = []
+    sections = ordered_sections(config)
+    if not sections:
+        raise BuildError(f"{config.source}: no section to send to an instance")
+    available = set(bundle.handler_names())
+    names = [n for n in sections if n in available]
+    for name in sections:
+        if name not in available and mode.kind != "baked":
+            warnings.append(f"no vfarm part-handler for section '{name}': its part is sent, but only an image with a handler for text/{name}-config takes it")
+    parts: list[Part] = []
+    try:
+        if mode.kind == "include" and names and pin:
+            parts.append(Part(PART_HANDLER, "vfarm-pin-loader.py", pin_loader(mode, names).encode("ascii"), "handler"))
+        elif mode.kind == "include" and names:
+            urls = "".join(f"{mode.url(n)}\n" for n in names)
+            parts.append(Part("text/x-include-url", "vfarm-handlers.txt", urls.encode("ascii"), "handler"))
+        elif mode.kind == "embed" and names:
+            lib = bundle.bundle_library(names)
+            parts.append(Part(PART_HANDLER, "vfarm-library.py", lib.source.encode("ascii"), "handler"))
+            parts += [Part(PART_HANDLER, bundle.handler_filename(n), bundle.thin_handler(n, lib.package).encode("ascii"), "handler") for n in names]
+    except bundle.BundleError as err:
+        raise BuildError(f"cannot bundle the handlers: {err}") from None
+    parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type == PART_HANDLER]
+    parts += [Part(f"text/{n}-config", f"{n}-config.ccfg", section_payload(n, config.sections[n]), "config") for n in sections]
+    parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type != PART_HANDLER]
+    check_mode = "include" if mode.kind == "include" else mode.kind
+    parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in _check_parts(config, check_mode)]
+    seen: set[str] = set()
+    for part in parts:
+        if part.filename in seen:
+            raise BuildError(f"two parts are named {part.filename}: rename the attached file")
+        seen.add(part.filename)
+    return parts, warnings
+
+
+def _header_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def assemble(parts: Sequence[Part]) -> bytes:
+    """The MIME multipart of PARTS. ASCII text travels as it is (small, and gzip compresses it
+    well); anything else as base64. The boundary is a hash of the content."""
+    digest = hashlib.sha256()
+    for part in parts:
+        for field in (part.content_type.encode(), part.filename.encode(), part.payload):
+            digest.update(len(field).to_bytes(8, "big") + field)
+    boundary = f"vfarm-{digest.hexdigest()[:40]}"
+    out = [f'Content-Type: multipart/mixed; boundary="{boundary}"', "MIME-Version: 1.0", ""]
+    for part in parts:
+        try:
+            text = part.payload.decode("ascii")
+            plain = "\r" not in text and not any(line.startswith("--" + boundary) for line in text.split("\n"))
+        except UnicodeDecodeError:
+            plain = False
+        out.append(f"--{boundary}")
+        maintype = part.content_type.split("/", 1)[0]
+        charset = '; charset="utf-8"' if maintype == "text" else ""
+        out.append(f"Content-Type: {part.content_type}{charset}")
+        out.append("MIME-Version: 1.0")
+        out.append(f"Content-Transfer-Encoding: {'7bit' if plain else 'base64'}")
+        out.append(f'Content-Disposition: attachment; filename="{_header_value(part.filename)}"')
+        out.append("")
+        if plain:
+            out.append(text)
+        else:
+            encoded = base64.encodebytes(part.payload).decode("ascii")
+            out.append(encoded.rstrip("\n"))
+    out.append(f"--{boundary}--")
+    return ("\n".join(out) + "\n").encode("ascii")
+
+
+def compress(data: bytes) -> bytes:
+    """Deterministic gzip: no name, no date."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def _too_big(size: int, max_size: int, gzipped: bool, plain: bytes, parts: Sequence[Part]) -> BuildError:
+    over = size - max_size
+    what = "gzipped user-data" if gzipped else "user-data"
+    helps: list[str] = []
+    if not gzipped:
+        helps.append(f"--gzip auto would make it {len(compress(plain))} bytes")
+    handler_bytes = sum(len(p.payload) for p in parts if p.role == "handler" and p.content_type == PART_HANDLER)
+    if handler_bytes:
+        without = assemble([p for p in parts if p.role != "handler"])
+        smaller = len(compress(without)) if gzipped else len(without)
+        helps.append(f"--handlers include=URL_BASE or baked would make it about {smaller} bytes")
+    helps.append("--max-size if your cloud takes more")
+    return BuildError(f"{what} is {size} bytes, {over} over the limit of {max_size}; what helps: {'; '.join(helps)}")
+
+
+def build(
+    config: Config,
+    *,
+    handlers: str = "embed",
+    gzip: str = "auto",
+    max_size: int = EC2_LIMIT,
+    attach: Sequence[Attachment] = (),
+    pin: bool = False,
+) -> Built:
+    """The user-data of CONFIG, with what the size report needs."""
+    if gzip not in GZIP_MODES:
+        raise BuildError(f"--gzip: expected one of {', '.join(GZIP_MODES)}, got {gzip!r}")
+    if max_size <= 0:
+        raise BuildError(f"--max-size must be a positive number of bytes, got {max_size}")
+    parts, warnings = plan_parts(config, handlers, attach, pin)
+    plain = assemble(parts)
+    compressed = gzip == "always" or (gzip == "auto" and len(plain) > max_size)
+    data = compress(plain) if compressed else plain
+    if len(data) > max_size:
+        raise _too_big(len(data), max_size, compressed, plain, parts)
+    return Built(data, tuple(parts), len(plain), compressed, tuple(warnings))
+
+
+def build_userdata(
+    config: Config,
+    *,
+    handlers: str = "embed",
+    gzip: str = "auto",
+    max_size: int = EC2_LIMIT,
+    attach: Sequence[Attachment] = (),
+    pin: bool = False,
+) -> bytes:
+    """The user-data of CONFIG (see `build`); raises BuildError with a one-line message."""
+    return build(config, handlers=handlers, gzip=gzip, max_size=max_size, attach=attach, pin=pin).data

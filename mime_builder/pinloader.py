@@ -1,0 +1,161 @@
+"""The `--pin` loader: a small part-handler that the builder embeds in place of cloud-init's
+unverified `#include`. It runs ON THE INSTANCE (stdlib only, Python 3.9+; its source is copied into
+the user-data with PINNED and FREQUENCY filled in by `vfarm build`).
+
+When cloud-init registers it (`__begin__`), it fetches each handler file from its URL, checks the
+sha256 recorded at build time and only then loads it; it takes the content types of all pinned
+handlers and passes each part on to the handler it belongs to. A failed fetch or a mismatch is
+written as a failed status record of that handler (what the final check reads), never skipped
+in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import types
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+# Filled in by `vfarm build`: [{"name", "url", "sha256", "types", "frequency"}, ...].
+PINNED: list[dict[str, Any]] = []
+FREQUENCY = "once-per-instance"
+
+PER_INSTANCE, PER_ALWAYS = "once-per-instance", "always"
+ATTEMPTS = 5
+TIMEOUT = 10.0
+LOG = logging.getLogger("vfarm.pin")
+handler_version = 3
+frequency = FREQUENCY
+_by_type: dict[str, types.ModuleType] = {}
+_loaded: list[types.ModuleType] = []
+
+
+def list_types() -> list[str]:
+    return sorted({t for entry in PINNED for t in entry["types"]})
+
+
+def _runs(mod_frequency: str, frequency: Optional[str]) -> bool:
+    # cloud-init's own rule (handlers.run_part): per-instance handlers are not called on reboots.
+    return mod_frequency == PER_ALWAYS or (frequency == PER_INSTANCE and mod_frequency == PER_INSTANCE)
+
+
+def fetch(url: str) -> bytes:
+    """URL's content; retries what may pass (network, 5xx), not a definite answer (4xx)."""
+    delay = float(os.environ.get("VFARM_PIN_RETRY_DELAY", "1"))
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                data: bytes = response.read()
+                return data
+        except urllib.error.HTTPError as err:
+            if err.code < 500 or attempt == ATTEMPTS:
+                raise
+        except (OSError, ValueError):
+            if attempt == ATTEMPTS:
+                raise
+        LOG.warning("vfarm pin: fetching %s failed (attempt %d of %d), retrying", url, attempt, ATTEMPTS)
+        time.sleep(delay * 2 ** (attempt - 1))
+    raise OSError(f"cannot fetch {url}")
+
+
+def _instance_id(cloud: Any) -> Optional[str]:
+    try:
+        return str(cloud.get_instance_id()) or None
+    except Exception:  # noqa: BLE001 - any Cloud-like object, or none
+        return None
+
+
+def record_failure(name: str, reason: str, cloud: Any = None) -> None:
+    """A failed status record of handler NAME, in the format of cc_modules/record.py."""
+    directory = os.environ.get("VFARM_LOG_DIR") or "/var/log/vfarm"
+    now = time.time()
+    data = {
+        "handler": name,
+        "status": "failed",
+        "reason": reason,
+        "started": now,
+        "finished": now,
+        "seconds": 0.0,
+        "instance_id": _instance_id(cloud),
+        "changed": False,
+        "steps": [{"action": "pin", "ok": False, "reason": reason}],
+        "vfarm_version": "pin-loader",
+    }
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, os.path.join(directory, f"{name}.status.json"))
+    LOG.error("vfarm %s failed: %s", name, reason)
+
+
+def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
+    """The verified handler module of ENTRY, or None (after recording why)."""
+    name, url = entry["name"], entry["url"]
+    try:
+        content = fetch(url)
+    except Exception as err:  # noqa: BLE001 - whatever the network does, it is recorded
+        record_failure(name, f"pinned handler not fetched from {url}: {err}", cloud)
+        return None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != entry["sha256"]:
+        record_failure(name, f"pinned handler from {url} has sha256 {digest}, expected {entry['sha256']}: not run", cloud)
+        return None
+    module = types.ModuleType(f"vfarm_pinned_{name}")
+    module.__file__ = url
+    try:
+        exec(compile(content.decode("utf-8"), url, "exec"), module.__dict__)  # noqa: S102 - verified above
+    except Exception as err:  # noqa: BLE001
+        record_failure(name, f"pinned handler from {url} does not load: {type(err).__name__}: {err}", cloud)
+        return None
+    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, url, digest)
+    return module
+
+
+def _call(module: types.ModuleType, data: Any, ctype: str, filename: Any, payload: Any, frequency: Optional[str], headers: Any) -> None:
+    if not _runs(getattr(module, "frequency", PER_INSTANCE), frequency):
+        return
+    version = int(getattr(module, "handler_version", 1))
+    if version >= 3:
+        module.handle_part(data, ctype, filename, payload, frequency, headers)
+    elif version == 2:
+        module.handle_part(data, ctype, filename, payload, frequency)
+    else:
+        module.handle_part(data, ctype, filename, payload)
+
+
+def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: Optional[str] = None, headers: Any = None) -> None:
+    if ctype == "__begin__":
+        for entry in PINNED:
+            if not _runs(entry.get("frequency", PER_INSTANCE), frequency):
+                continue
+            module = load(entry, data)
+            if module is None:
+                continue
+            _loaded.append(module)
+            for t in entry["types"]:
+                _by_type[t] = module
+            try:
+                _call(module, data, ctype, filename, payload, frequency, {"Content-Type": ctype})
+            except Exception:  # noqa: BLE001 - one handler's failure must not stop the others
+                LOG.exception("vfarm pin: %s failed to start", entry["name"])
+        return
+    if ctype == "__end__":
+        for module in _loaded:
+            try:
+                _call(module, data, ctype, filename, payload, frequency, {"Content-Type": ctype})
+            except Exception:  # noqa: BLE001
+                LOG.exception("vfarm pin: %s failed to finish", module.__name__)
+        return
+    module = _by_type.get(ctype)
+    if module is None:
+        LOG.error("vfarm pin: no verified handler for %s (%s): its failure is recorded", ctype, filename)
+        return
+    _call(module, data, ctype, filename, payload, frequency, headers)
