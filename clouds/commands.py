@@ -43,7 +43,7 @@ def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
     config = cli.load_or_report(args.file)
     if config is None:
         return None
-    options: dict[str, Any] = {"max_size": ec2.USERDATA_LIMIT}
+    options: dict[str, Any] = {"max_size": args.max_size}
     if args.handlers is not None:
         options["handlers"] = args.handlers
     if args.gzip is not None:
@@ -106,6 +106,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             security_groups=args.security_group,
             subnet=args.subnet,
             client_token=args.client_token,
+            max_userdata=args.max_size,
         )
         ids = [i["InstanceId"] for i in instances]
         print(f"vfarm: launched {len(ids)} instance(s) at {cloud.endpoint}: {' '.join(ids)}", file=sys.stderr)
@@ -190,6 +191,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client-token", metavar="T", help="idempotency token: the same token never launches twice")
     p.add_argument("--handlers", metavar="HOW", help="include=URL_BASE, embed or baked (as vfarm build)")
     p.add_argument("--gzip", choices=("auto", "always", "never"), help="compression of the user-data (as vfarm build)")
+    p.add_argument(
+        "--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; OpenStack takes 65535)"
+    )
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)

@@ -355,11 +355,13 @@ class Ec2Cloud:
         security_groups: Sequence[str] = (),
         subnet: Optional[str] = None,
         client_token: Optional[str] = None,
+        max_userdata: int = USERDATA_LIMIT,
     ) -> list[dict[str, Any]]:
         """RunInstances; returns the instances as the API describes them. Without a client token
-        botocore makes one up, so its own retries never launch twice."""
-        if len(userdata) > USERDATA_LIMIT:
-            raise Ec2Error(f"user-data is {len(userdata)} bytes, over EC2's limit of {USERDATA_LIMIT}")
+        botocore makes one up, so its own retries never launch twice. MAX_USERDATA: AWS takes
+        16384 bytes; some EC2-compatible clouds take more (OpenStack: 65535)."""
+        if len(userdata) > max_userdata:
+            raise Ec2Error(f"user-data is {len(userdata)} bytes, over the limit of {max_userdata}")
         request = run_request(image_id, instance_type, count, tags, key_name, security_groups, subnet, client_token)
         # botocore base64-encodes UserData for RunInstances itself
         response = self._guard("launch", self.client.run_instances, UserData=userdata, **request)

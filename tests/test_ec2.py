@@ -99,7 +99,7 @@ def test_wait_running_times_out_with_the_laggards_named() -> None:
 
 def test_userdata_over_the_limit_is_refused_before_any_call() -> None:
     cloud = ec2.Ec2Cloud(ec2.Ec2Params(endpoint_url=f"http://127.0.0.1:{closed_port()}"))
-    with pytest.raises(ec2.Ec2Error, match="16385 bytes, over EC2's limit of 16384"):
+    with pytest.raises(ec2.Ec2Error, match="16385 bytes, over the limit of 16384"):
         cloud.launch(b"x" * 16385, "ami-12345678", "t3.micro")
 
 
