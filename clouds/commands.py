@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,23 +38,38 @@ def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
 
 
 def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
-    """The user-data for FILE, exactly as `vfarm build` makes it, or None after reporting why not."""
+    """The user-data for FILE, exactly as `vfarm build` makes it with the same options, or None
+    after reporting why not."""
     from ..mime_builder import cli, mime
 
+    if args.max_size <= 0:
+        _fail(f"--max-size must be a positive number of bytes, got {args.max_size}")
+        return None
+    try:
+        attachments = [mime.attachment(a) for a in args.attach]
+        mime.parse_handlers(args.handlers)
+    except mime.BuildError as err:
+        _fail(str(err))
+        return None
     config = cli.load_or_report(args.file)
     if config is None:
         return None
-    options: dict[str, Any] = {"max_size": args.max_size}
-    if args.handlers is not None:
-        options["handlers"] = args.handlers
-    if args.gzip is not None:
-        options["gzip"] = args.gzip
     try:
-        data: bytes = mime.build_userdata(config, **options)
+        built = mime.build(config, handlers=args.handlers, gzip=args.gzip, max_size=args.max_size, attach=attachments, pin=args.pin)
     except mime.BuildError as err:
         _fail(f"{args.file}: {err}")
         return None
-    return data
+    for warning in built.warnings:
+        print(f"vfarm launch: warning: {warning}", file=sys.stderr)
+    return built.data
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """0600 from the start: user-data may carry proxy credentials or a pool token."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_TRUNC
 
 
 def _progress(started: float) -> Any:
@@ -86,7 +102,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         # No API call at all: write the user-data and show how the classic tools would launch it.
         out = Path(args.output or Path(args.file).stem + ".userdata")
         try:
-            out.write_bytes(userdata)
+            _write_private(out, userdata)
         except OSError as err:
             return _fail(f"cannot write {out}: {err.strerror}")
         print(f"vfarm: wrote {len(userdata)} bytes of user-data to {out}; dry run, nothing launched", file=sys.stderr)
@@ -189,11 +205,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subnet", metavar="S", help="subnet ID (VPC)")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="extra tag; repeatable")
     p.add_argument("--client-token", metavar="T", help="idempotency token: the same token never launches twice")
-    p.add_argument("--handlers", metavar="HOW", help="include=URL_BASE, embed or baked (as vfarm build)")
-    p.add_argument("--gzip", choices=("auto", "always", "never"), help="compression of the user-data (as vfarm build)")
-    p.add_argument(
-        "--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; OpenStack takes 65535)"
-    )
+    b = p.add_argument_group("user-data (the same options, and so the same bytes, as vfarm build)")
+    b.add_argument("--handlers", default="embed", metavar="include=URL_BASE|embed|baked", help="how the handlers reach the instance (default embed)")
+    b.add_argument("--pin", action="store_true", help="with include=: check each fetched handler's sha256")
+    b.add_argument("--gzip", choices=("auto", "always", "never"), default="auto", help="compress the whole payload (default auto)")
+    b.add_argument("--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; OpenStack: 65535)")
+    b.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part, as vfarm build --attach")
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
