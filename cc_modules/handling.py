@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import yaml
+
+from ..mime_builder import config as vconfig
 from . import record as record_mod
 from .cvmfs_spec import redact
 from .localfs_spec import PlanError
@@ -84,21 +87,15 @@ def handle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str
 
 def validate(section_name: str, data: Any, source: str) -> dict[str, Any]:
     """The section checked exactly as `vfarm validate` checks it (schema and semantics)."""
-    import yaml
-
-    from ..mime_builder import config
-
     text = yaml.safe_dump({section_name: data}, sort_keys=False)
-    loaded = config.load_text(text, source=source, sections={section_name})
+    loaded = vconfig.load_text(text, source=source, sections={section_name})
     section: dict[str, Any] = loaded.sections[section_name]
     return section
 
 
 def load_part(section_name: str, payload: str, source: str) -> Optional[dict[str, Any]]:
     """The section from a part's payload (YAML `NAME:\\n  ...`, a one-section #multiple-config)."""
-    from ..mime_builder import config
-
-    loaded = config.load_text(payload, source=source, sections={section_name})
+    loaded = vconfig.load_text(payload, source=source, sections={section_name})
     section = loaded.sections.get(section_name)
     if section is None:
         raise StepError(f"{source}: the part holds no '{section_name}:' section")
