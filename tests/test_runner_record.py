@@ -56,7 +56,7 @@ def test_runner_missing_command_timeout_and_argv_only(logger: logging.Logger) ->
     slow = runner.run(["sleep", "5"], check=False, timeout=0.2)
     assert slow.returncode == 124
     with pytest.raises(TypeError):
-        runner.run("rm -rf /")  # type: ignore[arg-type]
+        runner.run("rm -rf /")
 
 
 def test_runner_dry_run_runs_only_read_only_commands(logger: logging.Logger, tmp_path: Path) -> None:
