@@ -12,6 +12,7 @@ from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.fixtures.cloudinit import Release
@@ -58,7 +59,8 @@ def config_parts() -> list[tuple[str, str, str]]:
             ("cvmfs-config", "cvmfs.yaml", yaml.safe_dump({"cvmfs": CVMFS}, sort_keys=False))]
 
 
-def boot(release: Release, tmp: Path, mime: str, extra_cfg: dict[str, Any], preinstalled: bool) -> tuple[dict[str, Any], str, str]:
+def boot(release: Release, tmp: Path, mime: str, extra_cfg: dict[str, Any], preinstalled: bool,
+         keep_modules: bool = False) -> tuple[dict[str, Any], str, str]:
     stubs, modules, root, logs = tmp / "stubs", tmp / "modules", tmp / "root", tmp / "log"
     for d in (stubs, modules, root / "etc", root / "home/debian", tmp / "cloud/handlers"):
         d.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,8 @@ def boot(release: Release, tmp: Path, mime: str, extra_cfg: dict[str, Any], prei
     for name in STUBBED:
         (stubs / name).symlink_to("fake-tool")
     for name in ("localfs", "cvmfs"):
-        (modules / f"cc_{name}.py").write_text(MODULE_SHIM.format(name=name))
+        if not keep_modules:
+            (modules / f"cc_{name}.py").write_text(MODULE_SHIM.format(name=name))
         if preinstalled:
             (tmp / "cloud/handlers" / f"vfarm_{name}_handler.py").write_text(HANDLER_SHIM.format(name=name))
     cfg = {
@@ -145,3 +148,20 @@ def test_a_bad_part_is_recorded_as_failed(cloudinit_release: Release, tmp_path: 
     assert record["status"] == "failed"
     assert record["reason"].startswith("invalid config: localfs.yaml:3:")
     assert "vfarm localfs failed: invalid config" in log  # cloud-init's WARNING carries the reason
+
+
+def test_the_log_check_catches_an_old_style_handle(cloudinit_release: Release, tmp_path: Path) -> None:
+    """Control: a 5-parameter `handle` (what 22.4 called) is DEPRECATED on 25.1, and assert_clean sees it."""
+    old_style = ("from vfarm.cc_modules.cc_localfs import distros, frequency, meta, handle as _h\n\n"
+                 "def handle(name, cfg, cloud, log, args):\n    _h(name, cfg, cloud, log, args)\n")
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules/cc_localfs.py").write_text(old_style)
+    shim = (tmp_path / "modules/cc_localfs.py").read_text()
+    out, log, _ = boot(cloudinit_release, tmp_path, user_data([]), {"cloud_config_modules": ["localfs"]}, preinstalled=False, keep_modules=True)
+    assert (tmp_path / "modules/cc_localfs.py").read_text() == shim
+    assert out["ran"] == ["localfs"] and out["failures"] == []
+    if cloudinit_release.version.startswith("25."):
+        with pytest.raises(AssertionError, match="DEPRECATED"):
+            assert_clean(log)
+    else:
+        assert_clean(log)
