@@ -450,6 +450,25 @@ class Ec2Cloud:
             sleep(interval)
 
 
+def cloud_from_section(section: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> Ec2Cloud:
+    """The cloud of a farm file's `scale.cloud` section (type ec2): endpoint, region and profile
+    from it, the rest from the environment as for `vfarm launch ec2`."""
+    params = Ec2Params.resolve(section.get("endpoint-url"), section.get("region"), section.get("profile"), environ)
+    return Ec2Cloud(params)
+
+
+def launch_options(section: Mapping[str, Any]) -> dict[str, Any]:
+    """`Ec2Cloud.launch` keyword arguments (all but userdata and count) from a `scale.cloud` section."""
+    return {
+        "image_id": section["image-id"],
+        "instance_type": section["instance-type"],
+        "tags": dict(section.get("tags") or {}),
+        "key_name": section.get("key-name"),
+        "security_groups": tuple(section.get("security-groups") or ()),
+        "subnet": section.get("subnet"),
+    }
+
+
 def _reason(instance: Mapping[str, Any]) -> str:
     reason = instance.get("StateReason", {}).get("Message") or instance.get("StateTransitionReason")
     return f" ({reason})" if reason else ""

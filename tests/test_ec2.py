@@ -176,3 +176,14 @@ def test_run_request_groups_tags_and_refusals() -> None:
         ec2.run_request("ami-1", "m5.large", tags={ec2.MANAGED_TAG: "false"})
     with pytest.raises(ec2.Ec2Error, match="KEY=VALUE"):
         ec2.parse_tags(["=x"])
+
+
+def test_scale_cloud_section_drives_the_same_backend(ec2_endpoint: Ec2Endpoint) -> None:
+    section = {"type": "ec2", "image-id": ec2_endpoint.image_id, "instance-type": "m1.large", "endpoint-url": ec2_endpoint.url,
+               "security-groups": ["workers"], "tags": {"vfarm:farm": "torino"}}  # fmt: skip
+    ec2_endpoint.client().create_security_group(GroupName="workers", Description="vfarm workers")
+    cloud = ec2.cloud_from_section(section)
+    launched = cloud.launch(b"#cloud-config\n", count=2, **ec2.launch_options(section))
+    farm = cloud.instances({"vfarm:farm": "torino"}, states=("pending", "running"))
+    assert sorted(i["InstanceId"] for i in farm) == sorted(i["InstanceId"] for i in launched)
+    assert all(i["InstanceType"] == "m1.large" and i["SecurityGroups"][0]["GroupName"] == "workers" for i in farm)
