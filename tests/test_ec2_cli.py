@@ -98,3 +98,16 @@ def test_unknown_profile_and_partial_euca_keys(ec2_endpoint: Ec2Endpoint, capsys
     monkeypatch.setenv("EC2_ACCESS_KEY", "AKIAONLYKEY")
     assert "EC2_SECRET_KEY is not set" in one_line_failure(*run(capsys, "instances", "--endpoint-url", ec2_endpoint.url))
 
+
+
+def test_launch_targets_are_shared_by_every_module_that_registers_one() -> None:
+    import argparse
+
+    from vfarm.clouds.commands import launch_targets
+
+    parser = argparse.ArgumentParser(prog="vfarm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    launch_targets(sub).add_parser("local").add_argument("file")
+    launch_targets(sub).add_parser("ec2").add_argument("file")
+    assert parser.parse_args(["launch", "local", "a.yaml"]).launch_target == "local"
+    assert parser.parse_args(["launch", "ec2", "b.yaml"]).launch_target == "ec2"
