@@ -284,6 +284,7 @@ def _dynamic(graph: Graph, module: Module, arg: ast.expr, strings: set[str]) -> 
 def collect(entries: Sequence[str], root: str = ROOT_PACKAGE, keys: Optional[set[str]] = None) -> Graph:
     """Every module the ENTRIES (relative to ROOT, e.g. "part_handlers.localfs_handler") need."""
     graph = Graph(root, keys=keys)
+    importlib.invalidate_caches()  # a module written since the last import must be seen
     todo = [graph.full(entry) for entry in entries]
     while todo:
         full = todo.pop()
