@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.cloudinit",
     "tests.fixtures.check",
     "tests.fixtures.moto",
+    "tests.fixtures.condor_pool",
 ]
