@@ -34,6 +34,9 @@ APT_KEY = "/etc/apt/keyrings/vfarm-cvmfs.asc"
 YUM_REPO = "/etc/yum.repos.d/vfarm-cvmfs.repo"
 HEADER = "Written by vfarm cvmfs (cloud-init) from the vfarm config: change that, not this file."
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# Generous limits: a hung mirror or proxy must end as a recorded failure, not a boot that hangs.
+INSTALL_TIMEOUT = 1800.0
+PROBE_TIMEOUT = 300.0
 
 frequency = PER_INSTANCE
 distros = ["all"]
@@ -225,9 +228,10 @@ def _install(step: dict[str, Any], ctx: Context) -> list[str]:
     return [manager, "install", "-y", f"{package}-{version}" if version else package]
 
 
-def _run_step(ctx: Context, action: str, argv: list[str], env: Optional[dict[str, str]] = None, check: bool = True) -> Any:
+def _run_step(ctx: Context, action: str, argv: list[str], env: Optional[dict[str, str]] = None, check: bool = True,
+              timeout: Optional[float] = INSTALL_TIMEOUT) -> Any:
     try:
-        result = ctx.runner.run(argv, env=env, check=check)
+        result = ctx.runner.run(argv, env=env, check=check, timeout=timeout)
     except CommandFailed as err:
         ctx.record.step(action, False, argv=argv, returncode=err.result.returncode, seconds=round(err.result.seconds, 3), error=err.result.summary())
         raise
@@ -274,7 +278,7 @@ def apply(steps: list[dict[str, Any]], ctx: Context) -> bool:
                 ctx.logger.info("dry-run, not probing %s", ", ".join(step["repositories"]))
                 continue
             for repo in step["repositories"]:
-                _run_step(ctx, "probe", ["cvmfs_config", "probe", repo], env=None)
+                _run_step(ctx, "probe", ["cvmfs_config", "probe", repo], timeout=PROBE_TIMEOUT)
         elif "argv" in step:
             _run_step(ctx, action, step["argv"], env=APT_ENV if step["argv"][0].startswith("apt") or step["argv"][0] == "dpkg" else None)
             changed = True
