@@ -1,0 +1,308 @@
+"""Small Debian cloud images for local boots: mmdebstrap -> configure -> bake vfarm -> `mkfs.ext4 -d`.
+
+Two caches under /var/cache/vfarm/images/ (VFARM_CACHE overrides /var/cache/vfarm):
+- rootfs/SUITE-KEY.tar: mmdebstrap's output, keyed by the suite, package list and hooks (a minute to
+  make, so a change of vfarm's code never redoes it);
+- SUITE-KEY/: disk.raw, vmlinuz, initrd.img, image.json, keyed by the rootfs key, this recipe and
+  every vfarm file that gets baked (re-baking takes seconds).
+The mirror is the one the host's apt uses (VFARM_MIRROR or --mirror override it), never written here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import bake as baking
+from .hostcmd import CommandError, Stopwatch, progress, run
+
+SUITES = ("bookworm", "trixie")
+RECIPE_VERSION = 1
+DISK_SIZE = "3G"
+HOSTNAME = "vfarm-{suite}"
+
+# What test-vm-facts.md saw boot: a minbase system with cloud-init, lvm2, the cloud kernel, and
+# what cloud-init's network and locale modules need (locales: else a clean boot logs an error).
+PACKAGES = [
+    "systemd-sysv", "udev", "cloud-init", "lvm2", "linux-image-cloud-amd64", "python3-yaml",
+    "python3-jsonschema", "e2fsprogs", "xfsprogs", "iproute2", "ifupdown", "isc-dhcp-client", "netbase",
+    "locales", "util-linux", "mount",
+]
+# Run inside mmdebstrap ($1 is the root): the locale cloud-init asks for on Debian must exist.
+HOOKS = [
+    'echo "en_US.UTF-8 UTF-8" > "$1/etc/locale.gen"',
+    'chroot "$1" locale-gen',
+    'echo "LANG=en_US.UTF-8" > "$1/etc/default/locale"',
+]
+DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
+
+# The local backend's report-and-power-off step. Only the local test images have it: the host can
+# neither run lsblk in the guest nor read /run after power-off, so the guest writes them to disk.
+HARNESS_SCRIPT = """#!/bin/sh
+# vfarm local test image only (not part of `vfarm image bake`): after cloud-init's last stage,
+# write what the host cannot see from outside, then power off so the host can read the disk.
+out=/var/log/vfarm-local
+mkdir -p "$out"
+# vfarm's final check runs detached from cloud-init's last stage (and powers off on failure):
+# wait until no cloud-init process is left, so its summary is on disk (bounded: 5 minutes).
+n=0
+while [ $n -lt 600 ] && grep -qs 'cloud-[i]nit' /proc/[0-9]*/cmdline; do sleep 0.5; n=$((n+1)); done
+lsblk --json --bytes -o NAME,KNAME,TYPE,SIZE,FSTYPE,LABEL,MOUNTPOINT > "$out/lsblk.json" 2>&1
+swapon --show --bytes > "$out/swapon.txt" 2>&1
+findmnt --json > "$out/findmnt.json" 2>&1
+lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_size,seg_size_pe > "$out/lvs.json" 2>&1
+vgs --reportformat json --units b --nosuffix -o vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count > "$out/vgs.json" 2>&1
+cloud-init status --long > "$out/cloud-init-status.txt" 2>&1
+echo "exit $?" >> "$out/cloud-init-status.txt"
+cp /run/cloud-init/status.json /run/cloud-init/result.json "$out/" 2>/dev/null
+echo "$(cat /proc/sys/kernel/random/boot_id) $(date -u +%FT%TZ)" >> "$out/boots.log"
+sync
+echo "vfarm-local: harness done, powering off" > /dev/console
+systemctl poweroff --no-block
+"""
+HARNESS_UNIT = """[Unit]
+Description=vfarm local test harness: report and power off after cloud-init
+After=cloud-final.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vfarm-local-harness
+
+[Install]
+WantedBy=cloud-init.target
+"""
+HARNESS_MARK = "vfarm-local: harness done"
+
+CLOUD_CFG = """# vfarm local test image: NoCloud seed only (no probing of other clouds)
+datasource_list: [NoCloud, None]
+"""
+INTERFACES = """# cloud-init writes its network config to interfaces.d: it must be sourced.
+auto lo
+iface lo inet loopback
+
+source /etc/network/interfaces.d/*
+"""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm")) / "images"
+
+
+def host_mirror() -> str:
+    """The Debian mirror the host's apt uses (VFARM_MIRROR overrides it)."""
+    override = os.environ.get("VFARM_MIRROR")
+    if override:
+        return override
+    found: list[tuple[str, list[str]]] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
+            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
+            if "deb" in fields.get("Types", "").split() and fields.get("URIs"):
+                found.append((fields["URIs"].split()[0], fields.get("Suites", "").split()))
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
+                if m:
+                    found.append((m.group(1), [m.group(2)]))
+    # The main archive: a suite without -security/-updates/-backports.
+    for uri, suites in found:
+        if any(s and "-" not in s and "/" not in s for s in suites):
+            return uri
+    if found:
+        return found[0][0]
+    raise CommandError("no Debian mirror in the host's apt sources: set VFARM_MIRROR")
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def rootfs_key(suite: str) -> str:
+    recipe = {"suite": suite, "variant": "minbase", "packages": PACKAGES, "hooks": HOOKS, "dpkg": DPKG_OPTS}
+    return _digest(json.dumps(recipe, sort_keys=True).encode())
+
+
+def image_key(suite: str) -> str:
+    """Changes with the rootfs, this recipe, the bake step and every vfarm file that gets baked."""
+    parts = [rootfs_key(suite).encode(), Path(__file__).read_bytes()]
+    for _dest, source in sorted(baking.baked_files().items()):
+        parts.append(source.encode())
+    return _digest(*parts)
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def rootfs_tar(suite: str, mirror: Optional[str] = None) -> Path:
+    """mmdebstrap's tar of SUITE, made once per recipe."""
+    if suite not in SUITES:
+        raise CommandError(f"unknown suite {suite!r}: one of {', '.join(SUITES)}")
+    target = cache_root() / "rootfs" / f"{suite}-{rootfs_key(suite)}.tar"
+    if target.is_file():
+        return target
+    with _locked(f"rootfs-{suite}"):
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mirror = mirror or host_mirror()
+        progress("image", f"{suite}: mmdebstrap from {mirror} (about a minute) ...")
+        watch = Stopwatch()
+        partial = target.with_suffix(".partial.tar")
+        argv = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", f"--include={','.join(PACKAGES)}"]
+        argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
+        argv += [f"--customize-hook={hook}" for hook in HOOKS]
+        argv += [suite, str(partial), mirror]
+        run(argv, timeout=1800)
+        partial.rename(target)
+        for old in target.parent.glob(f"{suite}-*.tar"):
+            if old != target:
+                old.unlink()
+        progress("image", f"{suite}: rootfs {target.stat().st_size >> 20} MB in {watch():.0f} s")
+    return target
+
+
+@dataclass
+class Image:
+    name: str
+    directory: Path
+    disk: Path
+    kernel: Path
+    initrd: Path
+    info: dict[str, object]
+
+    @property
+    def has_harness(self) -> bool:
+        return bool(self.info.get("harness"))
+
+
+def load_image(directory: Path) -> Image:
+    directory = Path(directory)
+    info_path = directory / "image.json"
+    info: dict[str, object] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    image = Image(str(info.get("suite", directory.name)), directory, directory / "disk.raw",
+                  directory / "vmlinuz", directory / "initrd.img", info)
+    for need in (image.disk, image.kernel, image.initrd):
+        if not need.is_file():
+            raise CommandError(f"{directory}: not an image folder (no {need.name}); `vfarm image build` makes one")
+    return image
+
+
+def _package_version(root: Path, package: str) -> str:
+    status = (root / "var/lib/dpkg/status").read_text(encoding="utf-8", errors="replace")
+    for stanza in status.split("\n\n"):
+        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M):
+            m = re.search(r"^Version: (.+)$", stanza, re.M)
+            if m:
+                return m.group(1)
+    return "?"
+
+
+def configure(root: Path, suite: str) -> None:
+    """What turns mmdebstrap's folder into a bootable local cloud image (test-vm-facts.md)."""
+    (root / "etc/hostname").write_text(HOSTNAME.format(suite=suite) + "\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
+    (root / "etc/network").mkdir(parents=True, exist_ok=True)
+    (root / "etc/network/interfaces.d").mkdir(exist_ok=True)
+    (root / "etc/network/interfaces").write_text(INTERFACES)
+    (root / "etc/cloud/cloud.cfg.d/90-vfarm-local.cfg").write_text(CLOUD_CFG)
+    # A fresh machine-id per boot of a fresh copy: systemd makes one when the file is empty.
+    (root / "etc/machine-id").write_text("")
+    script = root / "usr/local/sbin/vfarm-local-harness"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(HARNESS_SCRIPT)
+    script.chmod(0o755)
+    (root / "etc/systemd/system/vfarm-local-harness.service").write_text(HARNESS_UNIT)
+    wants = root / "etc/systemd/system/cloud-init.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "vfarm-local-harness.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/vfarm-local-harness.service")
+
+
+def _newest(paths: list[Path]) -> Path:
+    if not paths:
+        raise CommandError("the image has no kernel/initrd in /boot")
+    return sorted(paths, key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)])[-1]
+
+
+def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake_vfarm: bool = True) -> Image:
+    """The cached image of SUITE, built (or re-baked from the cached rootfs) when its inputs changed."""
+    if suite not in SUITES:
+        raise CommandError(f"unknown image {suite!r}: one of {', '.join(SUITES)}, or a folder made by `vfarm image build`")
+    key = image_key(suite) if bake_vfarm else rootfs_key(suite) + "-plain"
+    name = suite if bake_vfarm else f"{suite}-plain"
+    final = cache_root() / f"{name}-{key}"
+    if (final / "image.json").is_file() and not force:
+        return load_image(final)
+    tar = rootfs_tar(suite, mirror)
+    with _locked(f"image-{name}"):
+        if (final / "image.json").is_file() and not force:
+            return load_image(final)
+        watch = Stopwatch()
+        work = cache_root() / f".build-{name}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        root = work / "root"
+        root.mkdir(parents=True)
+        try:
+            progress("image", f"{name}: unpacking {tar.name}")
+            run(["tar", "--numeric-owner", "-xpf", tar, "-C", root], timeout=600)
+            configure(root, suite)
+            manifest: dict[str, object] = {}
+            if bake_vfarm:
+                progress("image", f"{name}: baking vfarm")
+                manifest = baking.bake(root)
+            kernel = _newest(list(root.glob("boot/vmlinuz-*")))
+            initrd = _newest(list(root.glob("boot/initrd.img-*")))
+            shutil.copyfile(kernel, work / "vmlinuz")
+            shutil.copyfile(initrd, work / "initrd.img")
+            progress("image", f"{name}: mkfs.ext4 -d ({DISK_SIZE})")
+            run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, work / "disk.raw", DISK_SIZE], timeout=600)
+            info = {
+                "suite": suite, "name": name, "key": key, "recipe_version": RECIPE_VERSION,
+                "cloud_init": _package_version(root, "cloud-init"), "kernel": kernel.name,
+                "harness": True, "baked": manifest, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (work / "image.json").write_text(json.dumps(info, indent=2) + "\n")
+            shutil.rmtree(root)
+            if final.exists():
+                shutil.rmtree(final)
+            work.rename(final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for old in cache_root().glob(f"{name}-*"):
+            if old != final and old.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}(-plain)?", old.name):
+                shutil.rmtree(old, ignore_errors=True)
+        progress("image", f"{name}: ready in {watch():.0f} s: {final} (cloud-init {info['cloud_init']})")
+    return load_image(final)
+
+
+def find(name_or_path: str) -> Image:
+    """An image by suite name (built when missing or stale) or by folder."""
+    if name_or_path in SUITES:
+        return build(name_or_path)
+    if name_or_path.endswith("-plain") and name_or_path[: -len("-plain")] in SUITES:
+        return build(name_or_path[: -len("-plain")], bake_vfarm=False)
+    path = Path(name_or_path)
+    if path.is_dir():
+        return load_image(path)
+    raise CommandError(f"--image {name_or_path}: not one of {', '.join(SUITES)} nor an image folder")

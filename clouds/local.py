@@ -1,0 +1,412 @@
+"""The local qemu backend: boot user-data in a throw-away VM on this machine and read back the result.
+
+One instance = a folder with a sparse copy of the image's disk (its own instance-id), a data disk
+(an empty volume group `vg_local` by default, as a site image's disk would have; blank on request;
+or a disk file the caller made), a NoCloud seed ISO and the serial console log. A boot waits on
+events only: console lines (stages, the harness's marker) and qemu's exit, under a timeout. After
+power-off the files are read straight from the disk image with debugfs (no mount). Booting the same
+instance again is a reboot: same disk, same instance-id.
+
+qemu runs under TCG with the fastest line test-vm-facts.md measured (microvm, two vCPUs); KVM only
+where a cheap test and a bounded probe boot say it really works. The guest's network (when asked
+for) is slirp with restrict=on: the guest reaches exactly one address, 10.0.2.100:80, forwarded to
+an HTTP server on this machine's 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .hostcmd import CommandError, Stopwatch, progress, run
+from .images import HARNESS_MARK, Image, cache_root
+
+GUEST_HTTP = "10.0.2.100"
+VG_NAME = "vg_local"
+DEFAULT_TIMEOUT = 600.0
+# What `collect` copies out: (path in the guest, kind). Directories are copied whole.
+COLLECT = [
+    ("/var/log/vfarm", "dir"),
+    ("/var/log/vfarm-local", "dir"),
+    ("/etc/cvmfs", "dir"),
+    ("/var/log/cloud-init.log", "file"),
+    ("/var/log/cloud-init-output.log", "file"),
+    ("/var/lib/cloud/data/status.json", "file"),
+    ("/var/lib/cloud/data/result.json", "file"),
+    ("/etc/fstab", "file"),
+    ("/var/log/cvmfs-standin.log", "file"),
+    ("/etc/apt/sources.list.d", "dir"),
+]
+# Console lines worth a progress line: (pattern, label; {0} is the first group).
+STAGES = [
+    (re.compile(r"Linux version (\S+)"), "kernel {0}"),
+    (re.compile(r"Welcome to (.+?)!"), "systemd: {0}"),
+    (re.compile(r"Cloud-init v\. (\S+) running '([^']+)'"), "cloud-init {0}: {1}"),
+    (re.compile(r"Cloud-init v\. \S+ finished at"), "cloud-init finished"),
+    (re.compile(r"(vfarm check: .*)"), "{0}"),
+    (re.compile(re.escape(HARNESS_MARK)), "local harness: cloud-init done, powering off"),
+    (re.compile(r"reboot: (Power down|System halted)"), "{0}"),
+    (re.compile(r"(Kernel panic.*)"), "{0}"),
+]
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+# --- acceleration --------------------------------------------------------------------------------
+
+_KVM: Optional[bool] = None
+
+
+def kvm_works(kernel: Optional[Path] = None) -> bool:
+    """True only where KVM really runs a guest: vmx/svm and kvm_intel/kvm_amd, then a bounded probe
+    boot. On these machines /dev/kvm is a software backend that hangs stock kernels (test-vm-facts)."""
+    global _KVM
+    if _KVM is not None:
+        return _KVM
+    _KVM = False
+    if os.environ.get("VFARM_ACCEL") == "tcg" or not os.path.exists("/dev/kvm"):
+        return False
+    flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M):
+        return False
+    if not (Path("/sys/module/kvm_intel").exists() or Path("/sys/module/kvm_amd").exists()):
+        return False
+    if kernel is None:
+        return False
+    argv = ["timeout", "15", "qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nodefaults", "-nographic", "-serial", "stdio",
+            "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    _KVM = "Kernel panic" in done.stdout
+    return _KVM
+
+
+# --- the loopback HTTP server ---------------------------------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    server: LoopbackServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        self.server.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".strip())
+
+
+class LoopbackServer(http.server.ThreadingHTTPServer):
+    """Serves ROOT on 127.0.0.1 (a free port); the guest sees it as http://10.0.2.100/."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), lambda *a: _Handler(*a, directory=str(self.root)))
+        self.thread = threading.Thread(target=self.serve_forever, name="vfarm-http", daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+# --- disks ------------------------------------------------------------------------------------------
+
+
+def _sparse_copy(src: Path, dest: Path) -> None:
+    run(["cp", "--sparse=always", src, dest])
+
+
+def vg_disk_template(size: str, vg: str = VG_NAME) -> tuple[Path, dict[str, int]]:
+    """A cached data disk of SIZE carrying an empty volume group VG (pvcreate/vgcreate through a
+    loop device: the host can do that much LVM, not more). Returns the file and the VG's extents."""
+    base = cache_root() / "data"
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / f"{vg}-{size}.raw"
+    meta = target.with_suffix(".json")
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file() and meta.is_file():
+            return target, json.loads(meta.read_text())
+        partial = base / f".{vg}-{size}.partial"
+        run(["truncate", "-s", "0", partial])
+        run(["truncate", "-s", size, partial])
+        loop = run(["losetup", "--find", "--show", partial]).stdout.strip()
+        try:
+            # --devices keeps the host's LVM to this one device (no clash with any other vg_local).
+            run(["pvcreate", "-q", "--devices", loop, loop])
+            run(["vgcreate", "-q", "--devices", loop, vg, loop])
+            report = json.loads(run(["vgs", "--devices", loop, "--reportformat", "json", "--units", "b", "--nosuffix",
+                                     "-o", "vg_name,vg_extent_size,vg_extent_count,vg_free_count", vg]).stdout)
+            row = report["report"][0]["vg"][0]
+            info = {"extent_size": int(row["vg_extent_size"]), "extents": int(row["vg_extent_count"]), "free": int(row["vg_free_count"])}
+            run(["vgchange", "-q", "--devices", loop, "-an", vg])
+        finally:
+            run(["losetup", "-d", loop], check=False)
+        partial.rename(target)
+        meta.write_text(json.dumps(info) + "\n")
+        return target, info
+
+
+def make_seed(folder: Path, userdata: bytes, instance_id: str, hostname: str) -> Path:
+    seed = folder / "seed"
+    seed.mkdir(exist_ok=True)
+    (seed / "user-data").write_bytes(userdata)
+    (seed / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+    iso = folder / "seed.iso"
+    run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", seed / "user-data", seed / "meta-data"])
+    return iso
+
+
+def debugfs_read(disk: Path, path: str) -> Optional[bytes]:
+    """One file from an ext4 disk image, or None when it is not there."""
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(disk)], stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    if done.returncode != 0 or b"File not found" in done.stderr or b"not found" in done.stderr.lower():
+        return None
+    return done.stdout
+
+
+def debugfs_collect(disk: Path, dest: Path, items: list[tuple[str, str]]) -> list[str]:
+    """Copy ITEMS (path, "file"|"dir") out of DISK into DEST/<path>; returns what was found."""
+    dest.mkdir(parents=True, exist_ok=True)
+    commands = []
+    for path, kind in items:
+        parent = dest / Path(path).parent.relative_to("/")
+        parent.mkdir(parents=True, exist_ok=True)
+        if kind == "dir":
+            commands.append(f'rdump "{path}" "{parent}"')
+        else:
+            commands.append(f'dump -p "{path}" "{parent / Path(path).name}"')
+    script = dest / ".debugfs-commands"
+    script.write_text("\n".join(commands) + "\n")
+    subprocess.run(["debugfs", "-f", str(script), str(disk)], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    script.unlink()
+    return [path for path, _ in items if (dest / path.lstrip("/")).exists()]
+
+
+# --- the instance -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BootResult:
+    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit" (microvm timer failure: retried as pc)
+    seconds: float
+    harness_poweroff: bool  # the local harness powered it off (False: the instance did it itself)
+    stages: list[tuple[float, str]] = field(default_factory=list)
+    cloud_init_finished: bool = False
+    console: Optional[Path] = None
+
+    @property
+    def powered_off(self) -> bool:
+        return self.outcome == "poweroff"
+
+    @property
+    def self_poweroff(self) -> bool:
+        """Powered off by itself (the final check), not by the test harness."""
+        return self.powered_off and not self.harness_poweroff
+
+
+class LocalInstance:
+    """A local VM instance: prepare() once, boot() once or more (reboots), collect() after each."""
+
+    def __init__(self, image: Image, userdata: bytes, *, folder: Optional[Path] = None, disk_size: str = "8G",
+                 data_disk: str = "vg", http_root: Optional[Path] = None, smp: int = 2, memory: int = 2048,
+                 instance_id: Optional[str] = None, quiet: bool = False):
+        self.image = image
+        self.userdata = userdata
+        self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
+        self.folder = Path(folder) if folder else Path(os.environ.get("VFARM_LOCAL_DIR", "/var/tmp/vfarm-local")) / self.instance_id
+        self.disk_size = disk_size
+        self.data_disk_kind = data_disk  # "vg", "blank", or the path of a disk file to use as it is
+        self.http_root = http_root
+        self.smp = smp
+        self.memory = memory
+        self.quiet = quiet
+        self.vg: dict[str, int] = {}
+        self.boots: list[BootResult] = []
+        self.http_requests: list[str] = []
+
+    @property
+    def disk(self) -> Path:
+        return self.folder / "disk.raw"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data.raw"
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            progress("local", message)
+
+    def prepare(self) -> LocalInstance:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _sparse_copy(self.image.disk, self.disk)
+        if self.data_disk_kind == "vg":
+            template, self.vg = vg_disk_template(self.disk_size)
+            _sparse_copy(template, self.data)
+        elif self.data_disk_kind == "blank":
+            run(["truncate", "-s", self.disk_size, self.data])
+        else:
+            _sparse_copy(Path(self.data_disk_kind), self.data)
+        make_seed(self.folder, self.userdata, self.instance_id, "vfarm-" + self.instance_id[-8:])
+        (self.folder / "instance.json").write_text(json.dumps({
+            "instance_id": self.instance_id, "image": str(self.image.directory), "data_disk": self.data_disk_kind,
+            "disk_size": self.disk_size, "vg": self.vg}, indent=2) + "\n")
+        return self
+
+    def qemu_argv(self, port: Optional[int], machine: str = "microvm") -> list[str]:
+        """microvm (fastest) or pc (the conventional fallback): same disks, same network."""
+        accel = "kvm" if kvm_works(self.image.kernel) else "tcg"
+        mmio = machine == "microvm"
+        argv = ["qemu-system-x86_64", "-accel", accel, "-cpu", "host" if accel == "kvm" else "qemu64",
+                "-smp", str(self.smp), "-m", str(self.memory),
+                "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
+                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+                "-append", "root=LABEL=root console=ttyS0 rw"]
+        disks = [(self.disk, False), (self.data, False), (self.folder / "seed.iso", True)]
+        suffix = "device" if mmio else "pci"
+        for n, (path, readonly) in enumerate(disks):
+            argv += ["-drive", f"id=d{n},file={path},format=raw,if=none" + (",readonly=on" if readonly else ""),
+                     "-device", f"virtio-blk-{suffix},drive=d{n}"]
+        argv += ["-device", f"virtio-rng-{suffix}"]
+        if port is not None:
+            # The one address the guest may reach: 10.0.2.100:80 -> 127.0.0.1:PORT (a socat per connection).
+            argv += ["-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}",
+                     "-device", f"virtio-net-{suffix},netdev=n0"]
+        return argv
+
+    def boot(self, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
+        """Boot the instance once and wait until qemu exits (power-off) or TIMEOUT seconds pass."""
+        number = len(self.boots) + 1
+        console = self.folder / f"console-{number}.log"
+        server = LoopbackServer(self.http_root) if self.http_root else None
+        try:
+            machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
+            argv = self.qemu_argv(server.port if server else None, machine)
+            (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
+            result = self._run_qemu(argv, console, timeout, number)
+            if result.outcome == "no-pit" and machine == "microvm":
+                # microvm's timer calibration fails at random on a loaded host (the kernel then
+                # hangs); it shows within a second, before the root disk is touched: boot as `pc`.
+                self._say(f"{self.instance_id}: microvm could not calibrate its timer (a busy host): booting as -machine pc")
+                argv = self.qemu_argv(server.port if server else None, "pc")
+                (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
+                result = self._run_qemu(argv, console, timeout, number)
+        finally:
+            if server:
+                self.http_requests += server.requests
+                (self.folder / "http-requests.log").write_text("\n".join(self.http_requests) + "\n")
+                server.close()
+        self.boots.append(result)
+        return result
+
+    def _run_qemu(self, argv: list[str], console: Path, timeout: float, number: int) -> BootResult:
+        watch = Stopwatch()
+        stages: list[tuple[float, str]] = []
+        flags = {"harness": False, "finished": False, "panic": False, "no-pit": False}
+        machine = argv[argv.index("-machine") + 1].split(",")[0]
+        self._say(f"{self.instance_id}: boot {number} ({self.image.name}, {argv[2]}, {machine}, {self.smp} vCPU), console: {console}")
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except FileNotFoundError as err:
+            raise CommandError("qemu-system-x86_64: not installed (tools/run setup installs it)") from err
+        panic = threading.Event()
+
+        def reader() -> None:
+            assert proc.stdout is not None
+            with open(console, "wb") as log:
+                for raw in proc.stdout:
+                    log.write(raw)
+                    log.flush()
+                    line = ESCAPES.sub("", raw.decode("utf-8", errors="replace")).strip()
+                    for pattern, label in STAGES:
+                        m = pattern.search(line)
+                        if m:
+                            text = label.format(*m.groups())
+                            stages.append((watch(), text))
+                            self._say(f"{watch():6.1f}s {text}")
+                            if HARNESS_MARK in line:
+                                flags["harness"] = True
+                            elif "finished at" in line:
+                                flags["finished"] = True
+                            elif "Kernel panic" in line:
+                                flags["panic"] = True
+                                panic.set()
+                            break
+                    if "Unable to calibrate against PIT" in line:
+                        flags["no-pit"] = True
+                        panic.set()
+
+        thread = threading.Thread(target=reader, name="vfarm-console", daemon=True)
+        thread.start()
+        outcome = "poweroff"
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if panic.is_set():
+                outcome = "no-pit" if flags["no-pit"] else "panic"
+                break
+            if time.monotonic() > deadline:
+                outcome = "timeout"
+                break
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        thread.join(timeout=10)
+        seconds = watch()
+        if outcome == "poweroff" and proc.returncode != 0:
+            outcome = f"qemu exit {proc.returncode}"
+        who = "the local harness" if flags["harness"] else "the instance itself"
+        self._say(f"{self.instance_id}: boot {number}: {outcome} after {seconds:.1f} s"
+                  + (f" (by {who})" if outcome == "poweroff" else ""))
+        return BootResult(outcome, seconds, flags["harness"], stages, flags["finished"], console)
+
+    def read(self, path: str) -> Optional[bytes]:
+        """A file of the instance's root disk (after power-off)."""
+        return debugfs_read(self.disk, path)
+
+    def read_data_disk(self, path: str) -> Optional[bytes]:
+        return debugfs_read(self.data, path)
+
+    def collect(self, dest: Path) -> list[str]:
+        """Copy summary, logs, status, fstab, /etc/cvmfs, lsblk/swapon output into DEST."""
+        dest = Path(dest)
+        found = debugfs_collect(self.disk, dest, COLLECT)
+        shutil.copyfile(self.folder / "instance.json", dest / "instance.json")
+        for boot_log in sorted(self.folder.glob("console-*.log")):
+            shutil.copyfile(boot_log, dest / boot_log.name)
+        if (self.folder / "http-requests.log").exists():
+            shutil.copyfile(self.folder / "http-requests.log", dest / "http-requests.log")
+        return found
+
+    def summary(self) -> Optional[dict[str, Any]]:
+        raw = self.read("/var/log/vfarm/summary.json")
+        if raw is None:
+            return None
+        try:
+            doc: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            return None
+        return doc
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
