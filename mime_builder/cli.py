@@ -21,7 +21,7 @@ from . import table
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
-COMMAND_MODULES: list[str] = [".commands", "..scaler.commands", "..clouds.commands", ".summary"]
+COMMAND_MODULES: list[str] = [".commands", "..scaler.commands", "..clouds.cli_image", "..clouds.commands", "..clouds.cli_local", ".summary"]
 
 
 def _fail(message: str) -> int:
