@@ -1,16 +1,22 @@
 """`vfarm scale`: the queue monitor's command line.
 
-`vfarm scale FARM --snapshot SNAP.json [--json]` decides from a saved snapshot and changes nothing.
+`vfarm scale FARM --snapshot SNAP.json [--json]` decides from a saved snapshot and changes nothing;
+`vfarm scale FARM --once --dry-run [--save-snapshot FILE]` discovers live (pool and cloud), decides,
+and changes nothing. Applying the decisions and the loop are not there yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Optional
 
 from ..mime_builder import table
+from . import discover
 from . import plan as planner
 from . import spec as scale_spec
 
@@ -88,17 +94,45 @@ def render(result: dict[str, Any], spec: scale_spec.ScaleSpec) -> str:
     return out
 
 
+def _token_dir(spec: scale_spec.ScaleSpec, farm: str, stack: contextlib.ExitStack) -> Optional[str]:
+    """pool.token-file as the private token directory HTCondor reads (None: HTCondor's own)."""
+    name = spec.pool.get("token-file")
+    if not name:
+        return None
+    path = Path(farm).parent / name
+    directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="vfarm-token-"))
+    target = Path(directory) / "scaler"
+    try:
+        target.write_bytes(path.read_bytes())
+    except OSError as err:
+        raise discover.DiscoverError(f"pool.token-file {path}: cannot read: {err.strerror or err}") from None
+    target.chmod(0o600)
+    return directory
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     spec = load_spec(args.farm)
     if spec is None:
         return EXIT_PROBLEM
-    if not args.snapshot:
-        return _fail("live cycles are not available yet: decide from a saved snapshot with --snapshot SNAP.json")
+    if args.snapshot and (args.once or args.save_snapshot):
+        return _fail("--snapshot decides from a saved snapshot: it does not go with --once or --save-snapshot")
+    if not args.snapshot and not args.once:
+        return _fail("the loop is not available yet: use --once --dry-run, or --snapshot SNAP.json")
+    if args.once and not args.dry_run:
+        return _fail("applying decisions is not available yet: add --dry-run to see what one cycle would do")
     try:
-        snapshot = read_snapshot(args.snapshot)
+        if args.snapshot:
+            snapshot = read_snapshot(args.snapshot)
+        else:
+            with contextlib.ExitStack() as stack:
+                snapshot = discover.snapshot(spec, _token_dir(spec, args.farm, stack))
+            if args.save_snapshot:
+                Path(args.save_snapshot).write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         result = planner.plan(snapshot, spec)
-    except planner.SnapshotError as err:
+    except (planner.SnapshotError, discover.DiscoverError) as err:
         return _fail(str(err))
+    except OSError as err:
+        return _fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
     for warning in result["warnings"]:
         print(f"vfarm: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -112,5 +146,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("scale", help="the queue monitor: launch, drain and terminate workers from the HTCondor queue")
     p.add_argument("farm", metavar="FARM", help="the farm file (its scale section)")
     p.add_argument("--snapshot", metavar="SNAP.json", help="decide from a saved snapshot ('-' for stdin) and change nothing")
+    p.add_argument("--once", action="store_true", help="run one live cycle (discover from the pool and the cloud, then plan)")
+    p.add_argument("--dry-run", action="store_true", help="decide, print, change nothing")
+    p.add_argument("--save-snapshot", metavar="FILE", help="write what the live cycle saw, for a later --snapshot")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_scale)

@@ -56,7 +56,12 @@ def test_a_simulated_worker_advertises_its_instance_id_and_leaves(condor_pool: C
 
 def test_graceful_drain_of_a_token_only_worker_lets_the_job_finish(condor_pool: CondorPool) -> None:
     """condor_drain -graceful (run in the pool's root folder, as an admin): the running job ends
-    normally, the worker takes no new job, and the planner then sees it drained."""
+    normally, the worker takes no new job, and the planner then sees it drained.
+
+    From the host, htcondor2 25.14's `Startd(ad).drainJobs()` fails here ("Startd failed to start
+    draining jobs"; the worker logs IDTOKENS authentication failed: it holds no signing key), even
+    with an admin token: `Collector.locate()` does not ask for the startd's remote-admin capability
+    (`_condor_PrivRemoteAdminCapability`), which `condor_drain` uses to reach a token-only worker."""
     iid = "i-drain"
     condor_pool.add_worker(iid, cpus=1, memory=1024)
     cluster = condor_pool.submit(1, 8, requirements=f'VfarmInstanceId == "{iid}"')
