@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .findings import Finding
+from .redaction import redact
 
 # How list values join, per variable; CVMFS reads `;` between failover groups and `|` inside one.
 SEPARATORS = {
@@ -22,12 +22,7 @@ PROXY_KEYS = ("CVMFS_HTTP_PROXY", "CVMFS_FALLBACK_PROXY")
 DEFAULT_CACHE_BASE = "/var/cache/cvmfs"
 # quota-limit: auto leaves room on the cache filesystem, as puppet-cvmfs does (0.85 x size).
 AUTO_QUOTA_SHARE = 0.85
-SECRET_IN_URL = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
-# Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys).
-SECRET_NAME = re.compile(r"(?i)(passw(or)?d|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth[_-]?key)")
-_SECRET_WORD = r"(?:passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth[_-]?key)"
-_SECRET_SETTING = re.compile(r"""(?i)(["']?[\w.-]*""" + _SECRET_WORD + r"""[\w.-]*["']?\s*[=:]\s*["']?)[^\s"',}]+""")
-_SECRET_OPTION = re.compile(r"(?i)(--?[\w-]*" + _SECRET_WORD + r"[\w-]*\s+)(?!-)\S+")
+
 
 
 def variable(key: str) -> str:
@@ -73,20 +68,6 @@ def cache_base(section: dict[str, Any]) -> str:
         if variable(key) == "CVMFS_CACHE_BASE":
             return str(value)
     return DEFAULT_CACHE_BASE
-
-
-def redact(text: str) -> str:
-    """Hide secrets in TEXT: the password of `http://user:password@host` style URLs, and the
-    values of secret-named settings (`TOKEN=...`, `"password": ...`) and options (`--token X`).
-    The one redaction function of the project: logs, records and error messages go through it."""
-    text = SECRET_IN_URL.sub(r"\1***@", text)
-    text = _SECRET_SETTING.sub(r"\1***", text)
-    return _SECRET_OPTION.sub(r"\1***", text)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an env variable or option called NAME holds a secret."""
-    return bool(SECRET_NAME.search(name))
 
 
 def _proxy_problem(proxy: str) -> Optional[str]:

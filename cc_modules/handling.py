@@ -14,8 +14,8 @@ import yaml
 
 from ..mime_builder import config as vconfig
 from . import record as record_mod
-from .cvmfs_spec import redact
 from .localfs_spec import PlanError
+from .redaction import redact
 from .runner import CommandFailed, Runner
 
 LOG = logging.getLogger("vfarm")

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .cvmfs_spec import redact
 from .files import atomic_write
+from .redaction import redact
 
 DEFAULT_LOG_DIR = "/var/log/vfarm"
 STATUSES = ("running", "ok", "failed", "skipped")

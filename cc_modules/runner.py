@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .cvmfs_spec import is_secret_name, redact
+from .redaction import is_secret_name, redact
 
 MAX_LOGGED = 4000  # characters of stdout/stderr kept in the log per command
 

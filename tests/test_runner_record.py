@@ -147,3 +147,10 @@ def test_part_handler_records_a_bad_part(fake_machine: FakeMachine, tmp_path: Pa
     assert data is not None and data["status"] == "failed" and data["reason"].startswith("invalid config: localfs.yaml:3:11:")
     with pytest.raises(handling.HandlerFailed, match="holds no 'localfs:' section"):
         localfs_handler.handle_part(None, "text/localfs-config", "empty.yaml", "# nothing\n{}\n", None, None)
+
+
+def test_idtokens_are_redacted_anywhere() -> None:
+    from vfarm.cc_modules.redaction import redact
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3In0.c2ln-_x"
+    assert redact(f"condor_token_fetch said {token} ok") == "condor_token_fetch said *** ok"
