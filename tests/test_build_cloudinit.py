@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import system_stubs
 from tests.fixtures.cloudinit import Release
 from vfarm.mime_builder import config as configuration
 from vfarm.mime_builder import mime
@@ -44,23 +45,6 @@ cvmfs:
 check:
   on-failure: none
 """
-# The system commands the handlers run, as PATH stubs: an empty volume group, nothing else there.
-STUB = r"""#!/bin/sh
-name=$(basename "$0")
-echo "$name $*" >> "$STUB_LOG"
-case "$name $1" in
-  "vgs "*) echo '{"report": [{"vg": [{"vg_name": "vg_local", "vg_extent_size": "4194304", "vg_extent_count": "5000", "vg_free_count": "5000"}]}]}' ;;
-  "lvs "*) echo '{"report": [{"lv": []}]}' ;;
-  "pvs "*) echo '{"report": [{"pv": []}]}' ;;
-  "blkid "*) exit 2 ;;
-  "findmnt "*) echo '{"filesystems": []}' ;;
-  "dpkg-query "*) printf 'install ok installed\t2.11.5~1+debian12' ;;
-  "cvmfs_config chksetup") echo OK ;;
-esac
-exit 0
-"""
-STUBBED = ("vgs", "lvs", "pvs", "blkid", "findmnt", "swapon", "lvcreate", "pvcreate", "vgcreate", "wipefs", "mkfs.ext4", "mkfs.xfs",
-           "mkswap", "mount", "umount", "dpkg-query", "dpkg", "apt-get", "apt-cache", "cvmfs_config", "cp", "rsync")
 BIG = 1 << 20  # embed of this config is over EC2's limit even gzipped; these tests are about cloud-init
 # Runs in the release's process: vfarm blocked, the init stage as `cloud-init init` runs it.
 DRIVER = r"""
@@ -138,10 +122,7 @@ def boot(release: Release, tmp: Path, data: bytes, baked: dict[str, str] | None 
         d.mkdir(parents=True, exist_ok=True)
     (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
     (root / "etc/os-release").write_text("ID=debian\nVERSION_CODENAME=bookworm\n")
-    (stubs / "fake-tool").write_text(STUB)
-    (stubs / "fake-tool").chmod(0o755)
-    for name in STUBBED:
-        (stubs / name).symlink_to("fake-tool")
+    system_stubs.install(stubs, extra=("cp", "rsync"))
     for filename, source in (baked or {}).items():
         (tmp / "cloud/handlers" / filename).write_text(source)
     cfg = {

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import system_stubs
 from tests.fixtures.cloudinit import Release
 
 HERE = Path(__file__).parent
@@ -26,23 +27,6 @@ CVMFS = {"install": True, "version": "2.11.5",
 # Thin top-level modules, as an image bakes them: cloud-init imports handlers and cc_* by top-level name.
 HANDLER_SHIM = "#part-handler\nfrom vfarm.part_handlers.{name}_handler import frequency, handle_part, handler_version, list_types  # noqa: F401\n"
 MODULE_SHIM = "from vfarm.cc_modules.cc_{name} import distros, frequency, handle, meta  # noqa: F401\n"
-# /bin/sh rather than Python: a stub starts in a millisecond, and a boot runs ~40 commands.
-STUB = r"""#!/bin/sh
-name=$(basename "$0")
-echo "$name $*" >> "$STUB_LOG"
-case "$name $1" in
-  "vgs "*) echo '{"report": [{"vg": [{"vg_name": "vg_local", "vg_extent_size": "4194304", "vg_extent_count": "5000", "vg_free_count": "5000"}]}]}' ;;
-  "lvs "*) echo '{"report": [{"lv": []}]}' ;;
-  "pvs "*) echo '{"report": [{"pv": []}]}' ;;
-  "blkid "*) exit 2 ;;
-  "findmnt "*) echo '{"filesystems": []}' ;;
-  "dpkg-query "*) printf 'install ok installed\t2.11.5~1+debian12' ;;
-  "cvmfs_config chksetup") echo OK ;;
-esac
-exit 0
-"""
-STUBBED = ["vgs", "lvs", "pvs", "blkid", "findmnt", "swapon", "lvcreate", "pvcreate", "vgcreate", "wipefs", "mkfs.ext4", "mkfs.xfs",
-           "mkswap", "mount", "umount", "dpkg-query", "dpkg", "apt-get", "apt-cache", "cvmfs_config"]
 
 
 def user_data(parts: list[tuple[str, str, str]]) -> str:
@@ -67,10 +51,7 @@ def boot(release: Release, tmp: Path, mime: str, extra_cfg: dict[str, Any], prei
     (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
     (root / "etc/os-release").write_text("ID=debian\nVERSION_CODENAME=bookworm\n")
     (root / "home/debian/.profile").write_text("# from the image\n")
-    (stubs / "fake-tool").write_text(STUB)
-    (stubs / "fake-tool").chmod(0o755)
-    for name in STUBBED:
-        (stubs / name).symlink_to("fake-tool")
+    system_stubs.install(stubs)
     for name in ("localfs", "cvmfs"):
         if not keep_modules:
             (modules / f"cc_{name}.py").write_text(MODULE_SHIM.format(name=name))
