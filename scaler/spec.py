@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from ..cc_modules.findings import Finding
-
-UNITS = {"s": 1, "m": 60, "h": 3600}
-DURATION = re.compile(r"^([0-9]+)([smh])$")
+from ..cc_modules.sizes import parse_seconds as seconds  # one duration syntax for every section
 
 # elastiq's defaults where it had the same knob.
 DEFAULTS: dict[str, Any] = {
@@ -23,18 +20,6 @@ DEFAULTS: dict[str, Any] = {
 }
 # Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
 POSITIVE = ("boot-timeout", "check-every")
-
-
-def seconds(value: Union[int, float, str]) -> float:
-    """A duration in seconds: a number, or "40s", "10m", "1h"."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = DURATION.match(str(value).strip())
-    if not match:
-        raise ValueError(f'not a duration: {value!r} (expected seconds, or like "40s", "10m", "1h")')
-    return float(int(match.group(1)) * UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)
