@@ -22,6 +22,7 @@ from . import condor_spec
 from .condor_spec import CondorSpec
 from .files import atomic_write, read_text
 from .handling import PER_INSTANCE, Context, StepError, config_module
+from .meta import DISTROS, module_meta
 from .runner import CommandFailed
 
 NAME = "condor"
@@ -29,17 +30,8 @@ POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's 
 SERVICE = "condor"
 
 frequency = PER_INSTANCE
-distros = ["all"]
-meta: dict[str, Any] = {
-    "id": "cc_condor",
-    "name": "vfarm condor",
-    "title": "Join the site's HTCondor pool",
-    "description": __doc__ or "",
-    "distros": distros,
-    "frequency": frequency,
-    "examples": [],
-    "activate_by_schema_keys": [],
-}
+distros = DISTROS
+meta = module_meta("cc_condor", "Join the site's HTCondor pool", __doc__, frequency)
 
 
 @dataclass

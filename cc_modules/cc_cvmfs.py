@@ -22,6 +22,7 @@ from . import cvmfs_spec
 from .files import atomic_write, read_text
 from .handling import PER_INSTANCE, Context, StepError, config_module
 from .localfs_spec import PlanError
+from .meta import DISTROS, module_meta
 from .runner import CommandFailed
 
 NAME = "cvmfs"
@@ -39,17 +40,8 @@ INSTALL_TIMEOUT = 1800.0
 PROBE_TIMEOUT = 300.0
 
 frequency = PER_INSTANCE
-distros = ["all"]
-meta: dict[str, Any] = {
-    "id": "cc_cvmfs",
-    "name": "vfarm cvmfs",
-    "title": "Install and configure the CernVM-FS client",
-    "description": __doc__ or "",
-    "distros": distros,
-    "frequency": frequency,
-    "examples": [],
-    "activate_by_schema_keys": [],
-}
+distros = DISTROS
+meta = module_meta("cc_cvmfs", "Install and configure the CernVM-FS client", __doc__, frequency)
 
 
 @dataclass

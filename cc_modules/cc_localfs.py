@@ -19,6 +19,7 @@ from . import localfs_spec
 from .files import atomic_write, read_text
 from .handling import PER_INSTANCE, Context, StepError, config_module
 from .localfs_spec import LV_TAG, LocalfsSpec, PlanError, VolumeGroup
+from .meta import DISTROS, module_meta
 from .runner import CommandFailed
 
 NAME = "localfs"
@@ -30,17 +31,8 @@ LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "vgs", "lvs", "pvs")
 
 frequency = PER_INSTANCE
-distros = ["all"]
-meta: dict[str, Any] = {
-    "id": "cc_localfs",
-    "name": "vfarm localfs",
-    "title": "LVM volumes by percentages, filesystems, mounts and swap",
-    "description": __doc__ or "",
-    "distros": distros,
-    "frequency": frequency,
-    "examples": [],
-    "activate_by_schema_keys": [],
-}
+distros = DISTROS
+meta = module_meta("cc_localfs", "LVM volumes by percentages, filesystems, mounts and swap", __doc__, frequency)
 
 
 # --- discover ---------------------------------------------------------------------------------

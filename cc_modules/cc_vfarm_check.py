@@ -24,18 +24,11 @@ import os
 from typing import Any, Callable, Optional
 
 from . import check
+from .meta import DISTROS, module_meta
 
 frequency = "always"
-meta: dict[str, Any] = {
-    "id": "cc_vfarm_check",
-    "name": "vfarm final check",
-    "title": "Summary of the vfarm handlers and cloud-init, power off on failure",
-    "description": __doc__,
-    "distros": ["all"],
-    "frequency": frequency,
-    "examples": [],
-    "activate_by_schema_keys": [],
-}
+distros = DISTROS
+meta = module_meta("cc_vfarm_check", "Summary of the vfarm handlers and cloud-init, power off on failure", __doc__, frequency)
 
 # Tests point these elsewhere; on an instance they are the real paths and the one runner.
 PATHS = check.Paths()
