@@ -31,12 +31,14 @@ DROP_IN = "etc/cloud/cloud.cfg.d/95-vfarm.cfg"
 HANDLERS_DIR = "var/lib/cloud/handlers"
 MANIFEST = "etc/vfarm/baked.json"
 LISTS = ("cloud_init_modules", "cloud_config_modules", "cloud_final_modules")
-# Where each module goes: (list, insert after this module or None for the end). localfs runs with
-# cloud-init's own disk modules; cvmfs needs the network (config stage); anything else (the final
-# check) runs last, before power_state_change.
+# Where each module goes: (list, insert after this module or None for the end), placed in this
+# order. localfs runs with cloud-init's own disk modules; cvmfs needs the network (config stage);
+# condor after cvmfs (its execute directory may be on a localfs mount, jobs may need CVMFS);
+# anything else (the final check) runs last, before power_state_change.
 PLACEMENT = {
     "localfs": ("cloud_init_modules", "mounts"),
     "cvmfs": ("cloud_config_modules", None),
+    "condor": ("cloud_config_modules", None),
 }
 FINAL_BEFORE = "power_state_change"
 
@@ -138,7 +140,7 @@ def current_lists(root: Path) -> dict[str, list[Any]]:
 def with_ours(lists: dict[str, list[Any]], modules: list[str]) -> dict[str, list[Any]]:
     """The full lists with vfarm's modules added once each, where PLACEMENT says."""
     result = {key: [e for e in entries if _name(e) not in modules] for key, entries in lists.items()}
-    for module in modules:
+    for module in sorted(modules, key=lambda m: list(PLACEMENT).index(m) if m in PLACEMENT else len(PLACEMENT)):
         key, after = PLACEMENT.get(module, ("cloud_final_modules", None))
         entries = result[key]
         names = [_name(e) for e in entries]

@@ -91,6 +91,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{args.file}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
     rows = [(p.index, p.type, p.filename, p.size, p.handler) for p in report.parts]
     print(render(("#", "TYPE", "FILENAME", "SIZE", "HANDLED BY"), rows, right=("#", "SIZE")), end="")
+    for part in report.parts:
+        if part.content is not None:
+            print(f"part {part.index} ({part.filename}), secrets hidden: {part.content}")
     for warning in report.warnings:
         print(f"warning: {warning}")
     return EXIT_OK

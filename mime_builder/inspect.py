@@ -18,6 +18,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+import yaml
+
+from ..cc_modules.redaction import is_secret_name, redact
 from .mime import EC2_LIMIT, PART_HANDLER, type_from_payload
 
 DECOMP_TYPES = {
@@ -45,6 +48,7 @@ BUILTIN = {
     "text/cloud-config-archive": "cloud-init archive (expanded)",
 }
 HANDLER_URL = re.compile(r"/([a-z][a-z0-9_]*)_handler\.py$")
+CONFIG_TYPE = re.compile(r"^text/([a-z][a-z0-9_]*)-config$")
 
 
 class InspectError(Exception):
@@ -60,6 +64,7 @@ class PartInfo:
     handler: str
     registers: list[str] = field(default_factory=list)  # types a part-handler part takes
     urls: list[str] = field(default_factory=list)  # include / pinned URLs
+    content: Optional[str] = None  # a vfarm config part's section, one line, secrets hidden
 
 
 @dataclass
@@ -109,6 +114,30 @@ def handler_types(payload: bytes) -> Optional[list[str]]:
     return None
 
 
+def hide_secrets(value: Any) -> Any:
+    """VALUE with secret-named keys' values (condor's token...) and secrets inside strings hidden."""
+    if isinstance(value, dict):
+        return {k: "***" if is_secret_name(str(k)) else hide_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hide_secrets(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+def config_content(ctype: str, payload: bytes) -> Optional[str]:
+    """A vfarm config part (`text/NAME-config` holding `NAME: ...`) as one line, secrets hidden."""
+    m = CONFIG_TYPE.match(ctype)
+    if not m:
+        return None
+    try:
+        doc = yaml.safe_load(payload.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict) or list(doc) != [m.group(1)]:
+        return None
+    text = yaml.safe_dump(hide_secrets(doc), default_flow_style=True, sort_keys=False, width=1 << 20).strip()
+    return redact(text)
+
+
 def _pins(payload: bytes) -> list[str]:
     return [line.split()[3] for line in payload.decode("utf-8", "replace").splitlines()[:50] if line.startswith("# vfarm-pin:") and len(line.split()) >= 4]
 
@@ -154,6 +183,7 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
         if ctype in TYPE_NEEDED:
             ctype = type_from_payload(payload) or ctype
         info = PartInfo(number, ctype, filename or f"part-{number:03d}", len(payload), "")
+        info.content = config_content(ctype, payload)
         if was_compressed:
             info.handler = "compressed"
             if ctype == "text/plain":

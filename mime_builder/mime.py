@@ -2,7 +2,7 @@
 
 Order (cloud-init walks parts in order and drops a part that comes before its handler):
 handlers (include list, pin loader or embedded bundles), attached part-handlers, the config parts
-(localfs, then cvmfs, then the others in file order), other attachments, the final check's parts.
+(localfs, cvmfs, condor, then the others in file order), other attachments, the final check's parts.
 Compression is of the whole payload only: cloud-init cannot route a gzipped custom part.
 The output depends only on the input: the boundary is a hash of the content, gzip has no date.
 """
@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..cc_modules import condor_spec
 from . import bundle, pinloader
 from .config import Config
 
 EC2_LIMIT = 16384
 GZIP_MODES = ("auto", "always", "never")
-SECTION_ORDER = ("localfs", "cvmfs")
+SECTION_ORDER = ("localfs", "cvmfs", "condor")  # condor's execute directory may lie on a localfs mount
 MAX_ATTACHMENT = 1024 * 1024
 # Types cloud-init (22.4 and 25.1) has a handler or a special meaning for, by make-mime subtype.
 CLOUD_INIT_TYPES = (
@@ -163,6 +164,19 @@ def section_payload(name: str, section: Any) -> bytes:
     return text.encode("ascii")
 
 
+def sent_section(config: Config, name: str) -> Any:
+    """Section NAME as it travels to the instance: condor's token-file read in (relative to the
+    config file's folder), so the instance needs no file of the admin's machine."""
+    section = config.sections[name]
+    if name != "condor" or not isinstance(section, dict) or "token-file" not in section:
+        return section
+    base = config.base_dir if config.base_dir is not None else Path.cwd()
+    problems = condor_spec.check_files(section, base)
+    if problems:
+        raise BuildError(f"condor.token-file: {problems[0].message}")
+    return condor_spec.for_instance(section, base)
+
+
 def ordered_sections(config: Config) -> list[str]:
     sent = list(config.sent_sections())
     return [n for n in SECTION_ORDER if n in sent] + [n for n in sent if n not in SECTION_ORDER]
@@ -223,7 +237,7 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     except bundle.BundleError as err:
         raise BuildError(f"cannot bundle the handlers: {err}") from None
     parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type == PART_HANDLER]
-    parts += [Part(f"text/{n}-config", f"{n}-config.ccfg", section_payload(n, config.sections[n]), "config") for n in sections]
+    parts += [Part(f"text/{n}-config", f"{n}-config.ccfg", section_payload(n, sent_section(config, n)), "config") for n in sections]
     parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type != PART_HANDLER]
     check_mode = "include" if mode.kind == "include" else mode.kind
     parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in _check_parts(config, check_mode)]

@@ -243,4 +243,4 @@ def test_handlers_command_writes_files_and_sums(tmp_path: Path, capsys: pytest.C
     assert check.returncode == 0, check.stdout + check.stderr
     capsys.readouterr()
     assert vfarm(["handlers", str(tmp_path / "x"), "--only", "nope"]) == 1
-    assert capsys.readouterr().err == "vfarm: no part-handler for 'nope' (known: check, cvmfs, localfs)\n"
+    assert capsys.readouterr().err == "vfarm: no part-handler for 'nope' (known: check, condor, cvmfs, localfs)\n"
