@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,9 +65,37 @@ def print_summary(summary: Optional[dict[str, Any]]) -> bool:
     return summary.get("result") == "ok"
 
 
+def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embed", gzip: str = "auto", pin: bool = False,
+                  max_size: int = 1 << 20, disk: str = "8G", data_disk: str = "vg", smp: int = 2, standin: bool = True,
+                  attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False) -> LocalInstance:
+    """A prepared local instance for CONFIG (a loaded Config): user-data built, disks and seed made,
+    the loopback HTTP folder filled. Raises CommandError, or the builder's BuildError."""
+    from ..mime_builder import mime
+
+    if standin and use_standin(config.sections):
+        if not quiet:
+            progress("local", f"cvmfs: no package-repository set: using the local STAND-IN repository {STANDIN_URL} (not CernVM-FS)")
+    else:
+        standin = False
+    mode = handlers
+    serve_handlers = handlers == "include"
+    if serve_handlers:
+        mode = f"include=http://{GUEST_HTTP}/{HANDLER_DIR}/"
+    userdata = mime.build_userdata(config, handlers=mode, gzip=gzip, pin=pin, max_size=max_size, attach=attach)
+    if len(userdata) > mime.EC2_LIMIT and not quiet:
+        progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {mime.EC2_LIMIT} (a NoCloud seed takes it)")
+    instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet)
+    instance.folder.mkdir(parents=True, exist_ok=True)
+    if serve_handlers or standin or mode.startswith(f"include=http://{GUEST_HTTP}"):
+        instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, standin=standin)
+    instance.prepare()
+    if not quiet:
+        progress("local", f"{len(userdata)} bytes of user-data ({handlers}); instance folder {instance.folder}")
+    return instance
+
+
 def cmd_launch_local(args: argparse.Namespace) -> int:
     from ..mime_builder import config as configuration
-    from ..mime_builder import mime
 
     try:
         config = configuration.load_file(args.file)
@@ -77,30 +106,16 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"vfarm: {args.file}: {err.strerror or err}", file=sys.stderr)
         return 1
-    standin = False
-    if not args.no_standin and use_standin(config.sections):
-        standin = True
-        progress("local", f"cvmfs: no package-repository set: using the local STAND-IN repository {STANDIN_URL} (not CernVM-FS)")
-    mode = args.handlers
-    serve_handlers = mode == "include"
-    if serve_handlers:
-        mode = f"include=http://{GUEST_HTTP}/{HANDLER_DIR}/"
     try:
-        userdata = mime.build_userdata(config, handlers=mode, gzip=args.gzip, pin=args.pin, max_size=args.max_size)
+        instance = make_instance(config, image=args.image, handlers=args.handlers, gzip=args.gzip, pin=args.pin, max_size=args.max_size,
+                                 disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, standin=not args.no_standin)
+    except CommandError as err:
+        print(f"vfarm: launch local: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # the builder's BuildError: one line
         print(f"vfarm: {args.file}: {err}", file=sys.stderr)
         return 1
-    if len(userdata) > mime.EC2_LIMIT:
-        progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {mime.EC2_LIMIT} (a NoCloud seed takes it)")
     try:
-        image = images.find(args.image)
-        instance = LocalInstance(image, userdata, disk_size=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp)
-        instance.folder.mkdir(parents=True, exist_ok=True)
-        needs_http = serve_handlers or standin or mode.startswith(f"include=http://{GUEST_HTTP}")
-        if needs_http:
-            instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, standin=standin)
-        instance.prepare()
-        progress("local", f"{args.file}: {len(userdata)} bytes of user-data ({args.handlers}); instance folder {instance.folder}")
         ok = True
         for number in range(1 + args.reboot):
             result = instance.boot(timeout=args.timeout)

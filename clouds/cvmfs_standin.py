@@ -31,9 +31,11 @@ EPOCH = 1700000000  # fixed dates: the same inputs give the same repository
 CVMFS_CONFIG = r"""#!/bin/bash
 # STAND-IN for CernVM-FS's cvmfs_config (vfarm tests, version @VERSION@): it checks the
 # configuration files and records every call; it mounts nothing.
-LOG=@LOG@
+# CVMFS_STANDIN_ROOT: a folder standing for / (the host-side tests run it there).
+R=${CVMFS_STANDIN_ROOT:-}
+LOG=$R@LOG@
 echo "$(date -u +%FT%TZ) cvmfs_config $*" >> "$LOG"
-ETC=/etc/cvmfs
+ETC=$R/etc/cvmfs
 
 files() {
   local f
@@ -71,12 +73,12 @@ repos() { bash -c '. "$1"; echo "$CVMFS_REPOSITORIES"' _ $ETC/default.local | tr
 case "$1" in
   setup)
     check_files || exit 1
-    mkdir -p /cvmfs /etc/auto.master.d
-    echo "/cvmfs /etc/auto.cvmfs" > /etc/auto.master.d/cvmfs.autofs
+    mkdir -p $R/cvmfs $R/etc/auto.master.d
+    echo "/cvmfs /etc/auto.cvmfs" > $R/etc/auto.master.d/cvmfs.autofs
     ;;
   chksetup)
     check_files || exit 1
-    if [ ! -f /etc/auto.master.d/cvmfs.autofs ]; then echo "Warning: autofs map is not referenced (run cvmfs_config setup)"; exit 1; fi
+    if [ ! -f $R/etc/auto.master.d/cvmfs.autofs ]; then echo "Warning: autofs map is not referenced (run cvmfs_config setup)"; exit 1; fi
     echo "OK"
     ;;
   probe)

@@ -62,6 +62,9 @@ swapon --show --bytes > "$out/swapon.txt" 2>&1
 findmnt --json > "$out/findmnt.json" 2>&1
 lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_size,seg_size_pe > "$out/lvs.json" 2>&1
 vgs --reportformat json --units b --nosuffix -o vg_name,vg_size,vg_free,vg_extent_size,vg_extent_count,vg_free_count > "$out/vgs.json" 2>&1
+ls -la --time-style=full-iso /home /tmp /var/lib/cvmfs > "$out/dirs.txt" 2>&1
+cat /home/vfarm-local-marker > "$out/marker.txt" 2>&1
+dpkg-query -W -f '${Package} ${Version}\\n' cvmfs > "$out/packages.txt" 2>&1
 cloud-init status --long > "$out/cloud-init-status.txt" 2>&1
 echo "exit $?" >> "$out/cloud-init-status.txt"
 cp /run/cloud-init/status.json /run/cloud-init/result.json "$out/" 2>/dev/null
@@ -98,18 +101,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm")) / "images"
 
 
-def host_mirror() -> str:
+def host_mirror(etc: Path = Path("/etc")) -> str:
     """The Debian mirror the host's apt uses (VFARM_MIRROR overrides it)."""
     override = os.environ.get("VFARM_MIRROR")
     if override:
         return override
     found: list[tuple[str, list[str]]] = []
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+    for path in sorted((etc / "apt/sources.list.d").glob("*.sources")):
         for stanza in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
             fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
             if "deb" in fields.get("Types", "").split() and fields.get("URIs"):
                 found.append((fields["URIs"].split()[0], fields.get("Suites", "").split()))
-    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+    for path in [etc / "apt/sources.list", *sorted((etc / "apt/sources.list.d").glob("*.list"))]:
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())

@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.check",
     "tests.fixtures.moto",
     "tests.fixtures.condor_pool",
+    "tests.fixtures.vm",
 ]
