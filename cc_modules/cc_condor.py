@@ -106,7 +106,8 @@ def wait_join(ctx: Context, step: dict[str, Any], clock: Callable[[], float] = t
             return
         if clock() >= deadline:
             raise StepError(f"not joined: the collector {step['collector']} did not list this worker's startd within {step['timeout']} s")
-        sleep(POLL_SECONDS)
+        # A short join-timeout gets polls to match (and no sleep past the deadline).
+        sleep(max(0.05, min(POLL_SECONDS, step["timeout"] / 10, deadline - clock())))
 
 
 def apply(steps: list[dict[str, Any]], spec: CondorSpec, ctx: Context) -> None:
