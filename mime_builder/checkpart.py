@@ -17,6 +17,7 @@ a baked check (or `--pin`) powers such an instance off.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import yaml
@@ -35,6 +36,7 @@ def _mode(handlers_mode: str) -> str:
     return handlers_mode.split("=", 1)[0].strip()
 
 
+@functools.lru_cache(maxsize=8)  # the guard's YAML parse is 40 ms: once per script per process
 def cloud_config(script: str) -> str:
     """The #cloud-config text carrying SCRIPT; built by hand so the bytes never depend on the
     PyYAML version (the same input must give the same user-data)."""
