@@ -410,6 +410,12 @@ class Ec2Cloud:
         response = self._guard("terminate", self.client.terminate_instances, InstanceIds=ids)
         return list(response.get("TerminatingInstances", []))
 
+    def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
+        """CreateTags on IDS (the scaler records why it ended an instance, for its restart)."""
+        if ids and tags:
+            pairs = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+            self._guard("tag instances", self.client.create_tags, Resources=list(ids), Tags=pairs)
+
     def userdata(self, instance_id: str) -> bytes:
         """The raw user-data the cloud holds for an instance (DescribeInstanceAttribute)."""
         response = self._guard("read user-data", self.client.describe_instance_attribute, InstanceId=instance_id, Attribute="userData")

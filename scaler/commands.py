@@ -1,8 +1,9 @@
 """`vfarm scale`: the queue monitor's command line.
 
 `vfarm scale FARM --snapshot SNAP.json [--json]` decides from a saved snapshot and changes nothing;
-`vfarm scale FARM --once --dry-run [--save-snapshot FILE]` discovers live (pool and cloud), decides,
-and changes nothing. Applying the decisions and the loop are not there yet.
+`vfarm scale FARM --once [--dry-run] [--save-snapshot FILE]` runs one live cycle (discover from the
+pool and the cloud, plan, apply unless --dry-run); `vfarm scale FARM [--dry-run] [--metrics-port P]`
+runs the loop until SIGTERM; `--status` shows the farm.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cc_modules.runner import Runner
 from ..mime_builder import table
-from . import discover
+from . import apply, discover, loop
 from . import plan as planner
 from . import spec as scale_spec
 
@@ -110,32 +115,149 @@ def _token_dir(spec: scale_spec.ScaleSpec, farm: str, stack: contextlib.ExitStac
     return directory
 
 
+def _logger() -> logging.Logger:
+    logger = logging.getLogger("vfarm.scale")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s vfarm scale %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Backend:
+    """The cloud backend of the scale section; BUILD: make the user-data (needed to launch)."""
+    kind = spec.cloud.get("type")
+    userdata = b""
+    if build:
+        from ..mime_builder import config as configuration
+        from ..mime_builder import mime
+
+        try:
+            built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")))
+        except (mime.BuildError, configuration.ConfigError) as err:
+            raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
+        for warning in built.warnings:
+            print(f"vfarm scale: warning: {warning}", file=sys.stderr)
+        userdata = built.data
+    if kind == "ec2":
+        try:
+            return apply.Ec2Backend(spec, userdata)
+        except Exception as err:  # noqa: BLE001 - Ec2Error for credentials/region: one line
+            raise apply.CloudError(str(err)) from None
+    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives only cloud type ec2 so far")
+
+
+def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
+                metrics: Optional[loop.Metrics] = None) -> loop.Scaler:
+    logger = _logger()
+    token_dir = _token_dir(spec, args.farm, stack)
+    backend = make_backend(spec, args.farm, build=not dry_run)
+    prefix = [str(a) for a in spec.pool.get("admin-command") or []]
+    env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
+    drainer = apply.CondorDrain(Runner(logger, dry_run=dry_run), spec.collector or "", prefix, env=env)
+    return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics)
+
+
+def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: dict[str, Any]) -> str:
+    head = (f"farm {spec.name}: {len(rows)} instance(s), {result['waiting']} waiting job(s), "
+            f"demand {result['demand']} CPU(s), supply {result['supply']} CPU(s)\n")
+    if not rows:
+        return head + "no instance\n"
+    body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
+    return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), body, right=("AGE", "SLOTS", "JOBS"))
+
+
+def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> int:
+    snapshot = scaler.discover()
+    result = planner.plan(snapshot, spec)
+    rows = loop.status_rows(result, snapshot, spec)
+    if as_json:
+        print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result["waiting"], "demand": result["demand"],
+                          "supply": result["supply"], "instances": rows}, indent=2, sort_keys=True))
+    else:
+        print(render_status(rows, spec, result), end="")
+    return EXIT_OK
+
+
+def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int]) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        scaler.log.info("%s: stopping after this cycle", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    server = None
+    try:
+        if metrics is not None and port is not None:
+            try:
+                server = metrics.serve(port)
+            except OSError as err:
+                return _fail(f"--metrics-port {port}: cannot listen on 127.0.0.1: {err.strerror or err}")
+            scaler.log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        scaler.loop(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+    return EXIT_OK
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     spec = load_spec(args.farm)
     if spec is None:
         return EXIT_PROBLEM
-    if args.snapshot and (args.once or args.save_snapshot):
-        return _fail("--snapshot decides from a saved snapshot: it does not go with --once or --save-snapshot")
-    if not args.snapshot and not args.once:
-        return _fail("the loop is not available yet: use --once --dry-run, or --snapshot SNAP.json")
-    if args.once and not args.dry_run:
-        return _fail("applying decisions is not available yet: add --dry-run to see what one cycle would do")
+    if args.snapshot and (args.once or args.save_snapshot or args.status or args.metrics_port is not None):
+        return _fail("--snapshot decides from a saved snapshot: it does not go with --once, --status, --save-snapshot or --metrics-port")
+    if args.status and (args.once or args.dry_run or args.save_snapshot):
+        return _fail("--status only looks: it does not go with --once, --dry-run or --save-snapshot")
+    if args.save_snapshot and not args.once:
+        return _fail("--save-snapshot goes with --once")
+    if args.metrics_port is not None and (args.once or args.status):
+        return _fail("--metrics-port serves the metrics of the loop: it does not go with --once or --status")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        return _fail(f"--metrics-port: not a port number: {args.metrics_port}")
+    if args.snapshot:
+        try:
+            result = planner.plan(read_snapshot(args.snapshot), spec)
+        except planner.SnapshotError as err:
+            return _fail(str(err))
+        return _print_plan(result, spec, args.json)
+    dry_run = bool(args.dry_run) or bool(args.status)
     try:
-        if args.snapshot:
-            snapshot = read_snapshot(args.snapshot)
-        else:
-            with contextlib.ExitStack() as stack:
-                snapshot = discover.snapshot(spec, _token_dir(spec, args.farm, stack))
+        with contextlib.ExitStack() as stack:
+            metrics = loop.Metrics(spec.name) if args.metrics_port is not None else None
+            scaler = make_scaler(spec, args, stack, dry_run, metrics)
+            if args.status:
+                return _status(scaler, spec, args.json)
+            if not args.once:
+                return _run_loop(scaler, metrics, args.metrics_port)
+            snapshot = scaler.discover()
             if args.save_snapshot:
                 Path(args.save_snapshot).write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        result = planner.plan(snapshot, spec)
-    except (planner.SnapshotError, discover.DiscoverError) as err:
+            result = planner.plan(snapshot, spec)
+            if not dry_run:
+                for warning in result["warnings"]:
+                    scaler.log.warning("%s", warning)
+                outcome = scaler.applier.apply(result, snapshot, scaler.history)
+                result["applied"] = {"launched": outcome.launched, "drained": outcome.drained, "terminated": outcome.terminated,
+                                     "cloud_errors": outcome.cloud_errors, "drain_errors": outcome.drain_errors,
+                                     "black_hole": outcome.black_hole}
+    except (discover.DiscoverError, apply.CloudError) as err:
         return _fail(str(err))
     except OSError as err:
         return _fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
-    for warning in result["warnings"]:
-        print(f"vfarm: warning: {warning}", file=sys.stderr)
-    if args.json:
+    return _print_plan(result, spec, args.json, warn=dry_run)
+
+
+def _print_plan(result: dict[str, Any], spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True) -> int:
+    if warn:
+        for warning in result["warnings"]:
+            print(f"vfarm: warning: {warning}", file=sys.stderr)
+    if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(render(result, spec), end="")
@@ -146,8 +268,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("scale", help="the queue monitor: launch, drain and terminate workers from the HTCondor queue")
     p.add_argument("farm", metavar="FARM", help="the farm file (its scale section)")
     p.add_argument("--snapshot", metavar="SNAP.json", help="decide from a saved snapshot ('-' for stdin) and change nothing")
-    p.add_argument("--once", action="store_true", help="run one live cycle (discover from the pool and the cloud, then plan)")
+    p.add_argument("--once", action="store_true", help="run one live cycle (discover, plan, apply) instead of the loop")
     p.add_argument("--dry-run", action="store_true", help="decide, print, change nothing")
     p.add_argument("--save-snapshot", metavar="FILE", help="write what the live cycle saw, for a later --snapshot")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan (or --status) as JSON")
+    p.add_argument("--status", action="store_true", help="print the farm: instance, state, age, slots, jobs (changes nothing)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT while the loop runs")
     p.set_defaults(func=cmd_scale)

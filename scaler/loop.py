@@ -1,0 +1,190 @@
+"""The scaler's cycle and loop: discover -> plan -> apply -> record (log lines and metrics).
+
+A cycle whose discover step fails (collector, schedd or cloud unreachable) is skipped with a
+warning and changes nothing: a failed query is never read as "nothing there". The loop runs a
+cycle every `check-every` seconds until asked to stop (SIGTERM/SIGINT set the stop event; the
+cycle in progress runs to its end).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import discover
+from . import plan as planner
+from .apply import Applier, Backend, CloudError, Drainer
+from .spec import ScaleSpec
+
+STOPPED_STATES = ("stopping", "stopped")
+
+
+class Metrics:
+    """Prometheus metrics of one scaler, in a registry of its own (labelled with the farm)."""
+
+    def __init__(self, farm: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.farm = farm
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.waiting = Gauge("vfarm_scale_waiting_jobs", "Idle jobs that waited at least waiting-time and fit a worker", ["farm"], registry=r)
+        self.demand = Gauge("vfarm_scale_demand_cpus", "CPUs asked for by the waiting jobs", ["farm"], registry=r)
+        self.supply = Gauge("vfarm_scale_supply_cpus", "Unclaimed CPUs of joined workers plus cpus-per-vm per booting worker", ["farm"], registry=r)
+        self.active = Gauge("vfarm_scale_active_instances", "Farm instances neither lost nor draining", ["farm"], registry=r)
+        self.instances = Gauge("vfarm_scale_instances", "Farm instances by state", ["farm", "state"], registry=r)
+        self.black_hole = Gauge("vfarm_scale_black_hole", "1 while launches are stopped by the black-hole rule", ["farm"], registry=r)
+        self.last_cycle = Gauge("vfarm_scale_last_cycle_timestamp_seconds", "When the last cycle ended", ["farm"], registry=r)
+        self.launches = Counter("vfarm_scale_launches", "Instances launched", ["farm"], registry=r)
+        self.drains = Counter("vfarm_scale_drains", "Graceful drains started", ["farm"], registry=r)
+        self.terminations = Counter("vfarm_scale_terminations", "Instances terminated", ["farm"], registry=r)
+        self.cloud_errors = Counter("vfarm_scale_cloud_errors", "Failed cloud calls", ["farm", "operation"], registry=r)
+        self.drain_errors = Counter("vfarm_scale_drain_errors", "Failed drain commands", ["farm"], registry=r)
+        self.cycles = Counter("vfarm_scale_cycles", "Cycles, by result (applied, skipped)", ["farm", "result"], registry=r)
+        for state in planner.STATES:
+            self.instances.labels(farm, state).set(0)
+        for op in ("discover", "launch", "terminate"):
+            self.cloud_errors.labels(farm, op)
+        for result in ("applied", "skipped"):
+            self.cycles.labels(farm, result)
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> Any:
+        """Serve /metrics on ADDRESS:PORT (loopback by default) in a thread; the server."""
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return server
+
+    def text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode()
+
+
+class Scaler:
+    """One farm's scaler: discovery, planning, applying and recording, one cycle at a time."""
+
+    def __init__(self, spec: ScaleSpec, backend: Backend, drainer: Drainer, logger: logging.Logger, *,
+                 token_dir: Optional[str] = None, dry_run: bool = False, metrics: Optional[Metrics] = None,
+                 clock: Callable[[], float] = time.time,
+                 pool: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.log = logger
+        self.token_dir = token_dir
+        self.clock = clock
+        self.metrics = metrics
+        self.applier = Applier(spec, backend, drainer, logger, dry_run=dry_run)
+        self.history: list[dict[str, Any]] = []
+        self._pool = pool
+
+    # --- discover -----------------------------------------------------------------------------
+    def discover(self) -> dict[str, Any]:
+        """One snapshot; raises DiscoverError (pool or cloud) without changing anything."""
+        if self._pool is not None:  # tests: a pool that answers from memory
+            now = self.clock()
+            pool = self._pool()
+        else:
+            if not self.spec.collector:
+                raise discover.DiscoverError("the scale section has no pool.collector: live cycles need one")
+            now = self.clock()
+            pool = discover.pool_snapshot(self.spec.collector, self.spec.pool.get("schedd"), self.token_dir)
+        try:
+            self.history = self.backend.farm_instances()
+        except CloudError as err:
+            if self.metrics:
+                self.metrics.cloud_errors.labels(self.spec.name, "discover").inc()
+            raise discover.DiscoverError(f"cloud: {err}") from None
+        live = [i for i in self.history if (i.get("State") or {}).get("Name") not in ("terminated", "shutting-down")]
+        return {"now": now, "jobs": pool["jobs"], "slots": pool["slots"], "instances": live, "collector": pool.get("collector")}
+
+    # --- one cycle -----------------------------------------------------------------------------
+    def cycle(self) -> Optional[dict[str, Any]]:
+        """Discover, plan, apply, record. The plan, or None when the cycle was skipped."""
+        try:
+            snapshot = self.discover()
+        except discover.DiscoverError as err:
+            self.log.warning("cycle skipped, nothing changed: %s", err)
+            if self.metrics:
+                self.metrics.cycles.labels(self.spec.name, "skipped").inc()
+            return None
+        result = planner.plan(snapshot, self.spec)
+        for warning in result["warnings"]:
+            self.log.warning("%s", warning)
+        self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",
+                      result["waiting"], result["demand"], result["supply"], result["active"],
+                      ", ".join(f"{n} {s}" for s, n in result["states"].items() if n) or "no instance")
+        for decision in result["decisions"]:
+            if decision["action"] == "hold":
+                self.log.info("hold: %s", decision["reason"])
+        outcome = self.applier.apply(result, snapshot, self.history)
+        result["applied"] = {"launched": outcome.launched, "drained": outcome.drained, "terminated": outcome.terminated,
+                             "cloud_errors": outcome.cloud_errors, "drain_errors": outcome.drain_errors,
+                             "black_hole": outcome.black_hole, "dry_run": self.applier.dry_run}
+        self.record(result, outcome)
+        return result
+
+    def record(self, result: dict[str, Any], outcome: Any) -> None:
+        m, farm = self.metrics, self.spec.name
+        if m is None:
+            return
+        m.waiting.labels(farm).set(result["waiting"])
+        m.demand.labels(farm).set(result["demand"])
+        m.supply.labels(farm).set(result["supply"])
+        m.active.labels(farm).set(result["active"])
+        for state, count in result["states"].items():
+            m.instances.labels(farm, state).set(count)
+        m.launches.labels(farm).inc(len(outcome.launched))
+        m.drains.labels(farm).inc(len(outcome.drained))
+        m.terminations.labels(farm).inc(len(outcome.terminated))
+        for op, count in outcome.cloud_errors.items():
+            m.cloud_errors.labels(farm, op).inc(count)
+        m.drain_errors.labels(farm).inc(outcome.drain_errors)
+        m.black_hole.labels(farm).set(1 if outcome.black_hole.get("blocked") else 0)
+        m.cycles.labels(farm, "applied").inc()
+        m.last_cycle.labels(farm).set(self.clock())
+
+    # --- the loop ------------------------------------------------------------------------------
+    def loop(self, stop: threading.Event, cycles: Optional[int] = None) -> int:
+        """Cycles every check-every seconds until STOP is set (or CYCLES ran); how many ran.
+        A stop request during a cycle lets it finish; no exception of one cycle ends the loop."""
+        done = 0
+        self.log.info("scaling farm %s every %.0fs (min %d, max %d workers)", self.spec.name, self.spec.check_every,
+                      self.spec.min_vms, self.spec.max_vms)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.cycle()
+            except Exception as err:  # noqa: BLE001 - the loop must outlive any one cycle's bug
+                self.log.exception("cycle failed, nothing more done in it: %s", err)
+            done += 1
+            if cycles is not None and done >= cycles:
+                break
+            stop.wait(max(0.0, self.spec.check_every - (time.monotonic() - started)))
+        self.log.info("stopped after %d cycle(s)", done)
+        return done
+
+
+def status_rows(result: dict[str, Any], snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
+    """The farm as operators want to see it: instance, state, age, slots, running jobs."""
+    slot_owner: dict[str, str] = {}
+    for slot in snapshot["slots"]:
+        if isinstance(slot.get("VfarmInstanceId"), str) and isinstance(slot.get("Name"), str):
+            slot_owner[slot["Name"]] = slot["VfarmInstanceId"]
+    jobs: dict[str, int] = {}
+    for job in snapshot["jobs"]:
+        owner = slot_owner.get(str(job.get("RemoteHost", "")))
+        if job.get("JobStatus") == 2 and owner:
+            jobs[owner] = jobs.get(owner, 0) + 1
+    rows = [{"instance": i["id"], "state": i["state"], "age": i["age"], "slots": i["slots"], "jobs": jobs.get(i["id"], 0),
+             "reason": i["reason"]} for i in result["instances"]]
+    now = float(snapshot["now"])
+    for inst in snapshot["instances"]:
+        state = (inst.get("State") or {}).get("Name")
+        if state in STOPPED_STATES and planner.farm_instances([{**inst, "State": {"Name": "running"}}], spec.name):
+            launched = planner.epoch(inst.get("LaunchTime"))
+            rows.append({"instance": inst["InstanceId"], "state": state, "age": now - launched if launched is not None else None,
+                         "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)"})
+    return rows
