@@ -115,3 +115,50 @@ def test_the_loop_grows_and_shrinks_the_farm_without_losing_a_job(condor_pool: C
     assert f'vfarm_scale_launches_total{{farm="{FARM}"}} 2.0' in metrics
     assert f'vfarm_scale_terminations_total{{farm="{FARM}"}} 2.0' in metrics
     assert f'vfarm_scale_drains_total{{farm="{FARM}"}} 2.0' in metrics
+
+
+def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condor_pool: CondorPool) -> None:
+    """The race the plan cannot see: a job starts on a worker just before its drain arrives.
+    CondorDrain (condor_drain -graceful through the admin prefix, as the scaler runs it) lets the
+    job run to its end; only then does the planner call the worker drained."""
+    import logging
+
+    from vfarm.cc_modules.runner import Runner
+    from vfarm.scaler import apply, discover
+    from vfarm.scaler import plan as planner
+    from vfarm.scaler import spec as scale_spec
+
+    from .fixtures.condor_pool import wait_for
+
+    iid = "i-race"
+    condor_pool.add_worker(iid, cpus=1, memory=1024)
+    cluster = condor_pool.submit(1, 8, requirements=f'VfarmInstanceId == "{iid}"')
+    try:
+        wait_for(lambda: [j for j in condor_pool.jobs(cluster) if j.get("JobStatus") == 2], 90, "the job running")
+        admin = ["nsenter", f"--target={condor_pool.master_pid}", "--mount", "--pid", "--", "chroot", str(condor_pool.merged),
+                 "env", "-i", f"PATH={CLEAN_ENV['PATH']}"]
+        drainer = apply.CondorDrain(Runner(logging.getLogger("vfarm.test")), condor_pool.collector_address, admin)
+        spec = scale_spec.parse({"name": "race", "cloud": {"type": "ec2"}, "max-vms": 1, "idle-time": 0, "waiting-time": 0})
+        instance = {"InstanceId": iid, "State": {"Name": "running"}, "LaunchTime": time.time() - 60, "Tags": [{"Key": "vfarm:farm", "Value": "race"}]}
+
+        def planned() -> dict[str, Any]:
+            pool = discover.pool_snapshot(condor_pool.collector_address)
+            return planner.plan({"now": time.time(), **pool, "instances": [instance]}, spec)
+
+        slots = [s for s in discover.pool_snapshot(condor_pool.collector_address)["slots"] if s.get("VfarmInstanceId") == iid]
+        drainer.drain(iid, slots, "test")
+        states = []
+
+        def drained() -> bool:
+            plan = planned()
+            states.append(plan["instances"][0]["state"])
+            assert plan["terminate"] == [] or not condor_pool.jobs(cluster), "terminate while the job still runs"
+            return plan["terminate"] == [iid]
+
+        wait_for(drained, 90, "the worker drained", interval=0.5)
+        assert "draining" in states
+        history = condor_pool.history(cluster)
+        assert [(ad["NumJobStarts"], ad["ExitCode"]) for ad in history] == [(1, 0)]
+    finally:
+        condor_pool.run(["condor_rm", str(cluster)], check=False)
+        condor_pool.remove_worker(iid)
