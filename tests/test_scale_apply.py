@@ -399,3 +399,15 @@ def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) ->
     rest = proc.communicate(timeout=30)[1]
     assert proc.returncode == 0, "".join(seen) + rest
     assert "SIGTERM: stopping after this cycle" in rest and "stopped after 1 cycle(s)" in rest
+
+
+def test_status_and_once_with_the_collector_down_are_one_line_errors(tmp_path: Path) -> None:
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("check: {}\nscale:\n  name: t\n  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}\n"
+                    "  pool: {collector: '127.0.0.1:9'}\n  max-vms: 1\n")
+    for extra in (["--status"], ["--once"], ["--status", "--json"]):
+        done = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), *extra], text=True, capture_output=True, timeout=60)
+        assert done.returncode == 1 and done.stderr.startswith("vfarm: collector 127.0.0.1:9"), done.stderr
+        assert done.stderr.count("\n") == 1 and not done.stdout
+    bad = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--once", "--metrics-port", "9100"], text=True, capture_output=True, timeout=60)
+    assert bad.returncode == 1 and "--metrics-port" in bad.stderr

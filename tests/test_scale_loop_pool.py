@@ -68,6 +68,7 @@ def test_the_loop_grows_and_shrinks_the_farm_without_losing_a_job(condor_pool: C
     workers: dict[str, float] = {}
     gone: set[str] = set()
     cluster = None
+    status: Any = None
     try:
         cluster = condor_pool.submit(JOBS, JOB_SECONDS, requirements="VfarmInstanceId =!= undefined")
         ended = False
@@ -82,6 +83,9 @@ def test_the_loop_grows_and_shrinks_the_farm_without_losing_a_job(condor_pool: C
                 elif state in ("shutting-down", "terminated") and iid in workers and iid not in gone:
                     condor_pool.remove_worker(iid)  # the hypervisor switches it off
                     gone.add(iid)
+            if len(workers) == 2 and status is None:  # an operator looks while the farm works
+                status = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--status", "--json"],
+                                        text=True, capture_output=True, timeout=60, env=dict(os.environ))
             ended = bool(workers) and gone == set(workers) and not condor_pool.jobs(cluster)
             time.sleep(0.5)
         took = time.monotonic() - started
@@ -104,6 +108,10 @@ def test_the_loop_grows_and_shrinks_the_farm_without_losing_a_job(condor_pool: C
     assert "SIGTERM: stopping after this cycle" in text
 
     assert len(workers) == 2  # 4 one-CPU jobs, 2 CPUs per worker, max-vms 2
+    assert status.returncode == 0, status.stderr
+    seen = json.loads(status.stdout)
+    assert seen["farm"] == FARM and sorted(r["instance"] for r in seen["instances"]) == sorted(workers)
+    assert {r["state"] for r in seen["instances"]} <= {"booting", "idle", "busy", "draining", "drained"}
     history = condor_pool.history(cluster)
     assert sorted((ad["NumJobStarts"], ad["ExitCode"], ad["JobStatus"]) for ad in history) == [(1, 0, 4)] * JOBS
     ended_tags = {iid: {t["Key"]: t["Value"] for t in inst["Tags"]} for iid, inst in farm_instances(ec2_endpoint).items()}
