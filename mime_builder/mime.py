@@ -290,17 +290,18 @@ def compress(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=9, mtime=0)
 
 
-def _too_big(size: int, max_size: int, gzipped: bool, plain: bytes, parts: Sequence[Part]) -> BuildError:
+def _too_big(config: Config, size: int, max_size: int, gzipped: bool, plain: bytes, handlers: str,
+             attach: Sequence[Attachment], pin: bool) -> BuildError:
+    """The refusal, with what each other choice would make of the same config (measured)."""
     over = size - max_size
     what = "gzipped user-data" if gzipped else "user-data"
     helps: list[str] = []
     if not gzipped:
         helps.append(f"--gzip auto would make it {len(compress(plain))} bytes")
-    handler_bytes = sum(len(p.payload) for p in parts if p.role == "handler" and p.content_type == PART_HANDLER)
-    if handler_bytes:
-        without = assemble([p for p in parts if p.role != "handler"])
-        smaller = len(compress(without)) if gzipped else len(without)
-        helps.append(f"--handlers include=URL_BASE or baked would make it about {smaller} bytes")
+    for option, mode in (("--handlers include=URL_BASE --pin", "include=https://example.invalid/vfarm"), ("--handlers baked", "baked")):
+        if handlers.split("=")[0] != mode.split("=")[0]:
+            other = assemble(plan_parts(config, mode, attach, pin or mode != "baked")[0])
+            helps.append(f"{option} would make it {len(compress(other))} bytes")
     helps.append("--max-size if your cloud takes more")
     return BuildError(f"{what} is {size} bytes, {over} over the limit of {max_size}; what helps: {'; '.join(helps)}")
 
@@ -324,7 +325,7 @@ def build(
     compressed = gzip == "always" or (gzip == "auto" and len(plain) > max_size)
     data = compress(plain) if compressed else plain
     if len(data) > max_size:
-        raise _too_big(len(data), max_size, compressed, plain, parts)
+        raise _too_big(config, len(data), max_size, compressed, plain, handlers, attach, pin)
     return Built(data, tuple(parts), len(plain), compressed, tuple(warnings))
 
 
