@@ -53,9 +53,10 @@ def clear_caches() -> None:
 
     for name in ("_LIBRARIES", "_HANDLER_NAMES"):
         getattr(bundle, name, {}).clear()
-    clear = getattr(checkpart.cloud_config, "cache_clear", None)
-    if clear:
-        clear()
+    for cached in (checkpart.cloud_config, bundle.minify):
+        clear = getattr(cached, "cache_clear", None)
+        if clear:
+            clear()
 
 
 def rate(build: Callable[[Any], Any], items: list[Any], seconds: float, before: Callable[[], None] = lambda: None,
@@ -118,12 +119,12 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
 
 
 TARGET_NOTE = """Target missed in every mode. Why, and what would reach it:
-- Bundling was ~99 % of an `embed`/`include` build (AST walk and minify of every module, every
-  build: 2.4 embed builds/s). The builder now keeps each bundle per process, invalidated by the
-  stat of every file and folder it came from (mime_builder/bundle.py `_LIBRARIES`), caches the
-  part-handler listing the same way, and the final check's YAML guard parse per script
-  (mime_builder/checkpart.py); tests/test_build.py... see tests/test_benchmarks_smoke.py for the
-  tests that fail without them.
+- Bundling was ~99 % of an `embed`/`include` build (AST walk and minify of every module on
+  every build: the "no cache" column). The builder now keeps each bundle per process, checked
+  against the stat of every file and folder it came from (mime_builder/bundle.py `_LIBRARIES`),
+  lists the part-handlers again only when their folder changed, memoizes `minify`, and parses
+  the final check's YAML guard once per script (mime_builder/checkpart.py);
+  tests/test_build_cache.py fails without each of them.
 - `baked` is now bound by PyYAML's pure-Python emitter dumping the two per-instance sections
   (about 0.4 ms each). Reaching 5,000/s (200 us a build) needs a hand-written emitter for the
   section parts (they are small maps of scalars and lists) or libyaml's CSafeDumper, once shown to

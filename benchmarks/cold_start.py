@@ -87,19 +87,67 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
         header += [f"make-mime {release.version}", f"ratio vs {release.version}"]
     section.add(f"examples/torino.yaml, `--gzip never` on both sides; median of {runs} interleaved run(s) each, wall time of the whole process.\n")
     section.add(common.table(header, rows))
-    section.add(f"Target: ratio <= {TARGET}. " + (f"Missed: {', '.join(misses)}." if misses else "Met in every mode."))
+    section.add(f"Target: ratio <= {TARGET}. " + (f"Missed: {', '.join(misses)}." if misses else "Met in every mode.") + "\n")
+    breakdown = [[label, *import_breakdown(example, options)] for label, options in modes]
+    section.add("Where a `vfarm build` process spends its time (one run under `python -X importtime`, which inflates imports a little; "
+                "`python -c pass` alone: " + common.fmt_ms(timed([sys.executable, "-c", "pass"])) + "):\n")
+    section.add(common.table(["mode", "wall", "all imports", "jsonschema (+ deps)", "yaml", "modules of other sub-commands (clouds, scaler)",
+                              "outside imports: validation, build, output"], breakdown))
     if not args.smoke:
         section.add(IMPORT_NOTE)
 
 
+def import_breakdown(example: Path, options: list[str]) -> list[str]:
+    """One `vfarm build` under -X importtime: (wall, imports, jsonschema, yaml, other commands, rest)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "vfarm", "build", str(example), *options, "--gzip", "never", "--max-size", "1048576",
+            "-o", "/dev/null"]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - start
+    total = jsonschema = yaml = others = 0.0
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        fields = line.split("|")
+        try:
+            cumulative = int(fields[1]) / 1e6
+        except ValueError:
+            continue
+        name = fields[2].rstrip()
+        if name.startswith(" ") and not name[1:2].isspace():  # top level: one space after the bar
+            module = name.strip()
+            total += cumulative
+            if module.startswith(("vfarm.clouds", "vfarm.scaler")):
+                others += cumulative
+        module = name.strip()
+        if module == "jsonschema":
+            jsonschema = max(jsonschema, cumulative)
+        elif module == "yaml":
+            yaml = max(yaml, cumulative)
+    return [common.fmt_ms(wall), common.fmt_ms(total), common.fmt_ms(jsonschema), common.fmt_ms(yaml), common.fmt_ms(others),
+            common.fmt_ms(wall - total)]
+
+
 IMPORT_NOTE = """
-Where vfarm's time goes (`python -X importtime -m vfarm.mime_builder.cli build ...` and cProfile,
-not repeated here): the interpreter start (~20 ms), the config loader with jsonschema (~100 ms of
-imports), and in `embed`/`include` the bundler (AST walk and minify of every bundled module, on
-every run: the in-process cache of point 5 cannot help a fresh process). What would reach the
-target: cache the bundles on disk (e.g. under $XDG_CACHE_HOME/vfarm, keyed by the sha256 of the
-sources, the same stat-checked rule as the in-process cache), and import jsonschema only when a
-document fails the cheap checks. make-mime's own time is mostly importing cloudinit's command line.
+Why the target is missed, and what would reach it (found with `python -X importtime -m vfarm
+build ...`; the table above has the sizes of the main parts, which vary by 2x with the load):
+- Every `vfarm` process imports every sub-command's module (mime_builder/cli.py registers them
+  all up front: clouds.ec2/local/images, the scaler...), though `build` needs none of them:
+  importing a sub-command's module only when it is the one run saves that column.
+- mime_builder/mime.py imports pinloader at the top, which imports urllib.request (and with it
+  http.client, ssl, email): about 20 ms that only `--pin` needs (pinloader's source is read,
+  never run, on the admin's side); a lazy import in `pin_loader()` removes it.
+- jsonschema (4.x pulls attrs, referencing, rpds): validation needs it, but a check compiled once
+  from the schemas to plain Python (and cached) would not.
+- The editable install's import finder (`__editable___vfarm_..._finder`, in `site`) costs 20-30 ms
+  in this development venv; a wheel install has none.
+With the first two done, `baked` would take about 45 ms less (about 140 ms as measured on 2026-11-25, under
+half of make-mime's 320-380 ms). In `include` and `embed`
+the rest is mostly the bundler (AST walk and minify of every bundled module, every run: the
+in-process cache of point 5 cannot help a fresh process). Caching the bundles on disk (e.g. under
+$XDG_CACHE_HOME/vfarm, checked by the same stat rule as the in-process cache) would bring them to
+about `baked`'s time. These are changes to mime_builder's shared modules: reported, not made.
+make-mime's own time is mostly importing cloud-init's command line and its modules.
 """
 
 
