@@ -85,7 +85,11 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any
     if changed or not facts.installed:
         steps.append({"action": "check-config", "argv": ["condor_config_val", "-summary"]})
     if changed or not facts.active:
-        steps.append({"action": "restart" if facts.active else "start", "argv": ["systemctl", "restart" if facts.active else "start", SERVICE]})
+        # The part-handler runs inside cloud-init's network stage, which is ordered Before=
+        # network-online.target, and condor.service is After= it: a plain start would wait for the
+        # end of the very stage that waits for it (a deadlock). The network is up by then.
+        verb = "restart" if facts.active else "start"
+        steps.append({"action": verb, "argv": ["systemctl", verb, "--job-mode=ignore-dependencies", SERVICE]})
     steps.append({"action": "wait-join", "collector": spec.collector, "instance_id": instance_id, "timeout": spec.join_timeout})
     return steps
 

@@ -94,7 +94,7 @@ def test_first_run_writes_token_and_config_checks_starts_and_joins(root: Path) -
     config = (root / condor_spec.CONFIG_FILE.lstrip("/")).read_text()
     assert config == condor_spec.render(condor_spec.parse(SECTION), IID)
     assert f'VfarmInstanceId = "{IID}"' in config and "COLLECTOR_HOST = cm.example.org:9620" in config
-    assert runner.calls.index(["condor_config_val", "-summary"]) < runner.calls.index(["systemctl", "start", "condor"])
+    assert runner.calls.index(["condor_config_val", "-summary"]) < runner.calls.index(["systemctl", "start", "--job-mode=ignore-dependencies", "condor"])
     assert ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", "/scratch/condor"] in runner.calls
     assert [s["action"] for s in status["steps"]][-1] == "wait-join" and status["steps"][-1]["ok"]
 
@@ -127,7 +127,7 @@ def test_a_changed_config_restarts_a_running_condor(root: Path) -> None:
     runner = FakeRunner(answers=host.answers())
     status = run(root, runner, {**SECTION, "retirement-time": 7200})
     assert status["status"] == "ok" and status["changed"] is True
-    assert ["systemctl", "restart", "condor"] in runner.calls
+    assert ["systemctl", "restart", "--job-mode=ignore-dependencies", "condor"] in runner.calls
     assert "MAXJOBRETIREMENTTIME = 7200" in (root / condor_spec.CONFIG_FILE.lstrip("/")).read_text()
 
 

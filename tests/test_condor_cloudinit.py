@@ -105,7 +105,7 @@ def test_condor_part_reaches_its_handler(cloudinit_release: Release, tmp_path: P
     parts = [("part-handler", "condor_handler.py", HANDLER_SHIM), ("condor-config", "condor.yaml", yaml.safe_dump({"condor": CONDOR}))]
     out, log, commands = boot(cloudinit_release, tmp_path, user_data(parts), {}, preinstalled=False)
     assert_joined(tmp_path / "root", out["after_parts"]["condor.status.json"])
-    assert "systemctl start condor" in commands and "condor_config_val -summary" in commands
+    assert "systemctl start --job-mode=ignore-dependencies condor" in commands and "condor_config_val -summary" in commands
     # the module was found and ran; with no condor key in cloud-config it keeps the handler's record
     assert out["ran"] == ["condor"] and out["failures"] == []
     assert out["after_modules"] == out["after_parts"]
@@ -117,7 +117,7 @@ def test_condor_config_module_runs_from_cloud_config(cloudinit_release: Release,
     assert "condor.status.json" not in out["after_parts"]
     assert out["ran"] == ["condor"] and out["failures"] == []
     assert_joined(tmp_path / "root", out["after_modules"]["condor.status.json"])
-    assert commands.count("systemctl start condor") == 1
+    assert commands.count("systemctl start --job-mode=ignore-dependencies condor") == 1
     assert_clean(log, tmp_path)
 
 
