@@ -17,7 +17,7 @@ SCRIPTS = {
     "import_cost.py": ("import-cost", "in cloud-init (yaml+jsonschema loaded)"),
     "cold_start.py": ("cold-start", "| baked | 2 |"),
     "userdata_size.py": ("userdata-size", "| embed | 6 |"),
-    "build_rate.py": ("build-rate", "| include --pin |"),
+    "build_rate.py": ("build-rate", "| include --pin |"),  # smoke: baked and include --pin only
     "scale_sim.py": ("scale-sim", "| elastiq's rule |"),
 }
 
