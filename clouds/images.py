@@ -29,6 +29,7 @@ from .hostcmd import CommandError, Stopwatch, progress, run
 SUITES = ("bookworm", "trixie")
 RECIPE_VERSION = 1
 DISK_SIZE = "3G"
+PRUNE_AFTER = 3600  # seconds: an older image build is removed once it is this old
 HOSTNAME = "vfarm-{suite}"
 
 # What test-vm-facts.md saw boot: a minbase system with cloud-init, lvm2, the cloud kernel, and
@@ -44,6 +45,10 @@ HOOKS = [
     'chroot "$1" locale-gen',
     'echo "LANG=en_US.UTF-8" > "$1/etc/default/locale"',
 ]
+# Image variants (`--image SUITE-VARIANT`): extra packages baked in for a role. HTCondor is in
+# Debian from trixie on (`condor` 23.9; bookworm has none).
+VARIANTS: dict[str, list[str]] = {"condor": ["condor"]}
+VARIANT_SUITES: dict[str, tuple[str, ...]] = {"condor": ("trixie",)}
 DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
 
 # The local backend's report-and-power-off step. Only the local test images have it: the host can
@@ -88,6 +93,8 @@ HARNESS_MARK = "vfarm-local: harness done"
 
 CLOUD_CFG = """# vfarm local test image: NoCloud seed only (no probing of other clouds)
 datasource_list: [NoCloud, None]
+# No sshd in this image: without ssh-keygen, 25.1 would log WARNINGs (a "degraded" boot).
+ssh_genkeytypes: []
 """
 INTERFACES = """# cloud-init writes its network config to interfaces.d: it must be sourced.
 auto lo
@@ -134,14 +141,16 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def rootfs_key(suite: str) -> str:
-    recipe = {"suite": suite, "variant": "minbase", "packages": PACKAGES, "hooks": HOOKS, "dpkg": DPKG_OPTS}
+def rootfs_key(suite: str, variant: str = "") -> str:
+    recipe: dict[str, object] = {"suite": suite, "variant": "minbase", "packages": PACKAGES, "hooks": HOOKS, "dpkg": DPKG_OPTS}
+    if variant:
+        recipe["extra"] = VARIANTS[variant]
     return _digest(json.dumps(recipe, sort_keys=True).encode())
 
 
-def image_key(suite: str) -> str:
+def image_key(suite: str, variant: str = "") -> str:
     """Changes with the rootfs, this recipe, the bake step and every vfarm file that gets baked."""
-    parts = [rootfs_key(suite).encode(), Path(__file__).read_bytes()]
+    parts = [rootfs_key(suite, variant).encode(), Path(__file__).read_bytes()]
     for _dest, source in sorted(baking.baked_files().items()):
         parts.append(source.encode())
     return _digest(*parts)
@@ -155,31 +164,33 @@ def _locked(name: str) -> Iterator[None]:
         yield
 
 
-def rootfs_tar(suite: str, mirror: Optional[str] = None) -> Path:
-    """mmdebstrap's tar of SUITE, made once per recipe."""
+def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> Path:
+    """mmdebstrap's tar of SUITE (plus a VARIANT's packages), made once per recipe."""
     if suite not in SUITES:
         raise CommandError(f"unknown suite {suite!r}: one of {', '.join(SUITES)}")
-    target = cache_root() / "rootfs" / f"{suite}-{rootfs_key(suite)}.tar"
+    packages = PACKAGES + (VARIANTS[variant] if variant else [])
+    label = f"{suite}+{variant}" if variant else suite  # `+`: the plain suite's clean-up glob spares it
+    target = cache_root() / "rootfs" / f"{label}-{rootfs_key(suite, variant)}.tar"
     if target.is_file():
         return target
-    with _locked(f"rootfs-{suite}"):
+    with _locked(f"rootfs-{label}"):
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         mirror = mirror or host_mirror()
-        progress("image", f"{suite}: mmdebstrap from {mirror} (about a minute) ...")
+        progress("image", f"{label}: mmdebstrap from {mirror} (about a minute) ...")
         watch = Stopwatch()
         partial = target.with_suffix(".partial.tar")
-        argv = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", f"--include={','.join(PACKAGES)}"]
+        argv = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", f"--include={','.join(packages)}"]
         argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
         argv += [f"--customize-hook={hook}" for hook in HOOKS]
         argv += [suite, str(partial), mirror]
         run(argv, timeout=1800)
         partial.rename(target)
-        for old in target.parent.glob(f"{suite}-*.tar"):
+        for old in target.parent.glob(f"{label}-*.tar"):
             if old != target:
                 old.unlink()
-        progress("image", f"{suite}: rootfs {target.stat().st_size >> 20} MB in {watch():.0f} s")
+        progress("image", f"{label}: rootfs {target.stat().st_size >> 20} MB in {watch():.0f} s")
     return target
 
 
@@ -248,16 +259,18 @@ def _newest(paths: list[Path]) -> Path:
     return sorted(paths, key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)])[-1]
 
 
-def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake_vfarm: bool = True) -> Image:
+def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake_vfarm: bool = True, variant: str = "") -> Image:
     """The cached image of SUITE, built (or re-baked from the cached rootfs) when its inputs changed."""
     if suite not in SUITES:
         raise CommandError(f"unknown image {suite!r}: one of {', '.join(SUITES)}, or a folder made by `vfarm image build`")
-    key = image_key(suite) if bake_vfarm else rootfs_key(suite) + "-plain"
-    name = suite if bake_vfarm else f"{suite}-plain"
+    if variant and (variant not in VARIANTS or suite not in VARIANT_SUITES.get(variant, SUITES)):
+        raise CommandError(f"no image {suite}-{variant}: variants are " + ", ".join(f"{s}-{v}" for v in VARIANTS for s in VARIANT_SUITES.get(v, SUITES)))
+    key = image_key(suite, variant) if bake_vfarm else rootfs_key(suite, variant) + "-plain"
+    name = (f"{suite}-{variant}" if variant else suite) + ("" if bake_vfarm else "-plain")
     final = cache_root() / f"{name}-{key}"
     if (final / "image.json").is_file() and not force:
         return load_image(final)
-    tar = rootfs_tar(suite, mirror)
+    tar = rootfs_tar(suite, mirror, variant)
     with _locked(f"image-{name}"):
         if (final / "image.json").is_file() and not force:
             return load_image(final)
@@ -281,7 +294,7 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
             progress("image", f"{name}: mkfs.ext4 -d ({DISK_SIZE})")
             run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, work / "disk.raw", DISK_SIZE], timeout=600)
             info = {
-                "suite": suite, "name": name, "key": key, "recipe_version": RECIPE_VERSION,
+                "suite": suite, "name": name, "key": key, "recipe_version": RECIPE_VERSION, "variant": variant,
                 "cloud_init": _package_version(root, "cloud-init"), "kernel": kernel.name,
                 "harness": True, "baked": manifest, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -292,8 +305,10 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
             work.rename(final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        # Older builds go, but not while a boot may still be copying one (another process's key).
         for old in cache_root().glob(f"{name}-*"):
-            if old != final and old.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}(-plain)?", old.name):
+            if (old != final and old.is_dir() and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}(-plain)?", old.name)
+                    and time.time() - old.stat().st_mtime > PRUNE_AFTER):
                 shutil.rmtree(old, ignore_errors=True)
         progress("image", f"{name}: ready in {watch():.0f} s: {final} (cloud-init {info['cloud_init']})")
     return load_image(final)
@@ -305,6 +320,9 @@ def find(name_or_path: str) -> Image:
         return build(name_or_path)
     if name_or_path.endswith("-plain") and name_or_path[: -len("-plain")] in SUITES:
         return build(name_or_path[: -len("-plain")], bake_vfarm=False)
+    suite, _, variant = name_or_path.partition("-")
+    if suite in SUITES and variant in VARIANTS:
+        return build(suite, variant=variant)
     path = Path(name_or_path)
     if path.is_dir():
         return load_image(path)

@@ -15,12 +15,14 @@ an HTTP server on this machine's 127.0.0.1.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import http.server
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -33,8 +35,12 @@ from .hostcmd import CommandError, Stopwatch, progress, run
 from .images import HARNESS_MARK, Image, cache_root
 
 GUEST_HTTP = "10.0.2.100"
+GUEST_POOL_PORT = 9618  # --pool-forward: the guest's 10.0.2.100:9618 goes to the pool (a socat per connection)
 VG_NAME = "vg_local"
 DEFAULT_TIMEOUT = 600.0
+# The kernel prints steadily until userspace starts; this long a silence before that is a hang
+# (seen with microvm under TCG on a loaded host: timer calibration never returns).
+EARLY_STALL = 30.0
 # What `collect` copies out: (path in the guest, kind). Directories are copied whole.
 COLLECT = [
     ("/var/log/vfarm", "dir"),
@@ -160,13 +166,30 @@ def vg_disk_template(size: str, vg: str = VG_NAME) -> tuple[Path, dict[str, int]
         return target, info
 
 
-def make_seed(folder: Path, userdata: bytes, instance_id: str, hostname: str) -> Path:
+GUEST_MAC = "52:54:00:12:34:56"
+# With a NIC, the seed says how to raise it: a static address in slirp's network. Without it,
+# cloud-init's fallback asks for DHCPv6 too (25.1), which slirp never answers: ifup then hangs.
+NETWORK_CONFIG = f"""version: 2
+ethernets:
+  eth0:
+    match: {{macaddress: "{GUEST_MAC}"}}
+    set-name: eth0
+    addresses: [10.0.2.15/24]
+    routes: [{{to: 0.0.0.0/0, via: 10.0.2.2}}]
+"""
+
+
+def make_seed(folder: Path, userdata: bytes, instance_id: str, hostname: str, network: bool = False) -> Path:
     seed = folder / "seed"
     seed.mkdir(exist_ok=True)
     (seed / "user-data").write_bytes(userdata)
     (seed / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+    files = [seed / "user-data", seed / "meta-data"]
+    if network:
+        (seed / "network-config").write_text(NETWORK_CONFIG)
+        files.append(seed / "network-config")
     iso = folder / "seed.iso"
-    run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", seed / "user-data", seed / "meta-data"])
+    run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", *files])
     return iso
 
 
@@ -199,9 +222,18 @@ def debugfs_collect(disk: Path, dest: Path, items: list[tuple[str, str]]) -> lis
 # --- the instance -------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: qemu gets SIGTERM when the process that started it dies, so an
+    interrupted test or launch never leaves a VM running."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @dataclass
 class BootResult:
-    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit" (microvm timer failure: retried as pc)
+    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit"/"stalled" (kernel hung early: retried as pc)
     seconds: float
     harness_poweroff: bool  # the local harness powered it off (False: the instance did it itself)
     stages: list[tuple[float, str]] = field(default_factory=list)
@@ -223,8 +255,11 @@ class LocalInstance:
 
     def __init__(self, image: Image, userdata: bytes, *, folder: Optional[Path] = None, disk_size: str = "8G",
                  data_disk: str = "vg", http_root: Optional[Path] = None, smp: int = 2, memory: int = 2048,
-                 instance_id: Optional[str] = None, quiet: bool = False):
+                 instance_id: Optional[str] = None, quiet: bool = False, pool_forward: Optional[str] = None,
+                 netns: Optional[str] = None):
         self.image = image
+        self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
+        self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
         self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
         self.folder = Path(folder) if folder else Path(os.environ.get("VFARM_LOCAL_DIR", "/var/tmp/vfarm-local")) / self.instance_id
@@ -260,7 +295,8 @@ class LocalInstance:
             run(["truncate", "-s", self.disk_size, self.data])
         else:
             _sparse_copy(Path(self.data_disk_kind), self.data)
-        make_seed(self.folder, self.userdata, self.instance_id, "vfarm-" + self.instance_id[-8:])
+        make_seed(self.folder, self.userdata, self.instance_id, "vfarm-" + self.instance_id[-8:],
+                  network=self.http_root is not None or self.pool_forward is not None)
         (self.folder / "instance.json").write_text(json.dumps({
             "instance_id": self.instance_id, "image": str(self.image.directory), "data_disk": self.data_disk_kind,
             "disk_size": self.disk_size, "vg": self.vg}, indent=2) + "\n")
@@ -281,26 +317,36 @@ class LocalInstance:
             argv += ["-drive", f"id=d{n},file={path},format=raw,if=none" + (",readonly=on" if readonly else ""),
                      "-device", f"virtio-blk-{suffix},drive=d{n}"]
         argv += ["-device", f"virtio-rng-{suffix}"]
+        # The only addresses the guest may reach (restrict=on): 10.0.2.100:80 -> 127.0.0.1:PORT, and
+        # 10.0.2.100:9618 -> the pool. `cmd:socat` starts one socat per connection (a `tcp:` target
+        # carries one connection only: a startd's later updates would never arrive).
+        forwards = []
         if port is not None:
-            # The one address the guest may reach: 10.0.2.100:80 -> 127.0.0.1:PORT (a socat per connection).
-            argv += ["-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}",
-                     "-device", f"virtio-net-{suffix},netdev=n0"]
+            forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}")
+        if self.pool_forward is not None:
+            forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:{GUEST_POOL_PORT}-cmd:socat - TCP:{self.pool_forward}")
+        if forwards:
+            argv += ["-netdev", ",".join(["user,id=n0,restrict=on", *forwards]),
+                     "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         return argv
 
     def boot(self, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
         """Boot the instance once and wait until qemu exits (power-off) or TIMEOUT seconds pass."""
         number = len(self.boots) + 1
         console = self.folder / f"console-{number}.log"
+        if self.netns and self.http_root:
+            raise CommandError("the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked")
         server = LoopbackServer(self.http_root) if self.http_root else None
         try:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
             argv = self.qemu_argv(server.port if server else None, machine)
             (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
             result = self._run_qemu(argv, console, timeout, number)
-            if result.outcome == "no-pit" and machine == "microvm":
+            if result.outcome in ("no-pit", "stalled") and machine == "microvm":
                 # microvm's timer calibration fails at random on a loaded host (the kernel then
-                # hangs); it shows within a second, before the root disk is touched: boot as `pc`.
-                self._say(f"{self.instance_id}: microvm could not calibrate its timer (a busy host): booting as -machine pc")
+                # hangs); it shows before the root disk is mounted: boot again as `pc`.
+                self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
+                console.rename(self.folder / f"console-{number}-microvm-{result.outcome}.log")
                 argv = self.qemu_argv(server.port if server else None, "pc")
                 (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
                 result = self._run_qemu(argv, console, timeout, number)
@@ -315,11 +361,13 @@ class LocalInstance:
     def _run_qemu(self, argv: list[str], console: Path, timeout: float, number: int) -> BootResult:
         watch = Stopwatch()
         stages: list[tuple[float, str]] = []
-        flags = {"harness": False, "finished": False, "panic": False, "no-pit": False}
+        flags = {"harness": False, "finished": False, "panic": False, "no-pit": False, "userspace": False}
+        last_output = [time.monotonic()]
         machine = argv[argv.index("-machine") + 1].split(",")[0]
         self._say(f"{self.instance_id}: boot {number} ({self.image.name}, {argv[2]}, {machine}, {self.smp} vCPU), console: {console}")
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            launcher = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
+            proc = subprocess.Popen(launcher + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         except FileNotFoundError as err:
             raise CommandError("qemu-system-x86_64: not installed (tools/run setup installs it)") from err
         panic = threading.Event()
@@ -330,7 +378,10 @@ class LocalInstance:
                 for raw in proc.stdout:
                     log.write(raw)
                     log.flush()
+                    last_output[0] = time.monotonic()
                     line = ESCAPES.sub("", raw.decode("utf-8", errors="replace")).strip()
+                    if "Run /init as init process" in line or "Welcome to" in line:
+                        flags["userspace"] = True
                     for pattern, label in STAGES:
                         m = pattern.search(line)
                         if m:
@@ -359,6 +410,9 @@ class LocalInstance:
                 break
             if time.monotonic() > deadline:
                 outcome = "timeout"
+                break
+            if not flags["userspace"] and time.monotonic() - last_output[0] > EARLY_STALL:
+                outcome = "stalled"
                 break
             try:
                 proc.wait(timeout=0.5)
