@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -103,6 +104,17 @@ def shell_script(steps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+EXIT_LINE = re.compile(r" exit -?\d+ after ([0-9.]+) s: (\S+)")
+
+
+def discover_seconds(log: str, applied: int) -> float:
+    """Seconds of the commands in a vfarm handler log that are not among its APPLIED steps: the
+    discover queries (vgs, lvs, pvs, blkid, findmnt, swapon). The log has one `exit N after X s:
+    CMD` line per command, in order; the applied ones are the last APPLIED of them."""
+    spans = [float(m.group(1)) for m in EXIT_LINE.finditer(log)]
+    return sum(spans[: max(0, len(spans) - applied)])
+
+
 def boot_once(image: Any, userdata: bytes, folder: Path, tries: int = 3) -> tuple[Any, Any, int]:
     """Boot a fresh instance; a timer-calibration failure (seen within seconds on a loaded host,
     before the disks are touched) is retried with a fresh copy. Returns (instance, result, tries)."""
@@ -147,6 +159,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     walls: dict[str, list[float]] = {"vfarm": [], "shell": []}
     own: list[float] = []  # vfarm's time outside the commands it applies (validation, discover, plan, records)
     same_boot: list[float] = []  # vfarm's total / its commands' time, within one boot
+    queries: list[float] = []  # of `own`: the discover commands (lvm reports, findmnt, swapon)
     problems: list[str] = []
     for number in range(1, args.boots + 1):
         for kind in ("vfarm", "shell"):
@@ -175,6 +188,9 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     (instance.folder / "localfs.status.json").write_bytes(raw or b"")
                     (instance.folder / "localfs.log").write_bytes(instance.read("/var/log/vfarm/localfs.log") or b"")
                     commands = sum(float(step.get("seconds") or 0) for step in status.get("steps", []) if step.get("argv"))
+                    applied = sum(1 for step in status.get("steps", []) if step.get("argv"))
+                    log = (instance.folder / "localfs.log").read_text(errors="replace")
+                    queries.append(discover_seconds(log, applied))
                     own.append(seconds - commands)
                     same_boot.append(seconds / commands if commands else float("nan"))
                     if script is None:
@@ -206,13 +222,31 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     f"(n = {len(vfarm_s)} + {len(shell_s)}); **ratio {ratio:.2f}** (target <= {TARGET}: {verdict}). "
                     f"Median wall time per boot: vfarm {common.median(walls['vfarm']):.1f} s, shell {common.median(walls['shell']):.1f} s.\n")
         section.add(f"Within each vfarm boot (immune to the boot-to-boot noise of a shared host): vfarm's time outside the commands "
-                    f"it applies (validation, discover's vgs/lvs/pvs/blkid/findmnt/swapon, plan, records) has median {common.median(own):.3f} s; "
+                    f"it applies (validation, discover's vgs/lvs/pvs/blkid/findmnt/swapon, plan, records) has median {common.median(own):.3f} s, "
+                    f"of which the discover commands {common.median(queries):.3f} s and Python {common.median([o - q for o, q in zip(own, queries)]):.3f} s; "
                     f"total / commands = median **{common.median(same_boot):.2f}**, the ratio against a script that runs only those "
                     "commands and nothing else.\n")
+        if common.median(same_boot) > TARGET:
+            section.add(BOOT_NOTE)
         if script:
             section.add(f"The shell script (generated from the first vfarm boot's record):\n\n```sh\n{script}```")
     for problem in problems:
         section.add(f"- problem: {problem}")
+
+
+BOOT_NOTE = """Why the within-boot target is missed, and what would reach it: almost all of vfarm's own
+time is its discover step's commands, and most of that is three LVM reports (`vgs`, `lvs`, `pvs`
+as separate processes, each starting LVM and scanning the block devices: 0.25-0.3 s apiece in
+these TCG guests, see the handler logs). The Python work (validating the section,
+planning, writing the log and the status record) is the small remainder. The discovery is what
+makes a second run change nothing and refuses to touch a foreign volume, so it stays; making it
+cheaper would reach the target: one `lvm fullreport --reportformat json` (VGs, PVs and LVs of
+every VG in one process) instead of three reports, and `--devices`/a filter limited to the VG's
+physical volumes. That is cc_modules/cc_localfs.py's discover step: reported, not changed here.
+The boot-to-boot comparison (medians of vfarm and shell boots) is shown too, but with this
+host's noise (one boot's commands take 2.5 s, the next 4.5 s) five boots per side cannot resolve
+a 5 % difference; the within-boot figure can.
+"""
 
 
 def extra(p: argparse.ArgumentParser) -> None:
