@@ -8,7 +8,8 @@ shell script that runs the same commands on the same image and the same data dis
   validation, discover (vgs/lvs/pvs/blkid/findmnt/swapon), plan, apply and the records).
 - shell: a `#cloud-boothook` (same stage as the part-handler) generated from the argv lists the
   FIRST vfarm boot recorded: the same lvcreate/mkfs/mkswap/mkdir/mount/swapon/chmod, each logged
-  with its output (`set -x` into a log file, as vfarm's runner logs), the same /etc/fstab written
+  with its output (`set -x` into a log file, as vfarm's runner logs; bash's $EPOCHREALTIME times
+  each command without a fork), the same /etc/fstab written
   atomically, and a status file. It timestamps itself (`date +%s.%N` at its first and last line).
 - within each vfarm boot: its record's per-step seconds give the time spent in the applied
   commands; the rest is vfarm's own (validation, discover, plan, records). That ratio does not
@@ -76,7 +77,7 @@ def shell_script(steps: list[dict[str, Any]]) -> str:
     """A boothook doing STEPS as plainly as a site admin would, logging like vfarm's runner."""
     lines = [
         "#cloud-boothook",
-        "#!/bin/sh",
+        "#!/bin/bash",
         "# vfarm benchmark: the same commands as vfarm's localfs handler, as a plain shell script.",
         "start=$(date +%s.%N)",
         "set -e",
@@ -85,11 +86,13 @@ def shell_script(steps: list[dict[str, Any]]) -> str:
         # Every command and its output logged, as vfarm's runner does, without a fork per line.
         'exec >> "$out/shell.log" 2>&1',
         "set -x",
+        # bash's clock variable: each command's start and end without a fork (what vfarm records).
+        'run() { local t0=$EPOCHREALTIME; "$@"; echo "T $t0 $EPOCHREALTIME $1"; }',
         "export LVM_SUPPRESS_FD_WARNINGS=1",
     ]
     for step in steps:
         if "argv" in step:
-            lines.append(" ".join(shlex.quote(a) for a in step["argv"]))
+            lines.append("run " + " ".join(shlex.quote(a) for a in step["argv"]))
         elif step["action"] == "write-fstab":
             path = step["path"]
             lines.append(f"cat > {shlex.quote(path)}.tmp <<'VFARM_FSTAB_EOF'")
@@ -159,6 +162,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     walls: dict[str, list[float]] = {"vfarm": [], "shell": []}
     own: list[float] = []  # vfarm's time outside the commands it applies (validation, discover, plan, records)
     same_boot: list[float] = []  # vfarm's total / its commands' time, within one boot
+    shell_commands: list[float] = []  # the shell's time in the same commands
     queries: list[float] = []  # of `own`: the discover commands (lvm reports, findmnt, swapon)
     problems: list[str] = []
     for number in range(1, args.boots + 1):
@@ -206,8 +210,12 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     times = json.loads(raw)
                     seconds = float(times["end"]) - float(times["start"])
                     shell_s.append(seconds)
-                    (instance.folder / "shell.log").write_bytes(instance.read(f"{RESULT_DIR}/shell.log") or b"")
-                    rows.append(line + [f"{seconds:.3f}", "-", "-"])
+                    shell_log = (instance.read(f"{RESULT_DIR}/shell.log") or b"").decode(errors="replace")
+                    (instance.folder / "shell.log").write_text(shell_log)
+                    spans = [ln.split() for ln in shell_log.splitlines() if ln.startswith("T ")]
+                    commands = sum(float(w[2]) - float(w[1]) for w in spans if len(w) >= 4)
+                    shell_commands.append(commands)
+                    rows.append(line + [f"{seconds:.3f}", f"{commands:.3f}", f"{seconds - commands:.3f}"])
             finally:
                 drop_disks(instance)
     section.add(f"Image: {image.name} (cloud-init {image.info.get('cloud_init')}), data disk: the cached `vg_local` 8G disk, "
@@ -226,6 +234,9 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     f"of which the discover commands {common.median(queries):.3f} s and Python {common.median([o - q for o, q in zip(own, queries)]):.3f} s; "
                     f"total / commands = median **{common.median(same_boot):.2f}**, the ratio against a script that runs only those "
                     "commands and nothing else.\n")
+        if shell_commands:
+            section.add(f"The same commands took a median {common.median([v - o for v, o in zip(vfarm_s, own)]):.3f} s in the vfarm boots and "
+                        f"{common.median(shell_commands):.3f} s in the shell boots.\n")
         if common.median(same_boot) > TARGET:
             section.add(BOOT_NOTE)
         if script:
