@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # script -> (section name, text its smoke section must contain)
 SCRIPTS = {
-    "boot_overhead.py": ("boot-overhead", "\nlvcreate --yes --wipesignatures y -n cvmfs"),
+    "boot_overhead.py": ("boot-overhead", "\nrun lvcreate --yes --wipesignatures y -n cvmfs"),
     "import_cost.py": ("import-cost", "in cloud-init (yaml+jsonschema loaded)"),
     "cold_start.py": ("cold-start", "| baked | 2 |"),
     "userdata_size.py": ("userdata-size", "| embed | 6 |"),
