@@ -134,8 +134,13 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
         from ..mime_builder import config as configuration
         from ..mime_builder import mime
 
+        attach: tuple[Any, ...] = ()
+        if kind == "local":  # what a local test image needs to stay up as a worker
+            from .local_backend import attachments
+
+            attach = attachments(spec)
         try:
-            built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")))
+            built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
         except (mime.BuildError, configuration.ConfigError) as err:
             raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
         for warning in built.warnings:
@@ -146,7 +151,11 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
             return apply.Ec2Backend(spec, userdata)
         except Exception as err:  # noqa: BLE001 - Ec2Error for credentials/region: one line
             raise apply.CloudError(str(err)) from None
-    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives only cloud type ec2 so far")
+    if kind == "local":
+        from .local_backend import LocalBackend
+
+        return LocalBackend(spec, userdata)
+    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types ec2 and local")
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,

@@ -82,8 +82,15 @@ def plain(instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cloud_instances(spec: ScaleSpec) -> list[dict[str, Any]]:
     """The farm's instances from the cloud API (tag vfarm:farm = name)."""
+    if spec.cloud.get("type") == "local":
+        from ..clouds import local_farm
+
+        try:
+            return plain(local_farm.LocalFarm.from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}))
+        except local_farm.LocalFarmError as err:
+            raise DiscoverError(f"cloud: {err}") from None
     if spec.cloud.get("type") != "ec2":
-        raise DiscoverError(f"cloud type {spec.cloud.get('type')!r}: live cycles need cloud type ec2 for now")
+        raise DiscoverError(f"cloud type {spec.cloud.get('type')!r}: live cycles need cloud type ec2 or local")
     from ..clouds import ec2
 
     try:
