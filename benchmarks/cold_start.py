@@ -141,8 +141,8 @@ build ...`; the table above has the sizes of the main parts, which vary by 2x wi
   from the schemas to plain Python (and cached) would not.
 - The editable install's import finder (`__editable___vfarm_..._finder`, in `site`) costs 20-30 ms
   in this development venv; a wheel install has none.
-With the first two done, `baked` would take about 45 ms less (about 140 ms as measured on 2026-11-25, under
-half of make-mime's 320-380 ms). In `include` and `embed`
+With the first two done, `baked` would take about 45 ms less: at or just under half of
+make-mime's time in the runs here (jsonschema's import is the next 40 ms). In `include` and `embed`
 the rest is mostly the bundler (AST walk and minify of every bundled module, every run: the
 in-process cache of point 5 cannot help a fresh process). Caching the bundles on disk (e.g. under
 $XDG_CACHE_HOME/vfarm, checked by the same stat rule as the in-process cache) would bring them to
