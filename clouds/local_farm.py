@@ -146,7 +146,7 @@ class LocalFarm:
     launched instance's folder; by default this module's `supervise`."""
 
     def __init__(self, root: Optional[Path] = None, *, image: str = DEFAULT_IMAGE, memory: str = DEFAULT_MEMORY,
-                 vcpus: int = DEFAULT_VCPUS, disk_size: str = "4G", data_disk: str = "vg",
+                 vcpus: int = DEFAULT_VCPUS, disk_size: str = "8G", data_disk: str = "vg",
                  supervisor: Optional[Callable[[Path], list[str]]] = None,
                  find_image: Optional[Callable[[str], Any]] = None) -> None:
         self.root = Path(root) if root else default_root()
