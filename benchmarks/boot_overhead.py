@@ -254,18 +254,20 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
         section.add(f"- problem: {problem}")
 
 
-BOOT_NOTE = """Why the within-boot target is missed, and what would reach it: almost all of vfarm's own
-time is its discover step's commands, and most of that is three LVM reports (`vgs`, `lvs`, `pvs`
-as separate processes, each starting LVM and scanning the block devices: 0.25-0.3 s apiece in
-these TCG guests, see the handler logs). The Python work (validating the section,
-planning, writing the log and the status record) is the small remainder. The discovery is what
-makes a second run change nothing and refuses to touch a foreign volume, so it stays; making it
-cheaper would reach the target: one `lvm fullreport --reportformat json` (VGs, PVs and LVs of
-every VG in one process) instead of three reports, and `--devices`/a filter limited to the VG's
-physical volumes. That is cc_modules/cc_localfs.py's discover step: reported, not changed here.
+BOOT_NOTE = """Why the target is missed, and what would bring it within reach: most of vfarm's own time
+is its discover step's commands (the figures above), and most of those are three LVM reports
+(`vgs`, `lvs`, `pvs`, each a separate LVM process that scans the block devices: 0.1-0.3 s apiece
+in these TCG guests, see the `exit 0 after` lines of the handler logs kept under
+/var/cache/vfarm/benchmarks/boot/). The Python work (validating the section, planning, writing the
+log and the status record) is the small remainder. The discovery is what makes a second run
+change nothing and refuses to touch a foreign volume, so it stays; making it cheaper is the way:
+one `lvm fullreport --reportformat json` (VGs, PVs and LVs in one process) instead of three
+reports saves two LVM starts, and a `--devices` list limited to the VG's physical volumes
+shortens each scan. With the figures of these runs that brings the ratio to about the target.
+That is cc_modules/cc_localfs.py's discover step: reported, not changed here.
 The boot-to-boot comparison (medians of vfarm and shell boots) is shown too, but with this
 host's noise (one boot's commands take 2.2 s, the next 4.5 s) a few boots per side cannot resolve
-a 5 % difference (earlier runs of this script gave 1.21 and 1.67 for it); the within-boot
+a 5 % difference (earlier runs of this script gave 1.21, 1.67 and 1.00 for it); the within-boot
 figures can.
 """
 
