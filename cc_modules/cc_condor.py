@@ -28,6 +28,8 @@ from .runner import CommandFailed
 NAME = "condor"
 POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
 SERVICE = "condor"
+# A hung command must end as a recorded failure, not as a boot that never finishes.
+TIMEOUTS = {"install": 1800.0, "mkdir": 60.0, "check-config": 600.0, "start": 300.0, "restart": 300.0}
 
 frequency = PER_INSTANCE
 distros = DISTROS
@@ -141,7 +143,7 @@ def apply(steps: list[dict[str, Any]], spec: CondorSpec, ctx: Context) -> None:
             ctx.record.step(action, True, collector=step["collector"], seconds=round(time.monotonic() - started, 1), changed=False)
         else:
             try:
-                result = ctx.runner.run(step["argv"], changes=action != "check-config")
+                result = ctx.runner.run(step["argv"], changes=action != "check-config", timeout=TIMEOUTS.get(action, 300.0))
             except CommandFailed as err:
                 ctx.record.step(action, False, argv=step["argv"], error=err.result.summary())
                 if action == "check-config" and not ctx.dry_run:

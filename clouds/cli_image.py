@@ -13,7 +13,7 @@ from .hostcmd import CommandError
 
 def cmd_build(args: argparse.Namespace) -> int:
     try:
-        image = images.build(args.suite, force=args.force, mirror=args.mirror, bake_vfarm=not args.plain)
+        image = images.build(args.suite, force=args.force, mirror=args.mirror, bake_vfarm=not args.plain, variant=args.variant or "")
     except CommandError as err:
         print(f"vfarm: image build: {err}", file=sys.stderr)
         return 1
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even when the cached image is current")
     b.add_argument("--mirror", help="Debian mirror (default: the host's apt sources, or VFARM_MIRROR)")
     b.add_argument("--plain", action="store_true", help="do not bake vfarm in (a stock cloud image)")
+    b.add_argument("--variant", choices=sorted(images.VARIANTS), help="extra packages baked in: condor (trixie only) makes an HTCondor worker image")
     b.set_defaults(func=cmd_build)
     k = isub.add_parser("bake", help="bake vfarm's handlers and config modules into an image root folder")
     k.add_argument("root", metavar="ROOTDIR")

@@ -67,7 +67,8 @@ def print_summary(summary: Optional[dict[str, Any]]) -> bool:
 
 def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embed", gzip: str = "auto", pin: bool = False,
                   max_size: int = 1 << 20, disk: str = "8G", data_disk: str = "vg", smp: int = 2, standin: bool = True,
-                  attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False) -> LocalInstance:
+                  attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False, pool_forward: Optional[str] = None,
+                  netns: Optional[str] = None) -> LocalInstance:
     """A prepared local instance for CONFIG (a loaded Config): user-data built, disks and seed made,
     the loopback HTTP folder filled. Raises CommandError, or the builder's BuildError."""
     from ..mime_builder import mime
@@ -84,7 +85,8 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
     userdata = mime.build_userdata(config, handlers=mode, gzip=gzip, pin=pin, max_size=max_size, attach=attach)
     if len(userdata) > mime.EC2_LIMIT and not quiet:
         progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {mime.EC2_LIMIT} (a NoCloud seed takes it)")
-    instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet)
+    instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet,
+                             pool_forward=pool_forward, netns=netns)
     instance.folder.mkdir(parents=True, exist_ok=True)
     if serve_handlers or standin or mode.startswith(f"include=http://{GUEST_HTTP}"):
         instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, standin=standin)
@@ -108,7 +110,8 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
         return 1
     try:
         instance = make_instance(config, image=args.image, handlers=args.handlers, gzip=args.gzip, pin=args.pin, max_size=args.max_size,
-                                 disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, standin=not args.no_standin)
+                                 disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, standin=not args.no_standin,
+                                 pool_forward=args.pool_forward, netns=args.netns)
     except CommandError as err:
         print(f"vfarm: launch local: {err}", file=sys.stderr)
         return 1
@@ -140,6 +143,13 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _host_port(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " ,"):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .commands import launch_targets
 
@@ -163,5 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reboot", type=int, default=0, metavar="N", help="boot the same instance N more times after the first power-off")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help=f"seconds per boot before giving up (default {DEFAULT_TIMEOUT:.0f})")
     p.add_argument("--smp", type=int, default=2, help="vCPUs (default 2: faster under TCG)")
+    p.add_argument("--pool-forward", metavar="HOST:PORT", type=_host_port,
+                   help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100)")
+    p.add_argument("--netns", metavar="PATH",
+                   help="run qemu inside this network namespace (/run/netns/NAME or /proc/PID/ns/net), e.g. the one the pool listens in")
     p.add_argument("--json", action="store_true", help="also print summary.json")
     p.set_defaults(func=cmd_launch_local)

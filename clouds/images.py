@@ -47,7 +47,8 @@ HOOKS = [
 ]
 # Image variants (`--image SUITE-VARIANT`): extra packages baked in for a role. HTCondor is in
 # Debian from trixie on (`condor` 23.9; bookworm has none).
-VARIANTS: dict[str, list[str]] = {"condor": ["condor"]}
+# libnss-myhostname: HTCondor resolves its own host name, which only cloud-init's meta-data knows.
+VARIANTS: dict[str, list[str]] = {"condor": ["condor", "libnss-myhostname"]}
 VARIANT_SUITES: dict[str, tuple[str, ...]] = {"condor": ("trixie",)}
 DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
 
@@ -283,6 +284,11 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
             progress("image", f"{name}: unpacking {tar.name}")
             run(["tar", "--numeric-owner", "-xpf", tar, "-C", root], timeout=600)
             configure(root, suite)
+            if variant:
+                # mmdebstrap leaves the build host's resolver here, unreachable from the guest
+                # (restrict=on): every lookup would wait for its timeouts. None: lookups fail at once.
+                (root / "etc/resolv.conf").unlink(missing_ok=True)
+                (root / "etc/resolv.conf").write_text("# vfarm local test image: no DNS (the guest reaches only 10.0.2.100)\n")
             manifest: dict[str, object] = {}
             if bake_vfarm:
                 progress("image", f"{name}: baking vfarm")
