@@ -301,7 +301,7 @@ class LocalFarm:
         iid = f"i-local-{uuid.uuid4().hex[:12]}"
         folder = self.instances_dir / iid
         record: dict[str, Any] = {
-            "InstanceId": iid, "ImageId": str(image.name), "ImageDir": str(image.directory),
+            "InstanceId": iid, "ImageId": Path(image.directory).name, "ImageDir": str(image.directory),
             "InstanceType": f"local.{self.vcpus}cpu.{self.memory}m", "LaunchEpoch": time.time(), "TagMap": tags,
             "ClientToken": token or "", "smp": self.vcpus, "memory": self.memory, "pool_forward": pool,
         }

@@ -76,7 +76,7 @@ def test_launch_starts_in_the_background_and_lists_ec2_shaped_instances(farm: lo
     first = listed[0]
     assert first["Tags"] == [{"Key": "vfarm:farm", "Value": "lf"}] and first["ClientToken"] == "tok-1"
     assert before <= first["LaunchTime"].timestamp() <= time.time()
-    assert first["ImageId"] == "trixie-condor" and first["InstanceType"] == "local.2cpu.2048m"
+    assert first["ImageId"] == "image" and first["InstanceType"] == "local.2cpu.2048m"
     folder = farm.instances_dir / first["InstanceId"]
     assert (folder / "seed/user-data").read_bytes() == b"#cloud-config\n"
     assert "instance-id: " + first["InstanceId"] in (folder / "seed/meta-data").read_text()
