@@ -239,8 +239,12 @@ class LocalFarm:
     def _records(self) -> list[tuple[Optional[Path], dict[str, Any]]]:
         """(folder or None for an ended one, record) of every instance this cloud still lists."""
         found: list[tuple[Optional[Path], dict[str, Any]]] = []
+        # terminate writes the tombstone before it removes the folder: an id with both is ended.
+        ended = {p.stem for p in self.ended_dir.glob("*.json")} if self.ended_dir.is_dir() else set()
         if self.instances_dir.is_dir():
             for folder in sorted(self.instances_dir.iterdir()):
+                if folder.name in ended:
+                    continue
                 record = _read_json(folder / "record.json")
                 if record is not None:  # a folder without a record is being made or removed
                     qemu = (folder / "qemu.pid").read_text().strip() if (folder / "qemu.pid").exists() else ""

@@ -120,6 +120,15 @@ def test_terminate_kills_the_vm_removes_its_folder_and_keeps_a_tombstone(farm: l
         farm.tag(["../etc"], {"a": "b"})
 
 
+def test_an_instance_mid_terminate_is_listed_once_as_terminated(farm: local_farm.LocalFarm) -> None:
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    farm.ended_dir.mkdir(parents=True, exist_ok=True)
+    record = json.loads((farm.instances_dir / inst["InstanceId"] / "record.json").read_text())
+    (farm.ended_dir / f"{inst['InstanceId']}.json").write_text(json.dumps({**record, "EndEpoch": time.time()}))
+    assert [i["State"]["Name"] for i in farm.instances(states=None)] == ["terminated"]
+    farm._stop(record)  # what terminate would go on with
+
+
 def test_tombstones_expire_like_ec2s_terminated_instances(farm: local_farm.LocalFarm) -> None:
     [inst] = farm.launch(b"", count=1, tags=TAGS)
     farm.terminate([inst["InstanceId"]])

@@ -151,7 +151,7 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
         assert scaler.poll() is None, f"the scaler died while waiting for {what}:\n" + scaler_log()[-3000:]
         if iid and "terminate" not in timeline:
             [inst] = farm.instances(ids=[iid], states=None)
-            assert inst["State"]["Name"] == "running", f"{iid} is {inst['State']['Name']} while waiting for {what}: {inst}\n{vm_log()}"
+            assert inst["State"]["Name"] in ("pending", "running"), f"{iid} is {inst['State']['Name']} while waiting for {what}: {inst}\n{vm_log()}"
 
     def mark(name: str) -> None:
         timeline[name] = time.monotonic() - started
@@ -175,6 +175,15 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
         ads = wait_for(joined, JOIN_TIMEOUT, f"{iid}'s startd in the pool", interval=2)
         mark("joined")
         assert [ad["PartitionableSlot"] for ad in ads] == [True]
+        qemu = farm.instances(ids=[iid])[0]["VfarmLocal"]["qemu_pid"]
+        console = farm.instances_dir / iid / "console-1.log"
+
+        def cloud_init_done() -> bool:
+            watch("cloud-init's end")
+            return "finished at" in console.read_text(errors="replace")
+
+        wait_for(cloud_init_done, JOB_TIMEOUT, "cloud-init finished on the worker", interval=1)
+        mark("cloud-init done")
 
         def done() -> list[dict[str, Any]]:
             watch("the job")
@@ -191,6 +200,9 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
 
         wait_for(drain_started, DRAIN_TIMEOUT, f"the scaler draining {iid}", interval=0.5)
         mark("drain")
+        # The test image's harness would power off after cloud-init: the local cloud cancelled it.
+        text = console.read_text(errors="replace")
+        assert "vfarm-local-farm: keeps running after cloud-init" in text and "vfarm-local: harness done" not in text
 
         def terminated() -> bool:
             assert scaler.poll() is None, "the scaler died:\n" + scaler_log()[-3000:]
@@ -204,6 +216,7 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
             return now["State"]["Name"] == "terminated" and not (farm.instances_dir / iid).exists()
 
         wait_for(gone, GONE_TIMEOUT, f"{iid} gone", interval=0.5)
+        wait_for(lambda: not local_farm.alive(qemu, None), GONE_TIMEOUT, f"{iid}'s qemu ended", interval=0.5)
         mark("gone")
     finally:
         scaler.send_signal(signal.SIGTERM)
@@ -213,6 +226,7 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
             scaler.kill()
             scaler.wait()
         leftover = [i["InstanceId"] for i in farm.instances(states=("pending", "running", "stopped"))]
+        listed = farm.instances(tag_filters={"vfarm:farm": FARM}, states=None)
         debug = vm_log()
         farm.terminate(leftover)  # never leave a VM running
         if cluster is not None:
@@ -226,11 +240,12 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
     assert leftover == [], f"left running: {leftover}\n{debug}"
     assert scaler.returncode == 0 and "SIGTERM: stopping after this cycle" in text, text[-3000:]
     # One worker, launched once, ended as drained: its tombstone says so (the black-hole rule reads it).
-    [ended] = farm.instances(tag_filters={"vfarm:farm": FARM}, states=None)
+    [ended] = listed
     assert ended["InstanceId"] == iid and {"Key": "vfarm:end", "Value": "drained"} in ended["Tags"]
     assert text.count("launched i-local-") == 1, text[-3000:]
     assert "launch 1: 1 waiting job(s) need 1 CPU(s)" in text, text[-3000:]
     assert "condor_drain -pool" in text
-    print(f"launch->joined {timeline['joined'] - timeline['launched']:.1f} s, joined->job done {timeline['job done'] - timeline['joined']:.1f} s, "
+    print(f"launch->joined {timeline['joined'] - timeline['launched']:.1f} s, joined->cloud-init done "
+          f"{timeline['cloud-init done'] - timeline['joined']:.1f} s, joined->job done {timeline['job done'] - timeline['joined']:.1f} s, "
           f"job done->drain {timeline['drain'] - timeline['job done']:.1f} s, drain->terminate {timeline['terminate'] - timeline['drain']:.1f} s, "
           f"terminate->gone {timeline['gone'] - timeline['terminate']:.1f} s")
