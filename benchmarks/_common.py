@@ -30,6 +30,9 @@ Written by `benchmarks/run.py` (or one script of `benchmarks/`); each section sa
 that produced it and the machine it ran on. Ratios are measured within ONE run, with the two
 sides interleaved, because these machines are noisy (2 shared cores, other engineers' VM boots).
 Re-run a section with the command in it; `benchmarks/README.md` says what each one measures.
+A command with `--output FILE` wrote its section into a scratch file, copied here unchanged
+(so that benchmarks could run while other sections were being written); without `--output` a
+script writes this file directly. Targets not met say why and what would meet them.
 """
 
 
