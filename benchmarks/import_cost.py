@@ -10,8 +10,9 @@ mode), embed mode's library part plus a thin handler, and the final check's bund
 Two figures per file, each the median of N fresh interpreters, timed inside the interpreter with
 perf_counter around the import (the way cloud-init imports a part-handler: a module from a file):
 - "alone": a fresh interpreter (PyYAML and jsonschema imported by the handler itself);
-- "in cloud-init": PyYAML and jsonschema imported first, as they are in cloud-init's process
-  (cloud-init validates its own cloud-config with jsonschema before user-data is walked).
+- "in cloud-init": PyYAML and jsonschema imported first, as they are in cloud-init's process:
+  cloudinit/cmd/main.py imports cloudinit.config.schema at its top, which imports jsonschema at
+  its top (both in 22.4.2 and 25.1.4), so both are loaded before any part-handler runs.
 Target: under 50 ms each.
 
     benchmarks/import_cost.py [--runs 7] [--suite bookworm --suite trixie]
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
             entries = files(work)
             targets.append((suite, [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "python3"], work, WORK))
     for label, python, hostdir, workdir in targets:
-        section.add(f"- {label}: Python {python_version(python)}")
+        section.body.append(f"- {label}: Python {python_version(python)}\n")
         for what, entry in entries.items():
             alone = measure(python, workdir, entry, False, runs)
             warm = measure(python, workdir, entry, True, runs)
@@ -156,10 +157,12 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                          "met" if med_warm < TARGET else "MISSED"])
             if worst is None or med_warm > worst[0]:
                 worst = (med_warm, f"{what} on {label}")
-    section.add("")
-    section.add(f"Median of {runs} fresh interpreter(s) each; times include compiling the bundled sources (a bundle "
-                "carries source, not bytecode) and running the handler modules' top level.\n")
-    header = ["image", "file", "bytes", "alone (imports yaml+jsonschema too)", "in cloud-init (yaml+jsonschema loaded)", "target < 50 ms"]
+    section.add(f"\nMedian of {runs} fresh interpreter(s) each; times include compiling the bundled sources (a bundle "
+                "carries source, not bytecode) and running the handler modules' top level. The target applies to the "
+                "\"in cloud-init\" column: cloud-init's own command line imports PyYAML and jsonschema (cloudinit/cmd/main.py -> "
+                "cloudinit.config.schema, in 22.4.2 and 25.1.4) before any part-handler runs. The \"alone\" column is over "
+                "50 ms mostly because of those two imports, which a handler never pays inside cloud-init.\n")
+    header = ["image", "file", "bytes", "alone (imports yaml+jsonschema too)", "in cloud-init (yaml+jsonschema loaded)", "target < 50 ms (in cloud-init)"]
     section.add(common.table(header, rows))
     if worst:
         section.add(f"Slowest in cloud-init's process: {worst[1]}, {common.fmt_ms(worst[0])}.")
