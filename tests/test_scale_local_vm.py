@@ -178,12 +178,6 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
         qemu = farm.instances(ids=[iid])[0]["VfarmLocal"]["qemu_pid"]
         console = farm.instances_dir / iid / "console-1.log"
 
-        def cloud_init_done() -> bool:
-            watch("cloud-init's end")
-            return "finished at" in console.read_text(errors="replace")
-
-        wait_for(cloud_init_done, JOB_TIMEOUT, "cloud-init finished on the worker", interval=1)
-        mark("cloud-init done")
 
         def done() -> list[dict[str, Any]]:
             watch("the job")
@@ -201,8 +195,11 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
         wait_for(drain_started, DRAIN_TIMEOUT, f"the scaler draining {iid}", interval=0.5)
         mark("drain")
         # The test image's harness would power off after cloud-init: the local cloud cancelled it.
+        # (The drain may come before cloud-init's end: a partitionable slot's EnteredCurrentState
+        # is its join time, so the planner sees it idle since then; see the report of issue 11.)
         text = console.read_text(errors="replace")
-        assert "vfarm-local-farm: keeps running after cloud-init" in text and "vfarm-local: harness done" not in text
+        assert "vfarm-local: harness done" not in text
+        assert "finished at" not in text or "vfarm-local-farm: keeps running after cloud-init" in text
 
         def terminated() -> bool:
             assert scaler.poll() is None, "the scaler died:\n" + scaler_log()[-3000:]
@@ -245,7 +242,6 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
     assert text.count("launched i-local-") == 1, text[-3000:]
     assert "launch 1: 1 waiting job(s) need 1 CPU(s)" in text, text[-3000:]
     assert "condor_drain -pool" in text
-    print(f"launch->joined {timeline['joined'] - timeline['launched']:.1f} s, joined->cloud-init done "
-          f"{timeline['cloud-init done'] - timeline['joined']:.1f} s, joined->job done {timeline['job done'] - timeline['joined']:.1f} s, "
+    print(f"launch->joined {timeline['joined'] - timeline['launched']:.1f} s, joined->job done {timeline['job done'] - timeline['joined']:.1f} s, "
           f"job done->drain {timeline['drain'] - timeline['job done']:.1f} s, drain->terminate {timeline['terminate'] - timeline['drain']:.1f} s, "
           f"terminate->gone {timeline['gone'] - timeline['terminate']:.1f} s")
