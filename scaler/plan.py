@@ -150,6 +150,12 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
         entered = [float(s["EnteredCurrentState"]) for s in slots if _is_number(s.get("EnteredCurrentState"))]
         # Without the attribute the idle time is unknown: count it from now (never drained early).
         since = max(entered) if len(entered) == len(slots) else now
+        # A partitionable slot stays Unclaimed while its dynamic slots run jobs, so its
+        # EnteredCurrentState is its join time: the end of its last job is when its number of
+        # dynamic slots last changed (NumDynamicSlotsTime, seen on HTCondor 23.9). Without this
+        # a worker would look idle for its whole life and be drained as its last job ends.
+        changed = [float(s["NumDynamicSlotsTime"]) for s in slots if s.get("PartitionableSlot") and _is_number(s.get("NumDynamicSlotsTime"))]
+        since = max([since, *changed])
         return {**info, "state": "idle", "idle_since": since, "reason": f"every slot unclaimed for {now - since:.0f}s"}
     odd = sorted({str(s) for s in states if s != "Unclaimed"})
     return {**info, "state": "other", "reason": f"slot state(s) {', '.join(odd)}: neither idle nor busy"}

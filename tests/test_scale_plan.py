@@ -389,3 +389,14 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
     farm = {i["InstanceId"] for i in planner.farm_instances(snapshot["instances"], FARM)}
     assert touched <= farm  # never an instance of another farm, or stopped
     assert not set(result["drain"]) & set(result["terminate"])
+
+
+def test_partitionable_slot_is_idle_since_its_last_job_ended_not_since_it_joined() -> None:
+    # Seen on a real 23.9 worker: after a job the partitionable slot is Unclaimed with its join
+    # time as EnteredCurrentState; NumDynamicSlotsTime moved to when the job's dynamic slot went.
+    joined_long_ago = {**slot("i-a", since=NOW - 99999), "PartitionableSlot": True, "NumDynamicSlotsTime": NOW - 60}
+    result = planner.plan(snap(slots=[joined_long_ago], instances=[instance("i-a", age=99999)]), spec(idle_time=3600))
+    assert result["drain"] == []
+    assert next(i for i in result["instances"] if i["id"] == "i-a")["idle_since"] == NOW - 60
+    quiet = {**joined_long_ago, "NumDynamicSlotsTime": NOW - 4000}
+    assert planner.plan(snap(slots=[quiet], instances=[instance("i-a", age=99999)]), spec(idle_time=3600))["drain"] == ["i-a"]
