@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from typing import Optional, Union
 
@@ -11,8 +12,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int] = None) -> None:
     """Write CONTENT to PATH through a temp file in the same directory, fsync, rename, fsync the
-    directory. MODE defaults to the existing file's mode, else 0644."""
+    directory. MODE defaults to the existing file's mode, else 0644.
+
+    A PATH that is not a regular file (/dev/null, /dev/stdout, a FIFO) is written into as it is:
+    renaming over it would replace a device with a plain file."""
     path = os.fspath(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     if mode is None:
@@ -20,7 +33,6 @@ def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int]
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    data = content.encode("utf-8") if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from .. import __version__
+from ..cc_modules.files import atomic_write
 from .hostcmd import CommandError
 
 DROP_IN = "etc/cloud/cloud.cfg.d/95-vfarm.cfg"
@@ -154,9 +155,7 @@ def with_ours(lists: dict[str, list[Any]], modules: list[str]) -> dict[str, list
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(mode)
+    atomic_write(path, text, mode)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

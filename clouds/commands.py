@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cc_modules.files import atomic_write
 from ..mime_builder import table
 from . import ec2
 
@@ -64,14 +64,6 @@ def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
     return built.data
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """0600 from the start: user-data may carry proxy credentials or a pool token."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.chmod(path, 0o600)  # an existing file keeps its mode through O_TRUNC
-
-
 def _progress(started: float) -> Any:
     last: list[str] = []
 
@@ -102,7 +94,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         # No API call at all: write the user-data and show how the classic tools would launch it.
         out = Path(args.output or Path(args.file).stem + ".userdata")
         try:
-            _write_private(out, userdata)
+            atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
             return _fail(f"cannot write {out}: {err.strerror}")
         print(f"vfarm: wrote {len(userdata)} bytes of user-data to {out}; dry run, nothing launched", file=sys.stderr)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..cc_modules.files import atomic_write
 from . import bundle, mime
 from . import inspect as userdata
 from .cli import EXIT_OK, EXIT_PROBLEM, load_or_report
@@ -21,19 +20,6 @@ SUMS = "SHA256SUMS"
 def _fail(message: str) -> int:
     print(f"vfarm: {message}", file=sys.stderr)
     return EXIT_PROBLEM
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically: a reader (a web server, a launch) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _size_report(path: str, built: mime.Built, max_size: int) -> str:
@@ -63,7 +49,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.output and args.output != "-":
         out = Path(args.output)
         try:
-            _write(out, built.data, 0o600)  # user-data may carry proxy credentials
+            atomic_write(out, built.data, 0o600)  # user-data may carry proxy credentials
         except OSError as err:
             return _fail(f"cannot write {out}: {err.strerror or err}")
     else:
@@ -109,9 +95,9 @@ def cmd_handlers(args: argparse.Namespace) -> int:
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         for filename, source in sorted(files.items()):
-            _write(outdir / filename, source.encode("utf-8"))
+            atomic_write(outdir / filename, source.encode("utf-8"), 0o644)
         sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
-        _write(outdir / SUMS, sums.encode("ascii"))
+        atomic_write(outdir / SUMS, sums.encode("ascii"), 0o644)
     except OSError as err:
         return _fail(f"cannot write into {outdir}: {err.strerror or err}")
     for filename, source in sorted(files.items()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,24 @@ def test_idtokens_are_redacted_anywhere() -> None:
 
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3In0.c2ln-_x"
     assert redact(f"condor_token_fetch said {token} ok") == "condor_token_fetch said *** ok"
+
+
+def test_atomic_write_into_a_device_leaves_the_device(tmp_path: Path) -> None:
+    # `vfarm build -o /dev/null` once replaced the machine's /dev/null with a plain 0600 file.
+    import stat
+
+    from vfarm.cc_modules.files import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        atomic_write(fifo, b"user-data", 0o600)
+        assert os.read(reader, 100) == b"user-data"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    before = os.stat("/dev/null")
+    atomic_write("/dev/null", b"x", 0o600)
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_mode == before.st_mode and after.st_ino == before.st_ino
