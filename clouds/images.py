@@ -284,11 +284,10 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
             progress("image", f"{name}: unpacking {tar.name}")
             run(["tar", "--numeric-owner", "-xpf", tar, "-C", root], timeout=600)
             configure(root, suite)
-            if variant:
-                # mmdebstrap leaves the build host's resolver here, unreachable from the guest
-                # (restrict=on): every lookup would wait for its timeouts. None: lookups fail at once.
-                (root / "etc/resolv.conf").unlink(missing_ok=True)
-                (root / "etc/resolv.conf").write_text("# vfarm local test image: no DNS (the guest reaches only 10.0.2.100)\n")
+            # mmdebstrap leaves the build host's resolver here, unreachable from the guest
+            # (restrict=on): every lookup would wait for its timeouts. None: lookups fail at once.
+            (root / "etc/resolv.conf").unlink(missing_ok=True)
+            (root / "etc/resolv.conf").write_text("# vfarm local test image: no DNS (the guest reaches only 10.0.2.100)\n")
             manifest: dict[str, object] = {}
             if bake_vfarm:
                 progress("image", f"{name}: baking vfarm")
