@@ -22,6 +22,21 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
 COMMAND_MODULES: list[str] = [".commands", "..scaler.commands", "..clouds.cli_image", "..clouds.commands", "..clouds.cli_local", ".summary"]
+# Which of them a top-level command needs: a run imports only those (`vfarm build` never loads
+# boto3, the scaler or qemu code); help, or a command not listed here, imports them all.
+COMMANDS: dict[str, list[str]] = {
+    "build": [".commands"],
+    "inspect": [".commands"],
+    "handlers": [".commands"],
+    "summary": [".summary"],
+    "scale": ["..scaler.commands"],
+    "image": ["..clouds.cli_image"],
+    "launch": ["..clouds.commands", "..clouds.cli_local"],
+    "instances": ["..clouds.commands"],
+    "terminate": ["..clouds.commands"],
+    "validate": [],
+    "plan": [],
+}
 
 
 def _fail(message: str) -> int:
@@ -85,7 +100,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser; with ARGV, only the sub-command modules its command needs are imported."""
     parser = argparse.ArgumentParser(
         prog="vfarm",
         description="Turn one #multiple-config file into cloud-init user-data for HEP batch workers, and run the farm.",
@@ -106,13 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
 
-    for name in COMMAND_MODULES:
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name in COMMANDS.get(command or "", COMMAND_MODULES):
         importlib.import_module(name, __package__).register(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

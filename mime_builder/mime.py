@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..cc_modules import condor_spec
-from . import bundle, pinloader
+from . import bundle
 from .config import Config
 
 EC2_LIMIT = 16384
@@ -190,6 +190,8 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
         types, frequency = bundle.handler_types(name), bundle.handler_frequency(name)
         pinned.append({"name": name, "url": mode.url(name), "sha256": bundle.sha256(source), "types": types, "frequency": frequency})
     frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
+    from . import pinloader  # here, not at the top: it pulls in urllib.request, which only --pin needs
+
     code = bundle.minify(pyinspect.getsource(pinloader))
     for old, new in (("PINNED = []", f"PINNED = {pinned!a}"), ('FREQUENCY = "once-per-instance"', f"FREQUENCY = {frequency!a}")):
         if code.count(f"\n{old}\n") != 1:
