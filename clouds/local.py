@@ -233,7 +233,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class BootResult:
-    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit"/"stalled" (kernel hung early: retried as pc)
+    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit"/"stalled"/"early-panic" (kernel failed before userspace: retried as pc)
     seconds: float
     harness_poweroff: bool  # the local harness powered it off (False: the instance did it itself)
     stages: list[tuple[float, str]] = field(default_factory=list)
@@ -342,9 +342,10 @@ class LocalInstance:
             argv = self.qemu_argv(server.port if server else None, machine)
             (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
             result = self._run_qemu(argv, console, timeout, number)
-            if result.outcome in ("no-pit", "stalled") and machine == "microvm":
+            if result.outcome in ("no-pit", "stalled", "early-panic") and machine == "microvm":
                 # microvm's timer calibration fails at random on a loaded host (the kernel then
-                # hangs); it shows before the root disk is mounted: boot again as `pc`.
+                # hangs, or panics in a timer interrupt); it shows before userspace runs, so the
+                # disks are untouched: boot again as `pc`.
                 self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
                 console.rename(self.folder / f"console-{number}-microvm-{result.outcome}.log")
                 argv = self.qemu_argv(server.port if server else None, "pc")
@@ -407,7 +408,7 @@ class LocalInstance:
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             if panic.is_set():
-                outcome = "no-pit" if flags["no-pit"] else "panic"
+                outcome = "no-pit" if flags["no-pit"] else "panic" if flags["userspace"] else "early-panic"
                 break
             if time.monotonic() > deadline:
                 outcome = "timeout"
