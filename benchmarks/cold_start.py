@@ -129,24 +129,20 @@ def import_breakdown(example: Path, options: list[str]) -> list[str]:
 
 
 IMPORT_NOTE = """
-Why the target is missed, and what would reach it (found with `python -X importtime -m vfarm
-build ...`; the table above has the sizes of the main parts, which vary by 2x with the load):
-- Every `vfarm` process imports every sub-command's module (mime_builder/cli.py registers them
-  all up front: clouds.ec2/local/images, the scaler...), though `build` needs none of them:
-  importing a sub-command's module only when it is the one run saves that column.
-- mime_builder/mime.py imports pinloader at the top, which imports urllib.request (and with it
-  http.client, ssl, email): about 20 ms that only `--pin` needs (pinloader's source is read,
-  never run, on the admin's side); a lazy import in `pin_loader()` removes it.
-- jsonschema (4.x pulls attrs, referencing, rpds): validation needs it, but a check compiled once
-  from the schemas to plain Python (and cached) would not.
+What was done, and what would reach the target where it is still missed (found with
+`python -X importtime -m vfarm build ...`; the parts above vary by 2x with the load):
+- Done: a run imports only the modules of its own sub-command (mime_builder/cli.py COMMANDS;
+  before, every run imported clouds.ec2/local/images and the scaler: ~25 ms), and pinloader
+  (urllib.request, http.client, ssl: ~20 ms) only with `--pin`. That brought `baked` under half
+  of make-mime's time.
+- jsonschema (4.x pulls attrs, referencing, rpds, ~40 ms) is the largest import left: validation
+  needs it, but a check compiled once from the schemas to plain Python (and cached) would not.
 - The editable install's import finder (`__editable___vfarm_..._finder`, in `site`) costs 20-30 ms
   in this development venv; a wheel install has none.
-With the first two done, `baked` would take about 45 ms less: at or just under half of
-make-mime's time in the runs here (jsonschema's import is the next 40 ms). In `include` and `embed`
-the rest is mostly the bundler (AST walk and minify of every bundled module, every run: the
-in-process cache of point 5 cannot help a fresh process). Caching the bundles on disk (e.g. under
-$XDG_CACHE_HOME/vfarm, checked by the same stat rule as the in-process cache) would bring them to
-about `baked`'s time. These are changes to mime_builder's shared modules: reported, not made.
+- In `include` and `embed` the rest is mostly the bundler (AST walk and minify of every bundled
+  module, every run: the in-process cache of point 5 cannot help a fresh process). Caching the
+  bundles on disk (e.g. under $XDG_CACHE_HOME/vfarm, checked by the same stat rule as the
+  in-process cache) would bring them to about `baked`'s time.
 make-mime's own time is mostly importing cloud-init's command line and its modules.
 """
 
