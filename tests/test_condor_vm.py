@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 
@@ -123,16 +123,7 @@ request_memory = 64
 requirements = VfarmInstanceId == "{iid}"
 queue
 """
-    pool.write("/home/vfarm/job.sub", description, owner="vfarm")
-    out = pool.run(["runuser", "-u", "vfarm", "--", "condor_submit", "-terse", "/home/vfarm/job.sub"]).stdout
-    return int(out.split(".")[0])
-
-
-def history(pool: CondorPool, cluster: int) -> list[dict[str, Any]]:
-    if pool.run(["condor_q", "-json", str(cluster)]).stdout.strip():
-        return []
-    out = pool.run(["condor_history", "-json", str(cluster)]).stdout.strip()
-    return list(json.loads(out)) if out else []
+    return pool.submit_file("job.sub", description)
 
 
 def collected(instance: LocalInstance, tmp: Path) -> str:
@@ -155,7 +146,7 @@ def test_worker_vm_joins_runs_a_job_on_its_localfs_part_and_checks_ok(vm_pool: C
         assert [(ad["Site"], ad["PartitionableSlot"]) for ad in ads] == [("T2_IT_Local", True)]
         print(f"\nlaunch-to-joined: {joined:.1f} s ({iid})", flush=True)
         cluster = submit_inside(vm_pool, iid)
-        ads = wait_for(lambda: history(vm_pool, cluster), JOB_TIMEOUT, f"job {cluster} done on {iid}")
+        ads = wait_for(lambda: vm_pool.finished(cluster), JOB_TIMEOUT, f"job {cluster} done on {iid}")
         assert [(ad["ExitCode"], ad["NumJobStarts"]) for ad in ads] == [(0, 1)]
         out = vm_pool.run(["cat", f"/home/vfarm/job-{cluster}.out"]).stdout
         assert "/dev/mapper/vg_local-scratch" in out and " /scratch" in out, out  # its directory is on the localfs part

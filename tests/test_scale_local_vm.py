@@ -106,16 +106,7 @@ request_memory = 64
 requirements = VfarmInstanceId =!= undefined
 queue
 """
-    pool.write("/home/vfarm/scale.sub", description, owner="vfarm")
-    out = pool.run(["runuser", "-u", "vfarm", "--", "condor_submit", "-terse", "/home/vfarm/scale.sub"]).stdout
-    return int(out.split(".")[0])
-
-
-def history(pool: CondorPool, cluster: int) -> list[dict[str, Any]]:
-    if pool.run(["condor_q", "-json", str(cluster)]).stdout.strip():
-        return []
-    out = pool.run(["condor_history", "-json", str(cluster)]).stdout.strip()
-    return list(json.loads(out)) if out else []
+    return pool.submit_file("scale.sub", description)
 
 
 def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_terminates_it(ns_pool: CondorPool, tmp_path: Path) -> None:
@@ -181,7 +172,7 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
 
         def done() -> list[dict[str, Any]]:
             watch("the job")
-            return history(ns_pool, cluster)
+            return ns_pool.finished(cluster)
 
         finished = wait_for(done, JOB_TIMEOUT, f"job {cluster} done", interval=1)
         mark("job done")
