@@ -23,7 +23,7 @@ def test_qemu_line_reaches_only_the_loopback_forward(tmp_path: Path, monkeypatch
     monkeypatch.setattr(local, "_KVM", False)
     instance = local.LocalInstance(fake_image(tmp_path), b"", folder=tmp_path / "i")
     argv = instance.qemu_argv(port=8080)
-    assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single" and argv[argv.index("-smp") + 1] == "2"
     netdev = argv[argv.index("-netdev") + 1]
     assert "restrict=on" in netdev
     assert netdev.endswith("guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080")

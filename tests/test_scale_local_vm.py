@@ -161,7 +161,8 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
 
         def joined() -> list[Any]:
             watch("the worker to join")
-            return ns_pool.ads("Startd", f'VfarmInstanceId == "{iid}"')
+            # Slot ads only: a startd's first ads in the collector need not be its slots yet.
+            return [ad for ad in ns_pool.ads("Startd", f'VfarmInstanceId == "{iid}"') if "PartitionableSlot" in ad]
 
         ads = wait_for(joined, JOIN_TIMEOUT, f"{iid}'s startd in the pool", interval=2)
         mark("joined")
