@@ -24,6 +24,7 @@ from .files import atomic_write, read_text
 from .handling import PER_INSTANCE, Context, StepError, config_module
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
+from .textsafe import UnsafeValue
 
 NAME = "condor"
 POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
@@ -74,7 +75,10 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any
         if not spec.install:
             raise StepError("HTCondor is not installed (no condor_config_val): install it in the image or set condor.install: true")
         steps.append({"action": "install", "argv": _install_argv(spec, facts.package_manager)})
-    config = condor_spec.render(spec, instance_id)
+    try:
+        config = condor_spec.render(spec, instance_id)
+    except UnsafeValue as err:
+        raise StepError(f"cannot write {condor_spec.CONFIG_FILE}: {err}") from None
     changed = False
     if spec.token is not None and facts.token != spec.token + "\n":
         steps.append({"action": "write-token", "path": condor_spec.TOKEN_FILE, "secret": True})
@@ -98,7 +102,7 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any
 
 def joined(ctx: Context, collector: str, instance_id: str) -> bool:
     """Whether the collector lists a startd with our VfarmInstanceId (a failed query: not yet)."""
-    constraint = f'{condor_spec.INSTANCE_ATTRIBUTE} == "{instance_id}"'
+    constraint = f"{condor_spec.INSTANCE_ATTRIBUTE} == {condor_spec.classad_literal(instance_id)}"
     argv = ["condor_status", "-pool", collector, "-startd", "-constraint", constraint, "-af", "Name"]
     result = ctx.runner.run(argv, check=False, changes=False, timeout=60)
     return result.returncode == 0 and bool(result.stdout.strip())

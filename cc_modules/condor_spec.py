@@ -3,6 +3,7 @@ except reading a token file for `vfarm build`)."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Optional, Union
 
 from .findings import Finding
 from .sizes import parse_seconds
+from .textsafe import UnsafeValue, refuse_control
 
 DEFAULT_PORT = 9618
 DEFAULTS: dict[str, Any] = {
@@ -25,6 +27,14 @@ TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
 INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances by it
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _IPV4 = re.compile(r"^[0-9.]+$")
+# What render() writes, checked again there (see render's docstring).
+KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words that open a statement in HTCondor's config language (`if`, `include : FILE`, ...).
+CONFIG_KEYWORDS = frozenset({"if", "elif", "else", "endif", "include", "use", "error", "warning"})
+# Words a ClassAd expression reads as literals or operators, not as attribute names.
+CLASSAD_KEYWORDS = frozenset({"true", "false", "undefined", "error", "is", "isnt", "parent"})
+_HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,9 @@ class CondorSpec:
 
     @property
     def collector(self) -> str:
-        return f"{self.host}:{self.port}"
+        """host:port, an IPv6 address in brackets ([fd00::5]:9618)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def split_host_port(value: str) -> tuple[str, Optional[int]]:
@@ -130,21 +142,78 @@ def redact(section: dict[str, Any]) -> dict[str, Any]:
     return {k: ("***" if k == "token" else v) for k, v in section.items()}
 
 
-def classad_literal(value: Union[str, int, float, bool]) -> str:
+def _knob_name(name: str, what: str) -> str:
+    if not KNOB_NAME.fullmatch(name) or name.lower() in CONFIG_KEYWORDS:
+        raise UnsafeValue(f"{what} {name!r} is not an HTCondor knob name (letters, digits, _ and ., not a keyword like include)")
+    return name
+
+
+def _attribute_name(name: str) -> str:
+    if not ATTRIBUTE_NAME.fullmatch(name) or name.lower() in CONFIG_KEYWORDS | CLASSAD_KEYWORDS:
+        raise UnsafeValue(f"attribute {name!r} is not a ClassAd attribute name (letters, digits, _; not a keyword)")
+    return name
+
+
+def raw_value(what: str, value: str) -> str:
+    """VALUE as the right-hand side of `NAME = VALUE`, refused when it would not stay that one
+    line: no control character but tab, no backslash at the end (HTCondor joins the next line to
+    it, also with blanks after it). `$(...)` stays a macro: START and `config` are HTCondor's
+    own syntax. HTCondor drops blanks around the value, as on any line of its config."""
+    refuse_control(what, value, allow_tab=True)
+    if value.rstrip().endswith("\\"):
+        raise UnsafeValue(f"{what} ends in a backslash: HTCondor would join the next line to it")
+    return value
+
+
+def classad_literal(value: Union[str, int, float, bool], what: str = "value") -> str:
+    """VALUE as a ClassAd literal on one config line. A string is quoted with `\\` and `\\"`, and
+    each `$` becomes the ClassAd escape `\\044`, so HTCondor's config layer sees no macro in it;
+    control characters (but tab) are refused, as are non-finite numbers."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnsafeValue(f"{what} is {value}: not a number ClassAds can hold")
         return repr(value)
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    refuse_control(what, value, allow_tab=True)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\044") + '"'
+
+
+def _config_value(name: str, value: Union[str, int, float, bool]) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnsafeValue(f"config {name} is {value}: not a number HTCondor can read")
+    return raw_value(f"config {name}", str(value))
+
+
+def _host(host: str) -> str:
+    if not _HOST.fullmatch(host):
+        raise UnsafeValue("central-manager is not a host name or an IP address")
+    return host
+
+
+def _execute(path: str) -> str:
+    """EXECUTE is created under its literal name: a macro in it would name another folder."""
+    raw_value("execute", path)
+    if "$" in path or path != path.strip() or not path.startswith("/"):
+        raise UnsafeValue("execute must be an absolute path without $ or blanks at either end")
+    return path
 
 
 def render(spec: CondorSpec, instance_id: str) -> str:
-    """The text of 50-vfarm.conf for this worker."""
+    """The text of 50-vfarm.conf for this worker, one line per setting.
+
+    HTCondor's config parser reads `NAME = VALUE` a line at a time: a line break in a value starts
+    a statement of its own (`include : CMD |` runs CMD as root), a NUL hides the rest of its line
+    and the next, and a backslash at the end joins the next line. So every value is checked here
+    (raw_value, classad_literal) and names must be plain knob and attribute names; anything else
+    raises UnsafeValue, which the handler records as its failure."""
     attributes = [(INSTANCE_ATTRIBUTE, instance_id), *spec.attributes]
     lines = [
         "# Written by vfarm (cc_condor) from the condor section of the user-data; changes here are overwritten.",
         "use ROLE: Execute",
-        f"CONDOR_HOST = {spec.host}",
+        f"CONDOR_HOST = {_host(spec.host)}",
         f"COLLECTOR_HOST = {spec.collector}",
     ]
     if spec.ccb:
@@ -152,12 +221,12 @@ def render(spec: CondorSpec, instance_id: str) -> str:
     if spec.slots == "partitionable":
         lines += ["NUM_SLOTS = 1", "NUM_SLOTS_TYPE_1 = 1", "SLOT_TYPE_1 = 100%", "SLOT_TYPE_1_PARTITIONABLE = True"]
     lines += [
-        f"EXECUTE = {spec.execute}",
-        f"MAXJOBRETIREMENTTIME = {spec.retirement_time}",
-        f"START = {spec.start}",
+        f"EXECUTE = {_execute(spec.execute)}",
+        f"MAXJOBRETIREMENTTIME = {int(spec.retirement_time)}",
+        f"START = {raw_value('start', spec.start)}",
     ]
-    lines += [f"{name} = {classad_literal(value)}" for name, value in attributes]
+    lines += [f"{_attribute_name(name)} = {classad_literal(value, f'attribute {name}')}" for name, value in attributes]
     names = " ".join(name for name, _ in attributes)
     lines += [f"STARTD_ATTRS = $(STARTD_ATTRS) {names}", f"MASTER_ATTRS = $(MASTER_ATTRS) {INSTANCE_ATTRIBUTE}"]
-    lines += [f"{name} = {value if not isinstance(value, bool) else str(value)}" for name, value in spec.config]
+    lines += [f"{_knob_name(name, 'config knob')} = {_config_value(name, value)}" for name, value in spec.config]
     return "\n".join(lines) + "\n"
