@@ -11,6 +11,7 @@ is probed. The part-handler for text/cvmfs-config runs `work` too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -24,6 +25,7 @@ from .handling import PER_INSTANCE, Context, StepError, config_module
 from .localfs_spec import PlanError
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
+from .textsafe import UnsafeValue, refuse_control
 
 NAME = "cvmfs"
 CONFIG_DIR = "/etc/cvmfs"
@@ -38,6 +40,13 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Generous limits: a hung mirror or proxy must end as a recorded failure, not a boot that hangs.
 INSTALL_TIMEOUT = 1800.0
 PROBE_TIMEOUT = 300.0
+# A domain or repository name becomes a file name in domain.d/ or config.d/: no / and no `..`.
+FILE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+# One word of an apt source line or a yum .repo value: no blank (apt splits words at blanks),
+# no # (apt cuts the line there), no control character (checked apart).
+REPOSITORY_URL = re.compile(r"(https?|file)://[^\s#]+")
+APT_SUITE = re.compile(r"[A-Za-z0-9{}._/-]+")
+APT_COMPONENTS = re.compile(r"[A-Za-z0-9._-]+( [A-Za-z0-9._-]+)*")
 
 frequency = PER_INSTANCE
 distros = DISTROS
@@ -72,6 +81,8 @@ def config_files(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[f"{CONFIG_DIR}/default.local"] = section["local"]
     for group, directory in (("domain", "domain.d"), ("repository", "config.d")):
         for name, settings in section.get(group, {}).items():
+            if not FILE_NAME.fullmatch(name):
+                raise PlanError(f"{group} {name!r} is not a name like cern.ch: it cannot name a file in {CONFIG_DIR}/{directory}")
             out[f"{CONFIG_DIR}/{directory}/{name}.local"] = settings
     return out
 
@@ -135,7 +146,19 @@ def discover(section: dict[str, Any], ctx: Context) -> Facts:
 # --- plan (pure) ------------------------------------------------------------------------------
 
 
+def _checked(what: str, value: str, pattern: re.Pattern[str]) -> str:
+    """VALUE, refused unless it is one word (or words) of a source line as PATTERN says."""
+    refuse_control(f"package-repository {what}", value)
+    if not pattern.fullmatch(value):
+        raise UnsafeValue(f"package-repository {what} cannot be written on one apt or yum source line")
+    return value
+
+
 def _repository_steps(section: dict[str, Any], facts: Facts) -> list[dict[str, Any]]:
+    """The steps that add the package repository. An apt source is one line `deb [OPTION] URL
+    SUITE COMPONENTS`, a yum source one `KEY=VALUE` per line: every value is checked to be one
+    word (components: words) with no line break, blank, `#` or control character, so it can
+    neither add a line nor an apt option like `[trusted=yes]`."""
     custom = section.get("package-repository") or {}
     manager = facts.manager
     steps: list[dict[str, Any]] = []
@@ -143,9 +166,11 @@ def _repository_steps(section: dict[str, Any], facts: Facts) -> list[dict[str, A
         if custom.get("apt"):
             trusted = "trusted=yes" if custom.get("trusted") else f"signed-by={APT_KEY}"
             if custom.get("gpg-key") and not custom.get("trusted"):
-                steps.append({"action": "download", "url": custom["gpg-key"], "path": APT_KEY})
+                steps.append({"action": "download", "url": _checked("gpg-key", custom["gpg-key"], REPOSITORY_URL), "path": APT_KEY})
             suite = str(custom.get("suite", "{codename}-prod")).replace("{codename}", facts.codename or "stable")
-            line = f"deb [{trusted}] {custom['apt']} {suite} {custom.get('components', 'main')}\n"
+            url = _checked("apt", custom["apt"], REPOSITORY_URL)
+            components = _checked("components", custom.get("components", "main"), APT_COMPONENTS)
+            line = f"deb [{trusted}] {url} {_checked('suite', suite, APT_SUITE)} {components}\n"
             steps.append({"action": "write-file", "path": APT_LIST, "content": line})
         elif not facts.release_installed:
             deb = f"{DOWNLOAD_DIR}/cvmfs-release-latest_all.deb"
@@ -154,8 +179,9 @@ def _repository_steps(section: dict[str, Any], facts: Facts) -> list[dict[str, A
     elif manager in ("dnf", "yum"):
         if custom.get("yum"):
             check = "0" if custom.get("trusted") else "1"
-            key = f"gpgkey={custom['gpg-key']}\n" if custom.get("gpg-key") else ""
-            text = f"[vfarm-cvmfs]\nname=CernVM-FS (vfarm)\nbaseurl={custom['yum']}\nenabled=1\ngpgcheck={check}\n{key}"
+            key = f"gpgkey={_checked('gpg-key', custom['gpg-key'], REPOSITORY_URL)}\n" if custom.get("gpg-key") else ""
+            url = _checked("yum", custom["yum"], REPOSITORY_URL)
+            text = f"[vfarm-cvmfs]\nname=CernVM-FS (vfarm)\nbaseurl={url}\nenabled=1\ngpgcheck={check}\n{key}"
             steps.append({"action": "write-file", "path": YUM_REPO, "content": text})
         elif not facts.release_installed:
             steps.append({"action": "add-repository", "argv": [manager, "install", "-y", RELEASE_RPM]})
@@ -170,7 +196,10 @@ def plan(section: dict[str, Any], facts: Facts) -> dict[str, Any]:
             raise PlanError("no apt-get, dnf or yum on this machine: cannot install cvmfs")
         current_ok = facts.installed is not None and (wanted is None or upstream(facts.installed) == wanted)
         if not current_ok:
-            steps += _repository_steps(section, facts)
+            try:
+                steps += _repository_steps(section, facts)
+            except UnsafeValue as err:
+                raise PlanError(str(err)) from None
             steps.append({"action": "install", "manager": facts.manager, "package": "cvmfs", "version": wanted})
     elif facts.installed is None:
         raise PlanError("cvmfs is not installed and install is false: install it in the image or set install: true")
@@ -178,7 +207,10 @@ def plan(section: dict[str, Any], facts: Facts) -> dict[str, Any]:
     if _needs_auto_quota(section) and quota_mb is None:
         raise PlanError(f"quota-limit: auto, but the size of the cache filesystem ({cvmfs_spec.cache_base(section)}) is unknown")
     for path, settings in config_files(section).items():
-        text = cvmfs_spec.render(settings, quota_mb, HEADER)
+        try:
+            text = cvmfs_spec.render(settings, quota_mb, HEADER)
+        except UnsafeValue as err:
+            raise PlanError(f"cannot write {path}: {err}") from None
         if facts.files.get(path) != text:
             steps.append({"action": "write-file", "path": path, "content": text})
     steps.append({"action": "setup"})  # cvmfs_config setup, only if chksetup asks for it

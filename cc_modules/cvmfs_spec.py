@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .findings import Finding
 from .redaction import redact
+from .textsafe import UnsafeValue, refuse_control
 
 # How list values join, per variable; CVMFS reads `;` between failover groups and `|` inside one.
 SEPARATORS = {
@@ -22,7 +24,12 @@ PROXY_KEYS = ("CVMFS_HTTP_PROXY", "CVMFS_FALLBACK_PROXY")
 DEFAULT_CACHE_BASE = "/var/cache/cvmfs"
 # quota-limit: auto leaves room on the cache filesystem, as puppet-cvmfs does (0.85 x size).
 AUTO_QUOTA_SHARE = 0.85
-
+# What a .local file may hold; why: see render().
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NOT_CARRIED = {'"': "a double quote", "'": "a single quote", "\\": "a backslash", "$": "a $", "`": "a backquote", "#": "a #"}
+_ECHO_OPTION = re.compile(r"-[neE]+")
+_GLOB = re.compile(r"[*?\[]")
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def variable(key: str) -> str:
@@ -40,22 +47,56 @@ def join(name: str, value: Any) -> str:
     return str(value)
 
 
-def quote(value: str) -> str:
-    """Shell-safe double quoting (the .local files are sourced by bash)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
-    return f'"{escaped}"'
+def quote(value: str, name: str = "value") -> str:
+    """VALUE as the right-hand side of `NAME=` in a .local file, read back as the same single
+    value by /bin/sh and by both CernVM-FS parsers (the rules: render()). UnsafeValue otherwise."""
+    refuse_control(name, value)
+    for char, what in _NOT_CARRIED.items():
+        if char in value:
+            raise UnsafeValue(f"{name} holds {what}: CernVM-FS cannot read it back as written")
+    words = value.split(" ")
+    if value and "" in words:
+        raise UnsafeValue(f"{name} has blanks at an end or two in a row: CernVM-FS reads it through `echo $NAME`, which drops them")
+    if value and _ECHO_OPTION.fullmatch(words[0]):
+        raise UnsafeValue(f"{name} starts with {words[0]}: CernVM-FS reads it through `echo $NAME`, which takes that as an option")
+    for word in words:
+        if _GLOB.search(word) and not _URL_START.match(word):
+            raise UnsafeValue(f"{name} holds *, ? or [ outside a URL: CernVM-FS reads it through `echo $NAME`, which expands file names")
+    return f'"{value}"' if value else ""
 
 
 def render(settings: dict[str, Any], quota_mb: Optional[int] = None, header: str = "") -> str:
-    """The text of a .local file. `quota_mb` replaces `quota-limit: auto`."""
+    """The text of a .local file: `NAME="VALUE"` lines. `quota_mb` replaces `quota-limit: auto`.
+
+    How CernVM-FS reads the file (cvmfs 2.12 options.cc, mount/config.sh), and the rule it gives:
+    - BashOptionsManager (cvmfs2 and the mount helper) writes every line to /bin/sh (dash on Debian,
+      bash on EL) after `cd` to the file's folder. Then, for each line, it cuts from the first `#`,
+      trims, splits at `=`; the text before the first `=` (without `export `, `readonly `,
+      `eval `) is the name. It sends `echo $NAME` to the shell and takes ONE line of output as the
+      value: unquoted, so blanks are collapsed, `*?[` expand file names, a leading `-n`/`-e` is
+      an option, dash's echo reads backslash escapes, and a value of two lines hands its second
+      line to the next name.
+    - SimpleOptionsParser (cvmfs2 -o simple_options_parsing, libcvmfs) runs no shell: the same
+      line split, then the value is the rest of the line trimmed, without one pair of enclosing
+      `"` or `'` (only when longer than two characters), and no unescaping at all.
+    - cvmfs_config (cvmfs_readconfig) evals `NAME=VALUE` from `cvmfs2 -o parse`, which quotes a
+      value in single quotes with `\\'` for a quote inside: wrong in sh, so a `'` in a value ends
+      the quoting there and the rest runs as shell code.
+    So a value is written as `NAME="VALUE"` (bare `NAME=` when empty) and refused when it holds a
+    control character (newline, CR, tab, NUL, ... and U+2028/U+2029), `"`, `'`, backslash, `$`,
+    backquote or `#`; blanks at an end or two in a row; a first word `-n`, `-e`, `-E`; `*`, `?`
+    or `[` in a word that is not a URL (a URL's first path part, `scheme:`, is never a folder
+    beside the config files). Names are shell variable names."""
     lines = [f"# {line}" for line in header.splitlines()] if header else []
     for key, value in settings.items():
         name = variable(key)
+        if not VARIABLE_NAME.fullmatch(name):
+            raise UnsafeValue(f"{name!r} is not a shell variable name")
         if name == "CVMFS_QUOTA_LIMIT" and value == "auto":
             if quota_mb is None:
                 raise ValueError("quota-limit: auto needs the cache filesystem's size")
             value = quota_mb
-        lines.append(f"{name}={quote(join(name, value))}")
+        lines.append(f"{name}={quote(join(name, value), name)}")
     return "\n".join(lines) + "\n"
 
 
