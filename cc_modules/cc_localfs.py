@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +23,7 @@ from .handling import PER_INSTANCE, Context, StepError, config_module
 from .localfs_spec import LV_TAG, LocalfsSpec, PlanError, VolumeGroup
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
+from .textsafe import UnsafeValue
 
 NAME = "localfs"
 DEFAULT_VG = "vg_local"  # the name of a VG created from `devices` when the config names none
@@ -201,20 +204,52 @@ def _mkfs_argv(fs: str, device: str, label: Optional[str]) -> list[str]:
     return ["mkfs.ext4", "-q", *labelled, device]
 
 
+_FSTAB_BLANKS = re.compile(r"[ \t]+")  # libmount splits fields at spaces and tabs
+
+
+def _fstab_char(char: str) -> str:
+    if char in " \t\\" or char.isspace() or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+        return "".join(f"\\{byte:03o}" for byte in char.encode("utf-8"))
+    return char
+
+
+def fstab_field(value: str) -> str:
+    """VALUE as one field of an fstab line, escaped as libmount reads it back (`\\ooo`, octal):
+    space \\040, tab \\011, newline \\012, backslash \\134, any other blank or control
+    character by its UTF-8 bytes, and `#` at the start \\043 (a comment there). An empty value or
+    a NUL cannot be a field: UnsafeValue."""
+    if not value:
+        raise UnsafeValue("an fstab field cannot be empty")
+    if "\0" in value:
+        raise UnsafeValue("an fstab field cannot hold a NUL")
+    escaped = "".join(map(_fstab_char, value))
+    return "\\043" + escaped[1:] if escaped.startswith("#") else escaped
+
+
+def fstab_line(entry: tuple[str, str, str, str, int, int]) -> str:
+    return "\t".join(fstab_field(str(field)) for field in entry)
+
+
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]]) -> str:
     """CURRENT with ENTRIES present exactly once; a line mounting something else on one of our
-    mount points is commented out (it would hide ours after a reboot)."""
-    lines = current.splitlines()
+    mount points is commented out (it would hide ours after a reboot). Lines end at newlines
+    only and fields are split as libmount splits them; our fields are compared escaped
+    (fstab_field), as they stand in the file."""
+    lines = current.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     out: list[str] = []
     present: set[int] = set()
+    escaped = [tuple(fstab_field(str(field)) for field in entry) for entry in entries]
+    escaped_aliases = {fstab_field(device): [fstab_field(alias) for alias in names] for device, names in aliases.items()}
     for line in lines:
-        fields = line.split()
+        fields = [field for field in _FSTAB_BLANKS.split(line) if field]
         if not fields or fields[0].startswith("#") or len(fields) < 3:
             out.append(line)
             continue
         handled = False
-        for index, (device, target, fstype, _options, _dump, _pass) in enumerate(entries):
-            same_device = fields[0] == device or fields[0] in aliases.get(device, [])
+        for index, (device, target, fstype, _options, _dump, _pass) in enumerate(escaped):
+            same_device = fields[0] == device or fields[0] in escaped_aliases.get(device, [])
             if fstype == "swap":
                 if same_device and fields[2] == "swap":
                     if index in present:
@@ -235,7 +270,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     if missing:
         if FSTAB_MARK not in out:
             out.append(FSTAB_MARK)
-        out += ["\t".join(map(str, entry)) for entry in missing]
+        out += [fstab_line(entry) for entry in missing]
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -307,7 +342,10 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> dict[str, Any]:
         if part.spec.mode:
             mounts.append({"action": "chmod", "part": name, "argv": ["chmod", part.spec.mode, at(target)]})
     steps = creates + mkfs + mounts
-    new_fstab = fstab_text(facts.fstab, entries, aliases)
+    try:
+        new_fstab = fstab_text(facts.fstab, entries, aliases)
+    except UnsafeValue as err:
+        raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:
         steps.append({"action": "write-fstab", "path": FSTAB, "content": new_fstab})
     return {"vg": vg, "create_vg": False, "parts": [p.as_dict() for p in resolved], "steps": steps, "rediscover": False, "notes": notes}
