@@ -24,7 +24,7 @@ from .files import atomic_write, read_text
 from .handling import PER_INSTANCE, Context, StepError, config_module
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
-from .textsafe import UnsafeValue
+from .textsafe import UnsafeValue, control_character
 
 NAME = "condor"
 POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
@@ -79,6 +79,8 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any
         config = condor_spec.render(spec, instance_id)
     except UnsafeValue as err:
         raise StepError(f"cannot write {condor_spec.CONFIG_FILE}: {err}") from None
+    if spec.token is not None and control_character(spec.token):
+        raise StepError(f"cannot write {condor_spec.TOKEN_FILE}: the pool token holds a control character")
     changed = False
     if spec.token is not None and facts.token != spec.token + "\n":
         steps.append({"action": "write-token", "path": condor_spec.TOKEN_FILE, "secret": True})

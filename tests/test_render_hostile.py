@@ -164,6 +164,19 @@ def test_collector_brackets_ipv6() -> None:
     assert spec.collector == "[fd00::5]:9620" and "COLLECTOR_HOST = [fd00::5]:9620\n" in condor_spec.render(spec, "i-1")
 
 
+def test_the_condor_handler_fails_with_a_reason_not_the_value() -> None:
+    from vfarm.cc_modules import cc_condor
+    from vfarm.cc_modules.handling import StepError
+
+    facts = cc_condor.Facts(config=None, token=None, installed=True, active=False, execute_exists=True, package_manager=None)
+    hostile = dataclasses.replace(BASE_CONDOR, start="TRUE\ninclude : /usr/bin/id |")
+    with pytest.raises(StepError, match=r"cannot write /etc/condor/config.d/50-vfarm.conf: start holds a control character \(U\+000A\)") as err:
+        cc_condor.plan(hostile, facts, "i-1")
+    assert "include" not in str(err.value)
+    with pytest.raises(StepError, match="the pool token holds a control character"):
+        cc_condor.plan(dataclasses.replace(BASE_CONDOR, token="a.b.c\nsecret"), facts, "i-1")
+
+
 # --- CVMFS .local files -----------------------------------------------------------------------
 
 
@@ -367,6 +380,18 @@ def test_apt_and_yum_sources_stay_one_entry(tmp_path: Path) -> None:
             assert repo == {"name": "CernVM-FS (vfarm)", "baseurl": custom["yum"], "enabled": "1", "gpgcheck": "1", "gpgkey": custom["gpg-key"]}, (key, value)
             written += 1
     assert written > 10 and refused > 100
+
+
+def test_the_cvmfs_and_localfs_handlers_fail_with_a_plan_error() -> None:
+    facts = cc_cvmfs.Facts(manager="apt", installed="2.11.5", codename="bookworm")
+    with pytest.raises(cc_cvmfs.PlanError, match="cannot write /etc/cvmfs/default.local: CVMFS_SERVER_URL holds a control character"):
+        cc_cvmfs.plan({"local": {"server-url": "http://s/cvmfs\nCVMFS_HTTP_PROXY=DIRECT"}}, facts)
+    with pytest.raises(cc_cvmfs.PlanError, match="package-repository apt cannot be written on one apt or yum source line"):
+        cc_cvmfs.plan({"install": True, "version": "2.12.0", "package-repository": {"apt": "https://r/ [trusted=yes]"}}, facts)
+    lvm = cc_localfs.Facts(vgs={"vg0": {"extent_size": 4 << 20, "extents": 1000, "free": 1000}})
+    spec = localfs_spec.parse({"parts": {"data": {"size": 10, "mount": "/srv/data", "options": "defaults\0x"}}})
+    with pytest.raises(localfs_spec.PlanError, match="cannot write /etc/fstab: an fstab field cannot hold a NUL"):
+        cc_localfs.plan(spec, lvm)
 
 
 def test_cvmfs_file_names_stay_in_their_folder() -> None:
