@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -22,6 +23,10 @@ PROXY_KEYS = ("CVMFS_HTTP_PROXY", "CVMFS_FALLBACK_PROXY")
 DEFAULT_CACHE_BASE = "/var/cache/cvmfs"
 # quota-limit: auto leaves room on the cache filesystem, as puppet-cvmfs does (0.85 x size).
 AUTO_QUOTA_SHARE = 0.85
+MAX_QUOTA_MB = 1024**3  # 1 PiB: more than any cache; CernVM-FS multiplies it into bytes
+# A fully qualified repository name (RFC 1123 labels, at least two): CernVM-FS finds its
+# config.d file and mount point by it.
+FQRN = re.compile(r"(?=[^\n]{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+\Z")
 
 
 
@@ -99,8 +104,15 @@ def _settings_findings(settings: dict[str, Any], where: tuple[str, ...]) -> list
                     if problem:
                         path = (*where, key, i) if isinstance(value, list) else (*where, key)
                         findings.append(Finding(path, problem))
-        if name == "CVMFS_QUOTA_LIMIT" and value != "auto" and not (isinstance(value, int) and value > 0):
-            findings.append(Finding(where + (key,), "quota-limit must be a number of megabytes (> 0) or auto"))
+        if name == "CVMFS_QUOTA_LIMIT" and value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_QUOTA_MB):
+            findings.append(Finding(where + (key,), f"quota-limit must be a number of megabytes (1 to {MAX_QUOTA_MB}) or auto"))
+        if name == "CVMFS_REPOSITORIES":
+            names = value if isinstance(value, list) else str(value).split(",")
+            for i, repository in enumerate(names):
+                text = str(repository).strip()
+                if not FQRN.match(text):
+                    path = (*where, key, i) if isinstance(value, list) else (*where, key)
+                    findings.append(Finding(path, f"repository {redact(text)!r} is not a fully qualified repository name like alice.cern.ch"))
     return findings
 
 
