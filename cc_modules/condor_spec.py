@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .findings import Finding
-from .sizes import parse_seconds
+from .sizes import MAX_SECONDS, parse_seconds
 from .textsafe import UnsafeValue, refuse_control
 
 DEFAULT_PORT = 9618
@@ -35,6 +35,10 @@ CONFIG_KEYWORDS = frozenset({"if", "elif", "else", "endif", "include", "use", "e
 # Words a ClassAd expression reads as literals or operators, not as attribute names.
 CLASSAD_KEYWORDS = frozenset({"true", "false", "undefined", "error", "is", "isnt", "parent"})
 _HOST = re.compile(r"[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+")
+MAX_HOST_NAME = 253  # RFC 1123 (the schema keeps each label to 63)
+# The longest each duration may be: the join is waited for during boot (a day at most, like the
+# final check's timeout); a retirement longer than a year is no drain.
+MAX_DURATION = {"join-timeout": 86400, "retirement-time": MAX_SECONDS}
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,36 @@ class CondorSpec:
 
 
 def split_host_port(value: str) -> tuple[str, Optional[int]]:
+    """`cm:9618` -> (cm, 9618); `[::1]:9618` -> (::1, 9618); a bare IPv6 address has no port."""
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") else None
+    if value.count(":") > 1:
+        return value, None
     host, _, port = value.partition(":")
     return host, int(port) if port else None
+
+
+def host_problem(host: str, bracketed: bool = False) -> Optional[str]:
+    """What is wrong with HOST as a collector host (an RFC 1123 name or an IP address), or None.
+    The text's shape (labels of letters, digits and inner hyphens) is the schema's to check."""
+    import ipaddress  # only when checking: it is no small import, and handlers start cold
+
+    if ":" in host or bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+        return None
+    if _IPV4.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host} is not an IPv4 address"
+        return None
+    if len(host) > MAX_HOST_NAME:
+        return f"the host name is longer than {MAX_HOST_NAME} characters"
+    return None
 
 
 def parse(section: dict[str, Any]) -> CondorSpec:
@@ -95,15 +124,24 @@ def check(section: dict[str, Any]) -> list[Finding]:
     host, port = split_host_port(section["central-manager"])
     if port is not None and not 1 <= port <= 65535:
         findings.append(Finding(("central-manager",), f"port {port} is out of range (1-65535)"))
-    if _IPV4.match(host) and (host.count(".") != 3 or any(int(n) > 255 for n in host.split(".") if n)):
-        findings.append(Finding(("central-manager",), f"{host} is not an IPv4 address"))
+    problem = host_problem(host, bracketed=section["central-manager"].startswith("["))
+    if problem:
+        findings.append(Finding(("central-manager",), problem))
     if "token" in section and "token-file" in section:
         findings.append(Finding(("token-file",), "give token or token-file, not both", at_key=True))
     elif "token" not in section and "token-file" not in section:
         findings.append(Finding((), "a pool token is needed: add token-file: PATH (or token:)", at_key=True))
-    for key in ("retirement-time", "join-timeout"):
-        if key in section and parse_seconds(section[key]) <= 0:
+    for key, longest in MAX_DURATION.items():
+        if key not in section:
+            continue
+        try:
+            seconds = parse_seconds(section[key])
+        except ValueError:
+            seconds = float("inf")
+        if seconds <= 0:
             findings.append(Finding((key,), f"{key} must be more than 0 seconds"))
+        elif seconds > longest:
+            findings.append(Finding((key,), f"{key} must be at most {longest} seconds ({longest // 86400} day{'s' if longest > 86400 else ''})"))
     if INSTANCE_ATTRIBUTE in section.get("attributes", {}):
         findings.append(Finding(("attributes", INSTANCE_ATTRIBUTE), f"{INSTANCE_ATTRIBUTE} is set by vfarm to the instance id", at_key=True))
     return findings

@@ -30,6 +30,11 @@ _NOT_CARRIED = {'"': "a double quote", "'": "a single quote", "\\": "a backslash
 _ECHO_OPTION = re.compile(r"-[neE]+")
 _GLOB = re.compile(r"[*?\[]")
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+MAX_QUOTA_MB = 1024**3  # 1 PiB: more than any cache; CernVM-FS multiplies it into bytes
+# A fully qualified repository name (RFC 1123 labels, at least two): CernVM-FS finds its
+# config.d file and mount point by it.
+FQRN = re.compile(r"(?=[^\n]{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+\Z")
+
 
 
 def variable(key: str) -> str:
@@ -111,18 +116,25 @@ def cache_base(section: dict[str, Any]) -> str:
     return DEFAULT_CACHE_BASE
 
 
+def _shown_proxy(proxy: str) -> str:
+    """PROXY for a message: whatever precedes its last `@` may be a password (even one holding
+    `/`, `#` or `@`), and a proxy URL has no `@` elsewhere."""
+    return redact(proxy.rsplit("@", 1)[0].split("://", 1)[0] + "://***@" + proxy.rsplit("@", 1)[1] if "@" in proxy else proxy)
+
+
 def _proxy_problem(proxy: str) -> Optional[str]:
     if proxy in ("DIRECT", "auto"):
         return None
+    shown = _shown_proxy(proxy)
     try:
         parts = urlsplit(proxy)
         port = parts.port
-    except ValueError as err:
-        return f"proxy {redact(proxy)!r} does not parse: {err}"
+    except ValueError as err:  # urllib's reason quotes the port: a password when the user name is missing
+        return f"proxy {shown!r} does not parse" + (f": {err}" if "@" not in proxy else " as a URL")
     if parts.scheme != "http" or not parts.hostname:
-        return f"proxy {redact(proxy)!r} is not a URL like http://squid.example.org:3128 (or DIRECT)"
+        return f"proxy {shown!r} is not a URL like http://squid.example.org:3128 (or DIRECT)"
     if port is None:
-        return f"proxy {redact(proxy)!r} has no port (squids usually listen on 3128)"
+        return f"proxy {shown!r} has no port (squids usually listen on 3128)"
     return None
 
 
@@ -140,8 +152,15 @@ def _settings_findings(settings: dict[str, Any], where: tuple[str, ...]) -> list
                     if problem:
                         path = (*where, key, i) if isinstance(value, list) else (*where, key)
                         findings.append(Finding(path, problem))
-        if name == "CVMFS_QUOTA_LIMIT" and value != "auto" and not (isinstance(value, int) and value > 0):
-            findings.append(Finding(where + (key,), "quota-limit must be a number of megabytes (> 0) or auto"))
+        if name == "CVMFS_QUOTA_LIMIT" and value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_QUOTA_MB):
+            findings.append(Finding(where + (key,), f"quota-limit must be a number of megabytes (1 to {MAX_QUOTA_MB}) or auto"))
+        if name == "CVMFS_REPOSITORIES":
+            names = value if isinstance(value, list) else str(value).split(",")
+            for i, repository in enumerate(names):
+                text = str(repository).strip()
+                if not FQRN.match(text):
+                    path = (*where, key, i) if isinstance(value, list) else (*where, key)
+                    findings.append(Finding(path, f"repository {redact(text)!r} is not a fully qualified repository name like alice.cern.ch"))
     return findings
 
 

@@ -8,6 +8,7 @@ resolve the same config through `resolve()`, so the instance creates exactly wha
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -33,6 +34,10 @@ DEFAULTS = {
 # In the short form a bare number is a percent of the VG, except for swap: percent of what is FREE.
 FREE_BY_DEFAULT = {"swap"}
 LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is not ours
+# A volume mounted over these would hide the running system. Below them too, except /var, whose
+# subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
+SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
 
 _PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%(VG|FREE)$")
 
@@ -112,14 +117,46 @@ def parse_size(value: Any, name: str) -> Size:
     return Size("BYTES", parse_bytes(text))
 
 
+def normal_path(path: str) -> str:
+    """PATH with `.`, `..` and repeated slashes resolved (`/tmp/..` is `/`, `//x` is `/x`)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def system_folder(mount: str) -> Optional[str]:
+    """The system folder a (normalised) mount point would hide, or None."""
+    if mount in SYSTEM_FOLDERS_ONLY_ITSELF:
+        return mount
+    return next((f for f in SYSTEM_FOLDERS if mount == f or mount.startswith(f + "/")), None)
+
+
+def size_problem(value: Any) -> Optional[str]:
+    """Why a schema-valid size cannot be used (too large for any volume group), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None  # the schema bounds percentages
+    text = str(value)
+    match = _PERCENT.match(text)
+    if match:
+        return None if float(match.group(1)) <= 100 else f"{text if len(text) <= 24 else text[:20] + '...'} is more than 100%"
+    try:
+        parse_bytes(text)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _part_entries(parts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     sizes = {k: v for k, v in parts.items() if not k.endswith("-mount")}
     mounts = {k[: -len("-mount")]: v for k, v in parts.items() if k.endswith("-mount")}
     return sizes, mounts
 
 
+def _normal_or_none(path: Optional[str]) -> Optional[str]:
+    return None if path is None else normal_path(path)
+
+
 def parse(section: dict[str, Any]) -> LocalfsSpec:
-    """Read a schema-valid localfs section (short and long form) into the model."""
+    """Read a schema-valid localfs section (short and long form) into the model; mount points and
+    devices normalised (what the instance uses)."""
     sizes, mounts = _part_entries(section["parts"])
     parts = []
     for name, value in sizes.items():
@@ -131,7 +168,7 @@ def parse(section: dict[str, Any]) -> LocalfsSpec:
                 name=name,
                 size=parse_size(long["size"], name),
                 fs=fs,
-                mount=None if fs == "swap" else long.get("mount", mounts.get(name, default.mount)),
+                mount=None if fs == "swap" else _normal_or_none(long.get("mount", mounts.get(name, default.mount))),
                 options=long.get("options", "sw" if fs == "swap" else "defaults"),
                 label=long.get("label"),
                 mode=long.get("mode", default.mode),
@@ -140,7 +177,7 @@ def parse(section: dict[str, Any]) -> LocalfsSpec:
     return LocalfsSpec(
         parts=tuple(parts),
         vg=section.get("vg"),
-        devices=tuple(section.get("devices", ())),
+        devices=tuple(normal_path(d) for d in section.get("devices", ())),
         force=bool(section.get("force", False)),
     )
 
@@ -154,6 +191,16 @@ def check(section: dict[str, Any]) -> list[Finding]:
             findings.append(Finding(("parts", f"{name}-mount"), f"mount point for a part '{name}' that is not defined", at_key=True))
         elif isinstance(sizes[name], dict) and "mount" in sizes[name]:
             findings.append(Finding(("parts", f"{name}-mount"), f"part '{name}' has a mount point already (its 'mount' key)", at_key=True))
+    for i, device in enumerate(section.get("devices", ())):
+        if ".." in device.split("/") or not normal_path(device).startswith("/dev/"):
+            findings.append(Finding(("devices", i), f"device {device} is not under /dev"))
+    unusable = []
+    for name, value in sizes.items():
+        problem = size_problem(value.get("size") if isinstance(value, dict) else value)
+        if problem:
+            unusable.append(Finding(("parts", name, "size") if isinstance(value, dict) else ("parts", name), f"part '{name}': {problem}"))
+    if unusable:
+        return findings + unusable  # the model cannot be built from such sizes
     spec = parse(section)
     percent = {"VG": 0.0, "FREE": 0.0}
     seen_mounts: dict[str, str] = {}
@@ -174,7 +221,15 @@ def check(section: dict[str, Any]) -> list[Finding]:
             hint = f"add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)"
             findings.append(Finding(where, f"part '{part.name}' has no mount point: {hint}", at_key=True))
         elif part.mount == "/":
-            findings.append(Finding(where, f"part '{part.name}' would be mounted over / : choose another mount point"))
+            written = value.get("mount") if isinstance(value, dict) and "mount" in value else mounts.get(part.name, part.mount)
+            as_written = f"({written}) " if written != part.mount else ""
+            findings.append(Finding(where, f"part '{part.name}' would be mounted over / {as_written}: choose another mount point"))
+        elif system_folder(part.mount):
+            folder = system_folder(part.mount)
+            written = value.get("mount") if isinstance(value, dict) and "mount" in value else mounts.get(part.name, part.mount)
+            place = f"over the system folder {folder}" if folder == part.mount else f"on {part.mount}, inside the system folder {folder}"
+            as_written = f" ({written})" if written != part.mount else ""
+            findings.append(Finding(where, f"part '{part.name}' would be mounted {place}{as_written}: choose another mount point"))
         elif part.mount in seen_mounts:
             findings.append(Finding(where, f"parts '{seen_mounts[part.mount]}' and '{part.name}' are both mounted on {part.mount}", at_key=True))
         else:

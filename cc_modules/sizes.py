@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+MAX_BYTES = 8 * 1024**6  # LVM's largest logical volume (8 EiB)
+# The longest duration anything takes (a year): longer ones overflow timers and time stamps.
+MAX_SECONDS = 365 * 86400
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 
 
@@ -14,7 +18,15 @@ def parse_bytes(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (expected a number with K, M, G or T, like 20G)")
     number, unit = match.groups()
-    return int(float(number) * UNITS[unit.upper()])
+    whole, _, fraction = number.partition(".")
+    if len(whole.lstrip("0")) > len(str(MAX_BYTES)):  # before any arithmetic on hundreds of digits
+        raise ValueError(f"size {text.strip()[:20]}... is too large (at most 8 EiB)")
+    scale = UNITS[unit.upper()]
+    fraction = fraction[:30]  # finer than a byte of the largest unit
+    n_bytes = int(whole) * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
+    if n_bytes > MAX_BYTES:
+        raise ValueError(f"size {text.strip()} is too large (at most 8 EiB)")
+    return n_bytes
 
 
 def human(n_bytes: int) -> str:
@@ -31,12 +43,18 @@ _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_seconds(value: int | float | str) -> float:
-    """A duration in seconds: a number, or "40s", "10m", "1h", "1d". Raises ValueError."""
+    """A duration in seconds: a number, or "40s", "10m", "1h", "1d". Raises ValueError, also for
+    one longer than MAX_SECONDS (or shorter than -MAX_SECONDS)."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f'not a duration: {value!r} (expected seconds, or like "40s", "10m", "1h")')
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+        seconds = float(value) if abs(value) <= 10 * MAX_SECONDS else math.inf
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f'not a duration: {value!r} (expected seconds, or like "40s", "10m", "1h")')
+        number = match.group(1)
+        seconds = float(number) * _SECONDS[match.group(2)] if len(number) <= 30 else math.inf
+    if not abs(seconds) <= MAX_SECONDS:
+        raise ValueError(f"a duration of more than {MAX_SECONDS // 86400} days is too long")
+    return seconds

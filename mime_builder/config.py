@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import functools
 import importlib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,11 +23,16 @@ import jsonschema
 import yaml
 
 from ..cc_modules.findings import Finding
+from ..cc_modules.redaction import redact
 from ..schemas import load as load_schema
 
 MAGIC = "#multiple-config"
 MAX_BYTES = 256 * 1024
 MAX_NODES = 10_000  # after alias expansion; a real config has a few hundred
+MAX_DEPTH = 50  # a real config nests 5 levels
+# Wider than any number a schema allows (they stop at 2**63 - 1): only stops Python's slow,
+# limited conversion of huge digit strings before the schema's maximum says what fits.
+MAX_INT_DIGITS = 20
 # First lines that mark other kinds of user-data: such a file is not ours.
 FOREIGN_MAGIC = ("#cloud-config", "#include", "#!", "#part-handler", "#cloud-boothook", "#upstart-job", "## template", "Content-Type:")
 
@@ -67,6 +74,7 @@ class Config:
     keys: dict[Path, Mark] = field(default_factory=dict)  # where the key of each mapping entry is
     warnings: list[Problem] = field(default_factory=list)
     base_dir: Optional[FilePath] = None  # the config file's folder; None for text without a file
+    booleans: dict[Path, str] = field(default_factory=dict)  # booleans as written (`no`, `on`): for messages
 
     def where(self, path: Path, at_key: bool = False) -> Mark:
         """The position of PATH, or of its nearest ancestor that has one."""
@@ -87,25 +95,133 @@ class Config:
         return {k: v for k, v in self.sections.items() if k not in ADMIN_ONLY}
 
 
+# Characters that break a line, hide text or reorder it on screen: refused in every key and value
+# (what the instance writes from them is line-based: fstab, HTCondor and CVMFS configs).
+_CONTROL_NAMES = {
+    0x00: "null", 0x07: "bell", 0x08: "backspace", 0x09: "tab", 0x0A: "line feed", 0x0B: "vertical tab", 0x0C: "form feed",
+    0x0D: "carriage return", 0x1B: "escape", 0x7F: "delete", 0x85: "next line", 0x2028: "line separator", 0x2029: "paragraph separator",
+    0x200E: "left-to-right mark", 0x200F: "right-to-left mark", 0x202A: "left-to-right embedding", 0x202B: "right-to-left embedding",
+    0x202C: "pop directional formatting", 0x202D: "left-to-right override", 0x202E: "right-to-left override",
+    0x2066: "left-to-right isolate", 0x2067: "right-to-left isolate", 0x2068: "first strong isolate", 0x2069: "pop directional isolate",
+}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def control_character(text: str) -> Optional[str]:
+    """`control character U+000A (line feed)` for the first control character in TEXT, or None."""
+    found = _CONTROL.search(text)
+    if not found:
+        return None
+    code = ord(found.group())
+    return f"control character U+{code:04X} ({_CONTROL_NAMES.get(code, 'C1 control' if code >= 0x80 else 'C0 control')})"
+
+
+@functools.cache
+def whole_value_pattern(pattern: str) -> re.Pattern[str]:
+    """PATTERN compiled so that `$` means the end of the value, as in ECMA-262 (JSON Schema's
+    regex dialect): Python's `$` also matches before a final newline, so `^/[^ ]*$` would pass
+    "/home\n"."""
+    out, class_start, i = [], -1, 0  # class_start: where the open character class began
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if class_start >= 0:
+            first = class_start + (2 if pattern[class_start + 1 : class_start + 2] == "^" else 1)
+            if char == "]" and i > first:  # a `]` first in the class is a literal
+                class_start = -1
+        elif char == "[":
+            class_start = i
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out))
+
+
+def _whole_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not whole_value_pattern(pattern).search(instance):
+        yield jsonschema.ValidationError(f"does not match {pattern!r}")  # never echoes the value: it may be a secret
+
+
+# The validator of every section, here and on the instance (this module is bundled into the handlers).
+Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _whole_pattern})
+
+INT_TAG, FLOAT_TAG, STR_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:str"
+BOOL_TAG, TIMESTAMP_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"
+_DECIMAL = re.compile(r"[-+]?[0-9]+\Z")
+# What YAML 1.2's core schema reads as a number (PyYAML reads YAML 1.1).
+_YAML12_NUMBER = re.compile(r"[-+]?(0o[0-7]+|0x[0-9a-fA-F]+|(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)\Z")
+
+
+def _number_problem(text: str, tag: str, plain: bool) -> Optional[str]:
+    """Why TEXT, which YAML 1.1 reads as a number (or YAML 1.2 does and 1.1 does not), is refused.
+
+    A site admin writes numbers in decimal: the YAML 1.1 forms that read differently from what is
+    written (`1:30` is 90, `010` is 8, `1_000` is 1000) or that YAML 1.2 reads otherwise (`0x32`,
+    `0o17`, `1e3`) are refused with how to write them, rather than read silently one way or the other.
+    """
+    fix = f'write the number in plain decimal, or quote it ("{text}") if it is text'
+    body = text.lstrip("+-")
+    if tag == STR_TAG:
+        if plain and _YAML12_NUMBER.match(text):
+            return f"{text} is a number in YAML 1.2 but text in YAML 1.1: {fix}"
+        return None
+    if ":" in body:
+        return f"{text} is a base-60 number in YAML 1.1: {fix}"
+    if "_" in body:
+        return f"{text} has a digit separator (_) that YAML 1.1 drops: {fix}"
+    if body[:2].lower() in ("0x", "0b", "0o"):
+        return f"{text} is not a decimal number: {fix}"
+    if tag == INT_TAG:
+        if len(body) > 1 and body.startswith("0"):
+            return f"{text} is an octal number in YAML 1.1 (a leading zero): {fix}"
+        if _DECIMAL.match(text) and len(body.lstrip("0")) > MAX_INT_DIGITS:
+            return f"a number of {len(body)} digits is too large"
+    return None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing deep nesting while it composes (it recurses per level)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH + 1:  # the document's root is depth 1 here, 0 for the builder
+                mark = self.peek_event().start_mark
+                raise _Fatal((mark.line + 1, mark.column + 1), f"nesting deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 class _Builder:
-    """Plain data from YAML nodes, with positions, duplicate-key and alias-bomb checks."""
+    """Plain data from YAML nodes, with positions, duplicate-key and alias-bomb checks, and the
+    keys and values refused whatever their schema says (control characters, YAML 1.1 numbers)."""
 
     def __init__(self, source: str, loader: yaml.SafeLoader):
         self.config = Config(source, {})
         self.loader = loader
         self.problems: list[Problem] = []
+        self.refused: set[Path] = set()  # already reported here: the schema's say on them is noise
         self._expanded: dict[int, int] = {}
         self._open: set[int] = set()  # nodes being built: meeting one again is a recursive alias
 
-    def expanded_size(self, node: yaml.Node) -> int:
+    def expanded_size(self, node: yaml.Node, depth: int = 0) -> int:
         # Memoised by node identity: linear in the document, exact for the expansion.
+        if depth > MAX_DEPTH:  # aliases can nest deeper than the text does
+            raise _Fatal(self.mark(node), f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded")
         key = id(node)
         if key not in self._expanded:
             self._expanded[key] = 1  # guards against recursive aliases
             if isinstance(node, yaml.MappingNode):
-                size = 1 + sum(self.expanded_size(k) + self.expanded_size(v) for k, v in node.value)
+                size = 1 + sum(self.expanded_size(k, depth + 1) + self.expanded_size(v, depth + 1) for k, v in node.value)
             elif isinstance(node, yaml.SequenceNode):
-                size = 1 + sum(self.expanded_size(v) for v in node.value)
+                size = 1 + sum(self.expanded_size(v, depth + 1) for v in node.value)
             else:
                 size = 1
             self._expanded[key] = min(size, MAX_NODES + 1)
@@ -114,10 +230,17 @@ class _Builder:
     def mark(self, node: yaml.Node) -> Mark:
         return (node.start_mark.line + 1, node.start_mark.column + 1)
 
+    def refuse(self, node: yaml.Node, path: Path, message: str, named: Optional[Path] = None) -> None:
+        """Report PATH's key or value as refused; the message names NAMED (default PATH)."""
+        named = path if named is None else named
+        prefix = f"{_dotted(str(named[0]), named[1:])}: " if named else ""
+        self.problems.append(Problem(self.config.source, *self.mark(node), prefix + message))
+        self.refused.add(path)
+
     def build(self, node: yaml.Node, path: Path, depth: int = 0) -> Any:
         self.config.values[path] = self.mark(node)
-        if depth > 50:
-            raise _Fatal(self.mark(node), "nesting deeper than 50 levels")
+        if depth > MAX_DEPTH:
+            raise _Fatal(self.mark(node), f"nesting deeper than {MAX_DEPTH} levels")
         if id(node) in self._open:
             raise _Fatal(self.mark(node), "an alias refers to the collection that contains it")
         self._open.add(id(node))
@@ -135,6 +258,10 @@ class _Builder:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     raise _Fatal(self.mark(key_node), "merge keys (<<) are not supported: write the keys out")
                 key = key_node.value  # as written: `yes:` stays "yes", `1:` stays "1"
+                bad = control_character(key)
+                if bad:  # the key is left out: every message naming it would carry the character
+                    self.refuse(key_node, path + (key,), f"a key holds {bad}: not allowed", named=path)
+                    continue
                 if key in result:
                     first = self.config.keys[path + (key,)]
                     self.problems.append(Problem(self.config.source, *self.mark(key_node), f"duplicate key '{key}' (first defined at line {first[0]})"))
@@ -144,11 +271,35 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        value = self.loader.construct_object(node)
+        assert isinstance(node, yaml.ScalarNode)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        text: str = node.value
+        bad = control_character(text)
+        if bad:
+            self.refuse(node, path, f"{bad} is not allowed")
+            return ""
+        if node.tag in (INT_TAG, FLOAT_TAG, STR_TAG):
+            problem = _number_problem(text, node.tag, plain=node.style is None)
+            if problem:
+                self.refuse(node, path, problem)
+                return text
+        if node.tag == TIMESTAMP_TAG:
+            return text  # JSON has no dates: keep what was written (and never build 2024-13-45)
+        if node.tag == BOOL_TAG and node.style is None:
+            self.config.booleans[path] = text
+        try:
+            value = self.loader.construct_object(node)
+        except (ValueError, OverflowError):  # an explicitly tagged value PyYAML cannot read
+            raise _Fatal(self.mark(node), f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}") from None
         if isinstance(value, (datetime.date, bytes)):
-            return node.value  # JSON has no dates: keep what was written
+            return text
         if isinstance(value, float) and value != value:  # NaN
             raise _Fatal(self.mark(node), "not a number (.nan) is not a valid value")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.refuse(node, path, "infinity is not a valid value" if "inf" in text.lower() else f"{text} is too large")
+            return text
         return value
 
 
@@ -197,22 +348,43 @@ def _specific(errors: Iterable[jsonschema.ValidationError]) -> Iterator[jsonsche
         yield error
 
 
-def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem], set[str]]:
-    """Every schema problem of one section, and the section's top-level keys they lie in."""
+def _shown(config: Config, path: Path, instance: Any, secret: bool = False) -> str:
+    """INSTANCE as a message shows it: never a secret, a collection by its kind, a boolean as written."""
+    if secret:
+        return "(a secret: not shown)"
+    if isinstance(instance, (dict, list)):
+        return _type_name(instance)
+    written = config.booleans.get(path)
+    if isinstance(instance, bool) and written is not None:
+        return f'{written} (YAML reads a bare {written} as {str(instance).lower()}: quote it, "{written}", if it is text)'
+    return redact(repr(instance))
+
+
+def _under(path: Path, tops: set[Path]) -> bool:
+    return any(path[: len(top)] == top for top in tops)
+
+
+def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Path]] = None) -> tuple[list[Problem], set[str]]:
+    """Every schema problem of one section, and the section's top-level keys they lie in.
+    Problems at or under a path in SKIP (relative to the section) were reported already."""
     schema = load_schema(name)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = Validator(schema)
+    skip = skip or set()
     problems = []
-    bad_keys: set[str] = set()
+    bad_keys: set[str] = {str(p[0]) for p in skip if p}
     for error in _specific(validator.iter_errors(data)):
         # jsonschema types these as "maybe unset"; for an error they are always set.
         instance: Any = error.instance
         value: Any = error.validator_value
         path: Path = (name,) + tuple(error.absolute_path)
+        if _under(path[1:], skip):
+            continue
         if error.absolute_path:
             bad_keys.add(str(error.absolute_path[0]))
         where = _dotted(name, tuple(error.absolute_path))
         sub = error.schema if isinstance(error.schema, dict) else {}
         expected = sub.get("x-expected")
+        secret = bool(sub.get("x-secret"))
         at_key = False
         if "propertyNames" in error.absolute_schema_path:
             path += (instance,)
@@ -222,7 +394,7 @@ def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem
             known = sorted(sub.get("properties", {}))
             patterns = sub.get("patternProperties", {})
             for extra in instance:
-                if extra in known or any(re.search(p, extra) for p in patterns):
+                if extra in known or any(whole_value_pattern(p).search(extra) for p in patterns):
                     continue
                 hint = difflib.get_close_matches(extra, known, n=1)
                 suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
@@ -233,24 +405,32 @@ def _schema_problems(config: Config, name: str, data: Any) -> tuple[list[Problem
             missing = error.message.split("'")[1] if "'" in error.message else error.message
             message = f"{where}: missing required key '{missing}'"
         elif expected:
-            got = _type_name(instance) if isinstance(instance, (dict, list)) else repr(instance)
-            if sub.get("x-secret"):
-                got = "(a secret: not shown)"
-            message = f"{where}: expected {expected}, got {got}"
+            message = f"{where}: expected {expected}, got {_shown(config, path, instance, secret)}"
         elif error.validator == "type":
             types = value if isinstance(value, list) else [value]
-            message = f"{where}: expected {' or '.join(JSON_TYPES.get(str(t), str(t)) for t in types)}, got {_type_name(instance)}"
+            got = _type_name(instance)
+            if isinstance(instance, bool) and path in config.booleans:
+                got = _shown(config, path, instance)
+            elif isinstance(instance, float) and "integer" in types:
+                got = f"{instance!r}"
+            message = f"{where}: expected {' or '.join(JSON_TYPES.get(str(t), str(t)) for t in types)}, got {got}"
         elif error.validator == "enum":
-            message = f"{where}: expected one of {', '.join(map(str, value))}, got {instance!r}"
+            message = f"{where}: expected one of {', '.join(map(str, value))}, got {_shown(config, path, instance, secret)}"
         elif error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
             relation = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[str(error.validator)]
             message = f"{where}: must be {relation} {value}, got {instance!r}"
-        elif error.validator == "minProperties" or error.validator == "minItems":
+        elif error.validator == "minProperties" or error.validator == "minItems" or (error.validator == "minLength" and value == 1):
             message = f"{where}: must not be empty"
+        elif error.validator == "maxLength":
+            message = f"{where}: longer than {value} characters"
         elif error.validator == "uniqueItems":
             message = f"{where}: lists the same item twice"
+        elif error.validator == "pattern":
+            message = f"{where}: expected text matching {value}, got {_shown(config, path, instance, secret)}"
         else:
-            message = f"{where}: {error.message}"
+            # jsonschema's own wording quotes the value: shown only when it cannot be a secret.
+            message = f"{where}: {error.message if not secret else 'not valid (a secret: not shown)'}"
+            message = redact(message)
         problems.append(config.problem(path, message, at_key=at_key))
     return problems, bad_keys
 
@@ -303,6 +483,16 @@ def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
     return Problem(source, line, col, f"YAML syntax: {message}")
 
 
+def _reader_problem(source: str, text: str, err: yaml.reader.ReaderError) -> Problem:
+    """PyYAML refuses some characters anywhere in the text before parsing: say where."""
+    position = max(0, min(err.position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    col = position - (text.rfind("\n", 0, position) + 1) + 1
+    character = chr(err.character) if isinstance(err.character, int) else str(err.character)
+    what = control_character(character) or f"character U+{ord(character[:1] or chr(0)):04X}"
+    return Problem(source, line, col, f"{what} is not allowed in a config file")
+
+
 def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] = None, base_dir: Optional[FilePath] = None) -> Config:
     """Load and validate a config. Raises ConfigError listing every problem.
 
@@ -314,28 +504,34 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
     first = text.lstrip("\ufeff").split("\n", 1)[0].strip()
     if first.startswith(FOREIGN_MAGIC) or first.lower().startswith(("content-type:", "mime-version:")):
         raise ConfigError([Problem(source, 1, 1, f"not a #multiple-config file: it starts with {first[:40]!r} (that is other cloud-init user-data)")])
-    loader = yaml.SafeLoader(text)
-    builder = _Builder(source, loader)
-    config = builder.config
-    config.base_dir = base_dir
+    loader: Optional[_Loader] = None
+    builder = _Builder(source, yaml.SafeLoader(""))
     try:
+        loader = builder.loader = _Loader(text)  # PyYAML's reader checks the characters here
         node = loader.get_single_node()
         if node is None:
             raise _Fatal((1, 1), "the file holds no sections: expected a mapping like 'localfs: ...'")
         if builder.expanded_size(node) > MAX_NODES:
             raise _Fatal(builder.mark(node), f"more than {MAX_NODES} values once aliases are expanded: refusing an alias bomb")
         if not isinstance(node, yaml.MappingNode):
-            got = _type_name(loader.construct_object(node, deep=True))
+            got = _type_name(builder.build(node, ()))
+            if builder.problems:
+                raise ConfigError(builder.problems)
             raise _Fatal(builder.mark(node), f"expected a mapping of sections (like 'localfs: ...'), got {got}")
         data = builder.build(node, ())
+    except yaml.reader.ReaderError as err:
+        raise ConfigError([_reader_problem(source, text, err)]) from None
     except yaml.MarkedYAMLError as err:
         raise ConfigError([_syntax_problem(source, err)]) from None
     except yaml.YAMLError as err:
-        raise ConfigError([Problem(source, 1, 1, f"YAML: {err}")]) from None
+        raise ConfigError([Problem(source, 1, 1, f"YAML: {redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}")]) from None
     except _Fatal as err:
         raise ConfigError(builder.problems + [Problem(source, *err.mark, err.message)]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    config = builder.config
+    config.base_dir = base_dir
     problems += builder.problems
     config.sections = data
     known = sorted(sections if sections is not None else load_schema("vfarm")["properties"])
@@ -345,8 +541,11 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             problems.append(config.problem((name,), f"unknown section '{name}'{suggestion}; expected one of: {', '.join(known)}", at_key=True))
             continue
-        section_problems, bad_keys = _schema_problems(config, name, value)
-        if not section_problems:
+        refused = {p[1:] for p in builder.refused if p[:1] == (name,)}
+        if () in refused:  # the whole section's value was refused
+            continue
+        section_problems, bad_keys = _schema_problems(config, name, value, refused)
+        if not section_problems and not bad_keys:
             section_problems = _semantic_problems(config, name, value)
         elif isinstance(value, dict) and bad_keys:
             # Check the rest too (every problem at once); what depends on a bad key is skipped.

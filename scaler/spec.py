@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..cc_modules.condor_spec import host_problem, split_host_port
 from ..cc_modules.findings import Finding
+from ..cc_modules.sizes import MAX_SECONDS
 from ..cc_modules.sizes import parse_seconds as seconds  # one duration syntax for every section
 
 # elastiq's defaults where it had the same knob.
@@ -20,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
 }
 # Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
 POSITIVE = ("boot-timeout", "check-every")
+DURATIONS = ("waiting-time", "idle-time", "boot-timeout", "check-every")
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,25 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
 
 
 def check(section: dict[str, Any]) -> list[Finding]:
-    """What the schema cannot say: min-vms <= max-vms, timeouts above zero."""
+    """What the schema cannot say: min-vms <= max-vms, durations above zero and at most a year,
+    the collector's host a real name or address."""
     findings: list[Finding] = []
     low, high = section.get("min-vms", DEFAULTS["min-vms"]), section.get("max-vms")
     if isinstance(low, int) and isinstance(high, int) and low > high:
         findings.append(Finding(("min-vms",), f"min-vms ({low}) is larger than max-vms ({high})"))
-    for key in POSITIVE:
+    for key in DURATIONS:
+        if key not in section:
+            continue
         try:
-            too_short = key in section and seconds(section[key]) <= 0
+            duration = seconds(section[key])
         except ValueError:
-            continue  # the schema reports it
-        if too_short:
+            findings.append(Finding((key,), f"{key} must be at most {MAX_SECONDS} seconds (a year)"))
+            continue
+        if key in POSITIVE and duration <= 0:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
+    collector = section.get("pool", {}).get("collector")
+    if isinstance(collector, str):
+        problem = host_problem(split_host_port(collector)[0], bracketed=collector.startswith("["))
+        if problem:
+            findings.append(Finding(("pool", "collector"), problem))
     return findings

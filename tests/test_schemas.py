@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from vfarm import schemas
-from vfarm.mime_builder.config import load_file
+from vfarm.mime_builder.config import Validator, load_file, whole_value_pattern
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 
@@ -55,3 +58,54 @@ def test_whole_file_schema_accepts_the_examples(path: Path) -> None:
     data = load_file(path).sections
     assert list(validator.iter_errors(data)) == []
     assert list(validator.iter_errors({**data, "localfss": {}}))
+
+
+def _subschemas(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for sub in node.values():
+            yield from _subschemas(sub)
+    elif isinstance(node, list):
+        for sub in node:
+            yield from _subschemas(sub)
+
+
+def _patterns(node: Any) -> Any:
+    for sub in _subschemas(node):
+        if isinstance(sub.get("pattern"), str):
+            yield sub["pattern"]
+        yield from sub.get("patternProperties", {})
+
+
+ALL_PATTERNS = sorted({p for name in schemas.names() for p in _patterns(schemas.load(name))})
+
+
+@pytest.mark.parametrize("name", schemas.names())
+def test_every_number_has_a_maximum(name: str) -> None:
+    """What the instance computes with (timers, sizes, counts) never overflows."""
+    unbounded = []
+    for sub in _subschemas(schemas.load(name)):
+        types = sub.get("type", [])
+        types = types if isinstance(types, list) else [types]  # a `type` that is a mapping is a property called type
+        types = [t for t in types if isinstance(t, str)]
+        if {"integer", "number"} & set(types) and "maximum" not in sub and "exclusiveMaximum" not in sub:
+            unbounded.append(sub)
+    assert unbounded == []
+
+
+def test_the_schemas_have_patterns_to_check() -> None:
+    assert len(ALL_PATTERNS) >= 15 and all(p.endswith("$") for p in ALL_PATTERNS)
+
+
+@pytest.mark.parametrize("pattern", ALL_PATTERNS)
+@settings(max_examples=8, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_no_pattern_passes_a_trailing_newline(pattern: str, data: st.DataObject) -> None:
+    """jsonschema's `pattern` searches with Python's `$`, which also matches before a final
+    newline; the loader's validator makes `$` the end of the value, as JSON Schema means it."""
+    value = data.draw(st.from_regex(pattern)).rstrip("\n")
+    validator = Validator({"pattern": pattern})
+    assert validator.is_valid(value)
+    assert re.search(pattern, value + "\n")  # what plain jsonschema lets through
+    assert not validator.is_valid(value + "\n")
+    assert not whole_value_pattern(pattern).search(value + "\n")
