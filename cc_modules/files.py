@@ -17,6 +17,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -198,27 +199,48 @@ def _deep_place(text: str, depth: int) -> str:
     return "line 1 column 1"
 
 
-def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """TEXT as JSON, refusing nesting deeper than MAX_DEPTH, integers beyond 64 bits, numbers that
-    overflow a float (1e400), NaN and Infinity. Raises JsonInputError (one located line)."""
+def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH, max_values: Optional[int] = None) -> Any:
+    """TEXT as JSON, refusing nesting deeper than MAX_DEPTH, more than MAX_VALUES values (when
+    given), integers beyond 64 bits, numbers that overflow a float (1e400), NaN and Infinity.
+    Raises JsonInputError (one located line)."""
     try:
         data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except json.JSONDecodeError as err:
         raise JsonInputError(f"not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:
         raise JsonInputError(f"nested deeper than {max_depth} levels at {_deep_place(text, max_depth)}") from None
-    # Iteratively: the data may be up to the parser's own depth limit.
-    stack: list[tuple[Any, JsonPath]] = [(data, ())]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, _Unusable):
-            raise JsonInputError(f"{json_path(path)}: {value.reason}")
-        if isinstance(value, (dict, list)):
-            if len(path) >= max_depth:
-                raise JsonInputError(f"{json_path(path)}: nested deeper than {max_depth} levels")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            stack.extend((item, path + (key,)) for key, item in items)
+    _check_values(data, max_depth, max_values)
     return data
+
+
+def _items(value: Union[dict[str, Any], list[Any]]) -> Iterator[tuple[Union[str, int], Any]]:
+    return iter(value.items()) if isinstance(value, dict) else enumerate(value)
+
+
+def _check_values(data: Any, max_depth: int, max_values: Optional[int]) -> None:
+    """Every value of DATA, depth first, with a stack of iterators: memory grows with the depth,
+    never with the number of values (the data may nest up to the parser's own limit)."""
+    if isinstance(data, _Unusable):
+        raise JsonInputError(f"{json_path(())}: {data.reason}")
+    if not isinstance(data, (dict, list)):
+        return
+    stack: list[tuple[Iterator[tuple[Union[str, int], Any]], JsonPath]] = [(_items(data), ())]
+    count = 1
+    while stack:
+        items, path = stack[-1]
+        for key, value in items:
+            count += 1
+            if max_values is not None and count > max_values:
+                raise JsonInputError(f"{json_path(path + (key,))}: more than {max_values} values in all")
+            if isinstance(value, _Unusable):
+                raise JsonInputError(f"{json_path(path + (key,))}: {value.reason}")
+            if isinstance(value, (dict, list)):
+                if len(path) + 1 >= max_depth:
+                    raise JsonInputError(f"{json_path(path + (key,))}: nested deeper than {max_depth} levels")
+                stack.append((_items(value), path + (key,)))
+                break
+        else:
+            stack.pop()
 
 
 def _resolve(path: str) -> tuple[str, Optional[int]]:

@@ -15,7 +15,9 @@ from ..cc_modules import check
 from ..cc_modules.files import JsonInputError, JsonPath, json_path, loads_bounded, read_bounded
 
 # A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
-MAX_SUMMARY = 4 * 1024 * 1024
+MAX_SUMMARY = 1024 * 1024
+MAX_VALUES = 100_000
+MAX_ROWS = 1000  # items of any list the table shows
 # The shape the table is drawn from: key -> (JSON type of the value, of each item if a list).
 SHAPE: dict[str, tuple[type, type]] = {
     "handlers": (list, dict),
@@ -36,6 +38,8 @@ def _problem(message: str) -> int:
 def _expect(value: Any, wanted: type, path: JsonPath) -> None:
     if not isinstance(value, wanted):
         raise ValueError(f"{json_path(path)}: expected {JSON_NAMES.get(wanted, wanted.__name__)}, got {JSON_NAMES.get(type(value), type(value).__name__)}")
+    if isinstance(value, list) and len(value) > MAX_ROWS:
+        raise ValueError(f"{json_path(path)}: more than {MAX_ROWS} items: not an instance's summary")
 
 
 def check_shape(doc: Any) -> None:
@@ -64,7 +68,8 @@ def check_shape(doc: Any) -> None:
 
 def load(path: str) -> dict[str, Any]:
     """The summary in PATH; ValueError with one clear line (file, and the place in it) when it is
-    not one. At most MAX_SUMMARY bytes, nesting and numbers bounded (files.loads_bounded)."""
+    not one. At most MAX_SUMMARY bytes and MAX_VALUES values, nesting and numbers bounded
+    (files.loads_bounded), lists the table shows at most MAX_ROWS long."""
     try:
         text = read_bounded(path, MAX_SUMMARY).decode("utf-8")
     except OSError as err:
@@ -72,7 +77,7 @@ def load(path: str) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        doc = loads_bounded(text)
+        doc = loads_bounded(text, max_values=MAX_VALUES)
         check_shape(doc)
     except JsonInputError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -30,6 +30,7 @@ from . import spec as scale_spec
 EXIT_OK, EXIT_PROBLEM = 0, 1
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
+MAX_SNAPSHOT_VALUES = 1_000_000
 
 
 def _fail(message: str) -> int:
@@ -53,7 +54,8 @@ def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
 
 def read_snapshot(path: str) -> dict[str, Any]:
     """A snapshot file ('-' for stdin), checked; SnapshotError with a one-line reason otherwise.
-    At most MAX_SNAPSHOT bytes; a pipe or FIFO must deliver them within VFARM_IO_TIMEOUT."""
+    At most MAX_SNAPSHOT bytes and MAX_SNAPSHOT_VALUES values; a pipe or FIFO must deliver them
+    within VFARM_IO_TIMEOUT."""
     try:
         raw = read_stdin_bounded(MAX_SNAPSHOT) if path == "-" else read_bounded(path, MAX_SNAPSHOT)
         text = raw.decode("utf-8")
@@ -62,7 +64,7 @@ def read_snapshot(path: str) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise planner.SnapshotError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        data = loads_bounded(text)
+        data = loads_bounded(text, max_values=MAX_SNAPSHOT_VALUES)
     except JsonInputError as err:
         raise planner.SnapshotError(f"{path}: {err}") from None
     try:

@@ -283,6 +283,8 @@ SUMMARY_SHAPES = [
     ('{"result": "ok", "handlers": [], "unhandled_parts": ["x"]}', "unhandled_parts[0]: expected an object, got a string"),
     ('{"result": "ok", "handlers": {"a": 1}}', "handlers: expected a list, got an object"),
     ("[1, 2]", "not a vfarm summary.json (no 'result' and 'handlers')"),
+    ('{"result": "ok", "handlers": [' + ",".join(["{}"] * 1001) + "]}", "handlers: more than 1000 items: not an instance's summary"),
+    ('{"result": "ok", "handlers": [], "x": [' + ",".join(["0"] * 100_000) + "]}", "x[99996]: more than 100000 values in all"),
 ]
 
 
@@ -486,6 +488,9 @@ def test_loads_bounded_keeps_what_json_means() -> None:
         files.loads_bounded(json.dumps([nested]))
     with pytest.raises(files.JsonInputError, match=r"^n: 9223372036854775809 is more than a 64-bit integer$"):
         files.loads_bounded(json.dumps({"n": 2**63 + 1}))
+    assert files.loads_bounded("[[1], 2]", max_values=4) == [[1], 2]
+    with pytest.raises(files.JsonInputError, match=r"^\[1\]: more than 3 values in all$"):
+        files.loads_bounded("[[1], 2]", max_values=3)
 
 
 def test_atomic_write_without_following_replaces_the_link(tmp_path: Path) -> None:
