@@ -12,7 +12,8 @@ import sys
 from typing import Any
 
 from ..cc_modules import check
-from ..cc_modules.files import JsonInputError, JsonPath, json_path, loads_bounded, read_bounded
+from ..cc_modules.files import read_bounded
+from ..cc_modules.jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
 
 # A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
 MAX_SUMMARY = 1024 * 1024

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cc_modules import condor_spec
-from ..cc_modules.files import JsonInputError, atomic_write, loads_bounded, read_bounded, read_stdin_bounded
+from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
+from ..cc_modules.jsonbounds import JsonInputError, loads_bounded
 from ..cc_modules.runner import Runner
 from ..mime_builder import table
 from . import apply, discover, loop

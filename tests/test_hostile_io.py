@@ -22,7 +22,7 @@ from typing import IO, Any, Optional, Union
 
 import pytest
 
-from vfarm.cc_modules import files
+from vfarm.cc_modules import files, jsonbounds
 from vfarm.mime_builder import cli
 from vfarm.mime_builder import inspect as userdata
 from vfarm.scaler import plan as planner
@@ -479,18 +479,18 @@ def test_io_timeout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_loads_bounded_keeps_what_json_means() -> None:
     doc = {"a": [1, -2, 3.5, "[[[{", None, True], "n": 2**63, "m": -(2**63)}
-    assert files.loads_bounded(json.dumps(doc)) == doc
+    assert jsonbounds.loads_bounded(json.dumps(doc)) == doc
     nested: Any = []
-    for _ in range(files.MAX_JSON_DEPTH - 1):
+    for _ in range(jsonbounds.MAX_JSON_DEPTH - 1):
         nested = [nested]
-    assert files.loads_bounded(json.dumps(nested)) == nested
-    with pytest.raises(files.JsonInputError, match="nested deeper than 64 levels"):
-        files.loads_bounded(json.dumps([nested]))
-    with pytest.raises(files.JsonInputError, match=r"^n: 9223372036854775809 is more than a 64-bit integer$"):
-        files.loads_bounded(json.dumps({"n": 2**63 + 1}))
-    assert files.loads_bounded("[[1], 2]", max_values=4) == [[1], 2]
-    with pytest.raises(files.JsonInputError, match=r"^\[1\]: more than 3 values in all$"):
-        files.loads_bounded("[[1], 2]", max_values=3)
+    assert jsonbounds.loads_bounded(json.dumps(nested)) == nested
+    with pytest.raises(jsonbounds.JsonInputError, match="nested deeper than 64 levels"):
+        jsonbounds.loads_bounded(json.dumps([nested]))
+    with pytest.raises(jsonbounds.JsonInputError, match=r"^n: 9223372036854775809 is more than a 64-bit integer$"):
+        jsonbounds.loads_bounded(json.dumps({"n": 2**63 + 1}))
+    assert jsonbounds.loads_bounded("[[1], 2]", max_values=4) == [[1], 2]
+    with pytest.raises(jsonbounds.JsonInputError, match=r"^\[1\]: more than 3 values in all$"):
+        jsonbounds.loads_bounded("[[1], 2]", max_values=3)
 
 
 def test_atomic_write_without_following_replaces_the_link(tmp_path: Path) -> None:
