@@ -500,3 +500,14 @@ def test_atomic_write_without_following_replaces_the_link(tmp_path: Path) -> Non
     link.symlink_to(target)
     files.atomic_write(link, "new", 0o644, follow_symlinks=False)
     assert not link.is_symlink() and link.read_text() == "new" and target.read_text() == "keep"
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_a_missed_bound_is_still_one_line(error: type, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def runaway(args: Any) -> int:
+        raise error()
+
+    monkeypatch.setattr(cli, "cmd_validate", runaway)
+    code, out, err = in_process(capsys, "validate", EXAMPLE)
+    assert (code, out) == (1, "")
+    assert err == f"vfarm: validate: the input is too large or too deeply nested to handle ({error.__name__})\n"
