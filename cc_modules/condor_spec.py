@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .files import read_bounded
 from .findings import Finding
 from .sizes import MAX_SECONDS, parse_seconds
 from .textsafe import UnsafeValue, refuse_control
@@ -25,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
 CONFIG_FILE = "/etc/condor/config.d/50-vfarm.conf"
 TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
 INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances by it
+TOKEN_FILE_MAX = 16 * 1024  # an IDTOKEN is a few hundred bytes
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _IPV4 = re.compile(r"^[0-9.]+$")
 # What render() writes, checked again there (see render's docstring).
@@ -157,7 +159,7 @@ def check_files(section: dict[str, Any], base_dir: Path) -> list[Finding]:
         return []
     path = token_file_path(section, base_dir)
     try:
-        token = path.read_text(encoding="ascii").strip()
+        token = read_bounded(path, TOKEN_FILE_MAX).decode("ascii").strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else "not ASCII text"
         return [Finding(("token-file",), f"cannot read token file {path}: {reason}")]
@@ -171,7 +173,7 @@ def for_instance(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if "token-file" not in section:
         return dict(section)
     sent = {k: v for k, v in section.items() if k != "token-file"}
-    sent["token"] = token_file_path(section, base_dir).read_text(encoding="ascii").strip()
+    sent["token"] = read_bounded(token_file_path(section, base_dir), TOKEN_FILE_MAX).decode("ascii").strip()
     return sent
 
 

@@ -1,31 +1,211 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Bounded reads and atomic writes of files that users name.
+
+Reads: a size limit checked before reading, a deadline for pipes and devices, one clear error.
+Writes: a reader (or a crash) sees the old file or the new one, never half of one; devices, FIFOs
+and symlinks are written through, never replaced.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import select
 import stat
+import sys
 import tempfile
+import time
 from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# Seconds a pipe, FIFO or device may take to deliver all of its data (or to take ours).
+DEFAULT_IO_TIMEOUT = 10.0
+IO_TIMEOUT_ENV = "VFARM_IO_TIMEOUT"
+_CHUNK = 1 << 16
+_MAX_LINKS = 40  # as the kernel's own limit on a chain of symlinks
+# An open file of a process, reached through /proc (/dev/stdout, /dev/fd/N lead there).
+_PROC_FD = re.compile(r"^/proc/([0-9]+)/fd/([0-9]+)$")
 
-def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int] = None) -> None:
+
+class InputError(OSError):
+    """A file vfarm refuses to read (a directory, too large, no data in time). `strerror` is the
+    one-line reason, so `except OSError as err: ... err.strerror` reports it like any read error."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(code, reason)
+
+
+def io_timeout() -> float:
+    """The deadline for pipes, FIFOs and devices: VFARM_IO_TIMEOUT seconds, else 10."""
+    try:
+        value = float(os.environ.get(IO_TIMEOUT_ENV, ""))
+    except ValueError:
+        return DEFAULT_IO_TIMEOUT
+    return value if 0 < value < 86400 else DEFAULT_IO_TIMEOUT
+
+
+def size_text(n_bytes: int) -> str:
+    if n_bytes >= 1 << 20 and n_bytes % (1 << 20) == 0:
+        return f"{n_bytes >> 20} MiB"
+    if n_bytes >= 1 << 10 and n_bytes % (1 << 10) == 0:
+        return f"{n_bytes >> 10} KiB"
+    return f"{n_bytes} bytes"
+
+
+def _too_large(limit: int) -> InputError:
+    return InputError(errno.EFBIG, f"larger than {size_text(limit)}")
+
+
+def read_bounded(path: PathLike, limit: int, timeout: Optional[float] = None) -> bytes:
+    """The bytes of PATH, refusing a directory, a file over LIMIT bytes (a regular file by its
+    size, before reading) and a pipe, FIFO or device that does not end within TIMEOUT seconds
+    (default: io_timeout()). Raises OSError; InputError for the refusals."""
+    # O_NONBLOCK: opening a FIFO that nobody writes would otherwise wait forever.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(os.fspath(path), flags)
+    try:
+        return read_fd_bounded(fd, limit, timeout)
+    finally:
+        os.close(fd)
+
+
+def read_stdin_bounded(limit: int, timeout: Optional[float] = None) -> bytes:
+    """Standard input, with read_bounded's limits."""
+    return read_fd_bounded(0, limit, timeout)
+
+
+def read_fd_bounded(fd: int, limit: int, timeout: Optional[float] = None) -> bytes:
+    """The rest of the open file FD, with read_bounded's limits. FD's flags are left alone."""
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(errno.EISDIR, "is a directory")
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size > limit:
+            raise _too_large(limit)
+        # Regular files can still grow, or claim size 0 (/proc): read one byte past the limit.
+        return _read_regular(fd, limit)
+    return _read_stream(fd, limit, io_timeout() if timeout is None else timeout)
+
+
+def _read_regular(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+        except BlockingIOError:  # O_NONBLOCK on a file whose filesystem honours it (FUSE)
+            select.select([fd], [], [], 1.0)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+
+
+def _read_stream(fd: int, limit: int, timeout: float) -> bytes:
+    """Pipes, FIFOs, sockets and devices: wait for data with poll() until the deadline. (A FIFO
+    opened with O_NONBLOCK reads as empty while nobody writes it: poll first, read after.)"""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+            if time.monotonic() < deadline:
+                continue
+            waited = "no data" if not total else f"no end of the data after {total} bytes"
+            raise InputError(errno.ETIMEDOUT, f"{waited} within {timeout:g} s (a pipe or FIFO that nobody writes?; {IO_TIMEOUT_ENV}=SECONDS waits longer)")
+        try:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+
+
+def _resolve(path: str) -> tuple[str, Optional[int]]:
+    """PATH with every symlink resolved, and the descriptor number when the chain ends at one of
+    this process's open files (/dev/stdout -> /proc/self/fd/1): that file is written as it is."""
+    current = os.path.abspath(path)
+    for _ in range(_MAX_LINKS):
+        folder = os.path.realpath(os.path.dirname(current))
+        current = os.path.join(folder, os.path.basename(current))
+        match = _PROC_FD.match(current)
+        if match:
+            return current, int(match.group(2)) if int(match.group(1)) == os.getpid() else -1
+        if not os.path.islink(current):
+            return current, None
+        current = os.path.join(folder, os.readlink(current))
+    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+
+
+def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int] = None, follow_symlinks: bool = True) -> None:
     """Write CONTENT to PATH through a temp file in the same directory, fsync, rename, fsync the
     directory. MODE defaults to the existing file's mode, else 0644.
 
-    A PATH that is not a regular file (/dev/null, /dev/stdout, a FIFO) is written into as it is:
-    renaming over it would replace a device with a plain file."""
+    PATH is written through, never replaced, when it is (or a symlink leads to) a device, a FIFO,
+    a socket or one of this process's open files (/dev/stdout, /proc/self/fd/1): renaming over
+    /dev/stdout would replace a device with a plain file. A FIFO nobody reads is an error
+    (ENXIO), never a wait. A symlink to a regular file (or to nothing yet) stays, and its target is
+    replaced atomically. FOLLOW_SYMLINKS=False: a symlink, device or FIFO at PATH is itself
+    replaced by the regular file (a folder that must hold exactly the files written)."""
     path = os.fspath(path)
     data = content.encode("utf-8") if isinstance(content, str) else content
+    target = path
+    if follow_symlinks:
+        target, own_fd = _resolve(path)
+        if own_fd is not None and own_fd >= 0:
+            _write_fd(own_fd, data)
+            return
+        try:
+            info: Optional[os.stat_result] = os.stat(target)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if info is not None and (not stat.S_ISREG(info.st_mode) or own_fd is not None):
+            _write_special(target, data)
+            return
+    elif os.path.isdir(path) and not os.path.islink(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    _replace(target, data, mode)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    if fd in (1, 2):  # what Python buffered for the same descriptor goes first
+        (sys.stdout if fd == 1 else sys.stderr).flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_special(path: str, data: bytes) -> None:
+    """Write into a device, FIFO or another process's open file without replacing it."""
+    flags = os.O_WRONLY | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        special = False
-    if special:
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "a FIFO that nobody reads (start its reader first)", path) from None
+        raise
+    try:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # there is a reader now: it gets the data at its own pace
+        _write_fd(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _replace(path: str, data: bytes, mode: Optional[int]) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     if mode is None:

@@ -96,7 +96,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         try:
             atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
-            return _fail(f"cannot write {out}: {err.strerror}")
+            return _fail(f"cannot write {out}: {err.strerror or err}")
         print(f"vfarm: wrote {len(userdata)} bytes of user-data to {out}; dry run, nothing launched", file=sys.stderr)
         for line in ec2.cli_equivalents(request, str(out), userdata, params):
             print(line)

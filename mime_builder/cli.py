@@ -136,6 +136,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except (RecursionError, MemoryError) as err:
+        # A last guard: every reader bounds its input, but a bound missed must still be one line.
+        return _fail(f"{args.command}: the input is too large or too deeply nested to handle ({type(err).__name__})")
     return result
 
 

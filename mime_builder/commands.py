@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..cc_modules.files import atomic_write
+from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
 from . import bundle, mime
 from . import inspect as userdata
 from .cli import EXIT_OK, EXIT_PROBLEM, load_or_report
@@ -61,7 +62,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     try:
-        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        if args.file == "-":
+            raw = read_stdin_bounded(userdata.MAX_USERDATA)
+        else:
+            raw = read_bounded(args.file, userdata.MAX_USERDATA)
     except OSError as err:
         return _fail(f"{args.file}: cannot read: {err.strerror or err}")
     try:
@@ -85,6 +89,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_in_folder(path: Path, data: bytes) -> None:
+    """A file of the hosted folder, always a regular file of the folder: a symlink (or FIFO, or
+    device) in its place is replaced, never written through, so that SHA256SUMS and the handlers
+    describe what is served and nothing outside the folder changes."""
+    if path.is_symlink():
+        print(f"vfarm handlers: warning: {path} was a symlink to {os.readlink(path)}: replaced by the file (its target is untouched)", file=sys.stderr)
+    elif path.exists() and not path.is_file() and not path.is_dir():
+        print(f"vfarm handlers: warning: {path} was not a regular file: replaced by the file", file=sys.stderr)
+    atomic_write(path, data, 0o644, follow_symlinks=False)
+
+
 def cmd_handlers(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     try:
@@ -92,12 +107,11 @@ def cmd_handlers(args: argparse.Namespace) -> int:
         files = {bundle.handler_filename(n): bundle.bundle_handler(n) for n in names}
     except bundle.BundleError as err:
         return _fail(str(err))
+    sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        for filename, source in sorted(files.items()):
-            atomic_write(outdir / filename, source.encode("utf-8"), 0o644)
-        sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
-        atomic_write(outdir / SUMS, sums.encode("ascii"), 0o644)
+        for filename, data in [*((f, s.encode("utf-8")) for f, s in sorted(files.items())), (SUMS, sums.encode("ascii"))]:
+            _write_in_folder(outdir / filename, data)
     except OSError as err:
         return _fail(f"cannot write into {outdir}: {err.strerror or err}")
     for filename, source in sorted(files.items()):

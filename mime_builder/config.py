@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import functools
 import importlib
 import math
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional, Union
 import jsonschema
 import yaml
 
+from ..cc_modules.files import read_bounded
 from ..cc_modules.findings import Finding
 from ..cc_modules.redaction import redact
 from ..schemas import load as load_schema
@@ -568,11 +570,11 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
 def load_file(path: Union[str, FilePath], sections: Optional[set[str]] = None) -> Config:
     source = str(path)
     try:
-        raw = FilePath(path).read_bytes()
+        raw = read_bounded(path, MAX_BYTES)  # size checked before reading; FIFOs and devices bounded
     except OSError as err:
+        if err.errno == errno.EFBIG:
+            raise ConfigError([Problem(source, 1, 1, f"file is larger than {MAX_BYTES // 1024} KiB: not a vfarm config")]) from None
         raise ConfigError([Problem(source, 1, 1, f"cannot read: {err.strerror or err}")]) from None
-    if len(raw) > MAX_BYTES:
-        raise ConfigError([Problem(source, 1, 1, f"file is larger than {MAX_BYTES // 1024} KiB: not a vfarm config")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

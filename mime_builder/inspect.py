@@ -5,6 +5,11 @@ part, an unverified or plain-http include, the size against the limit).
 It follows cloud-init's user_data.py (22.4 and 25.1 agree on this): gunzip the whole payload if
 it is gzip; MIME only if `mime-version:` is in the first 4096 bytes; a gzip-typed part is
 decompressed and its type guessed from its first line; includes are listed, never fetched.
+
+Every step is bounded, so hostile user-data gets a one-line InspectError in about a second: at
+most MAX_USERDATA bytes read, MAX_UNPACKED unpacked from gzip (the whole payload and its parts
+together), MAX_CONTAINERS multipart (or message) sections, hence that nesting depth, MAX_PARTS
+parts; part-handler source and config parts are analysed within their own bounds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import ast
 import email
 import email.message
 import gzip
+import io
+import itertools
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -20,7 +27,10 @@ from typing import Any, Optional
 
 import yaml
 
+from ..cc_modules.files import size_text
 from ..cc_modules.redaction import is_secret_name, redact
+from .config import MAX_BYTES as MAX_CONFIG_BYTES
+from .config import MAX_NODES as MAX_CONFIG_NODES
 from .mime import EC2_LIMIT, PART_HANDLER, type_from_payload
 
 DECOMP_TYPES = {
@@ -47,6 +57,17 @@ BUILTIN = {
     "text/jinja2": "cloud-init jinja template",
     "text/cloud-config-archive": "cloud-init archive (expanded)",
 }
+# The bounds (see the module's doc). cloud-init itself has none; vfarm's builds stay far below
+# them (EC2 takes 16 KiB, `vfarm launch local` 1 MiB by default).
+MAX_USERDATA = 1024 * 1024
+MAX_UNPACKED = 1024 * 1024
+MAX_CONTAINERS = 4
+MAX_PARTS = 100
+MAX_WARNINGS = 100
+MAX_HANDLER_SOURCE = 256 * 1024  # a bundled vfarm handler is some 60 KiB
+MAX_CONFIG_DEPTH = 50  # as the config loader
+# A header that opens a nested message (multipart or message/rfc822), folded or not.
+CONTAINER = re.compile(rb"^content-type:[ \t]*(?:\r?\n[ \t]+)*(?:multipart|message)/", re.I | re.M)
 HANDLER_URL = re.compile(r"/([a-z][a-z0-9_]*)_handler\.py$")
 CONFIG_TYPE = re.compile(r"^text/([a-z][a-z0-9_]*)-config$")
 
@@ -89,25 +110,48 @@ def _decoded(part: email.message.Message) -> bytes:
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
+class _Budget:
+    """What is left of MAX_UNPACKED for gunzipping."""
+
+    def __init__(self) -> None:
+        self.left = MAX_UNPACKED
+
+    def gunzip(self, data: bytes, what: str) -> bytes:
+        """DATA unpacked (every gzip member, as cloud-init reads it), reading no more than what is
+        left plus one byte: a gzip bomb costs nothing. OSError, EOFError or zlib.error when broken."""
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            out = handle.read(self.left + 1)
+        if len(out) > self.left:
+            raise InspectError(
+                f"{what} unpacks to more than {size_text(MAX_UNPACKED)} of user-data in all: refused "
+                f"(vfarm inspect's limit; a gzip bomb? {len(data)} bytes packed)"
+            )
+        self.left -= len(out)
+        return out
+
+
 def handler_types(payload: bytes) -> Optional[list[str]]:
     """The types a part-handler payload takes: from vfarm's `# vfarm-types:` line, else from a
-    `list_types()` that returns a literal list; None when that cannot be told without running it."""
+    `list_types()` that returns a literal list; None when that cannot be told without running it
+    (or the source is larger than MAX_HANDLER_SOURCE or too deeply nested to analyse)."""
     text = payload.decode("utf-8", "replace")
     for line in text.splitlines()[:5]:
         if line.startswith("# vfarm-types:"):
             return line.split(":", 1)[1].split()
         if line.startswith("# vfarm-library:"):
             return []
+    if len(payload) > MAX_HANDLER_SOURCE or "list_types" not in text:
+        return None
     try:
         tree = ast.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # MemoryError: the parser's own stack limit
         return None
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == "list_types":
             for ret in (n for n in ast.walk(node) if isinstance(n, ast.Return)):
                 try:
                     value = ast.literal_eval(ret.value) if ret.value is not None else None
-                except ValueError:
+                except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
                     return None
                 if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                     return list(value)
@@ -123,15 +167,79 @@ def hide_secrets(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
 
 
+def _tree_problem(root: yaml.Node) -> Optional[str]:
+    """Why ROOT, with every alias expanded, is beyond the config loader's bounds (more than
+    MAX_CONFIG_NODES nodes, deeper than MAX_CONFIG_DEPTH, an alias inside itself); None when it
+    is not. Linear: sizes are memoised per node, so an alias bomb is measured, never expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    found: list[str] = []
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in open_nodes:
+            found.append("an alias refers to the collection that contains it")
+        elif depth > MAX_CONFIG_DEPTH:
+            found.append(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if found:
+            return MAX_CONFIG_NODES + 1
+        if key not in sizes:
+            open_nodes.add(key)
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            total = 1
+            for child in children:
+                total += size(child, depth + 1)
+                if total > MAX_CONFIG_NODES:
+                    break
+            open_nodes.discard(key)
+            sizes[key] = total
+        return sizes[key]
+
+    if size(root, 0) <= MAX_CONFIG_NODES:
+        return None
+    return found[0] if found else f"more than {MAX_CONFIG_NODES} values once aliases are expanded (an alias bomb?)"
+
+
+class _NotShown(Exception):
+    """A config part inspect will not build (too large, too deep, an alias bomb): why."""
+
+
 def config_content(ctype: str, payload: bytes) -> Optional[str]:
-    """A vfarm config part (`text/NAME-config` holding `NAME: ...`) as one line, secrets hidden."""
+    """A vfarm config part (`text/NAME-config` holding `NAME: ...`) as one line, secrets hidden;
+    None when it is not one, or is beyond the config loader's bounds."""
+    try:
+        return _config_content(ctype, payload)
+    except _NotShown:
+        return None
+
+
+def _config_content(ctype: str, payload: bytes) -> Optional[str]:
     m = CONFIG_TYPE.match(ctype)
     if not m:
         return None
+    if len(payload) > MAX_CONFIG_BYTES:
+        raise _NotShown(f"larger than {size_text(MAX_CONFIG_BYTES)}")
     try:
-        doc = yaml.safe_load(payload.decode("utf-8"))
+        loader = yaml.SafeLoader(payload.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError):
         return None
+    try:
+        node = loader.get_single_node()
+        # Composing keeps an alias one node; building it would expand an alias bomb.
+        problem = _tree_problem(node) if node is not None else None
+        if problem:
+            raise _NotShown(problem)
+        doc = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise _NotShown(f"nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
     if not isinstance(doc, dict) or list(doc) != [m.group(1)]:
         return None
     text = yaml.safe_dump(hide_secrets(doc), default_flow_style=True, sort_keys=False, width=1 << 20).strip()
@@ -142,22 +250,46 @@ def _pins(payload: bytes) -> list[str]:
     return [line.split()[3] for line in payload.decode("utf-8", "replace").splitlines()[:50] if line.startswith("# vfarm-pin:") and len(line.split()) >= 4]
 
 
+def _leaves(message: email.message.Message) -> list[email.message.Message]:
+    """The non-multipart parts in walk() order, refusing more than MAX_PARTS of them."""
+    leaves = []
+    for part in message.walk():
+        if part.get_content_maintype() != "multipart":
+            leaves.append(part)
+            if len(leaves) > MAX_PARTS:
+                raise InspectError(f"more than {MAX_PARTS} parts: refused (vfarm inspect's limit; a built user-data has a handful)")
+    return leaves
+
+
 def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
+    """The report on user-data RAW (LIMIT: the size to warn above). InspectError (one line) for
+    what cloud-init cannot read and for what exceeds the module's bounds."""
     warnings: list[str] = []
+    budget = _Budget()
     data, compressed = raw, False
     if raw[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(raw)
+            data = budget.gunzip(raw, "gzip data that")
         except (OSError, EOFError, zlib.error) as err:
             raise InspectError(f"gzip data that does not decompress: {err}") from None
         compressed = True
     is_mime = b"mime-version:" in data[:4096].lower()
     if is_mime:
+        # The parser checks every line against every open multipart's boundary, and nests a
+        # generator per section: count the sections before parsing.
+        containers = sum(1 for _ in itertools.islice(CONTAINER.finditer(data), MAX_CONTAINERS + 1))
+        if containers > MAX_CONTAINERS:
+            raise InspectError(
+                f"more than {MAX_CONTAINERS} multipart (or message/) sections: refused (vfarm inspect's limit on MIME nesting; "
+                "a built user-data has one)"
+            )
         try:
             message = email.message_from_string(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise InspectError("a MIME message that is not UTF-8 text") from None
-        leaves = [p for p in message.walk() if p.get_content_maintype() != "multipart"]
+        except RecursionError:
+            raise InspectError("MIME parts nested too deeply") from None
+        leaves = _leaves(message)
         if b"mime-version:" in data.lower() and not leaves:
             raise InspectError("a MIME message without any part")
         found = [(p.get_content_type(), p.get_filename() or "", _decoded(p)) for p in leaves]
@@ -173,7 +305,7 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
         was_compressed = False
         if ctype in DECOMP_TYPES:
             try:
-                payload = gzip.decompress(payload)
+                payload = budget.gunzip(payload, f"part {number} ({filename or ctype}): gzip data that")
             except (OSError, EOFError, zlib.error):
                 warnings.append(f"part {number} ({filename or ctype}) is typed {ctype} but does not decompress: cloud-init aborts the user-data")
                 parts.append(PartInfo(number, ctype, filename, len(payload), "none (broken gzip)"))
@@ -183,7 +315,10 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
         if ctype in TYPE_NEEDED:
             ctype = type_from_payload(payload) or ctype
         info = PartInfo(number, ctype, filename or f"part-{number:03d}", len(payload), "")
-        info.content = config_content(ctype, payload)
+        try:
+            info.content = _config_content(ctype, payload)
+        except _NotShown as why:
+            warnings.append(f"part {number} ({info.filename}) is a config part vfarm's loader refuses: {why}")
         if was_compressed:
             info.handler = "compressed"
             if ctype == "text/plain":
@@ -256,4 +391,6 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
             warnings.append(f"part {index} ({name}): nobody handles {ctype}: cloud-init drops it")
     if len(raw) > limit:
         warnings.append(f"{len(raw)} bytes: {len(raw) - limit} over the limit of {limit} bytes")
+    if len(warnings) > MAX_WARNINGS:
+        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
     return Report(len(raw), compressed, len(data), limit, is_mime, parts, warnings)

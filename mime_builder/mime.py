@@ -10,6 +10,7 @@ The output depends only on the input: the boundary is a hash of the content, gzi
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import importlib.util
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..cc_modules import condor_spec
+from ..cc_modules.files import read_bounded
 from . import bundle
 from .config import Config
 
@@ -118,11 +120,11 @@ def attachment(arg: str) -> Attachment:
     if not Path(arg).exists() and ":" in arg:
         path, _, ctype = arg.rpartition(":")
     try:
-        payload = Path(path).read_bytes()
+        payload = read_bounded(path, MAX_ATTACHMENT)  # size checked before reading; FIFOs and devices bounded
     except OSError as err:
+        if err.errno == errno.EFBIG:
+            raise BuildError(f"--attach {arg}: {path} is larger than {MAX_ATTACHMENT // 1024} KiB: not user-data") from None
         raise BuildError(f"--attach {arg}: cannot read {path}: {err.strerror or err}") from None
-    if len(payload) > MAX_ATTACHMENT:
-        raise BuildError(f"--attach {arg}: {path} is larger than {MAX_ATTACHMENT // 1024} KiB: not user-data")
     if not ctype:
         guessed = type_from_payload(payload)
         if guessed is None:

@@ -12,6 +12,23 @@ import sys
 from typing import Any
 
 from ..cc_modules import check
+from ..cc_modules.files import read_bounded
+from ..cc_modules.jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
+
+# A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
+MAX_SUMMARY = 1024 * 1024
+MAX_VALUES = 100_000
+MAX_ROWS = 1000  # items of any list the table shows
+# The shape the table is drawn from: key -> (JSON type of the value, of each item if a list).
+SHAPE: dict[str, tuple[type, type]] = {
+    "handlers": (list, dict),
+    "unhandled_parts": (list, dict),
+    "problems": (list, object),
+    "warnings": (list, object),
+    "decision": (dict, object),
+    "cloud_init": (dict, object),
+}
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
 
 
 def _problem(message: str) -> int:
@@ -19,18 +36,56 @@ def _problem(message: str) -> int:
     return 1
 
 
+def _expect(value: Any, wanted: type, path: JsonPath) -> None:
+    if not isinstance(value, wanted):
+        raise ValueError(f"{json_path(path)}: expected {JSON_NAMES.get(wanted, wanted.__name__)}, got {JSON_NAMES.get(type(value), type(value).__name__)}")
+    if isinstance(value, list) and len(value) > MAX_ROWS:
+        raise ValueError(f"{json_path(path)}: more than {MAX_ROWS} items: not an instance's summary")
+
+
+def check_shape(doc: Any) -> None:
+    """ValueError (JSON path: what is wrong) unless DOC has the shape `check.render` reads."""
+    if not isinstance(doc, dict) or "result" not in doc:
+        raise ValueError("not a vfarm summary.json (no 'result' and 'handlers')")
+    for key, (kind, item_kind) in SHAPE.items():
+        value = doc.get(key)
+        if not value:  # absent, null or empty: the table says "none"
+            continue
+        _expect(value, kind, (key,))
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                _expect(item, item_kind, (key, index))
+    stages = (doc.get("cloud_init") or {}).get("stages")
+    if stages:
+        _expect(stages, list, ("cloud_init", "stages"))
+        for index, stage in enumerate(stages):
+            _expect(stage, dict, ("cloud_init", "stages", index))
+            errors = stage.get("errors")
+            if errors:
+                _expect(errors, list, ("cloud_init", "stages", index, "errors"))
+                for number, error in enumerate(errors):
+                    _expect(error, str, ("cloud_init", "stages", index, "errors", number))
+
+
 def load(path: str) -> dict[str, Any]:
-    """The summary in PATH; ValueError with one clear line when it is not one."""
+    """The summary in PATH; ValueError with one clear line (file, and the place in it) when it is
+    not one. At most MAX_SUMMARY bytes and MAX_VALUES values, nesting and numbers bounded
+    (files.loads_bounded), lists the table shows at most MAX_ROWS long."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
+        text = read_bounded(path, MAX_SUMMARY).decode("utf-8")
     except OSError as err:
         raise ValueError(f"{path}: cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        doc = loads_bounded(text, max_values=MAX_VALUES)
+        check_shape(doc)
+    except JsonInputError as err:
+        raise ValueError(f"{path}: {err}") from None
     except ValueError as err:
-        raise ValueError(f"{path}: not JSON: {err}") from err
-    if not isinstance(doc, dict) or "result" not in doc or not isinstance(doc.get("handlers", []), list):
-        raise ValueError(f"{path}: not a vfarm summary.json (no 'result' and 'handlers')")
-    return doc
+        raise ValueError(f"{path}: {err}") from None
+    result: dict[str, Any] = doc
+    return result
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

@@ -19,6 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cc_modules import condor_spec
+from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
+from ..cc_modules.jsonbounds import JsonInputError, loads_bounded
 from ..cc_modules.runner import Runner
 from ..mime_builder import table
 from . import apply, discover, loop
@@ -26,6 +29,9 @@ from . import plan as planner
 from . import spec as scale_spec
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
+# A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
+MAX_SNAPSHOT = 16 * 1024 * 1024
+MAX_SNAPSHOT_VALUES = 1_000_000
 
 
 def _fail(message: str) -> int:
@@ -48,21 +54,20 @@ def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
 
 
 def read_snapshot(path: str) -> dict[str, Any]:
-    """A snapshot file ('-' for stdin), checked; SnapshotError with a one-line reason otherwise."""
+    """A snapshot file ('-' for stdin), checked; SnapshotError with a one-line reason otherwise.
+    At most MAX_SNAPSHOT bytes and MAX_SNAPSHOT_VALUES values; a pipe or FIFO must deliver them
+    within VFARM_IO_TIMEOUT."""
     try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+        raw = read_stdin_bounded(MAX_SNAPSHOT) if path == "-" else read_bounded(path, MAX_SNAPSHOT)
+        text = raw.decode("utf-8")
     except OSError as err:
         raise planner.SnapshotError(f"{path}: cannot read: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise planner.SnapshotError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as err:
+        raise planner.SnapshotError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise planner.SnapshotError(f"{path}: not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        data = loads_bounded(text, max_values=MAX_SNAPSHOT_VALUES)
+    except JsonInputError as err:
+        raise planner.SnapshotError(f"{path}: {err}") from None
     try:
         return planner.check_snapshot(data)
     except planner.SnapshotError as err:
@@ -108,7 +113,7 @@ def _token_dir(spec: scale_spec.ScaleSpec, farm: str, stack: contextlib.ExitStac
     directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="vfarm-token-"))
     target = Path(directory) / "scaler"
     try:
-        target.write_bytes(path.read_bytes())
+        target.write_bytes(read_bounded(path, condor_spec.TOKEN_FILE_MAX))
     except OSError as err:
         raise discover.DiscoverError(f"pool.token-file {path}: cannot read: {err.strerror or err}") from None
     target.chmod(0o600)
@@ -246,7 +251,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
                 return _run_loop(scaler, metrics, args.metrics_port)
             snapshot = scaler.discover()
             if args.save_snapshot:
-                Path(args.save_snapshot).write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+                atomic_write(args.save_snapshot, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
             result = planner.plan(snapshot, spec)
             if not dry_run:
                 for warning in result["warnings"]:

@@ -35,15 +35,38 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be planned from; the message is one line for the user."""
 
 
+# The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
+NUMBER_FIELDS = {
+    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),
+    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime"),
+    "instances": ("LaunchTime",),
+    "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
+}
+NUMBER_LIMIT = 2**63
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = ad.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
+            raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
+
+
 def check_snapshot(data: Any) -> dict[str, Any]:
-    """DATA as a snapshot, or SnapshotError saying (in one line) what is wrong with it."""
+    """DATA as a snapshot, or SnapshotError saying (in one line, with the place) what is wrong
+    with it: the shape plan() relies on, and the numbers it reads within 64 bits."""
     if not isinstance(data, dict):
         raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise SnapshotError(f"the snapshot lacks {', '.join(repr(m) for m in missing)}")
-    if not _is_number(data["now"]):
-        raise SnapshotError(f"'now' must be epoch seconds (a number), got {data['now']!r}")
+    if not _is_number(data["now"]) or abs(data["now"]) > NUMBER_LIMIT:
+        raise SnapshotError(f"'now' must be epoch seconds (a number), got {_shown(data['now'])}")
     for key in ("jobs", "slots", "instances"):
         items = data[key]
         if not isinstance(items, list):
@@ -51,12 +74,20 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise SnapshotError(f"'{key}[{i}]' must be an object, got {type(item).__name__}")
+            _check_numbers(item, f"{key}[{i}]", NUMBER_FIELDS[key])
     for i, instance in enumerate(data["instances"]):
         if not isinstance(instance.get("InstanceId"), str):
             raise SnapshotError(f"'instances[{i}]' has no InstanceId")
+        tags = instance.get("Tags")
+        if tags is not None and not isinstance(tags, list):
+            raise SnapshotError(f"'instances[{i}].Tags' must be a list of {{Key, Value}}, got {type(tags).__name__}")
     collector = data.get("collector")
     if collector is not None and not isinstance(collector, (dict, list)):
         raise SnapshotError(f"'collector' must be an ad or a list of ads, got {type(collector).__name__}")
+    ads = collector if isinstance(collector, list) else [collector] if collector is not None else []
+    for i, ad in enumerate(ads):
+        if isinstance(ad, dict):
+            _check_numbers(ad, f"collector[{i}]" if isinstance(collector, list) else "collector", NUMBER_FIELDS["collector"])
     return data
 
 
