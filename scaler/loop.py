@@ -110,7 +110,13 @@ class Scaler:
             if self.metrics:
                 self.metrics.cycles.labels(self.spec.name, "skipped").inc()
             return None
-        result = planner.plan(snapshot, self.spec)
+        try:
+            result = planner.plan(snapshot, self.spec)
+        except planner.SnapshotError as err:  # live ads outside what the planner can read: decide nothing
+            self.log.warning("cycle skipped, nothing changed: what the pool or cloud answered cannot be planned from: %s", err)
+            if self.metrics:
+                self.metrics.cycles.labels(self.spec.name, "skipped").inc()
+            return None
         for warning in result["warnings"]:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",
