@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from typing import Any
 
 # Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys).
 _SECRET_WORD = r"(?:passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth[_-]?key)"
@@ -235,3 +236,32 @@ def _url_spans(text: str) -> list[tuple[int, int]]:
         if span is not None:
             spans.append(span)
     return spans
+
+
+def redact_strings(value: Any) -> Any:
+    """A copy of VALUE (JSON-like data: dicts, lists, scalars) with every string redacted; keys
+    are kept. Iterative, so that no depth the JSON parser accepts can exhaust the stack."""
+    root = _redacted_leaf(value)
+    stack = [(value, root)] if isinstance(value, (dict, list)) else []
+    while stack:
+        source, copy = stack.pop()
+        for key, item in source.items() if isinstance(source, dict) else enumerate(source):
+            new = _redacted_leaf(item)
+            if isinstance(copy, dict):
+                copy[key] = new
+            else:
+                copy.append(new)
+            if isinstance(item, (dict, list)):
+                stack.append((item, new))
+    return root
+
+
+def _redacted_leaf(value: Any) -> Any:
+    """A string redacted, an empty container of the same kind, anything else as it is."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {}
+    if isinstance(value, list):
+        return []
+    return value

@@ -12,10 +12,12 @@ import sys
 from typing import Any
 
 from ..cc_modules import check
+from ..cc_modules.display import shown
+from ..cc_modules.redaction import redact_strings
 
 
 def _problem(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown(message)}", file=sys.stderr)
     return 1
 
 
@@ -37,7 +39,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         doc = load(args.file)
         if args.json:
-            print(json.dumps(doc, indent=2, sort_keys=True))
+            print(json.dumps(redact_strings(doc), indent=2, sort_keys=True))  # ASCII: control characters as \uXXXX
         else:
             print(check.render(doc), end="")
     except (ValueError, TypeError, KeyError, AttributeError) as err:
