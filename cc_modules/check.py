@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Union
 
 from .display import shown
 from .files import atomic_write
-from .redaction import redact
+from .redaction import redact, redact_strings
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
     from .. import __version__ as VFARM_VERSION
@@ -362,8 +362,9 @@ def _cloud_init(facts: dict[str, Any], waited_out: bool) -> tuple[dict[str, Any]
     seen_errors: set[str] = set()
     for name in names:
         stage = v1[name]
-        errors = [str(e) for e in stage.get("errors") or []]
-        recoverable = stage.get("recoverable_errors") or {}
+        # cloud-init's messages quote what it failed on (an include URL, credentials and all)
+        errors = [redact(str(e)) for e in stage.get("errors") or []]
+        recoverable = redact_strings(stage.get("recoverable_errors") or {})
         stages.append(
             {
                 "stage": name,
@@ -390,7 +391,7 @@ def _cloud_init(facts: dict[str, Any], waited_out: bool) -> tuple[dict[str, Any]
     v1_result = result.get("v1") if isinstance(result, dict) else None
     result_errors: list[str] = []
     if isinstance(v1_result, dict):
-        result_errors = [str(e) for e in v1_result.get("errors") or []]
+        result_errors = [redact(str(e)) for e in v1_result.get("errors") or []]
         for error in result_errors:
             if error not in seen_errors:
                 problems.append(f"cloud-init: {_one_line(error)}")

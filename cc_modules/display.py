@@ -9,6 +9,7 @@ user-derived text goes through one of them.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from .redaction import redact
@@ -33,3 +34,11 @@ def shown(value: object) -> str:
     """VALUE as vfarm prints user-derived text: control characters escaped (first, so that a
     newline inside a password cannot cut its URL short), then secrets hidden."""
     return redact(escape_controls(str(value)))
+
+
+class ShownFormatter(logging.Formatter):
+    """A log formatter for logs a terminal shows: each record (traceback included) becomes one
+    line through `shown`, so that no record forges another or leaks a secret."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record))

@@ -327,7 +327,10 @@ class Ec2Cloud:
             raise Ec2Error(self._scrub(f"invalid request ({what}): {err}")) from None
         except bx.BotoCoreError as err:
             raise Ec2Error(self._scrub(f"EC2 {what} failed: {err}")) from None
-        except ValueError as err:  # botocore: "Invalid endpoint: ..."
+        except ValueError as err:  # botocore: "Invalid endpoint: ...", urllib: "Port could not be cast ... as 'PASS'"
+            endpoint = self.params.endpoint_url or ""
+            if redact(endpoint) != endpoint:  # credentials in it: the error may quote a piece of them
+                raise Ec2Error(f"EC2 {what}: the endpoint URL {redact(endpoint)} does not parse ({type(err).__name__})") from None
             raise Ec2Error(self._scrub(f"EC2 {what}: {err}")) from None
 
     def _explain(self, what: str, err: Any, kwargs: Mapping[str, Any]) -> str:
