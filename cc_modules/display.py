@@ -3,8 +3,10 @@
 A file name in a MIME part, a reason in a summary or a value quoted in an error may hold control
 characters: ESC sequences move the cursor, retitle the terminal or hide what came before; a
 newline forges a line; bidi controls reorder what is shown. `escape_controls` shows each one as an
-escape (`\\x1b`, `\\n`, `\\u202e`) instead, and `shown` also hides secrets: every print site of
-user-derived text goes through one of them.
+escape (`\\x1b`, `\\n`, `\\u202e`) instead. Every print site of user-derived text goes through
+`shown` (user data: file names, reasons, values: every secret hidden) or `shown_message` (vfarm's own
+messages quoting user data: credentials in URLs and IDTOKENs hidden, but not the words after a
+key named like a secret, which a message names without holding its value: `condor.token: expected`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 
-from .redaction import redact
+from .redaction import hide_credentials, redact
 
 # C0 (newline and tab too: one value stays one line), DEL, C1, the line and paragraph separators,
 # the bidi controls (marks, embeddings, overrides, isolates) and lone surrogates (bytes that were
@@ -36,9 +38,15 @@ def shown(value: object) -> str:
     return redact(escape_controls(str(value)))
 
 
+def shown_message(value: object) -> str:
+    """A message of vfarm's own as it prints it: control characters escaped, then credentials
+    in URLs and IDTOKENs hidden."""
+    return hide_credentials(escape_controls(str(value)))
+
+
 class ShownFormatter(logging.Formatter):
     """A log formatter for logs a terminal shows: each record (traceback included) becomes one
-    line through `shown`, so that no record forges another or leaks a secret."""
+    line through `shown_message`, so that no record forges another or leaks a credential."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return shown(super().format(record))
+        return shown_message(super().format(record))

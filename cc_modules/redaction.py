@@ -46,16 +46,24 @@ HIDDEN = "***"
 
 
 def redact(text: str) -> str:
-    """Hide secrets in TEXT: the password of `scheme://user:password@host` URLs (the whole
-    userinfo when it has no `:`), IDTOKENs, and the values of secret-named settings
-    (`TOKEN=...`, `"password": ...`) and options (`--token X`). A URL ends at whitespace."""
+    """Hide secrets in TEXT: credentials (see `hide_credentials`), and the values of secret-named
+    settings (`TOKEN=...`, `"password": ...`) and options (`--token X`)."""
+    text = hide_credentials(text)
+    folded = _folded(text)
+    if any(word in folded for word in _TRIGGERS):
+        text = _hide(text, _value_spans(text, folded))
+    return text
+
+
+def hide_credentials(text: str) -> str:
+    """Hide the secrets that show by their shape alone, never mistaken for prose: the password of
+    `scheme://user:password@host` URLs (the whole userinfo when it has no `:`; a URL ends at
+    whitespace) and IDTOKENs. For messages that name a secret-named key (`condor.token: expected
+    ...`) without holding its value, where `redact` would hide the words after the key."""
     if "://" in text:
         text = _hide(text, _url_spans(text))
     if "eyJ" in text:
         text = _hide(text, _jwt_spans(text))
-    folded = _folded(text)
-    if any(word in folded for word in _TRIGGERS):
-        text = _hide(text, _value_spans(text, folded))
     return text
 
 

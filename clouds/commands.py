@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cc_modules.display import escape_controls, shown
+from ..cc_modules.display import escape_controls, shown_message
 from ..cc_modules.files import atomic_write
 from ..cc_modules.redaction import redact_strings
 from ..mime_builder import table
@@ -22,7 +22,7 @@ EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {shown(message)}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -62,7 +62,7 @@ def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
         _fail(f"{args.file}: {err}")
         return None
     for warning in built.warnings:
-        print(f"vfarm launch: warning: {shown(warning)}", file=sys.stderr)
+        print(f"vfarm launch: warning: {shown_message(warning)}", file=sys.stderr)
     return built.data
 
 
@@ -74,7 +74,7 @@ def _progress(started: float) -> Any:
         running = sum(1 for i in current if i.get("State", {}).get("Name") == "running")
         line = f"waiting: {running}/{len(current)} running ({', '.join(states)})"
         if line != (last[0] if last else None):
-            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown(line)}", file=sys.stderr, flush=True)
+            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
             last[:] = [line]
 
     return report
@@ -99,7 +99,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
             return _fail(f"cannot write {out}: {err.strerror}")
-        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown(out)}; dry run, nothing launched", file=sys.stderr)
+        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
         for line in ec2.cli_equivalents(request, str(out), userdata, params):
             print(escape_controls(line))
@@ -120,7 +120,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             max_userdata=args.max_size,
         )
         ids = [i["InstanceId"] for i in instances]
-        print(f"vfarm: launched {len(ids)} instance(s) at {shown(cloud.endpoint)}: {shown(' '.join(ids))}", file=sys.stderr)
+        print(f"vfarm: launched {len(ids)} instance(s) at {shown_message(cloud.endpoint)}: {shown_message(' '.join(ids))}", file=sys.stderr)
         if args.wait:
             instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
     except ec2.Ec2Error as err:

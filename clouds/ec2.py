@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from .. import __version__
-from ..cc_modules.redaction import redact
+from ..cc_modules.redaction import hide_credentials
 
 USERDATA_LIMIT = 16384  # EC2 takes at most 16 KiB of raw (not base64) user-data
 MANAGED_TAG = "vfarm:managed"
@@ -183,7 +183,7 @@ def cli_equivalents(request: Mapping[str, Any], userdata_file: str, userdata: by
         euca += ["--client-token", request["ClientToken"]]
     euca += ["--instance-initiated-shutdown-behavior", "terminate", "-f", userdata_file]
     # The endpoint URL may carry credentials (http://KEY:SECRET@host): shown hidden, as everywhere.
-    endpoint = redact(params.endpoint_url) if params.endpoint_url else None
+    endpoint = hide_credentials(params.endpoint_url) if params.endpoint_url else None
     if endpoint:
         euca += ["-U", endpoint]
     # euca-run-instances cannot tag at launch: euca-create-tags does it afterwards
@@ -301,7 +301,7 @@ class Ec2Cloud:
         endpoint URL, userinfo and all), on one line."""
         for secret in self._secrets():
             text = text.replace(secret, "***")
-        return redact(" ".join(text.split()))
+        return hide_credentials(" ".join(text.split()))
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call FN, turning boto3's exceptions into one-line `Ec2Error`s."""
@@ -329,8 +329,8 @@ class Ec2Cloud:
             raise Ec2Error(self._scrub(f"EC2 {what} failed: {err}")) from None
         except ValueError as err:  # botocore: "Invalid endpoint: ...", urllib: "Port could not be cast ... as 'PASS'"
             endpoint = self.params.endpoint_url or ""
-            if redact(endpoint) != endpoint:  # credentials in it: the error may quote a piece of them
-                raise Ec2Error(f"EC2 {what}: the endpoint URL {redact(endpoint)} does not parse ({type(err).__name__})") from None
+            if hide_credentials(endpoint) != endpoint:  # credentials in it: the error may quote a piece of them
+                raise Ec2Error(f"EC2 {what}: the endpoint URL {hide_credentials(endpoint)} does not parse ({type(err).__name__})") from None
             raise Ec2Error(self._scrub(f"EC2 {what}: {err}")) from None
 
     def _explain(self, what: str, err: Any, kwargs: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cc_modules.display import shown
+from ..cc_modules.display import shown, shown_message
 from ..cc_modules.files import atomic_write
 from ..cc_modules.redaction import redact_strings
 from . import bundle, mime
@@ -20,7 +20,7 @@ SUMS = "SHA256SUMS"
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {shown(message)}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -47,7 +47,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     except mime.BuildError as err:
         return _fail(f"{args.file}: {err}")
     for warning in built.warnings:
-        print(f"vfarm build: warning: {shown(warning)}", file=sys.stderr)
+        print(f"vfarm build: warning: {shown_message(warning)}", file=sys.stderr)
     if args.output and args.output != "-":
         out = Path(args.output)
         try:
@@ -57,7 +57,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(built.data)
         sys.stdout.flush()
-    print(shown(_size_report(args.output or "stdout", built, args.max_size)), file=sys.stderr)
+    print(shown_message(_size_report(args.output or "stdout", built, args.max_size)), file=sys.stderr)
     return EXIT_OK
 
 
@@ -76,14 +76,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     how = f"gzip, {report.plain_size} bytes unpacked" if report.compressed else "not compressed"
     kind = "MIME multipart" if report.mime else "a single part (no MIME)"
-    print(f"{shown(args.file)}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
+    print(f"{shown_message(args.file)}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
     rows = [(p.index, p.type, p.filename, p.size, p.handler) for p in report.parts]
     print(render(("#", "TYPE", "FILENAME", "SIZE", "HANDLED BY"), rows, right=("#", "SIZE")), end="")
     for part in report.parts:
         if part.content is not None:
             print(f"part {part.index} ({shown(part.filename)}), secrets hidden: {shown(part.content)}")
     for warning in report.warnings:
-        print(f"warning: {shown(warning)}")
+        print(f"warning: {shown_message(warning)}")
     return EXIT_OK
 
 

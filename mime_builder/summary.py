@@ -12,12 +12,12 @@ import sys
 from typing import Any
 
 from ..cc_modules import check
-from ..cc_modules.display import shown
+from ..cc_modules.display import shown_message
 from ..cc_modules.redaction import redact_strings
 
 
 def _problem(message: str) -> int:
-    print(f"vfarm: {shown(message)}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return 1
 
 

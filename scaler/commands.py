@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cc_modules.display import ShownFormatter, shown
+from ..cc_modules.display import ShownFormatter, shown_message
 from ..cc_modules.runner import Runner
 from ..mime_builder import table
 from . import apply, discover, loop
@@ -30,7 +30,7 @@ EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {shown(message)}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -145,7 +145,7 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
         except (mime.BuildError, configuration.ConfigError) as err:
             raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
         for warning in built.warnings:
-            print(f"vfarm scale: warning: {shown(warning)}", file=sys.stderr)
+            print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)
         userdata = built.data
     if kind == "ec2":
         try:
@@ -266,7 +266,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def _print_plan(result: dict[str, Any], spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True) -> int:
     if warn:
         for warning in result["warnings"]:
-            print(f"vfarm: warning: {shown(warning)}", file=sys.stderr)
+            print(f"vfarm: warning: {shown_message(warning)}", file=sys.stderr)
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfarm.cc_modules.display import escape_controls, shown
-from vfarm.cc_modules.redaction import is_secret_name, redact
+from vfarm.cc_modules.display import escape_controls, shown, shown_message
+from vfarm.cc_modules.redaction import hide_credentials, is_secret_name, redact, redact_strings
 
 SIZE = 256 * 1024
 # Generous: linear code takes milliseconds to a few hundred on a loaded 2-core machine; the
@@ -54,6 +54,26 @@ BOUND = 2.0
 )
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_messages_keep_their_words_and_lose_credentials() -> None:
+    """A message names a secret-named key without its value: only shapes are hidden in it."""
+    message = "x-token.yaml:4:10: condor.token: expected an IDTOKEN, got eyJhbGc.eyJzdWI.c2lnbmF0 via http://u:p/w@h:3128\x1b[2J"
+    expected = "x-token.yaml:4:10: condor.token: expected an IDTOKEN, got *** via http://u:***@h:3128\\x1b[2J"
+    assert shown_message(message) == expected
+    assert hide_credentials("password=abc http://u:pw@h") == "password=abc http://u:***@h"
+    assert redact("password=abc http://u:pw@h") == "password=*** http://u:***@h"
+
+
+def test_redact_strings_copies_any_depth() -> None:
+    deep: list[object] = ["http://u:pw@h"]
+    for _ in range(5000):  # deeper than the recursion limit
+        deep = [deep, {"k": "token=abc"}]
+    copy = redact_strings(deep)
+    for _ in range(5000):
+        assert copy[1] == {"k": "token=***"}
+        copy = copy[0]
+    assert copy == ["http://u:***@h"]
 
 
 def test_secret_names() -> None:
