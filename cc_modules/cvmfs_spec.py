@@ -77,6 +77,8 @@ def _proxy_problem(proxy: str) -> Optional[str]:
         parts = urlsplit(proxy)
         port = parts.port
     except ValueError as err:
+        if redact(proxy) != proxy:  # urllib quotes the piece it failed on: a piece of the password
+            return f"proxy {redact(proxy)!r} does not parse (characters such as / # ? @ in a password must be percent-encoded)"
         return f"proxy {redact(proxy)!r} does not parse: {err}"
     if parts.scheme != "http" or not parts.hostname:
         return f"proxy {redact(proxy)!r} is not a URL like http://squid.example.org:3128 (or DIRECT)"

@@ -134,6 +134,17 @@ def test_build_messages_hide_credentials(tmp_path: Path, capsys: pytest.CaptureF
     assert_clean(out + err, password)
 
 
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_validate_messages_hide_proxy_passwords(tmp_path: Path, capsys: pytest.CaptureFixture[str], password: str) -> None:
+    """urllib's error for a proxy it cannot parse quotes a piece of the password."""
+    farm = tmp_path / "farm.yaml"
+    proxy = f"http://u:{password}@squid.example.org:3128|http://:{password}@squid2.example.org:3128;DIRECT"
+    farm.write_text(f'#multiple-config\ncvmfs:\n  local:\n    repositories: alice.cern.ch\n    http-proxy: "{proxy}"\n')
+    code, out, err = run(capsys, "validate", str(farm))
+    assert_clean(out + err, password)
+    assert code == 0 or "proxy 'http://u:***@squid.example.org:3128' does not parse" in err, err
+
+
 # --- the pin loader, as the user-data carries it -------------------------------------------------
 
 
