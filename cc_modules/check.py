@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from .display import shown
 from .files import atomic_write
+from .redaction import redact, redact_strings
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
     from .. import __version__ as VFARM_VERSION
@@ -253,7 +255,7 @@ def unhandled_parts(lines: Sequence[str]) -> list[dict[str, str]]:
     for line in lines:
         match = UNHANDLED.search(line)
         if match:
-            entry = {"content_type": match.group(2), "start": match.group(3).strip()}
+            entry = {"content_type": match.group(2), "start": redact(match.group(3).strip())}
             if entry not in found:
                 found.append(entry)
     return found
@@ -333,8 +335,9 @@ def wait_for_cloud_init(paths: Paths, timeout: float, poll: float = 1.0, sleep: 
 
 
 def _one_line(text: str) -> str:
-    """cloud-init's errors carry whole command outputs: one line each in the summary."""
-    return " ".join(text.replace("\\n", " ").split())
+    """cloud-init's errors carry whole command outputs (and the URLs it failed to fetch): one
+    line each in the summary, secrets hidden."""
+    return redact(" ".join(text.replace("\\n", " ").split()))
 
 
 def _seconds(start: Any, finished: Any) -> Optional[float]:
@@ -359,8 +362,9 @@ def _cloud_init(facts: dict[str, Any], waited_out: bool) -> tuple[dict[str, Any]
     seen_errors: set[str] = set()
     for name in names:
         stage = v1[name]
-        errors = [str(e) for e in stage.get("errors") or []]
-        recoverable = stage.get("recoverable_errors") or {}
+        # cloud-init's messages quote what it failed on (an include URL, credentials and all)
+        errors = [redact(str(e)) for e in stage.get("errors") or []]
+        recoverable = redact_strings(stage.get("recoverable_errors") or {})
         stages.append(
             {
                 "stage": name,
@@ -381,13 +385,13 @@ def _cloud_init(facts: dict[str, Any], waited_out: bool) -> tuple[dict[str, Any]
                 for message in recoverable[level] or []:
                     match = UNHANDLED.search(str(message))
                     if match:
-                        unhandled.append({"content_type": match.group(2), "start": match.group(3).strip()})
+                        unhandled.append({"content_type": match.group(2), "start": redact(match.group(3).strip())})
                     else:
                         warnings.append(f"cloud-init {name} {level}: {_one_line(str(message))}")
     v1_result = result.get("v1") if isinstance(result, dict) else None
     result_errors: list[str] = []
     if isinstance(v1_result, dict):
-        result_errors = [str(e) for e in v1_result.get("errors") or []]
+        result_errors = [redact(str(e)) for e in v1_result.get("errors") or []]
         for error in result_errors:
             if error not in seen_errors:
                 problems.append(f"cloud-init: {_one_line(error)}")
@@ -410,7 +414,7 @@ def _handler(name: str, record: Optional[dict[str, Any]], expected: bool, instan
         return entry
     status = record.get("status")
     entry["seconds"] = record.get("seconds")
-    reason = record.get("reason") or ""
+    reason = redact(str(record.get("reason") or ""))  # a record the pin loader or a foreign handler wrote
     if status == "ok":
         entry.update(status="ok", reason=reason, failed=False)
     elif status == "running":
@@ -521,6 +525,11 @@ def power_argv(action: str, delay: Union[str, int], message: str) -> Optional[li
 
 
 def console_line(summary: dict[str, Any], message: Optional[str] = None) -> str:
+    """The verdict in one line for the console and shutdown's wall message, terminal-safe."""
+    return shown(_verdict(summary, message))
+
+
+def _verdict(summary: dict[str, Any], message: Optional[str]) -> str:
     decision = summary["decision"]
     if decision["action"] == "none":
         head = f"vfarm check: {summary['result'].upper()}: {decision['reason']}"
@@ -541,15 +550,17 @@ def _secs(value: Any) -> str:
 
 
 def render(summary: dict[str, Any]) -> str:
-    """The human summary: one table of handlers, then cloud-init, then problems and the verdict."""
+    """The human summary: one table of handlers, then cloud-init, then problems and the verdict.
+    Every value in it may come from a hostile summary.json (`vfarm summary`): each is shown
+    terminal-safe with its secrets hidden (the tables do so for their cells)."""
     from ..mime_builder import table
 
     out: list[str] = []
     decision = summary.get("decision") or {}
-    result = str(summary.get("result", "?")).upper()
-    out.append(f"vfarm final check: {result}   instance {summary.get('instance_id') or '-'}   vfarm {summary.get('vfarm_version', '?')}")
+    result = shown(str(summary.get("result", "?")).upper())
+    out.append(f"vfarm final check: {result}   instance {shown(summary.get('instance_id') or '-')}   vfarm {shown(summary.get('vfarm_version', '?'))}")
     if summary.get("generated"):
-        out.append(f"written {summary['generated']}")
+        out.append(f"written {shown(summary['generated'])}")
     out.append("")
     rows = [
         (h.get("name"), h.get("status"), "yes" if h.get("expected") else "no", _secs(h.get("seconds")), h.get("reason") or "")
@@ -570,19 +581,20 @@ def render(summary: dict[str, Any]) -> str:
         )
         for s in cloud_init.get("stages") or []
     ]
-    out.append(f"cloud-init: {cloud_init.get('state', '?')}")
+    out.append(f"cloud-init: {shown(cloud_init.get('state', '?'))}")
     if stage_rows:
         out.append(table.render(("STAGE", "STATUS", "SECONDS", "ERRORS"), stage_rows, right=("SECONDS",)).rstrip("\n"))
     for part in summary.get("unhandled_parts") or []:
-        out.append(f"unhandled part: {part.get('content_type')} {part.get('start')}")
+        out.append(f"unhandled part: {shown(part.get('content_type'))} {shown(part.get('start'))}")
     for title, items in (("problems", summary.get("problems")), ("warnings", summary.get("warnings"))):
         if items:
             out.append("")
             out.append(f"{title}:")
-            out += [f"  - {item}" for item in items]
+            out += [f"  - {shown(item)}" for item in items]
     out.append("")
     action = decision.get("action", "none")
-    out.append(f"decision: {action}" + (f" (delay {decision.get('delay')})" if action != "none" else "") + f": {decision.get('reason', '')}")
+    delay = f" (delay {shown(decision.get('delay'))})" if action != "none" else ""
+    out.append(f"decision: {shown(action)}{delay}: {shown(decision.get('reason', ''))}")
     return "\n".join(out) + "\n"
 
 
@@ -591,6 +603,7 @@ def render(summary: dict[str, Any]) -> str:
 
 def tell(paths: Paths, line: str) -> None:
     """To the console (where an admin watching the boot sees it) and to the check's own log."""
+    line = shown(line)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         paths.log_dir.mkdir(parents=True, exist_ok=True)

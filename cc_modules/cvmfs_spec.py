@@ -116,21 +116,17 @@ def cache_base(section: dict[str, Any]) -> str:
     return DEFAULT_CACHE_BASE
 
 
-def _shown_proxy(proxy: str) -> str:
-    """PROXY for a message: whatever precedes its last `@` may be a password (even one holding
-    `/`, `#` or `@`), and a proxy URL has no `@` elsewhere."""
-    return redact(proxy.rsplit("@", 1)[0].split("://", 1)[0] + "://***@" + proxy.rsplit("@", 1)[1] if "@" in proxy else proxy)
-
-
 def _proxy_problem(proxy: str) -> Optional[str]:
     if proxy in ("DIRECT", "auto"):
         return None
-    shown = _shown_proxy(proxy)
+    shown = redact(proxy)
     try:
         parts = urlsplit(proxy)
         port = parts.port
-    except ValueError as err:  # urllib's reason quotes the port: a password when the user name is missing
-        return f"proxy {shown!r} does not parse" + (f": {err}" if "@" not in proxy else " as a URL")
+    except ValueError as err:
+        if shown != proxy:  # urllib quotes the piece it failed on: a piece of the password
+            return f"proxy {shown!r} does not parse (characters such as / # ? @ in a password must be percent-encoded)"
+        return f"proxy {shown!r} does not parse: {err}"
     if parts.scheme != "http" or not parts.hostname:
         return f"proxy {shown!r} is not a URL like http://squid.example.org:3128 (or DIRECT)"
     if port is None:

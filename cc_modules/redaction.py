@@ -1,31 +1,275 @@
 """The one redaction of the project: logs, status records, summaries and error messages pass
 through `redact`, so secrets (proxy passwords in URLs, pool tokens, cloud keys) never reach them
-in clear."""
+in clear.
+
+Every pass takes time linear in the text (a 256 KiB value in milliseconds, whatever it holds).
+No pattern here loops over characters that a loop before it could also take (that backtracks
+quadratically), and none is tried at every position of a text: the passes jump with `str.find`
+to the few places a secret can start (`://`, `eyJ`, a secret word) and look around those alone,
+a run of characters at most once.
+"""
 
 from __future__ import annotations
 
+import heapq
 import re
+from typing import Any
 
-SECRET_IN_URL = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
 # Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys).
 _SECRET_WORD = r"(?:passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth[_-]?key)"
 SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORD)
-_SECRET_SETTING = re.compile(r"""(?i)(["']?[\w.-]*""" + _SECRET_WORD + r"""[\w.-]*["']?\s*[=:]\s*["']?)[^\s"',}]+""")
-_SECRET_OPTION = re.compile(r"(?i)(--?[\w-]*" + _SECRET_WORD + r"[\w-]*\s+)(?!-)\S+")
-# An IDTOKEN (JWT) anywhere in a text: HTCondor pool tokens.
+# SECRET_NAME on a _folded text (without `(?i)`, the search is many times faster); every match
+# of it holds one of the _TRIGGERS.
+_SECRET_FOLDED = re.compile(_SECRET_WORD)
+_TRIGGERS = ("passw", "secret", "token", "key", "credential")
+# A setting: KEY, then `=` or `:` (quotes and spaces around), then its value.
+_KEY_CHARS = re.compile(r"[\w.-]*")
+_SEPARATOR = re.compile(r"""["']?\s*[=:]\s*["']?""")
+_SETTING_VALUE = re.compile(r"""[^\s"',}]+""")
+# An option: `-` or `--` and a name, whitespace, then its value unless that is an option too.
+_OPTION_CHARS = re.compile(r"[\w-]*")
+_GAP = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
+# An IDTOKEN (JWT): HTCondor pool tokens. JWT is its shape, to match one value; in a text,
+# `redact` finds them from _JWT_START with _JWT_REST, which never scans a segment twice
+# (JWT.sub would, from every `eyJ` of `eyJ-eyJ-eyJ-...`).
 JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_JWT_START = re.compile(r"\beyJ")
+_JWT_REST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?")
+# URLs: a scheme read backwards from its `://`; what separates the URLs of a proxy list
+# (CernVM-FS: `a|b;c`, others `a,b`) and quotes around one.
+_SCHEME_BACKWARDS = re.compile(r"[A-Za-z0-9+.-]*")
+_SPACE = re.compile(r"\s")
+_PATH_START = re.compile(r"[/?#]")
+_LIST_TAIL = "|;,'\" "
+HIDDEN = "***"
 
 
 def redact(text: str) -> str:
-    """Hide secrets in TEXT: the password of `http://user:password@host` style URLs, IDTOKENs,
-    and the values of secret-named settings (`TOKEN=...`, `"password": ...`) and options
-    (`--token X`)."""
-    text = SECRET_IN_URL.sub(r"\1***@", text)
-    text = JWT.sub("***", text)
-    text = _SECRET_SETTING.sub(r"\1***", text)
-    return _SECRET_OPTION.sub(r"\1***", text)
+    """Hide secrets in TEXT: credentials (see `hide_credentials`), and the values of secret-named
+    settings (`TOKEN=...`, `"password": ...`) and options (`--token X`)."""
+    text = hide_credentials(text)
+    folded = _folded(text)
+    if any(word in folded for word in _TRIGGERS):
+        text = _hide(text, _value_spans(text, folded))
+    return text
+
+
+def hide_credentials(text: str) -> str:
+    """Hide the secrets that show by their shape alone, never mistaken for prose: the password of
+    `scheme://user:password@host` URLs (the whole userinfo when it has no `:`; a URL ends at
+    whitespace) and IDTOKENs. For messages that name a secret-named key (`condor.token: expected
+    ...`) without holding its value, where `redact` would hide the words after the key."""
+    if "://" in text:
+        text = _hide(text, _url_spans(text))
+    if "eyJ" in text:
+        text = _hide(text, _jwt_spans(text))
+    return text
 
 
 def is_secret_name(name: str) -> bool:
     """Whether an env variable or option called NAME holds a secret."""
     return bool(SECRET_NAME.search(name))
+
+
+def _hide(text: str, spans: list[tuple[int, int]]) -> str:
+    """TEXT with each of the SPANS (sorted by start; overlapping ones merge) replaced by HIDDEN."""
+    if not spans:
+        return text
+    out: list[str] = []
+    done = 0
+    for begin, end in spans:
+        if begin < done:  # inside, or overlapping, the span before
+            if end > done:
+                done = end
+            continue
+        out += (text[done:begin], HIDDEN)
+        done = end
+    out.append(text[done:])
+    return "".join(out)
+
+
+# --- IDTOKENs ---------------------------------------------------------------------------------
+
+
+def _jwt_spans(text: str) -> list[tuple[int, int]]:
+    """Where the IDTOKENs are. When the segment after an `eyJ` is not followed by two more, no
+    later `eyJ` inside that segment can be either: the search goes on after it."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        start = _JWT_START.search(text, pos)
+        if start is None:
+            return spans
+        rest = _JWT_REST.match(text, start.end())
+        if rest is None:
+            pos = start.end()
+            continue
+        pos = rest.end()
+        if rest.group(1) is not None:
+            spans.append((start.start(), pos))
+
+
+# --- secret-named settings and options ----------------------------------------------------------
+
+
+def _folded(text: str) -> str:
+    """TEXT lower-cased character for character (same length, same positions), with the few
+    letters that SECRET_NAME also takes for ASCII ones (`ſ`, `ı`, `İ`, the Kelvin sign) made ASCII."""
+    folded = text.replace("\u0130", "i").lower()  # the one letter whose lower case is two characters
+    if not folded.isascii():
+        folded = folded.replace("\u0131", "i").replace("\u017f", "s")
+    return folded
+
+
+def _run(text: str, backwards: str, at: int, chars: re.Pattern[str]) -> tuple[int, int]:
+    """The run of CHARS around position AT (BACKWARDS is TEXT reversed: the run's start is found
+    by a forward match there)."""
+    mirrored = len(text) - at
+    return at - (_end_of(chars, backwards, mirrored) - mirrored), _end_of(chars, text, at)
+
+
+def _end_of(chars: re.Pattern[str], text: str, at: int, stop: int | None = None) -> int:
+    """Where the run of CHARS that starts at AT in TEXT ends (AT itself if there is none)."""
+    found = chars.match(text, at) if stop is None else chars.match(text, at, stop)
+    return found.end() if found else at
+
+
+def _option_value(text: str, folded: str, start: int, end: int, spans: list[tuple[int, int]]) -> None:
+    r"""Add the value of the option run START..END to SPANS if it is a secret option:
+    `--?[\w-]*WORD[\w-]*` (a secret word after a dash), whitespace, a word not starting with `-`."""
+    dash = text.find("-", start, end)
+    if dash >= 0 and _SECRET_FOLDED.search(folded, dash + 1, end):
+        gap = _GAP.match(text, end)
+        value = _WORD.match(text, gap.end()) if gap else None
+        if value is not None and not value.group().startswith("-"):
+            spans.append((value.start(), value.end()))
+
+
+def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
+    """The values of secret-named settings and options. Each secret word found (by `str.find` in
+    FOLDED) is looked at in its run of key characters and its run of option characters; the next
+    search for that word starts after both runs, so no run is read twice."""
+    backwards = text[::-1]
+    spans: list[tuple[int, int]] = []
+    key_end = option_end = 0
+    value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
+    heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
+    heapq.heapify(heap)
+    while heap:
+        at, word = heapq.heappop(heap)
+        if at >= key_end:
+            start, key_end = _run(text, backwards, at, _KEY_CHARS)
+            # An option run lies inside the key run (the same one without a `.`): no dash, no option.
+            if text.find("-", start, key_end) < 0:
+                option_end = key_end
+            elif text.find(".", start, key_end) < 0:
+                option_end = key_end
+                _option_value(text, folded, start, key_end, spans)
+            if _SECRET_FOLDED.search(folded, start, key_end):
+                separator = _SEPARATOR.match(text, key_end)
+                if separator is not None:
+                    begin = separator.end()
+                    if not value_run[0] <= begin < value_run[1]:
+                        value = _SETTING_VALUE.match(text, begin)
+                        value_run = (begin, value.end()) if value else (begin, begin)
+                    if begin < value_run[1]:
+                        spans.append((begin, value_run[1]))
+        if at >= option_end:
+            start, option_end = _run(text, backwards, at, _OPTION_CHARS)
+            _option_value(text, folded, start, option_end, spans)
+        following = folded.find(word, max(at + 1, min(key_end, option_end)))
+        if following >= 0:
+            heapq.heappush(heap, (following, word))
+    spans.sort()
+    return spans
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+def _is_userinfo(candidate: str) -> bool:
+    """Whether the text between `://` and an `@` is a userinfo (else the `@` is in the path)."""
+    if candidate.startswith("["):  # an IPv6 host: `http://[::1]:80/a@b`
+        return False
+    return ":" in candidate or _PATH_START.search(candidate) is None
+
+
+def _credentials(text: str, start: int, end: int, cut: bool) -> tuple[int, int] | None:
+    """The span to hide in the URL whose authority starts at START and which ends at END (CUT:
+    another URL follows at END in the same word)."""
+    at = text.rfind("@", start, end)  # the userinfo ends at the LAST `@`: passwords may hold one
+    if at >= 0:
+        candidate = text[start:at]
+        if not _is_userinfo(candidate):
+            return None
+        colon = candidate.find(":")
+        return (start + colon + 1 if colon >= 0 else start, at)
+    if not cut or text.find(":", start, end) < 0:
+        return None
+    # No `@` before the next URL: either a plain `host:port` of a list, or a password that
+    # holds `scheme://` itself. Anything but a port after the `:` means the latter.
+    path = _PATH_START.search(text, start, end)
+    authority = text[start : path.start() if path else end].rstrip(_LIST_TAIL)
+    if authority.startswith("[") or ":" not in authority:
+        return None
+    port = authority.split(":", 1)[1]
+    if not port or (port.isascii() and port.isdigit()):
+        return None
+    return (start + authority.index(":") + 1, end)
+
+
+def _url_spans(text: str) -> list[tuple[int, int]]:
+    """The credentials of every `scheme://userinfo@host` in TEXT (see `_credentials`). A URL runs
+    to the next whitespace, or to the scheme of the next URL in the same word (a proxy list)."""
+    colons: list[int] = []
+    found = text.find("://")
+    while found >= 0:
+        colons.append(found)
+        found = text.find("://", found + 3)
+    backwards = text[::-1] if len(colons) > 1 else ""
+    spans: list[tuple[int, int]] = []
+    word_end = -1
+    for number, colon in enumerate(colons):
+        start = colon + 3
+        if word_end < start:
+            space = _SPACE.search(text, start)
+            word_end = space.start() if space else len(text)
+        end, cut = word_end, False
+        if number + 1 < len(colons) and colons[number + 1] < word_end:
+            following = colons[number + 1]
+            mirrored = len(text) - following
+            end, cut = following - (_end_of(_SCHEME_BACKWARDS, backwards, mirrored, len(text) - start) - mirrored), True
+        span = _credentials(text, start, end, cut)
+        if span is not None:
+            spans.append(span)
+    return spans
+
+
+def redact_strings(value: Any) -> Any:
+    """A copy of VALUE (JSON-like data: dicts, lists, scalars) with every string redacted; keys
+    are kept. Iterative, so that no depth the JSON parser accepts can exhaust the stack."""
+    root = _redacted_leaf(value)
+    stack = [(value, root)] if isinstance(value, (dict, list)) else []
+    while stack:
+        source, copy = stack.pop()
+        for key, item in source.items() if isinstance(source, dict) else enumerate(source):
+            new = _redacted_leaf(item)
+            if isinstance(copy, dict):
+                copy[key] = new
+            else:
+                copy.append(new)
+            if isinstance(item, (dict, list)):
+                stack.append((item, new))
+    return root
+
+
+def _redacted_leaf(value: Any) -> Any:
+    """A string redacted, an empty container of the same kind, anything else as it is."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {}
+    if isinstance(value, list):
+        return []
+    return value

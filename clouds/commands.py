@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cc_modules.display import escape_controls, shown_message
 from ..cc_modules.files import atomic_write
+from ..cc_modules.redaction import redact_strings
 from ..mime_builder import table
 from . import ec2
 
@@ -20,13 +22,13 @@ EXIT_OK, EXIT_PROBLEM = 0, 1
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
 def _print_instances(instances: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(instances, indent=2, default=str, sort_keys=True))
+        print(json.dumps(redact_strings(instances), indent=2, default=str, sort_keys=True))
     elif instances:
         rows = [ec2.summary_row(i) for i in instances]
         print(table.render(ec2.SUMMARY_HEADERS, rows), end="")
@@ -60,7 +62,7 @@ def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
         _fail(f"{args.file}: {err}")
         return None
     for warning in built.warnings:
-        print(f"vfarm launch: warning: {warning}", file=sys.stderr)
+        print(f"vfarm launch: warning: {shown_message(warning)}", file=sys.stderr)
     return built.data
 
 
@@ -72,7 +74,7 @@ def _progress(started: float) -> Any:
         running = sum(1 for i in current if i.get("State", {}).get("Name") == "running")
         line = f"waiting: {running}/{len(current)} running ({', '.join(states)})"
         if line != (last[0] if last else None):
-            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {line}", file=sys.stderr, flush=True)
+            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
             last[:] = [line]
 
     return report
@@ -97,9 +99,10 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
             return _fail(f"cannot write {out}: {err.strerror or err}")
-        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {out}; dry run, nothing launched", file=sys.stderr)
+        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+        # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
         for line in ec2.cli_equivalents(request, str(out), userdata, params):
-            print(line)
+            print(escape_controls(line))
         return EXIT_OK
     cloud = ec2.Ec2Cloud(params)
     started = time.monotonic()
@@ -117,7 +120,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             max_userdata=args.max_size,
         )
         ids = [i["InstanceId"] for i in instances]
-        print(f"vfarm: launched {len(ids)} instance(s) at {cloud.endpoint}: {' '.join(ids)}", file=sys.stderr)
+        print(f"vfarm: launched {len(ids)} instance(s) at {shown_message(cloud.endpoint)}: {shown_message(' '.join(ids))}", file=sys.stderr)
         if args.wait:
             instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
     except ec2.Ec2Error as err:
@@ -151,7 +154,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     except ec2.Ec2Error as err:
         return _fail(str(err))
     if args.json:
-        print(json.dumps(changes, indent=2, sort_keys=True))
+        print(json.dumps(redact_strings(changes), indent=2, sort_keys=True))
     elif changes:
         rows = [(c["InstanceId"], c.get("PreviousState", {}).get("Name", "?"), c.get("CurrentState", {}).get("Name", "?")) for c in changes]
         print(table.render(("ID", "WAS", "NOW"), rows), end="")

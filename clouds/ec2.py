@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from .. import __version__
+from ..cc_modules.redaction import hide_credentials
 
 USERDATA_LIMIT = 16384  # EC2 takes at most 16 KiB of raw (not base64) user-data
 MANAGED_TAG = "vfarm:managed"
@@ -181,8 +182,10 @@ def cli_equivalents(request: Mapping[str, Any], userdata_file: str, userdata: by
     if "ClientToken" in request:
         euca += ["--client-token", request["ClientToken"]]
     euca += ["--instance-initiated-shutdown-behavior", "terminate", "-f", userdata_file]
-    if params.endpoint_url:
-        euca += ["-U", params.endpoint_url]
+    # The endpoint URL may carry credentials (http://KEY:SECRET@host): shown hidden, as everywhere.
+    endpoint = hide_credentials(params.endpoint_url) if params.endpoint_url else None
+    if endpoint:
+        euca += ["-U", endpoint]
     # euca-run-instances cannot tag at launch: euca-create-tags does it afterwards
     euca_tags = ["euca-create-tags", "INSTANCE_ID..."] + [a for k, v in sorted(tags.items()) for a in ("--tag", f"{k}={v}")]
 
@@ -203,8 +206,8 @@ def cli_equivalents(request: Mapping[str, Any], userdata_file: str, userdata: by
     # file:// reads text; gzip-compressed user-data is binary and needs fileb://
     scheme = "file" if _is_text(userdata) else "fileb"
     aws += ["--user-data", f"{scheme}://{userdata_file}"]
-    if params.endpoint_url:
-        aws += ["--endpoint-url", params.endpoint_url]
+    if endpoint:
+        aws += ["--endpoint-url", endpoint]
     if params.region:
         aws += ["--region", params.region]
     if params.profile:
@@ -294,9 +297,11 @@ class Ec2Cloud:
         return sorted(set(found), key=len, reverse=True)
 
     def _scrub(self, text: str) -> str:
+        """TEXT without the keys in use, nor credentials in URLs (botocore's errors quote the
+        endpoint URL, userinfo and all), on one line."""
         for secret in self._secrets():
             text = text.replace(secret, "***")
-        return " ".join(text.split())  # one line
+        return hide_credentials(" ".join(text.split()))
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call FN, turning boto3's exceptions into one-line `Ec2Error`s."""
@@ -322,7 +327,10 @@ class Ec2Cloud:
             raise Ec2Error(self._scrub(f"invalid request ({what}): {err}")) from None
         except bx.BotoCoreError as err:
             raise Ec2Error(self._scrub(f"EC2 {what} failed: {err}")) from None
-        except ValueError as err:  # botocore: "Invalid endpoint: ..."
+        except ValueError as err:  # botocore: "Invalid endpoint: ...", urllib: "Port could not be cast ... as 'PASS'"
+            endpoint = self.params.endpoint_url or ""
+            if hide_credentials(endpoint) != endpoint:  # credentials in it: the error may quote a piece of them
+                raise Ec2Error(f"EC2 {what}: the endpoint URL {hide_credentials(endpoint)} does not parse ({type(err).__name__})") from None
             raise Ec2Error(self._scrub(f"EC2 {what}: {err}")) from None
 
     def _explain(self, what: str, err: Any, kwargs: Mapping[str, Any]) -> str:

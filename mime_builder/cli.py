@@ -15,6 +15,7 @@ from typing import Optional
 
 from .. import __version__
 from ..cc_modules import localfs_spec, sizes
+from ..cc_modules.display import shown_message
 from . import config as configuration
 from . import table
 
@@ -40,7 +41,7 @@ COMMANDS: dict[str, list[str]] = {
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -50,10 +51,10 @@ def load_or_report(path: str) -> Optional[configuration.Config]:
         config = configuration.load_file(path)
     except configuration.ConfigError as err:
         for problem in err.problems:
-            print(problem, file=sys.stderr)
+            print(shown_message(problem), file=sys.stderr)
         return None
     for warning in config.warnings:
-        print(warning, file=sys.stderr)
+        print(shown_message(warning), file=sys.stderr)
     return config
 
 

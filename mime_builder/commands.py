@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cc_modules.display import shown, shown_message
 from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
+from ..cc_modules.redaction import redact_strings
 from . import bundle, mime
 from . import inspect as userdata
 from .cli import EXIT_OK, EXIT_PROBLEM, load_or_report
@@ -19,7 +21,7 @@ SUMS = "SHA256SUMS"
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -46,7 +48,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     except mime.BuildError as err:
         return _fail(f"{args.file}: {err}")
     for warning in built.warnings:
-        print(f"vfarm build: warning: {warning}", file=sys.stderr)
+        print(f"vfarm build: warning: {shown_message(warning)}", file=sys.stderr)
     if args.output and args.output != "-":
         out = Path(args.output)
         try:
@@ -56,7 +58,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(built.data)
         sys.stdout.flush()
-    print(_size_report(args.output or "stdout", built, args.max_size), file=sys.stderr)
+    print(shown_message(_size_report(args.output or "stdout", built, args.max_size)), file=sys.stderr)
     return EXIT_OK
 
 
@@ -74,18 +76,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return _fail(f"{args.file}: {err}")
     if args.json:
         doc: dict[str, Any] = {"file": args.file, **report.as_dict()}
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(redact_strings(doc), indent=2))  # ASCII: control characters come out as \uXXXX
         return EXIT_OK
     how = f"gzip, {report.plain_size} bytes unpacked" if report.compressed else "not compressed"
     kind = "MIME multipart" if report.mime else "a single part (no MIME)"
-    print(f"{args.file}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
+    print(f"{shown_message(args.file)}: {report.size} bytes ({how}), {kind}; limit {report.limit}")
     rows = [(p.index, p.type, p.filename, p.size, p.handler) for p in report.parts]
     print(render(("#", "TYPE", "FILENAME", "SIZE", "HANDLED BY"), rows, right=("#", "SIZE")), end="")
     for part in report.parts:
         if part.content is not None:
-            print(f"part {part.index} ({part.filename}), secrets hidden: {part.content}")
+            print(f"part {part.index} ({shown(part.filename)}), secrets hidden: {shown(part.content)}")
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {shown_message(warning)}")
     return EXIT_OK
 
 

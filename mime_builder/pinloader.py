@@ -7,6 +7,11 @@ sha256 recorded at build time and only then loads it; it takes the content types
 handlers and passes each part on to the handler it belongs to. A failed fetch or a mismatch is
 written as a failed status record of that handler (what the final check reads), never skipped
 in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
+
+A handler URL may carry credentials (`https://user:password@host/...`): the loader's log, its
+status records and the file name of the loaded code show it with the userinfo hidden, and an
+error about such a URL is named by its type only (urllib quotes pieces of a bad URL, the
+password among them: `nonnumeric port: 'pass'`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,22 @@ def _runs(mod_frequency: str, frequency: Optional[str]) -> bool:
     return mod_frequency == PER_ALWAYS or (frequency == PER_INSTANCE and mod_frequency == PER_INSTANCE)
 
 
+def shown(url: str) -> str:
+    """URL as the logs show it: everything between `://` and the last `@` hidden (the vfarm
+    redaction is not on the instance; this one hides more than needed rather than less)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    return f"{scheme}{sep}***{rest[at:]}" if sep and at >= 0 else url
+
+
+def error_text(err: BaseException, url: str) -> str:
+    """ERR for a log or a record, about a fetch of URL: no piece of its credentials in it."""
+    if shown(url) != url:
+        code = getattr(err, "code", None)
+        return f"{type(err).__name__}{f' {code}' if isinstance(code, int) else ''}"
+    return str(err)
+
+
 def fetch(url: str) -> bytes:
     """URL's content; retries what may pass (network, 5xx), not a definite answer (4xx)."""
     delay = float(os.environ.get("VFARM_PIN_RETRY_DELAY", "1"))
@@ -59,9 +80,9 @@ def fetch(url: str) -> bytes:
         except (OSError, ValueError):
             if attempt == ATTEMPTS:
                 raise
-        LOG.warning("vfarm pin: fetching %s failed (attempt %d of %d), retrying", url, attempt, ATTEMPTS)
+        LOG.warning("vfarm pin: fetching %s failed (attempt %d of %d), retrying", shown(url), attempt, ATTEMPTS)
         time.sleep(delay * 2 ** (attempt - 1))
-    raise OSError(f"cannot fetch {url}")
+    raise OSError(f"cannot fetch {shown(url)}")
 
 
 def _instance_id(cloud: Any) -> Optional[str]:
@@ -99,23 +120,24 @@ def record_failure(name: str, reason: str, cloud: Any = None) -> None:
 def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
     """The verified handler module of ENTRY, or None (after recording why)."""
     name, url = entry["name"], entry["url"]
+    where = shown(url)
     try:
         content = fetch(url)
     except Exception as err:  # noqa: BLE001 - whatever the network does, it is recorded
-        record_failure(name, f"pinned handler not fetched from {url}: {err}", cloud)
+        record_failure(name, f"pinned handler not fetched from {where}: {error_text(err, url)}", cloud)
         return None
     digest = hashlib.sha256(content).hexdigest()
     if digest != entry["sha256"]:
-        record_failure(name, f"pinned handler from {url} has sha256 {digest}, expected {entry['sha256']}: not run", cloud)
+        record_failure(name, f"pinned handler from {where} has sha256 {digest}, expected {entry['sha256']}: not run", cloud)
         return None
     module = types.ModuleType(f"vfarm_pinned_{name}")
-    module.__file__ = url
+    module.__file__ = where  # tracebacks of the handler name it
     try:
-        exec(compile(content.decode("utf-8"), url, "exec"), module.__dict__)  # noqa: S102 - verified above
+        exec(compile(content.decode("utf-8"), where, "exec"), module.__dict__)  # noqa: S102 - verified above
     except Exception as err:  # noqa: BLE001
-        record_failure(name, f"pinned handler from {url} does not load: {type(err).__name__}: {err}", cloud)
+        record_failure(name, f"pinned handler from {where} does not load: {type(err).__name__}: {error_text(err, url)}", cloud)
         return None
-    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, url, digest)
+    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, where, digest)
     return module
 
 
@@ -156,6 +178,6 @@ def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: O
         return
     module = _by_type.get(ctype)
     if module is None:
-        LOG.error("vfarm pin: no verified handler for %s (%s): its failure is recorded", ctype, filename)
+        LOG.error("vfarm pin: no verified handler for %r (%r): its failure is recorded", ctype, filename)  # repr: escaped
         return
     _call(module, data, ctype, filename, payload, frequency, headers)

@@ -12,8 +12,10 @@ import sys
 from typing import Any
 
 from ..cc_modules import check
+from ..cc_modules.display import shown_message
 from ..cc_modules.files import read_bounded
 from ..cc_modules.jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
+from ..cc_modules.redaction import redact_strings
 
 # A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
 MAX_SUMMARY = 1024 * 1024
@@ -32,7 +34,7 @@ JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number
 
 
 def _problem(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return 1
 
 
@@ -92,7 +94,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         doc = load(args.file)
         if args.json:
-            print(json.dumps(doc, indent=2, sort_keys=True))
+            print(json.dumps(redact_strings(doc), indent=2, sort_keys=True))  # ASCII: control characters as \uXXXX
         else:
             print(check.render(doc), end="")
     except (ValueError, TypeError, KeyError, AttributeError) as err:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cc_modules import condor_spec
+from ..cc_modules.display import ShownFormatter, shown_message
 from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
 from ..cc_modules.jsonbounds import JsonInputError, loads_bounded
 from ..cc_modules.runner import Runner
@@ -35,7 +36,7 @@ MAX_SNAPSHOT_VALUES = 1_000_000
 
 
 def _fail(message: str) -> int:
-    print(f"vfarm: {message}", file=sys.stderr)
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
     return EXIT_PROBLEM
 
 
@@ -124,7 +125,7 @@ def _logger() -> logging.Logger:
     logger = logging.getLogger("vfarm.scale")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s vfarm scale %(levelname)s %(message)s"))
+        handler.setFormatter(ShownFormatter("%(asctime)s vfarm scale %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -149,7 +150,7 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
         except (mime.BuildError, configuration.ConfigError) as err:
             raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
         for warning in built.warnings:
-            print(f"vfarm scale: warning: {warning}", file=sys.stderr)
+            print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)
         userdata = built.data
     if kind == "ec2":
         try:
@@ -270,7 +271,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def _print_plan(result: dict[str, Any], spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True) -> int:
     if warn:
         for warning in result["warnings"]:
-            print(f"vfarm: warning: {warning}", file=sys.stderr)
+            print(f"vfarm: warning: {shown_message(warning)}", file=sys.stderr)
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

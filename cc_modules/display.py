@@ -1,0 +1,52 @@
+"""Text from user data, made safe to print: on a terminal, a console or in a log someone `cat`s.
+
+A file name in a MIME part, a reason in a summary or a value quoted in an error may hold control
+characters: ESC sequences move the cursor, retitle the terminal or hide what came before; a
+newline forges a line; bidi controls reorder what is shown. `escape_controls` shows each one as an
+escape (`\\x1b`, `\\n`, `\\u202e`) instead. Every print site of user-derived text goes through
+`shown` (user data: file names, reasons, values: every secret hidden) or `shown_message` (vfarm's own
+messages quoting user data: credentials in URLs and IDTOKENs hidden, but not the words after a
+key named like a secret, which a message names without holding its value: `condor.token: expected`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from .redaction import hide_credentials, redact
+
+# C0 (newline and tab too: one value stays one line), DEL, C1, the line and paragraph separators,
+# the bidi controls (marks, embeddings, overrides, isolates) and lone surrogates (bytes that were
+# not UTF-8, which a UTF-8 terminal stream cannot even encode).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """TEXT with every control character shown as an escape; the rest unchanged."""
+    return _CONTROL.sub(_escape, text)
+
+
+def shown(value: object) -> str:
+    """VALUE as vfarm prints user-derived text: control characters escaped (first, so that a
+    newline inside a password cannot cut its URL short), then secrets hidden."""
+    return redact(escape_controls(str(value)))
+
+
+def shown_message(value: object) -> str:
+    """A message of vfarm's own as it prints it: control characters escaped, then credentials
+    in URLs and IDTOKENs hidden."""
+    return hide_credentials(escape_controls(str(value)))
+
+
+class ShownFormatter(logging.Formatter):
+    """A log formatter for logs a terminal shows: each record (traceback included) becomes one
+    line through `shown_message`, so that no record forges another or leaks a credential."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown_message(super().format(record))

@@ -1,0 +1,170 @@
+"""The one redaction (cc_modules/redaction.py) and the terminal-safe display (cc_modules/display.py):
+what they hide and keep, URL shapes that used to leak, linear time on inputs built to make
+backtracking regexes quadratic, and control characters shown escaped."""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfarm.cc_modules.display import escape_controls, shown, shown_message
+from vfarm.cc_modules.redaction import hide_credentials, is_secret_name, redact, redact_strings
+
+SIZE = 256 * 1024
+# Generous: linear code takes milliseconds to a few hundred on a loaded 2-core machine; the
+# quadratic regexes this replaced took over a minute for 30 KB. Speed targets are benchmarks'.
+BOUND = 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:hunter2@squid:3128", "http://user:***@squid:3128"),
+        ("http://user:pa/ss@squid:3128/x", "http://user:***@squid:3128/x"),
+        ("http://user:pa#ss@squid:3128", "http://user:***@squid:3128"),
+        ("http://user:p@ss:w0rd@squid:3128", "http://user:***@squid:3128"),
+        ("http://:hunter2@squid:3128", "http://:***@squid:3128"),
+        ("http://us@er:hunter2@squid:3128", "http://us@er:***@squid:3128"),
+        ("http://us%40er:p%3Ass%2F@squid:3128", "http://us%40er:***@squid:3128"),
+        ("https://ghp_T0KEN@github.com/org/repo", "https://***@github.com/org/repo"),
+        ("http://user:hunter2@[2001:db8::1]:3128/", "http://user:***@[2001:db8::1]:3128/"),
+        ("http://[2001:db8::1]:3128/a@b", "http://[2001:db8::1]:3128/a@b"),
+        ("https://registry.npmjs.org/@types/node", "https://registry.npmjs.org/@types/node"),
+        ("proxy http://squid:3128, retrying", "proxy http://squid:3128, retrying"),
+        ("http://a:p1@h1:3128|http://h2:3128;DIRECT", "http://a:***@h1:3128|http://h2:3128;DIRECT"),
+        ("http://h1:3128|http://b:p2@h2:3128;http://c:p3@h3:3128", "http://h1:3128|http://b:***@h2:3128;http://c:***@h3:3128"),
+        ("http://a:p1@h1:3128,http://b:p2@h2:3128", "http://a:***@h1:3128,http://b:***@h2:3128"),
+        ("fetch 'http://a:p1@h1/x' then http://b:p2@h2/y failed", "fetch 'http://a:***@h1/x' then http://b:***@h2/y failed"),
+        ('{"proxy": "http://a:p1@h1:3128", "x": "y@z"}', '{"proxy": "http://a:***@h1:3128", "x": "y@z"}'),
+        ("CONDOR_PASSWORD=pw1 HOME=/root", "CONDOR_PASSWORD=*** HOME=/root"),
+        ("x=password=abc", "x=password=***"),
+        ('"password": "abc", "user": "me"', '"password": "***", "user": "me"'),
+        ("--token tok3n --verbose", "--token *** --verbose"),
+        ("--token --verbose", "--token --verbose"),
+        ("a --api-key k3y b", "a --api-key *** b"),
+        ("said eyJhbGc.eyJzdWI.c2lnbmF0 ok", "said *** ok"),
+        ("x-eyJhbGc.eyJzdWI.c2lnbmF0", "x-***"),
+        ("eyJ-eyJ-eyJhbGc.eyJzdWI.c2lnbmF0", "***"),
+        ("nothing to hide here: monkey keys, tokens.", "nothing to hide here: monkey keys, tokens."),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_messages_keep_their_words_and_lose_credentials() -> None:
+    """A message names a secret-named key without its value: only shapes are hidden in it."""
+    message = "x-token.yaml:4:10: condor.token: expected an IDTOKEN, got eyJhbGc.eyJzdWI.c2lnbmF0 via http://u:p/w@h:3128\x1b[2J"
+    expected = "x-token.yaml:4:10: condor.token: expected an IDTOKEN, got *** via http://u:***@h:3128\\x1b[2J"
+    assert shown_message(message) == expected
+    assert hide_credentials("password=abc http://u:pw@h") == "password=abc http://u:***@h"
+    assert redact("password=abc http://u:pw@h") == "password=*** http://u:***@h"
+
+
+def test_redact_strings_copies_any_depth() -> None:
+    deep: list[object] = ["http://u:pw@h"]
+    for _ in range(5000):  # deeper than the recursion limit
+        deep = [deep, {"k": "token=abc"}]
+    copy = redact_strings(deep)
+    for _ in range(5000):
+        assert copy[1] == {"k": "token=***"}
+        copy = copy[0]
+    assert copy == ["http://u:***@h"]
+
+
+def test_secret_names() -> None:
+    assert is_secret_name("CONDOR_PASSWORD") and is_secret_name("api-key") and is_secret_name("AUTH_KEY")
+    assert not is_secret_name("HOME") and not is_secret_name("monkey")
+    # letters that only a case-insensitive match relates to ASCII ones are still secret names
+    assert redact("PAſſWORD=abc İ TOKEN=def") == "PAſſWORD=*** İ TOKEN=***"
+
+
+# A wide alphabet: every printable ASCII character but whitespace, and some beyond ASCII.
+PASSWORD_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E) | st.sampled_from("éß€密码🔑ſİ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(PASSWORD_CHARS, min_size=4, max_size=40))
+def test_no_password_survives_in_a_proxy_url(password: str) -> None:
+    for url in (f"http://user:{password}@host:3128/x", f"http://a:b@h1:3128|http://user:{password}@host:3128;DIRECT"):
+        hidden = redact(url)
+        assert password not in hidden
+        assert "@host:3128/x" in hidden or "@host:3128;DIRECT" in hidden
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(PASSWORD_CHARS, min_size=4, max_size=40), st.sampled_from(["\n", "\t", "\x1b", "\u2028", "\x85"]))
+def test_no_password_survives_display_with_control_characters(password: str, control: str) -> None:
+    """A control character inside a password is escaped before redaction: it cannot end the URL."""
+    password = password[:2] + control + password[2:]
+    text = shown(f"proxy http://user:{password}@host:3128 refused")
+    assert escape_controls(password) not in text and password[2:] not in text and "@host:3128 refused" in text
+
+
+def _repeat(piece: str) -> str:
+    return (piece * (SIZE // len(piece) + 1))[:SIZE]
+
+
+# Each one is a run of what a pattern of the old redaction looped over, with or without the
+# character that ends it: `[\w.-]*WORD[\w.-]*` before `=`, `--?[\w-]*` before whitespace,
+# `eyJ[...]+\.` without the dot, `://` with and without `@`.
+HOSTILE = {
+    "word run": ("a" * SIZE, None),
+    "secret words": (_repeat("token"), None),
+    "secret words and dots": (_repeat("token."), None),
+    "secret word, long key": ("password" + "a" * SIZE, None),
+    "secret word, long blank": ("password" + " " * SIZE, None),
+    "settings": (_repeat("password="), "password=***"),
+    "quoted settings": (_repeat("'password':"), "'password':'***"),
+    "dashes": ("-" * SIZE, None),
+    "option names": (_repeat("-token"), None),
+    "options": (_repeat("--token "), "--token --token"),
+    "idtoken starts": (_repeat("eyJ-"), None),
+    "idtoken no dot": ("eyJ" + "a" * SIZE, None),
+    "idtoken segments": (_repeat("eyJa."), "***"),
+    "schemes": (_repeat("://"), None),
+    "schemes and colons": (_repeat("://a:"), None),
+    "at signs": ("http://u:" + "@" * SIZE, "http://u:***@"),
+    "long password": ("http://u:" + "p" * SIZE + "@host", "http://u:***@host"),
+    "proxy list": (_repeat("http://a:p@h1:3128|"), "http://a:***@h1:3128|http://a:***@h1:3128|"),
+    "proxy list, no credentials": (_repeat("http://h1:3128|"), None),
+    "blank": (" " * SIZE, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_redaction_is_linear(name: str) -> None:
+    text, expected_start = HOSTILE[name]
+    started = time.perf_counter()
+    hidden = redact(text)
+    took = time.perf_counter() - started
+    assert took < BOUND, f"{name}: {took:.2f} s for {len(text)} characters"
+    if expected_start is None:
+        assert hidden == text
+    else:
+        assert hidden.startswith(expected_start), hidden[:80]
+    if "p@h1" in text or "u:p" in text:
+        assert ":p@" not in hidden and "p" * 20 not in hidden
+
+
+def test_escape_controls() -> None:
+    hostile = "name\x1b]0;owned\x07\r\n\t\x00\x7f\x9b2J\u2028\u2029\u202e\u2066\u200f\ud800 é ok"
+    escaped = escape_controls(hostile)
+    assert escaped == "name\\x1b]0;owned\\x07\\x0d\\x0a\\x09\\x00\\x7f\\x9b2J\\u2028\\u2029\\u202e\\u2066\\u200f\\ud800 é ok"
+    assert escaped.isprintable() and escaped.encode("utf-8")
+    assert escape_controls("plain text, ünïcode, 漢字") == "plain text, ünïcode, 漢字"
+    assert shown(ValueError("bad http://u:pw@h\x1b[2J")) == "bad http://u:***@h\\x1b[2J"
+
+
+BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(codec=None)))
+def test_shown_leaves_no_control_character(text: str) -> None:
+    for char in shown(text):
+        assert unicodedata.category(char) not in ("Cc", "Zl", "Zp", "Cs") and char not in BIDI, repr(char)
