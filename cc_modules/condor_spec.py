@@ -99,6 +99,22 @@ def host_problem(host: str, bracketed: bool = False) -> Optional[str]:
     return None
 
 
+def address_problem(value: str) -> Optional[str]:
+    """What is wrong with VALUE as `host[:port]` of a collector, or None. An IPv6 address goes in
+    brackets: in `fe80::1:9618` nobody can tell the last group from a port."""
+    host, port = split_host_port(value)
+    if port is not None and not 1 <= port <= 65535:
+        return f"port {port} is out of range (1-65535)"
+    if not value.startswith("[") and ":" in host:
+        return f"write an IPv6 address in brackets, [{host}] or [{host}]:{DEFAULT_PORT}"
+    return host_problem(host, bracketed=value.startswith("["))
+
+
+def ends_in_backslash(value: Any) -> bool:
+    """HTCondor joins the next line to a line ending in a backslash (blanks after it too)."""
+    return isinstance(value, str) and value.rstrip(" \t").endswith("\\")
+
+
 def parse(section: dict[str, Any]) -> CondorSpec:
     """Read a schema-valid, checked section (with `token`, as it travels to the instance)."""
     merged = {**DEFAULTS, **section}
@@ -123,12 +139,14 @@ def parse(section: dict[str, Any]) -> CondorSpec:
 def check(section: dict[str, Any]) -> list[Finding]:
     """Semantic checks beyond the schema, on a schema-valid section."""
     findings = []
-    host, port = split_host_port(section["central-manager"])
-    if port is not None and not 1 <= port <= 65535:
-        findings.append(Finding(("central-manager",), f"port {port} is out of range (1-65535)"))
-    problem = host_problem(host, bracketed=section["central-manager"].startswith("["))
+    problem = address_problem(section["central-manager"])
     if problem:
         findings.append(Finding(("central-manager",), problem))
+    values: list[tuple[tuple[str, ...], Any]] = [((key,), section[key]) for key in ("start", "execute") if key in section]
+    values += [((group, name), value) for group in ("config", "attributes") for name, value in section.get(group, {}).items()]
+    for path, value in values:
+        if ends_in_backslash(value):
+            findings.append(Finding(path, f"{'.'.join(path)}: a value ending in a backslash joins the next line of HTCondor's config to it"))
     if "token" in section and "token-file" in section:
         findings.append(Finding(("token-file",), "give token or token-file, not both", at_key=True))
     elif "token" not in section and "token-file" not in section:

@@ -9,12 +9,13 @@ UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**
 MAX_BYTES = 8 * 1024**6  # LVM's largest logical volume (8 EiB)
 # The longest duration anything takes (a year): longer ones overflow timers and time stamps.
 MAX_SECONDS = 365 * 86400
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
+# Blanks around are spaces only: a newline or tab in a size is a pasting accident, not a size.
+_SIZE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGTP]?)(?:i?B)? *", re.IGNORECASE)
 
 
 def parse_bytes(text: str) -> int:
     """`20G` -> 21474836480 (binary units, as `lvcreate -L`). Raises ValueError."""
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if not match:
         raise ValueError(f"not a size: {text!r} (expected a number with K, M, G or T, like 20G)")
     number, unit = match.groups()

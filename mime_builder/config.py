@@ -210,6 +210,7 @@ class _Builder:
         self.loader = loader
         self.problems: list[Problem] = []
         self.refused: set[Path] = set()  # already reported here: the schema's say on them is noise
+        self.lacking: set[Path] = set()  # mappings that lost a refused key: "missing" or "empty" there is noise
         self._expanded: dict[int, int] = {}
         self._open: set[int] = set()  # nodes being built: meeting one again is a recursive alias
 
@@ -236,6 +237,10 @@ class _Builder:
         """Report PATH's key or value as refused; the message names NAMED (default PATH)."""
         named = path if named is None else named
         prefix = f"{_dotted(str(named[0]), named[1:])}: " if named else ""
+        if named != path:  # a key: the mapping NAMED lacks it now
+            self.lacking.add(named)
+            if any(p.message == prefix + message for p in self.problems):
+                return  # the same key twice (a duplicate): once is enough
         self.problems.append(Problem(self.config.source, *self.mark(node), prefix + message))
         self.refused.add(path)
 
@@ -366,9 +371,11 @@ def _under(path: Path, tops: set[Path]) -> bool:
     return any(path[: len(top)] == top for top in tops)
 
 
-def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Path]] = None) -> tuple[list[Problem], set[str]]:
+def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Path]] = None,
+                     lacking: Optional[set[Path]] = None) -> tuple[list[Problem], set[str]]:
     """Every schema problem of one section, and the section's top-level keys they lie in.
-    Problems at or under a path in SKIP (relative to the section) were reported already."""
+    Problems at or under a path in SKIP (relative to the section) were reported already; a
+    mapping in LACKING lost a refused key, so its "missing key" and "empty" problems are noise."""
     schema = load_schema(name)
     validator = Validator(schema)
     skip = skip or set()
@@ -380,6 +387,8 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
         value: Any = error.validator_value
         path: Path = (name,) + tuple(error.absolute_path)
         if _under(path[1:], skip):
+            continue
+        if path[1:] in (lacking or set()) and error.validator in ("required", "minProperties", "dependentRequired"):
             continue
         if error.absolute_path:
             bad_keys.add(str(error.absolute_path[0]))
@@ -546,7 +555,8 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
         refused = {p[1:] for p in builder.refused if p[:1] == (name,)}
         if () in refused:  # the whole section's value was refused
             continue
-        section_problems, bad_keys = _schema_problems(config, name, value, refused)
+        lacking = {p[1:] for p in builder.lacking if p[:1] == (name,)}
+        section_problems, bad_keys = _schema_problems(config, name, value, refused, lacking)
         if not section_problems and not bad_keys:
             section_problems = _semantic_problems(config, name, value)
         elif isinstance(value, dict) and bad_keys:

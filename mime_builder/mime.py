@@ -25,6 +25,7 @@ import yaml
 
 from ..cc_modules import condor_spec
 from ..cc_modules.files import read_bounded
+from ..cc_modules.textsafe import control_character
 from . import bundle
 from .config import Config
 
@@ -153,8 +154,11 @@ def parse_handlers(value: str) -> HandlerMode:
         return HandlerMode(value)
     if value.startswith("include="):
         base = value[len("include=") :]
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base):
+        try:
+            parts = urlsplit(base)
+        except ValueError:  # an unclosed [ of an IPv6 host
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base) or control_character(base):
             raise BuildError(f"--handlers include=URL_BASE: {base!r} is not an http(s) URL (like https://example.org/vfarm/handlers)")
         return HandlerMode("include", base)
     raise BuildError(f"--handlers: expected embed, baked or include=URL_BASE, got {value!r}")

@@ -30,6 +30,7 @@ SHAPE: dict[str, tuple[type, type]] = {
     "decision": (dict, object),
     "cloud_init": (dict, object),
 }
+RESULTS = ("ok", "degraded", "failed")  # what the final check writes
 JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
 
 
@@ -49,6 +50,8 @@ def check_shape(doc: Any) -> None:
     """ValueError (JSON path: what is wrong) unless DOC has the shape `check.render` reads."""
     if not isinstance(doc, dict) or "result" not in doc:
         raise ValueError("not a vfarm summary.json (no 'result' and 'handlers')")
+    if doc["result"] not in RESULTS:
+        raise ValueError(f"result: expected one of {', '.join(RESULTS)}, got {JSON_NAMES.get(type(doc['result']), 'a value')}")
     for key, (kind, item_kind) in SHAPE.items():
         value = doc.get(key)
         if not value:  # absent, null or empty: the table says "none"

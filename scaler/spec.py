@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..cc_modules.condor_spec import host_problem, split_host_port
+from ..cc_modules.condor_spec import address_problem
 from ..cc_modules.findings import Finding
 from ..cc_modules.sizes import MAX_SECONDS
 from ..cc_modules.sizes import parse_seconds as seconds  # one duration syntax for every section
@@ -82,7 +82,7 @@ def check(section: dict[str, Any]) -> list[Finding]:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
     collector = section.get("pool", {}).get("collector")
     if isinstance(collector, str):
-        problem = host_problem(split_host_port(collector)[0], bracketed=collector.startswith("["))
+        problem = address_problem(collector)
         if problem:
             findings.append(Finding(("pool", "collector"), problem))
     return findings

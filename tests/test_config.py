@@ -296,13 +296,20 @@ def test_central_manager_is_a_host_name_or_an_ip_literal(host: str, problem: str
 
 @pytest.mark.parametrize(
     ("written", "collector"),
-    [("cm.example.org", "cm.example.org:9618"), ("10.0.0.5:9620", "10.0.0.5:9620"), ("[2001:db8::5]:9619", "[2001:db8::5]:9619"), ("::1", "[::1]:9618")],
+    [("cm.example.org", "cm.example.org:9618"), ("10.0.0.5:9620", "10.0.0.5:9620"), ("[2001:db8::5]:9619", "[2001:db8::5]:9619"), ("[::1]", "[::1]:9618")],
 )
 def test_collector_puts_ipv6_in_brackets(written: str, collector: str) -> None:
     from vfarm.cc_modules import condor_spec
 
     section = load_text(f'condor:\n  central-manager: "{written}"\n  token: aaa.bbb.ccc\n').sections["condor"]
     assert condor_spec.parse(section).collector == collector
+
+
+def test_a_bare_ipv6_collector_is_refused_for_brackets() -> None:
+    # fe80::1:9618 is an address, or fe80::1 with a port: brackets say which.
+    assert errors_of('condor:\n  central-manager: "fe80::1:9618"\n  token: aaa.bbb.ccc\n') == [
+        "f.yaml:2:20: condor: write an IPv6 address in brackets, [fe80::1:9618] or [fe80::1:9618]:9618"
+    ]
 
 
 def test_cvmfs_names_are_fully_qualified() -> None:
