@@ -4,6 +4,12 @@ A cycle whose discover step fails (collector, schedd or cloud unreachable) is sk
 warning and changes nothing: a failed query is never read as "nothing there". The loop runs a
 cycle every `check-every` seconds until asked to stop (SIGTERM/SIGINT set the stop event; the
 cycle in progress runs to its end).
+
+The scaler remembers, in memory only, since when it has seen each worker idle in every cycle
+(`observed_idle_since`, fed to the planner with every snapshot): a worker is drained only after
+idle-time of such sightings, whatever its lagging slot ads say. A skipped or failed cycle forgets
+them all (it saw nothing, so the next one starts afresh), as a restart does: both can only delay a
+drain.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class Scaler:
         self.metrics = metrics
         self.applier = Applier(spec, backend, drainer, logger, dry_run=dry_run)
         self.history: list[dict[str, Any]] = []
+        # Since when each worker has been seen idle in every cycle: planner.OBSERVED.
+        self.observed_idle_since: dict[str, float] = {}
         self._pool = pool
 
     # --- discover -----------------------------------------------------------------------------
@@ -103,6 +111,7 @@ class Scaler:
     # --- one cycle -----------------------------------------------------------------------------
     def cycle(self) -> Optional[dict[str, Any]]:
         """Discover, plan, apply, record. The plan, or None when the cycle was skipped."""
+        observed, self.observed_idle_since = self.observed_idle_since, {}  # kept only if this cycle sees
         try:
             snapshot = self.discover()
         except discover.DiscoverError as err:
@@ -110,6 +119,7 @@ class Scaler:
             if self.metrics:
                 self.metrics.cycles.labels(self.spec.name, "skipped").inc()
             return None
+        snapshot[planner.OBSERVED] = observed
         try:
             result = planner.plan(snapshot, self.spec)
         except planner.SnapshotError as err:  # live ads outside what the planner can read: decide nothing
@@ -117,6 +127,7 @@ class Scaler:
             if self.metrics:
                 self.metrics.cycles.labels(self.spec.name, "skipped").inc()
             return None
+        self.observed_idle_since = dict(result[planner.OBSERVED])
         for warning in result["warnings"]:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",

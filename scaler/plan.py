@@ -6,11 +6,28 @@ A snapshot is what one discover step saw, in the systems' own JSON shapes:
      "jobs": [job ClassAds as `condor_q -json` prints them],
      "slots": [machine ClassAds as `condor_status -json` prints them],
      "instances": [instance dicts as EC2 DescribeInstances returns them],
-     "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints}
+     "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints,
+     "observed_idle_since": optional: {instance id: epoch seconds}, what the scaler itself saw}
 
 `plan(snapshot, spec)` applies the rules of issue 11 point 2 exactly and returns plain data:
 how many to launch, which instances to drain and to terminate, each with its reason, plus the
 state of every farm instance and the counts behind the decision. Same snapshot, same plan.
+
+Idle truth. A worker counts as idle only when no evidence says otherwise:
+- the schedd: a running job (JobStatus 2) whose RemoteHost is one of the worker's slots, or names
+  its startd (the part after the slot's '@'), makes the worker busy whatever its slot ads say;
+- the scaler's own observations: `observed_idle_since` maps each worker seen idle in every cycle of
+  an unbroken run to the time of the first cycle of that run. A worker missing from it is seen idle
+  for the first time now: idle for 0 s. The plan returns the map for the next cycle (the loop keeps
+  it in memory, never in a file; a skipped cycle or a restart starts it afresh, which can only
+  delay a drain);
+- the ads only as a lower bound: a slot ad is refreshed every UPDATE_INTERVAL (300 s by default),
+  so its EnteredCurrentState or NumDynamicSlotsTime may be long out of date. A worker's idle time is
+  the shorter of what its ads say and what the scaler observed.
+A snapshot without `observed_idle_since` is therefore planned as the first cycle of a fresh scaler:
+it drains nothing (unless idle-time is 0). To replay a later cycle, the snapshot carries the map.
+Left to the ads alone: a job that starts and ends between two cycles; once an ad refreshed after
+its end arrives (within UPDATE_INTERVAL), NumDynamicSlotsTime shows that end.
 """
 
 from __future__ import annotations
@@ -27,6 +44,8 @@ LIVE_STATES = ("pending", "running")
 # Instance states, in the order the status table lists them.
 STATES = ("booting", "lost", "idle", "busy", "other", "draining", "drained")
 REQUIRED = ("now", "jobs", "slots", "instances")
+OBSERVED = "observed_idle_since"
+RUNNING = 2  # JobStatus of a running job
 
 Number = Union[int, float]
 
@@ -81,6 +100,13 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         tags = instance.get("Tags")
         if tags is not None and not isinstance(tags, list):
             raise SnapshotError(f"'instances[{i}].Tags' must be a list of {{Key, Value}}, got {type(tags).__name__}")
+    observed = data.get(OBSERVED)
+    if observed is not None:
+        if not isinstance(observed, dict):
+            raise SnapshotError(f"'{OBSERVED}' must be an object of instance id: epoch seconds, got {type(observed).__name__}")
+        for iid, since in observed.items():
+            if not _is_number(since) or abs(since) > NUMBER_LIMIT:
+                raise SnapshotError(f"'{OBSERVED}.{iid}' must be epoch seconds (a number), got {_shown(since)}")
     collector = data.get("collector")
     if collector is not None and not isinstance(collector, (dict, list)):
         raise SnapshotError(f"'collector' must be an ad or a list of ads, got {type(collector).__name__}")
@@ -153,14 +179,41 @@ def collector_started(collector: Any) -> Optional[float]:
     return max(starts) if starts else None
 
 
-def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool) -> dict[str, Any]:
-    """One farm instance's state, with its reason and the figures behind it."""
+def _startd(name: str) -> str:
+    """The startd's name in a slot's name ("slot1_2@w-i-1@host" -> "w-i-1@host")."""
+    return name.split("@", 1)[1] if "@" in name else name
+
+
+def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """How many running jobs the schedd places on each startd (by the job's RemoteHost)."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        host = job.get("RemoteHost")
+        if job.get("JobStatus") == RUNNING and isinstance(host, str) and host:
+            key = _startd(host)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def running_on(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
+    """The schedd's running jobs on the worker holding SLOTS: on one of its startds or machines."""
+    keys = {_startd(s["Name"]) for s in slots if isinstance(s.get("Name"), str)}
+    keys |= {s["Machine"] for s in slots if isinstance(s.get("Machine"), str)}
+    return sum(running.get(key, 0) for key in keys)
+
+
+def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
+             running: int = 0, observed_since: Optional[float] = None) -> dict[str, Any]:
+    """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
+    schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
+    (None: not before now)."""
     iid = instance["InstanceId"]
     launched = epoch(instance.get("LaunchTime"))
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
     claimed = sum(1 for s in states if s == "Claimed")
-    info: dict[str, Any] = {"id": iid, "age": age, "slots": len(slots), "claimed": claimed, "idle_since": None}
+    info: dict[str, Any] = {"id": iid, "age": age, "slots": len(slots), "claimed": claimed, "idle_since": None,
+                            "seen_idle_since": None}
     if not slots:
         if age is None:
             # No launch time: it cannot be shown to be late, so it is not declared lost.
@@ -177,17 +230,24 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
         return {**info, "state": "draining", "reason": f"draining, {claimed} slot(s) still claimed" if claimed else "draining"}
     if claimed:
         return {**info, "state": "busy", "reason": f"{claimed} of {len(slots)} slot(s) claimed"}
+    if running:
+        # The slot ads lag (UPDATE_INTERVAL); the schedd knows its running jobs now.
+        return {**info, "state": "busy", "reason": f"{running} job(s) running there by the schedd, whatever its slot ads say"}
     if all(s == "Unclaimed" for s in states):
         entered = [float(s["EnteredCurrentState"]) for s in slots if _is_number(s.get("EnteredCurrentState"))]
         # Without the attribute the idle time is unknown: count it from now (never drained early).
-        since = max(entered) if len(entered) == len(slots) else now
+        by_ads = max(entered) if len(entered) == len(slots) else now
         # A partitionable slot stays Unclaimed while its dynamic slots run jobs, so its
         # EnteredCurrentState is its join time: the end of its last job is when its number of
         # dynamic slots last changed (NumDynamicSlotsTime, seen on HTCondor 23.9). Without this
         # a worker would look idle for its whole life and be drained as its last job ends.
         changed = [float(s["NumDynamicSlotsTime"]) for s in slots if s.get("PartitionableSlot") and _is_number(s.get("NumDynamicSlotsTime"))]
-        since = max([since, *changed])
-        return {**info, "state": "idle", "idle_since": since, "reason": f"every slot unclaimed for {now - since:.0f}s"}
+        by_ads = max([by_ads, *changed])
+        # The ads are only a lower bound: the scaler must also have seen it idle all along.
+        seen = min(now, observed_since) if observed_since is not None else now
+        since = max(by_ads, seen)
+        why = f"every slot unclaimed for {now - by_ads:.0f}s by its ads, seen idle in every cycle for {now - seen:.0f}s"
+        return {**info, "state": "idle", "idle_since": since, "seen_idle_since": seen, "reason": why}
     odd = sorted({str(s) for s in states if s != "Unclaimed"})
     return {**info, "state": "other", "reason": f"slot state(s) {', '.join(odd)}: neither idle nor busy"}
 
@@ -208,7 +268,14 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> dict[str, Any]:
             by_instance.setdefault(owner, []).append(slot)
 
     farm = sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"]))
-    instances = [classify(i, by_instance.get(i["InstanceId"], []), now, spec, collector_young) for i in farm]
+    running = running_by_startd(snapshot["jobs"])
+    observed = snapshot.get(OBSERVED) or {}
+    instances = []
+    for inst in farm:
+        slots = by_instance.get(inst["InstanceId"], [])
+        seen = observed.get(inst["InstanceId"])
+        instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, running) if slots else 0,
+                                  float(seen) if seen is not None else None))
 
     # Waiting jobs: idle long enough, and small enough to ever run on one worker.
     waiting: list[dict[str, Any]] = []
@@ -292,4 +359,6 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> dict[str, Any]:
         "decisions": decisions,
         "instances": instances,
         "warnings": warnings,
+        # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
+        OBSERVED: {i["id"]: i["seen_idle_since"] for i in instances if i["state"] == "idle"},
     }

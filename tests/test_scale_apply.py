@@ -202,9 +202,15 @@ def test_drain_then_terminate_only_without_a_claim(caplog: pytest.LogCaptureFixt
     w.cloud.instances["i-b"] = instance("i-b", w.now[0] - 1000)
     w.slots = [slot("i-a", entered=w.now[0] - 500), slot("i-b", "Claimed", entered=w.now[0] - 500)]
     w.jobs = [job(1, status=2, remote="slot1@w-i-b@h")]
+    w.scaler.cycle()  # its ads say idle for 500 s, but this scaler has not seen it idle yet
+    assert w.drain.drained == []
+    w.tick(60)
     w.scaler.cycle()
+    assert w.drain.drained == []
+    w.tick(40)
+    w.scaler.cycle()  # seen idle in every cycle for idle-time
     assert w.drain.drained == ["i-a"] and not [c for c in w.cloud.calls if c[0] == "terminate"]
-    assert "drain i-a: idle for 500s (idle-time 100s)" in caplog.text
+    assert "drain i-a: idle for 100s (idle-time 100s)" in caplog.text
     w.slots[0] = {**slot("i-a"), "State": "Drained", "Activity": "Idle"}
     w.scaler.cycle()
     assert ("terminate", {"i-a": "drained"}) in w.cloud.calls
