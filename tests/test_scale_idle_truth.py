@@ -46,8 +46,9 @@ def running_job(proc: int, remote: str) -> dict[str, Any]:
             "RemoteHost": remote}
 
 
-def snapshot(slots: list[dict[str, Any]], jobs: Optional[list[dict[str, Any]]] = None, now: float = NOW, **extra: Any) -> dict[str, Any]:
-    return {"now": now, "jobs": jobs or [], "slots": slots, "instances": [instance("i-a", NOW - 9999)], **extra}
+def snapshot(slots: list[dict[str, Any]], jobs: Optional[list[dict[str, Any]]] = None, observed: Any = None) -> dict[str, Any]:
+    snap = {"now": NOW, "jobs": jobs or [], "slots": slots, "instances": [instance("i-a", NOW - 9999)]}
+    return snap if observed is None else {**snap, planner.OBSERVED: observed}
 
 
 def only(result: dict[str, Any]) -> dict[str, Any]:
@@ -59,17 +60,17 @@ def only(result: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_job_the_schedd_runs_there_makes_the_worker_busy_whatever_its_stale_ad_says() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)  # the ad says idle for 2.5 h
-    watched = {planner.OBSERVED: {"i-a": NOW - 9000}}
-    assert planner.plan(snapshot([stale], **watched), spec(60))["drain"] == ["i-a"]
+    watched = {"i-a": NOW - 9000}
+    assert planner.plan(snapshot([stale], observed=watched), spec(60))["drain"] == ["i-a"]
     for remote in (f"slot1_1@w-i-a@{HOST}", f"slot1@w-i-a@{HOST}", HOST):  # a dynamic slot, the slot itself, its machine
-        result = planner.plan(snapshot([stale], [running_job(0, remote)], **watched), spec(60))
+        result = planner.plan(snapshot([stale], [running_job(0, remote)], observed=watched), spec(60))
         assert result["drain"] == [] and only(result)["state"] == "busy", remote
         assert "running there by the schedd" in only(result)["reason"]
         assert result[planner.OBSERVED] == {}  # not seen idle in this cycle: the next one starts afresh
-    elsewhere = planner.plan(snapshot([stale], [running_job(0, f"slot1_1@w-i-b@{HOST}")], **watched), spec(60))
+    elsewhere = planner.plan(snapshot([stale], [running_job(0, f"slot1_1@w-i-b@{HOST}")], observed=watched), spec(60))
     assert elsewhere["drain"] == ["i-a"]  # another worker's job on the same machine name's startd does not count
     idle = {**running_job(0, f"slot1_1@w-i-a@{HOST}"), "JobStatus": 1}
-    assert only(planner.plan(snapshot([stale], [idle], **watched), spec(60)))["state"] == "idle"  # only running jobs count
+    assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60)))["state"] == "idle"  # only running jobs count
 
 
 def test_without_observations_a_worker_is_seen_idle_for_the_first_time_now() -> None:
@@ -83,15 +84,15 @@ def test_without_observations_a_worker_is_seen_idle_for_the_first_time_now() -> 
 
 def test_the_idle_time_is_the_shorter_of_the_ads_and_the_observations() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)
-    result = planner.plan(snapshot([stale], **{planner.OBSERVED: {"i-a": NOW - 59}}), spec(60))
+    result = planner.plan(snapshot([stale], observed={"i-a": NOW - 59}), spec(60))
     assert result["drain"] == [] and only(result)["idle_since"] == NOW - 59
     assert result[planner.OBSERVED] == {"i-a": NOW - 59}  # the run goes on
     fresh = pslot("i-a", NOW - 9999, NOW - 30)  # the ad has caught up with a job the scaler never saw
-    result = planner.plan(snapshot([fresh], **{planner.OBSERVED: {"i-a": NOW - 9000}}), spec(60))
+    result = planner.plan(snapshot([fresh], observed={"i-a": NOW - 9000}), spec(60))
     assert result["drain"] == [] and only(result)["idle_since"] == NOW - 30
-    result = planner.plan(snapshot([stale], **{planner.OBSERVED: {"i-a": NOW - 60}}), spec(60))
+    result = planner.plan(snapshot([stale], observed={"i-a": NOW - 60}), spec(60))
     assert result["drain"] == ["i-a"] and "idle for 60s (idle-time 60s)" in result["decisions"][0]["reason"]
-    future = planner.plan(snapshot([stale], **{planner.OBSERVED: {"i-a": NOW + 500}}), spec(60))  # a clock that went back
+    future = planner.plan(snapshot([stale], observed={"i-a": NOW + 500}), spec(60))  # a clock that went back
     assert future[planner.OBSERVED] == {"i-a": NOW} and future["drain"] == []
 
 
@@ -99,7 +100,7 @@ def test_the_idle_time_is_the_shorter_of_the_ads_and_the_observations() -> None:
                                         ({"i-a": 10**30}, "epoch seconds")])
 def test_bad_observations_are_refused_in_one_line(bad: Any, reason: str) -> None:
     with pytest.raises(planner.SnapshotError, match=reason) as err:
-        planner.plan(snapshot([], **{planner.OBSERVED: bad}), spec(60))
+        planner.plan(snapshot([], observed=bad), spec(60))
     assert "\n" not in str(err.value)
 
 
