@@ -102,7 +102,7 @@ def test_real_client_mounts_alice_through_squid(site: CvmfsSite) -> None:
         assert config["CVMFS_CACHE_BASE"] == local["cache-base"] == "/var/lib/cvmfs"
         assert config["CVMFS_QUOTA_LIMIT"] == str(local["quota-limit"])
         assert config["CVMFS_HTTP_PROXY"] == site.proxy_url
-        assert config["CVMFS_SERVER_URL"] == site.stratum0_url
+        assert config["CVMFS_SERVER_URL"] == site.stratum0_url.replace("@fqrn@", REPOSITORY)  # showconfig expands it
         assert config["CVMFS_KEYS_DIR"] == KEYS_DIR
         running = box.run(["cvmfs_talk", "-i", REPOSITORY, "parameters"]).stdout
         assert f"CVMFS_CACHE_BASE={local['cache-base']}" in running
