@@ -15,7 +15,8 @@ a "lost" VM), so both policies meet the same boot times in launch order. Every 1
 finish, booted VMs join, the negotiator matches idle jobs to free slots in submit order, then
 the policy decides.
 - vfarm: `scaler.plan.plan(snapshot, spec)` on a snapshot of the simulated pool, in the shapes
-  `condor_q -json`, `condor_status -json` and DescribeInstances print; a drained VM's slots show
+  `condor_q -json`, `condor_status -json` and DescribeInstances print, with the since-when-seen-idle
+  record of the previous cycle's plan (as the scaler's loop keeps it); a drained VM's slots show
   `Drained`/`Idle` the next cycle, when the plan terminates it.
 - elastiq (../shared/anchors.md): every 15 s, waiting = idle jobs - booting VMs x 4; above the
   threshold for longer than 40 s -> launch ceil(waiting / 4) within the quota; every 45 s, a VM
@@ -210,14 +211,17 @@ class VfarmPolicy:
 
         self.spec = spec.parse(SECTION)
         self.plan_seconds: list[float] = []
+        self.observed_idle_since: dict[str, float] = {}  # carried from cycle to cycle, as the scaler's loop does
 
     def decide(self, sim: Sim, now: float) -> None:
         from vfarm.scaler import plan
 
         snap = sim.snapshot(now)
+        snap[plan.OBSERVED] = self.observed_idle_since
         t = time.perf_counter()
         decided = plan.plan(snap, self.spec)
         self.plan_seconds.append(time.perf_counter() - t)
+        self.observed_idle_since = dict(decided[plan.OBSERVED])
         for vid in decided["terminate"]:
             sim.terminate(vid)
         for vid in decided["drain"]:
