@@ -1,6 +1,6 @@
 """The benchmarks' SVG figures: the plot writer draws well-formed SVG with the series it was given,
 where they belong, and the day simulation writes one figure per policy, linked from its section,
-all on the same axes."""
+all on the same axes; and the simulation behind them drives the planner as the loop does."""
 
 from __future__ import annotations
 
@@ -116,3 +116,15 @@ def test_the_day_simulation_draws_one_figure_per_policy_on_shared_axes(tmp_path:
         # The tick labels are the axes: every figure must show the same ones.
         axes.add(tuple(t for t in texts(root) if re.fullmatch(r"[\d.]+", t)))
     assert len(axes) == 1
+
+
+def test_the_simulated_planner_gives_idle_workers_back_as_the_loop_does() -> None:
+    """The simulation drives the planner as the scaler's loop does (with what the previous cycle
+    saw), so the day ends with every worker drained and terminated, not kept until the time limit."""
+    import scale_sim
+
+    jobs = scale_sim.trace(3, 2.0, 1, 20)
+    sim = scale_sim.simulate(scale_sim.VfarmPolicy(), jobs, scale_sim.boot_times(3), 14)
+    assert len(sim.done) == len(jobs) and sim.finished()
+    assert not sim.vms, f"{len(sim.vms)} worker(s) never given back"
+    assert sim.samples["time"][-1] < 14 * 3600
