@@ -15,16 +15,21 @@ a "lost" VM), so both policies meet the same boot times in launch order. Every 1
 finish, booted VMs join, the negotiator matches idle jobs to free slots in submit order, then
 the policy decides.
 - vfarm: `scaler.plan.plan(snapshot, spec)` on a snapshot of the simulated pool, in the shapes
-  `condor_q -json`, `condor_status -json` and DescribeInstances print; a drained VM's slots show
+  `condor_q -json`, `condor_status -json` and DescribeInstances print, with the since-when-seen-idle
+  record of the previous cycle's plan (as the scaler's loop keeps it); a drained VM's slots show
   `Drained`/`Idle` the next cycle, when the plan terminates it.
 - elastiq (../shared/anchors.md): every 15 s, waiting = idle jobs - booting VMs x 4; above the
   threshold for longer than 40 s -> launch ceil(waiting / 4) within the quota; every 45 s, a VM
   whose slots all stayed idle for 20 min is terminated at once (no drain), a VM not in the pool
   600 s after launch is terminated.
 Reported: job wait (start - submit) median and 95th percentile, VM-hours (total, idle = joined
-with no claimed slot, booting), launches, lost VMs terminated.
+with no claimed slot, booting), launches, lost VMs terminated. Drawn: one SVG per policy and farm
+size (benchmarks/figures/scale-day-<policy>-<max-vms>.svg beside the --output file, linked from
+its section; benchmarks/_svgplot.py): the waiting jobs, the workers by state (busy, idle,
+draining, booting, lost = not joined boot-timeout after launch) and the idle cores of joined
+workers over the day, 2-minute means of the ticks, every figure on the same axes.
 
-    benchmarks/scale_sim.py [--seed 8] [--planner-runs 15]
+    benchmarks/scale_sim.py [--seed 8] [--planner-runs 15] [--figures DIR]
     benchmarks/scale_sim.py --smoke        # a 2-hour trace, a small planner snapshot
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import sys
 import time
@@ -41,6 +47,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+import _svgplot as svgplot  # noqa: E402
 
 NAME = "scale-sim"
 TITLE = "Scaler simulation: vfarm's planner vs elastiq's rule on a bursty day (issue 11 point 8)"
@@ -49,6 +56,9 @@ TICK = 15.0
 CPUS = 4
 START = 1_750_000_000.0  # an arbitrary epoch for the trace's t = 0
 PLANNER_TARGET = 0.050
+WORKER_STATES = ("busy", "idle", "draining", "booting", "lost")  # bottom to top in the figures
+SAMPLED = ("time", "waiting", "idle cores", *WORKER_STATES)
+BUCKET = 120.0  # seconds averaged into one point of a figure (about one pixel)
 SECTION: dict[str, Any] = {"name": FARM, "max-vms": 30, "min-vms": 0, "cpus-per-vm": CPUS, "waiting-jobs-threshold": 0,
            "waiting-time": 40, "idle-time": 1200, "boot-timeout": 600}
 
@@ -108,6 +118,7 @@ class Sim:
         self.launches = 0
         self.lost_terminated = 0
         self.vm_s = self.idle_s = self.boot_s = 0.0
+        self.samples: dict[str, list[float]] = {name: [] for name in SAMPLED}
 
     def launch(self, now: float, count: int) -> None:
         for _ in range(count):
@@ -153,6 +164,21 @@ class Sim:
             elif all(s is None for s in vm.slots):
                 self.idle_s += dt
 
+    def sample(self, now: float) -> None:
+        """Record the tick's picture: jobs waiting, workers per state, idle cores of joined workers."""
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        idle_cores = 0
+        for vm in self.vms.values():
+            if not vm.joined:
+                counts["lost" if now - vm.launched >= SECTION["boot-timeout"] else "booting"] += 1
+                continue
+            free = sum(1 for s in vm.slots if s is None)
+            idle_cores += free
+            counts["draining" if vm.draining else ("idle" if free == CPUS else "busy")] += 1
+        values = {"time": now, "waiting": len(self.queue), "idle cores": idle_cores, **counts}
+        for name in SAMPLED:
+            self.samples[name].append(float(values[name]))
+
     def finished(self) -> bool:
         return not self.pending and not self.queue and not self.running
 
@@ -178,20 +204,24 @@ class Sim:
 
 class VfarmPolicy:
     name = "vfarm (scaler/plan.py)"
+    slug = "vfarm"
 
     def __init__(self) -> None:
         from vfarm.scaler import spec
 
         self.spec = spec.parse(SECTION)
         self.plan_seconds: list[float] = []
+        self.observed_idle_since: dict[str, float] = {}  # carried from cycle to cycle, as the scaler's loop does
 
     def decide(self, sim: Sim, now: float) -> None:
         from vfarm.scaler import plan
 
         snap = sim.snapshot(now)
+        snap[plan.OBSERVED] = self.observed_idle_since
         t = time.perf_counter()
         decided = plan.plan(snap, self.spec)
         self.plan_seconds.append(time.perf_counter() - t)
+        self.observed_idle_since = dict(decided[plan.OBSERVED])
         for vid in decided["terminate"]:
             sim.terminate(vid)
         for vid in decided["drain"]:
@@ -201,6 +231,7 @@ class VfarmPolicy:
 
 class ElastiqPolicy:
     name = "elastiq's rule"
+    slug = "elastiq"
 
     def __init__(self) -> None:
         self.over_since: Optional[float] = None
@@ -236,6 +267,7 @@ def simulate(policy: Any, jobs: list[Job], boots: list[Optional[float]], limit_h
     while now <= limit_hours * 3600:
         sim.step(now)
         policy.decide(sim, now)
+        sim.sample(now)
         if sim.finished() and not sim.vms:
             break
         sim.account(TICK)
@@ -275,12 +307,16 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     boots = boot_times(args.seed)
     rows: list[list[object]] = []
     per_cycle: list[float] = []
+    runs: list[Run] = []
     for max_vms in args.max_vms or [30, 100]:
         SECTION["max-vms"] = max_vms
         vfarm_policy = VfarmPolicy()
         for policy in (vfarm_policy, ElastiqPolicy()):
             sim = simulate(policy, jobs, boots, hours + 12)
             waits = [(j.start or 0) - j.submit for j in sim.done]
+            summary = (f"job wait median {common.median(waits) / 60:.1f} min, p95 {common.percentile(waits, 95) / 60:.1f} min; "
+                       f"{sim.vm_s / 3600:.0f} VM-hours ({sim.idle_s / 3600:.0f} idle); {sim.launches} launches")
+            runs.append(Run(max_vms, policy.name, policy.slug, summary, sim.samples))
             rows.append([max_vms, policy.name, f"{len(sim.done)}/{len(jobs)}", f"{common.median(waits) / 60:.1f} min",
                          f"{common.percentile(waits, 95) / 60:.1f} min", f"{sim.vm_s / 3600:.1f}", f"{sim.idle_s / 3600:.1f}",
                          f"{sim.boot_s / 3600:.1f}", sim.launches, sim.lost_terminated])
@@ -292,6 +328,8 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                               "launches", "lost VMs terminated"], rows))
     section.add(f"vfarm's planner during the replay: {len(per_cycle)} cycles, median {common.fmt_ms(common.median(per_cycle))}, "
                 f"max {common.fmt_ms(max(per_cycle))}.\n")
+    figures = args.figures or args.output.resolve().parent / "benchmarks" / "figures"
+    section.add(figure_table(draw(runs, args.seed, figures), args.output.resolve().parent))
     section.add(SIM_NOTE)
 
     # The planner on a big snapshot.
@@ -312,6 +350,70 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                 f"{decided['waiting']} waiting jobs.)\n")
 
 
+@dataclass
+class Run:
+    """One policy's replay of the day, as the figures need it."""
+
+    max_vms: int
+    policy: str
+    slug: str
+    summary: str
+    samples: dict[str, list[float]]
+
+
+def averaged(samples: dict[str, list[float]]) -> dict[str, list[float]]:
+    """SAMPLES (one per tick) as means over BUCKET-second windows; "time" in hours, the window's mean."""
+    windows: dict[int, list[int]] = {}
+    for index, now in enumerate(samples["time"]):
+        windows.setdefault(int(now // BUCKET), []).append(index)
+    out: dict[str, list[float]] = {name: [] for name in samples}
+    for indexes in windows.values():
+        for name, values in samples.items():
+            out[name].append(sum(values[i] for i in indexes) / len(indexes))
+    out["time"] = [t / 3600 for t in out["time"]]
+    return out
+
+
+def draw(runs: list[Run], seed: int, folder: Path) -> dict[tuple[int, str], Path]:
+    """One SVG per run in FOLDER (scale-day-<policy>-<max-vms>.svg), all on the same axes; the paths."""
+    series = [averaged(run.samples) for run in runs]
+    x_max = 2 * math.ceil(max(s["time"][-1] for s in series) / 2)
+    waiting_max = svgplot.nice_ceiling(max(max(s["waiting"]) for s in series))
+    workers_max = svgplot.nice_ceiling(max(max(map(sum, zip(*(s[state] for state in WORKER_STATES)))) for s in series))
+    cores_max = svgplot.nice_ceiling(max(max(s["idle cores"]) for s in series))
+    colors = {"busy": "#2ca02c", "idle": "#f2b134", "draining": "#9467bd", "booting": "#6baed6", "lost": "#d62728"}
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for run, s in zip(runs, series):
+        panels = [
+            svgplot.Panel("Queue: idle jobs waiting for a slot", "waiting jobs", waiting_max,
+                          [svgplot.Series("waiting jobs", s["waiting"], "#1f77b4")]),
+            svgplot.Panel("Workers by state", "workers (VMs)", workers_max,
+                          [svgplot.Series(state, s[state], colors[state]) for state in WORKER_STATES], stacked=True),
+            svgplot.Panel(f"Idle cores: joined workers' cores with no job ({CPUS} per worker)", "idle cores", cores_max,
+                          [svgplot.Series("idle cores", s["idle cores"], "#ff7f0e")], stacked=True),
+        ]
+        title = f"{run.policy}, max-vms {run.max_vms}: the bursty day (seed {seed})"
+        subtitle = f"{run.summary}. {BUCKET / 60:g}-minute means of the {TICK:g}-s ticks."
+        hour_step = (1 if x_max <= 12 else 2) if x_max <= 48 else None
+        svg = svgplot.figure(title, subtitle, s["time"], "time since the trace's start (hours)", x_max, panels, x_step=hour_step)
+        path = folder / f"scale-day-{run.slug}-{run.max_vms}.svg"
+        path.write_text(svg, encoding="utf-8")
+        paths[run.max_vms, run.policy] = path
+    return paths
+
+
+def figure_table(paths: dict[tuple[int, str], Path], markdown_dir: Path) -> str:
+    """The figures as a markdown table (a row per farm size, a column per policy), linked relative to MARKDOWN_DIR."""
+    policies = list(dict.fromkeys(policy for _, policy in paths))
+    sizes = list(dict.fromkeys(size for size, _ in paths))
+    rows = [[size, *(f"[![{policy}, max-vms {size}]({link})]({link})"
+                     for policy in policies for link in [Path(os.path.relpath(paths[size, policy], markdown_dir)).as_posix()])]
+            for size in sizes]
+    return ("Figures (click for full size): the queue, the workers by state and the idle cores over the day, one per policy "
+            "and farm size, all on the same axes.\n\n" + common.table(["max-vms", *policies], rows))
+
+
 SIM_NOTE = """Reading it: both policies see the same jobs and the same boot time for the i-th launch, so the
 rows differ only by the rule. Both are driven by the count of idle jobs, both wait about 40 s
 before launching, both give VMs back after the same idle time, so on a trace like this they land
@@ -323,6 +425,11 @@ these figures: it drains before it terminates (elastiq terminates an idle worker
 on a real pool can kill a job matched in between; the simulation matches and decides at the same
 tick, so no job dies here), and it stops launching into a "black hole" (not simulated: every VM
 here that boots, joins). The simulation has no negotiation-cycle delay and only one-CPU jobs.
+The figures show the same: each burst is a spike of waiting jobs, answered by a wall of booting
+then busy workers (capped at max-vms: at 30 the queue drains for hours, at 100 in minutes), and
+followed by the idle-time tail of idle workers and idle cores; the two policies' figures differ
+only in small details. Draining workers are a thin band at most: vfarm drains only idle workers,
+which end at the next cycle.
 """
 
 
@@ -330,6 +437,7 @@ def extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=8, help="the trace's seed (default 8)")
     p.add_argument("--max-vms", type=int, action="append", help="farm size(s) to simulate (default 30 and 100)")
     p.add_argument("--planner-runs", type=int, default=15, help="timed plan() calls on the big snapshot (default 15)")
+    p.add_argument("--figures", type=Path, help="folder for the SVG figures (default benchmarks/figures/ beside the --output file)")
 
 
 if __name__ == "__main__":
