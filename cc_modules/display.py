@@ -15,11 +15,12 @@ import logging
 import re
 
 from .redaction import hide_credentials, redact
+from .textsafe import BIDI, C0_C1, SEPARATORS
 
-# C0 (newline and tab too: one value stays one line), DEL, C1, the line and paragraph separators,
-# the bidi controls (marks, embeddings, overrides, isolates) and lone surrogates (bytes that were
-# not UTF-8, which a UTF-8 terminal stream cannot even encode).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# What no config value holds (newline and tab too: one value stays one line), plus the Arabic
+# letter mark (a bidi mark a value may hold, but a screen reorders by it) and lone surrogates
+# (bytes that were not UTF-8, which a UTF-8 terminal stream cannot even encode).
+_CONTROL = re.compile(f"[{C0_C1}{SEPARATORS}{BIDI}\u061c\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:

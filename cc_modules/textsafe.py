@@ -7,12 +7,19 @@ hand-written part, and a value that breaks a line in a config file changes what 
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from typing import Optional
 
-# Line and paragraph separators: not control characters, but line breaks to Python, editors and
-# many line readers.
-_SEPARATORS = {"\u2028", "\u2029"}
+# The characters no config value of ours holds, as regex class ranges, one home for the loader's
+# refusal, the writers' checks and the escapes of what is printed:
+# C0 (newline, CR, tab, NUL, ESC...), DEL and C1 (Unicode's category Cc);
+C0_C1 = "\x00-\x1f\x7f-\x9f"
+# the line and paragraph separators: not control characters, but line breaks to Python, editors
+# and many line readers;
+SEPARATORS = "\u2028\u2029"
+# the bidi controls (marks, embeddings, overrides, isolates): they reorder text on screen.
+BIDI = "\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_BREAKS_A_LINE = re.compile(f"[{C0_C1}{SEPARATORS}]")
 
 
 class UnsafeValue(ValueError):
@@ -23,11 +30,9 @@ class UnsafeValue(ValueError):
 def control_character(text: str, allow_tab: bool = False) -> Optional[str]:
     """The first control character in TEXT (C0 including newline, CR and NUL, DEL, C1, U+2028
     and U+2029) as `U+XXXX`, or None. A tab passes when ALLOW_TAB."""
-    for char in text:
-        if char == "\t" and allow_tab:
-            continue
-        if char in _SEPARATORS or unicodedata.category(char) == "Cc":
-            return f"U+{ord(char):04X}"
+    for found in _BREAKS_A_LINE.finditer(text):
+        if found.group() != "\t" or not allow_tab:
+            return f"U+{ord(found.group()):04X}"
     return None
 
 

@@ -26,6 +26,7 @@ import yaml
 from ..cc_modules.files import read_bounded
 from ..cc_modules.findings import Finding
 from ..cc_modules.redaction import redact
+from ..cc_modules.textsafe import BIDI, C0_C1, SEPARATORS
 from ..schemas import load as load_schema
 
 MAGIC = "#multiple-config"
@@ -106,7 +107,7 @@ _CONTROL_NAMES = {
     0x202C: "pop directional formatting", 0x202D: "left-to-right override", 0x202E: "right-to-left override",
     0x2066: "left-to-right isolate", 0x2067: "right-to-left isolate", 0x2068: "first strong isolate", 0x2069: "pop directional isolate",
 }
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(f"[{C0_C1}{SEPARATORS}{BIDI}]")
 
 
 def control_character(text: str) -> Optional[str]:
