@@ -56,6 +56,14 @@ UNHANDLED = re.compile(r"Unhandled (unknown content-type|non-multipart) \(([^)]*
 BOOT_MARKERS = ("running 'init-local'", "running 'init'")
 DEFAULT_TIMEOUT_MINUTES = 30
 KEYS = ("on-failure", "delay", "degraded-is-failure", "message", "timeout")
+# The one machine-readable line the check writes to the console (the admin side reads it from the
+# cloud's console output): this prefix, then one JSON object of printable ASCII.
+VERDICT_PREFIX = "vfarm-verdict: "
+VERDICT_VERSION = 1
+VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
+VERDICT_MAX_TEXT = 240  # characters of each reason in the line
+# HTCondor reads the verdict from this file (50-vfarm.conf includes it) after a condor_reconfig.
+CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 
 Runner = Callable[[list[str]], Any]
 
@@ -95,6 +103,14 @@ class Paths:
     @property
     def console(self) -> Path:
         return self._p("/dev/console")
+
+    @property
+    def condor_config(self) -> Path:
+        return self._p("/etc/condor/config.d/50-vfarm.conf")
+
+    @property
+    def condor_verdict(self) -> Path:
+        return self._p(CONDOR_VERDICT_FILE)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -542,6 +558,40 @@ def _verdict(summary: dict[str, Any], message: Optional[str]) -> str:
     return f"{message}: {text}" if message else text
 
 
+def _bounded(text: Any) -> str:
+    text = redact(_one_line(str(text)))
+    return text if len(text) <= VERDICT_MAX_TEXT else text[: VERDICT_MAX_TEXT - 3] + "..."
+
+
+def verdict_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the console line carries: the result and decision, and each failed handler with its
+    reason (secrets hidden, each text one line of at most VERDICT_MAX_TEXT characters)."""
+    decision = summary.get("decision") or {}
+    failed = [h for h in summary.get("handlers") or [] if h.get("failed")]
+    return {
+        "v": VERDICT_VERSION,
+        "instance": _bounded(summary.get("instance_id") or ""),
+        "vfarm": _bounded(summary.get("vfarm_version", "unknown")),
+        "result": _bounded(summary.get("result", "failed")),
+        "action": _bounded(decision.get("action", "none")),
+        "reason": _bounded(decision.get("reason", "")),
+        "failed": [
+            {"name": _bounded(h.get("name")), "status": _bounded(h.get("status")), "reason": _bounded(h.get("reason") or "")}
+            for h in failed[:VERDICT_MAX_FAILED]
+        ],
+        "more_failed": max(0, len(failed) - VERDICT_MAX_FAILED),
+        "problems": len(summary.get("problems") or []),
+    }
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """VERDICT_PREFIX and the record as JSON in printable ASCII: every control character, every
+    non-ASCII character and DEL escaped inside its string, so no reason can end the line, start
+    another or hide a part of it on a terminal."""
+    text = json.dumps(verdict_record(summary), ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    return VERDICT_PREFIX + text.replace("\x7f", "\\u007f")
+
+
 # --- rendering (summary.log and `vfarm summary`) ------------------------------------------------
 
 
@@ -601,9 +651,10 @@ def render(summary: dict[str, Any]) -> str:
 # --- apply --------------------------------------------------------------------------------------
 
 
-def tell(paths: Paths, line: str) -> None:
-    """To the console (where an admin watching the boot sees it) and to the check's own log."""
-    line = shown(line)
+def tell(paths: Paths, line: str, raw: bool = False) -> None:
+    """To the console (where an admin watching the boot sees it) and to the check's own log.
+    RAW: a line already safe to show as it is (the verdict line), written unchanged."""
+    line = line if raw else shown(line)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         paths.log_dir.mkdir(parents=True, exist_ok=True)
@@ -621,6 +672,25 @@ def tell(paths: Paths, line: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def tell_condor(paths: Paths, summary: dict[str, Any], run: Optional[Runner] = None) -> bool:
+    """On a worker whose condor handler wrote its config: the verdict as the startd's
+    VfarmVerdict (a file 50-vfarm.conf includes, then condor_reconfig). The startd starts before
+    the check runs and advertises "pending" until then. Whether the file was written."""
+    if not paths.condor_config.is_file():
+        return False
+    result = str(summary.get("result", "failed"))
+    if result not in ("ok", "degraded", "failed"):
+        result = "failed"
+    try:
+        paths.condor_verdict.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(paths.condor_verdict, f'VfarmVerdict = "{result}"\n', 0o644)
+    except OSError as err:
+        tell(paths, f"vfarm check: cannot write {CONDOR_VERDICT_FILE}: {err.strerror or err}")
+        return False
+    (run or default_runner(paths))(["condor_reconfig"])
+    return True
 
 
 def default_runner(paths: Paths) -> Runner:
@@ -652,6 +722,8 @@ def apply(paths: Paths, summary: dict[str, Any], settings: Settings, run: Option
     os.sync()
     line = console_line(summary, settings.message)
     tell(paths, line)
+    tell(paths, verdict_line(summary), raw=True)
+    tell_condor(paths, summary, run)
     decision = summary["decision"]
     argv = power_argv(decision["action"], decision["delay"] or "now", line[:400])
     if argv is None:
@@ -680,6 +752,8 @@ def run_guarded(paths: Paths, wait: Optional[float] = None, run: Optional[Runner
     except Exception as err:
         line = f"vfarm check: ERROR: the check itself failed ({err!r}); poweroff now"
         tell(paths, line)
+        broken = {"result": "error", "decision": {"action": "poweroff" if act else "none", "reason": f"the check itself failed ({err!r})"}}
+        tell(paths, verdict_line(broken), raw=True)
         if act:
             argv = power_argv("poweroff", "now", line[:400])
             if argv:

@@ -19,6 +19,10 @@
   moment the newest one became lost (LaunchTime + boot-timeout). After the back-off one probe
   instance at a time is launched until one joins. All of it is computed every cycle from the
   cloud's instance list (terminated ones included, with their `vfarm:end` tags): no state file.
+- Lost workers, by reason: the first time a cycle finds a launch lost, the scaler reads the
+  verdict its final check wrote to the console (clouds/verdict.py, through the backend's
+  `verdict`), logs it and counts the loss under a short reason (check-failed:cvmfs, no-verdict,
+  ...); the black-hole message names the reasons of the losses it counted.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class Backend(Protocol):
 
     def terminate(self, ends: dict[str, str]) -> None:
         """Tag each id with `vfarm:end` = its end (lost/drained), then terminate them."""
+
+    # A backend may also offer `verdict(instance_id) -> Optional[Verdict]`: the final check's
+    # verdict from the instance's console (None: none there), raising CloudError when the console
+    # cannot be read. Without it every lost worker counts as "console-unreadable".
 
 
 class Drainer(Protocol):
@@ -177,23 +185,26 @@ def black_hole(instances: list[dict[str, Any]], plan_states: dict[str, str], joi
             fate = "lost"  # ended without our tag, never seen in the pool
         fates.append((launched, iid, fate))
     fates.sort(reverse=True)
+    lost = [iid for _launched, iid, fate in fates if fate == "lost"]
+    streak_ids: list[str] = []
     streak = 0
     newest_lost: Optional[float] = None
     in_flight = 0
-    for launched, _iid, fate in fates:
+    for launched, iid, fate in fates:
         if fate == "booting":
             in_flight += 1
             continue
         if fate != "lost":
             break
         streak += 1
+        streak_ids.append(iid)
         if newest_lost is None:
             newest_lost = launched + spec.boot_timeout
     active = streak >= BLACK_HOLE_LOSSES
     delay = min(BLACK_HOLE_MAX, BLACK_HOLE_FIRST * 2 ** (streak - BLACK_HOLE_LOSSES)) if active else 0.0
     until = (newest_lost or now) + delay if active else 0.0
     return {"active": active, "streak": streak, "delay": delay, "until": until, "blocked": active and now < until,
-            "probing": active and now >= until, "in_flight": in_flight}
+            "probing": active and now >= until, "in_flight": in_flight, "lost": lost, "streak_ids": streak_ids}
 
 
 @dataclass
@@ -204,6 +215,7 @@ class Outcome:
     cloud_errors: dict[str, int] = field(default_factory=dict)
     drain_errors: int = 0
     black_hole: dict[str, Any] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)  # workers first found lost in this cycle, by reason
 
 
 class Applier:
@@ -222,6 +234,33 @@ class Applier:
         self.intent: Optional[tuple[str, int]] = None  # (token, count) of a launch of unknown outcome
         self.joined: set[str] = set()
         self._said_black_hole = 0.0
+        # Why each lost worker was lost (its verdict's label), read once per worker; lost on a restart.
+        self.lost_reasons: dict[str, str] = {}
+
+    def read_verdict(self, iid: str) -> tuple[str, str]:
+        """(reason label, what the worker's console says) for a lost or ended worker."""
+        from ..clouds import verdict as verdicts
+
+        read = getattr(self.backend, "verdict", None)
+        if read is None:
+            return verdicts.UNREADABLE, "this cloud backend cannot read consoles"
+        try:
+            found = read(iid)
+        except CloudError as err:
+            return verdicts.UNREADABLE, f"its console could not be read: {err}"
+        if found is None:
+            return verdicts.NO_VERDICT, "no verdict on its console: its final check never finished"
+        return found.label(), f"its final check said {found.text()}"
+
+    def note_lost(self, lost: Sequence[str], outcome: Outcome) -> None:
+        """Read, log and count the verdict of each worker found lost for the first time."""
+        for iid in lost:
+            if iid in self.lost_reasons:
+                continue
+            reason, said = self.read_verdict(iid)
+            self.lost_reasons[iid] = reason
+            outcome.lost[reason] = outcome.lost.get(reason, 0) + 1
+            self.log.warning("lost worker %s (%s): %s", iid, reason, said)
 
     def _cloud_error(self, op: str, err: Exception, now: float, outcome: Outcome) -> None:
         delay = self.backoff[op].failed(now)
@@ -240,6 +279,8 @@ class Applier:
             if isinstance(owner, str):
                 slots_of.setdefault(owner, []).append(slot)
         reasons = {d.get("instance"): d["reason"] for d in plan["decisions"] if d.get("instance")}
+        # Before anything is terminated: a lost worker's console is read while the cloud has it.
+        self.note_lost(black_hole(history, states, self.joined, self.spec, now)["lost"], outcome)
 
         # Terminate first: it frees quota for the launches below.
         ends = {iid: ("lost" if states.get(iid) == "lost" else "drained") for iid in plan["terminate"]}
@@ -282,9 +323,15 @@ class Applier:
         outcome.black_hole = hole
         if hole["active"] and now - self._said_black_hole >= 60:
             self._said_black_hole = now
+            seen: dict[str, int] = {}
+            for iid in hole["streak_ids"]:
+                reason = self.lost_reasons.get(iid, "unknown")
+                seen[reason] = seen.get(reason, 0) + 1
+            hole["reasons"] = seen
             self.log.error("BLACK HOLE: the last %d launched instance(s) were all lost (never joined the pool within "
-                           "boot-timeout): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
-                           hole["streak"], hole["delay"], max(0.0, hole["until"] - now))
+                           "boot-timeout; reasons seen: %s): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
+                           hole["streak"], ", ".join(f"{n}x {r}" for r, n in sorted(seen.items(), key=lambda x: (-x[1], x[0]))),
+                           hole["delay"], max(0.0, hole["until"] - now))
         if wanted <= 0:
             if self.intent is not None:
                 self.log.info("launch intent of %d worker(s) dropped: no longer wanted", self.intent[1])
@@ -357,3 +404,7 @@ class Ec2Backend:
         for end in sorted(set(ends.values())):
             self._call(self.cloud.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
         self._call(self.cloud.terminate, list(ends))
+
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict on the instance's console output (GetConsoleOutput)."""
+        return self._call(self.cloud.verdict, instance_id)

@@ -23,6 +23,7 @@ from ..cc_modules import condor_spec
 from ..cc_modules.display import ShownFormatter, shown_message
 from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
 from ..cc_modules.jsonbounds import JsonInputError, loads_bounded
+from ..cc_modules.redaction import redact_strings
 from ..cc_modules.runner import Runner
 from ..mime_builder import table
 from . import apply, discover, loop
@@ -180,17 +181,20 @@ def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result
             f"demand {result['demand']} CPU(s), supply {result['supply']} CPU(s)\n")
     if not rows:
         return head + "no instance\n"
-    body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
-    return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), body, right=("AGE", "SLOTS", "JOBS"))
+    body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
+    return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), body, right=("AGE", "SLOTS", "JOBS"))
 
 
 def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> int:
     snapshot = scaler.discover()
     result = planner.plan(snapshot, spec)
-    rows = loop.status_rows(result, snapshot, spec)
+    rows = loop.status_rows(result, snapshot, spec) + loop.ended_rows(scaler.history, float(snapshot["now"]), spec)
+    for row in rows:  # what the final check of each instance that ended or is ending said
+        if row["state"] in loop.VERDICT_STATES:
+            row["lost_reason"], row["verdict"] = scaler.applier.read_verdict(row["instance"])
     if as_json:
         print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result["waiting"], "demand": result["demand"],
-                          "supply": result["supply"], "instances": rows}, indent=2, sort_keys=True))
+                          "supply": result["supply"], "instances": redact_strings(rows)}, indent=2, sort_keys=True))
     else:
         print(render_status(rows, spec, result), end="")
     return EXIT_OK

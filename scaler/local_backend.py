@@ -57,3 +57,7 @@ class LocalBackend:
         for end in sorted(set(ends.values())):
             self._call(self.farm.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
         self._call(self.farm.terminate, list(ends))
+
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict from the VM's console logs (or its tombstone)."""
+        return self._call(self.farm.verdict, instance_id)

@@ -25,6 +25,9 @@ from .apply import Applier, Backend, CloudError, Drainer
 from .spec import ScaleSpec
 
 STOPPED_STATES = ("stopping", "stopped")
+ENDED_STATES = ("shutting-down", "terminated")
+# The rows of --status whose instance ended or is ending: they show the final check's verdict.
+VERDICT_STATES = ("lost", *STOPPED_STATES, *ENDED_STATES)
 
 
 class Metrics:
@@ -49,12 +52,15 @@ class Metrics:
         self.cloud_errors = Counter("vfarm_scale_cloud_errors", "Failed cloud calls", ["farm", "operation"], registry=r)
         self.drain_errors = Counter("vfarm_scale_drain_errors", "Failed drain commands", ["farm"], registry=r)
         self.cycles = Counter("vfarm_scale_cycles", "Cycles, by result (applied, skipped)", ["farm", "result"], registry=r)
+        self.lost = Counter("vfarm_scale_lost_workers", "Workers lost (never joined the pool), by the reason their console gave "
+                            "(check-failed:HANDLER, check-error, check-ok, no-verdict, console-unreadable)", ["farm", "reason"], registry=r)
         for state in planner.STATES:
             self.instances.labels(farm, state).set(0)
         for op in ("discover", "launch", "terminate"):
             self.cloud_errors.labels(farm, op)
         for result in ("applied", "skipped"):
             self.cycles.labels(farm, result)
+        self.lost.labels(farm, "no-verdict")
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         """Serve /metrics on ADDRESS:PORT (loopback by default) in a thread; the server."""
@@ -139,7 +145,7 @@ class Scaler:
         outcome = self.applier.apply(result, snapshot, self.history)
         result["applied"] = {"launched": outcome.launched, "drained": outcome.drained, "terminated": outcome.terminated,
                              "cloud_errors": outcome.cloud_errors, "drain_errors": outcome.drain_errors,
-                             "black_hole": outcome.black_hole, "dry_run": self.applier.dry_run}
+                             "black_hole": outcome.black_hole, "lost": outcome.lost, "dry_run": self.applier.dry_run}
         self.record(result, outcome)
         return result
 
@@ -159,6 +165,8 @@ class Scaler:
         for op, count in outcome.cloud_errors.items():
             m.cloud_errors.labels(farm, op).inc(count)
         m.drain_errors.labels(farm).inc(outcome.drain_errors)
+        for reason, count in outcome.lost.items():
+            m.lost.labels(farm, reason).inc(count)
         m.black_hole.labels(farm).set(1 if outcome.black_hole.get("blocked") else 0)
         m.cycles.labels(farm, "applied").inc()
         m.last_cycle.labels(farm).set(self.clock())
@@ -204,4 +212,22 @@ def status_rows(result: dict[str, Any], snapshot: dict[str, Any], spec: ScaleSpe
             launched = planner.epoch(inst.get("LaunchTime"))
             rows.append({"instance": inst["InstanceId"], "state": state, "age": now - launched if launched is not None else None,
                          "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)"})
+    return rows
+
+
+def ended_rows(history: list[dict[str, Any]], now: float, spec: ScaleSpec) -> list[dict[str, Any]]:
+    """Farm instances that ended (terminated, shutting down) and the cloud still lists, with how
+    they ended: the scaler's `vfarm:end` tag, or none (the instance powered itself off)."""
+    from .apply import END_TAG
+
+    rows = []
+    for inst in history:
+        state = (inst.get("State") or {}).get("Name")
+        if state not in ENDED_STATES or not planner.farm_instances([{**inst, "State": {"Name": "running"}}], spec.name):
+            continue
+        end = next((t.get("Value") for t in inst.get("Tags") or [] if isinstance(t, dict) and t.get("Key") == END_TAG), None)
+        launched = planner.epoch(inst.get("LaunchTime"))
+        why = f"ended by the scaler ({END_TAG}={end})" if end else "ended without the scaler: it powered itself off, or someone terminated it"
+        rows.append({"instance": inst["InstanceId"], "state": state, "age": now - launched if launched is not None else None,
+                     "slots": 0, "jobs": 0, "reason": why})
     return rows
