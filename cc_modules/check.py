@@ -62,7 +62,8 @@ VERDICT_PREFIX = "vfarm-verdict: "
 VERDICT_VERSION = 1
 VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
-# HTCondor reads the verdict from this file (50-vfarm.conf includes it) after a condor_reconfig.
+# HTCondor reads the verdict from this file (50-vfarm.conf includes it: condor_spec.VERDICT_FILE)
+# when the condor unit reloads; not imported from there, to keep the check's bundle small.
 CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 
 Runner = Callable[[list[str]], Any]
@@ -676,8 +677,10 @@ def tell(paths: Paths, line: str, raw: bool = False) -> None:
 
 def tell_condor(paths: Paths, summary: dict[str, Any], run: Optional[Runner] = None) -> bool:
     """On a worker whose condor handler wrote its config: the verdict as the startd's
-    VfarmVerdict (a file 50-vfarm.conf includes, then condor_reconfig). The startd starts before
-    the check runs and advertises "pending" until then. Whether the file was written."""
+    VfarmVerdict. The startd starts before the check runs and advertises "pending" until then;
+    here the check writes the file 50-vfarm.conf includes and has the condor unit reload
+    (condor_master re-reads its config on SIGHUP and reconfigures its daemons: no pool
+    authorization needed, unlike condor_reconfig). Whether the file was written."""
     if not paths.condor_config.is_file():
         return False
     result = str(summary.get("result", "failed"))
@@ -689,7 +692,8 @@ def tell_condor(paths: Paths, summary: dict[str, Any], run: Optional[Runner] = N
     except OSError as err:
         tell(paths, f"vfarm check: cannot write {CONDOR_VERDICT_FILE}: {err.strerror or err}")
         return False
-    (run or default_runner(paths))(["condor_reconfig"])
+    # --no-block: when the check runs as power_state's condition, inside cloud-init's final stage
+    (run or default_runner(paths))(["systemctl", "--no-block", "reload", "condor"])
     return True
 
 

@@ -263,3 +263,54 @@ def test_status_shows_the_verdict_of_lost_and_ended_instances(caplog: pytest.Log
     listed = {r["instance"]: r for r in json.loads(capsys.readouterr().out)["instances"]}
     assert listed["i-ended"]["lost_reason"] == "check-failed:cvmfs" and "verdict" not in listed["i-new"]
     assert not [c for c in w.cloud.calls if c[0] in ("launch", "terminate")]  # --status only looks
+
+
+# --- the startd's ad (point 4), through HTCondor's own config parser ------------------------------
+
+
+def test_the_worker_advertises_vfarms_version_and_the_checks_verdict(tmp_path: Path) -> None:
+    """50-vfarm.conf read by the real parser (htcondor2): VfarmVersion, VfarmVerdict "pending"
+    until the check ran, then what the check wrote to the file the config includes. The include's
+    absolute path is rooted in the test's instance root, as / is on an instance."""
+    from tests.test_render_hostile import read_condor
+    from vfarm.cc_modules import condor_spec
+
+    root = tmp_path / "root"
+    spec = condor_spec.parse({"central-manager": "cm.example.org", "token": "a.b.c", "attributes": {"Site": "T2"}})
+    text = condor_spec.render(spec, "i-1").replace(condor_spec.VERDICT_FILE, str(root / condor_spec.VERDICT_FILE.lstrip("/")))
+    config = root / condor_spec.CONFIG_FILE.lstrip("/")
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    assert check.Paths(root).condor_config == config and check.CONDOR_VERDICT_FILE == condor_spec.VERDICT_FILE
+    knobs = ["VfarmVerdict", "VfarmVersion", "STARTD_ATTRS"]
+
+    def advertised() -> dict[str, Any]:
+        got = read_condor(tmp_path, [config.read_text()], knobs, ["VfarmVerdict", "VfarmVersion"])[0]
+        assert set(got["values"]["STARTD_ATTRS"].split()) >= {"VfarmInstanceId", "VfarmVersion", "VfarmVerdict", "Site"}
+        return dict(got["ads"])
+
+    import vfarm
+
+    assert advertised() == {"VfarmVerdict": "pending", "VfarmVersion": vfarm.__version__}
+    (root / "dev").mkdir()
+    (root / "dev/console").write_text("")
+    for summary, result in ((summary_with("mount failed"), "failed"), (summary_with("", result="ok"), "ok")):
+        runner = FakeRunner()
+        check.apply(check.Paths(root), summary, check.Settings(), runner)
+        assert runner.calls[0] == ["systemctl", "--no-block", "reload", "condor"]  # before any power-off
+        assert [c[0] for c in runner.calls[1:]] == (["shutdown"] if result == "failed" else [])
+        assert advertised() == {"VfarmVerdict": result, "VfarmVersion": vfarm.__version__}
+
+
+def test_no_condor_config_no_verdict_file_and_no_reload(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    assert check.tell_condor(check.Paths(tmp_path), summary_with("x"), runner) is False
+    assert runner.calls == [] and not (tmp_path / "run").exists()
+
+
+def test_the_vfarm_attributes_are_vfarms_own() -> None:
+    from vfarm.cc_modules import condor_spec
+
+    for name in condor_spec.VFARM_ATTRIBUTES:
+        found = condor_spec.check({"central-manager": "cm", "token": "a.b.c", "attributes": {name: "x"}})
+        assert [f.message for f in found] == [f"{name} is set by vfarm (VfarmInstanceId, VfarmVerdict, VfarmVersion)"]
