@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "retirement-time": 3600,
     "start": "TRUE",
     "join-timeout": 300,
+    "protect-metadata": True,
 }
 CONFIG_FILE = "/etc/condor/config.d/50-vfarm.conf"
 TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
@@ -69,6 +70,7 @@ class CondorSpec:
     join_timeout: int
     install: bool
     version: Optional[str]
+    protect_metadata: bool = True  # only root reaches the metadata service (metadata_guard)
 
     @property
     def collector(self) -> str:
@@ -144,6 +146,7 @@ def parse(section: dict[str, Any]) -> CondorSpec:
         join_timeout=int(parse_seconds(merged["join-timeout"])),
         install=bool(merged.get("install", False)),
         version=merged.get("version"),
+        protect_metadata=bool(merged["protect-metadata"]),
     )
 
 

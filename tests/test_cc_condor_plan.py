@@ -7,7 +7,8 @@ import pytest
 from vfarm.cc_modules import cc_condor, condor_spec
 from vfarm.cc_modules.handling import StepError
 
-SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}}
+# The metadata guard has tests of its own (test_metadata_guard.py).
+SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}, "protect-metadata": False}
 SPEC = condor_spec.parse(SECTION)
 
 
