@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.cloudinit import Release
 from vfarm.cc_modules import cc_condor, condor_spec, metadata_guard
 from vfarm.cc_modules.handling import StepError
 
@@ -189,3 +190,35 @@ def test_only_root_reaches_the_metadata_service(tool: str, tmp_path: Path) -> No
         assert got["shown"].count(metadata_guard.COMMENT) == 1
     assert got["forgotten"]["v4"] == SECRET  # the kernel forgot it...
     assert got["after_unit"]["v4"].startswith("refused:") and got["after_unit"]["other"] == SECRET  # ...the unit puts it back
+
+
+# --- cloud-init's own copies of the user-data ------------------------------------------------------
+
+
+def test_cloud_inits_copies_of_the_user_data_are_root_only(cloudinit_release: Release, tmp_path: Path) -> None:
+    """Debian's REAL cloud-init 22.4 and 25.1 walk a user-data with the condor part (7-bit, so the
+    token is literal in every copy): every file under its cloud and run folders that holds the
+    token is readable by root alone (user-data.txt and .i 0600, obj.pkl 0400); instance-data.json,
+    readable by all, holds none of it."""
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    import yaml
+
+    from tests.test_condor_cloudinit import CONDOR, HANDLER_SHIM, TOKEN, boot
+
+    message = MIMEMultipart()
+    for subtype, name, text in (("part-handler", "condor_handler.py", HANDLER_SHIM), ("condor-config", "condor.yaml", yaml.safe_dump({"condor": CONDOR}))):
+        part = MIMEText(text, subtype, "us-ascii")
+        part.add_header("Content-Disposition", "attachment", filename=name)
+        message.attach(part)
+    out, _log, _commands = boot(cloudinit_release, tmp_path, message.as_string(), {}, preinstalled=False)
+    assert out["after_parts"]["condor.status.json"]["status"] == "ok"
+    holding: dict[str, int] = {}
+    for base in ("cloud", "run"):
+        for path in (tmp_path / base).rglob("*"):
+            if path.is_file() and not path.is_symlink() and TOKEN.encode() in path.read_bytes():
+                holding[str(path.relative_to(tmp_path / base)).replace("instances/iid-datasource-none/", "instance/")] = path.stat().st_mode & 0o777
+    assert {"instance/user-data.txt", "instance/user-data.txt.i", "instance/obj.pkl"} <= set(holding), holding
+    assert {name: mode for name, mode in holding.items() if mode & 0o077} == {}, holding
+    assert (tmp_path / "run/instance-data.json").stat().st_mode & 0o004  # readable by all: and so without the token
