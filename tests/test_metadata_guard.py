@@ -125,7 +125,8 @@ servers = [http.server.ThreadingHTTPServer(("169.254.169.254", 80), Handler), Se
 for server in servers:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-FETCH = "import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\nexcept Exception as err:\n    print('refused:', err)"
+FETCH = ("import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+         "except Exception as err:\n    print('refused:', err)")
 URLS = {"v4": "http://169.254.169.254/latest/user-data", "v6": "http://[fd00:ec2::254]/latest/user-data", "other": "http://127.0.0.1:8080/"}
 
 def fetch(as_root):

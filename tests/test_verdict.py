@@ -5,7 +5,6 @@ logs, the scaler's log, metrics and black hole)."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
