@@ -53,9 +53,11 @@ def run_vfarm(condor_pool: CondorPool, tmp_path: Path) -> Iterator[Path]:
 
 
 def advertised(pool: CondorPool, worker: InstanceWorker, iid: str) -> list[str]:
-    """`condor_status -af VfarmVersion VfarmVerdict` of the worker, run with its own configuration and token."""
+    """`condor_status -af VfarmVersion VfarmVerdict` (the slot ads, as an admin asks) of the worker, run
+    with its own configuration and token. Not `-startd`: that lists the startd's daemon ad, which
+    carries the attributes too but is re-sent later than the slot ads after a reconfig."""
     constraint = f'VfarmInstanceId == "{iid}"'
-    done = worker.tool(["condor_status", "-pool", pool.collector_address, "-startd", "-constraint", constraint, "-af", "VfarmVersion", "VfarmVerdict"])
+    done = worker.tool(["condor_status", "-pool", pool.collector_address, "-constraint", constraint, "-af", "VfarmVersion", "VfarmVerdict"])
     return done.stdout.split()
 
 
