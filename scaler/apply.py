@@ -321,13 +321,13 @@ class Applier:
         wanted = int(plan["launch"])
         hole = black_hole(history, states, self.joined, self.spec, now)
         outcome.black_hole = hole
+        seen: dict[str, int] = {}  # why the streak's workers were lost (their verdicts' labels)
+        for iid in hole["streak_ids"]:
+            reason = self.lost_reasons.get(iid, "unknown")
+            seen[reason] = seen.get(reason, 0) + 1
+        hole["reasons"] = seen
         if hole["active"] and now - self._said_black_hole >= 60:
             self._said_black_hole = now
-            seen: dict[str, int] = {}
-            for iid in hole["streak_ids"]:
-                reason = self.lost_reasons.get(iid, "unknown")
-                seen[reason] = seen.get(reason, 0) + 1
-            hole["reasons"] = seen
             self.log.error("BLACK HOLE: the last %d launched instance(s) were all lost (never joined the pool within "
                            "boot-timeout; reasons seen: %s): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
                            hole["streak"], ", ".join(f"{n}x {r}" for r, n in sorted(seen.items(), key=lambda x: (-x[1], x[0]))),

@@ -219,6 +219,7 @@ def test_lost_workers_are_counted_by_reason_and_the_black_hole_names_it(caplog: 
     assert f"lost worker {ids[0]} (check-failed:cvmfs): its final check said failed: cvmfs: failed: cvmfs: mount failed" in caplog.text
     assert f"lost worker {ids[2]} (no-verdict)" in caplog.text
     assert "reasons seen: 2x check-failed:cvmfs, 1x no-verdict" in caplog.text
+    assert result["applied"]["black_hole"]["reasons"] == {"check-failed:cvmfs": 2, "no-verdict": 1}
     text = w.metrics.text()
     assert 'vfarm_scale_lost_workers_total{farm="farm",reason="check-failed:cvmfs"} 2.0' in text
     assert 'vfarm_scale_lost_workers_total{farm="farm",reason="no-verdict"} 1.0' in text
