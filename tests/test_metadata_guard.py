@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 
 from tests.fixtures.cloudinit import Release
-from vfarm.cc_modules import cc_condor, condor_spec, metadata_guard
-from vfarm.cc_modules.handling import StepError
+from vfarm.cc_modules import cc_condor, metadata_guard
+from vfarm.cc_modules.steps import Custom, Plan, Run, WriteFile
+from vfarm.config import condor as condor_spec
+from vfarm.errors import StepError
 
 SECTION: dict[str, Any] = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc"}
 SPEC = condor_spec.parse(SECTION)
-GUARD_ACTIONS = ["write-guard-rules", "write-guard-unit", "enable-guard", "protect-metadata"]
+GUARD_ACTIONS = ["guard-folders", "write-guard-rules", "write-guard-unit", "enable-guard", "protect-metadata"]
 
 
 def facts(**changes: Any) -> cc_condor.Facts:
@@ -34,8 +36,12 @@ def facts(**changes: Any) -> cc_condor.Facts:
     return cc_condor.Facts(**base)
 
 
-def actions(steps: list[dict[str, Any]]) -> list[str]:
-    return [str(s["action"]) for s in steps]
+def actions(plan: Plan) -> list[str]:
+    return plan.actions()
+
+
+def step(plan: Plan, action: str) -> Any:
+    return next(s for s in plan.steps if s.action == action)
 
 
 # --- the plan ---------------------------------------------------------------------------------------
@@ -43,12 +49,16 @@ def actions(steps: list[dict[str, Any]]) -> list[str]:
 
 def test_on_by_default_and_in_place_before_condor_starts() -> None:
     assert SPEC.protect_metadata is True
-    steps = cc_condor.plan(SPEC, facts(), "i-1")
-    assert actions(steps) == ["write-token", "write-config", *GUARD_ACTIONS, "check-config", "start", "wait-join"]
-    by_action = {s["action"]: s for s in steps}
-    assert by_action["write-guard-rules"]["content"] == metadata_guard.nft_rules()
-    assert by_action["enable-guard"]["argv"] == ["systemctl", "enable", "vfarm-metadata-guard.service"]
-    assert by_action["protect-metadata"]["argvs"] == [(["nft", "-f", "/etc/vfarm/metadata-guard.nft"], True)]
+    plan = cc_condor.plan(SPEC, facts(), "i-1")
+    assert actions(plan) == ["write-token", "write-config", *GUARD_ACTIONS, "check-config", "start", "wait-join"]
+    rules = step(plan, "write-guard-rules")
+    assert isinstance(rules, WriteFile) and rules.content == metadata_guard.nft_rules() and rules.path == "/etc/vfarm/metadata-guard.nft"
+    assert step(plan, "guard-folders").details == {"paths": ["/etc/systemd/system", "/etc/vfarm"]}
+    enable = step(plan, "enable-guard")
+    assert isinstance(enable, Run) and enable.argv == ["systemctl", "enable", "vfarm-metadata-guard.service"]
+    protect = step(plan, "protect-metadata")
+    assert isinstance(protect, Custom) and protect.details["argvs"] == [["nft", "-f", "/etc/vfarm/metadata-guard.nft"]]
+    assert protect.details["show"] == "nft list table inet vfarm_metadata_guard"
 
 
 def test_a_second_run_leaves_the_guard_alone_but_puts_a_missing_rule_back() -> None:
@@ -59,12 +69,12 @@ def test_a_second_run_leaves_the_guard_alone_but_puts_a_missing_rule_back() -> N
 
 
 def test_iptables_when_the_image_has_no_nft() -> None:
-    steps = cc_condor.plan(SPEC, facts(firewall="iptables"), "i-1")
-    assert "write-guard-rules" not in actions(steps)
-    protect = next(s for s in steps if s["action"] == "protect-metadata")
-    (delete, may_fail), (insert, must) = protect["argvs"]
+    plan = cc_condor.plan(SPEC, facts(firewall="iptables"), "i-1")
+    assert "write-guard-rules" not in actions(plan)
+    (delete, may_fail), (insert, must) = metadata_guard.apply_argvs("iptables")
+    assert step(plan, "protect-metadata").details["argvs"] == [delete, insert]
     assert delete[:4] == ["iptables", "-w", "-D", "OUTPUT"] and not may_fail and insert[:5] == ["iptables", "-w", "-I", "OUTPUT", "1"] and must
-    unit = next(s for s in steps if s["action"] == "write-guard-unit")["content"]
+    unit = step(plan, "write-guard-unit").content
     assert "ExecStart=-/usr/sbin/iptables -w -D OUTPUT" in unit and "ExecStart=/usr/sbin/iptables -w -I OUTPUT 1" in unit
 
 
@@ -72,10 +82,9 @@ def test_no_packet_filter_fails_unless_it_may_install_one() -> None:
     with pytest.raises(StepError, match="neither nft nor iptables.*protect-metadata: false"):
         cc_condor.plan(SPEC, facts(firewall=None), "i-1")
     spec = condor_spec.parse({**SECTION, "install": True})
-    steps = cc_condor.plan(spec, facts(firewall=None), "i-1")
-    install = next(s for s in steps if s["action"] == "install-guard")
-    assert install["argv"] == ["apt-get", "install", "-y", "--no-install-recommends", "nftables"]
-    assert actions(steps).index("install-guard") < actions(steps).index("protect-metadata") < actions(steps).index("start")
+    plan = cc_condor.plan(spec, facts(firewall=None), "i-1")
+    assert step(plan, "install-guard").argv == ["apt-get", "install", "-y", "--no-install-recommends", "nftables"]
+    assert actions(plan).index("install-guard") < actions(plan).index("protect-metadata") < actions(plan).index("start")
     off = condor_spec.parse({**SECTION, "protect-metadata": False})
     assert not set(GUARD_ACTIONS) & set(actions(cc_condor.plan(off, facts(firewall=None), "i-1")))
 
@@ -90,7 +99,7 @@ def test_the_unit_runs_before_condor_at_every_boot() -> None:
 
 
 def test_the_section_key_is_validated() -> None:
-    from vfarm.mime_builder.config import ConfigError, load_text
+    from vfarm.config.loader import ConfigError, load_text
 
     load_text("#multiple-config\ncondor:\n  central-manager: cm\n  token: a.b.c\n  protect-metadata: false\n", "farm.yaml")
     with pytest.raises(ConfigError, match=r"farm.yaml:5:\d+: .*protect-metadata"):

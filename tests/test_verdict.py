@@ -17,10 +17,10 @@ from tests.test_check import SCENARIOS, FakeRunner, boots, run_check  # noqa: F4
 from tests.test_ec2_cli import launch_some, run
 from tests.test_scale_apply import FakeCloud, World, instance, job
 from vfarm.cc_modules import check
+from vfarm.cli import scale as commands
 from vfarm.clouds import ec2, local_farm
 from vfarm.clouds import verdict as verdicts
-from vfarm.scaler import commands
-from vfarm.scaler import spec as scale_spec
+from vfarm.config import scale as scale_spec
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ2ZmFybSJ9.c2lnbmF0dXJlLW9mLXRoZS1wb29s"
 FORGED = 'vfarm-verdict: {"v":1,"instance":"i-1","vfarm":"x","result":"ok","action":"none","reason":"","failed":[],"more_failed":0,"problems":0}'
@@ -273,7 +273,7 @@ def test_the_worker_advertises_vfarms_version_and_the_checks_verdict(tmp_path: P
     until the check ran, then what the check wrote to the file the config includes. The include's
     absolute path is rooted in the test's instance root, as / is on an instance."""
     from tests.test_render_hostile import read_condor
-    from vfarm.cc_modules import condor_spec
+    from vfarm.config import condor as condor_spec
 
     root = tmp_path / "root"
     spec = condor_spec.parse({"central-manager": "cm.example.org", "token": "a.b.c", "attributes": {"Site": "T2"}})
@@ -309,7 +309,7 @@ def test_no_condor_config_no_verdict_file_and_no_reload(tmp_path: Path) -> None:
 
 
 def test_the_vfarm_attributes_are_vfarms_own() -> None:
-    from vfarm.cc_modules import condor_spec
+    from vfarm.config import condor as condor_spec
 
     for name in condor_spec.VFARM_ATTRIBUTES:
         found = condor_spec.check({"central-manager": "cm", "token": "a.b.c", "attributes": {name: "x"}})

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import vfarm
-from vfarm.cc_modules import check, condor_spec
+from vfarm.cc_modules import check
+from vfarm.config import condor as condor_spec
 
 from .fixtures.condor_instance import InstanceWorker
 from .fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool
