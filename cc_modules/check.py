@@ -37,8 +37,8 @@ from typing import Any, Callable, Optional, Union
 
 from ..display import shown
 from ..files import atomic_write, under
+from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
-from .record import log_dir as records_folder
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
     from .. import __version__ as VFARM_VERSION
@@ -560,38 +560,21 @@ def _verdict(summary: dict[str, Any], message: Optional[str]) -> str:
     return f"{message}: {text}" if message else text
 
 
-def _bounded(text: Any) -> str:
-    text = redact(_one_line(str(text)))
-    return text if len(text) <= VERDICT_MAX_TEXT else text[: VERDICT_MAX_TEXT - 3] + "..."
-
-
-def verdict_record(summary: dict[str, Any]) -> dict[str, Any]:
-    """What the console line carries: the result and decision, and each failed handler with its
-    reason (secrets hidden, each text one line of at most VERDICT_MAX_TEXT characters)."""
-    decision = summary.get("decision") or {}
-    failed = [h for h in summary.get("handlers") or [] if h.get("failed")]
-    return {
-        "v": VERDICT_VERSION,
-        "instance": _bounded(summary.get("instance_id") or ""),
-        "vfarm": _bounded(summary.get("vfarm_version", "unknown")),
-        "result": _bounded(summary.get("result", "failed")),
-        "action": _bounded(decision.get("action", "none")),
-        "reason": _bounded(decision.get("reason", "")),
-        "failed": [
-            {"name": _bounded(h.get("name")), "status": _bounded(h.get("status")), "reason": _bounded(h.get("reason") or "")}
-            for h in failed[:VERDICT_MAX_FAILED]
-        ],
-        "more_failed": max(0, len(failed) - VERDICT_MAX_FAILED),
-        "problems": len(summary.get("problems") or []),
-    }
+def _cut(text: Any) -> str:
+    return _one_line(str(text or ""))[:VERDICT_MAX_TEXT]
 
 
 def verdict_line(summary: dict[str, Any]) -> str:
-    """VERDICT_PREFIX and the record as JSON in printable ASCII: every control character, every
-    non-ASCII character and DEL escaped inside its string, so no reason can end the line, start
-    another or hide a part of it on a terminal."""
-    text = json.dumps(verdict_record(summary), ensure_ascii=True, sort_keys=True, separators=(",", ":"))
-    return VERDICT_PREFIX + text.replace("\x7f", "\\u007f")
+    """VERDICT_PREFIX and one JSON object in printable ASCII: the result, the decision, and each
+    failed handler as [name, status, reason] (secrets hidden, each text one line of at most
+    VERDICT_MAX_TEXT characters). Every control character, non-ASCII character and DEL is escaped
+    inside its string, so no reason can end the line, start another or hide part of it."""
+    decision = summary.get("decision") or {}
+    failed = [[_cut(h.get("name")), _cut(h.get("status")), _cut(h.get("reason"))] for h in summary.get("handlers") or [] if h.get("failed")]
+    record = {"v": VERDICT_VERSION, "instance": _cut(summary.get("instance_id")), "vfarm": _cut(summary.get("vfarm_version")),
+              "result": _cut(summary.get("result")), "action": _cut(decision.get("action")), "reason": _cut(decision.get("reason")),
+              "failed": failed[:VERDICT_MAX_FAILED], "more": len(failed[VERDICT_MAX_FAILED:])}
+    return VERDICT_PREFIX + json.dumps(record, separators=(",", ":")).replace("\x7f", "\\u007f")
 
 
 # --- rendering (summary.log and `vfarm summary`) ------------------------------------------------
@@ -677,23 +660,18 @@ def tell(paths: Paths, line: str, raw: bool = False) -> None:
 
 
 def tell_condor(paths: Paths, summary: dict[str, Any], run: Optional[Runner] = None) -> bool:
-    """On a worker whose condor handler wrote its config: the verdict as the startd's
-    VfarmVerdict. The startd starts before the check runs and advertises "pending" until then;
-    here the check writes the file 50-vfarm.conf includes and has the condor unit reload
-    (condor_master re-reads its config on SIGHUP and reconfigures its daemons: no pool
-    authorization needed, unlike condor_reconfig). Whether the file was written."""
+    """On a worker whose condor handler wrote its config: the result (ok, degraded or failed, as
+    plan() sets it) as the startd's VfarmVerdict. The startd starts before the check and says
+    "pending" until then; the check writes the file 50-vfarm.conf includes and has the condor unit
+    reload (SIGHUP: condor_master re-reads its config; no pool authorization needed, unlike
+    condor_reconfig; --no-block: the check may run inside cloud-init's final stage)."""
     if not paths.condor_config.is_file():
         return False
-    result = str(summary.get("result", "failed"))
-    if result not in ("ok", "degraded", "failed"):
-        result = "failed"
     try:
-        paths.condor_verdict.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(paths.condor_verdict, f'VfarmVerdict = "{result}"\n', 0o644)
-    except OSError as err:
-        tell(paths, f"vfarm check: cannot write {CONDOR_VERDICT_FILE}: {err.strerror or err}")
+        paths.condor_verdict.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(paths.condor_verdict, f'VfarmVerdict = "{summary["result"]}"\n', 0o644)
+    except OSError:
         return False
-    # --no-block: when the check runs as power_state's condition, inside cloud-init's final stage
     (run or default_runner(paths))(["systemctl", "--no-block", "reload", "condor"])
     return True
 
@@ -757,8 +735,7 @@ def run_guarded(paths: Paths, wait: Optional[float] = None, run: Optional[Runner
     except Exception as err:
         line = f"vfarm check: ERROR: the check itself failed ({err!r}); poweroff now"
         tell(paths, line)
-        broken = {"result": "error", "decision": {"action": "poweroff" if act else "none", "reason": f"the check itself failed ({err!r})"}}
-        tell(paths, verdict_line(broken), raw=True)
+        tell(paths, verdict_line({"result": "error", "decision": {"action": "poweroff" if act else "none", "reason": line}}), raw=True)
         if act:
             argv = power_argv("poweroff", "now", line[:400])
             if argv:

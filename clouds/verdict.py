@@ -26,7 +26,7 @@ RESULTS = ("ok", "degraded", "failed", "error")
 CONSOLE_TAIL = 256 * 1024
 _LABEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # The longest line the check can write (every text at its bound, every character escaped as \\uXXXX).
-_MAX_LINE = len(VERDICT_PREFIX) + 512 + 6 * VERDICT_MAX_TEXT * (4 + 3 * VERDICT_MAX_FAILED)
+_MAX_LINE = len(VERDICT_PREFIX) + 512 + 6 * VERDICT_MAX_TEXT * (5 + 3 * VERDICT_MAX_FAILED)
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,12 @@ class Verdict:
     action: str
     reason: str
     failed: tuple[FailedHandler, ...]
-    more_failed: int
-    problems: int
+    more_failed: int  # failed handlers the line only counts
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "instance": self.instance, "vfarm": self.vfarm, "result": self.result, "action": self.action, "reason": self.reason,
-            "failed": [{"name": f.name, "status": f.status, "reason": f.reason} for f in self.failed],
-            "more_failed": self.more_failed, "problems": self.problems,
+            "failed": [{"name": f.name, "status": f.status, "reason": f.reason} for f in self.failed], "more_failed": self.more_failed,
         }
 
     def text(self) -> str:
@@ -83,35 +81,35 @@ def label(verdict: Optional[Verdict]) -> str:
 
 
 def _text(value: Any) -> Optional[str]:
+    """A text of the record (None, where the check had none, reads as empty), or None when it is
+    anything else."""
+    if value is None:
+        return ""
     return value if isinstance(value, str) and len(value) <= VERDICT_MAX_TEXT else None
 
 
-def _count(value: Any) -> Optional[int]:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1_000_000 else None
-
-
 def parse_record(data: Any) -> Optional[Verdict]:
-    """DATA as a verdict record, or None when it is anything but exactly what the check writes."""
-    keys = {"v", "instance", "vfarm", "result", "action", "reason", "failed", "more_failed", "problems"}
+    """DATA as a verdict record, or None when it is anything but exactly what the check writes:
+    {v, instance, vfarm, result, action, reason, failed: [[name, status, reason], ...], more}."""
+    keys = {"v", "instance", "vfarm", "result", "action", "reason", "failed", "more"}
     if not isinstance(data, dict) or set(data) != keys or data["v"] != VERDICT_VERSION:
         return None
     texts = [_text(data[k]) for k in ("instance", "vfarm", "result", "action", "reason")]
-    counts = [_count(data[k]) for k in ("more_failed", "problems")]
-    failed = data["failed"]
-    if any(t is None for t in texts) or any(c is None for c in counts) or data["result"] not in RESULTS:
+    more, failed = data["more"], data["failed"]
+    if any(t is None for t in texts) or data["result"] not in RESULTS:
+        return None
+    if not isinstance(more, int) or isinstance(more, bool) or not 0 <= more < 1_000_000:
         return None
     if not isinstance(failed, list) or len(failed) > VERDICT_MAX_FAILED:
         return None
     handlers = []
     for entry in failed:
-        if not isinstance(entry, dict) or set(entry) != {"name", "status", "reason"}:
-            return None
-        fields = [_text(entry[k]) for k in ("name", "status", "reason")]
+        fields = [_text(f) for f in entry] if isinstance(entry, list) and len(entry) == 3 else [None]
         if any(f is None for f in fields):
             return None
         handlers.append(FailedHandler(*(str(f) for f in fields)))
     instance, vfarm, result, action, reason = (str(t) for t in texts)
-    return Verdict(instance, vfarm, result, action, reason, tuple(handlers), int(counts[0] or 0), int(counts[1] or 0))
+    return Verdict(instance, vfarm, result, action, reason, tuple(handlers), more)
 
 
 def parse_line(line: str) -> Optional[Verdict]:

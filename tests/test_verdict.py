@@ -97,12 +97,14 @@ texts = st.text(st.characters(codec="utf-8"), max_size=400)
 def test_every_line_is_one_printable_ascii_line_that_reads_back(reason: str, instance_id: str, name: str) -> None:
     summary = {"instance_id": instance_id, "vfarm_version": "1", "result": "failed", "problems": ["x"],
                "decision": {"action": "poweroff", "reason": reason},
-               "handlers": [{"name": name, "status": "failed", "reason": reason, "failed": True}]}
+               "handlers": [{"name": name, "status": "failed", "reason": reason, "failed": True}] * 9}
     line = check.verdict_line(summary)
     assert line.isascii() and line.isprintable() and "\n" not in line
-    record = check.verdict_record(summary)
-    found = verdicts.parse_console(f"kernel noise\r\n{line}\r\nreboot: Power down\r\n", record["instance"] or None)
-    assert found is not None and found.as_dict() == {k: v for k, v in record.items() if k != "v"}
+    one = check._cut  # each text: one line, secrets hidden, at most VERDICT_MAX_TEXT characters
+    found = verdicts.parse_console(f"kernel noise\r\n{line}\r\nreboot: Power down\r\n", one(instance_id) or None)
+    assert found is not None
+    assert (found.instance, found.result, found.action, found.reason) == (one(instance_id), "failed", "poweroff", one(reason))
+    assert [(f.name, f.status, f.reason) for f in found.failed] == [(one(name), "failed", one(reason))] * 8 and found.more_failed == 1
 
 
 def test_the_reader_takes_only_whole_lines_of_the_exact_record_and_the_newest_one() -> None:
@@ -111,14 +113,16 @@ def test_the_reader_takes_only_whole_lines_of_the_exact_record_and_the_newest_on
     assert verdicts.parse_console(f"{older}\n[  1.0] kernel\n{newer}\n").result == "ok"  # type: ignore[union-attr]
     assert verdicts.parse_console(f"{newer}\n{older}\n").result == "failed"  # type: ignore[union-attr]
     record = json.loads(older[len(check.VERDICT_PREFIX):])
+    assert verdicts.parse_console(check.VERDICT_PREFIX + json.dumps(record) + "\n") is not None  # the record as such reads
     refused = [
         "cloud-init[42]: WARNING: Unhandled ... " + older,  # quoted inside another line
         check.VERDICT_PREFIX + json.dumps({**record, "extra": 1}),
         check.VERDICT_PREFIX + json.dumps({**record, "result": "great"}),
         check.VERDICT_PREFIX + json.dumps({**record, "v": 2}),
         check.VERDICT_PREFIX + json.dumps({**record, "reason": "x" * 1000}),
-        check.VERDICT_PREFIX + json.dumps({**record, "failed": [{"name": "a"}]}),
-        check.VERDICT_PREFIX + json.dumps({**record, "problems": True}),
+        check.VERDICT_PREFIX + json.dumps({**record, "failed": [["a", "failed"]]}),
+        check.VERDICT_PREFIX + json.dumps({**record, "failed": [{"name": "a", "status": "failed", "reason": ""}]}),
+        check.VERDICT_PREFIX + json.dumps({**record, "more": True}),
         check.VERDICT_PREFIX + json.dumps(record, ensure_ascii=False).replace("first", "fïrst"),
         check.VERDICT_PREFIX + "{not json",
     ]
