@@ -43,6 +43,8 @@ Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
 # Section name -> module (in cc_modules, or "..pkg.mod") with `check(section) -> list[Finding]`, or None.
+# Such a module may also have `cross_check(sections) -> list[Finding]`: its section against the
+# other sections of the same file.
 SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "condor": "condor_spec", "scale": "..scaler.spec"}
 # Such a module may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
 # read files the section names (relative to the config file's folder).
@@ -450,37 +452,32 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
 def _semantic_problems(config: Config, name: str, data: Any, partial: bool = False) -> list[Problem]:
     """Problems the section's model finds. `partial`: DATA lacks keys that failed the schema, so
     findings about the section as a whole (which may stem from those keys) are left out."""
-    module_name = SEMANTIC_CHECKS.get(name)
-    if not module_name:
+    module = _semantic_module(name)
+    if module is None:
         return []
-    # A name starting with ".." is a module outside cc_modules (admin-side sections).
-    module = importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
     findings: list[Finding] = module.check(data)
     if hasattr(module, "check_files") and config.base_dir is not None:
         findings += module.check_files(data, config.base_dir)
     return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings if f.path or not partial]
 
 
-def _cvmfs_cache_under_localfs(config: Config) -> list[tuple[str, Finding]]:
-    localfs, cvmfs = config.sections.get("localfs"), config.sections.get("cvmfs")
-    if not localfs or not cvmfs:
-        return []
-    from ..cc_modules import cvmfs_spec, localfs_spec
-
-    spec = localfs_spec.parse(localfs)
-    if "cvmfs" not in {p.name for p in spec.parts}:
-        return []
-    base = cvmfs_spec.cache_base(cvmfs).rstrip("/") or "/"
-    mounts = [p.mount for p in spec.parts if p.mount]
-    if any(base == m or base.startswith(m.rstrip("/") + "/") for m in mounts):
-        return []
-    key = next((k for k in cvmfs.get("local", {}) if cvmfs_spec.variable(k) == "CVMFS_CACHE_BASE"), None)
-    path: Path = ("local", key) if key else ()
-    message = f"cvmfs: cache-base {base} is on none of the localfs parts ({', '.join(mounts)}): the cvmfs part would go unused"
-    return [("cvmfs", Finding(path, message, warning=True, at_key=key is None))]
+def _semantic_module(name: str) -> Any:
+    module_name = SEMANTIC_CHECKS.get(name)
+    if not module_name:
+        return None
+    # A name starting with ".." is a module outside cc_modules (admin-side sections).
+    return importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
 
 
-CROSS_CHECKS.append(_cvmfs_cache_under_localfs)
+def _cross_problems(config: Config) -> list[Problem]:
+    """What each section's `cross_check(sections)` finds against the other sections of the file
+    (only the sections present are imported: a handler's part holds one section)."""
+    problems = []
+    for name in config.sections:
+        check = getattr(_semantic_module(name), "cross_check", None)
+        for finding in check(config.sections) if check else []:
+            problems.append(config.problem((name,) + finding.path, finding.message, finding.warning, finding.at_key))
+    return problems
 
 
 def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
@@ -568,6 +565,7 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
                 pass
         problems += section_problems
     if not any(not p.warning for p in problems):
+        problems += _cross_problems(config)
         for check in CROSS_CHECKS:
             for name, finding in check(config):
                 problems.append(config.problem((name,) + finding.path, finding.message, finding.warning, finding.at_key))
