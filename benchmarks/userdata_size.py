@@ -58,8 +58,8 @@ def schema_bytes(names: list[str]) -> list[tuple[str, int, int]]:
 
 
 def run(args: argparse.Namespace, section: common.Section) -> None:
+    from vfarm.config import loader as configuration
     from vfarm.mime_builder import bundle, mime
-    from vfarm.mime_builder import config as configuration
 
     config = configuration.load_file(str(common.REPO / "examples/torino.yaml"))
     releases = [] if args.smoke else _makemime.releases()
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     rows2 = [[name, size, zipped] for name, size, zipped in sorted(lib, key=lambda m: -m[2])]
     section.add("Module by module of the library part (handlers and final check; minified source as bundled; gzip -9 of each alone):\n")
     section.add(common.table(["module", "bytes", "gzip alone"], rows2))
-    core = ["cc_modules.cc_localfs", "cc_modules.cc_cvmfs", "cc_modules.localfs_spec", "cc_modules.cvmfs_spec"]
+    core = ["cc_modules.cc_localfs", "cc_modules.cc_cvmfs", "config.localfs", "config.cvmfs"]
     graph = bundle.collect(entries, keys=set(names))
     joined = "".join(bundle.minify(graph.modules[m].source) for m in core if m in graph.modules).encode()
     section.add(f"The handlers' own work ({', '.join(core)}) alone, minified and gzipped together: {gz(joined)} bytes.\n")
@@ -117,7 +117,7 @@ CONFIGS: list[tuple[str, str, int]] = [
 
 
 def configs_table() -> str:
-    from vfarm.mime_builder import config as configuration
+    from vfarm.config import loader as configuration
     from vfarm.mime_builder import mime
 
     rows: list[list[object]] = []
@@ -156,8 +156,8 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   powers off when the script is missing): the check script no longer repeats redaction, files,
   runner, textsafe and the package roots. 36920 / 38225 / 32983 (-5.3 KB); include +102 (the
   check's `install`).
-- A cross-section check lives with its section (cvmfs_spec.cross_check, called by the loader for
-  the sections present): a bundle without a cvmfs section no longer carries cvmfs_spec.
+- A cross-section check lives with its section (config/cvmfs.py cross_check, called by the loader for
+  the sections present): a bundle without a cvmfs section no longer carries config.cvmfs.
   36952 / 36298 / 30932 (-2.0 KB for the condor example and localfs only).
 Measured, not done:
 - python-minifier (figure above): 6-7 % less gzipped, for a new admin-side dependency whose
@@ -169,7 +169,7 @@ Measured, not done:
   hundred bytes: the bundled modules are used almost whole.
 Why 12 KiB for torino is out of reach this way: the handlers' own work (discover, plan, apply and
 record for LVM and CVMFS, line above) is 12.3 KB gzipped by itself, the final check 7 KB, the
-validation that gives `vfarm validate`'s messages on the instance (mime_builder.config and the
+validation that gives `vfarm validate`'s messages on the instance (config.loader and the
 schemas) 8 KB, the shared plumbing (redaction, files, records, runner) 7 KB. Reaching the target
 needs the instance code itself smaller (a validator compiled from the schemas that still says
 what `vfarm validate` says, a smaller check) or `include --pin` / `baked`, which fit today.

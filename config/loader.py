@@ -12,7 +12,6 @@ import datetime
 import difflib
 import errno
 import functools
-import importlib
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -23,11 +22,12 @@ from typing import Any, Callable, Optional, Union
 import jsonschema
 import yaml
 
-from ..cc_modules.files import read_bounded
-from ..cc_modules.findings import Finding
-from ..cc_modules.redaction import redact
-from ..cc_modules.textsafe import BIDI, C0_C1, SEPARATORS
+from ..files import read_bounded
+from ..redaction import redact
 from ..schemas import load as load_schema
+from ..textsafe import BIDI, C0_C1, SEPARATORS
+from . import sections
+from .findings import Finding
 
 MAGIC = "#multiple-config"
 MAX_BYTES = 256 * 1024
@@ -42,15 +42,10 @@ FOREIGN_MAGIC = ("#cloud-config", "#include", "#!", "#part-handler", "#cloud-boo
 Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
-# Section name -> module (in cc_modules, or "..pkg.mod") with `check(section) -> list[Finding]`, or None.
-# Such a module may also have `cross_check(sections) -> list[Finding]`: its section against the
-# other sections of the same file.
-SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "condor": "condor_spec", "scale": "..scaler.spec"}
-# Such a module may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
-# read files the section names (relative to the config file's folder).
+# A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
+# read files the section names (relative to the config file's folder), and
+# `cross_check(sections) -> list[Finding]`: its section against the other sections of the file.
 CROSS_CHECKS: list[Callable[[Config], list[tuple[str, Finding]]]] = []
-# Sections that stay on the admin's side and are never sent to an instance.
-ADMIN_ONLY: set[str] = {"scale"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,7 @@ class Config:
 
     def sent_sections(self) -> dict[str, Any]:
         """The sections that go to the instance, in file order."""
-        return {k: v for k, v in self.sections.items() if k not in ADMIN_ONLY}
+        return {k: v for k, v in self.sections.items() if k not in sections.ADMIN_ONLY}
 
 
 # Characters that break a line, hide text or reorder it on screen: refused in every key and value
@@ -452,7 +447,7 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
 def _semantic_problems(config: Config, name: str, data: Any, partial: bool = False) -> list[Problem]:
     """Problems the section's model finds. `partial`: DATA lacks keys that failed the schema, so
     findings about the section as a whole (which may stem from those keys) are left out."""
-    module = _semantic_module(name)
+    module = sections.rules(name)
     if module is None:
         return []
     findings: list[Finding] = module.check(data)
@@ -461,12 +456,7 @@ def _semantic_problems(config: Config, name: str, data: Any, partial: bool = Fal
     return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings if f.path or not partial]
 
 
-def _semantic_module(name: str) -> Any:
-    module_name = SEMANTIC_CHECKS.get(name)
-    if not module_name:
-        return None
-    # A name starting with ".." is a module outside cc_modules (admin-side sections).
-    return importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
+# A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
 
 
 def _cross_problems(config: Config) -> list[Problem]:
@@ -474,7 +464,7 @@ def _cross_problems(config: Config) -> list[Problem]:
     (only the sections present are imported: a handler's part holds one section)."""
     problems = []
     for name in config.sections:
-        check = getattr(_semantic_module(name), "cross_check", None)
+        check = getattr(sections.rules(name), "cross_check", None)
         for finding in check(config.sections) if check else []:
             problems.append(config.problem((name,) + finding.path, finding.message, finding.warning, finding.at_key))
     return problems

@@ -6,9 +6,9 @@ import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from ..redaction import redact
+from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
-from .redaction import redact
-from .textsafe import UnsafeValue, refuse_control
 
 # How list values join, per variable; CVMFS reads `;` between failover groups and `|` inside one.
 SEPARATORS = {
@@ -174,7 +174,7 @@ def check(section: dict[str, Any]) -> list[Finding]:
 
 def cross_check(sections: dict[str, Any]) -> list[Finding]:
     """A cvmfs part of localfs that the cache never uses: a warning (the config's other sections)."""
-    from . import localfs_spec
+    from . import localfs as localfs_spec
 
     localfs, cvmfs = sections.get("localfs"), sections.get("cvmfs")
     if not localfs or not cvmfs:
