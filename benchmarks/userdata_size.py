@@ -159,6 +159,9 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
 - A cross-section check lives with its section (config/cvmfs.py cross_check, called by the loader for
   the sections present): a bundle without a cvmfs section no longer carries config.cvmfs.
   36952 / 36298 / 30932 (-2.0 KB for the condor example and localfs only).
+- Merged with main's re-lay (main alone: 44005 / 45173 / 40036, include 14448, --pin 16212):
+  37847 / 37059 / 31910, include 14579, --pin 16338 (-6.2 to -8.1 KB against main; include
+  +131, the check's `install`).
 Measured, not done:
 - python-minifier (figure above): 6-7 % less gzipped, for a new admin-side dependency whose
   output bytes depend on its version (a hosted handler's pinned sha256 must match the `vfarm
