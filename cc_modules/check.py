@@ -66,6 +66,8 @@ VERDICT_MAX_TEXT = 240  # characters of each reason in the line
 # HTCondor reads the verdict from this file (50-vfarm.conf includes it: condor_spec.VERDICT_FILE)
 # when the condor unit reloads; not imported from there, to keep the check's bundle small.
 CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
+# Where the check script lives on the instance: cloud-init's power_state condition runs it.
+SCRIPT_PATH = "/var/lib/vfarm/vfarm-check.py"
 
 Runner = Callable[[list[str]], Any]
 
@@ -113,6 +115,10 @@ class Paths:
     @property
     def condor_verdict(self) -> Path:
         return self._p(CONDOR_VERDICT_FILE)
+
+    @property
+    def script(self) -> Path:
+        return self._p(SCRIPT_PATH)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -741,6 +747,16 @@ def run_guarded(paths: Paths, wait: Optional[float] = None, run: Optional[Runner
             if argv:
                 (run or default_runner(paths))(argv)
         return None
+
+
+def install(source_file: str, root: Optional[str] = None) -> Path:
+    """Copy SOURCE_FILE (a bundle that runs this module's main() as a script) to the check's
+    place under ROOT (default $VFARM_ROOT or /), readable by root only. The embed library part
+    does this when cloud-init registers it, so the check travels once with the handlers."""
+    target = Paths(Path(root or os.environ.get("VFARM_ROOT") or "/")).script
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, Path(source_file).read_bytes(), 0o700)
+    return target
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
