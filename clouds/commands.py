@@ -129,7 +129,15 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _on_openstack(args: argparse.Namespace) -> bool:
+    return bool(args.cloud == "openstack" or args.os_cloud or args.os_region)
+
+
 def cmd_instances(args: argparse.Namespace) -> int:
+    if _on_openstack(args):
+        from . import cli_openstack
+
+        return cli_openstack.cmd_instances(args)
     try:
         tag_filters = ec2.parse_tags(args.tag)
         found = _cloud(args).instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
@@ -142,6 +150,10 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
+    if _on_openstack(args):
+        from . import cli_openstack
+
+        return cli_openstack.cmd_terminate(args)
     if bool(args.ids) == bool(args.all):
         return _fail("terminate: give instance IDs or --all (not both)")
     try:
@@ -161,6 +173,14 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     else:
         print("vfarm: no vfarm instances to terminate", file=sys.stderr)
     return EXIT_OK
+
+
+def _cloud_choice(p: argparse.ArgumentParser) -> None:
+    """`--cloud ec2|openstack` and the OpenStack options (which imply --cloud openstack)."""
+    from .cli_openstack import cloud_args
+
+    p.add_argument("--cloud", choices=("ec2", "openstack"), default="ec2", help="which API (default ec2; --os-cloud implies openstack)")
+    cloud_args(p)
 
 
 def _endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -214,15 +234,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _endpoint_args(p)
     p.set_defaults(func=cmd_launch_ec2)
 
-    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true)")
-    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag too; repeatable")
-    p.add_argument("--all-states", action="store_true", help="include terminated instances")
+    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true) or OpenStack (metadata)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag (OpenStack: metadata) too; repeatable")
+    p.add_argument("--all-states", action="store_true", help="include terminated instances (OpenStack: stopped and failed servers)")
+    _cloud_choice(p)
     _endpoint_args(p)
     p.set_defaults(func=cmd_instances)
 
-    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API (never others)")
+    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API or OpenStack (never others)")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every vfarm instance (narrowed by --tag)")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="with --all: only instances with this tag; repeatable")
+    _cloud_choice(p)
     _endpoint_args(p)
     p.set_defaults(func=cmd_terminate)

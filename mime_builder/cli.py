@@ -22,7 +22,9 @@ from . import table
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
-COMMAND_MODULES: list[str] = [".commands", "..scaler.commands", "..clouds.cli_image", "..clouds.commands", "..clouds.cli_local", ".summary"]
+COMMAND_MODULES: list[str] = [
+    ".commands", "..scaler.commands", "..clouds.cli_image", "..clouds.commands", "..clouds.cli_openstack", "..clouds.cli_local", ".summary"
+]
 # Which of them a top-level command needs: a run imports only those (`vfarm build` never loads
 # boto3, the scaler or qemu code); help, or a command not listed here, imports them all.
 COMMANDS: dict[str, list[str]] = {
@@ -32,7 +34,7 @@ COMMANDS: dict[str, list[str]] = {
     "summary": [".summary"],
     "scale": ["..scaler.commands"],
     "image": ["..clouds.cli_image"],
-    "launch": ["..clouds.commands", "..clouds.cli_local"],
+    "launch": ["..clouds.commands", "..clouds.cli_openstack", "..clouds.cli_local"],
     "instances": ["..clouds.commands"],
     "terminate": ["..clouds.commands"],
     "validate": [],
