@@ -29,6 +29,7 @@ import os
 import shlex
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -132,6 +133,8 @@ def _quiet_libraries() -> None:
         if not logger.handlers:
             logger.addHandler(logging.NullHandler())
         logger.propagate = False
+    # its deprecation notices are for vfarm's developers, not for the output of a command
+    warnings.filterwarnings("ignore", module=r"(openstack|keystoneauth1)(\.|$)")
 
 
 def describe(server: Any) -> dict[str, Any]:
@@ -393,8 +396,8 @@ class OpenStackCloud:
         return changes
 
     def userdata(self, server_id: str) -> bytes:
-        """The user-data Nova holds for a server (shown to admins and, from microversion 2.3, in
-        the server's details)."""
+        """The user-data Nova holds for a server (b"" unless the credentials are an admin's:
+        Nova shows `user_data` to admins only)."""
         server = self._guard("read user-data", self.conn.compute.get_server, server_id)
         value = getattr(server, "user_data", None)
         return base64.b64decode(value) if value else b""
