@@ -207,7 +207,7 @@ def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersActio
 def register(sub: argparse._SubParsersAction) -> None:
     p = launch_targets(sub).add_parser(
         "ec2",
-        help="build the user-data and start instances through an EC2 API (AWS, OpenStack, OpenNebula, Eucalyptus)",
+        help="build the user-data and start instances through an EC2 API (AWS, Eucalyptus; OpenStack: vfarm launch openstack)",
         description="Build the user-data of FILE in memory and start instances with RunInstances. Every instance is "
         f"tagged {ec2.MANAGED_TAG}=true (plus --tag) and terminates itself when it powers off.",
     )
@@ -224,7 +224,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--handlers", default="embed", metavar="include=URL_BASE|embed|baked", help="how the handlers reach the instance (default embed)")
     b.add_argument("--pin", action="store_true", help="with include=: check each fetched handler's sha256")
     b.add_argument("--gzip", choices=("auto", "always", "never"), default="auto", help="compress the whole payload (default auto)")
-    b.add_argument("--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; OpenStack: 65535)")
+    b.add_argument("--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; more on some EC2 clouds)")
     b.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part, as vfarm build --attach")
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
