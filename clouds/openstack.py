@@ -33,11 +33,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from ..cc_modules.redaction import hide_credentials
+from ..mime_builder.limits import OPENSTACK_B64_LIMIT as USERDATA_B64_LIMIT
+from ..mime_builder.limits import OPENSTACK_LIMIT as USERDATA_LIMIT
+from ..redaction import hide_credentials
 
-# Nova takes at most 65535 characters of base64 in `user_data`: 49149 bytes before encoding.
-USERDATA_B64_LIMIT = 65535
-USERDATA_LIMIT = USERDATA_B64_LIMIT // 4 * 3
 MANAGED_KEY = "vfarm:managed"
 TOKEN_KEY = "vfarm:token"
 CREATE_ATTEMPTS = 3  # creates tried per server when the reply is lost

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from ..cc_modules.runner import Runner
+from ..config.scale import ScaleSpec
 from .plan import FARM_TAG, LIVE_STATES, epoch
-from .spec import ScaleSpec
 
 END_TAG = "vfarm:end"
 BLACK_HOLE_LOSSES = 3

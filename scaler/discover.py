@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
+from ..config.scale import ScaleSpec
 from .plan import FARM_TAG
-from .spec import ScaleSpec
 
 # Job states the planner looks at (idle, running); history and held jobs stay out of the snapshot.
 JOB_CONSTRAINT = "JobStatus == 1 || JobStatus == 2"

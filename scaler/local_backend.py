@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..clouds import local_farm
+from ..config.scale import ScaleSpec
 from .apply import END_TAG, CloudError
 from .plan import FARM_TAG
-from .spec import ScaleSpec
 
 
 def attachments(spec: ScaleSpec, farm: Optional[local_farm.LocalFarm] = None) -> tuple[Any, ...]:

@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer
-from .spec import ScaleSpec
 
 STOPPED_STATES = ("stopping", "stopped")
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..clouds import openstack
+from ..config.scale import ScaleSpec
 from .apply import END_TAG, CloudError
 from .plan import FARM_TAG
-from .spec import ScaleSpec
 
 
 class OpenStackBackend:

@@ -36,7 +36,7 @@ import datetime
 import math
 from typing import Any, Optional, Union
 
-from .spec import ScaleSpec
+from ..config.scale import ScaleSpec
 
 FARM_TAG = "vfarm:farm"
 INSTANCE_ATTR = "VfarmInstanceId"

@@ -16,9 +16,9 @@ import yaml
 from tests.fixtures.openstack import PASSWORD, OpenStackCloud
 from tests.test_ec2 import closed_port
 from tests.test_ec2_cli import EXAMPLE, one_line_failure, run
+from vfarm.cli.main import main
 from vfarm.clouds import openstack
-from vfarm.mime_builder.cli import main
-from vfarm.scaler import spec as scale_spec
+from vfarm.config import scale as scale_spec
 from vfarm.scaler.apply import CloudError
 from vfarm.scaler.openstack_backend import OpenStackBackend
 
@@ -284,8 +284,8 @@ def test_scaler_cycles_launch_then_end_lost_workers_on_openstack(openstack_env: 
     import logging
     import time
 
+    from vfarm.cli.scale import load_spec, make_backend
     from vfarm.scaler import loop
-    from vfarm.scaler.commands import load_spec, make_backend
 
     foreign = foreign_server(openstack_env)
     farm = tmp_path / "farm.yaml"

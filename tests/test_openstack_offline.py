@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_ec2_cli import EXAMPLE, one_line_failure, run
+from vfarm.cli.main import main
 from vfarm.clouds import openstack
-from vfarm.mime_builder.cli import main
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 
 def test_dry_run_writes_the_built_userdata_and_prints_the_openstack_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

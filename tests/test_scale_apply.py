@@ -17,8 +17,9 @@ from typing import Any, Optional
 import pytest
 
 from vfarm.cc_modules.runner import Result, Runner
-from vfarm.scaler import apply, commands, discover, loop
-from vfarm.scaler import spec as scale_spec
+from vfarm.cli import scale as commands
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, discover, loop
 
 from .fixtures.condor_pool import free_port
 from .fixtures.moto import NO_CAPACITY_TYPE, Ec2Endpoint

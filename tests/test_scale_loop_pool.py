@@ -132,9 +132,9 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
     import logging
 
     from vfarm.cc_modules.runner import Runner
+    from vfarm.config import scale as scale_spec
     from vfarm.scaler import apply, discover
     from vfarm.scaler import plan as planner
-    from vfarm.scaler import spec as scale_spec
 
     from .fixtures.condor_pool import wait_for
 

@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cc_modules.display import escape_controls, shown_message
-from ..cc_modules.files import atomic_write
-from ..cc_modules.redaction import redact_strings
-from ..mime_builder import table
-from . import openstack
-from .commands import EXIT_OK, EXIT_PROBLEM, _fail, build_userdata, launch_targets
+from ..cc_modules import table
+from ..clouds import openstack
+from ..display import escape_controls, shown_message
+from ..files import atomic_write
+from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
+from ..redaction import redact_strings
+from .cloud import launch_targets
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -54,19 +56,20 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         if args.count < 1:
             raise openstack.OpenStackError(f"--count must be at least 1, not {args.count}")
     except openstack.OpenStackError as err:
-        return _fail(str(err))
-    userdata = build_userdata(args)
-    if userdata is None:
+        return fail(str(err))
+    built = build_userdata(args, "launch")
+    if built is None:
         return EXIT_PROBLEM
+    userdata = built.data
     if args.dry_run:
         # No API call at all: write the user-data and show how the openstack client would start it.
         out = Path(args.output or Path(args.file).stem + ".userdata")
         if len(userdata) > args.max_size:
-            return _fail(f"user-data is {len(userdata)} bytes, over the limit of {args.max_size}")
+            return fail(f"user-data is {len(userdata)} bytes, over the limit of {args.max_size}")
         try:
             atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
-            return _fail(f"cannot write {out}: {err.strerror or err}")
+            return fail(f"cannot write {out}: {err.strerror or err}")
         print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
                                         properties, args.os_cloud, args.wait)
@@ -82,7 +85,7 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         if args.wait:
             servers = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
     except openstack.OpenStackError as err:
-        return _fail(str(err))
+        return fail(str(err))
     _print(servers, args.json)
     return EXIT_OK
 
@@ -93,7 +96,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
         states = None if args.all_states else ("pending", "running")
         found = _cloud(args).instances(filters, states=states)
     except openstack.OpenStackError as err:
-        return _fail(str(err))
+        return fail(str(err))
     _print(found, args.json)
     if not found and not args.json:
         print("vfarm: no vfarm servers", file=sys.stderr)
@@ -102,13 +105,13 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
-        return _fail("terminate: give server IDs or --all (not both)")
+        return fail("terminate: give server IDs or --all (not both)")
     try:
         cloud = _cloud(args)
         ids = [s["InstanceId"] for s in cloud.instances(openstack.parse_properties(args.tag))] if args.all else list(args.ids)
         changes = cloud.terminate(ids)
     except openstack.OpenStackError as err:
-        return _fail(str(err))
+        return fail(str(err))
     if args.json:
         print(json.dumps(redact_strings(changes), indent=2, sort_keys=True))
     elif changes:
@@ -143,12 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--property", action="append", default=[], metavar="K=V", help="extra server metadata, e.g. vfarm:farm=torino; repeatable")
     p.add_argument("--client-token", metavar="T", help="launch token: the same token never starts more than --count servers")
     b = p.add_argument_group("user-data (the same options, and so the same bytes, as vfarm build)")
-    b.add_argument("--handlers", default="embed", metavar="include=URL_BASE|embed|baked", help="how the handlers reach the instance (default embed)")
-    b.add_argument("--pin", action="store_true", help="with include=: check each fetched handler's sha256")
-    b.add_argument("--gzip", choices=("auto", "always", "never"), default="auto", help="compress the whole payload (default auto)")
-    b.add_argument("--max-size", type=int, default=openstack.USERDATA_LIMIT, metavar="BYTES",
-                   help=f"user-data limit (default {openstack.USERDATA_LIMIT}: Nova's {openstack.USERDATA_B64_LIMIT} characters of base64)")
-    b.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part, as vfarm build --attach")
+    add_userdata_options(b, max_size=OPENSTACK_LIMIT,
+                         max_size_help=f"refuse larger user-data (default {OPENSTACK_LIMIT}: Nova's {OPENSTACK_B64_LIMIT} characters of base64)")
     p.add_argument("--wait", action="store_true", help="wait until every server is ACTIVE, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
