@@ -152,11 +152,15 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
             return apply.Ec2Backend(spec, userdata)
         except Exception as err:  # noqa: BLE001 - Ec2Error for credentials/region: one line
             raise apply.CloudError(str(err)) from None
+    if kind == "openstack":
+        from ..scaler.openstack_backend import OpenStackBackend
+
+        return OpenStackBackend(spec, userdata)
     if kind == "local":
         from ..scaler.local_backend import LocalBackend
 
         return LocalBackend(spec, userdata)
-    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types ec2 and local")
+    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types ec2, openstack and local")
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,

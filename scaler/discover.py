@@ -89,8 +89,15 @@ def cloud_instances(spec: ScaleSpec) -> list[dict[str, Any]]:
             return plain(local_farm.LocalFarm.from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}))
         except local_farm.LocalFarmError as err:
             raise DiscoverError(f"cloud: {err}") from None
+    if spec.cloud.get("type") == "openstack":
+        from ..clouds import openstack
+
+        try:
+            return plain(openstack.cloud_from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}, states=("pending", "running")))
+        except openstack.OpenStackError as err:
+            raise DiscoverError(f"cloud: {err}") from None
     if spec.cloud.get("type") != "ec2":
-        raise DiscoverError(f"cloud type {spec.cloud.get('type')!r}: live cycles need cloud type ec2 or local")
+        raise DiscoverError(f"cloud type {spec.cloud.get('type')!r}: live cycles need cloud type ec2, openstack or local")
     from ..clouds import ec2
 
     try:
