@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,11 +22,13 @@ def progress(area: str, message: str) -> None:
 
 
 def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeout: Optional[float] = None,
-        input_text: Optional[str] = None, cwd: Optional[Arg] = None) -> subprocess.CompletedProcess[str]:
-    """Run ARGV; on failure raise CommandError naming the command and the last line of its stderr."""
+        input_text: Optional[str] = None, cwd: Optional[Arg] = None, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    """Run ARGV; on failure raise CommandError naming the command and the last line of its stderr.
+    ENV: variables set for the command on top of this process's environment."""
     args = [str(a) for a in argv]
     try:
         done = subprocess.run(args, check=False, text=True, timeout=timeout, input=input_text, cwd=cwd,
+                              env={**os.environ, **env} if env else None,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None,
                               stdin=None if input_text is not None else subprocess.DEVNULL)

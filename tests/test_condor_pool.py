@@ -86,8 +86,8 @@ def test_graceful_drain_of_a_token_only_worker_lets_the_job_finish(condor_pool: 
 
     def drained() -> bool:
         plan = planned()
-        states.add(plan["instances"][0]["state"])
-        return plan["terminate"] == [iid]
+        states.add(plan.instances[0].state)
+        return plan.terminate == [iid]
 
     wait_for(drained, JOB_TIMEOUT, "the worker drained", interval=0.5)
     assert "draining" in states  # seen while the job still ran

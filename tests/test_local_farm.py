@@ -150,7 +150,7 @@ def test_a_vm_that_powered_itself_off_is_stopped_and_flagged_for_clean_up(tmp_pa
     backend = LocalBackend(spec, b"", farm)
     snapshot = {"now": time.time(), "jobs": [], "slots": [], "instances": backend.farm_instances()}
     result = planner.plan(snapshot, spec)
-    assert result["instances"] == [] and result["terminate"] == []
+    assert result.instances == [] and result.terminate == []
     rows = loop.status_rows(result, snapshot, spec)
     assert [(r["instance"], r["state"]) for r in rows] == [(iid, "stopped")]
     assert "needs a clean-up" in rows[0]["reason"]

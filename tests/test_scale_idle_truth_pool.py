@@ -80,7 +80,7 @@ class Watched(loop.Scaler):
 
     def states(self) -> list[tuple[float, str]]:
         with self.lock:
-            return [(result["now"], result["instances"][0]["state"]) for _, result in self.cycles if result["instances"]]
+            return [(result["now"], result.instances[0].state) for _, result in self.cycles if result.instances]
 
 
 def test_a_worker_whose_ads_lag_is_not_drained_before_idle_time_after_its_job(condor_pool: CondorPool) -> None:
@@ -125,6 +125,6 @@ def test_a_worker_whose_ads_lag_is_not_drained_before_idle_time_after_its_job(co
         print(f"the slot ad at that cycle: PartitionableSlot {pslot.get('PartitionableSlot')}, EnteredCurrentState "
               f"+{pslot['EnteredCurrentState'] - started:.1f} s, NumDynamicSlotsTime +{pslot.get('NumDynamicSlotsTime', 0) - started:.1f} s")
         ads_only = planner.plan({**first_idle, planner.OBSERVED: {IID: 0}}, spec)
-        assert ads_only["drain"] == [IID], ads_only["instances"]
+        assert ads_only.drain == [IID], ads_only.instances
     finally:
         condor_pool.remove_worker(IID)

@@ -159,9 +159,9 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
 
         def drained() -> bool:
             plan = planned()
-            states.append(plan["instances"][0]["state"])
-            assert plan["terminate"] == [] or not condor_pool.jobs(cluster), "terminate while the job still runs"
-            return plan["terminate"] == [iid]
+            states.append(plan.instances[0].state)
+            assert plan.terminate == [] or not condor_pool.jobs(cluster), "terminate while the job still runs"
+            return plan.terminate == [iid]
 
         wait_for(drained, 90, "the worker drained", interval=0.5)
         assert "draining" in states
