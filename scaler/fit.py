@@ -17,10 +17,11 @@ Rules (pure; the planner calls them with what one snapshot saw):
   CPUs (memory, GPUs: those it declares) left over once as many such jobs as fit are packed on one
   worker, averaged over those resources; then the lowest cost, then the order of the list.
 - Per type, the workers wanted are the most of, per resource, (asked - free or booting) / offered,
-  rounded up. When a type may start fewer (its max, max-vms, its black hole or back-off), the jobs it
-  cannot hold move to their next choice, in queue order; jobs no other type holds stay and are held.
-  max-vms is shared among the types in the order the farm lists them. Free slots of one type are not
-  counted for jobs that chose another.
+  rounded up. When a type may start fewer by its own limit (its max, its black hole or back-off),
+  the jobs it cannot hold move to their next choice, in queue order; jobs no other type holds stay
+  and are held. max-vms is shared among the types in the order the farm lists them; when it is what
+  binds, jobs stay with their type (held). Free slots of one type are not counted for jobs that
+  chose another.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ EXPR = re.compile(r"^/Expr\((.*)\)/$", re.S)
 NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # ClassAd words that are not attribute names.
 KEYWORDS = {"MY", "TARGET", "true", "false", "undefined", "error", "isnt", "is", "parent"}
+
+
+REQUESTS = ("RequestCpus", "RequestMemory", "RequestGPUs")
+NUMBER_LIMIT = 2**63
+
+
+class RequestError(ValueError):
+    """A job's request the planner cannot count with (one line, with its place in the snapshot)."""
 
 
 @dataclass(frozen=True)
@@ -201,15 +210,27 @@ def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
     return f"ask for {request.cpus} CPUs, {request.memory if request.memory is not None else 'no'} MB and {request.gpus} GPU(s): no one type offers all"
 
 
-def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None) -> Fitted:
-    """The waiting JOBS grouped by what they ask, each group with its types in order of choice."""
+def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None,
+         places: Optional[list[int]] = None) -> Fitted:
+    """The waiting JOBS grouped by what they ask, each group with its types in order of choice.
+    PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
     ads = ads or ClassAds()
     groups: dict[Request, Group] = {}
     unfit: dict[str, list[str]] = {}
     count = 0
     unevaluated = False
-    for job in jobs:
-        request = request_of(job, ads)
+    plain: dict[tuple[Any, ...], Request] = {}  # requests of plain numbers, by their raw values: most jobs
+    for index, job in enumerate(jobs):
+        get = job.get
+        raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements"))
+        request = plain.get(raw)
+        if request is None:
+            for key, value in zip(REQUESTS, raw):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
+                    raise RequestError(f"'jobs[{places[index] if places else index}].{key}' is out of range (a 64-bit number), got {str(value)[:40]}")
+            request = request_of(job, ads)
+            if not (raw[0].__class__ is str or raw[1].__class__ is str or raw[2].__class__ is str or raw[3].__class__ is str):
+                plain[raw] = request  # an expression depends on other attributes: never a short cut
         group = groups.get(request)
         if group is None:
             ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
@@ -251,7 +272,12 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
     ROOM: at most in all."""
     # Each group's jobs, split by how far down their list of choices they had to go.
     placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
-    for _round in range(len(types) + 1):
+    # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
+    # another took max-vms first can send jobs on again, hence more rounds than types (bounded: the
+    # last one moves nothing and holds the rest where they are).
+    rounds = 4 * len(types) + 4
+    for round_ in range(rounds):
+        last = round_ == rounds - 1
         result = Assignment()
         left = room
         moved: list[tuple[Group, int, int]] = []
@@ -267,7 +293,9 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
             wanted = _wanted(worker_type, asked, free)
             may = max(0, min(allowed.get(name, 0), left))
             kept = mine
-            if wanted > may:
+            # Jobs move on only when this type's own limit binds: with max-vms reached, another
+            # type has no room either.
+            if wanted > may and may >= allowed.get(name, 0):
                 kept = []
                 budget = free + Resources(worker_type.cpus * may, (worker_type.memory or 0) * may, worker_type.gpus * may)
                 used = Resources()
@@ -282,7 +310,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                         kept.append((group, position, fits))
                         used = used + Resources(r.cpus * fits, (r.memory or 0) * fits, r.gpus * fits)
                     if n - fits:
-                        if position + 1 < len(group.choices):
+                        if position + 1 < len(group.choices) and not last:
                             moved.append((group, position + 1, n - fits))
                         else:
                             kept.append((group, position, n - fits))  # no other type holds them: held here
@@ -293,8 +321,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
             left -= launch
             result.launch[name], result.wanted[name] = launch, wanted
             result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
-            placed_here = [item for item in kept]
-            by_type[index] = placed_here
+            by_type[index] = kept
         if not moved:
             return result
         placed = [item for items in by_type.values() for item in items] + moved

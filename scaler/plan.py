@@ -84,7 +84,7 @@ class SnapshotError(ValueError):
 
 # The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
 NUMBER_FIELDS = {
-    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus", "RequestMemory", "RequestGPUs"),
+    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),  # RequestMemory and RequestGPUs: checked by fit.rank
     "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs"),
     "instances": ("LaunchTime",),
     "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
@@ -100,8 +100,13 @@ def _shown(value: Any) -> str:
 def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = ad.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
-            raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
+        kind = value.__class__
+        if kind is int or kind is float:
+            if -NUMBER_LIMIT <= value <= NUMBER_LIMIT:  # false for NaN and the infinities too
+                continue
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
+            continue
+        raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
 
 
 def check_snapshot(data: Any) -> dict[str, Any]:
@@ -411,13 +416,18 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
 
     # Waiting jobs: idle long enough; each goes to the type that holds it with the least waste.
     waiting: list[dict[str, Any]] = []
-    for job in snapshot["jobs"]:
+    places: list[int] = []
+    for place, job in enumerate(snapshot["jobs"]):
         if job.get("JobStatus") != IDLE_JOB:
             continue
         since = job.get("EnteredCurrentStatus") if _is_number(job.get("EnteredCurrentStatus")) else job.get("QDate")
         if _is_number(since) and now - float(since) >= spec.waiting_time:
             waiting.append(job)
-    fitted = fit.rank(waiting, spec.types)
+            places.append(place)
+    try:
+        fitted = fit.rank(waiting, spec.types, places=places)
+    except fit.RequestError as err:
+        raise SnapshotError(str(err)) from None
     unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]
     for u in unfit:
         warnings.append(f"{len(u.jobs)} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
