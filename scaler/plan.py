@@ -102,7 +102,7 @@ def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> Non
         value = ad.get(key)
         kind = value.__class__
         if kind is int or kind is float:
-            if -NUMBER_LIMIT <= value <= NUMBER_LIMIT:  # false for NaN and the infinities too
+            if -NUMBER_LIMIT <= value <= NUMBER_LIMIT:  # type: ignore[operator]  # false for NaN and the infinities too
                 continue
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
             continue
