@@ -219,25 +219,25 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
     unfit: dict[str, list[str]] = {}
     count = 0
     unevaluated = False
-    plain: dict[tuple[Any, ...], Request] = {}  # requests of plain numbers, by their raw values: most jobs
+    plain: dict[tuple[Any, ...], Group] = {}  # groups of requests of plain numbers, by their raw values: most jobs
     for index, job in enumerate(jobs):
         get = job.get
         raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements"))
-        request = plain.get(raw)
-        if request is None:
+        group = plain.get(raw)
+        if group is None:
             for key, value in zip(REQUESTS, raw):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
                     raise RequestError(f"'jobs[{places[index] if places else index}].{key}' is out of range (a 64-bit number), got {str(value)[:40]}")
             request = request_of(job, ads)
+            group = groups.get(request)
+            if group is None:
+                ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
+                group = groups[request] = Group(request, tuple(i for _w, _c, i in ranked), 0)
+                unevaluated |= request.requirements is not None and ads.lib is None
             if not (raw[0].__class__ is str or raw[1].__class__ is str or raw[2].__class__ is str or raw[3].__class__ is str):
-                plain[raw] = request  # an expression depends on other attributes: never a short cut
-        group = groups.get(request)
-        if group is None:
-            ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
-            group = groups[request] = Group(request, tuple(i for _w, _c, i in ranked), 0)
-            unevaluated |= request.requirements is not None and ads.lib is None
+                plain[raw] = group  # an expression depends on other attributes: never a short cut
         if not group.choices:
-            unfit.setdefault(_unfit_reason(request, types), []).append(f"{job.get('ClusterId', '?')}.{job.get('ProcId', '?')}")
+            unfit.setdefault(_unfit_reason(group.request, types), []).append(f"{job.get('ClusterId', '?')}.{job.get('ProcId', '?')}")
             continue
         group.count += 1
         count += 1
