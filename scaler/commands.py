@@ -184,6 +184,9 @@ def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result
             f"demand {result.demand} CPU(s), supply {result.supply} CPU(s)\n")
     if not rows:
         return head + "no instance\n"
+    if spec.typed:
+        typed = [(r["instance"], r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
+        return head + "\n" + table.render(("INSTANCE", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), typed, right=("AGE", "SLOTS", "JOBS"))
     body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
     return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), body, right=("AGE", "SLOTS", "JOBS"))
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import INSTANCE_ATTR, STOPPED, TYPE_TAG, CloudState, Plan, cloud_state, tag
+from .model import INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, cloud_state, tag
 from .spec import ScaleSpec
 
 
@@ -188,7 +188,8 @@ class Scaler:
 
 
 def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
-    """The farm as operators want to see it: instance, state, age, slots, running jobs."""
+    """The farm as operators want to see it: instance, type, state, age, slots, running jobs.
+    SNAPSHOT as Scaler.discover() makes it: only the farm's instances, stopped ones included."""
     slot_owner: dict[str, str] = {}
     for slot in snapshot["slots"]:
         if isinstance(slot.get(INSTANCE_ATTR), str) and isinstance(slot.get("Name"), str):
@@ -203,7 +204,7 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
     now = float(snapshot["now"])
     for inst in snapshot["instances"]:
         state = cloud_state(inst)
-        if state in STOPPED and planner.farm_instances([{**inst, "State": {"Name": CloudState.RUNNING.value}}], spec.name):
+        if state in STOPPED:  # the backend lists the farm's instances only
             launched = planner.epoch(inst.get("LaunchTime"))
             rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
                          "age": now - launched if launched is not None else None,
