@@ -45,7 +45,7 @@ def localfs_config() -> Any:
     """torino.yaml's localfs section alone (cvmfs would install packages: not what is compared)."""
     import yaml
 
-    from vfarm.mime_builder import config as configuration
+    from vfarm.config import loader as configuration
 
     torino = yaml.safe_load((common.REPO / "examples/torino.yaml").read_text())
     text = "#multiple-config\n" + yaml.safe_dump({"localfs": torino["localfs"]}, sort_keys=False)
@@ -54,12 +54,14 @@ def localfs_config() -> Any:
 
 def planned_steps(vg: dict[str, int]) -> list[dict[str, Any]]:
     """vfarm's plan for the fresh image (for --smoke: what the first real boot would record)."""
-    from vfarm.cc_modules import cc_localfs, localfs_spec
+    from vfarm.cc_modules import cc_localfs
+    from vfarm.cc_modules.steps import WriteFile
+    from vfarm.config import localfs as localfs_spec
 
     section = localfs_config().sections["localfs"]
     facts = cc_localfs.Facts(vgs={"vg_local": dict(vg)}, existing_dirs=["/home", "/tmp"], fstab="LABEL=root / ext4 defaults 0 1\n")
     plan = cc_localfs.plan(localfs_spec.parse(section), facts)
-    return list(plan["steps"])
+    return [{**step.listing(), "content": step.content} if isinstance(step, WriteFile) else step.listing() for step in plan.steps]
 
 
 def recorded_steps(status: dict[str, Any], fstab: str) -> list[dict[str, Any]]:

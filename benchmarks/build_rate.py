@@ -41,7 +41,7 @@ MODES: list[tuple[str, dict[str, Any]]] = [
 
 
 def configs(count: int) -> list[Any]:
-    from vfarm.mime_builder import config as configuration
+    from vfarm.config import loader as configuration
 
     text = (common.REPO / "examples/torino.yaml").read_text()
     assert "quota-limit: 18000" in text

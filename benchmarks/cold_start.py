@@ -49,7 +49,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def run(args: argparse.Namespace, section: common.Section) -> None:
-    from vfarm.mime_builder import config as configuration
+    from vfarm.config import loader as configuration
     from vfarm.mime_builder import mime
 
     runs = 1 if args.smoke else args.runs

@@ -207,7 +207,7 @@ class VfarmPolicy:
     slug = "vfarm"
 
     def __init__(self) -> None:
-        from vfarm.scaler import spec
+        from vfarm.config import scale as spec
 
         self.spec = spec.parse(SECTION)
         self.plan_seconds: list[float] = []
@@ -300,7 +300,8 @@ def planner_snapshot(jobs: int, instances: int, slots: int, seed: int = 1) -> di
 
 
 def run(args: argparse.Namespace, section: common.Section) -> None:
-    from vfarm.scaler import plan, spec
+    from vfarm.config import scale as spec
+    from vfarm.scaler import plan
 
     hours, bursts = (2.0, 2) if args.smoke else (24.0, 8)
     jobs = trace(args.seed, hours, bursts, 20)

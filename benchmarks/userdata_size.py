@@ -57,8 +57,8 @@ def schema_bytes(names: list[str]) -> list[tuple[str, int, int]]:
 
 
 def run(args: argparse.Namespace, section: common.Section) -> None:
+    from vfarm.config import loader as configuration
     from vfarm.mime_builder import bundle, mime
-    from vfarm.mime_builder import config as configuration
 
     config = configuration.load_file(str(common.REPO / "examples/torino.yaml"))
     releases = [] if args.smoke else _makemime.releases()
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     shared = sum(z for name, _s, z in check if name in in_lib)
     section.add(f"The check script repeats {sum(1 for m in check if m[0] in in_lib)} modules the library already carries "
                 f"({shared} bytes gzipped alone).\n")
-    core = ["cc_modules.cc_localfs", "cc_modules.cc_cvmfs", "cc_modules.localfs_spec", "cc_modules.cvmfs_spec"]
+    core = ["cc_modules.cc_localfs", "cc_modules.cc_cvmfs", "config.localfs", "config.cvmfs"]
     graph = bundle.collect([f"part_handlers.{n}_handler" for n in names], keys=set(names))
     joined = "".join(bundle.minify(graph.modules[m].source) for m in core if m in graph.modules).encode()
     section.add(f"The handlers' own work ({', '.join(core)}) alone, minified and gzipped together: {gz(joined)} bytes.\n")
@@ -116,7 +116,7 @@ SIZE_NOTE = """What would reach 8 KiB for `embed` (the figures above say how muc
   bundle in a `#cloud-config` that repeats the shared modules listed above; in `embed` the
   library part could also write its modules for the check, leaving only cc_modules.check itself.
 - Leave validation of the sections to the admin's side (`vfarm validate`/`build` already check
-  everything before anything is sent): the instance would drop mime_builder.config (the YAML
+  everything before anything is sent): the instance would drop config.loader (the YAML
   loader with line numbers), the embedded schemas and the handling plumbing around them.
 - Ship only what the sections in the file need (already so for the handlers: cvmfs's install
   code is in only when a cvmfs section is).

@@ -1,7 +1,7 @@
 """cloud-init config module `condor`: make this worker join the site's HTCondor pool.
 
-discover (the config and token on disk, the package, the service) -> plan (pure: steps as plain
-data) -> apply (through the one runner) -> record. The token goes to a 0600 file and never into a
+discover (the config and token on disk, the package, the service) -> plan (pure: typed steps) ->
+apply (the step engine) -> record. The token goes to a 0600 file and never into a
 log, a step or a reason. The new config is checked with HTCondor's own `condor_config_val` before
 condor is (re)started, and put back as it was when the check fails. Then the handler waits until
 the pool's collector lists a startd advertising this instance's `VfarmInstanceId`: a worker that
@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import condor_spec
-from .condor_spec import CondorSpec
-from .files import atomic_write, read_text
-from .handling import PER_INSTANCE, Context, StepError, config_module
+from ..config import condor as condor_spec
+from ..config.condor import CondorSpec
+from ..errors import StepError
+from ..files import atomic_write, read_text
+from ..textsafe import UnsafeValue, control_character
+from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
-from .runner import CommandFailed
-from .textsafe import UnsafeValue, control_character
+from .packages import APT, package_manager
+from .steps import Custom, Plan, Run, Step, WriteFile, apply
 
 NAME = "condor"
 POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
@@ -48,33 +50,32 @@ class Facts:
 
 
 def discover(spec: CondorSpec, ctx: Context) -> Facts:
-    managers = [m for m in ("apt-get", "dnf", "yum") if shutil.which(m)]
     return Facts(
         config=read_text(ctx.path(condor_spec.CONFIG_FILE)),
         token=read_text(ctx.path(condor_spec.TOKEN_FILE)),
         installed=shutil.which("condor_config_val") is not None,
         active=ctx.runner.run(["systemctl", "is-active", "--quiet", SERVICE], check=False, changes=False).returncode == 0,
         execute_exists=ctx.path(spec.execute).is_dir(),
-        package_manager=managers[0] if managers else None,
+        package_manager=package_manager(),
     )
 
 
 def _install_argv(spec: CondorSpec, manager: Optional[str]) -> list[str]:
     if manager is None:
         raise StepError("condor.install is true but this image has no apt-get, dnf or yum")
-    package = f"condor={spec.version}*" if spec.version and manager == "apt-get" else f"condor-{spec.version}" if spec.version else "condor"
-    if manager == "apt-get":
+    package = f"condor={spec.version}*" if spec.version and manager == APT else f"condor-{spec.version}" if spec.version else "condor"
+    if manager == APT:
         return ["apt-get", "install", "-y", "--no-install-recommends", package]
     return [manager, "install", "-y", package]
 
 
-def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any]]:
-    """The steps that make this machine a worker of the pool, as plain data."""
-    steps: list[dict[str, Any]] = []
+def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
+    """The steps that make this machine a worker of the pool."""
+    steps: list[Step] = []
     if not facts.installed:
         if not spec.install:
             raise StepError("HTCondor is not installed (no condor_config_val): install it in the image or set condor.install: true")
-        steps.append({"action": "install", "argv": _install_argv(spec, facts.package_manager)})
+        steps.append(Run("install", _install_argv(spec, facts.package_manager), timeout=TIMEOUTS["install"]))
     try:
         config = condor_spec.render(spec, instance_id)
     except UnsafeValue as err:
@@ -83,23 +84,26 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> list[dict[str, Any
         raise StepError(f"cannot write {condor_spec.TOKEN_FILE}: the pool token holds a control character")
     changed = False
     if spec.token is not None and facts.token != spec.token + "\n":
-        steps.append({"action": "write-token", "path": condor_spec.TOKEN_FILE, "secret": True})
+        steps.append(WriteFile("write-token", condor_spec.TOKEN_FILE, spec.token + "\n", 0o600, secret=True))
         changed = True
     if facts.config != config:
-        steps.append({"action": "write-config", "path": condor_spec.CONFIG_FILE, "content": config})
+        steps.append(WriteFile("write-config", condor_spec.CONFIG_FILE, config, 0o644))
         changed = True
     if not facts.execute_exists:
-        steps.append({"action": "mkdir", "argv": ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", spec.execute]})
+        steps.append(Run("mkdir", ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", spec.execute], timeout=TIMEOUTS["mkdir"]))
     if changed or not facts.installed:
-        steps.append({"action": "check-config", "argv": ["condor_config_val", "-summary"]})
+        # HTCondor's own parser checks the new config; a rejected one is put back as it was.
+        steps.append(Run("check-config", ["condor_config_val", "-summary"], timeout=TIMEOUTS["check-config"], reads_only=True,
+                         undo=lambda ctx: _restore(ctx, facts.config)))
     if changed or not facts.active:
         # The part-handler runs inside cloud-init's network stage, which is ordered Before=
         # network-online.target, and condor.service is After= it: a plain start would wait for the
         # end of the very stage that waits for it (a deadlock). The network is up by then.
         verb = "restart" if facts.active else "start"
-        steps.append({"action": verb, "argv": ["systemctl", verb, "--job-mode=ignore-dependencies", SERVICE]})
-    steps.append({"action": "wait-join", "collector": spec.collector, "instance_id": instance_id, "timeout": spec.join_timeout})
-    return steps
+        steps.append(Run(verb, ["systemctl", verb, "--job-mode=ignore-dependencies", SERVICE], timeout=TIMEOUTS[verb]))
+    join = {"collector": spec.collector, "instance_id": instance_id, "timeout": spec.join_timeout}
+    steps.append(Custom("wait-join", lambda ctx: wait_join(ctx, spec.collector, instance_id, spec.join_timeout), join, changes=False))
+    return Plan(steps)
 
 
 def joined(ctx: Context, collector: str, instance_id: str) -> bool:
@@ -110,52 +114,17 @@ def joined(ctx: Context, collector: str, instance_id: str) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def wait_join(ctx: Context, step: dict[str, Any], clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-    deadline = clock() + step["timeout"]
+def wait_join(ctx: Context, collector: str, instance_id: str, timeout: float, clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> None:
+    deadline = clock() + timeout
     while True:
-        if joined(ctx, step["collector"], step["instance_id"]):
-            ctx.logger.info("joined: the collector %s lists this worker (%s)", step["collector"], step["instance_id"])
+        if joined(ctx, collector, instance_id):
+            ctx.logger.info("joined: the collector %s lists this worker (%s)", collector, instance_id)
             return
         if clock() >= deadline:
-            raise StepError(f"not joined: the collector {step['collector']} did not list this worker's startd within {step['timeout']} s")
+            raise StepError(f"not joined: the collector {collector} did not list this worker's startd within {timeout} s")
         # A short join-timeout gets polls to match (and no sleep past the deadline).
-        sleep(max(0.05, min(POLL_SECONDS, step["timeout"] / 10, deadline - clock())))
-
-
-def apply(steps: list[dict[str, Any]], spec: CondorSpec, ctx: Context) -> None:
-    previous_config = read_text(ctx.path(condor_spec.CONFIG_FILE))
-    for step in steps:
-        action = step["action"]
-        if ctx.dry_run and action in ("write-token", "write-config"):
-            ctx.logger.info("dry-run, not writing %s", step["path"])
-            ctx.record.step(action, True, path=step["path"], changed=False)
-        elif action == "write-token":
-            assert spec.token is not None
-            atomic_write(ctx.path(step["path"]), spec.token + "\n", 0o600)
-            ctx.record.step(action, True, path=step["path"], mode="0600")
-        elif action == "write-config":
-            atomic_write(ctx.path(step["path"]), step["content"], 0o644)
-            ctx.record.step(action, True, path=step["path"], bytes=len(step["content"]))
-        elif action == "wait-join":
-            if ctx.dry_run:
-                ctx.record.step(action, True, skipped="dry run")
-                continue
-            started = time.monotonic()
-            try:
-                wait_join(ctx, step)
-            except StepError:
-                ctx.record.step(action, False, collector=step["collector"], seconds=round(time.monotonic() - started, 1))
-                raise
-            ctx.record.step(action, True, collector=step["collector"], seconds=round(time.monotonic() - started, 1), changed=False)
-        else:
-            try:
-                result = ctx.runner.run(step["argv"], changes=action != "check-config", timeout=TIMEOUTS.get(action, 300.0))
-            except CommandFailed as err:
-                ctx.record.step(action, False, argv=step["argv"], error=err.result.summary())
-                if action == "check-config" and not ctx.dry_run:
-                    _restore(ctx, previous_config)
-                raise
-            ctx.record.step(action, True, argv=step["argv"], seconds=round(result.seconds, 3), changed=action != "check-config" and not result.dry_run)
+        sleep(max(0.05, min(POLL_SECONDS, timeout / 10, deadline - clock())))
 
 
 def _restore(ctx: Context, previous: Optional[str]) -> None:
@@ -178,12 +147,10 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
         raise StepError("the condor section holds no token (vfarm build reads token-file into the part)")
     facts = discover(spec, ctx)
     ctx.record.step("discover", True, installed=facts.installed, active=facts.active, config_present=facts.config is not None)
-    steps = plan(spec, facts, instance_id)
-    shown = [{k: v for k, v in s.items() if k != "content"} for s in steps]
-    ctx.logger.info("plan: %s", json.dumps(shown))
-    ctx.record.step("plan", True, steps=[s["action"] for s in steps])
-    apply(steps, spec, ctx)
-    return any(s["action"] not in ("wait-join", "check-config") for s in steps)
+    todo = plan(spec, facts, instance_id)
+    ctx.logger.info("plan: %s", json.dumps(todo.listing()))
+    ctx.record.step("plan", True, steps=todo.actions())
+    return apply(todo, ctx)
 
 
 handle = config_module(NAME, work)

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import cvmfs_spec
-from .files import atomic_write, read_text
-from .handling import PER_INSTANCE, Context, StepError, config_module
-from .localfs_spec import PlanError
+from ..config import cvmfs as cvmfs_spec
+from ..errors import PlanError, StepError
+from ..files import atomic_write, read_text
+from ..textsafe import UnsafeValue, refuse_control
+from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
-from .runner import CommandFailed
-from .textsafe import UnsafeValue, refuse_control
+from .packages import APT, package_manager
+from .steps import Custom, Plan, Run, Step, WriteFile, apply
 
 NAME = "cvmfs"
 CONFIG_DIR = "/etc/cvmfs"
@@ -55,7 +55,7 @@ meta = module_meta("cc_cvmfs", "Install and configure the CernVM-FS client", __d
 
 @dataclass
 class Facts:
-    manager: Optional[str] = None  # apt, dnf, yum
+    manager: Optional[str] = None  # packages.MANAGERS
     codename: str = ""
     installed: Optional[str] = None  # version of the cvmfs package, None when absent
     release_installed: bool = False  # CERN's cvmfs-release package
@@ -108,7 +108,7 @@ def _needs_auto_quota(section: dict[str, Any]) -> bool:
 
 
 def _package_version(ctx: Context, manager: Optional[str], package: str) -> Optional[str]:
-    if manager == "apt":
+    if manager == APT:
         result = ctx.runner.run(["dpkg-query", "-W", "-f=${Status}\t${Version}", package], check=False, changes=False)
         status, _, version = result.stdout.partition("\t")
         return version.strip() if result.returncode == 0 and "install ok installed" in status else None
@@ -130,7 +130,7 @@ def _filesystem_size(path: Path) -> Optional[int]:
 
 def discover(section: dict[str, Any], ctx: Context) -> Facts:
     facts = Facts()
-    facts.manager = next((m for m, tool in (("apt", "apt-get"), ("dnf", "dnf"), ("yum", "yum")) if shutil.which(tool)), None)
+    facts.manager = package_manager()
     for line in (read_text(ctx.path("/etc/os-release")) or "").splitlines():
         if line.startswith("VERSION_CODENAME="):
             facts.codename = line.split("=", 1)[1].strip().strip('"')
@@ -154,42 +154,48 @@ def _checked(what: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-def _repository_steps(section: dict[str, Any], facts: Facts) -> list[dict[str, Any]]:
+def _repository_steps(section: dict[str, Any], facts: Facts) -> list[Step]:
     """The steps that add the package repository. An apt source is one line `deb [OPTION] URL
     SUITE COMPONENTS`, a yum source one `KEY=VALUE` per line: every value is checked to be one
     word (components: words) with no line break, blank, `#` or control character, so it can
     neither add a line nor an apt option like `[trusted=yes]`."""
     custom = section.get("package-repository") or {}
     manager = facts.manager
-    steps: list[dict[str, Any]] = []
-    if manager == "apt":
+    steps: list[Step] = []
+    if manager == APT:
         if custom.get("apt"):
             trusted = "trusted=yes" if custom.get("trusted") else f"signed-by={APT_KEY}"
             if custom.get("gpg-key") and not custom.get("trusted"):
-                steps.append({"action": "download", "url": _checked("gpg-key", custom["gpg-key"], REPOSITORY_URL), "path": APT_KEY})
+                steps.append(_download_step(_checked("gpg-key", custom["gpg-key"], REPOSITORY_URL), APT_KEY))
             suite = str(custom.get("suite", "{codename}-prod")).replace("{codename}", facts.codename or "stable")
             url = _checked("apt", custom["apt"], REPOSITORY_URL)
             components = _checked("components", custom.get("components", "main"), APT_COMPONENTS)
             line = f"deb [{trusted}] {url} {_checked('suite', suite, APT_SUITE)} {components}\n"
-            steps.append({"action": "write-file", "path": APT_LIST, "content": line})
+            steps.append(WriteFile("write-file", APT_LIST, line, 0o644))
         elif not facts.release_installed:
             deb = f"{DOWNLOAD_DIR}/cvmfs-release-latest_all.deb"
-            steps += [{"action": "download", "url": RELEASE_DEB, "path": deb}, {"action": "add-repository", "argv": ["dpkg", "-i", deb]}]
-        steps.append({"action": "update", "argv": ["apt-get", "update", "-q"]})
+            steps += [_download_step(RELEASE_DEB, deb), _package_command("add-repository", ["dpkg", "-i", deb])]
+        steps.append(_package_command("update", ["apt-get", "update", "-q"]))
     elif manager in ("dnf", "yum"):
         if custom.get("yum"):
             check = "0" if custom.get("trusted") else "1"
             key = f"gpgkey={_checked('gpg-key', custom['gpg-key'], REPOSITORY_URL)}\n" if custom.get("gpg-key") else ""
             url = _checked("yum", custom["yum"], REPOSITORY_URL)
             text = f"[vfarm-cvmfs]\nname=CernVM-FS (vfarm)\nbaseurl={url}\nenabled=1\ngpgcheck={check}\n{key}"
-            steps.append({"action": "write-file", "path": YUM_REPO, "content": text})
+            steps.append(WriteFile("write-file", YUM_REPO, text, 0o644))
         elif not facts.release_installed:
-            steps.append({"action": "add-repository", "argv": [manager, "install", "-y", RELEASE_RPM]})
+            steps.append(_package_command("add-repository", [manager, "install", "-y", RELEASE_RPM]))
     return steps
 
 
-def plan(section: dict[str, Any], facts: Facts) -> dict[str, Any]:
-    steps: list[dict[str, Any]] = []
+@dataclass
+class CvmfsPlan(Plan):
+    quota_mb: Optional[int] = None
+    repositories: list[str] = field(default_factory=list)
+
+
+def plan(section: dict[str, Any], facts: Facts) -> CvmfsPlan:
+    steps: list[Step] = []
     wanted = section.get("version")
     if section.get("install"):
         if facts.manager is None:
@@ -200,27 +206,37 @@ def plan(section: dict[str, Any], facts: Facts) -> dict[str, Any]:
                 steps += _repository_steps(section, facts)
             except UnsafeValue as err:
                 raise PlanError(str(err)) from None
-            steps.append({"action": "install", "manager": facts.manager, "package": "cvmfs", "version": wanted})
+            steps.append(_install_step(facts.manager, "cvmfs", wanted))
     elif facts.installed is None:
         raise PlanError("cvmfs is not installed and install is false: install it in the image or set install: true")
     quota_mb = cvmfs_spec.auto_quota_mb(facts.cache_fs_bytes) if facts.cache_fs_bytes else None
     if _needs_auto_quota(section) and quota_mb is None:
         raise PlanError(f"quota-limit: auto, but the size of the cache filesystem ({cvmfs_spec.cache_base(section)}) is unknown")
+    wrote_config = False
     for path, settings in config_files(section).items():
         try:
             text = cvmfs_spec.render(settings, quota_mb, HEADER)
         except UnsafeValue as err:
             raise PlanError(f"cannot write {path}: {err}") from None
         if facts.files.get(path) != text:
-            steps.append({"action": "write-file", "path": path, "content": text})
-    steps.append({"action": "setup"})  # cvmfs_config setup, only if chksetup asks for it
+            steps.append(WriteFile("write-file", path, text, 0o644))
+            wrote_config = True
+    steps.append(_setup_step(reload=wrote_config))
     repos = repositories(section)
     if repos:
-        steps.append({"action": "probe", "repositories": repos})
-    return {"steps": steps, "quota_mb": quota_mb, "repositories": repos}
+        steps.append(Custom("probe", lambda ctx: _probe(ctx, repos), {"repositories": repos}, changes=False))
+    return CvmfsPlan(steps, quota_mb=quota_mb, repositories=repos)
 
 
-# --- apply ------------------------------------------------------------------------------------
+# --- the steps that are neither a command nor a file --------------------------------------------
+
+
+def _package_command(action: str, argv: list[str]) -> Run:
+    return Run(action, argv, env=APT_ENV if argv[0].startswith("apt") or argv[0] == "dpkg" else None, timeout=INSTALL_TIMEOUT)
+
+
+def _download_step(url: str, path: str) -> Custom:
+    return Custom("download", lambda ctx: _download(url, ctx.path(path), ctx), {"url": url, "path": path})
 
 
 def _download(url: str, path: Path, ctx: Context) -> None:
@@ -237,9 +253,19 @@ def _download(url: str, path: Path, ctx: Context) -> None:
     raise StepError(f"cannot download {cvmfs_spec.redact(url)}: {last}")
 
 
-def _install(step: dict[str, Any], ctx: Context) -> list[str]:
-    manager, package, version = step["manager"], step["package"], step["version"]
-    if manager == "apt":
+def _install_step(manager: str, package: str, version: Optional[str]) -> Custom:
+    """Install PACKAGE; apt's exact version string for an upstream VERSION is looked up first."""
+
+    def install(ctx: Context) -> dict[str, Any]:
+        argv = _install_argv(ctx, manager, package, version)
+        ctx.runner.run(argv, env=APT_ENV if manager == APT else None, timeout=INSTALL_TIMEOUT)
+        return {"argv": argv}
+
+    return Custom("install", install, {"manager": manager, "package": package, "version": version})
+
+
+def _install_argv(ctx: Context, manager: str, package: str, version: Optional[str]) -> list[str]:
+    if manager == APT:
         spec = package
         if version:
             madison = ctx.runner.run(["apt-cache", "madison", package], changes=False)
@@ -252,71 +278,35 @@ def _install(step: dict[str, Any], ctx: Context) -> list[str]:
     return [manager, "install", "-y", f"{package}-{version}" if version else package]
 
 
-def _run_step(ctx: Context, action: str, argv: list[str], env: Optional[dict[str, str]] = None, check: bool = True,
-              timeout: Optional[float] = INSTALL_TIMEOUT) -> Any:
-    try:
-        result = ctx.runner.run(argv, env=env, check=check, timeout=timeout)
-    except CommandFailed as err:
-        ctx.record.step(action, False, argv=argv, returncode=err.result.returncode, seconds=round(err.result.seconds, 3), error=err.result.summary())
-        raise
-    ctx.record.step(action, True, argv=argv, seconds=round(result.seconds, 3), changed=not result.dry_run and action not in ("probe", "chksetup"))
-    return result
+def _setup_step(reload: bool) -> Custom:
+    """`cvmfs_config setup` when `cvmfs_config chksetup` asks for it, else a reload when the
+    config changed (RELOAD)."""
+
+    def setup(ctx: Context) -> dict[str, Any]:
+        check = ctx.runner.run(["cvmfs_config", "chksetup"], check=False, changes=False)
+        if check.returncode != 0 or check.stdout.strip() != "OK":
+            ctx.logger.info("cvmfs_config chksetup asks for a set-up: %s", (check.stdout + check.stderr).strip()[-500:])
+            ctx.runner.run(["cvmfs_config", "setup"], timeout=INSTALL_TIMEOUT)
+            return {"ran": "setup"}
+        if reload:
+            ctx.runner.run(["cvmfs_config", "reload"], timeout=INSTALL_TIMEOUT)
+            return {"ran": "reload"}
+        return {"ran": "nothing", "changed": False}
+
+    return Custom("setup", setup, {"reload": reload})
 
 
-def apply(steps: list[dict[str, Any]], ctx: Context) -> bool:
-    changed = False
-    wrote_config = False
-    for step in steps:
-        action = step["action"]
-        if action == "download":
-            if ctx.dry_run:
-                ctx.logger.info("dry-run, not downloading %s", step["url"])
-            else:
-                _download(step["url"], ctx.path(step["path"]), ctx)
-            ctx.record.step(action, True, url=step["url"], path=step["path"])
-        elif action == "write-file":
-            if ctx.dry_run:
-                ctx.logger.info("dry-run, not writing %s:\n%s", step["path"], cvmfs_spec.redact(step["content"]))
-            else:
-                atomic_write(ctx.path(step["path"]), step["content"], 0o644)
-                ctx.logger.info("wrote %s", step["path"])
-            ctx.record.step(action, True, path=step["path"], bytes=len(step["content"]))
-            changed = True
-            wrote_config = wrote_config or step["path"].startswith(CONFIG_DIR)
-        elif action == "install":
-            _run_step(ctx, action, _install(step, ctx), env=APT_ENV if step["manager"] == "apt" else None)
-            changed = True
-        elif action == "setup":
-            if ctx.dry_run:
-                ctx.logger.info("dry-run, not checking the cvmfs set-up")
-                continue
-            check = _run_step(ctx, "chksetup", ["cvmfs_config", "chksetup"], check=False)
-            if check.returncode != 0 or check.stdout.strip() != "OK":
-                ctx.logger.info("cvmfs_config chksetup asks for a set-up: %s", (check.stdout + check.stderr).strip()[-500:])
-                _run_step(ctx, "setup", ["cvmfs_config", "setup"])
-                changed = True
-            elif wrote_config:
-                _run_step(ctx, "reload", ["cvmfs_config", "reload"])
-        elif action == "probe":
-            if ctx.dry_run:
-                ctx.logger.info("dry-run, not probing %s", ", ".join(step["repositories"]))
-                continue
-            for repo in step["repositories"]:
-                _run_step(ctx, "probe", ["cvmfs_config", "probe", repo], timeout=PROBE_TIMEOUT)
-        elif "argv" in step:
-            _run_step(ctx, action, step["argv"], env=APT_ENV if step["argv"][0].startswith("apt") or step["argv"][0] == "dpkg" else None)
-            changed = True
-        else:
-            raise StepError(f"unknown step {action!r}")
-    return changed
+def _probe(ctx: Context, repos: list[str]) -> None:
+    for repo in repos:
+        ctx.runner.run(["cvmfs_config", "probe", repo], timeout=PROBE_TIMEOUT)
 
 
 def work(section: dict[str, Any], ctx: Context) -> bool:
     facts = discover(section, ctx)
     ctx.record.step("discover", True, manager=facts.manager, installed=facts.installed, cache_fs_bytes=facts.cache_fs_bytes)
-    steps = plan(section, facts)
-    ctx.record.step("plan", True, steps=[s["action"] for s in steps["steps"]], quota_mb=steps["quota_mb"])
-    return apply(steps["steps"], ctx) and not ctx.dry_run
+    todo = plan(section, facts)
+    ctx.record.step("plan", True, steps=todo.actions(), quota_mb=todo.quota_mb)
+    return apply(todo, ctx) and not ctx.dry_run
 
 
 handle = config_module(NAME, work)

@@ -17,13 +17,15 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from . import localfs_spec
-from .files import atomic_write, read_text
-from .handling import PER_INSTANCE, Context, StepError, config_module
-from .localfs_spec import LV_TAG, LocalfsSpec, PlanError, VolumeGroup
+from ..config import localfs as localfs_spec
+from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
+from ..errors import PlanError, StepError
+from ..files import read_text, under
+from ..textsafe import UnsafeValue
+from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
-from .textsafe import UnsafeValue
+from .steps import Plan, Run, Step, WriteFile, apply
 
 NAME = "localfs"
 DEFAULT_VG = "vg_local"  # the name of a VG created from `devices` when the config names none
@@ -173,8 +175,12 @@ def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
     raise PlanError(f"no volume group with free space (found: {found}) and no devices to create one on")
 
 
-def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = []
+def _command(action: str, argv: list[str], **details: Any) -> Run:
+    return Run(action, argv, env=LVM_ENV if argv[0] in LVM_TOOLS else None, details=details)
+
+
+def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[Step]:
+    steps: list[Step] = []
     for device in spec.devices:
         owner = facts.pvs.get(device)
         if owner:
@@ -185,9 +191,9 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[dict[str, Any]]:
         if found:
             if not spec.force:
                 raise PlanError(f"device {device} holds {found}: refusing to pvcreate on it (set force: true to destroy what is there)")
-            steps.append({"action": "wipefs", "device": device, "argv": ["wipefs", "--all", device]})
-        steps.append({"action": "pvcreate", "device": device, "argv": ["pvcreate", "--yes", device]})
-    steps.append({"action": "vgcreate", "vg": vg, "argv": ["vgcreate", vg, *spec.devices]})
+            steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
+        steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
+    steps.append(_command("vgcreate", ["vgcreate", vg, *spec.devices], vg=vg))
     return steps
 
 
@@ -274,23 +280,31 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     return "\n".join(out) + "\n" if out else ""
 
 
-def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> dict[str, Any]:
+@dataclass
+class LocalfsPlan(Plan):
+    vg: str = ""
+    create_vg: bool = False  # the volume group is made first; its volumes are planned after
+    parts: list[dict[str, Any]] = field(default_factory=list)  # the resolved sizes, for the record
+    rediscover: bool = False  # plan again after these steps (a new volume group)
+
+
+def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     """The steps that bring the machine to SPEC, as plain data. No steps: nothing to do.
 
     ROOT prefixes the paths commands act on (a temp dir in tests); fstab keeps the real ones."""
 
     def at(path: str) -> str:
-        return path if root in ("", "/") else os.path.join(root, path.lstrip("/"))
+        return path if root in ("", "/") else str(under(root, path))
 
     vg, create = choose_vg(spec, facts)
     if create:
-        return {"vg": vg, "create_vg": True, "parts": [], "steps": _vg_steps(spec, facts, vg), "rediscover": True, "notes": []}
+        return LocalfsPlan(_vg_steps(spec, facts, vg), vg=vg, create_vg=True, rediscover=True)
     info = facts.vgs[vg]
     own = tuple((name, facts.lvs[f"{vg}/{name}"]["size"] // info["extent_size"]) for name in _own_lvs(facts, vg) if any(p.name == name for p in spec.parts))
     resolved = localfs_spec.resolve(spec, VolumeGroup(vg, info["extent_size"], info["extents"], info["free"], own))
-    creates: list[dict[str, Any]] = []
-    mkfs: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
+    creates: list[Step] = []
+    mkfs: list[Step] = []
+    mounts: list[Step] = []
     notes: list[str] = []
     entries: list[tuple[str, str, str, str, int, int]] = []
     aliases = dict(facts.aliases)
@@ -306,19 +320,19 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> dict[str, Any]:
             have = lv["size"] // info["extent_size"]
             notes.append(f"{vg}/{name} exists ({have} extents{'' if have == part.extents else f', the plan says {part.extents}'}): left alone")
         else:
-            creates.append({"action": "lvcreate", "part": name, "extents": part.extents,
-                            "argv": ["lvcreate", "--yes", "--wipesignatures", "y", "-n", name, "-l", str(part.extents), "--addtag", LV_TAG, vg]})
+            argv = ["lvcreate", "--yes", "--wipesignatures", "y", "-n", name, "-l", str(part.extents), "--addtag", LV_TAG, vg]
+            creates.append(_command("lvcreate", argv, part=name, extents=part.extents))
         found = None if fresh else facts.signatures.get(device)
         made = False
         if found is None:
-            mkfs.append({"action": "mkswap" if fs == "swap" else "mkfs", "part": name, "argv": _mkfs_argv(fs, device, part.spec.label)})
+            mkfs.append(_command("mkswap" if fs == "swap" else "mkfs", _mkfs_argv(fs, device, part.spec.label), part=name))
             made = True
         elif found != fs:
             raise PlanError(f"{device} holds {found} but the config asks for {fs}: leaving it alone")
         if fs == "swap":
             entries.append((device, "none", "swap", part.spec.options, 0, 0))
             if not any(_is_device(facts, device, s) for s in facts.swaps):
-                mounts.append({"action": "swapon", "part": name, "argv": ["swapon", device]})
+                mounts.append(_command("swapon", ["swapon", device], part=name))
             continue
         target = part.spec.mount
         assert target is not None  # the schema checks give every filesystem part a mount point
@@ -331,49 +345,27 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> dict[str, Any]:
         if made and target in facts.nonempty:
             carry = at(f"{CARRY_DIR}/{name}")
             mounts += [
-                {"action": "carry", "part": name, "argv": ["mkdir", "-p", carry]},
-                {"action": "carry", "part": name, "argv": ["mount", "-t", fs, device, carry]},
-                {"action": "carry", "part": name, "argv": ["cp", "-a", f"{at(target)}/.", f"{carry}/"]},
-                {"action": "carry", "part": name, "argv": ["umount", carry]},
+                _command("carry", ["mkdir", "-p", carry], part=name),
+                _command("carry", ["mount", "-t", fs, device, carry], part=name),
+                _command("carry", ["cp", "-a", f"{at(target)}/.", f"{carry}/"], part=name),
+                _command("carry", ["umount", carry], part=name),
             ]
         if target not in facts.existing_dirs:
-            mounts.append({"action": "mkdir", "part": name, "argv": ["mkdir", "-p", at(target)]})
-        mounts.append({"action": "mount", "part": name, "argv": ["mount", "-t", fs, "-o", part.spec.options, device, at(target)]})
+            mounts.append(_command("mkdir", ["mkdir", "-p", at(target)], part=name))
+        mounts.append(_command("mount", ["mount", "-t", fs, "-o", part.spec.options, device, at(target)], part=name))
         if part.spec.mode:
-            mounts.append({"action": "chmod", "part": name, "argv": ["chmod", part.spec.mode, at(target)]})
+            mounts.append(_command("chmod", ["chmod", part.spec.mode, at(target)], part=name))
     steps = creates + mkfs + mounts
     try:
         new_fstab = fstab_text(facts.fstab, entries, aliases)
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:
-        steps.append({"action": "write-fstab", "path": FSTAB, "content": new_fstab})
-    return {"vg": vg, "create_vg": False, "parts": [p.as_dict() for p in resolved], "steps": steps, "rediscover": False, "notes": notes}
+        steps.append(WriteFile("write-fstab", FSTAB, new_fstab))
+    return LocalfsPlan(steps, notes, vg=vg, parts=[p.as_dict() for p in resolved])
 
 
 # --- apply and record -------------------------------------------------------------------------
-
-
-def apply(steps: list[dict[str, Any]], ctx: Context) -> None:
-    for step in steps:
-        action = step["action"]
-        if "argv" in step:
-            argv = step["argv"]
-            try:
-                result = ctx.runner.run(argv, env=LVM_ENV if argv[0] in LVM_TOOLS else None)
-            except CommandFailed as err:
-                ctx.record.step(action, False, argv=argv, returncode=err.result.returncode, seconds=round(err.result.seconds, 3), error=err.result.summary())
-                raise
-            ctx.record.step(action, True, argv=argv, seconds=round(result.seconds, 3), changed=not result.dry_run)
-        elif action == "write-fstab":
-            if ctx.dry_run:
-                ctx.logger.info("dry-run, not writing %s:\n%s", step["path"], step["content"])
-            else:
-                atomic_write(ctx.path(step["path"]), step["content"])
-                ctx.logger.info("wrote %s", step["path"])
-            ctx.record.step(action, True, path=step["path"], bytes=len(step["content"]), changed=not ctx.dry_run)
-        else:
-            raise StepError(f"unknown step {action!r}")
 
 
 def work(section: dict[str, Any], ctx: Context) -> bool:
@@ -382,19 +374,19 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
     for _ in range(2):  # a second round after creating the volume group
         facts = discover(spec, ctx)
         ctx.record.step("discover", True, vgs=sorted(facts.vgs), lvs=sorted(facts.lvs))
-        steps = plan(spec, facts, str(ctx.root))
-        ctx.logger.info("plan on %s: %s", steps["vg"], json.dumps({k: v for k, v in steps.items() if k != "steps"}))
-        for note in steps["notes"]:
+        todo = plan(spec, facts, str(ctx.root))
+        ctx.logger.info("plan on %s: %s", todo.vg, json.dumps({"create_vg": todo.create_vg, "parts": todo.parts, "steps": todo.listing()}))
+        for note in todo.notes:
             ctx.logger.info("%s", note)
-        ctx.record.step("plan", True, vg=steps["vg"], steps=len(steps["steps"]), parts=[(p["name"], p["extents"]) for p in steps["parts"]])
-        if not steps["steps"]:
+        ctx.record.step("plan", True, vg=todo.vg, steps=len(todo.steps), parts=[(p["name"], p["extents"]) for p in todo.parts])
+        if not todo.steps:
             ctx.logger.info("nothing to do: the machine already matches the config")
-        apply(steps["steps"], ctx)
-        changed = changed or bool(steps["steps"])
-        if not steps["rediscover"]:
+        apply(todo, ctx)
+        changed = changed or bool(todo.steps)
+        if not todo.rediscover:
             break
         if ctx.dry_run:
-            ctx.logger.info("dry run: volume group %s does not exist, so its volumes cannot be planned yet", steps["vg"])
+            ctx.logger.info("dry run: volume group %s does not exist, so its volumes cannot be planned yet", todo.vg)
             break
     return changed
 

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .display import shown
-from .files import atomic_write
-from .redaction import redact, redact_strings
+from ..display import shown
+from ..files import atomic_write, under
+from ..redaction import redact, redact_strings
+from .record import log_dir as records_folder
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
     from .. import __version__ as VFARM_VERSION
@@ -70,11 +71,11 @@ class Paths:
     root: Path = Path("/")
 
     def _p(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
+        return under(self.root, path)
 
     @property
     def log_dir(self) -> Path:
-        return self._p("/var/log/vfarm")
+        return records_folder(root=self.root)
 
     @property
     def run_dir(self) -> Path:
@@ -553,7 +554,7 @@ def render(summary: dict[str, Any]) -> str:
     """The human summary: one table of handlers, then cloud-init, then problems and the verdict.
     Every value in it may come from a hostile summary.json (`vfarm summary`): each is shown
     terminal-safe with its secrets hidden (the tables do so for their cells)."""
-    from ..mime_builder import table
+    from . import table
 
     out: list[str] = []
     decision = summary.get("decision") or {}

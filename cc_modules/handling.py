@@ -12,19 +12,16 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from ..mime_builder import config as vconfig
+from ..config import loader as vconfig
+from ..errors import StepError, VfarmError
+from ..files import under
+from ..redaction import redact
 from . import record as record_mod
-from .localfs_spec import PlanError
-from .redaction import redact
-from .runner import CommandFailed, Runner
+from .runner import Runner
 
 LOG = logging.getLogger("vfarm")
 # cloud-init's frequency names (cloudinit.settings), spelled out: this code must not import cloudinit.
 PER_INSTANCE = "once-per-instance"
-
-
-class StepError(Exception):
-    """A step cannot be done safely (a conflict, an unexpected state): one clear reason."""
 
 
 class HandlerFailed(Exception):
@@ -45,7 +42,7 @@ class Context:
 
     def path(self, absolute: str) -> Path:
         """ABSOLUTE inside the root (the root is / on an instance, a temp dir in tests)."""
-        return self.root / absolute.lstrip("/")
+        return under(self.root, absolute)
 
     @property
     def dry_run(self) -> bool:
@@ -146,9 +143,7 @@ def execute(
         context = Context(run, rec, system_root(root))
         try:
             changed = work(section, context)
-        except CommandFailed as err:
-            rec.finish("failed", str(err))
-        except (StepError, PlanError) as err:
+        except VfarmError as err:
             rec.finish("failed", str(err))
         except Exception as err:  # noqa: BLE001 - recorded, never lost in a cloud-init WARNING
             rec.logger.exception("%s: unexpected error", name)

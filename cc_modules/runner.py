@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .redaction import is_secret_name, redact
+from ..errors import StepError
+from ..redaction import is_secret_name, redact
 
 MAX_LOGGED = 4000  # characters of stdout/stderr kept in the log per command
 
@@ -35,7 +36,10 @@ class Result:
         return f"`{self.command}` failed (exit {self.returncode}){detail}"
 
 
-class CommandFailed(Exception):
+class CommandFailed(StepError):
+    """A command exited non-zero (or could not start): the reason names it, its exit code and
+    the last line of its stderr."""
+
     def __init__(self, result: Result):
         self.result = result
         super().__init__(result.summary())

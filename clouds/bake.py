@@ -1,7 +1,7 @@
 """`vfarm image bake ROOT`: bake vfarm into any image root folder (Debian, EL, a CernVM-like image).
 
 What lands in ROOT:
-- the on-instance part of the vfarm package (vfarm/{cc_modules,part_handlers,schemas,mime_builder}) in the
+- the on-instance part of the vfarm package (vfarm/{config,cc_modules,part_handlers,schemas} and the root basics) in the
   folder that holds cloud-init's own `cloudinit` package (so the same Python finds it);
 - a thin top-level `cc_NAME.py` per vfarm config module beside it: cloud-init finds a config
   module only as a top-level `cc_<name>`;
@@ -25,22 +25,19 @@ from typing import Any, Optional
 import yaml
 
 from .. import __version__
-from ..cc_modules.files import atomic_write
+from ..config import sections
+from ..files import atomic_write
 from .hostcmd import CommandError
 
 DROP_IN = "etc/cloud/cloud.cfg.d/95-vfarm.cfg"
 HANDLERS_DIR = "var/lib/cloud/handlers"
 MANIFEST = "etc/vfarm/baked.json"
 LISTS = ("cloud_init_modules", "cloud_config_modules", "cloud_final_modules")
-# Where each module goes: (list, insert after this module or None for the end), placed in this
-# order. localfs runs with cloud-init's own disk modules; cvmfs needs the network (config stage);
-# condor after cvmfs (its execute directory may be on a localfs mount, jobs may need CVMFS);
-# anything else (the final check) runs last, before power_state_change.
-PLACEMENT = {
-    "localfs": ("cloud_init_modules", "mounts"),
-    "cvmfs": ("cloud_config_modules", None),
-    "condor": ("cloud_config_modules", None),
-}
+# Where each module goes: config/sections.py's `stage` of each section, placed in the sections'
+# order; anything else (the final check) runs last, before power_state_change.
+PLACEMENT = {s.name: s.stage for s in sections.SECTIONS if s.stage is not None}
+# The instance side: what an image carries of vfarm.
+INSTANCE_PACKAGES = ("config", "cc_modules", "part_handlers", "schemas")
 FINAL_BEFORE = "power_state_change"
 
 THIN_MODULE = '''"""cloud-init config module `{name}`, baked by `vfarm image bake` (vfarm {version}).
@@ -61,10 +58,12 @@ def _package_dir(name: str) -> Path:
 
 
 def _package_sources() -> dict[str, str]:
-    """The subpackages the on-instance code reaches (the config loader lives in mime_builder), under
-    their installed names (vfarm/...). The cloud side (clouds, scaler) stays off the image."""
-    files: dict[str, str] = {"vfarm/__init__.py": (_package_dir("") / "__init__.py").read_text(encoding="utf-8")}
-    for sub in ("cc_modules", "part_handlers", "schemas", "mime_builder"):
+    """The instance side of the package under its installed names (vfarm/...): the root's basics,
+    the config language, the modules, the part-handlers and the schemas. User-data assembly, the
+    clouds, the scaler and the command line stay off the image."""
+    root = _package_dir("")
+    files: dict[str, str] = {f"vfarm/{p.name}": p.read_text(encoding="utf-8") for p in sorted(root.glob("*.py")) if p.name != "__main__.py"}
+    for sub in INSTANCE_PACKAGES:
         base = _package_dir(sub)
         for path in sorted(base.iterdir()):
             if path.is_file() and path.suffix in (".py", ".json"):

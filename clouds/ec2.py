@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from .. import __version__
-from ..cc_modules.redaction import hide_credentials
+from ..mime_builder.limits import EC2_LIMIT
+from ..redaction import hide_credentials
 
-USERDATA_LIMIT = 16384  # EC2 takes at most 16 KiB of raw (not base64) user-data
 MANAGED_TAG = "vfarm:managed"
 SIGNING_REGION_FALLBACK = "us-east-1"
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
@@ -372,7 +372,7 @@ class Ec2Cloud:
         security_groups: Sequence[str] = (),
         subnet: Optional[str] = None,
         client_token: Optional[str] = None,
-        max_userdata: int = USERDATA_LIMIT,
+        max_userdata: int = EC2_LIMIT,
     ) -> list[dict[str, Any]]:
         """RunInstances; returns the instances as the API describes them. Without a client token
         botocore makes one up, so its own retries never launch twice. MAX_USERDATA: AWS takes

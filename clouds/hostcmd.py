@@ -1,20 +1,47 @@
-"""The host side's one command runner (argv lists, never a shell string) and its progress lines."""
+"""The host side's one command runner (argv lists, never a shell string) and its progress lines.
+
+Every subprocess of the admin side starts here: `run` for a command that ends, `start` for one
+that runs beside vfarm (a VM, a supervisor). A failure names the command and its cause: the first
+line that looks like an error (mmdebstrap's "E: ..." lines), not only its last words.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 Arg = Union[str, Path]
 
 
 class CommandError(Exception):
-    """A host command failed; the message is one line a user can act on."""
+    """A host command failed; the message is one line a user can act on, OUTPUT all it said."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+# A line that states an error, in the words of apt, mmdebstrap, dpkg, qemu and most tools.
+ERROR_LINE = re.compile(r"^\s*(E:|W: .*(fail|error)|error\b|fatal\b|\S+: error\b|\S+: cannot\b|.*\b(No such|Permission denied|Unable to|not found)\b)", re.I)
+
+
+def cause(output: str, returncode: int) -> str:
+    """The line of OUTPUT that says why a command failed: the first error line, with the last line
+    too when it says something else (`E: Unable to locate package x; E: mmdebstrap failed to run`)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"exit {returncode}"
+    first = next((line for line in lines if ERROR_LINE.match(line)), None)
+    last = lines[-1]
+    if first is None or first == last:
+        return last
+    return f"{first}; {last}"
 
 
 def progress(area: str, message: str) -> None:
@@ -22,12 +49,14 @@ def progress(area: str, message: str) -> None:
 
 
 def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeout: Optional[float] = None,
-        input_text: Optional[str] = None, cwd: Optional[Arg] = None, env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[str]:
-    """Run ARGV; on failure raise CommandError naming the command and the last line of its stderr.
-    ENV: variables set for the command on top of this process's environment."""
+        input_text: Optional[str] = None, cwd: Optional[Arg] = None, binary: bool = False,
+        env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[Any]:
+    """Run ARGV (text, or bytes with BINARY); with CHECK, a non-zero exit raises CommandError
+    naming the command and the cause (see `cause`). ENV: variables set for the command on top of
+    this process's environment."""
     args = [str(a) for a in argv]
     try:
-        done = subprocess.run(args, check=False, text=True, timeout=timeout, input=input_text, cwd=cwd,
+        done = subprocess.run(args, check=False, text=not binary, errors=None if binary else "replace", timeout=timeout, input=input_text, cwd=cwd,
                               env={**os.environ, **env} if env else None,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None,
@@ -37,10 +66,22 @@ def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeou
     except subprocess.TimeoutExpired as err:
         raise CommandError(f"{' '.join(args[:3])}: no result after {timeout:.0f} s") from err
     if check and done.returncode != 0:
-        tail = (done.stderr or done.stdout or "").strip().splitlines()
-        why = tail[-1] if tail else f"exit {done.returncode}"
-        raise CommandError(f"{' '.join(args[:4])}{' ...' if len(args) > 4 else ''}: {why}")
+        output = done.stderr or done.stdout or ""
+        if isinstance(output, bytes):
+            output = output.decode("utf-8", errors="replace")
+        raise CommandError(f"{' '.join(args[:4])}{' ...' if len(args) > 4 else ''}: {cause(output, done.returncode)}", output)
     return done
+
+
+def start(argv: Sequence[Arg], **popen: Any) -> subprocess.Popen[Any]:
+    """Start ARGV beside vfarm (stdin from /dev/null unless POPEN says otherwise); a missing
+    program is a CommandError naming it."""
+    args = [str(a) for a in argv]
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    try:
+        return subprocess.Popen(args, **popen)
+    except FileNotFoundError as err:
+        raise CommandError(f"{args[0]}: not installed (tools/run setup installs it)") from err
 
 
 class Stopwatch:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .hostcmd import CommandError, Stopwatch, progress, run
+from .hostcmd import CommandError, Stopwatch, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
 
 GUEST_HTTP = "10.0.2.100"
@@ -92,8 +92,8 @@ def kvm_works(kernel: Optional[Path] = None) -> bool:
     argv = ["timeout", "15", "qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nodefaults", "-nographic", "-serial", "stdio",
             "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        done = run(argv, check=False, timeout=30)
+    except CommandError:
         return False
     _KVM = "Kernel panic" in done.stdout
     return _KVM
@@ -195,7 +195,7 @@ def make_seed(folder: Path, userdata: bytes, instance_id: str, hostname: str, ne
 
 def debugfs_read(disk: Path, path: str) -> Optional[bytes]:
     """One file from an ext4 disk image, or None when it is not there."""
-    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(disk)], stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    done = run(["debugfs", "-R", f"cat {path}", disk], check=False, timeout=60, binary=True)
     if done.returncode != 0 or b"File not found" in done.stderr or b"not found" in done.stderr.lower():
         return None
     return done.stdout
@@ -214,7 +214,7 @@ def debugfs_collect(disk: Path, dest: Path, items: list[tuple[str, str]]) -> lis
             commands.append(f'dump -p "{path}" "{parent / Path(path).name}"')
     script = dest / ".debugfs-commands"
     script.write_text("\n".join(commands) + "\n")
-    subprocess.run(["debugfs", "-f", str(script), str(disk)], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    run(["debugfs", "-f", script, disk], check=False, timeout=120)
     script.unlink()
     return [path for path, _ in items if (dest / path.lstrip("/")).exists()]
 
@@ -369,11 +369,8 @@ class LocalInstance:
         last_output = [time.monotonic()]
         machine = argv[argv.index("-machine") + 1].split(",")[0]
         self._say(f"{self.instance_id}: boot {number} ({self.image.name}, {argv[2]}, {machine}, {self.smp} vCPU), console: {console}")
-        try:
-            launcher = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
-            proc = subprocess.Popen(launcher + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        except FileNotFoundError as err:
-            raise CommandError("qemu-system-x86_64: not installed (tools/run setup installs it)") from err
+        launcher = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
+        proc = start(launcher + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         panic = threading.Event()
 
         def reader() -> None:

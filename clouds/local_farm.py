@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .hostcmd import CommandError
+from .hostcmd import CommandError, start
 
 LIVE_STATES = ("pending", "running")
 ENDED_KEEP = 3600.0  # seconds a terminated instance stays listed (EC2: about an hour)
@@ -315,8 +315,7 @@ class LocalFarm:
             LocalInstance(image, userdata, folder=folder, instance_id=iid, disk_size=self.disk_size, data_disk=self.data_disk,
                           smp=self.vcpus, memory=self.memory, pool_forward=pool, quiet=True).prepare()
             with open(folder / "supervisor.log", "wb") as log:
-                proc = subprocess.Popen(self.supervisor(folder), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, cwd=folder)
+                proc = start(self.supervisor(folder), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
         except (OSError, CommandError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             why = err.strerror if isinstance(err, OSError) and err.strerror else err

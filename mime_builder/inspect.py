@@ -27,11 +27,12 @@ from typing import Any, Optional
 
 import yaml
 
-from ..cc_modules.files import size_text
-from ..cc_modules.redaction import is_secret_name, redact
-from .config import MAX_BYTES as MAX_CONFIG_BYTES
-from .config import MAX_NODES as MAX_CONFIG_NODES
-from .mime import EC2_LIMIT, PART_HANDLER, type_from_payload
+from ..config.loader import MAX_BYTES as MAX_CONFIG_BYTES
+from ..config.loader import MAX_NODES as MAX_CONFIG_NODES
+from ..files import size_text
+from ..redaction import is_secret_name, redact
+from .limits import EC2_LIMIT
+from .mime import PART_HANDLER, type_from_payload
 
 DECOMP_TYPES = {
     "application/gzip",

@@ -23,15 +23,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..cc_modules import condor_spec
-from ..cc_modules.files import read_bounded
-from ..cc_modules.textsafe import control_character
+from ..config import condor as condor_spec
+from ..config import sections
+from ..config.loader import Config
+from ..files import read_bounded
+from ..textsafe import control_character
 from . import bundle
-from .config import Config
+from .limits import EC2_LIMIT, GZIP_MODES
 
-EC2_LIMIT = 16384
-GZIP_MODES = ("auto", "always", "never")
-SECTION_ORDER = ("localfs", "cvmfs", "condor")  # condor's execute directory may lie on a localfs mount
 MAX_ATTACHMENT = 1024 * 1024
 # Types cloud-init (22.4 and 25.1) has a handler or a special meaning for, by make-mime subtype.
 CLOUD_INIT_TYPES = (
@@ -184,8 +183,7 @@ def sent_section(config: Config, name: str) -> Any:
 
 
 def ordered_sections(config: Config) -> list[str]:
-    sent = list(config.sent_sections())
-    return [n for n in SECTION_ORDER if n in sent] + [n for n in sent if n not in SECTION_ORDER]
+    return sections.in_order(list(config.sent_sections()))
 
 
 def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
@@ -196,7 +194,7 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
         types, frequency = bundle.handler_types(name), bundle.handler_frequency(name)
         pinned.append({"name": name, "url": mode.url(name), "sha256": bundle.sha256(source), "types": types, "frequency": frequency})
     frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
-    from . import pinloader  # here, not at the top: it pulls in urllib.request, which only --pin needs
+    from . import pinloader
 
     code = bundle.minify(pyinspect.getsource(pinloader))
     for old, new in (("PINNED = []", f"PINNED = {pinned!a}"), ('FREQUENCY = "once-per-instance"', f"FREQUENCY = {frequency!a}")):

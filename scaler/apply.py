@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from ..clouds import hostcmd
+from ..config.scale import ScaleSpec, WorkerType
 from . import plan as planner
 from .model import END_OF, FARM_TAG, INSTANCE_ATTR, TYPE_TAG, Action, Decision, Plan
-from .spec import ScaleSpec, WorkerType
 
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0

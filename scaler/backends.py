@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ..clouds import local_farm
+from ..config.scale import ScaleSpec, WorkerType
 from .apply import Backend, CapacityError, CloudError, launch_tags
 from .discover import plain
 from .model import END_TAG, FARM_TAG
-from .spec import ScaleSpec, WorkerType
 
 
 def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], ends: dict[str, str]) -> None:

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..config.scale import DEFAULT_TYPE, WorkerType
 from .model import TYPE_ATTR
-from .spec import DEFAULT_TYPE, WorkerType
 
 EXPR = re.compile(r"^/Expr\((.*)\)/$", re.S)
 NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

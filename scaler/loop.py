@@ -19,11 +19,11 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
 from .model import INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, cloud_state, tag
-from .spec import ScaleSpec
 
 
 class Metrics:

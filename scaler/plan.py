@@ -37,6 +37,7 @@ import hashlib
 import math
 from typing import Any, Optional, Union
 
+from ..config.scale import ScaleSpec, WorkerType
 from . import fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
     ACTIVE,
@@ -59,7 +60,6 @@ from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for i
     cloud_state,
     tag,
 )
-from .spec import ScaleSpec, WorkerType
 
 # Instance states, in the order the status table lists them.
 STATES = tuple(state.value for state in WorkerState)

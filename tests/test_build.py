@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vfarm.mime_builder import config as configuration
+from vfarm.cli.main import main as vfarm
+from vfarm.config import loader as configuration
+from vfarm.config import sections
 from vfarm.mime_builder import mime
-from vfarm.mime_builder.cli import main as vfarm
+from vfarm.mime_builder.limits import EC2_LIMIT
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples/torino.yaml"
@@ -93,7 +95,7 @@ def test_gzip_whole_payload_only(torino: configuration.Config) -> None:
     forced = mime.build(torino, handlers="baked", gzip="always")
     assert forced.compressed and gzip.decompress(forced.data) == small.data
     auto = mime.build(torino, handlers="include=https://h.example.org/v")  # over 16384 plain: compressed
-    assert auto.compressed == (auto.plain_size > mime.EC2_LIMIT)
+    assert auto.compressed == (auto.plain_size > EC2_LIMIT)
     assert all(not p.content_type.startswith("application/") for p in auto.parts)
 
 
@@ -177,5 +179,5 @@ def test_admin_only_sections_are_not_sent(tmp_path: Path) -> None:
     built = mime.build(conf, handlers="baked")
     assert [p.filename for p in built.parts] == ["localfs-config.ccfg", "cvmfs-config.ccfg", "check-config.ccfg"]
     assert yaml.safe_load(built.parts[2].payload) == {"check": {"on-failure": "none"}}
-    for name in configuration.ADMIN_ONLY:
+    for name in sections.ADMIN_ONLY:
         assert all(not p.filename.startswith(name) for p in built.parts)

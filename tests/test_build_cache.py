@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from vfarm.config import loader as configuration
 from vfarm.mime_builder import bundle, checkpart, mime
-from vfarm.mime_builder import config as configuration
 
 REPO = Path(__file__).resolve().parent.parent
 

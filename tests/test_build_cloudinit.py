@@ -22,9 +22,9 @@ import yaml
 
 from tests import system_stubs
 from tests.fixtures.cloudinit import Release
-from vfarm.mime_builder import config as configuration
+from vfarm.cli.main import main as vfarm
+from vfarm.config import loader as configuration
 from vfarm.mime_builder import mime
-from vfarm.mime_builder.cli import main as vfarm
 
 CONFIG = """#multiple-config
 localfs:

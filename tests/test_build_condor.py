@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from tests.test_build import parts_of
-from vfarm.mime_builder import config as configuration
+from vfarm.cli.main import main as vfarm
+from vfarm.config import loader as configuration
 from vfarm.mime_builder import mime
-from vfarm.mime_builder.cli import main as vfarm
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = (ROOT / "examples/pool.token").read_text().strip()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vfarm.cli.main import main as vfarm
 from vfarm.mime_builder import bundle
-from vfarm.mime_builder.cli import main as vfarm
 
 ROOT = Path(__file__).resolve().parent.parent
 # Runs FILE with vfarm made unimportable, as on an image that has only cloud-init.
@@ -76,7 +76,7 @@ def normalized(source: str) -> str:
     return ast.dump(_Strip().visit(ast.parse(source)), include_attributes=False)
 
 
-PACKAGE_FILES = sorted(p for folder in ("cc_modules", "part_handlers", "schemas", "mime_builder") for p in (ROOT / folder).glob("*.py"))
+PACKAGE_FILES = sorted(p for folder in ("src/vfarm", "config", "cc_modules", "part_handlers", "schemas", "mime_builder") for p in (ROOT / folder).glob("*.py"))
 
 
 @pytest.mark.parametrize("path", PACKAGE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -218,7 +218,7 @@ def test_bundle_module_is_a_script(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
     with pytest.raises(bundle.BundleError, match="no main"):
-        bundle.bundle_module("cc_modules.sizes")
+        bundle.bundle_module("config.sizes")
 
 
 def test_same_tree_same_bytes() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tests.fakesystem import FakeRunner
-from vfarm.cc_modules import cc_condor, condor_spec, handling
+from vfarm.cc_modules import cc_condor, handling
+from vfarm.config import condor as condor_spec
 
 # Not an `eyJ...` JWT on purpose: the redaction would hide one; this proves the token is never emitted.
 TOKEN = "s3cretHeader.s3cretClaims.s3cretSignature"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from vfarm.cc_modules import cc_condor, condor_spec
-from vfarm.cc_modules.handling import StepError
+from vfarm.cc_modules import cc_condor
+from vfarm.cc_modules.steps import Plan, WriteFile
+from vfarm.config import condor as condor_spec
+from vfarm.errors import StepError
 
 SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}}
 SPEC = condor_spec.parse(SECTION)
@@ -17,15 +21,18 @@ def facts(**changes: object) -> cc_condor.Facts:
     return cc_condor.Facts(**base)  # type: ignore[arg-type]
 
 
-def actions(steps: list[dict[str, object]]) -> list[object]:
-    return [s["action"] for s in steps]
+def actions(plan: Plan) -> list[str]:
+    return plan.actions()
 
 
 def test_first_run_writes_checks_starts_and_waits() -> None:
-    steps = cc_condor.plan(SPEC, facts(), "i-1")
-    assert actions(steps) == ["write-token", "write-config", "mkdir", "check-config", "start", "wait-join"]
-    assert steps[-1] == {"action": "wait-join", "collector": "cm.example.org:9618", "instance_id": "i-1", "timeout": 300}
-    assert all("aaa.bbb.ccc" not in repr(s) for s in steps), "the token must not be in the plan (it is logged)"
+    plan = cc_condor.plan(SPEC, facts(), "i-1")
+    assert actions(plan) == ["write-token", "write-config", "mkdir", "check-config", "start", "wait-join"]
+    assert plan.listing()[-1] == {"action": "wait-join", "collector": "cm.example.org:9618", "instance_id": "i-1", "timeout": 300}
+    token = plan.steps[0]
+    assert isinstance(token, WriteFile) and token.secret and token.mode == 0o600
+    shown = repr(plan) + json.dumps(plan.listing())
+    assert "aaa.bbb.ccc" not in shown, "the token must not be in what the plan shows (it is logged)"
 
 
 def test_second_run_changes_nothing() -> None:
@@ -40,7 +47,7 @@ def test_changed_config_restarts() -> None:
 
 def test_install_when_missing() -> None:
     spec = condor_spec.parse({**SECTION, "install": True, "version": "23.9.6"})
-    steps = cc_condor.plan(spec, facts(installed=False), "i-1")
-    assert steps[0] == {"action": "install", "argv": ["apt-get", "install", "-y", "--no-install-recommends", "condor=23.9.6*"]}
+    plan = cc_condor.plan(spec, facts(installed=False), "i-1")
+    assert plan.listing()[0] == {"action": "install", "argv": ["apt-get", "install", "-y", "--no-install-recommends", "condor=23.9.6*"]}
     with pytest.raises(StepError, match="HTCondor is not installed"):
         cc_condor.plan(SPEC, facts(installed=False), "i-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc/os-release").write_text('ID=debian\nVERSION_CODENAME="bookworm"\n')
-    monkeypatch.setattr(cc_cvmfs.shutil, "which", lambda tool: "/usr/bin/apt-get" if tool == "apt-get" else None)
+    monkeypatch.setattr(shutil, "which", lambda tool: "/usr/bin/apt-get" if tool == "apt-get" else None)
     downloads: list[str] = []
 
     def download(url: str, path: Path, ctx: handling.Context) -> None:
@@ -157,7 +158,7 @@ def test_custom_apt_repository(root: Path) -> None:
 
 
 def test_dnf_family(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cc_cvmfs.shutil, "which", lambda tool: "/usr/bin/dnf" if tool == "dnf" else None)
+    monkeypatch.setattr(shutil, "which", lambda tool: "/usr/bin/dnf" if tool == "dnf" else None)
     runner = FakeRunner(answers={("rpm", "-q"): (1, "", "package cvmfs is not installed"), ("cvmfs_config", "chksetup"): (0, "OK\n", "")})
     status = run(root, runner)
     assert status["status"] == "ok", status["reason"]

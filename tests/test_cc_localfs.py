@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from tests.fakesystem import FakeMachine, FakeRunner
-from vfarm.cc_modules import cc_localfs, files, handling
-from vfarm.cc_modules.localfs_spec import parse
+from vfarm import files
+from vfarm.cc_modules import cc_localfs, handling
+from vfarm.config.localfs import parse
 
 TORINO = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
 IMAGE_FSTAB = "LABEL=root / ext4 defaults 0 1\ntmpfs /tmp tmpfs defaults 0 0\n"
@@ -212,9 +213,11 @@ def test_fstab_has_no_duplicates() -> None:
 
 def test_plan_is_plain_data() -> None:
     facts = cc_localfs.Facts(vgs={"vg_local": {"extent_size": 4 << 20, "extents": 1000, "free": 1000}})
-    steps = cc_localfs.plan(parse(TORINO), facts)
-    assert json.loads(json.dumps(steps)) == steps
-    assert [p["extents"] for p in steps["parts"]] == [170, 580, 80, 170]
+    plan = cc_localfs.plan(parse(TORINO), facts)
+    shown = plan.listing()
+    assert json.loads(json.dumps(shown)) == shown
+    assert [p["extents"] for p in plan.parts] == [170, 580, 80, 170]
+    assert [s["extents"] for s in shown if s["action"] == "lvcreate"] == [170, 580, 80, 170]
 
 
 def test_fstab_write_is_atomic(fs: Any, monkeypatch: pytest.MonkeyPatch) -> None:

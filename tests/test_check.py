@@ -18,7 +18,8 @@ import yaml
 from tests.fixtures.check import Boot, closed_port, fake_boot, fake_boots, mime
 from tests.fixtures.cloudinit import Release
 from vfarm.cc_modules import cc_vfarm_check, check
-from vfarm.mime_builder import checkpart, cli
+from vfarm.cli import main as cli
+from vfarm.mime_builder import checkpart
 
 LOCALFS = ("localfs-config", "localfs:\n  parts:\n    home: 50\n")
 CVMFS = ("cvmfs-config", "cvmfs:\n  install: false\n")

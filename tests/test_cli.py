@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vfarm.mime_builder import cli
+from vfarm.cli import main as cli
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "torino.yaml"
 
@@ -28,7 +28,7 @@ def test_every_command_is_in_the_lazy_table() -> None:
 def test_build_imports_no_cloud_scaler_or_network_code(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from vfarm.mime_builder.cli import main\n"
+        "from vfarm.cli.main import main\n"
         f"assert main(['build', {str(EXAMPLE)!r}, '--handlers', 'baked', '-o', {str(tmp_path / 'ud')!r}]) == 0\n"
         "print(sorted(m for m in sys.modules if m.startswith(('vfarm.clouds', 'vfarm.scaler', 'boto3', 'htcondor', 'urllib.request'))))\n"
     )

@@ -7,7 +7,7 @@ from tests.fixtures.cloudinit import Release, mirror_uri
 
 def test_release_imports_its_own_cloudinit(cloudinit_release: Release) -> None:
     done = cloudinit_release.run(
-        "import cloudinit, cloudinit.version, vfarm.cc_modules.localfs_spec\n"
+        "import cloudinit, cloudinit.version, vfarm.config.localfs\n"
         "print(cloudinit.version.version_string(), cloudinit.__file__)"
     )
     assert done.returncode == 0, done.stderr

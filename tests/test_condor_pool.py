@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 from .fixtures.condor_pool import CondorPool, ensure_rootfs, processes_in_namespace, wait_for
 

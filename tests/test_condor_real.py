@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from vfarm.cc_modules import cc_condor, condor_spec, handling
+from vfarm.cc_modules import cc_condor, handling
+from vfarm.config import condor as condor_spec
 
 from .fixtures.condor_instance import InstanceWorker, instance_worker
 from .fixtures.condor_pool import UID_DOMAIN, CondorPool, wait_for

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vfarm.cc_modules import condor_spec
-from vfarm.mime_builder.config import ConfigError, load_file, load_text
+from vfarm.config import condor as condor_spec
+from vfarm.config.loader import ConfigError, load_file, load_text
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "condor.yaml"
 

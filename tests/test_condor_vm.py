@@ -23,9 +23,9 @@ from typing import Optional
 
 import pytest
 
-from vfarm.clouds.cli_local import make_instance
 from vfarm.clouds.local import BootResult, LocalInstance
-from vfarm.mime_builder import config as configuration
+from vfarm.clouds.local_launch import make_instance
+from vfarm.config import loader as configuration
 from vfarm.mime_builder import mime
 
 from .fixtures.condor_pool import UID_DOMAIN, CondorPool, ensure_rootfs, wait_for

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vfarm.mime_builder import cli
-from vfarm.mime_builder.config import MAX_BYTES, ConfigError, load_file, load_text
+from vfarm.cli import main as cli
+from vfarm.config.loader import MAX_BYTES, ConfigError, load_file, load_text
 
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad").glob("*.yaml"))
@@ -66,7 +66,7 @@ def test_all_problems_at_once_sorted_by_position() -> None:
 def test_short_and_long_forms_read_alike() -> None:
     short = load_text("localfs:\n  parts:\n    home: 50\n    home-mount: /srv/home\n    swap: 100\n")
     long = load_text("localfs:\n  parts:\n    home: {size: 50%VG, mount: /srv/home}\n    swap: {size: 100%FREE, fs: swap}\n")
-    from vfarm.cc_modules.localfs_spec import parse
+    from vfarm.config.localfs import parse
 
     assert parse(short.sections["localfs"]) == parse(long.sections["localfs"])
 
@@ -236,7 +236,7 @@ def test_the_bundled_loader_matches_patterns_on_the_whole_value(tmp_path: Path) 
         "import importlib, sys\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "import localfs_handler as h\n"
-        "config = importlib.import_module(h._P + '.mime_builder.config')\n"
+        "config = importlib.import_module(h._P + '.config.loader')\n"
         "print(config.Validator({'pattern': '^/[a-z]*$'}).is_valid('/home'), config.Validator({'pattern': '^/[a-z]*$'}).is_valid('/home\\n'))\n"
         "try:\n"
         "    config.load_text('localfs:\\n  parts:\\n    data: {size: 10, mount: /var/../etc}\\n', 'part', {'localfs'})\n"
@@ -267,7 +267,7 @@ def test_mount_points_are_normalised_and_kept_off_the_system(mount: str, problem
 
 
 def test_normalised_mount_points_are_what_the_instance_uses() -> None:
-    from vfarm.cc_modules import localfs_spec
+    from vfarm.config import localfs as localfs_spec
 
     text = "localfs:\n  parts:\n    data: {size: 10, mount: /srv/./x/../data}\n    scratch: 10\n    scratch-mount: /var/tmp/.\n"
     text += "    etc: {size: 1, mount: /etcetera}\n"
@@ -299,7 +299,7 @@ def test_central_manager_is_a_host_name_or_an_ip_literal(host: str, problem: str
     [("cm.example.org", "cm.example.org:9618"), ("10.0.0.5:9620", "10.0.0.5:9620"), ("[2001:db8::5]:9619", "[2001:db8::5]:9619"), ("[::1]", "[::1]:9618")],
 )
 def test_collector_puts_ipv6_in_brackets(written: str, collector: str) -> None:
-    from vfarm.cc_modules import condor_spec
+    from vfarm.config import condor as condor_spec
 
     section = load_text(f'condor:\n  central-manager: "{written}"\n  token: aaa.bbb.ccc\n').sections["condor"]
     assert condor_spec.parse(section).collector == collector
@@ -323,7 +323,7 @@ def test_cvmfs_names_are_fully_qualified() -> None:
 
 
 def test_sizes_are_exact_and_bounded() -> None:
-    from vfarm.cc_modules import sizes
+    from vfarm.config import sizes
 
     assert sizes.parse_bytes("1.5T") == 3 * 2**39 and sizes.parse_bytes("0.5K") == 512 and sizes.parse_bytes("8192P") == sizes.MAX_BYTES
     for text in ("8193P", "9" * 400 + "G", "1" * 5000):
@@ -340,7 +340,7 @@ def test_plan_refuses_a_volume_group_size_of_hundreds_of_digits(tmp_path: Path, 
 
 
 def test_durations_are_bounded_where_they_are_used() -> None:
-    from vfarm.cc_modules import sizes
+    from vfarm.config import sizes
 
     assert sizes.parse_seconds("365d") == sizes.MAX_SECONDS
     for value in ("366d", "9" * 400, 10**30, "1e999"):

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from vfarm.cc_modules import cc_cvmfs, cvmfs_spec
+from vfarm.cc_modules import cc_cvmfs
+from vfarm.config import cvmfs as cvmfs_spec
 
 from .fixtures import cvmfs_repo
 from .fixtures.cvmfs_repo import REPOSITORY, CvmfsSite

@@ -10,8 +10,8 @@ import pytest
 
 from tests.fixtures.moto import TEST_SECRET, Ec2Endpoint
 from tests.test_ec2 import closed_port
+from vfarm.cli.main import main
 from vfarm.clouds import ec2
-from vfarm.mime_builder.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "torino.yaml"
@@ -103,7 +103,7 @@ def test_unknown_profile_and_partial_euca_keys(ec2_endpoint: Ec2Endpoint, capsys
 def test_launch_targets_are_shared_by_every_module_that_registers_one() -> None:
     import argparse
 
-    from vfarm.clouds.commands import launch_targets
+    from vfarm.cli.cloud import launch_targets
 
     parser = argparse.ArgumentParser(prog="vfarm")
     sub = parser.add_subparsers(dest="command", required=True)

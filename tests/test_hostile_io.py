@@ -22,8 +22,9 @@ from typing import IO, Any, Optional, Union
 
 import pytest
 
-from vfarm.cc_modules import files, jsonbounds
-from vfarm.mime_builder import cli
+from vfarm import files, jsonbounds
+from vfarm.cli import configfile
+from vfarm.cli import main as cli
 from vfarm.mime_builder import inspect as userdata
 from vfarm.scaler import plan as planner
 
@@ -507,7 +508,7 @@ def test_a_missed_bound_is_still_one_line(error: type, monkeypatch: pytest.Monke
     def runaway(args: Any) -> int:
         raise error()
 
-    monkeypatch.setattr(cli, "cmd_validate", runaway)
+    monkeypatch.setattr(configfile, "cmd_validate", runaway)
     code, out, err = in_process(capsys, "validate", EXAMPLE)
     assert (code, out) == (1, "")
     assert err == f"vfarm: validate: the input is too large or too deeply nested to handle ({error.__name__})\n"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from vfarm.mime_builder import config as configuration
+from vfarm.cli.main import main as vfarm
+from vfarm.config import loader as configuration
 from vfarm.mime_builder import mime
-from vfarm.mime_builder.cli import main as vfarm
 from vfarm.mime_builder.inspect import inspect_bytes
+from vfarm.mime_builder.limits import EC2_LIMIT
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples/torino.yaml"
 
@@ -50,7 +51,7 @@ def test_embed_is_clean(torino: configuration.Config) -> None:
 
 def test_over_the_limit(torino: configuration.Config) -> None:
     data = mime.build_userdata(torino, max_size=1 << 20)
-    assert any(w.endswith(f"over the limit of {mime.EC2_LIMIT} bytes") for w in inspect_bytes(data).warnings) == (len(data) > mime.EC2_LIMIT)
+    assert any(w.endswith(f"over the limit of {EC2_LIMIT} bytes") for w in inspect_bytes(data).warnings) == (len(data) > EC2_LIMIT)
     assert inspect_bytes(data, limit=100).warnings[-1] == f"{len(data)} bytes: {len(data) - 100} over the limit of 100 bytes"
 
 

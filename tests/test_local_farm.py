@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from vfarm.cli import scale as commands
 from vfarm.clouds import images, local_farm
 from vfarm.clouds.images import Image
-from vfarm.scaler import apply, commands, loop
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, loop
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 from vfarm.scaler.backends import LocalBackend
 
 # The stand-in: "running" keeps a child (its qemu) until killed; "poweroff" is a VM that powered

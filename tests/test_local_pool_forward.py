@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from vfarm.cli.main import main as vfarm
 from vfarm.clouds import local
 from vfarm.clouds.images import Image
-from vfarm.mime_builder.cli import main as vfarm
 
 
 @pytest.fixture

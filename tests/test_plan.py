@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfarm.cc_modules.localfs_spec import LocalfsSpec, PartSpec, PlanError, Size, VolumeGroup, parse, resolve
-from vfarm.mime_builder import cli
-from vfarm.mime_builder.config import load_file
+from vfarm.cli import main as cli
+from vfarm.config.loader import load_file
+from vfarm.config.localfs import LocalfsSpec, PartSpec, Size, VolumeGroup, parse, resolve
+from vfarm.errors import PlanError
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "torino.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfarm.cc_modules.display import escape_controls, shown, shown_message
-from vfarm.cc_modules.redaction import hide_credentials, is_secret_name, redact, redact_strings
+from vfarm.display import escape_controls, shown, shown_message
+from vfarm.redaction import hide_credentials, is_secret_name, redact, redact_strings
 
 SIZE = 256 * 1024
 # Generous: linear code takes milliseconds to a few hundred on a loaded 2-core machine; the

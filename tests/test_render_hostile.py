@@ -34,9 +34,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from vfarm.cc_modules import cc_cvmfs, cc_localfs, condor_spec, cvmfs_spec, localfs_spec
-from vfarm.cc_modules.textsafe import UnsafeValue
-from vfarm.mime_builder.config import ConfigError, load_text
+from vfarm.cc_modules import cc_cvmfs, cc_localfs
+from vfarm.cc_modules.steps import WriteFile
+from vfarm.config import condor as condor_spec
+from vfarm.config import cvmfs as cvmfs_spec
+from vfarm.config import localfs as localfs_spec
+from vfarm.config.loader import ConfigError, load_text
+from vfarm.errors import PlanError
+from vfarm.textsafe import UnsafeValue
 
 MARK = "@MARKER@"  # replaced by the test's marker file
 HOSTILE = [
@@ -166,7 +171,7 @@ def test_collector_brackets_ipv6() -> None:
 
 def test_the_condor_handler_fails_with_a_reason_not_the_value() -> None:
     from vfarm.cc_modules import cc_condor
-    from vfarm.cc_modules.handling import StepError
+    from vfarm.errors import StepError
 
     facts = cc_condor.Facts(config=None, token=None, installed=True, active=False, execute_exists=True, package_manager=None)
     hostile = dataclasses.replace(BASE_CONDOR, start="TRUE\ninclude : /usr/bin/id |")
@@ -349,7 +354,7 @@ def repository_files(custom: dict[str, Any], manager: str) -> Optional[dict[str,
         steps = cc_cvmfs._repository_steps({"package-repository": custom}, facts)
     except UnsafeValue:
         return None
-    return {s["path"]: s["content"] for s in steps if s["action"] == "write-file"}
+    return {s.path: s.content for s in steps if isinstance(s, WriteFile) and s.action == "write-file"}
 
 
 def test_apt_and_yum_sources_stay_one_entry(tmp_path: Path) -> None:
@@ -357,7 +362,7 @@ def test_apt_and_yum_sources_stay_one_entry(tmp_path: Path) -> None:
     for value in corpus(tmp_path / "marker"):
         for key in ("apt", "suite", "components", "gpg-key"):
             custom = {"apt": "https://repo.example.org/cvmfs", "gpg-key": "https://repo.example.org/key.asc", key: value}
-            files = repository_files(custom, "apt")
+            files = repository_files(custom, "apt-get")
             if files is None:
                 refused += 1
                 continue
@@ -383,20 +388,20 @@ def test_apt_and_yum_sources_stay_one_entry(tmp_path: Path) -> None:
 
 
 def test_the_cvmfs_and_localfs_handlers_fail_with_a_plan_error() -> None:
-    facts = cc_cvmfs.Facts(manager="apt", installed="2.11.5", codename="bookworm")
-    with pytest.raises(cc_cvmfs.PlanError, match="cannot write /etc/cvmfs/default.local: CVMFS_SERVER_URL holds a control character"):
+    facts = cc_cvmfs.Facts(manager="apt-get", installed="2.11.5", codename="bookworm")
+    with pytest.raises(PlanError, match="cannot write /etc/cvmfs/default.local: CVMFS_SERVER_URL holds a control character"):
         cc_cvmfs.plan({"local": {"server-url": "http://s/cvmfs\nCVMFS_HTTP_PROXY=DIRECT"}}, facts)
-    with pytest.raises(cc_cvmfs.PlanError, match="package-repository apt cannot be written on one apt or yum source line"):
+    with pytest.raises(PlanError, match="package-repository apt cannot be written on one apt or yum source line"):
         cc_cvmfs.plan({"install": True, "version": "2.12.0", "package-repository": {"apt": "https://r/ [trusted=yes]"}}, facts)
     lvm = cc_localfs.Facts(vgs={"vg0": {"extent_size": 4 << 20, "extents": 1000, "free": 1000}})
     spec = localfs_spec.parse({"parts": {"data": {"size": 10, "mount": "/srv/data", "options": "defaults\0x"}}})
-    with pytest.raises(localfs_spec.PlanError, match="cannot write /etc/fstab: an fstab field cannot hold a NUL"):
+    with pytest.raises(PlanError, match="cannot write /etc/fstab: an fstab field cannot hold a NUL"):
         cc_localfs.plan(spec, lvm)
 
 
 def test_cvmfs_file_names_stay_in_their_folder() -> None:
     for name in ("../../etc/cron.d/x", "a/b.cern.ch", "cern.ch\n"):
-        with pytest.raises(cc_cvmfs.PlanError):
+        with pytest.raises(PlanError):
             cc_cvmfs.config_files({"repository": {name: {"server-url": "http://s/cvmfs/@fqrn@"}}})
 
 
@@ -479,14 +484,14 @@ def test_cvmfs_validate_then_render_never_adds_a_line(text: str, draw: st.DataOb
         return
     if "package-repository" in data:
         extra = 1 if "gpg-key" in data["package-repository"] else 0
-        for manager, lines in (("apt", 1), ("dnf", 5 + extra)):
+        for manager, lines in (("apt-get", 1), ("dnf", 5 + extra)):
             files = repository_files(section["package-repository"], manager)
             if files is not None:
                 assert all(content.count("\n") == lines for content in files.values()), (data, files)
         return
     try:
         files = {path: cvmfs_spec.render(settings, header=cc_cvmfs.HEADER) for path, settings in cc_cvmfs.config_files(section).items()}
-    except (UnsafeValue, cc_cvmfs.PlanError):
+    except (UnsafeValue, PlanError):
         return
     for path, content in files.items():
         settings = cc_cvmfs.config_files(section)[path]
@@ -514,9 +519,9 @@ def test_localfs_validate_then_render_never_adds_a_line(text: str, field: str, a
     vg = spec.vg or "vg_local"
     facts = cc_localfs.Facts(vgs={vg: {"extent_size": 4 << 20, "extents": 1000, "free": 1000}}, fstab=IMAGE_FSTAB)
     try:
-        steps = cc_localfs.plan(spec, facts)["steps"]
-    except localfs_spec.PlanError:
+        steps = cc_localfs.plan(spec, facts).steps
+    except PlanError:
         return
-    fstab = next(s["content"] for s in steps if s["action"] == "write-fstab")
+    fstab = next(s.content for s in steps if isinstance(s, WriteFile) and s.action == "write-fstab")
     assert fstab.count("\n") == IMAGE_FSTAB.count("\n") + 2, (data, fstab)  # the mark and one entry
     assert len(fstab.split("\n")[-2].split("\t")) == 6, (data, fstab)

@@ -151,7 +151,7 @@ def test_part_handler_records_a_bad_part(fake_machine: FakeMachine, tmp_path: Pa
 
 
 def test_idtokens_are_redacted_anywhere() -> None:
-    from vfarm.cc_modules.redaction import redact
+    from vfarm.redaction import redact
 
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3In0.c2ln-_x"
     assert redact(f"condor_token_fetch said {token} ok") == "condor_token_fetch said *** ok"
@@ -161,7 +161,7 @@ def test_atomic_write_into_a_device_leaves_the_device(tmp_path: Path) -> None:
     # `vfarm build -o /dev/null` once replaced the machine's /dev/null with a plain 0600 file.
     import stat
 
-    from vfarm.cc_modules.files import atomic_write
+    from vfarm.files import atomic_write
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

@@ -16,9 +16,10 @@ from typing import Any, Optional
 
 import pytest
 
-from vfarm.scaler import apply, backends, commands, discover, loop
+from vfarm.cli import scale as commands
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, backends, discover, loop
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 from .fixtures.condor_pool import free_port
 from .fixtures.moto import NO_CAPACITY_TYPE, Ec2Endpoint

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import discover, loop
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 NOW = 1_700_000_000.0
 FARM = "farm"

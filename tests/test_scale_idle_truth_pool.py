@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 import pytest
 
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import loop
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 from .fixtures.condor_pool import CondorPool, wait_for
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import discover
-from vfarm.scaler import spec as scale_spec
 
 from .fixtures.condor_pool import CondorPool
 from .fixtures.moto import Ec2Endpoint

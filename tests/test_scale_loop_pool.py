@@ -129,9 +129,9 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
     """The race the plan cannot see: a job starts on a worker just before its drain arrives.
     CondorDrain (condor_drain -graceful through the admin prefix, as the scaler runs it) lets the
     job run to its end; only then does the planner call the worker drained."""
+    from vfarm.config import scale as scale_spec
     from vfarm.scaler import apply, discover
     from vfarm.scaler import plan as planner
-    from vfarm.scaler import spec as scale_spec
 
     from .fixtures.condor_pool import wait_for
 

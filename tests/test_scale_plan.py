@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfarm.mime_builder import config as configuration
+from vfarm.config import loader as configuration
+from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
-from vfarm.scaler import spec as scale_spec
 
 NOW = 1_700_000_000
 FARM = "torino"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from vfarm import schemas
-from vfarm.mime_builder.config import Validator, load_file, whole_value_pattern
+from vfarm.config.loader import Validator, load_file, whole_value_pattern
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

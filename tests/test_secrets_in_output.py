@@ -18,8 +18,8 @@ from tests.fixtures.moto import Ec2Endpoint
 from tests.test_ec2 import closed_port
 from tests.test_ec2_cli import one_line_failure, run
 from vfarm.cc_modules import check
-from vfarm.cc_modules.display import ShownFormatter
-from vfarm.mime_builder import config as configuration
+from vfarm.config import loader as configuration
+from vfarm.display import ShownFormatter
 from vfarm.mime_builder import mime
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,3 +1,3 @@
-from vfarm.mime_builder.cli import main
+from vfarm.cli.main import main
 
 raise SystemExit(main())

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .files import read_bounded
+from ..files import read_bounded
+from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
 from .sizes import MAX_SECONDS, parse_seconds
-from .textsafe import UnsafeValue, refuse_control
 
 DEFAULT_PORT = 9618
 DEFAULTS: dict[str, Any] = {

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ..cc_modules import check
-from ..cc_modules.display import shown_message
-from ..cc_modules.files import read_bounded
-from ..cc_modules.jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
-from ..cc_modules.redaction import redact_strings
+from ..files import read_bounded
+from ..jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
+from ..redaction import redact_strings
+from .common import EXIT_OK, EXIT_PROBLEM, fail
 
 # A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
 MAX_SUMMARY = 1024 * 1024
@@ -32,11 +31,6 @@ SHAPE: dict[str, tuple[type, type]] = {
 }
 RESULTS = ("ok", "degraded", "failed")  # what the final check writes
 JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
-
-
-def _problem(message: str) -> int:
-    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
-    return 1
 
 
 def _expect(value: Any, wanted: type, path: JsonPath) -> None:
@@ -101,8 +95,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         else:
             print(check.render(doc), end="")
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        return _problem(str(err) if isinstance(err, ValueError) else f"{args.file}: malformed summary ({err!r})")
-    return 1 if doc.get("result") == "failed" else 0
+        return fail(str(err) if isinstance(err, ValueError) else f"{args.file}: malformed summary ({err!r})")
+    return EXIT_PROBLEM if doc.get("result") == "failed" else EXIT_OK
 
 
 def register(subparsers: Any) -> None:

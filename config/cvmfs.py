@@ -6,9 +6,9 @@ import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from ..redaction import redact
+from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
-from .redaction import redact
-from .textsafe import UnsafeValue, refuse_control
 
 # How list values join, per variable; CVMFS reads `;` between failover groups and `|` inside one.
 SEPARATORS = {

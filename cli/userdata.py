@@ -9,20 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cc_modules.display import shown, shown_message
-from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
-from ..cc_modules.redaction import redact_strings
-from . import bundle, mime
-from . import inspect as userdata
-from .cli import EXIT_OK, EXIT_PROBLEM, load_or_report
-from .table import render
+from ..cc_modules.table import render
+from ..display import shown, shown_message
+from ..files import atomic_write, read_bounded, read_stdin_bounded
+from ..mime_builder import bundle, mime
+from ..mime_builder import inspect as userdata
+from ..mime_builder.limits import EC2_LIMIT
+from ..redaction import redact_strings
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, int_bytes
 
 SUMS = "SHA256SUMS"
-
-
-def _fail(message: str) -> int:
-    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
-    return EXIT_PROBLEM
 
 
 def _size_report(path: str, built: mime.Built, max_size: int) -> str:
@@ -33,28 +29,15 @@ def _size_report(path: str, built: mime.Built, max_size: int) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    if args.max_size <= 0:
-        return _fail(f"--max-size must be a positive number of bytes, got {args.max_size}")
-    try:
-        attachments = [mime.attachment(a) for a in args.attach]
-        mime.parse_handlers(args.handlers)
-    except mime.BuildError as err:
-        return _fail(str(err))
-    config = load_or_report(args.file)
-    if config is None:
+    built = build_userdata(args, "build")
+    if built is None:
         return EXIT_PROBLEM
-    try:
-        built = mime.build(config, handlers=args.handlers, gzip=args.gzip, max_size=args.max_size, attach=attachments, pin=args.pin)
-    except mime.BuildError as err:
-        return _fail(f"{args.file}: {err}")
-    for warning in built.warnings:
-        print(f"vfarm build: warning: {shown_message(warning)}", file=sys.stderr)
     if args.output and args.output != "-":
         out = Path(args.output)
         try:
             atomic_write(out, built.data, 0o600)  # user-data may carry proxy credentials
         except OSError as err:
-            return _fail(f"cannot write {out}: {err.strerror or err}")
+            return fail(f"cannot write {out}: {err.strerror or err}")
     else:
         sys.stdout.buffer.write(built.data)
         sys.stdout.flush()
@@ -69,11 +52,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             raw = read_bounded(args.file, userdata.MAX_USERDATA)
     except OSError as err:
-        return _fail(f"{args.file}: cannot read: {err.strerror or err}")
+        return fail(f"{args.file}: cannot read: {err.strerror or err}")
     try:
         report = userdata.inspect_bytes(raw, args.max_size)
     except userdata.InspectError as err:
-        return _fail(f"{args.file}: {err}")
+        return fail(f"{args.file}: {err}")
     if args.json:
         doc: dict[str, Any] = {"file": args.file, **report.as_dict()}
         print(json.dumps(redact_strings(doc), indent=2))  # ASCII: control characters come out as \uXXXX
@@ -108,48 +91,31 @@ def cmd_handlers(args: argparse.Namespace) -> int:
         names = args.only or bundle.handler_names()
         files = {bundle.handler_filename(n): bundle.bundle_handler(n) for n in names}
     except bundle.BundleError as err:
-        return _fail(str(err))
+        return fail(str(err))
     sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         for filename, data in [*((f, s.encode("utf-8")) for f, s in sorted(files.items())), (SUMS, sums.encode("ascii"))]:
             _write_in_folder(outdir / filename, data)
     except OSError as err:
-        return _fail(f"cannot write into {outdir}: {err.strerror or err}")
+        return fail(f"cannot write into {outdir}: {err.strerror or err}")
     for filename, source in sorted(files.items()):
         print(f"{outdir / filename}: {len(source)} bytes, sha256 {bundle.sha256(source)}")
     print(f"{outdir / SUMS}: check with `sha256sum -c {SUMS}`; host the folder and build with --handlers include=URL_BASE [--pin]", file=sys.stderr)
     return EXIT_OK
 
 
-def _int_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
-    return value
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("build", help="write the user-data (MIME, gzip when needed) of a config file")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
-    p.add_argument(
-        "--handlers",
-        default="embed",
-        metavar="include=URL_BASE|embed|baked",
-        help="how the handlers reach the instance: fetched from URL_BASE (see `vfarm handlers`), embedded (default), or baked into the image",
-    )
-    p.add_argument("--pin", action="store_true", help="with include=: a small loader checks each fetched handler's sha256 and records a failure")
-    p.add_argument("--gzip", choices=mime.GZIP_MODES, default="auto", help="compress the whole payload: auto (when over --max-size, default), always, never")
-    p.add_argument("--max-size", type=_int_bytes, default=mime.EC2_LIMIT, metavar="BYTES", help=f"refuse larger user-data (default {mime.EC2_LIMIT}: EC2)")
-    p.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part (a script, a #cloud-config...); TYPE as make-mime's")
+    add_userdata_options(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("inspect", help="list the parts of a user-data file in cloud-init's order, with warnings")
     p.add_argument("file", metavar="FILE", help="user-data, plain or gzip ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-size", type=_int_bytes, default=mime.EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {mime.EC2_LIMIT})")
+    p.add_argument("--max-size", type=int_bytes, default=EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {EC2_LIMIT})")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("handlers", help="write the bundled, self-contained handler files and SHA256SUMS for hosting")

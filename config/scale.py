@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..cc_modules.condor_spec import address_problem
-from ..cc_modules.findings import Finding
-from ..cc_modules.sizes import MAX_SECONDS
-from ..cc_modules.sizes import parse_seconds as seconds  # one duration syntax for every section
+from .condor import address_problem
+from .findings import Finding
+from .sizes import MAX_SECONDS
+from .sizes import parse_seconds as seconds
 
 # elastiq's defaults where it had the same knob.
 DEFAULTS: dict[str, Any] = {

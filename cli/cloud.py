@@ -10,20 +10,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from ..cc_modules.display import escape_controls, shown_message
-from ..cc_modules.files import atomic_write
-from ..cc_modules.redaction import redact_strings
-from ..mime_builder import table
-from . import ec2
-
-EXIT_OK, EXIT_PROBLEM = 0, 1
-
-
-def _fail(message: str) -> int:
-    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
-    return EXIT_PROBLEM
+from ..cc_modules import table
+from ..clouds import ec2
+from ..display import escape_controls, shown_message
+from ..files import atomic_write
+from ..mime_builder.limits import EC2_LIMIT, OPENSTACK_LIMIT
+from ..redaction import redact_strings
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
 
 
 def _print_instances(instances: list[dict[str, Any]], as_json: bool) -> None:
@@ -37,33 +32,6 @@ def _print_instances(instances: list[dict[str, Any]], as_json: bool) -> None:
 def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
     params = ec2.Ec2Params.resolve(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
     return ec2.Ec2Cloud(params)
-
-
-def build_userdata(args: argparse.Namespace) -> Optional[bytes]:
-    """The user-data for FILE, exactly as `vfarm build` makes it with the same options, or None
-    after reporting why not."""
-    from ..mime_builder import cli, mime
-
-    if args.max_size <= 0:
-        _fail(f"--max-size must be a positive number of bytes, got {args.max_size}")
-        return None
-    try:
-        attachments = [mime.attachment(a) for a in args.attach]
-        mime.parse_handlers(args.handlers)
-    except mime.BuildError as err:
-        _fail(str(err))
-        return None
-    config = cli.load_or_report(args.file)
-    if config is None:
-        return None
-    try:
-        built = mime.build(config, handlers=args.handlers, gzip=args.gzip, max_size=args.max_size, attach=attachments, pin=args.pin)
-    except mime.BuildError as err:
-        _fail(f"{args.file}: {err}")
-        return None
-    for warning in built.warnings:
-        print(f"vfarm launch: warning: {shown_message(warning)}", file=sys.stderr)
-    return built.data
 
 
 def _progress(started: float) -> Any:
@@ -88,17 +56,18 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         )
         params = ec2.Ec2Params.resolve(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
     except ec2.Ec2Error as err:
-        return _fail(str(err))
-    userdata = build_userdata(args)
-    if userdata is None:
+        return fail(str(err))
+    built = build_userdata(args, "launch")
+    if built is None:
         return EXIT_PROBLEM
+    userdata = built.data
     if args.dry_run:
         # No API call at all: write the user-data and show how the classic tools would launch it.
         out = Path(args.output or Path(args.file).stem + ".userdata")
         try:
             atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
         except OSError as err:
-            return _fail(f"cannot write {out}: {err.strerror or err}")
+            return fail(f"cannot write {out}: {err.strerror or err}")
         print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
         for line in ec2.cli_equivalents(request, str(out), userdata, params):
@@ -124,7 +93,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         if args.wait:
             instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
     except ec2.Ec2Error as err:
-        return _fail(str(err))
+        return fail(str(err))
     _print_instances(instances, args.json)
     return EXIT_OK
 
@@ -134,7 +103,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
         tag_filters = ec2.parse_tags(args.tag)
         found = _cloud(args).instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
     except ec2.Ec2Error as err:
-        return _fail(str(err))
+        return fail(str(err))
     _print_instances(found, args.json)
     if not found and not args.json:
         print("vfarm: no vfarm instances", file=sys.stderr)
@@ -143,7 +112,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
-        return _fail("terminate: give instance IDs or --all (not both)")
+        return fail("terminate: give instance IDs or --all (not both)")
     try:
         cloud = _cloud(args)
         if args.all:
@@ -152,7 +121,7 @@ def cmd_terminate(args: argparse.Namespace) -> int:
             ids = list(args.ids)
         changes = cloud.terminate(ids)
     except ec2.Ec2Error as err:
-        return _fail(str(err))
+        return fail(str(err))
     if args.json:
         print(json.dumps(redact_strings(changes), indent=2, sort_keys=True))
     elif changes:
@@ -201,11 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="extra tag; repeatable")
     p.add_argument("--client-token", metavar="T", help="idempotency token: the same token never launches twice")
     b = p.add_argument_group("user-data (the same options, and so the same bytes, as vfarm build)")
-    b.add_argument("--handlers", default="embed", metavar="include=URL_BASE|embed|baked", help="how the handlers reach the instance (default embed)")
-    b.add_argument("--pin", action="store_true", help="with include=: check each fetched handler's sha256")
-    b.add_argument("--gzip", choices=("auto", "always", "never"), default="auto", help="compress the whole payload (default auto)")
-    b.add_argument("--max-size", type=int, default=ec2.USERDATA_LIMIT, metavar="BYTES", help="user-data limit (default 16384, AWS's; OpenStack: 65535)")
-    b.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]", help="an extra part, as vfarm build --attach")
+    add_userdata_options(b, max_size_help=f"refuse larger user-data (default {EC2_LIMIT}: AWS; OpenStack takes {OPENSTACK_LIMIT})")
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)

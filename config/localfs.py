@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import PlanError
 from .findings import Finding
 from .sizes import human, parse_bytes
 
@@ -101,10 +102,6 @@ class ResolvedPart:
             "label": self.spec.label,
             "mode": self.spec.mode,
         }
-
-
-class PlanError(Exception):
-    """The config cannot be laid out on this volume group."""
 
 
 def parse_size(value: Any, name: str) -> Size:

@@ -20,37 +20,30 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cc_modules import condor_spec
-from ..cc_modules.display import ShownFormatter, shown_message
-from ..cc_modules.files import atomic_write, read_bounded, read_stdin_bounded
-from ..cc_modules.jsonbounds import JsonInputError, loads_bounded
-from ..mime_builder import table
-from . import apply, backends, discover, loop
-from . import plan as planner
-from . import spec as scale_spec
-from .model import Action, Plan
+from ..cc_modules import table
+from ..config import condor as condor_spec
+from ..config import scale as scale_spec
+from ..display import ShownFormatter, shown_message
+from ..files import atomic_write, read_bounded, read_stdin_bounded
+from ..jsonbounds import JsonInputError, loads_bounded
+from ..scaler import apply, backends, discover, loop
+from ..scaler import plan as planner
+from ..scaler.model import Action, Plan
+from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
 
-EXIT_OK, EXIT_PROBLEM = 0, 1
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
 MAX_SNAPSHOT_VALUES = 1_000_000
 
 
-def _fail(message: str) -> int:
-    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
-    return EXIT_PROBLEM
-
-
 def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
     """The farm file's `scale` section, or None after printing why not."""
-    from ..mime_builder.cli import load_or_report
-
     config = load_or_report(path)
     if config is None:
         return None
     section = config.sections.get("scale")
     if section is None:
-        _fail(f"{path}: has no scale section: nothing to scale")
+        fail(f"{path}: has no scale section: nothing to scale")
         return None
     return scale_spec.parse(section)
 
@@ -153,7 +146,7 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
     """The cloud backend of the scale section; BUILD: make the user-data (needed to launch)."""
     userdata = b""
     if build:
-        from ..mime_builder import config as configuration
+        from ..config import loader as configuration
         from ..mime_builder import mime
 
         attach: tuple[Any, ...] = ()
@@ -218,7 +211,7 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
             try:
                 server = metrics.serve(port)
             except OSError as err:
-                return _fail(f"--metrics-port {port}: cannot listen on 127.0.0.1: {err.strerror or err}")
+                return fail(f"--metrics-port {port}: cannot listen on 127.0.0.1: {err.strerror or err}")
             scaler.log.info("metrics on http://127.0.0.1:%d/metrics", port)
         scaler.loop(stop)
     finally:
@@ -234,20 +227,20 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if spec is None:
         return EXIT_PROBLEM
     if args.snapshot and (args.once or args.save_snapshot or args.status or args.metrics_port is not None):
-        return _fail("--snapshot decides from a saved snapshot: it does not go with --once, --status, --save-snapshot or --metrics-port")
+        return fail("--snapshot decides from a saved snapshot: it does not go with --once, --status, --save-snapshot or --metrics-port")
     if args.status and (args.once or args.dry_run or args.save_snapshot):
-        return _fail("--status only looks: it does not go with --once, --dry-run or --save-snapshot")
+        return fail("--status only looks: it does not go with --once, --dry-run or --save-snapshot")
     if args.save_snapshot and not args.once:
-        return _fail("--save-snapshot goes with --once")
+        return fail("--save-snapshot goes with --once")
     if args.metrics_port is not None and (args.once or args.status):
-        return _fail("--metrics-port serves the metrics of the loop: it does not go with --once or --status")
+        return fail("--metrics-port serves the metrics of the loop: it does not go with --once or --status")
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
-        return _fail(f"--metrics-port: not a port number: {args.metrics_port}")
+        return fail(f"--metrics-port: not a port number: {args.metrics_port}")
     if args.snapshot:
         try:
             result = planner.plan(read_snapshot(args.snapshot), spec)
         except planner.SnapshotError as err:
-            return _fail(str(err))
+            return fail(str(err))
         return _print_plan(result, spec, args.json)
     dry_run = bool(args.dry_run) or bool(args.status)
     try:
@@ -264,9 +257,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
             assert cycled is not None  # strict: a skipped cycle raised
             applied = scaler.outcome.to_json() if scaler.outcome is not None and not dry_run else None
     except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
-        return _fail(str(err))
+        return fail(str(err))
     except OSError as err:
-        return _fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
+        return fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
 
 

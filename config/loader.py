@@ -12,7 +12,6 @@ import datetime
 import difflib
 import errno
 import functools
-import importlib
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -23,11 +22,12 @@ from typing import Any, Callable, Optional, Union
 import jsonschema
 import yaml
 
-from ..cc_modules.files import read_bounded
-from ..cc_modules.findings import Finding
-from ..cc_modules.redaction import redact
-from ..cc_modules.textsafe import BIDI, C0_C1, SEPARATORS
+from ..files import read_bounded
+from ..redaction import redact
 from ..schemas import load as load_schema
+from ..textsafe import BIDI, C0_C1, SEPARATORS
+from . import sections
+from .findings import Finding
 
 MAGIC = "#multiple-config"
 MAX_BYTES = 256 * 1024
@@ -42,13 +42,9 @@ FOREIGN_MAGIC = ("#cloud-config", "#include", "#!", "#part-handler", "#cloud-boo
 Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
-# Section name -> module (in cc_modules, or "..pkg.mod") with `check(section) -> list[Finding]`, or None.
-SEMANTIC_CHECKS: dict[str, Optional[str]] = {"localfs": "localfs_spec", "cvmfs": "cvmfs_spec", "check": None, "condor": "condor_spec", "scale": "..scaler.spec"}
-# Such a module may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
+# A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
 # read files the section names (relative to the config file's folder).
 CROSS_CHECKS: list[Callable[[Config], list[tuple[str, Finding]]]] = []
-# Sections that stay on the admin's side and are never sent to an instance.
-ADMIN_ONLY: set[str] = {"scale"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ class Config:
 
     def sent_sections(self) -> dict[str, Any]:
         """The sections that go to the instance, in file order."""
-        return {k: v for k, v in self.sections.items() if k not in ADMIN_ONLY}
+        return {k: v for k, v in self.sections.items() if k not in sections.ADMIN_ONLY}
 
 
 # Characters that break a line, hide text or reorder it on screen: refused in every key and value
@@ -450,11 +446,9 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
 def _semantic_problems(config: Config, name: str, data: Any, partial: bool = False) -> list[Problem]:
     """Problems the section's model finds. `partial`: DATA lacks keys that failed the schema, so
     findings about the section as a whole (which may stem from those keys) are left out."""
-    module_name = SEMANTIC_CHECKS.get(name)
-    if not module_name:
+    module = sections.rules(name)
+    if module is None:
         return []
-    # A name starting with ".." is a module outside cc_modules (admin-side sections).
-    module = importlib.import_module(module_name if module_name.startswith("..") else f"..cc_modules.{module_name}", __package__)
     findings: list[Finding] = module.check(data)
     if hasattr(module, "check_files") and config.base_dir is not None:
         findings += module.check_files(data, config.base_dir)
@@ -465,7 +459,8 @@ def _cvmfs_cache_under_localfs(config: Config) -> list[tuple[str, Finding]]:
     localfs, cvmfs = config.sections.get("localfs"), config.sections.get("cvmfs")
     if not localfs or not cvmfs:
         return []
-    from ..cc_modules import cvmfs_spec, localfs_spec
+    from . import cvmfs as cvmfs_spec
+    from . import localfs as localfs_spec
 
     spec = localfs_spec.parse(localfs)
     if "cvmfs" not in {p.name for p in spec.parts}:

@@ -15,6 +15,7 @@ import stat
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -146,6 +147,11 @@ def _resolve(path: str) -> tuple[str, Optional[int]]:
             return current, None
         current = os.path.join(folder, os.readlink(current))
     raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+
+
+def under(root: PathLike, absolute: str) -> Path:
+    """ABSOLUTE inside ROOT: / on an instance, a temporary folder in tests and dry runs."""
+    return Path(root) / absolute.lstrip("/")
 
 
 def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int] = None, follow_symlinks: bool = True) -> None:

@@ -7,26 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from . import bake, images
-from .hostcmd import CommandError
+from ..clouds import bake, images
+from ..clouds.hostcmd import CommandError
+from .common import EXIT_OK, fail
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         image = images.build(args.suite, force=args.force, mirror=args.mirror, bake_vfarm=not args.plain, variant=args.variant or "")
     except CommandError as err:
-        print(f"vfarm: image build: {err}", file=sys.stderr)
-        return 1
+        return fail(f"image build: {err}")
     print(image.directory)
-    return 0
+    return EXIT_OK
 
 
 def cmd_bake(args: argparse.Namespace) -> int:
     try:
         manifest = bake.bake(Path(args.root), site=Path(args.site_dir) if args.site_dir else None, log=True)
     except (CommandError, OSError) as err:
-        print(f"vfarm: image bake: {err}", file=sys.stderr)
-        return 1
+        return fail(f"image bake: {err}")
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
     else:
@@ -34,7 +33,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
             print(path)
         print(f"baked vfarm {manifest['vfarm']}: modules {', '.join(manifest['modules']) or '(none)'}; "
               f"handlers {', '.join(manifest['handlers']) or '(none)'}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,88 @@
+"""What every verb shares: exit codes, the one way to report a failure, loading the config file,
+and the user-data options (`vfarm build`, `vfarm launch ec2`, `vfarm launch local`, declared once)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Optional
+
+from ..display import shown_message
+from ..mime_builder.limits import EC2_LIMIT, GZIP_MODES
+
+if TYPE_CHECKING:
+    from ..config.loader import Config
+    from ..mime_builder.mime import Built
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str) -> int:
+    """Report MESSAGE as one line on stderr (control characters shown escaped); EXIT_PROBLEM."""
+    print(f"vfarm: {shown_message(message)}", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def load_or_report(path: str) -> Optional[Config]:
+    """Load a config, printing every problem (and warning) as FILE:LINE:COL on stderr."""
+    from ..config import loader
+
+    try:
+        config = loader.load_file(path)
+    except loader.ConfigError as err:
+        for problem in err.problems:
+            print(shown_message(problem), file=sys.stderr)
+        return None
+    for warning in config.warnings:
+        print(shown_message(warning), file=sys.stderr)
+    return config
+
+
+def int_bytes(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+
+
+HANDLERS_HELP = "how the handlers reach the instance: include=URL_BASE (fetched, see `vfarm handlers`), embed (default) or baked into the image"
+
+
+def add_userdata_options(p: argparse._ActionsContainer, *, handlers_help: str = HANDLERS_HELP, max_size: int = EC2_LIMIT,
+                         max_size_help: str = "", attach: bool = True) -> None:
+    """--handlers, --pin, --gzip, --max-size (and --attach): how the user-data is built."""
+    p.add_argument("--handlers", default="embed", metavar="MODE", help=handlers_help)
+    p.add_argument("--pin", action="store_true", help="with include: a small loader checks each fetched handler's sha256 and records a failure")
+    p.add_argument("--gzip", choices=GZIP_MODES, default="auto", help="compress the whole payload: auto (when over --max-size, default), always, never")
+    p.add_argument("--max-size", type=int_bytes, default=max_size, metavar="BYTES",
+                   help=max_size_help or f"refuse larger user-data (default {max_size}: EC2)")
+    if attach:
+        p.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]",
+                       help="an extra part (a script, a #cloud-config...); TYPE as make-mime's")
+
+
+def build_userdata(args: argparse.Namespace, verb: str) -> Optional[Built]:
+    """The user-data for args.file with the user-data options, exactly as `vfarm build` makes it;
+    None after reporting why not. Warnings go to stderr under VERB's name."""
+    from ..mime_builder import mime
+
+    if args.max_size <= 0:
+        fail(f"--max-size must be a positive number of bytes, got {args.max_size}")
+        return None
+    try:
+        attachments = [mime.attachment(a) for a in getattr(args, "attach", [])]
+        mime.parse_handlers(args.handlers)
+    except mime.BuildError as err:
+        fail(str(err))
+        return None
+    config = load_or_report(args.file)
+    if config is None:
+        return None
+    try:
+        built = mime.build(config, handlers=args.handlers, gzip=args.gzip, max_size=args.max_size, attach=attachments, pin=args.pin)
+    except mime.BuildError as err:
+        fail(f"{args.file}: {err}")
+        return None
+    for warning in built.warnings:
+        print(f"vfarm {verb}: warning: {shown_message(warning)}", file=sys.stderr)
+    return built

@@ -1,0 +1,70 @@
+"""`vfarm validate FILE...` and `vfarm plan FILE --vg-size SIZE`: the config file itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..cc_modules import table
+from ..config import localfs as localfs_spec
+from ..config import sizes
+from ..errors import PlanError
+from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    ok = True
+    for path in args.files:
+        config = load_or_report(path)
+        ok = ok and config is not None
+        if config is not None and not args.quiet:
+            print(f"{path}: valid ({', '.join(config.sections)})")
+    return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        vg_bytes = sizes.parse_bytes(args.vg_size)
+        extent = sizes.parse_bytes(args.extent_size)
+    except ValueError as err:
+        return fail(str(err))
+    if extent <= 0 or vg_bytes < extent:
+        return fail(f"--vg-size {args.vg_size} must hold at least one extent of {args.extent_size}")
+    config = load_or_report(args.file)
+    if config is None:
+        return EXIT_PROBLEM
+    section = config.sections.get("localfs")
+    if section is None:
+        return fail(f"{args.file}: has no localfs section: nothing to plan")
+    spec = localfs_spec.parse(section)
+    total = vg_bytes // extent
+    vg = localfs_spec.VolumeGroup(spec.vg or "VG", extent, total, total)
+    try:
+        parts = localfs_spec.resolve(spec, vg)
+    except PlanError as err:
+        return fail(f"{args.file}: {err}")
+    if args.json:
+        doc = {"vg": {"name": vg.name, "extent_size": extent, "extents": total, "bytes": total * extent}, "parts": [p.as_dict() for p in parts]}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    rows = [(p.spec.name, str(p.spec.size), p.extents, sizes.human(p.bytes), p.spec.fs, p.spec.mount, p.spec.options) for p in parts]
+    used = sum(p.extents for p in parts)
+    print(f"volume group {vg.name}: {total} extents of {sizes.human(extent)} ({sizes.human(total * extent)})")
+    print(table.render(("NAME", "ASKED", "EXTENTS", "SIZE", "FS", "MOUNT", "OPTIONS"), rows, right=("EXTENTS", "SIZE")), end="")
+    print(f"left free: {total - used} extents ({sizes.human((total - used) * extent)})")
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check config files; one FILE:LINE:COL: message per problem")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="show what localfs would create on a volume group of a given size")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--vg-size", required=True, metavar="SIZE", help="size of the volume group, e.g. 100G")
+    p.add_argument("--extent-size", default="4M", metavar="SIZE", help="physical extent size (default 4M, as vgcreate)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)

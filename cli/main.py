@@ -1,0 +1,68 @@
+"""The `vfarm` command line.
+
+Exit codes: 0 success; 1 bad input or a failed result (the message says which); 2 usage error.
+Bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from .. import __version__
+from .common import EXIT_OK, fail
+
+# Modules that add sub-commands of their own: each has `register(subparsers)`.
+COMMAND_MODULES: list[str] = [".configfile", ".userdata", ".scale", ".image", ".cloud", ".local", ".summary"]
+# Which of them a top-level command needs: a run imports only those (`vfarm build` never loads
+# boto3, the scaler or qemu code); help, or a command not listed here, imports them all.
+COMMANDS: dict[str, list[str]] = {
+    "build": [".userdata"],
+    "inspect": [".userdata"],
+    "handlers": [".userdata"],
+    "summary": [".summary"],
+    "scale": [".scale"],
+    "image": [".image"],
+    "launch": [".cloud", ".local"],
+    "instances": [".cloud"],
+    "terminate": [".cloud"],
+    "validate": [".configfile"],
+    "plan": [".configfile"],
+}
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser; with ARGV, only the sub-command modules its command needs are imported."""
+    parser = argparse.ArgumentParser(
+        prog="vfarm",
+        description="Turn one #multiple-config file into cloud-init user-data for HEP batch workers, and run the farm.",
+        epilog="Exit codes: 0 success, 1 bad input or a failed result, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"vfarm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name in COMMANDS.get(command or "", COMMAND_MODULES):
+        importlib.import_module(name, __package__).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser(argv).parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except (RecursionError, MemoryError) as err:
+        # A last guard: every reader bounds its input, but a bound missed must still be one line.
+        return fail(f"{args.command}: the input is too large or too deeply nested to handle ({type(err).__name__})")
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

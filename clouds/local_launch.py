@@ -1,0 +1,81 @@
+"""A local instance prepared from a config: its user-data built as `vfarm build` builds it, its
+disks and seed made, and the loopback folder its guest reaches filled (handlers, the cvmfs
+stand-in repository)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from ..mime_builder.limits import EC2_LIMIT
+from . import cvmfs_standin, images
+from .hostcmd import progress
+from .local import GUEST_HTTP, LocalInstance
+
+HANDLER_DIR = "handlers"
+STANDIN_DIR = "cvmfs"
+STANDIN_URL = f"http://{GUEST_HTTP}/{STANDIN_DIR}"
+
+
+def use_standin(sections: dict[str, Any]) -> bool:
+    """A cvmfs section that installs from the default (CERN's) repository cannot work here (no
+    network but loopback): point it at the local STAND-IN repository instead."""
+    cvmfs = sections.get("cvmfs")
+    if not isinstance(cvmfs, dict) or not cvmfs.get("install") or "package-repository" in cvmfs:
+        return False
+    cvmfs["package-repository"] = {"apt": STANDIN_URL, "trusted": True}
+    return True
+
+
+def serve_folder(folder: Path, *, handlers: bool, standin: bool) -> Path:
+    """The folder the loopback HTTP server serves: handlers/ (as `vfarm handlers` writes it) and cvmfs/."""
+    from ..mime_builder import bundle
+
+    www = folder / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    if handlers:
+        out = www / HANDLER_DIR
+        out.mkdir(exist_ok=True)
+        files = bundle.bundle_all()
+        for name, source in files.items():
+            (out / name).write_text(source, encoding="utf-8")
+        sums = "".join(f"{hashlib.sha256(src.encode()).hexdigest()}  {name}\n" for name, src in sorted(files.items()))
+        (out / "SHA256SUMS").write_text(sums)
+    if standin:
+        link = www / STANDIN_DIR
+        if not link.exists():
+            link.symlink_to(cvmfs_standin.build())
+    return www
+
+
+def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embed", gzip: str = "auto", pin: bool = False,
+                  max_size: int = 1 << 20, disk: str = "8G", data_disk: str = "vg", smp: int = 2, standin: bool = True,
+                  attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False, pool_forward: Optional[str] = None,
+                  netns: Optional[str] = None) -> LocalInstance:
+    """A prepared local instance for CONFIG (a loaded Config): user-data built, disks and seed made,
+    the loopback HTTP folder filled. Raises CommandError, or the builder's BuildError."""
+    from ..mime_builder import mime
+
+    if standin and use_standin(config.sections):
+        if not quiet:
+            progress("local", f"cvmfs: no package-repository set: using the local STAND-IN repository {STANDIN_URL} (not CernVM-FS)")
+    else:
+        standin = False
+    mode = handlers
+    serve_handlers = handlers == "include"
+    if serve_handlers:
+        mode = f"include=http://{GUEST_HTTP}/{HANDLER_DIR}/"
+    userdata = mime.build_userdata(config, handlers=mode, gzip=gzip, pin=pin, max_size=max_size, attach=attach)
+    if len(userdata) > EC2_LIMIT and not quiet:
+        progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {EC2_LIMIT} (a NoCloud seed takes it)")
+    instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet,
+                             pool_forward=pool_forward, netns=netns)
+    instance.folder.mkdir(parents=True, exist_ok=True)
+    if serve_handlers or standin or mode.startswith(f"include=http://{GUEST_HTTP}"):
+        instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, standin=standin)
+    instance.prepare()
+    if not quiet:
+        progress("local", f"{len(userdata)} bytes of user-data ({handlers}); instance folder {instance.folder}")
+    return instance
