@@ -168,8 +168,9 @@ def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: con
     backend = make_backend(spec, args.farm, build=not dry_run)
     prefix = [str(a) for a in spec.pool.get("admin-command") or []]
     env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
-    drainer = apply.CondorDrain(spec.collector or "", prefix, env=env)
-    return loop.Scaler(spec, backend, drainer, _logger(), token_dir=token_dir, dry_run=dry_run, metrics=metrics)
+    logger = _logger()
+    drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=logger)
+    return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics)
 
 
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:

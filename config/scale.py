@@ -37,7 +37,7 @@ class WorkerType:
     name: str
     cpus: int
     memory: Optional[int] = None  # MB, as RequestMemory counts; None: not declared, never checked
-    gpus: int = 0
+    gpus: Optional[int] = 0  # None: not declared (a farm of one type), never checked
     max: Optional[int] = None  # None: only max-vms bounds it
     cost: float = 1.0
     cloud: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +73,8 @@ class ScaleSpec:
 
     def __post_init__(self) -> None:
         if not self.types:
-            object.__setattr__(self, "types", (WorkerType(DEFAULT_TYPE, self.cpus_per_vm),))
+            # As before types: only its CPUs are known; jobs' memory, GPUs and Requirements are not checked.
+            object.__setattr__(self, "types", (WorkerType(DEFAULT_TYPE, self.cpus_per_vm, gpus=None),))
 
     def worker_type(self, name: Optional[str]) -> WorkerType:
         """The type called NAME; an instance without a type tag (launched before types) is of the first."""

@@ -24,6 +24,7 @@ What happens here:
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -82,7 +83,8 @@ class CondorDrain:
     """`condor_drain -graceful` per startd of an instance, through the host runner."""
 
     def __init__(self, collector: str, prefix: Sequence[str] = (), timeout: float = DRAIN_TIMEOUT,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, log: Optional[logging.Logger] = None) -> None:
+        self.log = log
         self.collector = collector
         self.prefix = list(prefix)
         self.timeout = timeout
@@ -109,6 +111,8 @@ class CondorDrain:
             raise DrainError(f"{instance_id}: no slot name to drain")
         for name in targets:
             argv = [*self.prefix, "condor_drain", "-pool", self.collector, "-graceful", "-reason", f"vfarm scale: {reason}", name]
+            if self.log is not None:
+                self.log.info("run: %s", shlex.join(argv))
             try:
                 hostcmd.run(argv, timeout=self.timeout, env=self.env)
             except hostcmd.CommandError as err:

@@ -10,7 +10,10 @@ Rules (pure; the planner calls them with what one snapshot saw):
   known to advertise: Cpus, Memory (when declared), GPUs and VfarmWorkerType (the type's name). The
   job side carries the attributes the expression names. A type is refused only when the expression
   is false; a clause on anything else a worker would advertise (Arch, OpSys, Disk,
-  HasFileTransfer, ...) is undefined here and so never refuses a type. Without the ClassAd library
+  HasFileTransfer, ...) is undefined here and so never refuses a type; an expression that tests for
+  undefined (`=?=`, `=!=`, `is`, `isnt`, `?:`, isUndefined(), ifThenElse(), ...) would turn such a
+  clause into false, so it refuses no type at all. A farm of one type (no `types`) evaluates no
+  Requirements and checks only CPUs, as before types. Without the ClassAd library
   Requirements are not evaluated at all (a warning says so) and requests that are expressions count
   as their defaults.
 - Among the types that hold a job, the one with the least waste is chosen: the share of the type's
@@ -38,6 +41,9 @@ EXPR = re.compile(r"^/Expr\((.*)\)/$", re.S)
 NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # ClassAd words that are not attribute names.
 KEYWORDS = {"MY", "TARGET", "true", "false", "undefined", "error", "isnt", "is", "parent"}
+# Operators and functions that turn an undefined attribute into true or false (`X =!= undefined`):
+# on the few attributes a type is known to advertise, such an expression says nothing of a worker.
+UNDEFINED_AWARE = re.compile(r"=\?=|=!=|\bisnt\b|\bis\b|\?|\b(isUndefined|isError|ifThenElse|isBoolean|isInteger|isReal|isString|isList|isClassAd)\s*\(", re.I)
 
 
 REQUESTS = ("RequestCpus", "RequestMemory", "RequestGPUs")
@@ -59,7 +65,7 @@ class Resources:
 
 
 def capacity(worker_type: WorkerType) -> Resources:
-    return Resources(worker_type.cpus, worker_type.memory or 0, worker_type.gpus)
+    return Resources(worker_type.cpus, worker_type.memory or 0, worker_type.gpus or 0)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class ClassAds:
 
     def refuses(self, request: Request, worker_type: WorkerType) -> bool:
         """Whether the job's Requirements are false on what a worker of WORKER_TYPE advertises."""
-        if request.requirements is None or self.lib is None:
+        if request.requirements is None or self.lib is None or UNDEFINED_AWARE.search(request.requirements):
             return False
         key = (request, worker_type.name)
         if key not in self._matches:
@@ -137,7 +143,9 @@ class ClassAds:
                 if request.memory is not None:
                     job["RequestMemory"] = request.memory
                 job["Requirements"] = self.lib.ExprTree(request.requirements)
-                machine = {"Cpus": worker_type.cpus, "GPUs": worker_type.gpus, TYPE_ATTR: worker_type.name}
+                machine = {"Cpus": worker_type.cpus, TYPE_ATTR: worker_type.name}
+                if worker_type.gpus is not None:
+                    machine["GPUs"] = worker_type.gpus
                 if worker_type.memory is not None:
                     machine["Memory"] = worker_type.memory
                 result = job.lookup("Requirements").eval(job, self.lib.ClassAd(machine))
@@ -153,17 +161,17 @@ def _number(value: Any) -> Optional[float]:
     return None
 
 
-def request_of(job: dict[str, Any], ads: ClassAds) -> Request:
+def request_of(job: dict[str, Any], ads: ClassAds, requirements: bool = True) -> Request:
     cpus = _number(ads.value(job, "RequestCpus"))
     memory = _number(ads.value(job, "RequestMemory"))
     gpus = _number(ads.value(job, "RequestGPUs"))
-    text = _expression(job.get("Requirements"))
+    text = _expression(job.get("Requirements")) if requirements else None
     return Request(int(math.ceil(cpus)) if cpus is not None else 1, int(math.ceil(memory)) if memory is not None else None,
                    int(math.ceil(gpus)) if gpus is not None else 0, text, _context(job, text) if text is not None else ())
 
 
 def holds(worker_type: WorkerType, request: Request) -> bool:
-    return (request.cpus <= worker_type.cpus and request.gpus <= worker_type.gpus
+    return (request.cpus <= worker_type.cpus and (worker_type.gpus is None or request.gpus <= worker_type.gpus)
             and (worker_type.memory is None or request.memory is None or request.memory <= worker_type.memory))
 
 
@@ -203,15 +211,15 @@ def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
     declared = [t.memory for t in types if t.memory is not None]
     if request.memory is not None and declared and len(declared) == len(types) and request.memory > max(declared):
         return f"ask for {request.memory} MB of memory, more than any type offers ({max(declared)} MB)"
-    if request.gpus > max(t.gpus for t in types):
-        return f"ask for {request.gpus} GPU(s), more than any type offers ({max(t.gpus for t in types)})"
+    if request.gpus > max(t.gpus or 0 for t in types):
+        return f"ask for {request.gpus} GPU(s), more than any type offers ({max(t.gpus or 0 for t in types)})"
     if any(holds(t, request) for t in types):
         return "have Requirements that every type holding their CPUs, memory and GPUs refuses (on Cpus, Memory, GPUs, VfarmWorkerType)"
     return f"ask for {request.cpus} CPUs, {request.memory if request.memory is not None else 'no'} MB and {request.gpus} GPU(s): no one type offers all"
 
 
 def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None,
-         places: Optional[list[int]] = None) -> Fitted:
+         places: Optional[list[int]] = None, requirements: bool = True) -> Fitted:
     """The waiting JOBS grouped by what they ask, each group with its types in order of choice.
     PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
     ads = ads or ClassAds()
@@ -222,13 +230,13 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
     plain: dict[tuple[Any, ...], Group] = {}  # groups of requests of plain numbers, by their raw values: most jobs
     for index, job in enumerate(jobs):
         get = job.get
-        raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements"))
+        raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements") if requirements else None)
         group = plain.get(raw)
         if group is None:
             for key, value in zip(REQUESTS, raw):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
                     raise RequestError(f"'jobs[{places[index] if places else index}].{key}' is out of range (a 64-bit number), got {str(value)[:40]}")
-            request = request_of(job, ads)
+            request = request_of(job, ads, requirements)
             group = groups.get(request)
             if group is None:
                 ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
@@ -297,12 +305,12 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
             # type has no room either.
             if wanted > may and may >= allowed.get(name, 0):
                 kept = []
-                budget = free + Resources(worker_type.cpus * may, (worker_type.memory or 0) * may, worker_type.gpus * may)
+                budget = free + Resources(worker_type.cpus * may, (worker_type.memory or 0) * may, (worker_type.gpus or 0) * may)
                 used = Resources()
                 for group, position, n in mine:
                     r = group.request
                     fits = n
-                    for have, need in ((budget.cpus - used.cpus, r.cpus), (budget.gpus - used.gpus, r.gpus),
+                    for have, need in ((budget.cpus - used.cpus, r.cpus), (budget.gpus - used.gpus if worker_type.gpus is not None else None, r.gpus),
                                        (budget.memory - used.memory if worker_type.memory is not None else None, r.memory or 0)):
                         if have is not None and need > 0:
                             fits = min(fits, max(0, have // need))

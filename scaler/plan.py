@@ -425,7 +425,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             waiting.append(job)
             places.append(place)
     try:
-        fitted = fit.rank(waiting, spec.types, places=places)
+        fitted = fit.rank(waiting, spec.types, places=places, requirements=spec.typed)
     except fit.RequestError as err:
         raise SnapshotError(str(err)) from None
     unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]

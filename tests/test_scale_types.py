@@ -93,6 +93,18 @@ def test_requirements_are_evaluated_on_what_a_type_advertises_and_nothing_more()
     assert result.launch == 0 and [(u.jobs, u.reason.split(" (")[0]) for u in result.unfit] == [(("4.0", "4.0"), refused)]
 
 
+def test_requirements_that_test_for_undefined_refuse_no_type_and_one_type_farms_check_cpus_only() -> None:
+    # As a real schedd writes them: `=!= undefined` on an attribute no type declares would be false here.
+    real = job(1, requirements='VfarmInstanceId =!= undefined && (TARGET.Arch == "X86_64") && (TARGET.Memory >= RequestMemory)')
+    picky = job(2, requirements='ifThenElse(TARGET.HasDocker is undefined, false, TARGET.VfarmWorkerType == "large")')
+    result = planner.plan({"now": NOW, "jobs": [real, picky], "slots": [], "instances": []}, spec())
+    assert result.unfit == [] and result.types["small"].waiting == 2
+    old = scale_spec.parse({"name": "mixed", "cloud": {"type": "ec2"}, "max-vms": 3, "cpus-per-vm": 2, "waiting-time": 0})
+    never_here = [job(3, requirements='TARGET.VfarmWorkerType == "gpu"'), job(4, gpus=1, memory=999999)]
+    result = planner.plan({"now": NOW, "jobs": never_here, "slots": [], "instances": []}, old)
+    assert result.unfit == [] and result.launch == 1  # memory, GPUs and Requirements: not checked, as before types
+
+
 def test_a_request_that_is_an_expression_is_evaluated_as_htcondor_would() -> None:
     # HTCondor's default RequestMemory: MemoryUsage once known, else from ImageSize (KiB): 40 GB here.
     default = "ifthenelse(MemoryUsage isnt undefined,MemoryUsage,(ImageSize + 1023) / 1024)"
