@@ -166,7 +166,7 @@ class Cloud:
     def farm_instances(self) -> list[dict[str, Any]]:
         return [dict(i) for i in self.instances.values()]
 
-    def launch(self, count: int, token: str) -> list[str]:
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
         raise AssertionError("nothing waits: no launch")
 
     def terminate(self, ends: dict[str, str]) -> None:
