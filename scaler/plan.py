@@ -32,6 +32,7 @@ its end arrives (within UPDATE_INTERVAL), NumDynamicSlotsTime shows that end.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import math
@@ -322,13 +323,14 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     a time until one joins."""
     fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.types}
     for inst in instances:
-        if tag(inst, FARM_TAG) != spec.name:
+        tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
+        if tags.get(FARM_TAG) != spec.name:
             continue
         launched = epoch(inst.get("LaunchTime"))
         if launched is None:
             continue
         iid = str(inst.get("InstanceId"))
-        end = tag(inst, END_TAG)
+        end = tags.get(END_TAG)
         current = workers.get(iid)
         state = current.state if current is not None else None
         if iid in joined or end == END_OF[WorkerState.DRAINED] or state in JOINED:
@@ -339,7 +341,8 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
             fate = "booting"
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
-        fates[spec.worker_type(tag(inst, TYPE_TAG)).name].append((launched, iid, fate))
+        kind = tags.get(TYPE_TAG)
+        fates[spec.worker_type(str(kind) if kind is not None else None).name].append((launched, iid, fate))
     holes = {}
     for name, history in fates.items():
         history.sort(reverse=True)
@@ -529,7 +532,8 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             else:
                 decisions.append(Decision(Action.TERMINATE, w.reason, instance=w.id, type=w.type))
 
-    by_state = {state: sum(1 for w in instances if w.state.value == state) for state in STATES}
+    counted = collections.Counter(w.state for w in instances)
+    by_state = {state.value: counted[state] for state in WorkerState}
     return Plan(
         now=now, decisions=decisions, instances=instances, waiting=count, demand=demand, supply=total_supply, active=active,
         states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
