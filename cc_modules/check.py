@@ -57,6 +57,8 @@ UNHANDLED = re.compile(r"Unhandled (unknown content-type|non-multipart) \(([^)]*
 BOOT_MARKERS = ("running 'init-local'", "running 'init'")
 DEFAULT_TIMEOUT_MINUTES = 30
 KEYS = ("on-failure", "delay", "degraded-is-failure", "message", "timeout")
+# Where the check script lives on the instance: cloud-init's power_state condition runs it.
+SCRIPT_PATH = "/var/lib/vfarm/vfarm-check.py"
 
 Runner = Callable[[list[str]], Any]
 
@@ -96,6 +98,10 @@ class Paths:
     @property
     def console(self) -> Path:
         return self._p("/dev/console")
+
+    @property
+    def script(self) -> Path:
+        return self._p(SCRIPT_PATH)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -686,6 +692,16 @@ def run_guarded(paths: Paths, wait: Optional[float] = None, run: Optional[Runner
             if argv:
                 (run or default_runner(paths))(argv)
         return None
+
+
+def install(source_file: str, root: Optional[str] = None) -> Path:
+    """Copy SOURCE_FILE (a bundle that runs this module's main() as a script) to the check's
+    place under ROOT (default $VFARM_ROOT or /), readable by root only. The embed library part
+    does this when cloud-init registers it, so the check travels once with the handlers."""
+    target = Paths(Path(root or os.environ.get("VFARM_ROOT") or "/")).script
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, Path(source_file).read_bytes(), 0o700)
+    return target
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

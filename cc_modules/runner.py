@@ -57,7 +57,6 @@ class Runner:
     def __init__(self, logger: logging.Logger, *, dry_run: bool = False):
         self.logger = logger
         self.dry_run = dry_run
-        self.history: list[Result] = []
 
     def run(
         self,
@@ -78,12 +77,9 @@ class Runner:
             extra = " with " + " ".join(f"{k}={'***' if is_secret_name(k) else redact(v)}" for k, v in sorted(env.items()))
         if self.dry_run and changes:
             self.logger.info("dry-run, not running: %s%s", shown, extra)
-            result = Result(argv, 0, "", "", 0.0, dry_run=True)
-            self.history.append(result)
-            return result
+            return Result(argv, 0, "", "", 0.0, dry_run=True)
         self.logger.info("running: %s%s", shown, extra)
         result = self._execute(argv, input, env, timeout)
-        self.history.append(result)
         level = logging.INFO if result.returncode == 0 or not check else logging.ERROR
         self.logger.log(level, "exit %d after %.2f s: %s", result.returncode, result.seconds, shown)
         if result.stderr.strip():

@@ -170,3 +170,23 @@ def check(section: dict[str, Any]) -> list[Finding]:
         message = "cvmfs is installed but nothing configures it: add a local: section with repositories and http-proxy"
         findings.append(Finding((), message, warning=True, at_key=True))
     return findings
+
+
+def cross_check(sections: dict[str, Any]) -> list[Finding]:
+    """A cvmfs part of localfs that the cache never uses: a warning (the config's other sections)."""
+    from . import localfs as localfs_spec
+
+    localfs, cvmfs = sections.get("localfs"), sections.get("cvmfs")
+    if not localfs or not cvmfs:
+        return []
+    spec = localfs_spec.parse(localfs)
+    if "cvmfs" not in {p.name for p in spec.parts}:
+        return []
+    base = cache_base(cvmfs).rstrip("/") or "/"
+    mounts = [p.mount for p in spec.parts if p.mount]
+    if any(base == m or base.startswith(m.rstrip("/") + "/") for m in mounts):
+        return []
+    key = next((k for k in cvmfs.get("local", {}) if variable(k) == "CVMFS_CACHE_BASE"), None)
+    path: tuple[str, ...] = ("local", key) if key else ()
+    message = f"cvmfs: cache-base {base} is on none of the localfs parts ({', '.join(mounts)}): the cvmfs part would go unused"
+    return [Finding(path, message, warning=True, at_key=key is None)]

@@ -43,7 +43,8 @@ Path = tuple[Union[str, int], ...]
 Mark = tuple[int, int]  # 1-based line, column
 
 # A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
-# read files the section names (relative to the config file's folder).
+# read files the section names (relative to the config file's folder), and
+# `cross_check(sections) -> list[Finding]`: its section against the other sections of the file.
 CROSS_CHECKS: list[Callable[[Config], list[tuple[str, Finding]]]] = []
 
 
@@ -455,27 +456,18 @@ def _semantic_problems(config: Config, name: str, data: Any, partial: bool = Fal
     return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings if f.path or not partial]
 
 
-def _cvmfs_cache_under_localfs(config: Config) -> list[tuple[str, Finding]]:
-    localfs, cvmfs = config.sections.get("localfs"), config.sections.get("cvmfs")
-    if not localfs or not cvmfs:
-        return []
-    from . import cvmfs as cvmfs_spec
-    from . import localfs as localfs_spec
-
-    spec = localfs_spec.parse(localfs)
-    if "cvmfs" not in {p.name for p in spec.parts}:
-        return []
-    base = cvmfs_spec.cache_base(cvmfs).rstrip("/") or "/"
-    mounts = [p.mount for p in spec.parts if p.mount]
-    if any(base == m or base.startswith(m.rstrip("/") + "/") for m in mounts):
-        return []
-    key = next((k for k in cvmfs.get("local", {}) if cvmfs_spec.variable(k) == "CVMFS_CACHE_BASE"), None)
-    path: Path = ("local", key) if key else ()
-    message = f"cvmfs: cache-base {base} is on none of the localfs parts ({', '.join(mounts)}): the cvmfs part would go unused"
-    return [("cvmfs", Finding(path, message, warning=True, at_key=key is None))]
+# A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
 
 
-CROSS_CHECKS.append(_cvmfs_cache_under_localfs)
+def _cross_problems(config: Config) -> list[Problem]:
+    """What each section's `cross_check(sections)` finds against the other sections of the file
+    (only the sections present are imported: a handler's part holds one section)."""
+    problems = []
+    for name in config.sections:
+        check = getattr(sections.rules(name), "cross_check", None)
+        for finding in check(config.sections) if check else []:
+            problems.append(config.problem((name,) + finding.path, finding.message, finding.warning, finding.at_key))
+    return problems
 
 
 def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
@@ -563,6 +555,7 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
                 pass
         problems += section_problems
     if not any(not p.warning for p in problems):
+        problems += _cross_problems(config)
         for check in CROSS_CHECKS:
             for name, finding in check(config):
                 problems.append(config.problem((name,) + finding.path, finding.message, finding.warning, finding.at_key))

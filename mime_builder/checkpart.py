@@ -10,6 +10,11 @@ cloud-init has exited. So the part is a `#cloud-config` that
   writes the summary and powers off through its own command runner when it must; as a condition
   it then always exits 1, so cloud-init's power_state changes nothing by itself.
 
+In `embed` the script travels once, inside the library part of the handlers: registering that
+part writes it to the check's place (bundle.CHECK_LIBRARY_TAIL), and this part only sets
+`power_state`. When the script is not there (the library part never ran), the condition is met
+and cloud-init powers the instance off itself: a check that cannot run cannot vouch for the boot.
+
 `baked` images list the `vfarm_check` config module (cc_vfarm_check) instead: no part at all.
 With `include`, a failed fetch makes cloud-init consume no part at all, this one included: only
 a baked check (or `--pin`) powers such an instance off.
@@ -22,7 +27,8 @@ from typing import Any
 
 import yaml
 
-CHECK_PATH = "/var/lib/vfarm/vfarm-check.py"
+from ..cc_modules.check import SCRIPT_PATH as CHECK_PATH
+
 FILENAME = "vfarm-check.cfg"
 CONTENT_TYPE = "text/cloud-config"
 # How long power_state waits for cloud-init to exit before running the condition anyway; the
@@ -30,6 +36,14 @@ CONTENT_TYPE = "text/cloud-config"
 POWER_STATE_TIMEOUT = 60
 
 Part = tuple[str, str, str]  # (content type, filename, payload)
+
+POWER_STATE = (
+    "power_state:\n"
+    "  mode: poweroff\n"
+    "  delay: now\n"
+    f"  timeout: {POWER_STATE_TIMEOUT}\n"
+)
+MISSING_MESSAGE = "vfarm check: FAILED: no final check script (the library part of the handlers never ran); poweroff now"
 
 
 def _mode(handlers_mode: str) -> str:
@@ -51,10 +65,7 @@ def cloud_config(script: str) -> str:
         "    permissions: '0700'\n"
         "    content: |\n"
         f"{body}"
-        "power_state:\n"
-        "  mode: poweroff\n"
-        "  delay: now\n"
-        f"  timeout: {POWER_STATE_TIMEOUT}\n"
+        f"{POWER_STATE}"
         f"  condition: [python3, {CHECK_PATH}, --power-state-condition]\n"
     )
     # Guard against a script line that would break the literal block.
@@ -64,18 +75,38 @@ def cloud_config(script: str) -> str:
     return text
 
 
-def check_parts(config: Any, handlers_mode: str) -> list[Part]:
+def library_condition(script: str = CHECK_PATH) -> str:
+    """The power_state condition (a shell command) running SCRIPT, written by the embed library
+    part; when it is not there, the condition is met (exit 0) and cloud-init powers off."""
+    return f"test -f {script} || exit 0; exec python3 {script} --power-state-condition"
+
+
+def library_cloud_config() -> str:
+    """The #cloud-config that runs the check the embed library part wrote."""
+    return (
+        "#cloud-config\n"
+        "# vfarm final check (written by the library part): runs after cloud-init, powers off on failure.\n"
+        f"{POWER_STATE}"
+        f"  message: '{MISSING_MESSAGE}'\n"
+        f"  condition: '{library_condition()}'\n"
+    )
+
+
+def check_parts(config: Any, handlers_mode: str, from_library: bool = False) -> list[Part]:
     """The parts that bring the final check along in HANDLERS_MODE (include[=URL]|embed|baked).
 
     The check's settings are not in here: the check reads the `text/check-config` part of the
     raw user-data at run time (the builder sends it like every section, and
     part_handlers/check_handler takes it), so they work even when cloud-init consumed nothing.
-    CONFIG is accepted for symmetry with the other part builders and not needed today."""
+    CONFIG is accepted for symmetry with the other part builders and not needed today.
+    FROM_LIBRARY: the embed library part carries the script (bundle_library with_check)."""
     mode = _mode(handlers_mode)
     if mode == "baked":
         return []
     if mode not in ("embed", "include"):
         raise ValueError(f"unknown handlers mode {handlers_mode!r}: expected include=URL_BASE, embed or baked")
+    if from_library:
+        return [(CONTENT_TYPE, FILENAME, library_cloud_config())]
     from .bundle import bundle_module
 
     return [(CONTENT_TYPE, FILENAME, cloud_config(bundle_module("cc_modules.check")))]

@@ -61,6 +61,7 @@ STARTS_WITH = (
     ("#!", "text/x-shellscript"),
 )
 PART_HANDLER = "text/part-handler"
+LIBRARY_FILENAME = "vfarm-library.py"
 
 
 class BuildError(Exception):
@@ -207,12 +208,12 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
     return "\n".join(header) + "\n" + code
 
 
-def _check_parts(config: Config, mode: str) -> list[tuple[str, str, str]]:
+def _check_parts(config: Config, mode: str, from_library: bool) -> list[tuple[str, str, str]]:
     """The final check's parts (issue 5's mime_builder/checkpart.py), when that module exists."""
     if importlib.util.find_spec(f"{__package__}.checkpart") is None:
         return []
     module: Any = importlib.import_module(f"{__package__}.checkpart")
-    return list(module.check_parts(config, mode))
+    return list(module.check_parts(config, mode, from_library))
 
 
 def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachment] = (), pin: bool = False) -> tuple[list[Part], list[str]]:
@@ -237,8 +238,8 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
             urls = "".join(f"{mode.url(n)}\n" for n in names)
             parts.append(Part("text/x-include-url", "vfarm-handlers.txt", urls.encode("ascii"), "handler"))
         elif mode.kind == "embed" and names:
-            lib = bundle.bundle_library(names)
-            parts.append(Part(PART_HANDLER, "vfarm-library.py", lib.source.encode("ascii"), "handler"))
+            lib = bundle.bundle_library(names, with_check=True)
+            parts.append(Part(PART_HANDLER, LIBRARY_FILENAME, lib.source.encode("ascii"), "handler"))
             parts += [Part(PART_HANDLER, bundle.handler_filename(n), bundle.thin_handler(n, lib.package).encode("ascii"), "handler") for n in names]
     except bundle.BundleError as err:
         raise BuildError(f"cannot bundle the handlers: {err}") from None
@@ -246,7 +247,8 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     parts += [Part(f"text/{n}-config", f"{n}-config.ccfg", section_payload(n, sent_section(config, n)), "config") for n in sections]
     parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type != PART_HANDLER]
     check_mode = "include" if mode.kind == "include" else mode.kind
-    parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in _check_parts(config, check_mode)]
+    from_library = any(p.filename == LIBRARY_FILENAME for p in parts)  # the check travels in the library part
+    parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in _check_parts(config, check_mode, from_library)]
     seen: set[str] = set()
     for part in parts:
         if part.filename in seen:

@@ -48,7 +48,7 @@ def torino(quota: int) -> configuration.Config:
 def test_second_build_reuses_the_bundles(fresh: None, walks: list[tuple[str, ...]]) -> None:
     first = mime.build(torino(1000), handlers="embed", gzip="always", max_size=1 << 20)
     count = len(walks)
-    assert count >= 2  # the handlers' library and the check script
+    assert count >= 1  # the handlers' library, which carries the check too
     second = mime.build(torino(2000), handlers="embed", gzip="always", max_size=1 << 20)
     assert len(walks) == count, "the second build walked the modules again"
     assert first.parts[0] == second.parts[0]  # the same library part

@@ -12,6 +12,8 @@ import http.server
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from tests import system_stubs
 from tests.fixtures.cloudinit import Release
 from vfarm.cli.main import main as vfarm
 from vfarm.config import loader as configuration
-from vfarm.mime_builder import mime
+from vfarm.mime_builder import checkpart, mime
 
 CONFIG = """#multiple-config
 localfs:
@@ -170,6 +172,21 @@ def test_embed_gzip(cloudinit_release: Release, tmp_path: Path, config: configur
     assert ["part-handler-001", "__begin__", None] in out["calls"] and ["part-handler-003", "__end__", None] in out["calls"]
     assert_ran(out)
     assert not problems(log), problems(log)
+    # Registering the library part wrote it as the final check, which the check's part runs.
+    (library,) = [p for p in built.parts if p.filename == "vfarm-library.py"]
+    script = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
+    assert script.read_bytes() == library.payload and script.stat().st_mode & 0o777 == 0o700
+    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.library_condition()
+    root = tmp_path / "root"
+    for folder in ("run/cloud-init", "var/log/vfarm", "var/lib/cloud/instance"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    (root / "run/cloud-init/status.json").write_text(json.dumps({"v1": {"init": {"errors": [], "start": 1, "finished": 2}, "stage": None}}))
+    (root / "var/lib/cloud/instance/user-data.txt").write_bytes(built.data)
+    for record in (tmp_path / "log").glob("*.status.json"):
+        (root / "var/log/vfarm" / record.name).write_bytes(record.read_bytes())
+    done = subprocess.run([sys.executable, "-I", str(script), "--root", str(root), "--dry-run", "--wait", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "decision: none: all 2 handler(s) ok" in done.stdout, done.stdout + done.stderr
 
 
 def test_include(cloudinit_release: Release, tmp_path: Path, config: configuration.Config, served: tuple[Path, str]) -> None:

@@ -368,6 +368,54 @@ def test_check_part_carries_a_working_script(tmp_path: Path, cloudinit_release: 
     assert validate.returncode == 0 and validate.stdout.strip() == "valid", validate.stderr[-2000:]
 
 
+def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudinit_release: Release) -> None:
+    """embed: the library part carries the check and writes it; the part only sets power_state,
+    and cloud-init's own condition check powers off when the script is not there."""
+    from vfarm.mime_builder import bundle
+
+    ((ctype, filename, payload),) = checkpart.check_parts(None, "embed", from_library=True)
+    assert (ctype, filename) == ("text/cloud-config", "vfarm-check.cfg")
+    doc = yaml.safe_load(payload)
+    assert "write_files" not in doc and doc["power_state"]["condition"] == checkpart.library_condition()
+    validate = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, yaml\n"
+         "from cloudinit.config.schema import get_schema, validate_cloudconfig_schema\n"
+         "validate_cloudconfig_schema(yaml.safe_load(sys.stdin.read()), get_schema(), strict=True)\n"
+         "print('valid')\n"],
+        input=payload, env=cloudinit_release.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert validate.returncode == 0 and validate.stdout.strip() == "valid", validate.stderr[-2000:]
+    # The release's own check_condition: no script -> met (power off); a script exiting 1 -> not met.
+    stub = tmp_path / "exits-1.py"
+    stub.write_text("raise SystemExit(1)\n")
+    conditions = [checkpart.library_condition(str(tmp_path / "missing.py")), checkpart.library_condition(str(stub))]
+    done = cloudinit_release.run(
+        "import json, os\nfrom cloudinit.config.cc_power_state_change import check_condition\n"
+        "print(json.dumps([check_condition(c) for c in json.loads(os.environ['CONDITIONS'])]))\n",
+        env={"CONDITIONS": json.dumps(conditions)},
+    )
+    assert done.returncode == 0 and json.loads(done.stdout) == [True, False], done.stderr[-2000:]
+    # The library, registered as cloud-init does (handle_part __begin__), installs itself as the check.
+    lib = bundle.bundle_library(["localfs"], with_check=True)
+    part = tmp_path / "handlers/part-handler-000.py"
+    part.parent.mkdir()
+    part.write_text(lib.source)
+    root = failing_root(tmp_path)
+    register = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(part.parent)!r}); m = __import__('part-handler-000'); "
+         "assert m.list_types() == []; m.handle_part(None, '__begin__', None, None)"],
+        env={"VFARM_ROOT": str(root), "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
+    )
+    assert register.returncode == 0, register.stderr
+    script = root / checkpart.CHECK_PATH.lstrip("/")
+    assert script.read_text() == lib.source and stat.S_IMODE(script.stat().st_mode) == 0o700
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    done = subprocess.run([sys.executable, "-I", str(script), "--root", str(root), "--dry-run", "--wait", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "decision: halt (delay 2): localfs: never-ran" in done.stdout
+
+
 def test_vfarm_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps(check.plan(facts(records={}), check.Settings())))
