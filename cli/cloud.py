@@ -16,7 +16,7 @@ from ..cc_modules import table
 from ..clouds import ec2
 from ..display import escape_controls, shown_message
 from ..files import atomic_write
-from ..mime_builder.limits import EC2_LIMIT, OPENSTACK_LIMIT
+from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
 from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
 
@@ -98,7 +98,15 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _on_openstack(args: argparse.Namespace) -> bool:
+    return bool(args.cloud == "openstack" or args.os_cloud or args.os_region)
+
+
 def cmd_instances(args: argparse.Namespace) -> int:
+    if _on_openstack(args):
+        from . import openstack
+
+        return openstack.cmd_instances(args)
     try:
         tag_filters = ec2.parse_tags(args.tag)
         found = _cloud(args).instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
@@ -111,6 +119,10 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
+    if _on_openstack(args):
+        from . import openstack
+
+        return openstack.cmd_terminate(args)
     if bool(args.ids) == bool(args.all):
         return fail("terminate: give instance IDs or --all (not both)")
     try:
@@ -130,6 +142,14 @@ def cmd_terminate(args: argparse.Namespace) -> int:
     else:
         print("vfarm: no vfarm instances to terminate", file=sys.stderr)
     return EXIT_OK
+
+
+def _cloud_choice(p: argparse.ArgumentParser) -> None:
+    """`--cloud ec2|openstack` and the OpenStack options (which imply --cloud openstack)."""
+    from .openstack import cloud_args
+
+    p.add_argument("--cloud", choices=("ec2", "openstack"), default="ec2", help="which API (default ec2; --os-cloud implies openstack)")
+    cloud_args(p)
 
 
 def _endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -156,7 +176,7 @@ def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersActio
 def register(sub: argparse._SubParsersAction) -> None:
     p = launch_targets(sub).add_parser(
         "ec2",
-        help="build the user-data and start instances through an EC2 API (AWS, OpenStack, OpenNebula, Eucalyptus)",
+        help="build the user-data and start instances through an EC2 API (AWS, Eucalyptus; OpenStack: vfarm launch openstack)",
         description="Build the user-data of FILE in memory and start instances with RunInstances. Every instance is "
         f"tagged {ec2.MANAGED_TAG}=true (plus --tag) and terminates itself when it powers off.",
     )
@@ -170,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="extra tag; repeatable")
     p.add_argument("--client-token", metavar="T", help="idempotency token: the same token never launches twice")
     b = p.add_argument_group("user-data (the same options, and so the same bytes, as vfarm build)")
-    add_userdata_options(b, max_size_help=f"refuse larger user-data (default {EC2_LIMIT}: AWS; OpenStack takes {OPENSTACK_LIMIT})")
+    add_userdata_options(b, max_size_help=f"refuse larger user-data (default {EC2_LIMIT}: AWS; more on some EC2-compatible clouds)")
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
@@ -179,15 +199,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _endpoint_args(p)
     p.set_defaults(func=cmd_launch_ec2)
 
-    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true)")
-    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag too; repeatable")
-    p.add_argument("--all-states", action="store_true", help="include terminated instances")
+    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true) or OpenStack (metadata)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag (OpenStack: metadata) too; repeatable")
+    p.add_argument("--all-states", action="store_true", help="include terminated instances (OpenStack: stopped and failed servers)")
+    _cloud_choice(p)
     _endpoint_args(p)
     p.set_defaults(func=cmd_instances)
 
-    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API (never others)")
+    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API or OpenStack (never others)")
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--all", action="store_true", help="every vfarm instance (narrowed by --tag)")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="with --all: only instances with this tag; repeatable")
+    _cloud_choice(p)
     _endpoint_args(p)
     p.set_defaults(func=cmd_terminate)

@@ -16,7 +16,7 @@ from .. import __version__
 from .common import EXIT_OK, fail
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
-COMMAND_MODULES: list[str] = [".configfile", ".userdata", ".scale", ".image", ".cloud", ".local", ".summary"]
+COMMAND_MODULES: list[str] = [".configfile", ".userdata", ".scale", ".image", ".cloud", ".openstack", ".local", ".summary"]
 # Which of them a top-level command needs: a run imports only those (`vfarm build` never loads
 # boto3, the scaler or qemu code); help, or a command not listed here, imports them all.
 COMMANDS: dict[str, list[str]] = {
@@ -26,7 +26,7 @@ COMMANDS: dict[str, list[str]] = {
     "summary": [".summary"],
     "scale": [".scale"],
     "image": [".image"],
-    "launch": [".cloud", ".local"],
+    "launch": [".cloud", ".openstack", ".local"],
     "instances": [".cloud"],
     "terminate": [".cloud"],
     "validate": [".configfile"],

@@ -376,7 +376,7 @@ class Ec2Cloud:
     ) -> list[dict[str, Any]]:
         """RunInstances; returns the instances as the API describes them. Without a client token
         botocore makes one up, so its own retries never launch twice. MAX_USERDATA: AWS takes
-        16384 bytes; some EC2-compatible clouds take more (OpenStack: 65535)."""
+        16384 bytes; some EC2-compatible clouds take more."""
         if len(userdata) > max_userdata:
             raise Ec2Error(f"user-data is {len(userdata)} bytes, over the limit of {max_userdata}")
         request = run_request(image_id, instance_type, count, tags, key_name, security_groups, subnet, client_token)

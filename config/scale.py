@@ -26,7 +26,7 @@ DURATIONS = ("waiting-time", "idle-time", "boot-timeout", "check-every")
 # The one type of a scale section that lists none (its cpus: cpus-per-vm).
 DEFAULT_TYPE = "default"
 # The cloud settings a worker type may set for itself, per cloud type.
-TYPE_CLOUD_KEYS = {"ec2": ("image-id", "instance-type"), "local": ("image", "memory", "vcpus")}
+TYPE_CLOUD_KEYS = {"ec2": ("image-id", "instance-type"), "openstack": ("image", "flavor"), "local": ("image", "memory", "vcpus")}
 
 
 @dataclass(frozen=True)

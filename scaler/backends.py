@@ -1,7 +1,8 @@
 """The scaler's cloud backends behind one factory: each turns one cloud module's calls into the
 three the scaler makes (list the farm, launch, terminate), with the same errors.
 
-- ec2: any EC2 API, through clouds/ec2.py.
+- ec2: an EC2 API, through clouds/ec2.py.
+- openstack: OpenStack's own API, through clouds/openstack.py.
 - local: worker VMs under qemu on this host, through clouds/local_farm.py. Their one route to the
   pool is 10.0.2.100:9618 in their slirp network, forwarded to `pool.collector` as the scaler
   reaches it; so their `condor` section names 10.0.2.100 as the central manager, and the pool must
@@ -109,10 +110,64 @@ class LocalBackend:
         self._call(_tag_and_terminate, self.farm.tag, self.farm.terminate, ends)
 
 
-# Cloud type -> its backend. The OpenStack backend (clouds/openstack.py) takes its place here as
-# "openstack": a class with the three methods above, raising CapacityError/CloudError.
+class OpenStackBackend:
+    """An OpenStack cloud, through clouds/openstack.py. Two differences from EC2 are absorbed here:
+    - Nova keeps a server that failed to build (ERROR: no valid host, the quota race it lost after
+      accepting the request) or that powered itself off (SHUTOFF: a worker whose final check
+      failed; Nova has no terminate-on-shutdown) until it is deleted, and it holds quota all that
+      time. Before each launch the farm's dead servers are deleted.
+    - Nova forgets deleted servers at once (EC2 lists them for an hour): the black-hole rule sees a
+      deleted worker's fate only while the scaler runs (its `joined` memory), not across a restart.
+    """
+
+    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
+        from ..clouds import openstack
+
+        self.spec = spec
+        self.userdata = userdata
+        self._openstack = openstack
+        self.cloud = cloud or self._call(openstack.cloud_from_section, spec.cloud)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._openstack.OpenStackQuotaError as err:
+            raise CapacityError(str(err)) from None
+        except self._openstack.OpenStackError as err:
+            raise CloudError(str(err)) from None
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        return plain(self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name}))
+
+    def reap(self) -> list[str]:
+        """Delete the farm's servers that will never run (ERROR, SHUTOFF). Untagged: Nova refuses
+        metadata changes on a server in ERROR, and forgets a deleted one at once anyway."""
+        dead = [i["InstanceId"] for i in self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name})
+                if i.get("Status") in self._openstack.DEAD_STATUSES]
+        if dead:
+            self._call(self.cloud.terminate, dead)
+        return dead
+
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        self.reap()
+        options = self._openstack.launch_options(self.spec.cloud_of(worker_type))
+        options["properties"] = {**options["properties"], **launch_tags(self.spec, worker_type)}
+        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, name=f"vfarm-{self.spec.name}", **options)
+        return [str(i["InstanceId"]) for i in started]
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        for end in sorted(set(ends.values())):
+            try:
+                self._call(self.cloud.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
+            except CloudError:
+                pass  # Nova refuses metadata on a server still building (a lost one): deleting it matters more
+        self._call(self.cloud.terminate, list(ends))
+
+
+# Cloud type -> its backend: a class with the three methods above, raising CapacityError/CloudError.
 BACKENDS: dict[str, Callable[[ScaleSpec, bytes], Backend]] = {
     "ec2": Ec2Backend,
+    "openstack": OpenStackBackend,
     "local": LocalBackend,
 }
 

@@ -4,6 +4,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.cloudinit",
     "tests.fixtures.check",
     "tests.fixtures.moto",
+    "tests.fixtures.openstack",
     "tests.fixtures.condor_pool",
     "tests.fixtures.vm",
 ]

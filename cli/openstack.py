@@ -1,0 +1,158 @@
+"""`vfarm launch openstack`, and `vfarm instances` / `vfarm terminate` with `--cloud openstack`:
+the life cycle of vfarm's workers through OpenStack's own API.
+
+Every failure is one line on stderr and exit 1 (see openstack.OpenStackError); nothing prints a
+password or an application credential's secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cc_modules import table
+from ..clouds import openstack
+from ..display import escape_controls, shown_message
+from ..files import atomic_write
+from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
+from ..redaction import redact_strings
+from .cloud import launch_targets
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
+
+
+def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
+    return openstack.OpenStackCloud(args.os_cloud, region=args.os_region)
+
+
+def _print(servers: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(redact_strings(servers), indent=2, default=str, sort_keys=True))
+    elif servers:
+        print(table.render(openstack.SUMMARY_HEADERS, [openstack.summary_row(s) for s in servers]), end="")
+
+
+def _progress(started: float) -> Any:
+    last: list[str] = []
+
+    def report(current: list[dict[str, Any]]) -> None:
+        active = sum(1 for s in current if s.get("Status") == "ACTIVE")
+        states = ", ".join(f"{s['InstanceId']} {s.get('Status')}" for s in current)
+        line = f"waiting: {active}/{len(current)} ACTIVE ({states})"
+        if line != (last[0] if last else None):
+            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
+            last[:] = [line]
+
+    return report
+
+
+def cmd_launch_openstack(args: argparse.Namespace) -> int:
+    try:
+        properties = openstack.parse_properties(args.property)
+        openstack.server_metadata(properties, args.client_token or "dry-run")
+        if args.count < 1:
+            raise openstack.OpenStackError(f"--count must be at least 1, not {args.count}")
+    except openstack.OpenStackError as err:
+        return fail(str(err))
+    built = build_userdata(args, "launch")
+    if built is None:
+        return EXIT_PROBLEM
+    userdata = built.data
+    if args.dry_run:
+        # No API call at all: write the user-data and show how the openstack client would start it.
+        out = Path(args.output or Path(args.file).stem + ".userdata")
+        if len(userdata) > args.max_size:
+            return fail(f"user-data is {len(userdata)} bytes, over the limit of {args.max_size}")
+        try:
+            atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
+        except OSError as err:
+            return fail(f"cannot write {out}: {err.strerror or err}")
+        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+        line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
+                                        properties, args.os_cloud, args.wait)
+        print(escape_controls(line))
+        return EXIT_OK
+    cloud = _cloud(args)
+    started = time.monotonic()
+    try:
+        servers = cloud.launch(userdata, args.image, args.flavor, count=args.count, network=args.network, key_name=args.key_name,
+                               properties=properties, client_token=args.client_token, name=args.name, max_userdata=args.max_size)
+        ids = [s["InstanceId"] for s in servers]
+        print(f"vfarm: launched {len(ids)} server(s) at {shown_message(cloud.where)}: {shown_message(' '.join(ids))}", file=sys.stderr)
+        if args.wait:
+            servers = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
+    except openstack.OpenStackError as err:
+        return fail(str(err))
+    _print(servers, args.json)
+    return EXIT_OK
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    try:
+        filters = openstack.parse_properties(args.tag)
+        states = None if args.all_states else ("pending", "running")
+        found = _cloud(args).instances(filters, states=states)
+    except openstack.OpenStackError as err:
+        return fail(str(err))
+    _print(found, args.json)
+    if not found and not args.json:
+        print("vfarm: no vfarm servers", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.all):
+        return fail("terminate: give server IDs or --all (not both)")
+    try:
+        cloud = _cloud(args)
+        ids = [s["InstanceId"] for s in cloud.instances(openstack.parse_properties(args.tag))] if args.all else list(args.ids)
+        changes = cloud.terminate(ids)
+    except openstack.OpenStackError as err:
+        return fail(str(err))
+    if args.json:
+        print(json.dumps(redact_strings(changes), indent=2, sort_keys=True))
+    elif changes:
+        rows = [(c["InstanceId"], c["PreviousState"]["Name"], c["CurrentState"]["Name"]) for c in changes]
+        print(table.render(("ID", "WAS", "NOW"), rows), end="")
+    else:
+        print("vfarm: no vfarm servers to delete", file=sys.stderr)
+    return EXIT_OK
+
+
+def cloud_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("OpenStack cloud and credentials (clouds.yaml, OS_CLOUD, or the OS_* variables of an openrc file)")
+    g.add_argument("--os-cloud", metavar="NAME", help="the cloud's name in clouds.yaml (default: OS_CLOUD)")
+    g.add_argument("--os-region", metavar="R", help="region (default: the cloud's region_name)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = launch_targets(sub).add_parser(
+        "openstack",
+        help="build the user-data and start servers through OpenStack's API (Nova)",
+        description="Build the user-data of FILE in memory and start servers with Nova. Every server carries the metadata "
+        f"{openstack.MANAGED_KEY}=true (plus --property) and a launch token of vfarm's own, so a retry with the same "
+        "--client-token never starts a server twice.",
+    )
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("--image", required=True, metavar="IMAGE", help="image name or ID")
+    p.add_argument("--flavor", required=True, metavar="FLAVOR", help="flavor name or ID")
+    p.add_argument("--network", metavar="NET", help="network name or ID (default: the project's one network)")
+    p.add_argument("--key-name", metavar="K", help="SSH key pair name")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="how many servers (default 1)")
+    p.add_argument("--name", default="vfarm-worker", metavar="NAME", help="server name prefix (default vfarm-worker; servers are found by metadata)")
+    p.add_argument("--property", action="append", default=[], metavar="K=V", help="extra server metadata, e.g. vfarm:farm=torino; repeatable")
+    p.add_argument("--client-token", metavar="T", help="launch token: the same token never starts more than --count servers")
+    b = p.add_argument_group("user-data (the same options, and so the same bytes, as vfarm build)")
+    add_userdata_options(b, max_size=OPENSTACK_LIMIT,
+                         max_size_help=f"refuse larger user-data (default {OPENSTACK_LIMIT}: Nova's {OPENSTACK_B64_LIMIT} characters of base64)")
+    p.add_argument("--wait", action="store_true", help="wait until every server is ACTIVE, with progress on stderr")
+    p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
+    p.add_argument("--wait-interval", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true", help="write the user-data and print the openstack server create line; call nothing")
+    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
+    p.add_argument("--json", action="store_true", help="print the servers as JSON")
+    cloud_args(p)
+    p.set_defaults(func=cmd_launch_openstack)
