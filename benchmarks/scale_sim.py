@@ -221,12 +221,12 @@ class VfarmPolicy:
         t = time.perf_counter()
         decided = plan.plan(snap, self.spec)
         self.plan_seconds.append(time.perf_counter() - t)
-        self.observed_idle_since = dict(decided[plan.OBSERVED])
-        for vid in decided["terminate"]:
+        self.observed_idle_since = dict(decided.observed_idle_since)
+        for vid in decided.terminate:
             sim.terminate(vid)
-        for vid in decided["drain"]:
+        for vid in decided.drain:
             sim.vms[vid].draining = True
-        sim.launch(now, decided["launch"])
+        sim.launch(now, decided.launch)
 
 
 class ElastiqPolicy:
@@ -347,8 +347,8 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     section.add(f"Planner on one snapshot of {sizes[0]:,} jobs, {sizes[2]:,} slots, {sizes[1]} farm instances (+{sizes[1] // 10} foreign): "
                 f"median {common.fmt_ms(med)} of {len(times)} runs (min {common.fmt_ms(min(times))}, max {common.fmt_ms(max(times))}); "
                 f"target {common.fmt_ms(PLANNER_TARGET)}: {'met' if med <= PLANNER_TARGET else 'MISSED'}. "
-                f"(It decided: launch {decided['launch']}, drain {len(decided['drain'])}, terminate {len(decided['terminate'])}, "
-                f"{decided['waiting']} waiting jobs.)\n")
+                f"(It decided: launch {decided.launch}, drain {len(decided.drain)}, terminate {len(decided.terminate)}, "
+                f"{decided.waiting} waiting jobs.)\n")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -20,15 +21,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cc_modules import table
-from ..cc_modules.runner import Runner
 from ..config import condor as condor_spec
 from ..config import scale as scale_spec
 from ..display import ShownFormatter, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, loads_bounded
 from ..redaction import redact_strings
-from ..scaler import apply, discover, loop
+from ..scaler import apply, backends, discover, loop
 from ..scaler import plan as planner
+from ..scaler.model import Action, Plan
 from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
 
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
@@ -38,7 +39,6 @@ MAX_SNAPSHOT_VALUES = 1_000_000
 
 def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
     """The farm file's `scale` section, or None after printing why not."""
-
     config = load_or_report(path)
     if config is None:
         return None
@@ -81,21 +81,37 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(result: dict[str, Any], spec: scale_spec.ScaleSpec) -> str:
-    """The plan as an operator reads it: the figures, the decisions, then every farm instance."""
+def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
+    """The plan as an operator reads it: the figures, the decisions, the types, then every farm instance."""
     lines = [
-        f"farm {spec.name}: {result['waiting']} waiting job(s), demand {result['demand']} CPU(s), "
-        f"supply {result['supply']} CPU(s), {result['active']} active worker(s) (min {spec.min_vms}, max {spec.max_vms})"
+        f"farm {spec.name}: {result.waiting} waiting job(s), demand {result.demand} CPU(s), "
+        f"supply {result.supply} CPU(s), {result.active} active worker(s) (min {spec.min_vms}, max {spec.max_vms})"
     ]
     rows = []
-    for decision in result["decisions"]:
-        target = decision.get("instance") or (str(decision["count"]) if decision["action"] != "hold" else "-")
-        rows.append((decision["action"], target, decision["reason"]))
+    for decision in result.decisions:
+        target = decision.instance or (str(decision.count) if decision.action not in (Action.HOLD, Action.FORGET) else "-")
+        if decision.type is not None and spec.typed and not decision.instance:
+            target += f" {decision.type}"
+        reason = decision.reason
+        if decision.fallback:
+            reason += "; refused for quota or capacity: " + ", ".join(f"{o.count} {o.type}" for o in decision.fallback) + " instead"
+        rows.append((decision.action.value, target, reason))
     if not rows:
         rows.append(("nothing", "-", "no instance to launch, drain or terminate"))
     out = "\n".join(lines) + "\n\n" + table.render(("ACTION", "WHAT", "REASON"), rows)
-    if result["instances"]:
-        inst_rows = [(i["id"], i["state"], _age(i["age"]), i["slots"], i["claimed"], i["reason"]) for i in result["instances"]]
+    if spec.typed:
+        type_rows = []
+        for t in spec.types:
+            f = result.types[t.name]
+            hole = f.black_hole
+            note = ("black hole, blocked" if hole.blocked else "black hole, probing" if hole.probing else
+                    f"{hole.streak} lost in a row" if hole.streak else "-")
+            type_rows.append((t.name, t.cpus, t.memory if t.memory is not None else "-", t.gpus, t.max if t.max is not None else "-", f"{t.cost:g}",
+                              f.active, f.waiting, f.wanted, note))
+        out += "\n" + table.render(("TYPE", "CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED", "LAUNCHES"), type_rows,
+                                    right=("CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED"))
+    if result.instances:
+        inst_rows = [(w.id, w.state.value, _age(w.age), w.slots, w.claimed, w.reason) for w in result.instances]
         out += "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "CLAIMED", "WHY"), inst_rows, right=("AGE", "SLOTS", "CLAIMED"))
     return out
 
@@ -129,17 +145,14 @@ def _logger() -> logging.Logger:
 
 def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Backend:
     """The cloud backend of the scale section; BUILD: make the user-data (needed to launch)."""
-    kind = spec.cloud.get("type")
     userdata = b""
     if build:
         from ..config import loader as configuration
         from ..mime_builder import mime
 
         attach: tuple[Any, ...] = ()
-        if kind == "local":  # what a local test image needs to stay up as a worker
-            from ..scaler.local_backend import attachments
-
-            attach = attachments(spec)
+        if spec.cloud.get("type") == "local":  # what a local test image needs to stay up as a worker
+            attach = backends.attachments(spec)
         try:
             built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
         except (mime.BuildError, configuration.ConfigError) as err:
@@ -147,52 +160,43 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
         for warning in built.warnings:
             print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)
         userdata = built.data
-    if kind == "ec2":
-        try:
-            return apply.Ec2Backend(spec, userdata)
-        except Exception as err:  # noqa: BLE001 - Ec2Error for credentials/region: one line
-            raise apply.CloudError(str(err)) from None
-    if kind == "openstack":
-        from ..scaler.openstack_backend import OpenStackBackend
-
-        return OpenStackBackend(spec, userdata)
-    if kind == "local":
-        from ..scaler.local_backend import LocalBackend
-
-        return LocalBackend(spec, userdata)
-    raise apply.CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types ec2, openstack and local")
+    return backends.backend_for(spec, userdata)
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
                 metrics: Optional[loop.Metrics] = None) -> loop.Scaler:
-    logger = _logger()
     token_dir = _token_dir(spec, args.farm, stack)
     backend = make_backend(spec, args.farm, build=not dry_run)
     prefix = [str(a) for a in spec.pool.get("admin-command") or []]
     env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
-    drainer = apply.CondorDrain(Runner(logger, dry_run=dry_run), spec.collector or "", prefix, env=env)
+    logger = _logger()
+    drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=logger)
     return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics)
 
 
-def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: dict[str, Any]) -> str:
-    head = (f"farm {spec.name}: {len(rows)} instance(s), {result['waiting']} waiting job(s), "
-            f"demand {result['demand']} CPU(s), supply {result['supply']} CPU(s)\n")
+def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
+    head = (f"farm {spec.name}: {len(rows)} instance(s), {result.waiting} waiting job(s), "
+            f"demand {result.demand} CPU(s), supply {result.supply} CPU(s)\n")
     if not rows:
         return head + "no instance\n"
+    if spec.typed:
+        typed = [(r["instance"], r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
+        return head + "\n" + table.render(("INSTANCE", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), typed, right=("AGE", "SLOTS", "JOBS"))
     body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
     return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), body, right=("AGE", "SLOTS", "JOBS"))
 
 
 def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> int:
     snapshot = scaler.discover()
+    snapshot.update(scaler.memory())
     result = planner.plan(snapshot, spec)
-    rows = loop.status_rows(result, snapshot, spec) + loop.ended_rows(scaler.history, float(snapshot["now"]), spec)
+    rows = loop.status_rows(result, snapshot, spec) + loop.ended_rows(snapshot, spec)
     for row in rows:  # what the final check of each instance that ended or is ending said
         if row["state"] in loop.VERDICT_STATES:
             row["lost_reason"], row["verdict"] = scaler.applier.read_verdict(row["instance"])
     if as_json:
-        print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result["waiting"], "demand": result["demand"],
-                          "supply": result["supply"], "instances": redact_strings(rows)}, indent=2, sort_keys=True))
+        print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
+                          "supply": result.supply, "instances": redact_strings(rows)}, indent=2, sort_keys=True))
     else:
         print(render_status(rows, spec, result), end="")
     return EXIT_OK
@@ -246,36 +250,37 @@ def cmd_scale(args: argparse.Namespace) -> int:
     dry_run = bool(args.dry_run) or bool(args.status)
     try:
         with contextlib.ExitStack() as stack:
-            metrics = loop.Metrics(spec.name) if args.metrics_port is not None else None
+            # --once is one cycle of the loop: it records the same metrics (nothing serves them).
+            metrics = loop.Metrics(spec.name) if args.metrics_port is not None or args.once else None
             scaler = make_scaler(spec, args, stack, dry_run, metrics)
             if args.status:
                 return _status(scaler, spec, args.json)
             if not args.once:
                 return _run_loop(scaler, metrics, args.metrics_port)
-            snapshot = scaler.discover()
-            if args.save_snapshot:
-                atomic_write(args.save_snapshot, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
-            result = planner.plan(snapshot, spec)
-            if not dry_run:
-                for warning in result["warnings"]:
-                    scaler.log.warning("%s", warning)
-                outcome = scaler.applier.apply(result, snapshot, scaler.history)
-                result["applied"] = {"launched": outcome.launched, "drained": outcome.drained, "terminated": outcome.terminated,
-                                     "cloud_errors": outcome.cloud_errors, "drain_errors": outcome.drain_errors,
-                                     "black_hole": outcome.black_hole}
-    except (discover.DiscoverError, apply.CloudError) as err:
+            save = functools.partial(_save_snapshot, args.save_snapshot) if args.save_snapshot else None
+            cycled = scaler.cycle(save=save, strict=True)  # exactly one cycle of the loop
+            assert cycled is not None  # strict: a skipped cycle raised
+            applied = scaler.outcome.to_json() if scaler.outcome is not None and not dry_run else None
+    except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
         return fail(str(err))
     except OSError as err:
         return fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
-    return _print_plan(result, spec, args.json, warn=dry_run)
+    return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
 
 
-def _print_plan(result: dict[str, Any], spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True) -> int:
+def _save_snapshot(path: str, snapshot: dict[str, Any]) -> None:
+    atomic_write(path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
+
+
+def _print_plan(result: Plan, spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True, applied: Optional[dict[str, Any]] = None) -> int:
     if warn:
-        for warning in result["warnings"]:
+        for warning in result.warnings:
             print(f"vfarm: warning: {shown_message(warning)}", file=sys.stderr)
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        data = result.to_json()
+        if applied is not None:
+            data["applied"] = applied
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(render(result, spec), end="")
     return EXIT_OK

@@ -69,6 +69,14 @@ class Ec2Error(Exception):
     """A failure to report to the user in one line (no traceback)."""
 
 
+class Ec2CapacityError(Ec2Error):
+    """The cloud refused a launch for quota or capacity (another instance type may still start)."""
+
+
+def is_capacity(code: str) -> bool:
+    return code in QUOTA_CODES or "Limit" in code or "Insufficient" in code
+
+
 @dataclass(frozen=True)
 class Ec2Params:
     """Where and as whom to talk to EC2. Secrets are kept out of repr()."""
@@ -313,7 +321,8 @@ class Ec2Cloud:
         except Ec2Error:
             raise
         except bx.ClientError as err:
-            raise Ec2Error(self._scrub(self._explain(what, err, kwargs))) from None
+            kind = Ec2CapacityError if is_capacity(str(err.response.get("Error", {}).get("Code", ""))) else Ec2Error
+            raise kind(self._scrub(self._explain(what, err, kwargs))) from None
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError) as err:
             raise Ec2Error(self._scrub(f"EC2 endpoint {self.endpoint} not answering ({what}): {err}")) from None
         except bx.ReadTimeoutError as err:
@@ -344,7 +353,7 @@ class Ec2Cloud:
             return f"{where}: not allowed to {what} ({code}: {message})"
         if code in IMAGE_CODES:
             return f"{where}: unknown image {kwargs.get('ImageId', '?')} ({code}: {message}); check --image-id and the region"
-        if code in QUOTA_CODES or "Limit" in code or "Insufficient" in code:
+        if is_capacity(code):
             asked = f"{kwargs.get('MinCount', '?')} x {kwargs.get('InstanceType', '?')}"
             return f"{where}: the cloud refused {asked} (quota or capacity: {code}: {message})"
         if code in NOT_FOUND_CODES:

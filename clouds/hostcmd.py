@@ -7,11 +7,12 @@ line that looks like an error (mmdebstrap's "E: ..." lines), not only its last w
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,12 +49,15 @@ def progress(area: str, message: str) -> None:
 
 
 def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeout: Optional[float] = None,
-        input_text: Optional[str] = None, cwd: Optional[Arg] = None, binary: bool = False) -> subprocess.CompletedProcess[Any]:
+        input_text: Optional[str] = None, cwd: Optional[Arg] = None, binary: bool = False,
+        env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess[Any]:
     """Run ARGV (text, or bytes with BINARY); with CHECK, a non-zero exit raises CommandError
-    naming the command and the cause (see `cause`)."""
+    naming the command and the cause (see `cause`). ENV: variables set for the command on top of
+    this process's environment."""
     args = [str(a) for a in argv]
     try:
         done = subprocess.run(args, check=False, text=not binary, errors=None if binary else "replace", timeout=timeout, input=input_text, cwd=cwd,
+                              env={**os.environ, **env} if env else None,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None,
                               stdin=None if input_text is not None else subprocess.DEVNULL)

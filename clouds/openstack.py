@@ -72,6 +72,10 @@ class OpenStackError(Exception):
     """A failure to report to the user in one line (no traceback)."""
 
 
+class OpenStackQuotaError(OpenStackError):
+    """Nova refused a request for quota (another flavor may still fit)."""
+
+
 def parse_properties(items: Sequence[str]) -> dict[str, str]:
     """`K=V` strings (from --property) to a dict."""
     props: dict[str, str] = {}
@@ -238,7 +242,9 @@ class OpenStackCloud:
         except OpenStackError as err:
             raise OpenStackError(self._scrub(str(err))) from None
         except Exception as err:  # noqa: BLE001 - every library failure is one line for the user
-            raise OpenStackError(self._scrub(self._explain(what, err))) from None
+            text = self._explain(what, err)
+            kind = OpenStackQuotaError if text.startswith(f"{self.where}: the cloud refused to {what} (quota:") else OpenStackError
+            raise kind(self._scrub(text)) from None
 
     def _explain(self, what: str, err: BaseException) -> str:
         from keystoneauth1 import exceptions as ka

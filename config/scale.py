@@ -23,6 +23,34 @@ DEFAULTS: dict[str, Any] = {
 # Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
 POSITIVE = ("boot-timeout", "check-every")
 DURATIONS = ("waiting-time", "idle-time", "boot-timeout", "check-every")
+# The one type of a scale section that lists none (its cpus: cpus-per-vm).
+DEFAULT_TYPE = "default"
+# The cloud settings a worker type may set for itself, per cloud type.
+TYPE_CLOUD_KEYS = {"ec2": ("image-id", "instance-type"), "openstack": ("image", "flavor"), "local": ("image", "memory", "vcpus")}
+
+
+@dataclass(frozen=True)
+class WorkerType:
+    """One kind of worker: what it offers a job, how many of it at most, its cost, and the cloud
+    settings it launches with (over the farm's `cloud`)."""
+
+    name: str
+    cpus: int
+    memory: Optional[int] = None  # MB, as RequestMemory counts; None: not declared, never checked
+    gpus: Optional[int] = 0  # None: not declared (a farm of one type), never checked
+    max: Optional[int] = None  # None: only max-vms bounds it
+    cost: float = 1.0
+    cloud: dict[str, Any] = field(default_factory=dict)
+
+
+def memory_mb(value: Any) -> int:
+    """A memory size as MB: an integer (MB) or "2048M", "4G"."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.endswith("G"):
+        return int(text[:-1]) * 1024
+    return int(text[:-1] if text.endswith("M") else text)
 
 
 @dataclass(frozen=True)
@@ -38,6 +66,23 @@ class ScaleSpec:
     check_every: float = 15.0
     cloud: dict[str, Any] = field(default_factory=dict)
     pool: dict[str, Any] = field(default_factory=dict)
+    # In the order the section lists them; a section without `types` has one: DEFAULT_TYPE.
+    types: tuple[WorkerType, ...] = ()
+    # Whether the section lists its types (launches then carry the tag vfarm:type).
+    typed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            # As before types: only its CPUs are known; jobs' memory, GPUs and Requirements are not checked.
+            object.__setattr__(self, "types", (WorkerType(DEFAULT_TYPE, self.cpus_per_vm, gpus=None),))
+
+    def worker_type(self, name: Optional[str]) -> WorkerType:
+        """The type called NAME; an instance without a type tag (launched before types) is of the first."""
+        return next((t for t in self.types if t.name == name), self.types[0])
+
+    def cloud_of(self, worker_type: WorkerType) -> dict[str, Any]:
+        """The cloud settings a worker of WORKER_TYPE launches with."""
+        return {**self.cloud, **worker_type.cloud}
 
     @property
     def collector(self) -> Optional[str]:
@@ -60,6 +105,20 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         check_every=seconds(merged["check-every"]),
         cloud=dict(merged.get("cloud") or {}),
         pool=dict(merged.get("pool") or {}),
+        types=tuple(_worker_type(item) for item in section.get("types") or ()),
+        typed=bool(section.get("types")),
+    )
+
+
+def _worker_type(item: dict[str, Any]) -> WorkerType:
+    return WorkerType(
+        name=str(item["name"]),
+        cpus=int(item["cpus"]),
+        memory=memory_mb(item["memory"]) if item.get("memory") is not None else None,
+        gpus=int(item.get("gpus", 0)),
+        max=int(item["max"]) if item.get("max") is not None else None,
+        cost=float(item.get("cost", 1.0)),
+        cloud=dict(item.get("cloud") or {}),
     )
 
 
@@ -80,9 +139,35 @@ def check(section: dict[str, Any]) -> list[Finding]:
             continue
         if key in POSITIVE and duration <= 0:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
+    findings += _check_types(section)
     collector = section.get("pool", {}).get("collector")
     if isinstance(collector, str):
         problem = address_problem(collector)
         if problem:
             findings.append(Finding(("pool", "collector"), problem))
+    return findings
+
+
+def _check_types(section: dict[str, Any]) -> list[Finding]:
+    """Worker types: distinct names, not together with cpus-per-vm, cloud settings of the farm's cloud type."""
+    types = section.get("types")
+    if not isinstance(types, list):
+        return []
+    findings: list[Finding] = []
+    if "cpus-per-vm" in section:
+        findings.append(Finding(("cpus-per-vm",), "cpus-per-vm is for a farm of one type: with types, each type gives its cpus"))
+    seen: set[str] = set()
+    allowed = TYPE_CLOUD_KEYS.get(str(section.get("cloud", {}).get("type")), ())
+    for i, item in enumerate(types):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if name in seen:
+            findings.append(Finding(("types", i, "name"), f"type {name!r} is listed twice"))
+        seen.add(str(name))
+        for key in item.get("cloud") or {}:
+            if key not in allowed:
+                kind = section.get("cloud", {}).get("type")
+                findings.append(Finding(("types", i, "cloud", key), f"{key}: not a setting a worker type of cloud type {kind} can set "
+                                        f"(it can: {', '.join(allowed) or 'none'})"))
     return findings

@@ -1,48 +1,46 @@
-"""Apply: carry out one plan (launch, drain, terminate) safely, and remember nothing on disk.
+"""Apply: carry out one plan exactly (launch, drain, terminate), and remember nothing on disk.
 
-- Launch goes through the cloud backend (clouds/ec2.py for type ec2) with the farm's user-data
-  (what `vfarm build` makes of the farm file) and the tag `vfarm:farm` = name. Every RunInstances
-  carries a ClientToken; a launch whose outcome is unknown (endpoint down, time-out) is retried
-  with the SAME token and count, so the cloud hands back the instances of the first call instead
-  of starting them twice.
+Every decision is the planner's (scaler/plan.py): how many of which type, the token of each launch,
+what to launch instead on a quota or capacity refusal, the black hole and its probe, back-offs.
+What happens here:
+- Launch goes through the cloud backend (the factory in scaler/backends.py) with the farm's
+  user-data and the tags `vfarm:farm` = name (and `vfarm:type` = type when the farm lists types).
+  Every launch carries the plan's ClientToken; one whose outcome is unknown (endpoint down,
+  time-out) is remembered as an intent, and the next plan retries it with the SAME token and count,
+  so the cloud hands back the instances of the first call instead of starting them twice. A launch
+  refused for quota or capacity is followed, in the same cycle, by the plan's fallback launches.
 - Drain is HTCondor's own graceful drain, `condor_drain -graceful` (running jobs run to their
-  end under MaxJobRetirementTime, no new job starts), run through the one command runner with the
-  prefix `pool.admin-command` (how to run HTCondor's admin tools on this host). The htcondor2
-  bindings cannot drain a token-only worker (see BINDINGS_DRAIN below).
+  end under MaxJobRetirementTime, no new job starts), run through the host runner
+  (clouds/hostcmd.py) with the prefix `pool.admin-command` (how to run HTCondor's admin tools on
+  this host). The htcondor2 bindings cannot drain a token-only worker (see BINDINGS_DRAIN below).
 - Terminate only what the plan names (lost, or drained with no claim), after tagging it
   `vfarm:end` = lost|drained: that tag is how the black-hole rule finds its history again after
   a restart.
-- Cloud errors back off exponentially (per operation), are logged and counted; nothing here
-  raises out of `apply`.
-- Black hole: when the newest three decided launches (joined or lost, newest first) were all
-  lost, launching stops for 5 min, doubling per further lost launch up to 1 h, counted from the
-  moment the newest one became lost (LaunchTime + boot-timeout). After the back-off one probe
-  instance at a time is launched until one joins. All of it is computed every cycle from the
-  cloud's instance list (terminated ones included, with their `vfarm:end` tags): no state file.
-- Lost workers, by reason: the first time a cycle finds a launch lost, the scaler reads the
-  verdict its final check wrote to the console (clouds/verdict.py, through the backend's
-  `verdict`), logs it and counts the loss under a short reason (check-failed:cvmfs, no-verdict,
-  ...); the black-hole message names the reasons of the losses it counted.
+- A failed cloud call backs off exponentially (per operation, launches per type): the applier
+  keeps the timers and hands them to the next plan, which holds the call until then. Failures are
+  logged and counted; nothing here raises out of `apply`.
+- Lost workers, by reason: the first time a plan names a launch lost (its black hole's `lost`),
+  the applier reads the verdict its final check wrote to the console (clouds/verdict.py, through
+  the backend's `verdict`), before anything is terminated, logs it and counts the loss under a
+  short reason (check-failed:cvmfs, no-verdict, ...); the black-hole message names the reasons.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
-from ..cc_modules.runner import Runner
-from ..config.scale import ScaleSpec
-from .plan import FARM_TAG, LIVE_STATES, epoch
+from ..clouds import hostcmd
+from ..config.scale import ScaleSpec, WorkerType
+from . import plan as planner
+from .model import END_OF, FARM_TAG, INSTANCE_ATTR, TYPE_TAG, Action, Decision, Plan
 
-END_TAG = "vfarm:end"
-BLACK_HOLE_LOSSES = 3
-BLACK_HOLE_FIRST = 300.0
-BLACK_HOLE_MAX = 3600.0
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0
+BLACK_HOLE_LOG_EVERY = 60.0
 
 # Tried against a token-only worker of HTCondor 23.9 with htcondor2 25.14 from the host, admin token
 # in hand: Startd(ad).drainJobs() -> "Startd failed to start draining jobs"; send_command(master ad,
@@ -57,6 +55,10 @@ class CloudError(Exception):
     """A cloud call that failed; one line."""
 
 
+class CapacityError(CloudError):
+    """The cloud refused a launch for quota or capacity: another type may still start."""
+
+
 class Backend(Protocol):
     """What the scaler needs of a cloud."""
 
@@ -64,15 +66,12 @@ class Backend(Protocol):
         """Every instance of the farm the cloud still lists, ended ones included (DescribeInstances
         shape, JSON-plain). Raises CloudError: a failed query is never "no instances"."""
 
-    def launch(self, count: int, token: str) -> list[str]:
-        """Start COUNT workers (idempotent for the same TOKEN); their ids."""
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        """Start COUNT workers of WORKER_TYPE (idempotent for the same TOKEN); their ids.
+        Raises CapacityError for a quota or capacity refusal, CloudError otherwise."""
 
     def terminate(self, ends: dict[str, str]) -> None:
         """Tag each id with `vfarm:end` = its end (lost/drained), then terminate them."""
-
-    # A backend may also offer `verdict(instance_id) -> Optional[Verdict]`: the final check's
-    # verdict from the instance's console (None: none there), raising CloudError when the console
-    # cannot be read. Without it every lost worker counts as "console-unreadable".
 
 
 class Drainer(Protocol):
@@ -85,11 +84,11 @@ class DrainError(Exception):
 
 
 class CondorDrain:
-    """`condor_drain -graceful` per startd of an instance, through the one command runner."""
+    """`condor_drain -graceful` per startd of an instance, through the host runner."""
 
-    def __init__(self, runner: Runner, collector: str, prefix: Sequence[str] = (), timeout: float = DRAIN_TIMEOUT,
-                 env: Optional[dict[str, str]] = None) -> None:
-        self.runner = runner
+    def __init__(self, collector: str, prefix: Sequence[str] = (), timeout: float = DRAIN_TIMEOUT,
+                 env: Optional[dict[str, str]] = None, log: Optional[logging.Logger] = None) -> None:
+        self.log = log
         self.collector = collector
         self.prefix = list(prefix)
         self.timeout = timeout
@@ -116,9 +115,12 @@ class CondorDrain:
             raise DrainError(f"{instance_id}: no slot name to drain")
         for name in targets:
             argv = [*self.prefix, "condor_drain", "-pool", self.collector, "-graceful", "-reason", f"vfarm scale: {reason}", name]
-            result = self.runner.run(argv, check=False, timeout=self.timeout, env=self.env)
-            if result.returncode != 0:
-                raise DrainError(f"{instance_id}: {result.summary()}")
+            if self.log is not None:
+                self.log.info("run: %s", shlex.join(argv))
+            try:
+                hostcmd.run(argv, timeout=self.timeout, env=self.env)
+            except hostcmd.CommandError as err:
+                raise DrainError(f"{instance_id}: {err}") from None
 
 
 @dataclass
@@ -143,70 +145,6 @@ class Backoff:
         self.failures, self.until = 0, 0.0
 
 
-def client_token(name: str, first_attempt: float, count: int) -> str:
-    """EC2's idempotency token (at most 64 ASCII characters) for one launch intent."""
-    digest = hashlib.sha256(f"{name}\0{first_attempt:.6f}\0{count}".encode()).hexdigest()[:40]
-    return f"vfarm-{digest}"
-
-
-def _tag(instance: dict[str, Any], key: str) -> Optional[str]:
-    for tag in instance.get("Tags") or []:
-        if isinstance(tag, dict) and tag.get("Key") == key:
-            return str(tag.get("Value", ""))
-    return None
-
-
-def black_hole(instances: list[dict[str, Any]], plan_states: dict[str, str], joined: set[str], spec: ScaleSpec,
-               now: float) -> dict[str, Any]:
-    """The black-hole state from the farm's instances (ended ones included) and this cycle's plan.
-
-    Fate of a launch, newest first: joined (has been in the pool: seen by this process, or ended
-    with `vfarm:end=drained`, or joined now), lost (`vfarm:end=lost`, lost now, or ended before
-    ever joining without a tag of ours: it powered itself off, e.g. a failed final check), or
-    undecided (still booting)."""
-    fates: list[tuple[float, str, str]] = []
-    for inst in instances:
-        iid = str(inst.get("InstanceId"))
-        if _tag(inst, FARM_TAG) != spec.name:
-            continue
-        launched = epoch(inst.get("LaunchTime"))
-        if launched is None:
-            continue
-        state = (inst.get("State") or {}).get("Name", "")
-        end = _tag(inst, END_TAG)
-        current = plan_states.get(iid)
-        if iid in joined or end == "drained" or current in ("idle", "busy", "other", "draining", "drained"):
-            fate = "joined"
-        elif end == "lost" or current == "lost":
-            fate = "lost"
-        elif state in LIVE_STATES:
-            fate = "booting"
-        else:
-            fate = "lost"  # ended without our tag, never seen in the pool
-        fates.append((launched, iid, fate))
-    fates.sort(reverse=True)
-    lost = [iid for _launched, iid, fate in fates if fate == "lost"]
-    streak_ids: list[str] = []
-    streak = 0
-    newest_lost: Optional[float] = None
-    in_flight = 0
-    for launched, iid, fate in fates:
-        if fate == "booting":
-            in_flight += 1
-            continue
-        if fate != "lost":
-            break
-        streak += 1
-        streak_ids.append(iid)
-        if newest_lost is None:
-            newest_lost = launched + spec.boot_timeout
-    active = streak >= BLACK_HOLE_LOSSES
-    delay = min(BLACK_HOLE_MAX, BLACK_HOLE_FIRST * 2 ** (streak - BLACK_HOLE_LOSSES)) if active else 0.0
-    until = (newest_lost or now) + delay if active else 0.0
-    return {"active": active, "streak": streak, "delay": delay, "until": until, "blocked": active and now < until,
-            "probing": active and now >= until, "in_flight": in_flight, "lost": lost, "streak_ids": streak_ids}
-
-
 @dataclass
 class Outcome:
     launched: list[str] = field(default_factory=list)
@@ -214,31 +152,35 @@ class Outcome:
     terminated: list[str] = field(default_factory=list)
     cloud_errors: dict[str, int] = field(default_factory=dict)
     drain_errors: int = 0
-    black_hole: dict[str, Any] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)  # workers first found lost in this cycle, by reason
+    black_hole_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # type: why its streak's workers were lost
+
+    def to_json(self) -> dict[str, Any]:
+        return {"launched": self.launched, "drained": self.drained, "terminated": self.terminated, "cloud_errors": self.cloud_errors,
+                "drain_errors": self.drain_errors, "lost": self.lost, "black_hole_reasons": self.black_hole_reasons}
 
 
 class Applier:
-    """Carries out plans, one per cycle. Holds only what may be lost on a restart: back-off timers,
-    an unfinished launch intent, and the ids it has seen joined (a speed-up, rebuilt from the pool)."""
+    """Carries out plans, one per cycle. Holds only what may be lost on a restart and hands it to the
+    next plan (`memory`): back-off timers and the launches of unknown outcome."""
 
-    def __init__(self, spec: ScaleSpec, backend: Backend, drainer: Drainer, logger: logging.Logger,
-                 dry_run: bool = False, clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(self, spec: ScaleSpec, backend: Backend, drainer: Drainer, logger: logging.Logger, dry_run: bool = False) -> None:
         self.spec = spec
         self.backend = backend
         self.drainer = drainer
         self.log = logger
         self.dry_run = dry_run
-        base = max(spec.check_every, 5.0)
-        self.backoff = {"launch": Backoff(base, CLOUD_BACKOFF_MAX), "terminate": Backoff(base, CLOUD_BACKOFF_MAX)}
-        self.intent: Optional[tuple[str, int]] = None  # (token, count) of a launch of unknown outcome
-        self.joined: set[str] = set()
-        self._said_black_hole = 0.0
+        self.base = max(spec.check_every, 5.0)
+        self.backoff: dict[str, Backoff] = {}
+        self.intents: dict[str, tuple[str, int]] = {}  # type: (token, count) of a launch of unknown outcome
+        self._said_black_hole: dict[str, float] = {}
         # Why each lost worker was lost (its verdict's label), read once per worker; lost on a restart.
         self.lost_reasons: dict[str, str] = {}
 
     def read_verdict(self, iid: str) -> tuple[str, str]:
-        """(reason label, what the worker's console says) for a lost or ended worker."""
+        """(reason label, what the worker's console says) for a lost or ended worker. A backend may
+        offer `verdict(id)` (the final check's verdict on the console, None when there is none;
+        CloudError when the console cannot be read); without it every console is unreadable."""
         from ..clouds import verdict as verdicts
 
         read = getattr(self.backend, "verdict", None)
@@ -262,149 +204,126 @@ class Applier:
             outcome.lost[reason] = outcome.lost.get(reason, 0) + 1
             self.log.warning("lost worker %s (%s): %s", iid, reason, said)
 
-    def _cloud_error(self, op: str, err: Exception, now: float, outcome: Outcome) -> None:
-        delay = self.backoff[op].failed(now)
-        outcome.cloud_errors[op] = outcome.cloud_errors.get(op, 0) + 1
-        self.log.warning("cloud error (%s): %s; next %s attempt in %.0fs at the earliest", op, err, op, delay)
+    def memory(self) -> dict[str, Any]:
+        """What the next plan must know of this applier: launches to retry, calls to hold."""
+        return {planner.INTENTS: {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},
+                planner.BACKOFF: {key: b.until for key, b in self.backoff.items() if b.until}}
 
-    def apply(self, plan: dict[str, Any], snapshot: dict[str, Any], history: list[dict[str, Any]]) -> Outcome:
-        """Carry out PLAN (made from SNAPSHOT); HISTORY: the farm's instances, ended ones included."""
-        now = float(snapshot["now"])
+    def _timer(self, key: str) -> Backoff:
+        return self.backoff.setdefault(key, Backoff(self.base, CLOUD_BACKOFF_MAX))
+
+    def _cloud_error(self, op: str, key: str, err: Exception, now: float, outcome: Outcome) -> None:
+        delay = self._timer(key).failed(now)
+        outcome.cloud_errors[op] = outcome.cloud_errors.get(op, 0) + 1
+        self.log.warning("cloud error (%s): %s; next %s attempt in %.0fs at the earliest", op, err, key, delay)
+
+    def apply(self, plan: Plan, snapshot: dict[str, Any]) -> Outcome:
+        """Carry out PLAN (made from SNAPSHOT)."""
+        now = plan.now
         outcome = Outcome()
-        states = {i["id"]: i["state"] for i in plan["instances"]}
-        self.joined |= {iid for iid, st in states.items() if st in ("idle", "busy", "other", "draining", "drained")}
+        # Before anything is terminated: a lost worker's console is read while the cloud has it.
+        self.note_lost([iid for figures in plan.types.values() for iid in figures.black_hole.lost], outcome)
+        self._say_black_holes(plan, now, outcome)
+        for decision in plan.of(Action.HOLD):
+            blocked = decision.type is not None and decision.instance is None and plan.types[decision.type].black_hole.blocked
+            self.log.log(logging.ERROR if blocked else logging.WARNING, "hold: %s", decision.reason)
+        self._terminate(plan, now, outcome)
         slots_of: dict[str, list[dict[str, Any]]] = {}
         for slot in snapshot["slots"]:
-            owner = slot.get("VfarmInstanceId")
+            owner = slot.get(INSTANCE_ATTR)
             if isinstance(owner, str):
                 slots_of.setdefault(owner, []).append(slot)
-        reasons = {d.get("instance"): d["reason"] for d in plan["decisions"] if d.get("instance")}
-        # Before anything is terminated: a lost worker's console is read while the cloud has it.
-        self.note_lost(black_hole(history, states, self.joined, self.spec, now)["lost"], outcome)
-
-        # Terminate first: it frees quota for the launches below.
-        ends = {iid: ("lost" if states.get(iid) == "lost" else "drained") for iid in plan["terminate"]}
-        if ends:
-            for iid, end in ends.items():
-                self.log.info("terminate %s (%s): %s", iid, end, reasons.get(iid, ""))
-            if self.dry_run:
-                self.log.info("dry run: not terminating %s", " ".join(ends))
-            elif self.backoff["terminate"].blocked(now):
-                self.log.warning("terminate of %s postponed: cloud back-off until %.0fs from now", " ".join(ends), self.backoff["terminate"].until - now)
-            else:
-                try:
-                    self.backend.terminate(ends)
-                    self.backoff["terminate"].succeeded()
-                    outcome.terminated = list(ends)
-                    for inst in history:
-                        if inst.get("InstanceId") in ends:
-                            inst.setdefault("Tags", []).append({"Key": END_TAG, "Value": ends[inst["InstanceId"]]})
-                except CloudError as err:
-                    self._cloud_error("terminate", err, now, outcome)
-
-        for iid in plan["drain"]:
-            why = reasons.get(iid, "idle")
-            self.log.info("drain %s: %s", iid, why)
+        for decision in plan.of(Action.DRAIN):
+            iid = str(decision.instance)
+            self.log.info("drain %s: %s", iid, decision.reason)
             if self.dry_run:
                 continue
             try:
-                self.drainer.drain(iid, slots_of.get(iid, []), why)
+                self.drainer.drain(iid, slots_of.get(iid, []), decision.reason)
                 outcome.drained.append(iid)
             except DrainError as err:
                 outcome.drain_errors += 1
                 self.log.warning("drain of %s failed (tried again next cycle while it stays idle): %s", iid, err)
-
-        self._launch(plan, history, states, now, outcome)
+        self.intents = dict(plan.intents)
+        for decision in plan.of(Action.FORGET):
+            self.log.info("forget: %s", decision.reason)
+        for decision in plan.of(Action.LAUNCH):
+            self._launch(decision, now, outcome)
         return outcome
 
-    def _launch(self, plan: dict[str, Any], history: list[dict[str, Any]], states: dict[str, str], now: float, outcome: Outcome) -> None:
-        wanted = int(plan["launch"])
-        hole = black_hole(history, states, self.joined, self.spec, now)
-        outcome.black_hole = hole
-        seen: dict[str, int] = {}  # why the streak's workers were lost (their verdicts' labels)
-        for iid in hole["streak_ids"]:
-            reason = self.lost_reasons.get(iid, "unknown")
-            seen[reason] = seen.get(reason, 0) + 1
-        hole["reasons"] = seen
-        if hole["active"] and now - self._said_black_hole >= 60:
-            self._said_black_hole = now
-            self.log.error("BLACK HOLE: the last %d launched instance(s) were all lost (never joined the pool within "
-                           "boot-timeout; reasons seen: %s): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
-                           hole["streak"], ", ".join(f"{n}x {r}" for r, n in sorted(seen.items(), key=lambda x: (-x[1], x[0]))),
-                           hole["delay"], max(0.0, hole["until"] - now))
-        if wanted <= 0:
-            if self.intent is not None:
-                self.log.info("launch intent of %d worker(s) dropped: no longer wanted", self.intent[1])
-                self.intent = None
+    def _say_black_holes(self, plan: Plan, now: float, outcome: Outcome) -> None:
+        for name, figures in plan.types.items():
+            hole = figures.black_hole
+            if not hole.active:
+                continue
+            seen: dict[str, int] = {}  # why the streak's workers were lost (their verdicts' labels)
+            for iid in hole.streak_ids:
+                reason = self.lost_reasons.get(iid, "unknown")
+                seen[reason] = seen.get(reason, 0) + 1
+            outcome.black_hole_reasons[name] = seen
+            if now - self._said_black_hole.get(name, -BLACK_HOLE_LOG_EVERY) >= BLACK_HOLE_LOG_EVERY:
+                self._said_black_hole[name] = now
+                of_type = f" of type {name}" if self.spec.typed else ""
+                reasons = ", ".join(f"{n}x {r}" for r, n in sorted(seen.items(), key=lambda x: (-x[1], x[0])))
+                self.log.error("BLACK HOLE: the last %d launched instance(s)%s were all lost (never joined the pool within "
+                               "boot-timeout; reasons seen: %s): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
+                               hole.streak, of_type, reasons, hole.delay, max(0.0, hole.until - now))
+
+    def _terminate(self, plan: Plan, now: float, outcome: Outcome) -> None:
+        ends = {str(d.instance): END_OF[plan.worker(str(d.instance)).state] for d in plan.of(Action.TERMINATE)}
+        if not ends:
             return
-        reason = next((d["reason"] for d in plan["decisions"] if d["action"] == "launch"), "")
-        if hole["blocked"]:
-            self.log.error("launch %d: NOT launching, black hole back-off (%d lost in a row) for %.0fs more: %s",
-                           wanted, hole["streak"], hole["until"] - now, reason)
+        for decision in plan.of(Action.TERMINATE):
+            self.log.info("terminate %s (%s): %s", decision.instance, ends[str(decision.instance)], decision.reason)
+        if self.dry_run:
+            self.log.info("dry run: not terminating %s", " ".join(ends))
             return
-        if hole["probing"]:
-            if hole["in_flight"]:
-                self.log.warning("launch %d: held, a probe instance is still booting after a black hole", wanted)
-                return
-            wanted = 1
-            reason = f"probe after a black hole ({hole['streak']} lost in a row); " + reason
-        if self.backoff["launch"].blocked(now):
-            self.log.warning("launch %d: postponed, cloud back-off for %.0fs more: %s", wanted, self.backoff["launch"].until - now, reason)
-            return
-        if self.intent is not None and self.intent[1] <= wanted:
-            token, count = self.intent  # same call again: the cloud returns what a lost reply started
-        else:
-            token, count = client_token(self.spec.name, now, wanted), wanted
-        self.log.info("launch %d: %s", count, reason)
+        try:
+            self.backend.terminate(ends)
+            self._timer("terminate").succeeded()
+            outcome.terminated = list(ends)
+        except CloudError as err:
+            self._cloud_error("terminate", "terminate", err, now, outcome)
+
+    def _launch(self, decision: Decision, now: float, outcome: Outcome) -> None:
+        assert decision.type is not None and decision.token is not None
+        self.log.info("launch %d%s: %s", decision.count, f" of type {decision.type}" if self.spec.typed else "", decision.reason)
         if self.dry_run:
             self.log.info("dry run: not launching")
             return
-        self.intent = (token, count)
         try:
-            ids = self.backend.launch(count, token)
+            self._start(decision.type, decision.count, decision.token, now, outcome)
+        except CapacityError:
+            for option in decision.fallback:
+                self.log.info("launch %d of type %s instead (the cloud refused type %s for quota or capacity)", option.count, option.type,
+                              decision.type)
+                try:
+                    self._start(option.type, option.count, option.token, now, outcome)
+                    return
+                except CloudError:
+                    continue
+        except CloudError:
+            pass
+
+    def _start(self, type_name: str, count: int, token: str, now: float, outcome: Outcome) -> None:
+        """One launch call; on failure its back-off and, unless refused outright, its retry intent."""
+        key = planner.launch_key(type_name)
+        self.intents[type_name] = (token, count)
+        try:
+            ids = self.backend.launch(count, token, self.spec.worker_type(type_name))
+        except CapacityError as err:
+            del self.intents[type_name]  # refused: nothing started, nothing to retry with this token
+            self._cloud_error("launch", key, err, now, outcome)
+            raise
         except CloudError as err:
-            self._cloud_error("launch", err, now, outcome)
-            return
-        self.intent = None
-        self.backoff["launch"].succeeded()
-        outcome.launched = ids
+            self._cloud_error("launch", key, err, now, outcome)
+            raise
+        del self.intents[type_name]
+        self._timer(key).succeeded()
+        outcome.launched += ids
         self.log.info("launched %s (client token %s)", " ".join(ids), token)
 
 
-class Ec2Backend:
-    """The scaler's view of an EC2 cloud, through clouds/ec2.py."""
-
-    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
-        from ..clouds import ec2
-
-        self.spec = spec
-        self.userdata = userdata
-        self.cloud = cloud or ec2.cloud_from_section(spec.cloud)
-        self._ec2 = ec2
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except self._ec2.Ec2Error as err:
-            raise CloudError(str(err)) from None
-
-    def farm_instances(self) -> list[dict[str, Any]]:
-        from .discover import plain
-
-        found = self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name}, states=None)
-        return plain(found)
-
-    def launch(self, count: int, token: str) -> list[str]:
-        options = self._ec2.launch_options(self.spec.cloud)
-        options["tags"] = {**options["tags"], FARM_TAG: self.spec.name}
-        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, **options)
-        return [str(i["InstanceId"]) for i in started]
-
-    def terminate(self, ends: dict[str, str]) -> None:
-        for end in sorted(set(ends.values())):
-            self._call(self.cloud.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
-        self._call(self.cloud.terminate, list(ends))
-
-    def verdict(self, instance_id: str) -> Any:
-        """The final check's verdict on the instance's console output (GetConsoleOutput)."""
-        return self._call(self.cloud.verdict, instance_id)
+def launch_tags(spec: ScaleSpec, worker_type: WorkerType) -> dict[str, str]:
+    """The tags every launched worker carries."""
+    return {FARM_TAG: spec.name, **({TYPE_TAG: worker_type.name} if spec.typed else {})}

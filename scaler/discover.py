@@ -1,6 +1,6 @@
-"""Discover: one snapshot of the pool (htcondor2) and the cloud (EC2 helpers), in the shape the
-planner reads and `--save-snapshot` writes. A query that fails raises DiscoverError: it is never
-read as "nothing there" (no jobs, no workers, no instances).
+"""Discover: what the pool (htcondor2) holds, in the shape the planner reads and `--save-snapshot`
+writes (the cloud's side comes from the backend, scaler/backends.py). A query that fails raises
+DiscoverError: it is never read as "nothing there" (no jobs, no workers, no instances).
 """
 
 from __future__ import annotations
@@ -8,12 +8,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import time
 from collections.abc import Iterable
-from typing import Any, Callable, Optional
-
-from ..config.scale import ScaleSpec
-from .plan import FARM_TAG
+from typing import Any, Optional
 
 # Job states the planner looks at (idle, running); history and held jobs stay out of the snapshot.
 JOB_CONSTRAINT = "JobStatus == 1 || JobStatus == 2"
@@ -78,40 +74,3 @@ def plain(instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Instance dicts as the JSON DescribeInstances prints (datetimes as ISO 8601)."""
     data: list[dict[str, Any]] = json.loads(json.dumps(list(instances), default=_iso))
     return data
-
-
-def cloud_instances(spec: ScaleSpec) -> list[dict[str, Any]]:
-    """The farm's instances from the cloud API (tag vfarm:farm = name)."""
-    if spec.cloud.get("type") == "local":
-        from ..clouds import local_farm
-
-        try:
-            return plain(local_farm.LocalFarm.from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}))
-        except local_farm.LocalFarmError as err:
-            raise DiscoverError(f"cloud: {err}") from None
-    if spec.cloud.get("type") == "openstack":
-        from ..clouds import openstack
-
-        try:
-            return plain(openstack.cloud_from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}, states=("pending", "running")))
-        except openstack.OpenStackError as err:
-            raise DiscoverError(f"cloud: {err}") from None
-    if spec.cloud.get("type") != "ec2":
-        raise DiscoverError(f"cloud type {spec.cloud.get('type')!r}: live cycles need cloud type ec2, openstack or local")
-    from ..clouds import ec2
-
-    try:
-        return plain(ec2.cloud_from_section(spec.cloud).instances(tag_filters={FARM_TAG: spec.name}))
-    except ec2.Ec2Error as err:
-        raise DiscoverError(f"cloud: {err}") from None
-
-
-def snapshot(spec: ScaleSpec, token_dir: Optional[str] = None, clock: Callable[[], float] = time.time,
-             instances: Optional[Callable[[ScaleSpec], list[dict[str, Any]]]] = None) -> dict[str, Any]:
-    """One whole snapshot: `{"now", "jobs", "slots", "instances", "collector"}`."""
-    if not spec.collector:
-        raise DiscoverError("the scale section has no pool.collector: live cycles need one")
-    now = clock()
-    pool = pool_snapshot(spec.collector, spec.pool.get("schedd"), token_dir)
-    found = (instances or cloud_instances)(spec)
-    return {"now": now, "jobs": pool["jobs"], "slots": pool["slots"], "instances": found, "collector": pool["collector"]}

@@ -22,12 +22,11 @@ from typing import Any, Callable, Optional
 from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
-from .apply import Applier, Backend, CloudError, Drainer
+from .apply import Applier, Backend, CloudError, Drainer, Outcome
+from .model import END_TAG, ENDED, INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
 
-STOPPED_STATES = ("stopping", "stopped")
-ENDED_STATES = ("shutting-down", "terminated")
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
-VERDICT_STATES = ("lost", *STOPPED_STATES, *ENDED_STATES)
+VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
 
 
 class Metrics:
@@ -89,14 +88,17 @@ class Scaler:
         self.clock = clock
         self.metrics = metrics
         self.applier = Applier(spec, backend, drainer, logger, dry_run=dry_run)
-        self.history: list[dict[str, Any]] = []
         # Since when each worker has been seen idle in every cycle: planner.OBSERVED.
         self.observed_idle_since: dict[str, float] = {}
+        # Farm instances seen in the pool (live or ended): the black hole's "joined".
+        self.joined: list[str] = []
+        self.outcome: Optional[Outcome] = None  # what the last cycle's apply did
         self._pool = pool
 
     # --- discover -----------------------------------------------------------------------------
     def discover(self) -> dict[str, Any]:
-        """One snapshot; raises DiscoverError (pool or cloud) without changing anything."""
+        """One snapshot: the pool, and every farm instance the cloud lists (ended ones too: the
+        black hole's history). Raises DiscoverError (pool or cloud) without changing anything."""
         if self._pool is not None:  # tests: a pool that answers from memory
             now = self.clock()
             pool = self._pool()
@@ -106,58 +108,59 @@ class Scaler:
             now = self.clock()
             pool = discover.pool_snapshot(self.spec.collector, self.spec.pool.get("schedd"), self.token_dir)
         try:
-            self.history = self.backend.farm_instances()
+            instances = self.backend.farm_instances()
         except CloudError as err:
             if self.metrics:
                 self.metrics.cloud_errors.labels(self.spec.name, "discover").inc()
             raise discover.DiscoverError(f"cloud: {err}") from None
-        live = [i for i in self.history if (i.get("State") or {}).get("Name") not in ("terminated", "shutting-down")]
-        return {"now": now, "jobs": pool["jobs"], "slots": pool["slots"], "instances": live, "collector": pool.get("collector")}
+        return {"now": now, "jobs": pool["jobs"], "slots": pool["slots"], "instances": instances, "collector": pool.get("collector")}
+
+    def memory(self) -> dict[str, Any]:
+        """What this scaler remembers for the next plan (in memory only: a restart starts afresh)."""
+        return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined), **self.applier.memory()}
 
     # --- one cycle -----------------------------------------------------------------------------
-    def cycle(self) -> Optional[dict[str, Any]]:
-        """Discover, plan, apply, record. The plan, or None when the cycle was skipped."""
+    def cycle(self, save: Optional[Callable[[dict[str, Any]], None]] = None, strict: bool = False) -> Optional[Plan]:
+        """Discover, plan, apply, record. The plan, or None when the cycle was skipped.
+        SAVE: called with the snapshot planned from; STRICT: raise what skips the cycle (after
+        counting it) instead of logging it: `--once` reports it as its error."""
         observed, self.observed_idle_since = self.observed_idle_since, {}  # kept only if this cycle sees
         try:
             snapshot = self.discover()
-        except discover.DiscoverError as err:
-            self.log.warning("cycle skipped, nothing changed: %s", err)
-            if self.metrics:
-                self.metrics.cycles.labels(self.spec.name, "skipped").inc()
-            return None
-        snapshot[planner.OBSERVED] = observed
-        try:
+            snapshot.update({**self.memory(), planner.OBSERVED: observed})
+            if save is not None:
+                save(snapshot)
             result = planner.plan(snapshot, self.spec)
-        except planner.SnapshotError as err:  # live ads outside what the planner can read: decide nothing
-            self.log.warning("cycle skipped, nothing changed: what the pool or cloud answered cannot be planned from: %s", err)
+        except (discover.DiscoverError, planner.SnapshotError) as err:
             if self.metrics:
                 self.metrics.cycles.labels(self.spec.name, "skipped").inc()
+            if strict:
+                raise
+            if isinstance(err, planner.SnapshotError):  # live ads outside what the planner can read: decide nothing
+                self.log.warning("cycle skipped, nothing changed: what the pool or cloud answered cannot be planned from: %s", err)
+            else:
+                self.log.warning("cycle skipped, nothing changed: %s", err)
             return None
-        self.observed_idle_since = dict(result[planner.OBSERVED])
-        for warning in result["warnings"]:
+        self.observed_idle_since = dict(result.observed_idle_since)
+        self.joined = list(result.joined)
+        for warning in result.warnings:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",
-                      result["waiting"], result["demand"], result["supply"], result["active"],
-                      ", ".join(f"{n} {s}" for s, n in result["states"].items() if n) or "no instance")
-        for decision in result["decisions"]:
-            if decision["action"] == "hold":
-                self.log.info("hold: %s", decision["reason"])
-        outcome = self.applier.apply(result, snapshot, self.history)
-        result["applied"] = {"launched": outcome.launched, "drained": outcome.drained, "terminated": outcome.terminated,
-                             "cloud_errors": outcome.cloud_errors, "drain_errors": outcome.drain_errors,
-                             "black_hole": outcome.black_hole, "lost": outcome.lost, "dry_run": self.applier.dry_run}
-        self.record(result, outcome)
+                      result.waiting, result.demand, result.supply, result.active,
+                      ", ".join(f"{n} {s}" for s, n in result.states.items() if n) or "no instance")
+        self.outcome = self.applier.apply(result, snapshot)
+        self.record(result, self.outcome)
         return result
 
-    def record(self, result: dict[str, Any], outcome: Any) -> None:
+    def record(self, result: Plan, outcome: Outcome) -> None:
         m, farm = self.metrics, self.spec.name
         if m is None:
             return
-        m.waiting.labels(farm).set(result["waiting"])
-        m.demand.labels(farm).set(result["demand"])
-        m.supply.labels(farm).set(result["supply"])
-        m.active.labels(farm).set(result["active"])
-        for state, count in result["states"].items():
+        m.waiting.labels(farm).set(result.waiting)
+        m.demand.labels(farm).set(result.demand)
+        m.supply.labels(farm).set(result.supply)
+        m.active.labels(farm).set(result.active)
+        for state, count in result.states.items():
             m.instances.labels(farm, state).set(count)
         m.launches.labels(farm).inc(len(outcome.launched))
         m.drains.labels(farm).inc(len(outcome.drained))
@@ -167,7 +170,7 @@ class Scaler:
         m.drain_errors.labels(farm).inc(outcome.drain_errors)
         for reason, count in outcome.lost.items():
             m.lost.labels(farm, reason).inc(count)
-        m.black_hole.labels(farm).set(1 if outcome.black_hole.get("blocked") else 0)
+        m.black_hole.labels(farm).set(1 if any(f.black_hole.blocked for f in result.types.values()) else 0)
         m.cycles.labels(farm, "applied").inc()
         m.last_cycle.labels(farm).set(self.clock())
 
@@ -192,42 +195,43 @@ class Scaler:
         return done
 
 
-def status_rows(result: dict[str, Any], snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
-    """The farm as operators want to see it: instance, state, age, slots, running jobs."""
+def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
+    """The farm as operators want to see it: instance, type, state, age, slots, running jobs.
+    SNAPSHOT as Scaler.discover() makes it: only the farm's instances, stopped ones included."""
     slot_owner: dict[str, str] = {}
     for slot in snapshot["slots"]:
-        if isinstance(slot.get("VfarmInstanceId"), str) and isinstance(slot.get("Name"), str):
-            slot_owner[slot["Name"]] = slot["VfarmInstanceId"]
+        if isinstance(slot.get(INSTANCE_ATTR), str) and isinstance(slot.get("Name"), str):
+            slot_owner[slot["Name"]] = slot[INSTANCE_ATTR]
     jobs: dict[str, int] = {}
     for job in snapshot["jobs"]:
         owner = slot_owner.get(str(job.get("RemoteHost", "")))
         if job.get("JobStatus") == 2 and owner:
             jobs[owner] = jobs.get(owner, 0) + 1
-    rows = [{"instance": i["id"], "state": i["state"], "age": i["age"], "slots": i["slots"], "jobs": jobs.get(i["id"], 0),
-             "reason": i["reason"]} for i in result["instances"]]
+    rows = [{"instance": w.id, "type": w.type, "state": w.state.value, "age": w.age, "slots": w.slots, "jobs": jobs.get(w.id, 0),
+             "reason": w.reason} for w in result.instances]
     now = float(snapshot["now"])
     for inst in snapshot["instances"]:
-        state = (inst.get("State") or {}).get("Name")
-        if state in STOPPED_STATES and planner.farm_instances([{**inst, "State": {"Name": "running"}}], spec.name):
+        state = cloud_state(inst)
+        if state in STOPPED:  # the backend lists the farm's instances only
             launched = planner.epoch(inst.get("LaunchTime"))
-            rows.append({"instance": inst["InstanceId"], "state": state, "age": now - launched if launched is not None else None,
+            rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
+                         "age": now - launched if launched is not None else None,
                          "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)"})
     return rows
 
 
-def ended_rows(history: list[dict[str, Any]], now: float, spec: ScaleSpec) -> list[dict[str, Any]]:
+def ended_rows(snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
     """Farm instances that ended (terminated, shutting down) and the cloud still lists, with how
     they ended: the scaler's `vfarm:end` tag, or none (the instance powered itself off)."""
-    from .apply import END_TAG
-
+    now = float(snapshot["now"])
     rows = []
-    for inst in history:
-        state = (inst.get("State") or {}).get("Name")
-        if state not in ENDED_STATES or not planner.farm_instances([{**inst, "State": {"Name": "running"}}], spec.name):
+    for inst in snapshot["instances"]:
+        state = cloud_state(inst)
+        if state not in ENDED:  # the backend lists the farm's instances only
             continue
-        end = next((t.get("Value") for t in inst.get("Tags") or [] if isinstance(t, dict) and t.get("Key") == END_TAG), None)
+        end = tag(inst, END_TAG)
         launched = planner.epoch(inst.get("LaunchTime"))
         why = f"ended by the scaler ({END_TAG}={end})" if end else "ended without the scaler: it powered itself off, or someone terminated it"
-        rows.append({"instance": inst["InstanceId"], "state": state, "age": now - launched if launched is not None else None,
-                     "slots": 0, "jobs": 0, "reason": why})
+        rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
+                     "age": now - launched if launched is not None else None, "slots": 0, "jobs": 0, "reason": why})
     return rows

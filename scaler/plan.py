@@ -32,20 +32,49 @@ its end arrives (within UPDATE_INTERVAL), NumDynamicSlotsTime shows that end.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import hashlib
 import math
 from typing import Any, Optional, Union
 
-from ..config.scale import ScaleSpec
+from ..config.scale import ScaleSpec, WorkerType
+from . import fit
+from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
+    ACTIVE,
+    END_OF,
+    END_TAG,
+    FARM_TAG,
+    INSTANCE_ATTR,
+    JOINED,
+    LIVE,
+    TYPE_TAG,
+    Action,
+    BlackHole,
+    Decision,
+    LaunchOption,
+    Plan,
+    TypeFigures,
+    Unfit,
+    Worker,
+    WorkerState,
+    cloud_state,
+    tag,
+)
 
-FARM_TAG = "vfarm:farm"
-INSTANCE_ATTR = "VfarmInstanceId"
-LIVE_STATES = ("pending", "running")
 # Instance states, in the order the status table lists them.
-STATES = ("booting", "lost", "idle", "busy", "other", "draining", "drained")
+STATES = tuple(state.value for state in WorkerState)
 REQUIRED = ("now", "jobs", "slots", "instances")
+# What the scaler remembers from cycle to cycle (in memory only), fed back with each snapshot.
 OBSERVED = "observed_idle_since"
+JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
+INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
+BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate": epoch seconds}: no such call before then
 RUNNING = 2  # JobStatus of a running job
+IDLE_JOB = 1
+BLACK_HOLE_LOSSES = 3
+BLACK_HOLE_FIRST = 300.0
+BLACK_HOLE_MAX = 3600.0
 
 Number = Union[int, float]
 
@@ -56,8 +85,8 @@ class SnapshotError(ValueError):
 
 # The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
 NUMBER_FIELDS = {
-    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),
-    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime"),
+    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),  # RequestMemory and RequestGPUs: checked by fit.rank
+    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs"),
     "instances": ("LaunchTime",),
     "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
 }
@@ -72,8 +101,13 @@ def _shown(value: Any) -> str:
 def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = ad.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
-            raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
+        kind = value.__class__
+        if kind is int or kind is float:
+            if -NUMBER_LIMIT <= value <= NUMBER_LIMIT:  # type: ignore[operator]  # false for NaN and the infinities too
+                continue
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
+            continue
+        raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
 
 
 def check_snapshot(data: Any) -> dict[str, Any]:
@@ -107,6 +141,7 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         for iid, since in observed.items():
             if not _is_number(since) or abs(since) > NUMBER_LIMIT:
                 raise SnapshotError(f"'{OBSERVED}.{iid}' must be epoch seconds (a number), got {_shown(since)}")
+    _check_memory(data)
     collector = data.get("collector")
     if collector is not None and not isinstance(collector, (dict, list)):
         raise SnapshotError(f"'collector' must be an ad or a list of ads, got {type(collector).__name__}")
@@ -115,6 +150,28 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         if isinstance(ad, dict):
             _check_numbers(ad, f"collector[{i}]" if isinstance(collector, list) else "collector", NUMBER_FIELDS["collector"])
     return data
+
+
+def _check_memory(data: dict[str, Any]) -> None:
+    """The scaler's memory a snapshot may carry besides observed_idle_since."""
+    joined = data.get(JOINED_KEY)
+    if joined is not None and not (isinstance(joined, list) and all(isinstance(i, str) for i in joined)):
+        raise SnapshotError(f"'{JOINED_KEY}' must be a list of instance ids")
+    intents = data.get(INTENTS)
+    if intents is not None:
+        if not isinstance(intents, dict):
+            raise SnapshotError(f"'{INTENTS}' must be an object of type: {{token, count}}, got {type(intents).__name__}")
+        for name, intent in intents.items():
+            if not (isinstance(intent, dict) and isinstance(intent.get("token"), str) and isinstance(intent.get("count"), int)
+                    and not isinstance(intent.get("count"), bool) and 0 < intent["count"] <= NUMBER_LIMIT):
+                raise SnapshotError(f"'{INTENTS}.{name}' must be {{\"token\": TEXT, \"count\": a positive integer}}")
+    backoff = data.get(BACKOFF)
+    if backoff is not None:
+        if not isinstance(backoff, dict):
+            raise SnapshotError(f"'{BACKOFF}' must be an object of operation: epoch seconds, got {type(backoff).__name__}")
+        for key, until in backoff.items():
+            if not _is_number(until) or abs(until) > NUMBER_LIMIT:
+                raise SnapshotError(f"'{BACKOFF}.{key}' must be epoch seconds (a number), got {_shown(until)}")
 
 
 def _is_number(value: Any) -> bool:
@@ -142,22 +199,9 @@ def epoch(value: Any) -> Optional[float]:
     return moment.timestamp()
 
 
-def _tag(instance: dict[str, Any], key: str) -> Optional[str]:
-    for tag in instance.get("Tags") or []:
-        if isinstance(tag, dict) and tag.get("Key") == key:
-            value = tag.get("Value")
-            return str(value) if value is not None else None
-    return None
-
-
-def _state_name(instance: dict[str, Any]) -> str:
-    state = instance.get("State")
-    return str(state.get("Name", "")) if isinstance(state, dict) else str(state or "")
-
-
 def farm_instances(instances: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     """The instances of farm NAME that are pending or running; every other one is ignored."""
-    return [i for i in instances if _tag(i, FARM_TAG) == name and _state_name(i) in LIVE_STATES]
+    return [i for i in instances if tag(i, FARM_TAG) == name and cloud_state(i) in LIVE]
 
 
 def _number(value: Any, default: Number) -> Number:
@@ -203,36 +247,39 @@ def running_on(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
 
 
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
-             running: int = 0, observed_since: Optional[float] = None) -> dict[str, Any]:
+             running: int = 0, observed_since: Optional[float] = None) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
     (None: not before now)."""
-    iid = instance["InstanceId"]
+    iid = str(instance["InstanceId"])
     launched = epoch(instance.get("LaunchTime"))
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
     claimed = sum(1 for s in states if s == "Claimed")
-    info: dict[str, Any] = {"id": iid, "age": age, "slots": len(slots), "claimed": claimed, "idle_since": None,
-                            "seen_idle_since": None}
+    kind = spec.worker_type(tag(instance, TYPE_TAG)).name
+
+    def worker(state: WorkerState, reason: str, idle_since: Optional[float] = None, seen: Optional[float] = None) -> Worker:
+        return Worker(iid, kind, state, reason, age, len(slots), claimed, idle_since, seen)
+
     if not slots:
         if age is None:
             # No launch time: it cannot be shown to be late, so it is not declared lost.
-            return {**info, "state": "booting", "reason": "not in the pool yet; launch time unknown"}
+            return worker(WorkerState.BOOTING, "not in the pool yet; launch time unknown")
         if age >= spec.boot_timeout:
             if collector_young:
                 why = f"not in the pool after {age:.0f}s, but the collector restarted less than {spec.boot_timeout:.0f}s ago"
-                return {**info, "state": "booting", "reason": why}
-            return {**info, "state": "lost", "reason": f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)"}
-        return {**info, "state": "booting", "reason": f"launched {age:.0f}s ago, not in the pool yet"}
+                return worker(WorkerState.BOOTING, why)
+            return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
+        return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
     if "Drained" in states:
         if all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots):
-            return {**info, "state": "drained", "reason": "every slot drained and idle"}
-        return {**info, "state": "draining", "reason": f"draining, {claimed} slot(s) still claimed" if claimed else "draining"}
+            return worker(WorkerState.DRAINED, "every slot drained and idle")
+        return worker(WorkerState.DRAINING, f"draining, {claimed} slot(s) still claimed" if claimed else "draining")
     if claimed:
-        return {**info, "state": "busy", "reason": f"{claimed} of {len(slots)} slot(s) claimed"}
+        return worker(WorkerState.BUSY, f"{claimed} of {len(slots)} slot(s) claimed")
     if running:
         # The slot ads lag (UPDATE_INTERVAL); the schedd knows its running jobs now.
-        return {**info, "state": "busy", "reason": f"{running} job(s) running there by the schedd, whatever its slot ads say"}
+        return worker(WorkerState.BUSY, f"{running} job(s) running there by the schedd, whatever its slot ads say")
     if all(s == "Unclaimed" for s in states):
         entered = [float(s["EnteredCurrentState"]) for s in slots if _is_number(s.get("EnteredCurrentState"))]
         # Without the attribute the idle time is unknown: count it from now (never drained early).
@@ -247,12 +294,88 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
         seen = min(now, observed_since) if observed_since is not None else now
         since = max(by_ads, seen)
         why = f"every slot unclaimed for {now - by_ads:.0f}s by its ads, seen idle in every cycle for {now - seen:.0f}s"
-        return {**info, "state": "idle", "idle_since": since, "seen_idle_since": seen, "reason": why}
+        return worker(WorkerState.IDLE, why, since, seen)
     odd = sorted({str(s) for s in states if s != "Unclaimed"})
-    return {**info, "state": "other", "reason": f"slot state(s) {', '.join(odd)}: neither idle nor busy"}
+    return worker(WorkerState.OTHER, f"slot state(s) {', '.join(odd)}: neither idle nor busy")
 
 
-def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> dict[str, Any]:
+def client_token(name: str, first_attempt: float, count: int) -> str:
+    """EC2's idempotency token (at most 64 ASCII characters) for one launch intent."""
+    digest = hashlib.sha256(f"{name}\0{first_attempt:.6f}\0{count}".encode()).hexdigest()[:40]
+    return f"vfarm-{digest}"
+
+
+def launch_key(type_name: str) -> str:
+    """The back-off key of launches of one type."""
+    return f"launch:{type_name}"
+
+
+def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
+                now: float) -> dict[str, BlackHole]:
+    """The black-hole state of each type, from the farm's instances (ended ones included).
+
+    Fate of a launch, newest first: joined (has been in the pool: known joined, or ended with
+    `vfarm:end=drained`, or joined now), lost (`vfarm:end=lost`, lost now, or ended before ever
+    joining without a tag of ours: it powered itself off, e.g. a failed final check), or undecided
+    (still booting). When the newest BLACK_HOLE_LOSSES decided launches of a type were all lost,
+    its launches stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX,
+    counted from when the newest became lost (LaunchTime + boot-timeout); after that, one probe at
+    a time until one joins."""
+    fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.types}
+    for inst in instances:
+        tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
+        if tags.get(FARM_TAG) != spec.name:
+            continue
+        launched = epoch(inst.get("LaunchTime"))
+        if launched is None:
+            continue
+        iid = str(inst.get("InstanceId"))
+        end = tags.get(END_TAG)
+        current = workers.get(iid)
+        state = current.state if current is not None else None
+        if iid in joined or end == END_OF[WorkerState.DRAINED] or state in JOINED:
+            fate = "joined"
+        elif end == END_OF[WorkerState.LOST] or state is WorkerState.LOST:
+            fate = "lost"
+        elif cloud_state(inst) in LIVE:
+            fate = "booting"
+        else:
+            fate = "lost"  # ended without our tag, never seen in the pool
+        kind = tags.get(TYPE_TAG)
+        fates[spec.worker_type(str(kind) if kind is not None else None).name].append((launched, iid, fate))
+    holes = {}
+    for name, history in fates.items():
+        history.sort(reverse=True)
+        lost = [iid for _launched, iid, fate in history if fate == "lost"]
+        streak, in_flight = 0, 0
+        newest_lost: Optional[float] = None
+        for launched, _iid, fate in history:
+            if fate == "booting":
+                in_flight += 1
+                continue
+            if fate != "lost":
+                break
+            streak += 1
+            if newest_lost is None:
+                newest_lost = launched + spec.boot_timeout
+        streak_ids = [iid for _launched, iid, fate in history if fate != "booting"][:streak]
+        if streak < BLACK_HOLE_LOSSES:
+            holes[name] = BlackHole(streak=streak, in_flight=in_flight, lost=lost, streak_ids=streak_ids)
+            continue
+        delay = min(BLACK_HOLE_MAX, BLACK_HOLE_FIRST * 2 ** (streak - BLACK_HOLE_LOSSES))
+        until = (newest_lost if newest_lost is not None else now) + delay
+        holes[name] = BlackHole(streak, delay, until, in_flight, active=True, blocked=now < until, probing=now >= until, lost=lost,
+                                streak_ids=streak_ids)
+    return holes
+
+
+def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
+    free = [s for s in slots if s.get("State") == "Unclaimed"]
+    return fit.Resources(sum(int(_number(s.get("Cpus"), 0)) for s in free), sum(int(_number(s.get("Memory"), 0)) for s in free),
+                         sum(int(_number(s.get("GPUs"), 0)) for s in free))
+
+
+def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     """The decisions for one snapshot (see the module's doc). Pure: reads nothing else."""
     snapshot = check_snapshot(snapshot)
     now = float(snapshot["now"])
@@ -270,95 +393,174 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> dict[str, Any]:
     farm = sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"]))
     running = running_by_startd(snapshot["jobs"])
     observed = snapshot.get(OBSERVED) or {}
-    instances = []
+    instances: list[Worker] = []
     for inst in farm:
         slots = by_instance.get(inst["InstanceId"], [])
         seen = observed.get(inst["InstanceId"])
         instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, running) if slots else 0,
                                   float(seen) if seen is not None else None))
+    workers = {w.id: w for w in instances}
+    known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
+    joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
+    holes = black_holes(snapshot["instances"], workers, joined, spec, now)
+    backoff: dict[str, float] = {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()}
 
-    # Waiting jobs: idle long enough, and small enough to ever run on one worker.
+    figures = {t.name: TypeFigures(t.name, black_hole=holes[t.name], launch_backoff_until=backoff.get(launch_key(t.name), 0.0))
+               for t in spec.types}
+    supply = {t.name: fit.Resources() for t in spec.types}
+    for w in instances:
+        if w.state not in ACTIVE:
+            continue
+        figures[w.type].active += 1
+        if w.state is WorkerState.BOOTING:
+            supply[w.type] = supply[w.type] + fit.capacity(spec.worker_type(w.type))
+        else:
+            supply[w.type] = supply[w.type] + _slot_supply(by_instance.get(w.id, []))
+    for name, free in supply.items():
+        figures[name].supply = free.cpus
+    active = sum(f.active for f in figures.values())
+
+    # Waiting jobs: idle long enough; each goes to the type that holds it with the least waste.
     waiting: list[dict[str, Any]] = []
-    too_big = 0
-    demand = 0
-    for job in snapshot["jobs"]:
-        if job.get("JobStatus") != 1:
+    places: list[int] = []
+    for place, job in enumerate(snapshot["jobs"]):
+        if job.get("JobStatus") != IDLE_JOB:
             continue
         since = job.get("EnteredCurrentStatus") if _is_number(job.get("EnteredCurrentStatus")) else job.get("QDate")
-        if not _is_number(since) or now - float(since) < spec.waiting_time:
-            continue
-        cpus = _number(job.get("RequestCpus"), 1)
-        if cpus > spec.cpus_per_vm:
-            too_big += 1
-            continue
-        waiting.append(job)
-        demand += int(math.ceil(cpus))
-    if too_big:
-        warnings.append(f"{too_big} idle job(s) ask for more than cpus-per-vm ({spec.cpus_per_vm}) CPUs: no worker can ever run them, they are no demand")
-
-    supply = 0
-    for info in instances:
-        if info["state"] == "booting":
-            supply += spec.cpus_per_vm
-        elif info["state"] not in ("lost", "draining", "drained"):
-            for slot in by_instance.get(info["id"], []):
-                if slot.get("State") == "Unclaimed":
-                    supply += int(_number(slot.get("Cpus"), 0))
-    active = sum(1 for i in instances if i["state"] not in ("lost", "draining", "drained"))
-    count = len(waiting)
+        if _is_number(since) and now - float(since) >= spec.waiting_time:
+            waiting.append(job)
+            places.append(place)
+    try:
+        fitted = fit.rank(waiting, spec.types, places=places, requirements=spec.typed)
+    except fit.RequestError as err:
+        raise SnapshotError(str(err)) from None
+    unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]
+    for u in unfit:
+        warnings.append(f"{len(u.jobs)} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
+    count = fitted.count
     over_threshold = count > spec.waiting_jobs_threshold
 
-    decisions: list[dict[str, Any]] = []
+    # How many of each type may start this cycle (max-vms, each type's max, black hole, back-off).
+    room_left = max(0, spec.max_vms - active)
+    allowed: dict[str, int] = {}
+    held: dict[str, str] = {}
+    for t in spec.types:
+        f = figures[t.name]
+        room = t.max - f.active if t.max is not None else spec.max_vms
+        limit = max(0, min(room, spec.max_vms - active))
+        hole = f.black_hole
+        if hole.blocked:
+            limit, held[t.name] = 0, (f"NOT launching, black hole back-off ({hole.streak} lost in a row) for {hole.until - now:.0f}s more")
+        elif hole.probing:
+            if hole.in_flight:
+                limit, held[t.name] = 0, f"a probe worker is still booting after a black hole ({hole.streak} lost in a row)"
+            else:
+                limit = min(limit, 1)
+        if now < f.launch_backoff_until:
+            limit, held[t.name] = 0, f"launch postponed, cloud back-off for {f.launch_backoff_until - now:.0f}s more after a failed launch"
+        allowed[t.name] = limit
+    assigned = fit.assign(fitted, spec.types, supply, allowed, room_left)
+    if fitted.unevaluated:
+        warnings.append("jobs' Requirements not evaluated: HTCondor's ClassAd library (the htcondor package) is missing")
+    for name, fig in figures.items():
+        fig.waiting, fig.demand, fig.wanted = assigned.waiting[name], assigned.demand[name], assigned.wanted[name] if over_threshold else 0
+    demand = sum(f.demand for f in figures.values())
+    total_supply = sum(f.supply for f in figures.values())
 
-    # Launch.
-    wanted = math.ceil((demand - supply) / spec.cpus_per_vm) if over_threshold and demand > supply else 0
-    launch = max(0, min(max(wanted, spec.min_vms - active), spec.max_vms - active))
-    if launch:
-        if wanted >= launch:
-            why = f"{count} waiting job(s) need {demand} CPU(s), {supply} free or booting: {wanted} more worker(s) of {spec.cpus_per_vm} CPUs"
-            if wanted > launch:
-                why += f", capped at max-vms {spec.max_vms} ({active} active)"
-        else:
+    decisions: list[Decision] = []
+    launches = {name: (n if over_threshold else 0) for name, n in assigned.launch.items()}
+    # min-vms: workers of the first types that may start, on top of what the queue needs.
+    short = spec.min_vms - active - sum(launches.values())
+    min_only: set[str] = set()
+    for t in spec.types:
+        extra = min(short, allowed[t.name] - launches[t.name], room_left - sum(launches.values()))
+        if extra > 0:
+            min_only |= {t.name} if launches[t.name] == 0 else set()
+            launches[t.name] += extra
+            short -= extra
+
+    intents = {name: (str(i["token"]), int(i["count"])) for name, i in (snapshot.get(INTENTS) or {}).items()}
+    kept: dict[str, tuple[str, int]] = {}
+    for t in spec.types:
+        f, n = figures[t.name], launches[t.name]
+        intent = intents.get(t.name)
+        of_type = f" of type {t.name}" if spec.typed else ""
+        if n <= 0:
+            if f.wanted > 0:
+                reached = (f"max {t.max}{of_type} reached ({f.active} active)" if t.max is not None and f.active >= t.max
+                           else f"max-vms {spec.max_vms} reached ({active} active)")
+                decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {held.get(t.name, reached)}", type=t.name))
+                if intent is not None:
+                    kept[t.name] = intent  # still wanted: retried with its token once allowed
+            elif intent is not None:
+                decisions.append(Decision(Action.FORGET, f"launch of {intent[1]} worker(s){of_type} of unknown outcome no longer wanted",
+                                          type=t.name, count=intent[1], token=intent[0]))
+            continue
+        if t.name in min_only:
             why = f"min-vms is {spec.min_vms}, {active} active"
-        decisions.append({"action": "launch", "count": launch, "reason": why})
-    elif wanted > 0:
-        decisions.append({"action": "hold", "count": 0, "reason": f"{wanted} more worker(s) wanted but max-vms {spec.max_vms} reached ({active} active)"})
+        else:
+            why = f"{f.waiting} waiting job(s) need {f.demand} CPU(s), {f.supply} free or booting: {f.wanted} more worker(s) of {t.cpus} CPUs"
+            why = f"type {t.name}: {why}" if spec.typed else why
+            if f.wanted > n and not f.black_hole.probing:
+                why += f", capped at max-vms {spec.max_vms} ({active} active)" if t.max is None or f.active + n < t.max else f", capped at max {t.max}"
+        if f.black_hole.probing:
+            why = f"probe after a black hole ({f.black_hole.streak} lost in a row); " + why
+        if intent is not None and intent[1] <= n:
+            token, n = intent[0], intent[1]  # the same call again: the cloud hands back what a lost reply started
+            why += "; the same token as a launch of unknown outcome"
+        else:
+            token = client_token(_token_name(spec, t), now, n)
+        decisions.append(Decision(Action.LAUNCH, why, type=t.name, count=n, token=token,
+                                  fallback=_fallback(fitted, spec, supply, allowed, room_left, launches, t, now) if over_threshold else ()))
 
     # Drain: only while the queue is quiet; the longest idle first, never below min-vms.
-    drain: list[str] = []
     if not over_threshold:
-        candidates = [i for i in instances if i["state"] == "idle" and now - i["idle_since"] >= spec.idle_time]
-        candidates.sort(key=lambda i: (i["idle_since"], i["id"]))
+        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time]
+        candidates.sort(key=lambda w: (w.idle_since, w.id))
         room = max(0, active - spec.min_vms)
-        for info in candidates[:room]:
-            drain.append(info["id"])
-            why = f"idle for {now - info['idle_since']:.0f}s (idle-time {spec.idle_time:.0f}s)"
-            decisions.append({"action": "drain", "instance": info["id"], "reason": why})
-        for info in candidates[room:]:
-            info["reason"] += f"; kept for min-vms {spec.min_vms}"
+        for w in candidates[:room]:
+            assert w.idle_since is not None
+            decisions.append(Decision(Action.DRAIN, f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)", instance=w.id,
+                                      type=w.type))
+        for w in candidates[room:]:
+            w.reason += f"; kept for min-vms {spec.min_vms}"
 
     # Terminate: lost and drained instances, never one holding a claim.
-    terminate: list[str] = []
-    for info in instances:
-        if info["state"] in ("lost", "drained") and info["claimed"] == 0:
-            terminate.append(info["id"])
-            decisions.append({"action": "terminate", "instance": info["id"], "reason": info["reason"]})
+    terminate_backoff = backoff.get("terminate", 0.0)
+    for w in instances:
+        if w.state in END_OF and w.claimed == 0:
+            if now < terminate_backoff:
+                decisions.append(Decision(Action.HOLD, f"terminate postponed: cloud back-off for {terminate_backoff - now:.0f}s more; {w.reason}",
+                                          instance=w.id, type=w.type))
+            else:
+                decisions.append(Decision(Action.TERMINATE, w.reason, instance=w.id, type=w.type))
 
-    by_state = {state: sum(1 for i in instances if i["state"] == state) for state in STATES}
-    return {
-        "now": now,
-        "launch": launch,
-        "drain": drain,
-        "terminate": terminate,
-        "waiting": count,
-        "demand": demand,
-        "supply": supply,
-        "active": active,
-        "states": by_state,
-        "collector_started": started,
-        "decisions": decisions,
-        "instances": instances,
-        "warnings": warnings,
+    counted = collections.Counter(w.state for w in instances)
+    by_state = {state.value: counted[state] for state in WorkerState}
+    return Plan(
+        now=now, decisions=decisions, instances=instances, waiting=count, demand=demand, supply=total_supply, active=active,
+        states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
-        OBSERVED: {i["id"]: i["seen_idle_since"] for i in instances if i["state"] == "idle"},
-    }
+        observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
+        joined=sorted(joined), intents=kept,
+    )
+
+
+def _fallback(fitted: fit.Fitted, spec: ScaleSpec, supply: dict[str, fit.Resources], allowed: dict[str, int], room: int,
+              launches: dict[str, int], refused: WorkerType, now: float) -> tuple[LaunchOption, ...]:
+    """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
+    without that type, beyond what this plan starts of the others."""
+    if len(spec.types) == 1:
+        return ()
+    other = fit.assign(fitted, spec.types, supply, {**allowed, refused.name: 0}, room)
+    options = []
+    for t in spec.types:
+        more = other.launch[t.name] - launches[t.name]
+        if t.name != refused.name and more > 0:
+            options.append(LaunchOption(t.name, more, client_token(f"{_token_name(spec, t)}:instead-of:{refused.name}", now, more)))
+    return tuple(options)
+
+
+def _token_name(spec: ScaleSpec, worker_type: WorkerType) -> str:
+    """What a launch's token is made from: the farm, and its type when the farm lists types."""
+    return f"{spec.name}:{worker_type.name}" if spec.typed else spec.name

@@ -76,7 +76,7 @@ def test_graceful_drain_of_a_token_only_worker_lets_the_job_finish(condor_pool: 
     spec = scale_spec.parse({"name": "test", "cloud": {"type": "local"}, "max-vms": 3, "cpus-per-vm": 1, "idle-time": 0, "waiting-time": 0})
     instance = {"InstanceId": iid, "State": {"Name": "running"}, "LaunchTime": "2020-01-01T00:00:00Z", "Tags": [{"Key": "vfarm:farm", "Value": "test"}]}
 
-    def planned() -> dict[str, Any]:
+    def planned() -> planner.Plan:
         # Exactly what the planner reads: `condor_status -json` and `condor_q -json` output.
         slots = json.loads(condor_pool.run(["condor_status", "-json"]).stdout or "[]")
         jobs = json.loads(condor_pool.run(["condor_q", "-allusers", "-json"]).stdout or "[]")
@@ -86,8 +86,8 @@ def test_graceful_drain_of_a_token_only_worker_lets_the_job_finish(condor_pool: 
 
     def drained() -> bool:
         plan = planned()
-        states.add(plan["instances"][0]["state"])
-        return plan["terminate"] == [iid]
+        states.add(plan.instances[0].state)
+        return plan.terminate == [iid]
 
     wait_for(drained, JOB_TIMEOUT, "the worker drained", interval=0.5)
     assert "draining" in states  # seen while the job still ran

@@ -1,4 +1,4 @@
-"""The local cloud's bookkeeping (clouds/local_farm.py, scaler/local_backend.py), without a VM:
+"""The local cloud's bookkeeping (clouds/local_farm.py, scaler/backends.py), without a VM:
 a stand-in supervisor plays qemu (a `sleep` child in the supervisor's process group). The real
 boot is tests/test_scale_local_vm.py."""
 
@@ -20,7 +20,7 @@ from vfarm.clouds.images import Image
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import apply, loop
 from vfarm.scaler import plan as planner
-from vfarm.scaler.local_backend import LocalBackend
+from vfarm.scaler.backends import LocalBackend
 
 # The stand-in: "running" keeps a child (its qemu) until killed; "poweroff" is a VM that powered
 # itself off (exit.json, as the real supervisor writes it when qemu exits).
@@ -151,7 +151,7 @@ def test_a_vm_that_powered_itself_off_is_stopped_and_flagged_for_clean_up(tmp_pa
     backend = LocalBackend(spec, b"", farm)
     snapshot = {"now": time.time(), "jobs": [], "slots": [], "instances": backend.farm_instances()}
     result = planner.plan(snapshot, spec)
-    assert result["instances"] == [] and result["terminate"] == []
+    assert result.instances == [] and result.terminate == []
     rows = loop.status_rows(result, snapshot, spec)
     assert [(r["instance"], r["state"]) for r in rows] == [(iid, "stopped")]
     assert "needs a clean-up" in rows[0]["reason"]
@@ -179,8 +179,8 @@ def test_a_failed_launch_leaves_nothing_behind(tmp_path: Path, image: Image) -> 
 def test_the_scalers_local_backend(farm: local_farm.LocalFarm) -> None:
     spec = scale_spec.parse({"name": "lf", "cloud": {"type": "local"}, "pool": {"collector": "10.0.2.100"}, "max-vms": 2})
     backend = LocalBackend(spec, b"ud", farm)
-    [iid] = backend.launch(1, "tok-4")
-    assert backend.launch(1, "tok-4") == [iid]
+    [iid] = backend.launch(1, "tok-4", spec.types[0])
+    assert backend.launch(1, "tok-4", spec.types[0]) == [iid]
     listed = backend.farm_instances()
     assert [(i["InstanceId"], i["State"]["Name"]) for i in listed] == [(iid, "running")]
     assert isinstance(listed[0]["LaunchTime"], str) and planner.epoch(listed[0]["LaunchTime"]) is not None  # JSON-plain

@@ -20,7 +20,7 @@ from vfarm.cli.main import main
 from vfarm.clouds import openstack
 from vfarm.config import scale as scale_spec
 from vfarm.scaler.apply import CloudError
-from vfarm.scaler.openstack_backend import OpenStackBackend
+from vfarm.scaler.backends import OpenStackBackend
 
 pytestmark = pytest.mark.openstack
 
@@ -236,10 +236,10 @@ def scale_section(**cloud: Any) -> dict[str, Any]:
 def test_scaler_backend_counts_and_touches_only_its_farm(openstack_env: OpenStackCloud) -> None:
     foreign = foreign_server(openstack_env)
     other_farm = OpenStackBackend(scale_spec.parse({**scale_section(), "name": "milano"}), b"#cloud-config\n")
-    [milano] = other_farm.launch(1, "vfarm-milano-token")
+    [milano] = other_farm.launch(1, "vfarm-milano-token", other_farm.spec.types[0])
     backend = OpenStackBackend(scale_spec.parse(scale_section(properties={"site": "to"})), b"#cloud-config\n")
-    ids = backend.launch(2, "vfarm-torino-token")
-    assert backend.launch(2, "vfarm-torino-token") == ids  # the same intent again: the same servers
+    ids = backend.launch(2, "vfarm-torino-token", backend.spec.types[0])
+    assert backend.launch(2, "vfarm-torino-token", backend.spec.types[0]) == ids  # the same intent again: the same servers
     listed = backend.farm_instances()
     assert sorted(i["InstanceId"] for i in listed) == sorted(ids)
     assert all(json.dumps(i) and {"Key": "vfarm:farm", "Value": "torino"} in i["Tags"] and {"Key": "site", "Value": "to"} in i["Tags"]
@@ -257,12 +257,12 @@ def test_scaler_backend_reaps_failed_servers_before_launching(openstack_env: Ope
     huge = admin.compute.create_flavor(name="vfarm.huge2", ram=512, vcpus=1, disk=700000, is_public=True)
     try:
         failing = OpenStackBackend(scale_spec.parse(scale_section(flavor="vfarm.huge2")), b"#cloud-config\n")
-        [dead] = failing.launch(1, "vfarm-t-1")
+        [dead] = failing.launch(1, "vfarm-t-1", failing.spec.types[0])
         with pytest.raises(openstack.OpenStackError, match="No valid host"):
             failing.cloud.wait_running([dead], interval=0.3, timeout=120)
         assert [i["State"]["Name"] for i in failing.farm_instances()] == ["stopped"]
         backend = OpenStackBackend(scale_spec.parse(scale_section()), b"#cloud-config\n")
-        [fresh] = backend.launch(1, "vfarm-t-2")
+        [fresh] = backend.launch(1, "vfarm-t-2", backend.spec.types[0])
         wait_gone(openstack_env, [dead])
         remaining = {i["InstanceId"] for i in backend.farm_instances()}
         assert remaining == {fresh}  # the ERROR server was deleted: it held quota

@@ -91,6 +91,8 @@ PASSWORD_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E) | st.samp
 @given(st.text(PASSWORD_CHARS, min_size=4, max_size=40))
 def test_no_password_survives_in_a_proxy_url(password: str) -> None:
     for url in (f"http://user:{password}@host:3128/x", f"http://a:b@h1:3128|http://user:{password}@host:3128;DIRECT"):
+        if password in url.replace(password, ""):
+            continue  # the password is also a word of the URL itself ("DIRE" in ";DIRECT"): it proves nothing
         hidden = redact(url)
         assert password not in hidden
         assert "@host:3128/x" in hidden or "@host:3128;DIRECT" in hidden

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import pytest
 
-from vfarm.cc_modules.runner import Result, Runner
 from vfarm.cli import scale as commands
 from vfarm.config import scale as scale_spec
-from vfarm.scaler import apply, discover, loop
+from vfarm.scaler import apply, backends, discover, loop
+from vfarm.scaler import plan as planner
 
 from .fixtures.condor_pool import free_port
 from .fixtures.moto import NO_CAPACITY_TYPE, Ec2Endpoint
@@ -66,7 +66,7 @@ class FakeCloud:
             raise apply.CloudError(self.fail["describe"])
         return [dict(i, Tags=list(i["Tags"])) for i in self.instances.values()]
 
-    def launch(self, count: int, token: str) -> list[str]:
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
         self.calls.append(("launch", (count, token)))
         if "launch" in self.fail:
             raise apply.CloudError(self.fail["launch"])
@@ -135,7 +135,7 @@ def test_a_launch_carries_the_tag_and_a_retried_launch_reuses_its_token(caplog: 
     w.jobs = [job(i) for i in range(3)]  # 3 CPUs wanted: 2 workers of 2
     w.cloud.lose_reply = True  # the instances start, the reply never arrives
     result = w.scaler.cycle()
-    assert result is not None and result["launch"] == 2 and result["applied"]["cloud_errors"] == {"launch": 1}
+    assert result is not None and result.launch == 2 and w.scaler.outcome is not None and w.scaler.outcome.cloud_errors == {"launch": 1}
     assert len(w.cloud.instances) == 2
     w.tick(15)  # back-off: 15 s after the first failure
     w.cloud.instances.clear()  # not visible yet (eventual consistency): the plan wants 2 again
@@ -163,7 +163,7 @@ def test_cloud_errors_back_off_exponentially_and_the_loop_survives(caplog: pytes
     w.cloud.fail.clear()
     w.tick(120)
     w.scaler.cycle()
-    assert len(w.cloud.instances) == 1 and w.scaler.applier.backoff["launch"].failures == 0
+    assert len(w.cloud.instances) == 1 and w.scaler.applier.backoff["launch:default"].failures == 0
     backoff = apply.Backoff(15, 900)
     assert [backoff.failed(0) for _ in range(8)] == [15, 30, 60, 120, 240, 480, 900, 900]
 
@@ -247,9 +247,9 @@ def test_black_hole_stops_launches_loudly_then_probes(caplog: pytest.LogCaptureF
     assert len(launches(w.cloud)) == 2
     w.tick(90)  # the probe is lost too: 4 in a row, back-off doubles to 10 min
     w.scaler.cycle()
-    hole = apply.black_hole(w.cloud.farm_instances(), {}, set(), spec, w.now[0])
-    assert (hole["streak"], hole["delay"], hole["blocked"]) == (4, 600.0, True)
-    w.now[0] = hole["until"]
+    hole = planner.black_holes(w.cloud.farm_instances(), {}, set(), spec, w.now[0])["default"]
+    assert (hole.streak, hole.delay, hole.blocked) == (4, 600.0, True)
+    w.now[0] = hole.until
     w.scaler.cycle()
     probe = [i for i, d in w.cloud.instances.items() if d["State"]["Name"] == "pending"]
     assert len(probe) == 1 and len(launches(w.cloud)) == 3
@@ -257,7 +257,7 @@ def test_black_hole_stops_launches_loudly_then_probes(caplog: pytest.LogCaptureF
     w.jobs += [job(9)]
     w.tick(10)
     result = w.scaler.cycle()
-    assert result is not None and result["applied"]["black_hole"]["active"] is False
+    assert result is not None and result.types["default"].black_hole.active is False
     assert launches(w.cloud)[-1][0] > 1
 
 
@@ -266,13 +266,13 @@ def test_black_hole_back_off_doubles_to_an_hour() -> None:
     delays = []
     for lost in range(3, 10):
         insts = [instance(f"i-{k}", 1000.0 + k, "terminated", "lost") for k in range(lost)]
-        delays.append(apply.black_hole(insts, {}, set(), spec, 0.0)["delay"])
+        delays.append(planner.black_holes(insts, {}, set(), spec, 0.0)["default"].delay)
     assert delays == [300, 600, 1200, 2400, 3600, 3600, 3600]
     # the newest decided launch joined: no black hole, whatever came before
     insts = [instance(f"i-{k}", 1000.0 + k, "terminated", "lost") for k in range(5)] + [instance("i-new", 2000.0, "terminated", "drained")]
-    assert apply.black_hole(insts, {}, set(), spec, 0.0)["active"] is False
+    assert planner.black_holes(insts, {}, set(), spec, 0.0)["default"].active is False
     # ended without our tag and never seen joined (it powered itself off): lost
-    assert apply.black_hole([instance(f"i-{k}", 1000.0 + k, "terminated") for k in range(3)], {}, set(), spec, 0.0)["active"]
+    assert planner.black_holes([instance(f"i-{k}", 1000.0 + k, "terminated") for k in range(3)], {}, set(), spec, 0.0)["default"].active
 
 
 def test_sigterm_lets_the_cycle_in_progress_finish(caplog: pytest.LogCaptureFixture) -> None:
@@ -346,8 +346,6 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
                slot("i-idle", entered=now - 60), {**slot("i-drain"), "State": "Drained"}]
     w.jobs = [job(1, 2, remote="slot1_1@w-i-busy@h"), job(2, 2, remote="slot1_2@w-i-busy@h"), job(3)]
     snapshot = w.scaler.discover()
-    from vfarm.scaler import plan as planner
-
     result = planner.plan(snapshot, SPEC)
     rows = loop.status_rows(result, snapshot, SPEC)
     assert [(r["instance"], r["state"], r["slots"], r["jobs"]) for r in rows] == [
@@ -361,18 +359,14 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     assert not [c for c in w.cloud.calls if c[0] != "describe"]  # looking changes nothing
 
 
-def test_condor_drain_runs_through_the_runner_with_the_admin_prefix() -> None:
-    seen: list[list[str]] = []
-
-    class Recording(Runner):
-        def _execute(self, argv: list[str], input: Optional[str], env: Optional[dict[str, str]], timeout: Optional[float]) -> Result:
-            seen.append(argv)
-            return Result(argv, 0 if len(seen) == 1 else 1, "", "" if len(seen) == 1 else "ERROR: failed to drain")
-
-    drain = apply.CondorDrain(Recording(logging.getLogger("vfarm.test")), "cm:9618", ["ssh", "cm"])
+def test_condor_drain_runs_through_the_host_runner_with_the_admin_prefix(tmp_path: Path) -> None:
+    # The admin prefix is a real bash that records its arguments and fails from the second call on.
+    log = tmp_path / "argv"
+    script = 'printf "%s\\n" "$*" >> "$0"; [ "$(wc -l < "$0")" -le 1 ] || { echo "ERROR: failed to drain" >&2; exit 1; }'
+    drain = apply.CondorDrain("cm:9618", ["bash", "-c", script, str(log)], env={"_CONDOR_SEC_TOKEN_DIRECTORY": "/tokens"})
     slots = [slot("i-a", name="slot1_1@w@h") | {"SlotType": "Dynamic"}, slot("i-a", name="slot1@w@h")]
     drain.drain("i-a", slots, "idle for 500s")
-    assert seen == [["ssh", "cm", "condor_drain", "-pool", "cm:9618", "-graceful", "-reason", "vfarm scale: idle for 500s", "slot1@w@h"]]
+    assert log.read_text().splitlines() == ["condor_drain -pool cm:9618 -graceful -reason vfarm scale: idle for 500s slot1@w@h"]
     with pytest.raises(apply.DrainError, match="failed to drain"):
         drain.drain("i-a", slots, "idle")
     with pytest.raises(apply.DrainError, match="no slot name"):
@@ -383,10 +377,10 @@ def test_ec2_backend_on_moto_idempotent_launch_tags_and_terminate(ec2_endpoint: 
     cloud = {"type": "ec2", "image-id": ec2_endpoint.image_id, "instance-type": "m1.small", "endpoint-url": ec2_endpoint.url,
              "region": ec2_endpoint.region, "tags": {"site": "torino"}}
     spec = scale_spec.parse({"name": "moto", "cloud": cloud, "max-vms": 3})
-    backend = apply.Ec2Backend(spec, b"#cloud-config\n")
-    token = apply.client_token("moto", 1.0, 2)
-    first = backend.launch(2, token)
-    assert backend.launch(2, token) == first  # a retried call starts nothing more
+    backend = backends.backend_for(spec, b"#cloud-config\n")
+    token = planner.client_token("moto", 1.0, 2)
+    first = backend.launch(2, token, spec.types[0])
+    assert backend.launch(2, token, spec.types[0]) == first  # a retried call starts nothing more
     found = backend.farm_instances()
     assert sorted(i["InstanceId"] for i in found) == sorted(first)
     tags = {t["Key"]: t["Value"] for t in found[0]["Tags"]}
@@ -395,9 +389,9 @@ def test_ec2_backend_on_moto_idempotent_launch_tags_and_terminate(ec2_endpoint: 
     ended = {i["InstanceId"]: i for i in backend.farm_instances()}
     assert ended[first[0]]["State"]["Name"] in ("shutting-down", "terminated")
     assert {"Key": "vfarm:end", "Value": "lost"} in ended[first[0]]["Tags"]
-    bad = apply.Ec2Backend(scale_spec.parse({"name": "moto", "cloud": {**cloud, "instance-type": NO_CAPACITY_TYPE}, "max-vms": 1}), b"x")
-    with pytest.raises(apply.CloudError, match="InsufficientInstanceCapacity"):
-        bad.launch(1, apply.client_token("moto", 2.0, 1))
+    no_room = scale_spec.parse({"name": "moto", "cloud": {**cloud, "instance-type": NO_CAPACITY_TYPE}, "max-vms": 1})
+    with pytest.raises(apply.CapacityError, match="InsufficientInstanceCapacity"):
+        backends.Ec2Backend(no_room, b"x").launch(1, planner.client_token("moto", 2.0, 1), no_room.types[0])
 
 
 def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) -> None:

@@ -51,8 +51,8 @@ def snapshot(slots: list[dict[str, Any]], jobs: Optional[list[dict[str, Any]]] =
     return snap if observed is None else {**snap, planner.OBSERVED: observed}
 
 
-def only(result: dict[str, Any]) -> dict[str, Any]:
-    info: dict[str, Any] = result["instances"][0]
+def only(result: planner.Plan) -> planner.Worker:
+    info = result.instances[0]
     return info
 
 
@@ -61,39 +61,39 @@ def only(result: dict[str, Any]) -> dict[str, Any]:
 def test_a_job_the_schedd_runs_there_makes_the_worker_busy_whatever_its_stale_ad_says() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)  # the ad says idle for 2.5 h
     watched = {"i-a": NOW - 9000}
-    assert planner.plan(snapshot([stale], observed=watched), spec(60))["drain"] == ["i-a"]
+    assert planner.plan(snapshot([stale], observed=watched), spec(60)).drain == ["i-a"]
     for remote in (f"slot1_1@w-i-a@{HOST}", f"slot1@w-i-a@{HOST}", HOST):  # a dynamic slot, the slot itself, its machine
         result = planner.plan(snapshot([stale], [running_job(0, remote)], observed=watched), spec(60))
-        assert result["drain"] == [] and only(result)["state"] == "busy", remote
-        assert "running there by the schedd" in only(result)["reason"]
-        assert result[planner.OBSERVED] == {}  # not seen idle in this cycle: the next one starts afresh
+        assert result.drain == [] and only(result).state == "busy", remote
+        assert "running there by the schedd" in only(result).reason
+        assert result.observed_idle_since == {}  # not seen idle in this cycle: the next one starts afresh
     elsewhere = planner.plan(snapshot([stale], [running_job(0, f"slot1_1@w-i-b@{HOST}")], observed=watched), spec(60))
-    assert elsewhere["drain"] == ["i-a"]  # another worker's job on the same machine name's startd does not count
+    assert elsewhere.drain == ["i-a"]  # another worker's job on the same machine name's startd does not count
     idle = {**running_job(0, f"slot1_1@w-i-a@{HOST}"), "JobStatus": 1}
-    assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60)))["state"] == "idle"  # only running jobs count
+    assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60))).state == "idle"  # only running jobs count
 
 
 def test_without_observations_a_worker_is_seen_idle_for_the_first_time_now() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)
     result = planner.plan(snapshot([stale]), spec(60))
-    assert result["drain"] == [] and only(result)["state"] == "idle" and only(result)["idle_since"] == NOW
-    assert "unclaimed for 9000s by its ads, seen idle in every cycle for 0s" in only(result)["reason"]
-    assert result[planner.OBSERVED] == {"i-a": NOW}  # what the next cycle is fed
-    assert planner.plan(snapshot([stale]), spec(0))["drain"] == ["i-a"]  # idle-time 0: now is long enough
+    assert result.drain == [] and only(result).state == "idle" and only(result).idle_since == NOW
+    assert "unclaimed for 9000s by its ads, seen idle in every cycle for 0s" in only(result).reason
+    assert result.observed_idle_since == {"i-a": NOW}  # what the next cycle is fed
+    assert planner.plan(snapshot([stale]), spec(0)).drain == ["i-a"]  # idle-time 0: now is long enough
 
 
 def test_the_idle_time_is_the_shorter_of_the_ads_and_the_observations() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)
     result = planner.plan(snapshot([stale], observed={"i-a": NOW - 59}), spec(60))
-    assert result["drain"] == [] and only(result)["idle_since"] == NOW - 59
-    assert result[planner.OBSERVED] == {"i-a": NOW - 59}  # the run goes on
+    assert result.drain == [] and only(result).idle_since == NOW - 59
+    assert result.observed_idle_since == {"i-a": NOW - 59}  # the run goes on
     fresh = pslot("i-a", NOW - 9999, NOW - 30)  # the ad has caught up with a job the scaler never saw
     result = planner.plan(snapshot([fresh], observed={"i-a": NOW - 9000}), spec(60))
-    assert result["drain"] == [] and only(result)["idle_since"] == NOW - 30
+    assert result.drain == [] and only(result).idle_since == NOW - 30
     result = planner.plan(snapshot([stale], observed={"i-a": NOW - 60}), spec(60))
-    assert result["drain"] == ["i-a"] and "idle for 60s (idle-time 60s)" in result["decisions"][0]["reason"]
+    assert result.drain == ["i-a"] and "idle for 60s (idle-time 60s)" in result.decisions[0].reason
     future = planner.plan(snapshot([stale], observed={"i-a": NOW + 500}), spec(60))  # a clock that went back
-    assert future[planner.OBSERVED] == {"i-a": NOW} and future["drain"] == []
+    assert future.observed_idle_since == {"i-a": NOW} and future.drain == []
 
 
 @pytest.mark.parametrize("bad,reason", [([1], "must be an object"), ({"i-a": "soon"}, "'observed_idle_since.i-a' must be epoch seconds"),
@@ -166,7 +166,7 @@ class Cloud:
     def farm_instances(self) -> list[dict[str, Any]]:
         return [dict(i) for i in self.instances.values()]
 
-    def launch(self, count: int, token: str) -> list[str]:
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
         raise AssertionError("nothing waits: no launch")
 
     def terminate(self, ends: dict[str, str]) -> None:
@@ -247,7 +247,7 @@ def test_the_issues_timeline_a_stale_ad_no_longer_drains_a_worker_seconds_after_
     # first cycle after the job (+28) would have drained it.
     ads_only = planner.plan({"now": NOW + 28, **timeline.pool(NOW + 28), "instances": [instance("i-a", NOW - 100)],
                              planner.OBSERVED: {"i-a": NOW - 1000}}, config)
-    assert ads_only["drain"] == ["i-a"]
+    assert ads_only.drain == ["i-a"]
     drained = run(timeline, config, 40, set(), set())
     assert set(drained) == {"i-a"}
     assert drained["i-a"] - (NOW + 27) == 21  # the job ended at +27, first seen idle at +28, 20 s of sightings

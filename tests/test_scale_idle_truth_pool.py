@@ -43,7 +43,7 @@ class Cloud:
     def farm_instances(self) -> list[dict[str, Any]]:
         return [dict(self.instance)]
 
-    def launch(self, count: int, token: str) -> list[str]:
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
         raise AssertionError("no job waits for a new worker here")
 
     def terminate(self, ends: dict[str, str]) -> None:
@@ -64,15 +64,15 @@ class Watched(loop.Scaler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cycles: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.cycles: list[tuple[dict[str, Any], planner.Plan]] = []
         self.lock = threading.Lock()
 
     def discover(self) -> dict[str, Any]:
         self.last = super().discover()
         return self.last
 
-    def cycle(self) -> Optional[dict[str, Any]]:
-        result = super().cycle()
+    def cycle(self, *args: Any, **kwargs: Any) -> Optional[planner.Plan]:
+        result = super().cycle(*args, **kwargs)
         if result is not None:
             with self.lock:
                 self.cycles.append((self.last, result))
@@ -80,7 +80,7 @@ class Watched(loop.Scaler):
 
     def states(self) -> list[tuple[float, str]]:
         with self.lock:
-            return [(result["now"], result["instances"][0]["state"]) for _, result in self.cycles if result["instances"]]
+            return [(result.now, result.instances[0].state) for _, result in self.cycles if result.instances]
 
 
 def test_a_worker_whose_ads_lag_is_not_drained_before_idle_time_after_its_job(condor_pool: CondorPool) -> None:
@@ -120,11 +120,11 @@ def test_a_worker_whose_ads_lag_is_not_drained_before_idle_time_after_its_job(co
         # The lag the test is about: at the first idle cycle, the worker's ads alone said idle for
         # longer than idle-time; a plan from them alone would have drained it then.
         with scaler.lock:
-            first_idle = next(snap for snap, result in scaler.cycles if result["now"] == seen_idle)
+            first_idle = next(snap for snap, result in scaler.cycles if result.now == seen_idle)
         pslot = next(s for s in first_idle["slots"] if s.get("VfarmInstanceId") == IID)
         print(f"the slot ad at that cycle: PartitionableSlot {pslot.get('PartitionableSlot')}, EnteredCurrentState "
               f"+{pslot['EnteredCurrentState'] - started:.1f} s, NumDynamicSlotsTime +{pslot.get('NumDynamicSlotsTime', 0) - started:.1f} s")
         ads_only = planner.plan({**first_idle, planner.OBSERVED: {IID: 0}}, spec)
-        assert ads_only["drain"] == [IID], ads_only["instances"]
+        assert ads_only.drain == [IID], ads_only.instances
     finally:
         condor_pool.remove_worker(IID)

@@ -129,9 +129,6 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
     """The race the plan cannot see: a job starts on a worker just before its drain arrives.
     CondorDrain (condor_drain -graceful through the admin prefix, as the scaler runs it) lets the
     job run to its end; only then does the planner call the worker drained."""
-    import logging
-
-    from vfarm.cc_modules.runner import Runner
     from vfarm.config import scale as scale_spec
     from vfarm.scaler import apply, discover
     from vfarm.scaler import plan as planner
@@ -145,11 +142,11 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
         wait_for(lambda: [j for j in condor_pool.jobs(cluster) if j.get("JobStatus") == 2], 90, "the job running")
         admin = ["nsenter", f"--target={condor_pool.master_pid}", "--mount", "--pid", "--", "chroot", str(condor_pool.merged),
                  "env", "-i", f"PATH={CLEAN_ENV['PATH']}"]
-        drainer = apply.CondorDrain(Runner(logging.getLogger("vfarm.test")), condor_pool.collector_address, admin)
+        drainer = apply.CondorDrain(condor_pool.collector_address, admin)
         spec = scale_spec.parse({"name": "race", "cloud": {"type": "ec2"}, "max-vms": 1, "idle-time": 0, "waiting-time": 0})
         instance = {"InstanceId": iid, "State": {"Name": "running"}, "LaunchTime": time.time() - 60, "Tags": [{"Key": "vfarm:farm", "Value": "race"}]}
 
-        def planned() -> dict[str, Any]:
+        def planned() -> planner.Plan:
             pool = discover.pool_snapshot(condor_pool.collector_address)
             return planner.plan({"now": time.time(), **pool, "instances": [instance]}, spec)
 
@@ -159,9 +156,9 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
 
         def drained() -> bool:
             plan = planned()
-            states.append(plan["instances"][0]["state"])
-            assert plan["terminate"] == [] or not condor_pool.jobs(cluster), "terminate while the job still runs"
-            return plan["terminate"] == [iid]
+            states.append(plan.instances[0].state)
+            assert plan.terminate == [] or not condor_pool.jobs(cluster), "terminate while the job still runs"
+            return plan.terminate == [iid]
 
         wait_for(drained, 90, "the worker drained", interval=0.5)
         assert "draining" in states

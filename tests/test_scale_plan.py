@@ -91,7 +91,7 @@ def snap(jobs: Optional[list[Any]] = None, slots: Optional[list[Any]] = None, in
 
 
 def state_of(result: dict[str, Any], iid: str) -> str:
-    return str(next(i["state"] for i in result["instances"] if i["id"] == iid))
+    return str(next(i.state for i in result.instances if i.id == iid))
 
 
 # --- the config -------------------------------------------------------------------------------
@@ -143,28 +143,28 @@ def test_only_pending_or_running_instances_of_this_farm_count() -> None:
         instance("i-gone", state="terminated"),
     ]
     result = planner.plan(snap(instances=instances, slots=[slot("i-a"), slot("i-other"), slot("i-stopped")]), spec(idle_time=0))
-    assert [i["id"] for i in result["instances"]] == ["i-a", "i-b"]
-    assert "i-other" not in result["drain"] + result["terminate"] and "i-untagged" not in result["terminate"]
-    assert result["active"] == 2
+    assert [i.id for i in result.instances] == ["i-a", "i-b"]
+    assert "i-other" not in result.drain + result.terminate and "i-untagged" not in result.terminate
+    assert result.active == 2
 
 
 def test_booting_then_lost_after_boot_timeout() -> None:
     result = planner.plan(snap(instances=[instance("i-young", age=599), instance("i-old", age=600)]), spec())
     assert state_of(result, "i-young") == "booting"
     assert state_of(result, "i-old") == "lost"
-    assert result["terminate"] == ["i-old"]
-    assert result["active"] == 1
+    assert result.terminate == ["i-old"]
+    assert result.active == 1
 
 
 def test_a_freshly_restarted_collector_saves_unjoined_instances() -> None:
     restarted = {"MyType": "Collector", "Name": "cm", "DaemonStartTime": NOW - 60}
     result = planner.plan(snap(instances=[instance("i-old", age=5000)], collector=restarted), spec())
-    assert state_of(result, "i-old") == "booting" and result["terminate"] == []
+    assert state_of(result, "i-old") == "booting" and result.terminate == []
     # HTCondor 23.9's collector ad has no DaemonStartTime: MyCurrentTime - MonitorSelfAge.
     ad_23_9 = [{"MyType": "Collector", "MyCurrentTime": NOW, "MonitorSelfAge": 100}]
-    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=ad_23_9), spec())["terminate"] == []
+    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=ad_23_9), spec()).terminate == []
     long_running = {"MyType": "Collector", "MyCurrentTime": NOW, "MonitorSelfAge": 600}
-    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=long_running), spec())["terminate"] == ["i-old"]
+    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=long_running), spec()).terminate == ["i-old"]
 
 
 def test_joined_states() -> None:
@@ -177,12 +177,12 @@ def test_joined_states() -> None:
     ]
     names = ["i-idle", "i-busy", "i-draining", "i-drained", "i-owner"]
     result = planner.plan(snap(slots=slots, instances=[instance(n) for n in names]), spec())
-    states = {i["id"]: i["state"] for i in result["instances"]}
+    states = {i.id: i.state for i in result.instances}
     assert states == {"i-idle": "idle", "i-busy": "busy", "i-draining": "draining", "i-drained": "drained", "i-owner": "other"}
-    idle = next(i for i in result["instances"] if i["id"] == "i-idle")
-    assert idle["idle_since"] == NOW - 100  # the latest EnteredCurrentState of its slots
-    assert result["terminate"] == ["i-drained"]
-    assert result["active"] == 3  # idle, busy, other
+    idle = next(i for i in result.instances if i.id == "i-idle")
+    assert idle.idle_since == NOW - 100  # the latest EnteredCurrentState of its slots
+    assert result.terminate == ["i-drained"]
+    assert result.active == 3  # idle, busy, other
 
 
 # --- demand and supply ------------------------------------------------------------------------
@@ -199,14 +199,14 @@ def test_waiting_jobs_demand_and_the_warning_for_jobs_too_big() -> None:
         job(7, cpus=8),  # more than cpus-per-vm: never runs
     ]
     result = planner.plan(snap(jobs=jobs), spec())
-    assert result["waiting"] == 4
-    assert result["demand"] == 5
-    assert len(result["warnings"]) == 1 and "more than cpus-per-vm" in result["warnings"][0]
+    assert result.waiting == 4
+    assert result.demand == 5
+    assert len(result.warnings) == 1 and "more than cpus-per-vm" in result.warnings[0]
 
 
 def test_waiting_time_counts_from_entered_current_status_not_qdate() -> None:
     requeued = {**job(0, waited=10), "QDate": NOW - 10_000}
-    assert planner.plan(snap(jobs=[requeued]), spec())["waiting"] == 0
+    assert planner.plan(snap(jobs=[requeued]), spec()).waiting == 0
 
 
 def test_supply_counts_unclaimed_cpus_of_joined_non_draining_and_booting_instances() -> None:
@@ -217,44 +217,44 @@ def test_supply_counts_unclaimed_cpus_of_joined_non_draining_and_booting_instanc
     ]
     instances = [instance("i-idle"), instance("i-busy"), instance("i-draining"), instance("i-boot", age=10), instance("i-lost", age=9999)]
     result = planner.plan(snap(slots=slots, instances=instances), spec())
-    assert result["supply"] == 3 + 2 + 4  # the booting one counts cpus-per-vm
-    assert result["active"] == 3
+    assert result.supply == 3 + 2 + 4  # the booting one counts cpus-per-vm
+    assert result.active == 3
 
 
 # --- launch -----------------------------------------------------------------------------------
 
 def test_launch_covers_the_missing_cpus() -> None:
     result = planner.plan(snap(jobs=[job(i) for i in range(9)]), spec(max_vms=10))
-    assert result["demand"] == 9 and result["supply"] == 0
-    assert result["launch"] == 3  # ceil(9 / 4)
-    assert result["decisions"][0]["action"] == "launch" and "9 waiting" in result["decisions"][0]["reason"]
+    assert result.demand == 9 and result.supply == 0
+    assert result.launch == 3  # ceil(9 / 4)
+    assert result.decisions[0].action == "launch" and "9 waiting" in result.decisions[0].reason
 
 
 def test_launch_subtracts_supply_and_booting_instances() -> None:
     result = planner.plan(snap(jobs=[job(i) for i in range(9)], instances=[instance("i-boot", age=30)]), spec(max_vms=10))
-    assert result["launch"] == 2  # ceil((9 - 4) / 4)
+    assert result.launch == 2  # ceil((9 - 4) / 4)
 
 
 def test_launch_capped_by_max_vms_and_never_negative() -> None:
     many = [job(i) for i in range(100)]
-    assert planner.plan(snap(jobs=many), spec())["launch"] == 3
+    assert planner.plan(snap(jobs=many), spec()).launch == 3
     busy = [slot(f"i-{n}", state="Claimed", activity="Busy") for n in range(5)]
     over = planner.plan(snap(jobs=many, slots=busy, instances=[instance(f"i-{n}") for n in range(5)]), spec())
-    assert over["launch"] == 0
-    assert any(d["action"] == "hold" for d in over["decisions"])
+    assert over.launch == 0
+    assert any(d.action == "hold" for d in over.decisions)
 
 
 def test_no_launch_at_or_below_the_threshold() -> None:
-    assert planner.plan(snap(jobs=[job(i) for i in range(3)]), spec(waiting_jobs_threshold=3))["launch"] == 0
-    assert planner.plan(snap(jobs=[job(i) for i in range(4)]), spec(waiting_jobs_threshold=3))["launch"] == 1
+    assert planner.plan(snap(jobs=[job(i) for i in range(3)]), spec(waiting_jobs_threshold=3)).launch == 0
+    assert planner.plan(snap(jobs=[job(i) for i in range(4)]), spec(waiting_jobs_threshold=3)).launch == 1
 
 
 def test_min_vms_launches_even_without_jobs_but_not_for_lost_or_draining() -> None:
     instances = [instance("i-lost", age=9999), instance("i-drain")]
     slots = [slot("i-drain", state="Drained", activity="Retiring")]
     result = planner.plan(snap(instances=instances, slots=slots), spec(min_vms=2))
-    assert result["active"] == 0 and result["launch"] == 2
-    assert "min-vms" in result["decisions"][0]["reason"]
+    assert result.active == 0 and result.launch == 2
+    assert "min-vms" in result.decisions[0].reason
 
 
 # --- drain ------------------------------------------------------------------------------------
@@ -263,30 +263,30 @@ def test_drain_idle_instances_longest_idle_first_ties_by_id() -> None:
     slots = [slot("i-c", since=NOW - 5000), slot("i-b", since=NOW - 9000), slot("i-a", since=NOW - 5000), slot("i-new", since=NOW - 3599)]
     instances = [instance(n) for n in ("i-a", "i-b", "i-c", "i-new")]
     result = planner.plan(snap(slots=slots, instances=instances), spec(max_vms=5))
-    assert result["drain"] == ["i-b", "i-a", "i-c"]
-    assert result["terminate"] == []
+    assert result.drain == ["i-b", "i-a", "i-c"]
+    assert result.terminate == []
 
 
 def test_drain_keeps_min_vms() -> None:
     slots = [slot("i-a", since=NOW - 5000), slot("i-b", since=NOW - 9000), slot("i-c", state="Claimed", activity="Busy")]
     result = planner.plan(snap(slots=slots, instances=[instance(n) for n in ("i-a", "i-b", "i-c")]), spec(min_vms=2))
-    assert result["drain"] == ["i-b"]  # 3 active - 1 drained = min-vms
-    assert "kept for min-vms" in next(i for i in result["instances"] if i["id"] == "i-a")["reason"]
+    assert result.drain == ["i-b"]  # 3 active - 1 drained = min-vms
+    assert "kept for min-vms" in next(i for i in result.instances if i.id == "i-a").reason
 
 
 def test_no_drain_while_jobs_wait() -> None:
     slots = [slot("i-a", since=NOW - 9000, cpus=1)]
     big = job(0, cpus=4)  # needs a whole worker: i-a's one free CPU cannot take it
     result = planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec())
-    assert result["drain"] == [] and result["launch"] == 1
+    assert result.drain == [] and result.launch == 1
     # Within the threshold, draining goes on.
-    assert planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec(waiting_jobs_threshold=1))["drain"] == ["i-a"]
+    assert planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec(waiting_jobs_threshold=1)).drain == ["i-a"]
 
 
 def test_never_drain_or_terminate_a_claimed_instance() -> None:
     slots = [slot("i-a", 1, state="Claimed", activity="Busy", since=NOW - 99999), slot("i-a", 2, since=NOW - 99999)]
     result = planner.plan(snap(slots=slots, instances=[instance("i-a", age=99999)]), spec(idle_time=0))
-    assert result["drain"] == [] and result["terminate"] == []
+    assert result.drain == [] and result.terminate == []
 
 
 # --- snapshots and the command ----------------------------------------------------------------
@@ -382,18 +382,18 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
     result = planner.plan(snapshot, config)
     assert snapshot == frozen  # pure: the snapshot is not touched
     assert planner.plan(copy.deepcopy(snapshot), config) == result  # same snapshot, same plan
-    assert json.loads(json.dumps(result)) == result  # plain data
-    active = result["active"]
-    assert result["launch"] >= 0
-    assert active + result["launch"] <= max(config.max_vms, active)  # never over max-vms
-    if result["drain"]:
-        assert active - len(result["drain"]) >= config.min_vms  # never under min-vms by its own hand
+    assert json.loads(json.dumps(result.to_json())) == result.to_json()  # plain data
+    active = result.active
+    assert result.launch >= 0
+    assert active + result.launch <= max(config.max_vms, active)  # never over max-vms
+    if result.drain:
+        assert active - len(result.drain) >= config.min_vms  # never under min-vms by its own hand
     claimed = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Claimed"}
-    touched = set(result["drain"]) | set(result["terminate"])
+    touched = set(result.drain) | set(result.terminate)
     assert not touched & claimed  # never a busy instance drained or terminated
     farm = {i["InstanceId"] for i in planner.farm_instances(snapshot["instances"], FARM)}
     assert touched <= farm  # never an instance of another farm, or stopped
-    assert not set(result["drain"]) & set(result["terminate"])
+    assert not set(result.drain) & set(result.terminate)
 
 
 def test_partitionable_slot_is_idle_since_its_last_job_ended_not_since_it_joined() -> None:
@@ -401,7 +401,7 @@ def test_partitionable_slot_is_idle_since_its_last_job_ended_not_since_it_joined
     # time as EnteredCurrentState; NumDynamicSlotsTime moved to when the job's dynamic slot went.
     joined_long_ago = {**slot("i-a", since=NOW - 99999), "PartitionableSlot": True, "NumDynamicSlotsTime": NOW - 60}
     result = planner.plan(snap(slots=[joined_long_ago], instances=[instance("i-a", age=99999)]), spec(idle_time=3600))
-    assert result["drain"] == []
-    assert next(i for i in result["instances"] if i["id"] == "i-a")["idle_since"] == NOW - 60
+    assert result.drain == []
+    assert next(i for i in result.instances if i.id == "i-a").idle_since == NOW - 60
     quiet = {**joined_long_ago, "NumDynamicSlotsTime": NOW - 4000}
-    assert planner.plan(snap(slots=[quiet], instances=[instance("i-a", age=99999)]), spec(idle_time=3600))["drain"] == ["i-a"]
+    assert planner.plan(snap(slots=[quiet], instances=[instance("i-a", age=99999)]), spec(idle_time=3600)).drain == ["i-a"]

@@ -218,12 +218,12 @@ def test_lost_workers_are_counted_by_reason_and_the_black_hole_names_it(caplog: 
     w.cloud.consoles[ids[0]] = check.verdict_line(summary_with("cvmfs: mount failed", ids[0])) + "\n"
     w.cloud.consoles[ids[1]] = check.verdict_line(summary_with("cvmfs: no proxy", ids[1])) + "\n"
     w.tick(100)
-    result = w.scaler.cycle()
-    assert result is not None and result["applied"]["lost"] == {"check-failed:cvmfs": 2, "no-verdict": 1}
+    assert w.scaler.cycle() is not None and w.scaler.outcome is not None
+    assert w.scaler.outcome.lost == {"check-failed:cvmfs": 2, "no-verdict": 1}
     assert f"lost worker {ids[0]} (check-failed:cvmfs): its final check said failed: cvmfs: failed: cvmfs: mount failed" in caplog.text
     assert f"lost worker {ids[2]} (no-verdict)" in caplog.text
     assert "reasons seen: 2x check-failed:cvmfs, 1x no-verdict" in caplog.text
-    assert result["applied"]["black_hole"]["reasons"] == {"check-failed:cvmfs": 2, "no-verdict": 1}
+    assert w.scaler.outcome.to_json()["black_hole_reasons"] == {"default": {"check-failed:cvmfs": 2, "no-verdict": 1}}
     text = w.metrics.text()
     assert 'vfarm_scale_lost_workers_total{farm="farm",reason="check-failed:cvmfs"} 2.0' in text
     assert 'vfarm_scale_lost_workers_total{farm="farm",reason="no-verdict"} 1.0' in text
@@ -243,8 +243,8 @@ def test_a_console_that_cannot_be_read_is_its_own_reason(caplog: pytest.LogCaptu
     w.cloud.fail["verdict"] = "EC2 endpoint did not reply in time (read the console output)"
     w.scaler = w.new_scaler()
     w.cloud.instances["i-gone"] = instance("i-gone", w.now[0] - 5000, "terminated")  # powered itself off
-    result = w.scaler.cycle()
-    assert result is not None and result["applied"]["lost"] == {"console-unreadable": 1}
+    assert w.scaler.cycle() is not None and w.scaler.outcome is not None
+    assert w.scaler.outcome.lost == {"console-unreadable": 1}
     assert "console could not be read" in caplog.text
 
 

@@ -1,0 +1,189 @@
+"""The scaler's cloud backends behind one factory: each turns one cloud module's calls into the
+three the scaler makes (list the farm, launch, terminate), with the same errors.
+
+- ec2: an EC2 API, through clouds/ec2.py.
+- openstack: OpenStack's own API, through clouds/openstack.py.
+- local: worker VMs under qemu on this host, through clouds/local_farm.py. Their one route to the
+  pool is 10.0.2.100:9618 in their slirp network, forwarded to `pool.collector` as the scaler
+  reaches it; so their `condor` section names 10.0.2.100 as the central manager, and the pool must
+  answer under that same address where the scaler runs (a network namespace of its own, as the
+  tests make: HTCondor's CCB hands that address around).
+A new cloud is one class with these three methods and one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ..clouds import local_farm
+from ..config.scale import ScaleSpec, WorkerType
+from .apply import Backend, CapacityError, CloudError, launch_tags
+from .discover import plain
+from .model import END_TAG, FARM_TAG
+
+
+def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], ends: dict[str, str]) -> None:
+    """Tag each instance with how it ended (the black hole reads it after a restart), then end them."""
+    for end in sorted(set(ends.values())):
+        tag([i for i, e in ends.items() if e == end], {END_TAG: end})
+    terminate(list(ends))
+
+
+class Ec2Backend:
+    """An EC2 cloud, through clouds/ec2.py."""
+
+    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
+        from ..clouds import ec2
+
+        self.spec = spec
+        self.userdata = userdata
+        self._ec2 = ec2
+        self.cloud = cloud or self._call(ec2.cloud_from_section, spec.cloud)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._ec2.Ec2CapacityError as err:
+            raise CapacityError(str(err)) from None
+        except self._ec2.Ec2Error as err:
+            raise CloudError(str(err)) from None
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        return plain(self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name}, states=None))
+
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        options = self._ec2.launch_options(self.spec.cloud_of(worker_type))
+        options["tags"] = {**options["tags"], **launch_tags(self.spec, worker_type)}
+        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, **options)
+        return [str(i["InstanceId"]) for i in started]
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        self._call(_tag_and_terminate, self.cloud.tag, self.cloud.terminate, ends)
+
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict on the instance's console output (GetConsoleOutput)."""
+        return self._call(self.cloud.verdict, instance_id)
+
+
+def attachments(spec: ScaleSpec, farm: Optional[local_farm.LocalFarm] = None) -> tuple[Any, ...]:
+    """Extra user-data parts the local cloud needs: keep a local test image (which powers off after
+    cloud-init for its harness) running as a farm worker."""
+    farm = farm or local_farm.LocalFarm.from_section(spec.cloud)
+    try:
+        image = farm.image()
+    except local_farm.LocalFarmError as err:
+        raise CloudError(str(err)) from None
+    return (local_farm.keep_running(),) if getattr(image, "has_harness", False) else ()
+
+
+class LocalBackend:
+    """Worker VMs under qemu on this host, through clouds/local_farm.py."""
+
+    def __init__(self, spec: ScaleSpec, userdata: bytes, farm: Optional[local_farm.LocalFarm] = None) -> None:
+        self.spec = spec
+        self.userdata = userdata
+        self.farm = farm or local_farm.LocalFarm.from_section(spec.cloud)
+        self._farms: dict[str, local_farm.LocalFarm] = {}
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except local_farm.LocalFarmError as err:
+            raise CloudError(str(err)) from None
+
+    def _farm_of(self, worker_type: WorkerType) -> local_farm.LocalFarm:
+        """The farm whose image, memory and vcpus are those of WORKER_TYPE (one folder for all)."""
+        if not worker_type.cloud:
+            return self.farm
+        if worker_type.name not in self._farms:
+            self._farms[worker_type.name] = self._call(local_farm.LocalFarm.from_section, self.spec.cloud_of(worker_type), root=self.farm.root)
+        return self._farms[worker_type.name]
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        return plain(self._call(self.farm.instances, tag_filters={FARM_TAG: self.spec.name}, states=None))
+
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        if not self.spec.collector:
+            raise CloudError("cloud type local: the workers need pool.collector (their one route out)")
+        started = self._call(self._farm_of(worker_type).launch, self.userdata, count=count, tags=launch_tags(self.spec, worker_type),
+                             client_token=token, pool=local_farm.pool_forward(self.spec.collector))
+        return [str(i["InstanceId"]) for i in started]
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        self._call(_tag_and_terminate, self.farm.tag, self.farm.terminate, ends)
+
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict from the VM's console logs (or its tombstone)."""
+        return self._call(self.farm.verdict, instance_id)
+
+
+class OpenStackBackend:
+    """An OpenStack cloud, through clouds/openstack.py. Two differences from EC2 are absorbed here:
+    - Nova keeps a server that failed to build (ERROR: no valid host, the quota race it lost after
+      accepting the request) or that powered itself off (SHUTOFF: a worker whose final check
+      failed; Nova has no terminate-on-shutdown) until it is deleted, and it holds quota all that
+      time. Before each launch the farm's dead servers are deleted.
+    - Nova forgets deleted servers at once (EC2 lists them for an hour): the black-hole rule sees a
+      deleted worker's fate only while the scaler runs (its `joined` memory), not across a restart.
+    """
+
+    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
+        from ..clouds import openstack
+
+        self.spec = spec
+        self.userdata = userdata
+        self._openstack = openstack
+        self.cloud = cloud or self._call(openstack.cloud_from_section, spec.cloud)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._openstack.OpenStackQuotaError as err:
+            raise CapacityError(str(err)) from None
+        except self._openstack.OpenStackError as err:
+            raise CloudError(str(err)) from None
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        return plain(self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name}))
+
+    def reap(self) -> list[str]:
+        """Delete the farm's servers that will never run (ERROR, SHUTOFF). Untagged: Nova refuses
+        metadata changes on a server in ERROR, and forgets a deleted one at once anyway."""
+        dead = [i["InstanceId"] for i in self._call(self.cloud.instances, tag_filters={FARM_TAG: self.spec.name})
+                if i.get("Status") in self._openstack.DEAD_STATUSES]
+        if dead:
+            self._call(self.cloud.terminate, dead)
+        return dead
+
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        self.reap()
+        options = self._openstack.launch_options(self.spec.cloud_of(worker_type))
+        options["properties"] = {**options["properties"], **launch_tags(self.spec, worker_type)}
+        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, name=f"vfarm-{self.spec.name}", **options)
+        return [str(i["InstanceId"]) for i in started]
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        for end in sorted(set(ends.values())):
+            try:
+                self._call(self.cloud.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
+            except CloudError:
+                pass  # Nova refuses metadata on a server still building (a lost one): deleting it matters more
+        self._call(self.cloud.terminate, list(ends))
+
+
+# Cloud type -> its backend: a class with the three methods above, raising CapacityError/CloudError.
+BACKENDS: dict[str, Callable[[ScaleSpec, bytes], Backend]] = {
+    "ec2": Ec2Backend,
+    "openstack": OpenStackBackend,
+    "local": LocalBackend,
+}
+
+
+def backend_for(spec: ScaleSpec, userdata: bytes) -> Backend:
+    """The backend of the scale section's cloud type; CloudError (one line) when it cannot be made."""
+    kind = str(spec.cloud.get("type"))
+    make = BACKENDS.get(kind)
+    if make is None:
+        raise CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types {', '.join(sorted(BACKENDS))}")
+    return make(spec, userdata)

@@ -1,0 +1,341 @@
+"""Which worker type each waiting job goes to, and how many workers of each type the queue needs.
+
+Rules (pure; the planner calls them with what one snapshot saw):
+- A job asks for RequestCpus (default 1, rounded up), RequestMemory (MB) and RequestGPUs (default 0).
+  A number is taken as it is; an expression (`condor_q -json` prints it as "/Expr(...)/") is
+  evaluated with HTCondor's own ClassAd library over the job's attributes it names. A type holds
+  the job when it offers at least those CPUs and GPUs, and the memory when the type declares its
+  memory (a type without `memory` is never checked on it, as a farm of one type never was).
+- Requirements are evaluated, with HTCondor's ClassAd library, against what a worker of the type is
+  known to advertise: Cpus, Memory (when declared), GPUs and VfarmWorkerType (the type's name). The
+  job side carries the attributes the expression names. A type is refused only when the expression
+  is false; a clause on anything else a worker would advertise (Arch, OpSys, Disk,
+  HasFileTransfer, ...) is undefined here and so never refuses a type; an expression that tests for
+  undefined (`=?=`, `=!=`, `is`, `isnt`, `?:`, isUndefined(), ifThenElse(), ...) would turn such a
+  clause into false, so it refuses no type at all. A farm of one type (no `types`) evaluates no
+  Requirements and checks only CPUs, as before types. Without the ClassAd library
+  Requirements are not evaluated at all (a warning says so) and requests that are expressions count
+  as their defaults.
+- Among the types that hold a job, the one with the least waste is chosen: the share of the type's
+  CPUs (memory, GPUs: those it declares) left over once as many such jobs as fit are packed on one
+  worker, averaged over those resources; then the lowest cost, then the order of the list.
+- Per type, the workers wanted are the most of, per resource, (asked - free or booting) / offered,
+  rounded up. When a type may start fewer by its own limit (its max, its black hole or back-off),
+  the jobs it cannot hold move to their next choice, in queue order; jobs no other type holds stay
+  and are held. max-vms is shared among the types in the order the farm lists them; when it is what
+  binds, jobs stay with their type (held). Free slots of one type are not counted for jobs that
+  chose another.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..config.scale import DEFAULT_TYPE, WorkerType
+from .model import TYPE_ATTR
+
+EXPR = re.compile(r"^/Expr\((.*)\)/$", re.S)
+NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# ClassAd words that are not attribute names.
+KEYWORDS = {"MY", "TARGET", "true", "false", "undefined", "error", "isnt", "is", "parent"}
+# Operators and functions that turn an undefined attribute into true or false (`X =!= undefined`):
+# on the few attributes a type is known to advertise, such an expression says nothing of a worker.
+UNDEFINED_AWARE = re.compile(r"=\?=|=!=|\bisnt\b|\bis\b|\?|\b(isUndefined|isError|ifThenElse|isBoolean|isInteger|isReal|isString|isList|isClassAd)\s*\(", re.I)
+
+
+REQUESTS = ("RequestCpus", "RequestMemory", "RequestGPUs")
+NUMBER_LIMIT = 2**63
+
+
+class RequestError(ValueError):
+    """A job's request the planner cannot count with (one line, with its place in the snapshot)."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int = 0
+    memory: int = 0
+    gpus: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.memory + other.memory, self.gpus + other.gpus)
+
+
+def capacity(worker_type: WorkerType) -> Resources:
+    return Resources(worker_type.cpus, worker_type.memory or 0, worker_type.gpus or 0)
+
+
+@dataclass(frozen=True)
+class Request:
+    cpus: int
+    memory: Optional[int]
+    gpus: int
+    requirements: Optional[str]  # the expression's text; None: no Requirements to evaluate
+    context: tuple[tuple[str, Any], ...] = ()  # the job's attributes the expression names
+
+
+def _expression(value: Any) -> Optional[str]:
+    if isinstance(value, str):
+        found = EXPR.match(value)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _context(job: dict[str, Any], text: str) -> tuple[tuple[str, Any], ...]:
+    """The job's attributes TEXT names, as a hashable tuple (scalars only)."""
+    names = sorted({n for n in NAMES.findall(text) if n not in KEYWORDS and n in job})
+    return tuple((n, job[n]) for n in names if isinstance(job[n], (str, int, float, bool)))
+
+
+class ClassAds:
+    """HTCondor's ClassAd library for expressions, with results cached per expression and context."""
+
+    def __init__(self) -> None:
+        try:
+            import classad2
+        except ImportError:
+            self.lib: Any = None
+        else:
+            self.lib = classad2
+        self._values: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+        self._matches: dict[tuple[Request, str], bool] = {}
+
+    def _ad(self, context: tuple[tuple[str, Any], ...]) -> Any:
+        ad = self.lib.ClassAd()
+        for key, value in context:
+            text = _expression(value)
+            ad[key] = self.lib.ExprTree(text) if text is not None else value
+        return ad
+
+    def value(self, job: dict[str, Any], attr: str) -> Any:
+        """ATTR of JOB: as it is, or evaluated when it is an expression (None when it cannot be)."""
+        raw = job.get(attr)
+        text = _expression(raw)
+        if text is None:
+            return raw
+        if self.lib is None:
+            return None
+        key = (text, _context(job, text))
+        if key not in self._values:
+            try:
+                ad = self._ad(key[1])
+                ad["_vfarm_value"] = self.lib.ExprTree(text)
+                result = ad.eval("_vfarm_value")
+            except Exception:  # noqa: BLE001 - an expression this library cannot read: unknown
+                result = None
+            self._values[key] = result if isinstance(result, (int, float)) and not isinstance(result, bool) else None
+        return self._values[key]
+
+    def refuses(self, request: Request, worker_type: WorkerType) -> bool:
+        """Whether the job's Requirements are false on what a worker of WORKER_TYPE advertises."""
+        if request.requirements is None or self.lib is None or UNDEFINED_AWARE.search(request.requirements):
+            return False
+        key = (request, worker_type.name)
+        if key not in self._matches:
+            try:
+                job = self._ad(request.context)
+                job["RequestCpus"] = request.cpus
+                job["RequestGPUs"] = request.gpus
+                if request.memory is not None:
+                    job["RequestMemory"] = request.memory
+                job["Requirements"] = self.lib.ExprTree(request.requirements)
+                machine = {"Cpus": worker_type.cpus, TYPE_ATTR: worker_type.name}
+                if worker_type.gpus is not None:
+                    machine["GPUs"] = worker_type.gpus
+                if worker_type.memory is not None:
+                    machine["Memory"] = worker_type.memory
+                result = job.lookup("Requirements").eval(job, self.lib.ClassAd(machine))
+            except Exception:  # noqa: BLE001 - unreadable: it refuses nothing
+                result = None
+            self._matches[key] = result is False
+        return self._matches[key]
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def request_of(job: dict[str, Any], ads: ClassAds, requirements: bool = True) -> Request:
+    cpus = _number(ads.value(job, "RequestCpus"))
+    memory = _number(ads.value(job, "RequestMemory"))
+    gpus = _number(ads.value(job, "RequestGPUs"))
+    text = _expression(job.get("Requirements")) if requirements else None
+    return Request(int(math.ceil(cpus)) if cpus is not None else 1, int(math.ceil(memory)) if memory is not None else None,
+                   int(math.ceil(gpus)) if gpus is not None else 0, text, _context(job, text) if text is not None else ())
+
+
+def holds(worker_type: WorkerType, request: Request) -> bool:
+    return (request.cpus <= worker_type.cpus and (worker_type.gpus is None or request.gpus <= worker_type.gpus)
+            and (worker_type.memory is None or request.memory is None or request.memory <= worker_type.memory))
+
+
+def waste(worker_type: WorkerType, request: Request) -> float:
+    """The share of a worker left over when packed with as many such jobs as fit (see the module's doc)."""
+    dims = [(worker_type.cpus, max(0, request.cpus))]
+    if worker_type.memory is not None:
+        dims.append((worker_type.memory, max(0, request.memory or 0)))
+    if worker_type.gpus:
+        dims.append((worker_type.gpus, max(0, request.gpus)))
+    fits = min((cap // need for cap, need in dims if need > 0), default=1)
+    return sum((cap - fits * need) / cap for cap, need in dims) / len(dims)
+
+
+@dataclass
+class Group:
+    """Waiting jobs that ask for the same: their request, their types in order of choice, how many."""
+
+    request: Request
+    choices: tuple[int, ...]  # indices into the farm's types
+    count: int
+
+
+@dataclass
+class Fitted:
+    groups: list[Group]
+    unfit: dict[str, list[str]]  # why -> job ids ("cluster.proc")
+    count: int  # waiting jobs some type holds
+    unevaluated: bool = False  # Requirements seen but no ClassAd library to evaluate them
+
+
+def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
+    if len(types) == 1 and types[0].name == DEFAULT_TYPE:
+        return f"ask for more than cpus-per-vm ({types[0].cpus}) CPUs"
+    if request.cpus > max(t.cpus for t in types):
+        return f"ask for {request.cpus} CPUs, more than any type offers ({max(t.cpus for t in types)})"
+    declared = [t.memory for t in types if t.memory is not None]
+    if request.memory is not None and declared and len(declared) == len(types) and request.memory > max(declared):
+        return f"ask for {request.memory} MB of memory, more than any type offers ({max(declared)} MB)"
+    if request.gpus > max(t.gpus or 0 for t in types):
+        return f"ask for {request.gpus} GPU(s), more than any type offers ({max(t.gpus or 0 for t in types)})"
+    if any(holds(t, request) for t in types):
+        return "have Requirements that every type holding their CPUs, memory and GPUs refuses (on Cpus, Memory, GPUs, VfarmWorkerType)"
+    return f"ask for {request.cpus} CPUs, {request.memory if request.memory is not None else 'no'} MB and {request.gpus} GPU(s): no one type offers all"
+
+
+def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None,
+         places: Optional[list[int]] = None, requirements: bool = True) -> Fitted:
+    """The waiting JOBS grouped by what they ask, each group with its types in order of choice.
+    PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
+    ads = ads or ClassAds()
+    groups: dict[Request, Group] = {}
+    unfit: dict[str, list[str]] = {}
+    count = 0
+    unevaluated = False
+    plain: dict[tuple[Any, ...], Group] = {}  # groups of requests of plain numbers, by their raw values: most jobs
+    for index, job in enumerate(jobs):
+        get = job.get
+        raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements") if requirements else None)
+        group = plain.get(raw)
+        if group is None:
+            for key, value in zip(REQUESTS, raw):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
+                    raise RequestError(f"'jobs[{places[index] if places else index}].{key}' is out of range (a 64-bit number), got {str(value)[:40]}")
+            request = request_of(job, ads, requirements)
+            group = groups.get(request)
+            if group is None:
+                ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
+                group = groups[request] = Group(request, tuple(i for _w, _c, i in ranked), 0)
+                unevaluated |= request.requirements is not None and ads.lib is None
+            if not (raw[0].__class__ is str or raw[1].__class__ is str or raw[2].__class__ is str or raw[3].__class__ is str):
+                plain[raw] = group  # an expression depends on other attributes: never a short cut
+        if not group.choices:
+            unfit.setdefault(_unfit_reason(group.request, types), []).append(f"{job.get('ClusterId', '?')}.{job.get('ProcId', '?')}")
+            continue
+        group.count += 1
+        count += 1
+    return Fitted([g for g in groups.values() if g.choices], unfit, count, unevaluated)
+
+
+def some(ids: list[str] | tuple[str, ...], shown: int = 3) -> str:
+    """A few job ids for a message."""
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+@dataclass
+class Assignment:
+    launch: dict[str, int] = field(default_factory=dict)  # workers to start per type
+    wanted: dict[str, int] = field(default_factory=dict)  # workers the jobs kept by each type need
+    waiting: dict[str, int] = field(default_factory=dict)
+    demand: dict[str, int] = field(default_factory=dict)  # CPUs
+
+
+def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
+    offer = capacity(worker_type)
+    need = [(asked.cpus - free.cpus, offer.cpus)]
+    if worker_type.memory is not None:
+        need.append((asked.memory - free.memory, offer.memory))
+    if worker_type.gpus:
+        need.append((asked.gpus - free.gpus, offer.gpus))
+    return max([0, *(math.ceil(short / per) for short, per in need if short > 0)])
+
+
+def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int) -> Assignment:
+    """How many workers of each type to start (see the module's doc). ALLOWED: at most per type;
+    ROOM: at most in all."""
+    # Each group's jobs, split by how far down their list of choices they had to go.
+    placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
+    # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
+    # another took max-vms first can send jobs on again, hence more rounds than types (bounded: the
+    # last one moves nothing and holds the rest where they are).
+    rounds = 4 * len(types) + 4
+    for round_ in range(rounds):
+        last = round_ == rounds - 1
+        result = Assignment()
+        left = room
+        moved: list[tuple[Group, int, int]] = []
+        by_type: dict[int, list[tuple[Group, int, int]]] = {}
+        for item in placed:
+            by_type.setdefault(item[0].choices[item[1]], []).append(item)
+        for index, worker_type in enumerate(types):
+            name = worker_type.name
+            mine = by_type.get(index, [])
+            asked = Resources(sum(g.request.cpus * n for g, _p, n in mine), sum((g.request.memory or 0) * n for g, _p, n in mine),
+                              sum(g.request.gpus * n for g, _p, n in mine))
+            free = supply.get(name, Resources())
+            wanted = _wanted(worker_type, asked, free)
+            may = max(0, min(allowed.get(name, 0), left))
+            kept = mine
+            # Jobs move on only when this type's own limit binds: with max-vms reached, another
+            # type has no room either.
+            if wanted > may and may >= allowed.get(name, 0):
+                kept = []
+                budget = free + Resources(worker_type.cpus * may, (worker_type.memory or 0) * may, (worker_type.gpus or 0) * may)
+                used = Resources()
+                for group, position, n in mine:
+                    r = group.request
+                    fits = n
+                    for have, need in ((budget.cpus - used.cpus, r.cpus), (budget.gpus - used.gpus if worker_type.gpus is not None else None, r.gpus),
+                                       (budget.memory - used.memory if worker_type.memory is not None else None, r.memory or 0)):
+                        if have is not None and need > 0:
+                            fits = min(fits, max(0, have // need))
+                    if fits:
+                        kept.append((group, position, fits))
+                        used = used + Resources(r.cpus * fits, (r.memory or 0) * fits, r.gpus * fits)
+                    if n - fits:
+                        if position + 1 < len(group.choices) and not last:
+                            moved.append((group, position + 1, n - fits))
+                        else:
+                            kept.append((group, position, n - fits))  # no other type holds them: held here
+                asked = Resources(sum(g.request.cpus * n for g, _p, n in kept), sum((g.request.memory or 0) * n for g, _p, n in kept),
+                                  sum(g.request.gpus * n for g, _p, n in kept))
+                wanted = _wanted(worker_type, asked, free)
+            launch = min(wanted, may)
+            left -= launch
+            result.launch[name], result.wanted[name] = launch, wanted
+            result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
+            by_type[index] = kept
+        if not moved:
+            return result
+        placed = [item for items in by_type.values() for item in items] + moved
+    return result
+
+
+def empty(types: tuple[WorkerType, ...]) -> Assignment:
+    zero = {t.name: 0 for t in types}
+    return Assignment(dict(zero), dict(zero), dict(zero), dict(zero))
