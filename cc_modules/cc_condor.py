@@ -6,6 +6,8 @@ log, a step or a reason. The new config is checked with HTCondor's own `condor_c
 condor is (re)started, and put back as it was when the check fails. Then the handler waits until
 the pool's collector lists a startd advertising this instance's `VfarmInstanceId`: a worker that
 has not joined within `join-timeout` is a failed handler, so the final check powers it off.
+Before condor starts, the metadata guard (metadata_guard.py, `protect-metadata`, on by default)
+limits the cloud's metadata service, which serves the user-data and so the token, to root.
 A second run writes nothing and restarts nothing. The part-handler for text/condor-config runs
 `work` too; it comes after localfs, so an execute directory on a localfs mount lands there.
 """
@@ -16,6 +18,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Callable, Optional
 
 from ..config import condor as condor_spec
@@ -23,6 +26,7 @@ from ..config.condor import CondorSpec
 from ..errors import StepError
 from ..files import atomic_write, read_text
 from ..textsafe import UnsafeValue, control_character
+from . import metadata_guard
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
 from .packages import APT, package_manager
@@ -32,7 +36,8 @@ NAME = "condor"
 POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's startd
 SERVICE = "condor"
 # A hung command must end as a recorded failure, not as a boot that never finishes.
-TIMEOUTS = {"install": 1800.0, "mkdir": 60.0, "check-config": 600.0, "start": 300.0, "restart": 300.0}
+TIMEOUTS = {"install": 1800.0, "install-guard": 1800.0, "mkdir": 60.0, "check-config": 600.0, "start": 300.0, "restart": 300.0,
+            "enable-guard": 60.0, "protect-metadata": 60.0}
 
 frequency = PER_INSTANCE
 distros = DISTROS
@@ -47,9 +52,15 @@ class Facts:
     active: bool  # the condor service runs
     execute_exists: bool
     package_manager: Optional[str]  # apt-get, dnf or yum
+    firewall: Optional[str] = None  # the packet filter tool for the metadata guard: nft, iptables or None
+    guard_rules: Optional[str] = None  # current metadata_guard.RULES_FILE
+    guard_unit: Optional[str] = None  # current metadata_guard.UNIT_FILE
+    guard_active: bool = False  # the guard's rule is in place now
 
 
 def discover(spec: CondorSpec, ctx: Context) -> Facts:
+    firewall = metadata_guard.backend(shutil.which) if spec.protect_metadata else None
+    guard_active = firewall is not None and ctx.runner.run(metadata_guard.active_argv(firewall), check=False, changes=False).returncode == 0
     return Facts(
         config=read_text(ctx.path(condor_spec.CONFIG_FILE)),
         token=read_text(ctx.path(condor_spec.TOKEN_FILE)),
@@ -57,6 +68,10 @@ def discover(spec: CondorSpec, ctx: Context) -> Facts:
         active=ctx.runner.run(["systemctl", "is-active", "--quiet", SERVICE], check=False, changes=False).returncode == 0,
         execute_exists=ctx.path(spec.execute).is_dir(),
         package_manager=package_manager(),
+        firewall=firewall,
+        guard_rules=read_text(ctx.path(metadata_guard.RULES_FILE)) if spec.protect_metadata else None,
+        guard_unit=read_text(ctx.path(metadata_guard.UNIT_FILE)) if spec.protect_metadata else None,
+        guard_active=guard_active,
     )
 
 
@@ -67,6 +82,55 @@ def _install_argv(spec: CondorSpec, manager: Optional[str]) -> list[str]:
     if manager == APT:
         return ["apt-get", "install", "-y", "--no-install-recommends", package]
     return [manager, "install", "-y", package]
+
+
+def guard_steps(spec: CondorSpec, facts: Facts) -> list[Step]:
+    """The metadata guard's steps: its rule file (nft) and boot-time unit, enabled, and the rule
+    put in place now when anything changed or it is not in place."""
+    tool = facts.firewall
+    steps: list[Step] = []
+    if tool is None:
+        if not spec.install:
+            raise StepError("condor.protect-metadata: this image has neither nft nor iptables to keep the metadata service (and the pool's "
+                            "token in the user-data) from jobs: add nftables to the image, set condor.install: true, or protect-metadata: false")
+        if facts.package_manager is None:
+            raise StepError("condor.protect-metadata: no nft or iptables, and no apt-get, dnf or yum to install nftables with")
+        extra = ["--no-install-recommends"] if facts.package_manager == APT else []
+        steps.append(Run("install-guard", [facts.package_manager, "install", "-y", *extra, metadata_guard.PACKAGE], timeout=TIMEOUTS["install-guard"]))
+        tool = "nft"
+    rules = metadata_guard.nft_rules() if tool == "nft" else None
+    unit = metadata_guard.unit_text(tool)
+    writes: list[Step] = []
+    if rules is not None and facts.guard_rules != rules:
+        writes.append(WriteFile("write-guard-rules", metadata_guard.RULES_FILE, rules, 0o644))
+    if facts.guard_unit != unit:
+        writes.append(WriteFile("write-guard-unit", metadata_guard.UNIT_FILE, unit, 0o644))
+        writes.append(Run("enable-guard", ["systemctl", "enable", metadata_guard.UNIT], timeout=TIMEOUTS["enable-guard"]))
+    if writes:
+        folders = sorted({str(PurePosixPath(s.path).parent) for s in writes if isinstance(s, WriteFile)})
+        steps.append(Custom("guard-folders", lambda ctx: _folders(ctx, folders), {"paths": folders}))
+        steps += writes
+    if writes or not facts.guard_active:
+        argvs = metadata_guard.apply_argvs(tool)
+        details = {"tool": tool, "argvs": [argv for argv, _ in argvs], "show": " ".join(metadata_guard.active_argv(tool))}
+        steps.append(Custom("protect-metadata", lambda ctx: _protect(ctx, argvs, details), details))
+    return steps
+
+
+def _folders(ctx: Context, folders: list[str]) -> dict[str, Any]:
+    """The guard's folders (/etc/vfarm; /etc/systemd/system on an image that lacks it)."""
+    made = [f for f in folders if not ctx.path(f).is_dir()]
+    for folder in made:
+        ctx.path(folder).mkdir(mode=0o755, parents=True, exist_ok=True)
+    return {"made": made, "changed": bool(made)}
+
+
+def _protect(ctx: Context, argvs: list[tuple[list[str], bool]], details: dict[str, Any]) -> dict[str, Any]:
+    """Put the guard's rule in place now (a failure to delete an absent iptables rule is fine)."""
+    for argv, must in argvs:
+        ctx.runner.run(argv, check=must, timeout=TIMEOUTS["protect-metadata"])
+    ctx.logger.info("metadata service %s: root only (%s); show the rule: %s", metadata_guard.ADDRESS, details["tool"], details["show"])
+    return {"address": metadata_guard.ADDRESS}
 
 
 def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
@@ -91,6 +155,8 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
         changed = True
     if not facts.execute_exists:
         steps.append(Run("mkdir", ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", spec.execute], timeout=TIMEOUTS["mkdir"]))
+    if spec.protect_metadata:  # in place before condor (re)starts: before any job can run
+        steps += guard_steps(spec, facts)
     if changed or not facts.installed:
         # HTCondor's own parser checks the new config; a rejected one is put back as it was.
         steps.append(Run("check-config", ["condor_config_val", "-summary"], timeout=TIMEOUTS["check-config"], reads_only=True,
@@ -146,7 +212,8 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
     if spec.token is None:
         raise StepError("the condor section holds no token (vfarm build reads token-file into the part)")
     facts = discover(spec, ctx)
-    ctx.record.step("discover", True, installed=facts.installed, active=facts.active, config_present=facts.config is not None)
+    ctx.record.step("discover", True, installed=facts.installed, active=facts.active, config_present=facts.config is not None,
+                    firewall=facts.firewall, guard_active=facts.guard_active)
     todo = plan(spec, facts, instance_id)
     ctx.logger.info("plan: %s", json.dumps(todo.listing()))
     ctx.record.step("plan", True, steps=todo.actions())

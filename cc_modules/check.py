@@ -37,8 +37,8 @@ from typing import Any, Callable, Optional, Union
 
 from ..display import shown
 from ..files import atomic_write, under
+from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
-from .record import log_dir as records_folder
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
     from .. import __version__ as VFARM_VERSION
@@ -57,6 +57,15 @@ UNHANDLED = re.compile(r"Unhandled (unknown content-type|non-multipart) \(([^)]*
 BOOT_MARKERS = ("running 'init-local'", "running 'init'")
 DEFAULT_TIMEOUT_MINUTES = 30
 KEYS = ("on-failure", "delay", "degraded-is-failure", "message", "timeout")
+# The one machine-readable line the check writes to the console (the admin side reads it from the
+# cloud's console output): this prefix, then one JSON object of printable ASCII.
+VERDICT_PREFIX = "vfarm-verdict: "
+VERDICT_VERSION = 1
+VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
+VERDICT_MAX_TEXT = 240  # characters of each reason in the line
+# HTCondor reads the verdict from this file (50-vfarm.conf includes it: condor_spec.VERDICT_FILE)
+# when the condor unit reloads; not imported from there, to keep the check's bundle small.
+CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 # Where the check script lives on the instance: cloud-init's power_state condition runs it.
 SCRIPT_PATH = "/var/lib/vfarm/vfarm-check.py"
 
@@ -98,6 +107,14 @@ class Paths:
     @property
     def console(self) -> Path:
         return self._p("/dev/console")
+
+    @property
+    def condor_config(self) -> Path:
+        return self._p("/etc/condor/config.d/50-vfarm.conf")
+
+    @property
+    def condor_verdict(self) -> Path:
+        return self._p(CONDOR_VERDICT_FILE)
 
     @property
     def script(self) -> Path:
@@ -549,6 +566,23 @@ def _verdict(summary: dict[str, Any], message: Optional[str]) -> str:
     return f"{message}: {text}" if message else text
 
 
+def _cut(text: Any) -> str:
+    return _one_line(str(text or ""))[:VERDICT_MAX_TEXT]
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """VERDICT_PREFIX and one JSON object in printable ASCII: the result, the decision, and each
+    failed handler as [name, status, reason] (secrets hidden, each text one line of at most
+    VERDICT_MAX_TEXT characters). Every control character, non-ASCII character and DEL is escaped
+    inside its string, so no reason can end the line, start another or hide part of it."""
+    decision = summary.get("decision") or {}
+    failed = [[_cut(h.get("name")), _cut(h.get("status")), _cut(h.get("reason"))] for h in summary.get("handlers") or [] if h.get("failed")]
+    record = {"v": VERDICT_VERSION, "instance": _cut(summary.get("instance_id")), "vfarm": _cut(summary.get("vfarm_version")),
+              "result": _cut(summary.get("result")), "action": _cut(decision.get("action")), "reason": _cut(decision.get("reason")),
+              "failed": failed[:VERDICT_MAX_FAILED], "more": len(failed[VERDICT_MAX_FAILED:])}
+    return VERDICT_PREFIX + json.dumps(record, separators=(",", ":")).replace("\x7f", "\\u007f")
+
+
 # --- rendering (summary.log and `vfarm summary`) ------------------------------------------------
 
 
@@ -608,9 +642,10 @@ def render(summary: dict[str, Any]) -> str:
 # --- apply --------------------------------------------------------------------------------------
 
 
-def tell(paths: Paths, line: str) -> None:
-    """To the console (where an admin watching the boot sees it) and to the check's own log."""
-    line = shown(line)
+def tell(paths: Paths, line: str, raw: bool = False) -> None:
+    """To the console (where an admin watching the boot sees it) and to the check's own log.
+    RAW: a line already safe to show as it is (the verdict line), written unchanged."""
+    line = line if raw else shown(line)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         paths.log_dir.mkdir(parents=True, exist_ok=True)
@@ -628,6 +663,23 @@ def tell(paths: Paths, line: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def tell_condor(paths: Paths, summary: dict[str, Any], run: Optional[Runner] = None) -> bool:
+    """On a worker whose condor handler wrote its config: the result (ok, degraded or failed, as
+    plan() sets it) as the startd's VfarmVerdict. The startd starts before the check and says
+    "pending" until then; the check writes the file 50-vfarm.conf includes and has the condor unit
+    reload (SIGHUP: condor_master re-reads its config; no pool authorization needed, unlike
+    condor_reconfig; --no-block: the check may run inside cloud-init's final stage)."""
+    if not paths.condor_config.is_file():
+        return False
+    try:
+        paths.condor_verdict.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(paths.condor_verdict, f'VfarmVerdict = "{summary["result"]}"\n', 0o644)
+    except OSError:
+        return False
+    (run or default_runner(paths))(["systemctl", "--no-block", "reload", "condor"])
+    return True
 
 
 def default_runner(paths: Paths) -> Runner:
@@ -659,6 +711,8 @@ def apply(paths: Paths, summary: dict[str, Any], settings: Settings, run: Option
     os.sync()
     line = console_line(summary, settings.message)
     tell(paths, line)
+    tell(paths, verdict_line(summary), raw=True)
+    tell_condor(paths, summary, run)
     decision = summary["decision"]
     argv = power_argv(decision["action"], decision["delay"] or "now", line[:400])
     if argv is None:
@@ -687,6 +741,7 @@ def run_guarded(paths: Paths, wait: Optional[float] = None, run: Optional[Runner
     except Exception as err:
         line = f"vfarm check: ERROR: the check itself failed ({err!r}); poweroff now"
         tell(paths, line)
+        tell(paths, verdict_line({"result": "error", "decision": {"action": "poweroff" if act else "none", "reason": line}}), raw=True)
         if act:
             argv = power_argv("poweroff", "now", line[:400])
             if argv:

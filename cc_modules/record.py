@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..files import atomic_write, under
+from ..files import atomic_write, log_dir
 from ..redaction import redact
 
-DEFAULT_LOG_DIR = "/var/log/vfarm"
 STATUSES = ("running", "ok", "failed", "skipped")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -36,11 +35,6 @@ def _version() -> str:
 
 
 VERSION = _version()
-
-
-def log_dir(explicit: Union[str, Path, None] = None, root: Union[str, Path] = "/") -> Path:
-    """Where the records and logs go: EXPLICIT, else $VFARM_LOG_DIR, else /var/log/vfarm in ROOT."""
-    return Path(explicit or os.environ.get("VFARM_LOG_DIR") or under(root, DEFAULT_LOG_DIR))
 
 
 def status_path(handler: str, directory: Union[str, Path, None] = None) -> Path:

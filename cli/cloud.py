@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..cc_modules import table
 from ..clouds import ec2
@@ -21,12 +21,36 @@ from ..redaction import redact_strings
 from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
 
 
-def _print_instances(instances: list[dict[str, Any]], as_json: bool) -> None:
+def _print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None) -> None:
+    """The table (or JSON); VERDICTS: a VERDICT column (id: what the instance's final check said)."""
     if as_json:
         print(json.dumps(redact_strings(instances), indent=2, default=str, sort_keys=True))
+    elif instances and verdicts is not None:
+        rows = [(*ec2.summary_row(i), verdicts.get(i["InstanceId"], "-")) for i in instances]
+        print(table.render((*ec2.SUMMARY_HEADERS, "VERDICT"), rows), end="")
     elif instances:
         rows = [ec2.summary_row(i) for i in instances]
         print(table.render(ec2.SUMMARY_HEADERS, rows), end="")
+
+
+def read_verdicts(cloud: ec2.Ec2Cloud, instances: list[dict[str, Any]]) -> dict[str, str]:
+    """For each instance that ended or is ending, its final check's verdict from the console
+    output, as one line; each such instance also gets `VfarmVerdict` (the record, or None) for
+    --json. A console the cloud does not give is said so, and the listing goes on."""
+    found: dict[str, str] = {}
+    for inst in instances:
+        if inst.get("State", {}).get("Name") not in ec2.GONE_STATES:
+            continue
+        iid = inst["InstanceId"]
+        try:
+            verdict = cloud.verdict(iid)
+        except ec2.Ec2Error as err:
+            found[iid] = f"unknown: {err}"
+            inst["VfarmVerdict"] = {"unreadable": str(err)}
+            continue
+        found[iid] = verdict.text() if verdict is not None else "none on the console (the check did not finish)"
+        inst["VfarmVerdict"] = verdict.as_dict() if verdict is not None else None
+    return found
 
 
 def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
@@ -109,10 +133,12 @@ def cmd_instances(args: argparse.Namespace) -> int:
         return openstack.cmd_instances(args)
     try:
         tag_filters = ec2.parse_tags(args.tag)
-        found = _cloud(args).instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
+        cloud = _cloud(args)
+        found = cloud.instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
     except ec2.Ec2Error as err:
         return fail(str(err))
-    _print_instances(found, args.json)
+    verdicts = read_verdicts(cloud, found)
+    _print_instances(found, args.json, verdicts if verdicts else None)
     if not found and not args.json:
         print("vfarm: no vfarm instances", file=sys.stderr)
     return EXIT_OK

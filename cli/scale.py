@@ -26,6 +26,7 @@ from ..config import scale as scale_spec
 from ..display import ShownFormatter, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, loads_bounded
+from ..redaction import redact_strings
 from ..scaler import apply, backends, discover, loop
 from ..scaler import plan as planner
 from ..scaler.model import Action, Plan
@@ -179,20 +180,23 @@ def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result
     if not rows:
         return head + "no instance\n"
     if spec.typed:
-        typed = [(r["instance"], r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
-        return head + "\n" + table.render(("INSTANCE", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), typed, right=("AGE", "SLOTS", "JOBS"))
-    body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"]) for r in rows]
-    return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"), body, right=("AGE", "SLOTS", "JOBS"))
+        typed = [(r["instance"], r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
+        return head + "\n" + table.render(("INSTANCE", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), typed, right=("AGE", "SLOTS", "JOBS"))
+    body = [(r["instance"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
+    return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), body, right=("AGE", "SLOTS", "JOBS"))
 
 
 def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> int:
     snapshot = scaler.discover()
     snapshot.update(scaler.memory())
     result = planner.plan(snapshot, spec)
-    rows = loop.status_rows(result, snapshot, spec)
+    rows = loop.status_rows(result, snapshot, spec) + loop.ended_rows(snapshot, spec)
+    for row in rows:  # what the final check of each instance that ended or is ending said
+        if row["state"] in loop.VERDICT_STATES:
+            row["lost_reason"], row["verdict"] = scaler.applier.read_verdict(row["instance"])
     if as_json:
         print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
-                          "supply": result.supply, "instances": rows}, indent=2, sort_keys=True))
+                          "supply": result.supply, "instances": redact_strings(rows)}, indent=2, sort_keys=True))
     else:
         print(render_status(rows, spec, result), end="")
     return EXIT_OK

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 from .. import __version__
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import hide_credentials
+from .verdict import Verdict, parse_console
 
 MANAGED_TAG = "vfarm:managed"
 SIGNING_REGION_FALLBACK = "us-east-1"
@@ -438,6 +439,17 @@ class Ec2Cloud:
         response = self._guard("read user-data", self.client.describe_instance_attribute, InstanceId=instance_id, Attribute="userData")
         value = response.get("UserData", {}).get("Value")
         return base64.b64decode(value) if value else b""
+
+    def console_output(self, instance_id: str) -> str:
+        """The instance's console output as the cloud keeps it (GetConsoleOutput: the serial
+        console's last 64 KiB on AWS; botocore decodes its base64), '' when it holds none yet."""
+        response = self._guard("read the console output", self.client.get_console_output, InstanceId=instance_id)
+        output = response.get("Output") or ""
+        return output if isinstance(output, str) else output.decode("utf-8", errors="replace")
+
+    def verdict(self, instance_id: str) -> Optional[Verdict]:
+        """The final check's verdict on the instance's console, None when there is none."""
+        return parse_console(self.console_output(instance_id), instance_id)
 
     def wait_running(
         self,

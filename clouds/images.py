@@ -48,7 +48,8 @@ HOOKS = [
 # Image variants (`--image SUITE-VARIANT`): extra packages baked in for a role. HTCondor is in
 # Debian from trixie on (`condor` 23.9; bookworm has none).
 # libnss-myhostname: HTCondor resolves its own host name, which only cloud-init's meta-data knows.
-VARIANTS: dict[str, list[str]] = {"condor": ["condor", "libnss-myhostname"]}
+# nftables: the condor section's metadata guard (on by default) needs a packet filter tool.
+VARIANTS: dict[str, list[str]] = {"condor": ["condor", "libnss-myhostname", "nftables"]}
 VARIANT_SUITES: dict[str, tuple[str, ...]] = {"condor": ("trixie",)}
 DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
 

@@ -128,6 +128,127 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
         self.server_close()
 
 
+# --- an EC2-style metadata service -----------------------------------------------------------------
+
+# The guest reaches the metadata service where a cloud has it, 169.254.169.254:80. slirp forwards
+# (guestfwd) only addresses inside its own network, so a guest that gets its user-data this way
+# lives in 169.254.0.0/16 (qemu refuses the forward in the default 10.0.2.0/24).
+METADATA_ADDRESS = "169.254.169.254"
+METADATA_NET = "169.254.0.0/16"
+METADATA_HOST = "169.254.0.2"  # slirp's own address (the gateway)
+METADATA_DNS = "169.254.0.3"
+METADATA_GUEST = "169.254.0.15"  # what slirp's DHCP hands the guest first
+METADATA_POOL = "169.254.0.100"  # the pool forward's address in that network (GUEST_HTTP's role)
+# The API versions cloud-init's Ec2 datasource asks for (22.4: 2009-04-04, 2016-09-02; 25.1 also
+# 2021-03-23), and `latest`; each gets the same answers.
+METADATA_VERSIONS = ("1.0", "2009-04-04", "2016-09-02", "2021-03-23", "latest")
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+
+
+class _MetadataHandler(http.server.BaseHTTPRequestHandler):
+    server: MetadataServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        self.server.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".strip())
+
+    def _send(self, code: int, body: bytes, kind: str = "text/plain") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+        """IMDSv2: PUT /latest/api/token with a TTL header gives a session token."""
+        ttl = self.headers.get(TOKEN_TTL_HEADER, "")
+        if self.path != "/latest/api/token" or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+            self._send(400, b"Bad Request")
+            return
+        self._send(200, self.server.token.encode())
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        token = self.headers.get(TOKEN_HEADER)
+        if token is not None and token != self.server.token:
+            self._send(401, b"Unauthorized")
+            return
+        if self.server.require_token and token is None:
+            self._send(401, b"Unauthorized")
+            return
+        found = self.server.answer(self.path)
+        if found is None:
+            self._send(404, b"Not Found")
+        else:
+            self._send(200, found[0], found[1])
+
+
+class MetadataServer(http.server.ThreadingHTTPServer):
+    """An EC2-style instance metadata service on 127.0.0.1 (a free port), for one instance: its
+    meta-data tree (instance id, host name, type, image, address, zone), its user-data as bytes,
+    and IMDSv2 session tokens (IMDSv1 requests without a token too, unless REQUIRE_TOKEN). The
+    guest sees it as http://169.254.169.254/ through `metadata_netdev`."""
+
+    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
+                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
+        self.userdata = userdata
+        self.require_token = require_token
+        self.token = uuid.uuid4().hex
+        self.requests: list[str] = []
+        self.meta: dict[str, Any] = {
+            "ami-id": image_id or "ami-local", "hostname": hostname, "instance-id": instance_id, "instance-type": instance_type,
+            "local-hostname": hostname, "local-ipv4": local_ipv4, "placement": {"availability-zone": zone},
+        }
+        self.identity = {"instanceId": instance_id, "instanceType": instance_type, "imageId": self.meta["ami-id"], "region": zone,
+                         "availabilityZone": zone, "privateIp": local_ipv4}
+        super().__init__(("127.0.0.1", 0), _MetadataHandler)
+        self.thread = threading.Thread(target=self.serve_forever, name="vfarm-metadata", daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def answer(self, path: str) -> Optional[tuple[bytes, str]]:
+        """(body, content type) for a GET of PATH, None for 404."""
+        path = path.split("?", 1)[0]
+        if path == "/":
+            return "\n".join(METADATA_VERSIONS).encode(), "text/plain"
+        version, _, rest = path.lstrip("/").partition("/")
+        if version not in METADATA_VERSIONS:
+            return None
+        if rest in ("", "/"):
+            return b"dynamic\nmeta-data\n" + (b"user-data" if self.userdata else b""), "text/plain"
+        if rest == "user-data":
+            return (self.userdata, "application/octet-stream") if self.userdata else None
+        if rest.rstrip("/") == "dynamic/instance-identity/document":
+            return json.dumps(self.identity, indent=2).encode(), "application/json"
+        if rest == "meta-data" or rest.startswith("meta-data/"):
+            node: Any = self.meta
+            for part in [p for p in rest.split("/")[1:] if p]:
+                if not isinstance(node, dict) or part not in node:
+                    return None
+                node = node[part]
+            if isinstance(node, dict):  # a folder: its entries, sub-folders with a trailing slash
+                return "\n".join(k + "/" if isinstance(v, dict) else k for k, v in node.items()).encode(), "text/plain"
+            return str(node).encode(), "text/plain"
+        return None
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def metadata_netdev(metadata_port: int, pool_forward: Optional[str] = None) -> str:
+    """qemu's -netdev for a guest that reads its data from the metadata service: slirp with
+    restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to the MetadataServer on PORT,
+    and (POOL_FORWARD, HOST:PORT) the pool at METADATA_POOL:9618, a socat per connection."""
+    options = ["user,id=n0,restrict=on", f"net={METADATA_NET}", f"host={METADATA_HOST}", f"dns={METADATA_DNS}", f"dhcpstart={METADATA_GUEST}",
+               f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:{metadata_port}"]
+    if pool_forward is not None:
+        options.append(f"guestfwd=tcp:{METADATA_POOL}:{GUEST_POOL_PORT}-cmd:socat - TCP:{pool_forward}")
+    return ",".join(options)
+
+
 # --- disks ------------------------------------------------------------------------------------------
 
 
@@ -256,8 +377,11 @@ class LocalInstance:
     def __init__(self, image: Image, userdata: bytes, *, folder: Optional[Path] = None, disk_size: str = "8G",
                  data_disk: str = "vg", http_root: Optional[Path] = None, smp: int = 2, memory: int = 2048,
                  instance_id: Optional[str] = None, quiet: bool = False, pool_forward: Optional[str] = None,
-                 netns: Optional[str] = None):
+                 netns: Optional[str] = None, metadata: bool = False):
         self.image = image
+        # METADATA: the guest reads meta-data and user-data from an EC2-style service at
+        # 169.254.169.254 (MetadataServer), as on a cloud, instead of a NoCloud seed.
+        self.metadata = metadata
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
@@ -281,6 +405,10 @@ class LocalInstance:
     def data(self) -> Path:
         return self.folder / "data.raw"
 
+    @property
+    def hostname(self) -> str:
+        return "vfarm-" + self.instance_id[-8:]
+
     def _say(self, message: str) -> None:
         if not self.quiet:
             progress("local", message)
@@ -295,15 +423,18 @@ class LocalInstance:
             run(["truncate", "-s", self.disk_size, self.data])
         else:
             _sparse_copy(Path(self.data_disk_kind), self.data)
-        make_seed(self.folder, self.userdata, self.instance_id, "vfarm-" + self.instance_id[-8:],
-                  network=self.http_root is not None or self.pool_forward is not None)
+        if not self.metadata:
+            make_seed(self.folder, self.userdata, self.instance_id, self.hostname,
+                      network=self.http_root is not None or self.pool_forward is not None)
         (self.folder / "instance.json").write_text(json.dumps({
             "instance_id": self.instance_id, "folder": str(self.folder), "image": str(self.image.directory), "data_disk": self.data_disk_kind,
             "disk_size": self.disk_size, "vg": self.vg}, indent=2) + "\n")
         return self
 
-    def qemu_argv(self, port: Optional[int], machine: str = "microvm") -> list[str]:
-        """microvm (fastest) or pc (the conventional fallback): same disks, same network."""
+    def qemu_argv(self, port: Optional[int], machine: str = "microvm", metadata_port: Optional[int] = None) -> list[str]:
+        """microvm (fastest) or pc (the conventional fallback): same disks, same network. With
+        METADATA_PORT (a MetadataServer's) the guest has no seed and cloud-init's Ec2 datasource
+        (`ci.ds=Ec2`) reads its data at 169.254.169.254 (see metadata_netdev)."""
         # TCG with one thread for all vCPUs: with a thread per vCPU (MTTCG) the guest kernel's
         # live code patching (static keys, via int3) raced the other vCPU's translated code on a
         # loaded host and trixie guests died of "Oops: int3" (seen twice in full CI runs).
@@ -313,8 +444,8 @@ class LocalInstance:
                 "-smp", str(self.smp), "-m", str(self.memory),
                 "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=LABEL=root console=ttyS0 rw"]
-        disks = [(self.disk, False), (self.data, False), (self.folder / "seed.iso", True)]
+                "-append", "root=LABEL=root console=ttyS0 rw" + (" ci.ds=Ec2" if metadata_port is not None else "")]
+        disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata_port is None else [])
         suffix = "device" if mmio else "pci"
         for n, (path, readonly) in enumerate(disks):
             argv += ["-drive", f"id=d{n},file={path},format=raw,if=none" + (",readonly=on" if readonly else ""),
@@ -323,6 +454,8 @@ class LocalInstance:
         # The only addresses the guest may reach (restrict=on): 10.0.2.100:80 -> 127.0.0.1:PORT, and
         # 10.0.2.100:9618 -> the pool. `cmd:socat` starts one socat per connection (a `tcp:` target
         # carries one connection only: a startd's later updates would never arrive).
+        if metadata_port is not None:
+            return argv + ["-netdev", metadata_netdev(metadata_port, self.pool_forward), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         forwards = []
         if port is not None:
             forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}")
@@ -333,16 +466,25 @@ class LocalInstance:
                      "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         return argv
 
+    def _argv(self, port: Optional[int], machine: str, metadata_port: Optional[int]) -> list[str]:
+        if metadata_port is None:
+            return self.qemu_argv(port, machine)
+        return self.qemu_argv(port, machine, metadata_port=metadata_port)
+
     def boot(self, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
         """Boot the instance once and wait until qemu exits (power-off) or TIMEOUT seconds pass."""
         number = len(self.boots) + 1
         console = self.folder / f"console-{number}.log"
         if self.netns and self.http_root:
             raise CommandError("the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked")
+        if self.netns and self.metadata:
+            raise CommandError("the metadata service on this host's loopback cannot serve a guest in another network namespace")
         server = LoopbackServer(self.http_root) if self.http_root else None
+        metadata = MetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name) if self.metadata else None
+        meta_port = metadata.port if metadata else None
         try:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
-            argv = self.qemu_argv(server.port if server else None, machine)
+            argv = self._argv(server.port if server else None, machine, meta_port)
             (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
             result = self._run_qemu(argv, console, timeout, number)
             if result.outcome in ("no-pit", "stalled", "early-panic") and machine == "microvm":
@@ -351,7 +493,7 @@ class LocalInstance:
                 # disks are untouched: boot again as `pc`.
                 self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
                 console.rename(self.folder / f"console-{number}-microvm-{result.outcome}.log")
-                argv = self.qemu_argv(server.port if server else None, "pc")
+                argv = self._argv(server.port if server else None, "pc", meta_port)
                 (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
                 result = self._run_qemu(argv, console, timeout, number)
         finally:
@@ -359,6 +501,10 @@ class LocalInstance:
                 self.http_requests += server.requests
                 (self.folder / "http-requests.log").write_text("\n".join(self.http_requests) + "\n")
                 server.close()
+            if metadata:
+                with open(self.folder / "metadata-requests.log", "a", encoding="utf-8") as log:
+                    log.write("".join(f"{line}\n" for line in metadata.requests))
+                metadata.close()
         self.boots.append(result)
         return result
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .hostcmd import CommandError, start
+from .verdict import CONSOLE_TAIL, Verdict, find_line, parse_console
 
 LIVE_STATES = ("pending", "running")
 ENDED_KEEP = 3600.0  # seconds a terminated instance stays listed (EC2: about an hour)
@@ -341,6 +342,16 @@ class LocalFarm:
                 raise LocalFarmError(f"no such instance: {iid}")
         return found
 
+    def verdict(self, iid: str) -> Optional[Verdict]:
+        """The final check's verdict from the instance's console logs (newest boot last), or the
+        one its tombstone kept; None when there is none."""
+        path, record = self._find([iid])[iid]
+        if path.parent == self.ended_dir:
+            line = record.get("VerdictLine")
+            return parse_console(line, iid) if isinstance(line, str) else None
+        line = console_verdict_line(path.parent, iid)
+        return parse_console(line, iid) if line else None
+
     def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
         with self._locked():
             for path, record in self._find(ids).values():
@@ -357,6 +368,8 @@ class LocalFarm:
                 if path.parent == self.ended_dir:
                     continue
                 self._stop(record)
+                # The console logs go with the folder: the tombstone keeps the verdict line.
+                record["VerdictLine"] = console_verdict_line(path.parent, iid)
                 record["EndEpoch"] = time.time()
                 record["EndReason"] = "terminated by the user"
                 record.pop("supervisor", None)
@@ -384,6 +397,24 @@ class LocalFarm:
                     pass
                 deadline = time.monotonic() + 10
             time.sleep(0.1)
+
+
+def console_verdict_line(folder: Path, iid: str) -> Optional[str]:
+    """The newest verdict line in FOLDER's console logs (each boot's log, oldest first)."""
+    found: Optional[str] = None
+    try:  # the folder may go away meanwhile (a terminate): then there is nothing to read
+        logs = sorted(folder.glob("console-*.log"), key=lambda p: (p.stat().st_mtime, p.name))
+    except OSError:
+        return None
+    for log in logs:
+        try:
+            with open(log, "rb") as console:
+                console.seek(max(0, log.stat().st_size - CONSOLE_TAIL))
+                text = console.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        found = find_line(text, iid) or found
+    return found
 
 
 # --- the supervisor: one per VM, in the background -------------------------------------------------

@@ -14,6 +14,11 @@ from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
 from .sizes import MAX_SECONDS, parse_seconds
 
+try:  # the version of the package; a bundled copy may carry it elsewhere
+    from .. import __version__ as VFARM_VERSION
+except ImportError:  # pragma: no cover - bundled without the root package
+    VFARM_VERSION = "unknown"
+
 DEFAULT_PORT = 9618
 DEFAULTS: dict[str, Any] = {
     "ccb": True,
@@ -22,10 +27,17 @@ DEFAULTS: dict[str, Any] = {
     "retirement-time": 3600,
     "start": "TRUE",
     "join-timeout": 300,
+    "protect-metadata": True,
 }
 CONFIG_FILE = "/etc/condor/config.d/50-vfarm.conf"
 TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
 INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances by it
+# What the startd advertises of vfarm itself: `condor_status -af VfarmVerdict VfarmVersion`.
+VERDICT_ATTRIBUTE = "VfarmVerdict"  # the final check's result: pending until it ran, then ok/degraded/failed
+VERSION_ATTRIBUTE = "VfarmVersion"
+VFARM_ATTRIBUTES = (INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE, VERSION_ATTRIBUTE)
+# Written by the final check (check.CONDOR_VERDICT_FILE) after the startd started; then the condor unit reloads.
+VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 TOKEN_FILE_MAX = 16 * 1024  # an IDTOKEN is a few hundred bytes
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _IPV4 = re.compile(r"^[0-9.]+$")
@@ -58,6 +70,7 @@ class CondorSpec:
     join_timeout: int
     install: bool
     version: Optional[str]
+    protect_metadata: bool = True  # only root reaches the metadata service (metadata_guard)
 
     @property
     def collector(self) -> str:
@@ -133,6 +146,7 @@ def parse(section: dict[str, Any]) -> CondorSpec:
         join_timeout=int(parse_seconds(merged["join-timeout"])),
         install=bool(merged.get("install", False)),
         version=merged.get("version"),
+        protect_metadata=bool(merged["protect-metadata"]),
     )
 
 
@@ -162,8 +176,9 @@ def check(section: dict[str, Any]) -> list[Finding]:
             findings.append(Finding((key,), f"{key} must be more than 0 seconds"))
         elif seconds > longest:
             findings.append(Finding((key,), f"{key} must be at most {longest} seconds ({longest // 86400} day{'s' if longest > 86400 else ''})"))
-    if INSTANCE_ATTRIBUTE in section.get("attributes", {}):
-        findings.append(Finding(("attributes", INSTANCE_ATTRIBUTE), f"{INSTANCE_ATTRIBUTE} is set by vfarm to the instance id", at_key=True))
+    for name in VFARM_ATTRIBUTES:
+        if name in section.get("attributes", {}):
+            findings.append(Finding(("attributes", name), f"{name} is set by vfarm ({', '.join(VFARM_ATTRIBUTES)})", at_key=True))
     return findings
 
 
@@ -266,8 +281,12 @@ def render(spec: CondorSpec, instance_id: str) -> str:
     a statement of its own (`include : CMD |` runs CMD as root), a NUL hides the rest of its line
     and the next, and a backslash at the end joins the next line. So every value is checked here
     (raw_value, classad_literal) and names must be plain knob and attribute names; anything else
-    raises UnsafeValue, which the handler records as its failure."""
-    attributes = [(INSTANCE_ATTRIBUTE, instance_id), *spec.attributes]
+    raises UnsafeValue, which the handler records as its failure.
+
+    The startd advertises VfarmVersion and VfarmVerdict. It starts before the final check runs, so
+    VfarmVerdict is "pending" here; the last line includes (if it exists) the file in which the
+    check writes the verdict before it has the condor unit reload."""
+    attributes = [(INSTANCE_ATTRIBUTE, instance_id), (VERSION_ATTRIBUTE, VFARM_VERSION), (VERDICT_ATTRIBUTE, "pending"), *spec.attributes]
     lines = [
         "# Written by vfarm (cc_condor) from the condor section of the user-data; changes here are overwritten.",
         "use ROLE: Execute",
@@ -287,4 +306,5 @@ def render(spec: CondorSpec, instance_id: str) -> str:
     names = " ".join(name for name, _ in attributes)
     lines += [f"STARTD_ATTRS = $(STARTD_ATTRS) {names}", f"MASTER_ATTRS = $(MASTER_ATTRS) {INSTANCE_ATTRIBUTE}"]
     lines += [f"{_knob_name(name, 'config knob')} = {_config_value(name, value)}" for name, value in spec.config]
+    lines.append(f"include ifexist : {VERDICT_FILE}")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,10 @@ What happens here:
 - A failed cloud call backs off exponentially (per operation, launches per type): the applier
   keeps the timers and hands them to the next plan, which holds the call until then. Failures are
   logged and counted; nothing here raises out of `apply`.
+- Lost workers, by reason: the first time a plan names a launch lost (its black hole's `lost`),
+  the applier reads the verdict its final check wrote to the console (clouds/verdict.py, through
+  the backend's `verdict`), before anything is terminated, logs it and counts the loss under a
+  short reason (check-failed:cvmfs, no-verdict, ...); the black-hole message names the reasons.
 """
 
 from __future__ import annotations
@@ -148,10 +152,12 @@ class Outcome:
     terminated: list[str] = field(default_factory=list)
     cloud_errors: dict[str, int] = field(default_factory=dict)
     drain_errors: int = 0
+    lost: dict[str, int] = field(default_factory=dict)  # workers first found lost in this cycle, by reason
+    black_hole_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # type: why its streak's workers were lost
 
     def to_json(self) -> dict[str, Any]:
         return {"launched": self.launched, "drained": self.drained, "terminated": self.terminated, "cloud_errors": self.cloud_errors,
-                "drain_errors": self.drain_errors}
+                "drain_errors": self.drain_errors, "lost": self.lost, "black_hole_reasons": self.black_hole_reasons}
 
 
 class Applier:
@@ -168,6 +174,35 @@ class Applier:
         self.backoff: dict[str, Backoff] = {}
         self.intents: dict[str, tuple[str, int]] = {}  # type: (token, count) of a launch of unknown outcome
         self._said_black_hole: dict[str, float] = {}
+        # Why each lost worker was lost (its verdict's label), read once per worker; lost on a restart.
+        self.lost_reasons: dict[str, str] = {}
+
+    def read_verdict(self, iid: str) -> tuple[str, str]:
+        """(reason label, what the worker's console says) for a lost or ended worker. A backend may
+        offer `verdict(id)` (the final check's verdict on the console, None when there is none;
+        CloudError when the console cannot be read); without it every console is unreadable."""
+        from ..clouds import verdict as verdicts
+
+        read = getattr(self.backend, "verdict", None)
+        if read is None:
+            return verdicts.UNREADABLE, "this cloud backend cannot read consoles"
+        try:
+            found = read(iid)
+        except CloudError as err:
+            return verdicts.UNREADABLE, f"its console could not be read: {err}"
+        if found is None:
+            return verdicts.NO_VERDICT, "no verdict on its console: its final check never finished"
+        return found.label(), f"its final check said {found.text()}"
+
+    def note_lost(self, lost: Sequence[str], outcome: Outcome) -> None:
+        """Read, log and count the verdict of each worker found lost for the first time."""
+        for iid in lost:
+            if iid in self.lost_reasons:
+                continue
+            reason, said = self.read_verdict(iid)
+            self.lost_reasons[iid] = reason
+            outcome.lost[reason] = outcome.lost.get(reason, 0) + 1
+            self.log.warning("lost worker %s (%s): %s", iid, reason, said)
 
     def memory(self) -> dict[str, Any]:
         """What the next plan must know of this applier: launches to retry, calls to hold."""
@@ -186,7 +221,9 @@ class Applier:
         """Carry out PLAN (made from SNAPSHOT)."""
         now = plan.now
         outcome = Outcome()
-        self._say_black_holes(plan, now)
+        # Before anything is terminated: a lost worker's console is read while the cloud has it.
+        self.note_lost([iid for figures in plan.types.values() for iid in figures.black_hole.lost], outcome)
+        self._say_black_holes(plan, now, outcome)
         for decision in plan.of(Action.HOLD):
             blocked = decision.type is not None and decision.instance is None and plan.types[decision.type].black_hole.blocked
             self.log.log(logging.ERROR if blocked else logging.WARNING, "hold: %s", decision.reason)
@@ -214,15 +251,23 @@ class Applier:
             self._launch(decision, now, outcome)
         return outcome
 
-    def _say_black_holes(self, plan: Plan, now: float) -> None:
+    def _say_black_holes(self, plan: Plan, now: float, outcome: Outcome) -> None:
         for name, figures in plan.types.items():
             hole = figures.black_hole
-            if hole.active and now - self._said_black_hole.get(name, -BLACK_HOLE_LOG_EVERY) >= BLACK_HOLE_LOG_EVERY:
+            if not hole.active:
+                continue
+            seen: dict[str, int] = {}  # why the streak's workers were lost (their verdicts' labels)
+            for iid in hole.streak_ids:
+                reason = self.lost_reasons.get(iid, "unknown")
+                seen[reason] = seen.get(reason, 0) + 1
+            outcome.black_hole_reasons[name] = seen
+            if now - self._said_black_hole.get(name, -BLACK_HOLE_LOG_EVERY) >= BLACK_HOLE_LOG_EVERY:
                 self._said_black_hole[name] = now
                 of_type = f" of type {name}" if self.spec.typed else ""
+                reasons = ", ".join(f"{n}x {r}" for r, n in sorted(seen.items(), key=lambda x: (-x[1], x[0])))
                 self.log.error("BLACK HOLE: the last %d launched instance(s)%s were all lost (never joined the pool within "
-                               "boot-timeout): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
-                               hole.streak, of_type, hole.delay, max(0.0, hole.until - now))
+                               "boot-timeout; reasons seen: %s): launching stops for %.0fs (until %.0fs from now), then one probe at a time",
+                               hole.streak, of_type, reasons, hole.delay, max(0.0, hole.until - now))
 
     def _terminate(self, plan: Plan, now: float, outcome: Outcome) -> None:
         ends = {str(d.instance): END_OF[plan.worker(str(d.instance)).state] for d in plan.of(Action.TERMINATE)}

@@ -60,6 +60,10 @@ class Ec2Backend:
     def terminate(self, ends: dict[str, str]) -> None:
         self._call(_tag_and_terminate, self.cloud.tag, self.cloud.terminate, ends)
 
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict on the instance's console output (GetConsoleOutput)."""
+        return self._call(self.cloud.verdict, instance_id)
+
 
 def attachments(spec: ScaleSpec, farm: Optional[local_farm.LocalFarm] = None) -> tuple[Any, ...]:
     """Extra user-data parts the local cloud needs: keep a local test image (which powers off after
@@ -108,6 +112,10 @@ class LocalBackend:
 
     def terminate(self, ends: dict[str, str]) -> None:
         self._call(_tag_and_terminate, self.farm.tag, self.farm.terminate, ends)
+
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict from the VM's console logs (or its tombstone)."""
+        return self._call(self.farm.verdict, instance_id)
 
 
 class OpenStackBackend:

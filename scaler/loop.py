@@ -23,7 +23,10 @@ from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, cloud_state, tag
+from .model import END_TAG, ENDED, INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
+
+# The rows of --status whose instance ended or is ending: they show the final check's verdict.
+VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
 
 
 class Metrics:
@@ -48,12 +51,15 @@ class Metrics:
         self.cloud_errors = Counter("vfarm_scale_cloud_errors", "Failed cloud calls", ["farm", "operation"], registry=r)
         self.drain_errors = Counter("vfarm_scale_drain_errors", "Failed drain commands", ["farm"], registry=r)
         self.cycles = Counter("vfarm_scale_cycles", "Cycles, by result (applied, skipped)", ["farm", "result"], registry=r)
+        self.lost = Counter("vfarm_scale_lost_workers", "Workers lost (never joined the pool), by the reason their console gave "
+                            "(check-failed:HANDLER, check-error, check-ok, no-verdict, console-unreadable)", ["farm", "reason"], registry=r)
         for state in planner.STATES:
             self.instances.labels(farm, state).set(0)
         for op in ("discover", "launch", "terminate"):
             self.cloud_errors.labels(farm, op)
         for result in ("applied", "skipped"):
             self.cycles.labels(farm, result)
+        self.lost.labels(farm, "no-verdict")
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         """Serve /metrics on ADDRESS:PORT (loopback by default) in a thread; the server."""
@@ -162,6 +168,8 @@ class Scaler:
         for op, count in outcome.cloud_errors.items():
             m.cloud_errors.labels(farm, op).inc(count)
         m.drain_errors.labels(farm).inc(outcome.drain_errors)
+        for reason, count in outcome.lost.items():
+            m.lost.labels(farm, reason).inc(count)
         m.black_hole.labels(farm).set(1 if any(f.black_hole.blocked for f in result.types.values()) else 0)
         m.cycles.labels(farm, "applied").inc()
         m.last_cycle.labels(farm).set(self.clock())
@@ -209,4 +217,21 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
             rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
                          "age": now - launched if launched is not None else None,
                          "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)"})
+    return rows
+
+
+def ended_rows(snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
+    """Farm instances that ended (terminated, shutting down) and the cloud still lists, with how
+    they ended: the scaler's `vfarm:end` tag, or none (the instance powered itself off)."""
+    now = float(snapshot["now"])
+    rows = []
+    for inst in snapshot["instances"]:
+        state = cloud_state(inst)
+        if state not in ENDED:  # the backend lists the farm's instances only
+            continue
+        end = tag(inst, END_TAG)
+        launched = planner.epoch(inst.get("LaunchTime"))
+        why = f"ended by the scaler ({END_TAG}={end})" if end else "ended without the scaler: it powered itself off, or someone terminated it"
+        rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
+                     "age": now - launched if launched is not None else None, "slots": 0, "jobs": 0, "reason": why})
     return rows

@@ -151,6 +151,9 @@ class BlackHole:
     active: bool = False
     blocked: bool = False  # within the back-off: no launch at all
     probing: bool = False  # after it: one probe at a time until one joins
+    # Lists (plain JSON, as the plan's to_json gives them):
+    lost: list[str] = field(default_factory=list)  # every launch of the type found lost, newest first (the scaler reads their verdicts)
+    streak_ids: list[str] = field(default_factory=list)  # the STREAK lost ones
 
 
 @dataclass

@@ -346,6 +346,7 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     holes = {}
     for name, history in fates.items():
         history.sort(reverse=True)
+        lost = [iid for _launched, iid, fate in history if fate == "lost"]
         streak, in_flight = 0, 0
         newest_lost: Optional[float] = None
         for launched, _iid, fate in history:
@@ -357,12 +358,14 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
             streak += 1
             if newest_lost is None:
                 newest_lost = launched + spec.boot_timeout
+        streak_ids = [iid for _launched, iid, fate in history if fate != "booting"][:streak]
         if streak < BLACK_HOLE_LOSSES:
-            holes[name] = BlackHole(streak=streak, in_flight=in_flight)
+            holes[name] = BlackHole(streak=streak, in_flight=in_flight, lost=lost, streak_ids=streak_ids)
             continue
         delay = min(BLACK_HOLE_MAX, BLACK_HOLE_FIRST * 2 ** (streak - BLACK_HOLE_LOSSES))
         until = (newest_lost if newest_lost is not None else now) + delay
-        holes[name] = BlackHole(streak, delay, until, in_flight, active=True, blocked=now < until, probing=now >= until)
+        holes[name] = BlackHole(streak, delay, until, in_flight, active=True, blocked=now < until, probing=now >= until, lost=lost,
+                                streak_ids=streak_ids)
     return holes
 
 

@@ -16,8 +16,9 @@ from vfarm.config import condor as condor_spec
 # Not an `eyJ...` JWT on purpose: the redaction would hide one; this proves the token is never emitted.
 TOKEN = "s3cretHeader.s3cretClaims.s3cretSignature"
 IID = "i-0123456789abcdef0"
+# The metadata guard has tests of its own (test_metadata_guard.py).
 SECTION: dict[str, Any] = {"central-manager": "cm.example.org:9620", "token": TOKEN, "execute": "/scratch/condor",
-                           "attributes": {"Site": "T2_IT_Torino"}, "join-timeout": 1}
+                           "attributes": {"Site": "T2_IT_Torino"}, "join-timeout": 1, "protect-metadata": False}
 
 
 class Cloud:

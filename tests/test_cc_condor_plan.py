@@ -11,7 +11,8 @@ from vfarm.cc_modules.steps import Plan, WriteFile
 from vfarm.config import condor as condor_spec
 from vfarm.errors import StepError
 
-SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}}
+# The metadata guard has tests of its own (test_metadata_guard.py).
+SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attributes": {"Site": "T2_IT_Torino"}, "protect-metadata": False}
 SPEC = condor_spec.parse(SECTION)
 
 

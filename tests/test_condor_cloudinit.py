@@ -26,7 +26,8 @@ CONDOR = {"central-manager": "cm.example.org", "token": TOKEN, "execute": "/scra
 HANDLER_SHIM = "#part-handler\nfrom vfarm.part_handlers.condor_handler import frequency, handle_part, handler_version, list_types  # noqa: F401\n"
 MODULE_SHIM = "from vfarm.cc_modules.cc_condor import distros, frequency, handle, meta  # noqa: F401\n"
 # HTCondor and systemd as a state machine in $STATE: `systemctl start condor` makes the collector
-# (condor_status) list a startd with the instance id that 50-vfarm.conf advertises.
+# (condor_status) list a startd with the instance id that 50-vfarm.conf advertises; `nft -f` of the
+# metadata guard's file puts its table in place (the real nft runs in test_metadata_guard.py).
 STUB = r"""#!/bin/sh
 name=$(basename "$0")
 echo "$name $*" >> "$STUB_LOG"
@@ -35,6 +36,8 @@ case "$name $1" in
   "systemctl start"|"systemctl restart") touch "$STATE/active" ;;
   "install -d") for last; do :; done; mkdir -p "$VFARM_ROOT$last" ;;
   "condor_config_val -summary") grep -q '^use ROLE: Execute$' "$VFARM_ROOT/etc/condor/config.d/50-vfarm.conf" || exit 1 ;;
+  "nft list") [ -f "$STATE/guard" ] || exit 1 ;;
+  "nft -f") grep -q '^table inet vfarm_metadata_guard {$' "$VFARM_ROOT$2" && touch "$STATE/guard" || exit 1 ;;
   "condor_status "*)
     [ -f "$STATE/active" ] || exit 0
     iid=$(sed -n 's/^VfarmInstanceId = "\(.*\)"$/\1/p' "$VFARM_ROOT/etc/condor/config.d/50-vfarm.conf")
@@ -42,7 +45,7 @@ case "$name $1" in
 esac
 exit 0
 """
-STUBBED = ("systemctl", "install", "condor_config_val", "condor_status")
+STUBBED = ("systemctl", "install", "condor_config_val", "condor_status", "nft")
 
 
 def user_data(parts: list[tuple[str, str, str]]) -> str:
@@ -94,7 +97,10 @@ def assert_clean(log: str, tmp: Path) -> None:
 def assert_joined(root: Path, record: dict[str, Any]) -> None:
     assert record["status"] == "ok", record
     assert record["instance_id"] == IID
-    assert [s["action"] for s in record["steps"]][-4:] == ["mkdir", "check-config", "start", "wait-join"]
+    # the metadata guard (on by default) is in place before condor starts
+    assert [s["action"] for s in record["steps"]][-9:] == ["mkdir", "guard-folders", "write-guard-rules", "write-guard-unit", "enable-guard",
+                                                           "protect-metadata", "check-config", "start", "wait-join"]
+    assert (root / "etc/vfarm/metadata-guard.nft").is_file() and (root / "etc/systemd/system/vfarm-metadata-guard.service").is_file()
     assert (root / "etc/condor/tokens.d/vfarm-pool.token").read_text() == TOKEN + "\n"
     assert (root / "etc/condor/tokens.d/vfarm-pool.token").stat().st_mode & 0o777 == 0o600
     assert f'VfarmInstanceId = "{IID}"' in (root / "etc/condor/config.d/50-vfarm.conf").read_text()
@@ -106,6 +112,8 @@ def test_condor_part_reaches_its_handler(cloudinit_release: Release, tmp_path: P
     out, log, commands = boot(cloudinit_release, tmp_path, user_data(parts), {}, preinstalled=False)
     assert_joined(tmp_path / "root", out["after_parts"]["condor.status.json"])
     assert "systemctl start --job-mode=ignore-dependencies condor" in commands and "condor_config_val -summary" in commands
+    assert commands.index("nft -f /etc/vfarm/metadata-guard.nft") < commands.index("systemctl start --job-mode=ignore-dependencies condor")
+    assert "systemctl enable vfarm-metadata-guard.service" in commands
     # the module was found and ran; with no condor key in cloud-config it keeps the handler's record
     assert out["ran"] == ["condor"] and out["failures"] == []
     assert out["after_modules"] == out["after_parts"]

@@ -53,8 +53,9 @@ def instance(condor_pool: CondorPool, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def section(pool: CondorPool, worker: InstanceWorker, token: str, **extra: Any) -> dict[str, Any]:
+    # The worker shares the host's network: its metadata guard is tested in a namespace of its own (test_metadata_guard.py).
     return {"central-manager": pool.collector_address, "token": token, "execute": worker.execute,
-            "attributes": {"Site": "T2_IT_Test"}, "join-timeout": JOIN_TIMEOUT, **extra}
+            "attributes": {"Site": "T2_IT_Test"}, "join-timeout": JOIN_TIMEOUT, "protect-metadata": False, **extra}
 
 
 def run(worker: InstanceWorker, data: dict[str, Any], iid: str) -> dict[str, Any]:

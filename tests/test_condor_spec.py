@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import vfarm
 from vfarm.config import condor as condor_spec
 from vfarm.config.loader import ConfigError, load_file, load_text
 
@@ -33,9 +34,12 @@ def test_issue_example_validates_and_renders() -> None:
         "MAXJOBRETIREMENTTIME = 3600",
         "START = TRUE",
         'VfarmInstanceId = "i-0abc"',
+        f'VfarmVersion = "{vfarm.__version__}"',
+        'VfarmVerdict = "pending"',
         'Site = "T2_IT_Torino"',
-        "STARTD_ATTRS = $(STARTD_ATTRS) VfarmInstanceId Site",
+        "STARTD_ATTRS = $(STARTD_ATTRS) VfarmInstanceId VfarmVersion VfarmVerdict Site",
         "MASTER_ATTRS = $(MASTER_ATTRS) VfarmInstanceId",
+        "include ifexist : /run/vfarm/condor-verdict.conf",
     ]
     assert token not in text
     assert condor_spec.redact(section)["token"] == "***"

@@ -436,7 +436,8 @@ def condor_lines(section: dict[str, Any], instance_id: str = "i-1") -> Optional[
         return None
 
 
-CONDOR_LINE = re.compile(r"#.*|use ROLE: Execute|[A-Za-z_][A-Za-z0-9_.]* = .*|")
+# The lines render() writes: a comment, the role, `NAME = VALUE`, and its one fixed include (the verdict).
+CONDOR_LINE = re.compile(r"#.*|use ROLE: Execute|[A-Za-z_][A-Za-z0-9_.]* = .*|" + re.escape(f"include ifexist : {condor_spec.VERDICT_FILE}") + "|")
 
 
 def condor_fields(text: str) -> list[dict[str, Any]]:

@@ -353,7 +353,7 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     text = commands.render_status(rows, SPEC, result)
     lines = text.splitlines()
     assert lines[0].startswith("farm farm: 5 instance(s), 1 waiting job(s)")
-    assert lines[2].split() == ["INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY"]
+    assert lines[2].split() == ["INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"]
     assert lines[4].split()[:5] == ["i-busy", "busy", "67m", "2", "2"]
     assert "needs a clean-up" in lines[-1]
     assert not [c for c in w.cloud.calls if c[0] != "describe"]  # looking changes nothing

@@ -154,6 +154,16 @@ def under(root: PathLike, absolute: str) -> Path:
     return Path(root) / absolute.lstrip("/")
 
 
+DEFAULT_LOG_DIR = "/var/log/vfarm"
+
+
+def log_dir(explicit: Union[str, Path, None] = None, root: PathLike = "/") -> Path:
+    """Where the handlers' records and logs go: EXPLICIT, else $VFARM_LOG_DIR, else /var/log/vfarm
+    in ROOT. Here, not in cc_modules/record.py, so that the final check's bundle (in the
+    user-data, where EC2 allows 16 KiB) does not carry the record module for it."""
+    return Path(explicit or os.environ.get("VFARM_LOG_DIR") or under(root, DEFAULT_LOG_DIR))
+
+
 def atomic_write(path: PathLike, content: Union[str, bytes], mode: Optional[int] = None, follow_symlinks: bool = True) -> None:
     """Write CONTENT to PATH through a temp file in the same directory, fsync, rename, fsync the
     directory. MODE defaults to the existing file's mode, else 0644.
