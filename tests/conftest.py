@@ -1,4 +1,17 @@
-"""Shared test set-up. Fixtures of each area live in tests/fixtures/ and are listed here."""
+"""Shared test set-up. Fixtures of each area live in tests/fixtures/ and are listed here.
+
+The tiers are markers: `unit` (the default: no subprocess, enforced here), `integration` (real
+cloud-init releases, moto, the linters, vfarm as a process), `pool`, `cvmfs`, `openstack` and `vm`.
+The folders are laid out like the code (tests/config/ tests config/, ...), tests/project/ the
+whole project."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 pytest_plugins: list[str] = [
     "tests.fixtures.cloudinit",
@@ -8,3 +21,27 @@ pytest_plugins: list[str] = [
     "tests.fixtures.condor_pool",
     "tests.fixtures.vm",
 ]
+
+TIERS = ("integration", "pool", "cvmfs", "openstack", "vm")
+# Fixtures that start processes: a test using one is at least an integration test.
+PROCESS_FIXTURES = {"moto_server", "ec2_endpoint", "cloudinit_release", "condor_pool", "boot_vm", "openstack_cloud", "openstack_env"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _a_unit_test_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    if request.node.get_closest_marker("unit"):
+        def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("a unit test starts no process: mark it pytest.mark.integration (tests/conftest.py)")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield

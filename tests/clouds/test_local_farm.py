@@ -1,0 +1,222 @@
+"""The local cloud's bookkeeping (clouds/local_farm.py, scaler/backends.py), without a VM:
+a stand-in supervisor plays qemu (a `sleep` child in the supervisor's process group). The real
+boot is tests/test_scale_local_vm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vfarm.cli import scale as commands
+from vfarm.clouds import images, local_farm
+from vfarm.clouds.images import Image
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, loop
+from vfarm.scaler import plan as planner
+from vfarm.scaler.backends import LocalBackend
+
+pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
+
+# The stand-in: "running" keeps a child (its qemu) until killed; "poweroff" is a VM that powered
+# itself off (exit.json, as the real supervisor writes it when qemu exits).
+SUPERVISOR = r"""
+import json, os, subprocess, sys, time
+folder, mode = sys.argv[1], sys.argv[2]
+if mode == "poweroff":
+    with open(os.path.join(folder, "exit.json"), "w") as f:
+        json.dump({"outcome": "poweroff", "seconds": 1.0, "self_poweroff": True, "harness_poweroff": False, "at": time.time()}, f)
+    sys.exit(0)
+child = subprocess.Popen(["sleep", "300"])
+with open(os.path.join(folder, "qemu.pid"), "w") as f:
+    f.write(f"{child.pid}\n")
+child.wait()
+"""
+TAGS = {"vfarm:farm": "lf"}
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Image:
+    folder = tmp_path / "image"
+    folder.mkdir()
+    for name in ("disk.raw", "vmlinuz", "initrd.img"):
+        (folder / name).write_bytes(b"x" * 4096)
+    return Image("trixie-condor", folder, folder / "disk.raw", folder / "vmlinuz", folder / "initrd.img", {"harness": True})
+
+
+def make_farm(root: Path, image: Image, mode: str = "running") -> local_farm.LocalFarm:
+    return local_farm.LocalFarm(root, data_disk="blank", disk_size="1M", find_image=lambda name: image,
+                                supervisor=lambda folder: [sys.executable, "-c", SUPERVISOR, str(folder), mode])
+
+
+@pytest.fixture
+def farm(tmp_path: Path, image: Image) -> Iterator[local_farm.LocalFarm]:
+    farm = make_farm(tmp_path / "farm", image)
+    yield farm
+    farm.terminate([i["InstanceId"] for i in farm.instances(states=None)])  # nothing left running
+
+
+def test_launch_starts_in_the_background_and_lists_ec2_shaped_instances(farm: local_farm.LocalFarm, tmp_path: Path, image: Image) -> None:
+    before = time.time()
+    started = farm.launch(b"#cloud-config\n", count=2, tags=TAGS, client_token="tok-1", pool="10.0.2.100:9618")
+    assert len(started) == 2 and all(i["State"] == {"Code": 16, "Name": "running"} for i in started)
+    listed = farm.instances(tag_filters=TAGS)
+    assert [i["InstanceId"] for i in listed] == [i["InstanceId"] for i in started]
+    first = listed[0]
+    assert first["Tags"] == [{"Key": "vfarm:farm", "Value": "lf"}] and first["ClientToken"] == "tok-1"
+    assert before <= first["LaunchTime"].timestamp() <= time.time()
+    assert first["ImageId"] == "image" and first["InstanceType"] == "local.2cpu.2048m"
+    folder = farm.instances_dir / first["InstanceId"]
+    assert (folder / "seed/user-data").read_bytes() == b"#cloud-config\n"
+    assert "instance-id: " + first["InstanceId"] in (folder / "seed/meta-data").read_text()
+    record = json.loads((folder / "record.json").read_text())
+    assert record["pool_forward"] == "10.0.2.100:9618" and record["supervisor"]["pid"] > 0
+    # The qemu stand-in runs in the supervisor's own session: the scaler's end does not end it.
+    assert os.getsid(record["supervisor"]["pid"]) == record["supervisor"]["pid"] != os.getsid(0)
+    assert farm.instances(tag_filters={"vfarm:farm": "other"}) == []
+    # A restarted scaler (a new object, same folder) sees the same cloud.
+    again = make_farm(farm.root, image)
+    assert [i["InstanceId"] for i in again.instances(tag_filters=TAGS)] == [i["InstanceId"] for i in started]
+
+
+def test_the_same_client_token_never_starts_twice(farm: local_farm.LocalFarm) -> None:
+    first = farm.launch(b"", count=1, tags=TAGS, client_token="tok-2")
+    second = farm.launch(b"", count=1, tags=TAGS, client_token="tok-2")
+    assert [i["InstanceId"] for i in second] == [i["InstanceId"] for i in first]
+    assert len(farm.instances(states=None)) == 1
+    assert len(farm.launch(b"", count=1, tags=TAGS, client_token="tok-3")) == 1
+    assert len(farm.instances(states=None)) == 2
+
+
+def test_terminate_kills_the_vm_removes_its_folder_and_keeps_a_tombstone(farm: local_farm.LocalFarm) -> None:
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    iid = inst["InstanceId"]
+    folder = farm.instances_dir / iid
+    qemu = int(wait_until(lambda: (folder / "qemu.pid").exists() and (folder / "qemu.pid").read_text().strip()))
+    sup = json.loads((folder / "record.json").read_text())["supervisor"]["pid"]
+    farm.tag([iid], {"vfarm:end": "drained"})
+    assert farm.terminate([iid]) == [iid]
+    assert not folder.exists()
+    assert not local_farm.alive(qemu, None) and not local_farm.alive(sup, None) and local_farm.group_members(sup) == []
+    assert farm.instances(tag_filters=TAGS) == []
+    [ended] = farm.instances(tag_filters=TAGS, states=None)
+    assert ended["State"]["Name"] == "terminated"
+    assert {"Key": "vfarm:end", "Value": "drained"} in ended["Tags"]
+    assert farm.terminate([iid]) == [iid]  # again: nothing to do, no error
+    with pytest.raises(local_farm.LocalFarmError, match="no such instance: i-local-000000000000"):
+        farm.terminate(["i-local-000000000000"])
+    with pytest.raises(local_farm.LocalFarmError, match="no such instance"):
+        farm.tag(["../etc"], {"a": "b"})
+
+
+def test_an_instance_mid_terminate_is_listed_once_as_terminated(farm: local_farm.LocalFarm) -> None:
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    farm.ended_dir.mkdir(parents=True, exist_ok=True)
+    record = json.loads((farm.instances_dir / inst["InstanceId"] / "record.json").read_text())
+    (farm.ended_dir / f"{inst['InstanceId']}.json").write_text(json.dumps({**record, "EndEpoch": time.time()}))
+    assert [i["State"]["Name"] for i in farm.instances(states=None)] == ["terminated"]
+    farm._stop(record)  # what terminate would go on with
+
+
+def test_tombstones_expire_like_ec2s_terminated_instances(farm: local_farm.LocalFarm) -> None:
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    farm.terminate([inst["InstanceId"]])
+    path = farm.ended_dir / f"{inst['InstanceId']}.json"
+    record = json.loads(path.read_text())
+    record["EndEpoch"] -= local_farm.ENDED_KEEP + 1
+    path.write_text(json.dumps(record))
+    assert farm.instances(states=None) == [] and not path.exists()
+
+
+def test_a_vm_that_powered_itself_off_is_stopped_and_flagged_for_clean_up(tmp_path: Path, image: Image) -> None:
+    farm = make_farm(tmp_path / "farm", image, mode="poweroff")
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    iid = inst["InstanceId"]
+    stopped = wait_until(lambda: [i for i in farm.instances(tag_filters=TAGS, states=("stopped",))])
+    assert stopped[0]["StateReason"]["Message"] == "qemu exited: poweroff after 1 s (the instance powered itself off)"
+    assert farm.instances(tag_filters=TAGS) == []  # not live: the planner neither counts nor touches it
+    spec = scale_spec.parse({"name": "lf", "cloud": {"type": "local"}, "max-vms": 2})
+    backend = LocalBackend(spec, b"", farm)
+    snapshot = {"now": time.time(), "jobs": [], "slots": [], "instances": backend.farm_instances()}
+    result = planner.plan(snapshot, spec)
+    assert result.instances == [] and result.terminate == []
+    rows = loop.status_rows(result, snapshot, spec)
+    assert [(r["instance"], r["state"]) for r in rows] == [(iid, "stopped")]
+    assert "needs a clean-up" in rows[0]["reason"]
+    farm.terminate([iid])
+    assert farm.instances(tag_filters=TAGS, states=("stopped",)) == []
+
+
+def test_a_vm_whose_supervisor_was_killed_is_stopped(farm: local_farm.LocalFarm) -> None:
+    [inst] = farm.launch(b"", count=1, tags=TAGS)
+    folder = farm.instances_dir / inst["InstanceId"]
+    sup = json.loads((folder / "record.json").read_text())["supervisor"]["pid"]
+    os.killpg(sup, 9)
+    wait_until(lambda: farm.instances(states=("stopped",)))
+    assert "supervisor is gone" in farm.instances(states=None)[0]["StateTransitionReason"]
+
+
+def test_a_failed_launch_leaves_nothing_behind(tmp_path: Path, image: Image) -> None:
+    image.disk.unlink()
+    farm = make_farm(tmp_path / "farm", image)
+    with pytest.raises(local_farm.LocalFarmError, match=r"^launch i-local-[0-9a-f]{12}: cp --sparse=always"):
+        farm.launch(b"", count=1, tags=TAGS)
+    assert farm.instances(states=None) == [] and list(farm.instances_dir.iterdir()) == []
+
+
+def test_the_scalers_local_backend(farm: local_farm.LocalFarm) -> None:
+    spec = scale_spec.parse({"name": "lf", "cloud": {"type": "local"}, "pool": {"collector": "10.0.2.100"}, "max-vms": 2})
+    backend = LocalBackend(spec, b"ud", farm)
+    [iid] = backend.launch(1, "tok-4", spec.types[0])
+    assert backend.launch(1, "tok-4", spec.types[0]) == [iid]
+    listed = backend.farm_instances()
+    assert [(i["InstanceId"], i["State"]["Name"]) for i in listed] == [(iid, "running")]
+    assert isinstance(listed[0]["LaunchTime"], str) and planner.epoch(listed[0]["LaunchTime"]) is not None  # JSON-plain
+    record = json.loads((farm.instances_dir / iid / "record.json").read_text())
+    assert record["pool_forward"] == "10.0.2.100:9618"
+    backend.terminate({iid: "lost"})
+    [ended] = backend.farm_instances()
+    assert ended["State"]["Name"] == "terminated" and {"Key": "vfarm:end", "Value": "lost"} in ended["Tags"]
+    with pytest.raises(apply.CloudError, match="no such instance"):
+        backend.terminate({"i-local-ffffffffffff": "lost"})
+
+
+def test_vfarm_scale_selects_the_local_cloud_and_keeps_the_test_image_running(tmp_path: Path, image: Image,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "find", lambda name: image)
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("check: {}\nscale:\n  name: lf\n  cloud: {type: local, image: trixie-condor, memory: 1G, vcpus: 1, handlers: baked}\n"
+                    "  pool: {collector: '10.0.2.100:9618'}\n  max-vms: 1\n")
+    spec = commands.load_spec(str(farm))
+    assert spec is not None
+    backend = commands.make_backend(spec, str(farm), build=True)
+    assert isinstance(backend, LocalBackend)
+    assert backend.farm.memory == 1024 and backend.farm.vcpus == 1
+    assert b"vfarm-local-keep-running.sh" in backend.userdata and b"systemctl --no-block stop vfarm-local-harness.service" in backend.userdata
+    image.info["harness"] = False  # a site's image has no harness: nothing extra
+    assert b"keep-running" not in commands.make_backend(spec, str(farm), build=True).userdata  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("given", "expected"), [("10.0.2.100", "10.0.2.100:9618"), ("cm:9619", "cm:9619"), ("[::1]", "[::1]:9618")])
+def test_pool_forward(given: str, expected: str) -> None:
+    assert local_farm.pool_forward(given) == expected
+
+
+def test_memory() -> None:
+    assert [local_farm.memory_mib(m) for m in ("2G", "1536M", "512")] == [2048, 1536, 512]
+    with pytest.raises(local_farm.LocalFarmError):
+        local_farm.memory_mib("2T")

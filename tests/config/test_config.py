@@ -1,0 +1,355 @@
+"""The config loader and `vfarm validate`: positions, every problem at once, exact messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vfarm.cli import main as cli
+from vfarm.config.loader import MAX_BYTES, ConfigError, load_file, load_text
+
+HERE = Path(__file__).resolve().parents[1]  # tests/
+BAD = sorted((HERE / "bad").glob("*.yaml"))
+EXAMPLES = sorted((HERE.parent / "examples").glob("*.yaml"))
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, "f.yaml")
+    return [str(p) for p in caught.value.problems]
+
+
+def test_there_are_at_least_30_bad_files() -> None:
+    assert len(BAD) >= 30
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_file_gives_its_exact_message(path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(HERE.parent)
+    rel = path.relative_to(HERE.parent)
+    assert cli.main(["validate", "-q", str(rel)]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == path.with_suffix(".err").read_text()
+    for line in out.err.splitlines():
+        assert line.startswith(f"{rel}:"), line
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_are_valid(path: Path) -> None:
+    config = load_file(path)
+    assert config.sections
+    assert not config.warnings
+
+
+@pytest.mark.integration
+def test_validate_command_as_a_process(tmp_path: Path) -> None:
+    good, bad = HERE.parent / "examples" / "torino.yaml", tmp_path / "bad.yaml"
+    bad.write_text("localfs:\n  parts:\n    home: 101\n")
+    vfarm = [sys.executable, "-m", "vfarm"]
+    ok = subprocess.run([*vfarm, "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stderr == ""
+    failed = subprocess.run([*vfarm, "validate", str(good), str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stderr == f"{bad}:3:11: localfs.parts.home: must be <= 100, got 101\n"
+    assert "Traceback" not in failed.stderr
+
+
+def test_all_problems_at_once_sorted_by_position() -> None:
+    problems = errors_of("localfs:\n  parts:\n    data: 10\n  vg: 'a b'\ncvmfs:\n  instal: true\n")
+    assert [p.split(": ")[0] for p in problems] == ["f.yaml:3:5", "f.yaml:4:7", "f.yaml:6:3"]
+    assert "did you mean 'install'?" in problems[2]
+
+
+def test_short_and_long_forms_read_alike() -> None:
+    short = load_text("localfs:\n  parts:\n    home: 50\n    home-mount: /srv/home\n    swap: 100\n")
+    long = load_text("localfs:\n  parts:\n    home: {size: 50%VG, mount: /srv/home}\n    swap: {size: 100%FREE, fs: swap}\n")
+    from vfarm.config.localfs import parse
+
+    assert parse(short.sections["localfs"]) == parse(long.sections["localfs"])
+
+
+def test_positions_of_keys_and_values() -> None:
+    config = load_text("#multiple-config\nlocalfs:\n  parts:\n    home:   50\n")
+    assert config.where(("localfs", "parts", "home")) == (4, 13)
+    assert config.where(("localfs", "parts", "home"), at_key=True) == (4, 5)
+    assert config.where(("localfs", "parts", "nothing", "deeper")) == (4, 5)
+
+
+def test_first_line_is_optional_and_keys_stay_as_written() -> None:
+    config = load_text("cvmfs:\n  local:\n    CVMFS_USE_GEOAPI: yes\n")
+    assert config.sections == {"cvmfs": {"local": {"CVMFS_USE_GEOAPI": True}}}
+
+
+def test_file_too_large(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("#multiple-config\n" + "#" * MAX_BYTES)
+    with pytest.raises(ConfigError) as caught:
+        load_file(big)
+    assert str(caught.value) == f"{big}:1:1: file is larger than 256 KiB: not a vfarm config"
+
+
+def test_unreadable_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing.yaml:1:1: cannot read: No such file or directory"):
+        load_file(tmp_path / "missing.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"localfs:\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml:2:1: not UTF-8 text"):
+        load_file(binary)
+
+
+def test_small_aliases_are_fine_but_recursion_is_not() -> None:
+    text = "cvmfs:\n  local:\n    repositories: &r [a.cern.ch]\n  repository:\n    a.cern.ch: {CVMFS_REPOSITORIES: *r}\n"
+    assert load_text(text).sections["cvmfs"]["repository"]["a.cern.ch"] == {"CVMFS_REPOSITORIES": ["a.cern.ch"]}
+    assert errors_of("a: &a [x, *a]\n") == ["f.yaml:1:4: an alias refers to the collection that contains it"]
+
+
+def test_warning_does_not_fail(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "warn.yaml"
+    path.write_text("localfs:\n  parts:\n    cvmfs: 20\ncvmfs:\n  local:\n    http-proxy: DIRECT\n    cache-base: /srv/cvmfs\n")
+    assert cli.main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err == f"{path}:7:17: warning: cvmfs: cache-base /srv/cvmfs is on none of the localfs parts (/var/lib/cvmfs): the cvmfs part would go unused\n"
+
+
+def test_sections_limit_what_a_handler_accepts() -> None:
+    text = "cvmfs:\n  install: true\n"
+    with pytest.raises(ConfigError, match="unknown section 'cvmfs'.*expected one of: localfs"):
+        load_text(text, "part.ccfg", sections={"localfs"})
+
+
+CM = "condor:\n  central-manager: cm.example.org\n  token: aaa.bbb.ccc\n"
+
+
+@pytest.mark.parametrize(
+    ("escape", "shown"),
+    [
+        ("\\n", "U+000A (line feed)"), ("\\r", "U+000D (carriage return)"), ("\\t", "U+0009 (tab)"), ("\\x00", "U+0000 (null)"),
+        ("\\e", "U+001B (escape)"), ("\\x7f", "U+007F (delete)"), ("\\N", "U+0085 (next line)"), ("\\x9b", "U+009B (C1 control)"),
+        ("\\L", "U+2028 (line separator)"), ("\\P", "U+2029 (paragraph separator)"), ("\\u200e", "U+200E (left-to-right mark)"),
+        ("\\u202e", "U+202E (right-to-left override)"), ("\\u2066", "U+2066 (left-to-right isolate)"), ("\\u2069", "U+2069 (pop directional isolate)"),
+    ],
+)
+def test_control_characters_are_refused_in_every_value_and_key(escape: str, shown: str) -> None:
+    assert errors_of(CM + f'  start: "TRUE{escape}"\n') == [f"f.yaml:4:10: condor.start: control character {shown} is not allowed"]
+    assert errors_of(CM + f'  config:\n    "A{escape}B": 1\n') == [f"f.yaml:5:5: condor.config: a key holds control character {shown}: not allowed"]
+    # In a secret: named, never shown.
+    problems = errors_of(f'condor:\n  central-manager: cm.example.org\n  token: "eyJhbGc.payload.S3cret{escape}"\n')
+    assert problems == [f"f.yaml:3:10: condor.token: control character {shown} is not allowed"]
+
+
+def test_a_block_scalar_is_refused_and_tab_free_text_passes() -> None:
+    assert errors_of(CM + "  start: |\n    TRUE\n") == ["f.yaml:4:10: condor.start: control character U+000A (line feed) is not allowed"]
+    assert load_text(CM + "  start: 'TRUE && (Memory > 1024)'\n").sections["condor"]["start"] == "TRUE && (Memory > 1024)"
+
+
+@pytest.mark.parametrize(("raw", "where", "shown"), [("\x00", "3:10", "U+0000 (null)"), ("\x07", "3:10", "U+0007 (bell)"), ("\x7f", "3:10", "U+007F (delete)")])
+def test_characters_yaml_refuses_in_the_text_are_located(raw: str, where: str, shown: str) -> None:
+    assert errors_of(f"check:\n  # note\n  message{raw}: x\n") == [f"f.yaml:{where}: control character {shown} is not allowed in a config file"]
+
+
+@pytest.mark.parametrize("depth", [52, 600, 100_000])
+def test_deep_nesting_is_refused_while_composing(depth: int) -> None:
+    assert errors_of("a: " + "[" * depth + "]" * depth + "\n") == ["f.yaml:1:54: nesting deeper than 50 levels"]
+    assert errors_of("a:\n" + "".join("  " * i + "- \n" for i in range(1, depth if depth < 1000 else 600))) != []
+
+
+def test_aliases_cannot_nest_deeper_than_the_text() -> None:
+    levels = ["a0: &a0 " + "[" * 40 + "1" + "]" * 40]
+    levels += [f"a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 for i in range(1, 5)]
+    assert errors_of("\n".join(levels) + "\n") == ["f.yaml:1:19: nesting deeper than 50 levels"]
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [
+        ("1:30", "1:30 is a base-60 number in YAML 1.1"),
+        ("010", "010 is an octal number in YAML 1.1 (a leading zero)"),
+        ("-07", "-07 is an octal number in YAML 1.1 (a leading zero)"),
+        ("0x32", "0x32 is not a decimal number"),
+        ("0b101", "0b101 is not a decimal number"),
+        ("0o17", "0o17 is a number in YAML 1.2 but text in YAML 1.1"),
+        ("1_000", "1_000 has a digit separator (_) that YAML 1.1 drops"),
+        ("1e3", "1e3 is a number in YAML 1.2 but text in YAML 1.1"),
+        ("1:30.5", "1:30.5 is a base-60 number in YAML 1.1"),
+    ],
+)
+def test_yaml_1_1_numbers_never_change_silently(written: str, why: str) -> None:
+    fix = f'write the number in plain decimal, or quote it ("{written}") if it is text'
+    assert errors_of(f"check:\n  timeout: {written}\n") == [f"f.yaml:2:12: check.timeout: {why}: {fix}"]
+    # Where any text is welcome, the number would otherwise be written in place of the text.
+    assert errors_of(f"cvmfs:\n  local:\n    max-retries: {written}\n") == [f"f.yaml:3:18: cvmfs.local.max-retries: {why}: {fix}"]
+    assert load_text(f"cvmfs:\n  local:\n    max-retries: '{written}'\n").sections["cvmfs"]["local"]["max-retries"] == written
+
+
+def test_plain_numbers_read_as_both_yaml_versions_read_them() -> None:
+    config = load_text(CM + "  attributes: {A: +12, B: .5, C: 1.5e+1, D: -0, E: 7}\n")
+    assert config.sections["condor"]["attributes"] == {"A": 12, "B": 0.5, "C": 15.0, "D": 0, "E": 7}
+
+
+def test_huge_numbers_and_unreadable_values_are_located() -> None:
+    assert errors_of("check:\n  timeout: " + "7" * 5000 + "\n") == ["f.yaml:2:12: check.timeout: a number of 5000 digits is too large"]
+    assert errors_of("check:\n  timeout: !!int '" + "7" * 5000 + "'\n") == ["f.yaml:2:12: check.timeout: a number of 5000 digits is too large"]
+    assert errors_of("localfs:\n  parts:\n    home: 1.0e+999\n") == ["f.yaml:3:11: localfs.parts.home: 1.0e+999 is too large"]
+    assert errors_of("localfs:\n  parts:\n    home: .inf\n") == ["f.yaml:3:11: localfs.parts.home: infinity is not a valid value"]
+    assert errors_of("check:\n  timeout: !!int 'twelve'\n") == ["f.yaml:2:12: cannot read this value as int"]
+    assert load_text("check:\n  message: 2024-13-45\n").sections["check"]["message"] == "2024-13-45"  # a date YAML cannot build
+    assert errors_of("7" * 5000 + "\n") == ["f.yaml:1:1: a number of 5000 digits is too large"]
+    assert errors_of("check:\n  timeout: 1.5\n") == ["f.yaml:2:12: check.timeout: expected a whole number, got 1.5"]
+
+
+def test_a_bare_yes_or_no_for_text_says_how_to_write_it() -> None:
+    hint = '(YAML reads a bare off as false: quote it, "off", if it is text)'
+    assert errors_of(CM + "  start: off\n") == [f"f.yaml:4:10: condor.start: expected a string, got off {hint}"]
+    assert load_text(CM + "  ccb: no\n").sections["condor"]["ccb"] is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "condor:\n  central-manager: cm.example.org\n  token: 'S3cret.S3cret.S3cret!'\n",
+        "cvmfs:\n  package-repository:\n    yum: 'http://user:S3cret@repo.example.org/ x'\n",
+        "cvmfs:\n  package-repository:\n    gpg-key: 'ftp://:S3cret@repo.example.org/key'\n",
+        "cvmfs:\n  local:\n    http-proxy: 'http://user:S3cret@squid.example.org'\n",
+        "cvmfs:\n  local:\n    http-proxy: 'http://:S3cret@squid.example.org'\n",
+        "cvmfs:\n  local:\n    http-proxy: 'http://u:S3c/ret#x@squid.example.org:31x'\n",
+        "cvmfs:\n  local:\n    http-proxy: [[DIRECT, 'http://:S3cret@squid.example.org:99999']]\n",
+        "scale:\n  name: f\n  max-vms: 1\n  cloud: {type: ec2, image-id: a, instance-type: b, endpoint-url: 'ftp://k:S3cret@ec2.example.org'}\n",
+        "scale:\n  name: f\n  max-vms: 1\n  cloud: {type: ec2, image-id: a, instance-type: b, endpoint-url: 'http://k:S3cret@ec2.example.org/ x'}\n",
+        "scale:\n  name: f\n  max-vms: 1\n  cloud: {type: ec2, image-id: a, instance-type: b, endpoint-url: \"http://k:S3cret@ec2.example.org/\\n\"}\n",
+    ],
+)
+def test_a_bad_secret_bearing_value_is_never_shown(text: str) -> None:
+    problems = errors_of(text)
+    assert problems and not any("S3cret" in p for p in problems), problems
+
+
+@pytest.mark.integration
+def test_the_bundled_loader_matches_patterns_on_the_whole_value(tmp_path: Path) -> None:
+    """The handlers validate on the instance with the same loader and schemas, bundled, with only
+    PyYAML and jsonschema: a trailing newline passes no pattern there either."""
+    from vfarm.mime_builder import bundle
+
+    (tmp_path / "localfs_handler.py").write_text(bundle.bundle_handler("localfs"))
+    code = (
+        "import importlib, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import localfs_handler as h\n"
+        "config = importlib.import_module(h._P + '.config.loader')\n"
+        "print(config.Validator({'pattern': '^/[a-z]*$'}).is_valid('/home'), config.Validator({'pattern': '^/[a-z]*$'}).is_valid('/home\\n'))\n"
+        "try:\n"
+        "    config.load_text('localfs:\\n  parts:\\n    data: {size: 10, mount: /var/../etc}\\n', 'part', {'localfs'})\n"
+        "except config.ConfigError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "True False",
+        "part:3:11: localfs: part 'data' would be mounted over the system folder /etc (/var/../etc): choose another mount point",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mount", "problem"),
+    [
+        ("/tmp/..", "over / (/tmp/..) "), ("/.", "over / (/.) "), ("/var/../etc", "over the system folder /etc (/var/../etc)"),
+        ("/proc", "over the system folder /proc"), ("/var", "over the system folder /var"), ("/lib64", "over the system folder /lib64"),
+        ("/usr/local", "on /usr/local, inside the system folder /usr"), ("/sys/fs/x/..", "on /sys/fs, inside the system folder /sys (/sys/fs/x/..)"),
+        ("/srv/../boot", "over the system folder /boot (/srv/../boot)"),
+    ],
+)
+def test_mount_points_are_normalised_and_kept_off_the_system(mount: str, problem: str) -> None:
+    assert errors_of(f"localfs:\n  parts:\n    data: {{size: 10, mount: {mount}}}\n") == [
+        f"f.yaml:3:11: localfs: part 'data' would be mounted {problem}: choose another mount point"
+    ]
+
+
+def test_normalised_mount_points_are_what_the_instance_uses() -> None:
+    from vfarm.config import localfs as localfs_spec
+
+    text = "localfs:\n  parts:\n    data: {size: 10, mount: /srv/./x/../data}\n    scratch: 10\n    scratch-mount: /var/tmp/.\n"
+    text += "    etc: {size: 1, mount: /etcetera}\n"
+    spec = localfs_spec.parse(load_text(text).sections["localfs"])
+    assert [p.mount for p in spec.parts] == ["/srv/data", "/var/tmp", "/etcetera"]
+    same = errors_of("localfs:\n  parts:\n    tmp: 10\n    data: {size: 10, mount: /var/../tmp/.}\n")
+    assert same == ["f.yaml:4:5: localfs: parts 'tmp' and 'data' are both mounted on /tmp"]
+    devices = errors_of("localfs:\n  parts:\n    home: 10\n  devices: [/dev/vdb, /dev/./../dev/vdc, /dev/..]\n")
+    assert devices == ["f.yaml:4:23: localfs: device /dev/./../dev/vdc is not under /dev", "f.yaml:4:42: localfs: device /dev/.. is not under /dev"]
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("cm-.example.org", "expected a host name or address"), ("-cm.example.org", "expected a host name or address"),
+        ("a" * 64 + ".org", "expected a host name or address"), (".".join(["a" * 63] * 4), "the host name is longer than 253 characters"),
+        ("10.0.0.256", "10.0.0.256 is not an IPv4 address"), ("10.0.0", "10.0.0 is not an IPv4 address"),
+        ("[fe80::1::2]", "fe80::1::2 is not an IPv6 address"), ("[10.0.0.1]:9618", "10.0.0.1 is not an IPv6 address"),
+        ("::1:9618:x", "expected a host name or address"), ("cm_1.example.org", "expected a host name or address"),
+    ],
+)
+def test_central_manager_is_a_host_name_or_an_ip_literal(host: str, problem: str) -> None:
+    problems = errors_of(f'condor:\n  central-manager: "{host}"\n  token: aaa.bbb.ccc\n')
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    ("written", "collector"),
+    [("cm.example.org", "cm.example.org:9618"), ("10.0.0.5:9620", "10.0.0.5:9620"), ("[2001:db8::5]:9619", "[2001:db8::5]:9619"), ("[::1]", "[::1]:9618")],
+)
+def test_collector_puts_ipv6_in_brackets(written: str, collector: str) -> None:
+    from vfarm.config import condor as condor_spec
+
+    section = load_text(f'condor:\n  central-manager: "{written}"\n  token: aaa.bbb.ccc\n').sections["condor"]
+    assert condor_spec.parse(section).collector == collector
+
+
+def test_a_bare_ipv6_collector_is_refused_for_brackets() -> None:
+    # fe80::1:9618 is an address, or fe80::1 with a port: brackets say which.
+    assert errors_of('condor:\n  central-manager: "fe80::1:9618"\n  token: aaa.bbb.ccc\n') == [
+        "f.yaml:2:20: condor: write an IPv6 address in brackets, [fe80::1:9618] or [fe80::1:9618]:9618"
+    ]
+
+
+def test_cvmfs_names_are_fully_qualified() -> None:
+    assert errors_of("cvmfs:\n  local:\n    repositories: alice.cern.ch,cms\n") == [
+        "f.yaml:3:19: cvmfs: repository 'cms' is not a fully qualified repository name like alice.cern.ch"
+    ]
+    label = "a" * 64
+    problems = errors_of(f"cvmfs:\n  domain:\n    {label}.ch: {{server-url: http://s/cvmfs/@fqrn@}}\n")
+    assert problems == [f"f.yaml:3:5: cvmfs.domain.{label}.ch: bad name: expected a domain like cern.ch"]
+    assert load_text("cvmfs:\n  local:\n    repositories: [alice.cern.ch, sft.cern.ch]\n")
+
+
+def test_sizes_are_exact_and_bounded() -> None:
+    from vfarm.config import sizes
+
+    assert sizes.parse_bytes("1.5T") == 3 * 2**39 and sizes.parse_bytes("0.5K") == 512 and sizes.parse_bytes("8192P") == sizes.MAX_BYTES
+    for text in ("8193P", "9" * 400 + "G", "1" * 5000):
+        with pytest.raises(ValueError, match="is too large"):
+            sizes.parse_bytes(text)
+
+
+def test_plan_refuses_a_volume_group_size_of_hundreds_of_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("localfs:\n  parts:\n    home: 50\n")
+    assert cli.main(["plan", str(config), "--vg-size", "9" * 400 + "G"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "is too large (at most 8 EiB)" in err and "Traceback" not in err
+
+
+def test_durations_are_bounded_where_they_are_used() -> None:
+    from vfarm.config import sizes
+
+    assert sizes.parse_seconds("365d") == sizes.MAX_SECONDS
+    for value in ("366d", "9" * 400, 10**30, "1e999"):
+        with pytest.raises(ValueError):
+            sizes.parse_seconds(value)  # type: ignore[arg-type]
+    assert errors_of(CM + "  retirement-time: 400d\n") == ["f.yaml:4:20: condor: retirement-time must be at most 31536000 seconds (365 days)"]
+    assert errors_of(CM + "  join-timeout: 99999999999\n") == ["f.yaml:4:17: condor.join-timeout: must be <= 31536000, got 99999999999"]
+    scale = "scale:\n  name: f\n  max-vms: 1\n  cloud: {type: local}\n"
+    assert errors_of(scale + "  idle-time: 9999999999999999d\n") == ["f.yaml:5:14: scale: idle-time must be at most 31536000 seconds (a year)"]
+    assert errors_of(scale + "  pool: {collector: '10.1.2.300:9618'}\n") == ["f.yaml:5:21: scale: 10.1.2.300 is not an IPv4 address"]

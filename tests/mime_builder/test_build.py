@@ -1,0 +1,183 @@
+"""`vfarm build`: part order per mode, payloads, attachments, gzip, size limit, determinism and
+one-line errors for bad input. (Through real cloud-init: tests/test_build_cloudinit.py.)"""
+
+from __future__ import annotations
+
+import email
+import gzip
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vfarm.cli.main import main as vfarm
+from vfarm.config import loader as configuration
+from vfarm.config import sections
+from vfarm.mime_builder import mime
+from vfarm.mime_builder.limits import EC2_LIMIT
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples/torino.yaml"
+BIG = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def torino() -> configuration.Config:
+    return configuration.load_file(EXAMPLE)
+
+
+def parts_of(data: bytes) -> list[tuple[str, str, bytes]]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    message = email.message_from_bytes(data)
+    return [(p.get_content_type(), p.get_filename(), p.get_payload(decode=True)) for p in message.walk() if not p.is_multipart()]
+
+
+def test_embed_order_and_payloads(torino: configuration.Config) -> None:
+    built = mime.build(torino, max_size=BIG, gzip="never")
+    names = [(p.content_type, p.filename) for p in built.parts]
+    assert names == [
+        ("text/part-handler", "vfarm-library.py"),
+        ("text/part-handler", "localfs_handler.py"),
+        ("text/part-handler", "cvmfs_handler.py"),
+        ("text/localfs-config", "localfs-config.ccfg"),
+        ("text/cvmfs-config", "cvmfs-config.ccfg"),
+        ("text/cloud-config", "vfarm-check.cfg"),  # the final check's part, last
+    ]
+    assert parts_of(built.data) == [(p.content_type, p.filename, p.payload) for p in built.parts]
+    for name in ("localfs", "cvmfs"):
+        payload = next(p.payload for p in built.parts if p.filename == f"{name}-config.ccfg").decode()
+        assert payload.startswith(f"{name}:\n  ")
+        # what the handler on the instance reads is what the admin wrote
+        assert configuration.load_text(payload, f"{name}-config.ccfg", sections={name}).sections == {name: torino.sections[name]}
+
+
+def test_localfs_goes_before_cvmfs_whatever_the_file_order() -> None:
+    text = EXAMPLE.read_text()
+    localfs, cvmfs = text.split("cvmfs:\n  install")
+    swapped = configuration.load_text("#multiple-config\ncvmfs:\n  install" + cvmfs + localfs.replace("#multiple-config\n", ""), "x.yaml")
+    assert list(swapped.sections) == ["cvmfs", "localfs"]
+    built = mime.build(swapped, handlers="baked")
+    assert [p.filename for p in built.parts] == ["localfs-config.ccfg", "cvmfs-config.ccfg"]
+
+
+def test_include_and_pin(torino: configuration.Config) -> None:
+    built = mime.build(torino, handlers="include=https://h.example.org/vfarm/")
+    first = built.parts[0]
+    assert (first.content_type, first.payload) == ("text/x-include-url", b"https://h.example.org/vfarm/localfs_handler.py\nhttps://h.example.org/vfarm/cvmfs_handler.py\n")
+    pinned = mime.build(torino, handlers="include=https://h.example.org/vfarm", pin=True)
+    loader = pinned.parts[0].payload.decode()
+    assert pinned.parts[0].content_type == "text/part-handler" and loader.startswith("#part-handler\n")
+    from vfarm.mime_builder import bundle
+
+    digest = bundle.sha256(bundle.bundle_handler("localfs"))
+    assert f"# vfarm-pin: {digest} https://h.example.org/vfarm/localfs_handler.py" in loader
+    compile(loader, "loader", "exec")
+    assert [p.role for p in pinned.parts[1:]] == ["config", "config", "check"]
+
+
+def test_baked_carries_only_config_parts(torino: configuration.Config) -> None:
+    built = mime.build(torino, handlers="baked")
+    assert [p.role for p in built.parts] == ["config", "config"] and not built.compressed
+
+
+def test_same_input_same_bytes(torino: configuration.Config) -> None:
+    for handlers in ("embed", "baked", "include=https://h.example.org/v"):
+        again = configuration.load_file(EXAMPLE)
+        assert mime.build_userdata(torino, handlers=handlers, max_size=BIG) == mime.build_userdata(again, handlers=handlers, max_size=BIG)
+    data = mime.build_userdata(torino, handlers="baked", gzip="always")
+    assert data[4:8] == b"\0\0\0\0"  # gzip mtime
+
+
+def test_gzip_whole_payload_only(torino: configuration.Config) -> None:
+    small = mime.build(torino, handlers="baked")
+    assert not small.compressed and b"MIME-Version: 1.0" in small.data[:200]
+    forced = mime.build(torino, handlers="baked", gzip="always")
+    assert forced.compressed and gzip.decompress(forced.data) == small.data
+    auto = mime.build(torino, handlers="include=https://h.example.org/v")  # over 16384 plain: compressed
+    assert auto.compressed == (auto.plain_size > EC2_LIMIT)
+    assert all(not p.content_type.startswith("application/") for p in auto.parts)
+
+
+def test_over_the_limit_says_by_how_much_and_what_helps(torino: configuration.Config) -> None:
+    with pytest.raises(mime.BuildError) as err:
+        mime.build(torino, gzip="never")
+    message = str(err.value)
+    assert "over the limit of 16384" in message and "--gzip auto would make it" in message
+    # The alternatives are measured, not guessed: baked carries only the config parts.
+    baked = len(mime.build(torino, handlers="baked", gzip="always").data)
+    assert f"--handlers baked would make it {baked} bytes" in message
+    pinned = len(mime.build(torino, handlers="include=https://example.invalid/vfarm", pin=True, gzip="always").data)
+    assert f"--handlers include=URL_BASE --pin would make it {pinned} bytes" in message
+    with pytest.raises(mime.BuildError, match=r"gzipped user-data is \d+ bytes, \d+ over the limit of 100"):
+        mime.build(torino, handlers="baked", gzip="always", max_size=100)
+
+
+def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello\n")
+    cc = tmp_path / "extra.yaml"
+    cc.write_text("runcmd: [true]\n")
+    handler = tmp_path / "mine.py"
+    handler.write_text("def list_types():\n    return ['text/x-mine']\ndef handle_part(*a):\n    pass\n")
+    attach = [mime.attachment(str(script)), mime.attachment(f"{cc}:cloud-config"), mime.attachment(f"{handler}:text/part-handler")]
+    assert [a.content_type for a in attach] == ["text/x-shellscript", "text/cloud-config", "text/part-handler"]
+    built = mime.build(torino, handlers="baked", attach=attach)
+    assert [p.filename for p in built.parts] == ["mine.py", "localfs-config.ccfg", "cvmfs-config.ccfg", "hello.sh", "extra.yaml"]
+    utf8 = tmp_path / "utf8.sh"
+    utf8.write_text("#!/bin/sh\necho 'città'\n")
+    built = mime.build(torino, handlers="baked", attach=[mime.attachment(str(utf8))])
+    assert b"Content-Transfer-Encoding: base64" in built.data
+    assert parts_of(built.data)[-1][2] == utf8.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "missing.yaml"], "missing.yaml:1:1: cannot read"),
+        (["build", "{cloud}"], "not a #multiple-config file"),
+        (["build", "{example}", "--handlers", "include=ftp://x"], "is not an http(s) URL"),
+        (["build", "{example}", "--handlers", "include=example.org/h"], "is not an http(s) URL"),
+        (["build", "{example}", "--handlers", "inline"], "expected embed, baked or include=URL_BASE"),
+        (["build", "{example}", "--attach", "{script}:x-nonsense"], "cloud-init has no handler for type text/x-nonsense"),
+        (["build", "{example}", "--attach", "{plain}"], "cannot tell the type"),
+        (["build", "{example}", "--attach", "nowhere.sh:x-shellscript"], "cannot read nowhere.sh"),
+        (["build", "{example}", "--pin"], "--pin needs --handlers include=URL_BASE"),
+        (["build", "{example}", "--max-size", "0"], "--max-size must be a positive number"),
+        (["build", "{example}", "--gzip", "never"], "over the limit of 16384"),
+        (["inspect", "missing.bin"], "missing.bin: cannot read"),
+        (["inspect", "{badgz}"], "gzip data that does not decompress"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = {"cloud": tmp_path / "cloud.yaml", "script": tmp_path / "s.sh", "plain": tmp_path / "notes.txt", "badgz": tmp_path / "bad.gz"}
+    files["cloud"].write_text("#cloud-config\nruncmd: [true]\n")
+    files["script"].write_text("#!/bin/sh\n")
+    files["plain"].write_text("just words\n")
+    files["badgz"].write_bytes(b"\x1f\x8b\x08\x00garbage")
+    subst = {k: str(v) for k, v in files.items()} | {"example": str(EXAMPLE)}
+    argv = [a.format(**subst) for a in args]
+    assert vfarm(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_cli_writes_file_and_reports_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "user-data"
+    assert vfarm(["build", str(EXAMPLE), "--handlers", "baked", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{out}: {out.stat().st_size} bytes (not compressed)" in err and "of the 16384-byte limit" in err
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert vfarm(["build", str(EXAMPLE), "--handlers", "baked"]) == 0
+    assert capsys.readouterr().out.encode() == out.read_bytes()
+
+
+def test_admin_only_sections_are_not_sent(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text() + "check:\n  on-failure: none\n"
+    conf = configuration.load_text(text, "farm.yaml")
+    built = mime.build(conf, handlers="baked")
+    assert [p.filename for p in built.parts] == ["localfs-config.ccfg", "cvmfs-config.ccfg", "check-config.ccfg"]
+    assert yaml.safe_load(built.parts[2].payload) == {"check": {"on-failure": "none"}}
+    for name in sections.ADMIN_ONLY:
+        assert all(not p.filename.startswith(name) for p in built.parts)

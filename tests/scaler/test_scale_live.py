@@ -1,0 +1,86 @@
+"""`vfarm scale --once --dry-run --save-snapshot` against the real pool and a real EC2 API (moto),
+and the saved snapshot replayed with `--snapshot`: the same decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.condor_pool import CondorPool
+from tests.fixtures.moto import Ec2Endpoint
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import discover
+
+pytestmark = pytest.mark.pool
+
+
+def vfarm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfarm", *args], text=True, capture_output=True, timeout=120, env=dict(os.environ))
+
+
+def decisions(plan: dict[str, Any]) -> tuple[Any, ...]:
+    return plan["launch"], plan["drain"], plan["terminate"], [(i["id"], i["state"]) for i in plan["instances"]]
+
+
+def test_pool_snapshot_reads_jobs_slots_and_the_collector(condor_pool: CondorPool) -> None:
+    condor_pool.add_worker("i-seen", cpus=2)
+    cluster = condor_pool.submit(1, 1, requirements='VfarmInstanceId == "nowhere"')  # stays idle
+    try:
+        found = discover.pool_snapshot(condor_pool.collector_address)
+        assert any(s.get("VfarmInstanceId") == "i-seen" and s["Cpus"] == 2 for s in found["slots"])
+        assert any(j["ClusterId"] == cluster and j["JobStatus"] == 1 for j in found["jobs"])
+        assert found["collector"] and "MonitorSelfAge" in found["collector"][0]
+    finally:
+        condor_pool.run(["condor_rm", str(cluster)], check=False)
+        condor_pool.remove_worker("i-seen")
+
+
+def test_an_unreachable_collector_is_an_error_never_an_empty_pool() -> None:
+    with pytest.raises(discover.DiscoverError, match="collector 127.0.0.1:9"):
+        discover.pool_snapshot("127.0.0.1:9")
+
+
+def test_once_dry_run_then_replay(condor_pool: CondorPool, ec2_endpoint: Ec2Endpoint, tmp_path: Path) -> None:
+    client = ec2_endpoint.client()
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "vfarm:farm", "Value": "live"}, {"Key": "vfarm:managed", "Value": "true"}]}]
+    ids = [i["InstanceId"] for i in client.run_instances(ImageId=ec2_endpoint.image_id, MinCount=2, MaxCount=2, TagSpecifications=tags)["Instances"]]
+    joined, booting = sorted(ids)
+    condor_pool.add_worker(joined, cpus=2)
+    token = tmp_path / "admin.token"
+    token.write_text((condor_pool.admin_token_dir / "autoscaler").read_text())
+    farm = tmp_path / "farm.yaml"
+    farm.write_text(
+        "scale:\n  name: live\n"
+        f"  cloud: {{type: ec2, image-id: {ec2_endpoint.image_id}, instance-type: m1.small,"
+        f" endpoint-url: '{ec2_endpoint.url}', region: {ec2_endpoint.region}}}\n"
+        f"  pool: {{collector: '{condor_pool.collector_address}', token-file: admin.token}}\n"
+        "  max-vms: 4\n  cpus-per-vm: 2\n  idle-time: 0\n  waiting-time: 0\n"
+    )
+    saved = tmp_path / "snap.json"
+    try:
+        live = vfarm("scale", str(farm), "--once", "--dry-run", "--save-snapshot", str(saved), "--json")
+        assert live.returncode == 0, live.stderr
+        plan = json.loads(live.stdout)
+        assert decisions(plan) == (0, [joined], [], sorted([(booting, "booting"), (joined, "idle")]))
+        snapshot = json.loads(saved.read_text())
+        assert set(snapshot) == {"now", "jobs", "slots", "instances", "collector", "observed_idle_since", "joined", "launch_intents", "cloud_backoff"}
+        replay = vfarm("scale", str(farm), "--snapshot", str(saved), "--json")
+        assert replay.returncode == 0, replay.stderr
+        assert json.loads(replay.stdout) == plan
+    finally:
+        condor_pool.remove_worker(joined)
+
+
+def test_once_with_the_collector_down_changes_nothing_and_says_why(tmp_path: Path) -> None:
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("scale:\n  name: live\n  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}\n  pool: {collector: '127.0.0.1:9'}\n  max-vms: 1\n")
+    result = vfarm("scale", str(farm), "--once", "--dry-run", "--save-snapshot", str(tmp_path / "snap.json"))
+    assert result.returncode == 1 and "collector 127.0.0.1:9" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "snap.json").exists()
+    assert scale_spec.parse({"name": "x", "cloud": {}, "max-vms": 1}).collector is None

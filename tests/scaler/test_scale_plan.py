@@ -1,0 +1,408 @@
+"""The scaler's planner: every rule of issue 11 point 2 on hand-worked snapshots, and properties.
+
+Snapshots use the systems' own shapes: job ads as `condor_q -json` prints them, machine ads as
+`condor_status -json` prints them, instances as DescribeInstances returns them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfarm.config import loader as configuration
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import plan as planner
+
+NOW = 1_700_000_000
+FARM = "torino"
+EXAMPLE = """\
+scale:
+  name: torino
+  cloud: {type: ec2, image-id: ami-000070, instance-type: m1.large}
+  pool: {collector: 127.0.0.1:9618}
+  min-vms: 0
+  max-vms: 3
+  cpus-per-vm: 4
+  waiting-jobs-threshold: 0
+  waiting-time: 40      # seconds (also "40s", "10m", "1h")
+  idle-time: 3600
+  boot-timeout: 600
+"""
+
+
+def spec(**overrides: Any) -> scale_spec.ScaleSpec:
+    section = configuration.load_text(EXAMPLE).sections["scale"]
+    section.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    return scale_spec.parse(section)
+
+
+def instance(iid: str, age: float = 3600, state: str = "running", farm: Optional[str] = FARM) -> dict[str, Any]:
+    launched = planner.datetime.datetime.fromtimestamp(NOW - age, planner.datetime.timezone.utc)
+    tags = [{"Key": "Name", "Value": "worker"}] + ([{"Key": "vfarm:farm", "Value": farm}] if farm is not None else [])
+    return {
+        "InstanceId": iid,
+        "ImageId": "ami-000070",
+        "InstanceType": "m1.large",
+        "LaunchTime": launched.isoformat().replace("+00:00", ".000Z"),
+        "State": {"Code": 16 if state == "running" else 0, "Name": state},
+        "Tags": tags,
+    }
+
+
+def slot(iid: str, n: int = 1, state: str = "Unclaimed", activity: str = "Idle", cpus: int = 4, since: float = NOW - 7200) -> dict[str, Any]:
+    return {
+        "MyType": "Machine",
+        "Name": f"slot{n}@w-{iid}@host",
+        "Machine": "host",
+        "State": state,
+        "Activity": activity,
+        "Cpus": cpus,
+        "Memory": 2048,
+        "EnteredCurrentState": since,
+        "VfarmInstanceId": iid,
+    }
+
+
+def job(proc: int, status: int = 1, waited: float = 120, cpus: Optional[int] = 1, entered: bool = True) -> dict[str, Any]:
+    ad: dict[str, Any] = {"ClusterId": 7, "ProcId": proc, "JobStatus": status, "QDate": NOW - waited, "Owner": "vfarm"}
+    if entered:
+        ad["EnteredCurrentStatus"] = NOW - waited
+    if cpus is not None:
+        ad["RequestCpus"] = cpus
+    return ad
+
+
+# A scaler that has seen every instance idle in every cycle for long: then the ads decide.
+WATCHED = NOW - 10**6
+
+
+def snap(jobs: Optional[list[Any]] = None, slots: Optional[list[Any]] = None, instances: Optional[list[Any]] = None, **extra: Any) -> dict[str, Any]:
+    watched = {i["InstanceId"]: WATCHED for i in instances or []}
+    return {"now": NOW, "jobs": jobs or [], "slots": slots or [], "instances": instances or [], "observed_idle_since": watched, **extra}
+
+
+def state_of(result: dict[str, Any], iid: str) -> str:
+    return str(next(i.state for i in result.instances if i.id == iid))
+
+
+# --- the config -------------------------------------------------------------------------------
+
+def test_example_validates_and_is_admin_only() -> None:
+    config = configuration.load_text("#multiple-config\n" + EXAMPLE)
+    assert "scale" in config.sections
+    assert "scale" not in config.sent_sections()
+    parsed = scale_spec.parse(config.sections["scale"])
+    assert (parsed.max_vms, parsed.cpus_per_vm, parsed.waiting_time, parsed.boot_timeout, parsed.check_every) == (3, 4, 40, 600, 15)
+    assert parsed.collector == "127.0.0.1:9618"
+
+
+@pytest.mark.parametrize("text,seconds", [(40, 40), ("40s", 40), ("10m", 600), ("1h", 3600), ("0s", 0)])
+def test_durations(text: Any, seconds: float) -> None:
+    assert scale_spec.seconds(text) == seconds
+    config = configuration.load_text(EXAMPLE.replace("waiting-time: 40 ", f"waiting-time: {json.dumps(text)} "))
+    assert scale_spec.parse(config.sections["scale"]).waiting_time == seconds
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("waiting-time: 40 ", 'waiting-time: "4 minutes" '),
+        ("min-vms: 0", "min-vms: 5"),
+        ("boot-timeout: 600", "boot-timeout: 0"),
+        ("cpus-per-vm: 4", "cpus-per-vm: 0"),
+        ("instance-type: m1.large", "flavour: m1.large"),
+        ("type: ec2", "type: gce"),
+        ("collector: 127.0.0.1:9618", "collector: 'cm example'"),
+    ],
+)
+def test_bad_scale_sections_are_rejected_with_a_position(change: str, message: str) -> None:
+    with pytest.raises(configuration.ConfigError) as err:
+        configuration.load_text(EXAMPLE.replace(change, message), "farm.yaml")
+    text = str(err.value)
+    assert text.startswith("farm.yaml:") and "scale" in text
+
+
+# --- instance states --------------------------------------------------------------------------
+
+def test_only_pending_or_running_instances_of_this_farm_count() -> None:
+    instances = [
+        instance("i-a"),
+        instance("i-b", state="pending", age=10),
+        instance("i-other", farm="milano"),
+        instance("i-untagged", farm=None),
+        instance("i-stopped", state="stopped"),
+        instance("i-gone", state="terminated"),
+    ]
+    result = planner.plan(snap(instances=instances, slots=[slot("i-a"), slot("i-other"), slot("i-stopped")]), spec(idle_time=0))
+    assert [i.id for i in result.instances] == ["i-a", "i-b"]
+    assert "i-other" not in result.drain + result.terminate and "i-untagged" not in result.terminate
+    assert result.active == 2
+
+
+def test_booting_then_lost_after_boot_timeout() -> None:
+    result = planner.plan(snap(instances=[instance("i-young", age=599), instance("i-old", age=600)]), spec())
+    assert state_of(result, "i-young") == "booting"
+    assert state_of(result, "i-old") == "lost"
+    assert result.terminate == ["i-old"]
+    assert result.active == 1
+
+
+def test_a_freshly_restarted_collector_saves_unjoined_instances() -> None:
+    restarted = {"MyType": "Collector", "Name": "cm", "DaemonStartTime": NOW - 60}
+    result = planner.plan(snap(instances=[instance("i-old", age=5000)], collector=restarted), spec())
+    assert state_of(result, "i-old") == "booting" and result.terminate == []
+    # HTCondor 23.9's collector ad has no DaemonStartTime: MyCurrentTime - MonitorSelfAge.
+    ad_23_9 = [{"MyType": "Collector", "MyCurrentTime": NOW, "MonitorSelfAge": 100}]
+    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=ad_23_9), spec()).terminate == []
+    long_running = {"MyType": "Collector", "MyCurrentTime": NOW, "MonitorSelfAge": 600}
+    assert planner.plan(snap(instances=[instance("i-old", age=5000)], collector=long_running), spec()).terminate == ["i-old"]
+
+
+def test_joined_states() -> None:
+    slots = [
+        slot("i-idle", 1), slot("i-idle", 2, since=NOW - 100),
+        slot("i-busy", 1, state="Claimed", activity="Busy"), slot("i-busy", 2),
+        slot("i-draining", 1, state="Drained", activity="Retiring"), slot("i-draining", 2, state="Claimed", activity="Retiring"),
+        slot("i-drained", 1, state="Drained", activity="Idle"), slot("i-drained", 2, state="Drained", activity="Idle"),
+        slot("i-owner", 1, state="Owner"),
+    ]
+    names = ["i-idle", "i-busy", "i-draining", "i-drained", "i-owner"]
+    result = planner.plan(snap(slots=slots, instances=[instance(n) for n in names]), spec())
+    states = {i.id: i.state for i in result.instances}
+    assert states == {"i-idle": "idle", "i-busy": "busy", "i-draining": "draining", "i-drained": "drained", "i-owner": "other"}
+    idle = next(i for i in result.instances if i.id == "i-idle")
+    assert idle.idle_since == NOW - 100  # the latest EnteredCurrentState of its slots
+    assert result.terminate == ["i-drained"]
+    assert result.active == 3  # idle, busy, other
+
+
+# --- demand and supply ------------------------------------------------------------------------
+
+def test_waiting_jobs_demand_and_the_warning_for_jobs_too_big() -> None:
+    jobs = [
+        job(0),  # waits 120 s
+        job(1, cpus=2),
+        job(2, cpus=None),  # RequestCpus defaults to 1
+        job(3, waited=39),  # not long enough
+        job(4, waited=120, entered=False),  # QDate when no EnteredCurrentStatus
+        job(5, status=2),  # running
+        job(6, status=5),  # held
+        job(7, cpus=8),  # more than cpus-per-vm: never runs
+    ]
+    result = planner.plan(snap(jobs=jobs), spec())
+    assert result.waiting == 4
+    assert result.demand == 5
+    assert len(result.warnings) == 1 and "more than cpus-per-vm" in result.warnings[0]
+
+
+def test_waiting_time_counts_from_entered_current_status_not_qdate() -> None:
+    requeued = {**job(0, waited=10), "QDate": NOW - 10_000}
+    assert planner.plan(snap(jobs=[requeued]), spec()).waiting == 0
+
+
+def test_supply_counts_unclaimed_cpus_of_joined_non_draining_and_booting_instances() -> None:
+    slots = [
+        slot("i-idle", cpus=3),
+        slot("i-busy", 1, state="Claimed", cpus=1), slot("i-busy", 2, cpus=2),
+        slot("i-draining", 1, state="Drained", activity="Retiring", cpus=4), slot("i-draining", 2, cpus=4),
+    ]
+    instances = [instance("i-idle"), instance("i-busy"), instance("i-draining"), instance("i-boot", age=10), instance("i-lost", age=9999)]
+    result = planner.plan(snap(slots=slots, instances=instances), spec())
+    assert result.supply == 3 + 2 + 4  # the booting one counts cpus-per-vm
+    assert result.active == 3
+
+
+# --- launch -----------------------------------------------------------------------------------
+
+def test_launch_covers_the_missing_cpus() -> None:
+    result = planner.plan(snap(jobs=[job(i) for i in range(9)]), spec(max_vms=10))
+    assert result.demand == 9 and result.supply == 0
+    assert result.launch == 3  # ceil(9 / 4)
+    assert result.decisions[0].action == "launch" and "9 waiting" in result.decisions[0].reason
+
+
+def test_launch_subtracts_supply_and_booting_instances() -> None:
+    result = planner.plan(snap(jobs=[job(i) for i in range(9)], instances=[instance("i-boot", age=30)]), spec(max_vms=10))
+    assert result.launch == 2  # ceil((9 - 4) / 4)
+
+
+def test_launch_capped_by_max_vms_and_never_negative() -> None:
+    many = [job(i) for i in range(100)]
+    assert planner.plan(snap(jobs=many), spec()).launch == 3
+    busy = [slot(f"i-{n}", state="Claimed", activity="Busy") for n in range(5)]
+    over = planner.plan(snap(jobs=many, slots=busy, instances=[instance(f"i-{n}") for n in range(5)]), spec())
+    assert over.launch == 0
+    assert any(d.action == "hold" for d in over.decisions)
+
+
+def test_no_launch_at_or_below_the_threshold() -> None:
+    assert planner.plan(snap(jobs=[job(i) for i in range(3)]), spec(waiting_jobs_threshold=3)).launch == 0
+    assert planner.plan(snap(jobs=[job(i) for i in range(4)]), spec(waiting_jobs_threshold=3)).launch == 1
+
+
+def test_min_vms_launches_even_without_jobs_but_not_for_lost_or_draining() -> None:
+    instances = [instance("i-lost", age=9999), instance("i-drain")]
+    slots = [slot("i-drain", state="Drained", activity="Retiring")]
+    result = planner.plan(snap(instances=instances, slots=slots), spec(min_vms=2))
+    assert result.active == 0 and result.launch == 2
+    assert "min-vms" in result.decisions[0].reason
+
+
+# --- drain ------------------------------------------------------------------------------------
+
+def test_drain_idle_instances_longest_idle_first_ties_by_id() -> None:
+    slots = [slot("i-c", since=NOW - 5000), slot("i-b", since=NOW - 9000), slot("i-a", since=NOW - 5000), slot("i-new", since=NOW - 3599)]
+    instances = [instance(n) for n in ("i-a", "i-b", "i-c", "i-new")]
+    result = planner.plan(snap(slots=slots, instances=instances), spec(max_vms=5))
+    assert result.drain == ["i-b", "i-a", "i-c"]
+    assert result.terminate == []
+
+
+def test_drain_keeps_min_vms() -> None:
+    slots = [slot("i-a", since=NOW - 5000), slot("i-b", since=NOW - 9000), slot("i-c", state="Claimed", activity="Busy")]
+    result = planner.plan(snap(slots=slots, instances=[instance(n) for n in ("i-a", "i-b", "i-c")]), spec(min_vms=2))
+    assert result.drain == ["i-b"]  # 3 active - 1 drained = min-vms
+    assert "kept for min-vms" in next(i for i in result.instances if i.id == "i-a").reason
+
+
+def test_no_drain_while_jobs_wait() -> None:
+    slots = [slot("i-a", since=NOW - 9000, cpus=1)]
+    big = job(0, cpus=4)  # needs a whole worker: i-a's one free CPU cannot take it
+    result = planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec())
+    assert result.drain == [] and result.launch == 1
+    # Within the threshold, draining goes on.
+    assert planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec(waiting_jobs_threshold=1)).drain == ["i-a"]
+
+
+def test_never_drain_or_terminate_a_claimed_instance() -> None:
+    slots = [slot("i-a", 1, state="Claimed", activity="Busy", since=NOW - 99999), slot("i-a", 2, since=NOW - 99999)]
+    result = planner.plan(snap(slots=slots, instances=[instance("i-a", age=99999)]), spec(idle_time=0))
+    assert result.drain == [] and result.terminate == []
+
+
+# --- snapshots and the command ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        ([], "JSON object"),
+        ({"jobs": [], "slots": [], "instances": []}, "lacks 'now'"),
+        ({"now": NOW, "jobs": [], "slots": []}, "lacks 'instances'"),
+        ({"now": "soon", "jobs": [], "slots": [], "instances": []}, "epoch seconds"),
+        ({"now": NOW, "jobs": {}, "slots": [], "instances": []}, "'jobs' must be a list"),
+        ({"now": NOW, "jobs": [1], "slots": [], "instances": []}, "'jobs[0]' must be an object"),
+        ({"now": NOW, "jobs": [], "slots": [], "instances": [{"State": {"Name": "running"}}]}, "no InstanceId"),
+    ],
+)
+def test_bad_snapshots(bad: Any, reason: str) -> None:
+    with pytest.raises(planner.SnapshotError, match=re.escape(reason)):
+        planner.plan(bad, spec())
+
+
+def test_launch_time_formats() -> None:
+    assert planner.epoch("2023-11-14T22:13:20.000Z") == NOW
+    assert planner.epoch("2023-11-14T22:13:20+00:00") == NOW
+    assert planner.epoch("2023-11-14 22:13:20") == NOW  # naive: EC2 times are UTC
+    assert planner.epoch(NOW) == NOW
+    assert planner.epoch("yesterday") is None
+
+
+def run_vfarm(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vfarm", *args], input=stdin, text=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.integration
+def test_command_prints_the_plan_and_refuses_bad_snapshots(tmp_path: Path) -> None:
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("#multiple-config\n" + EXAMPLE)
+    snapshot = snap(jobs=[job(i) for i in range(5)], slots=[slot("i-lazy", since=NOW - 9000)], instances=[instance("i-lazy"), instance("i-dead", age=9999)])
+    path = tmp_path / "snap.json"
+    path.write_text(json.dumps(snapshot))
+    as_json = run_vfarm("scale", str(farm), "--snapshot", str(path), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert (doc["launch"], doc["drain"], doc["terminate"]) == (1, [], ["i-dead"])  # ceil((5 - 4) / 4)
+    table = run_vfarm("scale", str(farm), "--snapshot", str(path))
+    assert table.returncode == 0
+    assert "launch" in table.stdout and "i-dead" in table.stdout and "boot-timeout" in table.stdout
+    for bad, reason in (("not json", "not JSON"), ('{"now": 1}', "lacks 'jobs'")):
+        path.write_text(bad)
+        result = run_vfarm("scale", str(farm), "--snapshot", str(path))
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    missing = run_vfarm("scale", str(farm), "--snapshot", str(tmp_path / "nope.json"))
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+# --- properties -------------------------------------------------------------------------------
+
+SLOT_STATES = st.sampled_from(
+    [("Unclaimed", "Idle"), ("Claimed", "Busy"), ("Claimed", "Retiring"), ("Drained", "Retiring"), ("Drained", "Idle"), ("Owner", "Idle"), ("Matched", "Idle")]
+)
+
+
+@st.composite
+def snapshots(draw: Any) -> tuple[dict[str, Any], scale_spec.ScaleSpec]:
+    n = draw(st.integers(0, 8))
+    instances, slots = [], []
+    for k in range(n):
+        iid = f"i-{k:03d}"
+        instances.append(instance(iid, age=draw(st.integers(0, 3000)), state=draw(st.sampled_from(["running", "running", "pending", "stopped"])),
+                                  farm=draw(st.sampled_from([FARM, FARM, FARM, "other"]))))
+        for s in range(draw(st.integers(0, 3))):
+            state, activity = draw(SLOT_STATES)
+            slots.append(slot(iid, s + 1, state, activity, cpus=draw(st.integers(0, 4)), since=NOW - draw(st.integers(0, 5000))))
+    jobs = [
+        job(j, status=draw(st.sampled_from([1, 1, 2, 5])), waited=draw(st.integers(0, 300)), cpus=draw(st.integers(1, 6)))
+        for j in range(draw(st.integers(0, 30)))
+    ]
+    low = draw(st.integers(0, 4))
+    config = spec(min_vms=low, max_vms=low + draw(st.integers(0, 5)), waiting_jobs_threshold=draw(st.integers(0, 3)),
+                  idle_time=draw(st.integers(0, 4000)), boot_timeout=draw(st.integers(1, 2000)))
+    collector = draw(st.sampled_from([None, {"DaemonStartTime": NOW - 30}, [{"MyCurrentTime": NOW, "MonitorSelfAge": 99999}]]))
+    snapshot = snap(jobs=jobs, slots=slots, instances=instances)
+    if collector is not None:
+        snapshot["collector"] = collector
+    return snapshot, config
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots())
+def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
+    snapshot, config = case
+    frozen = copy.deepcopy(snapshot)
+    result = planner.plan(snapshot, config)
+    assert snapshot == frozen  # pure: the snapshot is not touched
+    assert planner.plan(copy.deepcopy(snapshot), config) == result  # same snapshot, same plan
+    assert json.loads(json.dumps(result.to_json())) == result.to_json()  # plain data
+    active = result.active
+    assert result.launch >= 0
+    assert active + result.launch <= max(config.max_vms, active)  # never over max-vms
+    if result.drain:
+        assert active - len(result.drain) >= config.min_vms  # never under min-vms by its own hand
+    claimed = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Claimed"}
+    touched = set(result.drain) | set(result.terminate)
+    assert not touched & claimed  # never a busy instance drained or terminated
+    farm = {i["InstanceId"] for i in planner.farm_instances(snapshot["instances"], FARM)}
+    assert touched <= farm  # never an instance of another farm, or stopped
+    assert not set(result.drain) & set(result.terminate)
+
+
+def test_partitionable_slot_is_idle_since_its_last_job_ended_not_since_it_joined() -> None:
+    # Seen on a real 23.9 worker: after a job the partitionable slot is Unclaimed with its join
+    # time as EnteredCurrentState; NumDynamicSlotsTime moved to when the job's dynamic slot went.
+    joined_long_ago = {**slot("i-a", since=NOW - 99999), "PartitionableSlot": True, "NumDynamicSlotsTime": NOW - 60}
+    result = planner.plan(snap(slots=[joined_long_ago], instances=[instance("i-a", age=99999)]), spec(idle_time=3600))
+    assert result.drain == []
+    assert next(i for i in result.instances if i.id == "i-a").idle_since == NOW - 60
+    quiet = {**joined_long_ago, "NumDynamicSlotsTime": NOW - 4000}
+    assert planner.plan(snap(slots=[quiet], instances=[instance("i-a", age=99999)]), spec(idle_time=3600)).drain == ["i-a"]

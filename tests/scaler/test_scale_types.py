@@ -1,0 +1,270 @@
+"""Worker types: jobs fitted onto types by their requests and Requirements (HTCondor's own ClassAd
+library), least waste then cost, per-type maxima, black holes and back-offs, the same-cycle fallback
+on a capacity refusal, what --snapshot prints; and properties of the planner over random farms."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfarm.config import loader as configuration
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, loop
+from vfarm.scaler import plan as planner
+
+NOW = 1_700_000_000.0
+FARM = """\
+scale:
+  name: mixed
+  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}
+  max-vms: 10
+  waiting-time: 0
+  boot-timeout: 100
+  types:
+    - {name: small, cpus: 1, memory: 2G, cloud: {instance-type: m1.small}}
+    - {name: large, cpus: 8, memory: 32G, max: 2, cloud: {instance-type: m1.2xlarge}}
+    - {name: gpu, cpus: 8, memory: 32G, gpus: 1, cost: 10, cloud: {instance-type: g4dn.2xlarge, image-id: ami-gpu}}
+"""
+
+
+def spec(text: str = FARM) -> scale_spec.ScaleSpec:
+    return scale_spec.parse(configuration.load_text(text).sections["scale"])
+
+
+def job(n: int, cpus: int = 1, memory: Any = 1024, gpus: Optional[int] = None, requirements: Optional[str] = None) -> dict[str, Any]:
+    ad: dict[str, Any] = {"ClusterId": n, "ProcId": 0, "JobStatus": 1, "EnteredCurrentStatus": NOW - 60, "RequestCpus": cpus, "RequestMemory": memory}
+    if gpus is not None:
+        ad["RequestGPUs"] = gpus
+    if requirements is not None:
+        ad["Requirements"] = f"/Expr({requirements})/"  # as condor_q -json prints an expression
+    return ad
+
+
+def instance(iid: str, kind: str, launched: float, state: str = "running", end: Optional[str] = None) -> dict[str, Any]:
+    tags = [{"Key": "vfarm:farm", "Value": "mixed"}, {"Key": "vfarm:type", "Value": kind}] + ([{"Key": "vfarm:end", "Value": end}] if end else [])
+    return {"InstanceId": iid, "LaunchTime": launched, "State": {"Name": state}, "Tags": tags}
+
+
+def launches(result: planner.Plan) -> dict[str, int]:
+    return {d.type or "": d.count for d in result.decisions if d.action == "launch"}
+
+
+def test_the_section_validates_and_the_old_single_type_still_means_one_type() -> None:
+    typed = spec()
+    assert [t.name for t in typed.types] == ["small", "large", "gpu"] and typed.typed
+    assert typed.types[1].memory == 32 * 1024 and typed.types[2].gpus == 1 and typed.types[2].cost == 10
+    assert typed.cloud_of(typed.types[2]) == {"type": "ec2", "image-id": "ami-gpu", "instance-type": "g4dn.2xlarge"}
+    old = scale_spec.parse({"name": "x", "cloud": {"type": "ec2"}, "max-vms": 3, "cpus-per-vm": 4})
+    assert [(t.name, t.cpus, t.memory) for t in old.types] == [("default", 4, None)] and not old.typed
+    bad = FARM.replace("max-vms: 10", "max-vms: 10\n  cpus-per-vm: 2").replace("cloud: {instance-type: m1.small}", "cloud: {vcpus: 2}")
+    with pytest.raises(configuration.ConfigError) as refused:
+        configuration.load_text(bad)
+    text = str(refused.value)
+    assert "cpus-per-vm is for a farm of one type" in text and "vcpus: not a setting a worker type of cloud type ec2 can set" in text
+
+
+def test_each_job_goes_to_the_type_with_least_waste_then_cost() -> None:
+    jobs = [job(1), job(2), job(3, cpus=4, memory=16000), job(4, cpus=8, memory=4000), job(5, cpus=2, gpus=1)]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, spec())
+    # 1-CPU jobs: small (nothing left over); 4 and 8 CPUs: large (gpu holds them too but wastes its GPU); the GPU job: gpu.
+    assert launches(result) == {"small": 2, "large": 2, "gpu": 1}
+    assert (result.types["large"].waiting, result.types["large"].demand) == (2, 12)
+    launch = next(d for d in result.decisions if d.type == "large")
+    assert launch.reason.startswith("type large: 2 waiting job(s) need 12 CPU(s)") and launch.token and launch.token.startswith("vfarm-")
+
+
+def test_requirements_are_evaluated_on_what_a_type_advertises_and_nothing_more() -> None:
+    wants_large = job(1, requirements='TARGET.VfarmWorkerType == "large" && TARGET.Arch == "X86_64"')
+    big_memory = job(2, requirements="TARGET.Memory >= 20000 && TARGET.HasFileTransfer")
+    unknown_only = job(3, requirements='TARGET.OpSys == "LINUX"')  # nothing a type declares: refuses no type
+    result = planner.plan({"now": NOW, "jobs": [wants_large, big_memory, unknown_only], "slots": [], "instances": []}, spec())
+    assert (result.types["large"].waiting, result.types["small"].waiting) == (2, 1)
+    never = job(4, requirements='TARGET.VfarmWorkerType == "huge"')
+    result = planner.plan({"now": NOW, "jobs": [never, never], "slots": [], "instances": []}, spec())
+    refused = "have Requirements that every type holding their CPUs, memory and GPUs refuses"
+    assert result.launch == 0 and [(u.jobs, u.reason.split(" (")[0]) for u in result.unfit] == [(("4.0", "4.0"), refused)]
+
+
+def test_requirements_that_test_for_undefined_refuse_no_type_and_one_type_farms_check_cpus_only() -> None:
+    # As a real schedd writes them: `=!= undefined` on an attribute no type declares would be false here.
+    real = job(1, requirements='VfarmInstanceId =!= undefined && (TARGET.Arch == "X86_64") && (TARGET.Memory >= RequestMemory)')
+    picky = job(2, requirements='ifThenElse(TARGET.HasDocker is undefined, false, TARGET.VfarmWorkerType == "large")')
+    result = planner.plan({"now": NOW, "jobs": [real, picky], "slots": [], "instances": []}, spec())
+    assert result.unfit == [] and result.types["small"].waiting == 2
+    old = scale_spec.parse({"name": "mixed", "cloud": {"type": "ec2"}, "max-vms": 3, "cpus-per-vm": 2, "waiting-time": 0})
+    never_here = [job(3, requirements='TARGET.VfarmWorkerType == "gpu"'), job(4, gpus=1, memory=999999)]
+    result = planner.plan({"now": NOW, "jobs": never_here, "slots": [], "instances": []}, old)
+    assert result.unfit == [] and result.launch == 1  # memory, GPUs and Requirements: not checked, as before types
+
+
+def test_a_request_that_is_an_expression_is_evaluated_as_htcondor_would() -> None:
+    # HTCondor's default RequestMemory: MemoryUsage once known, else from ImageSize (KiB): 40 GB here.
+    default = "ifthenelse(MemoryUsage isnt undefined,MemoryUsage,(ImageSize + 1023) / 1024)"
+    heavy = {**job(1, memory=f"/Expr({default})/"), "ImageSize": 40 * 1024 * 1024}
+    light = {**job(2, memory=f"/Expr({default})/"), "ImageSize": 1000, "MemoryUsage": 1500}
+    result = planner.plan({"now": NOW, "jobs": [heavy, light], "slots": [], "instances": []}, spec())
+    assert launches(result) == {"small": 1}
+    assert len(result.unfit) == 1 and result.unfit[0].jobs == ("1.0",) and "40960 MB of memory, more than any type offers (32768 MB)" in result.unfit[0].reason
+    assert sum("no worker type can ever run them" in w for w in result.warnings) == 1
+
+
+def test_jobs_no_type_can_hold_are_reported_once_with_why() -> None:
+    jobs = [job(n, cpus=64) for n in range(5)] + [job(9, cpus=1, gpus=4)]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, spec())
+    assert result.launch == 0 and result.waiting == 0
+    assert sorted(u.reason for u in result.unfit) == ["ask for 4 GPU(s), more than any type offers (1)", "ask for 64 CPUs, more than any type offers (8)"]
+    assert [w for w in result.warnings if "64 CPUs" in w] == ["5 idle job(s) (0.0, 1.0, 2.0 and 2 more) ask for 64 CPUs, more than any type offers (8): "
+                                                              "no worker type can ever run them, they are no demand"]
+
+
+def test_a_type_at_its_max_or_in_a_black_hole_sends_its_jobs_to_the_next_type() -> None:
+    jobs = [job(n) for n in range(3)]
+    lost = [instance(f"i-{k}", "small", NOW - 150 + k, "terminated", "lost") for k in range(3)]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": lost}, spec())
+    assert result.types["small"].black_hole.blocked and launches(result) == {"large": 1}
+    assert not any(d.action == "hold" for d in result.decisions)  # nothing left waiting for small
+    # A job only small can hold (Requirements) is held, with the black hole as the reason.
+    only_small = job(7, requirements='TARGET.VfarmWorkerType == "small"')
+    result = planner.plan({"now": NOW, "jobs": [only_small], "slots": [], "instances": lost}, spec())
+    [hold] = [d for d in result.decisions if d.action == "hold"]
+    assert hold.type == "small" and "NOT launching, black hole back-off (3 lost in a row)" in hold.reason
+    # large is full (max 2): 8-CPU jobs spill to gpu.
+    booting = [instance(f"i-l{k}", "large", NOW - 50) for k in range(2)]
+    result = planner.plan({"now": NOW, "jobs": [job(n, cpus=8) for n in range(3)], "slots": [], "instances": booting}, spec())
+    assert launches(result) == {"gpu": 1}  # the two booting large workers take two; the third goes to gpu
+
+
+class Cloud:
+    """An in-memory cloud whose launches of one instance type are refused for capacity."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse = refuse
+        self.started: list[tuple[str, int, str]] = []
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        return []
+
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
+        if worker_type.name == self.refuse:
+            raise apply.CapacityError(f"the cloud refused {count} x {worker_type.name} (quota or capacity: InsufficientInstanceCapacity)")
+        self.started.append((worker_type.name, count, token))
+        return [f"i-{worker_type.name}-{k}" for k in range(count)]
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        raise AssertionError("nothing to terminate")
+
+
+def test_a_capacity_refusal_falls_back_to_the_next_type_in_the_same_cycle(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vfarm.test")
+    farm = spec()
+    jobs = [job(n) for n in range(3)]
+    snapshot = {"now": NOW, "jobs": jobs, "slots": [], "instances": []}
+    decided = planner.plan(snapshot, farm)
+    [launch] = decided.of(planner.Action.LAUNCH)
+    assert (launch.type, launch.count) == ("small", 3) and [(o.type, o.count) for o in launch.fallback] == [("large", 1)]
+    cloud = Cloud(refuse="small")
+    scaler = loop.Scaler(farm, cloud, apply.CondorDrain("cm"), logging.getLogger("vfarm.test"), clock=lambda: NOW,
+                         pool=lambda: {"jobs": jobs, "slots": [], "collector": []})
+    scaler.cycle()
+    assert [(name, count) for name, count, _token in cloud.started] == [("large", 1)]
+    assert scaler.outcome is not None and scaler.outcome.launched == ["i-large-0"] and scaler.outcome.cloud_errors == {"launch": 1}
+    assert "launch 1 of type large instead (the cloud refused type small for quota or capacity)" in caplog.text
+    # small backs off on its own: the next plan holds it and still may start large.
+    memory = scaler.memory()
+    assert set(memory[planner.BACKOFF]) == {"launch:small"} and memory[planner.INTENTS] == {}
+    again = planner.plan({**snapshot, **memory, "now": NOW + 1}, farm)
+    assert launches(again) == {"large": 1} and again.types["small"].launch_backoff_until == NOW + 15
+
+
+@pytest.mark.integration
+def test_snapshot_prints_types_and_the_decisions(tmp_path: Path) -> None:
+    farm = tmp_path / "farm.yaml"
+    farm.write_text(FARM)
+    snap = tmp_path / "snap.json"
+    lost = [instance(f"i-{k}", "small", NOW - 150 + k, "terminated", "lost") for k in range(3)]
+    snap.write_text(json.dumps({"now": NOW, "jobs": [job(1), job(2, cpus=8), job(3, cpus=99)], "slots": [], "instances": lost,
+                                "launch_intents": {"large": {"token": "vfarm-abc", "count": 1}}}))
+    done = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--snapshot", str(snap)], text=True, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # small is in its black hole: the 1-CPU job goes to large too; a launch of 1 large of unknown outcome is
+    # retried first with its token (the rest next cycle); were large refused for capacity, 2 gpu instead.
+    assert any(line.split()[:3] == ["launch", "1", "large"] and line.endswith("the same token as a launch of unknown outcome; "
+                                                                              "refused for quota or capacity: 2 gpu instead") for line in lines)
+    assert any(line.split()[:1] == ["TYPE"] for line in lines)
+    assert [line.split()[0] for line in lines if line.startswith("small")] == ["small"] and "black hole, blocked" in done.stdout
+    assert "1 idle job(s) (3.0) ask for 99 CPUs" in done.stderr
+    as_json = json.loads(subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--snapshot", str(snap), "--json"], text=True,
+                                        capture_output=True, timeout=60).stdout)
+    assert as_json["types"]["small"]["black_hole"]["blocked"] is True and as_json["unfit"][0]["jobs"] == ["3.0"]
+    [launch] = [d for d in as_json["decisions"] if d["action"] == "launch"]
+    assert (launch["token"], launch["count"]) == ("vfarm-abc", 1) and as_json["launch_intents"] == {}
+    # the intent is dropped once nothing of its type is wanted
+    snap.write_text(json.dumps({"now": NOW, "jobs": [], "slots": [], "instances": [], "launch_intents": {"large": {"token": "vfarm-abc", "count": 1}}}))
+    quiet = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--snapshot", str(snap)], text=True, capture_output=True, timeout=60)
+    assert any(line.split()[:2] == ["forget", "-"] and "launch of 1 worker(s) of type large of unknown outcome no longer wanted" in line
+               for line in quiet.stdout.splitlines()), quiet.stdout
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+worker_types = st.lists(
+    st.builds(lambda cpus, memory, gpus, cap, cost: {"cpus": cpus, "memory": memory, "gpus": gpus, "max": cap, "cost": cost},
+              st.sampled_from([1, 2, 4, 8]), st.sampled_from([None, 2048, 8192, 32768]), st.sampled_from([0, 0, 1]),
+              st.one_of(st.none(), st.integers(0, 4)), st.sampled_from([1, 2, 10])),
+    min_size=1, max_size=4)
+requests = st.lists(st.tuples(st.sampled_from([1, 1, 2, 4, 8, 16]), st.sampled_from([None, 1000, 4000, 16000, 64000]), st.sampled_from([0, 0, 1, 2]),
+                              st.sampled_from([None, 'TARGET.VfarmWorkerType == "t0"', "TARGET.Cpus >= 4", 'TARGET.Arch == "X86_64"'])),
+                    max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(types=worker_types, asked=requests, max_vms=st.integers(0, 12), booting=st.lists(st.integers(0, 3), max_size=5),
+       lost=st.integers(0, 4))
+def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tuple[int, Optional[int], int, Optional[str]]], max_vms: int,
+                                   booting: list[int], lost: int) -> None:
+    section = {"name": "mixed", "cloud": {"type": "ec2"}, "max-vms": max_vms, "waiting-time": 0, "boot-timeout": 100,
+               "types": [{"name": f"t{i}", **{k: v for k, v in t.items() if v is not None}} for i, t in enumerate(types)]}
+    farm = scale_spec.parse(section)
+    jobs = [job(n, cpus, memory, gpus, req) for n, (cpus, memory, gpus, req) in enumerate(asked)]
+    names = [t.name for t in farm.types]
+    instances = [instance(f"i-b{k}", names[kind % len(names)], NOW - 10) for k, kind in enumerate(booting)]
+    instances += [instance(f"i-l{k}", "t0", NOW - 1000 + k, "terminated", "lost") for k in range(lost)]
+    snapshot = {"now": NOW, "jobs": jobs, "slots": [], "instances": instances}
+    result = planner.plan(snapshot, farm)
+    assert planner.plan(json.loads(json.dumps(snapshot)), farm).to_json() == result.to_json()  # same snapshot, same plan
+    started = launches(result)
+    by_type = {t.name: t for t in farm.types}
+    # never over max-vms, nor over a type's max
+    assert result.active + result.launch <= max(max_vms, result.active)
+    for name, count in started.items():
+        kind = by_type[name]
+        assert count > 0 and (kind.max is None or result.types[name].active + count <= max(kind.max, result.types[name].active))
+    # every waiting job is counted once: on a type that holds it, or as unfit
+    assert sum(f.waiting for f in result.types.values()) + sum(len(u.jobs) for u in result.unfit) == len(jobs)
+    assert len({u.reason for u in result.unfit}) == len(result.unfit)  # each reason reported once
+    for n, (cpus, memory, gpus, req) in enumerate(asked):
+        holders = [t for t in farm.types if t.cpus >= cpus and t.gpus >= gpus and (t.memory is None or memory is None or memory <= t.memory)
+                   and not (req == 'TARGET.VfarmWorkerType == "t0"' and t.name != "t0") and not (req == "TARGET.Cpus >= 4" and t.cpus < 4)]
+        assert (f"{n}.0" in {j for u in result.unfit for j in u.jobs}) == (not holders), (n, cpus, memory, gpus, req)
+    # a type in its black hole back-off starts nothing; a probing one at most one
+    hole = result.types["t0"].black_hole
+    if hole.blocked:
+        assert "t0" not in started
+    if hole.probing:
+        assert started.get("t0", 0) <= 1
+    # launching a type's wanted workers covers what its jobs ask (per CPU) when nothing holds it back
+    for name, figures in result.types.items():
+        if name in started and started[name] == figures.wanted:
+            assert figures.supply + started[name] * by_type[name].cpus >= figures.demand
+    # a launch's fallback never names its own type and only types that hold work
+    for decision in result.of(planner.Action.LAUNCH):
+        assert all(o.type != decision.type and o.count > 0 for o in decision.fallback)
