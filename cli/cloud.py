@@ -18,7 +18,7 @@ from ..display import escape_controls, shown_message
 from ..files import atomic_write
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter
 
 
 def _print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None) -> None:
@@ -56,20 +56,6 @@ def read_verdicts(cloud: ec2.Ec2Cloud, instances: list[dict[str, Any]]) -> dict[
 def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
     params = ec2.Ec2Params.resolve(endpoint_url=args.endpoint_url, region=args.region, profile=args.profile)
     return ec2.Ec2Cloud(params)
-
-
-def _progress(started: float) -> Any:
-    last: list[str] = []
-
-    def report(current: list[dict[str, Any]]) -> None:
-        states = [f"{i['InstanceId']} {i.get('State', {}).get('Name', '?')}" for i in current]
-        running = sum(1 for i in current if i.get("State", {}).get("Name") == "running")
-        line = f"waiting: {running}/{len(current)} running ({', '.join(states)})"
-        if line != (last[0] if last else None):
-            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
-            last[:] = [line]
-
-    return report
 
 
 def cmd_launch_ec2(args: argparse.Namespace) -> int:
@@ -115,7 +101,8 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         ids = [i["InstanceId"] for i in instances]
         print(f"vfarm: launched {len(ids)} instance(s) at {shown_message(cloud.endpoint)}: {shown_message(' '.join(ids))}", file=sys.stderr)
         if args.wait:
-            instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
+            progress = wait_reporter(started, lambda i: str(i.get("State", {}).get("Name", "?")), "running")
+            instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=progress)
     except ec2.Ec2Error as err:
         return fail(str(err))
     _print_instances(instances, args.json)

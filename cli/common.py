@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Optional
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..display import shown_message
 from ..mime_builder.limits import EC2_LIMIT, GZIP_MODES
@@ -86,3 +88,19 @@ def build_userdata(args: argparse.Namespace, verb: str) -> Optional[Built]:
     for warning in built.warnings:
         print(f"vfarm {verb}: warning: {shown_message(warning)}", file=sys.stderr)
     return built
+
+
+def wait_reporter(started: float, state: Callable[[dict[str, Any]], str], ready: str) -> Callable[[list[dict[str, Any]]], None]:
+    """A progress callback for a launch --wait: one stderr line whenever the instances' states
+    change (STATE reads one instance's state; READY is the state waited for)."""
+    last: list[str] = []
+
+    def report(current: list[dict[str, Any]]) -> None:
+        done = sum(1 for i in current if state(i) == ready)
+        states = ", ".join(f"{i['InstanceId']} {state(i)}" for i in current)
+        line = f"waiting: {done}/{len(current)} {ready} ({states})"
+        if line != (last[0] if last else None):
+            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
+            last[:] = [line]
+
+    return report

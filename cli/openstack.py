@@ -21,7 +21,7 @@ from ..files import atomic_write
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -33,20 +33,6 @@ def _print(servers: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(redact_strings(servers), indent=2, default=str, sort_keys=True))
     elif servers:
         print(table.render(openstack.SUMMARY_HEADERS, [openstack.summary_row(s) for s in servers]), end="")
-
-
-def _progress(started: float) -> Any:
-    last: list[str] = []
-
-    def report(current: list[dict[str, Any]]) -> None:
-        active = sum(1 for s in current if s.get("Status") == "ACTIVE")
-        states = ", ".join(f"{s['InstanceId']} {s.get('Status')}" for s in current)
-        line = f"waiting: {active}/{len(current)} ACTIVE ({states})"
-        if line != (last[0] if last else None):
-            print(f"vfarm: [{time.monotonic() - started:4.0f}s] {shown_message(line)}", file=sys.stderr, flush=True)
-            last[:] = [line]
-
-    return report
 
 
 def cmd_launch_openstack(args: argparse.Namespace) -> int:
@@ -83,7 +69,8 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         ids = [s["InstanceId"] for s in servers]
         print(f"vfarm: launched {len(ids)} server(s) at {shown_message(cloud.where)}: {shown_message(' '.join(ids))}", file=sys.stderr)
         if args.wait:
-            servers = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=_progress(started))
+            progress = wait_reporter(started, lambda s: str(s.get("Status")), "ACTIVE")
+            servers = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=progress)
     except openstack.OpenStackError as err:
         return fail(str(err))
     _print(servers, args.json)

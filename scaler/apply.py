@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from ..clouds import hostcmd
+from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
 from . import plan as planner
-from .model import END_OF, FARM_TAG, INSTANCE_ATTR, TYPE_TAG, Action, Decision, Plan
+from .model import END_OF, FARM_TAG, TYPE_TAG, Action, Decision, Plan
 
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0
@@ -230,7 +231,7 @@ class Applier:
         self._terminate(plan, now, outcome)
         slots_of: dict[str, list[dict[str, Any]]] = {}
         for slot in snapshot["slots"]:
-            owner = slot.get(INSTANCE_ATTR)
+            owner = slot.get(INSTANCE_ATTRIBUTE)
             if isinstance(owner, str):
                 slots_of.setdefault(owner, []).append(slot)
         for decision in plan.of(Action.DRAIN):

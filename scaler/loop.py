@@ -19,11 +19,12 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import END_TAG, ENDED, INSTANCE_ATTR, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
+from .model import END_TAG, ENDED, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
 
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
 VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
@@ -200,8 +201,8 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
     SNAPSHOT as Scaler.discover() makes it: only the farm's instances, stopped ones included."""
     slot_owner: dict[str, str] = {}
     for slot in snapshot["slots"]:
-        if isinstance(slot.get(INSTANCE_ATTR), str) and isinstance(slot.get("Name"), str):
-            slot_owner[slot["Name"]] = slot[INSTANCE_ATTR]
+        if isinstance(slot.get(INSTANCE_ATTRIBUTE), str) and isinstance(slot.get("Name"), str):
+            slot_owner[slot["Name"]] = slot[INSTANCE_ATTRIBUTE]
     jobs: dict[str, int] = {}
     for job in snapshot["jobs"]:
         owner = slot_owner.get(str(job.get("RemoteHost", "")))

@@ -15,7 +15,6 @@ FARM_TAG = "vfarm:farm"
 TYPE_TAG = "vfarm:type"
 END_TAG = "vfarm:end"
 # The slot attribute every worker advertises: which instance it runs on.
-INSTANCE_ATTR = "VfarmInstanceId"
 # The attribute the planner gives a worker type when it evaluates a job's Requirements.
 TYPE_ATTR = "VfarmWorkerType"
 

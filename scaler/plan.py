@@ -38,6 +38,7 @@ import hashlib
 import math
 from typing import Any, Optional, Union
 
+from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
 from . import fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
@@ -45,7 +46,6 @@ from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for i
     END_OF,
     END_TAG,
     FARM_TAG,
-    INSTANCE_ATTR,
     JOINED,
     LIVE,
     TYPE_TAG,
@@ -386,7 +386,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
 
     by_instance: dict[str, list[dict[str, Any]]] = {}
     for slot in snapshot["slots"]:
-        owner = slot.get(INSTANCE_ATTR)
+        owner = slot.get(INSTANCE_ATTRIBUTE)
         if isinstance(owner, str):
             by_instance.setdefault(owner, []).append(slot)
 
