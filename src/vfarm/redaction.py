@@ -79,6 +79,8 @@ def _hide(text: str, spans: list[tuple[int, int]]) -> str:
     out: list[str] = []
     done = 0
     for begin, end in spans:
+        if begin == end:  # an empty userinfo (`http://@host`): nothing to hide
+            continue
         if begin < done:  # inside, or overlapping, the span before
             if end > done:
                 done = end
@@ -240,6 +242,10 @@ def _url_spans(text: str) -> list[tuple[int, int]]:
             following = colons[number + 1]
             mirrored = len(text) - following
             end, cut = following - (_end_of(_SCHEME_BACKWARDS, backwards, mirrored, len(text) - start) - mirrored), True
+            if end > start and text[end - 1] not in _LIST_TAIL and "@" not in text[start:end]:
+                # No separator before that `scheme://` and no `@` yet: it is inside this URL's
+                # password (`user:0://x@host`), not a next URL of a proxy list (`a|http://b`).
+                end, cut = word_end, False
         span = _credentials(text, start, end, cut)
         if span is not None:
             spans.append(span)
