@@ -9,16 +9,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from ..cc_modules import table
 from ..clouds import ec2
 from ..display import escape_controls, shown_message
-from ..files import atomic_write
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def _print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None) -> None:
@@ -73,12 +71,9 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
     userdata = built.data
     if args.dry_run:
         # No API call at all: write the user-data and show how the classic tools would launch it.
-        out = Path(args.output or Path(args.file).stem + ".userdata")
-        try:
-            atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
-        except OSError as err:
-            return fail(f"cannot write {out}: {err.strerror or err}")
-        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+        out = write_dry_run(args, userdata)
+        if out is None:
+            return EXIT_PROBLEM
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
         for line in ec2.cli_equivalents(request, str(out), userdata, params):
             print(escape_controls(line))

@@ -7,9 +7,11 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..display import shown_message
+from ..files import atomic_write
 from ..mime_builder.limits import EC2_LIMIT, GZIP_MODES
 
 if TYPE_CHECKING:
@@ -104,3 +106,16 @@ def wait_reporter(started: float, state: Callable[[dict[str, Any]], str], ready:
             last[:] = [line]
 
     return report
+
+
+def write_dry_run(args: argparse.Namespace, userdata: bytes) -> Optional[Path]:
+    """A launch's --dry-run: USERDATA written 0600 (it may carry proxy credentials or a pool token)
+    to -o, else FILE's name + .userdata; None after reporting why not."""
+    out = Path(args.output or Path(args.file).stem + ".userdata")
+    try:
+        atomic_write(out, userdata, 0o600)
+    except OSError as err:
+        fail(f"cannot write {out}: {err.strerror or err}")
+        return None
+    print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+    return out

@@ -11,17 +11,15 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ..cc_modules import table
 from ..clouds import openstack
 from ..display import escape_controls, shown_message
-from ..files import atomic_write
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter
+from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -49,14 +47,11 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
     userdata = built.data
     if args.dry_run:
         # No API call at all: write the user-data and show how the openstack client would start it.
-        out = Path(args.output or Path(args.file).stem + ".userdata")
         if len(userdata) > args.max_size:
             return fail(f"user-data is {len(userdata)} bytes, over the limit of {args.max_size}")
-        try:
-            atomic_write(out, userdata, 0o600)  # user-data may carry proxy credentials or a pool token
-        except OSError as err:
-            return fail(f"cannot write {out}: {err.strerror or err}")
-        print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+        out = write_dry_run(args, userdata)
+        if out is None:
+            return EXIT_PROBLEM
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
                                         properties, args.os_cloud, args.wait)
         print(escape_controls(line))
