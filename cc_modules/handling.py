@@ -14,7 +14,7 @@ import yaml
 
 from ..config import loader as vconfig
 from ..errors import StepError, VfarmError
-from ..files import under
+from ..files import log_dir, under
 from ..redaction import redact
 from . import record as record_mod
 from .runner import Runner
@@ -155,7 +155,7 @@ def execute(
 
 def raise_if_failed(data: dict[str, Any], directory: Union[str, Path, None] = None) -> None:
     if data.get("status") == "failed":
-        log = record_mod.log_dir(directory) / f"{data.get('handler')}.log"
+        log = log_dir(directory) / f"{data.get('handler')}.log"
         raise HandlerFailed(f"vfarm {data.get('handler')} failed: {data.get('reason')} (details in {log})")
 
 

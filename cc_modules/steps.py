@@ -61,7 +61,6 @@ class Custom:
     run: Callable[[Context], Optional[dict[str, Any]]] = field(compare=False, repr=False)
     details: dict[str, Any] = field(default_factory=dict)
     changes: bool = True
-    reads_only: bool = False  # runs in a dry run too
 
     def listing(self) -> dict[str, Any]:
         return {"action": self.action, **self.details}
@@ -122,11 +121,11 @@ def _carry_out(step: Step, ctx: Context) -> tuple[dict[str, Any], bool]:
         atomic_write(ctx.path(step.path), step.content, step.mode)
         ctx.logger.info("wrote %s", step.path)
         return ({} if step.mode is None else {"mode": f"{step.mode:04o}"}), True
-    if ctx.dry_run and not step.reads_only:
+    if ctx.dry_run:  # a custom step may change anything: a dry run only names it
         ctx.logger.info("dry-run, not doing: %s", step.action)
         return {"skipped": "dry run"}, False
     fields = dict(step.run(ctx) or {})
-    return fields, bool(fields.pop("changed", step.changes)) and not ctx.dry_run
+    return fields, bool(fields.pop("changed", step.changes))
 
 
 def _undo(step: Step, ctx: Context) -> None:
