@@ -15,6 +15,7 @@ import yaml
 
 from tests.cli.test_ec2_cli import EXAMPLE, one_line_failure, run
 from tests.clouds.test_ec2 import closed_port
+from tests.fixtures.condor_pool import wait_for
 from tests.fixtures.openstack import PASSWORD, OpenStackCloud
 from vfarm.cli.main import main
 from vfarm.clouds import openstack
@@ -49,11 +50,15 @@ def server_ids(cloud: OpenStackCloud) -> set[str]:
 
 
 def wait_gone(cloud: OpenStackCloud, ids: list[str]) -> None:
+    """Until Nova neither shows nor lists the servers: a server deleted while still in BUILD can
+    come back in the listing for a moment (the conductor maps it into its cell after the API
+    deleted its build request, then deletes it), so a GET's 404 alone is not the end."""
     admin = cloud.connect()
     for server_id in ids:
         server = admin.compute.find_server(server_id, all_projects=True)
         if server is not None:
-            admin.compute.wait_for_delete(server, interval=0.3, wait=60)
+            admin.compute.wait_for_delete(server, interval=0.3, wait=600)
+    wait_for(lambda: not set(ids) & server_ids(cloud), 600, f"servers {' '.join(ids)} gone from the listing", interval=0.5)
 
 
 def launch_args(*extra: str) -> list[str]:
