@@ -90,7 +90,7 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
     rows = []
     for decision in result.decisions:
         target = decision.instance or (str(decision.count) if decision.action not in (Action.HOLD, Action.FORGET) else "-")
-        if decision.type is not None and spec.typed and not decision.instance:
+        if decision.type is not None and (spec.typed or spec.hybrid) and not decision.instance:
             target += f" {decision.type}"
         reason = decision.reason
         if decision.fallback:
@@ -99,9 +99,9 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
     if not rows:
         rows.append(("nothing", "-", "no instance to launch, drain or terminate"))
     out = "\n".join(lines) + "\n\n" + table.render(("ACTION", "WHAT", "REASON"), rows)
-    if spec.typed:
+    if spec.typed or spec.hybrid:
         type_rows = []
-        for t in spec.types:
+        for t in spec.placements:
             f = result.types[t.name]
             hole = f.black_hole
             note = ("black hole, blocked" if hole.blocked else "black hole, probing" if hole.probing else
@@ -110,6 +110,11 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
                               f.active, f.waiting, f.wanted, note))
         out += "\n" + table.render(("TYPE", "CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED", "LAUNCHES"), type_rows,
                                     right=("CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED"))
+    if result.clouds:
+        cloud_rows = [(c.name, c.type, c.max if c.max is not None else "-", c.active, c.launch, c.fallback,
+                       f"{c.launch_backoff_until - result.now:.0f}s" if c.launch_backoff_until > result.now else "-") for c in result.clouds.values()]
+        out += "\n" + table.render(("CLOUD", "KIND", "MAX", "ACTIVE", "LAUNCH", "IF-REFUSED", "BACK-OFF"), cloud_rows,
+                                    right=("MAX", "ACTIVE", "LAUNCH", "IF-REFUSED"))
     if result.instances:
         inst_rows = [(w.id, w.state.value, _age(w.age), w.slots, w.claimed, w.reason) for w in result.instances]
         out += "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "CLAIMED", "WHY"), inst_rows, right=("AGE", "SLOTS", "CLAIMED"))
@@ -145,22 +150,26 @@ def _logger() -> logging.Logger:
 
 def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Backend:
     """The cloud backend of the scale section; BUILD: make the user-data (needed to launch)."""
-    userdata = b""
-    if build:
-        from ..config import loader as configuration
-        from ..mime_builder import mime
+    if not build:
+        return backends.backend_for(spec, b"")
+    return backends.backend_for(spec, functools.partial(_userdata, farm))
 
-        attach: tuple[Any, ...] = ()
-        if spec.cloud.get("type") == "local":  # what a local test image needs to stay up as a worker
-            attach = backends.attachments(spec)
-        try:
-            built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
-        except (mime.BuildError, configuration.ConfigError) as err:
-            raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
-        for warning in built.warnings:
-            print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)
-        userdata = built.data
-    return backends.backend_for(spec, userdata)
+
+def _userdata(farm: str, spec: scale_spec.ScaleSpec) -> bytes:
+    """The workers' user-data for SPEC's cloud (each cloud of a hybrid farm its own: handlers, attachments)."""
+    from ..config import loader as configuration
+    from ..mime_builder import mime
+
+    attach: tuple[Any, ...] = ()
+    if spec.cloud.get("type") == "local":  # what a local test image needs to stay up as a worker
+        attach = backends.attachments(spec)
+    try:
+        built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
+    except (mime.BuildError, configuration.ConfigError) as err:
+        raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
+    for warning in built.warnings:
+        print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)
+    return built.data
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
@@ -177,8 +186,17 @@ def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: con
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
     head = (f"farm {spec.name}: {len(rows)} instance(s), {result.waiting} waiting job(s), "
             f"demand {result.demand} CPU(s), supply {result.supply} CPU(s)\n")
+    if spec.hybrid:
+        counts = loop.cloud_counts(rows, spec)
+        head += "".join(f"cloud {name}: {', '.join(f'{n} {state}' for state, n in sorted(of.items())) or 'no instance'}\n"
+                        for name, of in counts.items())
     if not rows:
         return head + "no instance\n"
+    if spec.hybrid:
+        hybrid = [(r["instance"], r["cloud"] or "-", r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-")
+                  for r in rows]
+        return head + "\n" + table.render(("INSTANCE", "CLOUD", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), hybrid,
+                                          right=("AGE", "SLOTS", "JOBS"))
     if spec.typed:
         typed = [(r["instance"], r["type"], r["state"], _age(r["age"]), r["slots"], r["jobs"], r["reason"], r.get("verdict") or "-") for r in rows]
         return head + "\n" + table.render(("INSTANCE", "TYPE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), typed, right=("AGE", "SLOTS", "JOBS"))
@@ -195,8 +213,11 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
         if row["state"] in loop.VERDICT_STATES:
             row["lost_reason"], row["verdict"] = scaler.applier.read_verdict(row["instance"])
     if as_json:
-        print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
-                          "supply": result.supply, "instances": redact_strings(rows)}, indent=2, sort_keys=True))
+        data = {"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
+                "supply": result.supply, "instances": redact_strings(rows)}
+        if spec.hybrid:
+            data["clouds"] = loop.cloud_counts(rows, spec)
+        print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(render_status(rows, spec, result), end="")
     return EXIT_OK

@@ -162,6 +162,8 @@ def describe(server: Any) -> dict[str, Any]:
         "Name": data.get("name") or "",
         "State": {"Name": STATES.get(status, "pending")},
         "Status": status,
+        # Nova's task while it builds: "scheduling" until a host is chosen (or none is found)
+        "TaskState": data.get("task_state"),
         # when it was asked for: what the scaler's boot-timeout counts from
         "LaunchTime": data.get("created_at"),
         "InstanceType": flavor.get("original_name") or flavor.get("name") or flavor.get("id") or "?",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .condor import address_problem
@@ -27,6 +27,22 @@ DURATIONS = ("waiting-time", "idle-time", "boot-timeout", "check-every")
 DEFAULT_TYPE = "default"
 # The cloud settings a worker type may set for itself, per cloud type.
 TYPE_CLOUD_KEYS = {"ec2": ("image-id", "instance-type"), "openstack": ("image", "flavor"), "local": ("image", "memory", "vcpus")}
+# What an entry of `clouds` has besides its cloud settings.
+CLOUD_ENTRY_KEYS = ("name", "max")
+
+
+@dataclass(frozen=True)
+class CloudSpec:
+    """One cloud of a hybrid farm: its name (tag vfarm:cloud), its settings (as a `cloud` mapping)
+    and the most workers it may hold."""
+
+    name: str
+    settings: dict[str, Any]
+    max: Optional[int] = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.settings.get("type"))
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,16 @@ class WorkerType:
     max: Optional[int] = None  # None: only max-vms bounds it
     cost: float = 1.0
     cloud: dict[str, Any] = field(default_factory=dict)
+    # Hybrid farms: the clouds the type may run on, each with settings over `cloud` (None: every cloud).
+    clouds: Optional[dict[str, dict[str, Any]]] = None
+    # A placement (the type on one cloud of a hybrid farm, named TYPE@CLOUD): its cloud and its type.
+    on: Optional[str] = None
+    of: Optional[str] = None
+
+    @property
+    def kind(self) -> str:
+        """The worker type's own name (VfarmWorkerType, tag vfarm:type), also for a placement."""
+        return self.of or self.name
 
 
 def memory_mb(value: Any) -> int:
@@ -70,19 +96,53 @@ class ScaleSpec:
     types: tuple[WorkerType, ...] = ()
     # Whether the section lists its types (launches then carry the tag vfarm:type).
     typed: bool = False
+    # A hybrid farm's clouds in priority order (`clouds`); empty for a farm of one `cloud`.
+    clouds: tuple[CloudSpec, ...] = ()
+    # What the planner fills: each type on each cloud it may run on (type-major, clouds in priority
+    # order), named TYPE@CLOUD; a farm of one cloud: its types themselves.
+    placements: tuple[WorkerType, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.types:
             # As before types: only its CPUs are known; jobs' memory, GPUs and Requirements are not checked.
             object.__setattr__(self, "types", (WorkerType(DEFAULT_TYPE, self.cpus_per_vm, gpus=None),))
+        placements = self.types
+        if self.clouds:
+            placements = tuple(
+                WorkerType(f"{t.name}@{c.name}", t.cpus, t.memory, t.gpus, None, t.cost, {**t.cloud, **(t.clouds or {}).get(c.name, {})},
+                           on=c.name, of=t.name)
+                for t in self.types for c in self.clouds if t.clouds is None or c.name in t.clouds)
+        object.__setattr__(self, "placements", placements)
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the farm lists several clouds (`clouds`): launches then carry the tag vfarm:cloud."""
+        return bool(self.clouds)
 
     def worker_type(self, name: Optional[str]) -> WorkerType:
-        """The type called NAME; an instance without a type tag (launched before types) is of the first."""
-        return next((t for t in self.types if t.name == name), self.types[0])
+        """The type or placement called NAME; an instance without a type tag (launched before types) is of the first type."""
+        return next((t for t in self.types if t.name == name), None) or next((p for p in self.placements if p.name == name), self.types[0])
+
+    def placement(self, type_name: Optional[str], cloud: Optional[str]) -> WorkerType:
+        """Where an instance tagged TYPE_NAME and CLOUD belongs: its type's placement on its cloud
+        (a type no longer allowed there: the cloud's first placement; no cloud: the first one)."""
+        kind = self.worker_type(type_name).kind
+        if not self.clouds:
+            return self.worker_type(kind)
+        on_cloud = [p for p in self.placements if p.on == cloud]
+        return next((p for p in on_cloud if p.of == kind), on_cloud[0] if on_cloud else self.placements[0])
+
+    def cloud_named(self, name: Optional[str]) -> Optional[CloudSpec]:
+        return next((c for c in self.clouds if c.name == name), None)
 
     def cloud_of(self, worker_type: WorkerType) -> dict[str, Any]:
-        """The cloud settings a worker of WORKER_TYPE launches with."""
-        return {**self.cloud, **worker_type.cloud}
+        """The cloud settings a worker of WORKER_TYPE (a placement, in a hybrid farm) launches with."""
+        cloud = self.cloud_named(worker_type.on)
+        return {**(cloud.settings if cloud is not None else self.cloud), **worker_type.cloud}
+
+    def on_cloud(self, cloud: CloudSpec) -> ScaleSpec:
+        """This farm as one of its clouds sees it: `cloud` is that cloud's settings."""
+        return replace(self, cloud=dict(cloud.settings))
 
     @property
     def collector(self) -> Optional[str]:
@@ -93,6 +153,7 @@ class ScaleSpec:
 def parse(section: dict[str, Any]) -> ScaleSpec:
     """A validated `scale` section as a ScaleSpec (defaults filled in)."""
     merged = {**DEFAULTS, **section}
+    clouds = tuple(_cloud(item) for item in section.get("clouds") or ())
     return ScaleSpec(
         name=str(merged["name"]),
         max_vms=int(merged["max-vms"]),
@@ -103,11 +164,26 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         idle_time=seconds(merged["idle-time"]),
         boot_timeout=seconds(merged["boot-timeout"]),
         check_every=seconds(merged["check-every"]),
-        cloud=dict(merged.get("cloud") or {}),
+        cloud=dict(clouds[0].settings) if clouds else dict(merged.get("cloud") or {}),
         pool=dict(merged.get("pool") or {}),
         types=tuple(_worker_type(item) for item in section.get("types") or ()),
         typed=bool(section.get("types")),
+        clouds=clouds,
     )
+
+
+def _cloud(item: dict[str, Any]) -> CloudSpec:
+    settings = {k: v for k, v in item.items() if k not in CLOUD_ENTRY_KEYS}
+    return CloudSpec(str(item["name"]), settings, int(item["max"]) if item.get("max") is not None else None)
+
+
+def _type_clouds(value: Any) -> Optional[dict[str, dict[str, Any]]]:
+    """A type's `clouds` (a list of names, or a mapping of name: settings or nothing) as name: settings."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return {str(name): {} for name in value}
+    return {str(name): dict(settings or {}) for name, settings in value.items()}
 
 
 def _worker_type(item: dict[str, Any]) -> WorkerType:
@@ -119,12 +195,14 @@ def _worker_type(item: dict[str, Any]) -> WorkerType:
         max=int(item["max"]) if item.get("max") is not None else None,
         cost=float(item.get("cost", 1.0)),
         cloud=dict(item.get("cloud") or {}),
+        clouds=_type_clouds(item.get("clouds")),
     )
 
 
 def check(section: dict[str, Any]) -> list[Finding]:
     """What the schema cannot say: min-vms <= max-vms, durations above zero and at most a year,
-    the collector's host a real name or address."""
+    the collector's host a real name or address, one of cloud and clouds, distinct cloud and type
+    names, worker types' clouds and cloud settings those of the farm's clouds."""
     findings: list[Finding] = []
     low, high = section.get("min-vms", DEFAULTS["min-vms"]), section.get("max-vms")
     if isinstance(low, int) and isinstance(high, int) and low > high:
@@ -139,6 +217,7 @@ def check(section: dict[str, Any]) -> list[Finding]:
             continue
         if key in POSITIVE and duration <= 0:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
+    findings += _check_clouds(section)
     findings += _check_types(section)
     collector = section.get("pool", {}).get("collector")
     if isinstance(collector, str):
@@ -148,8 +227,43 @@ def check(section: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def _check_clouds(section: dict[str, Any]) -> list[Finding]:
+    """`cloud` (one cloud) or `clouds` (a hybrid farm's list), never both; distinct cloud names."""
+    findings: list[Finding] = []
+    if "cloud" in section and "clouds" in section:
+        findings.append(Finding(("clouds",), "cloud (one cloud) and clouds (several, in priority order) do not go together: keep one"))
+    elif "cloud" not in section and "clouds" not in section:
+        findings.append(Finding((), "the scale section needs cloud (one cloud) or clouds (several, in priority order)"))
+    cloud = section.get("cloud")
+    if isinstance(cloud, dict):
+        for key in CLOUD_ENTRY_KEYS:
+            if key in cloud:
+                findings.append(Finding(("cloud", key), f"{key}: only an entry of clouds has one (a farm of one cloud: max-vms bounds it)"))
+    seen: set[str] = set()
+    for i, item in enumerate(section.get("clouds") or ()):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if name in seen:
+            findings.append(Finding(("clouds", i, "name"), f"cloud {name!r} is listed twice"))
+        seen.add(str(name))
+    return findings
+
+
+def _cloud_kinds(section: dict[str, Any]) -> dict[str, str]:
+    """Cloud name -> cloud type of a hybrid farm's clouds."""
+    return {str(c.get("name")): str(c.get("type")) for c in section.get("clouds") or () if isinstance(c, dict)}
+
+
+def _setting_problems(settings: Any, kind: str, where: tuple[Any, ...], on: str) -> list[Finding]:
+    allowed = TYPE_CLOUD_KEYS.get(kind, ())
+    return [Finding((*where, key), f"{key}: not a setting a worker type {on} can set (it can: {', '.join(allowed) or 'none'})")
+            for key in (settings if isinstance(settings, dict) else ()) if key not in allowed]
+
+
 def _check_types(section: dict[str, Any]) -> list[Finding]:
-    """Worker types: distinct names, not together with cpus-per-vm, cloud settings of the farm's cloud type."""
+    """Worker types: distinct names, not together with cpus-per-vm, cloud settings of the farm's cloud type
+    (in a hybrid farm: of every cloud the type may run on); `clouds` of a type only name the farm's clouds."""
     types = section.get("types")
     if not isinstance(types, list):
         return []
@@ -157,7 +271,8 @@ def _check_types(section: dict[str, Any]) -> list[Finding]:
     if "cpus-per-vm" in section:
         findings.append(Finding(("cpus-per-vm",), "cpus-per-vm is for a farm of one type: with types, each type gives its cpus"))
     seen: set[str] = set()
-    allowed = TYPE_CLOUD_KEYS.get(str(section.get("cloud", {}).get("type")), ())
+    hybrid = "clouds" in section
+    kinds = _cloud_kinds(section)
     for i, item in enumerate(types):
         if not isinstance(item, dict):
             continue
@@ -165,9 +280,32 @@ def _check_types(section: dict[str, Any]) -> list[Finding]:
         if name in seen:
             findings.append(Finding(("types", i, "name"), f"type {name!r} is listed twice"))
         seen.add(str(name))
-        for key in item.get("cloud") or {}:
-            if key not in allowed:
-                kind = section.get("cloud", {}).get("type")
-                findings.append(Finding(("types", i, "cloud", key), f"{key}: not a setting a worker type of cloud type {kind} can set "
-                                        f"(it can: {', '.join(allowed) or 'none'})"))
+        own = item.get("clouds")
+        # Where each named cloud sits in the type's `clouds` (a list's index, a mapping's key).
+        place: dict[str, Any] = {str(n): k for k, n in enumerate(own)} if isinstance(own, list) else {}
+        if isinstance(own, list):
+            own = {str(name): None for name in own}
+        if not hybrid:
+            kind = str(section.get("cloud", {}).get("type"))
+            findings += _setting_problems(item.get("cloud"), kind, ("types", i, "cloud"), f"of cloud type {kind}")
+            if own is not None:
+                findings.append(Finding(("types", i, "clouds"), "clouds: only a farm that lists clouds has a choice of them"))
+            continue
+        if not isinstance(own, dict):
+            own = {}
+        for cloud_name, settings in own.items():
+            if cloud_name not in kinds:
+                findings.append(Finding(("types", i, "clouds", place.get(cloud_name, cloud_name)), f"cloud {cloud_name!r} is not one of the farm's clouds "
+                                        f"({', '.join(kinds) or 'none'})", at_key=cloud_name not in place))
+                continue
+            findings += _setting_problems(settings, kinds[cloud_name], ("types", i, "clouds", cloud_name),
+                                          f"on cloud {cloud_name} (type {kinds[cloud_name]})")
+        # Its own `cloud` settings hold on every cloud it runs on.
+        for cloud_name in own or kinds:
+            if cloud_name in kinds:
+                found = _setting_problems(item.get("cloud"), kinds[cloud_name], ("types", i, "cloud"),
+                                          f"running on cloud {cloud_name} (type {kinds[cloud_name]})")
+                findings += found
+                if found:
+                    break
     return findings

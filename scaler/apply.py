@@ -8,15 +8,18 @@ What happens here:
   Every launch carries the plan's ClientToken; one whose outcome is unknown (endpoint down,
   time-out) is remembered as an intent, and the next plan retries it with the SAME token and count,
   so the cloud hands back the instances of the first call instead of starting them twice. A launch
-  refused for quota or capacity is followed, in the same cycle, by the plan's fallback launches.
+  refused for quota or capacity is followed, in the same cycle, by the plan's fallback launches
+  (in a hybrid farm: the next clouds'), less what the refused call started before its refusal;
+  each fallback taken is recorded in the outcome.
 - Drain is HTCondor's own graceful drain, `condor_drain -graceful` (running jobs run to their
   end under MaxJobRetirementTime, no new job starts), run through the host runner
   (clouds/hostcmd.py) with the prefix `pool.admin-command` (how to run HTCondor's admin tools on
   this host). The htcondor2 bindings cannot drain a token-only worker (see BINDINGS_DRAIN below).
 - Terminate only what the plan names (lost, or drained with no claim), after tagging it
   `vfarm:end` = lost|drained: that tag is how the black-hole rule finds its history again after
-  a restart.
-- A failed cloud call backs off exponentially (per operation, launches per type): the applier
+  a restart. A hybrid farm terminates cloud by cloud, each with its own back-off.
+- A failed cloud call backs off exponentially (per operation, launches per type; in a hybrid
+  farm per cloud, launches and terminations each): the applier
   keeps the timers and hands them to the next plan, which holds the call until then. Failures are
   logged and counted; nothing here raises out of `apply`.
 - Lost workers, by reason: the first time a plan names a launch lost (its black hole's `lost`),
@@ -37,7 +40,7 @@ from ..clouds import hostcmd
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
 from . import plan as planner
-from .model import END_OF, FARM_TAG, TYPE_TAG, Action, Decision, Plan
+from .model import CLOUD_TAG, END_OF, FARM_TAG, TYPE_TAG, Action, Decision, LaunchOption, Plan
 
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0
@@ -57,7 +60,13 @@ class CloudError(Exception):
 
 
 class CapacityError(CloudError):
-    """The cloud refused a launch for quota or capacity: another type may still start."""
+    """The cloud refused a launch for quota or capacity (OpenStack: also no valid host): another
+    type, or the next cloud of a hybrid farm, may still start. STARTED: the instances the call
+    started before the refusal (a launch of several, one create each)."""
+
+    def __init__(self, message: str, started: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.started = list(started)
 
 
 class Backend(Protocol):
@@ -155,10 +164,16 @@ class Outcome:
     drain_errors: int = 0
     lost: dict[str, int] = field(default_factory=dict)  # workers first found lost in this cycle, by reason
     black_hole_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # type: why its streak's workers were lost
+    # Hybrid farms: instances launched per cloud, and each fallback taken after a refusal.
+    launched_by_cloud: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)  # {"from", "to", "count", "started_before", "reason"}
 
     def to_json(self) -> dict[str, Any]:
-        return {"launched": self.launched, "drained": self.drained, "terminated": self.terminated, "cloud_errors": self.cloud_errors,
+        data = {"launched": self.launched, "drained": self.drained, "terminated": self.terminated, "cloud_errors": self.cloud_errors,
                 "drain_errors": self.drain_errors, "lost": self.lost, "black_hole_reasons": self.black_hole_reasons}
+        if self.launched_by_cloud or self.fallbacks:
+            data.update(launched_by_cloud=self.launched_by_cloud, fallbacks=self.fallbacks)
+        return data
 
 
 class Applier:
@@ -274,17 +289,22 @@ class Applier:
         ends = {str(d.instance): END_OF[plan.worker(str(d.instance)).state] for d in plan.of(Action.TERMINATE)}
         if not ends:
             return
+        by_cloud: dict[Optional[str], dict[str, str]] = {}
         for decision in plan.of(Action.TERMINATE):
-            self.log.info("terminate %s (%s): %s", decision.instance, ends[str(decision.instance)], decision.reason)
+            self.log.info("terminate %s (%s%s): %s", decision.instance, ends[str(decision.instance)],
+                          f", cloud {decision.cloud}" if decision.cloud is not None else "", decision.reason)
+            by_cloud.setdefault(decision.cloud, {})[str(decision.instance)] = ends[str(decision.instance)]
         if self.dry_run:
             self.log.info("dry run: not terminating %s", " ".join(ends))
             return
-        try:
-            self.backend.terminate(ends)
-            self._timer("terminate").succeeded()
-            outcome.terminated = list(ends)
-        except CloudError as err:
-            self._cloud_error("terminate", "terminate", err, now, outcome)
+        for cloud, of_cloud in by_cloud.items():  # each cloud on its own: one failing holds back no other
+            key = planner.terminate_key(cloud)
+            try:
+                self.backend.terminate(of_cloud)
+                self._timer(key).succeeded()
+                outcome.terminated += list(of_cloud)
+            except CloudError as err:
+                self._cloud_error("terminate", key, err, now, outcome)
 
     def _launch(self, decision: Decision, now: float, outcome: Outcome) -> None:
         assert decision.type is not None and decision.token is not None
@@ -294,37 +314,65 @@ class Applier:
             return
         try:
             self._start(decision.type, decision.count, decision.token, now, outcome)
-        except CapacityError:
+        except CapacityError as err:
+            started = len(err.started)
             for option in decision.fallback:
-                self.log.info("launch %d of type %s instead (the cloud refused type %s for quota or capacity)", option.count, option.type,
-                              decision.type)
+                count = self._instead(decision, option, started)
+                if count <= 0:
+                    continue
+                before = f"; {started} started before the refusal" if started else ""
+                if option.cloud is not None and decision.cloud is not None:
+                    self.log.info("launch %d of %s instead (cloud %s refused %s for quota or capacity%s)", count, option.type, decision.cloud,
+                                  decision.type, before)
+                else:
+                    self.log.info("launch %d of type %s instead (the cloud refused type %s for quota or capacity%s)", count, option.type,
+                                  decision.type, before)
+                outcome.fallbacks.append({"from": decision.type, "to": option.type, "count": count, "started_before": started, "reason": str(err)})
                 try:
-                    self._start(option.type, option.count, option.token, now, outcome)
+                    self._start(option.type, count, option.token if count == option.count else f"{option.token[:50]}-{count}", now, outcome)
                     return
                 except CloudError:
                     continue
         except CloudError:
             pass
 
+    def _instead(self, decision: Decision, option: LaunchOption, started: int) -> int:
+        """How many of OPTION still to start when the refused DECISION started STARTED of its
+        count: one for one on another cloud of the same type, in proportion for another type."""
+        if not started:
+            return option.count
+        if self.spec.worker_type(option.type).kind == self.spec.worker_type(decision.type).kind:
+            return max(0, option.count - started)
+        return -(-option.count * (decision.count - started) // decision.count)
+
     def _start(self, type_name: str, count: int, token: str, now: float, outcome: Outcome) -> None:
         """One launch call; on failure its back-off and, unless refused outright, its retry intent."""
-        key = planner.launch_key(type_name)
+        placement = self.spec.worker_type(type_name)
+        key = planner.launch_key(placement)
         self.intents[type_name] = (token, count)
         try:
-            ids = self.backend.launch(count, token, self.spec.worker_type(type_name))
+            ids = self.backend.launch(count, token, placement)
         except CapacityError as err:
-            del self.intents[type_name]  # refused: nothing started, nothing to retry with this token
+            del self.intents[type_name]  # refused: nothing more will start with this token
             self._cloud_error("launch", key, err, now, outcome)
+            self._launched(placement.on, err.started, outcome)
             raise
         except CloudError as err:
             self._cloud_error("launch", key, err, now, outcome)
             raise
         del self.intents[type_name]
         self._timer(key).succeeded()
-        outcome.launched += ids
+        self._launched(placement.on, ids, outcome)
         self.log.info("launched %s (client token %s)", " ".join(ids), token)
+
+    @staticmethod
+    def _launched(cloud: Optional[str], ids: Sequence[str], outcome: Outcome) -> None:
+        outcome.launched += ids
+        if cloud is not None and ids:
+            outcome.launched_by_cloud[cloud] = outcome.launched_by_cloud.get(cloud, 0) + len(ids)
 
 
 def launch_tags(spec: ScaleSpec, worker_type: WorkerType) -> dict[str, str]:
     """The tags every launched worker carries."""
-    return {FARM_TAG: spec.name, **({TYPE_TAG: worker_type.name} if spec.typed else {})}
+    return {FARM_TAG: spec.name, **({TYPE_TAG: worker_type.kind} if spec.typed else {}),
+            **({CLOUD_TAG: worker_type.on} if worker_type.on is not None else {})}

@@ -9,17 +9,22 @@ three the scaler makes (list the farm, launch, terminate), with the same errors.
   answer under that same address where the scaler runs (a network namespace of its own, as the
   tests make: HTCondor's CCB hands that address around).
 A new cloud is one class with these three methods and one line in BACKENDS.
+
+A hybrid farm (`clouds`) has one backend per cloud behind HybridBackend, which lists the farm on
+every cloud, launches on the cloud of the placement it is given, and drains (through the pool),
+tags and terminates each instance on the cloud that listed it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 from ..clouds import local_farm
 from ..config.scale import ScaleSpec, WorkerType
 from .apply import Backend, CapacityError, CloudError, launch_tags
 from .discover import plain
-from .model import END_TAG, FARM_TAG
+from .model import CLOUD_TAG, END_TAG, FARM_TAG
 
 
 def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], ends: dict[str, str]) -> None:
@@ -128,6 +133,11 @@ class OpenStackBackend:
       deleted worker's fate only while the scaler runs (its `joined` memory), not across a restart.
     """
 
+    # How long a launch waits for Nova to schedule its servers: a server that finds no valid host
+    # (or loses the quota race after its 202) is a refusal for capacity, known in the same cycle.
+    schedule_wait = 30.0
+    schedule_poll = 0.5
+
     def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
         from ..clouds import openstack
 
@@ -135,6 +145,8 @@ class OpenStackBackend:
         self.userdata = userdata
         self._openstack = openstack
         self.cloud = cloud or self._call(openstack.cloud_from_section, spec.cloud)
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -157,11 +169,36 @@ class OpenStackBackend:
         return dead
 
     def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        """Raises CapacityError for a quota refusal (with the servers started before it), and for
+        servers Nova could not place (no valid host, the quota race after a 202): those are deleted."""
         self.reap()
         options = self._openstack.launch_options(self.spec.cloud_of(worker_type))
         options["properties"] = {**options["properties"], **launch_tags(self.spec, worker_type)}
-        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, name=f"vfarm-{self.spec.name}", **options)
-        return [str(i["InstanceId"]) for i in started]
+        try:
+            self.cloud.launch(self.userdata, count=count, client_token=token, name=f"vfarm-{self.spec.name}", **options)
+        except self._openstack.OpenStackQuotaError as err:
+            started = self._placed(token)  # one create each: those before the refusal run
+            raise CapacityError(str(err), started) from None
+        except self._openstack.OpenStackError as err:
+            raise CloudError(str(err)) from None
+        return self._placed(token)
+
+    def _placed(self, token: str) -> list[str]:
+        """The servers of launch TOKEN once Nova has scheduled them (at most schedule_wait);
+        CapacityError (with the placed ones) when some found no valid host or lost the quota race."""
+        deadline = self.clock() + self.schedule_wait
+        while True:
+            servers = self._call(self.cloud.by_token, token)
+            if not any(s.get("Status") == "BUILD" and s.get("TaskState") in (None, "scheduling") for s in servers) or self.clock() >= deadline:
+                break
+            self.sleep(self.schedule_poll)
+        refused = [s for s in servers if s.get("Status") == "ERROR" and _capacity_fault(s)]
+        placed = [str(s["InstanceId"]) for s in servers if s not in refused]
+        if refused:
+            self._call(self.cloud.terminate, [s["InstanceId"] for s in refused])
+            faults = sorted({str(s.get("StateReason", {}).get("Message", "")) for s in refused})
+            raise CapacityError(f"{len(refused)} of {len(servers)} server(s) not placed, deleted: {'; '.join(faults)}", placed)
+        return placed
 
     def terminate(self, ends: dict[str, str]) -> None:
         for end in sorted(set(ends.values())):
@@ -172,6 +209,82 @@ class OpenStackBackend:
         self._call(self.cloud.terminate, list(ends))
 
 
+def _capacity_fault(server: dict[str, Any]) -> bool:
+    """Whether a server in ERROR failed for capacity: no valid host (500) or the quota race (413)."""
+    reason = server.get("StateReason") or {}
+    return "no valid host" in str(reason.get("Message", "")).lower() or str(reason.get("Code")) == "413"
+
+
+class HybridBackend:
+    """A hybrid farm: one backend per cloud, in the farm's priority order. Every instance listed
+    carries the tag vfarm:cloud of the cloud that listed it (an instance of the farm tagged for
+    another of its clouds is that cloud's, and left out here); tagging and terminating go to the
+    cloud that listed the instance."""
+
+    def __init__(self, spec: ScaleSpec, backends: dict[str, Backend]) -> None:
+        self.spec = spec
+        self.backends = backends  # cloud name -> its backend
+        self.where: dict[str, str] = {}  # instance id -> the cloud that last listed it
+
+    def _backend(self, cloud: Optional[str]) -> Backend:
+        backend = self.backends.get(str(cloud))
+        if backend is None:
+            raise CloudError(f"cloud {cloud!r}: not one of farm {self.spec.name}'s clouds ({', '.join(self.backends)})")
+        return backend
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        where: dict[str, str] = {}
+        for name, backend in self.backends.items():
+            try:
+                listed = backend.farm_instances()
+            except CloudError as err:
+                raise CloudError(f"cloud {name}: {err}") from None
+            for inst in listed:
+                tags = [t for t in inst.get("Tags") or [] if isinstance(t, dict)]
+                marked = next((t.get("Value") for t in tags if t.get("Key") == CLOUD_TAG), None)
+                if marked is not None and marked != name and marked in self.backends:
+                    continue  # the same account behind two clouds of the farm: that one lists it
+                inst = {**inst, "Tags": [t for t in tags if t.get("Key") != CLOUD_TAG] + [{"Key": CLOUD_TAG, "Value": name}]}
+                where[str(inst["InstanceId"])] = name
+                found.append(inst)
+        self.where = where
+        return found
+
+    def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
+        try:
+            return self._backend(worker_type.on).launch(count, token, worker_type)
+        except CapacityError as err:
+            raise CapacityError(f"cloud {worker_type.on}: {err}", err.started) from None
+        except CloudError as err:
+            raise CloudError(f"cloud {worker_type.on}: {err}") from None
+
+    def _by_cloud(self, ids: list[str]) -> dict[str, list[str]]:
+        unknown = [i for i in ids if i not in self.where]
+        if unknown:
+            raise CloudError(f"not listed on any cloud of farm {self.spec.name} in this cycle, nothing done: {' '.join(unknown)}")
+        grouped: dict[str, list[str]] = {}
+        for iid in ids:
+            grouped.setdefault(self.where[iid], []).append(iid)
+        return grouped
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        for cloud, ids in self._by_cloud(list(ends)).items():
+            try:
+                self._backend(cloud).terminate({i: ends[i] for i in ids})
+            except CloudError as err:
+                raise CloudError(f"cloud {cloud}: {err}") from None
+
+    def verdict(self, instance_id: str) -> Any:
+        """The verdict, read on the instance's cloud (CloudError when that backend cannot read consoles)."""
+        cloud = self._by_cloud([instance_id])
+        backend = self._backend(next(iter(cloud)))
+        read = getattr(backend, "verdict", None)
+        if read is None:
+            raise CloudError(f"cloud {next(iter(cloud))}: this cloud backend cannot read consoles")
+        return read(instance_id)
+
+
 # Cloud type -> its backend: a class with the three methods above, raising CapacityError/CloudError.
 BACKENDS: dict[str, Callable[[ScaleSpec, bytes], Backend]] = {
     "ec2": Ec2Backend,
@@ -180,10 +293,26 @@ BACKENDS: dict[str, Callable[[ScaleSpec, bytes], Backend]] = {
 }
 
 
-def backend_for(spec: ScaleSpec, userdata: bytes) -> Backend:
-    """The backend of the scale section's cloud type; CloudError (one line) when it cannot be made."""
+def backend_for(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], bytes]) -> Backend:
+    """The backend of the scale section's cloud type (a hybrid farm: a HybridBackend over one per
+    cloud, each given spec.on_cloud(cloud)); USERDATA: the workers' user-data, or what makes it
+    for one cloud (a hybrid farm's clouds may carry the handlers differently). CloudError (one
+    line) when it cannot be made."""
+    if spec.hybrid:
+        made: dict[str, Backend] = {}
+        for cloud in spec.clouds:
+            try:
+                made[cloud.name] = _one_backend(spec.on_cloud(cloud), userdata)
+            except CloudError as err:
+                raise CloudError(f"cloud {cloud.name}: {err}") from None
+        return HybridBackend(spec, made)
+    return _one_backend(spec, userdata)
+
+
+def _one_backend(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], bytes]) -> Backend:
     kind = str(spec.cloud.get("type"))
     make = BACKENDS.get(kind)
     if make is None:
         raise CloudError(f"cloud type {kind!r}: vfarm scale drives cloud types {', '.join(sorted(BACKENDS))}")
-    return make(spec, userdata)
+    return make(spec, userdata if isinstance(userdata, bytes) else userdata(spec))
+

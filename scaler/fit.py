@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -134,7 +135,7 @@ class ClassAds:
         """Whether the job's Requirements are false on what a worker of WORKER_TYPE advertises."""
         if request.requirements is None or self.lib is None or UNDEFINED_AWARE.search(request.requirements):
             return False
-        key = (request, worker_type.name)
+        key = (request, worker_type.kind)  # the placements of one type on several clouds answer alike
         if key not in self._matches:
             try:
                 job = self._ad(request.context)
@@ -143,7 +144,7 @@ class ClassAds:
                 if request.memory is not None:
                     job["RequestMemory"] = request.memory
                 job["Requirements"] = self.lib.ExprTree(request.requirements)
-                machine = {"Cpus": worker_type.cpus, TYPE_ATTR: worker_type.name}
+                machine = {"Cpus": worker_type.cpus, TYPE_ATTR: worker_type.kind}
                 if worker_type.gpus is not None:
                     machine["GPUs"] = worker_type.gpus
                 if worker_type.memory is not None:
@@ -204,7 +205,7 @@ class Fitted:
 
 
 def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
-    if len(types) == 1 and types[0].name == DEFAULT_TYPE:
+    if all(t.kind == DEFAULT_TYPE for t in types):
         return f"ask for more than cpus-per-vm ({types[0].cpus}) CPUs"
     if request.cpus > max(t.cpus for t in types):
         return f"ask for {request.cpus} CPUs, more than any type offers ({max(t.cpus for t in types)})"
@@ -275,9 +276,16 @@ def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
     return max([0, *(math.ceil(short / per) for short, per in need if short > 0)])
 
 
-def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int) -> Assignment:
+def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
+           shared: Sequence[tuple[Sequence[str], int]] = ()) -> Assignment:
     """How many workers of each type to start (see the module's doc). ALLOWED: at most per type;
-    ROOM: at most in all."""
+    ROOM: at most in all; SHARED: (types, at most among them) limits of several types (a hybrid
+    farm's cloud max over its types, a type's max over its clouds), used up in the order of TYPES
+    and binding like a type's own limit (the jobs move on)."""
+    limits_of: dict[str, list[int]] = {}
+    for i, (members, _limit) in enumerate(shared):
+        for member in members:
+            limits_of.setdefault(member, []).append(i)
     # Each group's jobs, split by how far down their list of choices they had to go.
     placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
     # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
@@ -288,6 +296,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
         last = round_ == rounds - 1
         result = Assignment()
         left = room
+        shared_left = [limit for _members, limit in shared]
         moved: list[tuple[Group, int, int]] = []
         by_type: dict[int, list[tuple[Group, int, int]]] = {}
         for item in placed:
@@ -299,11 +308,12 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                               sum(g.request.gpus * n for g, _p, n in mine))
             free = supply.get(name, Resources())
             wanted = _wanted(worker_type, asked, free)
-            may = max(0, min(allowed.get(name, 0), left))
+            own = min([allowed.get(name, 0), *(shared_left[i] for i in limits_of.get(name, ()))])
+            may = max(0, min(own, left))
             kept = mine
             # Jobs move on only when this type's own limit binds: with max-vms reached, another
             # type has no room either.
-            if wanted > may and may >= allowed.get(name, 0):
+            if wanted > may and may >= own:
                 kept = []
                 budget = free + Resources(worker_type.cpus * may, (worker_type.memory or 0) * may, (worker_type.gpus or 0) * may)
                 used = Resources()
@@ -327,6 +337,8 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                 wanted = _wanted(worker_type, asked, free)
             launch = min(wanted, may)
             left -= launch
+            for i in limits_of.get(name, ()):
+                shared_left[i] -= launch
             result.launch[name], result.wanted[name] = launch, wanted
             result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
             by_type[index] = kept

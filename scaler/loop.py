@@ -24,7 +24,7 @@ from ..config.scale import ScaleSpec
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import END_TAG, ENDED, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
+from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
 
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
 VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
@@ -61,6 +61,14 @@ class Metrics:
         for result in ("applied", "skipped"):
             self.cycles.labels(farm, result)
         self.lost.labels(farm, "no-verdict")
+        # Hybrid farms: the same per cloud.
+        self.cloud_instances = Gauge("vfarm_scale_cloud_instances", "Farm instances by cloud and state (hybrid farms)", ["farm", "cloud", "state"],
+                                     registry=r)
+        self.cloud_active = Gauge("vfarm_scale_cloud_active_instances", "Farm instances neither lost nor draining, by cloud (hybrid farms)",
+                                  ["farm", "cloud"], registry=r)
+        self.cloud_launches = Counter("vfarm_scale_cloud_launches", "Instances launched, by cloud (hybrid farms)", ["farm", "cloud"], registry=r)
+        self.cloud_fallbacks = Counter("vfarm_scale_cloud_fallbacks", "Launches moved to another cloud or type after a quota or capacity refusal, "
+                                       "by the cloud that refused (hybrid farms)", ["farm", "cloud"], registry=r)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         """Serve /metrics on ADDRESS:PORT (loopback by default) in a thread; the server."""
@@ -172,6 +180,15 @@ class Scaler:
         for reason, count in outcome.lost.items():
             m.lost.labels(farm, reason).inc(count)
         m.black_hole.labels(farm).set(1 if any(f.black_hole.blocked for f in result.types.values()) else 0)
+        for name, figures in result.clouds.items():
+            m.cloud_active.labels(farm, name).set(figures.active)
+            for state, count in figures.states.items():
+                m.cloud_instances.labels(farm, name, state).set(count)
+            m.cloud_launches.labels(farm, name).inc(outcome.launched_by_cloud.get(name, 0))
+        for fallback in outcome.fallbacks:
+            refused = self.spec.worker_type(str(fallback["from"])).on
+            if refused is not None:
+                m.cloud_fallbacks.labels(farm, refused).inc(int(fallback["count"]))
         m.cycles.labels(farm, "applied").inc()
         m.last_cycle.labels(farm).set(self.clock())
 
@@ -208,8 +225,8 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
         owner = slot_owner.get(str(job.get("RemoteHost", "")))
         if job.get("JobStatus") == 2 and owner:
             jobs[owner] = jobs.get(owner, 0) + 1
-    rows = [{"instance": w.id, "type": w.type, "state": w.state.value, "age": w.age, "slots": w.slots, "jobs": jobs.get(w.id, 0),
-             "reason": w.reason} for w in result.instances]
+    rows = [{"instance": w.id, "type": spec.worker_type(w.type).kind, "state": w.state.value, "age": w.age, "slots": w.slots,
+             "jobs": jobs.get(w.id, 0), "reason": w.reason, **_cloud_of(w.cloud, spec)} for w in result.instances]
     now = float(snapshot["now"])
     for inst in snapshot["instances"]:
         state = cloud_state(inst)
@@ -217,7 +234,8 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
             launched = planner.epoch(inst.get("LaunchTime"))
             rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
                          "age": now - launched if launched is not None else None,
-                         "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)"})
+                         "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)",
+                         **_cloud_of(tag(inst, CLOUD_TAG), spec)})
     return rows
 
 
@@ -234,5 +252,20 @@ def ended_rows(snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]
         launched = planner.epoch(inst.get("LaunchTime"))
         why = f"ended by the scaler ({END_TAG}={end})" if end else "ended without the scaler: it powered itself off, or someone terminated it"
         rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
-                     "age": now - launched if launched is not None else None, "slots": 0, "jobs": 0, "reason": why})
+                     "age": now - launched if launched is not None else None, "slots": 0, "jobs": 0, "reason": why,
+                     **_cloud_of(tag(inst, CLOUD_TAG), spec)})
     return rows
+
+
+def _cloud_of(cloud: Optional[str], spec: ScaleSpec) -> dict[str, Any]:
+    """A status row's cloud: only a hybrid farm's rows have one."""
+    return {"cloud": cloud} if spec.hybrid else {}
+
+
+def cloud_counts(rows: list[dict[str, Any]], spec: ScaleSpec) -> dict[str, dict[str, int]]:
+    """A hybrid farm's status rows counted per cloud (in priority order) and state."""
+    counts: dict[str, dict[str, int]] = {c.name: {} for c in spec.clouds}
+    for row in rows:
+        of_cloud = counts.setdefault(str(row.get("cloud")), {})
+        of_cloud[row["state"]] = of_cloud.get(row["state"], 0) + 1
+    return counts

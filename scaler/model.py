@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 FARM_TAG = "vfarm:farm"
 TYPE_TAG = "vfarm:type"
+CLOUD_TAG = "vfarm:cloud"  # hybrid farms: the cloud an instance runs on
 END_TAG = "vfarm:end"
 # The slot attribute every worker advertises: which instance it runs on.
 # The attribute the planner gives a worker type when it evaluates a job's Requirements.
@@ -92,11 +93,13 @@ def cloud_state(instance: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class LaunchOption:
-    """Another type to launch if the cloud refuses a launch for quota or capacity."""
+    """Another type (in a hybrid farm: a type on a cloud, TYPE@CLOUD) to launch if the cloud
+    refuses a launch for quota or capacity."""
 
     type: str
     count: int
     token: str
+    cloud: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -110,14 +113,16 @@ class Decision:
     token: Optional[str] = None
     # launch: what to launch instead, in this order, when the cloud refuses for quota or capacity.
     fallback: tuple[LaunchOption, ...] = ()
+    # Hybrid farms: the cloud it happens on (`type` is then the placement, TYPE@CLOUD).
+    cloud: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"action": self.action.value, "reason": self.reason, "count": self.count}
-        for key in ("instance", "type", "token"):
+        for key in ("instance", "type", "token", "cloud"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.fallback:
-            data["fallback"] = [asdict(option) for option in self.fallback]
+            data["fallback"] = [{k: v for k, v in asdict(option).items() if v is not None} for option in self.fallback]
         return data
 
 
@@ -134,9 +139,13 @@ class Worker:
     claimed: int
     idle_since: Optional[float] = None
     seen_idle_since: Optional[float] = None
+    cloud: Optional[str] = None  # hybrid farms: the cloud it runs on (`type` is then its placement, TYPE@CLOUD)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state.value}
+        data = {**asdict(self), "state": self.state.value}
+        if self.cloud is None:
+            del data["cloud"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,21 @@ class TypeFigures:
     launch_backoff_until: float = 0.0
 
 
+@dataclass
+class CloudFigures:
+    """What the plan counted and decided for one cloud of a hybrid farm."""
+
+    name: str
+    type: str  # the cloud's type: ec2, openstack, local
+    max: Optional[int] = None
+    active: int = 0
+    launch: int = 0  # workers the plan starts there this cycle (fallbacks not counted)
+    fallback: int = 0  # workers the plan would start there instead if an earlier cloud refuses
+    states: dict[str, int] = field(default_factory=dict)
+    launch_backoff_until: float = 0.0
+    terminate_backoff_until: float = 0.0
+
+
 @dataclass(frozen=True)
 class Unfit:
     """Waiting jobs no type can hold, once per reason."""
@@ -195,6 +219,8 @@ class Plan:
     observed_idle_since: dict[str, float]  # every worker seen idle in this cycle, since when
     joined: list[str]  # every farm instance, live or ended, known to have joined the pool
     intents: dict[str, tuple[str, int]]  # type: (token, count) of launches of unknown outcome still wanted
+    # Hybrid farms: per cloud, in priority order (empty for a farm of one cloud).
+    clouds: dict[str, CloudFigures] = field(default_factory=dict)
 
     def of(self, action: Action) -> list[Decision]:
         return [d for d in self.decisions if d.action is action]
@@ -235,4 +261,5 @@ class Plan:
             "observed_idle_since": dict(self.observed_idle_since),
             "joined": list(self.joined),
             "launch_intents": {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},
+            **({"clouds": {name: asdict(figures) for name, figures in self.clouds.items()}} if self.clouds else {}),
         }

@@ -43,6 +43,7 @@ from ..config.scale import ScaleSpec, WorkerType
 from . import fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
     ACTIVE,
+    CLOUD_TAG,
     END_OF,
     END_TAG,
     FARM_TAG,
@@ -51,6 +52,7 @@ from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for i
     TYPE_TAG,
     Action,
     BlackHole,
+    CloudFigures,
     Decision,
     LaunchOption,
     Plan,
@@ -69,7 +71,7 @@ REQUIRED = ("now", "jobs", "slots", "instances")
 OBSERVED = "observed_idle_since"
 JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
 INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
-BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate": epoch seconds}: no such call before then
+BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate" (hybrid: "launch@CLOUD", "terminate@CLOUD"): epoch seconds}: no such call before then
 RUNNING = 2  # JobStatus of a running job
 IDLE_JOB = 1
 BLACK_HOLE_LOSSES = 3
@@ -256,10 +258,10 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
     claimed = sum(1 for s in states if s == "Claimed")
-    kind = spec.worker_type(tag(instance, TYPE_TAG)).name
+    placed = spec.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
 
     def worker(state: WorkerState, reason: str, idle_since: Optional[float] = None, seen: Optional[float] = None) -> Worker:
-        return Worker(iid, kind, state, reason, age, len(slots), claimed, idle_since, seen)
+        return Worker(iid, placed.name, state, reason, age, len(slots), claimed, idle_since, seen, placed.on)
 
     if not slots:
         if age is None:
@@ -305,14 +307,20 @@ def client_token(name: str, first_attempt: float, count: int) -> str:
     return f"vfarm-{digest}"
 
 
-def launch_key(type_name: str) -> str:
-    """The back-off key of launches of one type."""
-    return f"launch:{type_name}"
+def launch_key(worker_type: WorkerType) -> str:
+    """The back-off key of launches of one type; in a hybrid farm, of launches on one cloud."""
+    return f"launch@{worker_type.on}" if worker_type.on is not None else f"launch:{worker_type.name}"
+
+
+def terminate_key(cloud: Optional[str]) -> str:
+    """The back-off key of terminations (in a hybrid farm: on one cloud)."""
+    return f"terminate@{cloud}" if cloud is not None else "terminate"
 
 
 def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
                 now: float) -> dict[str, BlackHole]:
-    """The black-hole state of each type, from the farm's instances (ended ones included).
+    """The black-hole state of each type (in a hybrid farm: of each type on each cloud), from the
+    farm's instances (ended ones included).
 
     Fate of a launch, newest first: joined (has been in the pool: known joined, or ended with
     `vfarm:end=drained`, or joined now), lost (`vfarm:end=lost`, lost now, or ended before ever
@@ -321,7 +329,7 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     its launches stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX,
     counted from when the newest became lost (LaunchTime + boot-timeout); after that, one probe at
     a time until one joins."""
-    fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.types}
+    fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.placements}
     for inst in instances:
         tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
         if tags.get(FARM_TAG) != spec.name:
@@ -341,8 +349,8 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
             fate = "booting"
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
-        kind = tags.get(TYPE_TAG)
-        fates[spec.worker_type(str(kind) if kind is not None else None).name].append((launched, iid, fate))
+        kind, cloud = tags.get(TYPE_TAG), tags.get(CLOUD_TAG)
+        fates[spec.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
     holes = {}
     for name, history in fates.items():
         history.sort(reverse=True)
@@ -405,9 +413,10 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     holes = black_holes(snapshot["instances"], workers, joined, spec, now)
     backoff: dict[str, float] = {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()}
 
-    figures = {t.name: TypeFigures(t.name, black_hole=holes[t.name], launch_backoff_until=backoff.get(launch_key(t.name), 0.0))
-               for t in spec.types}
-    supply = {t.name: fit.Resources() for t in spec.types}
+    placements = spec.placements
+    figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
+               for p in placements}
+    supply = {p.name: fit.Resources() for p in placements}
     for w in instances:
         if w.state not in ACTIVE:
             continue
@@ -419,6 +428,12 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     for name, free in supply.items():
         figures[name].supply = free.cpus
     active = sum(f.active for f in figures.values())
+    type_active = collections.Counter({p.kind: 0 for p in placements})
+    cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
+    for p in placements:
+        type_active[p.kind] += figures[p.name].active
+        if p.on is not None:
+            cloud_active[p.on] += figures[p.name].active
 
     # Waiting jobs: idle long enough; each goes to the type that holds it with the least waste.
     waiting: list[dict[str, Any]] = []
@@ -431,7 +446,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             waiting.append(job)
             places.append(place)
     try:
-        fitted = fit.rank(waiting, spec.types, places=places, requirements=spec.typed)
+        fitted = fit.rank(waiting, placements, places=places, requirements=spec.typed)
     except fit.RequestError as err:
         raise SnapshotError(str(err)) from None
     unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]
@@ -440,26 +455,33 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     count = fitted.count
     over_threshold = count > spec.waiting_jobs_threshold
 
-    # How many of each type may start this cycle (max-vms, each type's max, black hole, back-off).
+    # How many of each type may start this cycle (max-vms, each type's max, each cloud's max, black
+    # hole, back-off). A hybrid farm's limits shared by several placements (a type's max over its
+    # clouds, a cloud's max over its types) are used up in the farm's order by fit.assign.
     room_left = max(0, spec.max_vms - active)
     allowed: dict[str, int] = {}
     held: dict[str, str] = {}
-    for t in spec.types:
-        f = figures[t.name]
-        room = t.max - f.active if t.max is not None else spec.max_vms
+    for p in placements:
+        f = figures[p.name]
+        t = spec.worker_type(p.kind)
+        room = t.max - type_active[p.kind] if t.max is not None else spec.max_vms
+        cloud = spec.cloud_named(p.on)
+        if cloud is not None and cloud.max is not None:
+            room = min(room, cloud.max - cloud_active[cloud.name])
         limit = max(0, min(room, spec.max_vms - active))
         hole = f.black_hole
         if hole.blocked:
-            limit, held[t.name] = 0, (f"NOT launching, black hole back-off ({hole.streak} lost in a row) for {hole.until - now:.0f}s more")
+            limit, held[p.name] = 0, (f"NOT launching, black hole back-off ({hole.streak} lost in a row) for {hole.until - now:.0f}s more")
         elif hole.probing:
             if hole.in_flight:
-                limit, held[t.name] = 0, f"a probe worker is still booting after a black hole ({hole.streak} lost in a row)"
+                limit, held[p.name] = 0, f"a probe worker is still booting after a black hole ({hole.streak} lost in a row)"
             else:
                 limit = min(limit, 1)
         if now < f.launch_backoff_until:
-            limit, held[t.name] = 0, f"launch postponed, cloud back-off for {f.launch_backoff_until - now:.0f}s more after a failed launch"
-        allowed[t.name] = limit
-    assigned = fit.assign(fitted, spec.types, supply, allowed, room_left)
+            limit, held[p.name] = 0, f"launch postponed, cloud back-off for {f.launch_backoff_until - now:.0f}s more after a failed launch"
+        allowed[p.name] = limit
+    shared = _shared_limits(spec, type_active, cloud_active)
+    assigned = fit.assign(fitted, placements, supply, allowed, room_left, shared)
     if fitted.unevaluated:
         warnings.append("jobs' Requirements not evaluated: HTCondor's ClassAd library (the htcondor package) is missing")
     for name, fig in figures.items():
@@ -472,46 +494,52 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     # min-vms: workers of the first types that may start, on top of what the queue needs.
     short = spec.min_vms - active - sum(launches.values())
     min_only: set[str] = set()
-    for t in spec.types:
-        extra = min(short, allowed[t.name] - launches[t.name], room_left - sum(launches.values()))
+    for p in placements:
+        extra = min(short, allowed[p.name] - launches[p.name], room_left - sum(launches.values()), _shared_room(shared, p.name, launches))
         if extra > 0:
-            min_only |= {t.name} if launches[t.name] == 0 else set()
-            launches[t.name] += extra
+            min_only |= {p.name} if launches[p.name] == 0 else set()
+            launches[p.name] += extra
             short -= extra
 
     intents = {name: (str(i["token"]), int(i["count"])) for name, i in (snapshot.get(INTENTS) or {}).items()}
     kept: dict[str, tuple[str, int]] = {}
-    for t in spec.types:
-        f, n = figures[t.name], launches[t.name]
-        intent = intents.get(t.name)
-        of_type = f" of type {t.name}" if spec.typed else ""
+    fallen: dict[str, int] = {}  # per cloud: what the launches' fallbacks would start there
+    for p in placements:
+        f, n = figures[p.name], launches[p.name]
+        t = spec.worker_type(p.kind)
+        intent = intents.get(p.name)
+        of_type = (f" of type {p.kind}" if spec.typed else "") + (f" on cloud {p.on}" if p.on is not None else "")
         if n <= 0:
             if f.wanted > 0:
-                reached = (f"max {t.max}{of_type} reached ({f.active} active)" if t.max is not None and f.active >= t.max
-                           else f"max-vms {spec.max_vms} reached ({active} active)")
-                decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {held.get(t.name, reached)}", type=t.name))
+                reached = _reached(spec, p, type_active, cloud_active, launches, active)
+                decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {held.get(p.name, reached)}", type=p.name,
+                                          cloud=p.on))
                 if intent is not None:
-                    kept[t.name] = intent  # still wanted: retried with its token once allowed
+                    kept[p.name] = intent  # still wanted: retried with its token once allowed
             elif intent is not None:
                 decisions.append(Decision(Action.FORGET, f"launch of {intent[1]} worker(s){of_type} of unknown outcome no longer wanted",
-                                          type=t.name, count=intent[1], token=intent[0]))
+                                          type=p.name, count=intent[1], token=intent[0], cloud=p.on))
             continue
-        if t.name in min_only:
+        if p.name in min_only:
             why = f"min-vms is {spec.min_vms}, {active} active"
         else:
             why = f"{f.waiting} waiting job(s) need {f.demand} CPU(s), {f.supply} free or booting: {f.wanted} more worker(s) of {t.cpus} CPUs"
-            why = f"type {t.name}: {why}" if spec.typed else why
+            why = f"type {p.kind}: {why}" if spec.typed else why
+            why = f"cloud {p.on}: {why}" if p.on is not None else why
             if f.wanted > n and not f.black_hole.probing:
-                why += f", capped at max-vms {spec.max_vms} ({active} active)" if t.max is None or f.active + n < t.max else f", capped at max {t.max}"
+                why += ", capped at " + _reached(spec, p, type_active, cloud_active, launches, active, capped=True)
         if f.black_hole.probing:
             why = f"probe after a black hole ({f.black_hole.streak} lost in a row); " + why
         if intent is not None and intent[1] <= n:
             token, n = intent[0], intent[1]  # the same call again: the cloud hands back what a lost reply started
             why += "; the same token as a launch of unknown outcome"
         else:
-            token = client_token(_token_name(spec, t), now, n)
-        decisions.append(Decision(Action.LAUNCH, why, type=t.name, count=n, token=token,
-                                  fallback=_fallback(fitted, spec, supply, allowed, room_left, launches, t, now) if over_threshold else ()))
+            token = client_token(_token_name(spec, p), now, n)
+        options = _fallback(fitted, spec, supply, allowed, room_left, launches, p, now, shared) if over_threshold else ()
+        for option in options:
+            if option.cloud is not None:
+                fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
+        decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
 
     # Drain: only while the queue is quiet; the longest idle first, never below min-vms.
     if not over_threshold:
@@ -521,19 +549,27 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         for w in candidates[:room]:
             assert w.idle_since is not None
             decisions.append(Decision(Action.DRAIN, f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)", instance=w.id,
-                                      type=w.type))
+                                      type=w.type, cloud=w.cloud))
         for w in candidates[room:]:
             w.reason += f"; kept for min-vms {spec.min_vms}"
 
     # Terminate: lost and drained instances, never one holding a claim.
-    terminate_backoff = backoff.get("terminate", 0.0)
     for w in instances:
         if w.state in END_OF and w.claimed == 0:
+            terminate_backoff = backoff.get(terminate_key(w.cloud), 0.0)
             if now < terminate_backoff:
                 decisions.append(Decision(Action.HOLD, f"terminate postponed: cloud back-off for {terminate_backoff - now:.0f}s more; {w.reason}",
-                                          instance=w.id, type=w.type))
+                                          instance=w.id, type=w.type, cloud=w.cloud))
             else:
-                decisions.append(Decision(Action.TERMINATE, w.reason, instance=w.id, type=w.type))
+                decisions.append(Decision(Action.TERMINATE, w.reason, instance=w.id, type=w.type, cloud=w.cloud))
+
+    clouds = {c.name: CloudFigures(c.name, c.kind, c.max, cloud_active[c.name], sum(launches[p.name] for p in placements if p.on == c.name),
+                                   fallen.get(c.name, 0), {state.value: 0 for state in WorkerState},
+                                   backoff.get(f"launch@{c.name}", 0.0), backoff.get(terminate_key(c.name), 0.0))
+              for c in spec.clouds}
+    for w in instances:
+        if w.cloud in clouds:
+            clouds[w.cloud].states[w.state.value] += 1
 
     counted = collections.Counter(w.state for w in instances)
     by_state = {state.value: counted[state] for state in WorkerState}
@@ -542,25 +578,66 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
-        joined=sorted(joined), intents=kept,
+        joined=sorted(joined), intents=kept, clouds=clouds,
     )
 
 
-def _fallback(fitted: fit.Fitted, spec: ScaleSpec, supply: dict[str, fit.Resources], allowed: dict[str, int], room: int,
-              launches: dict[str, int], refused: WorkerType, now: float) -> tuple[LaunchOption, ...]:
-    """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
-    without that type, beyond what this plan starts of the others."""
-    if len(spec.types) == 1:
-        return ()
-    other = fit.assign(fitted, spec.types, supply, {**allowed, refused.name: 0}, room)
-    options = []
+# Limits shared by several placements: (the placements, in order, and how many more may start among them).
+Shared = list[tuple[list[str], int]]
+
+
+def _shared_limits(spec: ScaleSpec, type_active: dict[str, int], cloud_active: dict[str, int]) -> Shared:
+    """A hybrid farm's limits over several placements: each type's max over its clouds, each cloud's max over its types."""
+    if not spec.hybrid:
+        return []
+    shared: Shared = []
     for t in spec.types:
-        more = other.launch[t.name] - launches[t.name]
-        if t.name != refused.name and more > 0:
-            options.append(LaunchOption(t.name, more, client_token(f"{_token_name(spec, t)}:instead-of:{refused.name}", now, more)))
+        members = [p.name for p in spec.placements if p.of == t.name]
+        if t.max is not None and len(members) > 1:
+            shared.append((members, max(0, t.max - type_active[t.name])))
+    for c in spec.clouds:
+        members = [p.name for p in spec.placements if p.on == c.name]
+        if c.max is not None and len(members) > 1:
+            shared.append((members, max(0, c.max - cloud_active[c.name])))
+    return shared
+
+
+def _shared_room(shared: Shared, name: str, launches: dict[str, int]) -> int:
+    """How many more NAME may start within the shared limits it is part of."""
+    return min([limit - sum(launches[m] for m in members) for members, limit in shared if name in members], default=NUMBER_LIMIT)
+
+
+def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int], cloud_active: dict[str, int], launches: dict[str, int],
+             active: int, capped: bool = False) -> str:
+    """Which maximum binds PLACEMENT: its type's max, its cloud's max, or max-vms."""
+    t = spec.worker_type(placement.kind)
+    cloud = spec.cloud_named(placement.on)
+    if t.max is not None and type_active[t.name] + sum(launches[p.name] for p in spec.placements if p.kind == t.name) >= t.max:
+        return f"max {t.max}" if capped else f"max {t.max}{f' of type {t.name}' if spec.typed else ''} reached ({type_active[t.name]} active)"
+    on_cloud = sum(launches[p.name] for p in spec.placements if p.on == placement.on)
+    if cloud is not None and cloud.max is not None and cloud_active[cloud.name] + on_cloud >= cloud.max:
+        return f"max {cloud.max} on cloud {cloud.name}" + ("" if capped else f" reached ({cloud_active[cloud.name]} active)")
+    return f"max-vms {spec.max_vms} ({active} active)" if capped else f"max-vms {spec.max_vms} reached ({active} active)"
+
+
+def _fallback(fitted: fit.Fitted, spec: ScaleSpec, supply: dict[str, fit.Resources], allowed: dict[str, int], room: int,
+              launches: dict[str, int], refused: WorkerType, now: float, shared: Shared) -> tuple[LaunchOption, ...]:
+    """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
+    without that type (in a hybrid farm: without any type on that cloud, so the next clouds take
+    the rest), beyond what this plan starts of the others."""
+    if len(spec.placements) == 1:
+        return ()
+    closed = {p.name: 0 for p in spec.placements if p.name == refused.name or (refused.on is not None and p.on == refused.on)}
+    other = fit.assign(fitted, spec.placements, supply, {**allowed, **closed}, room, shared)
+    options = []
+    for p in spec.placements:
+        more = other.launch[p.name] - launches[p.name]
+        if p.name not in closed and more > 0:
+            options.append(LaunchOption(p.name, more, client_token(f"{_token_name(spec, p)}:instead-of:{refused.name}", now, more), p.on))
     return tuple(options)
 
 
 def _token_name(spec: ScaleSpec, worker_type: WorkerType) -> str:
-    """What a launch's token is made from: the farm, and its type when the farm lists types."""
-    return f"{spec.name}:{worker_type.name}" if spec.typed else spec.name
+    """What a launch's token is made from: the farm, and its type (a placement, TYPE@CLOUD, in a
+    hybrid farm) when the farm lists types or clouds."""
+    return f"{spec.name}:{worker_type.name}" if spec.typed or spec.hybrid else spec.name
