@@ -1,0 +1,133 @@
+"""A hybrid farm against real systems: the HTCondor pool (waiting jobs), the OpenStack control plane
+first (its quota holds one more server) and an EC2 API (moto) second, all on 127.0.0.1. One cycle
+starts one worker on OpenStack and, refused for quota there, the rest on moto in the same cycle;
+--status counts them per cloud; past boot-timeout each is terminated on its own cloud; servers and
+instances that are not the farm's are untouched on both."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.test_ec2_cli import EXAMPLE
+from tests.clouds.test_openstack import foreign_server, server_ids, wait_gone
+from tests.fixtures.condor_pool import CondorPool, wait_for
+from tests.fixtures.moto import Ec2Endpoint
+from tests.fixtures.openstack import PASSWORD, OpenStackCloud
+from vfarm.cli import scale as scale_cli
+from vfarm.scaler import loop
+from vfarm.scaler.model import Action
+
+pytestmark = [pytest.mark.openstack, pytest.mark.pool]
+
+FARM = "hybrid"
+JOBS = 3
+
+
+def farm_file(tmp_path: Path, pool: CondorPool, ec2: Ec2Endpoint) -> Path:
+    token = tmp_path / "admin.token"
+    token.write_text((pool.admin_token_dir / "autoscaler").read_text())
+    farm = tmp_path / "farm.yaml"
+    farm.write_text(
+        EXAMPLE.read_text() + "\nscale:\n"
+        f"  name: {FARM}\n"
+        "  clouds:\n"
+        "    - {name: site, type: openstack, cloud: os-demo, image: tiny, flavor: m1.tiny, network: private, handlers: baked}\n"
+        f"    - {{name: aws, type: ec2, image-id: {ec2.image_id}, instance-type: m1.small, endpoint-url: '{ec2.url}', region: {ec2.region},"
+        " handlers: baked}\n"
+        f"  pool: {{collector: '{pool.collector_address}', token-file: admin.token}}\n"
+        "  max-vms: 5\n  cpus-per-vm: 1\n  waiting-time: 0\n  boot-timeout: 600\n"
+    )
+    return farm
+
+
+def moto_instances(ec2: Ec2Endpoint) -> dict[str, dict[str, Any]]:
+    pages = ec2.client().describe_instances()
+    return {i["InstanceId"]: i for r in pages["Reservations"] for i in r["Instances"]}
+
+
+def tags_of(instance: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condor_pool: CondorPool, openstack_env: OpenStackCloud,
+                                                                            ec2_endpoint: Ec2Endpoint, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Not the farm's: a server of the same OpenStack project, an instance of another farm and an untagged one on moto.
+    foreign = foreign_server(openstack_env)
+    admin = openstack_env.connect()
+    demo = admin.identity.find_project("demo", ignore_missing=False)
+    admin.compute.update_quota_set(demo.id, instances=2)  # the foreign server and one of the farm's
+    client = ec2_endpoint.client()
+    other_tags = [{"ResourceType": "instance", "Tags": [{"Key": "vfarm:farm", "Value": "other"}, {"Key": "vfarm:managed", "Value": "true"}]}]
+    others = [i["InstanceId"] for i in client.run_instances(ImageId=ec2_endpoint.image_id, MinCount=1, MaxCount=1, TagSpecifications=other_tags)["Instances"]]
+    others += [i["InstanceId"] for i in client.run_instances(ImageId=ec2_endpoint.image_id, MinCount=1, MaxCount=1)["Instances"]]
+
+    farm = farm_file(tmp_path, condor_pool, ec2_endpoint)
+    cluster = condor_pool.submit(JOBS, 5, requirements='VfarmInstanceId == "nowhere"')  # they wait: no worker joins
+    wait_for(lambda: len(condor_pool.jobs(cluster)) == JOBS, 60, "the jobs in the queue")
+    spec = scale_cli.load_spec(str(farm))
+    assert spec is not None and spec.hybrid
+    offset = [0.0]
+    metrics = loop.Metrics(FARM)
+    caplog.set_level(logging.INFO, logger="vfarm.scale")
+    try:
+        with contextlib.ExitStack() as stack:
+            scaler = scale_cli.make_scaler(spec, argparse.Namespace(farm=str(farm)), stack, dry_run=False, metrics=metrics)
+            scaler.clock = lambda: time.time() + offset[0]
+
+            started = time.monotonic()
+            first = scaler.cycle(strict=True)
+            took = time.monotonic() - started
+            assert first is not None and scaler.outcome is not None
+            [launch_site, *_] = first.of(Action.LAUNCH)
+            assert (launch_site.type, launch_site.count, launch_site.cloud) == ("default@site", JOBS, "site")
+            assert [(o.type, o.count) for o in launch_site.fallback] == [("default@aws", JOBS)]
+            # OpenStack took one before its quota refused; moto started the other two in the same cycle.
+            assert scaler.outcome.launched_by_cloud == {"site": 1, "aws": 2}, caplog.text
+            [fallback] = scaler.outcome.fallbacks
+            assert (fallback["from"], fallback["to"], fallback["count"], fallback["started_before"]) == ("default@site", "default@aws", 2, 1)
+            assert "Quota exceeded for instances" in fallback["reason"] and PASSWORD not in caplog.text
+            ours_site = {s.id: s for s in admin.compute.servers(all_projects=True) if s.metadata.get("vfarm:farm") == FARM}
+            assert len(ours_site) == 1 and all(s.metadata.get("vfarm:cloud") == "site" for s in ours_site.values())
+            ours_aws = {iid: i for iid, i in moto_instances(ec2_endpoint).items() if tags_of(i).get("vfarm:farm") == FARM}
+            assert len(ours_aws) == 2 and all(tags_of(i).get("vfarm:cloud") == "aws" for i in ours_aws.values())
+            assert set(scaler.outcome.launched) == set(ours_site) | set(ours_aws)
+            assert 'vfarm_scale_cloud_launches_total{cloud="aws",farm="hybrid"} 2.0' in metrics.text()
+            print(f"first cycle (discover, plan, 1 on OpenStack, quota refusal, 2 on moto): {took:.1f} s")
+
+            # An operator looks: per-cloud counts.
+            status = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--status", "--json"], text=True, capture_output=True,
+                                    timeout=120, env=dict(os.environ))
+            assert status.returncode == 0, status.stderr
+            seen = json.loads(status.stdout)
+            assert seen["clouds"] == {"site": {"booting": 1}, "aws": {"booting": 2}}
+            assert {r["instance"]: r["cloud"] for r in seen["instances"]} == {**{i: "site" for i in ours_site}, **{i: "aws" for i in ours_aws}}
+
+            # The queue empties; past boot-timeout none has joined: each is terminated on its own cloud.
+            condor_pool.run(["condor_rm", str(cluster)], check=False)
+            wait_for(lambda: not condor_pool.jobs(cluster), 60, "the jobs removed")
+            offset[0] = 700.0
+            last = scaler.cycle(strict=True)
+            assert last is not None and scaler.outcome is not None
+            assert sorted((d.instance, d.cloud) for d in last.of(Action.TERMINATE)) == sorted(
+                [*((i, "site") for i in ours_site), *((i, "aws") for i in ours_aws)])
+            assert sorted(scaler.outcome.terminated) == sorted([*ours_site, *ours_aws]) and scaler.outcome.launched == []
+        wait_gone(openstack_env, sorted(ours_site))
+        after = moto_instances(ec2_endpoint)
+        assert {iid: (after[iid]["State"]["Name"], tags_of(after[iid]).get("vfarm:end")) for iid in ours_aws} == {
+            iid: ("terminated", "lost") for iid in ours_aws}
+        assert foreign in server_ids(openstack_env)
+        assert all(after[iid]["State"]["Name"] == "running" for iid in others)
+    finally:
+        condor_pool.run(["condor_rm", str(cluster)], check=False)
