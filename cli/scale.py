@@ -106,7 +106,8 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
             hole = f.black_hole
             note = ("black hole, blocked" if hole.blocked else "black hole, probing" if hole.probing else
                     f"{hole.streak} lost in a row" if hole.streak else "-")
-            type_rows.append((t.name, t.cpus, t.memory if t.memory is not None else "-", t.gpus, t.max if t.max is not None else "-", f"{t.cost:g}",
+            most = spec.worker_type(t.kind).max  # a placement's: its type's, over all its clouds
+            type_rows.append((t.name, t.cpus, t.memory if t.memory is not None else "-", t.gpus, most if most is not None else "-", f"{t.cost:g}",
                               f.active, f.waiting, f.wanted, note))
         out += "\n" + table.render(("TYPE", "CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED", "LAUNCHES"), type_rows,
                                     right=("CPUS", "MEMORY", "GPUS", "MAX", "COST", "ACTIVE", "JOBS", "WANTED"))
@@ -272,7 +273,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             # --once is one cycle of the loop: it records the same metrics (nothing serves them).
-            metrics = loop.Metrics(spec.name) if args.metrics_port is not None or args.once else None
+            metrics = loop.Metrics(spec.name, [c.name for c in spec.clouds]) if args.metrics_port is not None or args.once else None
             scaler = make_scaler(spec, args, stack, dry_run, metrics)
             if args.status:
                 return _status(scaler, spec, args.json)

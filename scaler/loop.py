@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from ..config.condor import INSTANCE_ATTRIBUTE
@@ -31,9 +32,10 @@ VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
 
 
 class Metrics:
-    """Prometheus metrics of one scaler, in a registry of its own (labelled with the farm)."""
+    """Prometheus metrics of one scaler, in a registry of its own (labelled with the farm). A hybrid
+    farm's (CLOUDS: its cloud names) have per-cloud families too, labelled with the cloud."""
 
-    def __init__(self, farm: str) -> None:
+    def __init__(self, farm: str, clouds: Sequence[str] = ()) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.farm = farm
@@ -61,7 +63,14 @@ class Metrics:
         for result in ("applied", "skipped"):
             self.cycles.labels(farm, result)
         self.lost.labels(farm, "no-verdict")
-        # Hybrid farms: the same per cloud.
+        self.clouds = list(clouds)
+        if self.clouds:
+            self._cloud_families(farm)
+
+    def _cloud_families(self, farm: str) -> None:
+        from prometheus_client import Counter, Gauge
+
+        r = self.registry
         self.cloud_instances = Gauge("vfarm_scale_cloud_instances", "Farm instances by cloud and state (hybrid farms)", ["farm", "cloud", "state"],
                                      registry=r)
         self.cloud_active = Gauge("vfarm_scale_cloud_active_instances", "Farm instances neither lost nor draining, by cloud (hybrid farms)",
@@ -69,6 +78,12 @@ class Metrics:
         self.cloud_launches = Counter("vfarm_scale_cloud_launches", "Instances launched, by cloud (hybrid farms)", ["farm", "cloud"], registry=r)
         self.cloud_fallbacks = Counter("vfarm_scale_cloud_fallbacks", "Launches moved to another cloud or type after a quota or capacity refusal, "
                                        "by the cloud that refused (hybrid farms)", ["farm", "cloud"], registry=r)
+        for cloud in self.clouds:
+            self.cloud_active.labels(farm, cloud)
+            self.cloud_launches.labels(farm, cloud)
+            self.cloud_fallbacks.labels(farm, cloud)
+            for state in planner.STATES:
+                self.cloud_instances.labels(farm, cloud, state).set(0)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         """Serve /metrics on ADDRESS:PORT (loopback by default) in a thread; the server."""
@@ -180,7 +195,7 @@ class Scaler:
         for reason, count in outcome.lost.items():
             m.lost.labels(farm, reason).inc(count)
         m.black_hole.labels(farm).set(1 if any(f.black_hole.blocked for f in result.types.values()) else 0)
-        for name, figures in result.clouds.items():
+        for name, figures in result.clouds.items() if m.clouds else ():
             m.cloud_active.labels(farm, name).set(figures.active)
             for state, count in figures.states.items():
                 m.cloud_instances.labels(farm, name, state).set(count)

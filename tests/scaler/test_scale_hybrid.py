@@ -207,7 +207,7 @@ def test_a_refused_cloud_falls_back_to_the_next_in_the_same_cycle(caplog: pytest
     farm = spec(PLAIN)
     site, aws = Cloud("site", quota=1), Cloud("aws")
     jobs = [job(n) for n in range(3)]
-    metrics = loop.Metrics("burst")
+    metrics = loop.Metrics("burst", [c.name for c in farm.clouds])
     scaler = loop.Scaler(farm, backends.HybridBackend(farm, {"site": site, "aws": aws}), apply.CondorDrain("cm"), logging.getLogger("vfarm.test"),
                          clock=lambda: NOW, pool=lambda: {"jobs": jobs, "slots": [], "collector": []}, metrics=metrics)
     scaler.cycle()

@@ -79,7 +79,7 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
     spec = scale_cli.load_spec(str(farm))
     assert spec is not None and spec.hybrid
     offset = [0.0]
-    metrics = loop.Metrics(FARM)
+    metrics = loop.Metrics(FARM, [c.name for c in spec.clouds])
     caplog.set_level(logging.INFO, logger="vfarm.scale")
     try:
         with contextlib.ExitStack() as stack:
