@@ -261,3 +261,48 @@ def test_snapshot_shows_the_per_cloud_decision(tmp_path: Path) -> None:
                              capture_output=True, timeout=60)
     data = json.loads(as_json.stdout)
     assert [(d["type"], d["cloud"], d["count"]) for d in data["decisions"]] == [("small@site", "site", 2), ("small@aws", "aws", 3)]
+
+
+class Nova:
+    """An in-memory OpenStack cloud whose listing by token answers from a script: scheduling, then placed or not."""
+
+    def __init__(self, listings: list[list[dict[str, Any]]]) -> None:
+        self.listings = listings
+        self.deleted: list[str] = []
+
+    def instances(self, tag_filters: dict[str, str]) -> list[dict[str, Any]]:
+        return []
+
+    def launch(self, userdata: bytes, **options: Any) -> list[dict[str, Any]]:
+        return []
+
+    def by_token(self, token: str) -> list[dict[str, Any]]:
+        return self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+
+    def terminate(self, ids: list[str]) -> None:
+        self.deleted += ids
+
+
+def server(iid: str, status: str, task: Optional[str] = None, fault: Optional[tuple[str, str]] = None) -> dict[str, Any]:
+    described: dict[str, Any] = {"InstanceId": iid, "Status": status, "TaskState": task}
+    if fault:
+        described["StateReason"] = {"Code": fault[0], "Message": fault[1]}
+    return described
+
+
+def test_openstack_servers_without_a_valid_host_are_a_capacity_refusal_in_the_same_launch() -> None:
+    farm = spec(PLAIN)
+    nova = Nova([[server("a", "BUILD", "scheduling"), server("b", "BUILD", "scheduling")],
+                 [server("a", "BUILD", "spawning"), server("b", "ERROR", fault=("500", "No valid host was found. "))]])
+    backend = backends.OpenStackBackend(farm.on_cloud(farm.clouds[0]), b"#cloud-config\n", cloud=nova)
+    waited: list[float] = []
+    backend.sleep = waited.append
+    with pytest.raises(apply.CapacityError, match=r"1 of 2 server\(s\) not placed, deleted: No valid host was found") as refused:
+        backend.launch(2, "tok", farm.placements[0])
+    assert refused.value.started == ["a"] and nova.deleted == ["b"] and waited == [backend.schedule_poll]
+    # Placed (or past the wait): the servers, nothing deleted; an ERROR of another kind is no refusal for capacity.
+    placed = backends.OpenStackBackend(farm.on_cloud(farm.clouds[0]), b"", cloud=Nova([[server("c", "ACTIVE"), server("d", "BUILD", "networking")]]))
+    assert placed.launch(2, "tok", farm.placements[0]) == ["c", "d"]
+    broken = Nova([[server("e", "ERROR", fault=("500", "Build of instance e aborted: image not active"))]])
+    assert backends.OpenStackBackend(farm.on_cloud(farm.clouds[0]), b"", cloud=broken).launch(1, "tok", farm.placements[0]) == ["e"]
+    assert broken.deleted == []

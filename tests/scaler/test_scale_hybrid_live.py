@@ -2,7 +2,8 @@
 first (its quota holds one more server) and an EC2 API (moto) second, all on 127.0.0.1. One cycle
 starts one worker on OpenStack and, refused for quota there, the rest on moto in the same cycle;
 --status counts them per cloud; past boot-timeout each is terminated on its own cloud; servers and
-instances that are not the farm's are untouched on both."""
+instances that are not the farm's are untouched on both. And a flavor Nova finds no valid host
+for: the servers are deleted and moto starts the workers in the same cycle."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from vfarm.cli import scale as scale_cli
 from vfarm.scaler import loop
 from vfarm.scaler.model import Action
 
-pytestmark = [pytest.mark.openstack, pytest.mark.pool]
+pytestmark = pytest.mark.openstack
 
 FARM = "hybrid"
 JOBS = 3
@@ -60,6 +61,7 @@ def tags_of(instance: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
 
 
+@pytest.mark.pool
 def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condor_pool: CondorPool, openstack_env: OpenStackCloud,
                                                                             ec2_endpoint: Ec2Endpoint, tmp_path: Path,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
@@ -131,3 +133,43 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
         assert all(after[iid]["State"]["Name"] == "running" for iid in others)
     finally:
         condor_pool.run(["condor_rm", str(cluster)], check=False)
+
+
+def test_no_valid_host_on_openstack_falls_back_to_ec2_in_the_same_cycle(openstack_env: OpenStackCloud, ec2_endpoint: Ec2Endpoint,
+                                                                       tmp_path: Path) -> None:
+    admin = openstack_env.connect()
+    huge = admin.compute.create_flavor(name="vfarm.nohost", ram=512, vcpus=1, disk=700000, is_public=True)
+    try:
+        farm = tmp_path / "farm.yaml"
+        farm.write_text(
+            EXAMPLE.read_text() + "\nscale:\n"
+            f"  name: {FARM}\n  max-vms: 4\n  cpus-per-vm: 1\n  waiting-time: 0\n"
+            "  clouds:\n"
+            "    - {name: site, type: openstack, cloud: os-demo, image: tiny, flavor: vfarm.nohost, network: private, handlers: baked}\n"
+            f"    - {{name: aws, type: ec2, image-id: {ec2_endpoint.image_id}, instance-type: m1.small, endpoint-url: '{ec2_endpoint.url}',"
+            f" region: {ec2_endpoint.region}, handlers: baked}}\n"
+        )
+        spec = scale_cli.load_spec(str(farm))
+        assert spec is not None
+        backend = scale_cli.make_backend(spec, str(farm), build=True)
+        jobs = [{"ClusterId": n, "ProcId": 0, "JobStatus": 1, "EnteredCurrentStatus": time.time() - 100, "RequestCpus": 1} for n in range(2)]
+        scaler = loop.Scaler(spec, backend, NoDrain(), logging.getLogger("vfarm.test"), pool=lambda: {"jobs": jobs, "slots": [], "collector": []})
+        started = time.monotonic()
+        assert scaler.cycle(strict=True) is not None and scaler.outcome is not None
+        took = time.monotonic() - started
+        [fallback] = scaler.outcome.fallbacks
+        assert (fallback["from"], fallback["to"], fallback["count"], fallback["started_before"]) == ("default@site", "default@aws", 2, 0)
+        assert "No valid host" in fallback["reason"] and "deleted" in fallback["reason"]
+        assert scaler.outcome.launched_by_cloud == {"aws": 2}
+        ours = {iid for iid, i in moto_instances(ec2_endpoint).items() if tags_of(i).get("vfarm:cloud") == "aws"}
+        assert ours == set(scaler.outcome.launched)
+        wait_for(lambda: not server_ids(openstack_env), 600, "the unplaced servers deleted", interval=0.5)
+        print(f"cycle with 2 unplaced on OpenStack, 2 started on moto: {took:.1f} s")
+    finally:
+        openstack_env.clean()
+        admin.compute.delete_flavor(huge)
+
+
+class NoDrain:
+    def drain(self, instance_id: str, slots: list[dict[str, Any]], reason: str) -> None:
+        raise AssertionError(f"nothing to drain here: {instance_id}")
