@@ -87,6 +87,8 @@ HISTORY_CYCLES = 1440
 # The cycles whose decisions the page lists, and at most this many decisions of each.
 HISTORY_DECISIONS = 30
 DECISIONS_PER_CYCLE = 100
+# How long the page shows "no verdict" (or an unreadable console) before reading the console again.
+VERDICT_RETRY = 300.0
 
 
 class History:
@@ -158,8 +160,9 @@ class Scaler:
         self.history = History()
         # KEEP_STATUS: after each cycle, the farm as --status shows it goes into the history (the page).
         self.keep_status = keep_status
-        # Verdicts read from the consoles of ended instances, kept while the cloud lists them.
-        self._verdicts: dict[str, tuple[str, str]] = {}
+        # The page's verdicts read from consoles: (reason, what it said, when to read again or None),
+        # kept while the cloud lists the instance.
+        self._verdicts: dict[str, tuple[str, str, Optional[float]]] = {}
 
     # --- discover -----------------------------------------------------------------------------
     def discover(self) -> dict[str, Any]:
@@ -226,12 +229,15 @@ class Scaler:
         return result
 
     def _cached_verdict(self, iid: str) -> tuple[str, str]:
-        """read_verdict, remembered once a verdict was found (an ended worker's verdict stays)."""
-        if iid in self._verdicts:
-            return self._verdicts[iid]
+        """read_verdict for the page, one console read per instance: a verdict found stays (the
+        check ran once); none found yet is read again VERDICT_RETRY seconds later at the soonest."""
+        now = self.clock()
+        known = self._verdicts.get(iid)
+        if known is not None and (known[2] is None or now < known[2]):
+            return known[0], known[1]
         reason, said = self.applier.read_verdict(iid)
-        if reason not in (verdicts.NO_VERDICT, verdicts.UNREADABLE):
-            self._verdicts[iid] = (reason, said)
+        again = now + VERDICT_RETRY if reason in (verdicts.NO_VERDICT, verdicts.UNREADABLE) else None
+        self._verdicts[iid] = (reason, said, again)
         return reason, said
 
     def record(self, result: Plan, outcome: Outcome) -> None:

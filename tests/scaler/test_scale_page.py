@@ -159,6 +159,30 @@ def test_decisions_beyond_the_per_cycle_bound_are_counted_not_kept(caplog: pytes
     assert len(newest["drained"]) == 5  # what was done is kept whole
 
 
+def test_the_page_reads_an_ended_workers_console_once_per_verdict_retry(caplog: pytest.LogCaptureFixture) -> None:
+    w = World(caplog)
+    w.scaler.keep_status = True
+    reads: list[str] = []
+
+    def no_verdict_yet(iid: str) -> None:
+        reads.append(iid)
+        return None
+
+    w.cloud.verdict = no_verdict_yet  # type: ignore[attr-defined]
+    w.cloud.instances["i-gone"] = instance("i-gone", w.now[0] - 100, "terminated", end="drained")
+    for _ in range(3):
+        w.scaler.cycle()
+        w.tick(15)
+    assert reads == ["i-gone"]
+    assert w.scaler.history.status()["instances"][0]["lost_reason"] == "no-verdict"  # type: ignore[index]
+    w.tick(loop.VERDICT_RETRY)
+    w.scaler.cycle()
+    assert reads == ["i-gone", "i-gone"]
+    del w.cloud.instances["i-gone"]  # the cloud forgot it: so does the page
+    w.scaler.cycle()
+    assert w.scaler._verdicts == {}
+
+
 def test_http_address_parsing() -> None:
     assert page.parse_address("8080") == ("127.0.0.1", 8080)
     assert page.parse_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
