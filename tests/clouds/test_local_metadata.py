@@ -116,7 +116,7 @@ def qemu_takes(netdev: str) -> tuple[bool, str]:
 
 @pytest.mark.integration
 def test_qemu_takes_the_metadata_network_and_refuses_the_forward_elsewhere() -> None:
-    ok, err = qemu_takes(local.metadata_netdev(8775, "127.0.0.1:9618"))
+    ok, err = qemu_takes(local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618"))
     assert ok, err
     refused, err = qemu_takes(f"user,id=n0,restrict=on,guestfwd=tcp:{local.METADATA_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:8775")
     assert not refused and "guest forwarding rule" in err
@@ -127,8 +127,26 @@ def test_a_metadata_instance_has_no_seed_and_the_ec2_datasource(tmp_path: Path, 
 
     monkeypatch.setattr(local, "_KVM", False)
     instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618")
-    argv = instance.qemu_argv(None, metadata_port=8775)
-    assert argv[argv.index("-netdev") + 1] == local.metadata_netdev(8775, "127.0.0.1:9618")
+    argv = instance.qemu_argv(None, metadata="TCP:127.0.0.1:8775")
+    assert argv[argv.index("-netdev") + 1] == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618")
     assert argv[argv.index("-append") + 1].endswith(" ci.ds=Ec2")
     assert not any("seed.iso" in a for a in argv)
     assert "ci.ds=Ec2" not in " ".join(instance.qemu_argv(None))  # the seed's way stays as it was
+
+
+@pytest.mark.integration
+def test_the_unix_socket_service_answers_a_socat_in_another_network_namespace() -> None:
+    """What qemu's guestfwd does for a guest beside a pool in a namespace: a socat started in a
+    network namespace of its own (no route anywhere) reaches the service through its socket file."""
+    service = local.UnixMetadataServer("i-local-0123456789ab", USERDATA, "vfarm-456789ab")
+    try:
+        request = "GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n"
+        reply = subprocess.run(["unshare", "--net", "socat", "-", service.socat_target], input=request, capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+        assert reply.startswith("HTTP/1.0 200") and reply.endswith("\n\ni-local-0123456789ab"), reply
+        assert service.requests == ["GET /latest/meta-data/instance-id 200"]
+        socket_file = Path(service.socat_target.split(":", 1)[1])
+        assert socket_file.exists() and len(str(socket_file)) < 108
+    finally:
+        service.close()
+    assert not socket_file.parent.exists()
