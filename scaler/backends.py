@@ -192,6 +192,8 @@ class OpenStackBackend:
             if not any(s.get("Status") == "BUILD" and s.get("TaskState") in (None, "scheduling") for s in servers) or self.clock() >= deadline:
                 break
             self.sleep(self.schedule_poll)
+        # Nova's listing leaves out a failed server's fault: it is read from the server itself.
+        servers = [self._call(self.cloud.get, s["InstanceId"]) if s.get("Status") == "ERROR" and not s.get("StateReason") else s for s in servers]
         refused = [s for s in servers if s.get("Status") == "ERROR" and _capacity_fault(s)]
         placed = [str(s["InstanceId"]) for s in servers if s not in refused]
         if refused:

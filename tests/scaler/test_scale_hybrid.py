@@ -282,6 +282,10 @@ class Nova:
     def terminate(self, ids: list[str]) -> None:
         self.deleted += ids
 
+    def get(self, server_id: str) -> dict[str, Any]:
+        """A server as GET shows it: with its fault (the listing leaves it out)."""
+        return server(server_id, "ERROR", fault=("500", "No valid host was found. "))
+
 
 def server(iid: str, status: str, task: Optional[str] = None, fault: Optional[tuple[str, str]] = None) -> dict[str, Any]:
     described: dict[str, Any] = {"InstanceId": iid, "Status": status, "TaskState": task}
@@ -293,7 +297,7 @@ def server(iid: str, status: str, task: Optional[str] = None, fault: Optional[tu
 def test_openstack_servers_without_a_valid_host_are_a_capacity_refusal_in_the_same_launch() -> None:
     farm = spec(PLAIN)
     nova = Nova([[server("a", "BUILD", "scheduling"), server("b", "BUILD", "scheduling")],
-                 [server("a", "BUILD", "spawning"), server("b", "ERROR", fault=("500", "No valid host was found. "))]])
+                 [server("a", "BUILD", "spawning"), server("b", "ERROR")]])
     backend = backends.OpenStackBackend(farm.on_cloud(farm.clouds[0]), b"#cloud-config\n", cloud=nova)
     waited: list[float] = []
     backend.sleep = waited.append

@@ -136,7 +136,8 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
 
 
 def test_no_valid_host_on_openstack_falls_back_to_ec2_in_the_same_cycle(openstack_env: OpenStackCloud, ec2_endpoint: Ec2Endpoint,
-                                                                       tmp_path: Path) -> None:
+                                                                       tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vfarm.test")
     admin = openstack_env.connect()
     huge = admin.compute.create_flavor(name="vfarm.nohost", ram=512, vcpus=1, disk=700000, is_public=True)
     try:
@@ -157,6 +158,7 @@ def test_no_valid_host_on_openstack_falls_back_to_ec2_in_the_same_cycle(openstac
         started = time.monotonic()
         assert scaler.cycle(strict=True) is not None and scaler.outcome is not None
         took = time.monotonic() - started
+        assert len(scaler.outcome.fallbacks) == 1, caplog.text
         [fallback] = scaler.outcome.fallbacks
         assert (fallback["from"], fallback["to"], fallback["count"], fallback["started_before"]) == ("default@site", "default@aws", 2, 0)
         assert "No valid host" in fallback["reason"] and "deleted" in fallback["reason"]
