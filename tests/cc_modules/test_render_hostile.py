@@ -11,10 +11,10 @@ the rendered file), bash and /bin/sh for the CVMFS .local files, util-linux `fin
 reader yum itself uses).
 
 CernVM-FS: here, without the client, the bash parse plus the rule transcribed from cvmfs 2.12
-options.cc (see cvmfs_spec.render); the real client reads the same corpus in
-test_cvmfs_hostile_real.py (`-m cvmfs`). Transcribed here: the file fed line by line to the real /bin/sh followed by `echo $NAME` per
-assignment line (BashOptionsManager), the same line split without a shell (SimpleOptionsParser),
-and the real /bin/sh evaluating the single-quoted dump that cvmfs_config evals.
+options.cc (see cvmfs_spec.render): the file fed line by line to the real /bin/sh followed by
+`echo $NAME` per assignment line (BashOptionsManager), the same line split without a shell
+(SimpleOptionsParser), and the real /bin/sh evaluating the single-quoted dump that cvmfs_config
+evals. The real client reads the same corpus in test_cvmfs_hostile_real.py (`-m cvmfs`).
 """
 
 from __future__ import annotations
