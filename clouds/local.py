@@ -200,7 +200,11 @@ class _MetadataService:
         self.requests: list[str] = []
         self.meta: dict[str, Any] = {
             "ami-id": image_id or "ami-local", "hostname": hostname, "instance-id": instance_id, "instance-type": instance_type,
-            "local-hostname": hostname, "local-ipv4": local_ipv4, "placement": {"availability-zone": zone},
+            "local-hostname": hostname, "local-ipv4": local_ipv4, "placement": {"availability-zone": zone}, "mac": GUEST_MAC,
+            # The NIC as EC2 describes it: cloud-init then raises it with DHCPv4 only. Without it,
+            # its fallback asks for DHCPv6 too, which slirp never answers (ifup hangs).
+            "network": {"interfaces": {"macs": {GUEST_MAC: {"device-number": "0", "interface-id": "eni-local", "local-ipv4s": local_ipv4,
+                                                            "mac": GUEST_MAC}}}},
         }
         self.identity = {"instanceId": instance_id, "instanceType": instance_type, "imageId": self.meta["ami-id"], "region": zone,
                          "availabilityZone": zone, "privateIp": local_ipv4}

@@ -11,15 +11,13 @@ table is there to show, the token file is 0600 root, and the summary is ok."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cc_modules.test_condor_vm import JOB_TIMEOUT, JOBS_DIR, JOIN_TIMEOUT, Booting, collected
-from tests.fixtures.condor_pool import SUBMITTER, UID_DOMAIN, CondorPool, ensure_rootfs, wait_for
+from tests.fixtures.condor_pool import SUBMITTER, UID_DOMAIN, CondorPool, namespaced_pool, wait_for
 from vfarm.cc_modules.metadata_guard import TABLE
 from vfarm.clouds.local import METADATA_ADDRESS, METADATA_POOL
 from vfarm.clouds.local_launch import make_instance
@@ -69,13 +67,8 @@ condor:
 
 @pytest.fixture(scope="module")
 def link_local_pool() -> Iterator[CondorPool]:
-    pool = CondorPool(ensure_rootfs(), Path(tempfile.mkdtemp(prefix="vfarm-vmpool-")), port=9618, address=METADATA_POOL, netns=True)
-    pool.start()
-    try:
+    with namespaced_pool(METADATA_POOL) as pool:
         yield pool
-    finally:
-        pool.stop()
-        shutil.rmtree(pool.state, ignore_errors=True)
 
 
 def submit_probe(pool: CondorPool, iid: str) -> int:

@@ -84,7 +84,13 @@ headers = lambda _url: {"X-aws-ec2-metadata-token": token}
 meta = ec2_utils.get_instance_metadata(version, metadata_address=url, headers_cb=headers, retries=0)
 user = ec2_utils.get_instance_userdata(version, metadata_address=url, headers_cb=headers, retries=0)
 user = user if isinstance(user, bytes) else user.encode("latin-1")
-print(json.dumps({"meta": meta, "user": base64.b64encode(user).decode()}))
+# How cloud-init raises the NIC from that metadata (its converter; 25.1 also takes the distro).
+import inspect, types
+from cloudinit.sources import DataSourceEc2
+convert = DataSourceEc2.convert_ec2_metadata_network_config
+extra = {"distro": types.SimpleNamespace(network_renderer=None)} if "distro" in inspect.signature(convert).parameters else {}
+network = convert(meta["network"], macs_to_nics={meta["mac"]: "eth0"}, fallback_nic="eth0", **extra)
+print(json.dumps({"meta": meta, "user": base64.b64encode(user).decode(), "network": network}))
 """
 
 
@@ -95,6 +101,9 @@ def test_real_cloud_inits_ec2_crawler_reads_it(server: local.MetadataServer, clo
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["meta"]["instance-id"] == "i-local-0123456789ab" and got["meta"]["local-hostname"] == "vfarm-456789ab"
     assert got["meta"]["placement"] == {"availability-zone": "local"}
+    # DHCPv4 only (slirp never answers DHCPv6: a fallback config asking for it hangs ifup).
+    assert got["network"]["ethernets"]["eth0"]["dhcp4"] is True and got["network"]["ethernets"]["eth0"]["dhcp6"] is False, got["network"]
+    assert got["network"]["ethernets"]["eth0"]["match"] == {"macaddress": local.GUEST_MAC}
     import base64
 
     assert base64.b64decode(got["user"]) == USERDATA
