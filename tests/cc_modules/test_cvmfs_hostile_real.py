@@ -46,7 +46,7 @@ QUOTA_MB = 4096  # stands in for the cache filesystem's size when a case says qu
 # Where each variant of a corpus value goes: every .local file the client reads for alice.cern.ch
 # gets one, each under a name no stock .conf file read after it sets.
 PLACES = {"list": "local", "key": "local", "group": "domain", "scalar": "repository"}
-# 31 cases (with the stock reading) took 45-67 s on 2 loaded cores: showconfig forks sed and grep for
+# 31 cases (with the stock reading) took 45-78 s on 2 loaded cores: showconfig forks sed and grep for
 # each name.
 READ_TIMEOUT = 600.0
 
