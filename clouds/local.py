@@ -15,6 +15,7 @@ an HTTP server on this machine's 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import fcntl
 import http.server
@@ -37,6 +38,7 @@ from .hostcmd import CommandError, Stopwatch, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
 
 GUEST_HTTP = "10.0.2.100"
+GUEST_MAC = "52:54:00:12:34:56"
 GUEST_POOL_PORT = 9618  # --pool-forward: the guest's 10.0.2.100:9618 goes to the pool (a socat per connection)
 VG_NAME = "vg_local"
 DEFAULT_TIMEOUT = 600.0
@@ -288,6 +290,19 @@ class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServe
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+# How a guest reading the metadata service raises its NIC: a static address in that network, on the
+# kernel command line (cloud-init reads `network-config=` first, whatever the datasource). Off
+# EC2, cloud-init's Ec2Local stage does not run (the platform is not identified as AWS), so the
+# network stage would otherwise come up with the fallback config, whose DHCPv6 slirp never answers.
+METADATA_NETWORK_B64 = base64.b64encode(f"""version: 2
+ethernets:
+  eth0:
+    match: {{macaddress: "{GUEST_MAC}"}}
+    set-name: eth0
+    addresses: [{METADATA_GUEST}/16]
+""".encode()).decode()
+
+
 def metadata_netdev(metadata: str, pool_forward: Optional[str] = None) -> str:
     """qemu's -netdev for a guest that reads its data from the metadata service: slirp with
     restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to METADATA (a socat address: a
@@ -338,7 +353,6 @@ def vg_disk_template(size: str, vg: str = VG_NAME) -> tuple[Path, dict[str, int]
         return target, info
 
 
-GUEST_MAC = "52:54:00:12:34:56"
 # With a NIC, the seed says how to raise it: a static address in slirp's network. Without it,
 # cloud-init's fallback asks for DHCPv6 too (25.1), which slirp never answers: ifup then hangs.
 NETWORK_CONFIG = f"""version: 2
@@ -495,7 +509,7 @@ class LocalInstance:
                 "-smp", str(self.smp), "-m", str(self.memory),
                 "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=LABEL=root console=ttyS0 rw" + (" ci.ds=Ec2" if metadata is not None else "")]
+                "-append", "root=LABEL=root console=ttyS0 rw" + (f" ci.ds=Ec2 network-config={METADATA_NETWORK_B64}" if metadata is not None else "")]
         disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata is None else [])
         suffix = "device" if mmio else "pci"
         for n, (path, readonly) in enumerate(disks):

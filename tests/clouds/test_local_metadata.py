@@ -138,7 +138,7 @@ def test_a_metadata_instance_has_no_seed_and_the_ec2_datasource(tmp_path: Path, 
     instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618")
     argv = instance.qemu_argv(None, metadata="TCP:127.0.0.1:8775")
     assert argv[argv.index("-netdev") + 1] == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618")
-    assert argv[argv.index("-append") + 1].endswith(" ci.ds=Ec2")
+    assert f" ci.ds=Ec2 network-config={local.METADATA_NETWORK_B64}" in argv[argv.index("-append") + 1]
     assert not any("seed.iso" in a for a in argv)
     assert "ci.ds=Ec2" not in " ".join(instance.qemu_argv(None))  # the seed's way stays as it was
 
@@ -159,3 +159,16 @@ def test_the_unix_socket_service_answers_a_socat_in_another_network_namespace() 
     finally:
         service.close()
     assert not socket_file.parent.exists()
+
+
+def test_real_cloud_init_reads_the_guests_network_from_the_kernel_command_line(cloudinit_release: Release) -> None:
+    """The kernel command line of a metadata guest, as cloud-init 22.4 and 25.1 read it: its NIC
+    gets the static address in the metadata network, no DHCP at all."""
+    cmdline = f"root=LABEL=root console=ttyS0 rw ci.ds=Ec2 network-config={local.METADATA_NETWORK_B64}"
+    done = cloudinit_release.run("import json, sys; from cloudinit.net import cmdline; "
+                                 f"print(json.dumps(cmdline.read_kernel_cmdline_config(cmdline={cmdline!r})))")
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    assert config["ethernets"]["eth0"]["addresses"] == [f"{local.METADATA_GUEST}/16"]
+    assert config["ethernets"]["eth0"]["match"] == {"macaddress": local.GUEST_MAC}
+    assert not any(key.startswith("dhcp") for key in config["ethernets"]["eth0"])
