@@ -303,6 +303,21 @@ ethernets:
 """.encode()).decode()
 
 
+# System config on the kernel command line (cloud-init's `cc: ... end_cc`), for a guest that is not
+# on EC2 yet reads an EC2 metadata service: no warning that the platform is not identified as AWS,
+# and the network raised once (the network stage, where the Ec2 datasource is found off EC2, would
+# bring eth0 up a second time and log ifup's "already configured").
+METADATA_SYSTEM_CONFIG = "cc: {datasource: {Ec2: {strict_id: false}}, disable_network_activation: true} end_cc"
+
+
+def metadata_cmdline(cloud_init_version: str) -> str:
+    """The kernel command line's part for a metadata guest: the datasource (`ds=Ec2` from cloud-init
+    23.2 on, which deprecates the older `ci.ds=`), its network and its system config."""
+    major_minor = tuple(int(n) for n in re.findall(r"\d+", cloud_init_version)[:2])
+    datasource = "ds=Ec2" if len(major_minor) == 2 and major_minor >= (23, 2) else "ci.ds=Ec2"
+    return f"{datasource} network-config={METADATA_NETWORK_B64} {METADATA_SYSTEM_CONFIG}"
+
+
 def metadata_netdev(metadata: str, pool_forward: Optional[str] = None) -> str:
     """qemu's -netdev for a guest that reads its data from the metadata service: slirp with
     restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to METADATA (a socat address: a
@@ -509,7 +524,8 @@ class LocalInstance:
                 "-smp", str(self.smp), "-m", str(self.memory),
                 "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=LABEL=root console=ttyS0 rw" + (f" ci.ds=Ec2 network-config={METADATA_NETWORK_B64}" if metadata is not None else "")]
+                "-append", "root=LABEL=root console=ttyS0 rw" + (" " + metadata_cmdline(str(self.image.info.get("cloud_init", "")))
+                                                                 if metadata is not None else "")]
         disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata is None else [])
         suffix = "device" if mmio else "pci"
         for n, (path, readonly) in enumerate(disks):

@@ -75,7 +75,7 @@ def submit_probe(pool: CondorPool, iid: str) -> int:
     pool.write(f"/home/{SUBMITTER}/probe.sh", JOB_SCRIPT, mode="0755", owner=SUBMITTER)
     return pool.submit_file("probe.sub", f"""\
 universe = vanilla
-executable = probe.sh
+executable = /home/{SUBMITTER}/probe.sh
 should_transfer_files = YES
 when_to_transfer_output = ON_EXIT
 output = /home/{SUBMITTER}/probe-$(Cluster).out

@@ -138,7 +138,9 @@ def test_a_metadata_instance_has_no_seed_and_the_ec2_datasource(tmp_path: Path, 
     instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618")
     argv = instance.qemu_argv(None, metadata="TCP:127.0.0.1:8775")
     assert argv[argv.index("-netdev") + 1] == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618")
-    assert f" ci.ds=Ec2 network-config={local.METADATA_NETWORK_B64}" in argv[argv.index("-append") + 1]
+    assert argv[argv.index("-append") + 1].endswith(" " + local.metadata_cmdline(""))
+    assert local.metadata_cmdline("").startswith("ci.ds=Ec2 ") and local.metadata_cmdline("22.4.2-1+deb12u3").startswith("ci.ds=Ec2 ")
+    assert local.metadata_cmdline("25.1.4-1").startswith("ds=Ec2 ") and local.metadata_cmdline("23.2").startswith("ds=Ec2 ")
     assert not any("seed.iso" in a for a in argv)
     assert "ci.ds=Ec2" not in " ".join(instance.qemu_argv(None))  # the seed's way stays as it was
 
@@ -161,14 +163,17 @@ def test_the_unix_socket_service_answers_a_socat_in_another_network_namespace() 
     assert not socket_file.parent.exists()
 
 
-def test_real_cloud_init_reads_the_guests_network_from_the_kernel_command_line(cloudinit_release: Release) -> None:
+def test_real_cloud_init_reads_the_guests_network_and_config_from_the_kernel_command_line(cloudinit_release: Release) -> None:
     """The kernel command line of a metadata guest, as cloud-init 22.4 and 25.1 read it: its NIC
-    gets the static address in the metadata network, no DHCP at all."""
-    cmdline = f"root=LABEL=root console=ttyS0 rw ci.ds=Ec2 network-config={local.METADATA_NETWORK_B64}"
-    done = cloudinit_release.run("import json, sys; from cloudinit.net import cmdline; "
-                                 f"print(json.dumps(cmdline.read_kernel_cmdline_config(cmdline={cmdline!r})))")
+    gets the static address in the metadata network (no DHCP at all), the Ec2 datasource is not
+    strict about the platform, and the network stage does not raise the NIC again."""
+    cmdline = f"root=LABEL=root console=ttyS0 rw {local.metadata_cmdline(cloudinit_release.version)}"
+    done = cloudinit_release.run("import json, sys; from cloudinit import util; from cloudinit.net import cmdline; "
+                                 f"print(json.dumps([cmdline.read_kernel_cmdline_config(cmdline={cmdline!r}), "
+                                 f"util.read_conf_from_cmdline(cmdline={cmdline!r})]))")
     assert done.returncode == 0, done.stderr[-2000:]
-    config = json.loads(done.stdout.strip().splitlines()[-1])
+    config, system = json.loads(done.stdout.strip().splitlines()[-1])
+    assert system == {"datasource": {"Ec2": {"strict_id": False}}, "disable_network_activation": True}
     assert config["ethernets"]["eth0"]["addresses"] == [f"{local.METADATA_GUEST}/16"]
     assert config["ethernets"]["eth0"]["match"] == {"macaddress": local.GUEST_MAC}
     assert not any(key.startswith("dhcp") for key in config["ethernets"]["eth0"])
