@@ -210,6 +210,10 @@ class OpenStackBackend:
                 pass  # Nova refuses metadata on a server still building (a lost one): deleting it matters more
         self._call(self.cloud.terminate, list(ends))
 
+    def verdict(self, instance_id: str) -> Any:
+        """The final check's verdict on the server's console log (Nova keeps it while the server exists)."""
+        return self._call(self.cloud.verdict, instance_id)
+
 
 def _capacity_fault(server: dict[str, Any]) -> bool:
     """Whether a server in ERROR failed for capacity: no valid host (500) or the quota race (413)."""

@@ -344,3 +344,5 @@ def test_scaler_cycles_launch_then_end_lost_workers_on_openstack(openstack_env: 
     assert not {i["InstanceId"] for i in backend.farm_instances()} & workers
     assert foreign in server_ids(openstack_env)
     assert "terminate" in caplog.text and "lost" in caplog.text
+    # Nova's console was read (the fake driver's holds no verdict), not given up on as unreadable.
+    assert "no verdict on its console" in caplog.text and "console could not be read" not in caplog.text, caplog.text[-2000:]
