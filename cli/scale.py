@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -29,7 +30,7 @@ from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, loads_bounded
 from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
-from ..scaler.model import Action, Plan
+from ..scaler.model import TYPE_ATTR, Action, Plan
 from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
 
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
@@ -156,17 +157,41 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
     return backends.backend_for(spec, functools.partial(_userdata, farm))
 
 
-def _userdata(farm: str, spec: scale_spec.ScaleSpec) -> bytes:
-    """The workers' user-data for SPEC's cloud (each cloud of a hybrid farm its own: handlers, attachments)."""
+def _userdata(farm: str, spec: scale_spec.ScaleSpec) -> backends.UserData:
+    """The workers' user-data for SPEC's cloud (each cloud of a hybrid farm its own: handlers,
+    attachments). A farm that lists worker types and sends a condor section: one per type, whose
+    startd advertises VfarmWorkerType (what a job's Requirements may name), built when first needed."""
     from ..config import loader as configuration
+
+    try:
+        config = configuration.load_file(farm)
+    except configuration.ConfigError as err:
+        raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
+    if not spec.typed or not isinstance(config.sections.get("condor"), dict):
+        return _build(farm, config, spec)
+    made: dict[str, bytes] = {}
+
+    def of_type(worker_type: scale_spec.WorkerType) -> bytes:
+        kind = worker_type.kind
+        if kind not in made:
+            condor = config.sections["condor"]
+            typed = copy.copy(config)
+            typed.sections = {**config.sections, "condor": {**condor, "attributes": {**(condor.get("attributes") or {}), TYPE_ATTR: kind}}}
+            made[kind] = _build(farm, typed, spec)
+        return made[kind]
+
+    return of_type
+
+
+def _build(farm: str, config: Any, spec: scale_spec.ScaleSpec) -> bytes:
     from ..mime_builder import mime
 
     attach: tuple[Any, ...] = ()
     if spec.cloud.get("type") == "local":  # what a local test image needs to stay up as a worker
         attach = backends.attachments(spec)
     try:
-        built = mime.build(configuration.load_file(farm), handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
-    except (mime.BuildError, configuration.ConfigError) as err:
+        built = mime.build(config, handlers=str(spec.cloud.get("handlers", "embed")), attach=attach)
+    except mime.BuildError as err:
         raise apply.CloudError(f"{farm}: the workers' user-data: {err}") from None
     for warning in built.warnings:
         print(f"vfarm scale: warning: {shown_message(warning)}", file=sys.stderr)

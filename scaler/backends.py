@@ -18,13 +18,20 @@ tags and terminates each instance on the cloud that listed it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ..clouds import local_farm
 from ..config.scale import ScaleSpec, WorkerType
 from .apply import Backend, CapacityError, CloudError, launch_tags
 from .discover import plain
 from .model import CLOUD_TAG, END_TAG, FARM_TAG
+
+# The workers' user-data: the same bytes for every launch, or (a typed farm) what makes it for one type.
+UserData = Union[bytes, Callable[[WorkerType], bytes]]
+
+
+def userdata_for(userdata: UserData, worker_type: WorkerType) -> bytes:
+    return userdata if isinstance(userdata, bytes) else userdata(worker_type)
 
 
 def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], ends: dict[str, str]) -> None:
@@ -37,7 +44,7 @@ def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], e
 class Ec2Backend:
     """An EC2 cloud, through clouds/ec2.py."""
 
-    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
+    def __init__(self, spec: ScaleSpec, userdata: UserData, cloud: Any = None) -> None:
         from ..clouds import ec2
 
         self.spec = spec
@@ -59,7 +66,7 @@ class Ec2Backend:
     def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
         options = self._ec2.launch_options(self.spec.cloud_of(worker_type))
         options["tags"] = {**options["tags"], **launch_tags(self.spec, worker_type)}
-        started = self._call(self.cloud.launch, self.userdata, count=count, client_token=token, **options)
+        started = self._call(self.cloud.launch, userdata_for(self.userdata, worker_type), count=count, client_token=token, **options)
         return [str(i["InstanceId"]) for i in started]
 
     def terminate(self, ends: dict[str, str]) -> None:
@@ -84,7 +91,7 @@ def attachments(spec: ScaleSpec, farm: Optional[local_farm.LocalFarm] = None) ->
 class LocalBackend:
     """Worker VMs under qemu on this host, through clouds/local_farm.py."""
 
-    def __init__(self, spec: ScaleSpec, userdata: bytes, farm: Optional[local_farm.LocalFarm] = None) -> None:
+    def __init__(self, spec: ScaleSpec, userdata: UserData, farm: Optional[local_farm.LocalFarm] = None) -> None:
         self.spec = spec
         self.userdata = userdata
         self.farm = farm or local_farm.LocalFarm.from_section(spec.cloud)
@@ -111,7 +118,8 @@ class LocalBackend:
     def launch(self, count: int, token: str, worker_type: WorkerType) -> list[str]:
         if not self.spec.collector:
             raise CloudError("cloud type local: the workers need pool.collector (their one route out)")
-        started = self._call(self._farm_of(worker_type).launch, self.userdata, count=count, tags=launch_tags(self.spec, worker_type),
+        userdata = userdata_for(self.userdata, worker_type)
+        started = self._call(self._farm_of(worker_type).launch, userdata, count=count, tags=launch_tags(self.spec, worker_type),
                              client_token=token, pool=local_farm.pool_forward(self.spec.collector))
         return [str(i["InstanceId"]) for i in started]
 
@@ -138,7 +146,7 @@ class OpenStackBackend:
     schedule_wait = 30.0
     schedule_poll = 0.5
 
-    def __init__(self, spec: ScaleSpec, userdata: bytes, cloud: Any = None) -> None:
+    def __init__(self, spec: ScaleSpec, userdata: UserData, cloud: Any = None) -> None:
         from ..clouds import openstack
 
         self.spec = spec
@@ -175,7 +183,8 @@ class OpenStackBackend:
         options = self._openstack.launch_options(self.spec.cloud_of(worker_type))
         options["properties"] = {**options["properties"], **launch_tags(self.spec, worker_type)}
         try:
-            self.cloud.launch(self.userdata, count=count, client_token=token, name=f"vfarm-{self.spec.name}", **options)
+            self.cloud.launch(userdata_for(self.userdata, worker_type), count=count, client_token=token, name=f"vfarm-{self.spec.name}",
+                              **options)
         except self._openstack.OpenStackQuotaError as err:
             started = self._placed(token)  # one create each: those before the refusal run
             raise CapacityError(str(err), started) from None
@@ -292,14 +301,14 @@ class HybridBackend:
 
 
 # Cloud type -> its backend: a class with the three methods above, raising CapacityError/CloudError.
-BACKENDS: dict[str, Callable[[ScaleSpec, bytes], Backend]] = {
+BACKENDS: dict[str, Callable[[ScaleSpec, UserData], Backend]] = {
     "ec2": Ec2Backend,
     "openstack": OpenStackBackend,
     "local": LocalBackend,
 }
 
 
-def backend_for(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], bytes]) -> Backend:
+def backend_for(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], UserData]) -> Backend:
     """The backend of the scale section's cloud type (a hybrid farm: a HybridBackend over one per
     cloud, each given spec.on_cloud(cloud)); USERDATA: the workers' user-data, or what makes it
     for one cloud (a hybrid farm's clouds may carry the handlers differently). CloudError (one
@@ -315,7 +324,7 @@ def backend_for(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], bytes])
     return _one_backend(spec, userdata)
 
 
-def _one_backend(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], bytes]) -> Backend:
+def _one_backend(spec: ScaleSpec, userdata: bytes | Callable[[ScaleSpec], UserData]) -> Backend:
     kind = str(spec.cloud.get("type"))
     make = BACKENDS.get(kind)
     if make is None:

@@ -268,3 +268,30 @@ def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tupl
     # a launch's fallback never names its own type and only types that hold work
     for decision in result.of(planner.Action.LAUNCH):
         assert all(o.type != decision.type and o.count > 0 for o in decision.fallback)
+
+
+def test_each_type_of_a_farm_with_a_condor_section_advertises_its_name(tmp_path: Path) -> None:
+    """A typed farm's workers are launched with a user-data of their type: its condor section's
+    startd advertises VfarmWorkerType (the attribute a job's Requirements may name), over the
+    farm's own attributes; one build per type, made when that type is first launched."""
+    from vfarm.cli import scale as scale_cli
+    from vfarm.mime_builder.inspect import inspect_bytes
+
+    farm = tmp_path / "farm.yaml"
+    farm.write_text("#multiple-config\ncondor: {central-manager: cm.example.org, token: aaa.bbb.ccc, attributes: {Site: T2_IT_Torino}}\n"
+                    + FARM.replace("cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}",
+                                   "cloud: {type: ec2, image-id: ami-1, instance-type: m1.small, handlers: baked}"))
+    typed = spec(farm.read_text())
+    userdata = scale_cli._userdata(str(farm), typed)
+    assert callable(userdata)
+
+    def condor_part(data: bytes) -> str:
+        [content] = [p.content for p in inspect_bytes(data).parts if p.content and "central-manager" in p.content]
+        return content
+
+    large, small = userdata(typed.worker_type("large")), userdata(typed.worker_type("small"))
+    assert "VfarmWorkerType: large" in condor_part(large) and "Site: T2_IT_Torino" in condor_part(large)
+    assert "VfarmWorkerType: small" in condor_part(small) and large != small
+    assert userdata(typed.worker_type("large")) is large  # built once
+    untyped = spec(farm.read_text().replace("  types:\n", "  no-types:\n").split("  no-types:\n")[0])
+    assert isinstance(scale_cli._userdata(str(farm), untyped), bytes)
