@@ -195,6 +195,7 @@ class Plan:
     observed_idle_since: dict[str, float]  # every worker seen idle in this cycle, since when
     joined: list[str]  # every farm instance, live or ended, known to have joined the pool
     intents: dict[str, tuple[str, int]]  # type: (token, count) of launches of unknown outcome still wanted
+    consolidating: list[str] = field(default_factory=list)  # workers draining for consolidation (the disruption budget counts them)
 
     def of(self, action: Action) -> list[Decision]:
         return [d for d in self.decisions if d.action is action]
@@ -235,4 +236,5 @@ class Plan:
             "observed_idle_since": dict(self.observed_idle_since),
             "joined": list(self.joined),
             "launch_intents": {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},
+            "consolidating": list(self.consolidating),
         }

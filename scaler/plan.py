@@ -40,7 +40,7 @@ from typing import Any, Optional, Union
 
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
-from . import fit
+from . import consolidate, fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
     ACTIVE,
     END_OF,
@@ -69,6 +69,7 @@ REQUIRED = ("now", "jobs", "slots", "instances")
 OBSERVED = "observed_idle_since"
 JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
 INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
+CONSOLIDATING = "consolidating"  # ids of workers this scaler drained for consolidation
 BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate": epoch seconds}: no such call before then
 RUNNING = 2  # JobStatus of a running job
 IDLE_JOB = 1
@@ -154,9 +155,10 @@ def check_snapshot(data: Any) -> dict[str, Any]:
 
 def _check_memory(data: dict[str, Any]) -> None:
     """The scaler's memory a snapshot may carry besides observed_idle_since."""
-    joined = data.get(JOINED_KEY)
-    if joined is not None and not (isinstance(joined, list) and all(isinstance(i, str) for i in joined)):
-        raise SnapshotError(f"'{JOINED_KEY}' must be a list of instance ids")
+    for key in (JOINED_KEY, CONSOLIDATING):
+        ids = data.get(key)
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise SnapshotError(f"'{key}' must be a list of instance ids")
     intents = data.get(INTENTS)
     if intents is not None:
         if not isinstance(intents, dict):
@@ -272,6 +274,8 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
             return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
         return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
     if "Drained" in states:
+        if running:
+            return worker(WorkerState.DRAINING, f"draining, {running} job(s) still running there by the schedd")
         if all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots):
             return worker(WorkerState.DRAINED, "every slot drained and idle")
         return worker(WorkerState.DRAINING, f"draining, {claimed} slot(s) still claimed" if claimed else "draining")
@@ -525,6 +529,15 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         for w in candidates[room:]:
             w.reason += f"; kept for min-vms {spec.min_vms}"
 
+    # Consolidation: half-empty workers drained so that the others fill (scaler/consolidate.py).
+    leaving = sum(1 for d in decisions if d.action is Action.DRAIN)
+    quiet = not over_threshold and not any(d.action is Action.LAUNCH for d in decisions)
+    merged = consolidate.choose(instances, {w.id: consolidate.load_of(by_instance.get(w.id, ())) for w in instances if w.state is WorkerState.BUSY},
+                                snapshot.get(CONSOLIDATING) or (), spec.idle_cpus_budget, spec.disruption_budget,
+                                max(0, active - spec.min_vms - leaving), quiet)
+    for choice in merged.chosen:
+        decisions.append(Decision(Action.DRAIN, choice.reason, instance=choice.worker.id, type=choice.worker.type))
+
     # Terminate: lost and drained instances, never one holding a claim.
     terminate_backoff = backoff.get("terminate", 0.0)
     for w in instances:
@@ -542,7 +555,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
-        joined=sorted(joined), intents=kept,
+        joined=sorted(joined), intents=kept, consolidating=merged.remembered,
     )
 
 
