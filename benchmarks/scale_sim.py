@@ -117,7 +117,8 @@ class Sim:
         self.boots = boots
         self.launches = 0
         self.lost_terminated = 0
-        self.vm_s = self.idle_s = self.boot_s = 0.0
+        self.vm_s = self.idle_s = self.boot_s = self.idle_core_s = 0.0
+        self.cpus = CPUS
         self.samples: dict[str, list[float]] = {name: [] for name in SAMPLED}
 
     def launch(self, now: float, count: int) -> None:
@@ -161,7 +162,9 @@ class Sim:
             self.vm_s += dt
             if not vm.joined:
                 self.boot_s += dt
-            elif all(s is None for s in vm.slots):
+                continue
+            self.idle_core_s += dt * sum(1 for s in vm.slots if s is None)
+            if all(s is None for s in vm.slots):
                 self.idle_s += dt
 
     def sample(self, now: float) -> None:
@@ -182,11 +185,16 @@ class Sim:
     def finished(self) -> bool:
         return not self.pending and not self.queue and not self.running
 
+    def idle_since(self, vid: str) -> Optional[float]:
+        """Since when every core of joined VM VID has been free (None: a job runs there)."""
+        vm = self.vms[vid]
+        return max(vm.slot_since) if all(s is None for s in vm.slots) else None
+
     def snapshot(self, now: float) -> dict[str, Any]:
         jobs = [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 1, "QDate": START + j.submit, "EnteredCurrentStatus": START + j.submit,
                  "RequestCpus": 1} for j in self.queue]
-        jobs += [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 2, "QDate": START + j.submit,
-                  "EnteredCurrentStatus": START + (j.start or 0), "RequestCpus": 1} for j in self.running.values()]
+        jobs += [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 2, "QDate": START + j.submit, "EnteredCurrentStatus": START + (j.start or 0),
+                  "RequestCpus": 1, "RemoteHost": f"slot{self.vms[j.vm or ''].slots.index(j.id) + 1}@{j.vm}"} for j in self.running.values()]
         slots: list[dict[str, Any]] = []
         instances: list[dict[str, Any]] = []
         for vm in self.vms.values():
@@ -195,10 +203,161 @@ class Sim:
             if not vm.joined:
                 continue
             for i, job in enumerate(vm.slots):
-                state = "Drained" if vm.draining else ("Claimed" if job is not None else "Unclaimed")
-                slots.append({"Name": f"slot{i + 1}@{vm.id}", "VfarmInstanceId": vm.id, "State": state,
-                              "Activity": "Busy" if job is not None else "Idle", "Cpus": 1,
+                state = "Claimed" if job is not None else ("Drained" if vm.draining else "Unclaimed")
+                activity = ("Retiring" if vm.draining else "Busy") if job is not None else "Idle"
+                slots.append({"Name": f"slot{i + 1}@{vm.id}", "VfarmInstanceId": vm.id, "State": state, "Activity": activity, "Cpus": 1,
                               "EnteredCurrentState": START + vm.slot_since[i]})
+        return {"now": START + now, "jobs": jobs, "slots": slots, "instances": instances}
+
+
+MIXED_CPUS = 8
+MIXED_MEMORY = 32768  # MB per worker
+MIXED_SECTION: dict[str, Any] = {"name": FARM, "max-vms": 30, "min-vms": 0, "waiting-jobs-threshold": 0, "waiting-time": 40,
+                                 "idle-time": 1200, "boot-timeout": 600,
+                                 "types": [{"name": "w8", "cpus": MIXED_CPUS, "memory": MIXED_MEMORY}]}
+
+
+@dataclass
+class MixedJob(Job):
+    cpus: int = 1
+    memory: int = 2048
+
+
+@dataclass
+class MixedVM:
+    """A worker of MIXED_CPUS cores with one partitionable slot (HTCondor's default on a worker)."""
+
+    id: str
+    launched: float
+    boot: Optional[float]
+    jobs: dict[int, MixedJob] = field(default_factory=dict)
+    changed: float = 0.0  # when its number of jobs last changed (NumDynamicSlotsTime)
+    joined: bool = False
+    draining: bool = False
+
+    @property
+    def free_cpus(self) -> int:
+        return MIXED_CPUS - sum(j.cpus for j in self.jobs.values())
+
+    @property
+    def free_memory(self) -> int:
+        return MIXED_MEMORY - sum(j.memory for j in self.jobs.values())
+
+
+def mixed_trace(seed: int, hours: float, bursts: int, background_per_hour: float) -> list[MixedJob]:
+    """The day's arrival times and run times, each job asking for 1, 2, 4 or 8 CPUs (half of them
+    one) and 1-3 GB of memory per CPU; a burst is one user's task: all its jobs the same shape."""
+    rng = random.Random(seed * 31 + 5)
+    jobs = []
+    for job in trace(seed, hours, bursts, background_per_hour):
+        cpus, per_cpu = rng.choice((1, 1, 1, 1, 1, 2, 2, 4, 4, 8)), rng.uniform(1024, 3072)
+        jobs.append(MixedJob(job.id, job.submit, job.runtime, cpus=cpus, memory=min(MIXED_MEMORY, int(cpus * per_cpu))))
+    # Bursts: consecutive jobs submitted within 5 minutes of each other share their first job's shape.
+    for before, job in zip(jobs, jobs[1:]):
+        if job.submit - before.submit < 5:
+            job.cpus, job.memory = before.cpus, before.memory
+    return jobs
+
+
+class MixedSim(Sim):
+    """The pool with partitionable slots: a job takes the CPUs and memory it asks for; the
+    negotiator takes jobs in submit order, each onto the worker with the fewest free CPUs that
+    holds it (HTCondor's default NEGOTIATOR_PRE_JOB_RANK prefers the slot with the fewest Cpus,
+    then Memory), skipping jobs that fit nowhere for now."""
+
+    def __init__(self, jobs: list[Job], boots: list[Optional[float]]):
+        super().__init__([], boots)
+        self.pending = [MixedJob(j.id, j.submit, j.runtime, cpus=getattr(j, "cpus", 1), memory=getattr(j, "memory", 2048)) for j in jobs]
+        self.vms: dict[str, MixedVM] = {}  # type: ignore[assignment]
+        self.cpus = MIXED_CPUS
+
+    def launch(self, now: float, count: int) -> None:
+        for _ in range(count):
+            vid = f"i-{self.launches:06d}"
+            self.vms[vid] = MixedVM(vid, now, self.boots[self.launches % len(self.boots)])
+            self.launches += 1
+
+    def terminate(self, vid: str) -> None:
+        vm = self.vms.pop(vid)
+        assert not vm.jobs, f"{vid} terminated with a running job"
+        if not vm.joined:
+            self.lost_terminated += 1
+
+    def step(self, now: float) -> None:
+        while self.pending and self.pending[0].submit <= now:
+            self.queue.append(self.pending.pop(0))
+        for job in [j for j in self.running.values() if j.start is not None and j.start + j.runtime <= now]:
+            vm = self.vms[job.vm or ""]
+            del vm.jobs[job.id]
+            vm.changed = job.start + job.runtime if job.start is not None else now
+            del self.running[job.id]
+            self.done.append(job)
+        for vm in self.vms.values():
+            if not vm.joined and vm.boot is not None and vm.launched + vm.boot <= now:
+                vm.joined, vm.changed = True, vm.launched + vm.boot
+        open_vms = [vm for vm in self.vms.values() if vm.joined and not vm.draining]
+        waiting = []
+        for job in self.queue:
+            fits = [vm for vm in open_vms if vm.free_cpus >= job.cpus and vm.free_memory >= job.memory]  # type: ignore[attr-defined]
+            if not fits:
+                waiting.append(job)
+                continue
+            vm = min(fits, key=lambda v: (v.free_cpus, v.free_memory, v.id))
+            vm.jobs[job.id] = job  # type: ignore[assignment]
+            vm.changed = now
+            job.start, job.vm = now, vm.id
+            self.running[job.id] = job
+        self.queue = waiting
+
+    def account(self, dt: float) -> None:
+        for vm in self.vms.values():
+            self.vm_s += dt
+            if not vm.joined:
+                self.boot_s += dt
+                continue
+            self.idle_core_s += dt * vm.free_cpus
+            if not vm.jobs:
+                self.idle_s += dt
+
+    def sample(self, now: float) -> None:
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        idle_cores = 0
+        for vm in self.vms.values():
+            if not vm.joined:
+                counts["lost" if now - vm.launched >= MIXED_SECTION["boot-timeout"] else "booting"] += 1
+                continue
+            idle_cores += vm.free_cpus
+            counts["draining" if vm.draining else ("idle" if not vm.jobs else "busy")] += 1
+        values = {"time": now, "waiting": len(self.queue), "idle cores": idle_cores, **counts}
+        for name in SAMPLED:
+            self.samples[name].append(float(values[name]))
+
+    def idle_since(self, vid: str) -> Optional[float]:
+        vm = self.vms[vid]
+        return None if vm.jobs else vm.changed
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        def ad(job: Job, status: int) -> dict[str, Any]:
+            data = {"ClusterId": job.id, "ProcId": 0, "JobStatus": status, "QDate": START + job.submit, "RequestCpus": job.cpus,  # type: ignore[attr-defined]
+                    "RequestMemory": job.memory, "EnteredCurrentStatus": START + (job.start if status == 2 and job.start else job.submit)}  # type: ignore[attr-defined]
+            if status == 2:
+                data["RemoteHost"] = f"slot1_{job.id}@{job.vm}"
+            return data
+
+        jobs = [ad(j, 1) for j in self.queue] + [ad(j, 2) for j in self.running.values()]
+        slots: list[dict[str, Any]] = []
+        instances: list[dict[str, Any]] = []
+        for vm in self.vms.values():
+            instances.append({"InstanceId": vm.id, "State": {"Name": "running"}, "LaunchTime": START + vm.launched,
+                              "Tags": [{"Key": "vfarm:farm", "Value": FARM}]})
+            if not vm.joined:
+                continue
+            slots.append({"Name": f"slot1@{vm.id}", "VfarmInstanceId": vm.id, "State": "Drained" if vm.draining else "Unclaimed",
+                          "Activity": "Retiring" if vm.draining and vm.jobs else "Idle", "Cpus": vm.free_cpus, "Memory": vm.free_memory,
+                          "PartitionableSlot": True, "EnteredCurrentState": START + (vm.launched + (vm.boot or 0)),
+                          "NumDynamicSlotsTime": START + vm.changed})
+            slots += [{"Name": f"slot1_{j.id}@{vm.id}", "VfarmInstanceId": vm.id, "State": "Claimed", "Activity": "Retiring" if vm.draining else "Busy",
+                       "Cpus": j.cpus, "Memory": j.memory, "DynamicSlot": True, "EnteredCurrentState": START + (j.start or 0)} for j in vm.jobs.values()]
         return {"now": START + now, "jobs": jobs, "slots": slots, "instances": instances}
 
 
@@ -206,22 +365,26 @@ class VfarmPolicy:
     name = "vfarm (scaler/plan.py)"
     slug = "vfarm"
 
-    def __init__(self) -> None:
+    def __init__(self, section: Optional[dict[str, Any]] = None, name: str = "", slug: str = "") -> None:
         from vfarm.config import scale as spec
 
-        self.spec = spec.parse(SECTION)
+        self.name, self.slug = name or self.name, slug or self.slug
+        self.spec = spec.parse(section or SECTION)
         self.plan_seconds: list[float] = []
         self.observed_idle_since: dict[str, float] = {}  # carried from cycle to cycle, as the scaler's loop does
+        self.consolidating: list[str] = []
 
     def decide(self, sim: Sim, now: float) -> None:
         from vfarm.scaler import plan
 
         snap = sim.snapshot(now)
         snap[plan.OBSERVED] = self.observed_idle_since
+        snap[plan.CONSOLIDATING] = self.consolidating
         t = time.perf_counter()
         decided = plan.plan(snap, self.spec)
         self.plan_seconds.append(time.perf_counter() - t)
         self.observed_idle_since = dict(decided.observed_idle_since)
+        self.consolidating = list(decided.consolidating)
         for vid in decided.terminate:
             sim.terminate(vid)
         for vid in decided.drain:
@@ -233,20 +396,21 @@ class ElastiqPolicy:
     name = "elastiq's rule"
     slug = "elastiq"
 
-    def __init__(self) -> None:
+    def __init__(self, section: Optional[dict[str, Any]] = None) -> None:
+        self.section = section or SECTION
         self.over_since: Optional[float] = None
         self.last_vm_check = -math.inf
 
     def decide(self, sim: Sim, now: float) -> None:
-        cfg = SECTION
+        cfg = self.section
         booting = [vm for vm in sim.vms.values() if not vm.joined]
-        waiting = len(sim.queue) - len(booting) * CPUS
+        waiting = len(sim.queue) - len(booting) * sim.cpus
         if waiting > cfg["waiting-jobs-threshold"]:
             if self.over_since is None:
                 self.over_since = now
             elif now - self.over_since >= cfg["waiting-time"]:
                 room = cfg["max-vms"] - len(sim.vms)
-                sim.launch(now, max(0, min(room, math.ceil(waiting / CPUS))))
+                sim.launch(now, max(0, min(room, math.ceil(waiting / sim.cpus))))
                 self.over_since = None
         else:
             self.over_since = None
@@ -255,14 +419,15 @@ class ElastiqPolicy:
             for vm in sorted(sim.vms.values(), key=lambda v: v.id):
                 if len(sim.vms) <= cfg["min-vms"]:
                     break
-                if vm.joined and all(s is None for s in vm.slots) and now - max(vm.slot_since) >= cfg["idle-time"]:
+                idle_since = sim.idle_since(vm.id) if vm.joined else None
+                if idle_since is not None and now - idle_since >= cfg["idle-time"]:
                     sim.terminate(vm.id)
                 elif not vm.joined and now - vm.launched >= cfg["boot-timeout"]:
                     sim.terminate(vm.id)
 
 
-def simulate(policy: Any, jobs: list[Job], boots: list[Optional[float]], limit_hours: float) -> Sim:
-    sim = Sim(jobs, boots)
+def simulate(policy: Any, jobs: list[Job], boots: list[Optional[float]], limit_hours: float, kind: type[Sim] = Sim) -> Sim:
+    sim = kind(jobs, boots)
     now = 0.0
     while now <= limit_hours * 3600:
         sim.step(now)
@@ -332,6 +497,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     figures = args.figures or args.output.resolve().parent / "benchmarks" / "figures"
     section.add(figure_table(draw(runs, args.seed, figures), args.output.resolve().parent))
     section.add(SIM_NOTE)
+    run_mixed(args, section, hours, bursts)
 
     # The planner on a big snapshot.
     sizes = (1000, 30, 100) if args.smoke else (10_000, 300, 1_000)
@@ -349,6 +515,40 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                 f"target {common.fmt_ms(PLANNER_TARGET)}: {'met' if med <= PLANNER_TARGET else 'MISSED'}. "
                 f"(It decided: launch {decided.launch}, drain {len(decided.drain)}, terminate {len(decided.terminate)}, "
                 f"{decided.waiting} waiting jobs.)\n")
+
+
+def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, bursts: int) -> None:
+    """The mixed trace: vfarm with consolidation (the defaults), vfarm without it, elastiq's rule."""
+    jobs = mixed_trace(args.seed, hours, bursts, 20)
+    boots = boot_times(args.seed)
+    rows: list[list[object]] = []
+    for max_vms in args.max_vms or [30, 100]:
+        farm = {**MIXED_SECTION, "max-vms": max_vms}
+        policies = [VfarmPolicy(farm, "vfarm, consolidation (defaults)", "vfarm"),
+                    VfarmPolicy({**farm, "disruption-budget": 0}, "vfarm, no consolidation", "vfarm-off"), ElastiqPolicy(farm)]
+        figures: dict[str, tuple[float, float]] = {}
+        for policy in policies:
+            sim = simulate(policy, jobs, boots, hours + 12, MixedSim)
+            waits = [(j.start or 0) - j.submit for j in sim.done]
+            p95 = common.percentile(waits, 95)
+            figures[policy.slug] = (sim.idle_core_s, p95)
+            rows.append([max_vms, policy.name, f"{len(sim.done)}/{len(jobs)}", f"{common.median(waits) / 60:.1f} min", f"{p95 / 60:.1f} min",
+                         f"{sim.vm_s / 3600:.1f}", f"{sim.vm_s * MIXED_CPUS / 3600:.0f}", f"{sim.idle_core_s / 3600:.0f}", sim.launches])
+        for slug in ("vfarm", "vfarm-off"):
+            idle, p95 = figures[slug]
+            elastiq_idle, elastiq_p95 = figures["elastiq"]
+            rows[-3 if slug == "vfarm" else -2].append(f"{idle / elastiq_idle:.2f}; p95 {'<=' if p95 <= elastiq_p95 else '>'} elastiq's")
+        rows[-1].append("1")
+    work = sum(j.runtime * j.cpus for j in jobs) / 3600
+    shapes = {c: sum(1 for j in jobs if j.cpus == c) for c in (1, 2, 4, 8)}
+    section.add(f"\n**Mixed trace** (the same arrival and run times; jobs of 1/2/4/8 CPUs: {shapes}, 1-3 GB of memory per CPU, "
+                f"each burst one shape; {work:.0f} core-hours of work). Workers of {MIXED_CPUS} CPUs and {MIXED_MEMORY // 1024} GB, "
+                f"one partitionable slot; the negotiator puts each job on the worker with the fewest free CPUs that holds it "
+                f"(HTCondor's default rank). Farm: {({k: v for k, v in MIXED_SECTION.items() if k != 'max-vms'})}; "
+                f"consolidation at its defaults (consolidate-idle-cpus = {MIXED_CPUS}, disruption-budget 1). "
+                f"Target: idle core-hours <= 0.7 x elastiq's rule at an equal or lower p95 wait.\n")
+    section.add(common.table(["max-vms", "policy", "jobs done", "wait median", "wait p95", "VM-hours", "core-hours", "idle core-hours",
+                              "launches", "idle core-hours / elastiq's"], rows))
 
 
 @dataclass

@@ -27,6 +27,8 @@ from typing import Any
 from .model import Worker, WorkerState
 
 DRAINING = frozenset({WorkerState.DRAINING})
+# Taking new jobs: their idle CPUs are the farm's.
+OPEN = frozenset({WorkerState.IDLE, WorkerState.BUSY})
 # No longer counted against the budget: terminated in this cycle.
 GONE = frozenset({WorkerState.DRAINED, WorkerState.LOST})
 
@@ -77,9 +79,8 @@ def choose(workers: list[Worker], loads: dict[str, Load], remembered: Iterable[s
     live = {w.id: w for w in workers}
     earlier = set(remembered)
     # A remembered worker counts until it is drained and terminated, whatever its (lagging) ads say.
-    draining = sorted({iid for iid in earlier if iid in live and live[iid].state not in GONE}
-                      | {w.id for w in workers if w.state in DRAINING and w.claimed > 0})
-    counted = [w for w in workers if w.state in (WorkerState.IDLE, WorkerState.BUSY) and w.id not in draining]
+    draining = {iid for iid in earlier if iid in live and live[iid].state not in GONE} | {w.id for w in workers if w.state in DRAINING and w.claimed > 0}
+    counted = [w for w in workers if w.state in OPEN and w.id not in draining]
     idle = sum(loads[w.id].free for w in counted if w.id in loads)
     chosen: list[Choice] = []
     slots_left = min(disruption_budget - len(draining), room)
@@ -99,4 +100,4 @@ def choose(workers: list[Worker], loads: dict[str, Load], remembered: Iterable[s
                                     f"{idle_cpus_budget}; least loaded ({load.used} of {load.total} CPUs in use, the others have "
                                     f"{others} free): its jobs run to their end, no new one starts there"))
             left = others
-    return Consolidation(chosen, idle, draining, sorted({*draining, *(c.worker.id for c in chosen)}))
+    return Consolidation(chosen, idle, sorted(draining), sorted({*draining, *(c.worker.id for c in chosen)}))

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfarm.config.loader import ConfigError, load_text
 from vfarm.config import scale as scale_spec
+from vfarm.config.loader import ConfigError, load_text
 from vfarm.scaler import plan as planner
 
 NOW = 1_700_000_000.0
