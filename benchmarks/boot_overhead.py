@@ -5,7 +5,7 @@ shell script that runs the same commands on the same image and the same data dis
 - vfarm: the localfs section of examples/torino.yaml, `embed` user-data (the part-handler runs in
   cloud-init's init stage). Its time is the status record's "seconds" (/var/log/vfarm/
   localfs.status.json: from the record's start, before the section is validated, to its end: so
-  validation, discover (vgs/lvs/pvs/blkid/findmnt/swapon), plan, apply and the records).
+  validation, discover (lvm fullreport/blkid/findmnt/swapon), plan, apply and the records).
 - shell: a `#cloud-boothook` (same stage as the part-handler) generated from the argv lists the
   FIRST vfarm boot recorded: the same lvcreate/mkfs/mkswap/mkdir/mount/swapon/chmod, each logged
   with its output (`set -x` into a log file, as vfarm's runner logs; bash's $EPOCHREALTIME times
@@ -114,7 +114,7 @@ EXIT_LINE = re.compile(r" exit -?\d+ after ([0-9.]+) s: (\S+)")
 
 def discover_seconds(log: str, applied: int) -> float:
     """Seconds of the commands in a vfarm handler log that are not among its APPLIED steps: the
-    discover queries (vgs, lvs, pvs, blkid, findmnt, swapon). The log has one `exit N after X s:
+    discover queries (lvm fullreport, blkid, findmnt, swapon). The log has one `exit N after X s:
     CMD` line per command, in order; the applied ones are the last APPLIED of them."""
     spans = [float(m.group(1)) for m in EXIT_LINE.finditer(log)]
     return sum(spans[: max(0, len(spans) - applied)])
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     f"(n = {len(vfarm_s)} + {len(shell_s)}); **ratio {ratio:.2f}** (target <= {TARGET}: {verdict}). "
                     f"Median wall time per boot: vfarm {common.median(walls['vfarm']):.1f} s, shell {common.median(walls['shell']):.1f} s.\n")
         section.add(f"Within each vfarm boot (immune to the boot-to-boot noise of a shared host): vfarm's time outside the commands "
-                    f"it applies (validation, discover's vgs/lvs/pvs/blkid/findmnt/swapon, plan, records) has median {common.median(own):.3f} s, "
+                    f"it applies (validation, discover's lvm fullreport/blkid/findmnt/swapon, plan, records) has median {common.median(own):.3f} s, "
                     f"of which the discover commands {common.median(queries):.3f} s and Python {common.median([o - q for o, q in zip(own, queries)]):.3f} s; "
                     f"total / commands = median **{common.median(same_boot):.2f}**, the ratio against a script that runs only those "
                     "commands and nothing else.\n")
@@ -256,17 +256,14 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
         section.add(f"- problem: {problem}")
 
 
-BOOT_NOTE = """Why the target is missed, and what would bring it within reach: most of vfarm's own time
-is its discover step's commands (the figures above), and most of those are three LVM reports
-(`vgs`, `lvs`, `pvs`, each a separate LVM process that scans the block devices: 0.1-0.3 s apiece
-in these TCG guests, see the `exit 0 after` lines of the handler logs kept under
-/var/cache/vfarm/benchmarks/boot/). The Python work (validating the section, planning, writing the
-log and the status record) is the small remainder. The discovery is what makes a second run
-change nothing and refuses to touch a foreign volume, so it stays; making it cheaper is the way:
-one `lvm fullreport --reportformat json` (VGs, PVs and LVs in one process) instead of three
-reports saves two LVM starts, and a `--devices` list limited to the VG's physical volumes
-shortens each scan. With the figures of these runs that brings the ratio to about the target.
-That is cc_modules/cc_localfs.py's discover step: reported, not changed here.
+BOOT_NOTE = """Why the target is missed: most of vfarm's own time is its discover step's commands (the
+figures above): one `lvm fullreport` (VGs, PVs and LVs in one LVM process that scans the block
+devices: 0.1-0.3 s in these TCG guests, see the `exit 0 after` lines of the handler logs kept
+under /var/cache/vfarm/benchmarks/boot/), blkid on the parts and devices, findmnt and swapon.
+The Python work (validating the section, planning, writing the log and the status record) is the
+small remainder. The discovery is what makes a second run change nothing and refuses to touch a
+foreign volume, so it stays; a `--devices` list limited to the VG's physical volumes would
+shorten the LVM scan further.
 The boot-to-boot comparison (medians of vfarm and shell boots) is shown too, but with this
 host's noise (one boot's commands take 2.2 s, the next 4.5 s) a few boots per side cannot resolve
 a 5 % difference (earlier runs of this script gave 1.21, 1.67 and 1.00 for it); the within-boot

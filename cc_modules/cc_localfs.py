@@ -33,7 +33,7 @@ FSTAB = "/etc/fstab"
 CARRY_DIR = "/run/vfarm/localfs"  # where a new filesystem is mounted while content is copied in
 FSTAB_MARK = "# vfarm localfs"
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
-LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "vgs", "lvs", "pvs")
+LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvm")
 
 frequency = PER_INSTANCE
 distros = DISTROS
@@ -62,20 +62,28 @@ class Facts:
         return asdict(self)
 
 
-def _report(text: str, kind: str) -> list[dict[str, str]]:
+# One `lvm fullreport` reads the volume groups, PVs and LVs at once (under TCG each LVM command
+# costs a scan of every device). Each VG is one report, PVs without a VG one more; the segment
+# reports it always adds get one field each.
+FULLREPORT = ["lvm", "fullreport", "--reportformat", "json", "--units", "b", "--nosuffix",
+              "--configreport", "vg", "-o", "vg_name,vg_extent_size,vg_extent_count,vg_free_count",
+              "--configreport", "pv", "-o", "pv_name,vg_name",
+              "--configreport", "lv", "-o", "lv_name,vg_name,lv_size,lv_tags",
+              "--configreport", "pvseg", "-o", "pvseg_start",
+              "--configreport", "seg", "-o", "seg_start"]
+
+
+def _lvm_report(ctx: Context) -> dict[str, list[dict[str, str]]]:
+    """The rows of `lvm fullreport` by kind (vg, pv, lv), every report's rows together."""
+    text = ctx.runner.run(FULLREPORT, env=LVM_ENV, changes=False).stdout
+    rows: dict[str, list[dict[str, str]]] = {"vg": [], "pv": [], "lv": []}
     try:
-        data = json.loads(text or "{}")
-        rows: list[dict[str, str]] = []
-        for report in data.get("report", []):
-            rows += report.get(kind, [])
-        return rows
+        for report in json.loads(text or "{}").get("report", []):
+            for kind, found in rows.items():
+                found += report.get(kind, [])
     except (ValueError, AttributeError) as err:
-        raise StepError(f"cannot read the {kind}s JSON report of lvm: {err}") from None
-
-
-def _lvm(ctx: Context, tool: str, fields: str) -> str:
-    argv = [tool, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields]
-    return ctx.runner.run(argv, env=LVM_ENV, changes=False).stdout
+        raise StepError(f"cannot read the JSON report of lvm fullreport: {err}") from None
+    return rows
 
 
 def _probe(ctx: Context, device: str) -> Optional[str]:
@@ -99,16 +107,17 @@ def mapper_name(vg: str, lv: str) -> str:
 
 def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts = Facts()
-    for row in _report(_lvm(ctx, "vgs", "vg_name,vg_extent_size,vg_extent_count,vg_free_count"), "vg"):
+    report = _lvm_report(ctx)
+    for row in report["vg"]:
         facts.vgs[row["vg_name"]] = {
             "extent_size": int(row["vg_extent_size"]),
             "extents": int(row["vg_extent_count"]),
             "free": int(row["vg_free_count"]),
         }
-    for row in _report(_lvm(ctx, "lvs", "lv_name,vg_name,lv_size,lv_tags"), "lv"):
+    for row in report["lv"]:
         tags = [t for t in row.get("lv_tags", "").split(",") if t]
         facts.lvs[f"{row['vg_name']}/{row['lv_name']}"] = {"size": int(row.get("lv_size") or 0), "tags": tags}
-    for row in _report(_lvm(ctx, "pvs", "pv_name,vg_name"), "pv"):
+    for row in report["pv"]:
         facts.pvs[row["pv_name"]] = row.get("vg_name", "")
     for device in spec.devices:
         if device not in facts.pvs:

@@ -37,7 +37,7 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
     try:
         instance = make_instance(config, image=args.image, handlers=args.handlers, gzip=args.gzip, pin=args.pin, max_size=args.max_size,
                                  disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, standin=not args.no_standin,
-                                 pool_forward=args.pool_forward, netns=args.netns)
+                                 pool_forward=args.pool_forward, netns=args.netns, metadata=args.metadata)
     except CommandError as err:
         return fail(f"launch local: {err}")
     except BuildError as err:
@@ -95,7 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help=f"seconds per boot before giving up (default {DEFAULT_TIMEOUT:.0f})")
     p.add_argument("--smp", type=int, default=2, help="vCPUs (default 2: faster under TCG)")
     p.add_argument("--pool-forward", metavar="HOST:PORT", type=_host_port,
-                   help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100)")
+                   help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100; "
+                        "with --metadata 169.254.0.100)")
+    p.add_argument("--metadata", action="store_true",
+                   help="give the guest its user-data as a cloud does: an EC2-style metadata service at 169.254.169.254 "
+                        "(cloud-init's Ec2 datasource), no seed disk; the guest's network is then 169.254.0.0/16")
     p.add_argument("--netns", metavar="PATH",
                    help="run qemu inside this network namespace (/run/netns/NAME or /proc/PID/ns/net), e.g. the one the pool listens in")
     p.add_argument("--json", action="store_true", help="also print summary.json")

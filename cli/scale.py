@@ -3,7 +3,8 @@
 `vfarm scale FARM --snapshot SNAP.json [--json]` decides from a saved snapshot and changes nothing;
 `vfarm scale FARM --once [--dry-run] [--save-snapshot FILE]` runs one live cycle (discover from the
 pool and the cloud, plan, apply unless --dry-run); `vfarm scale FARM [--dry-run] [--metrics-port P]`
-runs the loop until SIGTERM; `--status` shows the farm.
+runs the loop until SIGTERM, with `--http [ADDRESS:]PORT` its read-only status page (scaler/page.py,
+127.0.0.1 unless an address is given); `--status` shows the farm.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from ..config import scale as scale_spec
 from ..display import ShownFormatter, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, loads_bounded
-from ..redaction import redact_strings
-from ..scaler import apply, backends, discover, loop
+from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
 from ..scaler.model import Action, Plan
 from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
@@ -164,14 +164,14 @@ def make_backend(spec: scale_spec.ScaleSpec, farm: str, build: bool) -> apply.Ba
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
-                metrics: Optional[loop.Metrics] = None) -> loop.Scaler:
+                metrics: Optional[loop.Metrics] = None, keep_status: bool = False) -> loop.Scaler:
     token_dir = _token_dir(spec, args.farm, stack)
     backend = make_backend(spec, args.farm, build=not dry_run)
     prefix = [str(a) for a in spec.pool.get("admin-command") or []]
     env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
     logger = _logger()
     drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=logger)
-    return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics)
+    return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics, keep_status=keep_status)
 
 
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
@@ -190,19 +190,15 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
     snapshot = scaler.discover()
     snapshot.update(scaler.memory())
     result = planner.plan(snapshot, spec)
-    rows = loop.status_rows(result, snapshot, spec) + loop.ended_rows(snapshot, spec)
-    for row in rows:  # what the final check of each instance that ended or is ending said
-        if row["state"] in loop.VERDICT_STATES:
-            row["lost_reason"], row["verdict"] = scaler.applier.read_verdict(row["instance"])
+    status = loop.status_document(result, snapshot, spec, scaler.applier.read_verdict)  # the status page's too
     if as_json:
-        print(json.dumps({"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
-                          "supply": result.supply, "instances": redact_strings(rows)}, indent=2, sort_keys=True))
+        print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        print(render_status(rows, spec, result), end="")
+        print(render_status(status["instances"], spec, result), end="")
     return EXIT_OK
 
 
-def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int]) -> int:
+def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int], http: Optional[tuple[str, int]] = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -211,6 +207,7 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     server = None
+    stop_page = None
     try:
         if metrics is not None and port is not None:
             try:
@@ -218,12 +215,21 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
             except OSError as err:
                 return fail(f"--metrics-port {port}: cannot listen on 127.0.0.1: {err.strerror or err}")
             scaler.log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        if http is not None:
+            try:
+                _, stop_page = page.serve(http, scaler.history, scaler.spec.name, scaler.spec.check_every, scaler.log)
+            except OSError as err:
+                return fail(f"--http {http[0]}:{http[1]}: cannot listen: {err.strerror or err}")
+            host = f"[{http[0]}]" if ":" in http[0] else http[0]
+            scaler.log.info("status page on http://%s:%d/", host, http[1])
         scaler.loop(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if server is not None:
             server.shutdown()
+        if stop_page is not None:
+            stop_page()
     return EXIT_OK
 
 
@@ -241,6 +247,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
         return fail("--metrics-port serves the metrics of the loop: it does not go with --once or --status")
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         return fail(f"--metrics-port: not a port number: {args.metrics_port}")
+    http: Optional[tuple[str, int]] = None
+    if args.http is not None:
+        if args.once or args.status or args.snapshot:
+            return fail("--http serves the status page of the loop: it does not go with --once, --status or --snapshot")
+        try:
+            http = page.parse_address(args.http)
+        except page.AddressError as err:
+            return fail(f"--http: {err}")
     if args.snapshot:
         try:
             result = planner.plan(read_snapshot(args.snapshot), spec)
@@ -252,11 +266,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             # --once is one cycle of the loop: it records the same metrics (nothing serves them).
             metrics = loop.Metrics(spec.name) if args.metrics_port is not None or args.once else None
-            scaler = make_scaler(spec, args, stack, dry_run, metrics)
+            scaler = make_scaler(spec, args, stack, dry_run, metrics, keep_status=http is not None)
             if args.status:
                 return _status(scaler, spec, args.json)
             if not args.once:
-                return _run_loop(scaler, metrics, args.metrics_port)
+                return _run_loop(scaler, metrics, args.metrics_port, http)
             save = functools.partial(_save_snapshot, args.save_snapshot) if args.save_snapshot else None
             cycled = scaler.cycle(save=save, strict=True)  # exactly one cycle of the loop
             assert cycled is not None  # strict: a skipped cycle raised
@@ -296,4 +310,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the plan (or --status) as JSON")
     p.add_argument("--status", action="store_true", help="print the farm: instance, state, age, slots, jobs (changes nothing)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT while the loop runs")
+    p.add_argument("--http", metavar="[ADDRESS:]PORT",
+                   help="serve the read-only status page (and its JSON) while the loop runs; on 127.0.0.1 unless ADDRESS is given")
     p.set_defaults(func=cmd_scale)

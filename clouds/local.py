@@ -15,6 +15,7 @@ an HTTP server on this machine's 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import fcntl
 import http.server
@@ -23,7 +24,9 @@ import os
 import re
 import shutil
 import signal
+import socketserver
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -35,6 +38,7 @@ from .hostcmd import CommandError, Stopwatch, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
 
 GUEST_HTTP = "10.0.2.100"
+GUEST_MAC = "52:54:00:12:34:56"
 GUEST_POOL_PORT = 9618  # --pool-forward: the guest's 10.0.2.100:9618 goes to the pool (a socat per connection)
 VG_NAME = "vg_local"
 DEFAULT_TIMEOUT = 600.0
@@ -147,7 +151,7 @@ TOKEN_HEADER = "X-aws-ec2-metadata-token"
 
 
 class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-    server: MetadataServer
+    server: MetadataServer | UnixMetadataServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         self.server.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".strip())
@@ -182,31 +186,34 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
             self._send(200, found[0], found[1])
 
 
-class MetadataServer(http.server.ThreadingHTTPServer):
-    """An EC2-style instance metadata service on 127.0.0.1 (a free port), for one instance: its
-    meta-data tree (instance id, host name, type, image, address, zone), its user-data as bytes,
-    and IMDSv2 session tokens (IMDSv1 requests without a token too, unless REQUIRE_TOKEN). The
-    guest sees it as http://169.254.169.254/ through `metadata_netdev`."""
+class _MetadataService:
+    """An EC2-style instance metadata service for one instance: its meta-data tree (instance id,
+    host name, type, image, address, zone), its user-data as bytes, and IMDSv2 session tokens
+    (IMDSv1 requests without a token too, unless REQUIRE_TOKEN). The guest sees it as
+    http://169.254.169.254/ through `metadata_netdev`."""
 
-    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
-                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
+    thread: threading.Thread
+
+    def _init_service(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str, image_id: str,
+                      local_ipv4: str, zone: str, require_token: bool) -> None:
         self.userdata = userdata
         self.require_token = require_token
         self.token = uuid.uuid4().hex
         self.requests: list[str] = []
         self.meta: dict[str, Any] = {
             "ami-id": image_id or "ami-local", "hostname": hostname, "instance-id": instance_id, "instance-type": instance_type,
-            "local-hostname": hostname, "local-ipv4": local_ipv4, "placement": {"availability-zone": zone},
+            "local-hostname": hostname, "local-ipv4": local_ipv4, "placement": {"availability-zone": zone}, "mac": GUEST_MAC,
+            # The NIC as EC2 describes it: cloud-init then raises it with DHCPv4 only. Without it,
+            # its fallback asks for DHCPv6 too, which slirp never answers (ifup hangs).
+            "network": {"interfaces": {"macs": {GUEST_MAC: {"device-number": "0", "interface-id": "eni-local", "local-ipv4s": local_ipv4,
+                                                            "mac": GUEST_MAC}}}},
         }
         self.identity = {"instanceId": instance_id, "instanceType": instance_type, "imageId": self.meta["ami-id"], "region": zone,
                          "availabilityZone": zone, "privateIp": local_ipv4}
-        super().__init__(("127.0.0.1", 0), _MetadataHandler)
-        self.thread = threading.Thread(target=self.serve_forever, name="vfarm-metadata", daemon=True)
-        self.thread.start()
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+    def _start(self, serve: Any) -> None:
+        self.thread = threading.Thread(target=serve, name="vfarm-metadata", daemon=True)
+        self.thread.start()
 
     def answer(self, path: str) -> Optional[tuple[bytes, str]]:
         """(body, content type) for a GET of PATH, None for 404."""
@@ -233,17 +240,91 @@ class MetadataServer(http.server.ThreadingHTTPServer):
             return str(node).encode(), "text/plain"
         return None
 
+
+
+class MetadataServer(_MetadataService, http.server.ThreadingHTTPServer):
+    """The metadata service on 127.0.0.1 (a free port): for a guest in this host's network."""
+
+    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
+                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
+        self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local_ipv4,
+                           zone=zone, require_token=require_token)
+        super().__init__(("127.0.0.1", 0), _MetadataHandler)
+        self._start(self.serve_forever)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def socat_target(self) -> str:
+        return f"TCP:127.0.0.1:{self.port}"
+
     def close(self) -> None:
         self.shutdown()
         self.server_close()
 
 
-def metadata_netdev(metadata_port: int, pool_forward: Optional[str] = None) -> str:
+class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServer):
+    """The metadata service on a Unix socket of its own: qemu's socat reaches it from any network
+    namespace (a socket file is not in one), so a guest beside a pool in a namespace reads it too."""
+
+    daemon_threads = True
+
+    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
+                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
+        self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local_ipv4,
+                           zone=zone, require_token=require_token)
+        # Its own short folder: a socket path may hold only 107 bytes.
+        self.folder = Path(tempfile.mkdtemp(prefix="vfarm-md-"))
+        super().__init__(str(self.folder / "metadata.sock"), _MetadataHandler)
+        self._start(self.serve_forever)
+
+    @property
+    def socat_target(self) -> str:
+        return f"UNIX-CONNECT:{self.folder / 'metadata.sock'}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# How a guest reading the metadata service raises its NIC: a static address in that network, on the
+# kernel command line (cloud-init reads `network-config=` first, whatever the datasource). Off
+# EC2, cloud-init's Ec2Local stage does not run (the platform is not identified as AWS), so the
+# network stage would otherwise come up with the fallback config, whose DHCPv6 slirp never answers.
+METADATA_NETWORK_B64 = base64.b64encode(f"""version: 2
+ethernets:
+  eth0:
+    match: {{macaddress: "{GUEST_MAC}"}}
+    set-name: eth0
+    addresses: [{METADATA_GUEST}/16]
+""".encode()).decode()
+
+
+# System config on the kernel command line (cloud-init's `cc: ... end_cc`), for a guest that is not
+# on EC2 yet reads an EC2 metadata service: no warning that the platform is not identified as AWS,
+# and the network raised once (the network stage, where the Ec2 datasource is found off EC2, would
+# bring eth0 up a second time and log ifup's "already configured").
+METADATA_SYSTEM_CONFIG = "cc: {datasource: {Ec2: {strict_id: false}}, disable_network_activation: true} end_cc"
+
+
+def metadata_cmdline(cloud_init_version: str) -> str:
+    """The kernel command line's part for a metadata guest: the datasource (`ds=Ec2` from cloud-init
+    23.2 on, which deprecates the older `ci.ds=`), its network and its system config."""
+    major_minor = tuple(int(n) for n in re.findall(r"\d+", cloud_init_version)[:2])
+    datasource = "ds=Ec2" if len(major_minor) == 2 and major_minor >= (23, 2) else "ci.ds=Ec2"
+    return f"{datasource} network-config={METADATA_NETWORK_B64} {METADATA_SYSTEM_CONFIG}"
+
+
+def metadata_netdev(metadata: str, pool_forward: Optional[str] = None) -> str:
     """qemu's -netdev for a guest that reads its data from the metadata service: slirp with
-    restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to the MetadataServer on PORT,
-    and (POOL_FORWARD, HOST:PORT) the pool at METADATA_POOL:9618, a socat per connection."""
+    restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to METADATA (a socat address: a
+    metadata server's socat_target), and (POOL_FORWARD, HOST:PORT) the pool at METADATA_POOL:9618,
+    a socat per connection."""
     options = ["user,id=n0,restrict=on", f"net={METADATA_NET}", f"host={METADATA_HOST}", f"dns={METADATA_DNS}", f"dhcpstart={METADATA_GUEST}",
-               f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:{metadata_port}"]
+               f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:socat - {metadata}"]
     if pool_forward is not None:
         options.append(f"guestfwd=tcp:{METADATA_POOL}:{GUEST_POOL_PORT}-cmd:socat - TCP:{pool_forward}")
     return ",".join(options)
@@ -287,7 +368,6 @@ def vg_disk_template(size: str, vg: str = VG_NAME) -> tuple[Path, dict[str, int]
         return target, info
 
 
-GUEST_MAC = "52:54:00:12:34:56"
 # With a NIC, the seed says how to raise it: a static address in slirp's network. Without it,
 # cloud-init's fallback asks for DHCPv6 too (25.1), which slirp never answers: ifup then hangs.
 NETWORK_CONFIG = f"""version: 2
@@ -431,9 +511,9 @@ class LocalInstance:
             "disk_size": self.disk_size, "vg": self.vg}, indent=2) + "\n")
         return self
 
-    def qemu_argv(self, port: Optional[int], machine: str = "microvm", metadata_port: Optional[int] = None) -> list[str]:
+    def qemu_argv(self, port: Optional[int], machine: str = "microvm", metadata: Optional[str] = None) -> list[str]:
         """microvm (fastest) or pc (the conventional fallback): same disks, same network. With
-        METADATA_PORT (a MetadataServer's) the guest has no seed and cloud-init's Ec2 datasource
+        METADATA (a metadata server's socat address) the guest has no seed and cloud-init's Ec2 datasource
         (`ci.ds=Ec2`) reads its data at 169.254.169.254 (see metadata_netdev)."""
         # TCG with one thread for all vCPUs: with a thread per vCPU (MTTCG) the guest kernel's
         # live code patching (static keys, via int3) raced the other vCPU's translated code on a
@@ -444,8 +524,9 @@ class LocalInstance:
                 "-smp", str(self.smp), "-m", str(self.memory),
                 "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=LABEL=root console=ttyS0 rw" + (" ci.ds=Ec2" if metadata_port is not None else "")]
-        disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata_port is None else [])
+                "-append", "root=LABEL=root console=ttyS0 rw" + (" " + metadata_cmdline(str(self.image.info.get("cloud_init", "")))
+                                                                 if metadata is not None else "")]
+        disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata is None else [])
         suffix = "device" if mmio else "pci"
         for n, (path, readonly) in enumerate(disks):
             argv += ["-drive", f"id=d{n},file={path},format=raw,if=none" + (",readonly=on" if readonly else ""),
@@ -454,8 +535,8 @@ class LocalInstance:
         # The only addresses the guest may reach (restrict=on): 10.0.2.100:80 -> 127.0.0.1:PORT, and
         # 10.0.2.100:9618 -> the pool. `cmd:socat` starts one socat per connection (a `tcp:` target
         # carries one connection only: a startd's later updates would never arrive).
-        if metadata_port is not None:
-            return argv + ["-netdev", metadata_netdev(metadata_port, self.pool_forward), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
+        if metadata is not None:
+            return argv + ["-netdev", metadata_netdev(metadata, self.pool_forward), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         forwards = []
         if port is not None:
             forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}")
@@ -466,10 +547,6 @@ class LocalInstance:
                      "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         return argv
 
-    def _argv(self, port: Optional[int], machine: str, metadata_port: Optional[int]) -> list[str]:
-        if metadata_port is None:
-            return self.qemu_argv(port, machine)
-        return self.qemu_argv(port, machine, metadata_port=metadata_port)
 
     def boot(self, timeout: float = DEFAULT_TIMEOUT) -> BootResult:
         """Boot the instance once and wait until qemu exits (power-off) or TIMEOUT seconds pass."""
@@ -477,14 +554,12 @@ class LocalInstance:
         console = self.folder / f"console-{number}.log"
         if self.netns and self.http_root:
             raise CommandError("the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked")
-        if self.netns and self.metadata:
-            raise CommandError("the metadata service on this host's loopback cannot serve a guest in another network namespace")
         server = LoopbackServer(self.http_root) if self.http_root else None
-        metadata = MetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name) if self.metadata else None
-        meta_port = metadata.port if metadata else None
+        metadata = UnixMetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name) if self.metadata else None
+        meta_target = metadata.socat_target if metadata else None
         try:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
-            argv = self._argv(server.port if server else None, machine, meta_port)
+            argv = self.qemu_argv(server.port if server else None, machine, meta_target)
             (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
             result = self._run_qemu(argv, console, timeout, number)
             if result.outcome in ("no-pit", "stalled", "early-panic") and machine == "microvm":
@@ -493,7 +568,7 @@ class LocalInstance:
                 # disks are untouched: boot again as `pc`.
                 self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
                 console.rename(self.folder / f"console-{number}-microvm-{result.outcome}.log")
-                argv = self._argv(server.port if server else None, "pc", meta_port)
+                argv = self.qemu_argv(server.port if server else None, "pc", meta_target)
                 (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
                 result = self._run_qemu(argv, console, timeout, number)
         finally:

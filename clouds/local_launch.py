@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from ..mime_builder.limits import EC2_LIMIT
 from . import cvmfs_standin, images
-from .hostcmd import progress
+from .hostcmd import CommandError, progress
 from .local import GUEST_HTTP, LocalInstance
 
 HANDLER_DIR = "handlers"
@@ -53,9 +53,11 @@ def serve_folder(folder: Path, *, handlers: bool, standin: bool) -> Path:
 def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embed", gzip: str = "auto", pin: bool = False,
                   max_size: int = 1 << 20, disk: str = "8G", data_disk: str = "vg", smp: int = 2, standin: bool = True,
                   attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False, pool_forward: Optional[str] = None,
-                  netns: Optional[str] = None) -> LocalInstance:
+                  netns: Optional[str] = None, metadata: bool = False) -> LocalInstance:
     """A prepared local instance for CONFIG (a loaded Config): user-data built, disks and seed made,
-    the loopback HTTP folder filled. Raises CommandError, or the builder's BuildError."""
+    the loopback HTTP folder filled. With METADATA the guest reads its user-data from an EC2-style
+    metadata service instead of a seed; its only other route is the pool forward. Raises
+    CommandError, or the builder's BuildError."""
     from ..mime_builder import mime
 
     if standin and use_standin(config.sections):
@@ -71,9 +73,12 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
     if len(userdata) > EC2_LIMIT and not quiet:
         progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {EC2_LIMIT} (a NoCloud seed takes it)")
     instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet,
-                             pool_forward=pool_forward, netns=netns)
+                             pool_forward=pool_forward, netns=netns, metadata=metadata)
     instance.folder.mkdir(parents=True, exist_ok=True)
     if serve_handlers or standin or mode.startswith(f"include=http://{GUEST_HTTP}"):
+        if metadata:
+            raise CommandError(f"a guest reading the metadata service reaches nothing at {GUEST_HTTP}: use --handlers embed or baked, "
+                               "and give a cvmfs section its package-repository")
         instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, standin=standin)
     instance.prepare()
     if not quiet:

@@ -10,17 +10,24 @@ The scaler remembers, in memory only, since when it has seen each worker idle in
 idle-time of such sightings, whatever its lagging slot ads say. A skipped or failed cycle forgets
 them all (it saw nothing, so the next one starts afresh), as a restart does: both can only delay a
 drain.
+
+The scaler also keeps its own history for the status page (`History`): a bounded ring of cycle
+records (figures, decisions and what was done), in memory only, never more than HISTORY_CYCLES
+records and HISTORY_DECISIONS cycles with their decisions, however long it runs.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..clouds import verdict as verdicts
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec
+from ..redaction import redact_strings
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
@@ -75,13 +82,68 @@ class Metrics:
         return generate_latest(self.registry).decode()
 
 
+# The history the status page plots: a day of cycles at one a minute (a record is a few hundred bytes).
+HISTORY_CYCLES = 1440
+# The cycles whose decisions the page lists, and at most this many decisions of each.
+HISTORY_DECISIONS = 30
+DECISIONS_PER_CYCLE = 100
+# How long the page shows "no verdict" (or an unreadable console) before reading the console again.
+VERDICT_RETRY = 300.0
+
+
+class History:
+    """The scaler's own record of its last cycles, for the status page: bounded, in memory only.
+    Written by the loop's thread, read by the page's; every read gets copies."""
+
+    def __init__(self, cycles: int = HISTORY_CYCLES, decisions: int = HISTORY_DECISIONS, per_cycle: int = DECISIONS_PER_CYCLE) -> None:
+        self._lock = threading.Lock()
+        self._figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=cycles)
+        self._decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=decisions)
+        self._per_cycle = per_cycle
+        self._status: Optional[dict[str, Any]] = None
+
+    def applied(self, at: float, result: Plan, outcome: Outcome) -> None:
+        """One applied cycle: its figures, the first `per_cycle` decisions and what was done."""
+        figures = {"time": at, "now": result.now, "waiting": result.waiting, "demand": result.demand, "supply": result.supply,
+                   "active": result.active, "states": dict(result.states), "launched": len(outcome.launched),
+                   "drained": len(outcome.drained), "terminated": len(outcome.terminated),
+                   "cloud_errors": sum(outcome.cloud_errors.values()), "drain_errors": outcome.drain_errors}
+        decisions = [d.to_json() for d in result.decisions]
+        entry = {"time": at, "decisions": redact_strings(decisions[:self._per_cycle]), "more": max(0, len(decisions) - self._per_cycle),
+                 "launched": list(outcome.launched), "drained": list(outcome.drained), "terminated": list(outcome.terminated),
+                 "warnings": redact_strings(list(result.warnings))}
+        with self._lock:
+            self._figures.append(figures)
+            self._decisions.append(entry)
+
+    def skipped(self, at: float, reason: str) -> None:
+        """A cycle that changed nothing: why (plots show a gap there)."""
+        with self._lock:
+            self._figures.append({"time": at, "skipped": True})
+            self._decisions.append({"time": at, "skipped": redact_strings(reason)})
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        with self._lock:
+            self._status = status
+
+    def status(self) -> Optional[dict[str, Any]]:
+        """The farm as the last applied cycle saw it (status_document), or None before the first."""
+        with self._lock:
+            return None if self._status is None else dict(self._status)
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {"cycles": [dict(f) for f in self._figures], "decisions": [dict(d) for d in reversed(self._decisions)],
+                    "limits": {"cycles": self._figures.maxlen, "decisions": self._decisions.maxlen, "per_cycle": self._per_cycle}}
+
+
 class Scaler:
     """One farm's scaler: discovery, planning, applying and recording, one cycle at a time."""
 
     def __init__(self, spec: ScaleSpec, backend: Backend, drainer: Drainer, logger: logging.Logger, *,
                  token_dir: Optional[str] = None, dry_run: bool = False, metrics: Optional[Metrics] = None,
                  clock: Callable[[], float] = time.time,
-                 pool: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+                 pool: Optional[Callable[[], dict[str, Any]]] = None, keep_status: bool = False) -> None:
         self.spec = spec
         self.backend = backend
         self.log = logger
@@ -97,6 +159,12 @@ class Scaler:
         self.consolidating: list[str] = []
         self.outcome: Optional[Outcome] = None  # what the last cycle's apply did
         self._pool = pool
+        self.history = History()
+        # KEEP_STATUS: after each cycle, the farm as --status shows it goes into the history (the page).
+        self.keep_status = keep_status
+        # The page's verdicts read from consoles: (reason, what it said, when to read again or None),
+        # kept while the cloud lists the instance.
+        self._verdicts: dict[str, tuple[str, str, Optional[float]]] = {}
 
     # --- discover -----------------------------------------------------------------------------
     def discover(self) -> dict[str, Any]:
@@ -141,9 +209,11 @@ class Scaler:
             if strict:
                 raise
             if isinstance(err, planner.SnapshotError):  # live ads outside what the planner can read: decide nothing
-                self.log.warning("cycle skipped, nothing changed: what the pool or cloud answered cannot be planned from: %s", err)
+                why = f"what the pool or cloud answered cannot be planned from: {err}"
             else:
-                self.log.warning("cycle skipped, nothing changed: %s", err)
+                why = str(err)
+            self.log.warning("cycle skipped, nothing changed: %s", why)
+            self.history.skipped(self.clock(), why)
             return None
         self.observed_idle_since = dict(result.observed_idle_since)
         self.joined = list(result.joined)
@@ -155,7 +225,24 @@ class Scaler:
                       ", ".join(f"{n} {s}" for s, n in result.states.items() if n) or "no instance")
         self.outcome = self.applier.apply(result, snapshot)
         self.record(result, self.outcome)
+        self.history.applied(self.clock(), result, self.outcome)
+        if self.keep_status:
+            self.history.set_status(status_document(result, snapshot, self.spec, self._cached_verdict))
+            listed = {str(i.get("InstanceId")) for i in snapshot["instances"]}
+            self._verdicts = {iid: v for iid, v in self._verdicts.items() if iid in listed}
         return result
+
+    def _cached_verdict(self, iid: str) -> tuple[str, str]:
+        """read_verdict for the page, one console read per instance: a verdict found stays (the
+        check ran once); none found yet is read again VERDICT_RETRY seconds later at the soonest."""
+        now = self.clock()
+        known = self._verdicts.get(iid)
+        if known is not None and (known[2] is None or now < known[2]):
+            return known[0], known[1]
+        reason, said = self.applier.read_verdict(iid)
+        again = now + VERDICT_RETRY if reason in (verdicts.NO_VERDICT, verdicts.UNREADABLE) else None
+        self._verdicts[iid] = (reason, said, again)
+        return reason, said
 
     def record(self, result: Plan, outcome: Outcome) -> None:
         m, farm = self.metrics, self.spec.name
@@ -192,6 +279,7 @@ class Scaler:
                 self.cycle()
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one cycle's bug
                 self.log.exception("cycle failed, nothing more done in it: %s", err)
+                self.history.skipped(self.clock(), f"cycle failed: {err}")
             done += 1
             if cycles is not None and done >= cycles:
                 break
@@ -240,3 +328,15 @@ def ended_rows(snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]
         rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
                      "age": now - launched if launched is not None else None, "slots": 0, "jobs": 0, "reason": why})
     return rows
+
+
+def status_document(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec, read_verdict: Callable[[str], tuple[str, str]]) -> dict[str, Any]:
+    """The farm as `vfarm scale --status --json` prints it and the status page serves it: the
+    queue's figures and every farm instance (live, stopped, ended), with the final check's verdict
+    of those that ended or are ending (READ_VERDICT: Applier.read_verdict); strings redacted."""
+    rows = status_rows(result, snapshot, spec) + ended_rows(snapshot, spec)
+    for row in rows:
+        if row["state"] in VERDICT_STATES:
+            row["lost_reason"], row["verdict"] = read_verdict(row["instance"])
+    return {"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
+            "supply": result.supply, "instances": redact_strings(rows)}

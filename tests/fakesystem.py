@@ -50,7 +50,7 @@ class FakeRunner(Runner):
 
     def changing_calls(self) -> list[list[str]]:
         """The calls that change something (not the read-only discovery commands)."""
-        readonly = {"vgs", "lvs", "pvs", "blkid", "findmnt", "dpkg-query", "rpm", "apt-cache"}
+        readonly = {"lvm", "blkid", "findmnt", "dpkg-query", "rpm", "apt-cache"}
         checks = (["swapon", "--show=NAME"], ["cvmfs_config", "chksetup"], ["cvmfs_config", "probe"])
         return [c for c in self.calls if c[0] not in readonly and c[:2] not in checks]
 
@@ -82,20 +82,24 @@ class FakeMachine:
     def report(self, kind: str, rows: list[dict[str, str]]) -> str:
         return json.dumps({"report": [{kind: rows}]})
 
+    def fullreport(self) -> str:
+        """As `lvm fullreport` groups it: one report per VG (its vg, pv, lv rows), one for the PVs in none."""
+        size = str(self.extent_size)
+        reports = []
+        for name, vg in self.vgs.items():
+            lvs = [{"lv_name": key.split("/")[1], "vg_name": name, "lv_size": str(lv["extents"] * self.extent_size), "lv_tags": ",".join(lv["tags"])}
+                   for key, lv in self.lvs.items() if key.split("/")[0] == name]
+            reports.append({"vg": [{"vg_name": name, "vg_extent_size": size, "vg_extent_count": str(vg["extents"]), "vg_free_count": str(vg["free"])}],
+                            "pv": [{"pv_name": d, "vg_name": name} for d, v in self.pvs.items() if v == name], "lv": lvs, "pvseg": [], "seg": []})
+        orphans = [{"pv_name": d, "vg_name": ""} for d, v in self.pvs.items() if not v]
+        if orphans:
+            reports.append({"pv": orphans, "pvseg": []})
+        return json.dumps({"report": reports})
+
     def command(self, argv: list[str]) -> tuple[int, str, str]:
         tool = argv[0]
-        if tool == "vgs":
-            size = str(self.extent_size)
-            rows = [{"vg_name": n, "vg_extent_size": size, "vg_extent_count": str(v["extents"]), "vg_free_count": str(v["free"])} for n, v in self.vgs.items()]
-            return 0, self.report("vg", rows), ""
-        if tool == "lvs":
-            rows = []
-            for key, lv in self.lvs.items():
-                vg, name = key.split("/")
-                rows.append({"lv_name": name, "vg_name": vg, "lv_size": str(lv["extents"] * self.extent_size), "lv_tags": ",".join(lv["tags"])})
-            return 0, self.report("lv", rows), ""
-        if tool == "pvs":
-            return 0, self.report("pv", [{"pv_name": d, "vg_name": vg} for d, vg in self.pvs.items()]), ""
+        if argv[:2] == ["lvm", "fullreport"]:
+            return 0, self.fullreport(), ""
         if tool == "blkid":
             found = self.signatures.get(argv[-1])
             return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n", "") if found else (2, "", "")

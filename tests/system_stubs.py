@@ -10,9 +10,8 @@ STUB = r"""#!/bin/sh
 name=$(basename "$0")
 echo "$name $*" >> "$STUB_LOG"
 case "$name $1" in
-  "vgs "*) echo '{"report": [{"vg": [{"vg_name": "vg_local", "vg_extent_size": "4194304", "vg_extent_count": "5000", "vg_free_count": "5000"}]}]}' ;;
-  "lvs "*) echo '{"report": [{"lv": []}]}' ;;
-  "pvs "*) echo '{"report": [{"pv": []}]}' ;;
+  "lvm fullreport") echo '{"report": [{"vg": [{"vg_name": "vg_local", "vg_extent_size": "4194304",'\
+    ' "vg_extent_count": "5000", "vg_free_count": "5000"}], "pv": [], "lv": []}]}' ;;
   "blkid "*) exit 2 ;;
   "findmnt "*) echo '{"filesystems": []}' ;;
   "dpkg-query "*) printf 'install ok installed\t2.11.5~1+debian12' ;;
@@ -20,7 +19,7 @@ case "$name $1" in
 esac
 exit 0
 """
-STUBBED = ("vgs", "lvs", "pvs", "blkid", "findmnt", "swapon", "lvcreate", "pvcreate", "vgcreate", "wipefs", "mkfs.ext4", "mkfs.xfs",
+STUBBED = ("lvm", "blkid", "findmnt", "swapon", "lvcreate", "pvcreate", "vgcreate", "wipefs", "mkfs.ext4", "mkfs.xfs",
            "mkswap", "mount", "umount", "dpkg-query", "dpkg", "apt-get", "apt-cache", "cvmfs_config")
 
 

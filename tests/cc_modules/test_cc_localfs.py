@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 from tests.fakesystem import FakeMachine, FakeRunner
 from vfarm import files
 from vfarm.cc_modules import cc_localfs, handling
+from vfarm.cc_modules import record as record_mod
+from vfarm.cc_modules import runner as runner_mod
 from vfarm.config.localfs import parse
 
 TORINO = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
@@ -231,3 +234,46 @@ def test_fstab_write_is_atomic(fs: Any, monkeypatch: pytest.MonkeyPatch) -> None
         files.atomic_write("/etc/fstab", "half")
     assert Path("/etc/fstab").read_text() == IMAGE_FSTAB
     assert os.listdir("/etc") == ["fstab"]  # no temp file left behind
+
+
+class _DevicesRunner(runner_mod.Runner):
+    """The real runner, with LVM kept to DEVICES (this host's other block devices stay unseen)."""
+
+    def __init__(self, devices: list[str]) -> None:
+        super().__init__(logging.getLogger("vfarm.test"))
+        self.devices = devices
+
+    def run(self, argv: list[str], **kwargs: Any) -> runner_mod.Result:  # type: ignore[override]
+        if argv[:2] == ["lvm", "fullreport"]:
+            argv = [*argv[:2], "--devices", ",".join(self.devices), *argv[2:]]
+        return super().run(argv, **kwargs)
+
+
+@pytest.mark.integration
+def test_discover_reads_the_real_lvm_fullreport(tmp_path: Path) -> None:
+    """One real `lvm fullreport` (LVM 2.03 of this host, two loop devices: one PV in a volume group,
+    one PV in none) gives discover the VG's extents and both PVs. (LVs need device-mapper, which
+    this kernel lacks: the VM tests read those.)"""
+    import subprocess
+
+    disks = [tmp_path / "a.raw", tmp_path / "b.raw"]
+    loops: list[str] = []
+    env = {**os.environ, **cc_localfs.LVM_ENV}
+    try:
+        for disk in disks:
+            subprocess.run(["truncate", "-s", "64M", disk], check=True)
+            loops.append(subprocess.run(["losetup", "--find", "--show", disk], check=True, capture_output=True, text=True).stdout.strip())
+        only = ["--devices", ",".join(loops)]
+        subprocess.run(["pvcreate", "-q", *only, *loops], check=True, env=env, capture_output=True)
+        subprocess.run(["vgcreate", "-q", *only, "vg_fullreport", loops[0]], check=True, env=env, capture_output=True)
+        with record_mod.Record("localfs", directory=tmp_path / "log") as record:
+            ctx = handling.Context(_DevicesRunner(loops), record, tmp_path)
+            facts = cc_localfs.discover(parse({"vg": "vg_fullreport", "parts": {"scratch": {"size": "50%VG", "mount": "/scratch"}}}), ctx)
+        assert facts.vgs == {"vg_fullreport": {"extent_size": 4 << 20, "extents": 15, "free": 15}}
+        assert facts.pvs == {loops[0]: "vg_fullreport", loops[1]: ""}
+        assert facts.lvs == {}
+    finally:
+        if loops:
+            subprocess.run(["vgremove", "-qf", "--devices", ",".join(loops), "vg_fullreport"], env=env, capture_output=True)
+        for loop in loops:
+            subprocess.run(["losetup", "-d", loop], capture_output=True)

@@ -13,8 +13,6 @@ final check powers it off and the summary names condor. Launch-to-joined is prin
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from typing import Optional
 
 import pytest
 
-from tests.fixtures.condor_pool import UID_DOMAIN, CondorPool, ensure_rootfs, wait_for
+from tests.fixtures.condor_pool import UID_DOMAIN, CondorPool, namespaced_pool, wait_for
 from vfarm.clouds.local import BootResult, LocalInstance
 from vfarm.clouds.local_launch import make_instance
 from vfarm.config import loader as configuration
@@ -63,13 +61,8 @@ condor:
 
 @pytest.fixture(scope="module")
 def vm_pool() -> Iterator[CondorPool]:
-    pool = CondorPool(ensure_rootfs(), Path(tempfile.mkdtemp(prefix="vfarm-vmpool-")), port=9618, address=POOL_ADDRESS, netns=True)
-    pool.start()
-    try:
+    with namespaced_pool(POOL_ADDRESS) as pool:
         yield pool
-    finally:
-        pool.stop()
-        shutil.rmtree(pool.state, ignore_errors=True)
 
 
 def launch(pool: CondorPool, tmp: Path, token: str, join_timeout: int, attach: tuple[mime.Attachment, ...]) -> LocalInstance:

@@ -94,7 +94,7 @@ def test_a_kernel_panic_before_userspace_on_microvm_boots_again_as_pc(tmp_path: 
     script = ('if [ "$0" = microvm ]; then echo "Kernel panic - not syncing: Fatal exception in interrupt"; exec sleep 30; '
               'else echo "Run /init as init process"; fi')
 
-    def fake_argv(self: local.LocalInstance, port: int | None, machine: str = "microvm") -> list[str]:
+    def fake_argv(self: local.LocalInstance, port: int | None, machine: str = "microvm", metadata: str | None = None) -> list[str]:
         return ["sh", "-c", script, machine, "-machine", machine]
 
     monkeypatch.setattr(local.LocalInstance, "qemu_argv", fake_argv)
@@ -105,5 +105,5 @@ def test_a_kernel_panic_before_userspace_on_microvm_boots_again_as_pc(tmp_path: 
     assert (instance.folder / "console-1-microvm-early-panic.log").read_text().startswith("Kernel panic")
     # A panic after userspace started is the guest's own: no second boot.
     later = 'echo "Run /init as init process"; echo "Kernel panic - not syncing: Attempted to kill init!"; exec sleep 30'
-    monkeypatch.setattr(local.LocalInstance, "qemu_argv", lambda self, port, machine="microvm": ["sh", "-c", later, "x", "-machine", machine])
+    monkeypatch.setattr(local.LocalInstance, "qemu_argv", lambda self, port, machine="microvm", metadata=None: ["sh", "-c", later, "x", "-machine", machine])
     assert instance.boot(timeout=60).outcome == "panic"

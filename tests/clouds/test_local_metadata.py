@@ -84,7 +84,13 @@ headers = lambda _url: {"X-aws-ec2-metadata-token": token}
 meta = ec2_utils.get_instance_metadata(version, metadata_address=url, headers_cb=headers, retries=0)
 user = ec2_utils.get_instance_userdata(version, metadata_address=url, headers_cb=headers, retries=0)
 user = user if isinstance(user, bytes) else user.encode("latin-1")
-print(json.dumps({"meta": meta, "user": base64.b64encode(user).decode()}))
+# How cloud-init raises the NIC from that metadata (its converter; 25.1 also takes the distro).
+import inspect, types
+from cloudinit.sources import DataSourceEc2
+convert = DataSourceEc2.convert_ec2_metadata_network_config
+extra = {"distro": types.SimpleNamespace(network_renderer=None)} if "distro" in inspect.signature(convert).parameters else {}
+network = convert(meta["network"], macs_to_nics={meta["mac"]: "eth0"}, fallback_nic="eth0", **extra)
+print(json.dumps({"meta": meta, "user": base64.b64encode(user).decode(), "network": network}))
 """
 
 
@@ -95,6 +101,9 @@ def test_real_cloud_inits_ec2_crawler_reads_it(server: local.MetadataServer, clo
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["meta"]["instance-id"] == "i-local-0123456789ab" and got["meta"]["local-hostname"] == "vfarm-456789ab"
     assert got["meta"]["placement"] == {"availability-zone": "local"}
+    # DHCPv4 only (slirp never answers DHCPv6: a fallback config asking for it hangs ifup).
+    assert got["network"]["ethernets"]["eth0"]["dhcp4"] is True and got["network"]["ethernets"]["eth0"]["dhcp6"] is False, got["network"]
+    assert got["network"]["ethernets"]["eth0"]["match"] == {"macaddress": local.GUEST_MAC}
     import base64
 
     assert base64.b64decode(got["user"]) == USERDATA
@@ -116,7 +125,7 @@ def qemu_takes(netdev: str) -> tuple[bool, str]:
 
 @pytest.mark.integration
 def test_qemu_takes_the_metadata_network_and_refuses_the_forward_elsewhere() -> None:
-    ok, err = qemu_takes(local.metadata_netdev(8775, "127.0.0.1:9618"))
+    ok, err = qemu_takes(local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618"))
     assert ok, err
     refused, err = qemu_takes(f"user,id=n0,restrict=on,guestfwd=tcp:{local.METADATA_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:8775")
     assert not refused and "guest forwarding rule" in err
@@ -127,8 +136,44 @@ def test_a_metadata_instance_has_no_seed_and_the_ec2_datasource(tmp_path: Path, 
 
     monkeypatch.setattr(local, "_KVM", False)
     instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618")
-    argv = instance.qemu_argv(None, metadata_port=8775)
-    assert argv[argv.index("-netdev") + 1] == local.metadata_netdev(8775, "127.0.0.1:9618")
-    assert argv[argv.index("-append") + 1].endswith(" ci.ds=Ec2")
+    argv = instance.qemu_argv(None, metadata="TCP:127.0.0.1:8775")
+    assert argv[argv.index("-netdev") + 1] == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618")
+    assert argv[argv.index("-append") + 1].endswith(" " + local.metadata_cmdline(""))
+    assert local.metadata_cmdline("").startswith("ci.ds=Ec2 ") and local.metadata_cmdline("22.4.2-1+deb12u3").startswith("ci.ds=Ec2 ")
+    assert local.metadata_cmdline("25.1.4-1").startswith("ds=Ec2 ") and local.metadata_cmdline("23.2").startswith("ds=Ec2 ")
     assert not any("seed.iso" in a for a in argv)
     assert "ci.ds=Ec2" not in " ".join(instance.qemu_argv(None))  # the seed's way stays as it was
+
+
+@pytest.mark.integration
+def test_the_unix_socket_service_answers_a_socat_in_another_network_namespace() -> None:
+    """What qemu's guestfwd does for a guest beside a pool in a namespace: a socat started in a
+    network namespace of its own (no route anywhere) reaches the service through its socket file."""
+    service = local.UnixMetadataServer("i-local-0123456789ab", USERDATA, "vfarm-456789ab")
+    try:
+        request = "GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n"
+        reply = subprocess.run(["unshare", "--net", "socat", "-", service.socat_target], input=request, capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+        assert reply.startswith("HTTP/1.0 200") and reply.endswith("\n\ni-local-0123456789ab"), reply
+        assert service.requests == ["GET /latest/meta-data/instance-id 200"]
+        socket_file = Path(service.socat_target.split(":", 1)[1])
+        assert socket_file.exists() and len(str(socket_file)) < 108
+    finally:
+        service.close()
+    assert not socket_file.parent.exists()
+
+
+def test_real_cloud_init_reads_the_guests_network_and_config_from_the_kernel_command_line(cloudinit_release: Release) -> None:
+    """The kernel command line of a metadata guest, as cloud-init 22.4 and 25.1 read it: its NIC
+    gets the static address in the metadata network (no DHCP at all), the Ec2 datasource is not
+    strict about the platform, and the network stage does not raise the NIC again."""
+    cmdline = f"root=LABEL=root console=ttyS0 rw {local.metadata_cmdline(cloudinit_release.version)}"
+    done = cloudinit_release.run("import json, sys; from cloudinit import util; from cloudinit.net import cmdline; "
+                                 f"print(json.dumps([cmdline.read_kernel_cmdline_config(cmdline={cmdline!r}), "
+                                 f"util.read_conf_from_cmdline(cmdline={cmdline!r})]))")
+    assert done.returncode == 0, done.stderr[-2000:]
+    config, system = json.loads(done.stdout.strip().splitlines()[-1])
+    assert system == {"datasource": {"Ec2": {"strict_id": False}}, "disable_network_activation": True}
+    assert config["ethernets"]["eth0"]["addresses"] == [f"{local.METADATA_GUEST}/16"]
+    assert config["ethernets"]["eth0"]["match"] == {"macaddress": local.GUEST_MAC}
+    assert not any(key.startswith("dhcp") for key in config["ethernets"]["eth0"])

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool, ensure_rootfs, wait_for
+from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool, namespaced_pool, wait_for
 from vfarm.clouds import local_farm
 
 pytestmark = [pytest.mark.vm, pytest.mark.pool]
@@ -49,13 +48,8 @@ GONE_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def ns_pool() -> Iterator[CondorPool]:
-    pool = CondorPool(ensure_rootfs(), Path(tempfile.mkdtemp(prefix="vfarm-scalevm-")), port=9618, address=POOL_ADDRESS, netns=True)
-    pool.start()
-    try:
+    with namespaced_pool(POOL_ADDRESS, prefix="vfarm-scalevm-") as pool:
         yield pool
-    finally:
-        pool.stop()
-        shutil.rmtree(pool.state, ignore_errors=True)
 
 
 def farm_file(folder: Path, pool: CondorPool) -> Path:
