@@ -519,6 +519,8 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
                     f"target {common.fmt_ms(target)}: {'met' if med <= target else 'MISSED'}. "
                     f"(It decided: launch {decided.launch}, drain {len(decided.drain)}, terminate {len(decided.terminate)}, "
                     f"{decided.waiting} waiting jobs.)\n")
+    if not args.smoke:
+        section.add(PLANNER_NOTE)
     if not args.smoke and not args.no_pool:
         try:
             pool_cycle(args, section)
@@ -759,8 +761,15 @@ here that boots, joins). The simulation has no negotiation-cycle delay and only 
 The figures show the same: each burst is a spike of waiting jobs, answered by a wall of booting
 then busy workers (capped at max-vms: at 30 the queue drains for hours, at 100 in minutes), and
 followed by the idle-time tail of idle workers and idle cores; the two policies' figures differ
-only in small details. Draining workers are a thin band at most: vfarm drains only idle workers,
-which end at the next cycle.
+only in small details. Draining workers are a thin band: vfarm drains idle workers, which end at
+the next cycle, and (consolidation) at most one half-used worker at a time while no job waits.
+"""
+
+PLANNER_NOTE = """The planner's time grows with the queue: each job is read once for its numbers, state and wait
+(scan_jobs) and once more to group it by what it asks (fit.rank), about 5-9 us per job on this
+shared, loaded machine; 100,000 jobs cost that many times over, whatever the farm's size. What
+would meet 100 ms: planning from autoclusters (one entry per group of identical requests, with
+its count and oldest wait) instead of one entry per job; see the pool cycle below.
 """
 
 
