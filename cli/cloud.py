@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..cc_modules import table
 from ..clouds import ec2
@@ -19,30 +19,32 @@ from ..redaction import redact_strings
 from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
-def _print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None) -> None:
-    """The table (or JSON); VERDICTS: a VERDICT column (id: what the instance's final check said)."""
+def print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None,
+                    headers: tuple[str, ...] = ec2.SUMMARY_HEADERS, row: Callable[[dict[str, Any]], tuple[str, ...]] = ec2.summary_row) -> None:
+    """The table (HEADERS, a ROW per instance) or JSON; VERDICTS: a VERDICT column (id: what the
+    instance's final check said)."""
     if as_json:
         print(json.dumps(redact_strings(instances), indent=2, default=str, sort_keys=True))
     elif instances and verdicts is not None:
-        rows = [(*ec2.summary_row(i), verdicts.get(i["InstanceId"], "-")) for i in instances]
-        print(table.render((*ec2.SUMMARY_HEADERS, "VERDICT"), rows), end="")
+        print(table.render((*headers, "VERDICT"), [(*row(i), verdicts.get(i["InstanceId"], "-")) for i in instances]), end="")
     elif instances:
-        rows = [ec2.summary_row(i) for i in instances]
-        print(table.render(ec2.SUMMARY_HEADERS, rows), end="")
+        print(table.render(headers, [row(i) for i in instances]), end="")
 
 
-def read_verdicts(cloud: ec2.Ec2Cloud, instances: list[dict[str, Any]]) -> dict[str, str]:
-    """For each instance that ended or is ending, its final check's verdict from the console
-    output, as one line; each such instance also gets `VfarmVerdict` (the record, or None) for
-    --json. A console the cloud does not give is said so, and the listing goes on."""
+def read_verdicts(cloud: Any, instances: list[dict[str, Any]], ended: Callable[[dict[str, Any]], bool],
+                  unreadable: type[Exception]) -> dict[str, str]:
+    """For each instance ENDED says ended or is ending, its final check's verdict from CLOUD's
+    console output (cloud.verdict), as one line; each such instance also gets `VfarmVerdict` (the
+    record, or None) for --json. A console the cloud does not give (UNREADABLE) is said so, and the
+    listing goes on."""
     found: dict[str, str] = {}
     for inst in instances:
-        if inst.get("State", {}).get("Name") not in ec2.GONE_STATES:
+        if not ended(inst):
             continue
         iid = inst["InstanceId"]
         try:
             verdict = cloud.verdict(iid)
-        except ec2.Ec2Error as err:
+        except unreadable as err:
             found[iid] = f"unknown: {err}"
             inst["VfarmVerdict"] = {"unreadable": str(err)}
             continue
@@ -100,7 +102,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
             instances = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=progress)
     except ec2.Ec2Error as err:
         return fail(str(err))
-    _print_instances(instances, args.json)
+    print_instances(instances, args.json)
     return EXIT_OK
 
 
@@ -119,8 +121,8 @@ def cmd_instances(args: argparse.Namespace) -> int:
         found = cloud.instances(tag_filters, states=None if args.all_states else ec2.LIVE_STATES)
     except ec2.Ec2Error as err:
         return fail(str(err))
-    verdicts = read_verdicts(cloud, found)
-    _print_instances(found, args.json, verdicts if verdicts else None)
+    verdicts = read_verdicts(cloud, found, lambda i: i.get("State", {}).get("Name") in ec2.GONE_STATES, ec2.Ec2Error)
+    print_instances(found, args.json, verdicts if verdicts else None)
     if not found and not args.json:
         print("vfarm: no vfarm instances", file=sys.stderr)
     return EXIT_OK

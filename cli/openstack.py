@@ -11,14 +11,14 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ..cc_modules import table
 from ..clouds import openstack
 from ..display import escape_controls, shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
-from .cloud import launch_targets
+from .cloud import launch_targets, print_instances, read_verdicts
 from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
@@ -26,11 +26,8 @@ def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
     return openstack.OpenStackCloud(args.os_cloud, region=args.os_region)
 
 
-def _print(servers: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(redact_strings(servers), indent=2, default=str, sort_keys=True))
-    elif servers:
-        print(table.render(openstack.SUMMARY_HEADERS, [openstack.summary_row(s) for s in servers]), end="")
+def _print(servers: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None) -> None:
+    print_instances(servers, as_json, verdicts, openstack.SUMMARY_HEADERS, openstack.summary_row)
 
 
 def cmd_launch_openstack(args: argparse.Namespace) -> int:
@@ -76,10 +73,13 @@ def cmd_instances(args: argparse.Namespace) -> int:
     try:
         filters = openstack.parse_properties(args.tag)
         states = None if args.all_states else ("pending", "running")
-        found = _cloud(args).instances(filters, states=states)
+        cloud = _cloud(args)
+        found = cloud.instances(filters, states=states)
     except openstack.OpenStackError as err:
         return fail(str(err))
-    _print(found, args.json)
+    # A server that will never run again (SHUTOFF: its final check powered it off; ERROR): why, from its console.
+    verdicts = read_verdicts(cloud, found, lambda s: s.get("Status") in openstack.DEAD_STATUSES, openstack.OpenStackError)
+    _print(found, args.json, verdicts if verdicts else None)
     if not found and not args.json:
         print("vfarm: no vfarm servers", file=sys.stderr)
     return EXIT_OK

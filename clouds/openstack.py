@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT as USERDATA_B64_LIMIT
 from ..mime_builder.limits import OPENSTACK_LIMIT as USERDATA_LIMIT
 from ..redaction import hide_credentials
+from .verdict import Verdict, parse_console
 
 MANAGED_KEY = "vfarm:managed"
 TOKEN_KEY = "vfarm:token"
@@ -399,6 +400,15 @@ class OpenStackCloud:
             before = current.get(server_id, {}).get("State", {}).get("Name", "?")
             changes.append({"InstanceId": real, "PreviousState": {"Name": before}, "CurrentState": {"Name": "shutting-down"}})
         return changes
+
+    def console_output(self, server_id: str) -> str:
+        """The server's console log as Nova keeps it ('' when it holds none)."""
+        reply = self._guard("read the console output", self.conn.compute.get_server_console_output, server_id)
+        return str((reply or {}).get("output") or "")
+
+    def verdict(self, server_id: str) -> Optional[Verdict]:
+        """The final check's verdict on the server's console log, None when there is none."""
+        return parse_console(self.console_output(server_id), server_id)
 
     def userdata(self, server_id: str) -> bytes:
         """The user-data Nova holds for a server (b"" unless the credentials are an admin's:

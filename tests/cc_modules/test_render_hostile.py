@@ -10,11 +10,11 @@ the rendered file), bash and /bin/sh for the CVMFS .local files, util-linux `fin
 --fstab --tab-file` (libmount) for fstab, Python's configparser for the yum .repo file (the INI
 reader yum itself uses).
 
-CernVM-FS: its own client cannot run here yet (it is built under another issue). What is proven
-today is the bash parse, plus the rule transcribed from cvmfs 2.12 options.cc (see
-cvmfs_spec.render): the file fed line by line to the real /bin/sh followed by `echo $NAME` per
-assignment line (BashOptionsManager), the same line split without a shell (SimpleOptionsParser),
-and the real /bin/sh evaluating the single-quoted dump that cvmfs_config evals.
+CernVM-FS: here, without the client, the bash parse plus the rule transcribed from cvmfs 2.12
+options.cc (see cvmfs_spec.render): the file fed line by line to the real /bin/sh followed by
+`echo $NAME` per assignment line (BashOptionsManager), the same line split without a shell
+(SimpleOptionsParser), and the real /bin/sh evaluating the single-quoted dump that cvmfs_config
+evals. The real client reads the same corpus in test_cvmfs_hostile_real.py (`-m cvmfs`).
 """
 
 from __future__ import annotations

@@ -210,6 +210,27 @@ def test_no_valid_host_after_202(openstack_env: OpenStackCloud, capsys: pytest.C
         admin.compute.delete_flavor(huge)
 
 
+def test_a_powered_off_server_is_listed_with_its_verdict(openstack_env: OpenStackCloud, capsys: pytest.CaptureFixture[str]) -> None:
+    """A vfarm server that powered itself off (SHUTOFF) is listed (--all-states) with what its
+    console says. Nova's fake driver keeps a console of three fixed lines, no verdict among them."""
+    code, out, err = run(capsys, *launch_args("--network", "private", "--wait", "--json"))
+    assert code == 0, err
+    [server] = json.loads(out)
+    admin = openstack_env.connect()
+    admin.compute.stop_server(server["InstanceId"])
+    admin.compute.wait_for_server(admin.compute.get_server(server["InstanceId"]), status="SHUTOFF", interval=0.3, wait=600)
+    assert "FAKE CONSOLE OUTPUT" in openstack.OpenStackCloud("os-demo").console_output(server["InstanceId"])
+    code, out, err = run(capsys, "instances", "--cloud", "openstack", "--all-states")
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split()[-1] == "VERDICT" and row.split()[:2] == [server["InstanceId"], "SHUTOFF"]
+    assert row.endswith("none on the console (the check did not finish)"), row
+    code, out, err = run(capsys, "instances", "--cloud", "openstack", "--all-states", "--json")
+    assert code == 0 and json.loads(out)[0]["VfarmVerdict"] is None
+    code, out, err = run(capsys, "instances", "--cloud", "openstack")  # a live listing: no SHUTOFF server, no verdict read
+    assert code == 0 and out == ""
+
+
 @pytest.mark.parametrize(("option", "value", "expected"), [
     ("--image", "no-such-image", "unknown image 'no-such-image'"),
     ("--flavor", "no-such-flavor", "unknown flavor 'no-such-flavor'"),

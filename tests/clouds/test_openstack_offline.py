@@ -77,3 +77,21 @@ def test_servers_in_ec2_shape_for_the_planner() -> None:
     assert failed["State"]["Name"] == "stopped" and failed["StateReason"]["Message"].startswith("No valid host")
     assert planner.farm_instances([failed], "torino") == []  # neither counted as a worker nor drained
     assert openstack.describe({**server, "status": "BUILD"})["State"]["Name"] == "pending"
+
+
+def test_the_verdict_is_read_from_novas_console_log() -> None:
+    """The console Nova returns ({"output": ...}) holds the final check's line among the boot's
+    own: it is found and read as the check wrote it."""
+    from types import SimpleNamespace
+
+    from vfarm.cc_modules.check import verdict_line
+
+    summary = {"result": "failed", "instance_id": "5f1c", "vfarm_version": "0.1.0", "decision": {"action": "poweroff", "reason": "a handler failed"},
+               "handlers": [{"name": "condor", "status": "failed", "failed": True, "reason": "not joined within 300 s"}]}
+    console = f"[  1.0] kernel\n{verdict_line(summary)}\n[ 60.0] reboot: Power down\n"
+    compute = SimpleNamespace(get_server_console_output=lambda server_id: {"output": console if server_id == "5f1c" else ""})
+    cloud = openstack.OpenStackCloud("cern", connection=SimpleNamespace(compute=compute))
+    verdict = cloud.verdict("5f1c")
+    assert verdict is not None and verdict.result == "failed" and verdict.action == "poweroff", verdict
+    assert "condor" in verdict.text() and "not joined within 300 s" in verdict.text(), verdict.text()
+    assert cloud.verdict("other") is None
