@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "idle-time": 3600,
     "boot-timeout": 600,
     "check-every": 15,
+    "disruption-budget": 1,
 }
 # Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
 POSITIVE = ("boot-timeout", "check-every")
@@ -101,6 +102,10 @@ class ScaleSpec:
     # What the planner fills: each type on each cloud it may run on (type-major, clouds in priority
     # order), named TYPE@CLOUD; a farm of one cloud: its types themselves.
     placements: tuple[WorkerType, ...] = field(default=(), compare=False)
+    # Consolidation: idle CPUs the joined workers may hold while the queue is quiet (None: the CPUs
+    # of the largest type, one worker's worth) and how many workers may drain for it at once (0: never).
+    consolidate_idle_cpus: Optional[int] = None
+    disruption_budget: int = 1
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -145,6 +150,13 @@ class ScaleSpec:
         return replace(self, cloud=dict(cloud.settings))
 
     @property
+    def idle_cpus_budget(self) -> int:
+        """Idle CPUs of the farm's joined workers above which the least-loaded ones are drained."""
+        if self.consolidate_idle_cpus is not None:
+            return self.consolidate_idle_cpus
+        return max(t.cpus for t in self.types)
+
+    @property
     def collector(self) -> Optional[str]:
         value = self.pool.get("collector")
         return str(value) if value else None
@@ -169,6 +181,8 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         types=tuple(_worker_type(item) for item in section.get("types") or ()),
         typed=bool(section.get("types")),
         clouds=clouds,
+        consolidate_idle_cpus=int(merged["consolidate-idle-cpus"]) if merged.get("consolidate-idle-cpus") is not None else None,
+        disruption_budget=int(merged["disruption-budget"]),
     )
 
 
@@ -201,12 +215,16 @@ def _worker_type(item: dict[str, Any]) -> WorkerType:
 
 def check(section: dict[str, Any]) -> list[Finding]:
     """What the schema cannot say: min-vms <= max-vms, durations above zero and at most a year,
-    the collector's host a real name or address, one of cloud and clouds, distinct cloud and type
-    names, worker types' clouds and cloud settings those of the farm's clouds."""
+    disruption-budget at most max-vms, the collector's host a real name or address, one of cloud
+    and clouds, distinct cloud and type names, worker types' clouds and cloud settings those of the
+    farm's clouds."""
     findings: list[Finding] = []
     low, high = section.get("min-vms", DEFAULTS["min-vms"]), section.get("max-vms")
     if isinstance(low, int) and isinstance(high, int) and low > high:
         findings.append(Finding(("min-vms",), f"min-vms ({low}) is larger than max-vms ({high})"))
+    budget = section.get("disruption-budget")
+    if isinstance(budget, int) and isinstance(high, int) and budget > high:
+        findings.append(Finding(("disruption-budget",), f"disruption-budget ({budget}) is larger than max-vms ({high})"))
     for key in DURATIONS:
         if key not in section:
             continue

@@ -178,6 +178,8 @@ class Scaler:
         self.observed_idle_since: dict[str, float] = {}
         # Farm instances seen in the pool (live or ended): the black hole's "joined".
         self.joined: list[str] = []
+        # Workers drained for consolidation: the disruption budget counts them until their ads show it.
+        self.consolidating: list[str] = []
         self.outcome: Optional[Outcome] = None  # what the last cycle's apply did
         self._pool = pool
         self.history = History()
@@ -209,7 +211,8 @@ class Scaler:
 
     def memory(self) -> dict[str, Any]:
         """What this scaler remembers for the next plan (in memory only: a restart starts afresh)."""
-        return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined), **self.applier.memory()}
+        return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined),
+                planner.CONSOLIDATING: list(self.consolidating), **self.applier.memory()}
 
     # --- one cycle -----------------------------------------------------------------------------
     def cycle(self, save: Optional[Callable[[dict[str, Any]], None]] = None, strict: bool = False) -> Optional[Plan]:
@@ -237,6 +240,7 @@ class Scaler:
             return None
         self.observed_idle_since = dict(result.observed_idle_since)
         self.joined = list(result.joined)
+        self.consolidating = list(result.consolidating)
         for warning in result.warnings:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",

@@ -221,6 +221,7 @@ class Plan:
     intents: dict[str, tuple[str, int]]  # type: (token, count) of launches of unknown outcome still wanted
     # Hybrid farms: per cloud, in priority order (empty for a farm of one cloud).
     clouds: dict[str, CloudFigures] = field(default_factory=dict)
+    consolidating: list[str] = field(default_factory=list)  # workers draining for consolidation (the disruption budget counts them)
 
     def of(self, action: Action) -> list[Decision]:
         return [d for d in self.decisions if d.action is action]
@@ -262,4 +263,5 @@ class Plan:
             "joined": list(self.joined),
             "launch_intents": {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},
             **({"clouds": {name: asdict(figures) for name, figures in self.clouds.items()}} if self.clouds else {}),
+            "consolidating": list(self.consolidating),
         }

@@ -36,11 +36,11 @@ import collections
 import datetime
 import hashlib
 import math
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
-from . import fit
+from . import consolidate, fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
     ACTIVE,
     CLOUD_TAG,
@@ -71,6 +71,7 @@ REQUIRED = ("now", "jobs", "slots", "instances")
 OBSERVED = "observed_idle_since"
 JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
 INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
+CONSOLIDATING = "consolidating"  # ids of workers this scaler drained for consolidation
 BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate" (hybrid: "launch@CLOUD", "terminate@CLOUD"): epoch seconds}: no such call before then
 RUNNING = 2  # JobStatus of a running job
 IDLE_JOB = 1
@@ -112,9 +113,10 @@ def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> Non
         raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
 
 
-def check_snapshot(data: Any) -> dict[str, Any]:
+def check_snapshot(data: Any, job_numbers: bool = True) -> dict[str, Any]:
     """DATA as a snapshot, or SnapshotError saying (in one line, with the place) what is wrong
-    with it: the shape plan() relies on, and the numbers it reads within 64 bits."""
+    with it: the shape plan() relies on, and the numbers it reads within 64 bits (the jobs' ones
+    only with JOB_NUMBERS: plan() checks them in its one pass over the queue, scan_jobs)."""
     if not isinstance(data, dict):
         raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
     missing = [key for key in REQUIRED if key not in data]
@@ -126,10 +128,16 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         items = data[key]
         if not isinstance(items, list):
             raise SnapshotError(f"'{key}' must be a list, got {type(items).__name__}")
+        fields = NUMBER_FIELDS[key] if key != "jobs" or job_numbers else ()
         for i, item in enumerate(items):
-            if not isinstance(item, dict):
+            if item.__class__ is not dict and not isinstance(item, dict):
                 raise SnapshotError(f"'{key}[{i}]' must be an object, got {type(item).__name__}")
-            _check_numbers(item, f"{key}[{i}]", NUMBER_FIELDS[key])
+            for name in fields:  # the common case inline (a 64-bit int or float, or absent): 100,000 jobs are read each cycle
+                value = item.get(name)
+                kind = value.__class__
+                if value is None or ((kind is int or kind is float) and -NUMBER_LIMIT <= value <= NUMBER_LIMIT):
+                    continue
+                _check_numbers(item, f"{key}[{i}]", (name,))
     for i, instance in enumerate(data["instances"]):
         if not isinstance(instance.get("InstanceId"), str):
             raise SnapshotError(f"'instances[{i}]' has no InstanceId")
@@ -156,9 +164,10 @@ def check_snapshot(data: Any) -> dict[str, Any]:
 
 def _check_memory(data: dict[str, Any]) -> None:
     """The scaler's memory a snapshot may carry besides observed_idle_since."""
-    joined = data.get(JOINED_KEY)
-    if joined is not None and not (isinstance(joined, list) and all(isinstance(i, str) for i in joined)):
-        raise SnapshotError(f"'{JOINED_KEY}' must be a list of instance ids")
+    for key in (JOINED_KEY, CONSOLIDATING):
+        ids = data.get(key)
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise SnapshotError(f"'{key}' must be a list of instance ids")
     intents = data.get(INTENTS)
     if intents is not None:
         if not isinstance(intents, dict):
@@ -230,6 +239,41 @@ def _startd(name: str) -> str:
     return name.split("@", 1)[1] if "@" in name else name
 
 
+class JobScan(NamedTuple):
+    running: dict[str, int]  # running jobs per startd (running_by_startd)
+    waiting: list[dict[str, Any]]  # idle jobs that have waited waiting-time
+    places: list[int]  # their indices in the snapshot's jobs
+
+
+def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> JobScan:
+    """One pass over the queue (100,000 jobs and more on a big pool): the numbers plan() reads
+    checked as check_snapshot does, the running jobs counted per startd, the idle jobs that have
+    waited long enough (since EnteredCurrentStatus, else QDate) collected."""
+    running: dict[str, int] = {}
+    waiting: list[dict[str, Any]] = []
+    places: list[int] = []
+    fields = NUMBER_FIELDS["jobs"]
+    for place, job in enumerate(jobs):
+        get = job.get
+        entered, queued, cpus = get("EnteredCurrentStatus"), get("QDate"), get("RequestCpus")
+        for value in (entered, queued, cpus):
+            kind = value.__class__
+            if value is not None and not ((kind is int or kind is float) and -NUMBER_LIMIT <= value <= NUMBER_LIMIT):
+                _check_numbers(job, f"jobs[{place}]", fields)
+        status = get("JobStatus")
+        if status == IDLE_JOB:
+            since: Any = entered if _is_number(entered) else queued
+            if _is_number(since) and now - since >= waiting_time:
+                waiting.append(job)
+                places.append(place)
+        elif status == RUNNING:
+            host = get("RemoteHost")
+            if isinstance(host, str) and host:
+                key = _startd(host)
+                running[key] = running.get(key, 0) + 1
+    return JobScan(running, waiting, places)
+
+
 def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
     """How many running jobs the schedd places on each startd (by the job's RemoteHost)."""
     counts: dict[str, int] = {}
@@ -274,6 +318,8 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
             return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
         return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
     if "Drained" in states:
+        if running:
+            return worker(WorkerState.DRAINING, f"draining, {running} job(s) still running there by the schedd")
         if all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots):
             return worker(WorkerState.DRAINED, "every slot drained and idle")
         return worker(WorkerState.DRAINING, f"draining, {claimed} slot(s) still claimed" if claimed else "draining")
@@ -385,7 +431,7 @@ def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
 
 def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     """The decisions for one snapshot (see the module's doc). Pure: reads nothing else."""
-    snapshot = check_snapshot(snapshot)
+    snapshot = check_snapshot(snapshot, job_numbers=False)
     now = float(snapshot["now"])
     warnings: list[str] = []
 
@@ -399,7 +445,8 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             by_instance.setdefault(owner, []).append(slot)
 
     farm = sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"]))
-    running = running_by_startd(snapshot["jobs"])
+    scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
+    running = scanned.running
     observed = snapshot.get(OBSERVED) or {}
     instances: list[Worker] = []
     for inst in farm:
@@ -436,15 +483,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             cloud_active[p.on] += figures[p.name].active
 
     # Waiting jobs: idle long enough; each goes to the type that holds it with the least waste.
-    waiting: list[dict[str, Any]] = []
-    places: list[int] = []
-    for place, job in enumerate(snapshot["jobs"]):
-        if job.get("JobStatus") != IDLE_JOB:
-            continue
-        since = job.get("EnteredCurrentStatus") if _is_number(job.get("EnteredCurrentStatus")) else job.get("QDate")
-        if _is_number(since) and now - float(since) >= spec.waiting_time:
-            waiting.append(job)
-            places.append(place)
+    waiting, places = scanned.waiting, scanned.places
     try:
         fitted = fit.rank(waiting, placements, places=places, requirements=spec.typed)
     except fit.RequestError as err:
@@ -553,6 +592,15 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         for w in candidates[room:]:
             w.reason += f"; kept for min-vms {spec.min_vms}"
 
+    # Consolidation: half-empty workers drained so that the others fill (scaler/consolidate.py).
+    leaving = sum(1 for d in decisions if d.action is Action.DRAIN)
+    quiet = not over_threshold and not any(d.action is Action.LAUNCH for d in decisions)
+    merged = consolidate.choose(instances, {w.id: consolidate.load_of(by_instance.get(w.id, ())) for w in instances if w.state in consolidate.OPEN},
+                                snapshot.get(CONSOLIDATING) or (), spec.idle_cpus_budget, spec.disruption_budget,
+                                max(0, active - spec.min_vms - leaving), quiet)
+    for choice in merged.chosen:
+        decisions.append(Decision(Action.DRAIN, choice.reason, instance=choice.worker.id, type=choice.worker.type, cloud=choice.worker.cloud))
+
     # Terminate: lost and drained instances, never one holding a claim.
     for w in instances:
         if w.state in END_OF and w.claimed == 0:
@@ -578,7 +626,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
-        joined=sorted(joined), intents=kept, clouds=clouds,
+        joined=sorted(joined), intents=kept, clouds=clouds, consolidating=merged.remembered,
     )
 
 

@@ -1,0 +1,217 @@
+"""Consolidation: half-empty workers drained gracefully so the others fill, within the disruption budget.
+
+The planner on hand-worked snapshots of partitionable slots, then on generated timelines: jobs of
+1, 2, 4 and 8 CPUs arrive and end, a negotiator places them on workers that are not draining, slot
+ads refresh only now and then (the schedd knows its running jobs at once), the plan's drains and
+terminations are carried out; by the timeline's ground truth, never more workers drained for
+consolidation than the disruption budget, and never a worker terminated while a job runs there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfarm.config import scale as scale_spec
+from vfarm.config.loader import ConfigError, load_text
+from vfarm.scaler import plan as planner
+
+NOW = 1_700_000_000.0
+FARM = "farm"
+CPUS = 8
+TICK = 15.0
+
+
+def spec(**extra: Any) -> scale_spec.ScaleSpec:
+    section = {"name": FARM, "cloud": {"type": "ec2"}, "max-vms": 10, "cpus-per-vm": CPUS, "waiting-time": 0, "idle-time": 60,
+               "boot-timeout": 600, **extra}
+    return scale_spec.parse(section)
+
+
+def instance(iid: str) -> dict[str, Any]:
+    return {"InstanceId": iid, "LaunchTime": NOW - 9999, "State": {"Name": "running"}, "Tags": [{"Key": "vfarm:farm", "Value": FARM}]}
+
+
+def worker_slots(iid: str, jobs: list[int], drained: bool = False, cpus: int = CPUS) -> list[dict[str, Any]]:
+    """A partitionable slot and one dynamic slot per job (its CPUs), as the collector shows them."""
+    free = cpus - sum(jobs)
+    state = "Drained" if drained else "Unclaimed"
+    pslot = {"Name": f"slot1@{iid}", "Machine": f"m-{iid}", "State": state, "Activity": "Retiring" if drained and jobs else "Idle",
+             "Cpus": free, "PartitionableSlot": True, "EnteredCurrentState": NOW - 9999, "NumDynamicSlotsTime": NOW - 600,
+             "VfarmInstanceId": iid}
+    dynamic = [{"Name": f"slot1_{n + 1}@{iid}", "Machine": f"m-{iid}", "State": "Claimed", "Activity": "Retiring" if drained else "Busy",
+                "Cpus": c, "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "VfarmInstanceId": iid} for n, c in enumerate(jobs)]
+    return [pslot, *dynamic]
+
+
+def running(iid: str, jobs: list[int], cluster: int) -> list[dict[str, Any]]:
+    return [{"ClusterId": cluster, "ProcId": n, "JobStatus": 2, "RequestCpus": c, "QDate": NOW - 900, "EnteredCurrentStatus": NOW - 600,
+             "RemoteHost": f"slot1_{n + 1}@{iid}"} for n, c in enumerate(jobs)]
+
+
+def snapshot(load: dict[str, list[int]], drained: tuple[str, ...] = (), idle_jobs: int = 0, **memory: Any) -> dict[str, Any]:
+    slots, jobs = [], []
+    for k, (iid, cpus) in enumerate(sorted(load.items())):
+        slots += worker_slots(iid, cpus, iid in drained)
+        jobs += running(iid, cpus, 100 + k)
+    jobs += [{"ClusterId": 1, "ProcId": n, "JobStatus": 1, "RequestCpus": 1, "QDate": NOW - 900, "EnteredCurrentStatus": NOW - 900}
+             for n in range(idle_jobs)]
+    return {"now": NOW, "jobs": jobs, "slots": slots, "instances": [instance(iid) for iid in sorted(load)], **memory}
+
+
+def consolidation(result: planner.Plan) -> list[planner.Decision]:
+    return [d for d in result.of(planner.Action.DRAIN) if d.reason.startswith("consolidation")]
+
+
+# --- the rules on hand-worked snapshots --------------------------------------------------------
+
+def test_the_least_loaded_busy_worker_is_drained_when_idle_cpus_exceed_the_budget() -> None:
+    result = planner.plan(snapshot({"i-a": [4, 2], "i-b": [1], "i-c": [2, 2, 2]}), spec())
+    # Idle CPUs: 2 + 7 + 2 = 11 > 8 (one worker's worth); i-b's one CPU fits in the 4 the others have.
+    assert [d.instance for d in consolidation(result)] == ["i-b"]
+    assert "11 idle CPU(s)" in consolidation(result)[0].reason and "1 of 8 CPUs in use" in consolidation(result)[0].reason
+    assert result.consolidating == ["i-b"] and result.to_json()["consolidating"] == ["i-b"]
+    assert result.terminate == []  # it still runs a job: drained gracefully, never terminated now
+
+
+def test_within_the_budget_nothing_is_drained() -> None:
+    assert consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [4, 2], "i-c": [2, 2, 2]}), spec())) == []  # 2 + 2 + 2 idle
+    assert len(consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [2], "i-c": [2, 2, 2]}), spec()))) == 1  # 2 + 6 + 2 = 10 > 8
+    assert consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [2], "i-c": [2, 2, 2]}), spec(**{"consolidate-idle-cpus": 10}))) == []
+
+
+def test_a_worker_whose_jobs_would_not_fit_elsewhere_is_kept() -> None:
+    # 4 + 4 = 8 idle CPUs above a budget of 2, but each worker's 4 used CPUs need more than the other's 4 free... exactly 4: fits.
+    assert [d.instance for d in consolidation(planner.plan(snapshot({"i-a": [4], "i-b": [4]}), spec(**{"consolidate-idle-cpus": 2})))] == ["i-a"]
+    # 3 + 3 idle, 5 used each: neither fits in the other's 3.
+    assert consolidation(planner.plan(snapshot({"i-a": [5], "i-b": [5]}), spec(**{"consolidate-idle-cpus": 2}))) == []
+
+
+def test_no_consolidation_while_jobs_wait_or_when_turned_off() -> None:
+    load = {"i-a": [1], "i-b": [1]}
+    assert len(consolidation(planner.plan(snapshot(load), spec()))) == 1
+    assert consolidation(planner.plan(snapshot(load, idle_jobs=3), spec())) == []
+    assert consolidation(planner.plan(snapshot(load), spec(**{"disruption-budget": 0}))) == []
+    assert consolidation(planner.plan(snapshot(load), spec(**{"min-vms": 2}))) == []  # never below min-vms
+
+
+def test_the_disruption_budget_counts_remembered_and_draining_workers() -> None:
+    load = {"i-a": [1], "i-b": [1], "i-c": [1]}
+    assert len(consolidation(planner.plan(snapshot(load), spec(**{"disruption-budget": 2})))) == 2
+    # A worker drained earlier whose ads do not show it yet: the scaler's memory counts it.
+    remembered = planner.plan(snapshot(load, consolidating=["i-a"]), spec())
+    assert consolidation(remembered) == [] and remembered.consolidating == ["i-a"]
+    # After a restart (no memory): a draining worker that still runs jobs counts.
+    assert consolidation(planner.plan(snapshot(load, drained=("i-a",)), spec())) == []
+    # A remembered worker that is gone (terminated) no longer counts.
+    gone = planner.plan(snapshot({"i-b": [1], "i-c": [1]}, consolidating=["i-a"]), spec())
+    assert [d.instance for d in consolidation(gone)] == ["i-b"] and gone.consolidating == ["i-b"]
+
+
+def test_a_drained_worker_the_schedd_still_runs_a_job_on_is_not_terminated() -> None:
+    snap = snapshot({"i-a": []}, drained=("i-a",))
+    assert planner.plan(snap, spec()).terminate == ["i-a"]
+    snap["jobs"] = running("i-a", [1], 7)  # its ads lag: the schedd knows the job still runs there
+    result = planner.plan(snap, spec())
+    assert result.terminate == [] and result.instances[0].state == "draining" and "by the schedd" in result.instances[0].reason
+
+
+def test_settings_defaults_and_checks() -> None:
+    assert spec().idle_cpus_budget == CPUS and spec().disruption_budget == 1
+    typed = scale_spec.parse({"name": FARM, "cloud": {"type": "ec2"}, "max-vms": 4,
+                              "types": [{"name": "s", "cpus": 2}, {"name": "l", "cpus": 16}]})
+    assert typed.idle_cpus_budget == 16
+    assert spec(**{"consolidate-idle-cpus": 0}).idle_cpus_budget == 0
+    findings = scale_spec.check({"name": FARM, "cloud": {"type": "ec2"}, "max-vms": 2, "disruption-budget": 3})
+    assert [f.message for f in findings] == ["disruption-budget (3) is larger than max-vms (2)"]
+    text = "#multiple-config\nscale:\n  name: f\n  cloud: {type: local}\n  max-vms: 2\n  disruption-budget: {budget}\n"
+    for budget, message in (("-1", "disruption-budget"), ("3", "disruption-budget (3) is larger than max-vms (2)")):
+        with pytest.raises(ConfigError) as caught:
+            load_text(text.replace("{budget}", budget), "farm.yaml")
+        assert "farm.yaml:6:" in str(caught.value) and message in str(caught.value)
+    load_text(text.replace("{budget}", "2"), "farm.yaml")
+
+
+def test_a_snapshot_with_a_bad_consolidating_memory_is_refused() -> None:
+    with pytest.raises(planner.SnapshotError, match="'consolidating' must be a list of instance ids"):
+        planner.plan(snapshot({"i-a": [1]}, consolidating={"i-a": 1}), spec())
+
+
+# --- generated timelines -----------------------------------------------------------------------
+
+@dataclass
+class SimWorker:
+    id: str
+    jobs: dict[int, tuple[int, float]] = field(default_factory=dict)  # job id: (cpus, end)
+    drained: bool = False
+    for_consolidation: bool = False
+    ads: Optional[list[dict[str, Any]]] = None  # what the collector shows (refreshed now and then)
+
+
+@dataclass
+class Timeline:
+    arrivals: list[list[tuple[int, int]]]  # per cycle: (cpus, cycles it runs)
+    refresh: list[list[bool]]  # per cycle, per worker slot: does its ad refresh
+    budget: int
+    idle_cpus: int
+
+
+def timelines() -> st.SearchStrategy[Timeline]:
+    job = st.tuples(st.sampled_from((1, 1, 2, 4, 8)), st.integers(1, 12))
+    return st.builds(Timeline, st.lists(st.lists(job, max_size=4), min_size=5, max_size=40),
+                     st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=40, max_size=40),
+                     st.integers(1, 3), st.integers(0, 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(timelines())
+def test_never_more_than_the_budget_drained_for_consolidation_and_never_a_job_killed(line: Timeline) -> None:
+    farm = spec(**{"max-vms": 6, "disruption-budget": line.budget, "consolidate-idle-cpus": line.idle_cpus})
+    workers = {f"i-{n}": SimWorker(f"i-{n}") for n in range(6)}
+    queue: list[tuple[int, int, float]] = []  # (job id, cpus, run time)
+    memory: dict[str, Any] = {}
+    started: dict[int, int] = {}
+    next_id = 0
+    for cycle in range(len(line.arrivals) + 30):
+        now = NOW + cycle * TICK
+        for w in workers.values():
+            for jid in [j for j, (_c, end) in w.jobs.items() if end <= now]:
+                del w.jobs[jid]
+        for cpus, runs in line.arrivals[cycle] if cycle < len(line.arrivals) else ():
+            queue.append((next_id, cpus, runs * TICK))
+            next_id += 1
+        for item in list(queue):  # the negotiator: in queue order, onto the first worker with room that takes new jobs
+            jid, cpus, runtime = item
+            for w in sorted(workers.values(), key=lambda w: w.id):
+                if not w.drained and CPUS - sum(c for c, _e in w.jobs.values()) >= cpus:
+                    w.jobs[jid] = (cpus, now + runtime)
+                    started[jid] = started.get(jid, 0) + 1
+                    queue.remove(item)
+                    break
+        slots, jobs = [], []
+        for k, w in enumerate(sorted(workers.values(), key=lambda w: w.id)):
+            cpus = [c for c, _e in w.jobs.values()]
+            if w.ads is None or line.refresh[cycle % len(line.refresh)][k]:
+                w.ads = worker_slots(w.id, cpus, w.drained)
+            slots += w.ads
+            jobs += running(w.id, cpus, 1000 + k)
+        jobs += [{"ClusterId": jid, "ProcId": 0, "JobStatus": 1, "RequestCpus": c, "QDate": now - 60, "EnteredCurrentStatus": now - 60}
+                 for jid, c, _r in queue]
+        snap = {"now": now, "jobs": jobs, "slots": slots, "instances": [instance(iid) for iid in sorted(workers)], **memory}
+        result = planner.plan(snap, farm)
+        memory = {planner.OBSERVED: result.observed_idle_since, planner.JOINED_KEY: result.joined,
+                  planner.CONSOLIDATING: result.consolidating}
+        for iid in result.terminate:
+            assert not workers[iid].jobs, f"{iid} terminated while {len(workers[iid].jobs)} job(s) run there"
+            del workers[iid]
+        for decision in result.of(planner.Action.DRAIN):
+            w = workers[str(decision.instance)]
+            w.drained = True
+            w.for_consolidation = w.for_consolidation or decision.reason.startswith("consolidation")
+        draining = [w.id for w in workers.values() if w.for_consolidation]
+        assert len(draining) <= line.budget, f"cycle {cycle}: {draining} drained for consolidation, budget {line.budget}"
+    assert all(n == 1 for n in started.values())
