@@ -107,8 +107,10 @@ def _read_regular(fd: int, limit: int) -> bytes:
 
 
 def _read_stream(fd: int, limit: int, timeout: float) -> bytes:
-    """Pipes, FIFOs, sockets and devices: wait for data with poll() until the deadline. (A FIFO
-    opened with O_NONBLOCK reads as empty while nobody writes it: poll first, read after.)"""
+    """Pipes, FIFOs, sockets and devices: wait for data with poll() until the deadline; past it,
+    only data that is there at once is read (a device that never ends, such as /dev/zero, runs
+    into LIMIT however busy the machine is; one that pauses after the deadline is refused). (A
+    FIFO opened with O_NONBLOCK reads as empty while nobody writes it: poll first, read after.)"""
     deadline = time.monotonic() + timeout
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLPRI)
@@ -116,7 +118,7 @@ def _read_stream(fd: int, limit: int, timeout: float) -> bytes:
     total = 0
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+        if not poller.poll(max(1, int(left * 1000)) if left > 0 else 0):
             if time.monotonic() < deadline:
                 continue
             waited = "no data" if not total else f"no end of the data after {total} bytes"

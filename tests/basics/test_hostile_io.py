@@ -514,3 +514,17 @@ def test_a_missed_bound_is_still_one_line(error: type, monkeypatch: pytest.Monke
     code, out, err = in_process(capsys, "validate", EXAMPLE)
     assert (code, out) == (1, "")
     assert err == f"vfarm: validate: the input is too large or too deeply nested to handle ({error.__name__})\n"
+
+
+def test_a_device_that_never_ends_is_refused_for_size_even_past_the_deadline() -> None:
+    """Past the deadline only data that is there at once is read: /dev/zero always is, so it ends
+    in the size limit (not a timeout) however late the reader runs; a pipe nobody writes times out."""
+    with pytest.raises(files.InputError, match="larger than 256 KiB"):
+        files.read_bounded("/dev/zero", 256 << 10, timeout=1e-9)
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(files.InputError, match="no data within"):
+            files.read_fd_bounded(read_end, 1024, timeout=0.05)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

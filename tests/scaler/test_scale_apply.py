@@ -408,7 +408,7 @@ def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) ->
         if "cycle skipped, nothing changed: collector 127.0.0.1:9" in line:
             proc.send_signal(signal.SIGTERM)
             break
-    rest = proc.communicate(timeout=30)[1]
+    rest = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, "".join(seen) + rest
     assert "SIGTERM: stopping after this cycle" in rest and "stopped after 1 cycle(s)" in rest
 
