@@ -10,10 +10,8 @@ runs in that namespace (its workers' only route is to that address), and one soc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool, namespaced_pool  # noqa: E402
+from tests.fixtures.condor_pool import CondorPool, local_farm_file, namespaced_pool, stop_process  # noqa: E402
 from vfarm.clouds import local_farm  # noqa: E402
 
 POOL_ADDRESS = "10.0.2.100"  # inside the demo's namespace only
@@ -33,39 +31,6 @@ OVERALL_TIMEOUT = 3600.0  # two TCG worker boots, the jobs, idle-time and the dr
 
 def say(message: str) -> None:
     print(f"[farm-demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def farm_file(folder: Path, pool: CondorPool, workers: int) -> Path:
-    (folder / "admin.token").write_text((pool.admin_token_dir / "autoscaler").read_text())
-    os.chmod(folder / "admin.token", 0o600)
-    admin = ["nsenter", f"--target={pool.master_pid}", "--mount", "--pid", "--", "chroot", str(pool.merged), "env", "-i",
-             f"PATH={CLEAN_ENV['PATH']}"]
-    farm = folder / "farm.yaml"
-    farm.write_text(f"""\
-#multiple-config
-localfs:
-  parts:
-    scratch: {{size: 60%VG, mount: /scratch}}
-condor:
-  central-manager: {POOL_ADDRESS}
-  token: {pool.token(f"condor@{UID_DOMAIN}")}
-  execute: /scratch/condor
-  join-timeout: 900
-  config: {{ENABLE_IPV6: false}}
-check: {{}}
-scale:
-  name: {FARM}
-  cloud: {{type: local, image: trixie-condor, memory: 2G, vcpus: 2, handlers: baked}}
-  pool: {{collector: '{POOL_ADDRESS}:{pool.port}', token-file: admin.token, admin-command: {json.dumps(admin)}}}
-  max-vms: {workers}
-  cpus-per-vm: 2
-  waiting-time: 0
-  idle-time: 30
-  boot-timeout: 1200
-  check-every: 5
-""")
-    os.chmod(farm, 0o600)
-    return farm
 
 
 def submit_burst(pool: CondorPool, jobs: int, seconds: int) -> int:
@@ -99,17 +64,6 @@ def page_forward(pool: CondorPool, port: int) -> subprocess.Popen[bytes]:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop(process: Optional[subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def run(out: Path, jobs: int, seconds: int, workers: int, port: int) -> int:
     if out.exists():
         shutil.rmtree(out)
@@ -118,7 +72,8 @@ def run(out: Path, jobs: int, seconds: int, workers: int, port: int) -> int:
     farm = local_farm.LocalFarm(local_root / "farm")
     say("starting a real HTCondor pool in a network namespace of its own")
     with namespaced_pool(POOL_ADDRESS, prefix="vfarm-demo-") as pool:
-        farm_path = farm_file(out, pool, workers)
+        farm_path = local_farm_file(out, pool, name=FARM, address=POOL_ADDRESS, max_vms=workers, idle_time=30, join_timeout=900,
+                                    boot_timeout=1200, check_every=5)
         env = {**os.environ, "VFARM_LOCAL_DIR": str(local_root), "CONDOR_CONFIG": str(pool.host_config)}
         env.pop("_CONDOR_SEC_TOKEN_DIRECTORY", None)
         scaler: Optional[subprocess.Popen[bytes]] = None
@@ -161,8 +116,8 @@ def run(out: Path, jobs: int, seconds: int, workers: int, port: int) -> int:
                 ["nsenter", f"--net=/proc/{pool.master_pid}/ns/net", "--", sys.executable, "-m", "vfarm", "scale", str(farm_path), "--status",
                  "--json"], capture_output=True, text=True, env=env).stdout)
         finally:
-            stop(forward)
-            stop(scaler)
+            stop_process(forward)
+            stop_process(scaler)
             leftover = [i["InstanceId"] for i in farm.instances(states=("pending", "running", "stopped"))]
             farm.terminate(leftover)  # never leave a VM running
     if ok:

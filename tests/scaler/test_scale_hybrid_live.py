@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.cli.test_ec2_cli import EXAMPLE
-from tests.clouds.test_openstack import foreign_server, server_ids, wait_gone
+from tests.clouds.test_openstack import NoDrain, foreign_server, server_ids, wait_gone
 from tests.fixtures.condor_pool import CondorPool, wait_for
 from tests.fixtures.moto import Ec2Endpoint
 from tests.fixtures.openstack import PASSWORD, OpenStackCloud
@@ -172,6 +172,3 @@ def test_no_valid_host_on_openstack_falls_back_to_ec2_in_the_same_cycle(openstac
         admin.compute.delete_flavor(huge)
 
 
-class NoDrain:
-    def drain(self, instance_id: str, slots: list[dict[str, Any]], reason: str) -> None:
-        raise AssertionError(f"nothing to drain here: {instance_id}")

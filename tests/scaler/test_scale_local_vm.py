@@ -15,10 +15,8 @@ log line of the scaler, qemu's exit); the timeline is printed (`-s`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool, namespaced_pool, wait_for
+from tests.fixtures.condor_pool import CondorPool, local_farm_file, namespaced_pool, stop_process, wait_for
 from vfarm.clouds import local_farm
 
 pytestmark = [pytest.mark.vm, pytest.mark.pool]
@@ -53,34 +51,8 @@ def ns_pool() -> Iterator[CondorPool]:
 
 
 def farm_file(folder: Path, pool: CondorPool) -> Path:
-    (folder / "admin.token").write_text((pool.admin_token_dir / "autoscaler").read_text())
-    admin = ["nsenter", f"--target={pool.master_pid}", "--mount", "--pid", "--", "chroot", str(pool.merged), "env", "-i",
-             f"PATH={CLEAN_ENV['PATH']}"]
-    farm = folder / "farm.yaml"
-    farm.write_text(f"""\
-#multiple-config
-localfs:
-  parts:
-    scratch: {{size: 60%VG, mount: /scratch}}
-condor:
-  central-manager: {POOL_ADDRESS}
-  token: {pool.token(f"condor@{UID_DOMAIN}")}
-  execute: /scratch/condor
-  join-timeout: 600
-  config: {{ENABLE_IPV6: false}}
-check: {{}}
-scale:
-  name: {FARM}
-  cloud: {{type: local, image: trixie-condor, memory: 2G, vcpus: 2, handlers: baked}}
-  pool: {{collector: '{POOL_ADDRESS}:{pool.port}', token-file: admin.token, admin-command: {json.dumps(admin)}}}
-  max-vms: 1
-  cpus-per-vm: 2
-  waiting-time: 0
-  idle-time: 20
-  boot-timeout: 900
-  check-every: 3
-""")
-    return farm
+    return local_farm_file(folder, pool, name=FARM, address=POOL_ADDRESS, max_vms=1, idle_time=20, join_timeout=600, boot_timeout=900,
+                           check_every=3)
 
 
 def submit(pool: CondorPool) -> int:
@@ -202,12 +174,7 @@ def test_vfarm_scale_grows_a_real_worker_vm_runs_the_job_then_drains_and_termina
         wait_for(lambda: not local_farm.alive(qemu, None), GONE_TIMEOUT, f"{iid}'s qemu ended", interval=0.5)
         mark("gone")
     finally:
-        scaler.send_signal(signal.SIGTERM)
-        try:
-            scaler.wait(60)
-        except subprocess.TimeoutExpired:
-            scaler.kill()
-            scaler.wait()
+        stop_process(scaler)
         leftover = [i["InstanceId"] for i in farm.instances(states=("pending", "running", "stopped"))]
         listed = farm.instances(tag_filters={"vfarm:farm": FARM}, states=None)
         debug = vm_log()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.condor_pool import CLEAN_ENV, CondorPool, free_port
+from tests.fixtures.condor_pool import CLEAN_ENV, CondorPool, free_port, stop_process
 from tests.fixtures.moto import Ec2Endpoint
 
 pytestmark = pytest.mark.pool
@@ -92,12 +91,7 @@ def test_the_loop_grows_and_shrinks_the_farm_without_losing_a_job(condor_pool: C
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
     finally:
-        scaler.send_signal(signal.SIGTERM)
-        try:
-            scaler.wait(60)
-        except subprocess.TimeoutExpired:
-            scaler.kill()
-            scaler.wait()
+        stop_process(scaler)
         for iid in set(workers) - gone:
             condor_pool.remove_worker(iid)
         if cluster is not None:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -26,7 +25,7 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.fixtures.condor_pool import CondorPool, free_port, wait_for
+from tests.fixtures.condor_pool import CondorPool, free_port, stop_process, wait_for
 from tests.fixtures.moto import Ec2Endpoint
 from tests.scaler.test_scale_loop_pool import farm_file, farm_instances
 
@@ -138,13 +137,7 @@ def test_the_page_in_chromium_shows_what_status_json_says(condor_pool: CondorPoo
         assert shot.returncode == 0, shot.stderr[-3000:]
         history = http_json(f"{base}/history.json")
     finally:
-        if scaler is not None:
-            scaler.send_signal(signal.SIGTERM)
-            try:
-                scaler.wait(60)
-            except subprocess.TimeoutExpired:
-                scaler.kill()
-                scaler.wait()
+        stop_process(scaler)
         condor_pool.run(["condor_rm", str(cluster)], check=False)
     print(f"screenshot: {artifacts / 'page.png'}")
     assert (artifacts / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
