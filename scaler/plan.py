@@ -89,7 +89,7 @@ class SnapshotError(ValueError):
 # The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
 NUMBER_FIELDS = {
     "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),  # RequestMemory and RequestGPUs: checked by fit.rank
-    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs"),
+    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs", "LastHeardFrom"),
     "instances": ("LaunchTime",),
     "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
 }
@@ -292,12 +292,33 @@ def running_on(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
     return sum(running.get(key, 0) for key in keys)
 
 
+def current_slots(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A worker's slot ads less the dynamic slots its partitionable slot has since given back: a
+    dynamic slot's ad the collector heard before its partitionable slot's newer ad, which no
+    longer lists it among its children (ChildName), is stale. The startd deleted that slot when
+    its claim ended; the collector keeps the old ad, Claimed, until it expires (ClassAdLifetime,
+    15 minutes by default), and the worker would look busy all that time."""
+    parents = {str(s["Name"]): s for s in slots if s.get("PartitionableSlot") and isinstance(s.get("Name"), str)}
+    kept = []
+    for s in slots:
+        name = s.get("Name")
+        if s.get("DynamicSlot") and isinstance(name, str) and "@" in name:
+            slot, _, startd = name.partition("@")
+            parent = parents.get(f"{slot.rsplit('_', 1)[0]}@{startd}")
+            if parent is not None and _is_number(parent.get("LastHeardFrom")) and _is_number(s.get("LastHeardFrom")) \
+                    and parent["LastHeardFrom"] > s["LastHeardFrom"] and name not in (parent.get("ChildName") or []):
+                continue
+        kept.append(s)
+    return kept
+
+
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
              running: int = 0, observed_since: Optional[float] = None) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
     (None: not before now)."""
     iid = str(instance["InstanceId"])
+    slots = current_slots(slots)
     launched = epoch(instance.get("LaunchTime"))
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]

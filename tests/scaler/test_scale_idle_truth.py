@@ -73,6 +73,23 @@ def test_a_job_the_schedd_runs_there_makes_the_worker_busy_whatever_its_stale_ad
     assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60))).state == "idle"  # only running jobs count
 
 
+def test_a_dynamic_slots_ad_older_than_its_partitionable_slots_newer_ad_is_stale() -> None:
+    """As a real worker VM left them (UPDATE_INTERVAL 300 s): its two dynamic slots' ads, Claimed
+    and Busy, last heard when their jobs ran; its partitionable slot's ad, heard since, lists no
+    child. The worker is idle (not busy for the 15 minutes the collector keeps those ads); while
+    the partitionable slot still lists a child, or has not been heard since, that child counts."""
+    parent = {**pslot("i-a", NOW - 900, NOW - 400), "LastHeardFrom": NOW - 200, "NumDynamicSlots": 0, "ChildName": []}
+    children = [{"Name": f"slot1_{n}@w-i-a@{HOST}", "Machine": HOST, "State": "Claimed", "Activity": "Busy", "Cpus": 1, "DynamicSlot": True,
+                 "LastHeardFrom": NOW - 420, "VfarmInstanceId": "i-a"} for n in (1, 2)]
+    watched = {"i-a": NOW - 400}
+    result = planner.plan(snapshot([parent, *children], observed=watched), spec(60))
+    assert only(result).state == "idle" and result.drain == ["i-a"], only(result).reason
+    listed = {**parent, "NumDynamicSlots": 1, "ChildName": [children[0]["Name"]]}
+    assert only(planner.plan(snapshot([listed, *children], observed=watched), spec(60))).reason == "1 of 2 slot(s) claimed"
+    unheard = {**parent, "LastHeardFrom": NOW - 500}
+    assert only(planner.plan(snapshot([unheard, *children], observed=watched), spec(60))).state == "busy"
+
+
 def test_without_observations_a_worker_is_seen_idle_for_the_first_time_now() -> None:
     stale = pslot("i-a", NOW - 9999, NOW - 9000)
     result = planner.plan(snapshot([stale]), spec(60))
