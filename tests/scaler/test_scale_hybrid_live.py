@@ -22,7 +22,7 @@ import pytest
 
 from tests.cli.test_ec2_cli import EXAMPLE
 from tests.clouds.test_openstack import NoDrain, foreign_server, server_ids, wait_gone
-from tests.fixtures.condor_pool import CondorPool, wait_for
+from tests.fixtures.condor_pool import CondorPool, restore, wait_for
 from tests.fixtures.moto import Ec2Endpoint
 from tests.fixtures.openstack import PASSWORD, OpenStackCloud
 from vfarm.cli import scale as scale_cli
@@ -83,6 +83,8 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
     offset = [0.0]
     metrics = loop.Metrics(FARM, [c.name for c in spec.clouds])
     caplog.set_level(logging.INFO, logger="vfarm.scale")
+    # The scaler points this process's htcondor2 at its token folder (gone after the stack): put it back after.
+    previous = {"_CONDOR_SEC_TOKEN_DIRECTORY": os.environ.get("_CONDOR_SEC_TOKEN_DIRECTORY")}
     try:
         with contextlib.ExitStack() as stack:
             scaler = scale_cli.make_scaler(spec, argparse.Namespace(farm=str(farm)), stack, dry_run=False, metrics=metrics)
@@ -132,6 +134,7 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
         assert foreign in server_ids(openstack_env)
         assert all(after[iid]["State"]["Name"] == "running" for iid in others)
     finally:
+        restore(previous)
         condor_pool.run(["condor_rm", str(cluster)], check=False)
 
 
