@@ -288,8 +288,10 @@ def test_scaler_backend_reaps_failed_servers_before_launching(openstack_env: Ope
     huge = admin.compute.create_flavor(name="vfarm.huge2", ram=512, vcpus=1, disk=700000, is_public=True)
     try:
         failing = OpenStackBackend(scale_spec.parse(scale_section(flavor="vfarm.huge2")), b"#cloud-config\n")
-        failing.schedule_wait = 0.0  # a server that fails after the launch's wait for its placement
-        [dead] = failing.launch(1, "vfarm-t-1", failing.spec.types[0])
+        # A farm server that failed after its launch was over (started through the cloud layer: the
+        # backend's own launch would see it fail when Nova is quick, and delete it at once).
+        [started] = failing.cloud.launch(b"#cloud-config\n", "tiny", "vfarm.huge2", network="private", properties={"vfarm:farm": "torino"})
+        dead = started["InstanceId"]
         with pytest.raises(openstack.OpenStackError, match="No valid host"):
             failing.cloud.wait_running([dead], interval=0.3, timeout=120)
         assert [i["State"]["Name"] for i in failing.farm_instances()] == ["stopped"]
