@@ -215,6 +215,10 @@ class _MetadataService:
         self.thread = threading.Thread(target=serve, name="vfarm-metadata", daemon=True)
         self.thread.start()
 
+    def close(self) -> None:
+        self.shutdown()  # type: ignore[attr-defined]  # the socketserver it is mixed into
+        self.server_close()  # type: ignore[attr-defined]
+
     def answer(self, path: str) -> Optional[tuple[bytes, str]]:
         """(body, content type) for a GET of PATH, None for 404."""
         path = path.split("?", 1)[0]
@@ -260,10 +264,6 @@ class MetadataServer(_MetadataService, http.server.ThreadingHTTPServer):
     def socat_target(self) -> str:
         return f"TCP:127.0.0.1:{self.port}"
 
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
 
 class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServer):
     """The metadata service on a Unix socket of its own: qemu's socat reaches it from any network
@@ -285,8 +285,7 @@ class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServe
         return f"UNIX-CONNECT:{self.folder / 'metadata.sock'}"
 
     def close(self) -> None:
-        self.shutdown()
-        self.server_close()
+        super().close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -257,13 +257,19 @@ def _check_clouds(section: dict[str, Any]) -> list[Finding]:
         for key in CLOUD_ENTRY_KEYS:
             if key in cloud:
                 findings.append(Finding(("cloud", key), f"{key}: only an entry of clouds has one (a farm of one cloud: max-vms bounds it)"))
+    return findings + _listed_twice(section, "clouds", "cloud")
+
+
+def _listed_twice(section: dict[str, Any], key: str, what: str) -> list[Finding]:
+    """A finding for each entry of the list KEY whose name an earlier entry has."""
+    findings: list[Finding] = []
     seen: set[str] = set()
-    for i, item in enumerate(section.get("clouds") or ()):
+    for i, item in enumerate(section.get(key) or ()):
         if not isinstance(item, dict):
             continue
         name = item.get("name")
         if name in seen:
-            findings.append(Finding(("clouds", i, "name"), f"cloud {name!r} is listed twice"))
+            findings.append(Finding((key, i, "name"), f"{what} {name!r} is listed twice"))
         seen.add(str(name))
     return findings
 
@@ -288,16 +294,12 @@ def _check_types(section: dict[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     if "cpus-per-vm" in section:
         findings.append(Finding(("cpus-per-vm",), "cpus-per-vm is for a farm of one type: with types, each type gives its cpus"))
-    seen: set[str] = set()
+    findings += _listed_twice(section, "types", "type")
     hybrid = "clouds" in section
     kinds = _cloud_kinds(section)
     for i, item in enumerate(types):
         if not isinstance(item, dict):
             continue
-        name = item.get("name")
-        if name in seen:
-            findings.append(Finding(("types", i, "name"), f"type {name!r} is listed twice"))
-        seen.add(str(name))
         own = item.get("clouds")
         # Where each named cloud sits in the type's `clouds` (a list's index, a mapping's key).
         place: dict[str, Any] = {str(n): k for k, n in enumerate(own)} if isinstance(own, list) else {}
