@@ -37,6 +37,25 @@ def _version() -> str:
 VERSION = _version()
 
 
+def document(handler: str, status: str, reason: str, started: float, instance_id: Optional[str], version: str,
+             steps: Optional[list[dict[str, Any]]] = None, finished: Optional[float] = None) -> dict[str, Any]:
+    """A new status record. The one home of the format: stdlib only and self-contained, because
+    `vfarm build` copies this function's source into the `--pin` loader, which writes the record
+    of a handler that could not be fetched."""
+    return {
+        "handler": handler,
+        "status": status,
+        "reason": reason,
+        "started": started,
+        "finished": finished,
+        "seconds": None if finished is None else round(finished - started, 3),
+        "instance_id": instance_id,
+        "changed": False,
+        "steps": steps or [],
+        "vfarm_version": version,
+    }
+
+
 def status_path(handler: str, directory: Union[str, Path, None] = None) -> Path:
     return log_dir(directory) / f"{handler}.status.json"
 
@@ -66,18 +85,7 @@ class Record:
         self.handler = handler
         self.directory = log_dir(directory)
         self.instance_id = instance_id
-        self.data: dict[str, Any] = {
-            "handler": handler,
-            "status": "running",
-            "reason": "",
-            "started": time.time(),
-            "finished": None,
-            "seconds": None,
-            "instance_id": instance_id,
-            "changed": False,
-            "steps": [],
-            "vfarm_version": VERSION,
-        }
+        self.data = document(handler, "running", "", time.time(), instance_id, VERSION)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path = self.directory / f"{handler}.log"
         self.logger = logging.getLogger(f"vfarm.{handler}")

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .. import files
 from ..config import condor as condor_spec
 from ..config import sections
 from ..config.loader import Config
@@ -195,10 +196,13 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
         types, frequency = bundle.handler_types(name), bundle.handler_frequency(name)
         pinned.append({"name": name, "url": mode.url(name), "sha256": bundle.sha256(source), "types": types, "frequency": frequency})
     frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
+    from ..cc_modules import record
     from . import pinloader
 
     code = bundle.minify(pyinspect.getsource(pinloader))
-    for old, new in (("PINNED = []", f"PINNED = {pinned!a}"), ('FREQUENCY = "once-per-instance"', f"FREQUENCY = {frequency!a}")):
+    for old, new in (("PINNED = []", f"PINNED = {pinned!a}"), ('FREQUENCY = "once-per-instance"', f"FREQUENCY = {frequency!a}"),
+                     ("from ..cc_modules.record import document", bundle.minify(pyinspect.getsource(record.document)).strip()),
+                     ("from ..files import DEFAULT_LOG_DIR", f"DEFAULT_LOG_DIR = {files.DEFAULT_LOG_DIR!a}")):
         if code.count(f"\n{old}\n") != 1:
             raise BuildError(f"internal: the pin loader has no single line {old!r}")
         code = code.replace(f"\n{old}\n", f"\n{new}\n")

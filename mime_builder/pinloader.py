@@ -27,6 +27,11 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
+# `vfarm build` puts the source of the status record's one home here (and the default folder's
+# value), so the loader needs no vfarm package on the instance.
+from ..cc_modules.record import document
+from ..files import DEFAULT_LOG_DIR
+
 # Filled in by `vfarm build`: [{"name", "url", "sha256", "types", "frequency"}, ...].
 PINNED: list[dict[str, Any]] = []
 FREQUENCY = "once-per-instance"
@@ -93,21 +98,11 @@ def _instance_id(cloud: Any) -> Optional[str]:
 
 
 def record_failure(name: str, reason: str, cloud: Any = None) -> None:
-    """A failed status record of handler NAME, in the format of cc_modules/record.py."""
-    directory = os.environ.get("VFARM_LOG_DIR") or "/var/log/vfarm"
+    """Write a failed status record of handler NAME."""
+    directory = os.environ.get("VFARM_LOG_DIR") or DEFAULT_LOG_DIR
     now = time.time()
-    data = {
-        "handler": name,
-        "status": "failed",
-        "reason": reason,
-        "started": now,
-        "finished": now,
-        "seconds": 0.0,
-        "instance_id": _instance_id(cloud),
-        "changed": False,
-        "steps": [{"action": "pin", "ok": False, "reason": reason}],
-        "vfarm_version": "pin-loader",
-    }
+    data = document(name, "failed", reason, now, _instance_id(cloud), "pin-loader",
+                    steps=[{"action": "pin", "ok": False, "reason": reason}], finished=now)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as out:

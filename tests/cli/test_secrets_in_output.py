@@ -18,6 +18,7 @@ from tests.cli.test_ec2_cli import one_line_failure, run
 from tests.clouds.test_ec2 import closed_port
 from tests.fixtures.moto import Ec2Endpoint
 from vfarm.cc_modules import check
+from vfarm.cc_modules import record as record_format
 from vfarm.config import loader as configuration
 from vfarm.display import ShownFormatter
 from vfarm.mime_builder import mime
@@ -170,6 +171,7 @@ def test_pin_loader_logs_and_records_hide_credentials(
     for record in records:
         data = json.loads(record.read_text())
         assert data["status"] == "failed" and data["reason"].startswith("pinned handler not fetched from http://***@127.0.0.1:"), data
+        assert list(data) == list(record_format.document("x", "failed", "", 0.0, None, "")), "the record's own format"
         assert_clean(data["reason"], password)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "fetching http://***@127.0.0.1:" in logged or "InvalidURL" in logged
