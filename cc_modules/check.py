@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..display import shown
-from ..files import atomic_write, under
+from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, under
 from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
 
@@ -63,11 +63,6 @@ VERDICT_PREFIX = "vfarm-verdict: "
 VERDICT_VERSION = 1
 VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
-# HTCondor reads the verdict from this file (50-vfarm.conf includes it: condor_spec.VERDICT_FILE)
-# when the condor unit reloads; not imported from there, to keep the check's bundle small.
-CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
-# Where the check script lives on the instance: cloud-init's power_state condition runs it.
-SCRIPT_PATH = "/var/lib/vfarm/vfarm-check.py"
 
 Runner = Callable[[list[str]], Any]
 
@@ -118,7 +113,7 @@ class Paths:
 
     @property
     def script(self) -> Path:
-        return self._p(SCRIPT_PATH)
+        return self._p(CHECK_SCRIPT)
 
 
 # --- settings -----------------------------------------------------------------------------------

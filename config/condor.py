@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..files import read_bounded
+from ..files import CONDOR_VERDICT_FILE, read_bounded
 from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
 from .sizes import MAX_SECONDS, parse_seconds
@@ -36,8 +36,6 @@ INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances b
 VERDICT_ATTRIBUTE = "VfarmVerdict"  # the final check's result: pending until it ran, then ok/degraded/failed
 VERSION_ATTRIBUTE = "VfarmVersion"
 VFARM_ATTRIBUTES = (INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE, VERSION_ATTRIBUTE)
-# Written by the final check (check.CONDOR_VERDICT_FILE) after the startd started; then the condor unit reloads.
-VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 TOKEN_FILE_MAX = 16 * 1024  # an IDTOKEN is a few hundred bytes
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _IPV4 = re.compile(r"^[0-9.]+$")
@@ -306,5 +304,5 @@ def render(spec: CondorSpec, instance_id: str) -> str:
     names = " ".join(name for name, _ in attributes)
     lines += [f"STARTD_ATTRS = $(STARTD_ATTRS) {names}", f"MASTER_ATTRS = $(MASTER_ATTRS) {INSTANCE_ATTRIBUTE}"]
     lines += [f"{_knob_name(name, 'config knob')} = {_config_value(name, value)}" for name, value in spec.config]
-    lines.append(f"include ifexist : {VERDICT_FILE}")
+    lines.append(f"include ifexist : {CONDOR_VERDICT_FILE}")
     return "\n".join(lines) + "\n"

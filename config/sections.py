@@ -4,7 +4,8 @@ A row says whether the section goes to the instance, whether `config/<name>.py` 
 its schema (`schemas/<name>.schema.json`), and where a baked image runs its cloud-init module. The
 order of the rows is the order the instance applies them: localfs first (the others' folders may
 lie on its mounts), then cvmfs, then condor (jobs may need CVMFS), and the final check last.
-A section's part-handler is `part_handlers/<name>_handler.py`, its module `cc_modules/cc_<name>.py`.
+A section's part-handler is `part_handlers/<name>_handler.py` (its content type and frequency are
+read here, so that `vfarm build` need not import it), its module `cc_modules/cc_<name>.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ class Section:
     # None: the end of cloud_final_modules, before power_state_change.
     stage: Optional[tuple[str, Optional[str]]] = None
 
+    @property
+    def content_type(self) -> str:
+        """The MIME type of the section's user-data part, the one its part-handler takes."""
+        return f"text/{self.name}-config"
+
+
+# How often cloud-init calls vfarm's part-handlers: once per instance (a reboot re-runs nothing).
+HANDLER_FREQUENCY = "once-per-instance"
 
 SECTIONS: tuple[Section, ...] = (
     Section("localfs", checked=True, stage=("cloud_init_modules", "mounts")),

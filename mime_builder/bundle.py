@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..config import sections
+
 # The installed root package ("vfarm"); this module is <root>.mime_builder.bundle.
 ROOT_PACKAGE = __name__.split(".")[0]
 HANDLER_SUFFIX = "_handler"
@@ -377,14 +379,77 @@ def _fingerprint(paths: Sequence[str]) -> tuple[tuple[Any, ...], ...]:
 def library(entries: Sequence[str], schemas: Optional[Sequence[str]] = None, root: str = ROOT_PACKAGE, keys: Optional[set[str]] = None) -> Library:
     """The modules ENTRIES need, with SCHEMAS (default: all) embedded when schemas is among them.
     The private package name is a hash of the content: equal content, equal name."""
-    key = (tuple(entries), None if schemas is None else tuple(schemas), root, None if keys is None else frozenset(keys))
-    cached = _LIBRARIES.get(key) if root == ROOT_PACKAGE else None
+    key = (tuple(entries), None if schemas is None else tuple(schemas), root, None if keys is None else tuple(sorted(keys)))
+    if root != ROOT_PACKAGE:
+        return _make_library(entries, schemas, root, keys)[1]
+    cached = _LIBRARIES.get(key) or _read_disk_cache(key)
     if cached is not None and _fingerprint([entry[0] for entry in cached[0]]) == cached[0]:
+        _LIBRARIES[key] = cached
         return cached[1]
     made = _make_library(entries, schemas, root, keys)
-    if root == ROOT_PACKAGE:
-        _LIBRARIES[key] = made
+    made = (made[0] + _fingerprint([__file__]), made[1])  # a changed bundler makes other bytes
+    _LIBRARIES[key] = made
+    _write_disk_cache(key, made)
     return made[1]
+
+
+# A fresh `vfarm build` process has an empty in-process cache, so bundles are also kept on disk,
+# under the same stat rule: one JSON file per key in the user's own cache folder. The folder and
+# its files must be the user's and writable by nobody else (what is read there ends up as code in
+# user-data). VFARM_BUNDLE_CACHE names another folder; empty turns the disk cache off.
+DISK_CACHE_FORMAT = 1
+
+
+def disk_cache_dir() -> Optional[Path]:
+    explicit = os.environ.get("VFARM_BUNDLE_CACHE")
+    if explicit is not None:
+        return Path(explicit) if explicit else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vfarm" / "bundles"
+
+
+def _disk_cache_path(key: tuple[Any, ...]) -> Optional[Path]:
+    folder = disk_cache_dir()
+    if folder is None:
+        return None
+    name = hashlib.sha256(json.dumps([DISK_CACHE_FORMAT, *key]).encode()).hexdigest()[:32]
+    return folder / f"{name}.json"
+
+
+def _private(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _read_disk_cache(key: tuple[Any, ...]) -> Optional[tuple[tuple[tuple[Any, ...], ...], Library]]:
+    path = _disk_cache_path(key)
+    if path is None or not (_private(path.parent) and _private(path)):
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        depends = tuple(tuple(entry) for entry in data["depends"])
+        return depends, Library(str(data["package"]), str(data["source"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable or from another format: made again and rewritten
+
+
+def _write_disk_cache(key: tuple[Any, ...], made: tuple[tuple[tuple[Any, ...], ...], Library]) -> None:
+    path = _disk_cache_path(key)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _private(path.parent):
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"depends": made[0], "package": made[1].package, "source": made[1].source}), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
 
 
 def _make_library(entries: Sequence[str], schemas: Optional[Sequence[str]], root: str,
@@ -431,19 +496,21 @@ def handler_names() -> list[str]:
     return list(names)
 
 
-def handler_module(name: str) -> Any:
-    """The (admin-side) handler module of section NAME; BundleError when there is none."""
-    if name not in handler_names():
+def _known_handler(name: str) -> sections.Section:
+    """The registry row of section NAME, which has a part-handler; BundleError when it has none.
+    The handler module itself is never imported here: a build bundles its source only."""
+    if name not in handler_names() or name not in sections.BY_NAME:
         raise BundleError(f"no part-handler for '{name}' (known: {', '.join(handler_names()) or 'none'})")
-    return importlib.import_module(f"..{HANDLERS_PACKAGE}.{name}{HANDLER_SUFFIX}", __package__)
+    return sections.BY_NAME[name]
 
 
 def handler_types(name: str) -> list[str]:
-    return [str(t) for t in handler_module(name).list_types()]
+    return [_known_handler(name).content_type]
 
 
 def handler_frequency(name: str) -> str:
-    return str(getattr(handler_module(name), "frequency", "once-per-instance"))
+    _known_handler(name)
+    return sections.HANDLER_FREQUENCY
 
 
 def handler_filename(name: str) -> str:
@@ -470,15 +537,14 @@ def _handler_header(name: str, how: str) -> list[str]:
 
 
 def _handler_tail(name: str, package: str) -> str:
-    present = [a for a in HANDLER_ATTRIBUTES if hasattr(handler_module(name), a)]
     lines = [f"_h = __import__('importlib').import_module({_literal(package + '.' + _entry(name))})"]
-    return "\n".join(lines + [f"{a} = _h.{a}" for a in present]) + "\n"
+    return "\n".join(lines + [f"{a} = _h.{a}" for a in HANDLER_ATTRIBUTES]) + "\n"
 
 
 def bundle_handler(name: str) -> str:
     """The self-contained source of the part-handler for section NAME (for a URL or a file in
     /var/lib/cloud/handlers): needs nothing but the stdlib, PyYAML and jsonschema."""
-    handler_module(name)
+    _known_handler(name)
     lib = library([_entry(name)], [name] if name in _all_schemas() else [], keys={name})
     return "\n".join(_handler_header(name, "bundled with its modules")) + "\n" + lib.source + _handler_tail(name, lib.package)
 
@@ -505,7 +571,7 @@ def bundle_library(names: Sequence[str], with_check: bool = False) -> Library:
     """One library part for the handlers of NAMES (embed mode: the modules travel once).
     WITH_CHECK: it also carries the final check and installs itself as the check's script."""
     for name in names:
-        handler_module(name)
+        _known_handler(name)
     entries = [_entry(n) for n in names] + ([CHECK_ENTRY] if with_check else [])
     lib = library(entries, [n for n in names if n in _all_schemas()], keys=set(names))
     what = "part-handler(s) that follow" + (" and of the final check" if with_check else "")

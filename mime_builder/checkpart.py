@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..cc_modules.check import SCRIPT_PATH as CHECK_PATH
+from ..files import CHECK_SCRIPT as CHECK_PATH
 
 FILENAME = "vfarm-check.cfg"
 CONTENT_TYPE = "text/cloud-config"

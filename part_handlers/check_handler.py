@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..config import sections
+
 LOG = logging.getLogger("vfarm.check")
-CONTENT_TYPE = "text/check-config"
+CONTENT_TYPE = sections.BY_NAME["check"].content_type
 handler_version = 3
+frequency = sections.HANDLER_FREQUENCY
 
 
 def list_types() -> list[str]:

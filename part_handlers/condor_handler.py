@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..cc_modules import cc_condor
+from ..config import sections
 from .common import PartHandler
 
-CONTENT_TYPE = "text/condor-config"
+CONTENT_TYPE = sections.BY_NAME["condor"].content_type
 handler_version = 3
-frequency = "once-per-instance"
+frequency = sections.HANDLER_FREQUENCY
 
 _HANDLER = PartHandler("condor", CONTENT_TYPE, cc_condor.work)
 

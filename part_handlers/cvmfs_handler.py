@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..cc_modules import cc_cvmfs
+from ..config import sections
 from .common import PartHandler
 
-CONTENT_TYPE = "text/cvmfs-config"
+CONTENT_TYPE = sections.BY_NAME["cvmfs"].content_type
 handler_version = 3
-frequency = "once-per-instance"
+frequency = sections.HANDLER_FREQUENCY
 
 _HANDLER = PartHandler("cvmfs", CONTENT_TYPE, cc_cvmfs.work)
 

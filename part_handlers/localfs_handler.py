@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..cc_modules import cc_localfs
+from ..config import sections
 from .common import PartHandler
 
-CONTENT_TYPE = "text/localfs-config"
+CONTENT_TYPE = sections.BY_NAME["localfs"].content_type
 handler_version = 3
-frequency = "once-per-instance"
+frequency = sections.HANDLER_FREQUENCY
 
 _HANDLER = PartHandler("localfs", CONTENT_TYPE, cc_localfs.work)
 

@@ -7,6 +7,7 @@ whole project."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,10 @@ pytest_plugins: list[str] = [
     "tests.fixtures.condor_pool",
     "tests.fixtures.vm",
 ]
+
+# The builder's disk cache stays off in tests (and in the vfarm processes they start): a test sees
+# the bundles its own code makes, never ones a developer's earlier run left in ~/.cache.
+os.environ["VFARM_BUNDLE_CACHE"] = ""
 
 TIERS = ("integration", "pool", "cvmfs", "openstack", "vm")
 # Fixtures that start processes: a test using one is at least an integration test.

@@ -157,6 +157,11 @@ def under(root: PathLike, absolute: str) -> Path:
 
 
 DEFAULT_LOG_DIR = "/var/log/vfarm"
+# Where the final check lives on the instance (cloud-init's power_state condition runs it), and
+# the verdict it writes for HTCondor (config/condor.py's 50-vfarm.conf includes that file). Here,
+# where the check, the builder and the condor section all reach them without importing each other.
+CHECK_SCRIPT = "/var/lib/vfarm/vfarm-check.py"
+CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 
 
 def log_dir(explicit: Union[str, Path, None] = None, root: PathLike = "/") -> Path:

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from vfarm import files
 from vfarm.cc_modules import cc_cvmfs, cc_localfs
 from vfarm.cc_modules.steps import WriteFile
 from vfarm.config import condor as condor_spec
@@ -443,7 +444,7 @@ def condor_lines(section: dict[str, Any], instance_id: str = "i-1") -> Optional[
 
 
 # The lines render() writes: a comment, the role, `NAME = VALUE`, and its one fixed include (the verdict).
-CONDOR_LINE = re.compile(r"#.*|use ROLE: Execute|[A-Za-z_][A-Za-z0-9_.]* = .*|" + re.escape(f"include ifexist : {condor_spec.VERDICT_FILE}") + "|")
+CONDOR_LINE = re.compile(r"#.*|use ROLE: Execute|[A-Za-z_][A-Za-z0-9_.]* = .*|" + re.escape(f"include ifexist : {files.CONDOR_VERDICT_FILE}") + "|")
 
 
 def condor_fields(text: str) -> list[dict[str, Any]]:

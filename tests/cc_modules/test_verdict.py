@@ -16,6 +16,7 @@ from tests.cc_modules.test_check import SCENARIOS, FakeRunner, boots, run_check 
 from tests.cli.test_ec2_cli import launch_some, run
 from tests.fixtures.moto import Ec2Endpoint
 from tests.scaler.test_scale_apply import FakeCloud, World, instance, job
+from vfarm import files
 from vfarm.cc_modules import check
 from vfarm.cli import scale as commands
 from vfarm.clouds import ec2, local_farm
@@ -282,11 +283,11 @@ def test_the_worker_advertises_vfarms_version_and_the_checks_verdict(tmp_path: P
 
     root = tmp_path / "root"
     spec = condor_spec.parse({"central-manager": "cm.example.org", "token": "a.b.c", "attributes": {"Site": "T2"}})
-    text = condor_spec.render(spec, "i-1").replace(condor_spec.VERDICT_FILE, str(root / condor_spec.VERDICT_FILE.lstrip("/")))
+    text = condor_spec.render(spec, "i-1").replace(files.CONDOR_VERDICT_FILE, str(root / files.CONDOR_VERDICT_FILE.lstrip("/")))
     config = root / condor_spec.CONFIG_FILE.lstrip("/")
     config.parent.mkdir(parents=True)
     config.write_text(text)
-    assert check.Paths(root).condor_config == config and check.CONDOR_VERDICT_FILE == condor_spec.VERDICT_FILE
+    assert check.Paths(root).condor_config == config
     knobs = ["VfarmVerdict", "VfarmVersion", "STARTD_ATTRS"]
 
     def advertised() -> dict[str, Any]:

@@ -18,8 +18,8 @@ from tests.cc_modules.test_condor_real import instance, run, section  # noqa: F4
 from tests.cc_modules.test_verdict import summary_with
 from tests.fixtures.condor_instance import InstanceWorker
 from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool
+from vfarm import files
 from vfarm.cc_modules import check
-from vfarm.config import condor as condor_spec
 
 pytestmark = pytest.mark.pool
 
@@ -34,7 +34,7 @@ class WorkerPaths(check.Paths):
 
     @property
     def condor_verdict(self) -> Path:
-        return self.run_vfarm / Path(check.CONDOR_VERDICT_FILE).name
+        return self.run_vfarm / Path(files.CONDOR_VERDICT_FILE).name
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def run_vfarm(condor_pool: CondorPool, tmp_path: Path) -> Iterator[Path]:
     """A host folder that the pool's workers see as /run/vfarm."""
     folder = tmp_path / "run-vfarm"
     folder.mkdir()
-    target = condor_pool.merged / condor_spec.VERDICT_FILE.lstrip("/")
-    condor_pool.run(["install", "-d", str(Path(condor_spec.VERDICT_FILE).parent)])
+    target = condor_pool.merged / files.CONDOR_VERDICT_FILE.lstrip("/")
+    condor_pool.run(["install", "-d", str(Path(files.CONDOR_VERDICT_FILE).parent)])
     mount = ["nsenter", f"--target={condor_pool.master_pid}", "--mount", "--"]
     subprocess.run([*mount, "mount", "--bind", str(folder), str(target.parent)], check=True, env=CLEAN_ENV)
     try:

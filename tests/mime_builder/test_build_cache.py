@@ -6,6 +6,7 @@ these tests fail if a second build redoes that work, or if a changed file is not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,55 @@ def test_check_guard_and_handler_listing_run_once(fresh: None, monkeypatch: pyte
         mime.build(torino(quota), handlers="include=https://h.example/x", gzip="always")
     assert len(parses) == 1
     assert len(listings) == 1
+
+
+# --- the disk cache: what a fresh `vfarm build` process finds ------------------------------------
+
+
+@pytest.fixture
+def disk(fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "bundles"
+    monkeypatch.setenv("VFARM_BUNDLE_CACHE", str(folder))
+    return folder
+
+
+def test_a_new_process_takes_the_bundle_from_disk(disk: Path, walks: list[tuple[str, ...]]) -> None:
+    first = bundle.bundle_library(["localfs"])
+    assert len(walks) == 1 and len(list(disk.glob("*.json"))) == 1
+    assert disk.stat().st_mode & 0o777 == 0o700
+    bundle._LIBRARIES.clear()  # what a new process starts with
+    assert bundle.bundle_library(["localfs"]) == first
+    assert len(walks) == 1, "the bundle was made again although the disk held it"
+
+
+def test_a_changed_source_file_is_not_taken_from_disk(disk: Path, walks: list[tuple[str, ...]]) -> None:
+    bundle.bundle_library(["localfs"])
+    cached = next(disk.glob("*.json"))
+    data = json.loads(cached.read_text())
+    data["depends"][0][1] -= 1  # the first file's mtime: as if it had been edited since
+    data["source"] = "tampered = True\n"
+    cached.write_text(json.dumps(data))
+    bundle._LIBRARIES.clear()
+    made = bundle.bundle_library(["localfs"])
+    assert len(walks) == 2 and "tampered" not in made.source
+    assert "tampered" not in cached.read_text(), "the stale entry was rewritten"
+
+
+@pytest.mark.parametrize("damage", ["not json", "mode"])
+def test_an_unreadable_or_shared_cache_file_is_ignored(disk: Path, walks: list[tuple[str, ...]], damage: str) -> None:
+    bundle.bundle_library(["localfs"])
+    cached = next(disk.glob("*.json"))
+    if damage == "not json":
+        cached.write_text("{")
+    else:
+        cached.chmod(0o666)  # anyone could have written the code that would ship as user-data
+    bundle._LIBRARIES.clear()
+    bundle.bundle_library(["localfs"])
+    assert len(walks) == 2
+
+
+def test_disk_cache_off_when_empty(fresh: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VFARM_BUNDLE_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    bundle.bundle_library(["localfs"])
+    assert bundle.disk_cache_dir() is None and not list(tmp_path.rglob("*.json"))
