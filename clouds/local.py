@@ -150,8 +150,8 @@ TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 
 
-class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-    server: MetadataServer | UnixMetadataServer
+class MetadataHandler(http.server.BaseHTTPRequestHandler):
+    server: UnixMetadataServer  # or any socketserver mixed with MetadataService
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         self.server.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".strip())
@@ -186,7 +186,7 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
             self._send(200, found[0], found[1])
 
 
-class _MetadataService:
+class MetadataService:
     """An EC2-style instance metadata service for one instance: its meta-data tree (instance id,
     host name, type, image, address, zone), its user-data as bytes, and IMDSv2 session tokens
     (IMDSv1 requests without a token too, unless REQUIRE_TOKEN). The guest sees it as
@@ -246,26 +246,7 @@ class _MetadataService:
 
 
 
-class MetadataServer(_MetadataService, http.server.ThreadingHTTPServer):
-    """The metadata service on 127.0.0.1 (a free port): for a guest in this host's network."""
-
-    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
-                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
-        self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local_ipv4,
-                           zone=zone, require_token=require_token)
-        super().__init__(("127.0.0.1", 0), _MetadataHandler)
-        self._start(self.serve_forever)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    @property
-    def socat_target(self) -> str:
-        return f"TCP:127.0.0.1:{self.port}"
-
-
-class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServer):
+class UnixMetadataServer(MetadataService, socketserver.ThreadingUnixStreamServer):
     """The metadata service on a Unix socket of its own: qemu's socat reaches it from any network
     namespace (a socket file is not in one), so a guest beside a pool in a namespace reads it too."""
 
@@ -277,7 +258,7 @@ class UnixMetadataServer(_MetadataService, socketserver.ThreadingUnixStreamServe
                            zone=zone, require_token=require_token)
         # Its own short folder: a socket path may hold only 107 bytes.
         self.folder = Path(tempfile.mkdtemp(prefix="vfarm-md-"))
-        super().__init__(str(self.folder / "metadata.sock"), _MetadataHandler)
+        super().__init__(str(self.folder / "metadata.sock"), MetadataHandler)
         self._start(self.serve_forever)
 
     @property
@@ -459,7 +440,7 @@ class LocalInstance:
                  netns: Optional[str] = None, metadata: bool = False):
         self.image = image
         # METADATA: the guest reads meta-data and user-data from an EC2-style service at
-        # 169.254.169.254 (MetadataServer), as on a cloud, instead of a NoCloud seed.
+        # 169.254.169.254 (UnixMetadataServer), as on a cloud, instead of a NoCloud seed.
         self.metadata = metadata
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in

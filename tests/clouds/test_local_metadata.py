@@ -6,6 +6,7 @@ reads from it, and that the real qemu takes the slirp network that puts it at 16
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import subprocess
 import urllib.error
@@ -21,16 +22,31 @@ from vfarm.clouds import local
 USERDATA = gzip.compress(b"#cloud-config\n# the pool token would be here\n")
 
 
+class MetadataServer(local.MetadataService, http.server.ThreadingHTTPServer):
+    """The same service on 127.0.0.1 (a free port), for the HTTP clients of these tests (vfarm's
+    guests reach theirs on a Unix socket: local.UnixMetadataServer)."""
+
+    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "") -> None:
+        self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local.METADATA_GUEST,
+                           zone="local", require_token=False)
+        super().__init__(("127.0.0.1", 0), local.MetadataHandler)
+        self._start(self.serve_forever)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
 @pytest.fixture
-def server() -> Iterator[local.MetadataServer]:
-    running = local.MetadataServer("i-local-0123456789ab", USERDATA, "vfarm-456789ab", instance_type="local.2cpu.2048m", image_id="trixie-condor")
+def server() -> Iterator[MetadataServer]:
+    running = MetadataServer("i-local-0123456789ab", USERDATA, "vfarm-456789ab", instance_type="local.2cpu.2048m", image_id="trixie-condor")
     try:
         yield running
     finally:
         running.close()
 
 
-def get(server: local.MetadataServer, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def get(server: MetadataServer, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -39,7 +55,7 @@ def get(server: local.MetadataServer, path: str, headers: dict[str, str] | None 
         return err.code, err.read()
 
 
-def put_token(server: local.MetadataServer, ttl: str = "21600") -> tuple[int, bytes]:
+def put_token(server: MetadataServer, ttl: str = "21600") -> tuple[int, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}/latest/api/token", method="PUT", headers={local.TOKEN_TTL_HEADER: ttl})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -48,7 +64,7 @@ def put_token(server: local.MetadataServer, ttl: str = "21600") -> tuple[int, by
         return err.code, err.read()
 
 
-def test_it_answers_as_ec2s_metadata_service(server: local.MetadataServer) -> None:
+def test_it_answers_as_ec2s_metadata_service(server: MetadataServer) -> None:
     assert get(server, "/latest/meta-data/instance-id") == (200, b"i-local-0123456789ab")
     assert get(server, "/2009-04-04/meta-data/local-hostname") == (200, b"vfarm-456789ab")
     assert get(server, "/2016-09-02/meta-data/placement/availability-zone") == (200, b"local")
@@ -63,7 +79,7 @@ def test_it_answers_as_ec2s_metadata_service(server: local.MetadataServer) -> No
     assert any(r.startswith("GET /latest/user-data") for r in server.requests)
 
 
-def test_imdsv2_tokens(server: local.MetadataServer) -> None:
+def test_imdsv2_tokens(server: MetadataServer) -> None:
     assert put_token(server, "0")[0] == 400 and put_token(server, "x")[0] == 400
     status, token = put_token(server)
     assert status == 200 and token
@@ -94,7 +110,7 @@ print(json.dumps({"meta": meta, "user": base64.b64encode(user).decode(), "networ
 """
 
 
-def test_real_cloud_inits_ec2_crawler_reads_it(server: local.MetadataServer, cloudinit_release: Release) -> None:
+def test_real_cloud_inits_ec2_crawler_reads_it(server: MetadataServer, cloudinit_release: Release) -> None:
     server.require_token = True
     done = cloudinit_release.run(f"import runpy, sys; sys.argv = ['crawl', 'http://127.0.0.1:{server.port}', '2016-09-02']; exec({CRAWL!r})")
     assert done.returncode == 0, done.stderr[-2000:]
