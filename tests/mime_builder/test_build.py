@@ -111,6 +111,9 @@ def test_over_the_limit_says_by_how_much_and_what_helps(torino: configuration.Co
     assert f"--handlers include=URL_BASE --pin would make it {pinned} bytes" in message
     with pytest.raises(mime.BuildError, match=r"gzipped user-data is \d+ bytes, \d+ over the limit of 100"):
         mime.build(torino, handlers="baked", gzip="always", max_size=100)
+    # A pinned include over the limit measures baked without --pin (baked has nothing to pin).
+    with pytest.raises(mime.BuildError, match=f"--handlers baked would make it {baked} bytes"):
+        mime.build(torino, handlers="include=https://h.example.org/v", pin=True, gzip="always", max_size=1000)
 
 
 def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
