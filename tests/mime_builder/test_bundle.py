@@ -166,6 +166,20 @@ def test_library_runs_without_the_package(fakepkg: Path, tmp_path: Path) -> None
     assert done.stdout == "9 4 6 ['a', 'b']\n"
 
 
+def test_packed_library_runs_and_carries_the_same_modules(fakepkg: Path, tmp_path: Path) -> None:
+    plain = bundle.library(["entry"], root="fakepkg")
+    packed = bundle.library(["entry"], root="fakepkg", packed=True)
+    assert packed.package == plain.package and packed.source.isascii() and "_M = {" not in packed.source
+    (line,) = [x for x in packed.source.splitlines() if x.startswith("_Z = ")]
+    modules, data = bundle.unpack(ast.literal_eval(line[len("_Z = ") :]))
+    graph = bundle.collect(["entry"], root="fakepkg")
+    assert modules == {n: (m.is_package, bundle.minify(m.source)) for n, m in graph.modules.items()} and data == {}
+    script = packed.source + f"raise SystemExit(__import__('importlib').import_module({packed.package + '.entry'!r}).main())\n"
+    done = isolated(tmp_path, script)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "9 4 6 ['a', 'b']\n"
+
+
 def test_absolute_import_of_the_package_is_refused(fakepkg: Path) -> None:
     (fakepkg / "bad.py").write_text("import fakepkg.sub.util\n")
     with pytest.raises(bundle.BundleError, match="absolute import of fakepkg.sub.util"):
