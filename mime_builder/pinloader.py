@@ -117,8 +117,8 @@ def record_failure(name: str, reason: str, cloud: Any = None) -> None:
     LOG.error("vfarm %s failed: %s", name, reason)
 
 
-def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
-    """The verified handler module of ENTRY, or None (after recording why)."""
+def verified(entry: dict[str, Any], cloud: Any = None) -> Optional[bytes]:
+    """The content of ENTRY's URL when its sha256 is the pinned one, or None (after recording why)."""
     name, url = entry["name"], entry["url"]
     where = shown(url)
     try:
@@ -130,6 +130,36 @@ def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]
     if digest != entry["sha256"]:
         record_failure(name, f"pinned handler from {where} has sha256 {digest}, expected {entry['sha256']}: not run", cloud)
         return None
+    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, where, digest)
+    return content
+
+
+def install(entry: dict[str, Any], cloud: Any = None) -> None:
+    """An entry with `install` (the final check): its verified file written there (under
+    $VFARM_ROOT), readable by root only; run by cloud-init's power_state condition, which powers
+    off when the file is missing."""
+    content = verified(entry, cloud)
+    if content is None:
+        return
+    target = os.path.join(os.environ.get("VFARM_ROOT") or "/", entry["install"].lstrip("/"))
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".vfarm-pin.")
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, target)
+    except OSError as err:
+        record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
+
+
+def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
+    """The verified handler module of ENTRY, or None (after recording why)."""
+    name, url = entry["name"], entry["url"]
+    where = shown(url)
+    content = verified(entry, cloud)
+    if content is None:
+        return None
     module = types.ModuleType(f"vfarm_pinned_{name}")
     module.__file__ = where  # tracebacks of the handler name it
     try:
@@ -137,7 +167,6 @@ def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]
     except Exception as err:  # noqa: BLE001
         record_failure(name, f"pinned handler from {where} does not load: {type(err).__name__}: {error_text(err, url)}", cloud)
         return None
-    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, where, digest)
     return module
 
 
@@ -157,6 +186,9 @@ def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: O
     if ctype == "__begin__":
         for entry in PINNED:
             if not _runs(entry.get("frequency", PER_INSTANCE), frequency):
+                continue
+            if entry.get("install"):
+                install(entry, data)
                 continue
             module = load(entry, data)
             if module is None:

@@ -64,7 +64,11 @@ def test_localfs_goes_before_cvmfs_whatever_the_file_order() -> None:
 def test_include_and_pin(torino: configuration.Config) -> None:
     built = mime.build(torino, handlers="include=https://h.example.org/vfarm/")
     first = built.parts[0]
-    assert (first.content_type, first.payload) == ("text/x-include-url", b"https://h.example.org/vfarm/localfs_handler.py\nhttps://h.example.org/vfarm/cvmfs_handler.py\n")
+    urls = b"https://h.example.org/vfarm/localfs_handler.py\nhttps://h.example.org/vfarm/cvmfs_handler.py\nhttps://h.example.org/vfarm/vfarm-check.py\n"
+    assert (first.content_type, first.payload) == ("text/x-include-url", urls)
+    # The check is fetched with the handlers: its part only sets power_state, as in embed.
+    assert built.parts[-1].payload == mime.build(torino, max_size=BIG).parts[-1].payload
+    assert b"write_files" not in built.parts[-1].payload
     pinned = mime.build(torino, handlers="include=https://h.example.org/vfarm", pin=True)
     loader = pinned.parts[0].payload.decode()
     assert pinned.parts[0].content_type == "text/part-handler" and loader.startswith("#part-handler\n")
@@ -72,6 +76,7 @@ def test_include_and_pin(torino: configuration.Config) -> None:
 
     digest = bundle.sha256(bundle.bundle_handler("localfs"))
     assert f"# vfarm-pin: {digest} https://h.example.org/vfarm/localfs_handler.py" in loader
+    assert f"# vfarm-pin: {bundle.sha256(bundle.bundle_check())} https://h.example.org/vfarm/vfarm-check.py" in loader
     compile(loader, "loader", "exec")
     assert [p.role for p in pinned.parts[1:]] == ["config", "config", "check"]
 
