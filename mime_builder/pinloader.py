@@ -4,7 +4,8 @@ the user-data with PINNED and FREQUENCY filled in by `vfarm build`).
 
 When cloud-init registers it (`__begin__`), it fetches each handler file from its URL, checks the
 sha256 recorded at build time and only then loads it; it takes the content types of all pinned
-handlers and passes each part on to the handler it belongs to. A failed fetch or a mismatch is
+handlers and passes each part on to the handler it belongs to. The final check's file (an entry
+with `install`) is verified the same way and then written to its place, not loaded. A failed fetch or a mismatch is
 written as a failed status record of that handler (what the final check reads), never skipped
 in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
 
@@ -142,6 +143,7 @@ def install(entry: dict[str, Any], cloud: Any = None) -> None:
     if content is None:
         return
     target = os.path.join(os.environ.get("VFARM_ROOT") or "/", entry["install"].lstrip("/"))
+    tmp = None
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".vfarm-pin.")
@@ -150,6 +152,8 @@ def install(entry: dict[str, Any], cloud: Any = None) -> None:
         os.chmod(tmp, 0o700)
         os.replace(tmp, target)
     except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
         record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
 
 
