@@ -91,6 +91,7 @@ def cmd_handlers(args: argparse.Namespace) -> int:
     try:
         names = args.only or bundle.handler_names()
         files = {bundle.handler_filename(n): bundle.bundle_handler(n) for n in names}
+        files[bundle.CHECK_FILENAME] = bundle.bundle_check()  # every include build fetches it
     except bundle.BundleError as err:
         return fail(str(err))
     sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))

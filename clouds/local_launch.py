@@ -38,7 +38,7 @@ def serve_folder(folder: Path, *, handlers: bool, standin: bool) -> Path:
     if handlers:
         out = www / HANDLER_DIR
         out.mkdir(exist_ok=True)
-        files = bundle.bundle_all()
+        files = bundle.hosted_files()
         for name, source in files.items():
             (out / name).write_text(source, encoding="utf-8")
         sums = "".join(f"{hashlib.sha256(src.encode()).hexdigest()}  {name}\n" for name, src in sorted(files.items()))

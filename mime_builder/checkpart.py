@@ -12,8 +12,11 @@ cloud-init has exited. So the part is a `#cloud-config` that
 
 In `embed` the script travels once, inside the library part of the handlers: registering that
 part writes it to the check's place (bundle.CHECK_LIBRARY_TAIL), and this part only sets
-`power_state`. When the script is not there (the library part never ran), the condition is met
-and cloud-init powers the instance off itself: a check that cannot run cannot vouch for the boot.
+`power_state`. With `include` the script is a hosted file fetched with the handlers
+(bundle.bundle_check: the same part-handler that writes itself there; `--pin` verifies it and
+writes it), and this part is the same. When the script is not there (the part carrying it never
+ran, or its sha256 did not match), the condition is met and cloud-init powers the instance off
+itself: a check that cannot run cannot vouch for the boot.
 
 `baked` images list the `vfarm_check` config module (cc_vfarm_check) instead: no part at all.
 With `include`, a failed fetch makes cloud-init consume no part at all, this one included: only
@@ -43,7 +46,7 @@ POWER_STATE = (
     "  delay: now\n"
     f"  timeout: {POWER_STATE_TIMEOUT}\n"
 )
-MISSING_MESSAGE = "vfarm check: FAILED: no final check script (the library part of the handlers never ran); poweroff now"
+MISSING_MESSAGE = "vfarm check: FAILED: no final check script (the part that carries it never ran); poweroff now"
 
 
 def _mode(handlers_mode: str) -> str:
@@ -99,7 +102,8 @@ def check_parts(config: Any, handlers_mode: str, from_library: bool = False) -> 
     raw user-data at run time (the builder sends it like every section, and
     part_handlers/check_handler takes it), so they work even when cloud-init consumed nothing.
     CONFIG is accepted for symmetry with the other part builders and not needed today.
-    FROM_LIBRARY: the embed library part carries the script (bundle_library with_check)."""
+    FROM_LIBRARY: another part brings the script (embed's library part, include's hosted
+    check); otherwise this part carries it (write_files)."""
     mode = _mode(handlers_mode)
     if mode == "baked":
         return []

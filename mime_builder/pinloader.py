@@ -4,7 +4,8 @@ the user-data with PINNED and FREQUENCY filled in by `vfarm build`).
 
 When cloud-init registers it (`__begin__`), it fetches each handler file from its URL, checks the
 sha256 recorded at build time and only then loads it; it takes the content types of all pinned
-handlers and passes each part on to the handler it belongs to. A failed fetch or a mismatch is
+handlers and passes each part on to the handler it belongs to. The final check's file (an entry
+with `install`) is verified the same way and then written to its place, not loaded. A failed fetch or a mismatch is
 written as a failed status record of that handler (what the final check reads), never skipped
 in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
 
@@ -112,8 +113,8 @@ def record_failure(name: str, reason: str, cloud: Any = None) -> None:
     LOG.error("vfarm %s failed: %s", name, reason)
 
 
-def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
-    """The verified handler module of ENTRY, or None (after recording why)."""
+def verified(entry: dict[str, Any], cloud: Any = None) -> Optional[bytes]:
+    """The content of ENTRY's URL when its sha256 is the pinned one, or None (after recording why)."""
     name, url = entry["name"], entry["url"]
     where = shown(url)
     try:
@@ -125,6 +126,39 @@ def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]
     if digest != entry["sha256"]:
         record_failure(name, f"pinned handler from {where} has sha256 {digest}, expected {entry['sha256']}: not run", cloud)
         return None
+    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, where, digest)
+    return content
+
+
+def install(entry: dict[str, Any], cloud: Any = None) -> None:
+    """An entry with `install` (the final check): its verified file written there (under
+    $VFARM_ROOT), readable by root only; run by cloud-init's power_state condition, which powers
+    off when the file is missing."""
+    content = verified(entry, cloud)
+    if content is None:
+        return
+    target = os.path.join(os.environ.get("VFARM_ROOT") or "/", entry["install"].lstrip("/"))
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".vfarm-pin.")
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, target)
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
+
+
+def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
+    """The verified handler module of ENTRY, or None (after recording why)."""
+    name, url = entry["name"], entry["url"]
+    where = shown(url)
+    content = verified(entry, cloud)
+    if content is None:
+        return None
     module = types.ModuleType(f"vfarm_pinned_{name}")
     module.__file__ = where  # tracebacks of the handler name it
     try:
@@ -132,7 +166,6 @@ def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]
     except Exception as err:  # noqa: BLE001
         record_failure(name, f"pinned handler from {where} does not load: {type(err).__name__}: {error_text(err, url)}", cloud)
         return None
-    LOG.info("vfarm pin: %s from %s verified (sha256 %s)", name, where, digest)
     return module
 
 
@@ -152,6 +185,9 @@ def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: O
     if ctype == "__begin__":
         for entry in PINNED:
             if not _runs(entry.get("frequency", PER_INSTANCE), frequency):
+                continue
+            if entry.get("install"):
+                install(entry, data)
                 continue
             module = load(entry, data)
             if module is None:

@@ -95,6 +95,7 @@ def test_seed_example_include_bookworm(boot_vm: BootFn) -> None:
     fetched = booted.instance.http_requests
     assert any(r.startswith("GET /handlers/localfs_handler.py 200") for r in fetched), fetched
     assert any(r.startswith("GET /handlers/cvmfs_handler.py 200") for r in fetched), fetched
+    assert any(r.startswith("GET /handlers/vfarm-check.py 200") for r in fetched), fetched  # the final check comes with them
 
 
 def test_seed_example_trixie(boot_vm: BootFn) -> None:

@@ -64,7 +64,11 @@ def test_localfs_goes_before_cvmfs_whatever_the_file_order() -> None:
 def test_include_and_pin(torino: configuration.Config) -> None:
     built = mime.build(torino, handlers="include=https://h.example.org/vfarm/")
     first = built.parts[0]
-    assert (first.content_type, first.payload) == ("text/x-include-url", b"https://h.example.org/vfarm/localfs_handler.py\nhttps://h.example.org/vfarm/cvmfs_handler.py\n")
+    urls = b"https://h.example.org/vfarm/localfs_handler.py\nhttps://h.example.org/vfarm/cvmfs_handler.py\nhttps://h.example.org/vfarm/vfarm-check.py\n"
+    assert (first.content_type, first.payload) == ("text/x-include-url", urls)
+    # The check is fetched with the handlers: its part only sets power_state, as in embed.
+    assert built.parts[-1].payload == mime.build(torino, max_size=BIG).parts[-1].payload
+    assert b"write_files" not in built.parts[-1].payload
     pinned = mime.build(torino, handlers="include=https://h.example.org/vfarm", pin=True)
     loader = pinned.parts[0].payload.decode()
     assert pinned.parts[0].content_type == "text/part-handler" and loader.startswith("#part-handler\n")
@@ -72,6 +76,7 @@ def test_include_and_pin(torino: configuration.Config) -> None:
 
     digest = bundle.sha256(bundle.bundle_handler("localfs"))
     assert f"# vfarm-pin: {digest} https://h.example.org/vfarm/localfs_handler.py" in loader
+    assert f"# vfarm-pin: {bundle.sha256(bundle.bundle_check())} https://h.example.org/vfarm/vfarm-check.py" in loader
     compile(loader, "loader", "exec")
     assert [p.role for p in pinned.parts[1:]] == ["config", "config", "check"]
 
@@ -111,6 +116,9 @@ def test_over_the_limit_says_by_how_much_and_what_helps(torino: configuration.Co
     assert f"--handlers include=URL_BASE --pin would make it {pinned} bytes" in message
     with pytest.raises(mime.BuildError, match=r"gzipped user-data is \d+ bytes, \d+ over the limit of 100"):
         mime.build(torino, handlers="baked", gzip="always", max_size=100)
+    # A pinned include over the limit measures baked without --pin (baked has nothing to pin).
+    with pytest.raises(mime.BuildError, match=f"--handlers baked would make it {baked} bytes"):
+        mime.build(torino, handlers="include=https://h.example.org/v", pin=True, gzip="always", max_size=1000)
 
 
 def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:

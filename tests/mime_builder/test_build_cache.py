@@ -123,6 +123,9 @@ def test_check_guard_and_handler_listing_run_once(fresh: None, monkeypatch: pyte
     monkeypatch.setattr(bundle.pkgutil, "iter_modules", iter_modules)
     for quota in (1, 2, 3):
         mime.build(torino(quota), handlers="include=https://h.example/x", gzip="always")
+    assert len(parses) == 0  # include fetches the check: its part carries no script to guard
+    for _ in range(3):
+        checkpart.check_parts(None, "include=https://h.example/x")  # the part that carries the script
     assert len(parses) == 1
     assert len(listings) == 1
 

@@ -26,7 +26,7 @@ from tests import system_stubs
 from tests.fixtures.cloudinit import Release
 from vfarm.cli.main import main as vfarm
 from vfarm.config import loader as configuration
-from vfarm.mime_builder import checkpart, mime
+from vfarm.mime_builder import bundle, checkpart, mime
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -197,11 +197,16 @@ def test_include(cloudinit_release: Release, tmp_path: Path, config: configurati
     assert built.parts[0].content_type == "text/x-include-url"
     out, log = boot(cloudinit_release, tmp_path, built.data)
     # cloud-init puts each fetched file where the include stood
-    fetched = [["text/part-handler", f"part-{i:03d}", (folder / f"{n}_handler.py").read_text()] for i, n in enumerate(("localfs", "cvmfs", "check"), 1)]
+    files = [f"{n}_handler.py" for n in ("localfs", "cvmfs", "check")] + [bundle.CHECK_FILENAME]
+    fetched = [["text/part-handler", f"part-{i:03d}", (folder / name).read_text()] for i, name in enumerate(files, 1)]
     assert out["parts"] == fetched + expected(built)[1:]
     assert delivered(out) == {"localfs-config.ccfg": "part-handler-000", "cvmfs-config.ccfg": "part-handler-001", "check-config.ccfg": "part-handler-002"}
     assert_ran(out)
     assert not problems(log), problems(log)
+    # The fetched check registered and wrote itself where the check's power_state part runs it.
+    script = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
+    assert script.read_text() == (folder / bundle.CHECK_FILENAME).read_text() and script.stat().st_mode & 0o777 == 0o700
+    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.library_condition()
 
 
 def test_pin(cloudinit_release: Release, tmp_path: Path, config: configuration.Config, served: tuple[Path, str]) -> None:
@@ -223,12 +228,28 @@ def test_pin(cloudinit_release: Release, tmp_path: Path, config: configuration.C
     assert "cvmfs_config probe alice.cern.ch" in (tmp_path / "commands.log").read_text()
     assert "lvcreate" not in (tmp_path / "commands.log").read_text()  # nothing unverified ran
     assert f"cvmfs from {base}/cvmfs_handler.py verified (sha256" in log
+    # The check, verified, is written where its power_state part runs it.
+    script = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
+    assert script.read_text() == (folder / bundle.CHECK_FILENAME).read_text() and script.stat().st_mode & 0o777 == 0o700
+
+
+def test_pin_writes_no_check_that_changed_on_the_server(cloudinit_release: Release, tmp_path: Path, config: configuration.Config,
+                                                         served: tuple[Path, str]) -> None:
+    """A check file that does not match its sha256 is not written: the power_state condition then
+    finds no script and powers off (checkpart.library_condition)."""
+    folder, base = served
+    built = mime.build(config, handlers=f"include={base}", pin=True, max_size=BIG)
+    with (folder / bundle.CHECK_FILENAME).open("a") as tampered:
+        tampered.write("import os  # changed on the server\n")
+    out, log = boot(cloudinit_release, tmp_path, built.data)
+    assert_ran(out)
+    record = out["records"][mime.CHECK_RECORD]
+    assert record["status"] == "failed" and "has sha256" in record["reason"], record
+    assert not (tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")).exists()
 
 
 def test_baked(cloudinit_release: Release, tmp_path: Path, config: configuration.Config) -> None:
     """baked: only config parts; the image's /var/lib/cloud/handlers holds `vfarm handlers` files."""
-    from vfarm.mime_builder import bundle
-
     built = mime.build(config, handlers="baked")
     assert [p.role for p in built.parts] == ["config"] * 3
     out, log = boot(cloudinit_release, tmp_path, built.data, baked=bundle.bundle_all())

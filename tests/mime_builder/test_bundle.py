@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vfarm.cli.main import main as vfarm
-from vfarm.mime_builder import bundle
+from vfarm.mime_builder import bundle, checkpart
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -166,6 +166,20 @@ def test_library_runs_without_the_package(fakepkg: Path, tmp_path: Path) -> None
     assert done.stdout == "9 4 6 ['a', 'b']\n"
 
 
+def test_packed_library_runs_and_carries_the_same_modules(fakepkg: Path, tmp_path: Path) -> None:
+    plain = bundle.library(["entry"], root="fakepkg")
+    packed = bundle.library(["entry"], root="fakepkg", packed=True)
+    assert packed.package == plain.package and packed.source.isascii() and "_M = {" not in packed.source
+    (line,) = [x for x in packed.source.splitlines() if x.startswith("_Z = ")]
+    modules, data = bundle.unpack(ast.literal_eval(line[len("_Z = ") :]))
+    graph = bundle.collect(["entry"], root="fakepkg")
+    assert modules == {n: (m.is_package, bundle.minify(m.source)) for n, m in graph.modules.items()} and data == {}
+    script = packed.source + f"raise SystemExit(__import__('importlib').import_module({packed.package + '.entry'!r}).main())\n"
+    done = isolated(tmp_path, script)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "9 4 6 ['a', 'b']\n"
+
+
 def test_absolute_import_of_the_package_is_refused(fakepkg: Path) -> None:
     (fakepkg / "bad.py").write_text("import fakepkg.sub.util\n")
     with pytest.raises(bundle.BundleError, match="absolute import of fakepkg.sub.util"):
@@ -215,6 +229,24 @@ def test_bundled_handler_records_a_bad_part(tmp_path: Path) -> None:
     assert "ModuleNotFound" not in record["reason"]
 
 
+def test_hosted_check_is_a_part_handler_that_installs_itself_and_a_script(tmp_path: Path) -> None:
+    source = bundle.bundle_check()
+    assert source.startswith("#part-handler\n") and source.isascii() and "# vfarm-library: " in source
+    (tmp_path / "vfarm_check.py").write_text(source)
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import vfarm_check as h\n"
+        "assert h.list_types() == []\n"
+        "h.handle_part(None, '__begin__', None, None, 'once-per-instance', {})\n"
+    )
+    done = isolated(tmp_path, code, env={"VFARM_ROOT": str(tmp_path / "root"), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    installed = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
+    assert installed.read_text() == source and installed.stat().st_mode & 0o777 == 0o700
+    done = isolated(tmp_path, source, "--help")
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+
+
 def test_bundle_module_is_a_script(tmp_path: Path) -> None:
     done = isolated(tmp_path, bundle.bundle_module("cc_modules.check"), "--help")
     assert done.returncode == 0, done.stderr
@@ -237,7 +269,8 @@ def test_handlers_command_writes_files_and_sums(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "www"
     assert vfarm(["handlers", str(out)]) == 0
     sums = (out / "SHA256SUMS").read_text().splitlines()
-    assert len(sums) == len(bundle.handler_names())
+    assert len(sums) == len(bundle.handler_names()) + 1  # and the final check, which every include build fetches
+    assert (out / bundle.CHECK_FILENAME).read_text() == bundle.bundle_check()
     for line in sums:
         digest, filename = line.split("  ")
         assert hashlib.sha256((out / filename).read_bytes()).hexdigest() == digest

@@ -58,13 +58,14 @@ def test_over_the_limit(torino: configuration.Config) -> None:
 def test_include_urls_warn_unpinned_and_plain_http(torino: configuration.Config) -> None:
     report = inspect_bytes(mime.build_userdata(torino, handlers="include=http://h.example.org/v"))
     include = report.parts[0]
-    assert include.urls == ["http://h.example.org/v/localfs_handler.py", "http://h.example.org/v/cvmfs_handler.py"]
+    assert include.urls == ["http://h.example.org/v/localfs_handler.py", "http://h.example.org/v/cvmfs_handler.py", "http://h.example.org/v/vfarm-check.py"]
+    assert include.registers == ["text/localfs-config", "text/cvmfs-config"]  # the check takes no type
     assert report.parts[1].handler == "part 1 (vfarm-handlers.txt)"  # the handler named by the URL
-    assert sum("is not https" in w for w in report.warnings) == 2
-    assert sum("is not pinned" in w for w in report.warnings) == 2
+    assert sum("is not https" in w for w in report.warnings) == 3
+    assert sum("is not pinned" in w for w in report.warnings) == 3
     pinned = inspect_bytes(mime.build_userdata(torino, handlers="include=https://h.example.org/v", pin=True))
     assert pinned.parts[0].registers == ["text/cvmfs-config", "text/localfs-config"]
-    assert len(pinned.parts[0].urls) == 2 and pinned.warnings == []
+    assert len(pinned.parts[0].urls) == 3 and pinned.warnings == []
 
 
 def test_baked_says_who_must_have_the_handler(torino: configuration.Config) -> None:
