@@ -248,29 +248,41 @@ class JobScan(NamedTuple):
 def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> JobScan:
     """One pass over the queue (100,000 jobs and more on a big pool): the numbers plan() reads
     checked as check_snapshot does, the running jobs counted per startd, the idle jobs that have
-    waited long enough (since EnteredCurrentStatus, else QDate) collected."""
+    waited long enough (since EnteredCurrentStatus, else QDate) collected. An entry with JobCount
+    N stands for N jobs identical in every attribute the planner reads (the schedd's group-by
+    query, which discover uses for idle jobs)."""
     running: dict[str, int] = {}
     waiting: list[dict[str, Any]] = []
     places: list[int] = []
     fields = NUMBER_FIELDS["jobs"]
+    limit = NUMBER_LIMIT
     for place, job in enumerate(jobs):
         get = job.get
         entered, queued, cpus = get("EnteredCurrentStatus"), get("QDate"), get("RequestCpus")
-        for value in (entered, queued, cpus):
-            kind = value.__class__
-            if value is not None and not ((kind is int or kind is float) and -NUMBER_LIMIT <= value <= NUMBER_LIMIT):
-                _check_numbers(job, f"jobs[{place}]", fields)
+        # The common case inline (64-bit numbers, or absent); anything else is checked in full.
+        if not ((entered is None or ((entered.__class__ is int or entered.__class__ is float) and -limit <= entered <= limit))
+                and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))
+                and (cpus is None or ((cpus.__class__ is int or cpus.__class__ is float) and -limit <= cpus <= limit))):
+            _check_numbers(job, f"jobs[{place}]", fields)
+        count = 1
+        if "JobCount" in job:
+            count = job["JobCount"]
+            if count.__class__ is not int or not 0 < count <= limit:
+                raise SnapshotError(f"'jobs[{place}].JobCount' must be a positive integer (how many identical jobs the entry stands for), "
+                                    f"got {_shown(count)}")
         status = get("JobStatus")
         if status == IDLE_JOB:
-            since: Any = entered if _is_number(entered) else queued
-            if _is_number(since) and now - since >= waiting_time:
+            # Past the checks above, a number is finite and within 64 bits.
+            since: Any = entered if entered.__class__ is int or entered.__class__ is float else queued
+            if (since.__class__ is int or since.__class__ is float) and now - since >= waiting_time:
                 waiting.append(job)
                 places.append(place)
         elif status == RUNNING:
             host = get("RemoteHost")
-            if isinstance(host, str) and host:
-                key = _startd(host)
-                running[key] = running.get(key, 0) + 1
+            if host.__class__ is str and host:
+                at = host.find("@")
+                key = host[at + 1:] if at >= 0 else host  # _startd, inline: one call per running job
+                running[key] = running.get(key, 0) + count
     return JobScan(running, waiting, places)
 
 
@@ -509,9 +521,9 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         fitted = fit.rank(waiting, placements, places=places, requirements=spec.typed)
     except fit.RequestError as err:
         raise SnapshotError(str(err)) from None
-    unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]
+    unfit = [Unfit(tuple(ids), why, fitted.unfit_count[why]) for why, ids in fitted.unfit.items()]
     for u in unfit:
-        warnings.append(f"{len(u.jobs)} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
+        warnings.append(f"{u.count} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
     count = fitted.count
     over_threshold = count > spec.waiting_jobs_threshold
 
