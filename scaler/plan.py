@@ -613,17 +613,33 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
                 fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
 
-    # Drain: only while the queue is quiet; the longest idle first, never below min-vms.
-    if not over_threshold:
-        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time]
+    # Drain: workers idle for idle-time, the longest idle first, never below min-vms; while the
+    # queue is quiet, all of them. While jobs wait and max-vms holds back the workers of the types
+    # they need, as many idle workers of other types as make room: jobs that waited while a worker
+    # stayed idle for idle-time cannot run there (a farm of several types would starve otherwise);
+    # never one of a type waiting jobs are fitted to.
+    held_back = {spec.worker_type(p.name).kind: figures[p.name].wanted - launches[p.name] for p in placements
+                 if figures[p.name].wanted > launches[p.name] and p.name not in held}
+    make_room = sum(held_back.values()) if over_threshold and room_left - sum(launches.values()) <= 0 else 0
+    # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there.
+    wanted_kinds = {spec.worker_type(p.name).kind for p in placements if figures[p.name].waiting > 0}
+    if not over_threshold or make_room:
+        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
+                      and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
         candidates.sort(key=lambda w: (w.idle_since, w.id))
         room = max(0, active - spec.min_vms)
+        if over_threshold:
+            room = min(room, make_room)
+        needed = ", ".join(f"{n} of type {kind}" for kind, n in held_back.items())
         for w in candidates[:room]:
             assert w.idle_since is not None
-            decisions.append(Decision(Action.DRAIN, f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)", instance=w.id,
-                                      type=w.type, cloud=w.cloud))
+            why = f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)"
+            if over_threshold:
+                why += f"; room under max-vms {spec.max_vms} for the workers the waiting jobs need ({needed})"
+            decisions.append(Decision(Action.DRAIN, why, instance=w.id, type=w.type, cloud=w.cloud))
         for w in candidates[room:]:
-            w.reason += f"; kept for min-vms {spec.min_vms}"
+            if not over_threshold:
+                w.reason += f"; kept for min-vms {spec.min_vms}"
 
     # Consolidation: half-empty workers drained so that the others fill (scaler/consolidate.py).
     leaving = sum(1 for d in decisions if d.action is Action.DRAIN)
