@@ -120,11 +120,12 @@ class Sim:
         self.boots = boots
         self.launches = 0
         self.lost_terminated = 0
-        self.vm_s = self.idle_s = self.boot_s = self.idle_core_s = 0.0
+        self.vm_s = self.idle_s = self.boot_s = self.idle_core_s = self.core_s = 0.0
+        self.peak_cores = 0  # the most CPUs of live workers (booting included) at one tick
         self.cpus = CPUS
         self.samples: dict[str, list[float]] = {name: [] for name in SAMPLED}
 
-    def launch(self, now: float, count: int) -> None:
+    def launch(self, now: float, count: int, kind: Optional[str] = None) -> None:
         for _ in range(count):
             vid = f"i-{self.launches:06d}"
             self.vms[vid] = VM(vid, now, self.boots[self.launches % len(self.boots)])
@@ -237,14 +238,17 @@ class MixedVM:
     changed: float = 0.0  # when its number of jobs last changed (NumDynamicSlotsTime)
     joined: bool = False
     draining: bool = False
+    kind: str = "w8"  # its worker type
+    cpus: int = MIXED_CPUS
+    memory: int = MIXED_MEMORY
 
     @property
     def free_cpus(self) -> int:
-        return MIXED_CPUS - sum(j.cpus for j in self.jobs.values())
+        return self.cpus - sum(j.cpus for j in self.jobs.values())
 
     @property
     def free_memory(self) -> int:
-        return MIXED_MEMORY - sum(j.memory for j in self.jobs.values())
+        return self.memory - sum(j.memory for j in self.jobs.values())
 
 
 def mixed_trace(seed: int, hours: float, bursts: int, background_per_hour: float) -> list[MixedJob]:
@@ -268,16 +272,19 @@ class MixedSim(Sim):
     holds it (HTCondor's default NEGOTIATOR_PRE_JOB_RANK prefers the slot with the fewest Cpus,
     then Memory), skipping jobs that fit nowhere for now."""
 
-    def __init__(self, jobs: list[Job], boots: list[Optional[float]]):
+    def __init__(self, jobs: list[Job], boots: list[Optional[float]], types: Optional[list[dict[str, Any]]] = None):
         super().__init__([], boots)
         self.pending = [MixedJob(j.id, j.submit, j.runtime, cpus=getattr(j, "cpus", 1), memory=getattr(j, "memory", 2048)) for j in jobs]
         self.vms: dict[str, MixedVM] = {}  # type: ignore[assignment]
         self.cpus = MIXED_CPUS
+        self.types = {t["name"]: t for t in types or MIXED_SECTION["types"]}
 
-    def launch(self, now: float, count: int) -> None:
+    def launch(self, now: float, count: int, kind: Optional[str] = None) -> None:
+        shape = self.types[kind] if kind in self.types else next(iter(self.types.values()))
         for _ in range(count):
             vid = f"i-{self.launches:06d}"
-            self.vms[vid] = MixedVM(vid, now, self.boots[self.launches % len(self.boots)])
+            self.vms[vid] = MixedVM(vid, now, self.boots[self.launches % len(self.boots)], kind=shape["name"], cpus=shape["cpus"],
+                                    memory=shape["memory"])
             self.launches += 1
 
     def terminate(self, vid: str) -> None:
@@ -313,8 +320,10 @@ class MixedSim(Sim):
         self.queue = waiting
 
     def account(self, dt: float) -> None:
+        self.peak_cores = max(self.peak_cores, sum(vm.cpus for vm in self.vms.values()))
         for vm in self.vms.values():
             self.vm_s += dt
+            self.core_s += dt * vm.cpus
             if not vm.joined:
                 self.boot_s += dt
                 continue
@@ -352,7 +361,7 @@ class MixedSim(Sim):
         instances: list[dict[str, Any]] = []
         for vm in self.vms.values():
             instances.append({"InstanceId": vm.id, "State": {"Name": "running"}, "LaunchTime": START + vm.launched,
-                              "Tags": [{"Key": "vfarm:farm", "Value": FARM}]})
+                              "Tags": [{"Key": "vfarm:farm", "Value": FARM}, {"Key": "vfarm:type", "Value": vm.kind}]})
             if not vm.joined:
                 continue
             slots.append({"Name": f"slot1@{vm.id}", "VfarmInstanceId": vm.id, "State": "Drained" if vm.draining else "Unclaimed",
@@ -372,7 +381,8 @@ class VfarmPolicy:
         from vfarm.config import scale as spec
 
         self.name, self.slug = name or self.name, slug or self.slug
-        self.spec = spec.parse(section or SECTION)
+        self.section = section or SECTION
+        self.spec = spec.parse(self.section)
         self.plan_seconds: list[float] = []
         self.observed_idle_since: dict[str, float] = {}  # carried from cycle to cycle, as the scaler's loop does
         self.consolidating: list[str] = []
@@ -392,7 +402,8 @@ class VfarmPolicy:
             sim.terminate(vid)
         for vid in decided.drain:
             sim.vms[vid].draining = True
-        sim.launch(now, decided.launch)
+        for launch in decided.of(plan.Action.LAUNCH):
+            sim.launch(now, launch.count, launch.type)
 
 
 class ElastiqPolicy:
@@ -430,7 +441,8 @@ class ElastiqPolicy:
 
 
 def simulate(policy: Any, jobs: list[Job], boots: list[Optional[float]], limit_hours: float, kind: type[Sim] = Sim) -> Sim:
-    sim = kind(jobs, boots)
+    types = getattr(policy, "section", None) or {}
+    sim = MixedSim(jobs, boots, types.get("types")) if kind is MixedSim else kind(jobs, boots)
     now = 0.0
     while now <= limit_hours * 3600:
         sim.step(now)
@@ -582,7 +594,7 @@ def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, b
             p95 = common.percentile(waits, 95)
             figures[policy.slug] = (sim.idle_core_s, p95)
             rows.append([max_vms, policy.name, f"{len(sim.done)}/{len(jobs)}", f"{common.median(waits) / 60:.1f} min", f"{p95 / 60:.1f} min",
-                         f"{sim.vm_s / 3600:.1f}", f"{sim.vm_s * MIXED_CPUS / 3600:.0f}", f"{sim.idle_core_s / 3600:.0f}", sim.launches])
+                         f"{sim.vm_s / 3600:.1f}", f"{sim.core_s / 3600:.0f}", f"{sim.idle_core_s / 3600:.0f}", sim.launches])
         elastiq_idle, elastiq_p95 = figures["elastiq"]
         for row, slug in zip(rows[-len(policies):], [p.slug for p in policies]):
             idle, p95 = figures[slug]
