@@ -324,18 +324,42 @@ def current_slots(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+class Memo:
+    """What one plan() call reads more than once: an instance's launch time (classify, then
+    black_holes) and the placement of each (type tag, cloud tag) pair (3,000 instances, a few types)."""
+
+    def __init__(self, spec: ScaleSpec) -> None:
+        self.spec = spec
+        self.placed: dict[tuple[Optional[str], Optional[str]], WorkerType] = {}
+        self.times: dict[Any, Optional[float]] = {}
+
+    def placement(self, kind: Optional[str], cloud: Optional[str]) -> WorkerType:
+        found = self.placed.get((kind, cloud))
+        if found is None:
+            found = self.placed[kind, cloud] = self.spec.placement(kind, cloud)
+        return found
+
+    def epoch(self, value: Any) -> Optional[float]:
+        if value.__class__ is not str:
+            return epoch(value)
+        if value not in self.times:
+            self.times[value] = epoch(value)
+        return self.times[value]
+
+
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
-             running: int = 0, observed_since: Optional[float] = None) -> Worker:
+             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
     (None: not before now)."""
+    memo = memo or Memo(spec)
     iid = str(instance["InstanceId"])
-    slots = current_slots(slots)
-    launched = epoch(instance.get("LaunchTime"))
+    slots = current_slots(slots) if slots else slots
+    launched = memo.epoch(instance.get("LaunchTime"))
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
-    claimed = sum(1 for s in states if s == "Claimed")
-    placed = spec.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
+    claimed = states.count("Claimed")
+    placed = memo.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
 
     def worker(state: WorkerState, reason: str, idle_since: Optional[float] = None, seen: Optional[float] = None) -> Worker:
         return Worker(iid, placed.name, state, reason, age, len(slots), claimed, idle_since, seen, placed.on)
@@ -397,7 +421,7 @@ def terminate_key(cloud: Optional[str]) -> str:
 
 
 def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
-                now: float) -> dict[str, BlackHole]:
+                now: float, memo: Optional[Memo] = None) -> dict[str, BlackHole]:
     """The black-hole state of each type (in a hybrid farm: of each type on each cloud), from the
     farm's instances (ended ones included).
 
@@ -408,12 +432,13 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     its launches stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX,
     counted from when the newest became lost (LaunchTime + boot-timeout); after that, one probe at
     a time until one joins."""
+    memo = memo or Memo(spec)
     fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.placements}
     for inst in instances:
         tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
         if tags.get(FARM_TAG) != spec.name:
             continue
-        launched = epoch(inst.get("LaunchTime"))
+        launched = memo.epoch(inst.get("LaunchTime"))
         if launched is None:
             continue
         iid = str(inst.get("InstanceId"))
@@ -429,7 +454,7 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
         kind, cloud = tags.get(TYPE_TAG), tags.get(CLOUD_TAG)
-        fates[spec.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
+        fates[memo.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
     holes = {}
     for name, history in fates.items():
         history.sort(reverse=True)
@@ -481,16 +506,17 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
     running = scanned.running
     observed = snapshot.get(OBSERVED) or {}
+    memo = Memo(spec)
     instances: list[Worker] = []
     for inst in farm:
         slots = by_instance.get(inst["InstanceId"], [])
         seen = observed.get(inst["InstanceId"])
         instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, running) if slots else 0,
-                                  float(seen) if seen is not None else None))
+                                  float(seen) if seen is not None else None, memo))
     workers = {w.id: w for w in instances}
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
-    holes = black_holes(snapshot["instances"], workers, joined, spec, now)
+    holes = black_holes(snapshot["instances"], workers, joined, spec, now, memo)
     backoff: dict[str, float] = {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()}
 
     placements = spec.placements
