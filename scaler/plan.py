@@ -3,7 +3,8 @@
 A snapshot is what one discover step saw, in the systems' own JSON shapes:
 
     {"now": EPOCH_SECONDS,
-     "jobs": [job ClassAds as `condor_q -json` prints them],
+     "jobs": [job ClassAds as `condor_q -json` prints them; an ad with JobCount N (the schedd's
+              group-by query, `condor_q -group-by`) stands for N jobs equal in every attribute read],
      "slots": [machine ClassAds as `condor_status -json` prints them],
      "instances": [instance dicts as EC2 DescribeInstances returns them],
      "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints,
