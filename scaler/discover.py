@@ -17,7 +17,11 @@ from typing import Any, Optional
 # busy); idle jobs are read as groups (the schedd's group-by query, `condor_q -group-by`): one ad
 # per set of jobs equal in every projected attribute, with JobCount and JobIds ("1.0 ... 1.4999").
 # The projection holds every attribute the planner reads of an idle job, times included, so a
-# group's ad is exactly what each of its jobs' ads would have said: the plan is the same.
+# group's ad is exactly what each of its jobs' ads would have said: the plan is the same. Seen on
+# HTCondor 23.9: the attributes the schedd adds because an expression names them are keys too;
+# the constraint is evaluated on the group's ad (hence JobStatus among the keys); the autocluster
+# query (QueryOpt.AutoCluster) is no substitute: its ads have neither the times nor JobStatus (a
+# constraint on JobStatus returns no group at all).
 RUNNING_CONSTRAINT = "JobStatus == 2"
 IDLE_CONSTRAINT = "JobStatus == 1"
 # The job attributes the planner reads: a big queue (100,000 jobs) is read far faster with a
