@@ -13,13 +13,25 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 # Job states the planner looks at (idle, running); history and held jobs stay out of the snapshot.
-JOB_CONSTRAINT = "JobStatus == 1 || JobStatus == 2"
+# Running jobs are read one by one (their RemoteHost is the schedd's evidence that a worker is
+# busy); idle jobs are read as groups (the schedd's group-by query, `condor_q -group-by`): one ad
+# per set of jobs equal in every projected attribute, with JobCount and JobIds ("1.0 ... 1.4999").
+# The projection holds every attribute the planner reads of an idle job, times included, so a
+# group's ad is exactly what each of its jobs' ads would have said: the plan is the same. Seen on
+# HTCondor 23.9: the attributes the schedd adds because an expression names them are keys too;
+# the constraint is evaluated on the group's ad (hence JobStatus among the keys); the autocluster
+# query (QueryOpt.AutoCluster) is no substitute: its ads have neither the times nor JobStatus (a
+# constraint on JobStatus returns no group at all).
+RUNNING_CONSTRAINT = "JobStatus == 2"
+IDLE_CONSTRAINT = "JobStatus == 1"
 # The job attributes the planner reads: a big queue (100,000 jobs) is read far faster with a
 # projection. The schedd adds the job attributes a projected expression names (HTCondor 23.9: the
 # default Requirements brings RequestDisk, FileSystemDomain...); a name still missing from every job
 # (not TARGET.X, not a function) is asked for in a second query.
 JOB_ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "QDate", "EnteredCurrentStatus", "RemoteHost",
                   "RequestCpus", "RequestMemory", "RequestGPUs", "Requirements")
+# The keys of the idle jobs' groups: what the planner reads of an idle job (not its id).
+GROUP_ATTRIBUTES = ("JobStatus", "QDate", "EnteredCurrentStatus", "RequestCpus", "RequestMemory", "RequestGPUs", "Requirements")
 EXPRESSION = re.compile(r"^/Expr\((.*)\)/$", re.S)
 NAME = re.compile(r"(?<![.\w])(?:MY\.)?([A-Za-z_]\w*)(?!\s*[(.\w])")  # not TARGET.X, not f(...), MY.X as X
 WORDS = {"true", "false", "undefined", "error", "is", "isnt"}
@@ -69,14 +81,26 @@ def pool_snapshot(collector: str, schedd: Optional[str] = None, token_dir: Optio
         name = ad.get("Name", "?")
         try:
             queue = htcondor2.Schedd(ad)
-            found = [ad_to_json(job) for job in queue.query(constraint=JOB_CONSTRAINT, projection=list(JOB_ATTRIBUTES))]
-            named = {n for n in expression_names(found) - set(JOB_ATTRIBUTES) if not any(n in job for job in found)}
-            if named:
-                found = [ad_to_json(job) for job in queue.query(constraint=JOB_CONSTRAINT, projection=[*JOB_ATTRIBUTES, *sorted(named)])]
-            jobs += found
+            for constraint, attributes, opts in ((RUNNING_CONSTRAINT, JOB_ATTRIBUTES, htcondor2.QueryOpt.Default),
+                                                 (IDLE_CONSTRAINT, GROUP_ATTRIBUTES, htcondor2.QueryOpt.GroupBy)):
+                found = [ad_to_json(job) for job in queue.query(constraint=constraint, projection=list(attributes), opts=opts)]
+                named = {n for n in expression_names(found) - set(attributes) if not any(n in job for job in found)}
+                if named:
+                    found = [ad_to_json(job) for job in queue.query(constraint=constraint, projection=[*attributes, *sorted(named)], opts=opts)]
+                jobs += found if opts is not htcondor2.QueryOpt.GroupBy else [_group(job) for job in found]
+        except DiscoverError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise DiscoverError(f"schedd {name}: {_one_line(err)}") from None
     return {"jobs": jobs, "slots": slots, "collector": collectors}
+
+
+def _group(ad: dict[str, Any]) -> dict[str, Any]:
+    """A group-by ad as the snapshot carries it: without the query's own group number (Id)."""
+    ad.pop("Id", None)
+    if not (isinstance(ad.get("JobCount"), int) and ad.get("JobStatus") == 1):
+        raise DiscoverError(f"the schedd's group of idle jobs has no JobCount or JobStatus 1: {json.dumps(ad)[:200]}")
+    return ad
 
 
 def expression_names(jobs: list[dict[str, Any]]) -> set[str]:

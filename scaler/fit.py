@@ -199,9 +199,10 @@ class Group:
 @dataclass
 class Fitted:
     groups: list[Group]
-    unfit: dict[str, list[str]]  # why -> job ids ("cluster.proc")
+    unfit: dict[str, list[str]]  # why -> job ids ("cluster.proc"; a group of jobs: its JobIds, "1.0 ... 1.4999")
     count: int  # waiting jobs some type holds
     unevaluated: bool = False  # Requirements seen but no ClassAd library to evaluate them
+    unfit_count: dict[str, int] = field(default_factory=dict)  # why -> how many jobs
 
 
 def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
@@ -222,10 +223,13 @@ def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
 def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None,
          places: Optional[list[int]] = None, requirements: bool = True) -> Fitted:
     """The waiting JOBS grouped by what they ask, each group with its types in order of choice.
-    PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
+    An entry with JobCount N (a group of identical jobs, as the schedd's group-by query gives it)
+    counts as N jobs. PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
     ads = ads or ClassAds()
     groups: dict[Request, Group] = {}
     unfit: dict[str, list[str]] = {}
+    unfit_count: dict[str, int] = {}
+    reasons: dict[Request, str] = {}  # a group's reason is worked out once, not once per job
     count = 0
     unevaluated = False
     plain: dict[tuple[Any, ...], Group] = {}  # groups of requests of plain numbers, by their raw values: most jobs
@@ -245,12 +249,18 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
                 unevaluated |= request.requirements is not None and ads.lib is None
             if not (raw[0].__class__ is str or raw[1].__class__ is str or raw[2].__class__ is str or raw[3].__class__ is str):
                 plain[raw] = group  # an expression depends on other attributes: never a short cut
+        n = get("JobCount", 1)
         if not group.choices:
-            unfit.setdefault(_unfit_reason(group.request, types), []).append(f"{job.get('ClusterId', '?')}.{job.get('ProcId', '?')}")
+            why = reasons.get(group.request)
+            if why is None:
+                why = reasons[group.request] = _unfit_reason(group.request, types)
+            ids = get("JobIds") if "JobCount" in job else None
+            unfit.setdefault(why, []).append(str(ids) if ids is not None else f"{get('ClusterId', '?')}.{get('ProcId', '?')}")
+            unfit_count[why] = unfit_count.get(why, 0) + n
             continue
-        group.count += 1
-        count += 1
-    return Fitted([g for g in groups.values() if g.choices], unfit, count, unevaluated)
+        group.count += n
+        count += n
+    return Fitted([g for g in groups.values() if g.choices], unfit, count, unevaluated, unfit_count)
 
 
 def some(ids: list[str] | tuple[str, ...], shown: int = 3) -> str:

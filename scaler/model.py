@@ -197,8 +197,9 @@ class CloudFigures:
 class Unfit:
     """Waiting jobs no type can hold, once per reason."""
 
-    jobs: tuple[str, ...]  # "cluster.proc"
+    jobs: tuple[str, ...]  # "cluster.proc"; a group of jobs (JobCount): its JobIds, "1.0 ... 1.4999"
     reason: str
+    count: int  # how many jobs
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Plan:
             "instances": [w.to_json() for w in self.instances],
             "warnings": list(self.warnings),
             "types": {name: asdict(figures) for name, figures in self.types.items()},
-            "unfit": [{"jobs": list(u.jobs), "reason": u.reason} for u in self.unfit],
+            "unfit": [{"jobs": list(u.jobs), "count": u.count, "reason": u.reason} for u in self.unfit],
             "observed_idle_since": dict(self.observed_idle_since),
             "joined": list(self.joined),
             "launch_intents": {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},

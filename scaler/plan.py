@@ -3,7 +3,8 @@
 A snapshot is what one discover step saw, in the systems' own JSON shapes:
 
     {"now": EPOCH_SECONDS,
-     "jobs": [job ClassAds as `condor_q -json` prints them],
+     "jobs": [job ClassAds as `condor_q -json` prints them; an ad with JobCount N (the schedd's
+              group-by query, `condor_q -group-by`) stands for N jobs equal in every attribute read],
      "slots": [machine ClassAds as `condor_status -json` prints them],
      "instances": [instance dicts as EC2 DescribeInstances returns them],
      "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints,
@@ -248,29 +249,41 @@ class JobScan(NamedTuple):
 def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> JobScan:
     """One pass over the queue (100,000 jobs and more on a big pool): the numbers plan() reads
     checked as check_snapshot does, the running jobs counted per startd, the idle jobs that have
-    waited long enough (since EnteredCurrentStatus, else QDate) collected."""
+    waited long enough (since EnteredCurrentStatus, else QDate) collected. An entry with JobCount
+    N stands for N jobs identical in every attribute the planner reads (the schedd's group-by
+    query, which discover uses for idle jobs)."""
     running: dict[str, int] = {}
     waiting: list[dict[str, Any]] = []
     places: list[int] = []
     fields = NUMBER_FIELDS["jobs"]
+    limit = NUMBER_LIMIT
     for place, job in enumerate(jobs):
         get = job.get
         entered, queued, cpus = get("EnteredCurrentStatus"), get("QDate"), get("RequestCpus")
-        for value in (entered, queued, cpus):
-            kind = value.__class__
-            if value is not None and not ((kind is int or kind is float) and -NUMBER_LIMIT <= value <= NUMBER_LIMIT):
-                _check_numbers(job, f"jobs[{place}]", fields)
+        # The common case inline (64-bit numbers, or absent); anything else is checked in full.
+        if not ((entered is None or ((entered.__class__ is int or entered.__class__ is float) and -limit <= entered <= limit))
+                and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))
+                and (cpus is None or ((cpus.__class__ is int or cpus.__class__ is float) and -limit <= cpus <= limit))):
+            _check_numbers(job, f"jobs[{place}]", fields)
+        count = 1
+        if "JobCount" in job:
+            count = job["JobCount"]
+            if count.__class__ is not int or not 0 < count <= limit:
+                raise SnapshotError(f"'jobs[{place}].JobCount' must be a positive integer (how many identical jobs the entry stands for), "
+                                    f"got {_shown(count)}")
         status = get("JobStatus")
         if status == IDLE_JOB:
-            since: Any = entered if _is_number(entered) else queued
-            if _is_number(since) and now - since >= waiting_time:
+            # Past the checks above, a number is finite and within 64 bits.
+            since: Any = entered if entered.__class__ is int or entered.__class__ is float else queued
+            if (since.__class__ is int or since.__class__ is float) and now - since >= waiting_time:
                 waiting.append(job)
                 places.append(place)
         elif status == RUNNING:
             host = get("RemoteHost")
-            if isinstance(host, str) and host:
-                key = _startd(host)
-                running[key] = running.get(key, 0) + 1
+            if host.__class__ is str and host:
+                at = host.find("@")
+                key = host[at + 1:] if at >= 0 else host  # _startd, inline: one call per running job
+                running[key] = running.get(key, 0) + count
     return JobScan(running, waiting, places)
 
 
@@ -312,18 +325,42 @@ def current_slots(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+class Memo:
+    """What one plan() call reads more than once: an instance's launch time (classify, then
+    black_holes) and the placement of each (type tag, cloud tag) pair (3,000 instances, a few types)."""
+
+    def __init__(self, spec: ScaleSpec) -> None:
+        self.spec = spec
+        self.placed: dict[tuple[Optional[str], Optional[str]], WorkerType] = {}
+        self.times: dict[Any, Optional[float]] = {}
+
+    def placement(self, kind: Optional[str], cloud: Optional[str]) -> WorkerType:
+        found = self.placed.get((kind, cloud))
+        if found is None:
+            found = self.placed[kind, cloud] = self.spec.placement(kind, cloud)
+        return found
+
+    def epoch(self, value: Any) -> Optional[float]:
+        if value.__class__ is not str:
+            return epoch(value)
+        if value not in self.times:
+            self.times[value] = epoch(value)
+        return self.times[value]
+
+
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
-             running: int = 0, observed_since: Optional[float] = None) -> Worker:
+             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
     (None: not before now)."""
+    memo = memo or Memo(spec)
     iid = str(instance["InstanceId"])
-    slots = current_slots(slots)
-    launched = epoch(instance.get("LaunchTime"))
+    slots = current_slots(slots) if slots else slots
+    launched = memo.epoch(instance.get("LaunchTime"))
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
-    claimed = sum(1 for s in states if s == "Claimed")
-    placed = spec.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
+    claimed = states.count("Claimed")
+    placed = memo.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
 
     def worker(state: WorkerState, reason: str, idle_since: Optional[float] = None, seen: Optional[float] = None) -> Worker:
         return Worker(iid, placed.name, state, reason, age, len(slots), claimed, idle_since, seen, placed.on)
@@ -385,7 +422,7 @@ def terminate_key(cloud: Optional[str]) -> str:
 
 
 def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
-                now: float) -> dict[str, BlackHole]:
+                now: float, memo: Optional[Memo] = None) -> dict[str, BlackHole]:
     """The black-hole state of each type (in a hybrid farm: of each type on each cloud), from the
     farm's instances (ended ones included).
 
@@ -396,12 +433,13 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     its launches stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX,
     counted from when the newest became lost (LaunchTime + boot-timeout); after that, one probe at
     a time until one joins."""
+    memo = memo or Memo(spec)
     fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.placements}
     for inst in instances:
         tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
         if tags.get(FARM_TAG) != spec.name:
             continue
-        launched = epoch(inst.get("LaunchTime"))
+        launched = memo.epoch(inst.get("LaunchTime"))
         if launched is None:
             continue
         iid = str(inst.get("InstanceId"))
@@ -417,7 +455,7 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
         kind, cloud = tags.get(TYPE_TAG), tags.get(CLOUD_TAG)
-        fates[spec.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
+        fates[memo.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
     holes = {}
     for name, history in fates.items():
         history.sort(reverse=True)
@@ -469,16 +507,17 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
     running = scanned.running
     observed = snapshot.get(OBSERVED) or {}
+    memo = Memo(spec)
     instances: list[Worker] = []
     for inst in farm:
         slots = by_instance.get(inst["InstanceId"], [])
         seen = observed.get(inst["InstanceId"])
         instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, running) if slots else 0,
-                                  float(seen) if seen is not None else None))
+                                  float(seen) if seen is not None else None, memo))
     workers = {w.id: w for w in instances}
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
-    holes = black_holes(snapshot["instances"], workers, joined, spec, now)
+    holes = black_holes(snapshot["instances"], workers, joined, spec, now, memo)
     backoff: dict[str, float] = {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()}
 
     placements = spec.placements
@@ -509,9 +548,9 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         fitted = fit.rank(waiting, placements, places=places, requirements=spec.typed)
     except fit.RequestError as err:
         raise SnapshotError(str(err)) from None
-    unfit = [Unfit(tuple(ids), why) for why, ids in fitted.unfit.items()]
+    unfit = [Unfit(tuple(ids), why, fitted.unfit_count[why]) for why, ids in fitted.unfit.items()]
     for u in unfit:
-        warnings.append(f"{len(u.jobs)} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
+        warnings.append(f"{u.count} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
     count = fitted.count
     over_threshold = count > spec.waiting_jobs_threshold
 
@@ -601,17 +640,33 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
                 fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
 
-    # Drain: only while the queue is quiet; the longest idle first, never below min-vms.
-    if not over_threshold:
-        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time]
+    # Drain: workers idle for idle-time, the longest idle first, never below min-vms; while the
+    # queue is quiet, all of them. While jobs wait and max-vms holds back the workers of the types
+    # they need, as many idle workers of other types as make room: jobs that waited while a worker
+    # stayed idle for idle-time cannot run there (a farm of several types would starve otherwise);
+    # never one of a type waiting jobs are fitted to.
+    held_back = {spec.worker_type(p.name).kind: figures[p.name].wanted - launches[p.name] for p in placements
+                 if figures[p.name].wanted > launches[p.name] and p.name not in held}
+    make_room = sum(held_back.values()) if over_threshold and room_left - sum(launches.values()) <= 0 else 0
+    # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there.
+    wanted_kinds = {spec.worker_type(p.name).kind for p in placements if figures[p.name].waiting > 0}
+    if not over_threshold or make_room:
+        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
+                      and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
         candidates.sort(key=lambda w: (w.idle_since, w.id))
         room = max(0, active - spec.min_vms)
+        if over_threshold:
+            room = min(room, make_room)
+        needed = ", ".join(f"{n} of type {kind}" for kind, n in held_back.items())
         for w in candidates[:room]:
             assert w.idle_since is not None
-            decisions.append(Decision(Action.DRAIN, f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)", instance=w.id,
-                                      type=w.type, cloud=w.cloud))
+            why = f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)"
+            if over_threshold:
+                why += f"; room under max-vms {spec.max_vms} for the workers the waiting jobs need ({needed})"
+            decisions.append(Decision(Action.DRAIN, why, instance=w.id, type=w.type, cloud=w.cloud))
         for w in candidates[room:]:
-            w.reason += f"; kept for min-vms {spec.min_vms}"
+            if not over_threshold:
+                w.reason += f"; kept for min-vms {spec.min_vms}"
 
     # Consolidation: half-empty workers drained so that the others fill (scaler/consolidate.py).
     leaving = sum(1 for d in decisions if d.action is Action.DRAIN)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.fixtures.condor_pool import CondorPool
 from tests.fixtures.moto import Ec2Endpoint
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import discover
+from vfarm.scaler import plan as planner
 
 pytestmark = pytest.mark.pool
 
@@ -34,11 +36,36 @@ def test_pool_snapshot_reads_jobs_slots_and_the_collector(condor_pool: CondorPoo
     try:
         found = discover.pool_snapshot(condor_pool.collector_address)
         assert any(s.get("VfarmInstanceId") == "i-seen" and s["Cpus"] == 2 for s in found["slots"])
-        assert any(j["ClusterId"] == cluster and j["JobStatus"] == 1 for j in found["jobs"])
+        # Idle jobs come as groups (the schedd's group-by query): JobCount, JobIds, the attributes the planner reads.
+        group = next(j for j in found["jobs"] if j["JobStatus"] == 1 and str(j.get("JobIds", "")).startswith(f"{cluster}."))
+        assert group["JobCount"] == 1 and group["RequestCpus"] == 1 and "Id" not in group and "QDate" in group and "Requirements" in group
         assert found["collector"] and "MonitorSelfAge" in found["collector"][0]
     finally:
         condor_pool.run(["condor_rm", str(cluster)], check=False)
         condor_pool.remove_worker("i-seen")
+
+
+def test_idle_jobs_are_read_as_groups_that_plan_as_the_jobs_one_by_one(condor_pool: CondorPool) -> None:
+    never = 'VfarmInstanceId == "nowhere"'
+    clusters = [condor_pool.submit(3, 1, requirements=never), condor_pool.submit(2, 1, cpus=2, requirements=never),
+                # Requirements naming a job attribute that differs job by job: each value its own group.
+                condor_pool.submit(2, 1, requirements=f'{never} && MY.VfarmTestTag =!= "p0"', **{"+VfarmTestTag": '"p$(ProcId)"'})]
+    try:
+        found = discover.pool_snapshot(condor_pool.collector_address)
+        ours = [j for j in found["jobs"] if int(str(j.get("JobIds", "0.")).split(".")[0]) in clusters]
+        by_cluster = {c: sorted(j["JobCount"] for j in ours if str(j["JobIds"]).startswith(f"{c}.")) for c in clusters}
+        assert by_cluster == {clusters[0]: [3], clusters[1]: [2], clusters[2]: [1, 1]}
+        assert sorted(j.get("VfarmTestTag") for j in ours if str(j["JobIds"]).startswith(f"{clusters[2]}.")) == ["p0", "p1"]
+        # The same queue read one ad per job plans alike.
+        one_by_one = [discover.ad_to_json(ad) for ad in condor_pool.schedd().query(
+            constraint=f"JobStatus == 1 && ClusterId >= {clusters[0]}", projection=[*discover.JOB_ATTRIBUTES, "VfarmTestTag"])]
+        farm = scale_spec.parse({"name": "g", "cloud": {"type": "ec2"}, "max-vms": 10, "waiting-time": 0,
+                                 "types": [{"name": "one", "cpus": 1}, {"name": "two", "cpus": 2}]})
+        plans = [planner.plan({"now": time.time(), "jobs": jobs, "slots": [], "instances": []}, farm) for jobs in (ours, one_by_one)]
+        assert [(p.launch, p.waiting, {n: f.wanted for n, f in p.types.items()}) for p in plans] == [(7, 7, {"one": 5, "two": 2})] * 2
+    finally:
+        for cluster in clusters:
+            condor_pool.run(["condor_rm", str(cluster)], check=False)
 
 
 def test_an_unreachable_collector_is_an_error_never_an_empty_pool() -> None:

@@ -295,3 +295,44 @@ def test_each_type_of_a_farm_with_a_condor_section_advertises_its_name(tmp_path:
     assert userdata(typed.worker_type("large")) is large  # built once
     untyped = spec(farm.read_text().replace("  types:\n", "  no-types:\n").split("  no-types:\n")[0])
     assert isinstance(scale_cli._userdata(str(farm), untyped), bytes)
+
+
+ROOM = """\
+scale:
+  name: mixed
+  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}
+  max-vms: 2
+  waiting-time: 0
+  idle-time: 600
+  types:
+    - {name: small, cpus: 2, memory: 8G, cloud: {instance-type: m1.small}}
+    - {name: large, cpus: 8, memory: 32G, cloud: {instance-type: m1.2xlarge}}
+"""
+
+
+def test_while_max_vms_holds_back_a_type_idle_workers_of_other_types_make_room() -> None:
+    farm = spec(ROOM)
+    slots = [{"Name": f"slot1@w-{iid}@host", "VfarmInstanceId": iid, "State": "Unclaimed", "Activity": "Idle", "Cpus": 2, "Memory": 8192,
+              "EnteredCurrentState": NOW - 3600, "PartitionableSlot": True} for iid in ("i-s1", "i-s2")]
+    workers = [instance("i-s1", "small", NOW - 7200), instance("i-s2", "small", NOW - 7200)]
+    seen = {"i-s1": NOW - 3000, "i-s2": NOW - 700}
+    big = [job(n, cpus=8, memory=4000) for n in range(3)]
+    result = planner.plan({"now": NOW, "jobs": big, "slots": slots, "instances": workers, "observed_idle_since": seen}, farm)
+    # Large workers wanted, none may start (max-vms 2, both taken by idle small workers): both drained, the longest idle first.
+    assert result.drain == ["i-s1", "i-s2"] and result.launch == 0 and result.types["large"].wanted == 3
+    drain = next(d for d in result.decisions if d.action == "drain")
+    assert drain.reason == "idle for 3000s (idle-time 600s); room under max-vms 2 for the workers the waiting jobs need (3 of type large)"
+    # Idle for less than idle-time: kept, whatever waits (no worker drained before idle-time).
+    recent = {"i-s1": NOW - 100, "i-s2": NOW - 100}
+    assert planner.plan({"now": NOW, "jobs": big, "slots": slots, "instances": workers, "observed_idle_since": recent}, farm).drain == []
+    # Only as many as the held-back workers need: one large job, one drained.
+    result = planner.plan({"now": NOW, "jobs": big[:1], "slots": slots, "instances": workers, "observed_idle_since": seen}, farm)
+    assert result.drain == ["i-s1"]
+    # Idle workers of a type some waiting jobs are fitted to are not drained for room (those jobs may be about to land there).
+    result = planner.plan({"now": NOW, "jobs": [job(9, cpus=2, memory=8000)] * 5, "slots": slots, "instances": workers, "observed_idle_since": seen},
+                          farm)
+    assert result.types["small"].waiting > 0 and result.types["large"].wanted > 0 and result.drain == []
+    # Room only when max-vms binds: with room left, launches go on and nothing idle is drained while jobs wait.
+    result = planner.plan({"now": NOW, "jobs": big, "slots": slots, "instances": workers, "observed_idle_since": seen},
+                          spec(ROOM.replace("max-vms: 2", "max-vms: 10")))
+    assert result.drain == [] and launches(result) == {"large": 3}
