@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import Action
 
 NOW = 1_700_000_000
 FARM = "torino"
@@ -391,7 +392,13 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
         assert active - len(result.drain) >= config.min_vms  # never under min-vms by its own hand
     claimed = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Claimed"}
     touched = set(result.drain) | set(result.terminate)
-    assert not touched & claimed  # never a busy instance drained or terminated
+    assert not set(result.terminate) & claimed  # never a busy instance terminated
+    # A busy worker is drained only to consolidate (gracefully: its jobs run to their end), while
+    # the plan launches nothing, and never more than the disruption budget at once.
+    consolidating = {d.instance for d in result.decisions if d.action is Action.DRAIN and d.reason.startswith("consolidation")}
+    assert set(result.drain) & claimed <= consolidating
+    assert len(consolidating) <= config.disruption_budget
+    assert not consolidating or result.launch == 0
     farm = {i["InstanceId"] for i in planner.farm_instances(snapshot["instances"], FARM)}
     assert touched <= farm  # never an instance of another farm, or stopped
     assert not set(result.drain) & set(result.terminate)
