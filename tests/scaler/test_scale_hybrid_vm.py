@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from tests.clouds.test_openstack import foreign_server, server_ids
-from tests.fixtures.condor_pool import CLEAN_ENV, UID_DOMAIN, CondorPool, loopback_bridge, namespaced_pool, stop_process, wait_for
+from tests.fixtures.condor_pool import CondorPool, local_farm_file, loopback_bridge, namespaced_pool, stop_process, wait_for
 from tests.fixtures.moto import Ec2Endpoint
 from tests.fixtures.openstack import PASSWORD, PORTS, OpenStackCloud
 from vfarm.clouds import local_farm
@@ -70,39 +70,13 @@ def ns_pool() -> Iterator[CondorPool]:
 def farm_file(folder: Path, pool: CondorPool, ec2: Ec2Endpoint) -> Path:
     """The workers (localfs scratch, condor joining the pool's address, the final check) and a
     `scale` section listing the local cloud first, then OpenStack and moto."""
-    (folder / "admin.token").write_text((pool.admin_token_dir / "autoscaler").read_text())
-    os.chmod(folder / "admin.token", 0o600)
-    admin = ["nsenter", f"--target={pool.master_pid}", "--mount", "--pid", "--", "chroot", str(pool.merged), "env", "-i",
-             f"PATH={CLEAN_ENV['PATH']}"]
-    farm = folder / "farm.yaml"
-    farm.write_text(f"""\
-#multiple-config
-localfs:
-  parts:
-    scratch: {{size: 60%VG, mount: /scratch}}
-condor:
-  central-manager: {POOL_ADDRESS}
-  token: {pool.token(f"condor@{UID_DOMAIN}")}
-  execute: /scratch/condor
-  join-timeout: 600
-  config: {{ENABLE_IPV6: false}}
-check: {{}}
-scale:
-  name: {FARM}
-  clouds:
-    - {{name: local, type: local, image: trixie-condor, memory: 2G, vcpus: 2, handlers: baked, max: 1}}
-    - {{name: site, type: openstack, cloud: os-demo, image: tiny, flavor: m1.tiny, network: private, handlers: baked, max: 1}}
-    - {{name: aws, type: ec2, image-id: {ec2.image_id}, instance-type: m1.small, endpoint-url: '{ec2.url}', region: {ec2.region}, handlers: baked}}
-  pool: {{collector: '{POOL_ADDRESS}:{pool.port}', token-file: admin.token, admin-command: {json.dumps(admin)}}}
-  max-vms: 4
-  cpus-per-vm: 2
-  waiting-time: 0
-  idle-time: 20
-  boot-timeout: 900
-  check-every: 3
-""")
-    os.chmod(farm, 0o600)
-    return farm
+    clouds = [
+        "{name: local, type: local, image: trixie-condor, memory: 2G, vcpus: 2, handlers: baked, max: 1}",
+        "{name: site, type: openstack, cloud: os-demo, image: tiny, flavor: m1.tiny, network: private, handlers: baked, max: 1}",
+        f"{{name: aws, type: ec2, image-id: {ec2.image_id}, instance-type: m1.small, endpoint-url: '{ec2.url}', region: {ec2.region}, handlers: baked}}",
+    ]
+    return local_farm_file(folder, pool, name=FARM, address=POOL_ADDRESS, max_vms=4, idle_time=20, join_timeout=600, boot_timeout=900,
+                           check_every=3, clouds=clouds)
 
 
 def submit(pool: CondorPool) -> int:
