@@ -86,7 +86,8 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
     """The plan as an operator reads it: the figures, the decisions, the types, then every farm instance."""
     lines = [
         f"farm {spec.name}: {result.waiting} waiting job(s), demand {result.demand} CPU(s), "
-        f"supply {result.supply} CPU(s), {result.active} active worker(s) (min {spec.min_vms}, max {spec.max_vms})"
+        f"supply {result.supply} CPU(s), {result.active} active worker(s) (min {spec.min_vms}, max {spec.max_vms}"
+        + (f", max-cpus {spec.max_cpus})" if spec.max_cpus is not None else ")")
     ]
     rows = []
     for decision in result.decisions:

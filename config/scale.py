@@ -106,6 +106,8 @@ class ScaleSpec:
     # of the largest type, one worker's worth) and how many workers may drain for it at once (0: never).
     consolidate_idle_cpus: Optional[int] = None
     disruption_budget: int = 1
+    # The most CPUs the farm's live workers may hold (max-cpus; None: no limit).
+    max_cpus: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -183,6 +185,7 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         clouds=clouds,
         consolidate_idle_cpus=int(merged["consolidate-idle-cpus"]) if merged.get("consolidate-idle-cpus") is not None else None,
         disruption_budget=int(merged["disruption-budget"]),
+        max_cpus=int(merged["max-cpus"]) if merged.get("max-cpus") is not None else None,
     )
 
 

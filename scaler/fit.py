@@ -287,11 +287,12 @@ def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
 
 
 def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
-           shared: Sequence[tuple[Sequence[str], int]] = ()) -> Assignment:
+           shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
     """How many workers of each type to start (see the module's doc). ALLOWED: at most per type;
     ROOM: at most in all; SHARED: (types, at most among them) limits of several types (a hybrid
     farm's cloud max over its types, a type's max over its clouds), used up in the order of TYPES
-    and binding like a type's own limit (the jobs move on)."""
+    and binding like a type's own limit (the jobs move on); CPUS: at most this many CPUs in all
+    (max-cpus; None: no limit), used up in the order of TYPES and binding like ROOM (the jobs stay)."""
     limits_of: dict[str, list[int]] = {}
     for i, (members, _limit) in enumerate(shared):
         for member in members:
@@ -306,6 +307,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
         last = round_ == rounds - 1
         result = Assignment()
         left = room
+        cpus_left = cpus
         shared_left = [limit for _members, limit in shared]
         moved: list[tuple[Group, int, int]] = []
         by_type: dict[int, list[tuple[Group, int, int]]] = {}
@@ -319,7 +321,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
             free = supply.get(name, Resources())
             wanted = _wanted(worker_type, asked, free)
             own = min([allowed.get(name, 0), *(shared_left[i] for i in limits_of.get(name, ()))])
-            may = max(0, min(own, left))
+            may = max(0, min(own, left, cpus_left // worker_type.cpus if cpus_left is not None else left))
             kept = mine
             # Jobs move on only when this type's own limit binds: with max-vms reached, another
             # type has no room either.
@@ -347,6 +349,8 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                 wanted = _wanted(worker_type, asked, free)
             launch = min(wanted, may)
             left -= launch
+            if cpus_left is not None:
+                cpus_left -= launch * worker_type.cpus
             for i in limits_of.get(name, ()):
                 shared_left[i] -= launch
             result.launch[name], result.wanted[name] = launch, wanted

@@ -535,6 +535,9 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     for name, free in supply.items():
         figures[name].supply = free.cpus
     active = sum(f.active for f in figures.values())
+    # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included.
+    live_cpus = sum(spec.worker_type(w.type).cpus for w in instances)
+    cpu_room = max(0, spec.max_cpus - live_cpus) if spec.max_cpus is not None else None
     type_active = collections.Counter({p.kind: 0 for p in placements})
     cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
     for p in placements:
@@ -580,7 +583,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             limit, held[p.name] = 0, f"launch postponed, cloud back-off for {f.launch_backoff_until - now:.0f}s more after a failed launch"
         allowed[p.name] = limit
     shared = _shared_limits(spec, type_active, cloud_active)
-    assigned = fit.assign(fitted, placements, supply, allowed, room_left, shared)
+    assigned = fit.assign(fitted, placements, supply, allowed, room_left, shared, cpu_room)
     if fitted.unevaluated:
         warnings.append("jobs' Requirements not evaluated: HTCondor's ClassAd library (the htcondor package) is missing")
     for name, fig in figures.items():
@@ -594,7 +597,8 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     short = spec.min_vms - active - sum(launches.values())
     min_only: set[str] = set()
     for p in placements:
-        extra = min(short, allowed[p.name] - launches[p.name], room_left - sum(launches.values()), _shared_room(shared, p.name, launches))
+        extra = min(short, allowed[p.name] - launches[p.name], room_left - sum(launches.values()), _shared_room(shared, p.name, launches),
+                    _cpu_room(spec, cpu_room, launches) // p.cpus)
         if extra > 0:
             min_only |= {p.name} if launches[p.name] == 0 else set()
             launches[p.name] += extra
@@ -610,7 +614,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         of_type = (f" of type {p.kind}" if spec.typed else "") + (f" on cloud {p.on}" if p.on is not None else "")
         if n <= 0:
             if f.wanted > 0:
-                reached = _reached(spec, p, type_active, cloud_active, launches, active)
+                reached = _reached(spec, p, type_active, cloud_active, launches, active, live_cpus)
                 decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {held.get(p.name, reached)}", type=p.name,
                                           cloud=p.on))
                 if intent is not None:
@@ -626,7 +630,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             why = f"type {p.kind}: {why}" if spec.typed else why
             why = f"cloud {p.on}: {why}" if p.on is not None else why
             if f.wanted > n and not f.black_hole.probing:
-                why += ", capped at " + _reached(spec, p, type_active, cloud_active, launches, active, capped=True)
+                why += ", capped at " + _reached(spec, p, type_active, cloud_active, launches, active, live_cpus, capped=True)
         if f.black_hole.probing:
             why = f"probe after a black hole ({f.black_hole.streak} lost in a row); " + why
         if intent is not None and intent[1] <= n:
@@ -634,35 +638,49 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             why += "; the same token as a launch of unknown outcome"
         else:
             token = client_token(_token_name(spec, p), now, n)
-        options = _fallback(fitted, spec, supply, allowed, room_left, launches, p, now, shared) if over_threshold else ()
+        options = _fallback(fitted, spec, supply, allowed, room_left, launches, p, now, shared, cpu_room) if over_threshold else ()
         for option in options:
             if option.cloud is not None:
                 fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
 
     # Drain: workers idle for idle-time, the longest idle first, never below min-vms; while the
-    # queue is quiet, all of them. While jobs wait and max-vms holds back the workers of the types
-    # they need, as many idle workers of other types as make room: jobs that waited while a worker
-    # stayed idle for idle-time cannot run there (a farm of several types would starve otherwise);
-    # never one of a type waiting jobs are fitted to.
+    # queue is quiet, all of them. While jobs wait and max-vms or max-cpus holds back the workers of
+    # the types they need, as many idle workers of other types as make room (workers under max-vms;
+    # CPUs under max-cpus, less those of workers already on their way out): jobs that waited while a
+    # worker stayed idle for idle-time cannot run there (a farm of several types would starve
+    # otherwise); never one of a type waiting jobs are fitted to.
     held_back = {spec.worker_type(p.name).kind: figures[p.name].wanted - launches[p.name] for p in placements
                  if figures[p.name].wanted > launches[p.name] and p.name not in held}
     make_room = sum(held_back.values()) if over_threshold and room_left - sum(launches.values()) <= 0 else 0
+    make_cpus = 0
+    if over_threshold and cpu_room is not None and held_back:
+        leaving_cpus = sum(spec.worker_type(w.type).cpus for w in instances if w.state not in ACTIVE)
+        needed_cpus = sum(n * spec.worker_type(kind).cpus for kind, n in held_back.items())
+        free_cpus = _cpu_room(spec, cpu_room, launches)
+        if free_cpus < max(spec.worker_type(kind).cpus for kind in held_back):  # max-cpus is what holds them back
+            make_cpus = max(0, needed_cpus - free_cpus - leaving_cpus)
     # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there.
     wanted_kinds = {spec.worker_type(p.name).kind for p in placements if figures[p.name].waiting > 0}
-    if not over_threshold or make_room:
+    if not over_threshold or make_room or make_cpus:
         candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
                       and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
         candidates.sort(key=lambda w: (w.idle_since, w.id))
         room = max(0, active - spec.min_vms)
         if over_threshold:
-            room = min(room, make_room)
+            # Enough workers for max-vms and enough CPUs for max-cpus, the longest idle first.
+            freed, taken = 0, 0
+            while taken < min(room, len(candidates)) and (taken < make_room or freed < make_cpus):
+                freed += spec.worker_type(candidates[taken].type).cpus
+                taken += 1
+            room = taken
         needed = ", ".join(f"{n} of type {kind}" for kind, n in held_back.items())
+        limits = " and ".join(limit for limit, binds in ((f"max-vms {spec.max_vms}", make_room), (f"max-cpus {spec.max_cpus}", make_cpus)) if binds)
         for w in candidates[:room]:
             assert w.idle_since is not None
             why = f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)"
             if over_threshold:
-                why += f"; room under max-vms {spec.max_vms} for the workers the waiting jobs need ({needed})"
+                why += f"; room under {limits} for the workers the waiting jobs need ({needed})"
             decisions.append(Decision(Action.DRAIN, why, instance=w.id, type=w.type, cloud=w.cloud))
         for w in candidates[room:]:
             if not over_threshold:
@@ -731,9 +749,16 @@ def _shared_room(shared: Shared, name: str, launches: dict[str, int]) -> int:
     return min([limit - sum(launches[m] for m in members) for members, limit in shared if name in members], default=NUMBER_LIMIT)
 
 
+def _cpu_room(spec: ScaleSpec, cpu_room: Optional[int], launches: dict[str, int]) -> int:
+    """CPUs max-cpus leaves for more launches beyond LAUNCHES (no max-cpus: no limit)."""
+    if cpu_room is None:
+        return NUMBER_LIMIT
+    return max(0, cpu_room - sum(n * spec.worker_type(name).cpus for name, n in launches.items()))
+
+
 def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int], cloud_active: dict[str, int], launches: dict[str, int],
-             active: int, capped: bool = False) -> str:
-    """Which maximum binds PLACEMENT: its type's max, its cloud's max, or max-vms."""
+             active: int, live_cpus: int, capped: bool = False) -> str:
+    """Which maximum binds PLACEMENT: its type's max, its cloud's max, max-cpus, or max-vms."""
     t = spec.worker_type(placement.kind)
     cloud = spec.cloud_named(placement.on)
     if t.max is not None and type_active[t.name] + sum(launches[p.name] for p in spec.placements if p.kind == t.name) >= t.max:
@@ -741,18 +766,20 @@ def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int]
     on_cloud = sum(launches[p.name] for p in spec.placements if p.on == placement.on)
     if cloud is not None and cloud.max is not None and cloud_active[cloud.name] + on_cloud >= cloud.max:
         return f"max {cloud.max} on cloud {cloud.name}" + ("" if capped else f" reached ({cloud_active[cloud.name]} active)")
+    if spec.max_cpus is not None and live_cpus + sum(n * spec.worker_type(name).cpus for name, n in launches.items()) + placement.cpus > spec.max_cpus:
+        return f"max-cpus {spec.max_cpus} ({live_cpus} CPUs live)" if capped else f"max-cpus {spec.max_cpus} reached ({live_cpus} CPUs live)"
     return f"max-vms {spec.max_vms} ({active} active)" if capped else f"max-vms {spec.max_vms} reached ({active} active)"
 
 
 def _fallback(fitted: fit.Fitted, spec: ScaleSpec, supply: dict[str, fit.Resources], allowed: dict[str, int], room: int,
-              launches: dict[str, int], refused: WorkerType, now: float, shared: Shared) -> tuple[LaunchOption, ...]:
+              launches: dict[str, int], refused: WorkerType, now: float, shared: Shared, cpu_room: Optional[int] = None) -> tuple[LaunchOption, ...]:
     """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
     without that type (in a hybrid farm: without any type on that cloud, so the next clouds take
     the rest), beyond what this plan starts of the others."""
     if len(spec.placements) == 1:
         return ()
     closed = {p.name: 0 for p in spec.placements if p.name == refused.name or (refused.on is not None and p.on == refused.on)}
-    other = fit.assign(fitted, spec.placements, supply, {**allowed, **closed}, room, shared)
+    other = fit.assign(fitted, spec.placements, supply, {**allowed, **closed}, room, shared, cpu_room)
     options = []
     for p in spec.placements:
         more = other.launch[p.name] - launches[p.name]

@@ -368,7 +368,8 @@ def snapshots(draw: Any) -> tuple[dict[str, Any], scale_spec.ScaleSpec]:
     ]
     low = draw(st.integers(0, 4))
     config = spec(min_vms=low, max_vms=low + draw(st.integers(0, 5)), waiting_jobs_threshold=draw(st.integers(0, 3)),
-                  idle_time=draw(st.integers(0, 4000)), boot_timeout=draw(st.integers(1, 2000)))
+                  idle_time=draw(st.integers(0, 4000)), boot_timeout=draw(st.integers(1, 2000)),
+                  max_cpus=draw(st.one_of(st.none(), st.integers(0, 40))))
     collector = draw(st.sampled_from([None, {"DaemonStartTime": NOW - 30}, [{"MyCurrentTime": NOW, "MonitorSelfAge": 99999}]]))
     snapshot = snap(jobs=jobs, slots=slots, instances=instances)
     if collector is not None:
@@ -388,6 +389,9 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
     active = result.active
     assert result.launch >= 0
     assert active + result.launch <= max(config.max_vms, active)  # never over max-vms
+    if config.max_cpus is not None:  # never over max-cpus: every live worker counted with its CPUs
+        live = sum(config.worker_type(w.type).cpus for w in result.instances)
+        assert live + result.launch * config.cpus_per_vm <= max(config.max_cpus, live)
     if result.drain:
         assert active - len(result.drain) >= config.min_vms  # never under min-vms by its own hand
     claimed = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Claimed"}

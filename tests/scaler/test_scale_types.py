@@ -228,11 +228,13 @@ requests = st.lists(st.tuples(st.sampled_from([1, 1, 2, 4, 8, 16]), st.sampled_f
 
 @settings(max_examples=150, deadline=None)
 @given(types=worker_types, asked=requests, max_vms=st.integers(0, 12), booting=st.lists(st.integers(0, 3), max_size=5),
-       lost=st.integers(0, 4))
+       lost=st.integers(0, 4), max_cpus=st.one_of(st.none(), st.integers(0, 60)))
 def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tuple[int, Optional[int], int, Optional[str]]], max_vms: int,
-                                   booting: list[int], lost: int) -> None:
+                                   booting: list[int], lost: int, max_cpus: Optional[int]) -> None:
     section = {"name": "mixed", "cloud": {"type": "ec2"}, "max-vms": max_vms, "waiting-time": 0, "boot-timeout": 100,
                "types": [{"name": f"t{i}", **{k: v for k, v in t.items() if v is not None}} for i, t in enumerate(types)]}
+    if max_cpus is not None:
+        section["max-cpus"] = max_cpus
     farm = scale_spec.parse(section)
     jobs = [job(n, cpus, memory, gpus, req) for n, (cpus, memory, gpus, req) in enumerate(asked)]
     names = [t.name for t in farm.types]
@@ -245,6 +247,9 @@ def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tupl
     by_type = {t.name: t for t in farm.types}
     # never over max-vms, nor over a type's max
     assert result.active + result.launch <= max(max_vms, result.active)
+    if max_cpus is not None:  # nor over max-cpus (every live worker counted with its type's CPUs)
+        live = sum(farm.worker_type(w.type).cpus for w in result.instances)
+        assert live + sum(n * by_type[name].cpus for name, n in started.items()) <= max(max_cpus, live)
     for name, count in started.items():
         kind = by_type[name]
         assert count > 0 and (kind.max is None or result.types[name].active + count <= max(kind.max, result.types[name].active))
