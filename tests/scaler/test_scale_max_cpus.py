@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfarm.cli import scale as scale_cli
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
@@ -96,6 +97,7 @@ def test_the_hold_reason_names_max_cpus() -> None:
     result = planner.plan({"now": NOW, "jobs": [job(n, cpus=8, memory=4000) for n in range(20)], "slots": [], "instances": live}, farm)
     assert result.launch == 0
     assert holds(result) == ["18 more worker(s) of type large wanted but max-cpus 20 reached (18 CPUs live)"], holds(result)
+    assert "(min 0, max 100, max-cpus 20)" in scale_cli.render(result, farm).splitlines()[0]  # what --snapshot prints
 
 
 def test_min_vms_launches_respect_max_cpus() -> None:
