@@ -766,8 +766,10 @@ def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int]
     on_cloud = sum(launches[p.name] for p in spec.placements if p.on == placement.on)
     if cloud is not None and cloud.max is not None and cloud_active[cloud.name] + on_cloud >= cloud.max:
         return f"max {cloud.max} on cloud {cloud.name}" + ("" if capped else f" reached ({cloud_active[cloud.name]} active)")
-    if spec.max_cpus is not None and live_cpus + sum(n * spec.worker_type(name).cpus for name, n in launches.items()) + placement.cpus > spec.max_cpus:
-        return f"max-cpus {spec.max_cpus} ({live_cpus} CPUs live)" if capped else f"max-cpus {spec.max_cpus} reached ({live_cpus} CPUs live)"
+    planned = sum(n * spec.worker_type(name).cpus for name, n in launches.items())
+    if spec.max_cpus is not None and live_cpus + planned + placement.cpus > spec.max_cpus:
+        figures = f"{live_cpus} CPUs live" + (f", {planned} in this plan's launches" if planned else "")
+        return f"max-cpus {spec.max_cpus} ({figures})" if capped else f"max-cpus {spec.max_cpus} reached ({figures})"
     return f"max-vms {spec.max_vms} ({active} active)" if capped else f"max-vms {spec.max_vms} reached ({active} active)"
 
 

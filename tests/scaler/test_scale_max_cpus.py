@@ -83,7 +83,7 @@ def test_the_cap_binds_across_types_and_holds_jobs_where_they_fit() -> None:
     assert result.types["large"].waiting == 2 and result.types["small"].waiting == 4
     assert holds(result) == []
     launch = next(d for d in result.decisions if d.type == "large")
-    assert launch.reason.endswith("capped at max-cpus 20 (0 CPUs live)"), launch.reason
+    assert launch.reason.endswith("capped at max-cpus 20 (0 CPUs live, 16 in this plan's launches)"), launch.reason
     # Live workers count with their type's cpus, booting and draining ones alike: 2 large = 16 of 20.
     live = [instance("i-l1", "large"), instance("i-l2", "large")]
     result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": live}, farm)
@@ -98,6 +98,11 @@ def test_the_hold_reason_names_max_cpus() -> None:
     assert result.launch == 0
     assert holds(result) == ["18 more worker(s) of type large wanted but max-cpus 20 reached (18 CPUs live)"], holds(result)
     assert "(min 0, max 100, max-cpus 20)" in scale_cli.render(result, farm).splitlines()[0]  # what --snapshot prints
+    # The CPUs this plan's own launches take count too, and are named.
+    jobs = [job(n, cpus=8, memory=4000) for n in range(2)] + [job(10 + n, cpus=2, memory=4000) for n in range(4)]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, spec(FARM.replace("max-cpus: 20", "max-cpus: 12")))
+    assert launches(result) == {"small": 4}
+    assert holds(result) == ["2 more worker(s) of type large wanted but max-cpus 12 reached (0 CPUs live, 8 in this plan's launches)"]
 
 
 def test_min_vms_launches_respect_max_cpus() -> None:
@@ -152,4 +157,4 @@ def test_an_untyped_farm_counts_cpus_per_vm() -> None:
     farm = scale_spec.parse({"name": "mixed", "cloud": {"type": "ec2"}, "max-vms": 10, "cpus-per-vm": 4, "max-cpus": 10, "waiting-time": 0})
     result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(12)], "slots": [], "instances": []}, farm)
     assert result.launch == 2
-    assert next(d for d in result.decisions if d.action == "launch").reason.endswith("capped at max-cpus 10 (0 CPUs live)")
+    assert next(d for d in result.decisions if d.action == "launch").reason.endswith("capped at max-cpus 10 (0 CPUs live, 8 in this plan's launches)")
