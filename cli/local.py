@@ -78,9 +78,12 @@ def _host_port(text: str) -> str:
 
 def _forward(text: str) -> tuple[int, str]:
     port, sep, target = text.partition("=")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or int(port) in (80, 9618):
-        raise argparse.ArgumentTypeError(f"expected GUESTPORT=HOST:PORT (not port 80 or 9618), got {text!r}")
-    return int(port), _host_port(target)
+    try:
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or int(port) in (80, 9618):
+            raise argparse.ArgumentTypeError(text)
+        return int(port), _host_port(target)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected GUESTPORT=HOST:PORT (not port 80 or 9618), got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "a data disk carrying an empty volume group vg_local, the guest's only network a loopback HTTP server "
                     "(handlers for include mode, the locally built CernVM-FS packages as an apt repository). Exit 0 only when the instance's summary is ok.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-plain (nothing baked), or an image folder")
+    p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-cvmfs (CernVM-FS client preinstalled), "
+                                                        "X-plain (nothing baked), or an image folder")
     p.add_argument("--disk", default="8G", metavar="SIZE", help="size of the data disk (default 8G)")
     p.add_argument("--blank-disk", action="store_true", help="a blank data disk (for configs that create the VG from `devices`)")
     add_userdata_options(p, handlers_help="embed (default), baked, include (served from this machine's loopback) or include=URL_BASE",

@@ -463,8 +463,10 @@ class LocalInstance:
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
         # More routes: the guest's 10.0.2.100:PORT -> HOST:PORT on this host (e.g. 3128 to a squid).
         self.forwards = dict(forwards or {})
-        if GUEST_POOL_PORT in self.forwards and pool_forward is not None or 80 in self.forwards:
-            raise CommandError(f"a forward of port {80 if 80 in self.forwards else GUEST_POOL_PORT} clashes with the HTTP server or the pool's")
+        if 80 in self.forwards or GUEST_POOL_PORT in self.forwards:
+            raise CommandError(f"ports 80 and {GUEST_POOL_PORT} of {GUEST_HTTP} are the HTTP server's and the pool's: forward another port")
+        if metadata and self.forwards:
+            raise CommandError("a guest reading the metadata service has only the pool forward: --forward needs a seed (no --metadata)")
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
         self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
