@@ -57,8 +57,8 @@ HOOKS = [
 # `fuse3 | fuse`) here, not in the guest: its initramfs trigger takes 4-5 min under TCG.
 CVMFS_RUNTIME = [
     "autofs", "fuse3", "gawk", "psmisc", "lsof", "curl", "attr", "uuid-runtime", "adduser",
-    "libcurl4", "libc-ares2", "libleveldb1d", "libprotobuf32", "libarchive13", "libsqlite3-0", "libpacparser1",
-    "libssl3", "libfuse2", "libcap2", "libattr1", "libuuid1", "zlib1g",
+    "libc-ares2", "libcurl4", "libfuse2", "libleveldb1d", "libpacparser1", "libprotobuf-lite32", "libsqlite3-0", "libssl3",
+    "libuuid1", "zlib1g",
 ]
 PACKAGES += CVMFS_RUNTIME
 # Image variants (`--image SUITE-VARIANT`): extra packages baked in for a role. HTCondor is in

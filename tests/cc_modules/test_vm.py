@@ -61,7 +61,7 @@ def seed_section() -> dict[str, Any]:
 
 
 def key_attachment(site: GuestSite) -> tuple[str, str, str]:
-    return ("cvmfs-key.yaml", "cloud-config", key_part(site.site.published))
+    return ("cvmfs-key.py", "part-handler", key_part(site.site.published))
 
 
 def showconfig(text: str) -> dict[str, str]:
@@ -167,13 +167,13 @@ def test_seed_example_baked_preinstalled_then_reboot(boot_vm: BootFn, site: Gues
 def test_launch_local_the_seed_example_installs_bookworm(tmp_path: Path, site: GuestSite) -> None:
     """The README's main job through the command line, on the plain image: the pinned version is
     installed from the local packages the way a site installs from CERN's repository."""
-    config, key = tmp_path / "seed.yaml", tmp_path / "cvmfs-key.yaml"
+    config, key = tmp_path / "seed.yaml", tmp_path / "cvmfs-key.py"
     config.write_text(seed_text())
     key.write_text(key_part(site.site.published))
     out = tmp_path / "out"
     forward = f"3128={site.forwards[3128]}"
     done = subprocess.run([sys.executable, "-m", "vfarm", "launch", "local", str(config), "--handlers", "embed", "--collect", str(out),
-                           "--forward", forward, "--attach", f"{key}:cloud-config", "--timeout", str(BOOT_TIMEOUT)],
+                           "--forward", forward, "--attach", f"{key}:part-handler", "--timeout", str(BOOT_TIMEOUT)],
                           capture_output=True, text=True, timeout=3 * BOOT_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "vfarm final check: OK" in done.stdout and "localfs  ok" in done.stdout, done.stdout
