@@ -101,8 +101,8 @@ def assert_real_client(text: Text, site: GuestSite, requests_before: int = 0) ->
     assert read == site.site.published.manifest["files"], text(f"{cvmfs}/sha256-{REPOSITORY}.txt")[-2000:]
     assert text(f"{cvmfs}/symlink-{REPOSITORY}.txt").strip() == "v1"
     # The running mount: cache base and quota as configured, the cache filled on the cvmfs LV.
-    running = text(f"{cvmfs}/parameters-{REPOSITORY}.txt")
-    assert "CVMFS_CACHE_BASE=/var/lib/cvmfs\n" in running and f"CVMFS_QUOTA_LIMIT={quota_mb}\n" in running, running
+    running = showconfig(text(f"{cvmfs}/parameters-{REPOSITORY}.txt"))  # `cvmfs_talk parameters`: the same NAME=VALUE # from FILE
+    assert running["CVMFS_CACHE_BASE"] == "/var/lib/cvmfs" and running["CVMFS_QUOTA_LIMIT"] == str(quota_mb), running
     assert mounts(text).get("/var/lib/cvmfs") == "/dev/mapper/vg_local-cvmfs"
     assert any(line.startswith("/var/lib/cvmfs/shared/") for line in text(f"{cvmfs}/cache-files.txt").splitlines())
     assert GUEST_PROXY in text(f"{cvmfs}/proxy-{REPOSITORY}.txt")
