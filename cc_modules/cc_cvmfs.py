@@ -6,6 +6,14 @@ names another; `version` pins the package; /etc/cvmfs/default.local, domain.d/*.
 config.d/*.local are rendered by cvmfs_spec and written atomically, only when they differ;
 `cvmfs_config setup` runs only when `cvmfs_config chksetup` asks for it; then every repository
 is probed. The part-handler for text/cvmfs-config runs `work` too.
+
+Under systemd, autofs (which mounts /cvmfs/REPO on demand) is ordered after network-online.target,
+which comes after cloud-init's init stage, where the part-handlers run: a `systemctl start autofs`
+from there waits for the end of that stage, which waits for it. So under systemd the set-up is
+`cvmfs_config setup nostart` plus autofs enabled and started without waiting (`--no-block`: it
+runs once the stage is over), and a repository is probed with `cvmfs_config probe` when autofs is
+active, else by mounting it with the client's mount helper at a private mount point, reading its
+root and unmounting it (the same client, configuration and proxies; autofs mounts it later).
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Generous limits: a hung mirror or proxy must end as a recorded failure, not a boot that hangs.
 INSTALL_TIMEOUT = 1800.0
 PROBE_TIMEOUT = 300.0
+PROBE_MOUNTS = "/run/vfarm/cvmfs-probe"  # where a repository is mounted to probe it while autofs is not running
+SYSTEMD_RUNNING = "/run/systemd/system"  # exists only when systemd is the init system (sd_booted)
 # A domain or repository name becomes a file name in domain.d/ or config.d/: no / and no `..`.
 FILE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 # One word of an apt source line or a yum .repo value: no blank (apt splits words at blanks),
@@ -278,16 +288,25 @@ def _install_argv(ctx: Context, manager: str, package: str, version: Optional[st
     return [manager, "install", "-y", f"{package}-{version}" if version else package]
 
 
+def _systemd(ctx: Context) -> bool:
+    return ctx.path(SYSTEMD_RUNNING).is_dir()
+
+
 def _setup_step(reload: bool) -> Custom:
     """`cvmfs_config setup` when `cvmfs_config chksetup` asks for it, else a reload when the
-    config changed (RELOAD)."""
+    config changed (RELOAD). Under systemd autofs is started without waiting (module docstring)."""
 
     def setup(ctx: Context) -> dict[str, Any]:
         check = ctx.runner.run(["cvmfs_config", "chksetup"], check=False, changes=False)
         if check.returncode != 0 or check.stdout.strip() != "OK":
             ctx.logger.info("cvmfs_config chksetup asks for a set-up: %s", (check.stdout + check.stderr).strip()[-500:])
-            ctx.runner.run(["cvmfs_config", "setup"], timeout=INSTALL_TIMEOUT)
-            return {"ran": "setup"}
+            if not _systemd(ctx):
+                ctx.runner.run(["cvmfs_config", "setup"], timeout=INSTALL_TIMEOUT)
+                return {"ran": "setup"}
+            ctx.runner.run(["cvmfs_config", "setup", "nostart"], timeout=INSTALL_TIMEOUT)
+            ctx.runner.run(["systemctl", "enable", "--quiet", "autofs.service"], timeout=INSTALL_TIMEOUT)
+            ctx.runner.run(["systemctl", "start", "--no-block", "autofs.service"], timeout=INSTALL_TIMEOUT)
+            return {"ran": "setup nostart, autofs started without waiting"}
         if reload:
             ctx.runner.run(["cvmfs_config", "reload"], timeout=INSTALL_TIMEOUT)
             return {"ran": "reload"}
@@ -296,9 +315,28 @@ def _setup_step(reload: bool) -> Custom:
     return Custom("setup", setup, {"reload": reload})
 
 
-def _probe(ctx: Context, repos: list[str]) -> None:
+def _probe(ctx: Context, repos: list[str]) -> dict[str, Any]:
+    """`cvmfs_config probe` through autofs when it runs, else a mount of each repository of its own."""
+    autofs = not _systemd(ctx) or ctx.runner.run(["systemctl", "is-active", "--quiet", "autofs.service"], check=False,
+                                                 changes=False).returncode == 0
     for repo in repos:
-        ctx.runner.run(["cvmfs_config", "probe", repo], timeout=PROBE_TIMEOUT)
+        if autofs:
+            ctx.runner.run(["cvmfs_config", "probe", repo], timeout=PROBE_TIMEOUT)
+        else:
+            _probe_by_mount(ctx, repo)
+    return {"how": "cvmfs_config probe" if autofs else f"mount -t cvmfs at {PROBE_MOUNTS}/REPO (autofs not running yet)"}
+
+
+def _probe_by_mount(ctx: Context, repo: str) -> None:
+    mountpoint = f"{PROBE_MOUNTS}/{repo}"
+    if not ctx.dry_run:
+        ctx.path(mountpoint).mkdir(parents=True, exist_ok=True)
+    ctx.logger.info("autofs is not running yet (systemd starts it after this stage): probing %s by mounting it at %s", repo, mountpoint)
+    ctx.runner.run(["mount", "-t", "cvmfs", repo, mountpoint], timeout=PROBE_TIMEOUT)
+    try:
+        ctx.runner.run(["ls", "-A", mountpoint], timeout=PROBE_TIMEOUT, changes=False)
+    finally:
+        ctx.runner.run(["umount", mountpoint], timeout=PROBE_TIMEOUT, check=False)
 
 
 def work(section: dict[str, Any], ctx: Context) -> bool:

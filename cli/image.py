@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even when the cached image is current")
     b.add_argument("--mirror", help="Debian mirror (default: the host's apt sources, or VFARM_MIRROR)")
     b.add_argument("--plain", action="store_true", help="do not bake vfarm in (a stock cloud image)")
-    b.add_argument("--variant", choices=sorted(images.VARIANTS), help="extra packages baked in: condor (trixie only) makes an HTCondor worker image")
+    b.add_argument("--variant", choices=sorted(images.VARIANTS), help="extra packages baked in: condor (trixie only) makes an HTCondor worker image; "
+                   "cvmfs has the locally built CernVM-FS client preinstalled")
     b.set_defaults(func=cmd_build)
     k = isub.add_parser("bake", help="bake vfarm's handlers and config modules into an image root folder")
     k.add_argument("root", metavar="ROOTDIR")

@@ -31,13 +31,16 @@ def print_summary(summary: Optional[dict[str, Any]]) -> bool:
 
 
 def cmd_launch_local(args: argparse.Namespace) -> int:
+    from ..mime_builder import mime
+
     config = load_or_report(args.file)
     if config is None:
         return EXIT_PROBLEM
     try:
         instance = make_instance(config, image=args.image, handlers=args.handlers, gzip=args.gzip, pin=args.pin, max_size=args.max_size,
-                                 disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, standin=not args.no_standin,
-                                 pool_forward=args.pool_forward, netns=args.netns, metadata=args.metadata)
+                                 disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, local_cvmfs=not args.no_local_cvmfs,
+                                 pool_forward=args.pool_forward, netns=args.netns, metadata=args.metadata, forwards=dict(args.forward),
+                                 attach=[mime.attachment(a) for a in args.attach])
     except CommandError as err:
         return fail(f"launch local: {err}")
     except BuildError as err:
@@ -73,6 +76,16 @@ def _host_port(text: str) -> str:
     return text
 
 
+def _forward(text: str) -> tuple[int, str]:
+    port, sep, target = text.partition("=")
+    try:
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or int(port) in (80, 9618):
+            raise argparse.ArgumentTypeError(text)
+        return int(port), _host_port(target)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected GUESTPORT=HOST:PORT (not port 80 or 9618), got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .cloud import launch_targets
 
@@ -80,15 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "local", help="boot the config's user-data in a local qemu VM (TCG), wait for it, print its summary",
         description="Boot FILE's user-data in a throw-away local VM: a fresh copy of a Debian cloud image with vfarm baked in, "
                     "a data disk carrying an empty volume group vg_local, the guest's only network a loopback HTTP server "
-                    "(handlers for include mode, a STAND-IN cvmfs apt repository). Exit 0 only when the instance's summary is ok.")
+                    "(handlers for include mode, the locally built CernVM-FS packages as an apt repository). Exit 0 only when the instance's summary is ok.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-plain (nothing baked), or an image folder")
+    p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-cvmfs (CernVM-FS client preinstalled), "
+                                                        "X-plain (nothing baked), or an image folder")
     p.add_argument("--disk", default="8G", metavar="SIZE", help="size of the data disk (default 8G)")
     p.add_argument("--blank-disk", action="store_true", help="a blank data disk (for configs that create the VG from `devices`)")
     add_userdata_options(p, handlers_help="embed (default), baked, include (served from this machine's loopback) or include=URL_BASE",
-                         max_size=1 << 20, attach=False,
+                         max_size=1 << 20,
                          max_size_help="largest user-data to build (default 1 MiB: a NoCloud seed has no 16 KiB limit; a warning says when EC2 would not)")
-    p.add_argument("--no-standin", action="store_true", help="do not point a cvmfs section without package-repository at the local stand-in")
+    p.add_argument("--no-local-cvmfs", action="store_true",
+                   help="do not point a cvmfs section without package-repository at the locally built CernVM-FS packages")
     p.add_argument("--collect", metavar="DIR", help="copy summary, logs, cloud-init status, lsblk/swapon, fstab, /etc/cvmfs into DIR")
     p.add_argument("--keep", action="store_true", help="keep the instance folder (disks, seed, console logs)")
     p.add_argument("--reboot", type=int, default=0, metavar="N", help="boot the same instance N more times after the first power-off")
@@ -97,6 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool-forward", metavar="HOST:PORT", type=_host_port,
                    help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100; "
                         "with --metadata 169.254.0.100)")
+    p.add_argument("--forward", action="append", default=[], type=_forward, metavar="GUESTPORT=HOST:PORT",
+                   help="another route for the guest: its 10.0.2.100:GUESTPORT reaches HOST:PORT on this host (e.g. 3128=127.0.0.1:PORT "
+                        "for a squid); repeatable")
     p.add_argument("--metadata", action="store_true",
                    help="give the guest its user-data as a cloud does: an EC2-style metadata service at 169.254.169.254 "
                         "(cloud-init's Ec2 datasource), no seed disk; the guest's network is then 169.254.0.0/16")

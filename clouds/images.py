@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import http.server
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import bake as baking
+from . import cvmfs_local
 from .hostcmd import CommandError, Stopwatch, progress, run
 
 SUITES = ("bookworm", "trixie")
@@ -45,12 +48,28 @@ HOOKS = [
     'chroot "$1" locale-gen',
     'echo "LANG=en_US.UTF-8" > "$1/etc/default/locale"',
 ]
+# What the locally built CernVM-FS client needs from Debian (its packages' Depends, and autofs,
+# which `cvmfs_config setup` and `probe` drive). A local guest reaches no Debian mirror, only the
+# host's loopback server with the cvmfs packages themselves, so every image carries these from the
+# host's mirror and a guest's install takes only cvmfs, cvmfs-libs and cvmfs-config-default
+# (tests/clouds/test_cvmfs_packages.py checks this list against the built packages). Bookworm's
+# library names: on trixie apt picks the t64 package that `Provides:` each. fuse3 (the client's
+# `fuse3 | fuse`) here, not in the guest: its initramfs trigger takes 4-5 min under TCG.
+CVMFS_RUNTIME = [
+    "autofs", "fuse3", "gawk", "psmisc", "lsof", "curl", "attr", "uuid-runtime", "adduser",
+    "libc-ares2", "libcurl4", "libfuse2", "libleveldb1d", "libpacparser1", "libprotobuf-lite32", "libsqlite3-0", "libssl3",
+    "libuuid1", "zlib1g",
+]
+PACKAGES += CVMFS_RUNTIME
 # Image variants (`--image SUITE-VARIANT`): extra packages baked in for a role. HTCondor is in
 # Debian from trixie on (`condor` 23.9; bookworm has none).
 # libnss-myhostname: HTCondor resolves its own host name, which only cloud-init's meta-data knows.
 # nftables: the condor section's metadata guard (on by default) needs a packet filter tool.
-VARIANTS: dict[str, list[str]] = {"condor": ["condor", "libnss-myhostname", "nftables"]}
+# cvmfs: the client preinstalled, as image builders bake CernVM images (from the locally built
+# packages, served to mmdebstrap as an extra apt source; see cvmfs_local).
+VARIANTS: dict[str, list[str]] = {"condor": ["condor", "libnss-myhostname", "nftables"], "cvmfs": list(cvmfs_local.PACKAGE_NAMES)}
 VARIANT_SUITES: dict[str, tuple[str, ...]] = {"condor": ("trixie",)}
+LOCAL_SOURCE = {"cvmfs"}  # variants whose packages come from the locally built apt repository
 DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
 
 # The local backend's report-and-power-off step. Only the local test images have it: the host can
@@ -72,6 +91,22 @@ vgs --reportformat json --units b --nosuffix -o vg_name,vg_size,vg_free,vg_exten
 ls -la --time-style=full-iso /home /tmp /var/lib/cvmfs > "$out/dirs.txt" 2>&1
 cat /home/vfarm-local-marker > "$out/marker.txt" 2>&1
 dpkg-query -W -f '${Package} ${Version}\\n' cvmfs > "$out/packages.txt" 2>&1
+# The CernVM-FS client as it runs: per repository of default.local, the client's own parse of the
+# files, the running mount's parameters, and the sha256 of every file read through the mount.
+if command -v cvmfs_config >/dev/null; then
+  c=$out/cvmfs
+  mkdir -p "$c"
+  stat -f -c '%b %S' /var/lib/cvmfs > "$c/cache-fs.txt" 2>&1
+  for r in $(. /etc/cvmfs/default.local 2>/dev/null; echo "$CVMFS_REPOSITORIES" | tr ',' ' '); do
+    timeout 120 cvmfs_config showconfig "$r" > "$c/showconfig-$r.txt" 2>&1
+    timeout 120 cvmfs_config probe "$r" > "$c/probe-$r.txt" 2>&1
+    timeout 120 cvmfs_talk -i "$r" parameters > "$c/parameters-$r.txt" 2>&1
+    timeout 120 cvmfs_talk -i "$r" proxy info > "$c/proxy-$r.txt" 2>&1
+    (cd "/cvmfs/$r" && timeout 300 find . -type f -printf '%P\\n' | sort | xargs -r -d '\\n' sha256sum) > "$c/sha256-$r.txt" 2>&1
+    readlink "/cvmfs/$r/sw/current" > "$c/symlink-$r.txt" 2>&1
+  done
+  find /var/lib/cvmfs -maxdepth 3 > "$c/cache-files.txt" 2>&1
+fi
 cloud-init status --long > "$out/cloud-init-status.txt" 2>&1
 echo "exit $?" >> "$out/cloud-init-status.txt"
 cp /run/cloud-init/status.json /run/cloud-init/result.json "$out/" 2>/dev/null
@@ -147,6 +182,8 @@ def rootfs_key(suite: str, variant: str = "") -> str:
     recipe: dict[str, object] = {"suite": suite, "variant": "minbase", "packages": PACKAGES, "hooks": HOOKS, "dpkg": DPKG_OPTS}
     if variant:
         recipe["extra"] = VARIANTS[variant]
+    if variant in LOCAL_SOURCE:
+        recipe["local"] = hashlib.sha256((cvmfs_local.built_apt() / "Packages").read_bytes()).hexdigest()
     return _digest(json.dumps(recipe, sort_keys=True).encode())
 
 
@@ -186,14 +223,40 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
         argv = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", f"--include={','.join(packages)}"]
         argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
         argv += [f"--customize-hook={hook}" for hook in HOOKS]
-        argv += [suite, str(partial), mirror]
-        run(argv, timeout=1800)
+        if variant in LOCAL_SOURCE:
+            # The locally built packages, served on loopback for the build only: their line goes.
+            argv.append("--customize-hook=sed -i '/127\\.0\\.0\\.1/d' \"$1/etc/apt/sources.list\"")
+            with _serve(cvmfs_local.built_apt()) as url:
+                run(argv + [suite, str(partial), f"deb {mirror} {suite} main", f"deb [trusted=yes] {url} ./"], timeout=1800)
+        else:
+            run(argv + [suite, str(partial), mirror], timeout=1800)
         partial.rename(target)
         for old in target.parent.glob(f"{label}-*.tar"):
             if old != target:
                 old.unlink()
         progress("image", f"{label}: rootfs {target.stat().st_size >> 20} MB in {watch():.0f} s")
     return target
+
+
+@contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    """FOLDER over HTTP on 127.0.0.1 (a free port) while the block runs; yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="vfarm-image-apt", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass

@@ -55,7 +55,6 @@ COLLECT = [
     ("/var/lib/cloud/data/status.json", "file"),
     ("/var/lib/cloud/data/result.json", "file"),
     ("/etc/fstab", "file"),
-    ("/var/log/cvmfs-standin.log", "file"),
     ("/etc/apt/sources.list.d", "dir"),
 ]
 # Console lines worth a progress line: (pattern, label; {0} is the first group).
@@ -437,12 +436,18 @@ class LocalInstance:
     def __init__(self, image: Image, userdata: bytes, *, folder: Optional[Path] = None, disk_size: str = "8G",
                  data_disk: str = "vg", http_root: Optional[Path] = None, smp: int = 2, memory: int = 2048,
                  instance_id: Optional[str] = None, quiet: bool = False, pool_forward: Optional[str] = None,
-                 netns: Optional[str] = None, metadata: bool = False):
+                 netns: Optional[str] = None, metadata: bool = False, forwards: Optional[dict[int, str]] = None):
         self.image = image
         # METADATA: the guest reads meta-data and user-data from an EC2-style service at
         # 169.254.169.254 (UnixMetadataServer), as on a cloud, instead of a NoCloud seed.
         self.metadata = metadata
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
+        # More routes: the guest's 10.0.2.100:PORT -> HOST:PORT on this host (e.g. 3128 to a squid).
+        self.forwards = dict(forwards or {})
+        if 80 in self.forwards or GUEST_POOL_PORT in self.forwards:
+            raise CommandError(f"ports 80 and {GUEST_POOL_PORT} of {GUEST_HTTP} are the HTTP server's and the pool's: forward another port")
+        if metadata and self.forwards:
+            raise CommandError("a guest reading the metadata service has only the pool forward: --forward needs a seed (no --metadata)")
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
         self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
@@ -485,7 +490,7 @@ class LocalInstance:
             _sparse_copy(Path(self.data_disk_kind), self.data)
         if not self.metadata:
             make_seed(self.folder, self.userdata, self.instance_id, self.hostname,
-                      network=self.http_root is not None or self.pool_forward is not None)
+                      network=self.http_root is not None or self.pool_forward is not None or bool(self.forwards))
         (self.folder / "instance.json").write_text(json.dumps({
             "instance_id": self.instance_id, "folder": str(self.folder), "image": str(self.image.directory), "data_disk": self.data_disk_kind,
             "disk_size": self.disk_size, "vg": self.vg}, indent=2) + "\n")
@@ -513,7 +518,7 @@ class LocalInstance:
                      "-device", f"virtio-blk-{suffix},drive=d{n}"]
         argv += ["-device", f"virtio-rng-{suffix}"]
         # The only addresses the guest may reach (restrict=on): 10.0.2.100:80 -> 127.0.0.1:PORT, and
-        # 10.0.2.100:9618 -> the pool. `cmd:socat` starts one socat per connection (a `tcp:` target
+        # 10.0.2.100:9618 -> the pool, and any other port asked for. `cmd:socat` starts one socat per connection (a `tcp:` target
         # carries one connection only: a startd's later updates would never arrive).
         if metadata is not None:
             return argv + ["-netdev", metadata_netdev(metadata, self.pool_forward), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
@@ -522,6 +527,8 @@ class LocalInstance:
             forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}")
         if self.pool_forward is not None:
             forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:{GUEST_POOL_PORT}-cmd:socat - TCP:{self.pool_forward}")
+        for guest_port, target in sorted(self.forwards.items()):
+            forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:{guest_port}-cmd:socat - TCP:{target}")
         if forwards:
             argv += ["-netdev", ",".join(["user,id=n0,restrict=on", *forwards]),
                      "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]

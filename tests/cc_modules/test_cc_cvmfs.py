@@ -103,6 +103,39 @@ def test_install_pinned_configure_setup_probe(root: Path) -> None:
     assert status["changed"] is True
 
 
+@pytest.mark.parametrize("autofs_active", [False, True])
+def test_under_systemd_autofs_starts_without_waiting_and_the_probe_mounts(root: Path, autofs_active: bool) -> None:
+    """In cloud-init's init stage autofs cannot start yet (it is ordered after network-online):
+    no `systemctl start` that waits; the repository is probed by a mount of its own until it runs."""
+    (root / "run/systemd/system").mkdir(parents=True)
+    host = FakeCvmfsHost()
+    answers = {**host.answers(), ("systemctl", "is-active"): (0 if autofs_active else 3, "", "")}
+    runner = FakeRunner(answers=answers)
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert ["cvmfs_config", "setup"] not in runner.calls
+    setup = runner.calls.index(["cvmfs_config", "setup", "nostart"])
+    assert runner.calls[setup + 1:setup + 3] == [["systemctl", "enable", "--quiet", "autofs.service"],
+                                                 ["systemctl", "start", "--no-block", "autofs.service"]]
+    mountpoint = f"{cc_cvmfs.PROBE_MOUNTS}/alice.cern.ch"
+    if autofs_active:
+        assert ["cvmfs_config", "probe", "alice.cern.ch"] in runner.calls
+        assert not any(c[:1] == ["mount"] for c in runner.calls)
+    else:
+        assert ["cvmfs_config", "probe", "alice.cern.ch"] not in runner.calls
+        at = runner.calls.index(["mount", "-t", "cvmfs", "alice.cern.ch", mountpoint])
+        assert runner.calls[at + 1:at + 3] == [["ls", "-A", mountpoint], ["umount", mountpoint]]
+
+
+def test_a_probe_mount_that_fails_fails_the_section(root: Path) -> None:
+    (root / "run/systemd/system").mkdir(parents=True)
+    answers = {**FakeCvmfsHost().answers(), ("systemctl", "is-active"): (3, "", "")}
+    runner = FakeRunner(answers=answers, fail=("mount", "-t", "cvmfs"))
+    status = run(root, runner)
+    assert status["status"] == "failed" and "mount" in status["reason"], status
+    assert not any(c[:1] == ["umount"] for c in runner.calls), "nothing was mounted"
+
+
 def test_second_run_changes_nothing(root: Path) -> None:
     host = FakeCvmfsHost()
     run(root, FakeRunner(answers=host.answers()))

@@ -1,5 +1,6 @@
 """Fast tier for vm-images: baking into a root folder of each real cloud-init release, module
-lists, the mirror lookup, the cvmfs STAND-IN's cvmfs_config. No VM here (see test_vm.py)."""
+lists, the mirror lookup, the locally built CernVM-FS packages as CERN's apt layout. No VM here
+(see test_vm.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fixtures.cloudinit import Release
-from vfarm.clouds import bake, cvmfs_standin, images
+from vfarm.clouds import bake, cvmfs_local, images
 from vfarm.clouds.hostcmd import CommandError
 
 
@@ -113,45 +114,76 @@ def test_image_key_follows_the_baked_sources(monkeypatch: pytest.MonkeyPatch) ->
     assert images.image_key("bookworm") != key
 
 
-@pytest.fixture(scope="module")
-def standin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The stand-in package of the cached repository, unpacked."""
-    repo = cvmfs_standin.build()
-    root = tmp_path_factory.mktemp("standin")
-    subprocess.run(["dpkg-deb", "-x", str(repo / "pool/main/c/cvmfs/cvmfs_2.1.14_all.deb"), str(root)], check=True)
-    (root / "var/log").mkdir(parents=True)
-    return root
+PACKAGES_FILE = """Package: cvmfs-libs
+Version: 2.12.0~1+debian12
+Depends: libc6 (>= 2.34), libcurl4 (>= 7.16.2), libssl3 (>= 3.0.0)
+Filename: ./cvmfs-libs_2.12.0~1+debian12_amd64.deb
+
+Package: cvmfs
+Version: 2.12.0~1+debian12
+Depends: cvmfs-config-default | cvmfs-config, cvmfs-libs (= 2.12.0~1+debian12), fuse3 | fuse, gawk, libfuse2 (>= 2.8)
+Filename: ./cvmfs_2.12.0~1+debian12_amd64.deb
+
+Package: cvmfs-server
+Version: 2.12.0~1+debian12
+Depends: cvmfs-libs (= 2.12.0~1+debian12), rsync, jq
+Filename: ./cvmfs-server_2.12.0~1+debian12_amd64.deb
+"""
 
 
-def cvmfs_config(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(root / "usr/bin/cvmfs_config"), *args], env={"CVMFS_STANDIN_ROOT": str(root), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True)
+def test_client_dependencies_from_the_packages_file(tmp_path: Path) -> None:
+    (tmp_path / "Packages").write_text(PACKAGES_FILE)
+    assert cvmfs_local.client_version(tmp_path) == "2.12.0~1+debian12"
+    # The client's packages only (not the server's), first alternative, no versions, not our own.
+    assert cvmfs_local.dependencies(tmp_path) == {"libc6", "libcurl4", "libssl3", "fuse3", "gawk", "libfuse2"}
 
 
-def test_standin_repository_has_both_versions() -> None:
-    repo = cvmfs_standin.build()
-    for suite in cvmfs_standin.SUITES:
-        packages = (repo / "dists" / suite / "main/binary-amd64/Packages").read_text()
-        assert [line for line in packages.splitlines() if line.startswith("Version:")] == [f"Version: {v}" for v in cvmfs_standin.VERSIONS]
-        assert "SHA256:" in (repo / "dists" / suite / "Release").read_text()
+def test_built_apt_is_found_under_the_cache_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VFARM_CVMFS_APT", raising=False)
+    monkeypatch.setenv("VFARM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("VFARM_CACHE", str(tmp_path))
+    monkeypatch.setattr(cvmfs_local, "_cache_roots", lambda: [tmp_path])
+    with pytest.raises(CommandError, match="tools/run setup"):
+        cvmfs_local.built_apt()
+    apt = tmp_path / "cvmfs/debian-0123/apt"
+    apt.mkdir(parents=True)
+    (apt / "Packages").write_text(PACKAGES_FILE)
+    with pytest.raises(CommandError):  # no build.json: an unfinished build
+        cvmfs_local.built_apt()
+    (apt.parent / "build.json").write_text("{}")
+    assert cvmfs_local.built_apt() == apt
+    monkeypatch.setenv("VFARM_CVMFS_APT", str(tmp_path / "nowhere"))
+    with pytest.raises(CommandError, match="no Packages file"):
+        cvmfs_local.built_apt()
+
+
+def test_image_recipe_has_the_client_runtime_and_a_preinstalled_variant() -> None:
+    assert set(images.CVMFS_RUNTIME) <= set(images.PACKAGES)
+    assert {"autofs", "fuse3"} <= set(images.CVMFS_RUNTIME)
+    assert images.VARIANTS["cvmfs"] == ["cvmfs", "cvmfs-libs", "cvmfs-config-default"]
+    assert images.VARIANT_SUITES.get("cvmfs", images.SUITES) == images.SUITES
 
 
 @pytest.mark.integration
-def test_standin_cvmfs_config_checks_the_files(standin_root: Path) -> None:
-    local = standin_root / "etc/cvmfs/default.local"
-    local.unlink(missing_ok=True)
-    assert cvmfs_config(standin_root, "chksetup").returncode == 1
-    local.write_text('CVMFS_REPOSITORIES="alice.cern.ch"\n')
-    done = cvmfs_config(standin_root, "setup")
-    assert done.returncode == 1 and "CVMFS_HTTP_PROXY is not set" in done.stdout
-    local.write_text('CVMFS_REPOSITORIES="alice.cern.ch"\nCVMFS_HTTP_PROXY="http://p:3128\n')  # unbalanced quote
-    done = cvmfs_config(standin_root, "setup")
-    assert done.returncode == 1 and "not valid" in done.stdout
-    local.write_text('CVMFS_REPOSITORIES="alice.cern.ch"\nCVMFS_HTTP_PROXY="http://p:3128"\n')
-    assert cvmfs_config(standin_root, "chksetup").returncode == 1  # not set up yet
-    assert cvmfs_config(standin_root, "setup").returncode == 0
-    assert cvmfs_config(standin_root, "chksetup").stdout.strip() == "OK"
-    assert "OK" in cvmfs_config(standin_root, "probe", "alice.cern.ch").stdout
-    assert cvmfs_config(standin_root, "probe", "atlas.cern.ch").returncode == 1
-    log = (standin_root / "var/log/cvmfs-standin.log").read_text()
-    assert "cvmfs_config setup" in log and "cvmfs_config probe alice.cern.ch" in log
+def test_cern_layout_of_the_built_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local packages as CERN's repository: {codename}-prod suites, main, pool/, hashes in Release."""
+    monkeypatch.setenv("VFARM_CACHE", str(tmp_path / "cache"))
+    apt = tmp_path / "apt"
+    for name, version in (("cvmfs", "2.12.0~1+debian12"), ("cvmfs-libs", "2.12.0~1+debian12")):
+        root = tmp_path / name
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN/control").write_text(f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@t>\n"
+                                             "Description: test\n test\n")
+        apt.mkdir(exist_ok=True)
+        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(apt / f"{name}_{version}_amd64.deb")],
+                       check=True, capture_output=True)
+    (apt / "Packages").write_text(PACKAGES_FILE)
+    repo = cvmfs_local.build(apt)
+    assert repo == cvmfs_local.build(apt), "cached"
+    for suite in cvmfs_local.SUITES:
+        packages = (repo / "dists" / suite / "main/binary-amd64/Packages").read_text()
+        assert "Filename: pool/main/c/cvmfs/cvmfs_2.12.0~1+debian12_amd64.deb" in packages
+        assert packages.count("Package: ") == 2
+        release = (repo / "dists" / suite / "Release").read_text()
+        assert f"Suite: {suite}" in release and "main/binary-amd64/Packages.gz" in release
+    assert sorted(p.name for p in (repo / "pool/main/c/cvmfs").iterdir()) == sorted(p.name for p in apt.glob("*.deb"))

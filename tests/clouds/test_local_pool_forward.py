@@ -67,3 +67,26 @@ def test_a_bad_pool_forward_is_one_line(bad: str, capsys: pytest.CaptureFixture[
         vfarm(["launch", "local", "examples/condor.yaml", "--pool-forward", bad])
     assert exit_info.value.code == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_more_forwards_beside_the_http_and_pool_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--forward 3128=127.0.0.1:PORT`: the guest's 10.0.2.100:3128 reaches a squid on this host."""
+    monkeypatch.setattr(local, "kvm_works", lambda kernel=None: False)
+    image = Image("bookworm", tmp_path, tmp_path / "disk.raw", tmp_path / "vmlinuz", tmp_path / "initrd.img", {})
+    instance = local.LocalInstance(image, b"", folder=tmp_path / "vm", forwards={3128: "127.0.0.1:4321"})
+    assert netdev(instance.qemu_argv(None)).split(",")[3:] == ["guestfwd=tcp:10.0.2.100:3128-cmd:socat - TCP:127.0.0.1:4321"]
+    both = netdev(instance.qemu_argv(8080)).split(",")[3:]
+    assert both == ["guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:8080", "guestfwd=tcp:10.0.2.100:3128-cmd:socat - TCP:127.0.0.1:4321"]
+    for port in (80, 9618):
+        with pytest.raises(local.CommandError, match="forward another port"):
+            local.LocalInstance(image, b"", folder=tmp_path / "vm", forwards={port: "127.0.0.1:4321"})
+    with pytest.raises(local.CommandError, match="metadata"):
+        local.LocalInstance(image, b"", folder=tmp_path / "vm", forwards={3128: "127.0.0.1:4321"}, metadata=True)
+
+
+@pytest.mark.parametrize("bad", ["3128", "3128=", "80=127.0.0.1:1", "9618=127.0.0.1:1", "x=127.0.0.1:1", "3128=127.0.0.1"])
+def test_a_bad_forward_is_one_line(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        vfarm(["launch", "local", "examples/torino.yaml", "--forward", bad])
+    assert exit_info.value.code == 2
+    assert "expected GUESTPORT=HOST:PORT" in capsys.readouterr().err
