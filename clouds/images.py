@@ -226,7 +226,7 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
         if variant in LOCAL_SOURCE:
             # The locally built packages, served on loopback for the build only: their line goes.
             argv.append("--customize-hook=sed -i '/127\\.0\\.0\\.1/d' \"$1/etc/apt/sources.list\"")
-            with _serve(cvmfs_local.built_apt()) as url:
+            with serve_folder(cvmfs_local.built_apt()) as url:
                 run(argv + [suite, str(partial), f"deb {mirror} {suite} main", f"deb [trusted=yes] {url} ./"], timeout=1800)
         else:
             run(argv + [suite, str(partial), mirror], timeout=1800)
@@ -239,7 +239,7 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
 
 
 @contextmanager
-def _serve(folder: Path) -> Iterator[str]:
+def serve_folder(folder: Path) -> Iterator[str]:
     """FOLDER over HTTP on 127.0.0.1 (a free port) while the block runs; yields its URL."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
