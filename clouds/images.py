@@ -10,24 +10,24 @@ The mirror is the one the host's apt uses (VFARM_MIRROR or --mirror override it)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
-import http.server
 import json
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from . import bake as baking
 from . import cvmfs_local
 from .hostcmd import CommandError, Stopwatch, progress, run
+from .loopback import LoopbackServer
 
 SUITES = ("bookworm", "trixie")
 RECIPE_VERSION = 1
@@ -226,7 +226,8 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
         if variant in LOCAL_SOURCE:
             # The locally built packages, served on loopback for the build only: their line goes.
             argv.append("--customize-hook=sed -i '/127\\.0\\.0\\.1/d' \"$1/etc/apt/sources.list\"")
-            with serve_folder(cvmfs_local.built_apt()) as url:
+            with contextlib.closing(LoopbackServer(cvmfs_local.built_apt())) as server:
+                url = server.url
                 run(argv + [suite, str(partial), f"deb {mirror} {suite} main", f"deb [trusted=yes] {url} ./"], timeout=1800)
         else:
             run(argv + [suite, str(partial), mirror], timeout=1800)
@@ -236,27 +237,6 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
                 old.unlink()
         progress("image", f"{label}: rootfs {target.stat().st_size >> 20} MB in {watch():.0f} s")
     return target
-
-
-@contextmanager
-def serve_folder(folder: Path) -> Iterator[str]:
-    """FOLDER over HTTP on 127.0.0.1 (a free port) while the block runs; yields its URL."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, name="vfarm-image-apt", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass

@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 from .hostcmd import CommandError, Stopwatch, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
+from .loopback import LoopbackServer
 
 GUEST_HTTP = "10.0.2.100"
 GUEST_MAC = "52:54:00:12:34:56"
@@ -103,32 +104,6 @@ def kvm_works(kernel: Optional[Path] = None) -> bool:
 
 
 # --- the loopback HTTP server ---------------------------------------------------------------------
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    server: LoopbackServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        self.server.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}".strip())
-
-
-class LoopbackServer(http.server.ThreadingHTTPServer):
-    """Serves ROOT on 127.0.0.1 (a free port); the guest sees it as http://10.0.2.100/."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.requests: list[str] = []
-        super().__init__(("127.0.0.1", 0), lambda *a: _Handler(*a, directory=str(self.root)))
-        self.thread = threading.Thread(target=self.serve_forever, name="vfarm-http", daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 # --- an EC2-style metadata service -----------------------------------------------------------------
