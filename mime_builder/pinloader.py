@@ -104,13 +104,23 @@ def record_failure(name: str, reason: str, cloud: Any = None) -> None:
     now = time.time()
     data = document(name, "failed", reason, now, _instance_id(cloud), "pin-loader",
                     steps=[{"action": "pin", "ok": False, "reason": reason}], finished=now)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps(data, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(directory, f"{name}.status.json"))
+    write_atomically(os.path.join(directory, f"{name}.status.json"), (json.dumps(data, indent=2) + "\n").encode("utf-8"), 0o644)
     LOG.error("vfarm %s failed: %s", name, reason)
+
+
+def write_atomically(target: str, content: bytes, mode: int) -> None:
+    """CONTENT at TARGET (its folder made), through a temporary file in that folder: a reader sees
+    the old file or the whole new one, and a failed write leaves no temporary file behind."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".vfarm-pin.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def verified(entry: dict[str, Any], cloud: Any = None) -> Optional[bytes]:
@@ -138,17 +148,9 @@ def install(entry: dict[str, Any], cloud: Any = None) -> None:
     if content is None:
         return
     target = os.path.join(os.environ.get("VFARM_ROOT") or "/", entry["install"].lstrip("/"))
-    tmp = None
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".vfarm-pin.")
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        os.chmod(tmp, 0o700)
-        os.replace(tmp, target)
+        write_atomically(target, content, 0o700)
     except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
 
 
