@@ -7,14 +7,12 @@ Includes and `--pin` fetch from a real HTTP server on 127.0.0.1 serving `vfarm h
 
 from __future__ import annotations
 
-import functools
-import http.server
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import yaml
 from tests import system_stubs
 from tests.fixtures.cloudinit import Release
 from vfarm.cli.main import main as vfarm
+from vfarm.clouds.loopback import LoopbackServer
 from vfarm.config import loader as configuration
 from vfarm.mime_builder import bundle, checkpart, mime
 
@@ -97,22 +96,13 @@ json.dump({"parts": parts, "calls": calls, "records": records, "vfarm": sorted(m
 """
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """`vfarm handlers` output on a real HTTP server on 127.0.0.1: (folder, URL base)."""
     folder = tmp_path / "www/vfarm"
     assert vfarm(["handlers", str(folder)]) == 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder.parent)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}/vfarm"
-    server.shutdown()
-    server.server_close()
+    with contextlib.closing(LoopbackServer(folder.parent)) as server:
+        yield folder, f"{server.url}/vfarm"
 
 
 @pytest.fixture(scope="module")
