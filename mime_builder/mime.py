@@ -13,7 +13,6 @@ import base64
 import errno
 import gzip
 import hashlib
-import importlib.util
 import inspect as pyinspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ..config import sections
 from ..config.loader import Config
 from ..files import read_bounded
 from ..textsafe import control_character
-from . import bundle
+from . import bundle, checkpart
 from .limits import EC2_LIMIT, GZIP_MODES
 
 MAX_ATTACHMENT = 1024 * 1024
@@ -220,14 +219,6 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
     return "\n".join(header) + "\n" + code
 
 
-def _check_parts(config: Config, mode: str, from_library: bool) -> list[tuple[str, str, str]]:
-    """The final check's parts (issue 5's mime_builder/checkpart.py), when that module exists."""
-    if importlib.util.find_spec(f"{__package__}.checkpart") is None:
-        return []
-    module: Any = importlib.import_module(f"{__package__}.checkpart")
-    return list(module.check_parts(config, mode, from_library))
-
-
 def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachment] = (), pin: bool = False) -> tuple[list[Part], list[str]]:
     """The parts in walk order, and warnings for the user."""
     mode = parse_handlers(handlers)
@@ -263,7 +254,7 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     check_mode = "include" if mode.kind == "include" else mode.kind
     # The check script travels in the library part (embed) or is fetched (include).
     from_library = mode.kind == "include" or any(p.filename == LIBRARY_FILENAME for p in parts)
-    parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in _check_parts(config, check_mode, from_library)]
+    parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in checkpart.check_parts(config, check_mode, from_library)]
     seen: set[str] = set()
     for part in parts:
         if part.filename in seen:
