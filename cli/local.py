@@ -113,8 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100; "
                         "with --metadata 169.254.0.100)")
     p.add_argument("--forward", action="append", default=[], type=_forward, metavar="GUESTPORT=HOST:PORT",
-                   help="another route for the guest: its 10.0.2.100:GUESTPORT reaches HOST:PORT on this host (e.g. 3128=127.0.0.1:PORT "
-                        "for a squid); repeatable")
+                   help="another route for the guest: its 10.0.2.100:GUESTPORT (169.254.0.100 with --metadata) reaches HOST:PORT on this "
+                        "host (e.g. 3128=127.0.0.1:PORT for a squid); repeatable")
     p.add_argument("--metadata", action="store_true",
                    help="give the guest its user-data as a cloud does: an EC2-style metadata service at 169.254.169.254 "
                         "(cloud-init's Ec2 datasource), no seed disk; the guest's network is then 169.254.0.0/16")

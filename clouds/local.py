@@ -272,15 +272,16 @@ def metadata_cmdline(cloud_init_version: str) -> str:
     return f"{datasource} network-config={METADATA_NETWORK_B64} {METADATA_SYSTEM_CONFIG}"
 
 
-def metadata_netdev(metadata: str, pool_forward: Optional[str] = None) -> str:
+def metadata_netdev(metadata: str, pool_forward: Optional[str] = None, forwards: Optional[dict[int, str]] = None) -> str:
     """qemu's -netdev for a guest that reads its data from the metadata service: slirp with
     restrict=on in 169.254.0.0/16, 169.254.169.254:80 forwarded to METADATA (a socat address: a
-    metadata server's socat_target), and (POOL_FORWARD, HOST:PORT) the pool at METADATA_POOL:9618,
-    a socat per connection."""
+    metadata server's socat_target), (POOL_FORWARD, HOST:PORT) the pool at METADATA_POOL:9618,
+    and each of FORWARDS ({guest port: HOST:PORT}) at METADATA_POOL:PORT, a socat per connection."""
     options = ["user,id=n0,restrict=on", f"net={METADATA_NET}", f"host={METADATA_HOST}", f"dns={METADATA_DNS}", f"dhcpstart={METADATA_GUEST}",
                f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:socat - {metadata}"]
     if pool_forward is not None:
         options.append(f"guestfwd=tcp:{METADATA_POOL}:{GUEST_POOL_PORT}-cmd:socat - TCP:{pool_forward}")
+    options += [f"guestfwd=tcp:{METADATA_POOL}:{port}-cmd:socat - TCP:{target}" for port, target in sorted((forwards or {}).items())]
     return ",".join(options)
 
 
@@ -417,12 +418,11 @@ class LocalInstance:
         # 169.254.169.254 (UnixMetadataServer), as on a cloud, instead of a NoCloud seed.
         self.metadata = metadata
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
-        # More routes: the guest's 10.0.2.100:PORT -> HOST:PORT on this host (e.g. 3128 to a squid).
+        # More routes: the guest's 10.0.2.100:PORT (169.254.0.100:PORT with the metadata service) -> HOST:PORT
+        # on this host (e.g. 3128 to a squid).
         self.forwards = dict(forwards or {})
         if 80 in self.forwards or GUEST_POOL_PORT in self.forwards:
             raise CommandError(f"ports 80 and {GUEST_POOL_PORT} of {GUEST_HTTP} are the HTTP server's and the pool's: forward another port")
-        if metadata and self.forwards:
-            raise CommandError("a guest reading the metadata service has only the pool forward: --forward needs a seed (no --metadata)")
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
         self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
@@ -496,7 +496,7 @@ class LocalInstance:
         # 10.0.2.100:9618 -> the pool, and any other port asked for. `cmd:socat` starts one socat per connection (a `tcp:` target
         # carries one connection only: a startd's later updates would never arrive).
         if metadata is not None:
-            return argv + ["-netdev", metadata_netdev(metadata, self.pool_forward), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
+            return argv + ["-netdev", metadata_netdev(metadata, self.pool_forward, self.forwards), "-device", f"virtio-net-{suffix},netdev=n0,mac={GUEST_MAC}"]
         forwards = []
         if port is not None:
             forwards.append(f"guestfwd=tcp:{GUEST_HTTP}:80-cmd:socat - TCP:127.0.0.1:{port}")

@@ -141,7 +141,7 @@ def qemu_takes(netdev: str) -> tuple[bool, str]:
 
 @pytest.mark.integration
 def test_qemu_takes_the_metadata_network_and_refuses_the_forward_elsewhere() -> None:
-    ok, err = qemu_takes(local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618"))
+    ok, err = qemu_takes(local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618", {3128: "127.0.0.1:4321"}))
     assert ok, err
     refused, err = qemu_takes(f"user,id=n0,restrict=on,guestfwd=tcp:{local.METADATA_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:8775")
     assert not refused and "guest forwarding rule" in err
@@ -151,9 +151,12 @@ def test_a_metadata_instance_has_no_seed_and_the_ec2_datasource(tmp_path: Path, 
     from tests.clouds.test_local import fake_image
 
     monkeypatch.setattr(local, "_KVM", False)
-    instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618")
+    instance = local.LocalInstance(fake_image(tmp_path), USERDATA, folder=tmp_path / "i", metadata=True, pool_forward="127.0.0.1:9618",
+                                   forwards={3128: "127.0.0.1:4321"})
     argv = instance.qemu_argv(None, metadata="TCP:127.0.0.1:8775")
-    assert argv[argv.index("-netdev") + 1] == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618")
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == local.metadata_netdev("TCP:127.0.0.1:8775", "127.0.0.1:9618", {3128: "127.0.0.1:4321"})
+    assert f"guestfwd=tcp:{local.METADATA_POOL}:3128-cmd:socat - TCP:127.0.0.1:4321" in netdev.split(",")
     assert argv[argv.index("-append") + 1].endswith(" " + local.metadata_cmdline(""))
     assert local.metadata_cmdline("").startswith("ci.ds=Ec2 ") and local.metadata_cmdline("22.4.2-1+deb12u3").startswith("ci.ds=Ec2 ")
     assert local.metadata_cmdline("25.1.4-1").startswith("ds=Ec2 ") and local.metadata_cmdline("23.2").startswith("ds=Ec2 ")

@@ -80,8 +80,6 @@ def test_more_forwards_beside_the_http_and_pool_ones(tmp_path: Path, monkeypatch
     for port in (80, 9618):
         with pytest.raises(local.CommandError, match="forward another port"):
             local.LocalInstance(image, b"", folder=tmp_path / "vm", forwards={port: "127.0.0.1:4321"})
-    with pytest.raises(local.CommandError, match="metadata"):
-        local.LocalInstance(image, b"", folder=tmp_path / "vm", forwards={3128: "127.0.0.1:4321"}, metadata=True)
 
 
 @pytest.mark.parametrize("bad", ["3128", "3128=", "80=127.0.0.1:1", "9618=127.0.0.1:1", "x=127.0.0.1:1", "3128=127.0.0.1"])
