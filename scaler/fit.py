@@ -21,10 +21,17 @@ Rules (pure; the planner calls them with what one snapshot saw):
   worker, averaged over those resources; then the lowest cost, then the order of the list.
 - Per type, the workers wanted are the most of, per resource, (asked - free or booting) / offered,
   rounded up. When a type may start fewer by its own limit (its max, its black hole or back-off),
-  the jobs it cannot hold move to their next choice, in queue order; jobs no other type holds stay
-  and are held. max-vms is shared among the types in the order the farm lists them; when it is what
-  binds, jobs stay with their type (held). Free slots of one type are not counted for jobs that
-  chose another.
+  the jobs it cannot hold move to their next choice; jobs no other type holds stay and are held.
+  Free slots of one type are not counted for jobs that chose another.
+- The farm's caps (max-vms, a count of workers; max-cpus, their CPUs) are handed out in queue
+  order: the jobs that waited longest (EnteredCurrentStatus, else QDate) get their workers first,
+  whatever their type; a younger job gets only what is left that no older one could use. When a
+  cap is what binds, jobs stay with their type (held), as another type has no room either.
+- When max-vms binds (the least-waste workers would be more than it leaves), a worker is the
+  scarce resource: a job keeps its least-waste type only while the room left after its workers can
+  still hold the younger jobs on the largest type; past that, jobs go to the type that holds the
+  most of them per worker (fewest workers; ties: least waste), where they fill workers together.
+  Where no cap binds, every job keeps its least-waste type.
 """
 
 from __future__ import annotations
@@ -194,6 +201,7 @@ class Group:
     request: Request
     choices: tuple[int, ...]  # indices into the farm's types
     count: int
+    ages: dict[float, int] = field(default_factory=dict)  # since when (EnteredCurrentStatus, else QDate) -> how many
 
 
 @dataclass
@@ -260,6 +268,13 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
             continue
         group.count += n
         count += n
+        since = get("EnteredCurrentStatus")
+        if not (since.__class__ is int or since.__class__ is float):
+            since = get("QDate")
+            if not (since.__class__ is int or since.__class__ is float):
+                since = 0.0
+        ages = group.ages
+        ages[since] = ages.get(since, 0) + n
     return Fitted([g for g in groups.values() if g.choices], unfit, count, unevaluated, unfit_count)
 
 
@@ -274,6 +289,7 @@ class Assignment:
     wanted: dict[str, int] = field(default_factory=dict)  # workers the jobs kept by each type need
     waiting: dict[str, int] = field(default_factory=dict)
     demand: dict[str, int] = field(default_factory=dict)  # CPUs
+    capped: dict[str, int] = field(default_factory=dict)  # wanted workers max-vms or max-cpus holds back (not the type's own limit)
 
 
 def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
@@ -288,11 +304,131 @@ def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
 
 def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
            shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
-    """How many workers of each type to start (see the module's doc). ALLOWED: at most per type;
-    ROOM: at most in all; SHARED: (types, at most among them) limits of several types (a hybrid
-    farm's cloud max over its types, a type's max over its clouds), used up in the order of TYPES
-    and binding like a type's own limit (the jobs move on); CPUS: at most this many CPUs in all
-    (max-cpus; None: no limit), used up in the order of TYPES and binding like ROOM (the jobs stay)."""
+    """How many workers of each type to start (see the module's doc). ALLOWED: at most per type
+    (its own limits: its max, its cloud's, black hole, back-off); ROOM: at most in all (max-vms);
+    SHARED: (types, at most among them) limits of several types (a hybrid farm's cloud max over its
+    types, a type's max over its clouds), binding like a type's own limit (the jobs move on); CPUS:
+    at most this many CPUs in all (max-cpus; None: no limit). ROOM and CPUS are the farm's caps:
+    when neither binds, every job keeps its least-waste type; when one does, they are handed out in
+    queue order (and, under ROOM, jobs are packed onto fewer, larger workers)."""
+    free = _by_type(fitted, types, supply, allowed, NUMBER_LIMIT, shared, None)
+    started = sum(free.launch.values())
+    if started <= room and (cpus is None or sum(free.launch[t.name] * t.cpus for t in types) <= cpus):
+        return free
+    return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack=started > room)
+
+
+def per_worker(worker_type: WorkerType, request: Request) -> int:
+    """How many jobs of REQUEST one worker of WORKER_TYPE holds."""
+    dims = [(worker_type.cpus, request.cpus)]
+    if worker_type.memory is not None:
+        dims.append((worker_type.memory, request.memory or 0))
+    if worker_type.gpus is not None:
+        dims.append((worker_type.gpus, request.gpus))
+    return min((cap // need for cap, need in dims if need > 0), default=NUMBER_LIMIT)
+
+
+def _fitting(have: Resources, worker_type: WorkerType, request: Request, n: int) -> int:
+    """How many of N jobs of REQUEST the free resources HAVE of WORKER_TYPE's workers hold."""
+    fits = n
+    for left, need in ((have.cpus, request.cpus), (have.memory if worker_type.memory is not None else None, request.memory or 0),
+                       (have.gpus if worker_type.gpus is not None else None, request.gpus)):
+        if left is not None and need > 0:
+            fits = min(fits, max(0, left // need))
+    return fits
+
+
+def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
+                    shared: Sequence[tuple[Sequence[str], int]], cpus: Optional[int], pack: bool) -> Assignment:
+    """assign() when max-vms (ROOM) or max-cpus (CPUS) binds: the jobs, oldest first, fill the free
+    or booting resources of their type, then start workers while the caps leave room; jobs a type's
+    own limit stops move to their next choice, jobs a cap stops are held on their type. PACK (max-vms
+    binds): a job keeps its least-waste type only while the room left can still hold the younger
+    jobs on the largest type; past that it goes to the type holding most of it per worker."""
+    limits_of: dict[int, list[int]] = {}
+    names = {t.name: i for i, t in enumerate(types)}
+    for s, (members, _limit) in enumerate(shared):
+        for member in members:
+            if member in names:
+                limits_of.setdefault(names[member], []).append(s)
+    shared_left = [limit for _members, limit in shared]
+    own_left = [allowed.get(t.name, 0) for t in types]
+    free = [supply.get(t.name, Resources()) for t in types]
+    have = list(free)  # free or booting resources, less what older jobs took
+    launch = [0] * len(types)
+    kept = [Resources()] * len(types)
+    waiting = [0] * len(types)
+    capped = [False] * len(types)
+    left, cpus_left = room, cpus
+    groups = fitted.groups
+    chunks = sorted((since, g, n) for g, group in enumerate(groups) for since, n in (group.ages or {0.0: group.count}).items())
+    largest = max(range(len(types)), key=lambda i: (types[i].cpus, -i))  # the first type of the most CPUs
+    younger = sum(groups[g].request.cpus * n for _s, g, n in chunks)  # CPUs the jobs not yet placed ask for
+    packed: dict[int, tuple[int, ...]] = {}
+    for _since, g, n in chunks:
+        group = groups[g]
+        r = group.request
+        younger -= r.cpus * n
+        order = group.choices
+        if pack:
+            # The free or booting resources of its least-waste type first; then the rest's workers.
+            i, first = order[0], types[order[0]]
+            placed = _fitting(have[i], first, r, n)
+            if placed:
+                taken = Resources(r.cpus * placed, (r.memory or 0) * placed, r.gpus * placed)
+                have[i] = Resources(have[i].cpus - taken.cpus, have[i].memory - taken.memory, have[i].gpus - taken.gpus)
+                kept[i] = kept[i] + taken
+                waiting[i] += placed
+                n -= placed
+            need = _wanted(first, Resources(r.cpus * n, (r.memory or 0) * n, r.gpus * n), have[i])
+            if n and left - need < math.ceil(max(0, younger - have[largest].cpus) / types[largest].cpus):
+                if g not in packed:
+                    packed[g] = tuple(sorted(order, key=lambda k: (-per_worker(types[k], r), order.index(k))))
+                order = packed[g]
+        position = 0
+        while n > 0:
+            i = order[position]
+            t = types[i]
+            asked = Resources(r.cpus * n, (r.memory or 0) * n, r.gpus * n)
+            needed = _wanted(t, asked, have[i])
+            own = min([own_left[i], *(shared_left[s] for s in limits_of.get(i, ()))])
+            cap = min(left, cpus_left // t.cpus if cpus_left is not None and t.cpus > 0 else left)
+            started = max(0, min(needed, own, cap))
+            if started:
+                launch[i] += started
+                have[i] = have[i] + Resources(t.cpus * started, (t.memory or 0) * started, (t.gpus or 0) * started)
+                own_left[i] -= started
+                for s in limits_of.get(i, ()):
+                    shared_left[s] -= started
+                left -= started
+                if cpus_left is not None:
+                    cpus_left -= started * t.cpus
+            placed = _fitting(have[i], t, r, n) if started < needed else n
+            have[i] = Resources(have[i].cpus - r.cpus * placed, have[i].memory - (r.memory or 0) * placed, have[i].gpus - r.gpus * placed)
+            rest = n - placed
+            if rest and own < cap and position + 1 < len(order):
+                # Its own limit stops this type: the rest go to their next choice.
+                kept[i] = kept[i] + Resources(r.cpus * placed, (r.memory or 0) * placed, r.gpus * placed)
+                waiting[i] += placed
+                position, n = position + 1, rest
+                continue
+            kept[i] = kept[i] + asked
+            waiting[i] += n
+            capped[i] = capped[i] or (rest > 0 and cap <= own)
+            n = 0
+    result = Assignment()
+    for i, t in enumerate(types):
+        wanted = _wanted(t, kept[i], free[i])
+        result.launch[t.name], result.wanted[t.name] = launch[i], wanted
+        result.waiting[t.name], result.demand[t.name] = waiting[i], kept[i].cpus
+        result.capped[t.name] = wanted - launch[i] if capped[i] else 0
+    return result
+
+
+def _by_type(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
+             shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
+    """assign() without a binding cap: each type in the farm's order takes the jobs whose least-waste
+    choice it is, and the jobs its own limit stops move to their next choice."""
     limits_of: dict[str, list[int]] = {}
     for i, (members, _limit) in enumerate(shared):
         for member in members:
@@ -300,8 +436,8 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
     # Each group's jobs, split by how far down their list of choices they had to go.
     placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
     # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
-    # another took max-vms first can send jobs on again, hence more rounds than types (bounded: the
-    # last one moves nothing and holds the rest where they are).
+    # another took a shared limit first can send jobs on again, hence more rounds than types
+    # (bounded: the last one moves nothing and holds the rest where they are).
     rounds = 4 * len(types) + 4
     for round_ in range(rounds):
         last = round_ == rounds - 1
@@ -355,6 +491,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                 shared_left[i] -= launch
             result.launch[name], result.wanted[name] = launch, wanted
             result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
+            result.capped[name] = 0
             by_type[index] = kept
         if not moved:
             return result
@@ -364,4 +501,4 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
 
 def empty(types: tuple[WorkerType, ...]) -> Assignment:
     zero = {t.name: 0 for t in types}
-    return Assignment(dict(zero), dict(zero), dict(zero), dict(zero))
+    return Assignment(dict(zero), dict(zero), dict(zero), dict(zero), dict(zero))
