@@ -28,9 +28,10 @@ Rules (pure; the planner calls them with what one snapshot saw):
   whatever their type; a younger job gets only what is left that no older one could use. When a
   cap is what binds, jobs stay with their type (held), as another type has no room either.
 - When max-vms binds (the least-waste workers would be more than it leaves), a worker is the
-  scarce resource: a job keeps its least-waste type only while the room left after its workers can
-  still hold the younger jobs on the largest type; past that, jobs go to the type that holds the
-  most of them per worker (fewest workers; ties: least waste), where they fill workers together.
+  scarce resource: the jobs that need a new worker (past the free or booting resources of their
+  least-waste type) go to the type that holds all the waiting jobs of their request in the fewest
+  workers (ties: least waste, the smallest such type they fill), where they fill workers together;
+  when jobs are still held back that way, to the type that holds the most of them per worker.
   Where no cap binds, every job keeps its least-waste type.
 """
 
@@ -315,7 +316,14 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
     started = sum(free.launch.values())
     if started <= room and (cpus is None or sum(free.launch[t.name] * t.cpus for t in types) <= cpus):
         return free
-    return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack=started > room)
+    if started <= room:
+        return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack=None)
+    # max-vms binds: each request's jobs onto the type that holds them in the fewest workers; when
+    # that still holds jobs back, every job that needs a worker onto the type holding most per worker.
+    fewest = _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack="group")
+    if not any(fewest.capped.values()):
+        return fewest
+    return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack="worker")
 
 
 def per_worker(worker_type: WorkerType, request: Request) -> int:
@@ -339,12 +347,13 @@ def _fitting(have: Resources, worker_type: WorkerType, request: Request, n: int)
 
 
 def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
-                    shared: Sequence[tuple[Sequence[str], int]], cpus: Optional[int], pack: bool) -> Assignment:
+                    shared: Sequence[tuple[Sequence[str], int]], cpus: Optional[int], pack: Optional[str]) -> Assignment:
     """assign() when max-vms (ROOM) or max-cpus (CPUS) binds: the jobs, oldest first, fill the free
     or booting resources of their type, then start workers while the caps leave room; jobs a type's
     own limit stops move to their next choice, jobs a cap stops are held on their type. PACK (max-vms
-    binds): a job keeps its least-waste type only while the room left can still hold the younger
-    jobs on the largest type; past that it goes to the type holding most of it per worker."""
+    binds): jobs that need a new worker go to the type that holds their group (the waiting jobs of
+    the same request) in the fewest workers, ties to least waste ("group"), or to the type that
+    holds the most of them per worker ("worker"); None: each job keeps its least-waste type."""
     limits_of: dict[int, list[int]] = {}
     names = {t.name: i for i, t in enumerate(types)}
     for s, (members, _limit) in enumerate(shared):
@@ -362,16 +371,14 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
     left, cpus_left = room, cpus
     groups = fitted.groups
     chunks = sorted((since, g, n) for g, group in enumerate(groups) for since, n in (group.ages or {0.0: group.count}).items())
-    largest = max(range(len(types)), key=lambda i: (types[i].cpus, -i))  # the first type of the most CPUs
-    younger = sum(groups[g].request.cpus * n for _s, g, n in chunks)  # CPUs the jobs not yet placed ask for
     packed: dict[int, tuple[int, ...]] = {}
     for _since, g, n in chunks:
         group = groups[g]
         r = group.request
-        younger -= r.cpus * n
         order = group.choices
         if pack:
-            # The free or booting resources of its least-waste type first; then the rest's workers.
+            # The free or booting resources of its least-waste type first; the rest onto the type
+            # that holds the group's jobs in the fewest workers, where they fill workers together.
             i, first = order[0], types[order[0]]
             placed = _fitting(have[i], first, r, n)
             if placed:
@@ -380,10 +387,12 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
                 kept[i] = kept[i] + taken
                 waiting[i] += placed
                 n -= placed
-            need = _wanted(first, Resources(r.cpus * n, (r.memory or 0) * n, r.gpus * n), have[i])
-            if n and left - need < math.ceil(max(0, younger - have[largest].cpus) / types[largest].cpus):
+            if n:
                 if g not in packed:
-                    packed[g] = tuple(sorted(order, key=lambda k: (-per_worker(types[k], r), order.index(k))))
+                    # "group": fewest workers for all the group's jobs, ties to least waste (the smallest
+                    # type they fill); "worker": the most jobs per worker.
+                    packed[g] = tuple(sorted(order, key=lambda k: (-(-group.count // per_worker(types[k], r)) if pack == "group"
+                                                                   else -per_worker(types[k], r), order.index(k))))
                 order = packed[g]
         position = 0
         while n > 0:

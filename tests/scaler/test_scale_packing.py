@@ -1,7 +1,8 @@
-"""A binding max-vms: a worker is the scarce resource. While the room left holds every waiting job,
-each keeps its least-waste type; past that, jobs are packed onto the types that hold the most of
-them per worker (fewest workers), the oldest jobs first. Where no cap binds, nothing changes. And
-the make-room drains come only when max-vms or max-cpus holds workers back, never a type's own max."""
+"""A binding max-vms: a worker is the scarce resource. When the least-waste workers would be more
+than max-vms leaves, the jobs that need a new worker are packed onto the types that hold the most
+of them per worker (fewest workers), the oldest jobs first. Where no cap binds, nothing changes.
+And the make-room drains come only when max-vms or max-cpus holds workers back, never a type's own
+max."""
 
 from __future__ import annotations
 
@@ -55,9 +56,16 @@ def test_under_a_binding_max_vms_jobs_fill_fewer_larger_workers() -> None:
     result = planner.plan({"now": NOW, "jobs": sized([(1, 600)] * 300), "slots": [], "instances": []}, spec())
     assert launches(result) == {"w8": 30}
     assert result.types["w8"].waiting == 300 and result.types["w8"].wanted == 38
-    # 40 jobs, room 30: the oldest keep their own w1 workers while the room left holds the rest packed.
+    # 40 jobs, room 30: one w1 each would not start them all; 5 w8 do, and leave 25 workers' room for the next ones.
     result = planner.plan({"now": NOW, "jobs": sized([(1, 1000 - n) for n in range(40)]), "slots": [], "instances": []}, spec())
-    assert launches(result) == {"w1": 28, "w8": 2} and result.types["w8"].waiting == 12
+    assert launches(result) == {"w8": 5} and result.types["w8"].waiting == 40
+    # Room for one (29 w1 booting, which hold no 2-CPU job): 3 two-CPU jobs need one w8 (a w4 holds 2);
+    # 2 of them fit one w4 as well as one w8: the smaller (least waste).
+    w1 = [instance(f"i-{k}", "w1") for k in range(29)]
+    result = planner.plan({"now": NOW, "jobs": sized([(2, 600)] * 3), "slots": [], "instances": w1}, spec())
+    assert launches(result) == {"w8": 1} and result.types["w2"].wanted == 0
+    result = planner.plan({"now": NOW, "jobs": sized([(2, 600)] * 2), "slots": [], "instances": w1}, spec())
+    assert launches(result) == {"w4": 1}
     # Room enough: least waste, one w1 per job (as without a cap).
     result = planner.plan({"now": NOW, "jobs": sized([(1, 600)] * 30), "slots": [], "instances": []}, spec())
     assert launches(result) == {"w1": 30}
