@@ -139,3 +139,25 @@ def test_make_room_only_when_max_vms_or_max_cpus_holds_workers_back() -> None:
     # Without the type's max, max-vms is what holds them: the idle small workers make room.
     result = planner.plan(snapshot, spec(ROOM.replace(", max: 1", "")))
     assert result.drain == ["i-s1", "i-s2"]
+
+
+def test_the_queue_order_is_exact_up_to_its_buckets_and_keeps_every_job_beyond() -> None:
+    from vfarm.scaler import fit
+
+    def fitted(ages: dict[float, int], old: dict[float, int]) -> fit.Fitted:
+        groups = [fit.Group(fit.Request(1, None, 0, None), (0,), sum(ages.values()), ages),
+                  fit.Group(fit.Request(8, None, 0, None), (0,), sum(old.values()), old)]
+        return fit.Fitted(groups, {}, sum(g.count for g in groups))
+
+    few = fitted({float(t): 1 for t in range(100)}, {50.5: 3})
+    assert few.queue_order() == sorted([(float(t), 0, 1) for t in range(100)] + [(50.5, 1, 3)])
+    # One job a second for a day (86,400 distinct ages): buckets of 1/AGE_BUCKETS of the span, every job counted once,
+    # the oldest first; a job is never put behind one that came a bucket's width or more after it.
+    many = fitted({float(t): 1 for t in range(86_400)}, {43_200.0: 7})
+    order = many.queue_order()
+    assert len(order) <= 2 * (fit.AGE_BUCKETS + 1) and sum(n for _s, g, n in order if g == 0) == 86_400
+    assert [s for s, _g, _n in order] == sorted(s for s, _g, _n in order)
+    width = 86_399 / fit.AGE_BUCKETS
+    [(since, _g, n)] = [e for e in order if e[1] == 1]
+    assert n == 7 and 43_200.0 - width < since <= 43_200.0
+    assert sum(n for s, g, n in order if g == 0 and s < since) >= 43_200 - width
