@@ -21,10 +21,20 @@ Rules (pure; the planner calls them with what one snapshot saw):
   worker, averaged over those resources; then the lowest cost, then the order of the list.
 - Per type, the workers wanted are the most of, per resource, (asked - free or booting) / offered,
   rounded up. When a type may start fewer by its own limit (its max, its black hole or back-off),
-  the jobs it cannot hold move to their next choice, in queue order; jobs no other type holds stay
-  and are held. max-vms is shared among the types in the order the farm lists them; when it is what
-  binds, jobs stay with their type (held). Free slots of one type are not counted for jobs that
-  chose another.
+  the jobs it cannot hold move to their next choice; jobs no other type holds stay and are held.
+  Free slots of one type are not counted for jobs that chose another.
+- The farm's caps (max-vms, a count of workers; max-cpus, their CPUs) are handed out in queue
+  order: the jobs that waited longest (EnteredCurrentStatus, else QDate) get their workers first,
+  whatever their type; a younger job gets only what is left that no older one could use. When a
+  cap is what binds, jobs stay with their type (held), as another type has no room either. Ages
+  are exact up to AGE_BUCKETS distinct ones, beyond that compared at 1/AGE_BUCKETS of the span
+  between the oldest and the youngest waiting job (the planner's time stays that of a few groups).
+- When max-vms binds (the least-waste workers would be more than it leaves), a worker is the
+  scarce resource: the jobs that need a new worker (past the free or booting resources of their
+  least-waste type) go to the type that holds all the waiting jobs of their request in the fewest
+  workers (ties: least waste, the smallest such type they fill), where they fill workers together;
+  when jobs are still held back that way, to the type that holds the most of them per worker.
+  Where no cap binds, every job keeps its least-waste type.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ UNDEFINED_AWARE = re.compile(r"=\?=|=!=|\bisnt\b|\bis\b|\?|\b(isUndefined|isErro
 
 
 REQUESTS = ("RequestCpus", "RequestMemory", "RequestGPUs")
+AGE_BUCKETS = 256  # distinct ages the queue order tells apart at most (see Fitted.queue_order)
 NUMBER_LIMIT = 2**63
 
 
@@ -194,6 +205,7 @@ class Group:
     request: Request
     choices: tuple[int, ...]  # indices into the farm's types
     count: int
+    ages: dict[float, int] = field(default_factory=dict)  # since when (EnteredCurrentStatus, else QDate) -> how many
 
 
 @dataclass
@@ -203,6 +215,28 @@ class Fitted:
     count: int  # waiting jobs some type holds
     unevaluated: bool = False  # Requirements seen but no ClassAd library to evaluate them
     unfit_count: dict[str, int] = field(default_factory=dict)  # why -> how many jobs
+    _queue: Optional[list[tuple[float, int, int]]] = field(default=None, repr=False)  # queue_order's, worked out once
+
+    def queue_order(self) -> list[tuple[float, int, int]]:
+        """The waiting jobs as (since, group index, how many), the oldest first. Up to AGE_BUCKETS
+        distinct ages they are exact; beyond that (a queue trickling in one job a second), ages are
+        compared at 1/AGE_BUCKETS of the span between the oldest and the youngest, so that a binding
+        cap costs the planner the same on 100,000 distinct ages as on a few hundred."""
+        if self._queue is None:
+            ages = [group.ages or {0.0: group.count} for group in self.groups]
+            if sum(len(a) for a in ages) <= AGE_BUCKETS:
+                entries = [(since, g, n) for g, a in enumerate(ages) for since, n in a.items()]
+            else:
+                oldest, newest = min(min(a) for a in ages), max(max(a) for a in ages)
+                scale = AGE_BUCKETS / (newest - oldest) if newest > oldest else 0.0
+                entries = []
+                for g, a in enumerate(ages):
+                    counts = [0] * (AGE_BUCKETS + 1)
+                    for since, n in a.items():
+                        counts[int((since - oldest) * scale)] += n
+                    entries += [(oldest + bucket / scale if scale else oldest, g, n) for bucket, n in enumerate(counts) if n]
+            self._queue = sorted(entries)
+        return self._queue
 
 
 def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
@@ -260,6 +294,13 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
             continue
         group.count += n
         count += n
+        since = get("EnteredCurrentStatus")
+        if not (since.__class__ is int or since.__class__ is float):
+            since = get("QDate")
+            if not (since.__class__ is int or since.__class__ is float):
+                since = 0.0
+        ages = group.ages
+        ages[since] = ages.get(since, 0) + n
     return Fitted([g for g in groups.values() if g.choices], unfit, count, unevaluated, unfit_count)
 
 
@@ -274,6 +315,7 @@ class Assignment:
     wanted: dict[str, int] = field(default_factory=dict)  # workers the jobs kept by each type need
     waiting: dict[str, int] = field(default_factory=dict)
     demand: dict[str, int] = field(default_factory=dict)  # CPUs
+    capped: dict[str, int] = field(default_factory=dict)  # wanted workers max-vms or max-cpus holds back (not the type's own limit)
 
 
 def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
@@ -288,11 +330,139 @@ def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
 
 def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
            shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
-    """How many workers of each type to start (see the module's doc). ALLOWED: at most per type;
-    ROOM: at most in all; SHARED: (types, at most among them) limits of several types (a hybrid
-    farm's cloud max over its types, a type's max over its clouds), used up in the order of TYPES
-    and binding like a type's own limit (the jobs move on); CPUS: at most this many CPUs in all
-    (max-cpus; None: no limit), used up in the order of TYPES and binding like ROOM (the jobs stay)."""
+    """How many workers of each type to start (see the module's doc). ALLOWED: at most per type
+    (its own limits: its max, its cloud's, black hole, back-off); ROOM: at most in all (max-vms);
+    SHARED: (types, at most among them) limits of several types (a hybrid farm's cloud max over its
+    types, a type's max over its clouds), binding like a type's own limit (the jobs move on); CPUS:
+    at most this many CPUs in all (max-cpus; None: no limit). ROOM and CPUS are the farm's caps:
+    when neither binds, every job keeps its least-waste type; when one does, they are handed out in
+    queue order (and, under ROOM, jobs are packed onto fewer, larger workers)."""
+    free = _by_type(fitted, types, supply, allowed, NUMBER_LIMIT, shared, None)
+    started = sum(free.launch.values())
+    if started <= room and (cpus is None or sum(free.launch[t.name] * t.cpus for t in types) <= cpus):
+        return free
+    if started <= room:
+        return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack=None)
+    # max-vms binds: each request's jobs onto the type that holds them in the fewest workers; when
+    # that still holds jobs back, every job that needs a worker onto the type holding most per worker.
+    fewest = _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack="group")
+    if not any(fewest.capped.values()):
+        return fewest
+    return _in_queue_order(fitted, types, supply, allowed, room, shared, cpus, pack="worker")
+
+
+def per_worker(worker_type: WorkerType, request: Request) -> int:
+    """How many jobs of REQUEST one worker of WORKER_TYPE holds."""
+    dims = [(worker_type.cpus, request.cpus)]
+    if worker_type.memory is not None:
+        dims.append((worker_type.memory, request.memory or 0))
+    if worker_type.gpus is not None:
+        dims.append((worker_type.gpus, request.gpus))
+    return min((cap // need for cap, need in dims if need > 0), default=NUMBER_LIMIT)
+
+
+def _fitting(have: Resources, worker_type: WorkerType, request: Request, n: int) -> int:
+    """How many of N jobs of REQUEST the free resources HAVE of WORKER_TYPE's workers hold."""
+    fits = n
+    for left, need in ((have.cpus, request.cpus), (have.memory if worker_type.memory is not None else None, request.memory or 0),
+                       (have.gpus if worker_type.gpus is not None else None, request.gpus)):
+        if left is not None and need > 0:
+            fits = min(fits, max(0, left // need))
+    return fits
+
+
+def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
+                    shared: Sequence[tuple[Sequence[str], int]], cpus: Optional[int], pack: Optional[str]) -> Assignment:
+    """assign() when max-vms (ROOM) or max-cpus (CPUS) binds: the jobs, oldest first, fill the free
+    or booting resources of their type, then start workers while the caps leave room; jobs a type's
+    own limit stops move to their next choice, jobs a cap stops are held on their type. PACK (max-vms
+    binds): jobs that need a new worker go to the type that holds their group (the waiting jobs of
+    the same request) in the fewest workers, ties to least waste ("group"), or to the type that
+    holds the most of them per worker ("worker"); None: each job keeps its least-waste type."""
+    limits_of: dict[int, list[int]] = {}
+    names = {t.name: i for i, t in enumerate(types)}
+    for s, (members, _limit) in enumerate(shared):
+        for member in members:
+            if member in names:
+                limits_of.setdefault(names[member], []).append(s)
+    shared_left = [limit for _members, limit in shared]
+    own_left = [allowed.get(t.name, 0) for t in types]
+    free = [supply.get(t.name, Resources()) for t in types]
+    have = list(free)  # free or booting resources, less what older jobs took
+    launch = [0] * len(types)
+    kept = [Resources()] * len(types)
+    waiting = [0] * len(types)
+    capped = [False] * len(types)
+    left, cpus_left = room, cpus
+    groups = fitted.groups
+    chunks = fitted.queue_order()
+    packed: dict[int, tuple[int, ...]] = {}
+    for _since, g, n in chunks:
+        group = groups[g]
+        r = group.request
+        order = group.choices
+        if pack:
+            # The free or booting resources of its least-waste type first; the rest onto the type
+            # that holds the group's jobs in the fewest workers, where they fill workers together.
+            i, first = order[0], types[order[0]]
+            placed = _fitting(have[i], first, r, n)
+            if placed:
+                taken = Resources(r.cpus * placed, (r.memory or 0) * placed, r.gpus * placed)
+                have[i] = Resources(have[i].cpus - taken.cpus, have[i].memory - taken.memory, have[i].gpus - taken.gpus)
+                kept[i] = kept[i] + taken
+                waiting[i] += placed
+                n -= placed
+            if n:
+                if g not in packed:
+                    # "group": fewest workers for all the group's jobs, ties to least waste (the smallest
+                    # type they fill); "worker": the most jobs per worker.
+                    packed[g] = tuple(sorted(order, key=lambda k: (-(-group.count // per_worker(types[k], r)) if pack == "group"
+                                                                   else -per_worker(types[k], r), order.index(k))))
+                order = packed[g]
+        position = 0
+        while n > 0:
+            i = order[position]
+            t = types[i]
+            asked = Resources(r.cpus * n, (r.memory or 0) * n, r.gpus * n)
+            needed = _wanted(t, asked, have[i])
+            own = min([own_left[i], *(shared_left[s] for s in limits_of.get(i, ()))])
+            cap = min(left, cpus_left // t.cpus if cpus_left is not None and t.cpus > 0 else left)
+            started = max(0, min(needed, own, cap))
+            if started:
+                launch[i] += started
+                have[i] = have[i] + Resources(t.cpus * started, (t.memory or 0) * started, (t.gpus or 0) * started)
+                own_left[i] -= started
+                for s in limits_of.get(i, ()):
+                    shared_left[s] -= started
+                left -= started
+                if cpus_left is not None:
+                    cpus_left -= started * t.cpus
+            placed = _fitting(have[i], t, r, n) if started < needed else n
+            have[i] = Resources(have[i].cpus - r.cpus * placed, have[i].memory - (r.memory or 0) * placed, have[i].gpus - r.gpus * placed)
+            rest = n - placed
+            if rest and own < cap and position + 1 < len(order):
+                # Its own limit stops this type: the rest go to their next choice.
+                kept[i] = kept[i] + Resources(r.cpus * placed, (r.memory or 0) * placed, r.gpus * placed)
+                waiting[i] += placed
+                position, n = position + 1, rest
+                continue
+            kept[i] = kept[i] + asked
+            waiting[i] += n
+            capped[i] = capped[i] or (rest > 0 and cap <= own)
+            n = 0
+    result = Assignment()
+    for i, t in enumerate(types):
+        wanted = _wanted(t, kept[i], free[i])
+        result.launch[t.name], result.wanted[t.name] = launch[i], wanted
+        result.waiting[t.name], result.demand[t.name] = waiting[i], kept[i].cpus
+        result.capped[t.name] = wanted - launch[i] if capped[i] else 0
+    return result
+
+
+def _by_type(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
+             shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
+    """assign() without a binding cap: each type in the farm's order takes the jobs whose least-waste
+    choice it is, and the jobs its own limit stops move to their next choice."""
     limits_of: dict[str, list[int]] = {}
     for i, (members, _limit) in enumerate(shared):
         for member in members:
@@ -300,8 +470,8 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
     # Each group's jobs, split by how far down their list of choices they had to go.
     placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
     # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
-    # another took max-vms first can send jobs on again, hence more rounds than types (bounded: the
-    # last one moves nothing and holds the rest where they are).
+    # another took a shared limit first can send jobs on again, hence more rounds than types
+    # (bounded: the last one moves nothing and holds the rest where they are).
     rounds = 4 * len(types) + 4
     for round_ in range(rounds):
         last = round_ == rounds - 1
@@ -355,6 +525,7 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
                 shared_left[i] -= launch
             result.launch[name], result.wanted[name] = launch, wanted
             result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
+            result.capped[name] = 0
             by_type[index] = kept
         if not moved:
             return result
@@ -364,4 +535,4 @@ def assign(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Reso
 
 def empty(types: tuple[WorkerType, ...]) -> Assignment:
     zero = {t.name: 0 for t in types}
-    return Assignment(dict(zero), dict(zero), dict(zero), dict(zero))
+    return Assignment(dict(zero), dict(zero), dict(zero), dict(zero), dict(zero))

@@ -303,8 +303,8 @@ class Scaler:
         """Cycles every check-every seconds until STOP is set (or CYCLES ran); how many ran.
         A stop request during a cycle lets it finish; no exception of one cycle ends the loop."""
         done = 0
-        self.log.info("scaling farm %s every %.0fs (min %d, max %d workers)", self.spec.name, self.spec.check_every,
-                      self.spec.min_vms, self.spec.max_vms)
+        self.log.info("scaling farm %s every %.0fs (min %d, max %d workers%s)", self.spec.name, self.spec.check_every,
+                      self.spec.min_vms, self.spec.max_vms, f", max-cpus {self.spec.max_cpus}" if self.spec.max_cpus is not None else "")
         while not stop.is_set():
             started = time.monotonic()
             try:

@@ -557,20 +557,21 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     count = fitted.count
     over_threshold = count > spec.waiting_jobs_threshold
 
-    # How many of each type may start this cycle (max-vms, each type's max, each cloud's max, black
-    # hole, back-off). A hybrid farm's limits shared by several placements (a type's max over its
-    # clouds, a cloud's max over its types) are used up in the farm's order by fit.assign.
+    # How many of each type may start this cycle by its own limits (each type's max, each cloud's
+    # max, black hole, back-off); the farm's caps (max-vms: room_left, max-cpus: cpu_room) are
+    # fit.assign's to hand out. A hybrid farm's limits shared by several placements (a type's max
+    # over its clouds, a cloud's max over its types) are used up in the farm's order by fit.assign.
     room_left = max(0, spec.max_vms - active)
     allowed: dict[str, int] = {}
     held: dict[str, str] = {}
     for p in placements:
         f = figures[p.name]
         t = spec.worker_type(p.kind)
-        room = t.max - type_active[p.kind] if t.max is not None else spec.max_vms
+        room = t.max - type_active[p.kind] if t.max is not None else NUMBER_LIMIT
         cloud = spec.cloud_named(p.on)
         if cloud is not None and cloud.max is not None:
             room = min(room, cloud.max - cloud_active[cloud.name])
-        limit = max(0, min(room, spec.max_vms - active))
+        limit = max(0, room)
         hole = f.black_hole
         if hole.blocked:
             limit, held[p.name] = 0, (f"NOT launching, black hole back-off ({hole.streak} lost in a row) for {hole.until - now:.0f}s more")
@@ -650,8 +651,13 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     # CPUs under max-cpus, less those of workers already on their way out): jobs that waited while a
     # worker stayed idle for idle-time cannot run there (a farm of several types would starve
     # otherwise); never one of a type waiting jobs are fitted to.
-    held_back = {spec.worker_type(p.name).kind: figures[p.name].wanted - launches[p.name] for p in placements
-                 if figures[p.name].wanted > launches[p.name] and p.name not in held}
+    # Held back: workers max-vms or max-cpus keeps from starting (not a type's own max, black hole or back-off).
+    held_back: dict[str, int] = {}
+    for p in placements:
+        capped = min(assigned.capped[p.name], figures[p.name].wanted - launches[p.name]) if p.name not in held else 0
+        if capped > 0:
+            kind = spec.worker_type(p.name).kind
+            held_back[kind] = held_back.get(kind, 0) + capped
     make_room = sum(held_back.values()) if over_threshold and room_left - sum(launches.values()) <= 0 else 0
     make_cpus = 0
     if over_threshold and cpu_room is not None and held_back:

@@ -1,11 +1,14 @@
 """max-cpus: a farm-level limit on the CPUs of the live workers, as a cloud's quota in cores.
 
-It binds across types like max-vms (jobs are held, not sent to another type), names itself in the
-hold reason, bounds min-vms launches, and lets idle workers of other types make room; a farm
-without it plans exactly as before."""
+It binds across types like max-vms (jobs are held, not sent to another type), is handed out in
+queue order (the oldest jobs first, whatever their type), names itself in the hold reason and in
+the loop's first line, bounds min-vms launches, counts every cloud of a hybrid farm, and lets idle
+workers of other types make room; a farm without it plans exactly as before."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from vfarm.cli import scale as scale_cli
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
+from vfarm.scaler import apply, loop
 from vfarm.scaler import plan as planner
 
 NOW = 1_700_000_000.0
@@ -73,17 +77,28 @@ def test_the_setting_parses_and_bad_values_are_refused_in_one_line() -> None:
         assert text.startswith("farm.yaml:5:") and "max-cpus" in text and text.count("\n") == 0, text
 
 
+def aged(ad: dict[str, Any], waited: float) -> dict[str, Any]:
+    return {**ad, "EnteredCurrentStatus": NOW - waited}
+
+
 def test_the_cap_binds_across_types_and_holds_jobs_where_they_fit() -> None:
     farm = spec()
     # 2 large (16 CPUs) and 4 small (8 CPUs) wanted: 24 CPUs over max-cpus 20.
-    jobs = [job(n, cpus=8, memory=4000) for n in range(2)] + [job(10 + n, cpus=2, memory=4000) for n in range(4)]
+    large = [job(n, cpus=8, memory=4000) for n in range(2)]
+    small = [job(10 + n, cpus=2, memory=4000) for n in range(4)]
+    jobs = [aged(j, 600) for j in small] + [aged(j, 300) for j in large]
     result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, farm)
-    # In the farm's order: small first (8 CPUs), then large: one (16 > 12 left), the other held; none moves to small.
+    # In queue order: the small jobs waited longest (8 CPUs), then large: one (16 > 12 left), the other held; none moves to small.
     assert launches(result) == {"small": 4, "large": 1}
     assert result.types["large"].waiting == 2 and result.types["small"].waiting == 4
     assert holds(result) == []
     launch = next(d for d in result.decisions if d.type == "large")
     assert launch.reason.endswith("capped at max-cpus 20 (0 CPUs live, 16 in this plan's launches)"), launch.reason
+    # The large jobs older: they take 16 first, whatever the order the farm lists its types in; 2 small fit in the 4 left.
+    jobs = [aged(j, 300) for j in small] + [aged(j, 600) for j in large]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, farm)
+    assert launches(result) == {"large": 2, "small": 2}
+    assert result.types["small"].waiting == 4 and result.types["small"].wanted == 4
     # Live workers count with their type's cpus, booting and draining ones alike: 2 large = 16 of 20.
     live = [instance("i-l1", "large"), instance("i-l2", "large")]
     result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": live}, farm)
@@ -99,7 +114,7 @@ def test_the_hold_reason_names_max_cpus() -> None:
     assert holds(result) == ["18 more worker(s) of type large wanted but max-cpus 20 reached (18 CPUs live)"], holds(result)
     assert "(min 0, max 100, max-cpus 20)" in scale_cli.render(result, farm).splitlines()[0]  # what --snapshot prints
     # The CPUs this plan's own launches take count too, and are named.
-    jobs = [job(n, cpus=8, memory=4000) for n in range(2)] + [job(10 + n, cpus=2, memory=4000) for n in range(4)]
+    jobs = [aged(job(n, cpus=8, memory=4000), 300) for n in range(2)] + [aged(job(10 + n, cpus=2, memory=4000), 600) for n in range(4)]
     result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, spec(FARM.replace("max-cpus: 20", "max-cpus: 12")))
     assert launches(result) == {"small": 4}
     assert holds(result) == ["2 more worker(s) of type large wanted but max-cpus 12 reached (0 CPUs live, 8 in this plan's launches)"]
@@ -158,3 +173,134 @@ def test_an_untyped_farm_counts_cpus_per_vm() -> None:
     result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(12)], "slots": [], "instances": []}, farm)
     assert result.launch == 2
     assert next(d for d in result.decisions if d.action == "launch").reason.endswith("capped at max-cpus 10 (0 CPUs live, 8 in this plan's launches)")
+
+
+# Four types of 1/2/4/8 CPUs listed small first: each job's least-waste type is the one of its CPUs.
+SIZES = """\
+scale:
+  name: mixed
+  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}
+  max-vms: 1000
+  waiting-time: 0
+  idle-time: 600
+  boot-timeout: 100
+  types:
+    - {name: w1, cpus: 1}
+    - {name: w2, cpus: 2}
+    - {name: w4, cpus: 4}
+    - {name: w8, cpus: 8}
+"""
+
+
+def sized(jobs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Jobs of (CPUs, seconds waited), no memory asked."""
+    return [{"ClusterId": n, "ProcId": 0, "JobStatus": 1, "EnteredCurrentStatus": NOW - waited, "RequestCpus": cpus}
+            for n, (cpus, waited) in enumerate(jobs)]
+
+
+def test_the_cpu_budget_goes_to_the_oldest_jobs_first_whatever_their_type() -> None:
+    farm = spec(SIZES.replace("max-vms: 1000", "max-vms: 1000\n  max-cpus: 16"))
+    # Two 8-CPU jobs waited longest, then twenty 1-CPU jobs: the old rule (the types in the farm's order) gave the 1-CPU
+    # jobs 16 w1 workers and held the 8-CPU ones; in queue order the 8-CPU jobs take the 16 CPUs.
+    jobs = sized([(8, 900), (8, 800)] + [(1, 600)] * 20)
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, farm)
+    assert launches(result) == {"w8": 2}
+    assert result.types["w1"].wanted == 20 and result.types["w1"].waiting == 20
+    [hold] = holds(result)
+    assert hold.startswith("20 more worker(s) of type w1 wanted but max-cpus 16 reached"), hold
+    # A younger job gets what no older one could use: one 8-CPU job older, 4 CPUs left over for 1-CPU jobs.
+    result = planner.plan({"now": NOW, "jobs": sized([(8, 900), (8, 100)] + [(1, 600)] * 4), "slots": [], "instances": []},
+                          spec(SIZES.replace("max-vms: 1000", "max-vms: 1000\n  max-cpus: 12")))
+    assert launches(result) == {"w8": 1, "w1": 4}
+
+
+@settings(max_examples=150, deadline=None)
+@given(asked=st.lists(st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(0, 5000)), max_size=30, unique_by=lambda j: j[1]),
+       booting=st.lists(st.sampled_from(["w1", "w2", "w4", "w8"]), max_size=4), max_cpus=st.integers(0, 60))
+def test_under_max_cpus_no_older_job_is_held_back_for_a_younger_one_of_another_type(asked: list[tuple[int, int]], booting: list[str],
+                                                                                   max_cpus: int) -> None:
+    """What a type starts depends only on its own jobs and those older than its youngest: the same
+    plan without the younger jobs of other types starts exactly as many of it. (Jobs that waited
+    exactly as long are in no order: each waits a different time here.)"""
+    farm = spec(SIZES.replace("max-vms: 1000", f"max-vms: 1000\n  max-cpus: {max_cpus}"))
+    instances = [instance(f"i-b{k}", kind) for k, kind in enumerate(booting)]
+    result = planner.plan({"now": NOW, "jobs": sized(asked), "slots": [], "instances": instances}, farm)
+    live = sum(farm.worker_type(w.type).cpus for w in result.instances)
+    assert live + sum(n * farm.worker_type(name).cpus for name, n in launches(result).items()) <= max(max_cpus, live)
+    for kind in ("w1", "w2", "w4", "w8"):
+        mine = [waited for cpus, waited in asked if f"w{cpus}" == kind]
+        if not mine:
+            continue
+        older = [(cpus, waited) for cpus, waited in asked if f"w{cpus}" == kind or waited >= min(mine)]
+        alone = planner.plan({"now": NOW, "jobs": sized(older), "slots": [], "instances": instances}, farm)
+        assert launches(alone).get(kind, 0) == launches(result).get(kind, 0), (kind, launches(alone), launches(result))
+
+
+def test_a_hybrid_farm_counts_max_cpus_over_every_cloud() -> None:
+    farm = scale_spec.parse(configuration.load_text("""\
+scale:
+  name: burst
+  max-vms: 20
+  max-cpus: 24
+  waiting-time: 0
+  boot-timeout: 100
+  clouds:
+    - {name: site, type: openstack, image: worker, flavor: m1.small, max: 2}
+    - {name: aws, type: ec2, image-id: ami-1, instance-type: m5.large}
+  types:
+    - name: small
+      cpus: 2
+      clouds:
+        site:
+        aws: {instance-type: m5.large}
+    - name: large
+      cpus: 8
+      clouds:
+        site: {flavor: m1.xlarge}
+        aws: {instance-type: m5.2xlarge}
+""", "farm.yaml").sections["scale"])
+    on = [{**instance("i-site", "large"), "Tags": [{"Key": "vfarm:farm", "Value": "burst"}, {"Key": "vfarm:type", "Value": "large"},
+                                                   {"Key": "vfarm:cloud", "Value": "site"}]}]
+    # One large worker booting on site (8 CPUs, it will hold one 8-CPU job); 24 - 8 = 16 CPUs left over both
+    # clouds: the older 8-CPU jobs take them (one more on site, its max 2, then aws); the 2-CPU jobs are held.
+    jobs = [aged(job(n, cpus=8, memory=1000), 900) for n in range(4)] + [aged(job(10 + n, cpus=2, memory=1000), 300) for n in range(4)]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": on}, farm)
+    assert launches(result) == {"large@site": 1, "large@aws": 1}
+    assert live_cpus(result, farm) + 16 == 24
+    [aws] = [d for d in result.decisions if d.type == "large@aws"]
+    assert aws.reason.endswith("2 more worker(s) of 8 CPUs, capped at max-cpus 24 (8 CPUs live, 16 in this plan's launches)"), aws.reason
+    assert [h.split(" wanted")[0] for h in holds(result)] == ["4 more worker(s) of type small on cloud site"], holds(result)
+    # Were site to refuse large, its worker goes to aws, within the same CPUs.
+    [first] = [d for d in result.decisions if d.type == "large@site"]
+    assert [(o.type, o.count) for o in first.fallback] == [("large@aws", 1)]
+    # The small jobs older: they take 8 of the 16 CPUs first (4 small workers: one on site, its max, the rest on aws),
+    # one 8-CPU job the booting worker, one more the last 8 CPUs; the fourth is held.
+    jobs = [aged(j, 300 if j["RequestCpus"] == 8 else 900) for j in jobs]
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": on}, farm)
+    assert launches(result) == {"small@site": 1, "small@aws": 3, "large@aws": 1}
+    assert live_cpus(result, farm) + 16 == 24
+
+
+class NoCloud:
+    """A cloud the scale loop is never asked anything of (it stops before its first cycle)."""
+
+    def farm_instances(self) -> list[dict[str, Any]]:
+        raise AssertionError("no cycle runs")
+
+    def launch(self, count: int, token: str, worker_type: scale_spec.WorkerType) -> list[str]:
+        raise AssertionError("no cycle runs")
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        raise AssertionError("no cycle runs")
+
+
+def test_the_loop_says_max_cpus_where_it_says_max_vms(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vfarm.test")
+    stop = threading.Event()
+    stop.set()
+    for text, told in ((FARM, "(min 0, max 100 workers, max-cpus 20)"), (FARM.replace("  max-cpus: 20\n", ""), "(min 0, max 100 workers)")):
+        caplog.clear()
+        scaler = loop.Scaler(spec(text), NoCloud(), apply.CondorDrain("cm"), logging.getLogger("vfarm.test"), clock=lambda: NOW,
+                             pool=lambda: {"jobs": [], "slots": [], "collector": []})
+        assert scaler.loop(stop) == 0
+        assert caplog.messages[0] == f"scaling farm mixed every {spec(text).check_every:.0f}s {told}", caplog.messages
