@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.scaler.test_scale_packing import SIZES as PACKING_SIZES
+from tests.scaler.test_scale_packing import sized
 from vfarm.cli import scale as scale_cli
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
@@ -175,27 +177,9 @@ def test_an_untyped_farm_counts_cpus_per_vm() -> None:
     assert next(d for d in result.decisions if d.action == "launch").reason.endswith("capped at max-cpus 10 (0 CPUs live, 8 in this plan's launches)")
 
 
-# Four types of 1/2/4/8 CPUs listed small first: each job's least-waste type is the one of its CPUs.
-SIZES = """\
-scale:
-  name: mixed
-  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}
-  max-vms: 1000
-  waiting-time: 0
-  idle-time: 600
-  boot-timeout: 100
-  types:
-    - {name: w1, cpus: 1}
-    - {name: w2, cpus: 2}
-    - {name: w4, cpus: 4}
-    - {name: w8, cpus: 8}
-"""
-
-
-def sized(jobs: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Jobs of (CPUs, seconds waited), no memory asked."""
-    return [{"ClusterId": n, "ProcId": 0, "JobStatus": 1, "EnteredCurrentStatus": NOW - waited, "RequestCpus": cpus}
-            for n, (cpus, waited) in enumerate(jobs)]
+# Four types of 1/2/4/8 CPUs listed small first (each job's least-waste type is the one of its
+# CPUs), with room for a thousand workers: max-cpus is what binds.
+SIZES = PACKING_SIZES.replace("max-vms: 30", "max-vms: 1000")
 
 
 def test_the_cpu_budget_goes_to_the_oldest_jobs_first_whatever_their_type() -> None:
