@@ -10,7 +10,6 @@ The mirror is the one the host's apt uses (VFARM_MIRROR or --mirror override it)
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -226,7 +225,7 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
         if variant in LOCAL_SOURCE:
             # The locally built packages, served on loopback for the build only: their line goes.
             argv.append("--customize-hook=sed -i '/127\\.0\\.0\\.1/d' \"$1/etc/apt/sources.list\"")
-            with contextlib.closing(LoopbackServer(cvmfs_local.built_apt())) as server:
+            with LoopbackServer(cvmfs_local.built_apt()) as server:
                 url = server.url
                 run(argv + [suite, str(partial), f"deb {mirror} {suite} main", f"deb [trusted=yes] {url} ./"], timeout=1800)
         else:

@@ -37,3 +37,7 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def __exit__(self, *args: object) -> None:
+        # The base class only closes the socket: the serving thread must stop first.
+        self.close()

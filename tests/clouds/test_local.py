@@ -58,6 +58,17 @@ def test_loopback_server_serves_and_records(tmp_path: Path) -> None:
     assert "GET /hello.txt 200" in server.requests and "GET /missing 404" in server.requests
 
 
+def test_loopback_server_as_a_context_stops_serving(tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_text("hi\n")
+    with local.LoopbackServer(tmp_path) as server:
+        with urllib.request.urlopen(f"{server.url}/hello.txt", timeout=5) as reply:
+            assert reply.read() == b"hi\n"
+    server.thread.join(timeout=10)
+    assert not server.thread.is_alive()  # the base class's exit would only have closed the socket
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/hello.txt", timeout=5)
+
+
 def test_vg_disk_template_carries_an_empty_vg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VFARM_CACHE", str(tmp_path))
     disk, info = local.vg_disk_template("64M", vg="vg_fasttest")

@@ -7,7 +7,6 @@ Includes and `--pin` fetch from a real HTTP server on 127.0.0.1 serving `vfarm h
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -101,7 +100,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """`vfarm handlers` output on a real HTTP server on 127.0.0.1: (folder, URL base)."""
     folder = tmp_path / "www/vfarm"
     assert vfarm(["handlers", str(folder)]) == 0
-    with contextlib.closing(LoopbackServer(folder.parent)) as server:
+    with LoopbackServer(folder.parent) as server:
         yield folder, f"{server.url}/vfarm"
 
 
