@@ -104,11 +104,16 @@ class Section:
         return "\n".join(out) + "\n"
 
 
+def section_pattern(name: str) -> re.Pattern[str]:
+    """Section NAME's block, markers included; group 1 is what lies between them."""
+    return re.compile(rf"<!-- bench:{re.escape(name)} -->(.*?)<!-- /bench:{re.escape(name)} -->\n?", re.S)
+
+
 def write_section(section: Section, output: Path) -> None:
     """Replace SECTION's block in OUTPUT (created with a header when missing), keep the others."""
     text = output.read_text(encoding="utf-8") if output.exists() else HEADER
     block = section.render()
-    pattern = re.compile(rf"<!-- bench:{re.escape(section.name)} -->.*?<!-- /bench:{re.escape(section.name)} -->\n?", re.S)
+    pattern = section_pattern(section.name)
     if pattern.search(text):
         text = pattern.sub(lambda _m: block, text, count=1)
     else:

@@ -612,7 +612,7 @@ def kept_pool_part(output: Path) -> str:
         text = output.read_text(encoding="utf-8")
     except OSError:
         return ""
-    found = re.search(rf"<!-- bench:{NAME} -->(.*?)<!-- /bench:{NAME} -->", text, re.S)
+    found = common.section_pattern(NAME).search(text)
     if not found or POOL_HEADING not in found.group(1):
         return ""
     body = found.group(1)
