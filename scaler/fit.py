@@ -371,6 +371,15 @@ def _fitting(have: Resources, worker_type: WorkerType, request: Request, n: int)
     return fits
 
 
+def _shared_by_type(shared: Sequence[tuple[Sequence[str], int]]) -> dict[str, list[int]]:
+    """Each type's shared limits, as indices into SHARED."""
+    limits_of: dict[str, list[int]] = {}
+    for s, (members, _limit) in enumerate(shared):
+        for member in members:
+            limits_of.setdefault(member, []).append(s)
+    return limits_of
+
+
 def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Resources], allowed: dict[str, int], room: int,
                     shared: Sequence[tuple[Sequence[str], int]], cpus: Optional[int], pack: Optional[str]) -> Assignment:
     """assign() when max-vms (ROOM) or max-cpus (CPUS) binds: the jobs, oldest first, fill the free
@@ -379,12 +388,7 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
     binds): jobs that need a new worker go to the type that holds their group (the waiting jobs of
     the same request) in the fewest workers, ties to least waste ("group"), or to the type that
     holds the most of them per worker ("worker"); None: each job keeps its least-waste type."""
-    limits_of: dict[int, list[int]] = {}
-    names = {t.name: i for i, t in enumerate(types)}
-    for s, (members, _limit) in enumerate(shared):
-        for member in members:
-            if member in names:
-                limits_of.setdefault(names[member], []).append(s)
+    limits_of = _shared_by_type(shared)
     shared_left = [limit for _members, limit in shared]
     own_left = [allowed.get(t.name, 0) for t in types]
     free = [supply.get(t.name, Resources()) for t in types]
@@ -425,14 +429,14 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
             t = types[i]
             asked = Resources(r.cpus * n, (r.memory or 0) * n, r.gpus * n)
             needed = _wanted(t, asked, have[i])
-            own = min([own_left[i], *(shared_left[s] for s in limits_of.get(i, ()))])
+            own = min([own_left[i], *(shared_left[s] for s in limits_of.get(t.name, ()))])
             cap = min(left, cpus_left // t.cpus if cpus_left is not None and t.cpus > 0 else left)
             started = max(0, min(needed, own, cap))
             if started:
                 launch[i] += started
                 have[i] = have[i] + Resources(t.cpus * started, (t.memory or 0) * started, (t.gpus or 0) * started)
                 own_left[i] -= started
-                for s in limits_of.get(i, ()):
+                for s in limits_of.get(t.name, ()):
                     shared_left[s] -= started
                 left -= started
                 if cpus_left is not None:
@@ -463,10 +467,7 @@ def _by_type(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Re
              shared: Sequence[tuple[Sequence[str], int]] = (), cpus: Optional[int] = None) -> Assignment:
     """assign() without a binding cap: each type in the farm's order takes the jobs whose least-waste
     choice it is, and the jobs its own limit stops move to their next choice."""
-    limits_of: dict[str, list[int]] = {}
-    for i, (members, _limit) in enumerate(shared):
-        for member in members:
-            limits_of.setdefault(member, []).append(i)
+    limits_of = _shared_by_type(shared)
     # Each group's jobs, split by how far down their list of choices they had to go.
     placed: list[tuple[Group, int, int]] = [(g, 0, g.count) for g in fitted.groups]  # group, choice position, jobs
     # Every move takes jobs further down their lists, so this ends; a type that starts fewer after
