@@ -197,7 +197,7 @@ class Sim:
         return max(vm.slot_since) if all(s is None for s in vm.slots) else None
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        jobs = [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 1, "QDate": START + j.submit, "EnteredCurrentStatus": START + j.submit,
+        jobs: list[dict[str, Any]] = [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 1, "QDate": START + j.submit, "EnteredCurrentStatus": START + j.submit,
                  "RequestCpus": 1} for j in self.queue]
         jobs += [{"ClusterId": j.id, "ProcId": 0, "JobStatus": 2, "QDate": START + j.submit, "EnteredCurrentStatus": START + (j.start or 0),
                   "RequestCpus": 1, "RemoteHost": f"slot{self.vms[j.vm or ''].slots.index(j.id) + 1}@{j.vm}"} for j in self.running.values()]
@@ -647,7 +647,7 @@ def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, b
     rows: list[list[object]] = []
     for max_vms in args.max_vms or ([30] if args.smoke else MIXED_MAX_VMS):
         farm = {**MIXED_SECTION, "max-vms": max_vms}
-        policies = [VfarmPolicy(farm, "vfarm, consolidation (defaults)", "vfarm"),
+        policies: list[VfarmPolicy | ElastiqPolicy] = [VfarmPolicy(farm, "vfarm, consolidation (defaults)", "vfarm"),
                     VfarmPolicy({**farm, "disruption-budget": 5}, "vfarm, consolidation, disruption-budget 5", "vfarm-5"),
                     VfarmPolicy({**farm, "disruption-budget": 0}, "vfarm, no consolidation", "vfarm-off"),
                     VfarmPolicy({**farm, "types": MIXED_TYPES}, "vfarm, types of 1/2/4/8 CPUs (defaults)", "vfarm-types")]
@@ -670,6 +670,7 @@ def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, b
         figures: dict[str, tuple[float, float]] = {}
         for policy in policies:
             sim = simulate(policy, jobs, boots, hours + 12, MixedSim)
+            assert isinstance(sim, MixedSim)
             waits = [(j.start or 0) - j.submit for j in sim.done]
             p95 = common.percentile(waits, 95)
             figures[policy.slug] = (sim.idle_core_s, p95)

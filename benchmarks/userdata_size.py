@@ -174,7 +174,7 @@ def floor_table() -> str:
 def minifier_figures(graph: Any) -> str:
     """python-minifier (PyPI) on the same modules, if installed: measured, not used by vfarm."""
     try:
-        import python_minifier  # type: ignore[import-not-found]
+        import python_minifier  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return "python-minifier is not installed here: not measured.\n"
     from vfarm.mime_builder import bundle

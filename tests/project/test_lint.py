@@ -45,3 +45,11 @@ def test_mypy_clean(tmp_path: Path) -> None:
     cmd = [str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(tmp_path / "cache"), "-p", "vfarm"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_clean_benchmarks(tmp_path: Path) -> None:
+    view = package_view(tmp_path / "view")
+    env = dict(os.environ, MYPYPATH=str(view))
+    cmd = [str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(tmp_path / "cache"), str(ROOT / "benchmarks")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
