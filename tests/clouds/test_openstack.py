@@ -176,8 +176,10 @@ def test_quota_refused_with_403(openstack_env: OpenStackCloud, capsys: pytest.Ca
 
 def test_quota_race_lost_after_202_is_one_line(openstack_env: OpenStackCloud) -> None:
     """One slot left, two launches before Nova's conductor has recorded either (it is paused, as
-    a busy one is): the API accepts both (202), the conductor's re-check of the quota puts the
-    loser in ERROR; waiting for it is one line naming the quota."""
+    a busy one is): the API accepts both (202), the conductor's re-check of the quota puts a loser
+    in ERROR; waiting for it is one line naming the quota. When the conductor creates both before
+    it re-checks either, both lose (nova.conf's recheck_quota help says so), so one winner is not
+    promised."""
     admin = openstack_env.connect()
     demo_project = admin.identity.find_project("demo", ignore_missing=False)
     admin.compute.update_quota_set(demo_project.id, instances=1)
@@ -194,10 +196,11 @@ def test_quota_race_lost_after_202_is_one_line(openstack_env: OpenStackCloud) ->
             outcomes.append("ACTIVE")
         except openstack.OpenStackError as err:
             outcomes.append(str(err))
-    assert outcomes.count("ACTIVE") == 1, outcomes
-    [loser] = [o for o in outcomes if o != "ACTIVE"]
-    assert "\n" not in loser and PASSWORD not in loser
-    assert " ERROR (Quota exceeded for instances" in loser, loser
+    losers = [o for o in outcomes if o != "ACTIVE"]
+    assert len(losers) in (1, 2), outcomes
+    for loser in losers:
+        assert "\n" not in loser and PASSWORD not in loser
+        assert " ERROR (Quota exceeded for instances" in loser, loser
 
 
 def test_no_valid_host_after_202(openstack_env: OpenStackCloud, capsys: pytest.CaptureFixture[str]) -> None:
