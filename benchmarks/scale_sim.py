@@ -188,6 +188,10 @@ class Sim:
         for name in SAMPLED:
             self.samples[name].append(float(values[name]))
 
+    def waits(self, cpus: Optional[int] = None) -> list[float]:
+        """How long each finished job (of CPUS, if given) waited: start - submit, in seconds."""
+        return [(j.start or 0) - j.submit for j in self.done if cpus is None or getattr(j, "cpus", 1) == cpus]
+
     def finished(self) -> bool:
         return not self.pending and not self.queue and not self.running
 
@@ -559,7 +563,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
         vfarm_policy = VfarmPolicy()
         for policy in (vfarm_policy, ElastiqPolicy()):
             sim = simulate(policy, jobs, boots, hours + 12)
-            waits = [(j.start or 0) - j.submit for j in sim.done]
+            waits = sim.waits()
             summary = (f"job wait median {common.median(waits) / 60:.1f} min, p95 {common.percentile(waits, 95) / 60:.1f} min; "
                        f"{sim.vm_s / 3600:.0f} VM-hours ({sim.idle_s / 3600:.0f} idle); {sim.launches} launches")
             runs.append(Run(max_vms, policy.name, policy.slug, summary, sim.samples))
@@ -671,11 +675,10 @@ def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, b
         for policy in policies:
             sim = simulate(policy, jobs, boots, hours + 12, MixedSim)
             assert isinstance(sim, MixedSim)
-            waits = [(j.start or 0) - j.submit for j in sim.done]
+            waits = sim.waits()
             p95 = common.percentile(waits, 95)
             figures[policy.slug] = (sim.idle_core_s, p95)
-            by_cpus = "/".join(f"{common.percentile([(j.start or 0) - j.submit for j in sim.done if j.cpus == c], 95) / 60:.0f}"  # type: ignore[attr-defined]
-                               for c in (1, 2, 4, 8))
+            by_cpus = "/".join(f"{common.percentile(sim.waits(c), 95) / 60:.0f}" for c in (1, 2, 4, 8))
             rows.append([max_vms, policy.name, f"{len(sim.done)}/{len(jobs)}", f"{common.median(waits) / 60:.1f} min", f"{p95 / 60:.1f} min",
                          by_cpus, f"{sim.vm_s / 3600:.1f}", f"{sim.core_s / 3600:.0f}", sim.peak_cores, f"{sim.idle_core_s / 3600:.0f}",
                          f"{sim.waiting_idle_core_s / 3600:.0f} ({sim.stranded_core_s / 3600:.0f})", sim.launches])
@@ -716,7 +719,7 @@ def mixed_seeds(args: argparse.Namespace, section: common.Section, hours: float,
         figures: dict[str, tuple[float, float]] = {}
         for policy in (ElastiqPolicy(farm), ElastiqCpusPolicy(farm), VfarmPolicy({**farm, "types": MIXED_TYPES}, slug="vfarm-types")):
             sim = simulate(policy, jobs, boots, hours + 12, MixedSim)
-            figures[policy.slug] = (sim.idle_core_s / 3600, common.percentile([(j.start or 0) - j.submit for j in sim.done], 95) / 60)
+            figures[policy.slug] = (sim.idle_core_s / 3600, common.percentile(sim.waits(), 95) / 60)
         (e_idle, e_p95), (c_idle, c_p95), (v_idle, v_p95) = figures["elastiq"], figures["elastiq-cpus"], figures["vfarm-types"]
         ok = v_idle <= 0.7 * e_idle and v_p95 <= e_p95
         met += ok
