@@ -970,7 +970,9 @@ workers save 11-43 % of the idle core-hours (0.57-0.89). What is left is every w
 tail, which the idle-truth rule (never drained less than idle-time after its last job) keeps for
 every policy; `waiting-time` 300-900 s instead of 40 s (launching later, so that more jobs land on
 workers that free up) moved the ratio by 0.02-0.07 at a p95 of 8-18 min (seeds 1, 6, 9 and 10, a
-replay outside the table).
+replay outside the table). Pacing the launches instead (at most 32, 64 or 128 cores booting at
+once, elastiq's waves without its undercount; same replay) reaches neither bound at once: seed 1
+0.66 at a p95 of 92 min and 0.74 at 56 (elastiq: 23.4), seed 9 0.83 at 51 and 0.94 at 30 (20.4).
 """
 
 POOL_NOTE = """Where a cycle's time goes: discover reads the running jobs one by one (none here) and the idle
