@@ -236,7 +236,7 @@ Measured, not done:
   handlers` output of the same vfarm) and tracebacks with renamed locals on the instance.
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole.
-- python-minifier on top of packing (figure above): 6.2 % (2.0 KB) less for torino's modules,
+- python-minifier on top of packing (figure above): 6.3 % (2.0 KB) less for torino's modules,
   which would leave that embed about 17 KB above the limit.
 Why even EC2's 16 KiB is out of reach without new instance code (table above): with the final
 check AND the positional loader both taken out, the packed modules alone are still 16.2 KB for
