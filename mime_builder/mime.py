@@ -312,10 +312,13 @@ def _too_big(config: Config, size: int, max_size: int, gzipped: bool, plain: byt
     helps: list[str] = []
     if not gzipped:
         helps.append(f"--gzip auto would make it {len(compress(plain))} bytes")
-    for option, mode in (("--handlers include=URL_BASE --pin", "include=https://example.invalid/vfarm"), ("--handlers baked", "baked")):
+    # each alternative with where its handlers then come from: an admin reading this has neither yet
+    for option, mode, needs in (("--handlers include=URL_BASE --pin", "include=https://example.invalid/vfarm",
+                                 "hosting what `vfarm handlers DIR` writes at URL_BASE"),
+                                ("--handlers baked", "baked", "an image made with `vfarm image bake`")):
         if handlers.split("=")[0] != mode.split("=")[0]:
             other = assemble(plan_parts(config, mode, attach, mode != "baked")[0])
-            helps.append(f"{option} would make it {len(compress(other))} bytes")
+            helps.append(f"{option} would make it {len(compress(other))} bytes ({needs})")
     helps.append("--max-size if your cloud takes more")
     return BuildError(f"{what} is {size} bytes, {over} over the limit of {max_size}; what helps: {'; '.join(helps)}")
 

@@ -111,9 +111,9 @@ def test_over_the_limit_says_by_how_much_and_what_helps(torino: configuration.Co
     assert "over the limit of 16384" in message and "--gzip auto would make it" in message
     # The alternatives are measured, not guessed: baked carries only the config parts.
     baked = len(mime.build(torino, handlers="baked", gzip="always").data)
-    assert f"--handlers baked would make it {baked} bytes" in message
+    assert f"--handlers baked would make it {baked} bytes (an image made with `vfarm image bake`)" in message
     pinned = len(mime.build(torino, handlers="include=https://example.invalid/vfarm", pin=True, gzip="always").data)
-    assert f"--handlers include=URL_BASE --pin would make it {pinned} bytes" in message
+    assert f"--handlers include=URL_BASE --pin would make it {pinned} bytes (hosting what `vfarm handlers DIR` writes at URL_BASE)" in message
     with pytest.raises(mime.BuildError, match=r"gzipped user-data is \d+ bytes, \d+ over the limit of 100"):
         mime.build(torino, handlers="baked", gzip="always", max_size=100)
     # A pinned include over the limit measures baked without --pin (baked has nothing to pin).
