@@ -50,15 +50,28 @@ def modules_of(entries: list[str], keys: set[str] | None) -> list[tuple[str, int
     return out
 
 
-def packed_savings(entries: list[str], keys: set[str] | None) -> dict[str, int]:
-    """module -> gzip bytes the packed modules lose without it: what that module costs in embed,
-    its text shared with the others counted once (unlike gzip of each alone)."""
+def minified_modules(entries: list[str], keys: set[str] | None) -> dict[str, tuple[bool, str]]:
+    """module -> (is_package, minified source) of every module a bundle of ENTRIES carries."""
     from vfarm.mime_builder import bundle
 
     graph = bundle.collect(entries, keys=keys)
-    modules = {n: (m.is_package, bundle.minify(m.source)) for n, m in graph.modules.items()}
-    whole = gz(bundle.pack(modules, {}).encode())
-    return {name or "(root __init__)": whole - gz(bundle.pack({n: m for n, m in modules.items() if n != name}, {}).encode()) for name in modules}
+    return {n: (m.is_package, bundle.minify(m.source)) for n, m in sorted(graph.modules.items())}
+
+
+def packed_gz(modules: dict[str, tuple[bool, str]], chosen: set[str] | None = None) -> int:
+    """gzip bytes of MODULES (only the CHOSEN ones, if given) packed as the embed library part
+    carries them (bz2, base64), without the schemas, the importer and the other parts."""
+    from vfarm.mime_builder import bundle
+
+    return gz(bundle.pack({n: m for n, m in modules.items() if chosen is None or n in chosen}, {}).encode())
+
+
+def packed_savings(entries: list[str], keys: set[str] | None) -> dict[str, int]:
+    """module -> gzip bytes the packed modules lose without it: what that module costs in embed,
+    its text shared with the others counted once (unlike gzip of each alone)."""
+    modules = minified_modules(entries, keys)
+    whole = packed_gz(modules)
+    return {name or "(root __init__)": whole - packed_gz(modules, set(modules) - {name}) for name in modules}
 
 
 def schema_bytes(names: list[str]) -> list[tuple[str, int, int]]:
@@ -166,18 +179,12 @@ def floor_table() -> str:
 
     rows: list[list[object]] = []
     for names in (["localfs"], ["localfs", "cvmfs"], ["localfs", "condor"]):
-        entries = [f"part_handlers.{n}_handler" for n in names] + [bundle.CHECK_ENTRY]
-        graph = bundle.collect(entries, keys=set(names))
-        modules = {n: (m.is_package, bundle.minify(m.source)) for n, m in sorted(graph.modules.items())}
-
-        def packed(chosen: set[str], modules: dict[str, tuple[bool, str]] = modules) -> int:
-            return gz(bundle.pack({n: m for n, m in modules.items() if n in chosen}, {}).encode())
-
+        modules = minified_modules([f"part_handlers.{n}_handler" for n in names] + [bundle.CHECK_ENTRY], set(names))
         every = set(modules)
         dropped = {name for _label, piece in PIECES for name in piece}
-        cells: list[object] = ["+".join(names), packed(every)]
-        cells += [packed(every - set(piece)) for _label, piece in PIECES]
-        cells += [packed(every - dropped), packed(every & set(HANDLERS_OWN))]
+        cells: list[object] = ["+".join(names), packed_gz(modules)]
+        cells += [packed_gz(modules, every - set(piece)) for _label, piece in PIECES]
+        cells += [packed_gz(modules, every - dropped), packed_gz(modules, every & set(HANDLERS_OWN))]
         rows.append(cells)
     header = ["sections", "all modules", *(f"without {label}" for label, _p in PIECES), "without both", "the handlers' own work only"]
     return ("The library part's modules packed (bz2, base64) and gzipped, without the schemas, the importer and the other parts "
@@ -195,9 +202,9 @@ def minifier_figures(graph: Any) -> str:
     ours = "".join(bundle.minify(m.source) for _n, m in sorted(graph.modules.items())).encode()
     theirs = "".join(python_minifier.minify(m.source, remove_literal_statements=True, hoist_literals=False)
                      for _n, m in sorted(graph.modules.items())).encode()
-    packed_ours = gz(bundle.pack({n: (m.is_package, bundle.minify(m.source)) for n, m in sorted(graph.modules.items())}, {}).encode())
-    packed_theirs = gz(bundle.pack({n: (m.is_package, python_minifier.minify(m.source, remove_literal_statements=True, hoist_literals=False))
-                                    for n, m in sorted(graph.modules.items())}, {}).encode())
+    packed_ours = packed_gz({n: (m.is_package, bundle.minify(m.source)) for n, m in sorted(graph.modules.items())})
+    packed_theirs = packed_gz({n: (m.is_package, python_minifier.minify(m.source, remove_literal_statements=True, hoist_literals=False))
+                               for n, m in sorted(graph.modules.items())})
     return (f"python-minifier {importlib.metadata.version('python-minifier')} (renames locals, drops annotations and docstrings) "
             f"on the library's modules: {len(theirs)} bytes, {gz(theirs)} gzipped, against vfarm's own minify: {len(ours)} bytes, "
             f"{gz(ours)} gzipped ({100 * (gz(ours) - gz(theirs)) / gz(ours):.1f} % less gzipped); packed as embed carries them "
