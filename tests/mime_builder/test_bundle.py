@@ -10,6 +10,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -173,7 +175,7 @@ def test_packed_library_runs_and_carries_the_same_modules(fakepkg: Path, tmp_pat
     (line,) = [x for x in packed.source.splitlines() if x.startswith("_Z = ")]
     modules, data = bundle.unpack(ast.literal_eval(line[len("_Z = ") :]))
     graph = bundle.collect(["entry"], root="fakepkg")
-    assert modules == {n: (m.is_package, bundle.minify(m.source)) for n, m in graph.modules.items()} and data == {}
+    assert modules == {n: (m.is_package, bundle.shrink(m.source)) for n, m in graph.modules.items()} and data == {}
     script = packed.source + f"raise SystemExit(__import__('importlib').import_module({packed.package + '.entry'!r}).main())\n"
     done = isolated(tmp_path, script)
     assert done.returncode == 3, done.stderr
@@ -279,3 +281,19 @@ def test_handlers_command_writes_files_and_sums(tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert vfarm(["handlers", str(tmp_path / "x"), "--only", "nope"]) == 1
     assert capsys.readouterr().err == "vfarm: no part-handler for 'nope' (known: check, condor, cvmfs, localfs)\n"
+
+
+def test_shrunk_fstrings_parse_on_older_pythons_whatever_python_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python 3.12+ python-minifier may nest an f-string's own quote (PEP 701), which the 3.11
+    of a Debian 12 instance refuses. Made to behave as on 3.12 here (its version check and a
+    parser that accepts the nested quote), shrink must still print what this 3.11 parses."""
+    from python_minifier import expression_printer, f_string
+
+    monkeypatch.setattr(expression_printer, "sys", SimpleNamespace(version_info=(3, 12, 0)))
+    monkeypatch.setattr(f_string.FString, "is_correct_ast", lambda self, code: True)
+    source = "def show(record):\n    return f\"{record['name']}: {record['state']!r}\"\n"
+    shrunk = bundle.shrink(source)
+    namespace: dict[str, Any] = {}
+    exec(compile(shrunk, "<shrunk>", "exec"), namespace)
+    assert namespace["show"]({"name": "cvmfs", "state": "ok"}) == "cvmfs: 'ok'"
+    assert len(shrunk) < len(bundle.minify(source))
