@@ -12,6 +12,7 @@ Sizes are deterministic (no timing): one run says it all.
 from __future__ import annotations
 
 import argparse
+import ast
 import gzip
 import importlib.metadata
 import sys
@@ -74,6 +75,23 @@ def packed_savings(entries: list[str], keys: set[str] | None) -> dict[str, int]:
     return {name or "(root __init__)": whole - packed_gz(modules, set(modules) - {name}) for name in modules}
 
 
+def function_savings(modules: dict[str, tuple[bool, str]], top: int) -> list[list[object]]:
+    """The TOP top-level functions and classes of MODULES by what the packed modules lose without
+    each (its lines cut from its module's source as bundled): where an instance rewrite would gain."""
+    whole = packed_gz(modules)
+    rows: list[list[object]] = []
+    for name, (is_package, source) in modules.items():
+        lines = source.splitlines(True)
+        for node in ast.parse(source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+                cut = {**modules, name: (is_package, "".join(lines[:first] + lines[node.end_lineno or node.lineno :]))}
+                rows.append([f"{name}.{node.name}", whole - packed_gz(cut)])
+    rows.sort(key=lambda row: (-int(str(row[1])), str(row[0])))
+    rest = rows[top:]
+    return rows[:top] + [[f"the other {len(rest)}", f"at most {max((int(str(r[1])) for r in rest), default=0)} each"]]
+
+
 def schema_bytes(names: list[str]) -> list[tuple[str, int, int]]:
     from vfarm.mime_builder import bundle
 
@@ -125,6 +143,9 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     section.add("Module by module of the library part (handlers and final check; minified source as bundled; gzip -9 of each alone; "
                 "what the packed modules (bz2, base64, gzip, as the part carries them) lose when that one module is left out):\n")
     section.add(common.table(["module", "bytes", "gzip alone", "packed without it saves"], rows2))
+    section.add("The 20 costliest top-level functions and classes of the same modules (what the packed modules lose when "
+                "that one is cut out):\n")
+    section.add(common.table(["function or class", "packed without it saves"], function_savings(minified_modules(entries, set(names)), 20)))
     core = ["cc_modules.cc_localfs", "cc_modules.cc_cvmfs", "config.localfs", "config.cvmfs"]
     graph = bundle.collect(entries, keys=set(names))
     joined = "".join(bundle.shrink(graph.modules[m].source) for m in core if m in graph.modules).encode()
@@ -241,10 +262,8 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   build with an empty bundle cache about 0.5 s longer.
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
-  hundred bytes: the bundled modules are used almost whole. By function (each top-level
-  function or class of torino's bundle left out in turn), the largest cost 0.7-0.85 KB each
-  (the loader's builder and schema messages, localfs's plan, the check's plan) and the next
-  hundred 0.13-0.7 KB: no one piece to cut, the bytes are spread over the whole instance side.
+  hundred bytes: the bundled modules are used almost whole. By function (table above), no one
+  piece to cut: the bytes are spread over the whole instance side.
 Why even EC2's 16 KiB is out of reach without new instance code (table above): with the final
 check AND the positional loader both taken out, the packed modules alone are still 15.1 KB for
 localfs only, 19.6 KB for torino and 20.3 KB for the condor worker, before the schemas, the
