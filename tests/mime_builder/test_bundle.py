@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -297,3 +298,18 @@ def test_shrunk_fstrings_parse_on_older_pythons_whatever_python_builds(monkeypat
     exec(compile(shrunk, "<shrunk>", "exec"), namespace)
     assert namespace["show"]({"name": "cvmfs", "state": "ok"}) == "cvmfs: 'ok'"
     assert len(shrunk) < len(bundle.minify(source))
+
+
+def test_embed_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """Same config, same user-data: two builds in processes with other string hashing (the order
+    of a set of names is the usual way a minifier's renaming drifts) and no bundle cache."""
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"user-data-{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "VFARM_BUNDLE_CACHE": ""}
+        done = subprocess.run([sys.executable, "-m", "vfarm", "build", str(ROOT / "examples/condor.yaml"), "-o", str(out), "--gzip", "never",
+                               "--max-size", "1000000"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT / "examples")
+        assert done.returncode == 0, done.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    assert b"vfarm-library" in outputs[0]
