@@ -503,6 +503,9 @@ def simulate(policy: Any, jobs: Sequence[Job], boots: list[Optional[float]], lim
             break
         sim.account(TICK)
         now += TICK
+    if isinstance(sim, MixedSim):  # its split of the idle core-hours adds up to them
+        split = sim.tail_core_s + sim.never_used_core_s + sim.beside_jobs_core_s
+        assert abs(split - sim.idle_core_s) <= 1e-6 * max(1.0, sim.idle_core_s), (split, sim.idle_core_s)
     return sim
 
 
@@ -685,8 +688,6 @@ def run_mixed(args: argparse.Namespace, section: common.Section, hours: float, b
         for policy in policies:
             sim = simulate(policy, jobs, boots, hours + 12, MixedSim)
             assert isinstance(sim, MixedSim)
-            split = sim.tail_core_s + sim.never_used_core_s + sim.beside_jobs_core_s
-            assert abs(split - sim.idle_core_s) <= 1e-6 * max(1.0, sim.idle_core_s), (split, sim.idle_core_s)
             waits = sim.waits()
             p95 = common.percentile(waits, 95)
             figures[policy.slug] = (sim.idle_core_s, p95)
@@ -995,10 +996,11 @@ once, elastiq's waves without its undercount; same replay) reaches neither bound
 The last two columns say where the idle core-hours are: vfarm wastes 1.6-8.9 x less beside running
 jobs than elastiq (right-sized workers: 140-512 against 668-1,455 core-hours) and little on workers
 that never ran a job (1-6 % of its idle core-hours), but its tails are 1.1-1.6 x elastiq's: 2.6-5.4
-x as many launches, each worker holding its cores for idle-time after its last job. Launching fewer workers of the larger types (one
-per k waiting jobs of the type, elastiq's count for them, k 2-8; a replay outside the table) cuts
-those tails, and the big jobs then wait about as long as under elastiq: the target held on at most 3
-of the 12 traces for any k, and seeds 1 and 9 stayed at 0.82-1.05.
+x as many launches, each worker holding its cores for idle-time after its last job. Launching fewer
+workers of the larger types (one per k waiting jobs of the type, elastiq's count for them, k 2-8; a
+replay outside the table) cuts those tails, and the big jobs then wait about as long as under
+elastiq: the target held on at most 3 of the 12 traces for any k, and seeds 1 and 9 stayed at
+0.82-1.05.
 """
 
 POOL_NOTE = """Where a cycle's time goes: discover reads the running jobs one by one (none here) and the idle

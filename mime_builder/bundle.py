@@ -164,6 +164,7 @@ def minify(source: str) -> str:
     return "\n".join(out) + "\n"
 
 
+@functools.cache  # one patch of the class per process, not one per module shrunk
 def _old_fstring_syntax() -> None:
     """Make python-minifier print f-strings as Python 3.11 and older parse them, whatever Python
     runs the build: on 3.12+ it may nest an f-string's own quote (PEP 701), which an instance's
