@@ -37,6 +37,8 @@ import collections
 import datetime
 import hashlib
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Union
 
 from ..config.condor import INSTANCE_ATTRIBUTE
@@ -489,37 +491,103 @@ def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
 
 
 def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
-    """The decisions for one snapshot (see the module's doc). Pure: reads nothing else."""
+    """The decisions for one snapshot (see the module's doc). Pure: reads nothing else.
+    Read the farm, fit the waiting jobs, then decide in this order: launches (and holds), drains of
+    idle workers, consolidation, terminations. Each step sees the decisions before it."""
     snapshot = check_snapshot(snapshot, job_numbers=False)
     now = float(snapshot["now"])
     warnings: list[str] = []
-
+    memo = Memo(spec)
+    scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
     started = collector_started(snapshot.get("collector"))
-    collector_young = started is not None and now - started < spec.boot_timeout
+    instances, by_instance = _workers(snapshot, spec, now, scanned, started, memo)
+    known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
+    joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
+    holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
+    farm = _count(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()})
+    fitted, unfit = _fit_waiting(scanned, spec, warnings)
 
+    launching = _launching(farm, fitted)
+    decisions, intents = _launch_decisions(farm, launching, snapshot.get(INTENTS) or {})
+    decisions += _idle_drains(farm, launching)
+    merged = _consolidation(farm, launching, decisions, snapshot.get(CONSOLIDATING) or ())
+    decisions += [Decision(Action.DRAIN, c.reason, instance=c.worker.id, type=c.worker.type, cloud=c.worker.cloud) for c in merged.chosen]
+    decisions += _terminations(farm)
+
+    counted = collections.Counter(w.state for w in instances)
+    return Plan(
+        now=now, decisions=decisions, instances=instances, waiting=fitted.count, demand=sum(f.demand for f in farm.figures.values()),
+        supply=sum(f.supply for f in farm.figures.values()), active=farm.active, states={state.value: counted[state] for state in WorkerState},
+        collector_started=started, warnings=warnings, types=farm.figures, unfit=unfit,
+        # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
+        observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
+        joined=sorted(joined), intents=intents, clouds=_cloud_figures(farm, launching, decisions), consolidating=merged.remembered,
+    )
+
+
+def _workers(snapshot: dict[str, Any], spec: ScaleSpec, now: float, scanned: JobScan, started: Optional[float],
+             memo: Memo) -> tuple[list[Worker], dict[str, list[dict[str, Any]]]]:
+    """The farm's instances as workers in a state (by instance id), and the slot ads of each."""
+    collector_young = started is not None and now - started < spec.boot_timeout
     by_instance: dict[str, list[dict[str, Any]]] = {}
     for slot in snapshot["slots"]:
         owner = slot.get(INSTANCE_ATTRIBUTE)
         if isinstance(owner, str):
             by_instance.setdefault(owner, []).append(slot)
-
-    farm = sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"]))
-    scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
-    running = scanned.running
     observed = snapshot.get(OBSERVED) or {}
-    memo = Memo(spec)
     instances: list[Worker] = []
-    for inst in farm:
+    for inst in sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"])):
         slots = by_instance.get(inst["InstanceId"], [])
         seen = observed.get(inst["InstanceId"])
-        instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, running) if slots else 0,
+        instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, scanned.running) if slots else 0,
                                   float(seen) if seen is not None else None, memo))
-    workers = {w.id: w for w in instances}
-    known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
-    joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
-    holes = black_holes(snapshot["instances"], workers, joined, spec, now, memo)
-    backoff: dict[str, float] = {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()}
+    return instances, by_instance
 
+
+def _fit_waiting(scanned: JobScan, spec: ScaleSpec, warnings: list[str]) -> tuple[fit.Fitted, list[Unfit]]:
+    """The waiting jobs (idle for waiting-time), each on the type that holds it with the least
+    waste; the jobs no type can hold, each reason once in WARNINGS."""
+    try:
+        fitted = fit.rank(scanned.waiting, spec.placements, places=scanned.places, requirements=spec.typed)
+    except fit.RequestError as err:
+        raise SnapshotError(str(err)) from None
+    unfit = [Unfit(tuple(ids), why, fitted.unfit_count[why]) for why, ids in fitted.unfit.items()]
+    for u in unfit:
+        warnings.append(f"{u.count} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
+    if fitted.unevaluated:
+        warnings.append("jobs' Requirements not evaluated: HTCondor's ClassAd library (the htcondor package) is missing")
+    return fitted, unfit
+
+
+@dataclass
+class _Farm:
+    """One cycle's counts of the farm: what each placement holds, and the farm's caps left."""
+
+    spec: ScaleSpec
+    now: float
+    instances: list[Worker]
+    by_instance: dict[str, list[dict[str, Any]]]  # slot ads per instance id
+    figures: dict[str, TypeFigures]  # per placement
+    supply: dict[str, fit.Resources]  # free or booting, per placement
+    backoff: dict[str, float]  # BACKOFF's keys: no such cloud call before then
+    type_active: collections.Counter[str]
+    cloud_active: collections.Counter[str]
+    active: int
+    live_cpus: int  # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included
+
+    @property
+    def room_left(self) -> int:
+        """Workers max-vms lets start."""
+        return max(0, self.spec.max_vms - self.active)
+
+    @property
+    def cpu_room(self) -> Optional[int]:
+        """CPUs max-cpus lets start (None: no max-cpus)."""
+        return max(0, self.spec.max_cpus - self.live_cpus) if self.spec.max_cpus is not None else None
+
+
+def _count(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
+           backoff: dict[str, float]) -> _Farm:
     placements = spec.placements
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
                for p in placements}
@@ -534,43 +602,68 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             supply[w.type] = supply[w.type] + _slot_supply(by_instance.get(w.id, []))
     for name, free in supply.items():
         figures[name].supply = free.cpus
-    active = sum(f.active for f in figures.values())
-    # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included.
-    live_cpus = sum(spec.worker_type(w.type).cpus for w in instances)
-    cpu_room = max(0, spec.max_cpus - live_cpus) if spec.max_cpus is not None else None
     type_active = collections.Counter({p.kind: 0 for p in placements})
     cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
     for p in placements:
         type_active[p.kind] += figures[p.name].active
         if p.on is not None:
             cloud_active[p.on] += figures[p.name].active
+    return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
+                 live_cpus=sum(spec.worker_type(w.type).cpus for w in instances))
 
-    # Waiting jobs: idle long enough; each goes to the type that holds it with the least waste.
-    waiting, places = scanned.waiting, scanned.places
-    try:
-        fitted = fit.rank(waiting, placements, places=places, requirements=spec.typed)
-    except fit.RequestError as err:
-        raise SnapshotError(str(err)) from None
-    unfit = [Unfit(tuple(ids), why, fitted.unfit_count[why]) for why, ids in fitted.unfit.items()]
-    for u in unfit:
-        warnings.append(f"{u.count} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")
-    count = fitted.count
-    over_threshold = count > spec.waiting_jobs_threshold
 
-    # How many of each type may start this cycle by its own limits (each type's max, each cloud's
-    # max, black hole, back-off); the farm's caps (max-vms: room_left, max-cpus: cpu_room) are
-    # fit.assign's to hand out. A hybrid farm's limits shared by several placements (a type's max
-    # over its clouds, a cloud's max over its types) are used up in the farm's order by fit.assign.
-    room_left = max(0, spec.max_vms - active)
+@dataclass
+class _Launching:
+    """What this cycle starts of each placement, and what held the rest back."""
+
+    fitted: fit.Fitted
+    over_threshold: bool
+    allowed: dict[str, int]  # at most per placement, by its own limits (its max, its cloud's, black hole, back-off)
+    held: dict[str, str]  # placements those limits hold at 0, and why
+    shared: Shared
+    assigned: fit.Assignment
+    launches: dict[str, int]
+    min_only: set[str]  # placements started only for min-vms
+
+
+def _launching(farm: _Farm, fitted: fit.Fitted) -> _Launching:
+    """How many of each placement start: what the waiting jobs need within every limit, then
+    min-vms's workers of the first placements that may start."""
+    spec = farm.spec
+    over_threshold = fitted.count > spec.waiting_jobs_threshold
+    allowed, held = _own_limits(farm)
+    shared = _shared_limits(farm)
+    assigned = fit.assign(fitted, spec.placements, farm.supply, allowed, farm.room_left, shared, farm.cpu_room)
+    for name, fig in farm.figures.items():
+        fig.waiting, fig.demand, fig.wanted = assigned.waiting[name], assigned.demand[name], assigned.wanted[name] if over_threshold else 0
+    launches = {name: (n if over_threshold else 0) for name, n in assigned.launch.items()}
+    short = spec.min_vms - farm.active - sum(launches.values())
+    min_only: set[str] = set()
+    for p in spec.placements:
+        extra = min(short, allowed[p.name] - launches[p.name], farm.room_left - sum(launches.values()), _shared_room(shared, p.name, launches),
+                    _cpu_room(farm, launches) // p.cpus)
+        if extra > 0:
+            min_only |= {p.name} if launches[p.name] == 0 else set()
+            launches[p.name] += extra
+            short -= extra
+    return _Launching(fitted, over_threshold, allowed, held, shared, assigned, launches, min_only)
+
+
+def _own_limits(farm: _Farm) -> tuple[dict[str, int], dict[str, str]]:
+    """How many of each placement may start this cycle by its own limits (its type's max, its
+    cloud's max, black hole, back-off), and why a placement held at 0 is. The farm's caps (max-vms,
+    max-cpus) are fit.assign's to hand out; so are a hybrid farm's limits shared by several
+    placements (a type's max over its clouds, a cloud's max over its types), in the farm's order."""
+    spec, now = farm.spec, farm.now
     allowed: dict[str, int] = {}
     held: dict[str, str] = {}
-    for p in placements:
-        f = figures[p.name]
+    for p in spec.placements:
+        f = farm.figures[p.name]
         t = spec.worker_type(p.kind)
-        room = t.max - type_active[p.kind] if t.max is not None else NUMBER_LIMIT
+        room = t.max - farm.type_active[p.kind] if t.max is not None else NUMBER_LIMIT
         cloud = spec.cloud_named(p.on)
         if cloud is not None and cloud.max is not None:
-            room = min(room, cloud.max - cloud_active[cloud.name])
+            room = min(room, cloud.max - farm.cloud_active[cloud.name])
         limit = max(0, room)
         hole = f.black_hole
         if hole.blocked:
@@ -583,55 +676,40 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         if now < f.launch_backoff_until:
             limit, held[p.name] = 0, f"launch postponed, cloud back-off for {f.launch_backoff_until - now:.0f}s more after a failed launch"
         allowed[p.name] = limit
-    shared = _shared_limits(spec, type_active, cloud_active)
-    assigned = fit.assign(fitted, placements, supply, allowed, room_left, shared, cpu_room)
-    if fitted.unevaluated:
-        warnings.append("jobs' Requirements not evaluated: HTCondor's ClassAd library (the htcondor package) is missing")
-    for name, fig in figures.items():
-        fig.waiting, fig.demand, fig.wanted = assigned.waiting[name], assigned.demand[name], assigned.wanted[name] if over_threshold else 0
-    demand = sum(f.demand for f in figures.values())
-    total_supply = sum(f.supply for f in figures.values())
+    return allowed, held
 
-    decisions: list[Decision] = []
-    launches = {name: (n if over_threshold else 0) for name, n in assigned.launch.items()}
-    # min-vms: workers of the first types that may start, on top of what the queue needs.
-    short = spec.min_vms - active - sum(launches.values())
-    min_only: set[str] = set()
-    for p in placements:
-        extra = min(short, allowed[p.name] - launches[p.name], room_left - sum(launches.values()), _shared_room(shared, p.name, launches),
-                    _cpu_room(spec, cpu_room, launches) // p.cpus)
-        if extra > 0:
-            min_only |= {p.name} if launches[p.name] == 0 else set()
-            launches[p.name] += extra
-            short -= extra
 
-    intents = {name: (str(i["token"]), int(i["count"])) for name, i in (snapshot.get(INTENTS) or {}).items()}
+def _launch_decisions(farm: _Farm, launching: _Launching, intents_seen: dict[str, Any]) -> tuple[list[Decision], dict[str, tuple[str, int]]]:
+    """A launch (with its fallbacks), a hold or a forgotten launch intent per placement, and the
+    launch intents kept for the next cycle."""
+    spec, now, launches = farm.spec, farm.now, launching.launches
+    intents = {name: (str(i["token"]), int(i["count"])) for name, i in intents_seen.items()}
     kept: dict[str, tuple[str, int]] = {}
-    fallen: dict[str, int] = {}  # per cloud: what the launches' fallbacks would start there
-    for p in placements:
-        f, n = figures[p.name], launches[p.name]
+    decisions: list[Decision] = []
+    for p in spec.placements:
+        f, n = farm.figures[p.name], launches[p.name]
         t = spec.worker_type(p.kind)
         intent = intents.get(p.name)
         of_type = (f" of type {p.kind}" if spec.typed else "") + (f" on cloud {p.on}" if p.on is not None else "")
         if n <= 0:
             if f.wanted > 0:
-                reached = _reached(spec, p, type_active, cloud_active, launches, active, live_cpus)
-                decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {held.get(p.name, reached)}", type=p.name,
-                                          cloud=p.on))
+                reached = _reached(farm, p, launches)
+                decisions.append(Decision(Action.HOLD, f"{f.wanted} more worker(s){of_type} wanted but {launching.held.get(p.name, reached)}",
+                                          type=p.name, cloud=p.on))
                 if intent is not None:
                     kept[p.name] = intent  # still wanted: retried with its token once allowed
             elif intent is not None:
                 decisions.append(Decision(Action.FORGET, f"launch of {intent[1]} worker(s){of_type} of unknown outcome no longer wanted",
                                           type=p.name, count=intent[1], token=intent[0], cloud=p.on))
             continue
-        if p.name in min_only:
-            why = f"min-vms is {spec.min_vms}, {active} active"
+        if p.name in launching.min_only:
+            why = f"min-vms is {spec.min_vms}, {farm.active} active"
         else:
             why = f"{f.waiting} waiting job(s) need {f.demand} CPU(s), {f.supply} free or booting: {f.wanted} more worker(s) of {t.cpus} CPUs"
             why = f"type {p.kind}: {why}" if spec.typed else why
             why = f"cloud {p.on}: {why}" if p.on is not None else why
             if f.wanted > n and not f.black_hole.probing:
-                why += ", capped at " + _reached(spec, p, type_active, cloud_active, launches, active, live_cpus, capped=True)
+                why += ", capped at " + _reached(farm, p, launches, capped=True)
         if f.black_hole.probing:
             why = f"probe after a black hole ({f.black_hole.streak} lost in a row); " + why
         if intent is not None and intent[1] <= n:
@@ -639,103 +717,114 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
             why += "; the same token as a launch of unknown outcome"
         else:
             token = client_token(_token_name(spec, p), now, n)
-        options = _fallback(fitted, spec, supply, allowed, room_left, launches, p, now, shared, cpu_room) if over_threshold else ()
-        for option in options:
-            if option.cloud is not None:
-                fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
+        options = _fallback(farm, launching, p) if launching.over_threshold else ()
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
+    return decisions, kept
 
-    # Drain: workers idle for idle-time, the longest idle first, never below min-vms; while the
-    # queue is quiet, all of them. While jobs wait and max-vms or max-cpus holds back the workers of
-    # the types they need, as many idle workers of other types as make room (workers under max-vms;
-    # CPUs under max-cpus, less those of workers already on their way out): jobs that waited while a
-    # worker stayed idle for idle-time cannot run there (a farm of several types would starve
-    # otherwise); never one of a type waiting jobs are fitted to.
+
+def _idle_drains(farm: _Farm, launching: _Launching) -> list[Decision]:
+    """Workers idle for idle-time, the longest idle first, never below min-vms; while the queue is
+    quiet, all of them. While jobs wait and max-vms or max-cpus holds back the workers of the types
+    they need, as many idle workers of other types as make room (workers under max-vms; CPUs under
+    max-cpus, less those of workers already on their way out): jobs that waited while a worker stayed
+    idle for idle-time cannot run there (a farm of several types would starve otherwise); never one
+    of a type waiting jobs are fitted to."""
+    spec, now, launches, over_threshold = farm.spec, farm.now, launching.launches, launching.over_threshold
     # Held back: workers max-vms or max-cpus keeps from starting (not a type's own max, black hole or back-off).
     held_back: dict[str, int] = {}
-    for p in placements:
-        capped = min(assigned.capped[p.name], figures[p.name].wanted - launches[p.name]) if p.name not in held else 0
+    for p in spec.placements:
+        capped = min(launching.assigned.capped[p.name], farm.figures[p.name].wanted - launches[p.name]) if p.name not in launching.held else 0
         if capped > 0:
             kind = spec.worker_type(p.name).kind
             held_back[kind] = held_back.get(kind, 0) + capped
-    make_room = sum(held_back.values()) if over_threshold and room_left - sum(launches.values()) <= 0 else 0
+    make_room = sum(held_back.values()) if over_threshold and farm.room_left - sum(launches.values()) <= 0 else 0
     make_cpus = 0
-    if over_threshold and cpu_room is not None and held_back:
-        leaving_cpus = sum(spec.worker_type(w.type).cpus for w in instances if w.state not in ACTIVE)
+    if over_threshold and farm.cpu_room is not None and held_back:
+        leaving_cpus = sum(spec.worker_type(w.type).cpus for w in farm.instances if w.state not in ACTIVE)
         needed_cpus = sum(n * spec.worker_type(kind).cpus for kind, n in held_back.items())
-        free_cpus = _cpu_room(spec, cpu_room, launches)
+        free_cpus = _cpu_room(farm, launches)
         if free_cpus < max(spec.worker_type(kind).cpus for kind in held_back):  # max-cpus is what holds them back
             make_cpus = max(0, needed_cpus - free_cpus - leaving_cpus)
+    if over_threshold and not make_room and not make_cpus:
+        return []
     # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there.
-    wanted_kinds = {spec.worker_type(p.name).kind for p in placements if figures[p.name].waiting > 0}
-    if not over_threshold or make_room or make_cpus:
-        candidates = [w for w in instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
-                      and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
-        candidates.sort(key=lambda w: (w.idle_since, w.id))
-        room = max(0, active - spec.min_vms)
+    wanted_kinds = {spec.worker_type(p.name).kind for p in spec.placements if farm.figures[p.name].waiting > 0}
+    candidates = [w for w in farm.instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
+                  and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
+    candidates.sort(key=lambda w: (w.idle_since, w.id))
+    room = max(0, farm.active - spec.min_vms)
+    if over_threshold:
+        # Enough workers for max-vms and enough CPUs for max-cpus, the longest idle first.
+        freed, taken = 0, 0
+        while taken < min(room, len(candidates)) and (taken < make_room or freed < make_cpus):
+            freed += spec.worker_type(candidates[taken].type).cpus
+            taken += 1
+        room = taken
+    needed = ", ".join(f"{n} of type {kind}" for kind, n in held_back.items())
+    limits = " and ".join(limit for limit, binds in ((f"max-vms {spec.max_vms}", make_room), (f"max-cpus {spec.max_cpus}", make_cpus)) if binds)
+    decisions: list[Decision] = []
+    for w in candidates[:room]:
+        assert w.idle_since is not None
+        why = f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)"
         if over_threshold:
-            # Enough workers for max-vms and enough CPUs for max-cpus, the longest idle first.
-            freed, taken = 0, 0
-            while taken < min(room, len(candidates)) and (taken < make_room or freed < make_cpus):
-                freed += spec.worker_type(candidates[taken].type).cpus
-                taken += 1
-            room = taken
-        needed = ", ".join(f"{n} of type {kind}" for kind, n in held_back.items())
-        limits = " and ".join(limit for limit, binds in ((f"max-vms {spec.max_vms}", make_room), (f"max-cpus {spec.max_cpus}", make_cpus)) if binds)
-        for w in candidates[:room]:
-            assert w.idle_since is not None
-            why = f"idle for {now - w.idle_since:.0f}s (idle-time {spec.idle_time:.0f}s)"
-            if over_threshold:
-                why += f"; room under {limits} for the workers the waiting jobs need ({needed})"
-            decisions.append(Decision(Action.DRAIN, why, instance=w.id, type=w.type, cloud=w.cloud))
-        for w in candidates[room:]:
-            if not over_threshold:
-                w.reason += f"; kept for min-vms {spec.min_vms}"
+            why += f"; room under {limits} for the workers the waiting jobs need ({needed})"
+        decisions.append(Decision(Action.DRAIN, why, instance=w.id, type=w.type, cloud=w.cloud))
+    for w in candidates[room:]:
+        if not over_threshold:
+            w.reason += f"; kept for min-vms {spec.min_vms}"
+    return decisions
 
-    # Consolidation: half-empty workers drained so that the others fill (scaler/consolidate.py).
+
+def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision], remembered: Iterable[str]) -> consolidate.Consolidation:
+    """Half-empty workers to drain so that the others fill (scaler/consolidate.py), within what
+    min-vms leaves beside the drains already decided. REMEMBERED: the ids earlier cycles chose."""
+    spec = farm.spec
     leaving = sum(1 for d in decisions if d.action is Action.DRAIN)
-    quiet = not over_threshold and not any(d.action is Action.LAUNCH for d in decisions)
-    merged = consolidate.choose(instances, {w.id: consolidate.load_of(by_instance.get(w.id, ())) for w in instances if w.state in consolidate.OPEN},
-                                snapshot.get(CONSOLIDATING) or (), spec.idle_cpus_budget, spec.disruption_budget,
-                                max(0, active - spec.min_vms - leaving), quiet)
-    for choice in merged.chosen:
-        decisions.append(Decision(Action.DRAIN, choice.reason, instance=choice.worker.id, type=choice.worker.type, cloud=choice.worker.cloud))
+    quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions)
+    loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ())) for w in farm.instances if w.state in consolidate.OPEN}
+    return consolidate.choose(farm.instances, loads, remembered, spec.idle_cpus_budget, spec.disruption_budget,
+                              max(0, farm.active - spec.min_vms - leaving), quiet)
 
-    # Terminate: lost and drained instances, never one holding a claim.
-    for w in instances:
+
+def _terminations(farm: _Farm) -> list[Decision]:
+    """Lost and drained instances, never one holding a claim; held while the cloud backs off."""
+    decisions: list[Decision] = []
+    for w in farm.instances:
         if w.state in END_OF and w.claimed == 0:
-            terminate_backoff = backoff.get(terminate_key(w.cloud), 0.0)
-            if now < terminate_backoff:
-                decisions.append(Decision(Action.HOLD, f"terminate postponed: cloud back-off for {terminate_backoff - now:.0f}s more; {w.reason}",
+            terminate_backoff = farm.backoff.get(terminate_key(w.cloud), 0.0)
+            if farm.now < terminate_backoff:
+                decisions.append(Decision(Action.HOLD, f"terminate postponed: cloud back-off for {terminate_backoff - farm.now:.0f}s more; {w.reason}",
                                           instance=w.id, type=w.type, cloud=w.cloud))
             else:
                 decisions.append(Decision(Action.TERMINATE, w.reason, instance=w.id, type=w.type, cloud=w.cloud))
+    return decisions
 
-    clouds = {c.name: CloudFigures(c.name, c.kind, c.max, cloud_active[c.name], sum(launches[p.name] for p in placements if p.on == c.name),
+
+def _cloud_figures(farm: _Farm, launching: _Launching, decisions: list[Decision]) -> dict[str, CloudFigures]:
+    """Per cloud of a hybrid farm: its workers by state, what this plan starts there and what
+    the launches' fallbacks would start there instead."""
+    spec, launches = farm.spec, launching.launches
+    fallen: dict[str, int] = {}
+    for option in (o for d in decisions if d.action is Action.LAUNCH for o in d.fallback):
+        if option.cloud is not None:
+            fallen[option.cloud] = fallen.get(option.cloud, 0) + option.count
+    clouds = {c.name: CloudFigures(c.name, c.kind, c.max, farm.cloud_active[c.name], sum(launches[p.name] for p in spec.placements if p.on == c.name),
                                    fallen.get(c.name, 0), {state.value: 0 for state in WorkerState},
-                                   backoff.get(f"launch@{c.name}", 0.0), backoff.get(terminate_key(c.name), 0.0))
+                                   farm.backoff.get(f"launch@{c.name}", 0.0), farm.backoff.get(terminate_key(c.name), 0.0))
               for c in spec.clouds}
-    for w in instances:
+    for w in farm.instances:
         if w.cloud in clouds:
             clouds[w.cloud].states[w.state.value] += 1
-
-    counted = collections.Counter(w.state for w in instances)
-    by_state = {state.value: counted[state] for state in WorkerState}
-    return Plan(
-        now=now, decisions=decisions, instances=instances, waiting=count, demand=demand, supply=total_supply, active=active,
-        states=by_state, collector_started=started, warnings=warnings, types=figures, unfit=unfit,
-        # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
-        observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
-        joined=sorted(joined), intents=kept, clouds=clouds, consolidating=merged.remembered,
-    )
+    return clouds
 
 
 # Limits shared by several placements: (the placements, in order, and how many more may start among them).
 Shared = list[tuple[list[str], int]]
 
 
-def _shared_limits(spec: ScaleSpec, type_active: dict[str, int], cloud_active: dict[str, int]) -> Shared:
+def _shared_limits(farm: _Farm) -> Shared:
     """A hybrid farm's limits over several placements: each type's max over its clouds, each cloud's max over its types."""
+    spec, type_active, cloud_active = farm.spec, farm.type_active, farm.cloud_active
     if not spec.hybrid:
         return []
     shared: Shared = []
@@ -755,16 +844,17 @@ def _shared_room(shared: Shared, name: str, launches: dict[str, int]) -> int:
     return min([limit - sum(launches[m] for m in members) for members, limit in shared if name in members], default=NUMBER_LIMIT)
 
 
-def _cpu_room(spec: ScaleSpec, cpu_room: Optional[int], launches: dict[str, int]) -> int:
+def _cpu_room(farm: _Farm, launches: dict[str, int]) -> int:
     """CPUs max-cpus leaves for more launches beyond LAUNCHES (no max-cpus: no limit)."""
-    if cpu_room is None:
+    if farm.cpu_room is None:
         return NUMBER_LIMIT
-    return max(0, cpu_room - sum(n * spec.worker_type(name).cpus for name, n in launches.items()))
+    return max(0, farm.cpu_room - sum(n * farm.spec.worker_type(name).cpus for name, n in launches.items()))
 
 
-def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int], cloud_active: dict[str, int], launches: dict[str, int],
-             active: int, live_cpus: int, capped: bool = False) -> str:
-    """Which maximum binds PLACEMENT: its type's max, its cloud's max, max-cpus, or max-vms."""
+def _reached(farm: _Farm, placement: WorkerType, launches: dict[str, int], capped: bool = False) -> str:
+    """Which maximum binds PLACEMENT beside LAUNCHES: its type's max, its cloud's max, max-cpus,
+    or max-vms. CAPPED: the short form, for a launch capped at it."""
+    spec, type_active, cloud_active, active, live_cpus = farm.spec, farm.type_active, farm.cloud_active, farm.active, farm.live_cpus
     t = spec.worker_type(placement.kind)
     cloud = spec.cloud_named(placement.on)
     if t.max is not None and type_active[t.name] + sum(launches[p.name] for p in spec.placements if p.kind == t.name) >= t.max:
@@ -779,20 +869,20 @@ def _reached(spec: ScaleSpec, placement: WorkerType, type_active: dict[str, int]
     return f"max-vms {spec.max_vms} ({active} active)" if capped else f"max-vms {spec.max_vms} reached ({active} active)"
 
 
-def _fallback(fitted: fit.Fitted, spec: ScaleSpec, supply: dict[str, fit.Resources], allowed: dict[str, int], room: int,
-              launches: dict[str, int], refused: WorkerType, now: float, shared: Shared, cpu_room: Optional[int] = None) -> tuple[LaunchOption, ...]:
+def _fallback(farm: _Farm, launching: _Launching, refused: WorkerType) -> tuple[LaunchOption, ...]:
     """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
     without that type (in a hybrid farm: without any type on that cloud, so the next clouds take
     the rest), beyond what this plan starts of the others."""
+    spec = farm.spec
     if len(spec.placements) == 1:
         return ()
     closed = {p.name: 0 for p in spec.placements if p.name == refused.name or (refused.on is not None and p.on == refused.on)}
-    other = fit.assign(fitted, spec.placements, supply, {**allowed, **closed}, room, shared, cpu_room)
+    other = fit.assign(launching.fitted, spec.placements, farm.supply, {**launching.allowed, **closed}, farm.room_left, launching.shared, farm.cpu_room)
     options = []
     for p in spec.placements:
-        more = other.launch[p.name] - launches[p.name]
+        more = other.launch[p.name] - launching.launches[p.name]
         if p.name not in closed and more > 0:
-            options.append(LaunchOption(p.name, more, client_token(f"{_token_name(spec, p)}:instead-of:{refused.name}", now, more), p.on))
+            options.append(LaunchOption(p.name, more, client_token(f"{_token_name(spec, p)}:instead-of:{refused.name}", farm.now, more), p.on))
     return tuple(options)
 
 
