@@ -275,79 +275,94 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
             raise InspectError(f"gzip data that does not decompress: {err}") from None
         compressed = True
     is_mime = b"mime-version:" in data[:4096].lower()
-    if is_mime:
-        # The parser checks every line against every open multipart's boundary, and nests a
-        # generator per section: count the sections before parsing.
-        containers = sum(1 for _ in itertools.islice(CONTAINER.finditer(data), MAX_CONTAINERS + 1))
-        if containers > MAX_CONTAINERS:
-            raise InspectError(
-                f"more than {MAX_CONTAINERS} multipart (or message/) sections: refused (vfarm inspect's limit on MIME nesting; "
-                "a built user-data has one)"
-            )
-        try:
-            message = email.message_from_string(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InspectError("a MIME message that is not UTF-8 text") from None
-        except RecursionError:
-            raise InspectError("MIME parts nested too deeply") from None
-        leaves = _leaves(message)
-        if b"mime-version:" in data.lower() and not leaves:
-            raise InspectError("a MIME message without any part")
-        found = [(p.get_content_type(), p.get_filename() or "", _decoded(p)) for p in leaves]
-    else:
-        if b"mime-version:" in data.lower():
-            warnings.append("'MIME-Version:' is not in the first 4096 bytes: cloud-init takes the whole file as one plain part")
-        found = [("text/x-not-multipart", "", data)]
-    parts: list[PartInfo] = []
+    found = _mime_parts(data) if is_mime else [("text/x-not-multipart", "", data)]
+    if not is_mime and b"mime-version:" in data.lower():
+        warnings.append("'MIME-Version:' is not in the first 4096 bytes: cloud-init takes the whole file as one plain part")
     handlers: dict[str, int] = {}  # type -> index of the part that registers it
-    custom_seen: list[tuple[int, str]] = []
-    # Pass 1: types, and who registers what where.
-    for number, (ctype, filename, payload) in enumerate(found, start=1):
-        was_compressed = False
-        if ctype in DECOMP_TYPES:
-            try:
-                payload = budget.gunzip(payload, f"part {number} ({filename or ctype}): gzip data that")
-            except (OSError, EOFError, zlib.error):
-                warnings.append(f"part {number} ({filename or ctype}) is typed {ctype} but does not decompress: cloud-init aborts the user-data")
-                parts.append(PartInfo(number, ctype, filename, len(payload), "none (broken gzip)"))
-                continue
-            was_compressed = True
-            ctype = "text/plain"
-        if ctype in TYPE_NEEDED:
-            ctype = type_from_payload(payload) or ctype
-        info = PartInfo(number, ctype, filename or f"part-{number:03d}", len(payload), "")
+    parts = [_read_part(number, *part, budget, handlers, warnings) for number, part in enumerate(found, start=1)]
+    _route(parts, handlers, warnings)
+    if len(raw) > limit:
+        warnings.append(f"{len(raw)} bytes: {len(raw) - limit} over the limit of {limit} bytes")
+    if len(warnings) > MAX_WARNINGS:
+        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
+    return Report(len(raw), compressed, len(data), limit, is_mime, parts, warnings)
+
+
+def _mime_parts(data: bytes) -> list[tuple[str, str, bytes]]:
+    """(type, file name, payload) of each part of the MIME message DATA, in walk() order."""
+    # The parser checks every line against every open multipart's boundary, and nests a
+    # generator per section: count the sections before parsing.
+    containers = sum(1 for _ in itertools.islice(CONTAINER.finditer(data), MAX_CONTAINERS + 1))
+    if containers > MAX_CONTAINERS:
+        raise InspectError(
+            f"more than {MAX_CONTAINERS} multipart (or message/) sections: refused (vfarm inspect's limit on MIME nesting; "
+            "a built user-data has one)"
+        )
+    try:
+        message = email.message_from_string(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InspectError("a MIME message that is not UTF-8 text") from None
+    except RecursionError:
+        raise InspectError("MIME parts nested too deeply") from None
+    leaves = _leaves(message)
+    if not leaves:
+        raise InspectError("a MIME message without any part")
+    return [(p.get_content_type(), p.get_filename() or "", _decoded(p)) for p in leaves]
+
+
+def _read_part(number: int, ctype: str, filename: str, payload: bytes, budget: _Budget, handlers: dict[str, int],
+               warnings: list[str]) -> PartInfo:
+    """Part NUMBER as cloud-init types it (gzip parts unpacked, plain ones typed by their first
+    line), the types it registers (into HANDLERS, the first part for each type) and its URLs."""
+    if ctype in DECOMP_TYPES:
         try:
-            info.content = _config_content(ctype, payload)
-        except _NotShown as why:
-            warnings.append(f"part {number} ({info.filename}) is a config part vfarm's loader refuses: {why}")
-        if was_compressed:
-            info.handler = "compressed"
-            if ctype == "text/plain":
-                warnings.append(
-                    f"part {number} ({info.filename}) is a gzip-compressed part: cloud-init cannot route it to a custom handler "
-                    "(its type is lost); compress the whole user-data instead (vfarm build --gzip)"
-                )
-        if ctype == PART_HANDLER:
-            types = handler_types(payload)
-            info.registers = types if types is not None else ["?"]
-            info.urls = _pins(payload)
-            for t in types or []:
+            payload = budget.gunzip(payload, f"part {number} ({filename or ctype}): gzip data that")
+        except (OSError, EOFError, zlib.error):
+            warnings.append(f"part {number} ({filename or ctype}) is typed {ctype} but does not decompress: cloud-init aborts the user-data")
+            return PartInfo(number, ctype, filename, len(payload), "none (broken gzip)")
+        was_compressed, ctype = True, "text/plain"
+    else:
+        was_compressed = False
+    if ctype in TYPE_NEEDED:
+        ctype = type_from_payload(payload) or ctype
+    info = PartInfo(number, ctype, filename or f"part-{number:03d}", len(payload), "")
+    try:
+        info.content = _config_content(ctype, payload)
+    except _NotShown as why:
+        warnings.append(f"part {number} ({info.filename}) is a config part vfarm's loader refuses: {why}")
+    if was_compressed:
+        info.handler = "compressed"
+        if ctype == "text/plain":
+            warnings.append(
+                f"part {number} ({info.filename}) is a gzip-compressed part: cloud-init cannot route it to a custom handler "
+                "(its type is lost); compress the whole user-data instead (vfarm build --gzip)"
+            )
+    if ctype == PART_HANDLER:
+        types = handler_types(payload)
+        info.registers = types if types is not None else ["?"]
+        info.urls = _pins(payload)
+        for t in types or []:
+            handlers.setdefault(t, number)
+        if types is None:
+            warnings.append(f"part {number} ({info.filename}) is a part-handler whose types cannot be read without running it")
+    elif ctype in INCLUDE_TYPES:
+        for line in payload.decode("utf-8", "replace").splitlines():
+            url = re.sub(r"^#include(-once)?", "", line.strip(), flags=re.I).strip()
+            if not url or url.startswith("#"):
+                continue
+            info.urls.append(url)
+            named = HANDLER_URL.search(url)
+            if named:
+                t = f"text/{named.group(1)}-config"
+                info.registers.append(t)
                 handlers.setdefault(t, number)
-            if types is None:
-                warnings.append(f"part {number} ({info.filename}) is a part-handler whose types cannot be read without running it")
-        elif ctype in INCLUDE_TYPES:
-            for line in payload.decode("utf-8", "replace").splitlines():
-                url = re.sub(r"^#include(-once)?", "", line.strip(), flags=re.I).strip()
-                if not url or url.startswith("#"):
-                    continue
-                info.urls.append(url)
-                named = HANDLER_URL.search(url)
-                if named:
-                    t = f"text/{named.group(1)}-config"
-                    info.registers.append(t)
-                    handlers.setdefault(t, number)
-        parts.append(info)
-    # Pass 2: who takes each part, and the warnings.
+    return info
+
+
+def _route(parts: list[PartInfo], handlers: dict[str, int], warnings: list[str]) -> None:
+    """Who takes each part (its `handler`), with the warnings: a part before its handler, a type
+    nobody handles, an include or pinned URL that is not https or not pinned."""
+    unhandled: list[PartInfo] = []
     for info in parts:
         ctype = info.type
         if info.handler:
@@ -374,24 +389,18 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
                 warnings.append(f"part {info.index} ({info.filename}, {ctype}) comes before its handler (part {owner}): cloud-init drops it")
         else:
             info.handler = "none in this user-data"
-            custom_seen.append((info.index, ctype))
+            unhandled.append(info)
         if info.type == PART_HANDLER:
             for url in info.urls:
                 if not url.lower().startswith("https://"):
                     warnings.append(f"part {info.index}: pinned URL {url} is not https: its sha256 is checked, but the file travels in clear")
-    for index, ctype in custom_seen:
-        name = parts[index - 1].filename
-        if re.fullmatch(r"text/[a-z][a-z0-9_]*-config", ctype):
+    for info in unhandled:
+        if re.fullmatch(r"text/[a-z][a-z0-9_]*-config", info.type):
             warnings.append(
-                f"part {index} ({name}): nobody in this user-data handles {ctype}: only an image with that handler baked in "
+                f"part {info.index} ({info.filename}): nobody in this user-data handles {info.type}: only an image with that handler baked in "
                 "(/var/lib/cloud/handlers) takes it"
             )
-        elif ctype == "text/x-not-multipart":
-            warnings.append(f"part {index}: cloud-init does not recognise this user-data (no MIME, no known first line): nothing handles it")
+        elif info.type == "text/x-not-multipart":
+            warnings.append(f"part {info.index}: cloud-init does not recognise this user-data (no MIME, no known first line): nothing handles it")
         else:
-            warnings.append(f"part {index} ({name}): nobody handles {ctype}: cloud-init drops it")
-    if len(raw) > limit:
-        warnings.append(f"{len(raw)} bytes: {len(raw) - limit} over the limit of {limit} bytes")
-    if len(warnings) > MAX_WARNINGS:
-        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
-    return Report(len(raw), compressed, len(data), limit, is_mime, parts, warnings)
+            warnings.append(f"part {info.index} ({info.filename}): nobody handles {info.type}: cloud-init drops it")
