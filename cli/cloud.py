@@ -16,7 +16,7 @@ from ..clouds import ec2
 from ..display import escape_controls, shown_message
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None,
@@ -184,15 +184,16 @@ def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersActio
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = launch_targets(sub).add_parser(
-        "ec2",
-        help="build the user-data and start instances through an EC2 API (AWS, Eucalyptus; OpenStack: vfarm launch openstack)",
-        description="Build the user-data of FILE in memory and start instances with RunInstances. Every instance is "
-        f"tagged {ec2.MANAGED_TAG}=true (plus --tag) and terminates itself when it powers off.",
-    )
+    p = add_command(launch_targets(sub), "ec2",
+                    "build the user-data and start instances through an EC2 API (AWS, Eucalyptus; OpenStack: vfarm launch openstack)",
+                    description="Build the user-data of FILE in memory and start instances with RunInstances. Every instance is "
+                                f"tagged {ec2.MANAGED_TAG}=true (plus --tag) and terminates itself when it powers off.",
+                    examples=["vfarm launch ec2 examples/torino.yaml --image-id ami-0123456789abcdef0 --instance-type m5.xlarge --handlers baked --dry-run",
+                              "vfarm launch ec2 examples/torino.yaml --image-id ami-0123456789abcdef0 --instance-type m5.xlarge "
+                              "--handlers include=https://handlers.example.org/vfarm/ --pin --count 4 --tag vfarm:farm=torino --wait"])
     p.add_argument("file", metavar="FILE", help="the #multiple-config file")
-    p.add_argument("--image-id", required=True, metavar="ID")
-    p.add_argument("--instance-type", required=True, metavar="TYPE")
+    p.add_argument("--image-id", required=True, metavar="ID", help="the image (AMI or EMI) to start")
+    p.add_argument("--instance-type", required=True, metavar="TYPE", help="the instance type, e.g. m5.xlarge")
     p.add_argument("--count", type=int, default=1, metavar="N", help="how many instances (default 1)")
     p.add_argument("--key-name", metavar="K", help="SSH key pair name")
     p.add_argument("--security-group", action="append", default=[], metavar="G", help="group name, or ID (sg-...); repeatable")
@@ -209,15 +210,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     _endpoint_args(p)
     p.set_defaults(func=cmd_launch_ec2)
 
-    p = sub.add_parser("instances", help=f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true) or OpenStack (metadata)")
+    p = add_command(sub, "instances", f"list vfarm's instances on an EC2 API (tag {ec2.MANAGED_TAG}=true) or OpenStack (metadata)",
+                    examples=["vfarm instances --endpoint-url http://127.0.0.1:5000 --region us-east-1",
+                              "vfarm instances --tag vfarm:farm=torino --json", "vfarm instances --os-cloud site --all-states"])
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="only instances with this tag (OpenStack: metadata) too; repeatable")
     p.add_argument("--all-states", action="store_true", help="include terminated instances (OpenStack: stopped and failed servers)")
     _cloud_choice(p)
     _endpoint_args(p)
     p.set_defaults(func=cmd_instances)
 
-    p = sub.add_parser("terminate", help="terminate vfarm's instances on an EC2 API or OpenStack (never others)")
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p = add_command(sub, "terminate", "terminate vfarm's instances on an EC2 API or OpenStack (never others)",
+                    description="Terminate the instances named (or, with --all, every vfarm instance, narrowed by --tag); an "
+                                f"instance without the {ec2.MANAGED_TAG}=true tag (OpenStack: metadata) is never touched.",
+                    examples=["vfarm terminate i-0123456789abcdef0", "vfarm terminate --all --tag vfarm:farm=torino",
+                              "vfarm terminate --os-cloud site --all"])
+    p.add_argument("ids", nargs="*", metavar="ID", help="an instance (server) ID")
     p.add_argument("--all", action="store_true", help="every vfarm instance (narrowed by --tag)")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="with --all: only instances with this tag; repeatable")
     _cloud_choice(p)

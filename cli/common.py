@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
     from ..mime_builder.mime import Built
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+EXIT_CODES = "exit codes: 0 success, 1 bad input or a failed result, 2 usage error"
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, summary: str, *, description: str = "", examples: Sequence[str] = (),
+                exit_codes: str = EXIT_CODES) -> argparse.ArgumentParser:
+    """A sub-command, declared once: SUMMARY is its line in its parent's --help; its own --help
+    opens with DESCRIPTION (default: SUMMARY) and closes with EXAMPLES, whole command lines that
+    work as shown from the project's folder (tests/cli/test_help.py parses every one and runs
+    each that needs no cloud, VM or pool), then EXIT_CODES."""
+    text = description or summary[0].upper() + summary[1:] + "."
+    epilog = [*(["examples:", *(f"  {line}" for line in examples), ""] if examples else []), *([exit_codes + "."] if exit_codes else [])]
+    return sub.add_parser(name, help=summary, description=textwrap.fill(text, 79), epilog="\n".join(epilog),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def fail(message: str) -> int:

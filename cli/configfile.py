@@ -10,7 +10,7 @@ from ..cc_modules import table
 from ..config import localfs as localfs_spec
 from ..config import sizes
 from ..errors import PlanError
-from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -57,13 +57,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("validate", help="check config files; one FILE:LINE:COL: message per problem")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = add_command(sub, "validate", "check config files; one FILE:LINE:COL: message per problem",
+                    description="Check config files: syntax, every section against its schema and its rules, the files they name. "
+                                "Every problem is one FILE:LINE:COL: message line on stderr; nothing is printed for a valid file with -q.",
+                    examples=["vfarm validate examples/torino.yaml", "vfarm validate -q examples/condor.yaml examples/hybrid.yaml examples/longform.yaml"],
+                    exit_codes="exit codes: 0 every file valid, 1 a problem in any of them, 2 usage error")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a #multiple-config file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("plan", help="show what localfs would create on a volume group of a given size")
-    p.add_argument("file", metavar="FILE")
+    p = add_command(sub, "plan", "show what localfs would create on a volume group of a given size",
+                    description="Show what the config's localfs section would create on a volume group of --vg-size: each volume's "
+                                "extents and size, its file system and mount point, and what is left free. Nothing is touched.",
+                    examples=["vfarm plan examples/torino.yaml --vg-size 100G", "vfarm plan examples/torino.yaml --vg-size 1T --extent-size 32M --json"])
+    p.add_argument("file", metavar="FILE", help="a #multiple-config file with a localfs section")
     p.add_argument("--vg-size", required=True, metavar="SIZE", help="size of the volume group, e.g. 100G")
     p.add_argument("--extent-size", default="4M", metavar="SIZE", help="physical extent size (default 4M, as vgcreate)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..clouds import bake, images
 from ..clouds.hostcmd import CommandError
-from .common import EXIT_OK, fail
+from .common import EXIT_OK, add_command, fail
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -39,16 +39,22 @@ def cmd_bake(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("image", help="build the local test images, or bake vfarm into any image root folder")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    b = isub.add_parser("build", help="build (or reuse from the cache) a Debian cloud image with vfarm baked in")
-    b.add_argument("suite", choices=images.SUITES)
+    b = add_command(isub, "build", "build (or reuse from the cache) a Debian cloud image with vfarm baked in",
+                    description="Build a Debian cloud image (mmdebstrap from the host's apt sources) with cloud-init and vfarm's "
+                                "handlers baked in, for `vfarm launch local` and the tests; a current cached image is reused.",
+                    examples=["vfarm image build bookworm", "vfarm image build bookworm --variant cvmfs", "vfarm image build trixie --plain"])
+    b.add_argument("suite", choices=images.SUITES, help="the Debian release")
     b.add_argument("--force", action="store_true", help="rebuild even when the cached image is current")
     b.add_argument("--mirror", help="Debian mirror (default: the host's apt sources, or VFARM_MIRROR)")
     b.add_argument("--plain", action="store_true", help="do not bake vfarm in (a stock cloud image)")
     b.add_argument("--variant", choices=sorted(images.VARIANTS), help="extra packages baked in: condor (trixie only) makes an HTCondor worker image; "
                    "cvmfs has the locally built CernVM-FS client preinstalled")
     b.set_defaults(func=cmd_build)
-    k = isub.add_parser("bake", help="bake vfarm's handlers and config modules into an image root folder")
-    k.add_argument("root", metavar="ROOTDIR")
+    k = add_command(isub, "bake", "bake vfarm's handlers and config modules into an image root folder",
+                    description="Install vfarm's part-handlers and cloud-init config modules into the root folder of an image you "
+                                "build (a mounted image, a chroot): user-data for it is then built with --handlers baked.",
+                    examples=["vfarm image bake /mnt/worker-image", "vfarm image bake /mnt/worker-image --json"])
+    k.add_argument("root", metavar="ROOTDIR", help="the image's root folder")
     k.add_argument("--site-dir", help="Python folder inside ROOTDIR for the modules (default: where cloud-init's package is)")
     k.add_argument("--json", action="store_true", help="print the manifest as JSON")
     k.set_defaults(func=cmd_bake)

@@ -17,7 +17,7 @@ from ..clouds.hostcmd import CommandError, progress
 from ..clouds.local import DEFAULT_TIMEOUT
 from ..clouds.local_launch import make_instance
 from ..mime_builder.mime import BuildError
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, fail, load_or_report
 
 
 def print_summary(summary: Optional[dict[str, Any]]) -> bool:
@@ -89,12 +89,15 @@ def _forward(text: str) -> tuple[int, str]:
 def register(sub: argparse._SubParsersAction) -> None:
     from .cloud import launch_targets
 
-    p = launch_targets(sub).add_parser(
-        "local", help="boot the config's user-data in a local qemu VM (TCG), wait for it, print its summary",
+    p = add_command(
+        launch_targets(sub), "local", "boot the config's user-data in a local qemu VM (TCG), wait for it, print its summary",
+        examples=["vfarm launch local examples/torino.yaml --collect torino-boot",
+                  "vfarm launch local examples/torino.yaml --image trixie --handlers include --reboot 1"],
+        exit_codes="exit codes: 0 the instance's summary is ok, 1 it is not (or the boot failed), 2 usage error",
         description="Boot FILE's user-data in a throw-away local VM: a fresh copy of a Debian cloud image with vfarm baked in, "
                     "a data disk carrying an empty volume group vg_local, the guest's only network a loopback HTTP server "
-                    "(handlers for include mode, the locally built CernVM-FS packages as an apt repository). Exit 0 only when the instance's summary is ok.")
-    p.add_argument("file", metavar="FILE")
+                    "(handlers for include mode, the locally built CernVM-FS packages as an apt repository).")
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
     p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-cvmfs (CernVM-FS client preinstalled), "
                                                         "X-plain (nothing baked), or an image folder")
     p.add_argument("--disk", default="8G", metavar="SIZE", help="size of the data disk (default 8G)")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import __version__
-from .common import EXIT_OK, fail
+from .common import EXIT_CODES, EXIT_OK, fail
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
 COMMAND_MODULES: list[str] = [".configfile", ".userdata", ".scale", ".image", ".cloud", ".openstack", ".local", ".summary"]
@@ -39,7 +39,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     parser = argparse.ArgumentParser(
         prog="vfarm",
         description="Turn one #multiple-config file into cloud-init user-data for HEP batch workers, and run the farm.",
-        epilog="Exit codes: 0 success, 1 bad input or a failed result, 2 usage error.",
+        epilog=f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}.",
     )
     parser.add_argument("--version", action="version", version=f"vfarm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

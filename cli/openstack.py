@@ -19,7 +19,7 @@ from ..display import escape_controls, shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets, print_instances, read_verdicts
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -111,9 +111,12 @@ def cloud_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = launch_targets(sub).add_parser(
+    p = add_command(
+        launch_targets(sub),
         "openstack",
-        help="build the user-data and start servers through OpenStack's API (Nova)",
+        "build the user-data and start servers through OpenStack's API (Nova)",
+        examples=["vfarm launch openstack examples/torino.yaml --image debian-12 --flavor m1.large --dry-run",
+                  "vfarm launch openstack examples/torino.yaml --os-cloud site --image debian-12 --flavor m1.large --count 4 --wait"],
         description="Build the user-data of FILE in memory and start servers with Nova. Every server carries the metadata "
         f"{openstack.MANAGED_KEY}=true (plus --property) and a launch token of vfarm's own, so a retry with the same "
         "--client-token never starts a server twice.",

@@ -31,7 +31,7 @@ from ..jsonbounds import JsonInputError, loads_bounded
 from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
 from ..scaler.model import TYPE_ATTR, Action, Plan
-from .common import EXIT_OK, EXIT_PROBLEM, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report
 
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
@@ -346,7 +346,16 @@ def _print_plan(result: Plan, spec: scale_spec.ScaleSpec, as_json: bool, warn: b
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("scale", help="the queue monitor: launch, drain and terminate workers from the HTCondor queue")
+    p = add_command(subparsers, "scale", "the queue monitor: launch, drain and terminate workers from the HTCondor queue",
+                    description="Watch the HTCondor pool of FARM's scale section and keep its farm the size the queue needs: launch "
+                                "workers of the types the waiting jobs fit, drain idle ones gracefully and terminate them once "
+                                "drained, every check-every (15 s by default). --snapshot decides from a saved snapshot and changes "
+                                "nothing; --status only shows the farm.",
+                    examples=["vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json",
+                              "vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json --json",
+                              "vfarm scale examples/hybrid.yaml --status",
+                              "vfarm scale examples/hybrid.yaml --once --dry-run",
+                              "vfarm scale examples/hybrid.yaml --http 8080 --metrics-port 9100"])
     p.add_argument("farm", metavar="FARM", help="the farm file (its scale section)")
     p.add_argument("--snapshot", metavar="SNAP.json", help="decide from a saved snapshot ('-' for stdin) and change nothing")
     p.add_argument("--once", action="store_true", help="run one live cycle (discover, plan, apply) instead of the loop")

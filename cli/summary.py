@@ -14,7 +14,7 @@ from ..cc_modules import check
 from ..files import read_bounded
 from ..jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, fail
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail
 
 # A summary is a few KiB: a handful of handlers, cloud-init's stages and their errors.
 MAX_SUMMARY = 1024 * 1024
@@ -100,7 +100,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("summary", help="show an instance's /var/log/vfarm/summary.json as a table (exit 1 when it failed)")
+    p = add_command(subparsers, "summary", "show an instance's /var/log/vfarm/summary.json as a table (exit 1 when it failed)",
+                    description="Show the final check's summary.json of an instance (collected with `vfarm launch local --collect`, or "
+                                "copied from /var/log/vfarm/) as tables: each handler, cloud-init's stages, problems and the verdict.",
+                    examples=["vfarm summary torino-boot/summary.json", "vfarm summary --json torino-boot/summary.json"],
+                    exit_codes="exit codes: 0 the instance's result was ok or degraded, 1 it failed or the file is not a summary, 2 usage error")
     p.add_argument("file", metavar="FILE", help="a summary.json collected from an instance")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)

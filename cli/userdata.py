@@ -15,7 +15,7 @@ from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..mime_builder import bundle, mime
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_userdata_options, build_userdata, fail, int_bytes
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, int_bytes
 
 SUMS = "SHA256SUMS"
 
@@ -108,19 +108,33 @@ def cmd_handlers(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("build", help="write the user-data (MIME, gzip when needed) of a config file")
-    p.add_argument("file", metavar="FILE")
+    p = add_command(sub, "build", "write the user-data (MIME, gzip when needed) of a config file",
+                    description="Validate FILE, then write its user-data: one MIME message with the handlers (embedded, fetched from "
+                                "--handlers include=URL_BASE, or baked into the image) and one part per section, gzipped when it is "
+                                "over --max-size otherwise. Nothing is written when FILE has a problem or the result is too large.",
+                    examples=["vfarm build examples/torino.yaml --handlers baked -o torino-baked.mime",
+                              "vfarm build examples/torino.yaml --handlers include=https://handlers.example.org/vfarm/ --pin -o torino-pinned.mime",
+                              "vfarm build examples/torino.yaml --max-size 65535 -o torino-embed.mime"])
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
     p.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
     add_userdata_options(p)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("inspect", help="list the parts of a user-data file in cloud-init's order, with warnings")
+    p = add_command(sub, "inspect", "list the parts of a user-data file in cloud-init's order, with warnings",
+                    description="List the parts of a user-data file as cloud-init walks them: type, size, which handler takes each "
+                                "part, the sections carried (secrets hidden), with a warning for what cloud-init would drop or "
+                                "fetch unchecked. Includes are listed, never fetched.",
+                    examples=["vfarm inspect torino-pinned.mime", "vfarm inspect --json torino-embed.mime",
+                              "vfarm build examples/torino.yaml --handlers baked | vfarm inspect -"])
     p.add_argument("file", metavar="FILE", help="user-data, plain or gzip ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--max-size", type=int_bytes, default=EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {EC2_LIMIT})")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("handlers", help="write the bundled, self-contained handler files and SHA256SUMS for hosting")
-    p.add_argument("outdir", metavar="OUTDIR")
+    p = add_command(sub, "handlers", "write the bundled, self-contained handler files and SHA256SUMS for hosting",
+                    description="Write one self-contained file per handler (and the final check) into OUTDIR, with SHA256SUMS: "
+                                "host the folder at URL_BASE and build with --handlers include=URL_BASE [--pin].",
+                    examples=["vfarm handlers site-handlers", "vfarm handlers --only localfs --only cvmfs site-handlers"])
+    p.add_argument("outdir", metavar="OUTDIR", help="the folder to write (created when missing)")
     p.add_argument("--only", action="append", metavar="NAME", help="only the handler of this section (repeatable)")
     p.set_defaults(func=cmd_handlers)
