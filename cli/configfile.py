@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Optional
 
 from ..cc_modules import table
 from ..config import localfs as localfs_spec
 from ..config import sizes
+from ..display import shown_message
 from ..errors import PlanError
 from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.json:
+        return _validate_json(args.files)
     ok = True
     for path in args.files:
         config = load_or_report(path)
@@ -21,6 +24,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if config is not None and not args.quiet:
             print(f"{path}: valid ({', '.join(config.sections)})")
     return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def _validate_json(paths: list[str]) -> int:
+    """Every file's verdict as one JSON list on stdout, each problem and warning with its line,
+    column and the very message the text output shows (control characters escaped, credentials
+    hidden); nothing on stderr."""
+    from ..config import loader
+
+    report = []
+    for path in paths:
+        try:
+            config: Optional[loader.Config] = loader.load_file(path)
+            problems = config.warnings if config is not None else []
+        except loader.ConfigError as err:
+            config, problems = None, err.problems
+        report.append({
+            "file": shown_message(path),
+            "valid": config is not None,
+            "sections": list(config.sections) if config is not None else [],
+            "problems": [{"line": p.line, "column": p.col, "severity": "warning" if p.warning else "error", "message": shown_message(p.message)}
+                         for p in problems],
+        })
+    print(json.dumps(report, indent=2))
+    return EXIT_OK if all(entry["valid"] for entry in report) else EXIT_PROBLEM
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -60,10 +87,13 @@ def register(sub: Any) -> None:
     p = add_command(sub, "validate", "check config files; one FILE:LINE:COL: message per problem",
                     description="Check config files: syntax, every section against its schema and its rules, the files they name. "
                                 "Every problem is one FILE:LINE:COL: message line on stderr; nothing is printed for a valid file with -q.",
-                    examples=["vfarm validate examples/torino.yaml", "vfarm validate -q examples/condor.yaml examples/hybrid.yaml examples/longform.yaml"],
+                    examples=["vfarm validate examples/torino.yaml", "vfarm validate -q examples/condor.yaml examples/hybrid.yaml examples/longform.yaml",
+                              "vfarm validate --json examples/torino.yaml examples/condor.yaml"],
                     exit_codes="exit codes: 0 every file valid, 1 a problem in any of them, 2 usage error")
     p.add_argument("files", nargs="+", metavar="FILE", help="a #multiple-config file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON list instead: per file its sections and each problem's line, column, severity and message")
     p.set_defaults(func=cmd_validate)
 
     p = add_command(sub, "plan", "show what localfs would create on a volume group of a given size",

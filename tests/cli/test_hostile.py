@@ -716,3 +716,45 @@ def test_scale_snapshot(case: Case, results: dict[str, Ran], tmp_path: Path) -> 
 @pytest.mark.parametrize("case", cases("paths"), ids=lambda case: case.id)
 def test_paths(case: Case, results: dict[str, Ran], tmp_path: Path) -> None:
     check(case, result(case, results, tmp_path))
+
+
+# --- validate --json: the same verdicts, as data --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def json_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
+    """Every validate case again with --json, run once, in parallel."""
+    base = tmp_path_factory.mktemp("hostile-json")
+
+    def one(case: Case) -> tuple[str, Ran]:
+        folder = base / case.id.replace("/", "--")
+        folder.mkdir()
+        as_json = Case(case.id, case.kind, lambda f: with_json(case.prepare(f)), case.outcomes, case.positioned, case.legal)
+        return case.id, run(as_json, folder)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return dict(pool.map(one, cases("validate")))
+
+
+def with_json(invocation: Invocation) -> Invocation:
+    assert invocation.args[0] == "validate", invocation.args
+    return Invocation(["validate", "--json", *invocation.args[1:]], invocation.names)
+
+
+@pytest.mark.parametrize("case", cases("validate"), ids=lambda case: case.id)
+def test_validate_json_says_what_the_text_says(case: Case, results: dict[str, Ran], json_results: dict[str, Ran], tmp_path: Path) -> None:
+    """The same exit code; stdout one JSON list whose problems are the text's FILE:LINE:COL lines,
+    message for message; nothing on stderr; no secret and no raw control character."""
+    text, ran = result(case, results, tmp_path), json_results[case.id]
+    shown = f"\n$ vfarm {shlex.join(ran.invocation.args)[:300]}\nstderr: {ran.stderr[-1000:]!r}\nstdout: {ran.stdout[:1000]!r}"
+    assert ran.returncode == text.returncode, shown
+    assert ran.stderr == "", shown
+    for word in SECRET_WORDS:
+        assert word not in ran.stdout, shown
+    assert not RAW_CONTROL.search(ran.stdout), shown
+    report = json.loads(ran.stdout)
+    assert [entry["valid"] for entry in report] == [text.returncode == 0]
+    lines = [f"{entry['file']}:{p['line']}:{p['column']}: {'warning: ' if p['severity'] == 'warning' else ''}{p['message']}"
+             for entry in report for p in entry["problems"]]
+    lines = [line.replace(str(ran.folder), str(text.folder)) for line in lines]  # each run had a folder of its own
+    assert lines == [line for line in text.stderr.splitlines() if line.strip()], shown
