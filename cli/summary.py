@@ -103,7 +103,7 @@ def register(subparsers: Any) -> None:
     p = add_command(subparsers, "summary", "show an instance's /var/log/vfarm/summary.json as a table (exit 1 when it failed)",
                     description="Show the final check's summary.json of an instance (collected with `vfarm launch local --collect`, or "
                                 "copied from /var/log/vfarm/) as tables: each handler, cloud-init's stages, problems and the verdict.",
-                    examples=["vfarm summary torino-boot/summary.json", "vfarm summary --json torino-boot/summary.json"],
+                    examples=["vfarm summary torino-boot/var/log/vfarm/summary.json", "vfarm summary --json torino-boot/var/log/vfarm/summary.json"],
                     exit_codes="exit codes: 0 the instance's result was ok or degraded, 1 it failed or the file is not a summary, 2 usage error")
     p.add_argument("file", metavar="FILE", help="a summary.json collected from an instance")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
