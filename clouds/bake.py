@@ -77,7 +77,7 @@ def config_modules() -> list[str]:
 
 
 def bundled_handlers() -> dict[str, str]:
-    """{filename: source} of the self-contained part-handlers (the builder's bundler, issue 4)."""
+    """{filename: source} of the self-contained part-handlers (made by mime_builder/bundle.py, as for user-data)."""
     try:
         bundle = importlib.import_module("..mime_builder.bundle", __package__)
     except ImportError:

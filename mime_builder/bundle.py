@@ -412,8 +412,8 @@ def unpack(text: str) -> tuple[dict[str, tuple[bool, str]], dict[str, Any]]:
     return {str(name): (bool(entry[0]), str(entry[1])) for name, entry in table.items()}, data
 
 
-# One process may build user-data for many instances (issue 8 point 5: bundling is ~99% of an
-# embed build). A bundle depends only on files, so it is kept per call and reused while none of
+# One process may build user-data for many instances (`vfarm scale`, a launch of many; bundling is
+# about 99% of an embed build). A bundle depends only on files, so it is kept per call and reused while none of
 # the files and folders it was made from changed (stat: mtime, ctime, size, inode; a stricter
 # rule than Python's own for .pyc files). Only the installed package is cached.
 _LIBRARIES: dict[tuple[Any, ...], tuple[tuple[tuple[Any, ...], ...], Library]] = {}

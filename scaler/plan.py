@@ -10,9 +10,9 @@ A snapshot is what one discover step saw, in the systems' own JSON shapes:
      "collector": optional: the collector's ad, or the list `condor_status -collector -json` prints,
      "observed_idle_since": optional: {instance id: epoch seconds}, what the scaler itself saw}
 
-`plan(snapshot, spec)` applies the rules of issue 11 point 2 exactly and returns plain data:
-how many to launch, which instances to drain and to terminate, each with its reason, plus the
-state of every farm instance and the counts behind the decision. Same snapshot, same plan.
+`plan(snapshot, spec)` applies the scaler's rules (below, and README's `vfarm scale`) and returns
+plain data: how many to launch, which instances to drain and to terminate, each with its reason,
+plus the state of every farm instance and the counts behind the decision. Same snapshot, same plan.
 
 Idle truth. A worker counts as idle only when no evidence says otherwise:
 - the schedd: a running job (JobStatus 2) whose RemoteHost is one of the worker's slots, or names
