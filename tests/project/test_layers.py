@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -117,3 +118,14 @@ def test_a_downward_import_is_allowed(tmp_path: Path) -> None:
     path = tmp_path / "new_module.py"
     path.write_text("from ..config import sections\nfrom .. import files\nfrom ..cc_modules import check\n", encoding="utf-8")
     assert {t for _, t in imported("mime_builder", path)} == {"config", "", "cc_modules"}
+
+
+ISSUE_NUMBER = re.compile(r"\bissue\s+#?\d+", re.IGNORECASE)
+
+
+def test_product_code_states_rules_not_issue_numbers() -> None:
+    """Docstrings and comments say what holds and why; which issue asked for it is git's to tell."""
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for folder in folders().values() for path in sorted(folder.rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if ISSUE_NUMBER.search(line)]
+    assert found == [], "\n".join(found)
