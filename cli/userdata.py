@@ -101,8 +101,13 @@ def cmd_handlers(args: argparse.Namespace) -> int:
             _write_in_folder(outdir / filename, data)
     except OSError as err:
         return fail(f"cannot write into {outdir}: {err.strerror or err}")
-    for filename, source in sorted(files.items()):
-        print(f"{outdir / filename}: {len(source)} bytes, sha256 {bundle.sha256(source)}")
+    written = [(str(outdir / filename), len(source.encode("utf-8")), bundle.sha256(source)) for filename, source in sorted(files.items())]
+    if args.json:
+        print(json.dumps({"folder": str(outdir), "sums": str(outdir / SUMS),
+                          "files": [{"file": path, "bytes": size, "sha256": digest} for path, size, digest in written]}, indent=2))
+    else:
+        for path, size, digest in written:
+            print(f"{shown_message(path)}: {size} bytes, sha256 {digest}")
     print(f"{outdir / SUMS}: check with `sha256sum -c {SUMS}`; host the folder and build with --handlers include=URL_BASE [--pin]", file=sys.stderr)
     return EXIT_OK
 
@@ -111,7 +116,7 @@ def register(sub: Any) -> None:
     p = add_command(sub, "build", "write the user-data (MIME, gzip when needed) of a config file",
                     description="Validate FILE, then write its user-data: one MIME message with the handlers (embedded, fetched from "
                                 "--handlers include=URL_BASE, or baked into the image) and one part per section, gzipped when it is "
-                                "over --max-size otherwise. Nothing is written when FILE has a problem or the result is too large.",
+                                "would be over --max-size otherwise (--gzip auto). Nothing is written when FILE has a problem or the result is too large.",
                     examples=["vfarm build examples/torino.yaml --handlers baked -o torino-baked.mime",
                               "vfarm build examples/torino.yaml --handlers include=https://handlers.example.org/vfarm/ --pin -o torino-pinned.mime",
                               "vfarm build examples/torino.yaml --max-size 65535 -o torino-embed.mime"])
@@ -134,7 +139,9 @@ def register(sub: Any) -> None:
     p = add_command(sub, "handlers", "write the bundled, self-contained handler files and SHA256SUMS for hosting",
                     description="Write one self-contained file per handler (and the final check) into OUTDIR, with SHA256SUMS: "
                                 "host the folder at URL_BASE and build with --handlers include=URL_BASE [--pin].",
-                    examples=["vfarm handlers site-handlers", "vfarm handlers --only localfs --only cvmfs site-handlers"])
+                    examples=["vfarm handlers site-handlers", "vfarm handlers --only localfs --only cvmfs site-handlers",
+                              "vfarm handlers --json site-handlers"])
     p.add_argument("outdir", metavar="OUTDIR", help="the folder to write (created when missing)")
     p.add_argument("--only", action="append", metavar="NAME", help="only the handler of this section (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the files written (path, bytes, sha256) as JSON")
     p.set_defaults(func=cmd_handlers)

@@ -280,6 +280,11 @@ def test_handlers_command_writes_files_and_sums(tmp_path: Path, capsys: pytest.C
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     capsys.readouterr()
+    assert vfarm(["handlers", "--json", str(out)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["sums"] == str(out / "SHA256SUMS")
+    assert [(Path(f["file"]).name, f["sha256"]) for f in listed["files"]] == [tuple(reversed(line.split("  "))) for line in sums]
+    assert all(f["bytes"] == (out / Path(f["file"]).name).stat().st_size for f in listed["files"])
     assert vfarm(["handlers", str(tmp_path / "x"), "--only", "nope"]) == 1
     assert capsys.readouterr().err == "vfarm: no part-handler for 'nope' (known: check, condor, cvmfs, localfs)\n"
 
