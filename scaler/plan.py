@@ -504,7 +504,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
     holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
-    farm = _count(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()})
+    farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()})
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
 
     launching = _launching(farm, fitted)
@@ -586,7 +586,7 @@ class _Farm:
         return max(0, self.spec.max_cpus - self.live_cpus) if self.spec.max_cpus is not None else None
 
 
-def _count(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
+def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
            backoff: dict[str, float]) -> _Farm:
     placements = spec.placements
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
