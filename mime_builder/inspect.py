@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ..config.loader import MAGIC as CONFIG_MAGIC
 from ..config.loader import MAX_BYTES as MAX_CONFIG_BYTES
 from ..config.loader import MAX_NODES as MAX_CONFIG_NODES
 from ..files import size_text
@@ -278,6 +279,8 @@ def inspect_bytes(raw: bytes, limit: int = EC2_LIMIT) -> Report:
     found = _mime_parts(data) if is_mime else [("text/x-not-multipart", "", data)]
     if not is_mime and b"mime-version:" in data.lower():
         warnings.append("'MIME-Version:' is not in the first 4096 bytes: cloud-init takes the whole file as one plain part")
+    if not is_mime and data.lstrip().startswith(CONFIG_MAGIC.encode()):
+        warnings.append(f"this is a vfarm config file ({CONFIG_MAGIC}), not user-data: `vfarm build FILE` makes its user-data")
     handlers: dict[str, int] = {}  # type -> index of the part that registers it
     parts = [_read_part(number, *part, budget, handlers, warnings) for number, part in enumerate(found, start=1)]
     _route(parts, handlers, warnings)

@@ -100,6 +100,14 @@ def test_not_mime() -> None:
     assert "does not recognise" in inspect_bytes(b"hello\n").warnings[0]
 
 
+def test_a_config_file_given_for_user_data_says_what_to_run() -> None:
+    config = (Path(__file__).resolve().parents[2] / "examples" / "torino.yaml").read_bytes()
+    warnings = inspect_bytes(config).warnings
+    assert warnings[0] == "this is a vfarm config file (#multiple-config), not user-data: `vfarm build FILE` makes its user-data"
+    assert "does not recognise" in warnings[1]
+    assert not any("vfarm config" in w for w in inspect_bytes(b"hello\n#multiple-config\n").warnings)
+
+
 def test_cli_table_and_json(torino: configuration.Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ud"
     path.write_bytes(mime.build_userdata(torino, handlers="include=http://h.example.org/v"))
