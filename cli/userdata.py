@@ -115,8 +115,8 @@ def cmd_handlers(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = add_command(sub, "build", "write the user-data (MIME, gzip when needed) of a config file",
                     description="Validate FILE, then write its user-data: one MIME message with the handlers (embedded, fetched from "
-                                "--handlers include=URL_BASE, or baked into the image) and one part per section, gzipped when it is "
-                                "would be over --max-size otherwise (--gzip auto). Nothing is written when FILE has a problem or the result is too large.",
+                                "--handlers include=URL_BASE, or baked into the image) and one part per section, gzipped when it "
+                                "would otherwise be over --max-size (--gzip auto). Nothing is written when FILE has a problem or the result is too large.",
                     examples=["vfarm build examples/torino.yaml --handlers baked -o torino-baked.mime",
                               "vfarm build examples/torino.yaml --handlers include=https://handlers.example.org/vfarm/ --pin -o torino-pinned.mime",
                               "vfarm build examples/torino.yaml --max-size 65535 -o torino-embed.mime"])
