@@ -16,7 +16,7 @@ from ..files import atomic_write
 from ..mime_builder.limits import EC2_LIMIT, GZIP_MODES
 
 if TYPE_CHECKING:
-    from ..config.loader import Config
+    from ..config.loader import Config, Problem
     from ..mime_builder.mime import Built
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -41,18 +41,22 @@ def fail(message: str) -> int:
     return EXIT_PROBLEM
 
 
-def load_or_report(path: str) -> Optional[Config]:
-    """Load a config, printing every problem (and warning) as FILE:LINE:COL on stderr."""
+def load_problems(path: str) -> tuple[Optional[Config], list[Problem]]:
+    """A config and its warnings, or None and every problem that stopped it loading."""
     from ..config import loader
 
     try:
         config = loader.load_file(path)
     except loader.ConfigError as err:
-        for problem in err.problems:
-            print(shown_message(problem), file=sys.stderr)
-        return None
-    for warning in config.warnings:
-        print(shown_message(warning), file=sys.stderr)
+        return None, err.problems
+    return config, config.warnings
+
+
+def load_or_report(path: str) -> Optional[Config]:
+    """Load a config, printing every problem (and warning) as FILE:LINE:COL on stderr."""
+    config, problems = load_problems(path)
+    for problem in problems:
+        print(shown_message(problem), file=sys.stderr)
     return config
 
 

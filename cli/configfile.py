@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional
+from typing import Any
 
 from ..cc_modules import table
 from ..config import localfs as localfs_spec
 from ..config import sizes
 from ..display import shown_message
 from ..errors import PlanError
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report, load_problems
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -30,15 +30,9 @@ def _validate_json(paths: list[str]) -> int:
     """Every file's verdict as one JSON list on stdout, each problem and warning with its line,
     column and the very message the text output shows (control characters escaped, credentials
     hidden); nothing on stderr."""
-    from ..config import loader
-
     report = []
     for path in paths:
-        try:
-            config: Optional[loader.Config] = loader.load_file(path)
-            problems = config.warnings if config is not None else []
-        except loader.ConfigError as err:
-            config, problems = None, err.problems
+        config, problems = load_problems(path)
         report.append({
             "file": shown_message(path),
             "valid": config is not None,

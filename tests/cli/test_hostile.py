@@ -611,7 +611,11 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         callspec = getattr(item, "callspec", None)
         if getattr(item, "module", None) is request.module and callspec is not None and isinstance(callspec.params.get("case"), Case):
             chosen[callspec.params["case"].id] = callspec.params["case"]
-    base = tmp_path_factory.mktemp("hostile")
+    return run_all(chosen.values(), tmp_path_factory.mktemp("hostile"))
+
+
+def run_all(chosen: Iterable[Case], base: Path) -> dict[str, Ran]:
+    """Each case run in a folder of its own under BASE, in parallel; by case id."""
 
     def one(case: Case) -> tuple[str, Ran]:
         folder = base / case.id.replace("/", "--")
@@ -619,7 +623,7 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         return case.id, run(case, folder)
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        return dict(pool.map(one, chosen.values()))
+        return dict(pool.map(one, chosen))
 
 
 def mismatch(case: Case, outcome: Outcome, ran: Ran) -> Optional[str]:
@@ -724,16 +728,9 @@ def test_paths(case: Case, results: dict[str, Ran], tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def json_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
     """Every validate case again with --json, run once, in parallel."""
-    base = tmp_path_factory.mktemp("hostile-json")
-
-    def one(case: Case) -> tuple[str, Ran]:
-        folder = base / case.id.replace("/", "--")
-        folder.mkdir()
-        as_json = Case(case.id, case.kind, lambda f: with_json(case.prepare(f)), case.outcomes, case.positioned, case.legal)
-        return case.id, run(as_json, folder)
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return dict(pool.map(one, cases("validate")))
+    as_json = [Case(case.id, case.kind, lambda f, case=case: with_json(case.prepare(f)), case.outcomes, case.positioned, case.legal)
+               for case in cases("validate")]
+    return run_all(as_json, tmp_path_factory.mktemp("hostile-json"))
 
 
 def with_json(invocation: Invocation) -> Invocation:
