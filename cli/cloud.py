@@ -175,7 +175,10 @@ def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersActio
     module registers first."""
     launch = sub.choices.get("launch")
     if launch is None:
-        launch = sub.add_parser("launch", help="launch workers from a config file (on an EC2 API, or local qemu)")
+        launch = add_command(sub, "launch", "launch workers from a config file (on an EC2 API, OpenStack or local qemu)",
+                             description="Build a config file's user-data and start workers with it: through an EC2 API (AWS, "
+                                         "Eucalyptus), OpenStack's Nova, or in a local qemu VM. `vfarm launch TARGET --help` for each.",
+                             exit_codes="")
         launch.add_subparsers(dest="launch_target", metavar="TARGET", required=True)
     for action in launch._actions:
         if isinstance(action, argparse._SubParsersAction):

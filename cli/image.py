@@ -37,7 +37,10 @@ def cmd_bake(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("image", help="build the local test images, or bake vfarm into any image root folder")
+    p = add_command(sub, "image", "build the local test images, or bake vfarm into any image root folder",
+                    description="Images with vfarm inside (--handlers baked): `build` makes the local test images, `bake` puts "
+                                "vfarm's handlers into any image's root folder. `vfarm image ACTION --help` for each.",
+                    exit_codes="")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     b = add_command(isub, "build", "build (or reuse from the cache) a Debian cloud image with vfarm baked in",
                     description="Build a Debian cloud image (mmdebstrap from the host's apt sources) with cloud-init and vfarm's "
