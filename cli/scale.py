@@ -96,7 +96,7 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
             target += f" {decision.type}"
         reason = decision.reason
         if decision.fallback:
-            reason += "; refused for quota or capacity: " + ", ".join(f"{o.count} {o.type}" for o in decision.fallback) + " instead"
+            reason += "; if refused for quota or capacity: " + ", ".join(f"{o.count} {o.type}" for o in decision.fallback) + " instead"
         rows.append((decision.action.value, target, reason))
     if not rows:
         rows.append(("nothing", "-", "no instance to launch, drain or terminate"))

@@ -252,7 +252,7 @@ def test_snapshot_shows_the_per_cloud_decision(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--snapshot", str(snap)], text=True, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert any(line.split()[:3] == ["launch", "2", "small@site"] and line.endswith("refused for quota or capacity: 2 small@aws instead")
+    assert any(line.split()[:3] == ["launch", "2", "small@site"] and line.endswith("; if refused for quota or capacity: 2 small@aws instead")
                for line in lines)
     assert any(line.split()[:3] == ["launch", "3", "small@aws"] for line in lines)
     assert [line.split()[:6] for line in lines if line.startswith(("site ", "aws "))] == [["site", "openstack", "2", "0", "2", "0"],
