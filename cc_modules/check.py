@@ -231,7 +231,7 @@ def _note_part(found: UserData, ctype: str, payload: bytes) -> None:
         for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                found.includes.append(line)
+                found.includes.append(redact(line))  # a URL may carry its user:password
         return
     match = SECTION_TYPE.match(ctype)
     if not match or match.group(1) in NOT_SECTIONS:

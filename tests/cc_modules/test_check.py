@@ -247,6 +247,9 @@ def test_userdata_parsing_gzip_and_plain() -> None:
         assert check.settings_from_section(found.check_section).on_failure == "halt"
     plain = check.parse_userdata(b"#include\nhttps://example.org/a.py\n")
     assert plain.includes == ["https://example.org/a.py"] and plain.sections == []
+    # The summary is world-readable: an include URL's user:password never reaches it.
+    secret = check.parse_userdata(b"#include\nhttps://vfarm:S3cretPw@handlers.example.org/cc_localfs.py\n")
+    assert secret.includes == ["https://vfarm:***@handlers.example.org/cc_localfs.py"]
     broken = check.parse_userdata(b"\x1f\x8bnot gzip")
     assert broken.problem and "decompress" in broken.problem
 
