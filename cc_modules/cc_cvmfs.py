@@ -18,9 +18,11 @@ root and unmounting it (the same client, configuration and proxies; autofs mount
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,14 +255,34 @@ def _download(url: str, path: Path, ctx: Context) -> None:
     last: Optional[Exception] = None
     for attempt in range(3):
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - http(s) URLs from the validated config
+            with urllib.request.urlopen(_request(url), timeout=30) as response:  # noqa: S310 - http(s) URLs from the validated config
                 atomic_write(path, response.read(), 0o644)
             return
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: a URL urllib cannot open (http.client.InvalidURL)
             last = err
-            ctx.logger.warning("download of %s failed (attempt %d): %s", cvmfs_spec.redact(url), attempt + 1, err)
+            ctx.logger.warning("download of %s failed (attempt %d): %s", cvmfs_spec.redact(url), attempt + 1, _without_password(str(err), url))
             time.sleep(2 * (attempt + 1))
-    raise StepError(f"cannot download {cvmfs_spec.redact(url)}: {last}")
+    raise StepError(f"cannot download {cvmfs_spec.redact(url)}: {_without_password(str(last), url)}")
+
+
+def _request(url: str) -> urllib.request.Request:
+    """URL as a request. urllib reads a user:password in a URL as part of the host: they are sent
+    as HTTP basic authentication instead, and never to the host of a redirect."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+    user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+    return request
+
+
+def _without_password(text: str, url: str) -> str:
+    """TEXT (an error about URL) without URL's password, as written or decoded."""
+    password = urllib.parse.urlsplit(url).password
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    return cvmfs_spec.redact(text)
 
 
 def _install_step(manager: str, package: str, version: Optional[str]) -> Custom:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
+import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import pytest
 
@@ -238,3 +244,66 @@ def test_proxy_credentials_never_reach_the_log(root: Path) -> None:
     run(root, FakeRunner(answers=FakeCvmfsHost().answers(), fail=("cvmfs_config", "probe")), section)
     for name in ("cvmfs.log", "cvmfs.status.json"):
         assert "s3cret" not in (root.parent / "log" / name).read_text()
+
+
+class _KeyServer(http.server.ThreadingHTTPServer):
+    """A loopback web server: /key.asc for basic authentication as site:p@ss (else 401), /moved
+    redirects to ELSEWHERE; every request's path and Authorization header kept."""
+
+    elsewhere = ""
+    seen: list[tuple[str, Optional[str]]]
+
+
+class _KeyHandler(http.server.BaseHTTPRequestHandler):
+    server: _KeyServer
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        auth = self.headers.get("Authorization")
+        self.server.seen.append((self.path, auth))
+        body = b"key" if auth == "Basic " + base64.b64encode(b"site:p@ss").decode() and self.path != "/moved" else b""
+        self.send_response(302 if self.path == "/moved" else 200 if body else 401)
+        if self.path == "/moved":
+            self.send_header("Location", self.server.elsewhere)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def key_servers() -> Iterator[tuple[_KeyServer, _KeyServer]]:
+    servers = [_KeyServer(("127.0.0.1", 0), _KeyHandler) for _ in range(2)]
+    for server in servers:
+        server.seen = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_download_sends_a_urls_credentials_as_basic_authentication(key_servers: tuple[_KeyServer, _KeyServer], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gpg-key URL may carry user:password (urllib would take them for a host and port): they go
+    as basic authentication, never to a redirect's host, and never into a message or the log."""
+    server, other = key_servers
+    monkeypatch.setattr(cc_cvmfs.time, "sleep", lambda seconds: None)
+    ctx = SimpleNamespace(logger=logging.getLogger("test-download"))
+    port = server.server_address[1]
+    cc_cvmfs._download(f"http://site:p%40ss@127.0.0.1:{port}/key.asc", tmp_path / "key.asc", ctx)  # type: ignore[arg-type]
+    assert (tmp_path / "key.asc").read_bytes() == b"key"
+    assert server.seen[-1][0] == "/key.asc"
+
+    with pytest.raises(cc_cvmfs.StepError) as refused:
+        cc_cvmfs._download(f"http://site:wr0ngpass@127.0.0.1:{port}/key.asc", tmp_path / "refused.asc", ctx)  # type: ignore[arg-type]
+    assert "401" in str(refused.value) and "wr0ngpass" not in str(refused.value), refused.value
+    assert f"http://site:***@127.0.0.1:{port}/key.asc" in str(refused.value)
+
+    server.elsewhere = f"http://127.0.0.1:{other.server_address[1]}/key.asc"
+    with pytest.raises(cc_cvmfs.StepError):
+        cc_cvmfs._download(f"http://site:p%40ss@127.0.0.1:{port}/moved", tmp_path / "moved.asc", ctx)  # type: ignore[arg-type]
+    assert other.seen and all(auth is None for _path, auth in other.seen), other.seen  # followed, without the credentials
