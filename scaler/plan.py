@@ -300,11 +300,22 @@ def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def _hosts(slots: list[dict[str, Any]]) -> set[str]:
+    """The startds and machines of SLOTS, as a running job's RemoteHost names them."""
+    keys = {_startd(s["Name"]) for s in slots if isinstance(s.get("Name"), str)}
+    return keys | {s["Machine"] for s in slots if isinstance(s.get("Machine"), str)}
+
+
 def running_on(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
     """The schedd's running jobs on the worker holding SLOTS: on one of its startds or machines."""
-    keys = {_startd(s["Name"]) for s in slots if isinstance(s.get("Name"), str)}
-    keys |= {s["Machine"] for s in slots if isinstance(s.get("Machine"), str)}
-    return sum(running.get(key, 0) for key in keys)
+    return sum(running.get(key, 0) for key in _hosts(slots))
+
+
+def running_unlisted(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
+    """The schedd's running jobs on startds that none of SLOTS (the pool's) belongs to: their ads
+    are gone from the collector (expired in a network break, say) while the jobs run on."""
+    listed = _hosts(slots)
+    return sum(count for key, count in running.items() if key not in listed)
 
 
 def current_slots(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -351,10 +362,11 @@ class Memo:
 
 
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
-             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None) -> Worker:
+             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None, unplaced: int = 0) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
-    (None: not before now)."""
+    (None: not before now); UNPLACED: jobs the schedd says run on startds the collector lists no
+    ad of (an instance without ads may be running them: it is never declared lost then)."""
     memo = memo or Memo(spec)
     iid = str(instance["InstanceId"])
     slots = current_slots(slots) if slots else slots
@@ -375,6 +387,9 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
             if collector_young:
                 why = f"not in the pool after {age:.0f}s, but the collector restarted less than {spec.boot_timeout:.0f}s ago"
                 return worker(WorkerState.BOOTING, why)
+            if unplaced:
+                why = f"no slot ads {age:.0f}s after launch, but {unplaced} job(s) run on startds the collector does not list: it may be running them"
+                return worker(WorkerState.OTHER, why)
             return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
         return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
     if "Drained" in states:
@@ -535,12 +550,13 @@ def _workers(snapshot: dict[str, Any], spec: ScaleSpec, now: float, scanned: Job
         if isinstance(owner, str):
             by_instance.setdefault(owner, []).append(slot)
     observed = snapshot.get(OBSERVED) or {}
+    unplaced = running_unlisted(snapshot["slots"], scanned.running)
     instances: list[Worker] = []
     for inst in sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"])):
         slots = by_instance.get(inst["InstanceId"], [])
         seen = observed.get(inst["InstanceId"])
         instances.append(classify(inst, slots, now, spec, collector_young, running_on(slots, scanned.running) if slots else 0,
-                                  float(seen) if seen is not None else None, memo))
+                                  float(seen) if seen is not None else None, memo, unplaced))
     return instances, by_instance
 
 

@@ -157,6 +157,21 @@ def test_booting_then_lost_after_boot_timeout() -> None:
     assert result.active == 1
 
 
+def test_a_worker_whose_ads_vanished_while_the_schedd_runs_jobs_on_it_is_not_lost() -> None:
+    """Slot ads expire from the collector in a network break while the jobs run on: with jobs
+    running on startds no ad belongs to, an instance without ads may be running them."""
+    running = job(1, status=2)
+    running["RemoteHost"] = "slot1_1@w-i-quiet@host2"
+    elsewhere = job(2, status=2)
+    elsewhere["RemoteHost"] = "slot1@w-i-busy@host"  # on a startd the collector lists: no doubt about i-quiet
+    listed = [slot("i-busy", 1, state="Claimed", activity="Busy")]
+    doubt = planner.plan(snap(jobs=[running, elsewhere], slots=listed, instances=[instance("i-quiet", age=7200), instance("i-busy")]), spec())
+    assert state_of(doubt, "i-quiet") == "other" and doubt.terminate == []
+    assert "1 job(s) run on startds the collector does not list" in next(w.reason for w in doubt.instances if w.id == "i-quiet")
+    clear = planner.plan(snap(jobs=[elsewhere], slots=listed, instances=[instance("i-quiet", age=7200), instance("i-busy")]), spec())
+    assert state_of(clear, "i-quiet") == "lost" and clear.terminate == ["i-quiet"]
+
+
 def test_a_freshly_restarted_collector_saves_unjoined_instances() -> None:
     restarted = {"MyType": "Collector", "Name": "cm", "DaemonStartTime": NOW - 60}
     result = planner.plan(snap(instances=[instance("i-old", age=5000)], collector=restarted), spec())
