@@ -167,9 +167,14 @@ class ClassAds:
         return self._matches[key]
 
 
+_PLAIN = (int, float, bool)  # request values read the same whatever the job's other attributes
+
+
 def _number(value: Any) -> Optional[float]:
+    """VALUE as a request: a finite number, none below 0 (a negative request would cancel other
+    jobs' demand); None for anything else (the request's default then)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+        return max(0.0, float(value))
     return None
 
 
@@ -270,7 +275,10 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
     for index, job in enumerate(jobs):
         get = job.get
         raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements") if requirements else None)
-        group = plain.get(raw)
+        try:
+            group = plain.get(raw)
+        except TypeError:  # a list or mapping (a ClassAd list, printed as JSON): read below, never a short cut
+            group = None
         if group is None:
             for key, value in zip(REQUESTS, raw):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
@@ -281,7 +289,7 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
                 ranked = sorted((waste(t, request), t.cost, i) for i, t in enumerate(types) if holds(t, request) and not ads.refuses(request, t))
                 group = groups[request] = Group(request, tuple(i for _w, _c, i in ranked), 0)
                 unevaluated |= request.requirements is not None and ads.lib is None
-            if not (raw[0].__class__ is str or raw[1].__class__ is str or raw[2].__class__ is str or raw[3].__class__ is str):
+            if all(value is None or value.__class__ in _PLAIN for value in raw):
                 plain[raw] = group  # an expression depends on other attributes: never a short cut
         n = get("JobCount", 1)
         if not group.choices:

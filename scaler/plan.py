@@ -145,8 +145,8 @@ def check_snapshot(data: Any, job_numbers: bool = True) -> dict[str, Any]:
         if not isinstance(instance.get("InstanceId"), str):
             raise SnapshotError(f"'instances[{i}]' has no InstanceId")
         tags = instance.get("Tags")
-        if tags is not None and not isinstance(tags, list):
-            raise SnapshotError(f"'instances[{i}].Tags' must be a list of {{Key, Value}}, got {type(tags).__name__}")
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, dict) and isinstance(t.get("Key"), str) for t in tags)):
+            raise SnapshotError(f"'instances[{i}].Tags' must be a list of {{Key, Value}} with text keys, got {_shown(tags)}")
     observed = data.get(OBSERVED)
     if observed is not None:
         if not isinstance(observed, dict):
@@ -332,10 +332,15 @@ def current_slots(slots: list[dict[str, Any]]) -> list[dict[str, Any]]:
             slot, _, startd = name.partition("@")
             parent = parents.get(f"{slot.rsplit('_', 1)[0]}@{startd}")
             if parent is not None and _is_number(parent.get("LastHeardFrom")) and _is_number(s.get("LastHeardFrom")) \
-                    and parent["LastHeardFrom"] > s["LastHeardFrom"] and name not in (parent.get("ChildName") or []):
+                    and parent["LastHeardFrom"] > s["LastHeardFrom"] and name not in _listed(parent.get("ChildName")):
                 continue
         kept.append(s)
     return kept
+
+
+def _listed(value: Any) -> list[Any]:
+    """An ad's list attribute (ChildName), or no items when it is anything else."""
+    return value if isinstance(value, list) else []
 
 
 class Memo:

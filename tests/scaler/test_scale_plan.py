@@ -305,6 +305,27 @@ def test_never_drain_or_terminate_a_claimed_instance() -> None:
     assert result.drain == [] and result.terminate == []
 
 
+def test_one_odd_job_or_ad_neither_stops_the_cycle_nor_cancels_demand() -> None:
+    """What one pool user can submit or advertise is read, not fatal: a request that is a ClassAd
+    list (JSON array) or mapping takes the default, a negative one counts as none, a partitionable
+    slot's ChildName that is not a list lists no children."""
+    normal = [job(n) for n in range(8)]  # 8 one-CPU jobs: two 4-CPU workers
+    assert planner.plan(snap(jobs=normal), spec()).launch == 2
+    listed = job(8)
+    listed["RequestCpus"] = [1, 2]
+    mapped = job(9)
+    mapped["RequestMemory"] = {"a": 1}
+    negative = job(10, cpus=-(2**62))
+    result = planner.plan(snap(jobs=[*normal, listed, mapped, negative]), spec(max_vms=10))
+    assert result.launch == 3, result.decisions  # the list and the mapping as one CPU each; the negative as none
+    parent = slot("i-p", 1)
+    parent.update(PartitionableSlot=True, LastHeardFrom=NOW, ChildName=5)
+    child = slot("i-p", 2, state="Claimed", activity="Busy")
+    child.update(DynamicSlot=True, Name="slot1_1@w-i-p@host", LastHeardFrom=NOW - 10)
+    odd = planner.plan(snap(slots=[parent, child], instances=[instance("i-p")]), spec())
+    assert state_of(odd, "i-p") in ("idle", "busy")
+
+
 # --- snapshots and the command ----------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -317,6 +338,8 @@ def test_never_drain_or_terminate_a_claimed_instance() -> None:
         ({"now": NOW, "jobs": {}, "slots": [], "instances": []}, "'jobs' must be a list"),
         ({"now": NOW, "jobs": [1], "slots": [], "instances": []}, "'jobs[0]' must be an object"),
         ({"now": NOW, "jobs": [], "slots": [], "instances": [{"State": {"Name": "running"}}]}, "no InstanceId"),
+        ({"now": NOW, "jobs": [], "slots": [], "instances": [{"InstanceId": "i-1", "Tags": [{"Key": ["x"], "Value": "y"}]}]},
+         "'instances[0].Tags' must be a list of {Key, Value} with text keys"),
     ],
 )
 def test_bad_snapshots(bad: Any, reason: str) -> None:
