@@ -160,6 +160,11 @@ class ClassAds:
                     machine["GPUs"] = worker_type.gpus
                 if worker_type.memory is not None:
                     machine["Memory"] = worker_type.memory
+                # As the matchmaker reads it: a name without MY. or TARGET. is the job's
+                # attribute, else the machine's (`VfarmWorkerType == "large"` as written).
+                for name, value in machine.items():
+                    if name not in job:
+                        job[name] = value
                 result = job.lookup("Requirements").eval(job, self.lib.ClassAd(machine))
             except Exception:  # noqa: BLE001 - unreadable: it refuses nothing
                 result = None

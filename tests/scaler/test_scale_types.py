@@ -93,6 +93,22 @@ def test_requirements_are_evaluated_on_what_a_type_advertises_and_nothing_more()
     assert result.launch == 0 and [(u.jobs, u.reason.split(" (")[0]) for u in result.unfit] == [(("4.0", "4.0"), refused)]
 
 
+def test_requirements_without_a_prefix_read_the_job_then_the_machine_as_the_matchmaker_does() -> None:
+    """HTCondor's manual (ClassAd evaluation semantics): a name without MY. or TARGET. is the
+    job's attribute when the job has it, else the machine's; users write `VfarmWorkerType == "large"`."""
+    wants_large = job(1, requirements='VfarmWorkerType == "large"')
+    big_memory = job(2, requirements="Memory >= 20000")
+    result = planner.plan({"now": NOW, "jobs": [wants_large, big_memory], "slots": [], "instances": []}, spec())
+    assert (result.types["large"].waiting, result.types["small"].waiting) == (2, 0)
+    own = job(3, requirements="Memory >= 20000")
+    own["Memory"] = 30000  # the job's own attribute comes first: every type holds it
+    result = planner.plan({"now": NOW, "jobs": [own], "slots": [], "instances": []}, spec())
+    assert result.types["small"].waiting == 1
+    never = job(4, requirements='VfarmWorkerType == "huge"')
+    result = planner.plan({"now": NOW, "jobs": [never], "slots": [], "instances": []}, spec())
+    assert result.launch == 0 and [u.jobs for u in result.unfit] == [("4.0",)]
+
+
 def test_requirements_that_test_for_undefined_refuse_no_type_and_one_type_farms_check_cpus_only() -> None:
     # As a real schedd writes them: `=!= undefined` on an attribute no type declares would be false here.
     real = job(1, requirements='VfarmInstanceId =!= undefined && (TARGET.Arch == "X86_64") && (TARGET.Memory >= RequestMemory)')
