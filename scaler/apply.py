@@ -10,7 +10,9 @@ What happens here:
   so the cloud hands back the instances of the first call instead of starting them twice. A launch
   refused for quota or capacity is followed, in the same cycle, by the plan's fallback launches
   (in a hybrid farm: the next clouds'), less what the refused call started before its refusal;
-  each fallback taken is recorded in the outcome.
+  each fallback taken is recorded in the outcome. One fallback per cycle (each is planned with
+  the plan's other launches going ahead: two could together pass a cap), and in a hybrid farm
+  nothing more is launched on a cloud that refused (the fallback placed the jobs of all its launches).
 - Drain is HTCondor's own graceful drain, `condor_drain -graceful` (running jobs run to their
   end under MaxJobRetirementTime, no new job starts), run through the host runner
   (clouds/hostcmd.py) with the prefix `pool.admin-command` (how to run HTCondor's admin tools on
@@ -176,6 +178,15 @@ class Outcome:
         return data
 
 
+@dataclass
+class _Refusals:
+    """One cycle's launches refused for quota or capacity: the clouds that refused (a hybrid farm
+    launches nothing more there in the cycle), and whether a fallback was taken."""
+
+    clouds: set[str] = field(default_factory=set)
+    fell_back: bool = False
+
+
 class Applier:
     """Carries out plans, one per cycle. Holds only what may be lost on a restart and hands it to the
     next plan (`memory`): back-off timers and the launches of unknown outcome."""
@@ -263,8 +274,9 @@ class Applier:
         self.intents = dict(plan.intents)
         for decision in plan.of(Action.FORGET):
             self.log.info("forget: %s", decision.reason)
+        refusals = _Refusals()
         for decision in plan.of(Action.LAUNCH):
-            self._launch(decision, now, outcome)
+            self._launch(decision, now, outcome, refusals)
         return outcome
 
     def _say_black_holes(self, plan: Plan, now: float, outcome: Outcome) -> None:
@@ -306,8 +318,12 @@ class Applier:
             except CloudError as err:
                 self._cloud_error("terminate", key, err, now, outcome)
 
-    def _launch(self, decision: Decision, now: float, outcome: Outcome) -> None:
+    def _launch(self, decision: Decision, now: float, outcome: Outcome, refusals: _Refusals) -> None:
         assert decision.type is not None and decision.token is not None
+        if decision.cloud is not None and decision.cloud in refusals.clouds:
+            self.log.info("launch %d of %s skipped: cloud %s refused a launch for quota or capacity in this cycle, and the fallback "
+                          "taken then placed its jobs", decision.count, decision.type, decision.cloud)
+            return
         self.log.info("launch %d%s: %s", decision.count, f" of type {decision.type}" if self.spec.typed else "", decision.reason)
         if self.dry_run:
             self.log.info("dry run: not launching")
@@ -315,26 +331,39 @@ class Applier:
         try:
             self._start(decision.type, decision.count, decision.token, now, outcome)
         except CapacityError as err:
-            started = len(err.started)
-            for option in decision.fallback:
-                count = self._instead(decision, option, started)
-                if count <= 0:
-                    continue
-                before = f"; {started} started before the refusal" if started else ""
-                if option.cloud is not None and decision.cloud is not None:
-                    self.log.info("launch %d of %s instead (cloud %s refused %s for quota or capacity%s)", count, option.type, decision.cloud,
-                                  decision.type, before)
-                else:
-                    self.log.info("launch %d of type %s instead (the cloud refused type %s for quota or capacity%s)", count, option.type,
-                                  decision.type, before)
-                outcome.fallbacks.append({"from": decision.type, "to": option.type, "count": count, "started_before": started, "reason": str(err)})
-                try:
-                    self._start(option.type, count, option.token if count == option.count else f"{option.token[:50]}-{count}", now, outcome)
-                    return
-                except CloudError:
-                    continue
+            if decision.cloud is not None:
+                refusals.clouds.add(decision.cloud)
+            if refusals.fell_back:
+                # Each fallback was planned with the plan's other launches going ahead; two in one
+                # cycle could together exceed a cap. The next cycle plans with this refusal's back-off.
+                if decision.fallback:
+                    self.log.info("no fallback for %s in this cycle: one was taken already", decision.type)
+                return
+            refusals.fell_back = bool(decision.fallback)
+            self._fall_back(decision, err, now, outcome)
         except CloudError:
             pass
+
+    def _fall_back(self, decision: Decision, err: CapacityError, now: float, outcome: Outcome) -> None:
+        """Start every launch of DECISION's fallback (together they hold the refused launch's jobs),
+        less what the refused call started before its refusal."""
+        started = len(err.started)
+        for option in decision.fallback:
+            count = self._instead(decision, option, started)
+            if count <= 0:
+                continue
+            before = f"; {started} started before the refusal" if started else ""
+            if option.cloud is not None and decision.cloud is not None:
+                self.log.info("launch %d of %s instead (cloud %s refused %s for quota or capacity%s)", count, option.type, decision.cloud,
+                              decision.type, before)
+            else:
+                self.log.info("launch %d of type %s instead (the cloud refused type %s for quota or capacity%s)", count, option.type,
+                              decision.type, before)
+            outcome.fallbacks.append({"from": decision.type, "to": option.type, "count": count, "started_before": started, "reason": str(err)})
+            try:
+                self._start(option.type, count, option.token if count == option.count else f"{option.token[:50]}-{count}", now, outcome)
+            except CloudError:
+                continue
 
     def _instead(self, decision: Decision, option: LaunchOption, started: int) -> int:
         """How many of OPTION still to start when the refused DECISION started STARTED of its

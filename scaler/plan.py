@@ -893,15 +893,27 @@ def _reached(farm: _Farm, placement: WorkerType, launches: dict[str, int], cappe
 def _fallback(farm: _Farm, launching: _Launching, refused: WorkerType) -> tuple[LaunchOption, ...]:
     """What to start instead if the cloud refuses REFUSED for quota or capacity: the plan again
     without that type (in a hybrid farm: without any type on that cloud, so the next clouds take
-    the rest), beyond what this plan starts of the others."""
+    the rest), with the other launches of this plan going ahead: what they start is booting supply
+    and uses up their limits and the farm's caps, so the fallback and they never exceed them."""
     spec = farm.spec
     if len(spec.placements) == 1:
         return ()
-    closed = {p.name: 0 for p in spec.placements if p.name == refused.name or (refused.on is not None and p.on == refused.on)}
-    other = fit.assign(launching.fitted, spec.placements, farm.supply, {**launching.allowed, **closed}, farm.room_left, launching.shared, farm.cpu_room)
+    closed = {p.name for p in spec.placements if p.name == refused.name or (refused.on is not None and p.on == refused.on)}
+    going = {p.name: launching.launches[p.name] for p in spec.placements if p.name not in closed and launching.launches[p.name] > 0}
+    supply = dict(farm.supply)
+    for name, n in going.items():
+        one = fit.capacity(spec.worker_type(name))
+        supply[name] = supply[name] + fit.Resources(n * one.cpus, n * one.memory, n * one.gpus)
+    allowed = {name: 0 if name in closed else max(0, limit - going.get(name, 0)) for name, limit in launching.allowed.items()}
+    shared = [(members, max(0, limit - sum(going.get(m, 0) for m in members))) for members, limit in launching.shared]
+    room = max(0, farm.room_left - sum(going.values()))
+    cpu_room = farm.cpu_room
+    if cpu_room is not None:
+        cpu_room = max(0, cpu_room - sum(n * spec.worker_type(name).cpus for name, n in going.items()))
+    instead = fit.assign(launching.fitted, spec.placements, supply, allowed, room, shared, cpu_room)
     options = []
     for p in spec.placements:
-        more = other.launch[p.name] - launching.launches[p.name]
+        more = instead.launch[p.name]
         if p.name not in closed and more > 0:
             options.append(LaunchOption(p.name, more, client_token(f"{_token_name(spec, p)}:instead-of:{refused.name}", farm.now, more), p.on))
     return tuple(options)

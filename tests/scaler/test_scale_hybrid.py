@@ -135,6 +135,25 @@ def test_a_farm_of_one_type_over_clouds_and_an_untagged_instance() -> None:
     assert [(o.type, o.count) for o in result.of(planner.Action.LAUNCH)[0].fallback] == [("default@aws", 3)]
 
 
+def test_a_refused_cloud_is_left_for_the_cycle_and_its_fallback_places_all_its_jobs(caplog: pytest.LogCaptureFixture) -> None:
+    """site refuses its first launch: the fallback (the plan without site) starts what both of
+    site's launches were for on aws, every launch of it; site's second launch is not tried, and
+    nothing is started twice."""
+    caplog.set_level(logging.INFO, logger="vfarm.test")
+    farm = spec()
+    jobs = [job(1), job(2, cpus=8)]
+    snapshot = {"now": NOW, "jobs": jobs, "slots": [], "instances": []}
+    decided = planner.plan(snapshot, farm)
+    assert launches(decided) == {"small@site": 1, "large@site": 1}
+    site, aws = Cloud("site", quota=0), Cloud("aws")
+    applier = apply.Applier(farm, backends.HybridBackend(farm, {"site": site, "aws": aws}), apply.CondorDrain("cm"), logging.getLogger("vfarm.test"))
+    outcome = applier.apply(decided, snapshot)
+    assert [(n, c) for n, c, _t in site.launched] == [("small@site", 0)]
+    assert sorted((n, c) for n, c, _t in aws.launched) == [("large@aws", 1), ("small@aws", 1)]
+    assert outcome.launched_by_cloud == {"aws": 2} and len(outcome.fallbacks) == 2
+    assert "launch 1 of large@site skipped: cloud site refused a launch for quota or capacity in this cycle" in caplog.text
+
+
 def test_back_off_and_black_hole_are_per_cloud() -> None:
     farm = spec(PLAIN)
     jobs = [job(n) for n in range(2)]

@@ -242,7 +242,38 @@ requests = st.lists(st.tuples(st.sampled_from([1, 1, 2, 4, 8, 16]), st.sampled_f
                     max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+def test_a_fallback_and_the_other_launches_stay_within_max_vms() -> None:
+    """The fallback is planned with the plan's other launches going ahead. Here max-vms is 3: r
+    holds the older 2-CPU jobs in one worker, p the two 16-CPU jobs; were r refused, its jobs
+    need more of q than the 3 max-vms leaves beside p's 2."""
+    farm = spec(FARM_OF_THREE)
+    jobs = [job(n, cpus=2, memory=2000) for n in range(4)] + [job(10 + n, cpus=16, memory=500) for n in range(2)]
+    for older in jobs[:4]:
+        older["EnteredCurrentStatus"] = NOW - 600
+    decided = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": []}, farm)
+    assert launches(decided) == {"r": 1, "p": 2}
+    refused = next(d for d in decided.of(planner.Action.LAUNCH) if d.type == "r")
+    assert [(o.type, o.count) for o in refused.fallback] == [("q", 1)]  # not 3: p's 2 go ahead
+    cloud = Cloud(refuse="r")
+    applier = apply.Applier(farm, cloud, apply.CondorDrain("cm"), logging.getLogger("vfarm.test"))
+    outcome = applier.apply(decided, {"now": NOW, "jobs": jobs, "slots": [], "instances": []})
+    assert sorted((name, count) for name, count, _token in cloud.started) == [("p", 2), ("q", 1)] and len(outcome.launched) == 3
+
+
+FARM_OF_THREE = """\
+scale:
+  name: mixed
+  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}
+  max-vms: 3
+  waiting-time: 0
+  types:
+    - {name: r, cpus: 8, memory: 16000}
+    - {name: q, cpus: 2, memory: 4000}
+    - {name: p, cpus: 16, memory: 1000}
+"""
+
+
+@settings(max_examples=300, deadline=None)
 @given(types=worker_types, asked=requests, max_vms=st.integers(0, 12), booting=st.lists(st.integers(0, 3), max_size=5),
        lost=st.integers(0, 4), max_cpus=st.one_of(st.none(), st.integers(0, 60)))
 def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tuple[int, Optional[int], int, Optional[str]]], max_vms: int,
@@ -263,8 +294,8 @@ def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tupl
     by_type = {t.name: t for t in farm.types}
     # never over max-vms, nor over a type's max
     assert result.active + result.launch <= max(max_vms, result.active)
+    live = sum(farm.worker_type(w.type).cpus for w in result.instances)
     if max_cpus is not None:  # nor over max-cpus (every live worker counted with its type's CPUs)
-        live = sum(farm.worker_type(w.type).cpus for w in result.instances)
         assert live + sum(n * by_type[name].cpus for name, n in started.items()) <= max(max_cpus, live)
     for name, count in started.items():
         kind = by_type[name]
@@ -286,9 +317,19 @@ def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tupl
     for name, figures in result.types.items():
         if name in started and started[name] == figures.wanted:
             assert figures.supply + started[name] * by_type[name].cpus >= figures.demand
-    # a launch's fallback never names its own type and only types that hold work
+    # a launch's fallback never names its own type and only types that hold work; with the plan's
+    # other launches it stays within max-vms, max-cpus and every type's max
     for decision in result.of(planner.Action.LAUNCH):
         assert all(o.type != decision.type and o.count > 0 for o in decision.fallback)
+        instead = {name: n for name, n in started.items() if name != decision.type}
+        for o in decision.fallback:
+            instead[o.type] = instead.get(o.type, 0) + o.count
+        assert result.active + sum(instead.values()) <= max(max_vms, result.active), (decision.type, started, decision.fallback)
+        if max_cpus is not None:
+            assert live + sum(n * by_type[name].cpus for name, n in instead.items()) <= max(max_cpus, live)
+        for name, count in instead.items():
+            kind = by_type[name]
+            assert kind.max is None or result.types[name].active + count <= max(kind.max, result.types[name].active)
 
 
 def test_each_type_of_a_farm_with_a_condor_section_advertises_its_name(tmp_path: Path) -> None:
