@@ -86,6 +86,12 @@ def upstream(version: str) -> str:
     return version
 
 
+def is_version(found: str, wanted: str) -> bool:
+    """Whether the package version FOUND is the WANTED one: written whole (`2.11.5~1+debian12`,
+    `2.11.5-1.el9`) or as its upstream version (`2.11.5`)."""
+    return found == wanted or upstream(found) == wanted
+
+
 def config_files(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Absolute path of each .local file -> its settings."""
     out: dict[str, dict[str, Any]] = {}
@@ -125,7 +131,7 @@ def _package_version(ctx: Context, manager: Optional[str], package: str) -> Opti
         status, _, version = result.stdout.partition("\t")
         return version.strip() if result.returncode == 0 and "install ok installed" in status else None
     if manager in ("dnf", "yum"):
-        result = ctx.runner.run(["rpm", "-q", "--qf", "%{VERSION}", package], check=False, changes=False)
+        result = ctx.runner.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package], check=False, changes=False)
         return result.stdout.strip() if result.returncode == 0 else None
     return None
 
@@ -212,7 +218,7 @@ def plan(section: dict[str, Any], facts: Facts) -> CvmfsPlan:
     if section.get("install"):
         if facts.manager is None:
             raise PlanError("no apt-get, dnf or yum on this machine: cannot install cvmfs")
-        current_ok = facts.installed is not None and (wanted is None or upstream(facts.installed) == wanted)
+        current_ok = facts.installed is not None and (wanted is None or is_version(facts.installed, wanted))
         if not current_ok:
             try:
                 steps += _repository_steps(section, facts)
@@ -302,7 +308,7 @@ def _install_argv(ctx: Context, manager: str, package: str, version: Optional[st
         if version:
             madison = ctx.runner.run(["apt-cache", "madison", package], changes=False)
             exact = [line.split("|")[1].strip() for line in madison.stdout.splitlines() if line.count("|") >= 2]
-            match = [v for v in exact if upstream(v) == version]
+            match = [v for v in exact if is_version(v, version)]
             if not match and not ctx.dry_run:
                 raise StepError(f"cvmfs {version} is not in the package repository (it has: {', '.join(exact) or 'no cvmfs at all'})")
             spec = f"{package}={match[0] if match else version}"

@@ -152,6 +152,19 @@ def test_second_run_changes_nothing(root: Path) -> None:
     assert ["cvmfs_config", "probe", "alice.cern.ch"] in again.calls
 
 
+def test_a_version_pinned_as_the_repository_writes_it_installs_once(root: Path) -> None:
+    """`version` may be the package's whole version, as the repository lists it: installed as
+    that, and a second run finds it installed."""
+    exact = {**SECTION, "version": "2.1.14~1+debian12"}
+    host = FakeCvmfsHost()
+    first = FakeRunner(answers=host.answers())
+    assert run(root, first, exact)["status"] == "ok"
+    assert ["apt-get", "install", "-y", "-q", "--allow-downgrades", "cvmfs=2.1.14~1+debian12"] in first.changing_calls()
+    again = FakeRunner(answers=host.answers())
+    status = run(root, again, exact)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+
+
 def test_install_false_configures_an_existing_client(root: Path) -> None:
     host = FakeCvmfsHost(installed="2.11.5~1+debian12", set_up=True)
     runner = FakeRunner(answers=host.answers())
