@@ -15,6 +15,7 @@ import os
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Optional
 
 from ..config import localfs as localfs_spec
@@ -297,6 +298,12 @@ class LocalfsPlan(Plan):
     rediscover: bool = False  # plan again after these steps (a new volume group)
 
 
+def _nesting(targets: list[str]) -> dict[str, int]:
+    """Each mount point of TARGETS: how many of the others hold it (`/data/scratch` in `/data`: 1)."""
+    paths = {target: PurePosixPath(target) for target in targets}
+    return {target: sum(1 for other, outer in paths.items() if other != target and path.is_relative_to(outer)) for target, path in paths.items()}
+
+
 def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     """The steps that bring the machine to SPEC, as plain data. No steps: nothing to do.
 
@@ -313,7 +320,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     resolved = localfs_spec.resolve(spec, VolumeGroup(vg, info["extent_size"], info["extents"], info["free"], own))
     creates: list[Step] = []
     mkfs: list[Step] = []
-    mounts: list[Step] = []
+    mounts: list[tuple[Optional[str], list[Step]]] = []  # per part: its mount point (None: swap) and steps
     notes: list[str] = []
     entries: list[tuple[str, str, str, str, int, int]] = []
     aliases = dict(facts.aliases)
@@ -341,7 +348,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         if fs == "swap":
             entries.append((device, "none", "swap", part.spec.options, 0, 0))
             if not any(_is_device(facts, device, s) for s in facts.swaps):
-                mounts.append(_command("swapon", ["swapon", device], part=name))
+                mounts.append((None, [_command("swapon", ["swapon", device], part=name)]))
             continue
         target = part.spec.mount
         assert target is not None  # the schema checks give every filesystem part a mount point
@@ -351,20 +358,27 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
             continue
         if source is not None:
             notes.append(f"{target} is a mount of {source}: {device} is mounted over it")
+        these: list[Step] = []
+        mounts.append((target, these))
         if made and target in facts.nonempty:
             carry = at(f"{CARRY_DIR}/{name}")
-            mounts += [
+            these += [
                 _command("carry", ["mkdir", "-p", carry], part=name),
                 _command("carry", ["mount", "-t", fs, device, carry], part=name),
                 _command("carry", ["cp", "-a", f"{at(target)}/.", f"{carry}/"], part=name),
                 _command("carry", ["umount", carry], part=name),
             ]
         if target not in facts.existing_dirs:
-            mounts.append(_command("mkdir", ["mkdir", "-p", at(target)], part=name))
-        mounts.append(_command("mount", ["mount", "-t", fs, "-o", part.spec.options, device, at(target)], part=name))
+            these.append(_command("mkdir", ["mkdir", "-p", at(target)], part=name))
+        these.append(_command("mount", ["mount", "-t", fs, "-o", part.spec.options, device, at(target)], part=name))
         if part.spec.mode:
-            mounts.append(_command("chmod", ["chmod", part.spec.mode, at(target)], part=name))
-    steps = creates + mkfs + mounts
+            these.append(_command("chmod", ["chmod", part.spec.mode, at(target)], part=name))
+    # A mount point inside another's is mounted after it (else the outer mount hides it), here and
+    # at boot (fstab's order); otherwise the config's order.
+    depth = _nesting([entry[1] for entry in entries if entry[2] != "swap"])
+    entries.sort(key=lambda entry: depth.get(entry[1], 0) if entry[2] != "swap" else 0)
+    mounts.sort(key=lambda group: depth.get(group[0], 0) if group[0] else 0)
+    steps = creates + mkfs + [step for _target, group in mounts for step in group]
     try:
         new_fstab = fstab_text(facts.fstab, entries, aliases)
     except UnsafeValue as err:

@@ -75,6 +75,22 @@ def test_second_run_changes_nothing(root: Path) -> None:
     assert (root / "etc/fstab").read_text() == fstab
 
 
+def test_a_mount_point_inside_another_is_mounted_after_it_now_and_at_boot(root: Path) -> None:
+    """/data/scratch listed before /data: mounted after it (else /data hides it), and after it in
+    fstab (mounted in the file's order at boot); a second run changes nothing."""
+    nested = {"parts": {"scratch": 10, "scratch-mount": "/data/scratch", "data": 50, "data-mount": "/data", "home": 20}}
+    machine = fresh_machine()
+    runner = FakeRunner(machine=machine)
+    assert run(root, runner, nested)["status"] == "ok"
+    mounted = [c[-1] for c in runner.calls if c[0] == "mount" and "/run/vfarm/" not in c[-1]]  # not /home's carry mount
+    assert mounted == [str(root / "data"), str(root / "home"), str(root / "data/scratch")]  # the others in the config's order
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.index("\t/data\t") < fstab.index("\t/home\t") < fstab.index("\t/data/scratch\t")
+    again = FakeRunner(machine=machine)
+    status = run(root, again, nested)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+
+
 def test_second_boot_with_our_lvs_present_and_mounted(root: Path) -> None:
     machine = fresh_machine()
     for name, extents, fs in (("cvmfs", 850, "ext4"), ("home", 2900, "ext4"), ("tmp", 400, "ext4"), ("swap", 850, "swap")):
