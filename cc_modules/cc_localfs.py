@@ -158,13 +158,25 @@ def _own_lvs(facts: Facts, vg: str) -> list[str]:
 
 
 def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
-    """(volume group name, whether it must be created from `devices`)."""
+    """(volume group name, whether it must be created from `devices`): `vg` when named; else the
+    one on `devices` when they are named; else the one holding vfarm's volumes, or the one with
+    free space."""
     if spec.vg:
         if spec.vg in facts.vgs:
             return spec.vg, False
         if spec.devices:
             return spec.vg, True
         raise PlanError(f"volume group {spec.vg} does not exist (found: {', '.join(facts.vgs) or 'none'}) and no devices are given to create it")
+    if spec.devices:
+        # The devices named are where: their volume group (made there on an earlier run) or a new one.
+        on_them = sorted({facts.pvs[d] for d in spec.devices if facts.pvs.get(d)})
+        if len(on_them) > 1:
+            raise PlanError(f"the devices belong to several volume groups ({', '.join(on_them)}): name the one to use with vg:")
+        if on_them:
+            return on_them[0], False
+        if DEFAULT_VG in facts.vgs:
+            raise PlanError(f"volume group {DEFAULT_VG} exists on other devices than {', '.join(spec.devices)}: name the one to create with vg:")
+        return DEFAULT_VG, True
     ours = sorted(vg for vg in facts.vgs if _own_lvs(facts, vg))
     if len(ours) == 1:
         return ours[0], False
@@ -175,12 +187,6 @@ def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
         raise PlanError(f"several volume groups have free space ({', '.join(with_space)}): name the one to use with vg:")
     if with_space:
         return with_space[0], False
-    # Devices that are already PVs of one VG (a VG made from them on an earlier run).
-    existing = {facts.pvs[d] for d in spec.devices if facts.pvs.get(d)}
-    if len(existing) == 1:
-        return existing.pop(), False
-    if spec.devices:
-        return DEFAULT_VG, True
     found = ", ".join(f"{vg} (no free space)" for vg in facts.vgs) or "none"
     raise PlanError(f"no volume group with free space (found: {found}) and no devices to create one on")
 

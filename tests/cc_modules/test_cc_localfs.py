@@ -160,6 +160,19 @@ def test_blank_device_gets_a_vg_then_the_volumes(root: Path) -> None:
     assert again.changing_calls() == []
 
 
+def test_devices_named_are_used_even_when_another_volume_group_has_free_space(root: Path) -> None:
+    """An image's root volume group with spare extents does not take the parts: the devices named
+    get the volume group (vg_local by default), on this run and the next."""
+    machine = FakeMachine(devices={"/dev/vdb": 2000}).add_vg("vg_root", 256)
+    runner = FakeRunner(machine=machine)
+    section = {"devices": ["/dev/vdb"], "parts": {"tmp": 10}}
+    status = run(root, runner, section)
+    assert status["status"] == "ok", status["reason"]
+    assert ["vgcreate", "vg_local", "/dev/vdb"] in runner.calls and list(machine.lvs) == ["vg_local/tmp"]
+    again = FakeRunner(machine=machine)
+    assert run(root, again, section)["status"] == "ok" and again.changing_calls() == []
+
+
 def test_our_lv_without_filesystem_gets_one_existing_filesystem_never(root: Path) -> None:
     machine = fresh_machine().add_lv("vg_local", "home", 2900, fs="ext4").add_lv("vg_local", "tmp", 400)
     runner = FakeRunner(machine=machine)
