@@ -11,6 +11,7 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Optional
 
 from ..errors import PlanError
@@ -199,7 +200,7 @@ def check(section: dict[str, Any]) -> list[Finding]:
     if unusable:
         return findings + unusable  # the model cannot be built from such sizes
     spec = parse(section)
-    percent = {"VG": 0.0, "FREE": 0.0}
+    percent = {"VG": Fraction(0), "FREE": Fraction(0)}
     seen_mounts: dict[str, str] = {}
     for part in spec.parts:
         where = ("parts", part.name)
@@ -208,7 +209,7 @@ def check(section: dict[str, Any]) -> list[Finding]:
         if part.size.value <= 0:
             findings.append(Finding(size_path, f"part '{part.name}' has size 0: give it a size or remove it"))
         if part.size.kind in percent:
-            percent[part.size.kind] += part.size.value
+            percent[part.size.kind] += exact(part.size.value)
         mount_given = isinstance(value, dict) and "mount" in value or part.name in mounts
         if part.fs == "swap":
             if mount_given:
@@ -234,8 +235,14 @@ def check(section: dict[str, Any]) -> list[Finding]:
     for kind, label in (("VG", "the volume group"), ("FREE", "the free space")):
         if percent[kind] > 100:
             detail = " + ".join(f"{p.name} {p.size.value:g}" for p in spec.parts if p.size.kind == kind)
-            findings.append(Finding(("parts",), f"parts take {percent[kind]:g}% of {label} ({detail}); at most 100% fit", at_key=True))
+            findings.append(Finding(("parts",), f"parts take {float(percent[kind]):g}% of {label} ({detail}); at most 100% fit", at_key=True))
     return findings
+
+
+def exact(percent: float) -> Fraction:
+    """PERCENT as the decimal it was written as (0.57 is 57/100, not the float nearest it):
+    sizes and sums of percentages are worked out exactly."""
+    return Fraction(repr(percent))
 
 
 def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
@@ -248,7 +255,7 @@ def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
     fixed: dict[str, int] = {}
     for part in spec.parts:
         if part.size.kind == "VG":
-            fixed[part.name] = math.floor(vg.total_extents * part.size.value / 100)
+            fixed[part.name] = math.floor(vg.total_extents * exact(part.size.value) / 100)
         elif part.size.kind == "BYTES":
             fixed[part.name] = math.ceil(part.size.value / vg.extent_size)  # lvcreate -L rounds up
     available = vg.free_extents + sum(extents for _, extents in vg.own_lvs)
@@ -262,7 +269,7 @@ def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
     for part in spec.parts:
         extents = fixed.get(part.name)
         if extents is None:
-            extents = math.floor(left * part.size.value / 100)
+            extents = math.floor(left * exact(part.size.value) / 100)
         if extents <= 0:
             raise PlanError(f"part '{part.name}' ({part.size}) comes to 0 extents on volume group {vg.name}")
         resolved.append(ResolvedPart(part, extents, extents * vg.extent_size))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vfarm.cli import main as cli
-from vfarm.config.loader import load_file
+from vfarm.config.loader import load_file, load_text
 from vfarm.config.localfs import LocalfsSpec, PartSpec, Size, VolumeGroup, parse, resolve
 from vfarm.errors import PlanError
 
@@ -86,6 +86,17 @@ def test_zero_extents_is_an_error() -> None:
     spec = LocalfsSpec((PartSpec("home", Size("VG", 0.5), "ext4", "/home", "defaults", None, None),), None, (), False)
     with pytest.raises(PlanError, match="part 'home' \\(0.5%VG\\) comes to 0 extents"):
         resolve(spec, VolumeGroup("vg", 4 << 20, 100, 100))
+
+
+def test_percentages_are_worked_out_as_written() -> None:
+    """0.57% of 10,000 extents is 57 (the float nearest 0.57 times 100 is 56.99...); shares that
+    add up to 100 as written fit, whatever floating point makes of their sum."""
+    spec = LocalfsSpec((PartSpec("home", Size("VG", 0.57), "ext4", "/home", "defaults", None, None),), None, (), False)
+    assert [p.extents for p in resolve(spec, VolumeGroup("vg", 4 << 20, 10_000, 10_000))] == [57]
+    config = load_text("localfs:\n  parts:\n    a: 0.01\n    a-mount: /a\n    b: 65.4\n    b-mount: /b\n    c: 34.59\n    c-mount: /c\n")
+    assert config.warnings == []
+    parts = resolve(parse(config.sections["localfs"]), VolumeGroup("vg", 4 << 20, 10_000, 10_000))
+    assert [p.extents for p in parts] == [1, 6540, 3459]
 
 
 percent = st.floats(min_value=0.5, max_value=100, allow_nan=False).map(lambda x: round(x, 1))
