@@ -82,9 +82,21 @@ def handle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str
     return str(values.get("name", "")), cfg if isinstance(cfg, dict) else {}, values.get("cloud")
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings YAML 1.2 reads as numbers (`1e3`, `0o17`): YAML
+    1.1 leaves them plain, and the loader refuses plain ones as ambiguous. The string came quoted."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if vconfig.YAML12_NUMBER.match(value) else None)
+
+
+_Dumper.add_representer(str, _string)
+
+
 def validate(section_name: str, data: Any, source: str) -> dict[str, Any]:
     """The section checked exactly as `vfarm validate` checks it (schema and semantics)."""
-    text = yaml.safe_dump({section_name: data}, sort_keys=False)
+    text = yaml.dump({section_name: data}, Dumper=_Dumper, sort_keys=False)
     loaded = vconfig.load_text(text, source=source, sections={section_name})
     section: dict[str, Any] = loaded.sections[section_name]
     return section

@@ -153,7 +153,7 @@ INT_TAG, FLOAT_TAG, STR_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 BOOL_TAG, TIMESTAMP_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"
 _DECIMAL = re.compile(r"[-+]?[0-9]+\Z")
 # What YAML 1.2's core schema reads as a number (PyYAML reads YAML 1.1).
-_YAML12_NUMBER = re.compile(r"[-+]?(0o[0-7]+|0x[0-9a-fA-F]+|(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)\Z")
+YAML12_NUMBER = re.compile(r"[-+]?(0o[0-7]+|0x[0-9a-fA-F]+|(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)\Z")
 
 
 def _number_problem(text: str, tag: str, plain: bool) -> Optional[str]:
@@ -166,7 +166,7 @@ def _number_problem(text: str, tag: str, plain: bool) -> Optional[str]:
     fix = f'write the number in plain decimal, or quote it ("{text}") if it is text'
     body = text.lstrip("+-")
     if tag == STR_TAG:
-        if plain and _YAML12_NUMBER.match(text):
+        if plain and YAML12_NUMBER.match(text):
             return f"{text} is a number in YAML 1.2 but text in YAML 1.1: {fix}"
         return None
     if ":" in body:

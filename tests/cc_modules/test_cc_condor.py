@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.fakesystem import FakeRunner
 from vfarm.cc_modules import cc_condor, handling
 from vfarm.config import condor as condor_spec
+from vfarm.config import loader
 
 # Not an `eyJ...` JWT on purpose: the redaction would hide one; this proves the token is never emitted.
 TOKEN = "s3cretHeader.s3cretClaims.s3cretSignature"
@@ -195,3 +197,12 @@ def test_dry_run_writes_nothing(root: Path) -> None:
     status = run(root, runner)
     assert status["status"] == "ok"
     assert not (root / condor_spec.TOKEN_FILE.lstrip("/")).exists() and not (root / condor_spec.CONFIG_FILE.lstrip("/")).exists()
+
+
+def test_a_cloud_config_section_is_accepted_as_vfarm_validate_accepts_the_file() -> None:
+    """As a config module the section comes parsed (cloud-init's YAML); its strings that YAML 1.2
+    reads as numbers, quoted by the admin, are still strings when checked again."""
+    text = 'condor:\n  central-manager: cm.example.org\n  token: a.b.c\n  config: {NEGOTIATOR_X: "1e3", STARTER_Y: "0o17"}\n'
+    assert loader.load_text(text).sections["condor"]["config"] == {"NEGOTIATOR_X": "1e3", "STARTER_Y": "0o17"}
+    section = handling.validate("condor", yaml.safe_load(text)["condor"], "cloud-config (condor)")
+    assert section["config"] == {"NEGOTIATOR_X": "1e3", "STARTER_Y": "0o17"}
