@@ -116,10 +116,20 @@ def cache_base(section: dict[str, Any]) -> str:
     return DEFAULT_CACHE_BASE
 
 
+def _shown_proxy(proxy: str) -> str:
+    """PROXY for a message: the password (between the user's colon and the last @) hidden, however
+    malformed (a blank in it would end redact's URL there)."""
+    scheme, sep, rest = proxy.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        return redact(f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}")
+    return redact(proxy)
+
+
 def _proxy_problem(proxy: str) -> Optional[str]:
     if proxy in ("DIRECT", "auto"):
         return None
-    shown = redact(proxy)
+    shown = _shown_proxy(proxy)
     try:
         parts = urlsplit(proxy)
         port = parts.port
