@@ -146,6 +146,10 @@ def test_validate_messages_hide_proxy_passwords(tmp_path: Path, capsys: pytest.C
     code, out, err = run(capsys, "validate", str(farm))
     assert_clean(out + err, password)
     assert code == 0 or "proxy 'http://u:***@squid.example.org:3128' does not parse" in err, err
+    farm.write_text(f'#multiple-config\ncvmfs:\n  local:\n    repositories: alice.cern.ch\n    http-proxy: "http://u:{password}@squid.example.org"\n')
+    code, out, err = run(capsys, "validate", str(farm))  # no port: refused, the password hidden whatever it holds
+    assert code == 1 and ("proxy 'http://u:***@squid.example.org' has no port" in err or "does not parse" in err), err
+    assert_clean(out + err, password)
 
 
 # --- the pin loader, as the user-data carries it -------------------------------------------------
