@@ -385,7 +385,9 @@ class LocalFarm:
         pgid = int(sup["pid"])
         if alive(pgid, sup.get("start")):
             os.killpg(pgid, signal.SIGTERM)
-        elif not group_members(pgid):
+        elif alive(pgid, None) or not group_members(pgid):
+            # Another process holds the supervisor's pid: Linux hands out no pid that names a
+            # living process group, so ours is gone, and the group of that number is someone else's.
             return
         deadline = time.monotonic() + STOP_WAIT
         while group_members(pgid):  # a group of ours: the supervisor's session (setsid) made it

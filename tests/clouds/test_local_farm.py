@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -168,6 +169,22 @@ def test_a_vm_whose_supervisor_was_killed_is_stopped(farm: local_farm.LocalFarm)
     os.killpg(sup, 9)
     wait_until(lambda: farm.instances(states=("stopped",)))
     assert "supervisor is gone" in farm.instances(states=None)[0]["StateTransitionReason"]
+
+
+def test_stopping_a_dead_supervisor_never_kills_the_process_that_got_its_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the supervisor died (a host restart, say) its pid may lead another group: that group
+    is someone else's and is left alone."""
+    monkeypatch.setattr(local_farm, "STOP_WAIT", 0.5)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a group leader, as a reused pid would be
+    try:
+        started = local_farm.start_time(other.pid)
+        assert started is not None
+        record = {"supervisor": {"pid": other.pid, "start": started - 12345}}  # the dead supervisor's start time
+        local_farm.LocalFarm(root=tmp_path / "farm")._stop(record)
+        assert other.poll() is None, "the unrelated process was killed"
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_failed_launch_leaves_nothing_behind(tmp_path: Path, image: Image) -> None:
