@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -278,7 +279,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
                         handled = True  # a duplicate of our entry: dropped
                     present.add(index)
                 continue
-            if fields[1] == target:
+            if posixpath.normpath(fields[1]) == target:  # `/home/` is /home too
                 if same_device and index not in present:
                     present.add(index)
                 elif same_device:
