@@ -14,6 +14,7 @@ import errno
 import gzip
 import hashlib
 import inspect as pyinspect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ def known_types() -> set[str]:
     return types
 
 
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]+")  # a part's file name, quoted in its Content-Disposition header
+
+
 def attachment(arg: str) -> Attachment:
     """`FILE[:TYPE]` -> Attachment. TYPE is a make-mime subtype (`x-shellscript`) or a full type
     (`text/x-shellscript`); without it the type comes from the first line, as cloud-init does."""
@@ -138,7 +142,11 @@ def attachment(arg: str) -> Attachment:
     if ctype not in known:
         subtypes = sorted(t.split("/", 1)[1] for t in known)
         raise BuildError(f"--attach {arg}: cloud-init has no handler for type {ctype}; known: {', '.join(subtypes)}")
-    return Attachment(ctype, Path(path).name, payload)
+    name = Path(path).name
+    if not _HEADER_SAFE.fullmatch(name):
+        raise BuildError(f"--attach {arg}: the file's name goes into a MIME header, where only printable ASCII reads back as written: "
+                         f"rename {name!r} (letters, digits, spaces and . _ - for instance)")
+    return Attachment(ctype, name, payload)
 
 
 @dataclass(frozen=True)

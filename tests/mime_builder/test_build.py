@@ -121,6 +121,18 @@ def test_over_the_limit_says_by_how_much_and_what_helps(torino: configuration.Co
         mime.build(torino, handlers="include=https://h.example.org/v", pin=True, gzip="always", max_size=1000)
 
 
+@pytest.mark.parametrize("name", ['x.sh"\nX-Evil: 1', "x.sh\n\nbody", "é.sh", "tab\there.sh"])
+def test_an_attachment_name_that_would_not_read_back_from_its_header_is_refused(tmp_path: Path, name: str) -> None:
+    """The file's name is quoted in the part's Content-Disposition: a line break would add headers
+    (or end them), and non-ASCII cannot be written there as it is."""
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(mime.BuildError, match="only printable ASCII reads back as written"):
+        mime.attachment(str(script))
+    (tmp_path / "ok 1.sh").write_text("#!/bin/sh\n")
+    assert mime.attachment(str(tmp_path / "ok 1.sh")).filename == "ok 1.sh"
+
+
 def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
     script = tmp_path / "hello.sh"
     script.write_text("#!/bin/sh\necho hello\n")
