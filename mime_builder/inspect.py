@@ -238,7 +238,7 @@ def _config_content(ctype: str, payload: bytes) -> Optional[str]:
         doc = loader.construct_document(node) if node is not None else None
     except RecursionError:
         raise _NotShown(f"nested deeper than {MAX_CONFIG_DEPTH} levels") from None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError):  # ValueError: PyYAML building 2001-02-30 or !!int 0x_
         return None
     finally:
         loader.dispose()

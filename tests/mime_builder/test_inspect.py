@@ -84,6 +84,13 @@ def test_part_before_its_handler_and_unknown_type() -> None:
     assert "part 3 (n.txt): nobody handles text/x-nothing: cloud-init drops it" in report.warnings
 
 
+@pytest.mark.parametrize("body", ["localfs: 2001-02-30\n", "localfs: !!int 0x_\n", "localfs: 2001-13-01 10:00:00\n"])
+def test_a_config_part_pyyaml_cannot_build_is_listed_without_its_content(body: str) -> None:
+    """PyYAML raises ValueError (not a YAMLError) building an impossible date or a bad !!int."""
+    report = inspect_bytes(mime_of(("localfs-config", "l.ccfg", body)))
+    assert [p.filename for p in report.parts] == ["l.ccfg"] and report.parts[0].content is None
+
+
 def test_compressed_custom_part() -> None:
     message = MIMEMultipart()
     part = MIMEApplication(gzip.compress(b"localfs:\n  parts: {home: 50}\n"), "gzip")
