@@ -158,6 +158,8 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
         (["build", "{cloud}"], "not a #multiple-config file"),
         (["build", "{example}", "--handlers", "include=ftp://x"], "is not an http(s) URL"),
         (["build", "{example}", "--handlers", "include=example.org/h"], "is not an http(s) URL"),
+        (["build", "{example}", "--handlers", "include=https://h.example.org/v#frag"], "has a query or fragment"),
+        (["build", "{example}", "--handlers", "include=https://h.example.org/v?sig=abc", "--pin"], "has a query or fragment"),
         (["build", "{example}", "--handlers", "inline"], "expected embed, baked or include=URL_BASE"),
         (["build", "{example}", "--attach", "{script}:x-nonsense"], "cloud-init has no handler for type text/x-nonsense"),
         (["build", "{example}", "--attach", "{plain}"], "cannot tell the type"),
