@@ -14,7 +14,7 @@ from ..display import shown, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..mime_builder import bundle, mime
 from ..mime_builder.limits import EC2_LIMIT
-from ..redaction import redact_strings
+from ..redaction import redact, redact_strings
 from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, int_bytes
 
 SUMS = "SHA256SUMS"
@@ -71,7 +71,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if part.content is not None:
             print(f"part {part.index} ({shown(part.filename)}), secrets hidden: {shown(part.content)}")
     for warning in report.warnings:
-        print(f"warning: {shown_message(warning)}")
+        print(f"warning: {shown_message(redact(warning))}")  # as --json hides them: token= in a URL too
     return EXIT_OK
 
 

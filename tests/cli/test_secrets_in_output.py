@@ -126,6 +126,16 @@ def test_inspect_hides_credentials_and_escapes_file_names(tmp_path: Path, capsys
     assert doc["parts"][1]["urls"] == ["http://user:***@handlers.example.org/vfarm/localfs_handler.py"]
 
 
+def test_inspect_text_hides_a_token_in_an_include_url_as_json_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    userdata = tmp_path / "include.txt"
+    userdata.write_text("#include\nhttps://h.example.org/a?token=TOK123SECRET\n")
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "inspect", str(userdata), *extra)
+        assert code == 0, err
+        assert_clean(out + err, "TOK123SECRET")
+        assert "token=***" in out
+
+
 def test_build_messages_hide_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     password = "Qx7/Zk9@Wm2"
     code, out, err = run(capsys, "build", str(EXAMPLE), "--handlers", f"include=ftp://user:{password}@h.example.org/vfarm")
