@@ -4,6 +4,7 @@ and the user-data options (`vfarm build`, `vfarm launch ec2`, `vfarm launch loca
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -126,14 +127,28 @@ def wait_reporter(started: float, state: Callable[[dict[str, Any]], str], ready:
     return report
 
 
-def write_dry_run(args: argparse.Namespace, userdata: bytes) -> Optional[Path]:
-    """A launch's --dry-run: USERDATA written 0600 (it may carry proxy credentials or a pool token)
-    to -o, else FILE's name + .userdata; None after reporting why not."""
-    out = Path(args.output or Path(args.file).stem + ".userdata")
+def write_userdata(out: Path, config: str, data: bytes) -> bool:
+    """DATA written to OUT, 0600 (user-data may carry proxy credentials or a pool token), never
+    over CONFIG, the file it was made from; False after reporting why not."""
     try:
-        atomic_write(out, userdata, 0o600)
+        if out.exists() and os.path.samefile(out, config):
+            fail(f"{out} is the config file the user-data is made from: write it to another file")
+            return False
+    except OSError:
+        pass  # not there, or unreadable: atomic_write says why it cannot write
+    try:
+        atomic_write(out, data, 0o600)
     except OSError as err:
         fail(f"cannot write {out}: {err.strerror or err}")
+        return False
+    return True
+
+
+def write_dry_run(args: argparse.Namespace, userdata: bytes) -> Optional[Path]:
+    """A launch's --dry-run: USERDATA written to -o, else FILE's name + .userdata; None after
+    reporting why not."""
+    out = Path(args.output or Path(args.file).stem + ".userdata")
+    if not write_userdata(out, args.file, userdata):
         return None
     print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
     return out

@@ -15,7 +15,7 @@ from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..mime_builder import bundle, mime
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact, redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, int_bytes
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, int_bytes, write_userdata
 
 SUMS = "SHA256SUMS"
 
@@ -32,11 +32,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if built is None:
         return EXIT_PROBLEM
     if args.output and args.output != "-":
-        out = Path(args.output)
-        try:
-            atomic_write(out, built.data, 0o600)  # user-data may carry proxy credentials
-        except OSError as err:
-            return fail(f"cannot write {out}: {err.strerror or err}")
+        if not write_userdata(Path(args.output), args.file, built.data):
+            return EXIT_PROBLEM
     else:
         sys.stdout.buffer.write(built.data)
         sys.stdout.flush()

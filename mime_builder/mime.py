@@ -172,7 +172,7 @@ def parse_handlers(value: str) -> HandlerMode:
             parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base) or control_character(base):
             raise BuildError(f"--handlers include=URL_BASE: {base!r} is not an http(s) URL (like https://example.org/vfarm/handlers)")
-        if "?" in base or "#" in base:  # each file's name is added at the end: it would land in the query or fragment
+        if any(mark in base.partition("://")[2].rpartition("@")[2] for mark in "?#"):  # past any user:password: the file names go at the end
             raise BuildError(f"--handlers include=URL_BASE: {base!r} has a query or fragment (? or #): the base is a folder, "
                              "each handler's file name is added to it (like https://example.org/vfarm/handlers)")
         return HandlerMode("include", base)

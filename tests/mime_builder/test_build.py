@@ -167,12 +167,17 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
         (["build", "{example}", "--pin"], "--pin needs --handlers include=URL_BASE"),
         (["build", "{example}", "--max-size", "0"], "--max-size must be a positive number"),
         (["build", "{example}", "--gzip", "never"], "over the limit of 16384"),
+        (["build", "{copy}", "--handlers", "baked", "-o", "{copy}"], "is the config file the user-data is made from"),
+        (["launch", "ec2", "{copy}", "--image-id", "ami-1", "--instance-type", "m5.large", "--handlers", "baked", "--dry-run", "-o", "{copy}",
+          "--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"], "is the config file the user-data is made from"),
         (["inspect", "missing.bin"], "missing.bin: cannot read"),
         (["inspect", "{badgz}"], "gzip data that does not decompress"),
     ],
 )
 def test_bad_input_is_one_line_exit_1(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    files = {"cloud": tmp_path / "cloud.yaml", "script": tmp_path / "s.sh", "plain": tmp_path / "notes.txt", "badgz": tmp_path / "bad.gz"}
+    files = {"cloud": tmp_path / "cloud.yaml", "script": tmp_path / "s.sh", "plain": tmp_path / "notes.txt", "badgz": tmp_path / "bad.gz",
+             "copy": tmp_path / "torino.yaml"}
+    files["copy"].write_bytes(EXAMPLE.read_bytes())
     files["cloud"].write_text("#cloud-config\nruncmd: [true]\n")
     files["script"].write_text("#!/bin/sh\n")
     files["plain"].write_text("just words\n")
@@ -183,6 +188,7 @@ def test_bad_input_is_one_line_exit_1(args: list[str], message: str, tmp_path: P
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1, err
+    assert files["copy"].read_bytes() == EXAMPLE.read_bytes()  # nothing written over the config
 
 
 def test_cli_writes_file_and_reports_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
