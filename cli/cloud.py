@@ -16,7 +16,7 @@ from ..clouds import ec2
 from ..display import escape_controls, shown_message
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None,
@@ -134,7 +134,8 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
         return openstack.cmd_terminate(args)
     if bool(args.ids) == bool(args.all):
-        return fail("terminate: give instance IDs or --all (not both)")
+        fail("terminate: give instance IDs or --all (not both)")
+        return EXIT_USAGE
     try:
         cloud = _cloud(args)
         if args.all:

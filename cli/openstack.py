@@ -19,7 +19,7 @@ from ..display import escape_controls, shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets, print_instances, read_verdicts
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -87,7 +87,8 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
-        return fail("terminate: give server IDs or --all (not both)")
+        fail("terminate: give server IDs or --all (not both)")
+        return EXIT_USAGE
     try:
         cloud = _cloud(args)
         ids = [s["InstanceId"] for s in cloud.instances(openstack.parse_properties(args.tag))] if args.all else list(args.ids)

@@ -67,7 +67,8 @@ def test_instances_table_json_and_terminate(ec2_endpoint: Ec2Endpoint, capsys: p
 
     code, out, _ = run(capsys, "instances", "--endpoint-url", url, "--json")
     assert [i["InstanceId"] for i in json.loads(out)] == b
-    assert one_line_failure(*run(capsys, "terminate", "--endpoint-url", url)).startswith("vfarm: terminate: give instance IDs or --all")
+    code, out, err = run(capsys, "terminate", "--endpoint-url", url)  # a usage error: exit 2, as --help says
+    assert code == 2 and out == "" and err.startswith("vfarm: terminate: give instance IDs or --all") and len(err.splitlines()) == 1, err
 
 
 def test_euca2ools_variables_against_a_checking_endpoint(
