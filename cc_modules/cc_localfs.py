@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -279,7 +278,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
                         handled = True  # a duplicate of our entry: dropped
                     present.add(index)
                 continue
-            if posixpath.normpath(fields[1]) == target:  # `/home/` is /home too
+            if fields[1] == target:
                 if same_device and index not in present:
                     present.add(index)
                 elif same_device:

@@ -241,9 +241,6 @@ def test_fstab_has_no_duplicates() -> None:
     text = cc_localfs.fstab_text(current, [entry], {"/dev/vg/home": ["/dev/mapper/vg-home"]})
     assert text == "/dev/vg/home /home ext4 defaults 0 2\n"
     assert cc_localfs.fstab_text(text, [entry], {}) == text
-    # A foreign line for /home/ (a trailing slash) is the same mount point: commented out, not kept beside ours.
-    foreign = cc_localfs.fstab_text("/dev/sdb1 /home/ ext4 defaults 0 2\n", [entry], {})
-    assert foreign.splitlines()[0] == "# vfarm localfs: replaced by /dev/vg/home: /dev/sdb1 /home/ ext4 defaults 0 2", foreign
 
 
 def test_plan_is_plain_data() -> None:
