@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Union
 
@@ -367,11 +368,13 @@ class Memo:
 
 
 def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, spec: ScaleSpec, collector_young: bool,
-             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None, unplaced: int = 0) -> Worker:
+             running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None,
+             unplaced: Callable[[], int] = lambda: 0) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
     schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
-    (None: not before now); UNPLACED: jobs the schedd says run on startds the collector lists no
-    ad of (an instance without ads may be running them: it is never declared lost then)."""
+    (None: not before now); UNPLACED: how many jobs the schedd says run on startds the collector
+    lists no ad of (an instance without ads may be running them: it is never declared lost then),
+    asked only for an instance that would be lost."""
     memo = memo or Memo(spec)
     iid = str(instance["InstanceId"])
     slots = current_slots(slots) if slots else slots
@@ -392,8 +395,8 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
             if collector_young:
                 why = f"not in the pool after {age:.0f}s, but the collector restarted less than {spec.boot_timeout:.0f}s ago"
                 return worker(WorkerState.BOOTING, why)
-            if unplaced:
-                why = f"no slot ads {age:.0f}s after launch, but {unplaced} job(s) run on startds the collector does not list: it may be running them"
+            if unplaced():
+                why = f"no slot ads {age:.0f}s after launch, but {unplaced()} job(s) run on startds the collector does not list: it may be running them"
                 return worker(WorkerState.OTHER, why)
             return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
         return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
@@ -555,7 +558,8 @@ def _workers(snapshot: dict[str, Any], spec: ScaleSpec, now: float, scanned: Job
         if isinstance(owner, str):
             by_instance.setdefault(owner, []).append(slot)
     observed = snapshot.get(OBSERVED) or {}
-    unplaced = running_unlisted(snapshot["slots"], scanned.running)
+    # Read only for an instance that would be lost (rare): a pass over every slot ad of the pool.
+    unplaced = functools.cache(lambda: running_unlisted(snapshot["slots"], scanned.running))
     instances: list[Worker] = []
     for inst in sorted(farm_instances(snapshot["instances"], spec.name), key=lambda i: str(i["InstanceId"])):
         slots = by_instance.get(inst["InstanceId"], [])
