@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -264,11 +265,14 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     present: set[int] = set()
     escaped = [tuple(fstab_field(str(field)) for field in entry) for entry in entries]
     escaped_aliases = {fstab_field(device): [fstab_field(alias) for alias in names] for device, names in aliases.items()}
+    our_targets = {entry[1] for entry in escaped}
     for line in lines:
         fields = [field for field in _FSTAB_BLANKS.split(line) if field]
         if not fields or fields[0].startswith("#") or len(fields) < 3:
             out.append(line)
             continue
+        # `/home/` is /home too; a target written as one of ours is only ever that one.
+        line_target = fields[1] if fields[1] in our_targets else posixpath.normpath(fields[1])
         handled = False
         for index, (device, target, fstype, _options, _dump, _pass) in enumerate(escaped):
             same_device = fields[0] == device or fields[0] in escaped_aliases.get(device, [])
@@ -278,7 +282,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
                         handled = True  # a duplicate of our entry: dropped
                     present.add(index)
                 continue
-            if fields[1] == target:
+            if line_target == target:
                 if same_device and index not in present:
                     present.add(index)
                 elif same_device:

@@ -241,6 +241,14 @@ def test_fstab_has_no_duplicates() -> None:
     text = cc_localfs.fstab_text(current, [entry], {"/dev/vg/home": ["/dev/mapper/vg-home"]})
     assert text == "/dev/vg/home /home ext4 defaults 0 2\n"
     assert cc_localfs.fstab_text(text, [entry], {}) == text
+    # A foreign line for /home/ (a trailing slash) is the same mount point: commented out, not kept beside ours.
+    foreign = cc_localfs.fstab_text("/dev/sdb1 /home/ ext4 defaults 0 2\n", [entry], {})
+    assert foreign.splitlines()[0] == "# vfarm localfs: replaced by /dev/vg/home: /dev/sdb1 /home/ ext4 defaults 0 2", foreign
+    assert cc_localfs.fstab_text(foreign, [entry], {}) == foreign
+    # Targets written as two of ours (/srv/x/ and /srv/x) each stay their own line on a second run.
+    both = [("/dev/vg/a", "/srv/x/", "ext4", "defaults", 0, 2), ("/dev/vg/b", "/srv/x", "ext4", "defaults", 0, 2)]
+    text = cc_localfs.fstab_text("", both, {})
+    assert cc_localfs.fstab_text(text, both, {}) == text
 
 
 def test_plan_is_plain_data() -> None:
