@@ -57,13 +57,8 @@ KEYWORDS = {"MY", "TARGET", "true", "false", "undefined", "error", "isnt", "is",
 UNDEFINED_AWARE = re.compile(r"=\?=|=!=|\bisnt\b|\bis\b|\?|\b(isUndefined|isError|ifThenElse|isBoolean|isInteger|isReal|isString|isList|isClassAd)\s*\(", re.I)
 
 
-REQUESTS = ("RequestCpus", "RequestMemory", "RequestGPUs")
 AGE_BUCKETS = 256  # distinct ages the queue order tells apart at most (see Fitted.queue_order)
 NUMBER_LIMIT = 2**63
-
-
-class RequestError(ValueError):
-    """A job's request the planner cannot count with (one line, with its place in the snapshot)."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +170,12 @@ class ClassAds:
 _PLAIN = (int, float, bool)  # request values read the same whatever the job's other attributes
 
 
-def _number(value: Any) -> Optional[float]:
-    """VALUE as a request: a finite number, none below 0 (a negative request would cancel other
-    jobs' demand); None for anything else (the request's default then)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return max(0.0, float(value))
+def _number(value: Any) -> Optional[int]:
+    """VALUE as a request, rounded up: a number from 0 (a negative request would cancel other
+    jobs' demand) to NUMBER_LIMIT (more than any type offers); None for anything else (NaN, text,
+    a list: the request's default then)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return 0 if value <= 0 else NUMBER_LIMIT if value >= NUMBER_LIMIT else math.ceil(value)
     return None
 
 
@@ -188,8 +184,7 @@ def request_of(job: dict[str, Any], ads: ClassAds, requirements: bool = True) ->
     memory = _number(ads.value(job, "RequestMemory"))
     gpus = _number(ads.value(job, "RequestGPUs"))
     text = _expression(job.get("Requirements")) if requirements else None
-    return Request(int(math.ceil(cpus)) if cpus is not None else 1, int(math.ceil(memory)) if memory is not None else None,
-                   int(math.ceil(gpus)) if gpus is not None else 0, text, _context(job, text) if text is not None else ())
+    return Request(cpus if cpus is not None else 1, memory, gpus if gpus is not None else 0, text, _context(job, text) if text is not None else ())
 
 
 def holds(worker_type: WorkerType, request: Request) -> bool:
@@ -265,10 +260,10 @@ def _unfit_reason(request: Request, types: tuple[WorkerType, ...]) -> str:
 
 
 def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optional[ClassAds] = None,
-         places: Optional[list[int]] = None, requirements: bool = True) -> Fitted:
+         requirements: bool = True) -> Fitted:
     """The waiting JOBS grouped by what they ask, each group with its types in order of choice.
     An entry with JobCount N (a group of identical jobs, as the schedd's group-by query gives it)
-    counts as N jobs. PLACES: each job's index in the snapshot's jobs, for the message of a RequestError."""
+    counts as N jobs."""
     ads = ads or ClassAds()
     groups: dict[Request, Group] = {}
     unfit: dict[str, list[str]] = {}
@@ -277,7 +272,7 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
     count = 0
     unevaluated = False
     plain: dict[tuple[Any, ...], Group] = {}  # groups of requests of plain numbers, by their raw values: most jobs
-    for index, job in enumerate(jobs):
+    for job in jobs:
         get = job.get
         raw = (get("RequestCpus"), get("RequestMemory"), get("RequestGPUs"), get("Requirements") if requirements else None)
         try:
@@ -285,9 +280,6 @@ def rank(jobs: list[dict[str, Any]], types: tuple[WorkerType, ...], ads: Optiona
         except TypeError:  # a list or mapping (a ClassAd list, printed as JSON): read below, never a short cut
             group = None
         if group is None:
-            for key, value in zip(REQUESTS, raw):
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and abs(value) <= NUMBER_LIMIT):
-                    raise RequestError(f"'jobs[{places[index] if places else index}].{key}' is out of range (a 64-bit number), got {str(value)[:40]}")
             request = request_of(job, ads, requirements)
             group = groups.get(request)
             if group is None:

@@ -92,7 +92,9 @@ class SnapshotError(ValueError):
 
 # The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
 NUMBER_FIELDS = {
-    "jobs": ("EnteredCurrentStatus", "QDate", "RequestCpus"),  # RequestMemory and RequestGPUs: checked by fit.rank
+    # Any pool user's job may carry what it likes: a request out of range is read by fit.rank (more than
+    # any type offers, or none), a time out of range as no time (scan_jobs); never a failed cycle.
+    "jobs": (),
     "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs", "LastHeardFrom"),
     "instances": ("LaunchTime",),
     "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
@@ -117,10 +119,10 @@ def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> Non
         raise SnapshotError(f"'{where}.{key}' is out of range (a 64-bit number), got {_shown(value)}")
 
 
-def check_snapshot(data: Any, job_numbers: bool = True) -> dict[str, Any]:
+def check_snapshot(data: Any) -> dict[str, Any]:
     """DATA as a snapshot, or SnapshotError saying (in one line, with the place) what is wrong
-    with it: the shape plan() relies on, and the numbers it reads within 64 bits (the jobs' ones
-    only with JOB_NUMBERS: plan() checks them in its one pass over the queue, scan_jobs)."""
+    with it: the shape plan() relies on, and the numbers it reads of slots, instances and the
+    collector within 64 bits (the jobs' numbers are read, never refused: scan_jobs, fit.rank)."""
     if not isinstance(data, dict):
         raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
     missing = [key for key in REQUIRED if key not in data]
@@ -132,7 +134,7 @@ def check_snapshot(data: Any, job_numbers: bool = True) -> dict[str, Any]:
         items = data[key]
         if not isinstance(items, list):
             raise SnapshotError(f"'{key}' must be a list, got {type(items).__name__}")
-        fields = NUMBER_FIELDS[key] if key != "jobs" or job_numbers else ()
+        fields = NUMBER_FIELDS[key]
         for i, item in enumerate(items):
             if item.__class__ is not dict and not isinstance(item, dict):
                 raise SnapshotError(f"'{key}[{i}]' must be an object, got {type(item).__name__}")
@@ -246,28 +248,32 @@ def _startd(name: str) -> str:
 class JobScan(NamedTuple):
     running: dict[str, int]  # running jobs per startd (running_by_startd)
     waiting: list[dict[str, Any]]  # idle jobs that have waited waiting-time
-    places: list[int]  # their indices in the snapshot's jobs
+
+
+def _without_odd_times(job: dict[str, Any]) -> dict[str, Any]:
+    """JOB without the times that are not finite 64-bit numbers (read as no time), a copy if any."""
+    odd = {key for key in ("EnteredCurrentStatus", "QDate") if key in job and not (_is_number(job[key]) and abs(job[key]) <= NUMBER_LIMIT)}
+    return {key: value for key, value in job.items() if key not in odd} if odd else job
 
 
 def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> JobScan:
-    """One pass over the queue (100,000 jobs and more on a big pool): the numbers plan() reads
-    checked as check_snapshot does, the running jobs counted per startd, the idle jobs that have
-    waited long enough (since EnteredCurrentStatus, else QDate) collected. An entry with JobCount
-    N stands for N jobs identical in every attribute the planner reads (the schedd's group-by
-    query, which discover uses for idle jobs)."""
+    """One pass over the queue (100,000 jobs and more on a big pool): the running jobs counted per
+    startd, the idle jobs that have waited long enough (since EnteredCurrentStatus, else QDate)
+    collected; a time no 64-bit number holds is read as no time. An entry with JobCount N stands
+    for N jobs identical in every attribute the planner reads (the schedd's group-by query, which
+    discover uses for idle jobs)."""
     running: dict[str, int] = {}
     waiting: list[dict[str, Any]] = []
-    places: list[int] = []
-    fields = NUMBER_FIELDS["jobs"]
     limit = NUMBER_LIMIT
     for place, job in enumerate(jobs):
         get = job.get
-        entered, queued, cpus = get("EnteredCurrentStatus"), get("QDate"), get("RequestCpus")
-        # The common case inline (64-bit numbers, or absent); anything else is checked in full.
+        entered, queued = get("EnteredCurrentStatus"), get("QDate")
+        # The common case inline (64-bit numbers, or absent); anything else is read in full.
         if not ((entered is None or ((entered.__class__ is int or entered.__class__ is float) and -limit <= entered <= limit))
-                and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))
-                and (cpus is None or ((cpus.__class__ is int or cpus.__class__ is float) and -limit <= cpus <= limit))):
-            _check_numbers(job, f"jobs[{place}]", fields)
+                and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))):
+            job = _without_odd_times(job)
+            get = job.get
+            entered, queued = get("EnteredCurrentStatus"), get("QDate")
         count = 1
         if "JobCount" in job:
             count = job["JobCount"]
@@ -280,14 +286,13 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
             since: Any = entered if entered.__class__ is int or entered.__class__ is float else queued
             if (since.__class__ is int or since.__class__ is float) and now - since >= waiting_time:
                 waiting.append(job)
-                places.append(place)
         elif status == RUNNING:
             host = get("RemoteHost")
             if host.__class__ is str and host:
                 at = host.find("@")
                 key = host[at + 1:] if at >= 0 else host  # _startd, inline: one call per running job
                 running[key] = running.get(key, 0) + count
-    return JobScan(running, waiting, places)
+    return JobScan(running, waiting)
 
 
 def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
@@ -517,7 +522,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     """The decisions for one snapshot (see the module's doc). Pure: reads nothing else.
     Read the farm, fit the waiting jobs, then decide in this order: launches (and holds), drains of
     idle workers, consolidation, terminations. Each step sees the decisions before it."""
-    snapshot = check_snapshot(snapshot, job_numbers=False)
+    snapshot = check_snapshot(snapshot)
     now = float(snapshot["now"])
     warnings: list[str] = []
     memo = Memo(spec)
@@ -572,10 +577,7 @@ def _workers(snapshot: dict[str, Any], spec: ScaleSpec, now: float, scanned: Job
 def _fit_waiting(scanned: JobScan, spec: ScaleSpec, warnings: list[str]) -> tuple[fit.Fitted, list[Unfit]]:
     """The waiting jobs (idle for waiting-time), each on the type that holds it with the least
     waste; the jobs no type can hold, each reason once in WARNINGS."""
-    try:
-        fitted = fit.rank(scanned.waiting, spec.placements, places=scanned.places, requirements=spec.typed)
-    except fit.RequestError as err:
-        raise SnapshotError(str(err)) from None
+    fitted = fit.rank(scanned.waiting, spec.placements, requirements=spec.typed)
     unfit = [Unfit(tuple(ids), why, fitted.unfit_count[why]) for why, ids in fitted.unfit.items()]
     for u in unfit:
         warnings.append(f"{u.count} idle job(s) ({fit.some(u.jobs)}) {u.reason}: no worker type can ever run them, they are no demand")

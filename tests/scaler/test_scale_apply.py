@@ -189,7 +189,7 @@ def test_an_unreachable_pool_or_cloud_skips_the_cycle_and_changes_nothing(caplog
 def test_ads_the_planner_cannot_read_skip_the_cycle_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     w = World(caplog)
     w.cloud.instances["i-lost"] = instance("i-lost", w.now[0] - 5000)  # would be terminated as lost
-    w.jobs = [{**job(1), "RequestCpus": 10**30}]  # a number outside 64 bits, as a broken ad could carry
+    w.slots = [{"Name": "slot1@w", "Cpus": 10**30, "VfarmInstanceId": "i-other"}]  # outside 64 bits, as a broken startd could advertise
     assert w.scaler.cycle() is None
     assert "cycle skipped, nothing changed" in caplog.text and "Traceback" not in caplog.text
     assert not [c for c in w.cloud.calls if c[0] != "describe"]

@@ -326,6 +326,24 @@ def test_one_odd_job_or_ad_neither_stops_the_cycle_nor_cancels_demand() -> None:
     assert state_of(odd, "i-p") in ("idle", "busy")
 
 
+@pytest.mark.parametrize("key,value,launch", [
+    ("RequestCpus", 1e300, 2), ("RequestCpus", 10**30, 2), ("RequestCpus", float("inf"), 2), ("RequestCpus", float("nan"), 3),
+    ("RequestCpus", -float("inf"), 2), ("RequestMemory", 10**30, 3), ("RequestGPUs", 1e300, 3),  # the one type declares neither: any is held
+    ("QDate", 1e300, 3), ("EnteredCurrentStatus", 10**30, 3), ("EnteredCurrentStatus", float("nan"), 3),
+])
+def test_a_job_number_out_of_range_is_read_never_a_failed_cycle(key: str, value: Any, launch: int) -> None:
+    """Any pool user can submit `request_cpus = 1e300`: such a job is one that no type holds
+    (reported), not a plan that fails for the whole farm. A request of NaN takes the default; a
+    time out of range is no time (EnteredCurrentStatus: QDate then)."""
+    normal = [job(n) for n in range(8)]  # 8 one-CPU jobs: two 4-CPU workers
+    odd = job(8)
+    odd[key] = value
+    result = planner.plan(snap(jobs=[*normal, odd]), spec(max_vms=10))
+    assert result.launch == launch, (result.decisions, result.warnings)
+    if launch == 2 and value > 0:  # more than any type holds: reported once
+        assert [u.jobs for u in result.unfit] == [("7.8",)] and len(result.warnings) == 1, result.warnings
+
+
 # --- snapshots and the command ----------------------------------------------------------------
 
 @pytest.mark.parametrize(
