@@ -68,6 +68,26 @@ def test_idle_jobs_are_read_as_groups_that_plan_as_the_jobs_one_by_one(condor_po
             condor_pool.run(["condor_rm", str(cluster)], check=False)
 
 
+def test_what_one_user_submits_is_read_never_a_failed_cycle(condor_pool: CondorPool) -> None:
+    """A job asking for 1e300 CPUs, or a ClassAd list of them, as condor_submit lets any user
+    write it: the plan reports the one and counts the other at the default, and goes on."""
+    never = 'VfarmInstanceId == "nowhere"'
+    clusters = [condor_pool.submit(1, 1, requirements=never, request_cpus="1e300"),
+                condor_pool.submit(1, 1, requirements=never, request_cpus="{1, 2}"),
+                condor_pool.submit(2, 1, requirements=never)]
+    try:
+        found = discover.pool_snapshot(condor_pool.collector_address)
+        ours = [j for j in found["jobs"] if int(str(j.get("JobIds", "0.")).split(".")[0]) in clusters]
+        assert sorted(str(j["RequestCpus"]) for j in ours) == sorted(["1", "1e+300", "[1, 2]"]), ours
+        farm = scale_spec.parse({"name": "g", "cloud": {"type": "ec2"}, "max-vms": 10, "waiting-time": 0, "cpus-per-vm": 1})
+        plan = planner.plan({"now": time.time(), "jobs": ours, "slots": [], "instances": []}, farm)
+        assert (plan.launch, plan.waiting) == (3, 3)
+        assert [u.jobs for u in plan.unfit] == [(f"{clusters[0]}.0",)] and "ask for more than cpus-per-vm" in plan.warnings[0]
+    finally:
+        for cluster in clusters:
+            condor_pool.run(["condor_rm", str(cluster)], check=False)
+
+
 def test_an_unreachable_collector_is_an_error_never_an_empty_pool() -> None:
     with pytest.raises(discover.DiscoverError, match="collector 127.0.0.1:9"):
         discover.pool_snapshot("127.0.0.1:9")
