@@ -322,13 +322,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
             applied = scaler.outcome.to_json() if scaler.outcome is not None and not dry_run else None
     except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
         return fail(str(err))
-    except OSError as err:
-        return fail(f"{args.save_snapshot}: cannot write: {err.strerror or err}")
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
 
 
 def _save_snapshot(path: str, snapshot: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
+    try:
+        atomic_write(path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
+    except OSError as err:
+        raise planner.SnapshotError(f"{path}: cannot write: {err.strerror or err}") from None
 
 
 def _print_plan(result: Plan, spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True, applied: Optional[dict[str, Any]] = None) -> int:

@@ -20,11 +20,13 @@ Arg = Union[str, Path]
 
 
 class CommandError(Exception):
-    """A host command failed; the message is one line a user can act on, OUTPUT all it said."""
+    """A host command failed; the message is one line a user can act on, OUTPUT all it said,
+    WHY the message without the command's words (for a caller that must not show them)."""
 
-    def __init__(self, message: str, output: str = "") -> None:
+    def __init__(self, message: str, output: str = "", why: str = "") -> None:
         super().__init__(message)
         self.output = output
+        self.why = why or message
 
 
 # A line that states an error, in the words of apt, mmdebstrap, dpkg, qemu and most tools.
@@ -62,14 +64,17 @@ def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeou
                               stderr=subprocess.PIPE if capture else None,
                               stdin=None if input_text is not None else subprocess.DEVNULL)
     except FileNotFoundError as err:
-        raise CommandError(f"{args[0]}: not installed (tools/run setup installs it)") from err
+        raise CommandError(f"{args[0]}: not installed (tools/run setup installs it)", why=f"{os.path.basename(args[0])} not installed") from err
     except subprocess.TimeoutExpired as err:
-        raise CommandError(f"{' '.join(args[:3])}: no result after {timeout:.0f} s") from err
+        raise CommandError(f"{' '.join(args[:3])}: no result after {timeout:.0f} s", why=f"no result after {timeout:.0f} s") from err
+    except OSError as err:  # not executable, a folder, ...
+        raise CommandError(f"{args[0]}: cannot run: {err.strerror or err}", why=f"cannot run {os.path.basename(args[0])}: {err.strerror or err}") from err
     if check and done.returncode != 0:
         output = done.stderr or done.stdout or ""
         if isinstance(output, bytes):
             output = output.decode("utf-8", errors="replace")
-        raise CommandError(f"{' '.join(args[:4])}{' ...' if len(args) > 4 else ''}: {cause(output, done.returncode)}", output)
+        why = cause(output, done.returncode)
+        raise CommandError(f"{' '.join(args[:4])}{' ...' if len(args) > 4 else ''}: {why}", output, why)
     return done
 
 

@@ -33,6 +33,7 @@ What happens here:
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from .model import CLOUD_TAG, END_OF, FARM_TAG, TYPE_TAG, Action, Decision, Laun
 
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0
+# Prefixes whose words after the host are one command line for a remote shell, not an argv.
+REMOTE_SHELLS = ("ssh",)
 BLACK_HOLE_LOG_EVERY = 60.0
 
 # Tried against a token-only worker of HTCondor 23.9 with htcondor2 25.14 from the host, admin token
@@ -113,7 +116,7 @@ class CondorDrain:
         by_daemon: dict[str, dict[str, Any]] = {}
         for slot in slots:
             name = slot.get("Name")
-            if not isinstance(name, str):
+            if not isinstance(name, str) or name.startswith("-"):  # never read as an option of condor_drain
                 continue
             daemon = str(slot.get("MyAddress") or name.split("@", 1)[-1])
             chosen = by_daemon.get(daemon)
@@ -121,18 +124,28 @@ class CondorDrain:
                 by_daemon[daemon] = slot
         return sorted(str(s["Name"]) for s in by_daemon.values())
 
+    def command(self, name: str, reason: str) -> list[str]:
+        """The argv that drains the startd of slot NAME: the prefix, then condor_drain's words;
+        after an ssh prefix those words go as one shell-quoted line (ssh joins its words with
+        blanks for the remote shell, which would split the reason and run what a slot name says)."""
+        words = ["condor_drain", "-pool", self.collector, "-graceful", "-reason", f"vfarm scale: {reason}", name]
+        remote = bool(self.prefix) and os.path.basename(self.prefix[0]) in REMOTE_SHELLS
+        return [*self.prefix, shlex.join(words)] if remote else [*self.prefix, *words]
+
     def drain(self, instance_id: str, slots: list[dict[str, Any]], reason: str) -> None:
         targets = self.targets(slots)
         if not targets:
             raise DrainError(f"{instance_id}: no slot name to drain")
+        # The prefix is never shown: it may carry a password (sshpass -p, a proxy's user:password).
+        through = f" (through admin-command {os.path.basename(self.prefix[0])})" if self.prefix else ""
         for name in targets:
-            argv = [*self.prefix, "condor_drain", "-pool", self.collector, "-graceful", "-reason", f"vfarm scale: {reason}", name]
+            argv = self.command(name, reason)
             if self.log is not None:
-                self.log.info("run: %s", shlex.join(argv))
+                self.log.info("run: %s%s", shlex.join(argv[len(self.prefix):]), through)
             try:
                 hostcmd.run(argv, timeout=self.timeout, env=self.env)
             except hostcmd.CommandError as err:
-                raise DrainError(f"{instance_id}: {err}") from None
+                raise DrainError(f"{instance_id}: condor_drain {name}{through}: {err.why}") from None
 
 
 @dataclass

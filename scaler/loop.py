@@ -60,14 +60,15 @@ class Metrics:
         self.terminations = Counter("vfarm_scale_terminations", "Instances terminated", ["farm"], registry=r)
         self.cloud_errors = Counter("vfarm_scale_cloud_errors", "Failed cloud calls", ["farm", "operation"], registry=r)
         self.drain_errors = Counter("vfarm_scale_drain_errors", "Failed drain commands", ["farm"], registry=r)
-        self.cycles = Counter("vfarm_scale_cycles", "Cycles, by result (applied, skipped)", ["farm", "result"], registry=r)
+        self.cycles = Counter("vfarm_scale_cycles", "Cycles, by result (applied, skipped, failed: a bug or an unexpected error ended it)",
+                              ["farm", "result"], registry=r)
         self.lost = Counter("vfarm_scale_lost_workers", "Workers lost (never joined the pool), by the reason their console gave "
                             "(check-failed:HANDLER, check-error, check-ok, no-verdict, console-unreadable)", ["farm", "reason"], registry=r)
         for state in planner.STATES:
             self.instances.labels(farm, state).set(0)
         for op in ("discover", "launch", "terminate"):
             self.cloud_errors.labels(farm, op)
-        for result in ("applied", "skipped"):
+        for result in ("applied", "skipped", "failed"):
             self.cycles.labels(farm, result)
         self.lost.labels(farm, "no-verdict")
         self.clouds = list(clouds)
@@ -312,6 +313,8 @@ class Scaler:
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one cycle's bug
                 self.log.exception("cycle failed, nothing more done in it: %s", err)
                 self.history.skipped(self.clock(), f"cycle failed: {err}")
+                if self.metrics:
+                    self.metrics.cycles.labels(self.spec.name, "failed").inc()
             done += 1
             if cycles is not None and done >= cycles:
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -306,6 +307,7 @@ def test_a_failing_cycle_does_not_end_the_loop(caplog: pytest.LogCaptureFixture)
     w.scaler.spec = spec
     assert w.scaler.loop(threading.Event(), cycles=3) == 3 and len(calls) == 3
     assert caplog.text.count("cycle failed") == 3
+    assert f'vfarm_scale_cycles_total{{farm="{NAME}",result="failed"}} 3.0' in w.metrics.text()  # the dashboard sees them
 
 
 def test_metrics_content_and_server_on_loopback(caplog: pytest.LogCaptureFixture) -> None:
@@ -356,6 +358,35 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     assert lines[4].split()[:5] == ["i-busy", "busy", "67m", "2", "2"]
     assert "needs a clean-up" in lines[-1]
     assert not [c for c in w.cloud.calls if c[0] != "describe"]  # looking changes nothing
+
+
+def test_after_an_ssh_prefix_condor_drain_is_one_shell_quoted_line() -> None:
+    """ssh joins the words after the host with blanks for the remote shell: the reason's `(` and a
+    slot name's `;` would be read by that shell, so the words go as one quoted line."""
+    slot_name = "slot1@w-i-a@h;touch${IFS}/tmp/pwned"
+    for prefix in (["ssh", "root@cm.example.org"], ["/usr/bin/ssh", "-p", "22", "root@cm"]):
+        argv = apply.CondorDrain("cm:9618", prefix).command(slot_name, "idle for 3700s (idle-time 3600s)")
+        assert argv[:-1] == prefix and shlex.split(argv[-1]) == [
+            "condor_drain", "-pool", "cm:9618", "-graceful", "-reason", "vfarm scale: idle for 3700s (idle-time 3600s)", slot_name]
+    local = apply.CondorDrain("cm:9618", ["sudo", "-u", "condor"]).command("slot1@w", "idle")
+    assert local == ["sudo", "-u", "condor", "condor_drain", "-pool", "cm:9618", "-graceful", "-reason", "vfarm scale: idle", "slot1@w"]
+
+
+@pytest.mark.integration
+def test_condor_drain_never_shows_its_prefix_nor_reads_a_name_as_an_option(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The admin command may carry a password (sshpass -p, a proxy's user:password): neither the
+    log line nor a failure shows it. A prefix that cannot run is a DrainError, not a crash."""
+    log = tmp_path / "argv"
+    drain = apply.CondorDrain("cm:9618", ["bash", "-c", 'printf "%s\\n" "$*" >> "$0"; echo "ERROR: refused" >&2; exit 1', str(log), "--password", "S3CR3T"],
+                              log=logging.getLogger("vfarm.test"))
+    with caplog.at_level(logging.INFO), pytest.raises(apply.DrainError) as failed:
+        drain.drain("i-a", [slot("i-a", name="-slot1@w@h"), slot("i-a", name="slot2@w2@h")], "idle")
+    assert "S3CR3T" not in str(failed.value) + caplog.text and "ERROR: refused" in str(failed.value), str(failed.value)
+    assert "through admin-command bash" in caplog.text and "run: condor_drain -pool cm:9618" in caplog.text
+    assert log.read_text().split()[-1] == "slot2@w2@h"  # the name that starts with '-' was left out
+    folder = apply.CondorDrain("cm:9618", [str(tmp_path)])
+    with pytest.raises(apply.DrainError, match="cannot run"):
+        folder.drain("i-a", [slot("i-a", name="slot1@w@h")], "idle")
 
 
 @pytest.mark.integration

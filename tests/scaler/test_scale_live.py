@@ -121,6 +121,8 @@ def test_once_dry_run_then_replay(condor_pool: CondorPool, ec2_endpoint: Ec2Endp
         replay = vfarm("scale", str(farm), "--snapshot", str(saved), "--json")
         assert replay.returncode == 0, replay.stderr
         assert json.loads(replay.stdout) == plan
+        unwritable = vfarm("scale", str(farm), "--once", "--dry-run", "--save-snapshot", str(tmp_path))  # a folder
+        assert unwritable.returncode == 1 and unwritable.stderr.startswith(f"vfarm: {tmp_path}: cannot write: ") and unwritable.stderr.count("\n") == 1
     finally:
         condor_pool.remove_worker(joined)
 

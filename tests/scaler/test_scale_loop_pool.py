@@ -161,3 +161,30 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
     finally:
         condor_pool.run(["condor_rm", str(cluster)], check=False)
         condor_pool.remove_worker(iid)
+
+
+def test_a_drain_through_ssh_to_the_central_manager_keeps_its_words(condor_pool: CondorPool, tmp_path: Path) -> None:
+    """`admin-command: [ssh, root@CM]` as the README shows it, with the real OpenSSH server on the
+    central manager: the reason's parentheses and blanks reach condor_drain as one word, so the
+    worker drains (ssh hands the remote shell one line: unquoted, `(` was a syntax error there)."""
+    from tests.fixtures.condor_pool import wait_for
+    from vfarm.scaler import apply, discover
+
+    key = tmp_path / "admin_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
+    port = condor_pool.start_sshd((tmp_path / "admin_key.pub").read_text())
+    ssh = ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+    iid = "i-ssh"
+    condor_pool.add_worker(iid, cpus=1, memory=1024)
+    try:
+        slots = [s for s in discover.pool_snapshot(condor_pool.collector_address)["slots"] if s.get("VfarmInstanceId") == iid]
+        apply.CondorDrain(condor_pool.collector_address, ssh).drain(iid, slots, "idle for 3700s (idle-time 3600s)")
+
+        def drained() -> list[dict[str, Any]]:
+            ads = [s for s in discover.pool_snapshot(condor_pool.collector_address)["slots"] if s.get("VfarmInstanceId") == iid]
+            return [s for s in ads if s.get("State") == "Drained"]
+
+        wait_for(drained, 90, "the worker drained through ssh", interval=0.5)
+    finally:
+        condor_pool.remove_worker(iid)
