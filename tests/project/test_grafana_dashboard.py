@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.scaler.test_scale_apply import World, job
+from vfarm.scaler import loop
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "vfarm-scale.json"
 FARM_MATCHER = ("farm", "=~", "$farm")
@@ -80,6 +81,9 @@ def exported(caplog: pytest.LogCaptureFixture) -> dict[str, set[str]]:
     world.jobs = [job(i) for i in range(3)]
     assert world.scaler.cycle() is not None and world.cloud.instances, "the cycle should have launched"
     families = list(text_string_to_metric_families(world.metrics.text()))
+    # A hybrid farm's registry has per-cloud families as well (labelled from the start): they need panels too.
+    single = {f.name for f in families}
+    families += [f for f in text_string_to_metric_families(loop.Metrics("farm", ["site", "aws"]).text()) if f.name not in single]
     counters = {f.name for f in families if f.type == "counter"}
     names: dict[str, set[str]] = {}
     for family in families:
