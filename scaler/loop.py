@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -326,15 +327,14 @@ class Scaler:
 def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
     """The farm as operators want to see it: instance, type, state, age, slots, running jobs.
     SNAPSHOT as Scaler.discover() makes it: only the farm's instances, stopped ones included."""
-    slot_owner: dict[str, str] = {}
+    # Running jobs as the planner counts them: by the startd or machine of each job's RemoteHost
+    # (a job on a dynamic slot whose ad has not arrived yet is the worker's all the same).
+    by_instance: dict[str, list[dict[str, Any]]] = {}
     for slot in snapshot["slots"]:
-        if isinstance(slot.get(INSTANCE_ATTRIBUTE), str) and isinstance(slot.get("Name"), str):
-            slot_owner[slot["Name"]] = slot[INSTANCE_ATTRIBUTE]
-    jobs: dict[str, int] = {}
-    for job in snapshot["jobs"]:
-        owner = slot_owner.get(str(job.get("RemoteHost", "")))
-        if job.get("JobStatus") == 2 and owner:
-            jobs[owner] = jobs.get(owner, 0) + 1
+        if isinstance(slot.get(INSTANCE_ATTRIBUTE), str):
+            by_instance.setdefault(slot[INSTANCE_ATTRIBUTE], []).append(slot)
+    running = planner.scan_jobs(snapshot["jobs"], float(snapshot["now"]), math.inf).running
+    jobs = {iid: planner.running_on(slots, running) for iid, slots in by_instance.items()}
     rows = [{"instance": w.id, "type": spec.worker_type(w.type).kind, "state": w.state.value, "age": w.age, "slots": w.slots,
              "jobs": jobs.get(w.id, 0), "reason": w.reason, **_cloud_of(w.cloud, spec)} for w in result.instances]
     now = float(snapshot["now"])

@@ -358,6 +358,14 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     assert lines[4].split()[:5] == ["i-busy", "busy", "67m", "2", "2"]
     assert "needs a clean-up" in lines[-1]
     assert not [c for c in w.cloud.calls if c[0] != "describe"]  # looking changes nothing
+    # A job on a dynamic slot whose ad has not arrived yet is counted as the planner counts it
+    # (by the startd of its RemoteHost), so JOBS agrees with the state beside it.
+    w.slots = [slot("i-busy", entered=now - 60)]
+    w.jobs = [job(1, 2, remote="slot1_1@w-i-busy@h")]
+    snapshot = w.scaler.discover()
+    result = planner.plan(snapshot, SPEC)
+    busy = next(r for r in loop.status_rows(result, snapshot, SPEC) if r["instance"] == "i-busy")
+    assert (busy["state"], busy["jobs"]) == ("busy", 1), busy
 
 
 def test_after_an_ssh_prefix_condor_drain_is_one_shell_quoted_line() -> None:
