@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from ..config import condor as condor_spec
@@ -55,12 +56,17 @@ class Facts:
     firewall: Optional[str] = None  # the packet filter tool for the metadata guard: nft, iptables or None
     guard_rules: Optional[str] = None  # current metadata_guard.RULES_FILE
     guard_unit: Optional[str] = None  # current metadata_guard.UNIT_FILE
-    guard_active: bool = False  # the guard's rule is in place now
+    guard_active: bool = False  # the guard's rules are in place now
+    guard_enabled: bool = False  # its boot-time unit is enabled (an earlier run may have written it, then failed)
+    token_private: bool = True  # the token file (if any) is a regular file of root's, mode 0600
 
 
 def discover(spec: CondorSpec, ctx: Context) -> Facts:
     firewall = metadata_guard.backend(shutil.which) if spec.protect_metadata else None
-    guard_active = firewall is not None and ctx.runner.run(metadata_guard.active_argv(firewall), check=False, changes=False).returncode == 0
+    guard_active = firewall is not None and all(ctx.runner.run(argv, check=False, changes=False).returncode == 0
+                                                for argv in metadata_guard.active_argvs(firewall))
+    guard_enabled = spec.protect_metadata and ctx.runner.run(["systemctl", "is-enabled", "--quiet", metadata_guard.UNIT], check=False,
+                                                             changes=False).returncode == 0
     return Facts(
         config=read_text(ctx.path(condor_spec.CONFIG_FILE)),
         token=read_text(ctx.path(condor_spec.TOKEN_FILE)),
@@ -72,7 +78,18 @@ def discover(spec: CondorSpec, ctx: Context) -> Facts:
         guard_rules=read_text(ctx.path(metadata_guard.RULES_FILE)) if spec.protect_metadata else None,
         guard_unit=read_text(ctx.path(metadata_guard.UNIT_FILE)) if spec.protect_metadata else None,
         guard_active=guard_active,
+        guard_enabled=guard_enabled,
+        token_private=_private(ctx.path(condor_spec.TOKEN_FILE)),
     )
+
+
+def _private(path: Path) -> bool:
+    """PATH is absent, or a regular file (not a link) of root's that nobody else may read or write."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
 
 
 def _install_argv(spec: CondorSpec, manager: Optional[str]) -> list[str]:
@@ -105,6 +122,7 @@ def guard_steps(spec: CondorSpec, facts: Facts) -> list[Step]:
         writes.append(WriteFile("write-guard-rules", metadata_guard.RULES_FILE, rules, 0o644))
     if facts.guard_unit != unit:
         writes.append(WriteFile("write-guard-unit", metadata_guard.UNIT_FILE, unit, 0o644))
+    if facts.guard_unit != unit or not facts.guard_enabled:
         writes.append(Run("enable-guard", ["systemctl", "enable", metadata_guard.UNIT], timeout=TIMEOUTS["enable-guard"]))
     if writes:
         folders = sorted({str(PurePosixPath(s.path).parent) for s in writes if isinstance(s, WriteFile)})
@@ -112,7 +130,7 @@ def guard_steps(spec: CondorSpec, facts: Facts) -> list[Step]:
         steps += writes
     if writes or not facts.guard_active:
         argvs = metadata_guard.apply_argvs(tool)
-        details = {"tool": tool, "argvs": [argv for argv, _ in argvs], "show": " ".join(metadata_guard.active_argv(tool))}
+        details = {"tool": tool, "argvs": [argv for argv, _ in argvs], "show": metadata_guard.show_command(tool)}
         steps.append(Custom("protect-metadata", lambda ctx: _protect(ctx, argvs, details), details))
     return steps
 
@@ -146,8 +164,12 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
         raise StepError(f"cannot write {condor_spec.CONFIG_FILE}: {err}") from None
     if spec.token is not None and control_character(spec.token):
         raise StepError(f"cannot write {condor_spec.TOKEN_FILE}: the pool token holds a control character")
+    # The guard first: a run that fails to put it in place writes no token and no pool config,
+    # so nothing joins the pool with the metadata service (and the token in it) open to jobs.
+    if spec.protect_metadata:
+        steps += guard_steps(spec, facts)
     changed = False
-    if spec.token is not None and facts.token != spec.token + "\n":
+    if spec.token is not None and (facts.token != spec.token + "\n" or not facts.token_private):
         steps.append(WriteFile("write-token", condor_spec.TOKEN_FILE, spec.token + "\n", 0o600, secret=True))
         changed = True
     if facts.config != config:
@@ -155,8 +177,6 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
         changed = True
     if not facts.execute_exists:
         steps.append(Run("mkdir", ["install", "-d", "-o", "condor", "-g", "condor", "-m", "0755", spec.execute], timeout=TIMEOUTS["mkdir"]))
-    if spec.protect_metadata:  # in place before condor (re)starts: before any job can run
-        steps += guard_steps(spec, facts)
     if changed or not facts.installed:
         # HTCondor's own parser checks the new config; a rejected one is put back as it was.
         steps.append(Run("check-config", ["condor_config_val", "-summary"], timeout=TIMEOUTS["check-config"], reads_only=True,

@@ -50,7 +50,8 @@ def step(plan: Plan, action: str) -> Any:
 def test_on_by_default_and_in_place_before_condor_starts() -> None:
     assert SPEC.protect_metadata is True
     plan = cc_condor.plan(SPEC, facts(), "i-1")
-    assert actions(plan) == ["write-token", "write-config", *GUARD_ACTIONS, "check-config", "start", "wait-join"]
+    # The guard before the token and the pool's config: a guard that fails leaves nothing to join with.
+    assert actions(plan) == [*GUARD_ACTIONS, "write-token", "write-config", "check-config", "start", "wait-join"]
     rules = step(plan, "write-guard-rules")
     assert isinstance(rules, WriteFile) and rules.content == metadata_guard.nft_rules() and rules.path == "/etc/vfarm/metadata-guard.nft"
     assert step(plan, "guard-folders").details == {"paths": ["/etc/systemd/system", "/etc/vfarm"]}
@@ -63,19 +64,31 @@ def test_on_by_default_and_in_place_before_condor_starts() -> None:
 
 def test_a_second_run_leaves_the_guard_alone_but_puts_a_missing_rule_back() -> None:
     done = dict(config=condor_spec.render(SPEC, "i-1"), token="aaa.bbb.ccc\n", active=True, guard_rules=metadata_guard.nft_rules(),
-                guard_unit=metadata_guard.unit_text("nft"))
+                guard_unit=metadata_guard.unit_text("nft"), guard_enabled=True)
     assert actions(cc_condor.plan(SPEC, facts(**done, guard_active=True), "i-1")) == ["wait-join"]
     assert actions(cc_condor.plan(SPEC, facts(**done, guard_active=False), "i-1")) == ["protect-metadata", "wait-join"]
+    # A first run that wrote the unit and failed before enabling it: the second enables it.
+    unenabled = {**done, "guard_enabled": False}
+    assert actions(cc_condor.plan(SPEC, facts(**unenabled, guard_active=True), "i-1")) == ["guard-folders", "enable-guard", "protect-metadata",
+                                                                                             "wait-join"]
+    # A token file with the right words but readable by others (baked into an image, say) is written anew, 0600.
+    loose = cc_condor.plan(SPEC, facts(**done, guard_active=True, token_private=False), "i-1")
+    assert actions(loose)[0] == "write-token" and step(loose, "write-token").mode == 0o600
 
 
 def test_iptables_when_the_image_has_no_nft() -> None:
     plan = cc_condor.plan(SPEC, facts(firewall="iptables"), "i-1")
     assert "write-guard-rules" not in actions(plan)
-    (delete, may_fail), (insert, must) = metadata_guard.apply_argvs("iptables")
-    assert step(plan, "protect-metadata").details["argvs"] == [delete, insert]
+    argvs = metadata_guard.apply_argvs("iptables")
+    assert step(plan, "protect-metadata").details["argvs"] == [argv for argv, _ in argvs]
+    (delete, may_fail), (insert, must) = argvs[:2]
     assert delete[:4] == ["iptables", "-w", "-D", "OUTPUT"] and not may_fail and insert[:5] == ["iptables", "-w", "-I", "OUTPUT", "1"] and must
+    # IPv6 through ip6tables: one rule per address (EC2's and OpenStack's), each deleted then inserted.
+    assert [argv[0] for argv, _ in argvs[2:]] == ["ip6tables"] * 4 and [argv[argv.index("-d") + 1] for argv, _ in argvs[2:]] == [
+        "fd00:ec2::254/128", "fd00:ec2::254/128", "fe80::a9fe:a9fe/128", "fe80::a9fe:a9fe/128"]
     unit = step(plan, "write-guard-unit").content
     assert "ExecStart=-/usr/sbin/iptables -w -D OUTPUT" in unit and "ExecStart=/usr/sbin/iptables -w -I OUTPUT 1" in unit
+    assert "ExecStart=/usr/sbin/ip6tables -w -I OUTPUT 1 -d fe80::a9fe:a9fe/128" in unit
 
 
 def test_no_packet_filter_fails_unless_it_may_install_one() -> None:
@@ -93,6 +106,7 @@ def test_the_unit_runs_before_condor_at_every_boot() -> None:
     for tool in metadata_guard.BACKENDS:
         unit = metadata_guard.unit_text(tool)
         assert "Before=condor.service" in unit and "WantedBy=multi-user.target" in unit and "Type=oneshot" in unit
+        assert "RequiredBy=condor.service" in unit  # a boot whose guard failed does not start condor
         starts = [line.split("=", 1)[1].lstrip("-") for line in unit.splitlines() if line.startswith("ExecStart=")]
         assert starts and all(s.startswith("/usr/sbin/") for s in starts)  # absolute, as systemd wants
         assert [shlex.split(s)[1:] for s in starts] == [argv[1:] for argv, _ in metadata_guard.apply_argvs(tool)]
@@ -118,6 +132,7 @@ def sh(argv, check=True):
 sh(["ip", "link", "set", "lo", "up"])
 sh(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"])
 sh(["ip", "-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])
+sh(["ip", "-6", "addr", "add", "fe80::a9fe:a9fe/64", "dev", "lo", "nodad"])  # OpenStack's, link-local
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -130,13 +145,14 @@ class Server6(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 servers = [http.server.ThreadingHTTPServer(("169.254.169.254", 80), Handler), Server6(("fd00:ec2::254", 80), Handler),
-           http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler)]
+           Server6(("fe80::a9fe:a9fe", 80, 0, socket.if_nametoindex("lo")), Handler), http.server.ThreadingHTTPServer(("127.0.0.1", 8080), Handler)]
 for server in servers:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 FETCH = ("import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
          "except Exception as err:\n    print('refused:', err)")
-URLS = {"v4": "http://169.254.169.254/latest/user-data", "v6": "http://[fd00:ec2::254]/latest/user-data", "other": "http://127.0.0.1:8080/"}
+URLS = {"v4": "http://169.254.169.254/latest/user-data", "v6": "http://[fd00:ec2::254]/latest/user-data",
+        "openstack-v6": "http://[fe80::a9fe:a9fe%25lo]/openstack/latest/user_data", "other": "http://127.0.0.1:8080/"}
 
 def fetch(as_root):
     prefix = [] if as_root else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -150,8 +166,9 @@ out = {"before": fetch(False)}
 run_all(job["apply"])
 run_all(job["apply"])  # twice: still one copy
 out["root"], out["user"] = fetch(True), fetch(False)
-out["shown"] = sh(job["show"]).stdout
-sh(job["forget"])  # what a reboot does to the kernel's rules
+out["shown"] = "".join(sh(argv).stdout for argv in job["show"])
+for argv in job["forget"]:  # what a reboot does to the kernel's rules
+    sh(argv)
 out["forgotten"] = fetch(False)
 for line in job["unit_starts"]:  # the boot-time unit's commands, as systemd runs them
     must = not line.startswith("-")
@@ -171,8 +188,8 @@ def in_namespace(tool: str, tmp_path: Path) -> dict[str, Any]:
     unit = metadata_guard.unit_text(tool).replace(metadata_guard.RULES_FILE, str(rules))
     job = {
         "apply": [(here(argv), must) for argv, must in metadata_guard.apply_argvs(tool)],
-        "show": ["nft", "list", "table", "inet", metadata_guard.TABLE] if tool == "nft" else ["iptables", "-w", "-S", "OUTPUT"],
-        "forget": ["nft", "flush", "ruleset"] if tool == "nft" else ["iptables", "-w", "-F", "OUTPUT"],
+        "show": [shlex.split(command) for command in metadata_guard.show_command(tool).split("; ")],
+        "forget": [["nft", "flush", "ruleset"]] if tool == "nft" else [["iptables", "-w", "-F", "OUTPUT"], ["ip6tables", "-w", "-F", "OUTPUT"]],
         "unit_starts": [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")],
     }
     done = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", NAMESPACE_SCRIPT, json.dumps(job)],
@@ -191,16 +208,18 @@ def test_only_root_reaches_the_metadata_service(tool: str, tmp_path: Path) -> No
     if not shutil.which(tool):
         pytest.fail(f"{tool} is missing: tools/run installs nftables and iptables")
     got = in_namespace(tool, tmp_path)
-    assert got["before"] == {"v4": SECRET, "v6": SECRET, "other": SECRET}  # open to everyone before the guard
-    assert got["root"] == {"v4": SECRET, "v6": SECRET, "other": SECRET}
-    assert got["user"]["v4"].startswith("refused:") and got["user"]["other"] == SECRET
+    everyone = {"v4": SECRET, "v6": SECRET, "openstack-v6": SECRET, "other": SECRET}
+    assert got["before"] == everyone  # open to everyone before the guard
+    assert got["root"] == everyone
+    refused = {name: reply.startswith("refused:") for name, reply in got["user"].items()}
+    assert refused == {"v4": True, "v6": True, "openstack-v6": True, "other": False}, got["user"]
     if tool == "nft":
-        assert got["user"]["v6"].startswith("refused:")
-        assert got["shown"].count("meta skuid != 0") == 2  # loaded twice, one copy (v4 + v6)
+        assert got["shown"].count("meta skuid != 0") == 2  # loaded twice, one copy (v4 + the v6 set)
     else:
-        assert got["shown"].count(metadata_guard.COMMENT) == 1
-    assert got["forgotten"]["v4"] == SECRET  # the kernel forgot it...
-    assert got["after_unit"]["v4"].startswith("refused:") and got["after_unit"]["other"] == SECRET  # ...the unit puts it back
+        assert got["shown"].count(metadata_guard.COMMENT) == 3  # applied twice, one copy each (v4, EC2's v6, OpenStack's v6)
+    assert got["forgotten"]["v4"] == SECRET and got["forgotten"]["openstack-v6"] == SECRET  # the kernel forgot them...
+    after = {name: reply.startswith("refused:") for name, reply in got["after_unit"].items()}
+    assert after == {"v4": True, "v6": True, "openstack-v6": True, "other": False}  # ...the unit puts them back
 
 
 # --- cloud-init's own copies of the user-data ------------------------------------------------------
