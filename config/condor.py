@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..files import CONDOR_VERDICT_FILE, read_bounded
 from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
+from .findings import Path as FindingPath
 from .sizes import MAX_SECONDS, parse_seconds
 
 try:  # the version of the package; a bundled copy may carry it elsewhere
@@ -51,6 +53,16 @@ MAX_HOST_NAME = 253  # RFC 1123 (the schema keeps each label to 63)
 # The longest each duration may be: the join is waited for during boot (a day at most, like the
 # final check's timeout); a retirement longer than a year is no drain.
 MAX_DURATION = {"join-timeout": 86400, "retirement-time": MAX_SECONDS}
+# A `NAME = VALUE` line of render's text: the names vfarm writes itself (see written_names).
+_SETTING = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*) = ", re.MULTILINE)
+# Where a site sets what vfarm writes itself, named when `attributes` or `config` tries to set it.
+# Only a hint: which names are vfarm's comes from render's own text (written_names).
+VFARM_KNOB_KEYS = {
+    "CONDOR_HOST": "central-manager:", "COLLECTOR_HOST": "central-manager:", "CCB_ADDRESS": "ccb:",
+    "NUM_SLOTS": "slots:", "NUM_SLOTS_TYPE_1": "slots:", "SLOT_TYPE_1": "slots:", "SLOT_TYPE_1_PARTITIONABLE": "slots:",
+    "EXECUTE": "execute:", "MAXJOBRETIREMENTTIME": "retirement-time:", "START": "start:",
+    "STARTD_ATTRS": "attributes: (vfarm adds each one to it)",
+}
 
 
 @dataclass(frozen=True)
@@ -121,9 +133,14 @@ def address_problem(value: str) -> Optional[str]:
     return host_problem(host, bracketed=value.startswith("["))
 
 
-def ends_in_backslash(value: Any) -> bool:
-    """HTCondor joins the next line to a line ending in a backslash (blanks after it too)."""
-    return isinstance(value, str) and value.rstrip(" \t").endswith("\\")
+def whole_seconds(value: Union[int, str]) -> int:
+    """A duration of the section in whole seconds, rounded up: a fraction of a second is a second,
+    so a duration more than 0 stays more than 0 (MAXJOBRETIREMENTTIME = 0 would have a graceful
+    drain evict running jobs). Rounded to microseconds before, so that float noise is no second
+    more ("0.1m" is 6 s, not 7). Raises ValueError as parse_seconds does."""
+    seconds = parse_seconds(value)
+    whole = math.ceil(round(seconds, 6))
+    return max(whole, 1) if seconds > 0 else whole
 
 
 def parse(section: dict[str, Any]) -> CondorSpec:
@@ -137,11 +154,11 @@ def parse(section: dict[str, Any]) -> CondorSpec:
         ccb=bool(merged["ccb"]),
         slots=merged["slots"],
         execute=merged["execute"],
-        retirement_time=int(parse_seconds(merged["retirement-time"])),
+        retirement_time=whole_seconds(merged["retirement-time"]),
         start=merged["start"],
         attributes=tuple(sorted(merged.get("attributes", {}).items())),
         config=tuple(merged.get("config", {}).items()),
-        join_timeout=int(parse_seconds(merged["join-timeout"])),
+        join_timeout=whole_seconds(merged["join-timeout"]),
         install=bool(merged.get("install", False)),
         version=merged.get("version"),
         protect_metadata=bool(merged["protect-metadata"]),
@@ -149,16 +166,14 @@ def parse(section: dict[str, Any]) -> CondorSpec:
 
 
 def check(section: dict[str, Any]) -> list[Finding]:
-    """Semantic checks beyond the schema, on a schema-valid section."""
+    """Semantic checks beyond the schema, on a schema-valid section (or what is left of it when
+    some keys failed the schema). Whatever passes, render writes: its own rules on every name and
+    value (_render_refusals), and no name vfarm writes itself (_vfarm_names)."""
     findings = []
-    problem = address_problem(section["central-manager"])
+    problem = address_problem(section["central-manager"]) if "central-manager" in section else None
     if problem:
         findings.append(Finding(("central-manager",), problem))
-    values: list[tuple[tuple[str, ...], Any]] = [((key,), section[key]) for key in ("start", "execute") if key in section]
-    values += [((group, name), value) for group in ("config", "attributes") for name, value in section.get(group, {}).items()]
-    for path, value in values:
-        if ends_in_backslash(value):
-            findings.append(Finding(path, f"{'.'.join(path)}: a value ending in a backslash joins the next line of HTCondor's config to it"))
+    findings += _render_refusals(section, check_host=problem is None)
     if "token" in section and "token-file" in section:
         findings.append(Finding(("token-file",), "give token or token-file, not both", at_key=True))
     elif "token" not in section and "token-file" not in section:
@@ -167,16 +182,78 @@ def check(section: dict[str, Any]) -> list[Finding]:
         if key not in section:
             continue
         try:
-            seconds = parse_seconds(section[key])
+            seconds: float = whole_seconds(section[key])  # as parse reads it
         except ValueError:
-            seconds = float("inf")
+            seconds = math.inf
         if seconds <= 0:
             findings.append(Finding((key,), f"{key} must be more than 0 seconds"))
         elif seconds > longest:
             findings.append(Finding((key,), f"{key} must be at most {longest} seconds ({longest // 86400} day{'s' if longest > 86400 else ''})"))
-    for name in VFARM_ATTRIBUTES:
-        if name in section.get("attributes", {}):
-            findings.append(Finding(("attributes", name), f"{name} is set by vfarm ({', '.join(VFARM_ATTRIBUTES)})", at_key=True))
+    return findings + _vfarm_names(section)
+
+
+def _render_refusals(section: dict[str, Any], check_host: bool = True) -> list[Finding]:
+    """render's own rules (the same functions render calls, no copies) on the section's names and
+    values, each refusal a finding at the offending key or value. An attribute's string value is
+    also held to raw_value, though classad_literal would quote a final backslash safely: a value
+    ending in a backslash is refused alike everywhere in the section."""
+    rules: list[tuple[FindingPath, bool, Callable[[], object]]] = []
+    if check_host and "central-manager" in section:
+        rules.append((("central-manager",), False, partial(_host, split_host_port(section["central-manager"])[0])))
+    if "execute" in section:
+        rules.append((("execute",), False, partial(_execute, section["execute"])))
+    if "start" in section:
+        rules.append((("start",), False, partial(raw_value, "start", section["start"])))
+    for name, value in section.get("attributes", {}).items():
+        rules.append((("attributes", name), True, partial(_attribute_name, name)))
+        rules.append((("attributes", name), False, partial(classad_literal, value, f"attribute {name}")))
+        if isinstance(value, str):
+            rules.append((("attributes", name), False, partial(raw_value, f"attribute {name}", value)))
+    for name, value in section.get("config", {}).items():
+        rules.append((("config", name), True, partial(_knob_name, name, "config knob")))
+        rules.append((("config", name), False, partial(_config_value, name, value)))
+    findings = []
+    refused: set[FindingPath] = set()  # one finding per entry: its name's, else its value's
+    for path, at_key, rule in rules:
+        if path in refused:
+            continue
+        try:
+            rule()
+        except UnsafeValue as err:
+            findings.append(Finding(path, str(err), at_key=at_key))
+            refused.add(path)
+    return findings
+
+
+def written_names(section: dict[str, Any]) -> dict[str, str]:
+    """The names render writes itself for SECTION (its attributes and config left out), keyed by
+    their lower case: HTCondor's knob and ClassAd attribute names ignore case. Taken from render's
+    own text, so no second list can drift from it. For a section render refuses (already a
+    finding), those of the default section."""
+    own = {key: value for key, value in section.items() if key not in ("attributes", "config")}
+    try:
+        text = render(parse(own), "i-0")
+    except (KeyError, ValueError):  # UnsafeValue is a ValueError
+        text = render(parse({"central-manager": "cm.example.org"}), "i-0")
+    return {name.lower(): name for name in _SETTING.findall(text)}
+
+
+def _vfarm_names(section: dict[str, Any]) -> list[Finding]:
+    """`attributes` and `config` may not set a name vfarm writes, in any spelling: their lines come
+    after vfarm's (config last of all), and HTCondor keeps the last value of a name."""
+    written = written_names(section)
+    findings = []
+    for group in ("attributes", "config"):
+        for name in section.get(group, {}):
+            ours = written.get(name.lower())
+            if ours is None:
+                continue
+            if ours in VFARM_ATTRIBUTES:
+                why = f" ({', '.join(VFARM_ATTRIBUTES)})"
+            else:
+                why = f": use {VFARM_KNOB_KEYS[ours]} instead" if ours in VFARM_KNOB_KEYS else ""
+            spelled = ours if name == ours else f"{name} is {ours} (HTCondor's names ignore case), which"
+            findings.append(Finding((group, name), f"{spelled} is set by vfarm{why}", at_key=True))
     return findings
 
 
