@@ -10,6 +10,7 @@ The output depends only on the input: the boundary is a hash of the content, gzi
 from __future__ import annotations
 
 import base64
+import email
 import errno
 import gzip
 import hashlib
@@ -28,9 +29,11 @@ from ..config import condor as condor_spec
 from ..config import sections
 from ..config.loader import Config
 from ..files import read_bounded
+from ..redaction import HIDDEN
 from ..textsafe import control_character
 from . import bundle, checkpart
 from .limits import EC2_LIMIT, GZIP_MODES
+from .pinloader import split_userinfo
 
 MAX_ATTACHMENT = 1024 * 1024
 # Types cloud-init (22.4 and 25.1) has a handler or a special meaning for, by make-mime subtype.
@@ -117,11 +120,14 @@ def known_types() -> set[str]:
 
 
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]+")  # a part's file name, quoted in its Content-Disposition header
+_QUOTING = '"\\'  # escaped in that quoted name, and read back unreliably: Python's email parser (cloud-init's) drops quotes
 
 
 def attachment(arg: str) -> Attachment:
     """`FILE[:TYPE]` -> Attachment. TYPE is a make-mime subtype (`x-shellscript`) or a full type
-    (`text/x-shellscript`); without it the type comes from the first line, as cloud-init does."""
+    (`text/x-shellscript`); without it the type comes from the first line, as cloud-init does.
+    The file's name becomes the part's name: printable ASCII without `"` or `\\` and without
+    blanks at its ends (what cloud-init reads back from the part's header as it was written)."""
     path, ctype = arg, ""
     if not Path(arg).exists() and ":" in arg:
         path, _, ctype = arg.rpartition(":")
@@ -146,6 +152,9 @@ def attachment(arg: str) -> Attachment:
     if not _HEADER_SAFE.fullmatch(name):
         raise BuildError(f"--attach {arg}: the file's name goes into a MIME header, where only printable ASCII reads back as written: "
                          f"rename {name!r} (letters, digits, spaces and . _ - for instance)")
+    if any(mark in name for mark in _QUOTING) or name != name.strip(" "):
+        raise BuildError(f"--attach {arg}: the file's name is quoted in a MIME header, where quotes, backslashes and blanks at its ends do not "
+                         f"read back as written (cloud-init drops quotes and those blanks): rename {name!r} (letters, digits, spaces and . _ - for instance)")
     return Attachment(ctype, name, payload)
 
 
@@ -162,21 +171,47 @@ class HandlerMode:
 
 
 def parse_handlers(value: str) -> HandlerMode:
+    """`embed`, `baked` or `include=URL_BASE`. URL_BASE is an http(s) URL without blanks or
+    control characters, and without a query or fragment (each handler's file name is added at its
+    end): its userinfo is read as the pin loader reads it (`pinloader.split_userinfo`: a password
+    may hold `?` and `#`), the rest as urllib reads a URL. No refusal shows a password."""
     if value in ("embed", "baked"):
         return HandlerMode(value)
     if value.startswith("include="):
         base = value[len("include=") :]
+        shown = password_hidden(base)
+        bare = split_userinfo(base)[0]
         try:
-            parts = urlsplit(base)
+            parts = urlsplit(bare)
         except ValueError:  # an unclosed [ of an IPv6 host
             parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in base) or control_character(base):
-            raise BuildError(f"--handlers include=URL_BASE: {base!r} is not an http(s) URL (like https://example.org/vfarm/handlers)")
-        if any(mark in base.partition("://")[2].rpartition("@")[2] for mark in "?#"):  # past any user:password: the file names go at the end
-            raise BuildError(f"--handlers include=URL_BASE: {base!r} has a query or fragment (? or #): the base is a folder, "
+            raise BuildError(f"--handlers include=URL_BASE: {shown!r} is not an http(s) URL (like https://example.org/vfarm/handlers)")
+        # Past the userinfo a `?` or `#` starts a query or fragment, an empty one too (which
+        # urlsplit reads as none): either would swallow the file names added after it.
+        if parts.query or parts.fragment or any(mark in bare for mark in "?#"):
+            raise BuildError(f"--handlers include=URL_BASE: {shown!r} has a query or fragment (? or #): the base is a folder, "
                              "each handler's file name is added to it (like https://example.org/vfarm/handlers)")
         return HandlerMode("include", base)
-    raise BuildError(f"--handlers: expected embed, baked or include=URL_BASE, got {value!r}")
+    raise BuildError(f"--handlers: expected embed, baked or include=URL_BASE, got {password_hidden(value)!r}")
+
+
+def password_hidden(url: str) -> str:
+    """URL (as the user gave it: blanks and all, maybe no URL at all) with whatever may be its
+    password hidden: from the first `:` after `://` (or after the start, without one) to the last
+    `@`, or that whole userinfo when it has no `:`. An `@` after a path with no `:` before it
+    (`https://h.example.org/a@b`) ends no userinfo. This hides more than any reading of the URL
+    takes for a password (a password may hold `/ ? # @` and blanks), never less."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    if not colon and any(mark in user for mark in "/?#"):
+        return url
+    return f"{head}{sep}{user + colon if colon else ''}{HIDDEN}{rest[at:]}"
 
 
 def section_payload(name: str, section: Any) -> bytes:
@@ -266,16 +301,30 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     # The check script travels in the library part (embed) or is fetched (include).
     from_library = mode.kind == "include" or any(p.filename == LIBRARY_FILENAME for p in parts)
     parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in checkpart.check_parts(config, check_mode, from_library)]
-    seen: set[str] = set()
+    # By the names cloud-init reads back: a part named like another overwrites its file there.
+    seen: dict[str, str] = {}
     for part in parts:
-        if part.filename in seen:
-            raise BuildError(f"two parts are named {part.filename}: rename the attached file")
-        seen.add(part.filename)
+        name = read_back_filename(part.filename)
+        if name in seen:
+            also = "" if seen[name] == part.filename else f" (as cloud-init reads {seen[name]!r} and {part.filename!r})"
+            raise BuildError(f"two parts are named {name}{also}: rename the attached file")
+        seen[name] = part.filename
     return parts, warnings
 
 
 def _header_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _disposition(filename: str) -> str:
+    """The Content-Disposition header of a part named FILENAME."""
+    return f'Content-Disposition: attachment; filename="{_header_value(filename)}"'
+
+
+def read_back_filename(filename: str) -> str:
+    """The name a part named FILENAME has for cloud-init: what Python's email parser (which
+    cloud-init uses) reads back from the part's header ("" for none)."""
+    return email.message_from_string(_disposition(filename) + "\n\n").get_filename() or ""
 
 
 def assemble(parts: Sequence[Part]) -> bytes:
@@ -299,7 +348,7 @@ def assemble(parts: Sequence[Part]) -> bytes:
         out.append(f"Content-Type: {part.content_type}{charset}")
         out.append("MIME-Version: 1.0")
         out.append(f"Content-Transfer-Encoding: {'7bit' if plain else 'base64'}")
-        out.append(f'Content-Disposition: attachment; filename="{_header_value(part.filename)}"')
+        out.append(_disposition(part.filename))
         out.append("")
         if plain:
             out.append(text)

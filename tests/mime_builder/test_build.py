@@ -133,6 +133,35 @@ def test_an_attachment_name_that_would_not_read_back_from_its_header_is_refused(
     assert mime.attachment(str(tmp_path / "ok 1.sh")).filename == "ok 1.sh"
 
 
+@pytest.mark.parametrize("name", ['"a.sh"', 'a"b.sh', "a\\b.sh", " a.sh", "a.sh "])
+def test_an_attachment_name_that_the_email_parser_would_change_is_refused(tmp_path: Path, name: str) -> None:
+    """Quoted in the header, `"x"` and ` x ` read back as `x`: one part would overwrite another."""
+    (tmp_path / name).write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(mime.BuildError, match="do not read back as written") as err:
+        mime.attachment(str(tmp_path / name))
+    assert repr(name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_attachment_name_accepted_reads_back_as_written(tmp_path: Path) -> None:
+    for char in map(chr, range(0x20, 0x7F)):
+        for name in {f"a{char}b", f"{char}a", f"a{char}", char * 2} - {"..", "/a", "a/", "a/b", "//"}:  # no file of those names
+            (tmp_path / name).write_text("#!/bin/sh\n")
+            try:
+                accepted = mime.attachment(str(tmp_path / name))
+            except mime.BuildError:
+                continue
+            data = mime.assemble([mime.Part(accepted.content_type, accepted.filename, accepted.payload, "attachment")])
+            assert [filename for _, filename, _ in parts_of(data)] == [name]
+
+
+@pytest.mark.parametrize("first, second", [("a.sh", '"a.sh"'), ("a.sh", " a.sh "), ('"a.sh"', "a.sh ")])
+def test_two_attachments_that_read_back_alike_are_refused(torino: configuration.Config, first: str, second: str) -> None:
+    """The duplicate check compares the names cloud-init reads, whatever built the Attachments."""
+    attach = [mime.Attachment("text/x-shellscript", name, b"#!/bin/sh\n") for name in (first, second)]
+    with pytest.raises(mime.BuildError, match=r"two parts are named a\.sh .*rename the attached file"):
+        mime.build(torino, handlers="baked", attach=attach)
+
+
 def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
     script = tmp_path / "hello.sh"
     script.write_text("#!/bin/sh\necho hello\n")
@@ -160,6 +189,13 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
         (["build", "{example}", "--handlers", "include=example.org/h"], "is not an http(s) URL"),
         (["build", "{example}", "--handlers", "include=https://h.example.org/v#frag"], "has a query or fragment"),
         (["build", "{example}", "--handlers", "include=https://h.example.org/v?sig=abc", "--pin"], "has a query or fragment"),
+        # an `@` past the host is in the query or fragment, not the end of a userinfo
+        (["build", "{example}", "--handlers", "include=https://example.org/vfarm?v=1@2"], "has a query or fragment"),
+        (["build", "{example}", "--handlers", "include=https://example.org/vfarm#x@y", "--pin"], "has a query or fragment"),
+        (["build", "{example}", "--handlers", "include=https://example.org?v=1@2"], "has a query or fragment"),
+        (["build", "{example}", "--handlers", "include=https://u:p@example.org/vfarm?v=1@2"], "has a query or fragment"),
+        (["build", "{example}", "--handlers", "include=https://h.example.org/v?"], "has a query or fragment"),  # empty, as harmful
+        (["build", "{example}", "--handlers", "include=https://h.example.org/v#"], "has a query or fragment"),
         (["build", "{example}", "--handlers", "inline"], "expected embed, baked or include=URL_BASE"),
         (["build", "{example}", "--attach", "{script}:x-nonsense"], "cloud-init has no handler for type text/x-nonsense"),
         (["build", "{example}", "--attach", "{plain}"], "cannot tell the type"),
@@ -189,6 +225,41 @@ def test_bad_input_is_one_line_exit_1(args: list[str], message: str, tmp_path: P
     assert message in err
     assert len(err.splitlines()) == 1, err
     assert files["copy"].read_bytes() == EXAMPLE.read_bytes()  # nothing written over the config
+
+
+@pytest.mark.parametrize("password", ["Pw9Secret", "Pw9/Secret", "Pw9#Secret", "Pw9?Secret", "Pw9@Secret"])
+def test_include_base_password_may_hold_url_marks(password: str) -> None:
+    """The userinfo ends at the last `@` before the path (`pinloader.split_userinfo`): a password's
+    `?` or `#` is no query or fragment, and the file names go after the path."""
+    mode = mime.parse_handlers(f"include=https://user:{password.replace('/', '%2F')}@h.example.org/vfarm")
+    assert mode.url("localfs") == f"https://user:{password.replace('/', '%2F')}@h.example.org/vfarm/localfs_handler.py"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "include=https://admin:Pw9 Secret@example.org/h",
+        "include=https://admin:Pw9 Secret@example.org/h?x#y",
+        "include=ftp://admin:Pw9 Secret@example.org/h",
+        "include=https://admin:Pw9/ Secret@example.org/h",
+        "include=https://admin:Pw9?Secret@example.org/h?x",
+        "include=https://Pw9 Secret@example.org/h",
+        "include=admin:Pw9 Secret@example.org/h",
+        "includ=https://admin:Pw9 Secret@example.org/h",
+    ],
+)
+def test_no_handlers_refusal_shows_a_password(value: str) -> None:
+    """Not even one that a blank cuts in two (redaction ends a URL at a blank)."""
+    with pytest.raises(mime.BuildError) as err:
+        mime.parse_handlers(value)
+    assert "Pw9" not in str(err.value) and "Secret" not in str(err.value) and "***@example.org/h" in str(err.value)
+
+
+def test_cli_hides_the_password_of_a_handlers_url_with_a_blank(capsys: pytest.CaptureFixture[str]) -> None:
+    assert vfarm(["build", str(EXAMPLE), "--handlers", "include=https://admin:Pw9 Secret@example.org/h"]) == 1
+    err = capsys.readouterr().err
+    assert "'https://admin:***@example.org/h' is not an http(s) URL" in err and len(err.strip().splitlines()) == 1
+    assert "Pw9" not in err and "Secret" not in err
 
 
 def test_cli_writes_file_and_reports_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
