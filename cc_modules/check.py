@@ -540,7 +540,8 @@ def power_argv(action: str, delay: Union[str, int], message: str) -> Optional[li
     if action == "none":
         return None
     when = "now" if delay in ("now", 0) else f"+{int(delay)}"
-    return ["shutdown", "-P" if action == "poweroff" else "-H", when, message]
+    # `--`: a message that starts with '-' (check.message: "--- failed ---") is no option to shutdown.
+    return ["shutdown", "-P" if action == "poweroff" else "-H", "--", when, message]
 
 
 def console_line(summary: dict[str, Any], message: Optional[str] = None) -> str:

@@ -94,7 +94,7 @@ def test_handler_command_failing(boots: dict[str, Boot]) -> None:
     assert summary["decision"]["reason"].startswith("cvmfs: failed: `false` failed")
     # cloud-init itself saw nothing wrong (22.4) or only a WARNING (25.1): our records decide.
     assert summary["cloud_init"]["state"] in ("done", "degraded")
-    assert runner.calls and runner.calls[0][:3] == ["shutdown", "-P", "now"]
+    assert runner.calls and runner.calls[0][:4] == ["shutdown", "-P", "--", "now"]
 
 
 def test_handler_raising(boots: dict[str, Boot]) -> None:
@@ -212,11 +212,11 @@ def test_unfinished_cloud_init_is_a_failure() -> None:
 @pytest.mark.parametrize(
     ("section", "argv_head"),
     [
-        ({}, ["shutdown", "-P", "now"]),
-        ({"on-failure": "halt", "delay": 5}, ["shutdown", "-H", "+5"]),
+        ({}, ["shutdown", "-P", "--", "now"]),
+        ({"on-failure": "halt", "delay": 5}, ["shutdown", "-H", "--", "+5"]),
         ({"on-failure": "none"}, None),
-        ({"on-failure": "reboot"}, ["shutdown", "-P", "now"]),  # invalid: the safe default
-        ("not a mapping", ["shutdown", "-P", "now"]),
+        ({"on-failure": "reboot"}, ["shutdown", "-P", "--", "now"]),  # invalid: the safe default
+        ("not a mapping", ["shutdown", "-P", "--", "now"]),
     ],
 )
 def test_settings_decide_the_action(section: Any, argv_head: Any, tmp_path: Path) -> None:
@@ -230,8 +230,8 @@ def test_settings_decide_the_action(section: Any, argv_head: Any, tmp_path: Path
     if argv_head is None:
         assert argv is None and runner.calls == []
     else:
-        assert argv is not None and argv[:3] == argv_head and runner.calls == [argv]
-        assert "vfarm check: FAILED: localfs: never-ran" in argv[3]
+        assert argv is not None and argv[:4] == argv_head and runner.calls == [argv]
+        assert "vfarm check: FAILED: localfs: never-ran" in argv[4]
     console = (tmp_path / "dev/console").read_text()
     assert "vfarm check: FAILED" in console  # the reason is on the console either way
     assert (tmp_path / "var/log/vfarm/summary.json").exists() and (tmp_path / "var/log/vfarm/check.log").exists()
@@ -301,7 +301,7 @@ def test_power_state_condition_acts_itself_and_exits_1(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done.stderr  # cloud-init's power_state must do nothing itself
     argv = json.loads(calls.read_text().splitlines()[0])
-    assert argv[:2] == ["-H", "+2"] and "localfs: never-ran" in argv[2]
+    assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3]
     assert json.loads((root / "var/log/vfarm/summary.json").read_text())["decision"]["action"] == "halt"
 
 
@@ -324,7 +324,7 @@ def test_baked_module_waits_for_cloud_init_then_checks(tmp_path: Path, monkeypat
     deadline = time.monotonic() + 15  # the check polls every second
     while not calls.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert json.loads(calls.read_text())[:3] == ["shutdown", "-H", "+2"]
+    assert json.loads(calls.read_text())[:4] == ["shutdown", "-H", "--", "+2"]
     assert json.loads(summary_path.read_text())["result"] == "failed"
 
 

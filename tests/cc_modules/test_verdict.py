@@ -78,7 +78,7 @@ def test_a_broken_check_still_says_so_on_the_console(tmp_path: Path, monkeypatch
     assert check.run_guarded(check.Paths(tmp_path), wait=0, run=runner) is None
     found = verdicts.parse_console((tmp_path / "dev/console").read_text())
     assert found is not None and found.result == "error" and "boom" in found.reason and found.label() == "check-error"
-    assert runner.calls[0][:3] == ["shutdown", "-P", "now"]
+    assert runner.calls[0][:4] == ["shutdown", "-P", "--", "now"]
 
 
 def test_verdicts_of_real_cloud_init_boots(boots: dict[str, Any]) -> None:  # noqa: F811 - the fixture

@@ -211,6 +211,8 @@ def test_seed_example_installs_trixie(boot_vm: BootFn, site: GuestSite) -> None:
 def test_pinned_version_missing_fails_and_powers_off(boot_vm: BootFn) -> None:
     config = seed_text().replace("version: 2.12.0", "version: 9.9.9")
     assert "version: 9.9.9" in config
+    # A message that starts with '-': the real shutdown must read it as the wall text, not an option.
+    config += "check:\n  message: '--- vfarm worker failed ---'\n"
     booted = boot_vm(config, handlers="baked")
     summary = booted.summary
     assert summary["result"] == "failed"
@@ -220,7 +222,7 @@ def test_pinned_version_missing_fails_and_powers_off(boot_vm: BootFn) -> None:
     assert "9.9.9" in reason and cvmfs_local.client_version() in reason, reason
     assert summary["decision"]["action"] == "poweroff"
     assert booted.boots[0].self_poweroff, "the instance must power itself off"
-    assert "vfarm check: FAILED" in booted.console()
+    assert "--- vfarm worker failed ---: vfarm check: FAILED" in booted.console()
     assert booted.text("/var/log/vfarm-local/packages.txt").strip() != f"cvmfs {cvmfs_local.client_version()}"
 
 
