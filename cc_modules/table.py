@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..display import shown
+from ..display import display_width, shown
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[str] = ()) -> str:
     """Columns padded to their widest cell; columns named in RIGHT are right-aligned (numbers).
+    Widths are terminal columns (display_width: CJK two, combining marks none), not characters.
     Cells often come from user data: each is shown terminal-safe with its secrets hidden."""
     cells = [[str(h) for h in headers]] + [["-" if c is None else shown(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
-        padded = [c.rjust(w) if headers[i] in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        padded = []
+        for header, cell, width in zip(headers, row, widths):
+            fill = " " * (width - display_width(cell))
+            padded.append(fill + cell if header in right else cell + fill)
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines) + "\n"

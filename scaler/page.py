@@ -8,7 +8,12 @@ method is refused with 405: nothing here changes the farm. Everything served pas
 redaction already (the loop redacts what it keeps).
 
 When it listens on loopback, a request naming another host (Host header) is refused with 421:
-a web page elsewhere cannot read the farm through a DNS name rebound to 127.0.0.1.
+a web page elsewhere cannot read the farm through a DNS name rebound to 127.0.0.1. On port 80 the
+bare names count too (a browser leaves the default port out of Host).
+
+Each connection holds a thread: a connection silent for CONNECTION_TIMEOUT is closed, and beyond
+MAX_CONNECTIONS open at once a new one is closed unanswered. A client that leaves mid-answer
+(reset, broken pipe) costs one debug line of the scaler's log, never a traceback on stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -40,6 +47,16 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 ALLOWED = "GET, HEAD"
+# A connection silent this long (no request, or a client that stopped reading) is closed: it
+# would otherwise hold its thread for ever.
+CONNECTION_TIMEOUT = 10.0
+# Connections answered at once (one thread each); the page makes a handful, a browser at most 6
+# per host: beyond, a new connection is closed at once instead of starting another thread.
+MAX_CONNECTIONS = 32
+# The port a browser leaves out of the Host header of an http:// URL.
+HTTP_DEFAULT_PORT = 80
+# ASCII digits only: str.isdigit() also takes "²" and "٨٠٨٠", which are no port of a URL.
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 class AddressError(ValueError):
@@ -47,13 +64,14 @@ class AddressError(ValueError):
 
 
 def parse_address(value: str) -> tuple[str, int]:
-    """`PORT`, `ADDRESS:PORT` or `[IPV6]:PORT` as (address, port); a bare port binds 127.0.0.1."""
+    """`PORT`, `ADDRESS:PORT` or `[IPV6]:PORT` as (address, port); a bare port binds 127.0.0.1.
+    The port is ASCII digits, 1-65535; the address an IP address or localhost (AddressError else)."""
     host, sep, port_text = value.rpartition(":")
     if not sep:
         host, port_text = "127.0.0.1", value
     elif host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
         raise AddressError(f"not [ADDRESS:]PORT with a port number 1-65535: {value!r}")
     try:
         ipaddress.ip_address(host)
@@ -68,12 +86,18 @@ def read_asset(name: str) -> bytes:
 
 
 class PageHandler(BaseHTTPRequestHandler):
-    """One request to the page. The server carries `farm_history` (a callable giving the History)
-    and `loopback_hosts` (the Host values accepted, or None for any)."""
+    """One request to the page. The server carries `history`, `loopback_hosts` (the Host values
+    accepted, or None for any) and `connection_timeout` (how long a connection may stay silent)."""
 
     server: PageServer
     server_version = "vfarm-page"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # A silent client is dropped (http.server logs "Request timed out") instead of holding
+        # its thread; the server's value, not the class's `timeout`, so that a test can shorten it.
+        self.connection.settimeout(self.server.connection_timeout)
 
     def __getattr__(self, name: str) -> Any:
         # http.server calls do_<METHOD>: every method but GET and HEAD is refused the same way.
@@ -126,30 +150,78 @@ class PageHandler(BaseHTTPRequestHandler):
 
 
 class PageServer(ThreadingHTTPServer):
+    """The page's server: one thread per connection, at most MAX_CONNECTIONS (or as given) at once;
+    a connection beyond is closed unanswered. Errors answering a client are one line of LOG."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger) -> None:
-        host, port = address
+    def __init__(self, address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger,
+                 timeout: float = CONNECTION_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
+        host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.history = history
         self.farm = farm
         self.check_every = check_every
         self.log = log
-        self.loopback_hosts = _loopback_hosts(host, port)
+        self.connection_timeout = timeout
+        self._open = threading.BoundedSemaphore(max_connections)
         super().__init__(address, PageHandler)
+        # The port bound (port 0 picks one): the one a client names in Host.
+        self.loopback_hosts = _loopback_hosts(host, self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._open.acquire(blocking=False):
+            self.log.debug("page: too many connections open: closing the one from %s", _client(client_address))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts process_request_thread
+        except BaseException:
+            self._open.release()  # no thread started: nothing else releases its place
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._open.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line in the scaler's log instead of socketserver's traceback on stderr: debug for a
+        client gone mid-answer (reset, broken pipe: a tab closed), a warning for anything else."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.log.debug("page: connection from %s ended early: %s", _client(client_address), error)
+        else:
+            self.log.warning("page: answering %s failed: %s: %s", _client(client_address), type(error).__name__, error)
+
+
+def _client(address: Any) -> str:
+    """A client's (host, port, ...) as HOST:PORT for the log."""
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)
 
 
 def _loopback_hosts(host: str, port: int) -> Optional[set[str]]:
-    """The Host headers a page on a loopback address answers to; None (any) elsewhere."""
+    """The Host headers a page on a loopback address answers to; None (any) elsewhere. Each
+    loopback name with the port; on port 80 also without it (browsers leave the default out)."""
     if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
         return None
-    return {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host)}
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    hosts = {f"{name}:{port}" for name in names}
+    if port == HTTP_DEFAULT_PORT:
+        hosts |= names
+    return hosts
 
 
-def serve(address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger) -> tuple[PageServer, Callable[[], None]]:
-    """Start the page on ADDRESS in a thread; (the server, what stops it). OSError when it cannot listen."""
-    server = PageServer(address, history, farm, check_every, log)
+def serve(address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger,
+          timeout: float = CONNECTION_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> tuple[PageServer, Callable[[], None]]:
+    """Start the page on ADDRESS in a thread; (the server, what stops it). OSError when it cannot listen.
+    TIMEOUT and MAX_CONNECTIONS: see PageServer."""
+    server = PageServer(address, history, farm, check_every, log, timeout, max_connections)
     thread = threading.Thread(target=server.serve_forever, name="vfarm-page", daemon=True)
     thread.start()
 

@@ -10,6 +10,10 @@ import http.client
 import json
 import logging
 import re
+import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import pytest
 
 from tests.fixtures.condor_pool import free_port
 from tests.scaler.test_scale_apply import SPEC, World, instance, job, slot
+from vfarm.cli import scale as scale_cli
 from vfarm.cli.main import main
 from vfarm.scaler import loop, page
 from vfarm.scaler import plan as planner
@@ -202,6 +207,143 @@ def test_http_goes_only_with_the_loop_and_bad_values_are_one_line(tmp_path: Path
     err = capsys.readouterr().err
     assert "--http: not [ADDRESS:]PORT" in err and err.count("--http serves the status page of the loop") == 2
     assert "Traceback" not in err
+
+
+# A farm whose pool and cloud are 127.0.0.1 (a closed port): a command that went past its options
+# would contact nothing elsewhere.
+LOCAL_FARM = """scale:
+  name: f
+  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small, endpoint-url: http://127.0.0.1:9}
+  pool: {collector: 127.0.0.1:9}
+  max-vms: 1
+"""
+
+
+def test_http_port_is_ascii_digits_only() -> None:
+    # str.isdigit() takes superscripts (int() then raises ValueError) and other scripts' digits.
+    for bad in ("\u00b2", "127.0.0.1:\u0668\u0660\u0668\u0660", "\uff18\uff10\uff18\uff10", "[::1]:\u00b9"):
+        with pytest.raises(page.AddressError):
+            page.parse_address(bad)
+
+
+def test_a_non_ascii_http_port_is_one_line_before_anything_is_contacted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    farm = tmp_path / "farm.yaml"
+    farm.write_text(LOCAL_FARM)
+
+    def contacted(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("vfarm scale went past --http: it would contact the pool and the cloud")
+
+    monkeypatch.setattr(scale_cli, "make_scaler", contacted)
+    assert main(["scale", str(farm), "--http", "80x"]) == 1  # the other --http errors' exit code
+    capsys.readouterr()
+    for value in ("\u00b2", "127.0.0.1:\u0668\u0660\u0668\u0660"):
+        assert main(["scale", str(farm), "--http", value]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("vfarm: --http: not [ADDRESS:]PORT") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_a_loopback_page_on_port_80_answers_to_the_bare_names(world: World) -> None:
+    hosts = page._loopback_hosts("127.0.0.1", 80)
+    assert hosts is not None and {"127.0.0.1", "localhost", "[::1]", "127.0.0.1:80", "localhost:80"} <= hosts
+    assert not {"evil.example", "evil.example:80"} & hosts
+    assert "[::1]" in (page._loopback_hosts("::1", 80) or set())
+    assert "127.0.0.1" not in (page._loopback_hosts("127.0.0.1", 8080) or set())  # elsewhere the port is always sent
+    assert page._loopback_hosts("0.0.0.0", 80) is None
+    # Through the handler, without binding port 80: the Host header a browser sends for http://127.0.0.1/.
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"))
+    server.loopback_hosts = hosts
+    port = server.server_address[1]
+    try:
+        assert request(port, "GET", "/history.json", host="127.0.0.1")[0] == 200
+        assert request(port, "GET", "/history.json", host="[::1]")[0] == 200
+        assert request(port, "GET", "/history.json", host="evil.example")[0] == 421
+    finally:
+        stop()
+
+
+def test_a_silent_connection_is_closed_after_the_timeout(world: World) -> None:
+    assert page.CONNECTION_TIMEOUT == 10
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"), timeout=1.0)
+    port = server.server_address[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as silent, \
+                socket.create_connection(("127.0.0.1", port), timeout=8) as unfinished:
+            unfinished.sendall(b"GET / HTTP/1.1\r\n")  # headers never finished
+            started = time.monotonic()
+            assert silent.recv(1) == b""  # EOF: the server closed it (no timeout: socket.timeout)
+            assert unfinished.recv(1) == b""
+            assert time.monotonic() - started >= 0.5
+    finally:
+        stop()
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert page.MAX_CONNECTIONS == 32
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"), max_connections=2)
+    port = server.server_address[1]
+    ended = threading.Semaphore(0)
+    handle = server.process_request_thread
+
+    def counted(request: Any, address: Any) -> None:
+        handle(request, address)
+        ended.release()  # after the connection gave its place back
+
+    monkeypatch.setattr(server, "process_request_thread", counted)
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=8) for _ in range(2)]
+        # Accepted in order: the third finds both places taken and is closed without waiting for
+        # the 10 s timeout (the client gives up after 5 s).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            assert extra.recv(1) == b""
+        for sock in held:
+            sock.close()
+        for _ in held:
+            assert ended.acquire(timeout=10)
+        assert request(port, "GET", "/history.json")[0] == 200  # the places came back
+    finally:
+        stop()
+
+
+def test_a_client_gone_mid_answer_is_one_debug_line_not_a_traceback(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG, logger="vfarm.test")
+    reading, gone = threading.Event(), threading.Event()
+    read_asset = page.read_asset
+
+    def after_the_client_left(name: str) -> bytes:
+        reading.set()
+        gone.wait(10)  # the answer is written only once the client has reset the connection
+        return read_asset(name)
+
+    monkeypatch.setattr(page, "read_asset", after_the_client_left)
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"))
+    port = server.server_address[1]
+    ended = threading.Event()
+    handle = server.process_request_thread
+
+    def watched(request: Any, address: Any) -> None:
+        handle(request, address)
+        ended.set()
+
+    monkeypatch.setattr(server, "process_request_thread", watched)
+    try:
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+        client.sendall(f"GET /page.js HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert reading.wait(10)
+        client.close()  # a tab closed before the answer
+        gone.set()
+        assert ended.wait(10)
+    finally:
+        stop()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    lines = [r.getMessage() for r in caplog.records if "ended early" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith("page: connection from 127.0.0.1:"), lines
+    assert all("Traceback" not in r.getMessage() and r.exc_info is None for r in caplog.records)
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_its_files_are_package_data() -> None:
