@@ -30,7 +30,7 @@ from ..textsafe import UnsafeValue, control_character
 from . import metadata_guard
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
-from .packages import APT, package_manager
+from .packages import APT, env_for, package_manager
 from .steps import Custom, Plan, Run, Step, WriteFile, apply
 
 NAME = "condor"
@@ -113,7 +113,8 @@ def guard_steps(spec: CondorSpec, facts: Facts) -> list[Step]:
         if facts.package_manager is None:
             raise StepError("condor.protect-metadata: no nft or iptables, and no apt-get, dnf or yum to install nftables with")
         extra = ["--no-install-recommends"] if facts.package_manager == APT else []
-        steps.append(Run("install-guard", [facts.package_manager, "install", "-y", *extra, metadata_guard.PACKAGE], timeout=TIMEOUTS["install-guard"]))
+        steps.append(Run("install-guard", [facts.package_manager, "install", "-y", *extra, metadata_guard.PACKAGE], env=env_for(facts.package_manager),
+                         timeout=TIMEOUTS["install-guard"]))
         tool = "nft"
     rules = metadata_guard.nft_rules() if tool == "nft" else None
     unit = metadata_guard.unit_text(tool)
@@ -157,7 +158,7 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
     if not facts.installed:
         if not spec.install:
             raise StepError("HTCondor is not installed (no condor_config_val): install it in the image or set condor.install: true")
-        steps.append(Run("install", _install_argv(spec, facts.package_manager), timeout=TIMEOUTS["install"]))
+        steps.append(Run("install", _install_argv(spec, facts.package_manager), env=env_for(facts.package_manager), timeout=TIMEOUTS["install"]))
     try:
         config = condor_spec.render(spec, instance_id)
     except UnsafeValue as err:

@@ -34,7 +34,7 @@ from ..files import atomic_write, read_text
 from ..textsafe import UnsafeValue, refuse_control
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
-from .packages import APT, package_manager
+from .packages import APT, APT_ENV, env_for, package_manager
 from .steps import Custom, Plan, Run, Step, WriteFile, apply
 
 NAME = "cvmfs"
@@ -46,7 +46,6 @@ APT_LIST = "/etc/apt/sources.list.d/vfarm-cvmfs.list"
 APT_KEY = "/etc/apt/keyrings/vfarm-cvmfs.asc"
 YUM_REPO = "/etc/yum.repos.d/vfarm-cvmfs.repo"
 HEADER = "Written by vfarm cvmfs (cloud-init) from the vfarm config: change that, not this file."
-APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Generous limits: a hung mirror or proxy must end as a recorded failure, not a boot that hangs.
 INSTALL_TIMEOUT = 1800.0
 PROBE_TIMEOUT = 300.0
@@ -296,7 +295,7 @@ def _install_step(manager: str, package: str, version: Optional[str]) -> Custom:
 
     def install(ctx: Context) -> dict[str, Any]:
         argv = _install_argv(ctx, manager, package, version)
-        ctx.runner.run(argv, env=APT_ENV if manager == APT else None, timeout=INSTALL_TIMEOUT)
+        ctx.runner.run(argv, env=env_for(manager), timeout=INSTALL_TIMEOUT)
         return {"argv": argv}
 
     return Custom("install", install, {"manager": manager, "package": package, "version": version})

@@ -97,6 +97,9 @@ def test_no_packet_filter_fails_unless_it_may_install_one() -> None:
     spec = condor_spec.parse({**SECTION, "install": True})
     plan = cc_condor.plan(spec, facts(firewall=None), "i-1")
     assert step(plan, "install-guard").argv == ["apt-get", "install", "-y", "--no-install-recommends", "nftables"]
+    # No debconf prompt may hold the boot: apt runs non-interactive, for condor itself too.
+    assert step(plan, "install-guard").env == {"DEBIAN_FRONTEND": "noninteractive"}
+    assert step(cc_condor.plan(spec, facts(installed=False), "i-1"), "install").env == {"DEBIAN_FRONTEND": "noninteractive"}
     assert actions(plan).index("install-guard") < actions(plan).index("protect-metadata") < actions(plan).index("start")
     off = condor_spec.parse({**SECTION, "protect-metadata": False})
     assert not set(GUARD_ACTIONS) & set(actions(cc_condor.plan(off, facts(firewall=None), "i-1")))
