@@ -122,7 +122,7 @@ def parse_line(line: str) -> Optional[Verdict]:
         return None
     try:
         return parse_record(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: `[` nested thousands deep
         return None
 
 

@@ -126,6 +126,7 @@ def test_the_reader_takes_only_whole_lines_of_the_exact_record_and_the_newest_on
         check.VERDICT_PREFIX + json.dumps({**record, "more": True}),
         check.VERDICT_PREFIX + json.dumps(record, ensure_ascii=False).replace("first", "fïrst"),
         check.VERDICT_PREFIX + "{not json",
+        check.VERDICT_PREFIX + "[" * 5000,  # nested past Python's recursion limit: refused, not a crash
     ]
     for line in refused:
         assert verdicts.parse_console(line + "\n") is None, line
