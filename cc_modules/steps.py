@@ -99,9 +99,14 @@ def apply(plan: Plan, ctx: Context) -> bool:
             ctx.record.step(step.action, False, **_details(step), seconds=round(time.monotonic() - started, 3))
             _undo(step, ctx)
             raise
-        ctx.record.step(step.action, True, **{**_details(step), **fields}, seconds=round(time.monotonic() - started, 3), changed=did_change)
+        details = {**_details(step), **{f"{k}_" if k in RESERVED else k: v for k, v in fields.items()}}
+        ctx.record.step(step.action, True, **details, seconds=round(time.monotonic() - started, 3), changed=did_change)
         changed = changed or did_change
     return changed
+
+
+# The record's own keys of a step: a custom step's field of that name is kept as NAME_.
+RESERVED = ("action", "ok", "seconds", "changed")
 
 
 def _details(step: Step) -> dict[str, Any]:
@@ -129,5 +134,10 @@ def _carry_out(step: Step, ctx: Context) -> tuple[dict[str, Any], bool]:
 
 
 def _undo(step: Step, ctx: Context) -> None:
+    """STEP's undo after it failed; an undo that fails too is logged, never put in place of the
+    step's own failure (the reason the handler failed)."""
     if isinstance(step, Run) and step.undo is not None and not ctx.dry_run:
-        step.undo(ctx)
+        try:
+            step.undo(ctx)
+        except Exception as err:  # noqa: BLE001 - the step's failure is the one to report
+            ctx.logger.error("undoing %s failed too: %s: %s", step.action, type(err).__name__, err)
