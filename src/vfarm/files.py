@@ -138,7 +138,8 @@ def _read_stream(fd: int, limit: int, timeout: float) -> bytes:
 def _resolve(path: str) -> tuple[str, Optional[int]]:
     """PATH with every symlink resolved, and the descriptor number when the chain ends at one of
     this process's open files (/dev/stdout -> /proc/self/fd/1): that file is written as it is."""
-    current = os.path.abspath(path)
+    # Not abspath: it collapses `link/..` in the text, where the OS goes up from the link's target.
+    current = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     for _ in range(_MAX_LINKS):
         folder = os.path.realpath(os.path.dirname(current))
         current = os.path.join(folder, os.path.basename(current))

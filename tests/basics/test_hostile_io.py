@@ -504,6 +504,17 @@ def test_atomic_write_without_following_replaces_the_link(tmp_path: Path) -> Non
     assert not link.is_symlink() and link.read_text() == "new" and target.read_text() == "keep"
 
 
+def test_atomic_write_goes_up_from_a_links_target_as_the_os_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`link/../out` is the folder above the link's target (the kernel resolves the link first),
+    not the link's own folder: a relative path lands where the shell would write it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "link").symlink_to("../b/c")
+    monkeypatch.chdir(tmp_path)
+    files.atomic_write("a/link/../out.txt", "here")
+    assert (tmp_path / "b" / "out.txt").read_text() == "here" and not (tmp_path / "a" / "out.txt").exists()
+
+
 @pytest.mark.parametrize("error", [RecursionError, MemoryError])
 def test_a_missed_bound_is_still_one_line(error: type, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def runaway(args: Any) -> int:
