@@ -148,6 +148,8 @@ def settings_from_section(section: Any) -> Settings:
         return Settings(source="user-data")
     if isinstance(section, dict) and set(section) == {SELF} and isinstance(section[SELF], dict):
         section = section[SELF]  # the part may carry `check:` itself around the settings
+    if isinstance(section, dict):  # `delay: 10.0` is 10 minutes, as the schema (jsonschema: an integer) accepted it
+        section = {k: int(v) if k in ("delay", "timeout") and isinstance(v, float) and v.is_integer() else v for k, v in section.items()}
     problems = _check_section(section)
     if problems:
         return Settings(problem="; ".join(problems) + ": using the defaults (power off on failure)")

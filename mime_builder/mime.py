@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-import yaml
-
 from .. import files
 from ..config import condor as condor_spec
-from ..config import sections
+from ..config import sections, yamltext
 from ..config.loader import Config
 from ..files import read_bounded
 from ..redaction import HIDDEN
@@ -216,7 +214,8 @@ def password_hidden(url: str) -> str:
 
 def section_payload(name: str, section: Any) -> bytes:
     """The part of one section: a one-section YAML document, as the user wrote it (order kept)."""
-    text = yaml.safe_dump({name: section}, default_flow_style=False, sort_keys=False, allow_unicode=False, width=1000)
+    # Strings YAML 1.2 reads as numbers stay quoted: the instance's loader refuses them plain.
+    text = yamltext.dump({name: section}, default_flow_style=False, sort_keys=False, allow_unicode=False, width=1000)
     return text.encode("ascii")
 
 

@@ -209,6 +209,13 @@ def test_unfinished_cloud_init_is_a_failure() -> None:
     assert check.plan(facts(status=None, result=None), check.Settings())["result"] == "failed"
 
 
+def test_whole_minutes_written_as_floats_are_minutes() -> None:
+    """The schema (jsonschema: 10.0 is an integer) accepts `delay: 10.0`: the instance reads it as 10."""
+    settings = check.settings_from_section({"on-failure": "halt", "delay": 10.0, "timeout": 30.0})
+    assert (settings.on_failure, settings.delay, settings.timeout, settings.problem) == ("halt", 10, 30, None)
+    assert check.settings_from_section({"delay": 10.5}).problem  # not whole: still refused
+
+
 @pytest.mark.parametrize(
     ("section", "argv_head"),
     [

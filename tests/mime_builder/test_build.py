@@ -52,6 +52,22 @@ def test_embed_order_and_payloads(torino: configuration.Config) -> None:
         assert configuration.load_text(payload, f"{name}-config.ccfg", sections={name}).sections == {name: torino.sections[name]}
 
 
+def test_every_section_part_loads_back_on_the_instance_as_it_validated() -> None:
+    """A string quoted because YAML 1.2 reads it as a number (`"1e3"`, as validate asks) stays
+    quoted in the part: the instance's loader refuses it plain, and the worker would power off."""
+    from vfarm.cc_modules import handling
+
+    config = configuration.load_text(
+        "#multiple-config\nlocalfs:\n  parts:\n    home: 50\n    data: {size: 10%VG, mount: /data, label: \"1e3\"}\n"
+        "cvmfs:\n  install: true\n  local:\n    repositories: alice.cern.ch\n    http-proxy: DIRECT\n    CVMFS_MEMCACHE_SIZE: \"0o17\"\n",
+        "quoted.yaml")
+    built = mime.build(config, handlers="baked", gzip="never")
+    for part in built.parts:
+        name = part.content_type.removeprefix("text/").removesuffix("-config")
+        if name in config.sections:
+            assert handling.load_part(name, part.payload.decode(), part.filename) == config.sections[name]
+
+
 def test_localfs_goes_before_cvmfs_whatever_the_file_order() -> None:
     text = EXAMPLE.read_text()
     localfs, cvmfs = text.split("cvmfs:\n  install")
