@@ -4,6 +4,7 @@ and the user-data options (`vfarm build`, `vfarm launch ec2`, `vfarm launch loca
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -29,11 +30,15 @@ def add_command(sub: argparse._SubParsersAction, name: str, summary: str, *, des
     """A sub-command, declared once: SUMMARY is its line in its parent's --help; its own --help
     opens with DESCRIPTION (default: SUMMARY) and closes with EXAMPLES, whole command lines that
     work as shown from the project's folder (tests/cli/test_help.py parses every one and runs
-    each that needs no cloud, VM or pool), then EXIT_CODES."""
+    each that needs no cloud, VM or pool), then EXIT_CODES. Its arguments may take type="seconds"
+    (positive_seconds)."""
     text = description or summary[0].upper() + summary[1:] + "."
     epilog = [*(["examples:", *(f"  {line}" for line in examples), ""] if examples else []), *([exit_codes + "."] if exit_codes else [])]
-    return sub.add_parser(name, help=summary, description=textwrap.fill(text, 79), epilog="\n".join(epilog),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(name, help=summary, description=textwrap.fill(text, 79), epilog="\n".join(epilog),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    # type="seconds" in add_argument: a duration (positive_seconds), the same check in every command
+    parser.register("type", "seconds", positive_seconds)
+    return parser
 
 
 def fail(message: str) -> int:
@@ -66,6 +71,19 @@ def int_bytes(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type for a duration (--wait-timeout, --wait-interval): a finite number above 0.
+    `nan` would never time out (every comparison with it is false), `inf` neither, and a negative
+    or zero one would make the wait poll without pause or fail at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {text!r}")
+    return value
 
 
 HANDLERS_HELP = "how the handlers reach the instance: include=URL_BASE (fetched, see `vfarm handlers`), embed (default) or baked into the image"

@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shlex
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,6 +73,11 @@ class Ec2Error(Exception):
 
 class Ec2CapacityError(Ec2Error):
     """The cloud refused a launch for quota or capacity (another instance type may still start)."""
+
+
+class Ec2UnknownOutcome(Ec2Error):
+    """A call whose effect is unknown: the request may have been carried out though no usable
+    reply came back (a transport failure, an HTTP 5xx, a reply that is not EC2's)."""
 
 
 def is_capacity(code: str) -> bool:
@@ -233,6 +240,8 @@ def _is_text(data: bytes) -> bool:
 
 
 _LOADER: list[Any] = []
+# The root element of an XML reply (after the declaration and comments): its local name.
+_ROOT = re.compile(rb"\s*(?:<\?xml[^>]*\?>\s*)?(?:<!--.*?-->\s*)*<(?:[\w.-]+:)?([\w.-]+)[\s/>]", re.DOTALL)
 
 
 def _shared_loader() -> Any:
@@ -252,6 +261,7 @@ class Ec2Cloud:
         self.params = params or Ec2Params()
         self._session = session
         self._client = client
+        self._status: Optional[int] = None  # the HTTP status of the last reply (see _check_reply)
 
     # --- connection -------------------------------------------------------------------------
 
@@ -290,7 +300,23 @@ class Ec2Cloud:
         config = Config(
             connect_timeout=p.connect_timeout, read_timeout=p.read_timeout, retries=retries, user_agent_extra=f"vfarm/{__version__}"
         )
-        return session.client("ec2", region_name=region, endpoint_url=p.endpoint_url, config=config)
+        client = session.client("ec2", region_name=region, endpoint_url=p.endpoint_url, config=config)
+        client.meta.events.register("before-parse.ec2", self._check_reply)
+        return client
+
+    def _check_reply(self, response_dict: Mapping[str, Any], operation_model: Any = None, **_: Any) -> None:
+        """botocore's hook just before parsing a reply. Notes its HTTP status (botocore's parse
+        errors do not carry it), and refuses a success whose document is not EC2's reply to the
+        call (`<RunInstancesResponse ...>`): botocore would read a web server's XHTML page (a
+        welcome page, a portal) as an EC2 reply with nothing in it, i.e. no instances at all."""
+        from botocore.parsers import ResponseParserError
+
+        self._status = response_dict.get("status_code")
+        if self._status is None or not 200 <= int(self._status) < 300 or operation_model is None:
+            return
+        root = _ROOT.match(response_dict.get("body") or b"")
+        if root is None or root.group(1).decode("ascii") != f"{operation_model.name}Response":
+            raise ResponseParserError("not an EC2 API reply")
 
     def _secrets(self) -> list[str]:
         found = [s for s in (self.params.secret_key, self.params.access_key) if s]
@@ -313,20 +339,34 @@ class Ec2Cloud:
         return hide_credentials(" ".join(text.split()))
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call FN, turning boto3's exceptions into one-line `Ec2Error`s."""
+        """Call FN, turning boto3's exceptions into one-line `Ec2Error`s: `Ec2UnknownOutcome`
+        when the request may have been carried out all the same (transport failure after
+        connecting, or not knowing whether an earlier attempt got through; HTTP 5xx; a reply that
+        is not an EC2 API's), `Ec2CapacityError` for quota or capacity."""
         from botocore import exceptions as bx
+        from botocore.parsers import ResponseParserError
 
+        self._status = None
         try:
             return fn(*args, **kwargs)
         except Ec2Error:
             raise
         except bx.ClientError as err:
-            kind = Ec2CapacityError if is_capacity(str(err.response.get("Error", {}).get("Code", ""))) else Ec2Error
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            kind = Ec2CapacityError if is_capacity(code) else Ec2UnknownOutcome if int(status) >= 500 else Ec2Error
             raise kind(self._scrub(self._explain(what, err, kwargs))) from None
-        except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError) as err:
-            raise Ec2Error(self._scrub(f"EC2 endpoint {self.endpoint} not answering ({what}): {err}")) from None
+        except ResponseParserError:
+            # not a BotoCoreError; its text quotes the whole body (an HTML page): left out
+            status = f" (HTTP status {self._status})" if self._status else ""
+            raise Ec2UnknownOutcome(self._scrub(f"EC2 endpoint {self.endpoint} ({what}): the endpoint did not answer as an EC2 API{status}")) from None
+        except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as err:
+            # unknown too: with retries on, an earlier attempt may have got through
+            raise Ec2UnknownOutcome(self._scrub(f"EC2 endpoint {self.endpoint} not answering ({what}): {err}")) from None
         except bx.ReadTimeoutError as err:
-            raise Ec2Error(self._scrub(f"EC2 endpoint {self.endpoint} did not reply in time ({what}): {err}")) from None
+            raise Ec2UnknownOutcome(self._scrub(f"EC2 endpoint {self.endpoint} did not reply in time ({what}): {err}")) from None
+        except bx.HTTPClientError as err:  # ConnectionClosedError and the like: the request was sent
+            raise Ec2UnknownOutcome(self._scrub(f"EC2 endpoint {self.endpoint} gave no reply ({what}): {err}")) from None
         except (bx.NoCredentialsError, bx.PartialCredentialsError) as err:
             raise Ec2Error(
                 self._scrub(f"no usable credentials ({err}): set EC2_ACCESS_KEY/EC2_SECRET_KEY or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile")
@@ -375,14 +415,24 @@ class Ec2Cloud:
         client_token: Optional[str] = None,
         max_userdata: int = EC2_LIMIT,
     ) -> list[dict[str, Any]]:
-        """RunInstances; returns the instances as the API describes them. Without a client token
-        botocore makes one up, so its own retries never launch twice. MAX_USERDATA: AWS takes
-        16384 bytes; some EC2-compatible clouds take more."""
+        """RunInstances; returns the instances as the API describes them. Without CLIENT_TOKEN
+        vfarm makes one (not botocore: its token would be lost with the error), so that a launch
+        whose outcome is unknown (`Ec2UnknownOutcome`) names the token that retries it without
+        starting anything twice. MAX_USERDATA: AWS takes 16384 bytes; some EC2-compatible clouds
+        take more."""
         if len(userdata) > max_userdata:
             raise Ec2Error(f"user-data is {len(userdata)} bytes, over the limit of {max_userdata}")
-        request = run_request(image_id, instance_type, count, tags, key_name, security_groups, subnet, client_token)
-        # botocore base64-encodes UserData for RunInstances itself
-        response = self._guard("launch", self.client.run_instances, UserData=userdata, **request)
+        token = client_token or str(uuid.uuid4())
+        request = run_request(image_id, instance_type, count, tags, key_name, security_groups, subnet, token)
+        try:
+            # botocore base64-encodes UserData for RunInstances itself
+            response = self._guard("launch", self.client.run_instances, UserData=userdata, **request)
+        except Ec2UnknownOutcome as err:
+            shown = " ".join(f"--tag {shlex.quote(f'{k}={v}')}" for k, v in sorted((tags or {}).items()) if k != MANAGED_TAG)
+            listing = f"vfarm instances {shown}".rstrip()
+            raise Ec2UnknownOutcome(
+                f"{err}; the launch may have started instances: `{listing}` shows them; retry with --client-token {token} to start none twice"
+            ) from None
         return list(response.get("Instances", []))
 
     def instances(
@@ -414,17 +464,23 @@ class Ec2Cloud:
         found: list[dict[str, Any]] = self._guard("describe instances", pages)
         return sorted(found, key=lambda i: (str(i.get("LaunchTime", "")), i["InstanceId"]))
 
-    def terminate(self, ids: Sequence[str], only_managed: bool = True) -> list[dict[str, Any]]:
-        """TerminateInstances. With only_managed (the default), refuses if any ID is not one of
-        vfarm's own instances, before anything is terminated."""
+    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
+        """TerminateInstances. Before anything is terminated, refuses if any ID is not one of
+        vfarm's own instances (with only_managed, the default), or lacks one of TAGS (K=V each:
+        `vfarm terminate ID... --tag K=V` touches only that farm's instances)."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             return []
-        if only_managed:
-            known = {i["InstanceId"]: i for i in self.describe(ids)}
-            foreign = [i for i in ids if tags_of(known.get(i, {})).get(MANAGED_TAG) != "true"]
+        if only_managed or tags:
+            known = {i["InstanceId"]: tags_of(i) for i in self.describe(ids)}
+            foreign = [i for i in ids if only_managed and known.get(i, {}).get(MANAGED_TAG) != "true"]
             if foreign:
                 raise Ec2Error(f"not vfarm instances (no tag {MANAGED_TAG}=true), nothing terminated: {' '.join(foreign)}")
+            wanted = dict(tags or {})
+            other = [i for i in ids if any(known.get(i, {}).get(k) != v for k, v in wanted.items())]
+            if other:
+                shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+                raise Ec2Error(f"not tagged {shown}, nothing terminated: {' '.join(other)}")
         response = self._guard("terminate", self.client.terminate_instances, InstanceIds=ids)
         return list(response.get("TerminatingInstances", []))
 

@@ -232,8 +232,10 @@ def _capacity_fault(server: dict[str, Any]) -> bool:
 
 class HybridBackend:
     """A hybrid farm: one backend per cloud, in the farm's priority order. Every instance listed
-    carries the tag vfarm:cloud of the cloud that listed it (an instance of the farm tagged for
-    another of its clouds is that cloud's, and left out here); tagging and terminating go to the
+    carries the tag vfarm:cloud of the cloud that listed it, and is listed once even when clouds
+    share an account: an instance tagged for another of the farm's clouds is that cloud's (left
+    out here); one without a cloud of the farm in its tag (launched before the farm listed clouds)
+    is the first cloud's, in the farm's order, that lists it. Tagging and terminating go to the
     cloud that listed the instance."""
 
     def __init__(self, spec: ScaleSpec, backends: dict[str, Backend]) -> None:
@@ -260,6 +262,8 @@ class HybridBackend:
                 marked = next((t.get("Value") for t in tags if t.get("Key") == CLOUD_TAG), None)
                 if marked is not None and marked != name and marked in self.backends:
                     continue  # the same account behind two clouds of the farm: that one lists it
+                if str(inst["InstanceId"]) in where:
+                    continue  # untagged, and an earlier cloud (the same account) listed it already
                 inst = {**inst, "Tags": [t for t in tags if t.get("Key") != CLOUD_TAG] + [{"Key": CLOUD_TAG, "Value": name}]}
                 where[str(inst["InstanceId"])] = name
                 found.append(inst)

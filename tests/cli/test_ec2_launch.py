@@ -7,14 +7,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shlex
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.cli.test_ec2_cli import one_line_failure, run
-from tests.clouds.test_ec2 import closed_port
+from tests.clouds.test_ec2 import closed_port, losing_replies
 from tests.fixtures.moto import INSTANCE_LIMIT, NO_CAPACITY_TYPE, Ec2Endpoint
+from vfarm.cli.main import build_parser
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -132,3 +135,49 @@ def test_bad_config_is_reported_with_its_position(ec2_endpoint: Ec2Endpoint, cap
     args[2] = str(bad)
     code, out, err = run(capsys, *args)
     assert code == 1 and out == "" and err.startswith(f"{bad}:4:")
+
+
+def test_a_lost_reply_names_the_token_that_retries_it(ec2_endpoint: Ec2Endpoint, capsys: pytest.CaptureFixture[str]) -> None:
+    dropped = threading.Event()
+    with losing_replies(ec2_endpoint.url, b"Action=RunInstances", dropped) as proxy:
+        args = launch_args(ec2_endpoint, "--count", "2", "--tag", "vfarm:farm=torino")
+        args[args.index(ec2_endpoint.url)] = proxy
+        err = one_line_failure(*run(capsys, *args))
+    assert dropped.wait(10)
+    assert "the launch may have started instances: `vfarm instances --tag vfarm:farm=torino` shows them" in err
+    found = re.search(r"retry with --client-token (\S+) to start none twice$", err.strip())
+    assert found, err
+    code, out, _ = run(capsys, "instances", "--endpoint-url", ec2_endpoint.url, "--json")
+    started = sorted(i["InstanceId"] for i in json.loads(out))
+    assert code == 0 and len(started) == 2  # the call was carried out: only its reply was lost
+    # the retry with that token gets the same reservation (EC2's idempotency; moto's here: see the fixture)
+    code, out, err = run(capsys, *launch_args(ec2_endpoint, "--count", "2", "--tag", "vfarm:farm=torino", "--client-token", found.group(1), "--json"))
+    assert code == 0 and sorted(i["InstanceId"] for i in json.loads(out)) == started, err
+    code, out, _ = run(capsys, "instances", "--endpoint-url", ec2_endpoint.url, "--json")
+    assert sorted(i["InstanceId"] for i in json.loads(out)) == started
+
+
+LAUNCHES = {
+    "ec2": ["launch", "ec2", "f.yaml", "--image-id", "ami-1", "--instance-type", "t3.micro"],
+    "openstack": ["launch", "openstack", "f.yaml", "--image", "debian-12", "--flavor", "m1.large"],
+}
+
+
+@pytest.mark.parametrize("command", LAUNCHES)
+@pytest.mark.parametrize("option", ["--wait-timeout", "--wait-interval"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "0", "soon"])
+def test_wait_durations_must_be_finite_and_positive(command: str, option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*LAUNCHES[command], f"{option}={value}"]
+    with pytest.raises(SystemExit) as info:
+        build_parser(argv).parse_args(argv)
+    assert info.value.code == 2
+    assert f"{option}: expected a" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", LAUNCHES)
+def test_wait_durations_that_are_accepted(command: str) -> None:
+    argv = [*LAUNCHES[command], "--wait-timeout", "1e3", "--wait-interval", "0.25"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.wait_timeout, args.wait_interval) == (1000.0, 0.25)
+    default = build_parser(LAUNCHES[command]).parse_args(LAUNCHES[command])
+    assert default.wait_timeout == 900.0

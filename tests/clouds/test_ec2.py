@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import gzip
 import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.fixtures.moto import INSTANCE_LIMIT, NO_CAPACITY_TYPE, TEST_SECRET, Ec2Endpoint
 from vfarm.clouds import ec2
+from vfarm.config import scale as scale_spec
+from vfarm.scaler import backends
+from vfarm.scaler.apply import CloudError
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -24,6 +33,90 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """HANDLER on a free loopback port, in a thread; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def answering(status: int, body: bytes, content_type: str = "text/plain") -> AbstractContextManager[str]:
+    """A loopback web server that answers every request with STATUS and BODY (not an EC2 API)."""
+
+    class Fixed(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return serving(Fixed)
+
+
+def losing_replies(upstream: str, marker: bytes, dropped: threading.Event) -> AbstractContextManager[str]:
+    """A loopback proxy to UPSTREAM that loses the reply of each request whose body holds MARKER:
+    it forwards it, reads the whole reply (the call is done upstream), sets DROPPED, then closes
+    the connection unanswered. Other requests get their replies."""
+
+    class Lossy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            request = urllib.request.Request(upstream + self.path, data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    status, data, kind = reply.status, reply.read(), reply.headers.get("Content-Type", "text/xml")
+            except urllib.error.HTTPError as err:
+                status, data, kind = err.code, err.read(), err.headers.get("Content-Type", "text/xml")
+            if marker in body:
+                dropped.set()
+                self.close_connection = True
+                return  # no status line at all: the client sees the connection closed
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return serving(Lossy)
+
+
+# What endpoints that are not an EC2 API answer: a proxy's 503 text, a web server's welcome page
+# (well-formed XHTML: botocore alone would read it as a reply with no instances), moto's HTML 500.
+NGINX_WELCOME = b"""<!DOCTYPE html>
+<html>
+<head>
+<title>Welcome to nginx!</title>
+</head>
+<body>
+<h1>Welcome to nginx!</h1>
+<p>If you see this page, the nginx web server is successfully installed and
+working. Further configuration is required.<br/></p>
+</body>
+</html>
+"""
+NOT_EC2 = {
+    "503-text": (503, b"Service Unavailable\n", "text/plain"),
+    "nginx-welcome": (200, NGINX_WELCOME, "text/html"),
+    "html-500": (500, b"<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>\n", "text/html"),
+}
 
 
 def test_launch_tags_shutdown_behaviour_and_userdata(ec2_endpoint: Ec2Endpoint) -> None:
@@ -110,6 +203,34 @@ def test_endpoint_not_answering(ec2_endpoint: Ec2Endpoint) -> None:
     with pytest.raises(ec2.Ec2Error, match=f"EC2 endpoint {url}/? not answering") as info:
         ec2.Ec2Cloud(ec2.Ec2Params(endpoint_url=url)).instances()
     assert "\n" not in str(info.value) and TEST_SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("reply", NOT_EC2.values(), ids=NOT_EC2)
+def test_an_endpoint_that_is_not_an_ec2_api_is_one_error(ec2_endpoint: Ec2Endpoint, reply: tuple[int, bytes, str]) -> None:
+    status = reply[0]
+    with answering(*reply) as url:
+        cloud = ec2.Ec2Cloud(ec2.Ec2Params(endpoint_url=url))
+        with pytest.raises(ec2.Ec2Error, match=rf"did not answer as an EC2 API \(HTTP status {status}\)") as info:
+            cloud.instances()
+        assert "\n" not in str(info.value) and "nginx" not in str(info.value)  # the page itself is left out
+        # a launch whose reply is not EC2's may have started instances all the same
+        with pytest.raises(ec2.Ec2UnknownOutcome, match="may have started instances.*retry with --client-token tok-9 "):
+            cloud.launch(b"#cloud-config\n", ec2_endpoint.image_id, "t3.micro", client_token="tok-9")
+        # the scaler's backend: a CloudError (logged, backed off), not a traceback
+        farm = scale_spec.parse({"name": "x", "max-vms": 3, "cloud": {"type": "ec2", "endpoint-url": url, "image-id": "ami-1", "instance-type": "t3.micro"}})
+        backend = backends.backend_for(farm, b"#cloud-config\n")
+        with pytest.raises(CloudError, match=f"HTTP status {status}"):
+            backend.farm_instances()
+
+
+def test_terminate_with_tags_refuses_an_instance_without_them(ec2_endpoint: Ec2Endpoint) -> None:
+    cloud = cloud_for(ec2_endpoint)
+    a = cloud.launch(b"#cloud-config\n", ec2_endpoint.image_id, "t3.micro", tags={"vfarm:farm": "a"})[0]["InstanceId"]
+    b = cloud.launch(b"#cloud-config\n", ec2_endpoint.image_id, "t3.micro", tags={"vfarm:farm": "b"})[0]["InstanceId"]
+    with pytest.raises(ec2.Ec2Error, match=f"^not tagged vfarm:farm=a, nothing terminated: {b}$"):
+        cloud.terminate([a, b], tags={"vfarm:farm": "a"})
+    assert {i["InstanceId"]: i["State"]["Name"] for i in cloud.describe([a, b])} == {a: "running", b: "running"}
+    assert [c["InstanceId"] for c in cloud.terminate([a], tags={"vfarm:farm": "a"})] == [a]
 
 
 def test_credentials_refused_and_accepted_by_a_checking_endpoint(ec2_endpoint: Ec2Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -221,6 +221,20 @@ def test_the_dispatching_backend_lists_launches_and_terminates_on_each_cloud() -
         hybrid.launch(1, "tok2", farm.worker_type("default@site"))
 
 
+def test_an_instance_without_a_cloud_tag_counts_once_when_clouds_share_an_account() -> None:
+    farm = spec(PLAIN)
+    # launched before the farm listed clouds: no vfarm:cloud tag; site and aws are the same account
+    site = Cloud("site", instances=[instance("i-old", None), instance("i-gone-cloud", "retired")])
+    aws = Cloud("aws", instances=[instance("i-old", None), instance("i-gone-cloud", "retired"), instance("a-1", "aws")])
+    hybrid = backends.HybridBackend(farm, {"site": site, "aws": aws})
+    listed = hybrid.farm_instances()
+    clouds = sorted((i["InstanceId"], [t["Value"] for t in i["Tags"] if t["Key"] == "vfarm:cloud"]) for i in listed)
+    # the first cloud in the farm's order that lists it keeps it (a cloud the farm no longer has: the same)
+    assert clouds == [("a-1", ["aws"]), ("i-gone-cloud", ["site"]), ("i-old", ["site"])]
+    hybrid.terminate({"i-old": "lost"})
+    assert site.terminated == [{"i-old": "lost"}] and aws.terminated == []
+
+
 def test_a_refused_cloud_falls_back_to_the_next_in_the_same_cycle(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="vfarm.test")
     farm = spec(PLAIN)
