@@ -130,10 +130,6 @@ def cmd_instances(args: argparse.Namespace) -> int:
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     if _on_openstack(args):
-        if args.ids and args.tag:
-            # OpenStack's terminate does not check IDs against --tag yet: refused rather than ignored
-            fail("terminate --cloud openstack: --tag goes with --all only (IDs are not checked against it on OpenStack)")
-            return EXIT_USAGE
         from . import openstack
 
         return openstack.cmd_terminate(args)

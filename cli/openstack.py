@@ -36,6 +36,10 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         openstack.server_metadata(properties, args.client_token or "dry-run")
         if args.count < 1:
             raise openstack.OpenStackError(f"--count must be at least 1, not {args.count}")
+        if args.max_size > OPENSTACK_LIMIT:
+            # Nova's limit is fixed: more would only be refused by Nova, after the build
+            raise openstack.OpenStackError(f"--max-size {args.max_size} is over what Nova takes: {OPENSTACK_LIMIT} bytes "
+                                           f"({OPENSTACK_B64_LIMIT} characters of base64)")
     except openstack.OpenStackError as err:
         return fail(str(err))
     built = build_userdata(args, "launch")
@@ -64,6 +68,8 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
             progress = wait_reporter(started, lambda s: str(s.get("Status")), "ACTIVE")
             servers = cloud.wait_running(ids, timeout=args.wait_timeout, interval=args.wait_interval, progress=progress)
     except openstack.OpenStackError as err:
+        if err.token:  # servers of this launch may run: the same token starts only what is missing
+            return fail(f"{err}; retry with --client-token {err.token} to start only the rest")
         return fail(str(err))
     _print(servers, args.json)
     return EXIT_OK
@@ -90,11 +96,16 @@ def cmd_terminate(args: argparse.Namespace) -> int:
         fail("terminate: give server IDs or --all (not both)")
         return EXIT_USAGE
     try:
+        filters = openstack.parse_properties(args.tag)
         cloud = _cloud(args)
-        ids = [s["InstanceId"] for s in cloud.instances(openstack.parse_properties(args.tag))] if args.all else list(args.ids)
-        changes = cloud.terminate(ids)
+        ids = [s["InstanceId"] for s in cloud.instances(filters)] if args.all else list(args.ids)
+        # with IDs, every --tag is a check: a server without it stops the whole command
+        changes = cloud.terminate(ids, tags=filters)
     except openstack.OpenStackError as err:
         return fail(str(err))
+    gone = [c["InstanceId"] for c in changes if c["PreviousState"]["Name"] == "terminated"]
+    if gone:
+        print(f"vfarm: already deleted (Nova has no such server): {shown_message(' '.join(gone))}", file=sys.stderr)
     if args.json:
         print(json.dumps(redact_strings(changes), indent=2, sort_keys=True))
     elif changes:
@@ -135,8 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_userdata_options(b, max_size=OPENSTACK_LIMIT,
                          max_size_help=f"refuse larger user-data (default {OPENSTACK_LIMIT}: Nova's {OPENSTACK_B64_LIMIT} characters of base64)")
     p.add_argument("--wait", action="store_true", help="wait until every server is ACTIVE, with progress on stderr")
-    p.add_argument("--wait-timeout", type=float, default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
-    p.add_argument("--wait-interval", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--wait-timeout", type="seconds", default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
+    p.add_argument("--wait-interval", type="seconds", default=2.0, metavar="S", help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the openstack server create line; call nothing")
     p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
     p.add_argument("--json", action="store_true", help="print the servers as JSON")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import shlex
 import time
 import uuid
@@ -67,14 +68,30 @@ LIVE_STATES = ("pending", "running", "stopped")
 # Servers that never will run again and still hold quota: a failed build, a worker whose final
 # check powered it off (Nova keeps it SHUTOFF: there is no terminate-on-shutdown).
 DEAD_STATUSES = ("ERROR", "SHUTOFF")
+# A cloud's own words quoted in an error: at most QUOTED_LIMIT characters, and no run of base64
+# over 64 characters (Nova's validator quotes a rejected user_data in full, twice: 200 KB of
+# base64 with the pool's token inside). Neither a token nor user-data belongs in a message.
+QUOTED_LIMIT = 300
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{65,}=*")
 
 
 class OpenStackError(Exception):
-    """A failure to report to the user in one line (no traceback)."""
+    """A failure to report to the user in one line (no traceback). A launch that failed after it
+    may have started servers sets TOKEN (its launch token: the same token starts only the rest) and
+    STARTED (the IDs of its servers listed after the failure)."""
+
+    def __init__(self, message: str = "", *, token: Optional[str] = None, started: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.token = token
+        self.started = list(started)
 
 
 class OpenStackQuotaError(OpenStackError):
     """Nova refused a request for quota (another flavor may still fit)."""
+
+
+class OpenStackNotFoundError(OpenStackError):
+    """Nova has no such server (404 by ID): deleted, or never was."""
 
 
 def parse_properties(items: Sequence[str]) -> dict[str, str]:
@@ -246,7 +263,11 @@ class OpenStackCloud:
             raise OpenStackError(self._scrub(str(err))) from None
         except Exception as err:  # noqa: BLE001 - every library failure is one line for the user
             text = self._explain(what, err)
-            kind = OpenStackQuotaError if text.startswith(f"{self.where}: the cloud refused to {what} (quota:") else OpenStackError
+            kind = OpenStackError
+            if text.startswith(f"{self.where}: the cloud refused to {what} (quota:"):
+                kind = OpenStackQuotaError
+            elif _status(err) == 404:
+                kind = OpenStackNotFoundError
             raise kind(self._scrub(text)) from None
 
     def _explain(self, what: str, err: BaseException) -> str:
@@ -255,7 +276,7 @@ class OpenStackCloud:
 
         where = self.where
         message = _message(err)
-        status = getattr(err, "status_code", None) or getattr(err, "http_status", None)
+        status = _status(err)
         if isinstance(err, ka.http.Unauthorized) or status == 401:
             return f"{where}: credentials refused (401: {message}); check the cloud's entry in clouds.yaml, OS_CLOUD or the OS_* variables"
         if isinstance(err, (ka.connection.ConnectFailure, ka.connection.ConnectTimeout, ka.connection.UnknownConnectionError)):
@@ -341,7 +362,9 @@ class OpenStackCloud:
                name: str = "vfarm-worker", max_userdata: int = USERDATA_LIMIT) -> list[dict[str, Any]]:
         """COUNT servers holding vfarm:token = CLIENT_TOKEN (made up when not given), one create
         each. Before every create the servers with that token are listed: those a lost reply
-        started count, so the same token never starts more than COUNT. Returns them (described)."""
+        started count, so the same token never starts more than COUNT. Returns them (described).
+        A failure once servers of the token may run (one was listed or created, or a reply was
+        lost) is raised in its own class with TOKEN and STARTED set, and says "started K of N: IDS"."""
         if count < 1:
             raise OpenStackError(f"--count must be at least 1, not {count}")
         if len(userdata) > max_userdata:
@@ -351,55 +374,94 @@ class OpenStackCloud:
         image_id, flavor_id, networks = self.resolve(image, flavor, network)
         encoded = base64.b64encode(userdata).decode("ascii")
         attempts = 0
-        while True:
+        # Whether servers of this launch may run: once one was listed or created, or a reply was
+        # lost. A failure from then on says which run and the token (they keep running).
+        maybe_running = False
+        try:
+            while True:
+                have = self.by_token(token)
+                if len(have) >= count:
+                    return have
+                maybe_running = maybe_running or bool(have)
+                kwargs: dict[str, Any] = {"name": f"{name}-{len(have) + 1}", "image_id": image_id, "flavor_id": flavor_id,
+                                          "networks": networks, "metadata": metadata, "user_data": encoded}
+                if key_name:
+                    kwargs["key_name"] = key_name
+                try:
+                    self._guard("create a server", self.conn.compute.create_server, **kwargs)
+                    maybe_running = True
+                except OpenStackError as err:
+                    attempts += 1
+                    lost = _reply_lost(str(err))
+                    maybe_running = maybe_running or lost
+                    if not lost or attempts >= CREATE_ATTEMPTS:
+                        raise
+                    # the reply was lost, maybe not the request: list by token again before a retry
+        except OpenStackError as err:
+            if not maybe_running:
+                raise
+            return self._part_way(err, token, count)
+
+    def _part_way(self, err: OpenStackError, token: str, count: int) -> list[dict[str, Any]]:
+        """After ERR, a launch (TOKEN, COUNT) that may have started servers: its servers if they
+        are all there after all (the last reply was lost, not the request); else ERR again, of
+        its own class (a quota refusal stays one), naming the servers that run and the token."""
+        try:
             have = self.by_token(token)
-            if len(have) >= count:
-                return have
-            kwargs: dict[str, Any] = {"name": f"{name}-{len(have) + 1}", "image_id": image_id, "flavor_id": flavor_id,
-                                      "networks": networks, "metadata": metadata, "user_data": encoded}
-            if key_name:
-                kwargs["key_name"] = key_name
-            try:
-                self._guard("create a server", self.conn.compute.create_server, **kwargs)
-            except OpenStackError as err:
-                attempts += 1
-                if not _reply_lost(str(err)) or attempts >= CREATE_ATTEMPTS:
-                    raise
-                # the reply was lost, maybe not the request: list by token again before a retry
+        except OpenStackError:
+            raise type(err)(f"{err}; the servers it started could not be listed", token=token) from None
+        if len(have) >= count:
+            return have
+        ids = [str(s["InstanceId"]) for s in have]
+        raise type(err)(f"{err}; started {len(ids)} of {count}" + (f": {' '.join(ids)}" if ids else ""), token=token, started=ids) from None
 
     def get(self, server_id: str) -> dict[str, Any]:
+        """The server, described. `OpenStackNotFoundError` when Nova has no such server."""
         found = self._guard("show a server", self.conn.compute.find_server, server_id, ignore_missing=True)
         if found is None:
-            raise OpenStackError(f"{self.where}: no such server {server_id}")
+            raise OpenStackNotFoundError(f"{self.where}: no such server {server_id}")
         return describe(self._guard("show a server", self.conn.compute.get_server, found.id))
 
     def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
-        """Set metadata on IDS (the scaler records why it ended a server)."""
+        """Set metadata on IDS (the scaler records why it ended a server). A server Nova no longer
+        has is skipped: the others are still tagged."""
         for server_id in ids:
-            self._guard("set metadata", self.conn.compute.set_server_metadata, server_id, **dict(tags))
+            try:
+                self._guard("set metadata", self.conn.compute.set_server_metadata, server_id, **dict(tags))
+            except OpenStackNotFoundError:
+                continue
 
-    def terminate(self, ids: Sequence[str], only_managed: bool = True) -> list[dict[str, Any]]:
-        """Delete servers. With ONLY_MANAGED (the default), refuses if any ID is not one of
-        vfarm's own servers, before anything is deleted."""
+    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
+        """Delete servers. Before anything is deleted, refuses if any ID is not one of vfarm's own
+        servers (with ONLY_MANAGED, the default), or lacks one of TAGS (metadata K=V each: `vfarm
+        terminate ID... --tag K=V` touches only that farm's servers). A server Nova no longer has
+        (deleted meanwhile: 404 by ID) is skipped, its change `terminated` before and after; any
+        other failure to look a server up is raised as itself."""
         ids = list(dict.fromkeys(ids))
-        if not ids:
-            return []
         current: dict[str, dict[str, Any]] = {}
         for server_id in ids:
             try:
                 current[server_id] = self.get(server_id)
-            except OpenStackError:
-                if not only_managed:
-                    raise
+            except OpenStackNotFoundError:
+                continue
+        metadata = {i: metadata_of(d) for i, d in current.items()}
         if only_managed:
-            foreign = [i for i in ids if metadata_of(current.get(i, {})).get(MANAGED_KEY) != "true"]
+            foreign = [i for i in current if metadata[i].get(MANAGED_KEY) != "true"]
             if foreign:
                 raise OpenStackError(f"not vfarm servers (no metadata {MANAGED_KEY}=true), nothing deleted: {' '.join(foreign)}")
+        wanted = dict(tags or {})
+        other = [i for i in current if any(metadata[i].get(k) != v for k, v in wanted.items())]
+        if other:
+            shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+            raise OpenStackError(f"not tagged {shown} (metadata), nothing deleted: {' '.join(other)}")
         changes = []
         for server_id in ids:
-            real = current[server_id]["InstanceId"] if server_id in current else server_id
+            if server_id not in current:
+                changes.append({"InstanceId": server_id, "PreviousState": {"Name": "terminated"}, "CurrentState": {"Name": "terminated"}})
+                continue
+            real = current[server_id]["InstanceId"]
             self._guard("delete a server", self.conn.compute.delete_server, real)
-            before = current.get(server_id, {}).get("State", {}).get("Name", "?")
+            before = current[server_id]["State"]["Name"]
             changes.append({"InstanceId": real, "PreviousState": {"Name": before}, "CurrentState": {"Name": "shutting-down"}})
         return changes
 
@@ -442,10 +504,19 @@ class OpenStackCloud:
 
 
 def _message(err: BaseException) -> str:
-    """The server's own words where there are some (openstacksdk puts them in `details`)."""
+    """The server's own words where there are some (openstacksdk puts them in `details`), as an
+    error may quote them: every base64 run over 64 characters left out, at most QUOTED_LIMIT
+    characters."""
     details = getattr(err, "details", None)
-    text = str(details) if details else str(err)
-    return " ".join(text.split()) or type(err).__name__
+    text = " ".join((str(details) if details else str(err)).split()) or type(err).__name__
+    text = BASE64_RUN.sub(lambda m: f"[{len(m.group())} characters left out]", text)
+    return text if len(text) <= QUOTED_LIMIT else f"{text[:QUOTED_LIMIT]}... [{len(text) - QUOTED_LIMIT} more characters left out]"
+
+
+def _status(err: BaseException) -> Optional[int]:
+    """The HTTP status of a library failure, None without one."""
+    status = getattr(err, "status_code", None) or getattr(err, "http_status", None)
+    return status if isinstance(status, int) else None
 
 
 def _fault(described: Mapping[str, Any]) -> str:

@@ -111,9 +111,6 @@ def test_terminate_ids_with_tags_checks_them_first(ec2_endpoint: Ec2Endpoint, ca
     assert sorted(i["InstanceId"] for i in json.loads(out) if i["State"]["Name"] == "running") == sorted(a + b)
     code, out, err = run(capsys, "terminate", "--endpoint-url", url, a[0], "--tag", "vfarm:farm=a", "--tag", "vfarm:managed=true")
     assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == a, err
-    # OpenStack does not check IDs against --tag (yet): the combination is refused there, nothing asked
-    code, out, err = run(capsys, "terminate", "--cloud", "openstack", "srv-1", "--tag", "vfarm:farm=a")
-    assert (code, out) == (2, "") and "--tag goes with --all only" in err and len(err.splitlines()) == 1
 
 
 def test_unknown_profile_and_partial_euca_keys(ec2_endpoint: Ec2Endpoint, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
