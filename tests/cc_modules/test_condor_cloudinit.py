@@ -100,9 +100,10 @@ def assert_clean(log: str, tmp: Path) -> None:
 def assert_joined(root: Path, record: dict[str, Any]) -> None:
     assert record["status"] == "ok", record
     assert record["instance_id"] == IID
-    # the metadata guard (on by default) is in place before condor starts
-    assert [s["action"] for s in record["steps"]][-9:] == ["mkdir", "guard-folders", "write-guard-rules", "write-guard-unit", "enable-guard",
-                                                           "protect-metadata", "check-config", "start", "wait-join"]
+    # the metadata guard (on by default) is in place before the token is written and condor starts
+    assert [s["action"] for s in record["steps"]][-11:] == ["guard-folders", "write-guard-rules", "write-guard-unit", "enable-guard",
+                                                            "protect-metadata", "write-token", "write-config", "mkdir", "check-config",
+                                                            "start", "wait-join"]
     assert (root / "etc/vfarm/metadata-guard.nft").is_file() and (root / "etc/systemd/system/vfarm-metadata-guard.service").is_file()
     assert (root / "etc/condor/tokens.d/vfarm-pool.token").read_text() == TOKEN + "\n"
     assert (root / "etc/condor/tokens.d/vfarm-pool.token").stat().st_mode & 0o777 == 0o600
