@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import yaml
-
 from ..config import loader as vconfig
+from ..config import yamltext
 from ..errors import StepError, VfarmError
 from ..files import log_dir, under
 from ..redaction import redact
@@ -82,21 +82,9 @@ def handle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str
     return str(values.get("name", "")), cfg if isinstance(cfg, dict) else {}, values.get("cloud")
 
 
-class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, quoting the strings YAML 1.2 reads as numbers (`1e3`, `0o17`): YAML
-    1.1 leaves them plain, and the loader refuses plain ones as ambiguous. The string came quoted."""
-
-
-def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if vconfig.YAML12_NUMBER.match(value) else None)
-
-
-_Dumper.add_representer(str, _string)
-
-
 def validate(section_name: str, data: Any, source: str) -> dict[str, Any]:
     """The section checked exactly as `vfarm validate` checks it (schema and semantics)."""
-    text = yaml.dump({section_name: data}, Dumper=_Dumper, sort_keys=False)
+    text = yamltext.dump({section_name: data}, sort_keys=False)  # quoted strings stay quoted
     loaded = vconfig.load_text(text, source=source, sections={section_name})
     section: dict[str, Any] = loaded.sections[section_name]
     return section
@@ -132,10 +120,12 @@ def execute(
 
     An absent section is "skipped", unless this instance already has a real record of that
     handler (the part-handler ran, the config module finds no section in cloud-config): then the
-    record is left as it is.
+    record is left as it is. An earlier record that cannot be read as one counts as none.
+    A dry run (VFARM_DRY_RUN, or a dry RUNNER) records to NAME.dry-run.json: the real record stays.
     """
     iid = instance_id(cloud)
-    with record_mod.Record(name, directory=directory, instance_id=iid) as rec:
+    dry_run = runner.dry_run if runner is not None else env_flag("VFARM_DRY_RUN")
+    with record_mod.Record(name, directory=directory, instance_id=iid, dry_run=dry_run) as rec:
         try:
             section = load()
         except Exception as err:  # noqa: BLE001 - ConfigError, StepError, anything bad in the input
@@ -150,7 +140,7 @@ def execute(
             rec.finish("skipped", f"no {name} section in the config: nothing to do")
             return rec.data
         rec.start()
-        run = runner or Runner(rec.logger, dry_run=env_flag("VFARM_DRY_RUN"))
+        run = runner or Runner(rec.logger, dry_run=dry_run)
         run.logger = rec.logger  # every command lands in the handler's own log
         context = Context(run, rec, system_root(root))
         try:
@@ -158,7 +148,8 @@ def execute(
         except VfarmError as err:
             rec.finish("failed", str(err))
         except Exception as err:  # noqa: BLE001 - recorded, never lost in a cloud-init WARNING
-            rec.logger.exception("%s: unexpected error", name)
+            # Redacted here, not only by the log's formatter: the record also reaches cloud-init's handlers.
+            rec.logger.error("%s: unexpected error\n%s", name, redact(traceback.format_exc().rstrip()))
             rec.finish("failed", f"internal error: {type(err).__name__}: {redact(str(err))}")
         else:
             rec.finish("ok", "dry run: nothing changed" if run.dry_run else "", changed=changed and not run.dry_run)

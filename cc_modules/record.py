@@ -4,7 +4,9 @@ For a handler NAME, in the log dir (default /var/log/vfarm, env VFARM_LOG_DIR ov
 - NAME.log: the detailed log (every command, exit code, duration, stderr; secrets redacted);
 - NAME.status.json, written atomically: {"handler", "status": running|ok|failed|skipped,
   "reason", "started", "finished", "seconds", "instance_id", "changed", "steps", "vfarm_version"}.
-"running" is written first, so a crash leaves "running" behind (counted as failed).
+"running" is written first, so a crash leaves "running" behind (counted as failed). A dry run writes
+NAME.dry-run.json instead: the final check reads *.status.json only, so a dry run never stands
+for, nor overwrites, the real outcome.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..files import atomic_write, log_dir
-from ..redaction import redact
+from ..redaction import RedactingFormatter, redact, redact_strings
 
 STATUSES = ("running", "ok", "failed", "skipped")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,29 +63,25 @@ def status_path(handler: str, directory: Union[str, Path, None] = None) -> Path:
 
 
 def read_status(handler: str, directory: Union[str, Path, None] = None) -> Optional[dict[str, Any]]:
+    """HANDLER's status record; None when there is none, or none that can be read as a JSON
+    object (empty, cut short, not UTF-8, a list): such a record tells nothing."""
     try:
-        data: dict[str, Any] = json.loads(status_path(handler, directory).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = json.loads(status_path(handler, directory).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return None
-    return data
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+    return data if isinstance(data, dict) else None
 
 
 class Record:
-    """Log and status of one run of one handler. Use as a context manager (closes the log)."""
+    """Log and status of one run of one handler. Use as a context manager (closes the log). The
+    log's every line (tracebacks too) is redacted; so is every string of the record. A DRY_RUN
+    record is written to NAME.dry-run.json, never to NAME.status.json."""
 
-    def __init__(self, handler: str, *, directory: Union[str, Path, None] = None, instance_id: Optional[str] = None):
+    def __init__(self, handler: str, *, directory: Union[str, Path, None] = None, instance_id: Optional[str] = None,
+                 dry_run: bool = False):
         self.handler = handler
         self.directory = log_dir(directory)
+        self.path = self.directory / f"{handler}.dry-run.json" if dry_run else status_path(handler, self.directory)
         self.instance_id = instance_id
         self.data = document(handler, "running", "", time.time(), instance_id, VERSION)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -91,7 +89,7 @@ class Record:
         self.logger = logging.getLogger(f"vfarm.{handler}")
         self.logger.setLevel(logging.DEBUG)
         self._handler = logging.FileHandler(self.log_path, encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        self._handler.setFormatter(RedactingFormatter(LOG_FORMAT))
         self._handler.setLevel(logging.DEBUG)
         self.logger.addHandler(self._handler)
         try:
@@ -111,14 +109,14 @@ class Record:
         self._handler.close()
 
     def write(self) -> None:
-        atomic_write(self.directory / f"{self.handler}.status.json", json.dumps(_clean(self.data), indent=2) + "\n", 0o644)
+        atomic_write(self.path, json.dumps(redact_strings(self.data), indent=2) + "\n", 0o644)
 
     def start(self) -> None:
         self.logger.info("%s: started (vfarm %s, instance %s)", self.handler, VERSION, self.instance_id)
         self.write()
 
     def step(self, action: str, ok: bool, **details: Any) -> None:
-        self.data["steps"].append({"action": action, "ok": ok, **_clean(details)})
+        self.data["steps"].append({"action": action, "ok": ok, **redact_strings(details)})
         if ok and action not in ("discover", "plan"):
             self.data["changed"] = self.data["changed"] or bool(details.get("changed", True))
 

@@ -5,50 +5,70 @@ in clear.
 Every pass takes time linear in the text (a 256 KiB value in milliseconds, whatever it holds).
 No pattern here loops over characters that a loop before it could also take (that backtracks
 quadratically), and none is tried at every position of a text: the passes jump with `str.find`
-to the few places a secret can start (`://`, `eyJ`, a secret word) and look around those alone,
-a run of characters at most once.
+to the few places a secret can start (`://`, `eyJ`, `@`, a secret word, an option's `-`) and look
+around those alone, a run of characters at most once.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
-# Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys).
-_SECRET_WORD = r"(?:passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth[_-]?key)"
+# Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys). `pass`
+# and `pwd` only as a whole part of a name (`DB_PASS`, `--pwd`): `passed`, `bypass` are no secrets.
+_SECRET_WORD = (r"(?:passw(?:or)?d|passphrase|(?<![a-z0-9])(?:pass|pwd)(?![a-z0-9])|secret|token|api[_-]?key|access[_-]?key"
+                r"|private[_-]?key|credential|auth[_-]?key|authorization)")
 SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORD)
 # SECRET_NAME on a _folded text (without `(?i)`, the search is many times faster); every match
 # of it holds one of the _TRIGGERS.
 _SECRET_FOLDED = re.compile(_SECRET_WORD)
-_TRIGGERS = ("passw", "secret", "token", "key", "credential")
-# A setting: KEY, then `=` or `:` (quotes and spaces around), then its value.
+_TRIGGERS = ("pass", "pwd", "secret", "token", "key", "credential", "authoriz")
+# A setting: KEY, then `=`, `=>` or `:` (quotes and spaces around; `[` opens a JSON list), then its
+# value: quoted, to its closing quote; else to a blank, or to `&` or `;` (which end values in a
+# query and in cookies and lists). An `Authorization: Basic X` hides X, not the scheme.
 _KEY_CHARS = re.compile(r"[\w.-]*")
-_SEPARATOR = re.compile(r"""["']?\s*[=:]\s*["']?""")
-_SETTING_VALUE = re.compile(r"""[^\s"',}]+""")
+_SEPARATOR = re.compile(r"""["']?\s*(?:=[=>]?|:)\s*(?:\[\s*)?(["']?)""")
+_SETTING_VALUE = re.compile(r"[^\s&;]+")
+_AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
+# A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
+_QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
 # An option: `-` or `--` and a name, whitespace, then its value unless that is an option too.
 _OPTION_CHARS = re.compile(r"[\w-]*")
 _GAP = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
+# The options whose value is `user:password` (curl's, wget's): the password is hidden. The user
+# part stops at `=` too, so that no run of `-u=-u=...` is read once per option.
+_USER_OPTION = re.compile(r"-(?:u|U|-user|-proxy-user)(?:=|[ \t]+)[^\s:=]*:(\S+)")
+_USER_OPTIONS = ("-u", "-U", "--user", "--proxy-user")
 # An IDTOKEN (JWT): HTCondor pool tokens. JWT is its shape, to match one value; in a text,
-# `redact` finds them from _JWT_START with _JWT_REST, which never scans a segment twice
-# (JWT.sub would, from every `eyJ` of `eyJ-eyJ-eyJ-...`).
+# `redact` finds each `eyJ` (a JWT header is base64url of `{"`), whatever precedes it (`%3D` of
+# a URL-encoded `token=`, `_`), and reads the rest with _JWT_REST, which never scans a segment
+# twice (JWT.sub would, from every `eyJ` of `eyJ-eyJ-eyJ-...`).
 JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_JWT_START = re.compile(r"\beyJ")
 _JWT_REST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?")
 # URLs: a scheme read backwards from its `://`; what separates the URLs of a proxy list
-# (CernVM-FS: `a|b;c`, others `a,b`) and quotes around one.
+# (CernVM-FS: `a|b;c`, others `a,b`) and quotes around one. In JSON text `://` may be `:\/\/`.
+_URL_MARK = re.compile(r":(?://|\\/\\/)")
 _SCHEME_BACKWARDS = re.compile(r"[A-Za-z0-9+.-]*")
 _SPACE = re.compile(r"\s")
 _PATH_START = re.compile(r"[/?#]")
 _LIST_TAIL = "|;,'\" "
+# A word holding a `user:password@host` without a scheme (`https_proxy=alice:pw@proxy:3128`).
+_BARE_WORD = re.compile(r"""[^\s"'`]*""")
+_HOST_START = re.compile(r"[A-Za-z0-9\[]")
 HIDDEN = "***"
 
 
 def redact(text: str) -> str:
-    """Hide secrets in TEXT: credentials (see `hide_credentials`), and the values of secret-named
-    settings (`TOKEN=...`, `"password": ...`) and options (`--token X`)."""
+    """Hide secrets in TEXT: credentials (see `hide_credentials`), the values of secret-named
+    settings (`TOKEN=...`, `"password": "..."`, `Authorization: Basic ...`) and options (`--token
+    X`, `--password 'a b'`), and the password of `-u user:password`."""
     text = hide_credentials(text)
+    if "-" in text:
+        text = _hide(text, _user_option_spans(text))
     folded = _folded(text)
     if any(word in folded for word in _TRIGGERS):
         text = _hide(text, _value_spans(text, folded))
@@ -58,13 +78,42 @@ def redact(text: str) -> str:
 def hide_credentials(text: str) -> str:
     """Hide the secrets that show by their shape alone, never mistaken for prose: the password of
     `scheme://user:password@host` URLs (the whole userinfo when it has no `:`; a URL ends at
-    whitespace) and IDTOKENs. For messages that name a secret-named key (`condor.token: expected
-    ...`) without holding its value, where `redact` would hide the words after the key."""
-    if "://" in text:
+    whitespace; `:\\/\\/` of JSON text counts as `://`) and of a `user:password@host` word without
+    a scheme (a proxy setting), and IDTOKENs. For messages that name a secret-named key
+    (`condor.token: expected ...`) without holding its value, where `redact` would hide the words
+    after the key."""
+    if "://" in text or ":\\/\\/" in text:
         text = _hide(text, _url_spans(text))
+    if "@" in text:
+        text = _hide(text, _bare_userinfo_spans(text))
     if "eyJ" in text:
         text = _hide(text, _jwt_spans(text))
     return text
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """ARGV redacted as the command it is, not word by word: an argument after a secret-named
+    option (`--token X`, unless X is an option) is hidden whole, blanks and all; the password of
+    one after a user option (`-u user:password`) is hidden; every argument goes through `redact`."""
+    out: list[str] = []
+    for number, arg in enumerate(argv):
+        option = argv[number - 1] if number else ""
+        if option.startswith("-") and "=" not in option and is_secret_name(option) and arg and not arg.startswith("-"):
+            out.append(HIDDEN)
+        elif option in _USER_OPTIONS and ":" in arg:
+            out.append(arg[: arg.index(":") + 1] + HIDDEN)
+        else:
+            out.append(redact(arg))
+    return out
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that passes each formatted record, traceback included, through `redact`:
+    what a handler's log holds is redacted even when the message and its arguments were not (an
+    exception's text, a traceback's source lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def is_secret_name(name: str) -> bool:
@@ -98,18 +147,14 @@ def _jwt_spans(text: str) -> list[tuple[int, int]]:
     """Where the IDTOKENs are. When the segment after an `eyJ` is not followed by two more, no
     later `eyJ` inside that segment can be either: the search goes on after it."""
     spans: list[tuple[int, int]] = []
-    pos = 0
-    while True:
-        start = _JWT_START.search(text, pos)
-        if start is None:
-            return spans
-        rest = _JWT_REST.match(text, start.end())
-        if rest is None:
-            pos = start.end()
-            continue
-        pos = rest.end()
-        if rest.group(1) is not None:
-            spans.append((start.start(), pos))
+    start = text.find("eyJ")
+    while start >= 0:
+        rest = _JWT_REST.match(text, start + 3)
+        pos = rest.end() if rest else start + 3
+        if rest is not None and rest.group(1) is not None:
+            spans.append((start, pos))
+        start = text.find("eyJ", pos)
+    return spans
 
 
 # --- secret-named settings and options ----------------------------------------------------------
@@ -137,15 +182,40 @@ def _end_of(chars: re.Pattern[str], text: str, at: int, stop: int | None = None)
     return found.end() if found else at
 
 
-def _option_value(text: str, folded: str, start: int, end: int, spans: list[tuple[int, int]]) -> None:
+Unclosed = dict[str, tuple[int, int]]
+
+
+def _quoted_end(text: str, begin: int, quote: str, unclosed: Unclosed) -> int:
+    """Where the value quoted by QUOTE whose first character is at BEGIN ends: at its closing
+    quote (one not escaped by `\\`), else at the end of its line. UNCLOSED holds, per quote, the
+    last stretch read without a closing quote: a value starting inside it has none either (its
+    opening quote was an escaped one there, so the escapes pair up alike) and is not read again."""
+    start, end = unclosed.get(quote, (0, -1))
+    if start <= begin < end:
+        return end
+    found = _QUOTED[quote].match(text, begin)
+    if found is not None:
+        return found.end() - 1
+    end = text.find("\n", begin)
+    end = len(text) if end < 0 else end
+    unclosed[quote] = (begin, end)
+    return end
+
+
+def _option_value(text: str, folded: str, start: int, end: int, spans: list[tuple[int, int]], unclosed: Unclosed) -> None:
     r"""Add the value of the option run START..END to SPANS if it is a secret option:
-    `--?[\w-]*WORD[\w-]*` (a secret word after a dash), whitespace, a word not starting with `-`."""
+    `--?[\w-]*WORD[\w-]*` (a secret word after a dash), whitespace, then a word not starting with
+    `-`, or a quoted value (blanks and all)."""
     dash = text.find("-", start, end)
     if dash >= 0 and _SECRET_FOLDED.search(folded, dash + 1, end):
         gap = _GAP.match(text, end)
-        value = _WORD.match(text, gap.end()) if gap else None
-        if value is not None and not value.group().startswith("-"):
-            spans.append((value.start(), value.end()))
+        begin = gap.end() if gap else len(text)
+        if begin == len(text) or text[begin] == "-":
+            return
+        if text[begin] in _QUOTED:
+            spans.append((begin + 1, _quoted_end(text, begin + 1, text[begin], unclosed)))
+        else:
+            spans.append((begin, _end_of(_WORD, text, begin)))
 
 
 def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
@@ -156,6 +226,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
+    unclosed: Unclosed = {}
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
     while heap:
@@ -167,19 +238,22 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                 option_end = key_end
             elif text.find(".", start, key_end) < 0:
                 option_end = key_end
-                _option_value(text, folded, start, key_end, spans)
+                _option_value(text, folded, start, key_end, spans, unclosed)
             if _SECRET_FOLDED.search(folded, start, key_end):
                 separator = _SEPARATOR.match(text, key_end)
                 if separator is not None:
-                    begin = separator.end()
+                    begin, quote = separator.end(), separator.group(1)
+                    scheme = None if quote else _AUTH_SCHEME.match(text, begin)
+                    if scheme is not None:
+                        begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        value = _SETTING_VALUE.match(text, begin)
-                        value_run = (begin, value.end()) if value else (begin, begin)
+                        end = _quoted_end(text, begin, quote, unclosed) if quote else _end_of(_SETTING_VALUE, text, begin)
+                        value_run = (begin, end)
                     if begin < value_run[1]:
                         spans.append((begin, value_run[1]))
         if at >= option_end:
             start, option_end = _run(text, backwards, at, _OPTION_CHARS)
-            _option_value(text, folded, start, option_end, spans)
+            _option_value(text, folded, start, option_end, spans, unclosed)
         following = folded.find(word, max(at + 1, min(key_end, option_end)))
         if following >= 0:
             heapq.heappush(heap, (following, word))
@@ -224,16 +298,12 @@ def _credentials(text: str, start: int, end: int, cut: bool) -> tuple[int, int] 
 def _url_spans(text: str) -> list[tuple[int, int]]:
     """The credentials of every `scheme://userinfo@host` in TEXT (see `_credentials`). A URL runs
     to the next whitespace, or to the scheme of the next URL in the same word (a proxy list)."""
-    colons: list[int] = []
-    found = text.find("://")
-    while found >= 0:
-        colons.append(found)
-        found = text.find("://", found + 3)
+    marks = [found.span() for found in _URL_MARK.finditer(text)]
+    colons = [colon for colon, _ in marks]
     backwards = text[::-1] if len(colons) > 1 else ""
     spans: list[tuple[int, int]] = []
     word_end = -1
-    for number, colon in enumerate(colons):
-        start = colon + 3
+    for number, (_, start) in enumerate(marks):
         if word_end < start:
             space = _SPACE.search(text, start)
             word_end = space.start() if space else len(text)
@@ -252,30 +322,62 @@ def _url_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _bare_userinfo_spans(text: str) -> list[tuple[int, int]]:
+    """The passwords of `user:password@host` words without a scheme (`alice:pw@proxy:3128`, a
+    proxy setting): from the word's first `:` to its last `@`, when a host follows that `@` and
+    the word holds no URL (`_url_spans` reads those). A word ends at a blank or a quote."""
+    backwards = text[::-1]
+    spans: list[tuple[int, int]] = []
+    at = text.find("@")
+    while at >= 0:
+        start, end = _run(text, backwards, at, _BARE_WORD)
+        last = text.rfind("@", start, end)
+        colon = text.find(":", start, last)
+        if colon >= 0 and _HOST_START.match(text, last + 1, end) and _URL_MARK.search(text, start, end) is None:
+            spans.append((colon + 1, last))
+        at = text.find("@", end)
+    return spans
+
+
+def _user_option_spans(text: str) -> list[tuple[int, int]]:
+    """The passwords of `-u user:password` (curl's and wget's user options, `--user=...` too)
+    where the option starts a word."""
+    return [found.span(1) for found in _USER_OPTION.finditer(text)
+            if found.start() == 0 or text[found.start() - 1].isspace() or text[found.start() - 1] in "\"'"]
+
+
 def redact_strings(value: Any) -> Any:
-    """A copy of VALUE (JSON-like data: dicts, lists, scalars) with every string redacted; keys
-    are kept. Iterative, so that no depth the JSON parser accepts can exhaust the stack."""
-    root = _redacted_leaf(value)
-    stack = [(value, root)] if isinstance(value, (dict, list)) else []
+    """A copy of VALUE (JSON-like data: dicts, lists or tuples, scalars) with every string redacted;
+    keys are kept. A value under a secret-named key (`password`, `CONDOR_TOKEN`) is hidden whole,
+    but for None, booleans and "" (no secret in them); a list of strings is redacted as an argv
+    (`redact_argv`: `["--token", X]` hides X). Iterative, so that no depth the JSON parser accepts
+    can exhaust the stack."""
+    root, more = _redacted_leaf(value, False)
+    stack = [(value, root)] if more else []
     while stack:
         source, copy = stack.pop()
         for key, item in source.items() if isinstance(source, dict) else enumerate(source):
-            new = _redacted_leaf(item)
+            new, more = _redacted_leaf(item, isinstance(source, dict) and is_secret_name(str(key)))
             if isinstance(copy, dict):
                 copy[key] = new
             else:
                 copy.append(new)
-            if isinstance(item, (dict, list)):
+            if more:
                 stack.append((item, new))
     return root
 
 
-def _redacted_leaf(value: Any) -> Any:
-    """A string redacted, an empty container of the same kind, anything else as it is."""
+def _redacted_leaf(value: Any, secret: bool) -> tuple[Any, bool]:
+    """VALUE's copy (SECRET: it is under a secret-named key) and whether it is an empty container
+    whose items are still to be copied."""
+    if secret and value is not None and not isinstance(value, bool) and value != "":
+        return HIDDEN, False
     if isinstance(value, str):
-        return redact(value)
+        return redact(value), False
     if isinstance(value, dict):
-        return {}
-    if isinstance(value, list):
-        return []
-    return value
+        return {}, bool(value)
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(item, str) for item in value):
+            return redact_argv(value), False
+        return [], bool(value)
+    return value, False

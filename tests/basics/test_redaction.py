@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vfarm.display import escape_controls, shown, shown_message
-from vfarm.redaction import hide_credentials, is_secret_name, redact, redact_strings
+from vfarm.redaction import hide_credentials, is_secret_name, redact, redact_argv, redact_strings
 
 SIZE = 256 * 1024
 # Generous: linear code takes milliseconds to a few hundred on a loaded 2-core machine; the
@@ -56,6 +56,47 @@ def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # an IDTOKEN wherever it starts: URL-encoded after `token%3D`, after `_` or a digit
+        (f"https://x/login?next=%2Fa%3Ftoken%3D{JWT}&b=1", "https://x/login?next=%2Fa%3Ftoken%3D***&b=1"),
+        (f"IDTOKEN_{JWT} x_{JWT} 2{JWT}", "IDTOKEN_*** x_*** 2***"),
+        # quoted values, blanks and escaped quotes and all; a JSON list
+        ('password: "correct horse battery staple" ok', 'password: "***" ok'),
+        ("run --password 'my secret pass' --verbose", "run --password '***' --verbose"),
+        ('"password": "ab\\"cd", "user": "me"', '"password": "***", "user": "me"'),
+        ('"password":["s3cret"]', '"password":["***"]'),
+        ('password: "never closed\nnext line', 'password: "***\nnext line'),
+        # an unquoted value ends at a blank, `&` (a query) or `;`, not at a comma
+        ("password=abc,def next", "password=*** next"),
+        ("https://h/?token=abc&page=2", "https://h/?token=***&page=2"),
+        ("a=1;password=abc;b=2", "a=1;password=***;b=2"),
+        ("password => s3cret", "password => ***"),
+        # proxies without a scheme; a URL in JSON text; curl's user option
+        ("https_proxy=alice:s3cret@proxy.example:3128", "https_proxy=alice:***@proxy.example:3128"),
+        ('CVMFS_HTTP_PROXY="alice:s3cret@proxy:3128"', 'CVMFS_HTTP_PROXY="alice:***@proxy:3128"'),
+        ("curl -x alice:s3cret@proxy:3128 http://x", "curl -x alice:***@proxy:3128 http://x"),
+        ('{"url": "http:\\/\\/alice:s3cret@host\\/"}', '{"url": "http:\\/\\/alice:***@host\\/"}'),
+        ("curl -u alice:s3cret https://h/ --user=bob:pw2", "curl -u alice:*** https://h/ --user=bob:***"),
+        ("sudo -u condor true; git@github.com:org/x mail root@localhost", "sudo -u condor true; git@github.com:org/x mail root@localhost"),
+        # authorization headers: the scheme stays, the credentials go
+        ("Authorization: Basic YWxpY2U6czNjcmV0", "Authorization: Basic ***"),
+        ("-H 'Authorization: Bearer abcdef0123456789opaque'", "-H 'Authorization: Bearer ***"),
+        ('{"Authorization": "Bearer opaque"}', '{"Authorization": "***"}'),
+        # more secret names; `pass` and `pwd` only as a whole part of a name
+        ("passphrase=s3cret pwd=s3cret PASS=s3cret DB_PASS=s3cret --pass s3cret", "passphrase=*** pwd=*** PASS=*** DB_PASS=*** --pass ***"),
+        ("tests passed=3 bypass=on compass: north", "tests passed=3 bypass=on compass: north"),
+    ],
+)
+def test_redact_more_shapes(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert redact(expected) == expected  # redacting twice (a record, then its log line) changes nothing more
+
+
 def test_messages_keep_their_words_and_lose_credentials() -> None:
     """A message names a secret-named key without its value: only shapes are hidden in it."""
     message = "x-token.yaml:4:10: condor.token: expected an IDTOKEN, got eyJhbGc.eyJzdWI.c2lnbmF0 via http://u:p/w@h:3128\x1b[2J"
@@ -76,9 +117,23 @@ def test_redact_strings_copies_any_depth() -> None:
     assert copy == ["http://u:***@h"]
 
 
+def test_redact_strings_reads_keys_and_argvs() -> None:
+    """A string alone may not show its secret: the key it is under does, or the option before it."""
+    data = {"password": "s3cret", "env": {"CONDOR_TOKEN": "s3cret", "HOME": "/root"}, "token_set": True, "api_key": None,
+            "argv": ["condor_token_fetch", "--token", "s3cret x", "-lifetime", "3600"], "login": ("curl", "-u", "alice:s3cret", "https://h/"),
+            "steps": [{"argv": ["cmd", "--password", "--verbose"]}], "secret_count": 3}
+    assert redact_strings(data) == {
+        "password": "***", "env": {"CONDOR_TOKEN": "***", "HOME": "/root"}, "token_set": True, "api_key": None,
+        "argv": ["condor_token_fetch", "--token", "***", "-lifetime", "3600"], "login": ["curl", "-u", "alice:***", "https://h/"],
+        "steps": [{"argv": ["cmd", "--password", "--verbose"]}], "secret_count": "***"}
+    assert redact_argv(["sh", "-c", "echo http://u:pw@h", "--token=abc", "x"]) == ["sh", "-c", "echo http://u:***@h", "--token=***", "x"]
+
+
 def test_secret_names() -> None:
     assert is_secret_name("CONDOR_PASSWORD") and is_secret_name("api-key") and is_secret_name("AUTH_KEY")
     assert not is_secret_name("HOME") and not is_secret_name("monkey")
+    assert is_secret_name("DB_PASS") and is_secret_name("passphrase") and is_secret_name("PWD") and is_secret_name("Proxy-Authorization")
+    assert not is_secret_name("PASSED") and not is_secret_name("bypass")
     # letters that only a case-insensitive match relates to ASCII ones are still secret names
     assert redact("PAſſWORD=abc İ TOKEN=def") == "PAſſWORD=*** İ TOKEN=***"
 
@@ -136,6 +191,14 @@ HOSTILE = {
     "proxy list": (_repeat("http://a:p@h1:3128|"), "http://a:***@h1:3128|http://a:***@h1:3128|"),
     "proxy list, no credentials": (_repeat("http://h1:3128|"), None),
     "blank": (" " * SIZE, None),
+    "unclosed quotes": (_repeat('password: "a '), 'password: "***'),
+    "escapes in quotes": ('"password": "' + "\\" * SIZE, '"password": "***'),
+    "quotes of both kinds": (_repeat("--token \"'--token '\""), "--token \"***"),
+    "user options": (_repeat("-u="), None),
+    "user options, blanks": (_repeat("-u a"), None),
+    "at signs in words": (_repeat("a:b@") + "host", "a:***@host"),
+    "bare at signs": ("@" * SIZE, None),
+    "json url marks": (_repeat(":\\/\\/"), None),
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 from tests.fakesystem import FakeMachine, FakeRunner
 from vfarm.cc_modules import cc_cvmfs, cc_localfs, handling, record
 from vfarm.cc_modules.runner import CommandFailed, Runner
+from vfarm.errors import StepError
 from vfarm.part_handlers import cvmfs_handler, localfs_handler
 
 
@@ -180,3 +181,86 @@ def test_atomic_write_into_a_device_leaves_the_device(tmp_path: Path) -> None:
     atomic_write("/dev/null", b"x", 0o600)
     after = os.stat("/dev/null")
     assert stat.S_ISCHR(after.st_mode) and after.st_mode == before.st_mode and after.st_ino == before.st_ino
+
+
+SECRET = "s3cretPass"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
+
+
+def test_record_hides_secrets_an_argv_or_a_key_shows(tmp_path: Path) -> None:
+    """Each string alone looks harmless; the option before it or the key above it is the secret's sign."""
+    with record.Record("demo", directory=tmp_path) as rec:
+        rec.step("fetch-token", True, argv=["condor_token_fetch", "--token", SECRET, "-lifetime", "3600"])
+        rec.step("login", True, argv=["curl", "-u", f"alice:{SECRET}", "https://example.org/"])
+        rec.step("custom", True, password=SECRET, env={"CONDOR_TOKEN": SECRET, "HOME": "/root"})
+        rec.finish("ok")
+    text = (tmp_path / "demo.status.json").read_text()
+    assert SECRET not in text
+    steps = json.loads(text)["steps"]
+    assert steps[0]["argv"] == ["condor_token_fetch", "--token", "***", "-lifetime", "3600"]
+    assert steps[1]["argv"] == ["curl", "-u", "alice:***", "https://example.org/"]
+    assert steps[2]["password"] == "***" and steps[2]["env"] == {"CONDOR_TOKEN": "***", "HOME": "/root"}
+
+
+def test_the_log_redacts_every_line_tracebacks_too(tmp_path: Path) -> None:
+    with record.Record("demo", directory=tmp_path) as rec:
+        rec.logger.info("unredacted argument: %s", f"password={SECRET}")
+        try:
+            raise RuntimeError(f"cannot open https://alice:{SECRET}@repo.example/ with token={JWT}")
+        except RuntimeError:
+            rec.logger.exception("failed")
+    log = (tmp_path / "demo.log").read_text()
+    assert SECRET not in log and JWT not in log
+    assert "password=***" in log and "Traceback" in log and "https://alice:***@repo.example/" in log
+
+
+def test_an_unexpected_error_is_redacted_in_the_log_and_beyond(tmp_path: Path) -> None:
+    """The traceback goes to the handler's log and, propagated, to cloud-init's own handlers."""
+    seen = logging.Handler()
+    seen.emit = lambda entry: lines.append(logging.Formatter().format(entry))  # type: ignore[method-assign]
+    lines: list[str] = []
+    logging.getLogger().addHandler(seen)
+
+    def work(section: dict[str, Any], ctx: handling.Context) -> bool:
+        raise RuntimeError(f"cannot open https://alice:{SECRET}@repo.example/ with token={JWT}")
+
+    try:
+        data = handling.execute("demo", lambda: {"x": 1}, work, directory=tmp_path, root=tmp_path)
+    finally:
+        logging.getLogger().removeHandler(seen)
+    assert data["status"] == "failed" and SECRET not in data["reason"]
+    everything = "\n".join(lines) + (tmp_path / "demo.log").read_text()
+    assert "unexpected error" in everything and "Traceback" in everything
+    assert SECRET not in everything and JWT not in everything
+
+
+def _failing(section: dict[str, Any], ctx: handling.Context) -> bool:
+    """A handler whose command fails; a dry run does not run it, and so succeeds."""
+    if not ctx.dry_run:
+        raise StepError("`mkfs` failed (exit 1)")
+    return False
+
+
+def test_a_dry_run_never_replaces_the_real_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfarm.cc_modules import check
+
+    log = tmp_path / "var/log/vfarm"
+    monkeypatch.delenv("VFARM_LOG_DIR", raising=False)
+    real = handling.execute("localfs", lambda: {"x": 1}, _failing, cloud=FakeCloud(), directory=log, root=tmp_path)
+    assert real["status"] == "failed"
+    monkeypatch.setenv("VFARM_DRY_RUN", "1")
+    dry = handling.execute("localfs", lambda: {"x": 1}, _failing, cloud=FakeCloud(), directory=log, root=tmp_path)
+    assert dry["status"] == "ok" and dry["reason"] == "dry run: nothing changed"
+    assert record.read_status("localfs", log) == real
+    assert json.loads((log / "localfs.dry-run.json").read_text())["status"] == "ok"
+    # the final check reads the real record alone
+    assert check.discover(check.Paths(tmp_path))["records"] == {"localfs": real}
+
+
+@pytest.mark.parametrize("content", ["", "[1]", '{"status": "ok"', '"ok"', "\udcff"])
+def test_an_unreadable_earlier_record_counts_as_absent(tmp_path: Path, content: str) -> None:
+    (tmp_path / "cvmfs.status.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert record.read_status("cvmfs", tmp_path) is None
+    data = handling.execute("cvmfs", lambda: None, _failing, cloud=FakeCloud(), directory=tmp_path)
+    assert data["status"] == "skipped"
+    assert record.read_status("cvmfs", tmp_path) == data
