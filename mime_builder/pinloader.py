@@ -26,10 +26,11 @@ import os
 import tempfile
 import time
 import types
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import urllib.request
 
 # `vfarm build` puts the source of the status record's one home here (and the default folder's
 # value), so the loader needs no vfarm package on the instance.
@@ -93,6 +94,8 @@ def request_for(url: str) -> urllib.request.Request:
     """URL as a request. urllib reads a user:password in a URL as part of the host: they are sent
     as HTTP basic authentication instead (percent-escapes decoded), in a header urllib does not
     pass on to the host of a redirect."""
+    import urllib.request  # here: `vfarm build` imports this module for split_userinfo, and no network code
+
     bare, userinfo = split_userinfo(url)
     request = urllib.request.Request(bare)
     if userinfo is not None:
@@ -104,6 +107,9 @@ def request_for(url: str) -> urllib.request.Request:
 
 def fetch(url: str) -> bytes:
     """URL's content; retries what may pass (network, 5xx), not a definite answer (4xx)."""
+    import urllib.error
+    import urllib.request
+
     delay = float(os.environ.get("VFARM_PIN_RETRY_DELAY", "1"))
     for attempt in range(1, ATTEMPTS + 1):
         try:

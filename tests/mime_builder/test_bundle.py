@@ -224,10 +224,11 @@ def test_bundled_handler_records_a_bad_part(tmp_path: Path) -> None:
         "except Exception as err:\n"
         "    print(type(err).__name__)\n"
     )
+    # A dry run: its record is NAME.dry-run.json (never in place of a real run's).
     env = {"VFARM_LOG_DIR": str(tmp_path / "log"), "VFARM_ROOT": str(tmp_path), "VFARM_DRY_RUN": "1", "PATH": "/usr/bin:/bin"}
     done = isolated(tmp_path, code, env=env)
     assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "log/localfs.status.json").read_text())
+    record = json.loads((tmp_path / "log/localfs.dry-run.json").read_text())
     assert record["status"] == "failed" and "localfs-config.ccfg:" in record["reason"], record
     assert "ModuleNotFound" not in record["reason"]
 
