@@ -265,15 +265,20 @@ def check_files(section: dict[str, Any], base_dir: Path) -> list[Finding]:
     """Checks that read files named by the section (relative to the config file's folder)."""
     if "token-file" not in section:
         return []
-    path = token_file_path(section, base_dir)
+    problem = token_file_problem(token_file_path(section, base_dir))
+    return [Finding(("token-file",), problem)] if problem else []
+
+
+def token_file_problem(path: Path) -> Optional[str]:
+    """Why the file PATH does not hold an IDTOKEN (None: it does); also the scale section's pool.token-file."""
     try:
         token = read_bounded(path, TOKEN_FILE_MAX).decode("ascii").strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else "not ASCII text"
-        return [Finding(("token-file",), f"cannot read token file {path}: {reason}")]
+        return f"cannot read token file {path}: {reason}"
     if not TOKEN.match(token):
-        return [Finding(("token-file",), f"{path} does not hold an IDTOKEN (three base64url parts joined by dots)")]
-    return []
+        return f"{path} does not hold an IDTOKEN (three base64url parts joined by dots)"
+    return None
 
 
 def for_instance(section: dict[str, Any], base_dir: Path) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class Config:
     keys: dict[Path, Mark] = field(default_factory=dict)  # where the key of each mapping entry is
     warnings: list[Problem] = field(default_factory=list)
     base_dir: Optional[FilePath] = None  # the config file's folder; None for text without a file
-    booleans: dict[Path, str] = field(default_factory=dict)  # booleans as written (`no`, `on`): for messages
+    # Plain values YAML read as other than text (`no`, `2024`, `null`), as written: for messages.
+    written: dict[Path, str] = field(default_factory=dict)
 
     def where(self, path: Path, at_key: bool = False) -> Mark:
         """The position of PATH, or of its nearest ancestor that has one."""
@@ -151,6 +152,8 @@ Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"patt
 
 INT_TAG, FLOAT_TAG, STR_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:str"
 BOOL_TAG, TIMESTAMP_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"
+# YAML 1.1's "default value" key, which PyYAML resolves a plain `=` to and has no constructor for.
+VALUE_TAG = "tag:yaml.org,2002:value"
 _DECIMAL = re.compile(r"[-+]?[0-9]+\Z")
 # What YAML 1.2's core schema reads as a number (PyYAML reads YAML 1.1).
 YAML12_NUMBER = re.compile(r"[-+]?(0o[0-7]+|0x[0-9a-fA-F]+|(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)\Z")
@@ -290,13 +293,16 @@ class _Builder:
             if problem:
                 self.refuse(node, path, problem)
                 return text
-        if node.tag == TIMESTAMP_TAG:
-            return text  # JSON has no dates: keep what was written (and never build 2024-13-45)
-        if node.tag == BOOL_TAG and node.style is None:
-            self.config.booleans[path] = text
+        if node.tag == TIMESTAMP_TAG or (node.tag == VALUE_TAG and text == "="):
+            # JSON has no dates: keep what was written (and never build 2024-13-45); `=` is text.
+            return text
+        if node.style is None and node.tag != STR_TAG:
+            self.config.written[path] = text
         try:
             value = self.loader.construct_object(node)
-        except (ValueError, OverflowError):  # an explicitly tagged value PyYAML cannot read
+        except yaml.YAMLError:  # an unknown tag: said as PyYAML says it, with its position
+            raise
+        except Exception:  # an explicitly tagged value PyYAML cannot read (`!!int ''`: IndexError, `!!bool 'x'`: KeyError)
             raise _Fatal(self.mark(node), f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}") from None
         if isinstance(value, (datetime.date, bytes)):
             return text
@@ -353,16 +359,33 @@ def _specific(errors: Iterable[jsonschema.ValidationError]) -> Iterator[jsonsche
         yield error
 
 
-def _shown(config: Config, path: Path, instance: Any, secret: bool = False) -> str:
-    """INSTANCE as a message shows it: never a secret, a collection by its kind, a boolean as written."""
+def _shown(config: Config, path: Path, instance: Any, secret: bool = False, text_expected: bool = False) -> str:
+    """INSTANCE as a message shows it: never a secret, a collection by its kind, null and a boolean
+    as written; a number as written, and where text was expected (TEXT_EXPECTED) with how to write
+    it as text."""
     if secret:
         return "(a secret: not shown)"
     if isinstance(instance, (dict, list)):
         return _type_name(instance)
-    written = config.booleans.get(path)
+    written = config.written.get(path)
+    if instance is None:
+        return written or "nothing"  # `null`, `~`, or an empty value
     if isinstance(instance, bool) and written is not None:
         return f'{written} (YAML reads a bare {written} as {str(instance).lower()}: quote it, "{written}", if it is text)'
+    if isinstance(instance, (int, float)) and written is not None and text_expected:
+        return f'{written} (YAML reads a bare {written} as a number: quote it, "{written}", if it is text)'
     return redact(repr(instance))
+
+
+def _name_rule(error: jsonschema.ValidationError) -> str:
+    """What a key must be, for a propertyNames schema without x-expected (never jsonschema's wording,
+    which quotes the whole schema)."""
+    value: Any = error.validator_value
+    if error.validator == "maxLength":
+        return f"a name of at most {value} characters"
+    if error.validator == "pattern":
+        return f"a name matching {value}"
+    return "a name allowed here"
 
 
 def _under(path: Path, tops: set[Path]) -> bool:
@@ -394,11 +417,13 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
         sub = error.schema if isinstance(error.schema, dict) else {}
         expected = sub.get("x-expected")
         secret = bool(sub.get("x-secret"))
+        types = value if isinstance(value, list) else [value]
+        text_expected = error.validator == "type" and "string" in types  # a number or null where text was expected
         at_key = False
         if "propertyNames" in error.absolute_schema_path:
             path += (instance,)
             at_key = True
-            message = f"{_dotted(name, path[1:])}: bad name: expected {expected or error.message}"
+            message = f"{_dotted(name, path[1:])}: bad name: expected {expected or _name_rule(error)}"
         elif error.validator == "additionalProperties":
             known = sorted(sub.get("properties", {}))
             patterns = sub.get("patternProperties", {})
@@ -414,12 +439,11 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
             missing = error.message.split("'")[1] if "'" in error.message else error.message
             message = f"{where}: missing required key '{missing}'"
         elif expected:
-            message = f"{where}: expected {expected}, got {_shown(config, path, instance, secret)}"
+            message = f"{where}: expected {expected}, got {_shown(config, path, instance, secret, text_expected)}"
         elif error.validator == "type":
-            types = value if isinstance(value, list) else [value]
             got = _type_name(instance)
-            if isinstance(instance, bool) and path in config.booleans:
-                got = _shown(config, path, instance)
+            if instance is None or (path in config.written and (text_expected or isinstance(instance, bool))):
+                got = _shown(config, path, instance, text_expected=text_expected)
             elif isinstance(instance, float) and "integer" in types:
                 got = f"{instance!r}"
             message = f"{where}: expected {' or '.join(JSON_TYPES.get(str(t), str(t)) for t in types)}, got {got}"
@@ -430,6 +454,8 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
             message = f"{where}: must be {relation} {value}, got {instance!r}"
         elif error.validator == "minProperties" or error.validator == "minItems" or (error.validator == "minLength" and value == 1):
             message = f"{where}: must not be empty"
+        elif error.validator in ("maxProperties", "maxItems"):  # jsonschema's wording would print them all
+            message = f"{where}: must have at most {value} entries, got {len(instance)}"
         elif error.validator == "maxLength":
             message = f"{where}: longer than {value} characters"
         elif error.validator == "uniqueItems":
@@ -454,9 +480,6 @@ def _semantic_problems(config: Config, name: str, data: Any, partial: bool = Fal
     if hasattr(module, "check_files") and config.base_dir is not None:
         findings += module.check_files(data, config.base_dir)
     return [config.problem((name,) + f.path, f"{name}: {f.message}", f.warning, f.at_key) for f in findings if f.path or not partial]
-
-
-# A section's rules module (sections.rules) may also have `check_files(section, base_dir) -> list[Finding]`, for checks that
 
 
 def _cross_problems(config: Config) -> list[Problem]:

@@ -1,11 +1,13 @@
-"""The `scale` section as data: durations, defaults and semantic checks (pure, no I/O)."""
+"""The `scale` section as data: durations, defaults and semantic checks (pure: no I/O but
+check_files, which reads pool.token-file)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional
 
-from .condor import address_problem
+from .condor import address_problem, token_file_problem
 from .findings import Finding
 from .sizes import MAX_SECONDS
 from .sizes import parse_seconds as seconds
@@ -70,8 +72,22 @@ class WorkerType:
         return self.of or self.name
 
 
+def whole(value: Any) -> Any:
+    """VALUE, an integral float as an int: JSON Schema counts 8192.0 as an integer, so where the
+    schema takes one, 8192.0 passed it and is read as 8192 (checks and int() alike)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Cloud settings as the clouds read them (`memory: 2048.0` as 2048: a backend writes str())."""
+    return {key: whole(value) for key, value in values.items()}
+
+
 def memory_mb(value: Any) -> int:
     """A memory size as MB: an integer (MB) or "2048M", "4G"."""
+    value = whole(value)
     if isinstance(value, int):
         return value
     text = str(value).strip()
@@ -178,7 +194,7 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         idle_time=seconds(merged["idle-time"]),
         boot_timeout=seconds(merged["boot-timeout"]),
         check_every=seconds(merged["check-every"]),
-        cloud=dict(clouds[0].settings) if clouds else dict(merged.get("cloud") or {}),
+        cloud=dict(clouds[0].settings) if clouds else _settings(merged.get("cloud") or {}),
         pool=dict(merged.get("pool") or {}),
         types=tuple(_worker_type(item) for item in section.get("types") or ()),
         typed=bool(section.get("types")),
@@ -190,7 +206,7 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
 
 
 def _cloud(item: dict[str, Any]) -> CloudSpec:
-    settings = {k: v for k, v in item.items() if k not in CLOUD_ENTRY_KEYS}
+    settings = _settings({k: v for k, v in item.items() if k not in CLOUD_ENTRY_KEYS})
     return CloudSpec(str(item["name"]), settings, int(item["max"]) if item.get("max") is not None else None)
 
 
@@ -200,7 +216,7 @@ def _type_clouds(value: Any) -> Optional[dict[str, dict[str, Any]]]:
         return None
     if isinstance(value, list):
         return {str(name): {} for name in value}
-    return {str(name): dict(settings or {}) for name, settings in value.items()}
+    return {str(name): _settings(settings or {}) for name, settings in value.items()}
 
 
 def _worker_type(item: dict[str, Any]) -> WorkerType:
@@ -211,7 +227,7 @@ def _worker_type(item: dict[str, Any]) -> WorkerType:
         gpus=int(item.get("gpus", 0)),
         max=int(item["max"]) if item.get("max") is not None else None,
         cost=float(item.get("cost", 1.0)),
-        cloud=dict(item.get("cloud") or {}),
+        cloud=_settings(item.get("cloud") or {}),
         clouds=_type_clouds(item.get("clouds")),
     )
 
@@ -220,12 +236,12 @@ def check(section: dict[str, Any]) -> list[Finding]:
     """What the schema cannot say: min-vms <= max-vms, durations above zero and at most a year,
     disruption-budget at most max-vms, the collector's host a real name or address, one of cloud
     and clouds, distinct cloud and type names, worker types' clouds and cloud settings those of the
-    farm's clouds."""
+    farm's clouds. An integral float (5.0) is the integer it equals, as the schema took it."""
     findings: list[Finding] = []
-    low, high = section.get("min-vms", DEFAULTS["min-vms"]), section.get("max-vms")
+    low, high = whole(section.get("min-vms", DEFAULTS["min-vms"])), whole(section.get("max-vms"))
     if isinstance(low, int) and isinstance(high, int) and low > high:
         findings.append(Finding(("min-vms",), f"min-vms ({low}) is larger than max-vms ({high})"))
-    budget = section.get("disruption-budget")
+    budget = whole(section.get("disruption-budget"))
     if isinstance(budget, int) and isinstance(high, int) and budget > high:
         findings.append(Finding(("disruption-budget",), f"disruption-budget ({budget}) is larger than max-vms ({high})"))
     for key in DURATIONS:
@@ -290,7 +306,8 @@ def _setting_problems(settings: Any, kind: str, where: tuple[Any, ...], on: str)
 
 def _check_types(section: dict[str, Any]) -> list[Finding]:
     """Worker types: distinct names, not together with cpus-per-vm, cloud settings of the farm's cloud type
-    (in a hybrid farm: of every cloud the type may run on); `clouds` of a type only name the farm's clouds."""
+    (in a hybrid farm: of every cloud the type may run on); `clouds` of a type only name the farm's clouds.
+    Without `cloud` and `clouds` (missing, or left out for a schema error), what depends on them is not checked."""
     types = section.get("types")
     if not isinstance(types, list):
         return []
@@ -299,6 +316,10 @@ def _check_types(section: dict[str, Any]) -> list[Finding]:
         findings.append(Finding(("cpus-per-vm",), "cpus-per-vm is for a farm of one type: with types, each type gives its cpus"))
     findings += _listed_twice(section, "types", "type")
     hybrid = "clouds" in section
+    if not hybrid and "cloud" not in section:
+        # No cloud to check the types' settings against: none given (reported as such), or the one
+        # given failed its schema and the loader left it out.
+        return findings
     kinds = _cloud_kinds(section)
     for i, item in enumerate(types):
         if not isinstance(item, dict):
@@ -332,3 +353,14 @@ def _check_types(section: dict[str, Any]) -> list[Finding]:
                 if found:
                     break
     return findings
+
+
+def check_files(section: dict[str, Any], base_dir: Path) -> list[Finding]:
+    """pool.token-file (relative to the config file's folder, as `vfarm scale` reads it) holds an
+    IDTOKEN: read and checked as the condor section's token-file, so a live cycle cannot be the
+    first to find it missing."""
+    pool = section.get("pool")
+    if not isinstance(pool, dict) or not isinstance(pool.get("token-file"), str):
+        return []
+    problem = token_file_problem(base_dir / pool["token-file"])
+    return [Finding(("pool", "token-file"), problem)] if problem else []

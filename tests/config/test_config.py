@@ -201,6 +201,34 @@ def test_huge_numbers_and_unreadable_values_are_located() -> None:
     assert errors_of("check:\n  timeout: 1.5\n") == ["f.yaml:2:12: check.timeout: expected a whole number, got 1.5"]
 
 
+@pytest.mark.parametrize(("value", "kind"), [("!!bool x", "bool"), ("!!bool ''", "bool"), ("!!int ''", "int"), ("!!int '-'", "int"),
+                                           ("!!float ''", "float"), ("!!float '+'", "float")])
+def test_every_value_an_explicit_tag_cannot_read_is_located(value: str, kind: str) -> None:
+    # PyYAML's constructors raise KeyError and IndexError for these, not only ValueError.
+    assert errors_of(f"check:\n  timeout: {value}\n") == [f"f.yaml:2:12: cannot read this value as {kind}"]
+    assert errors_of(f"%TAG !e! tag:yaml.org,2002:\n---\ncheck:\n  timeout: !e!{value[2:]}\n") == [f"f.yaml:4:12: cannot read this value as {kind}"]
+
+
+def test_a_plain_equals_sign_is_text_and_an_unknown_tag_is_refused() -> None:
+    assert load_text("check:\n  message: =\n").sections == {"check": {"message": "="}}
+    assert load_text(CM + "  attributes: {A: =}\n").sections["condor"]["attributes"] == {"A": "="}
+    assert errors_of("check:\n  message: !foo x\n") == ["f.yaml:2:12: YAML syntax: could not determine a constructor for the tag '!foo'"]
+
+
+@pytest.mark.parametrize(("written", "shown"), [
+    ("2024", '2024 (YAML reads a bare 2024 as a number: quote it, "2024", if it is text)'),
+    ("1.50", '1.50 (YAML reads a bare 1.50 as a number: quote it, "1.50", if it is text)'),
+    ("null", "null"), ("~", "~"), ("", "nothing"),
+])
+def test_a_number_or_null_where_text_was_expected_is_shown_as_written(written: str, shown: str) -> None:
+    farm = "a farm name (letters, digits, . _ -, at most 63 characters)"
+    col = 9 if written else 8
+    assert errors_of(f"scale:\n  name: {written}\n  max-vms: 1\n  cloud: {{type: local}}\n") == [f"f.yaml:2:{col}: scale.name: expected {farm}, got {shown}"]
+    assert errors_of(f"check:\n  message: {written}\n") == [f"f.yaml:2:{col + 3}: check.message: expected a string, got {shown}"]
+    # Where a number is what was expected, no hint to quote it.
+    assert errors_of("check:\n  timeout: 1.5\n") == ["f.yaml:2:12: check.timeout: expected a whole number, got 1.5"]
+
+
 def test_a_bare_yes_or_no_for_text_says_how_to_write_it() -> None:
     hint = '(YAML reads a bare off as false: quote it, "off", if it is text)'
     assert errors_of(CM + "  start: off\n") == [f"f.yaml:4:10: condor.start: expected a string, got off {hint}"]
