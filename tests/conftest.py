@@ -21,6 +21,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.openstack",
     "tests.fixtures.condor_pool",
     "tests.fixtures.vm",
+    "tests.fixtures.logs",
 ]
 
 # The builder's disk cache stays off in tests (and in the vfarm processes they start): a test sees

@@ -23,16 +23,6 @@ GONE_WITHIN = 5.0  # seconds a killed process may take to disappear (this contai
 
 
 @pytest.fixture
-def logger(tmp_path: Path) -> logging.Logger:
-    log = logging.getLogger(f"vfarm.test.runner.{tmp_path.name}")
-    handler = logging.FileHandler(tmp_path / "run.log")
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    return log
-
-
-@pytest.fixture
 def quick_kill(monkeypatch: pytest.MonkeyPatch) -> None:
     """A short SIGTERM grace, so a test's timeout stays about one second."""
     monkeypatch.setattr(runner_module, "KILL_GRACE", 0.5, raising=False)

@@ -17,16 +17,6 @@ from vfarm.errors import StepError
 from vfarm.part_handlers import cvmfs_handler, localfs_handler
 
 
-@pytest.fixture
-def logger(tmp_path: Path) -> logging.Logger:
-    log = logging.getLogger(f"vfarm.test.{tmp_path.name}")
-    handler = logging.FileHandler(tmp_path / "run.log")
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    return log
-
-
 @pytest.mark.integration
 def test_runner_logs_command_exit_duration_stderr(logger: logging.Logger, tmp_path: Path) -> None:
     runner = Runner(logger)
