@@ -72,15 +72,17 @@ class Consolidation:
 
 
 def choose(workers: list[Worker], loads: dict[str, Load], remembered: Iterable[str], idle_cpus_budget: int,
-           disruption_budget: int, room: int, quiet: bool) -> Consolidation:
+           disruption_budget: int, room: int, quiet: bool, leaving: Iterable[str] = ()) -> Consolidation:
     """The workers to drain for consolidation this cycle (see the module's doc). LOADS: by worker
     id, from its slot ads; REMEMBERED: the ids a previous cycle chose; ROOM: how many more workers
-    may leave before min-vms; QUIET: no demand this cycle."""
+    may leave before min-vms; QUIET: no demand this cycle; LEAVING: workers this plan drains
+    already (idle ones): their free CPUs are no room for the others' jobs."""
     live = {w.id: w for w in workers}
     earlier = set(remembered)
     # A remembered worker counts until it is drained and terminated, whatever its (lagging) ads say.
     draining = {iid for iid in earlier if iid in live and live[iid].state not in GONE} | {w.id for w in workers if w.state in DRAINING and w.claimed > 0}
-    counted = [w for w in workers if w.state in OPEN and w.id not in draining]
+    gone = set(leaving)
+    counted = [w for w in workers if w.state in OPEN and w.id not in draining and w.id not in gone]
     idle = sum(loads[w.id].free for w in counted if w.id in loads)
     chosen: list[Choice] = []
     slots_left = min(disruption_budget - len(draining), room)

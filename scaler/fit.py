@@ -240,7 +240,10 @@ class Fitted:
                     for since, n in a.items():
                         counts[int((since - oldest) * scale)] += n
                     entries += [(oldest + bucket / scale if scale else oldest, g, n) for bucket, n in enumerate(counts) if n]
-            self._queue = sorted(entries)
+            # Ties of age go by the request itself, not by where the schedd listed the jobs: the
+            # same queue in another order plans the same.
+            keys = [repr(group.request) for group in self.groups]
+            self._queue = sorted(entries, key=lambda e: (e[0], keys[e[1]], e[2]))
         return self._queue
 
 

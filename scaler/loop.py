@@ -33,7 +33,7 @@ from ..redaction import redact_strings
 from . import discover
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Plan, WorkerState, cloud_state, tag
+from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, tag
 
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
 VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
@@ -242,13 +242,16 @@ class Scaler:
             return None
         self.observed_idle_since = dict(result.observed_idle_since)
         self.joined = list(result.joined)
-        self.consolidating = list(result.consolidating)
         for warning in result.warnings:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",
                       result.waiting, result.demand, result.supply, result.active,
                       ", ".join(f"{n} {s}" for s, n in result.states.items() if n) or "no instance")
         self.outcome = self.applier.apply(result, snapshot)
+        # A consolidation drain that failed is not remembered: it would hold the disruption budget
+        # for the worker's life while nothing drains it; the next plan may choose it again.
+        failed = {d.instance for d in result.decisions if d.action is Action.DRAIN} - set(self.outcome.drained)
+        self.consolidating = [iid for iid in result.consolidating if iid not in failed]
         self.record(result, self.outcome)
         self.history.applied(self.clock(), result, self.outcome)
         if self.keep_status:

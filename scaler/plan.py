@@ -248,6 +248,7 @@ def _startd(name: str) -> str:
 class JobScan(NamedTuple):
     running: dict[str, int]  # running jobs per startd (running_by_startd)
     waiting: list[dict[str, Any]]  # idle jobs that have waited waiting-time
+    young: list[dict[str, Any]]  # idle jobs that have not (yet: no demand, but the negotiator may match them)
 
 
 def _without_odd_times(job: dict[str, Any]) -> dict[str, Any]:
@@ -264,6 +265,7 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
     discover uses for idle jobs)."""
     running: dict[str, int] = {}
     waiting: list[dict[str, Any]] = []
+    young: list[dict[str, Any]] = []
     limit = NUMBER_LIMIT
     for place, job in enumerate(jobs):
         get = job.get
@@ -286,13 +288,15 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
             since: Any = entered if entered.__class__ is int or entered.__class__ is float else queued
             if (since.__class__ is int or since.__class__ is float) and now - since >= waiting_time:
                 waiting.append(job)
+            elif since.__class__ is int or since.__class__ is float:
+                young.append(job)
         elif status == RUNNING:
             host = get("RemoteHost")
             if host.__class__ is str and host:
                 at = host.find("@")
                 key = host[at + 1:] if at >= 0 else host  # _startd, inline: one call per running job
                 running[key] = running.get(key, 0) + count
-    return JobScan(running, waiting)
+    return JobScan(running, waiting, young)
 
 
 def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
@@ -534,6 +538,9 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
     farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()})
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
+    if scanned.young:
+        young = fit.rank(scanned.young, spec.placements, requirements=spec.typed)
+        farm.young_kinds = frozenset(spec.worker_type(spec.placements[i].name).kind for g in young.groups for i in g.choices)
 
     launching = _launching(farm, fitted)
     decisions, intents = _launch_decisions(farm, launching, snapshot.get(INTENTS) or {})
@@ -601,6 +608,7 @@ class _Farm:
     cloud_active: collections.Counter[str]
     active: int
     live_cpus: int  # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included
+    young_kinds: frozenset[str] = frozenset()  # the types some idle job younger than waiting-time fits
 
     @property
     def room_left(self) -> int:
@@ -774,10 +782,13 @@ def _idle_drains(farm: _Farm, launching: _Launching) -> list[Decision]:
             make_cpus = max(0, needed_cpus - free_cpus - leaving_cpus)
     if over_threshold and not make_room and not make_cpus:
         return []
-    # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there.
+    # Never a worker of a type some waiting job is fitted to: those jobs may be about to land there;
+    # nor one of a type a job submitted less than waiting-time ago fits (the negotiator has not
+    # matched it yet: it would wait for a new worker's boot).
     wanted_kinds = {spec.worker_type(p.name).kind for p in spec.placements if farm.figures[p.name].waiting > 0}
     candidates = [w for w in farm.instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
-                  and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)]
+                  and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)
+                  and spec.worker_type(w.type).kind not in farm.young_kinds]
     candidates.sort(key=lambda w: (w.idle_since, w.id))
     room = max(0, farm.active - spec.min_vms)
     if over_threshold:
@@ -806,11 +817,13 @@ def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision]
     """Half-empty workers to drain so that the others fill (scaler/consolidate.py), within what
     min-vms leaves beside the drains already decided. REMEMBERED: the ids earlier cycles chose."""
     spec = farm.spec
-    leaving = sum(1 for d in decisions if d.action is Action.DRAIN)
-    quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions)
+    leaving = [str(d.instance) for d in decisions if d.action is Action.DRAIN]
+    # Quiet: no launch, no waiting jobs over the threshold, and no job just submitted that a worker
+    # could take (it is not demand yet, but it may land on the free CPUs consolidation counts).
+    quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions) and not farm.young_kinds
     loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ())) for w in farm.instances if w.state in consolidate.OPEN}
     return consolidate.choose(farm.instances, loads, remembered, spec.idle_cpus_budget, spec.disruption_budget,
-                              max(0, farm.active - spec.min_vms - leaving), quiet)
+                              max(0, farm.active - spec.min_vms - len(leaving)), quiet, leaving)
 
 
 def _terminations(farm: _Farm) -> list[Decision]:

@@ -112,6 +112,62 @@ def test_the_disruption_budget_counts_remembered_and_draining_workers() -> None:
     assert [d.instance for d in consolidation(gone)] == ["i-b"] and gone.consolidating == ["i-b"]
 
 
+def test_the_free_cpus_of_a_worker_drained_as_idle_are_no_room_for_the_others() -> None:
+    """i-a, idle for idle-time, is drained in this plan: its 8 free CPUs cannot take i-b's jobs,
+    so without them the farm's idle CPUs (1 + 4 = 5) are within the budget: nothing consolidates."""
+    result = planner.plan(snapshot({"i-a": [], "i-b": [2, 2], "i-c": [4, 3]}, observed_idle_since={"i-a": NOW - 9999}), spec())
+    assert [d.instance for d in result.of(planner.Action.DRAIN)] == ["i-a"] and consolidation(result) == []
+
+
+def test_a_job_just_submitted_keeps_idle_workers_and_the_farm_from_consolidating() -> None:
+    """Jobs younger than waiting-time are no demand yet, but the negotiator may be about to match
+    them to the free CPUs: no idle worker of a type they fit is drained, and nothing consolidates."""
+    young = [{"ClusterId": 9, "ProcId": n, "JobStatus": 1, "RequestCpus": 1, "QDate": NOW - 10, "EnteredCurrentStatus": NOW - 10}
+             for n in range(14)]
+    busy = snapshot({"i-a": [1], "i-b": [1]})
+    assert [d.instance for d in consolidation(planner.plan(busy, spec()))] == ["i-a"]  # without the new jobs: consolidates
+    assert consolidation(planner.plan({**busy, "jobs": busy["jobs"] + young}, spec(**{"waiting-time": 40}))) == []
+    idle = snapshot({"i-a": []}, observed_idle_since={"i-a": NOW - 9999})
+    assert [d.instance for d in planner.plan(idle, spec()).of(planner.Action.DRAIN)] == ["i-a"]
+    kept = planner.plan({**idle, "jobs": young[:1]}, spec(**{"waiting-time": 40}))
+    assert kept.of(planner.Action.DRAIN) == [] and kept.launch == 0
+
+
+def test_a_consolidation_drain_that_failed_is_not_remembered(caplog: pytest.LogCaptureFixture) -> None:
+    """A drain refused once (condor_drain could not reach the pool) does not hold the disruption
+    budget for the worker's life: the next cycle chooses again, and the drain is tried again."""
+    import logging
+
+    from vfarm.scaler import apply, loop
+
+    load = {"i-a": [1], "i-b": [1], "i-c": [1]}
+
+    class Cloud:
+        def farm_instances(self) -> list[dict[str, Any]]:
+            return [instance(i) for i in sorted(load)]
+
+    class Drain:
+        calls: list[str] = []
+
+        def drain(self, iid: str, slots: list[dict[str, Any]], reason: str) -> None:
+            self.calls.append(iid)
+            if len(self.calls) == 1:
+                raise apply.DrainError("condor_drain: connection refused")
+
+    def pool() -> dict[str, Any]:
+        taken = snapshot(load)
+        return {"jobs": taken["jobs"], "slots": taken["slots"], "collector": []}
+
+    clock = [NOW]
+    drainer = Drain()
+    scaler = loop.Scaler(spec(**{"disruption-budget": 1}), Cloud(), drainer, logging.getLogger("vfarm.test"),  # type: ignore[arg-type]
+                         clock=lambda: clock[0], pool=pool)
+    for _ in range(3):
+        scaler.cycle()
+        clock[0] += TICK
+    assert drainer.calls[:2] == ["i-a", "i-a"], drainer.calls  # tried again the next cycle, then remembered
+
+
 def test_a_drained_worker_the_schedd_still_runs_a_job_on_is_not_terminated() -> None:
     snap = snapshot({"i-a": []}, drained=("i-a",))
     assert planner.plan(snap, spec()).terminate == ["i-a"]

@@ -398,3 +398,16 @@ def test_while_max_vms_holds_back_a_type_idle_workers_of_other_types_make_room()
     result = planner.plan({"now": NOW, "jobs": big, "slots": slots, "instances": workers, "observed_idle_since": seen},
                           spec(ROOM.replace("max-vms: 2", "max-vms: 10")))
     assert result.drain == [] and launches(result) == {"large": 3}
+
+
+def test_jobs_of_the_same_age_get_the_scarce_worker_whatever_the_schedds_order() -> None:
+    """Under a binding cap, equal ages are told apart by the request, not by list order: the same
+    queue listed in another order (another schedd, a snapshot read back) plans the same."""
+    farm = scale_spec.parse({"name": "farm", "cloud": {"type": "ec2"}, "max-vms": 2, "max-cpus": 8, "waiting-time": 0,
+                             "types": [{"name": "small", "cpus": 1, "memory": "2G"}, {"name": "large", "cpus": 8, "memory": "32G"}]})
+    now = 1_700_000_000.0
+    a = {"ClusterId": 11, "ProcId": 0, "JobStatus": 1, "RequestCpus": 1, "EnteredCurrentStatus": now - 5000}
+    b = {"ClusterId": 12, "ProcId": 0, "JobStatus": 1, "RequestCpus": 1, "RequestMemory": 4096, "EnteredCurrentStatus": now - 5000}
+    plans = [planner.plan({"now": now, "jobs": jobs, "slots": [], "instances": []}, farm) for jobs in ([a, b], [b, a])]
+    assert [[(d.action.value, d.type, d.count) for d in p.decisions] for p in plans][0] == \
+        [[(d.action.value, d.type, d.count) for d in p.decisions] for p in plans][1]
