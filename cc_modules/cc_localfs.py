@@ -4,8 +4,10 @@ swap and /etc/fstab. discover (lvm2 JSON reports, blkid, findmnt) -> plan (pure)
 
 Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TAG`; a same-named
 LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
-devices unless `force`; existing content of a mount point is carried into the new filesystem;
-fstab is written atomically, once, at the end, without duplicates; a second run plans nothing.
+devices unless `force`; the sizes are known to fit before anything is touched (on a VG still
+to create: the devices' sizes); existing content of a mount point is carried into the new
+filesystem (once: a marker at its root), never with a mount below it that is not ours; fstab is
+written atomically, once, at the end, without duplicates; a second run plans nothing.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from typing import Any, Optional
 from ..config import localfs as localfs_spec
 from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
 from ..errors import PlanError, StepError
-from ..files import read_text, under
+from ..files import atomic_write, read_text, under
 from ..textsafe import UnsafeValue
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
 from .runner import CommandFailed
-from .steps import Plan, Run, Step, WriteFile, apply
+from .steps import Custom, Plan, Run, Step, WriteFile, apply
 
 NAME = "localfs"
 DEFAULT_VG = "vg_local"  # the name of a VG created from `devices` when the config names none
 FSTAB = "/etc/fstab"
 CARRY_DIR = "/run/vfarm/localfs"  # where a new filesystem is mounted while content is copied in
+CARRY_MARK = ".vfarm-localfs-copied"  # at the root of a filesystem the content was copied onto
+NEW_EXTENT = 4 * 1024**2  # vgcreate's default extent size
+PV_START = 1024**2  # where pvcreate's default alignment puts a PV's first extent
 FSTAB_MARK = "# vfarm localfs"
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvm")
@@ -51,7 +56,9 @@ class Facts:
 
     vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extent_size, extents, free
     lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> size, tags
-    pvs: dict[str, str] = field(default_factory=dict)  # device -> vg name ("" when none)
+    pvs: dict[str, str] = field(default_factory=dict)  # device (symlinks resolved) -> vg name ("" when none)
+    devices: dict[str, str] = field(default_factory=dict)  # configured device -> its symlinks resolved
+    sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source
     swaps: list[str] = field(default_factory=list)  # active swap devices
@@ -107,6 +114,15 @@ def mapper_name(vg: str, lv: str) -> str:
     return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
 
+def _real(ctx: Context, device: str) -> str:
+    """DEVICE with its symlinks resolved inside the root (/dev/disk/by-id/..., EC2's /dev/xvdb ->
+    nvme1n1; /dev/mapper/x -> dm-0), so that a configured name and LVM's name of a PV compare."""
+    try:
+        return "/" + str(PurePosixPath(os.path.realpath(ctx.path(device))).relative_to(os.path.realpath(ctx.root)))
+    except ValueError:  # a link out of a test's root
+        return device
+
+
 def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts = Facts()
     report = _lvm_report(ctx)
@@ -120,10 +136,14 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
         tags = [t for t in row.get("lv_tags", "").split(",") if t]
         facts.lvs[f"{row['vg_name']}/{row['lv_name']}"] = {"size": int(row.get("lv_size") or 0), "tags": tags}
     for row in report["pv"]:
-        facts.pvs[row["pv_name"]] = row.get("vg_name", "")
+        facts.pvs[_real(ctx, row["pv_name"])] = row.get("vg_name", "")
     for device in spec.devices:
-        if device not in facts.pvs:
+        real = facts.devices[device] = _real(ctx, device)
+        if real not in facts.pvs:
             facts.signatures[device] = _probe(ctx, device)
+        if not facts.pvs.get(real):
+            size = ctx.runner.run(["blockdev", "--getsize64", device], changes=False).stdout.strip()
+            facts.sizes[device] = int(size) if size.isdigit() else 0
     for key in facts.lvs:
         vg, lv = key.split("/", 1)
         if any(part.name == lv for part in spec.parts):
@@ -154,6 +174,11 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
 # --- plan (pure) ------------------------------------------------------------------------------
 
 
+def _pv(facts: Facts, device: str) -> str:
+    """The name FACTS.pvs knows a configured DEVICE by."""
+    return facts.devices.get(device, device)
+
+
 def _own_lvs(facts: Facts, vg: str) -> list[str]:
     return [key.split("/", 1)[1] for key, lv in facts.lvs.items() if key.startswith(vg + "/") and LV_TAG in lv["tags"]]
 
@@ -170,7 +195,7 @@ def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
         raise PlanError(f"volume group {spec.vg} does not exist (found: {', '.join(facts.vgs) or 'none'}) and no devices are given to create it")
     if spec.devices:
         # The devices named are where: their volume group (made there on an earlier run) or a new one.
-        on_them = sorted({facts.pvs[d] for d in spec.devices if facts.pvs.get(d)})
+        on_them = sorted({facts.pvs[_pv(facts, d)] for d in spec.devices if facts.pvs.get(_pv(facts, d))})
         if len(on_them) > 1:
             raise PlanError(f"the devices belong to several volume groups ({', '.join(on_them)}): name the one to use with vg:")
         if on_them:
@@ -198,11 +223,13 @@ def _command(action: str, argv: list[str], **details: Any) -> Run:
 
 def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[Step]:
     steps: list[Step] = []
+    if len({_pv(facts, d) for d in spec.devices}) < len(spec.devices):
+        raise PlanError(f"devices {', '.join(spec.devices)} name one device more than once")
     for device in spec.devices:
-        owner = facts.pvs.get(device)
+        owner = facts.pvs.get(_pv(facts, device))
         if owner:
-            raise PlanError(f"device {device} already belongs to volume group {owner}, not {vg}")
-        if device in facts.pvs:
+            raise PlanError(f"device {device} ({_pv(facts, device)}) already belongs to volume group {owner}, not {vg}")
+        if _pv(facts, device) in facts.pvs:
             continue  # a PV with no VG yet: vgcreate takes it
         found = facts.signatures.get(device)
         if found:
@@ -212,6 +239,37 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[Step]:
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
     steps.append(_command("vgcreate", ["vgcreate", vg, *spec.devices], vg=vg))
     return steps
+
+
+def _new_vg(spec: LocalfsSpec, facts: Facts, vg: str) -> VolumeGroup:
+    """The volume group vgcreate will make of the devices (their sizes, less the PV header)."""
+    unknown = [d for d in spec.devices if not facts.sizes.get(d)]
+    if unknown:
+        raise PlanError(f"cannot read the size of {', '.join(unknown)}: not creating volume group {vg}")
+    extents = sum(max(0, facts.sizes[d] - PV_START) // NEW_EXTENT for d in spec.devices)
+    return VolumeGroup(vg, NEW_EXTENT, extents, extents)
+
+
+def _carry(part: str, target: str, source: str, carry: str) -> Custom:
+    """Copy SOURCE's content (one file system: -x) onto the filesystem mounted at CARRY, then a
+    marker at its root. The marker is read through this same mount, at apply time: a run after
+    one that failed (or a reboot) redoes a copy that did not finish and never repeats one that
+    did (it would put the image's old files back over newer ones). A failure unmounts CARRY."""
+    argv = ["cp", "-a", "-x", f"{source}/.", f"{carry}/"]
+
+    def run(ctx: Context) -> dict[str, Any]:
+        if os.path.lexists(f"{carry}/{CARRY_MARK}"):
+            return {"changed": False, "skipped": "copied by an earlier run"}
+        try:
+            ctx.runner.run(argv)
+            ctx.runner.run(["sync", "--file-system", carry])  # the copy is on disk before its marker
+            atomic_write(f"{carry}/{CARRY_MARK}", f"vfarm localfs copied {target} here\n")
+        except Exception:
+            ctx.runner.run(["umount", carry], check=False)
+            raise
+        return {}
+
+    return Custom("carry", run, {"part": part, "argv": argv})
 
 
 def _is_device(facts: Facts, path: str, other: str) -> bool:
@@ -324,8 +382,13 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
 
     vg, create = choose_vg(spec, facts)
     if create:
-        return LocalfsPlan(_vg_steps(spec, facts, vg), vg=vg, create_vg=True, rediscover=True)
+        steps = _vg_steps(spec, facts, vg)
+        projected = localfs_spec.resolve(spec, _new_vg(spec, facts, vg))  # PlanError before the VG is made
+        return LocalfsPlan(steps, vg=vg, create_vg=True, parts=[p.as_dict() for p in projected], rediscover=True)
     info = facts.vgs[vg]
+    for taken in (p.name for p in spec.parts if f"{vg}/{p.name}" in facts.lvs):
+        if LV_TAG not in facts.lvs[f"{vg}/{taken}"]["tags"]:
+            raise PlanError(f"logical volume {vg}/{taken} exists but is not vfarm's (no '{LV_TAG}' tag): refusing to use or replace it")
     own = tuple((name, facts.lvs[f"{vg}/{name}"]["size"] // info["extent_size"]) for name in _own_lvs(facts, vg) if any(p.name == name for p in spec.parts))
     resolved = localfs_spec.resolve(spec, VolumeGroup(vg, info["extent_size"], info["extents"], info["free"], own))
     creates: list[Step] = []
@@ -334,6 +397,9 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     notes: list[str] = []
     entries: list[tuple[str, str, str, str, int, int]] = []
     aliases = dict(facts.aliases)
+    ours = {at(p.spec.mount): f"/dev/{vg}/{p.spec.name}" for p in resolved if p.spec.mount and p.spec.fs != "swap"}
+    # Our mount points not mounted yet; one of ours inside them is mounted again after them.
+    unmounted = [PurePosixPath(t) for t, device in ours.items() if not _is_device(facts, device, facts.mounts.get(t, ""))]
     for part in resolved:
         name, fs = part.spec.name, part.spec.fs
         device = f"/dev/{vg}/{name}"
@@ -341,18 +407,14 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         lv = facts.lvs.get(f"{vg}/{name}")
         fresh = lv is None
         if lv is not None:
-            if LV_TAG not in lv["tags"]:
-                raise PlanError(f"logical volume {vg}/{name} exists but is not vfarm's (no '{LV_TAG}' tag): refusing to use or replace it")
             have = lv["size"] // info["extent_size"]
             notes.append(f"{vg}/{name} exists ({have} extents{'' if have == part.extents else f', the plan says {part.extents}'}): left alone")
         else:
             argv = ["lvcreate", "--yes", "--wipesignatures", "y", "-n", name, "-l", str(part.extents), "--addtag", LV_TAG, vg]
             creates.append(_command("lvcreate", argv, part=name, extents=part.extents))
         found = None if fresh else facts.signatures.get(device)
-        made = False
         if found is None:
             mkfs.append(_command("mkswap" if fs == "swap" else "mkfs", _mkfs_argv(fs, device, part.spec.label), part=name))
-            made = True
         elif found != fs:
             raise PlanError(f"{device} holds {found} but the config asks for {fs}: leaving it alone")
         if fs == "swap":
@@ -363,22 +425,28 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         target = part.spec.mount
         assert target is not None  # the schema checks give every filesystem part a mount point
         entries.append((device, target, fs, part.spec.options, 0, 2))
-        source = facts.mounts.get(at(target))
-        if source is not None and _is_device(facts, device, source):
-            continue
-        if source is not None:
-            notes.append(f"{target} is a mount of {source}: {device} is mounted over it")
+        carry = at(f"{CARRY_DIR}/{name}")
+        left_mounted = _is_device(facts, device, facts.mounts.get(carry, ""))  # by a run that failed
         these: list[Step] = []
         mounts.append((target, these))
-        if made and target in facts.nonempty:
-            carry = at(f"{CARRY_DIR}/{name}")
-            these += [
-                _command("carry", ["mkdir", "-p", carry], part=name),
-                _command("carry", ["mount", "-t", fs, device, carry], part=name),
-                _command("carry", ["cp", "-a", f"{at(target)}/.", f"{carry}/"], part=name),
-                _command("carry", ["umount", carry], part=name),
-            ]
-        if target not in facts.existing_dirs:
+        source = facts.mounts.get(at(target))
+        mounted = source is not None and _is_device(facts, device, source)
+        covered = any(at(target) != str(outer) and PurePosixPath(at(target)).is_relative_to(outer) for outer in unmounted)
+        if mounted and not covered:
+            these += [_command("carry", ["umount", carry], part=name)] if left_mounted else []
+            continue
+        if source is not None:
+            notes.append(f"{target} is a mount of {source}: {device} is mounted {'again after the volume it is in' if mounted else 'over it'}")
+        below = sorted(m for m in facts.mounts if m != at(target) and m not in ours and PurePosixPath(m).is_relative_to(at(target)))
+        if below:
+            raise PlanError(f"{', '.join(below)} mounted inside {target}: {device} would hide it (and not copy it); unmount it first")
+        if target in facts.nonempty and not mounted:
+            if not left_mounted:
+                these += [_command("carry", ["mkdir", "-p", carry], part=name), _command("carry", ["mount", "-t", fs, device, carry], part=name)]
+            these += [_carry(name, target, at(target), carry), _command("carry", ["umount", carry], part=name)]
+        elif left_mounted:
+            these.append(_command("carry", ["umount", carry], part=name))
+        if target not in facts.existing_dirs or covered:  # on a volume mounted just now: not there yet
             these.append(_command("mkdir", ["mkdir", "-p", at(target)], part=name))
         these.append(_command("mount", ["mount", "-t", fs, "-o", part.spec.options, device, at(target)], part=name))
         if part.spec.mode:

@@ -38,8 +38,19 @@ FREE_BY_DEFAULT = {"swap"}
 LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is not ours
 # A volume mounted over these would hide the running system. Below them too, except /var, whose
 # subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
-SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# /var/run and /var/lock are symlinks into /run (Debian, EL): mount would follow them and the
+# volume would hide /run, so they are refused by name; the instance does not look.
+SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", "/var/run", "/var/lock", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32",
+                  "/lib64", "/libx32")
 SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
+LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
+# LV names lvm2 keeps for itself (lib/misc/lvm-string.c, apply_lvname_restrictions, 2.03): lvcreate
+# refuses them on the instance, after the parts before them were created.
+RESERVED_LV_PREFIXES = ("pvmove", "snapshot")
+RESERVED_LV_STRINGS = ("_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_wcorig", "_mimage", "_mlog", "_rimage", "_rmeta", "_tdata",
+                       "_tmeta", "_vdata", "_imeta", "_iorig", "_pmspare", "_vorigin")
+LABEL_MAX = {"ext4": 16, "xfs": 12}  # characters: e2label and xfs_admin -L
+XFS_MIN_BYTES = 300 * 2**20  # mkfs.xfs (xfsprogs >= 5.19) refuses a smaller file system
 
 _PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%(VG|FREE)$")
 
@@ -127,6 +138,15 @@ def system_folder(mount: str) -> Optional[str]:
     return next((f for f in SYSTEM_FOLDERS if mount == f or mount.startswith(f + "/")), None)
 
 
+def lvm_reserved(name: str) -> Optional[str]:
+    """How lvm2 reserves the LV name NAME ("starting with 'snapshot'"), or None."""
+    prefix = next((p for p in RESERVED_LV_PREFIXES if name.startswith(p)), None)
+    if prefix:
+        return f"starting with '{prefix}'"
+    inner = next((s for s in RESERVED_LV_STRINGS if s in name), None)
+    return f"containing '{inner}'" if inner else None
+
+
 def size_problem(value: Any) -> Optional[str]:
     """Why a schema-valid size cannot be used (too large for any volume group), or None."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -206,8 +226,20 @@ def check(section: dict[str, Any]) -> list[Finding]:
         where = ("parts", part.name)
         value = sizes[part.name]
         size_path = where + ("size",) if isinstance(value, dict) else where
+        reserved = lvm_reserved(part.name)
+        if reserved:
+            findings.append(Finding(where, f"part '{part.name}': lvm2 reserves LV names {reserved}: choose another name", at_key=True))
         if part.size.value <= 0:
             findings.append(Finding(size_path, f"part '{part.name}' has size 0: give it a size or remove it"))
+        # Only a size written in bytes is known here; a percentage that comes to less than
+        # XFS_MIN_BYTES is known on the instance only (mkfs.xfs refuses it there).
+        if part.fs == "xfs" and part.size.kind == "BYTES" and 0 < part.size.value < XFS_MIN_BYTES:
+            written = value.get("size") if isinstance(value, dict) else value
+            findings.append(Finding(size_path, f"part '{part.name}' is xfs of {written}: mkfs.xfs refuses a file system under 300 MiB"))
+        limit = LABEL_MAX.get(part.fs, 16)
+        if part.label and len(part.label) > limit:
+            message = f"part '{part.name}': an {part.fs} label has at most {limit} characters, '{part.label}' has {len(part.label)}"
+            findings.append(Finding(where + ("label",), message))
         if part.size.kind in percent:
             percent[part.size.kind] += exact(part.size.value)
         mount_given = isinstance(value, dict) and "mount" in value or part.name in mounts
@@ -227,7 +259,8 @@ def check(section: dict[str, Any]) -> list[Finding]:
             written = value.get("mount") if isinstance(value, dict) and "mount" in value else mounts.get(part.name, part.mount)
             place = f"over the system folder {folder}" if folder == part.mount else f"on {part.mount}, inside the system folder {folder}"
             as_written = f" ({written})" if written != part.mount else ""
-            findings.append(Finding(where, f"part '{part.name}' would be mounted {place}{as_written}: choose another mount point"))
+            link = f", a link to {LINKS[folder]}" if folder in LINKS else ""
+            findings.append(Finding(where, f"part '{part.name}' would be mounted {place}{as_written}{link}: choose another mount point"))
         elif part.mount in seen_mounts:
             findings.append(Finding(where, f"parts '{seen_mounts[part.mount]}' and '{part.name}' are both mounted on {part.mount}", at_key=True))
         else:
@@ -250,19 +283,23 @@ def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
     percentages of what is left, rounded down, never over.
 
     What is left is computed from the VG's free extents plus the extents our own LVs already
-    hold, so a second run resolves the same numbers as the first (unlike `-l 100%FREE`).
+    hold, so a second run resolves the same numbers as the first (unlike `-l 100%FREE`). An LV
+    of ours that exists is never resized: it holds its real extents (`own_lvs`), whatever the
+    config now says, and the parts still to create must fit in the free extents (else PlanError).
     """
+    own = dict(vg.own_lvs)
     fixed: dict[str, int] = {}
     for part in spec.parts:
         if part.size.kind == "VG":
             fixed[part.name] = math.floor(vg.total_extents * exact(part.size.value) / 100)
         elif part.size.kind == "BYTES":
             fixed[part.name] = math.ceil(part.size.value / vg.extent_size)  # lvcreate -L rounds up
-    available = vg.free_extents + sum(extents for _, extents in vg.own_lvs)
-    left = available - sum(fixed.values())
+    available = vg.free_extents + sum(own.values())
+    held = sum(own.get(name, extents) for name, extents in fixed.items())
+    left = available - held
     if left < 0:
         raise PlanError(
-            f"the parts need {sum(fixed.values())} extents ({human(sum(fixed.values()) * vg.extent_size)}) "
+            f"the parts need {held} extents ({human(held * vg.extent_size)}) "
             f"but volume group {vg.name} has {available} ({human(available * vg.extent_size)}) for them"
         )
     resolved = []
@@ -273,4 +310,11 @@ def resolve(spec: LocalfsSpec, vg: VolumeGroup) -> list[ResolvedPart]:
         if extents <= 0:
             raise PlanError(f"part '{part.name}' ({part.size}) comes to 0 extents on volume group {vg.name}")
         resolved.append(ResolvedPart(part, extents, extents * vg.extent_size))
+    new = sum(p.extents for p in resolved if p.spec.name not in own)
+    if new > vg.free_extents:
+        existing = ", ".join(f"{name} {extents}" for name, extents in vg.own_lvs)
+        raise PlanError(
+            f"the parts to create need {new} extents ({human(new * vg.extent_size)}) but volume group {vg.name} "
+            f"has {vg.free_extents} free ({human(vg.free_extents * vg.extent_size)}); the existing ones keep their extents ({existing})"
+        )
     return resolved

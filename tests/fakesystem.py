@@ -51,13 +51,15 @@ class FakeRunner(Runner):
     def changing_calls(self) -> list[list[str]]:
         """The calls that change something (not the read-only discovery commands)."""
         readonly = {"lvm", "blkid", "findmnt", "dpkg-query", "rpm", "apt-cache"}
-        checks = (["swapon", "--show=NAME"], ["cvmfs_config", "chksetup"], ["cvmfs_config", "probe"])
+        checks = (["swapon", "--show=NAME"], ["blockdev", "--getsize64"], ["cvmfs_config", "chksetup"], ["cvmfs_config", "probe"])
         return [c for c in self.calls if c[0] not in readonly and c[:2] not in checks]
 
 
 @dataclass
 class FakeMachine:
-    """A small model: volume groups, LVs (with tags), PVs, what blkid finds, mounts, swaps."""
+    """A small model: volume groups, LVs (with tags), PVs, what blkid finds, mounts, swaps.
+    `links` are other names of devices (/dev/disk/by-id/x -> /dev/vdb): LVM names a PV by the
+    kernel's name whatever name pvcreate and vgcreate were given."""
 
     extent_size: int = 4 * 1024**2
     vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extents, free
@@ -67,6 +69,11 @@ class FakeMachine:
     signatures: dict[str, str] = field(default_factory=dict)  # path -> TYPE
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source
     swaps: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
+
+    def device_size(self, device: str) -> int:
+        """What `blockdev --getsize64` says: the extents vgcreate makes of it, and the PV header."""
+        return self.devices.get(device, 1000) * self.extent_size + 1024**2
 
     def add_vg(self, name: str, extents: int) -> FakeMachine:
         self.vgs[name] = {"extents": extents, "free": extents}
@@ -100,6 +107,9 @@ class FakeMachine:
         tool = argv[0]
         if argv[:2] == ["lvm", "fullreport"]:
             return 0, self.fullreport(), ""
+        argv = [self.links.get(a, a) for a in argv]  # the kernel's names
+        if argv[:2] == ["blockdev", "--getsize64"]:
+            return 0, f"{self.device_size(argv[2])}\n", ""
         if tool == "blkid":
             found = self.signatures.get(argv[-1])
             return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n", "") if found else (2, "", "")

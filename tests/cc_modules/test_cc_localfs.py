@@ -112,12 +112,12 @@ def test_existing_content_is_carried_before_mounting_over(root: Path) -> None:
     run(root, runner)
     calls = [c for c in runner.calls if "home" in " ".join(c)]
     carry = str(root / "run/vfarm/localfs/home")
-    order = [["mount", "-t", "ext4", "/dev/vg_local/home", carry], ["cp", "-a", f"{root}/home/.", f"{carry}/"], ["umount", carry],
+    order = [["mount", "-t", "ext4", "/dev/vg_local/home", carry], ["cp", "-a", "-x", f"{root}/home/.", f"{carry}/"], ["umount", carry],
              ["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/home", str(root / "home")]]
     positions = [calls.index(c) for c in order]
     assert positions == sorted(positions)
     # /var/lib/cvmfs had no content (nor existed): no carry, a mkdir
-    assert not any(c[:2] == ["cp", "-a"] and "cvmfs" in c[2] for c in runner.calls)
+    assert not any(c[:2] == ["cp", "-a"] and "cvmfs" in c[3] for c in runner.calls)
     assert ["mkdir", "-p", str(root / "var/lib/cvmfs")] in runner.calls
 
 
@@ -214,7 +214,10 @@ def test_a_failing_command_stops_the_handler(tmp_path: Path, failing: list[str])
     status = run(root, runner)
     assert status["status"] == "failed"
     assert "failed (exit 5)" in status["reason"] and "simulated failure" in status["reason"]
-    assert runner.calls[-1][: len(prefix)] == list(prefix)  # nothing ran after it
+    failed_at = max(i for i, c in enumerate(runner.calls) if c[: len(prefix)] == list(prefix))
+    after = runner.calls[failed_at + 1:]
+    # nothing ran after it, but the unmount of the copy mount a failed copy leaves
+    assert after == ([["umount", str(root / "run/vfarm/localfs/home")]] if prefix[0] in ("cp", "sync") else [])
     assert (root / "etc/fstab").read_text() == IMAGE_FSTAB  # fstab is written last, whole or not at all
     failed = [s for s in status["steps"] if not s["ok"]]
     assert len(failed) == 1 and failed[0]["returncode"] == 5
@@ -314,3 +317,125 @@ def test_discover_reads_the_real_lvm_fullreport(tmp_path: Path) -> None:
             subprocess.run(["vgremove", "-qf", "--devices", ",".join(loops), "vg_fullreport"], env=env, capture_output=True)
         for loop in loops:
             subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
+def test_a_copy_that_failed_is_redone_by_the_next_run_and_never_twice(root: Path) -> None:
+    """mkfs worked, `cp -a` failed: the copy mount is unmounted; the next run copies (it would
+    otherwise mount the new volume over the image's /home and hide it for good), then mounts;
+    with /home unmounted later, the marker on the volume says it has the content: no copy again."""
+    machine = fresh_machine()
+    carry, home = str(root / "run/vfarm/localfs/home"), str(root / "home")
+    first = run(root, FakeRunner(machine=machine, fail=("cp", "-a")))
+    assert first["status"] == "failed" and "cp -a -x" in first["reason"]
+    assert carry not in machine.mounts and home not in machine.mounts
+    second = FakeRunner(machine=machine)
+    status = run(root, second)
+    assert status["status"] == "ok", status["reason"]
+    changes = second.changing_calls()
+    assert changes.index(["cp", "-a", "-x", f"{home}/.", f"{carry}/"]) < changes.index(["umount", carry]) < changes.index(
+        ["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/home", home])
+    assert (root / "run/vfarm/localfs/home" / cc_localfs.CARRY_MARK).exists()  # the fake's volume: the copy mount's folder
+    assert machine.mounts[home] == "/dev/vg_local/home" and carry not in machine.mounts
+    again = FakeRunner(machine=machine)
+    assert run(root, again)["status"] == "ok" and again.changing_calls() == []
+    del machine.mounts[home]  # unmounted by hand, or a reboot before fstab had it
+    later = FakeRunner(machine=machine)
+    assert run(root, later)["status"] == "ok"
+    assert not any(c[0] == "cp" for c in later.calls) and machine.mounts[home] == "/dev/vg_local/home"
+
+
+def test_a_copy_mount_left_mounted_is_used_and_unmounted(root: Path) -> None:
+    """A run killed while copying left the volume mounted at the copy place: the next run copies
+    through it (no second mount there) and unmounts it."""
+    machine = fresh_machine().add_lv("vg_local", "home", 2900, fs="ext4")
+    carry = str(root / "run/vfarm/localfs/home")
+    machine.mounts[carry] = "/dev/mapper/vg_local-home"
+    runner = FakeRunner(machine=machine)
+    assert run(root, runner)["status"] == "ok"
+    home_calls = [c for c in runner.changing_calls() if any(carry in a for a in c)]
+    assert home_calls == [["cp", "-a", "-x", f"{root}/home/.", f"{carry}/"], ["sync", "--file-system", carry], ["umount", carry]]
+    again = FakeRunner(machine=machine)
+    assert run(root, again)["status"] == "ok" and again.changing_calls() == []
+
+
+def test_an_existing_lv_of_ours_counts_at_its_real_size() -> None:
+    """home exists with 500 extents (the config now gives it 400): swap gets the 500 really free,
+    not 600; parts that no longer fit are refused before any step."""
+    extent = 4 << 20
+    facts = cc_localfs.Facts(vgs={"vg_local": {"extent_size": extent, "extents": 1000, "free": 500}},
+                             lvs={"vg_local/home": {"size": 500 * extent, "tags": ["vfarm"]}}, signatures={"/dev/vg_local/home": "ext4"})
+    todo = cc_localfs.plan(parse({"parts": {"home": 40, "swap": 100}}), facts)
+    assert [s.listing()["extents"] for s in todo.steps if s.action == "lvcreate"] == [500]
+    facts.lvs["vg_local/home"]["size"], facts.vgs["vg_local"]["free"] = 700 * extent, 300
+    with pytest.raises(cc_localfs.PlanError, match="the parts need 1100 extents .* has 1000"):
+        cc_localfs.plan(parse({"parts": {"home": 40, "tmp": 40}}), facts)
+    # swap took all that was free then; a part added since has no room, whatever swap's share now
+    facts.lvs = {"vg_local/home": {"size": 300 * extent, "tags": ["vfarm"]}, "vg_local/swap": {"size": 700 * extent, "tags": ["vfarm"]}}
+    facts.vgs["vg_local"]["free"] = 0
+    with pytest.raises(cc_localfs.PlanError, match="the parts to create need 100 extents .* has 0 free"):
+        cc_localfs.plan(parse({"parts": {"home": 30, "scratch": {"size": 10, "mount": "/scratch"}, "swap": 100}}), facts)
+
+
+def test_parts_too_large_for_the_devices_are_refused_before_the_disk_is_wiped(root: Path) -> None:
+    """20G on a disk of 2000 extents (7.8 GiB): refused before wipefs, pvcreate and vgcreate,
+    from the devices' sizes (blockdev); a config that fits gets the extents the VG will have."""
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "dos"})
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"home": "20G", "swap": 100}})
+    assert status["status"] == "failed" and "need 5120 extents" in status["reason"] and "has 2000" in status["reason"]
+    assert runner.changing_calls() == [] and machine.signatures["/dev/vdb"] == "dos"
+    facts = cc_localfs.Facts(signatures={"/dev/vdb": "dos"}, sizes={"/dev/vdb": 2000 * (4 << 20) + (1 << 20)})
+    todo = cc_localfs.plan(parse({"devices": ["/dev/vdb"], "force": True, "parts": {"home": "7G", "swap": 100}}), facts)
+    assert todo.create_vg and [p["extents"] for p in todo.parts] == [1792, 208]
+
+
+def test_devices_are_compared_with_the_pvs_by_their_real_names(root: Path) -> None:
+    """/dev/disk/by-id/virtio-data is /dev/vdb, the name LVM reports: the second run finds the
+    volume group made on it; a device that is another volume group's PV under its kernel name
+    is never wiped, even with force."""
+    (root / "dev/disk/by-id").mkdir(parents=True)
+    (root / "dev/vdb").write_text("")
+    (root / "dev/disk/by-id/virtio-data").symlink_to("../../vdb")
+    link = "/dev/disk/by-id/virtio-data"
+    section = {"devices": [link], "parts": {"home": 50, "swap": 100}}
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, links={link: "/dev/vdb"})
+    assert run(root, FakeRunner(machine=machine), section)["status"] == "ok"
+    assert machine.pvs == {"/dev/vdb": "vg_local"}
+    again = FakeRunner(machine=machine)
+    status = run(root, again, section)
+    assert status["status"] == "ok", status["reason"]
+    assert again.changing_calls() == []
+    taken = FakeMachine(pvs={"/dev/vdb": "vg_root"}, signatures={"/dev/vdb": "LVM2_member"}, links={link: "/dev/vdb"}).add_vg("vg_root", 1000)
+    runner = FakeRunner(machine=taken)
+    status = run(root, runner, {"vg": "vg_work", "force": True, "devices": [link], "parts": {"home": 50}})
+    assert status["status"] == "failed" and f"device {link} (/dev/vdb) already belongs to volume group vg_root" in status["reason"]
+    assert runner.changing_calls() == []
+
+
+def test_a_mount_inside_a_new_mount_point_is_refused(root: Path) -> None:
+    """An NFS share mounted at /home/sw would be hidden by the new /home (and copied onto it
+    without -x): refused, naming it, before any step."""
+    machine = fresh_machine()
+    (root / "home/sw").mkdir()
+    machine.mounts[str(root / "home/sw")] = "nfs.example.org:/export/sw"
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner)
+    assert status["status"] == "failed" and f"{root}/home/sw mounted inside /home" in status["reason"]
+    assert runner.changing_calls() == []
+
+
+def test_our_volume_mounted_inside_one_still_to_mount_is_mounted_again_after_it(root: Path) -> None:
+    """/data/scratch (ours) is mounted, /data is not (a run that failed between them): /data is
+    mounted (its copy stays on its own file system) and /data/scratch again on top of it."""
+    nested = {"parts": {"scratch": 10, "scratch-mount": "/data/scratch", "data": 50, "data-mount": "/data"}}
+    machine = fresh_machine().add_lv("vg_local", "scratch", 500, fs="ext4").add_lv("vg_local", "data", 2500, fs="ext4")
+    (root / "data/scratch").mkdir(parents=True)
+    machine.mounts[str(root / "data/scratch")] = "/dev/mapper/vg_local-scratch"
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, nested)
+    assert status["status"] == "ok", status["reason"]
+    mounted = [c[-1] for c in runner.calls if c[0] == "mount" and "/run/vfarm/" not in c[-1]]
+    assert mounted == [str(root / "data"), str(root / "data/scratch")]
+    assert ["cp", "-a", "-x", f"{root}/data/.", f"{root}/run/vfarm/localfs/data/"] in runner.calls
+    again = FakeRunner(machine=machine)
+    assert run(root, again, nested)["status"] == "ok" and again.changing_calls() == []
