@@ -3,7 +3,8 @@ version, current config files, cache filesystem size) -> plan (pure) -> apply ->
 
 The package repository is CERN's (through its cvmfs-release package) unless `package-repository`
 names another; `version` pins the package; /etc/cvmfs/default.local, domain.d/*.local and
-config.d/*.local are rendered by cvmfs_spec and written atomically, only when they differ;
+config.d/*.local are rendered by cvmfs_spec and written atomically, only when they differ (one
+vfarm did not write, without HEADER, is kept once as NAME.vfarm-orig first: an image's keys);
 `cvmfs_config setup` runs only when `cvmfs_config chksetup` asks for it; then every repository
 is probed. The part-handler for text/cvmfs-config runs `work` too.
 
@@ -46,6 +47,7 @@ APT_LIST = "/etc/apt/sources.list.d/vfarm-cvmfs.list"
 APT_KEY = "/etc/apt/keyrings/vfarm-cvmfs.asc"
 YUM_REPO = "/etc/yum.repos.d/vfarm-cvmfs.repo"
 HEADER = "Written by vfarm cvmfs (cloud-init) from the vfarm config: change that, not this file."
+ORIGINAL = ".vfarm-orig"  # a config file vfarm did not write is kept once as NAME.vfarm-orig
 # Generous limits: a hung mirror or proxy must end as a recorded failure, not a boot that hangs.
 INSTALL_TIMEOUT = 1800.0
 PROBE_TIMEOUT = 300.0
@@ -71,6 +73,7 @@ class Facts:
     installed: Optional[str] = None  # version of the cvmfs package, None when absent
     release_installed: bool = False  # CERN's cvmfs-release package
     files: dict[str, Optional[str]] = field(default_factory=dict)  # path -> current text
+    originals: list[str] = field(default_factory=list)  # paths whose NAME.vfarm-orig exists
     cache_fs_bytes: Optional[int] = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -155,6 +158,8 @@ def discover(section: dict[str, Any], ctx: Context) -> Facts:
     facts.release_installed = _package_version(ctx, facts.manager, "cvmfs-release") is not None
     for path in config_files(section):
         facts.files[path] = read_text(ctx.path(path))
+        if os.path.lexists(ctx.path(path + ORIGINAL)):
+            facts.originals.append(path)
     if _needs_auto_quota(section):
         facts.cache_fs_bytes = _filesystem_size(ctx.path(cvmfs_spec.cache_base(section)))
     return facts
@@ -202,6 +207,8 @@ def _repository_steps(section: dict[str, Any], facts: Facts) -> list[Step]:
             steps.append(WriteFile("write-file", YUM_REPO, text, 0o644))
         elif not facts.release_installed:
             steps.append(_package_command("add-repository", [manager, "install", "-y", RELEASE_RPM]))
+    if any(isinstance(s, WriteFile) for s in steps) and not custom.get("gpg-key") and not custom.get("trusted"):
+        raise PlanError("package-repository has no gpg-key and is not trusted: add gpg-key, or trusted: true")  # signed-by= a key never written
     return steps
 
 
@@ -230,19 +237,27 @@ def plan(section: dict[str, Any], facts: Facts) -> CvmfsPlan:
     if _needs_auto_quota(section) and quota_mb is None:
         raise PlanError(f"quota-limit: auto, but the size of the cache filesystem ({cvmfs_spec.cache_base(section)}) is unknown")
     wrote_config = False
+    notes = []
     for path, settings in config_files(section).items():
         try:
             text = cvmfs_spec.render(settings, quota_mb, HEADER)
         except UnsafeValue as err:
             raise PlanError(f"cannot write {path}: {err}") from None
-        if facts.files.get(path) != text:
+        current = facts.files.get(path)
+        if current != text:
+            if current is not None and not current.startswith(f"# {HEADER}\n"):
+                if path in facts.originals:
+                    notes.append(f"{path} was not written by vfarm: replaced, its first version is kept in {path}{ORIGINAL} already")
+                else:
+                    notes.append(f"{path} was not written by vfarm: kept as {path}{ORIGINAL}, then replaced")
+                    steps.append(_keep_step(path))
             steps.append(WriteFile("write-file", path, text, 0o644))
             wrote_config = True
     steps.append(_setup_step(reload=wrote_config))
     repos = repositories(section)
     if repos:
         steps.append(Custom("probe", lambda ctx: _probe(ctx, repos), {"repositories": repos}, changes=False))
-    return CvmfsPlan(steps, quota_mb=quota_mb, repositories=repos)
+    return CvmfsPlan(steps, notes, quota_mb=quota_mb, repositories=repos)
 
 
 # --- the steps that are neither a command nor a file --------------------------------------------
@@ -288,6 +303,22 @@ def _without_password(text: str, url: str) -> str:
     for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
         text = text.replace(str(secret), "***")
     return cvmfs_spec.redact(text)
+
+
+def _keep_step(path: str) -> Custom:
+    """Copy PATH (a file vfarm did not write) to PATH.vfarm-orig, whole or not at all, with its
+    mode; never over a copy that exists."""
+    copy = path + ORIGINAL
+
+    def keep(ctx: Context) -> dict[str, Any]:
+        if os.path.lexists(ctx.path(copy)):
+            return {"changed": False}
+        source = ctx.path(path)
+        atomic_write(ctx.path(copy), source.read_bytes(), source.stat().st_mode & 0o7777)
+        ctx.logger.info("kept %s (not written by vfarm) as %s", path, copy)
+        return {}
+
+    return Custom("keep-original", keep, {"path": path, "copy": copy})
 
 
 def _install_step(manager: str, package: str, version: Optional[str]) -> Custom:
@@ -370,7 +401,9 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
     facts = discover(section, ctx)
     ctx.record.step("discover", True, manager=facts.manager, installed=facts.installed, cache_fs_bytes=facts.cache_fs_bytes)
     todo = plan(section, facts)
-    ctx.record.step("plan", True, steps=todo.actions(), quota_mb=todo.quota_mb)
+    ctx.record.step("plan", True, steps=todo.actions(), quota_mb=todo.quota_mb, notes=todo.notes)
+    for note in todo.notes:
+        ctx.logger.info("%s", note)
     return apply(todo, ctx) and not ctx.dry_run
 
 

@@ -176,6 +176,12 @@ def check(section: dict[str, Any]) -> list[Finding]:
     for group in ("domain", "repository"):
         for name, settings in section.get(group, {}).items():
             findings += _settings_findings(settings, (group, name))
+    custom = section.get("package-repository") or {}
+    for manager in ("apt", "yum"):
+        if custom.get(manager) and not custom.get("gpg-key") and not custom.get("trusted"):
+            message = (f"package-repository {manager} has no gpg-key: add gpg-key (the URL of its signing key), "
+                       "or trusted: true for an unsigned test repository")
+            findings.append(Finding(("package-repository", manager), message, at_key=True))
     if section.get("install") and not section.get("local") and not section.get("repository"):
         message = "cvmfs is installed but nothing configures it: add a local: section with repositories and http-proxy"
         findings.append(Finding((), message, warning=True, at_key=True))

@@ -209,6 +209,65 @@ def test_custom_apt_repository(root: Path) -> None:
     assert not any(c[:2] == ["dpkg", "-i"] for c in runner.calls)
 
 
+@pytest.mark.parametrize("manager", ["apt-get", "dnf"])
+def test_a_custom_repository_without_a_key_is_refused_before_anything_is_written(root: Path, manager: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """apt would be told `signed-by=` a key never written (yum: gpgcheck=1 without gpgkey): the
+    broken source would stay for every later apt run. The plan refuses it (validate does too)."""
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{manager}" if tool == manager else None)
+    kind = "apt" if manager == "apt-get" else "yum"
+    section = {**SECTION, "package-repository": {kind: "http://mirror.example.org/cvmfs"}}
+    runner = FakeRunner(answers={**FakeCvmfsHost().answers(), ("rpm", "-q"): (1, "", "package cvmfs is not installed")})
+    status = run(root, runner, section)
+    assert status["status"] == "failed" and "no gpg-key" in status["reason"] and "trusted: true" in status["reason"], status
+    assert runner.changing_calls() == []
+    assert not (root / "etc/apt").exists() and not (root / "etc/yum.repos.d").exists()
+
+
+ADMIN_LOCAL = 'CVMFS_HTTP_PROXY="http://site-squid:3128"\nCVMFS_KEYS_DIR=/etc/cvmfs/keys/site\n'
+ADMIN_REPO = "CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/alice.pub\n"
+
+
+def test_config_files_vfarm_did_not_write_are_kept_once(root: Path) -> None:
+    """An image's own default.local or config.d/*.local (its keys, its proxies) is copied to
+    NAME.vfarm-orig, with its mode, before vfarm writes its own: said in the log and the record;
+    a second run changes nothing, and a copy that exists is never overwritten."""
+    section = {**SECTION, "install": False, "repository": {"alice.cern.ch": {"server-url": "http://s/cvmfs/@fqrn@"}}}
+    cvmfs = root / "etc/cvmfs"
+    (cvmfs / "config.d").mkdir(parents=True)
+    (cvmfs / "default.local").write_text(ADMIN_LOCAL)
+    (cvmfs / "default.local").chmod(0o600)
+    (cvmfs / "config.d/alice.cern.ch.local").write_text(ADMIN_REPO)
+    host = FakeCvmfsHost(installed="2.11.5~1+debian12", set_up=True)
+    status = run(root, FakeRunner(answers=host.answers()), section)
+    assert status["status"] == "ok", status["reason"]
+    assert (cvmfs / "default.local.vfarm-orig").read_text() == ADMIN_LOCAL
+    assert (cvmfs / "default.local.vfarm-orig").stat().st_mode & 0o777 == 0o600
+    assert (cvmfs / "config.d/alice.cern.ch.local.vfarm-orig").read_text() == ADMIN_REPO
+    assert (cvmfs / "default.local").read_text() == DEFAULT_LOCAL
+    kept = [s for s in status["steps"] if s["action"] == "keep-original"]
+    assert [s["copy"] for s in kept] == ["/etc/cvmfs/default.local.vfarm-orig", "/etc/cvmfs/config.d/alice.cern.ch.local.vfarm-orig"]
+    assert all(s["ok"] and s["changed"] for s in kept)
+    steps = [s["action"] for s in status["steps"]]
+    assert steps.index("keep-original") < steps.index("write-file")
+    assert "kept as /etc/cvmfs/default.local.vfarm-orig" in (root.parent / "log/cvmfs.log").read_text()
+
+    again = FakeRunner(answers=host.answers())
+    status = run(root, again, section)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+    assert not any(s["action"] in ("keep-original", "write-file") for s in status["steps"])
+
+    (cvmfs / "default.local").write_text("CVMFS_HTTP_PROXY=DIRECT\n")  # the admin's again: the first copy stays
+    status = run(root, FakeRunner(answers=host.answers()), section)
+    assert status["status"] == "ok", status["reason"]
+    assert (cvmfs / "default.local.vfarm-orig").read_text() == ADMIN_LOCAL
+    assert (cvmfs / "default.local").read_text() == DEFAULT_LOCAL
+    assert not any(s["action"] == "keep-original" for s in status["steps"])
+    plan = next(s for s in status["steps"] if s["action"] == "plan")
+    assert plan["notes"] == ["/etc/cvmfs/default.local was not written by vfarm: replaced, its first version is kept in "
+                             "/etc/cvmfs/default.local.vfarm-orig already"]
+
+
 def test_dnf_family(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda tool: "/usr/bin/dnf" if tool == "dnf" else None)
     runner = FakeRunner(answers={("rpm", "-q"): (1, "", "package cvmfs is not installed"), ("cvmfs_config", "chksetup"): (0, "OK\n", "")})
@@ -249,7 +308,8 @@ def test_default_local_is_never_half_written(root: Path, monkeypatch: pytest.Mon
     status = run(root, FakeRunner(answers=FakeCvmfsHost(installed="2.1.14~1", set_up=True).answers()))
     assert status["status"] == "failed" and "No space left" in status["reason"]
     assert (root / "etc/cvmfs/default.local").read_text() == "CVMFS_REPOSITORIES=old\n"
-    assert os.listdir(root / "etc/cvmfs") == ["default.local"]
+    assert sorted(os.listdir(root / "etc/cvmfs")) == ["default.local", "default.local.vfarm-orig"]  # no temp file left
+    assert (root / "etc/cvmfs/default.local.vfarm-orig").read_text() == "CVMFS_REPOSITORIES=old\n"
 
 
 def test_proxy_credentials_never_reach_the_log(root: Path) -> None:

@@ -484,7 +484,8 @@ def test_cvmfs_validate_then_render_never_adds_a_line(text: str, draw: st.DataOb
     shapes += [{"repository": {name: {"server-url": "http://s/cvmfs/@fqrn@"}}} for name in near("a.cern.ch", text)]
     shapes += [{"domain": {"cern.ch": {"http-proxy": [[proxy]]}}} for proxy in near("http://squid.example.org:3128", text)]
     starts = {"apt": "https://r.example.org/a", "suite": "bookworm", "components": "main", "gpg-key": "https://r.example.org/k", "yum": "https://r.example.org/y"}
-    shapes += [{"install": True, "package-repository": {"apt": starts["apt"], "yum": starts["yum"], key: value}}
+    # With its key, as validate asks of a custom repository (unless trusted): the shapes then reach the rendering.
+    shapes += [{"install": True, "package-repository": {"apt": starts["apt"], "yum": starts["yum"], "gpg-key": starts["gpg-key"], key: value}}
                for key, start in starts.items() for value in near(start, text)]
     data = draw.draw(st.sampled_from(shapes))
     section = validated("cvmfs", data)

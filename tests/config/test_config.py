@@ -288,12 +288,73 @@ def test_the_bundled_loader_matches_patterns_on_the_whole_value(tmp_path: Path) 
         ("/proc", "over the system folder /proc"), ("/var", "over the system folder /var"), ("/lib64", "over the system folder /lib64"),
         ("/usr/local", "on /usr/local, inside the system folder /usr"), ("/sys/fs/x/..", "on /sys/fs, inside the system folder /sys (/sys/fs/x/..)"),
         ("/srv/../boot", "over the system folder /boot (/srv/../boot)"),
+        # symlinks into /run on Debian and EL: refused by name, mount would follow them
+        ("/var/run", "over the system folder /var/run, a link to /run"), ("/var/lock", "over the system folder /var/lock, a link to /run/lock"),
+        ("/var/./run/x", "on /var/run/x, inside the system folder /var/run (/var/./run/x), a link to /run"),
+        ("/var/lock/vfarm", "on /var/lock/vfarm, inside the system folder /var/lock, a link to /run/lock"),
     ],
 )
 def test_mount_points_are_normalised_and_kept_off_the_system(mount: str, problem: str) -> None:
     assert errors_of(f"localfs:\n  parts:\n    data: {{size: 10, mount: {mount}}}\n") == [
         f"f.yaml:3:11: localfs: part 'data' would be mounted {problem}: choose another mount point"
     ]
+
+
+def test_folders_beside_the_links_into_run_are_fine() -> None:
+    text = "localfs:\n  parts:\n    a: {size: 10, mount: /var/runner}\n    b: {size: 10, mount: /var/locks}\n    c: {size: 10, mount: /srv/var/run}\n"
+    assert load_text(text).sections["localfs"]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("snapshots", "starting with 'snapshot'"), ("snapshot", "starting with 'snapshot'"), ("pvmove", "starting with 'pvmove'"),
+     ("pvmove_data", "starting with 'pvmove'")]
+    + [(f"data{s}", f"containing '{s}'") for s in ("_cdata", "_cmeta", "_corig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta", "_tdata",
+                                                  "_tmeta", "_vorigin", "_vdata", "_cpool", "_cvol", "_wcorig", "_imeta", "_iorig")]
+    + [("x_rimage_1", "containing '_rimage'"), ("a_tmeta_b", "containing '_tmeta'")],
+)
+def test_names_lvm2_reserves_are_refused_at_the_part(name: str, why: str) -> None:
+    """lvcreate refuses them on the instance, after the parts before them were created."""
+    assert errors_of(f"localfs:\n  parts:\n    home: 10\n    {name}: {{size: 10, mount: /srv/x}}\n") == [
+        f"f.yaml:4:5: localfs: part '{name}': lvm2 reserves LV names {why}: choose another name"
+    ]
+
+
+def test_names_like_the_reserved_ones_are_fine() -> None:
+    text = "localfs:\n  parts:\n    my_snapshot: {size: 10, mount: /a}\n    tmeta: {size: 10, mount: /b}\n    data_mirror: {size: 10, mount: /c}\n"
+    assert load_text(text).sections["localfs"]
+
+
+def test_xfs_labels_and_sizes_keep_to_mkfs_xfs() -> None:
+    """xfs labels have at most 12 characters (ext4 16); mkfs.xfs refuses file systems under
+    300 MiB: a size written in bytes is checked here, a percentage only on the instance."""
+    def part(fields: str) -> str:
+        return f"localfs:\n  parts:\n    data: {{{fields}, mount: /data}}\n"
+
+    assert errors_of(part("size: 10, fs: xfs, label: abcdefghijklm")) == [
+        "f.yaml:3:38: localfs: part 'data': an xfs label has at most 12 characters, 'abcdefghijklm' has 13"
+    ]
+    for fields in ("size: 10, fs: xfs, label: abcdefghijkl", "size: 10, label: abcdefghijklmnop", "size: 10, fs: ext4, label: abcdefghijklmnop",
+                   "size: 300M, fs: xfs", "size: 0.3G, fs: xfs", "size: 1G, fs: xfs", "size: 1%VG, fs: xfs", "size: 1, fs: xfs",
+                   "size: 100M", "size: 100M, fs: ext4"):
+        assert load_text(part(fields)).sections["localfs"], fields
+    for size in ("299M", "0.29G", "307199K", "1K"):
+        assert errors_of(part(f"size: {size}, fs: xfs")) == [
+            f"f.yaml:3:18: localfs: part 'data' is xfs of {size}: mkfs.xfs refuses a file system under 300 MiB"
+        ]
+
+
+def test_a_custom_package_repository_needs_its_key_or_trusted() -> None:
+    """Without either, apt is told `signed-by=` a key never written (yum: gpgcheck=1 without a
+    gpgkey): apt-get update fails, and the broken source stays for every later apt run."""
+    for kind in ("apt", "yum"):
+        assert errors_of(f"cvmfs:\n  package-repository:\n    {kind}: http://mirror.example.org/cvmfs\n") == [
+            f"f.yaml:3:5: cvmfs: package-repository {kind} has no gpg-key: add gpg-key (the URL of its signing key), "
+            "or trusted: true for an unsigned test repository"
+        ]
+        for extra in ("gpg-key: http://mirror.example.org/key.asc", "trusted: true"):
+            assert load_text(f"cvmfs:\n  package-repository:\n    {kind}: http://m.example.org/c\n    {extra}\n").sections
+    assert len(errors_of("cvmfs:\n  package-repository:\n    apt: http://m.example.org/a\n    yum: http://m.example.org/y\n    trusted: false\n")) == 2
 
 
 def test_normalised_mount_points_are_what_the_instance_uses() -> None:
