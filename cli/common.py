@@ -86,6 +86,22 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def whole_number(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type for a count or a port (--reboot, --smp): a decimal integer from MINIMUM
+    to MAXIMUM (no upper bound when None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
 HANDLERS_HELP = "how the handlers reach the instance: include=URL_BASE (fetched, see `vfarm handlers`), embed (default) or baked into the image"
 
 

@@ -15,7 +15,7 @@ from .common import EXIT_OK, add_command, fail
 def cmd_build(args: argparse.Namespace) -> int:
     try:
         image = images.build(args.suite, force=args.force, mirror=args.mirror, bake_vfarm=not args.plain, variant=args.variant or "")
-    except CommandError as err:
+    except (CommandError, OSError) as err:
         return fail(f"image build: {err}")
     print(image.directory)
     return EXIT_OK

@@ -17,7 +17,7 @@ from ..clouds.hostcmd import CommandError, progress
 from ..clouds.local import DEFAULT_TIMEOUT
 from ..clouds.local_launch import make_instance
 from ..mime_builder.mime import BuildError
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, fail, load_or_report, whole_number
 
 
 def print_summary(summary: Optional[dict[str, Any]]) -> bool:
@@ -41,10 +41,12 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
                                  disk=args.disk, data_disk="blank" if args.blank_disk else "vg", smp=args.smp, local_cvmfs=not args.no_local_cvmfs,
                                  pool_forward=args.pool_forward, netns=args.netns, metadata=args.metadata, forwards=dict(args.forward),
                                  attach=[mime.attachment(a) for a in args.attach])
-    except CommandError as err:
+    except (CommandError, OSError) as err:
         return fail(f"launch local: {err}")
     except BuildError as err:
         return fail(f"{args.file}: {err}")
+    # From here the instance folder exists (a copy of the image, the seed with the user-data and
+    # any token in it): it goes on every way out, errors and Ctrl-C too, unless --keep.
     try:
         ok = True
         for number in range(1 + args.reboot):
@@ -60,12 +62,13 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
         ok = print_summary(summary) and ok
         if args.json and summary is not None:
             print(json.dumps(summary, indent=2, sort_keys=True))
-    except CommandError as err:
+    except (CommandError, OSError) as err:
         return fail(f"launch local: {err}")
-    if args.keep:
-        progress("local", f"kept {instance.folder} (boot it again: same disk, same instance-id)")
-    else:
-        instance.remove()
+    finally:
+        if args.keep:
+            progress("local", f"kept {instance.folder} (boot it again: same disk, same instance-id)")
+        else:
+            instance.remove()
     return EXIT_OK if ok else EXIT_PROBLEM
 
 
@@ -109,9 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not point a cvmfs section without package-repository at the locally built CernVM-FS packages")
     p.add_argument("--collect", metavar="DIR", help="copy summary, logs, cloud-init status, lsblk/swapon, fstab, /etc/cvmfs into DIR")
     p.add_argument("--keep", action="store_true", help="keep the instance folder (disks, seed, console logs)")
-    p.add_argument("--reboot", type=int, default=0, metavar="N", help="boot the same instance N more times after the first power-off")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help=f"seconds per boot before giving up (default {DEFAULT_TIMEOUT:.0f})")
-    p.add_argument("--smp", type=int, default=2, help="vCPUs (default 2: faster under TCG)")
+    p.add_argument("--reboot", type=whole_number(0), default=0, metavar="N", help="boot the same instance N more times after the first power-off")
+    p.add_argument("--timeout", type="seconds", default=DEFAULT_TIMEOUT, metavar="S", help=f"seconds per boot before giving up (default {DEFAULT_TIMEOUT:.0f})")
+    p.add_argument("--smp", type=whole_number(1), default=2, help="vCPUs (default 2: faster under TCG)")
     p.add_argument("--pool-forward", metavar="HOST:PORT", type=_host_port,
                    help="give the guest a route to an HTCondor pool: its 10.0.2.100:9618 reaches HOST:PORT (write central-manager: 10.0.2.100; "
                         "with --metadata 169.254.0.100)")

@@ -145,28 +145,45 @@ def cache_root() -> Path:
 
 
 def host_mirror(etc: Path = Path("/etc")) -> str:
-    """The Debian mirror the host's apt uses (VFARM_MIRROR overrides it)."""
+    """The Debian mirror the host's apt uses (VFARM_MIRROR overrides it), without a trailing slash:
+    of the enabled `deb` sources (deb822 `*.sources` first, then `sources.list` and `*.list`), the
+    first with a suite of no suffix (bookworm, not bookworm-security or -updates), else the first.
+    A deb822 stanza with `Enabled: no` is skipped; comments are ignored and continuation lines
+    belong to the field above. The one reader of the host's sources (the test fixtures use it)."""
     override = os.environ.get("VFARM_MIRROR")
     if override:
         return override
     found: list[tuple[str, list[str]]] = []
-    for path in sorted((etc / "apt/sources.list.d").glob("*.sources")):
+    sources_d = etc / "apt/sources.list.d"
+    for path in sorted(sources_d.glob("*.sources")):
         for stanza in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
-            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
-            if "deb" in fields.get("Types", "").split() and fields.get("URIs"):
-                found.append((fields["URIs"].split()[0], fields.get("Suites", "").split()))
-    for path in [etc / "apt/sources.list", *sorted((etc / "apt/sources.list.d").glob("*.list"))]:
+            fields: dict[str, str] = {}
+            key = ""
+            for line in stanza.splitlines():
+                if line.startswith("#"):
+                    continue
+                if line[:1].isspace() and key:  # a continuation line
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if fields.get("enabled", "yes").strip().lower() == "no":
+                continue
+            if "deb" in fields.get("types", "").split() and fields.get("uris", "").split():
+                found.append((fields["uris"].split()[0], fields.get("suites", "").split()))
+    for path in [etc / "apt/sources.list", *sorted(sources_d.glob("*.list"))]:
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
-                if m:
-                    found.append((m.group(1), [m.group(2)]))
+                words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    found.append((words[1], [words[2]]))
     # The main archive: a suite without -security/-updates/-backports.
     for uri, suites in found:
         if any(s and "-" not in s and "/" not in s for s in suites):
-            return uri
+            return uri.rstrip("/")
     if found:
-        return found[0][0]
+        return found[0][0].rstrip("/")
     raise CommandError("no Debian mirror in the host's apt sources: set VFARM_MIRROR")
 
 

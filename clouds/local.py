@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socketserver
+import stat
 import subprocess
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..files import atomic_write
 from .hostcmd import CommandError, Stopwatch, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
 from .loopback import LoopbackServer
@@ -70,6 +72,50 @@ STAGES = [
     (re.compile(r"(Kernel panic.*)"), "{0}"),
 ]
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+NETNS_NO_HTTP = "the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked"
+PRIVATE_DIR = 0o700  # instance state: the seed carries the user-data and with it the pool's token
+PRIVATE_FILE = 0o600
+
+
+# --- where local instances live ------------------------------------------------------------------
+
+
+def local_root() -> Path:
+    """The local state root: $VFARM_LOCAL_DIR, else /var/tmp/vfarm-local (instances, the farm)."""
+    return Path(os.environ.get("VFARM_LOCAL_DIR", "/var/tmp/vfarm-local"))
+
+
+def private_dir(path: Path, *, create: bool = True) -> Path:
+    """PATH as a folder only this user reaches: made 0700 when missing (CREATE), tightened to 0700
+    when it is ours. Refused (CommandError, one line) when it is not a folder, when it (or the
+    symlink naming it) belongs to another user than the effective uid, or when group or others may
+    write it: the default root sits in the shared /var/tmp, and what another user put there first
+    (records a terminate trusts, a seed) must never be used. Loosening is never done for the caller."""
+    path = Path(path)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            pass  # checked below like any existing folder
+    try:
+        link, info = os.lstat(path), os.stat(path)
+    except OSError as err:
+        raise CommandError(f"{path}: {err.strerror or err}") from None
+    uid = os.geteuid()
+    owner = link.st_uid if link.st_uid != uid else info.st_uid
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder"
+    elif owner != uid:
+        problem = f"belongs to uid {owner}, not to this user (uid {uid})"
+    elif info.st_mode & 0o022:
+        problem = f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    else:
+        if stat.S_IMODE(info.st_mode) != PRIVATE_DIR:
+            os.chmod(path, PRIVATE_DIR)
+        return path
+    raise CommandError(f"{path} {problem}: another user could have put files there, so vfarm keeps no instance state in it; "
+                       "remove it, or set VFARM_LOCAL_DIR to a folder of your own")
 
 
 # --- acceleration --------------------------------------------------------------------------------
@@ -336,16 +382,18 @@ ethernets:
 
 
 def make_seed(folder: Path, userdata: bytes, instance_id: str, hostname: str, network: bool = False) -> Path:
+    """FOLDER/seed.iso, the NoCloud seed, and its files in FOLDER/seed/: all 0600 (the user-data may
+    carry a pool token or proxy credentials, as `vfarm build` writes it)."""
     seed = folder / "seed"
-    seed.mkdir(exist_ok=True)
-    (seed / "user-data").write_bytes(userdata)
-    (seed / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
-    files = [seed / "user-data", seed / "meta-data"]
+    seed.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    files = {"user-data": userdata, "meta-data": f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n".encode()}
     if network:
-        (seed / "network-config").write_text(NETWORK_CONFIG)
-        files.append(seed / "network-config")
+        files["network-config"] = NETWORK_CONFIG.encode()
+    for name, data in files.items():
+        atomic_write(seed / name, data, PRIVATE_FILE, follow_symlinks=False)
     iso = folder / "seed.iso"
-    run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", *files])
+    run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", *(seed / name for name in files)])
+    iso.chmod(PRIVATE_FILE)
     return iso
 
 
@@ -358,21 +406,42 @@ def debugfs_read(disk: Path, path: str) -> Optional[bytes]:
 
 
 def debugfs_collect(disk: Path, dest: Path, items: list[tuple[str, str]]) -> list[str]:
-    """Copy ITEMS (path, "file"|"dir") out of DISK into DEST/<path>; returns what was found."""
+    """Copy ITEMS (path, "file"|"dir") out of DISK into DEST/<path>; returns what was found. They
+    are copied into a fresh folder first, then each item's place in DEST is replaced by what came
+    out (or emptied when nothing did): an earlier run's files in DEST are never reported as found.
+    Nothing else in DEST is touched."""
     dest.mkdir(parents=True, exist_ok=True)
-    commands = []
-    for path, kind in items:
-        parent = dest / Path(path).parent.relative_to("/")
-        parent.mkdir(parents=True, exist_ok=True)
-        if kind == "dir":
-            commands.append(f'rdump "{path}" "{parent}"')
-        else:
-            commands.append(f'dump -p "{path}" "{parent / Path(path).name}"')
-    script = dest / ".debugfs-commands"
-    script.write_text("\n".join(commands) + "\n")
-    run(["debugfs", "-f", script, disk], check=False, timeout=120)
-    script.unlink()
-    return [path for path, _ in items if (dest / path.lstrip("/")).exists()]
+    fresh = Path(tempfile.mkdtemp(prefix=".collect-", dir=dest))  # in DEST: the moves below are renames
+    try:
+        commands = []
+        for path, kind in items:
+            parent = fresh / Path(path).parent.relative_to("/")
+            parent.mkdir(parents=True, exist_ok=True)
+            if kind == "dir":
+                commands.append(f'rdump "{path}" "{parent}"')
+            else:
+                commands.append(f'dump -p "{path}" "{parent / Path(path).name}"')
+        script = fresh / ".debugfs-commands"
+        script.write_text("\n".join(commands) + "\n")
+        run(["debugfs", "-f", script, disk], check=False, timeout=120)
+        found = [path for path, _ in items if (fresh / path.lstrip("/")).exists()]
+        for path, _kind in items:
+            rel = path.lstrip("/")
+            _remove(dest / rel)
+            if path in found:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                (fresh / rel).rename(dest / rel)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return found
+
+
+def _remove(path: Path) -> None:
+    """PATH gone, whatever it is (a symlink itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # --- the instance -------------------------------------------------------------------------------------
@@ -426,7 +495,8 @@ class LocalInstance:
         self.netns = netns  # a network namespace (/proc/PID/ns/net, /run/netns/NAME) to run qemu in
         self.userdata = userdata
         self.instance_id = instance_id or f"i-local-{uuid.uuid4().hex[:12]}"
-        self.folder = Path(folder) if folder else Path(os.environ.get("VFARM_LOCAL_DIR", "/var/tmp/vfarm-local")) / self.instance_id
+        self._in_local_root = folder is None  # the root is then ours to make private too
+        self.folder = Path(folder) if folder else local_root() / self.instance_id
         self.disk_size = disk_size
         self.data_disk_kind = data_disk  # "vg", "blank", or the path of a disk file to use as it is
         self.http_root = http_root
@@ -453,8 +523,15 @@ class LocalInstance:
         if not self.quiet:
             progress("local", message)
 
+    def make_folder(self) -> Path:
+        """The instance folder, private (private_dir), and the local state root with it when the
+        folder is the default one under it."""
+        if self._in_local_root:
+            private_dir(local_root())
+        return private_dir(self.folder)
+
     def prepare(self) -> LocalInstance:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.make_folder()
         _sparse_copy(self.image.disk, self.disk)
         if self.data_disk_kind == "vg":
             template, self.vg = vg_disk_template(self.disk_size)
@@ -463,6 +540,8 @@ class LocalInstance:
             run(["truncate", "-s", self.disk_size, self.data])
         else:
             _sparse_copy(Path(self.data_disk_kind), self.data)
+        for disk in (self.disk, self.data):
+            disk.chmod(PRIVATE_FILE)  # cp and truncate make them 0644
         if not self.metadata:
             make_seed(self.folder, self.userdata, self.instance_id, self.hostname,
                       network=self.http_root is not None or self.pool_forward is not None or bool(self.forwards))
@@ -515,7 +594,7 @@ class LocalInstance:
         number = len(self.boots) + 1
         console = self.folder / f"console-{number}.log"
         if self.netns and self.http_root:
-            raise CommandError("the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked")
+            raise CommandError(NETNS_NO_HTTP)
         server = LoopbackServer(self.http_root) if self.http_root else None
         metadata = UnixMetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name) if self.metadata else None
         meta_target = metadata.socat_target if metadata else None
@@ -631,6 +710,9 @@ class LocalInstance:
         dest = Path(dest)
         found = debugfs_collect(self.disk, dest, COLLECT)
         shutil.copyfile(self.folder / "instance.json", dest / "instance.json")
+        for stale in dest.glob("console-*.log"):  # an earlier run's boots
+            stale.unlink()
+        (dest / "http-requests.log").unlink(missing_ok=True)
         for boot_log in sorted(self.folder.glob("console-*.log")):
             shutil.copyfile(boot_log, dest / boot_log.name)
         if (self.folder / "http-requests.log").exists():

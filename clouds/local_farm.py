@@ -67,7 +67,9 @@ class LocalFarmError(Exception):
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("VFARM_LOCAL_DIR", "/var/tmp/vfarm-local")) / "farm"
+    from .local import local_root
+
+    return local_root() / "farm"
 
 
 def memory_mib(text: str) -> int:
@@ -117,6 +119,22 @@ def alive(pid: int, started: Optional[int]) -> bool:
     return started is None or int(fields[19]) == started
 
 
+def cmdline(pid: int) -> list[str]:
+    """PID's argv as /proc shows it ([] when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode("utf-8", errors="replace").split("\0")[:-1] if raw else []
+
+
+def names_folder(pid: int, folder: Path) -> bool:
+    """PID's command line names FOLDER: an argument that is FOLDER (the supervisor's `supervise
+    FOLDER`) or holds a path inside it (qemu's disks)."""
+    names = {str(folder), os.path.realpath(folder)}
+    return any(arg == name or name + "/" in arg for arg in cmdline(pid) for name in names)
+
+
 def group_members(pgid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -150,7 +168,8 @@ class LocalFarm:
                  vcpus: int = DEFAULT_VCPUS, disk_size: str = "8G", data_disk: str = "vg",
                  supervisor: Optional[Callable[[Path], list[str]]] = None,
                  find_image: Optional[Callable[[str], Any]] = None) -> None:
-        self.root = Path(root) if root else default_root()
+        self.root = Path(os.path.abspath(root if root else default_root()))  # as the supervisors' command lines name it
+        self._in_local_root = root is None
         self.image_name = image
         self.memory = memory_mib(memory)
         self.vcpus = int(vcpus)
@@ -186,9 +205,24 @@ class LocalFarm:
                 raise LocalFarmError(f"image {self.image_name}: {err}") from None
         return self._image
 
+    def _private(self, folder: Optional[Path] = None) -> None:
+        """ROOT (with the local state root above the default one) made or checked private, and FOLDER
+        below it: clouds/local.py's private_dir, its refusal as a LocalFarmError. The records in them
+        are trusted (a terminate signals the pid one names), so nobody else may have written them."""
+        from .local import local_root, private_dir
+
+        try:
+            if self._in_local_root:
+                private_dir(local_root())
+            private_dir(self.root)
+            if folder is not None:
+                private_dir(folder)
+        except CommandError as err:
+            raise LocalFarmError(str(err)) from None
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._private()
         with open(self.root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
@@ -240,6 +274,9 @@ class LocalFarm:
     def _records(self) -> list[tuple[Optional[Path], dict[str, Any]]]:
         """(folder or None for an ended one, record) of every instance this cloud still lists."""
         found: list[tuple[Optional[Path], dict[str, Any]]] = []
+        if not self.root.exists():
+            return found  # nothing launched yet: listing makes no folder
+        self._private()
         # terminate writes the tombstone before it removes the folder: an id with both is ended.
         ended = {p.stem for p in self.ended_dir.glob("*.json")} if self.ended_dir.is_dir() else set()
         if self.instances_dir.is_dir():
@@ -311,7 +348,8 @@ class LocalFarm:
             "ClientToken": token or "", "smp": self.vcpus, "memory": self.memory, "pool_forward": pool,
         }
         try:
-            folder.mkdir(parents=True)
+            self._private(self.instances_dir)
+            folder.mkdir(mode=0o700)  # a fresh id: never an existing folder
             _write_json(folder / "record.json", record)  # pending from here on
             LocalInstance(image, userdata, folder=folder, instance_id=iid, disk_size=self.disk_size, data_disk=self.data_disk,
                           smp=self.vcpus, memory=self.memory, pool_forward=pool, quiet=True).prepare()
@@ -333,6 +371,8 @@ class LocalFarm:
         for iid in ids:
             if not re.fullmatch(r"i-local-[0-9a-f]{12}", iid):
                 raise LocalFarmError(f"no such instance: {iid}")
+            if (self.instances_dir / iid).exists():
+                self._private(self.instances_dir / iid)
             for path in (self.instances_dir / iid / "record.json", self.ended_dir / f"{iid}.json"):
                 record = _read_json(path)
                 if record is not None:
@@ -363,11 +403,11 @@ class LocalFarm:
         keep a tombstone. Unknown ids: an error before anything is touched. Ended ones: no-op."""
         with self._locked():
             found = self._find(list(dict.fromkeys(ids)))
-            self.ended_dir.mkdir(parents=True, exist_ok=True)
+            self._private(self.ended_dir)
             for iid, (path, record) in found.items():
                 if path.parent == self.ended_dir:
                     continue
-                self._stop(record)
+                self._stop(record, path.parent)
                 # The console logs go with the folder: the tombstone keeps the verdict line.
                 record["VerdictLine"] = console_verdict_line(path.parent, iid)
                 record["EndEpoch"] = time.time()
@@ -378,16 +418,26 @@ class LocalFarm:
         self._reap()
         return list(found)
 
-    def _stop(self, record: dict[str, Any]) -> None:
+    def _runs_for(self, pid: int, folder: Path) -> bool:
+        """PID is FOLDER's supervisor (its command line is the one this cloud starts for FOLDER) or
+        names FOLDER (qemu's disks). What a record says alone proves nothing: its pid may have been
+        reused, or the record written by someone else."""
+        return names_folder(pid, folder) or cmdline(pid) == [str(a) for a in self.supervisor(folder)]
+
+    def _stop(self, record: dict[str, Any], folder: Path) -> None:
+        """End the VM of the instance in FOLDER: its supervisor's process group, only while that
+        group is FOLDER's (the pid is the same process, by its start time, and _runs_for FOLDER;
+        or, the supervisor gone, a member of the group runs for it: qemu)."""
         sup = record.get("supervisor") or {}
         if not sup:
             return
         pgid = int(sup["pid"])
-        if alive(pgid, sup.get("start")):
+        if alive(pgid, sup.get("start")) and self._runs_for(pgid, folder):
             os.killpg(pgid, signal.SIGTERM)
-        elif alive(pgid, None) or not group_members(pgid):
-            # Another process holds the supervisor's pid: Linux hands out no pid that names a
-            # living process group, so ours is gone, and the group of that number is someone else's.
+        elif alive(pgid, None) or not any(self._runs_for(pid, folder) for pid in group_members(pgid)):
+            # Another process holds the supervisor's pid (Linux hands out no pid that names a
+            # living process group, so ours is gone, and the group of that number is someone
+            # else's), or nothing of that number runs for FOLDER: a stale or planted record.
             return
         deadline = time.monotonic() + STOP_WAIT
         while group_members(pgid):  # a group of ours: the supervisor's session (setsid) made it

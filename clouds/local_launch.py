@@ -12,7 +12,7 @@ from typing import Any, Optional
 from ..mime_builder.limits import EC2_LIMIT
 from . import cvmfs_local, images
 from .hostcmd import CommandError, progress
-from .local import GUEST_HTTP, LocalInstance
+from .local import GUEST_HTTP, NETNS_NO_HTTP, LocalInstance
 
 HANDLER_DIR = "handlers"
 CVMFS_DIR = "cvmfs"
@@ -58,7 +58,7 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
     the loopback HTTP folder filled. With METADATA the guest reads its user-data from an EC2-style
     metadata service instead of a seed; its only other route is the pool forward. FORWARDS: guest
     port -> HOST:PORT, more routes from 10.0.2.100 (e.g. 3128 to a squid). Raises CommandError, or
-    the builder's BuildError."""
+    the builder's BuildError; a folder it made is removed again when it fails (or is interrupted)."""
     from ..mime_builder import mime
 
     if local_cvmfs and use_local_cvmfs(config.sections):
@@ -70,18 +70,28 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
     serve_handlers = handlers == "include"
     if serve_handlers:
         mode = f"include=http://{GUEST_HTTP}/{HANDLER_DIR}/"
+    # Conflicting options are refused before anything is made (user-data, image, disks).
+    needs_http = serve_handlers or local_cvmfs or mode.startswith(f"include=http://{GUEST_HTTP}")
+    if needs_http and metadata:
+        raise CommandError(f"a guest reading the metadata service reaches nothing at {GUEST_HTTP}: use --handlers embed or baked, "
+                           "and give a cvmfs section its package-repository")
+    if needs_http and netns:
+        raise CommandError(NETNS_NO_HTTP + (" (and give a cvmfs section its package-repository, or --no-local-cvmfs)" if local_cvmfs else ""))
     userdata = mime.build_userdata(config, handlers=mode, gzip=gzip, pin=pin, max_size=max_size, attach=attach)
     if len(userdata) > EC2_LIMIT and not quiet:
         progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {EC2_LIMIT} (a NoCloud seed takes it)")
     instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet,
                              pool_forward=pool_forward, netns=netns, metadata=metadata, forwards=forwards)
-    instance.folder.mkdir(parents=True, exist_ok=True)
-    if serve_handlers or local_cvmfs or mode.startswith(f"include=http://{GUEST_HTTP}"):
-        if metadata:
-            raise CommandError(f"a guest reading the metadata service reaches nothing at {GUEST_HTTP}: use --handlers embed or baked, "
-                               "and give a cvmfs section its package-repository")
-        instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, local_cvmfs=local_cvmfs)
-    instance.prepare()
+    existed = instance.folder.exists()
+    try:
+        instance.make_folder()
+        if needs_http:
+            instance.http_root = serve_folder(instance.folder, handlers=serve_handlers, local_cvmfs=local_cvmfs)
+        instance.prepare()
+    except BaseException:
+        if not existed:  # a half-made instance (a copy of the image, the seed with the user-data) never stays behind
+            instance.remove()
+        raise
     if not quiet:
         progress("local", f"{len(userdata)} bytes of user-data ({handlers}); instance folder {instance.folder}")
     return instance

@@ -106,6 +106,24 @@ def test_mirror_from_deb822_and_one_line_sources(tmp_path: Path, monkeypatch: py
     assert images.host_mirror(tmp_path) == "http://override.example/debian"
 
 
+def test_mirror_skips_disabled_stanzas_and_reads_continuation_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VFARM_MIRROR", raising=False)
+    d = tmp_path / "apt/sources.list.d"
+    d.mkdir(parents=True)
+    (d / "a-old.sources").write_text("Types: deb\nURIs: http://dead.example/debian/\nSuites: bookworm\nComponents: main\nEnabled: no\n")
+    (d / "debian.sources").write_text(
+        "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://mirror.example/debian/\n"
+        "Suites:\n bookworm\n bookworm-updates\nComponents: main\n")
+    assert images.host_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_the_fixtures_read_the_host_mirror_through_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures import cloudinit, condor_rootfs
+
+    monkeypatch.setenv("VFARM_MIRROR", "http://one-reader.example/debian")
+    assert cloudinit.mirror_uri() == condor_rootfs.host_mirror() == "http://one-reader.example/debian"
+
+
 def test_image_key_follows_the_baked_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     key = images.image_key("bookworm")
     assert key == images.image_key("bookworm") and key != images.image_key("trixie")

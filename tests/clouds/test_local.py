@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
 
 def fake_image(tmp_path: Path) -> Image:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("disk.raw", "vmlinuz", "initrd.img"):
         (tmp_path / name).write_bytes(b"x")
     return Image("bookworm", tmp_path, tmp_path / "disk.raw", tmp_path / "vmlinuz", tmp_path / "initrd.img", {})
@@ -118,3 +119,59 @@ def test_a_kernel_panic_before_userspace_on_microvm_boots_again_as_pc(tmp_path: 
     later = 'echo "Run /init as init process"; echo "Kernel panic - not syncing: Attempted to kill init!"; exec sleep 30'
     monkeypatch.setattr(local.LocalInstance, "qemu_argv", lambda self, port, machine="microvm", metadata=None: ["sh", "-c", later, "x", "-machine", machine])
     assert instance.boot(timeout=60).outcome == "panic"
+
+
+def test_instance_state_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed carries the user-data (a pool token, proxy credentials): the local state root, the
+    instance folder and the seed are its owner's only, as `vfarm build` writes user-data 0600."""
+    root = tmp_path / "state"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)  # an older vfarm's root: ours, tightened
+    monkeypatch.setenv("VFARM_LOCAL_DIR", str(root))
+    instance = local.LocalInstance(fake_image(tmp_path / "image"), b"#cloud-config\n", data_disk="blank", disk_size="1M", quiet=True)
+    instance.prepare()
+    assert instance.folder.parent == root
+    modes = {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+    folder = instance.folder.name
+    assert modes == {".": 0o700, folder: 0o700, f"{folder}/seed": 0o700, f"{folder}/seed/user-data": 0o600,
+                     f"{folder}/seed/meta-data": 0o600, f"{folder}/seed.iso": 0o600, f"{folder}/disk.raw": 0o600,
+                     f"{folder}/data.raw": 0o600, f"{folder}/instance.json": 0o644}
+
+
+def test_a_state_root_another_user_owns_or_may_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "state"
+    root.mkdir()
+    root.chmod(0o1777)  # as /var/tmp: anyone may create in it
+    monkeypatch.setenv("VFARM_LOCAL_DIR", str(root))
+    instance = local.LocalInstance(fake_image(tmp_path / "image"), b"", data_disk="blank", disk_size="1M", quiet=True)
+    with pytest.raises(local.CommandError, match=r"state is writable by group or others \(mode 1777\)"):
+        instance.prepare()
+    assert list(root.iterdir()) == []
+    root.chmod(0o700)
+    monkeypatch.setattr(local.os, "geteuid", lambda: local.os.getuid() + 4242)
+    with pytest.raises(local.CommandError, match=r"state belongs to uid \d+, not to this user"):
+        instance.prepare()
+    monkeypatch.undo()
+    link = tmp_path / "elsewhere"
+    link.write_text("")
+    with pytest.raises(local.CommandError, match="elsewhere is not a folder"):
+        local.private_dir(link)
+
+
+def test_collect_never_reports_an_earlier_runs_files(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    (content / "var/log/vfarm").mkdir(parents=True)
+    (content / "var/log/vfarm/summary.json").write_text('{"result": "ok"}\n')
+    disk = tmp_path / "disk.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(disk), "16M"], check=True)
+    dest = tmp_path / "out"
+    (dest / "etc").mkdir(parents=True)
+    (dest / "etc/fstab").write_text("an earlier run's\n")
+    (dest / "var/log/vfarm").mkdir(parents=True)
+    (dest / "var/log/vfarm/handler-old.log").write_text("an earlier run's\n")
+    (dest / "mine.yaml").write_text("not collected: stays\n")
+    found = local.debugfs_collect(disk, dest, [("/var/log/vfarm", "dir"), ("/etc/fstab", "file")])
+    assert found == ["/var/log/vfarm"]
+    assert not (dest / "etc/fstab").exists() and not (dest / "var/log/vfarm/handler-old.log").exists()
+    assert (dest / "var/log/vfarm/summary.json").read_text() == '{"result": "ok"}\n'
+    assert (dest / "mine.yaml").exists() and not list(dest.glob(".collect-*"))

@@ -130,7 +130,7 @@ def test_an_instance_mid_terminate_is_listed_once_as_terminated(farm: local_farm
     record = json.loads((farm.instances_dir / inst["InstanceId"] / "record.json").read_text())
     (farm.ended_dir / f"{inst['InstanceId']}.json").write_text(json.dumps({**record, "EndEpoch": time.time()}))
     assert [i["State"]["Name"] for i in farm.instances(states=None)] == ["terminated"]
-    farm._stop(record)  # what terminate would go on with
+    farm._stop(record, farm.instances_dir / inst["InstanceId"])  # what terminate would go on with
 
 
 def test_tombstones_expire_like_ec2s_terminated_instances(farm: local_farm.LocalFarm) -> None:
@@ -180,7 +180,7 @@ def test_stopping_a_dead_supervisor_never_kills_the_process_that_got_its_pid(tmp
         started = local_farm.start_time(other.pid)
         assert started is not None
         record = {"supervisor": {"pid": other.pid, "start": started - 12345}}  # the dead supervisor's start time
-        local_farm.LocalFarm(root=tmp_path / "farm")._stop(record)
+        local_farm.LocalFarm(root=tmp_path / "farm")._stop(record, tmp_path / "farm/instances/i-local-000000000000")
         assert other.poll() is None, "the unrelated process was killed"
     finally:
         other.kill()
@@ -237,3 +237,79 @@ def test_memory() -> None:
     assert [local_farm.memory_mib(m) for m in ("2G", "1536M", "512")] == [2048, 1536, 512]
     with pytest.raises(local_farm.LocalFarmError):
         local_farm.memory_mib("2T")
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_farms_folders_and_the_seed_are_private(farm: local_farm.LocalFarm) -> None:
+    """The seed carries the user-data, and with it the pool's token: only its owner reads it."""
+    [inst] = farm.launch(b"#cloud-config\ntoken: secret\n", count=1, tags=TAGS)
+    folder = farm.instances_dir / inst["InstanceId"]
+    assert {p.name: mode(p) for p in (farm.root, farm.instances_dir, folder, folder / "seed")} == {
+        farm.root.name: 0o700, "instances": 0o700, folder.name: 0o700, "seed": 0o700}
+    assert {p.name: mode(p) for p in (folder / "seed/user-data", folder / "seed.iso", folder / "disk.raw", folder / "data.raw")} == {
+        "user-data": 0o600, "seed.iso": 0o600, "disk.raw": 0o600, "data.raw": 0o600}
+    farm.terminate([inst["InstanceId"]])
+    assert mode(farm.ended_dir) == 0o700
+
+
+def test_a_farm_root_another_user_could_write_is_refused(tmp_path: Path, image: Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/var/tmp is shared: a root made (or opened up) by someone else may hold planted records."""
+    root = tmp_path / "farm"
+    root.mkdir()
+    root.chmod(0o777)
+    farm = make_farm(root, image, mode="poweroff")  # were a launch not refused, nothing would keep running
+    for call in (lambda: farm.launch(b"", count=1, tags=TAGS), lambda: farm.instances(states=None),
+                 lambda: farm.terminate(["i-local-000000000000"])):
+        with pytest.raises(local_farm.LocalFarmError, match=r"farm is writable by group or others \(mode 0777\): another user could"):
+            call()
+    root.chmod(0o755)  # ours and closed to others: tightened, not refused
+    assert farm.instances(states=None) == [] and mode(root) == 0o700
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)  # the folder now is someone else's
+    with pytest.raises(local_farm.LocalFarmError, match=r"farm belongs to uid \d+, not to this user"):
+        farm.instances(states=None)
+    monkeypatch.undo()
+    # The default root ($VFARM_LOCAL_DIR/farm) and the local state root above it, both checked.
+    monkeypatch.setenv("VFARM_LOCAL_DIR", str(tmp_path / "shared"))
+    (tmp_path / "shared").mkdir(mode=0o777)
+    (tmp_path / "shared").chmod(0o777)
+    with pytest.raises(local_farm.LocalFarmError, match="shared is writable by group or others"):
+        local_farm.LocalFarm(data_disk="blank", disk_size="1M", find_image=lambda name: image,
+                             supervisor=lambda folder: [sys.executable, "-c", SUPERVISOR, str(folder), "poweroff"]).launch(b"", count=1)
+    assert not (tmp_path / "shared/farm").exists()
+
+
+def test_terminate_never_signals_a_process_a_record_names_that_is_not_the_instances(farm: local_farm.LocalFarm) -> None:
+    """A record is only as good as its folder: a pid (and start time) of an unrelated process
+    group, planted or stale, is left alone; the folder goes."""
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        iid = "i-local-0123456789ab"
+        folder = farm.instances_dir / iid
+        folder.mkdir(parents=True)
+        started = local_farm.start_time(other.pid)
+        (folder / "record.json").write_text(json.dumps({"InstanceId": iid, "LaunchEpoch": time.time(), "TagMap": TAGS,
+                                                        "supervisor": {"pid": other.pid, "start": started}}))
+        assert farm.terminate([iid]) == [iid]
+        assert other.poll() is None, "terminate signalled a process group that was not the instance's"
+        assert not folder.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_terminate_ends_a_supervisor_it_started_whatever_its_command_line(tmp_path: Path, image: Image) -> None:
+    """A supervisor argv that does not name the folder (tests/scaler/test_scale_hybrid_vm.py's
+    stand-in) is still recognised: it is the one this cloud starts for that folder."""
+    farm = local_farm.LocalFarm(tmp_path / "farm", data_disk="blank", disk_size="1M", find_image=lambda name: image,
+                                supervisor=lambda folder: ["sleep", "300"])
+    [inst] = farm.launch(b"")
+    sup = json.loads((farm.instances_dir / inst["InstanceId"] / "record.json").read_text())["supervisor"]["pid"]
+    try:
+        farm.terminate([inst["InstanceId"]])
+        assert not local_farm.alive(sup, None)
+    finally:
+        if local_farm.alive(sup, None):
+            os.killpg(sup, 9)
