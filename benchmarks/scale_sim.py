@@ -962,7 +962,7 @@ Not met, and why:
   8-CPU jobs' p95 (158 against 147 min) is set by that idle-time, not by the planner's choice.
   Under the quota without max-cpus the planner asks for workers the cloud refuses: 1.15, p95 66.6.
 - max-vms 30 and 100 with types: packing halved the p95 (30: 199.7 -> 105.6 min, 100: 61.4 ->
-  25.5) at 0.38 and 0.56 x elastiq's, still above its 50.7 and 14.7. max-vms counts workers: jobs
+  26.1) at 0.38 and 0.55 x elastiq's, still above its 50.7 and 14.7. max-vms counts workers: jobs
   that come while the cap does not bind (the background's single jobs) get small workers, by the
   least-waste rule, and each holds a worker slot for its run time plus idle-time; when a burst
   comes, the farm cannot grow to elastiq's cores (peak 182 against 240 cores at max-vms 30, 630
