@@ -81,12 +81,18 @@ def test_vg_disk_template_carries_an_empty_vg(tmp_path: Path, monkeypatch: pytes
     assert local.vg_disk_template("64M", vg="vg_fasttest") == (disk, info)
 
 
-def test_debugfs_reads_files_from_an_ext4_image(tmp_path: Path) -> None:
+def ext4_with_a_summary(tmp_path: Path) -> Path:
+    """An ext4 image holding /var/log/vfarm/summary.json, as a worker's disk after its check."""
     content = tmp_path / "content"
     (content / "var/log/vfarm").mkdir(parents=True)
     (content / "var/log/vfarm/summary.json").write_text('{"result": "ok"}\n')
     disk = tmp_path / "disk.raw"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(disk), "16M"], check=True)
+    return disk
+
+
+def test_debugfs_reads_files_from_an_ext4_image(tmp_path: Path) -> None:
+    disk = ext4_with_a_summary(tmp_path)
     assert local.debugfs_read(disk, "/var/log/vfarm/summary.json") == b'{"result": "ok"}\n'
     assert local.debugfs_read(disk, "/nothing/here") is None
     found = local.debugfs_collect(disk, tmp_path / "out", [("/var/log/vfarm", "dir"), ("/etc/fstab", "file")])
@@ -159,11 +165,7 @@ def test_a_state_root_another_user_owns_or_may_write_is_refused(tmp_path: Path, 
 
 
 def test_collect_never_reports_an_earlier_runs_files(tmp_path: Path) -> None:
-    content = tmp_path / "content"
-    (content / "var/log/vfarm").mkdir(parents=True)
-    (content / "var/log/vfarm/summary.json").write_text('{"result": "ok"}\n')
-    disk = tmp_path / "disk.raw"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(disk), "16M"], check=True)
+    disk = ext4_with_a_summary(tmp_path)
     dest = tmp_path / "out"
     (dest / "etc").mkdir(parents=True)
     (dest / "etc/fstab").write_text("an earlier run's\n")
