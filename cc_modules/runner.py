@@ -188,7 +188,7 @@ class Runner:
             raise CommandFailed(result)
         return result
 
-    def _execute(self, argv: list[str], input: Optional[str], env: Optional[dict[str, str]], timeout: Optional[float]) -> Result:
+    def _execute(self, argv: list[str], input: Optional[str], env: Optional[dict[str, str]], timeout: float) -> Result:
         """Run ARGV for real (tests replace this one method). The command gets its own session,
         so a timeout kills it with its children; output is read as it comes and kept bounded
         (a stream past OUTPUT_LIMIT fails the command: a caller must not parse cut data)."""
@@ -201,10 +201,9 @@ class Runner:
             return Result(argv, 127, "", f"{argv[0]}: command not found", time.monotonic() - started)
         except PermissionError as error:
             return Result(argv, 126, "", f"{argv[0]}: {error.strerror}", time.monotonic() - started)
-        limit = DEFAULT_TIMEOUT if timeout is None else timeout
         out, err = _Capture(), _Capture()
         try:
-            timed_out = _communicate(proc, (input or "").encode(), out, err, started + limit)
+            timed_out = _communicate(proc, (input or "").encode(), out, err, started + timeout)
             if timed_out:
                 _kill_group(proc)
             # Bounded even after SIGKILL: a process stuck in the kernel (a hung mount) lives on.
@@ -222,5 +221,5 @@ class Runner:
         if out.tail or err.tail:
             returncode = OVERFLOW_EXIT
         if timed_out:
-            stderr, returncode = _add_line(stderr, f"timed out after {limit:g} s"), TIMEOUT_EXIT
+            stderr, returncode = _add_line(stderr, f"timed out after {timeout:g} s"), TIMEOUT_EXIT
         return Result(argv, returncode, out.text(), stderr, time.monotonic() - started)

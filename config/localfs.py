@@ -40,10 +40,9 @@ LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is
 # subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
 # /var/run and /var/lock are symlinks into /run (Debian, EL): mount would follow them and the
 # volume would hide /run, so they are refused by name; the instance does not look.
-SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", "/var/run", "/var/lock", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32",
-                  "/lib64", "/libx32")
-SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
 LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
+SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", *LINKS, "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
 # LV names lvm2 keeps for itself (lib/misc/lvm-string.c, apply_lvname_restrictions, 2.03): lvcreate
 # refuses them on the instance, after the parts before them were created.
 RESERVED_LV_PREFIXES = ("pvmove", "snapshot")

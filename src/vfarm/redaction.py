@@ -41,8 +41,8 @@ _GAP = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
 # The options whose value is `user:password` (curl's, wget's): the password is hidden. The user
 # part stops at `=` too, so that no run of `-u=-u=...` is read once per option.
-_USER_OPTION = re.compile(r"-(?:u|U|-user|-proxy-user)(?:=|[ \t]+)[^\s:=]*:(\S+)")
 _USER_OPTIONS = ("-u", "-U", "--user", "--proxy-user")
+_USER_OPTION = re.compile(f"(?:{'|'.join(map(re.escape, _USER_OPTIONS))})" + r"(?:=|[ \t]+)[^\s:=]*:(\S+)")
 # An IDTOKEN (JWT): HTCondor pool tokens. JWT is its shape, to match one value; in a text,
 # `redact` finds each `eyJ` (a JWT header is base64url of `{"`), whatever precedes it (`%3D` of
 # a URL-encoded `token=`, `_`), and reads the rest with _JWT_REST, which never scans a segment
