@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -336,7 +335,7 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
     for slot in snapshot["slots"]:
         if isinstance(slot.get(INSTANCE_ATTRIBUTE), str):
             by_instance.setdefault(slot[INSTANCE_ATTRIBUTE], []).append(slot)
-    running = planner.scan_jobs(snapshot["jobs"], float(snapshot["now"]), math.inf).running
+    running = planner.running_by_startd(snapshot["jobs"])
     jobs = {iid: planner.running_on(slots, running) for iid, slots in by_instance.items()}
     rows = [{"instance": w.id, "type": spec.worker_type(w.type).kind, "state": w.state.value, "age": w.age, "slots": w.slots,
              "jobs": jobs.get(w.id, 0), "reason": w.reason, **_cloud_of(w.cloud, spec)} for w in result.instances]

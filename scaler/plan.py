@@ -300,13 +300,15 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
 
 
 def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
-    """How many running jobs the schedd places on each startd (by the job's RemoteHost)."""
+    """How many running jobs the schedd places on each startd (by the job's RemoteHost; an entry
+    with JobCount N counts N), as scan_jobs counts them, for a reader that needs no more of the queue."""
     counts: dict[str, int] = {}
     for job in jobs:
         host = job.get("RemoteHost")
         if job.get("JobStatus") == RUNNING and isinstance(host, str) and host:
             key = _startd(host)
-            counts[key] = counts.get(key, 0) + 1
+            count = job.get("JobCount", 1)
+            counts[key] = counts.get(key, 0) + (count if count.__class__ is int and count > 0 else 1)
     return counts
 
 
