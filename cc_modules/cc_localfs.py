@@ -7,17 +7,17 @@ LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate o
 devices unless `force`; the sizes are known to fit before anything is touched (on a VG still
 to create: the devices' sizes); existing content of a mount point is carried into the new
 filesystem (once: a marker at its root), never with a mount below it that is not ours; fstab is
-written atomically, once, at the end, without duplicates; a second run plans nothing.
+written atomically, once, at the end, one line per volume of ours, each with `nofail`; a second
+run plans nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import posixpath
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Optional
 
@@ -66,6 +66,7 @@ class Facts:
     nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
     existing_dirs: list[str] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # lv path -> other names (dm, mapper)
+    links: dict[str, str] = field(default_factory=dict)  # mount point -> where its symlinks lead
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,11 +164,14 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts.fstab = read_text(ctx.path(FSTAB)) or ""
     for part in spec.parts:
         if part.mount:
-            where = ctx.path(part.mount)
+            real = localfs_spec.normal_path(_real(ctx, part.mount))  # a link to the root: / not /.
+            if real != part.mount:
+                facts.links[part.mount] = real
+            where = ctx.path(real)
             if where.is_dir():
-                facts.existing_dirs.append(part.mount)
+                facts.existing_dirs.append(real)
                 if any(entry != "lost+found" for entry in os.listdir(where)):
-                    facts.nonempty.append(part.mount)
+                    facts.nonempty.append(real)
     return facts
 
 
@@ -311,51 +315,74 @@ def fstab_line(entry: tuple[str, str, str, str, int, int]) -> str:
     return "\t".join(fstab_field(str(field)) for field in entry)
 
 
+_FSTAB_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def fstab_unescape(field: str) -> str:
+    """FIELD as libmount reads it: any `\\ooo` (three octal digits) is that byte, whichever
+    character a tool escaped; the bytes are UTF-8."""
+    return _FSTAB_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), field.encode()).decode(errors="surrogateescape")
+
+
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]]) -> str:
-    """CURRENT with ENTRIES present exactly once; a line mounting something else on one of our
-    mount points is commented out (it would hide ours after a reboot). Lines end at newlines
-    only and fields are split as libmount splits them; our fields are compared escaped
-    (fstab_field), as they stand in the file."""
+    """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
+    its first line stays as it is when it says what the entry says, else it is rewritten in
+    place (an older vfarm's options, a mount point moved since); a second line of it is dropped,
+    a missing one added at the end. A line of another device on one of our mount points is
+    commented out (it would hide ours after a reboot); any other line is left as it is. Lines
+    end at newlines only; fields are split as libmount splits them and compared as it reads
+    them (fstab_unescape), a foreign mount point also normalised (`/home/` is /home)."""
     lines = current.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     out: list[str] = []
     present: set[int] = set()
-    escaped = [tuple(fstab_field(str(field)) for field in entry) for entry in entries]
-    escaped_aliases = {fstab_field(device): [fstab_field(alias) for alias in names] for device, names in aliases.items()}
-    our_targets = {entry[1] for entry in escaped}
+    index_of = {name: index for index, entry in enumerate(entries) for name in (entry[0], *aliases.get(entry[0], []))}
+    our_targets = {entry[1]: entry[0] for entry in entries if entry[2] != "swap"}
     for line in lines:
-        fields = [field for field in _FSTAB_BLANKS.split(line) if field]
-        if not fields or fields[0].startswith("#") or len(fields) < 3:
+        raw = [field for field in _FSTAB_BLANKS.split(line) if field]
+        if not raw or raw[0].startswith("#") or len(raw) < 3:
             out.append(line)
             continue
-        # `/home/` is /home too; a target written as one of ours is only ever that one.
-        line_target = fields[1] if fields[1] in our_targets else posixpath.normpath(fields[1])
-        handled = False
-        for index, (device, target, fstype, _options, _dump, _pass) in enumerate(escaped):
-            same_device = fields[0] == device or fields[0] in escaped_aliases.get(device, [])
-            if fstype == "swap":
-                if same_device and fields[2] == "swap":
-                    if index in present:
-                        handled = True  # a duplicate of our entry: dropped
-                    present.add(index)
-                continue
-            if line_target == target:
-                if same_device and index not in present:
-                    present.add(index)
-                elif same_device:
-                    handled = True
-                else:
-                    out.append(f"# vfarm localfs: replaced by {device}: {line}")
-                    handled = True
-        if not handled:
-            out.append(line)
+        fields = [fstab_unescape(field) for field in raw]
+        index = index_of.get(fields[0])
+        if index is None:
+            device = our_targets.get(fields[1]) or our_targets.get(localfs_spec.normal_path(fields[1]))
+            out.append(f"# vfarm localfs: replaced by {fstab_field(device)}: {line}" if device else line)
+        elif index not in present:
+            present.add(index)
+            out.append(line if fields[1:] == [str(field) for field in entries[index][1:]] else fstab_line(entries[index]))
     missing = [entry for index, entry in enumerate(entries) if index not in present]
     if missing:
         if FSTAB_MARK not in out:
             out.append(FSTAB_MARK)
         out += [fstab_line(entry) for entry in missing]
     return "\n".join(out) + "\n" if out else ""
+
+
+def at_boot(options: str, fs: str) -> str:
+    """OPTIONS for our fstab lines, with `nofail`: a volume missing at boot (EC2 blanks the
+    instance store on a stop) is given up after systemd's device timeout, not a boot stopped in
+    emergency mode. A filesystem keeps the order nofail drops (mounted before local-fs.target),
+    so that nothing started after that target writes under its mount point first."""
+    given = options.split(",")
+    wanted = ["nofail"] if fs == "swap" else ["nofail", "x-systemd.before=local-fs.target"]
+    return ",".join(given + [option for option in wanted if option not in given])
+
+
+def follow_links(spec: LocalfsSpec, facts: Facts) -> LocalfsSpec:
+    """SPEC with each mount point that is a symlink on the image (/home -> /var/home) replaced by
+    where it leads, where mount, findmnt and systemd's fstab generator put and see the volume.
+    Refused as validate refuses a mount point written there: /, a system folder, or one that
+    another part takes too."""
+    parts = tuple(replace(part, mount=facts.links.get(part.mount, part.mount)) if part.mount else part for part in spec.parts)
+    mounts = [part.mount for part in parts]
+    for mount, real in facts.links.items():
+        folder = "/" if real == "/" else localfs_spec.system_folder(real)
+        if folder or mounts.count(real) > 1:
+            why = f"system folder {folder}" if folder else "another part's mount point"
+            raise PlanError(f"mount point {mount} is a symlink to {real} ({why}): choose another one")
+    return replace(spec, parts=parts)
 
 
 @dataclass
@@ -380,6 +407,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     def at(path: str) -> str:
         return path if root in ("", "/") else str(under(root, path))
 
+    spec = follow_links(spec, facts)
     vg, create = choose_vg(spec, facts)
     if create:
         steps = _vg_steps(spec, facts, vg)
@@ -418,13 +446,13 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         elif found != fs:
             raise PlanError(f"{device} holds {found} but the config asks for {fs}: leaving it alone")
         if fs == "swap":
-            entries.append((device, "none", "swap", part.spec.options, 0, 0))
+            entries.append((device, "none", "swap", at_boot(part.spec.options, fs), 0, 0))
             if not any(_is_device(facts, device, s) for s in facts.swaps):
                 mounts.append((None, [_command("swapon", ["swapon", device], part=name)]))
             continue
         target = part.spec.mount
         assert target is not None  # the schema checks give every filesystem part a mount point
-        entries.append((device, target, fs, part.spec.options, 0, 2))
+        entries.append((device, target, fs, at_boot(part.spec.options, fs), 0, 2))
         carry = at(f"{CARRY_DIR}/{name}")
         left_mounted = _is_device(facts, device, facts.mounts.get(carry, ""))  # by a run that failed
         these: list[Step] = []

@@ -39,7 +39,8 @@ LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is
 # A volume mounted over these would hide the running system. Below them too, except /var, whose
 # subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
 # /var/run and /var/lock are symlinks into /run (Debian, EL): mount would follow them and the
-# volume would hide /run, so they are refused by name; the instance does not look.
+# volume would hide /run, so they are refused by name here, where the image is not seen; the
+# instance follows the symlinks of every mount point and refuses these places when one leads there.
 LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
 SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", *LINKS, "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)

@@ -15,10 +15,12 @@ from vfarm import files
 from vfarm.cc_modules import cc_localfs, handling
 from vfarm.cc_modules import record as record_mod
 from vfarm.cc_modules import runner as runner_mod
+from vfarm.config import localfs as localfs_spec
 from vfarm.config.localfs import parse
 
 TORINO = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
 IMAGE_FSTAB = "LABEL=root / ext4 defaults 0 1\ntmpfs /tmp tmpfs defaults 0 0\n"
+AT_BOOT = "defaults,nofail,x-systemd.before=local-fs.target"  # what fstab gets for the default options
 
 
 @pytest.fixture
@@ -51,8 +53,8 @@ def test_first_boot_creates_exact_extents_and_fstab(root: Path) -> None:
     assert lvcreates == {"cvmfs": 850, "home": 2900, "tmp": 400, "swap": 850}
     assert all("--addtag" in c and "vfarm" in c for c in runner.calls if c[0] == "lvcreate")
     fstab = (root / "etc/fstab").read_text()
-    assert "/dev/vg_local/home\t/home\text4\tdefaults\t0\t2" in fstab
-    assert "/dev/vg_local/swap\tnone\tswap\tsw\t0\t0" in fstab
+    assert "/dev/vg_local/home\t/home\text4\tdefaults,nofail,x-systemd.before=local-fs.target\t0\t2" in fstab
+    assert "/dev/vg_local/swap\tnone\tswap\tsw,nofail\t0\t0" in fstab
     assert "# vfarm localfs: replaced by /dev/vg_local/tmp: tmpfs /tmp tmpfs defaults 0 0" in fstab
     assert fstab.count("/dev/vg_local/tmp\t") == 1
     assert ["chmod", "1777", str(root / "tmp")] in runner.calls
@@ -91,20 +93,65 @@ def test_a_mount_point_inside_another_is_mounted_after_it_now_and_at_boot(root: 
     assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
 
 
-def test_second_boot_with_our_lvs_present_and_mounted(root: Path) -> None:
+def booted_machine(root: Path) -> FakeMachine:
+    """TORINO's volumes made by an earlier run, mounted and swapped on."""
     machine = fresh_machine()
     for name, extents, fs in (("cvmfs", 850, "ext4"), ("home", 2900, "ext4"), ("tmp", 400, "ext4"), ("swap", 850, "swap")):
         machine.add_lv("vg_local", name, extents, fs=fs)
     for name, target in (("cvmfs", "var/lib/cvmfs"), ("home", "home"), ("tmp", "tmp")):
         machine.mounts[str(root / target)] = f"/dev/mapper/vg_local-{name}"
     machine.swaps.append("/dev/mapper/vg_local-swap")
-    lines = [f"/dev/vg_local/{n}\t/{t}\text4\tdefaults\t0\t2" for n, t in (("cvmfs", "var/lib/cvmfs"), ("home", "home"), ("tmp", "tmp"))]
-    (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n" + "\n".join(lines) + "\n/dev/vg_local/swap\tnone\tswap\tsw\t0\t0\n")
+    return machine
+
+
+def torino_fstab(options: str, swap_options: str) -> str:
+    lines = [f"/dev/vg_local/{n}\t/{t}\text4\t{options}\t0\t2" for n, t in (("cvmfs", "var/lib/cvmfs"), ("home", "home"), ("tmp", "tmp"))]
+    return "LABEL=root / ext4 defaults 0 1\n# vfarm localfs\n" + "\n".join(lines) + f"\n/dev/vg_local/swap\tnone\tswap\t{swap_options}\t0\t0\n"
+
+
+def test_second_boot_with_our_lvs_present_and_mounted(root: Path) -> None:
+    machine = booted_machine(root)
+    (root / "etc/fstab").write_text(torino_fstab(AT_BOOT, "sw,nofail"))
     runner = FakeRunner(machine=machine)
     status = run(root, runner)
     assert status["status"] == "ok", status["reason"]
     assert runner.changing_calls() == []
     assert status["changed"] is False
+
+
+def fstab_options(text: str) -> dict[str, str]:
+    """Device -> options of every line of TEXT that is not a comment."""
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return {row[0]: row[3] for row in rows}
+
+
+def test_every_line_vfarm_writes_has_nofail(root: Path) -> None:
+    """EC2 blanks the instance store on a stop: at the next boot our volumes are missing, and a
+    line without nofail stops the boot in emergency mode. A filesystem is still mounted before
+    local-fs.target (nofail alone drops that order); options that have either keep it once."""
+    section = {"parts": {**TORINO["parts"], "scratch": {"size": 5, "mount": "/scratch", "options": "noatime,nofail"}}}
+    assert run(root, FakeRunner(machine=fresh_machine()), section)["status"] == "ok"
+    options = fstab_options((root / "etc/fstab").read_text())
+    ours = {device: value for device, value in options.items() if device.startswith("/dev/vg_local/")}
+    assert ours == {"/dev/vg_local/cvmfs": AT_BOOT, "/dev/vg_local/home": AT_BOOT, "/dev/vg_local/tmp": AT_BOOT,
+                    "/dev/vg_local/scratch": "noatime,nofail,x-systemd.before=local-fs.target", "/dev/vg_local/swap": "sw,nofail"}
+    assert options["LABEL=root"] == "defaults"  # the image's lines are the image's
+
+
+def test_lines_an_older_vfarm_wrote_get_nofail_in_place_once(root: Path) -> None:
+    """An instance set up by a vfarm that wrote no nofail: its lines are ours (our volumes),
+    rewritten where they stand, not added again; nothing is mounted again; the next run changes
+    nothing."""
+    machine = booted_machine(root)
+    (root / "etc/fstab").write_text(torino_fstab("defaults", "sw"))
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls() == []
+    assert (root / "etc/fstab").read_text() == torino_fstab(AT_BOOT, "sw,nofail")
+    again = FakeRunner(machine=machine)
+    status = run(root, again)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
 
 
 def test_existing_content_is_carried_before_mounting_over(root: Path) -> None:
@@ -439,3 +486,135 @@ def test_our_volume_mounted_inside_one_still_to_mount_is_mounted_again_after_it(
     assert ["cp", "-a", "-x", f"{root}/data/.", f"{root}/run/vfarm/localfs/data/"] in runner.calls
     again = FakeRunner(machine=machine)
     assert run(root, again, nested)["status"] == "ok" and again.changing_calls() == []
+
+
+def test_a_moved_mount_point_leaves_one_line_for_its_volume(root: Path) -> None:
+    """scratch moved from /scratch to /data in the config: its line now says /data, where the old
+    one stood (two lines would mount it at both places at the next boot); a line of the admin's
+    for another device on /scratch is not ours and stays; the next run changes nothing."""
+    machine = fresh_machine()
+    before = {"parts": {"scratch": {"size": 10, "mount": "/scratch"}, "home": 20}}
+    assert run(root, FakeRunner(machine=machine), before)["status"] == "ok"
+    first = (root / "etc/fstab").read_text()
+    admins = "/dev/sdc1 /scratch xfs defaults 0 2\n"
+    (root / "etc/fstab").write_text(first + admins)
+    after = {"parts": {"scratch": {"size": 10, "mount": "/data"}, "home": 20}}
+    runner = FakeRunner(machine=machine)
+    assert run(root, runner, after)["status"] == "ok"
+    assert ["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/scratch", str(root / "data")] in runner.calls
+    moved = first.replace("/dev/vg_local/scratch\t/scratch\t", "/dev/vg_local/scratch\t/data\t")
+    assert moved != first and (root / "etc/fstab").read_text() == moved + admins
+    again = FakeRunner(machine=machine)
+    status = run(root, again, after)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+
+
+def test_fstab_has_one_line_per_volume_of_ours_whatever_it_mounts_it_on() -> None:
+    """Our lines are known by their device (under any alias): two volumes that swapped mount
+    points keep one line each, rewritten in place; a further line of one of them is dropped;
+    the lines of other devices stay where they are."""
+    a, b = ("/dev/vg/a", "/x", "ext4", "defaults,nofail", 0, 2), ("/dev/vg/b", "/y", "ext4", "defaults,nofail", 0, 2)
+    current = ("/dev/vg/a /y ext4 defaults 0 2\n/dev/sdz1 /z ext4 defaults 0 2\n/dev/mapper/vg-b /x ext4 defaults 0 2\n"
+               "/dev/vg/a /x ext4 defaults,nofail 0 2\n")
+    text = cc_localfs.fstab_text(current, [a, b], {"/dev/vg/b": ["/dev/mapper/vg-b"]})
+    assert text == "/dev/vg/a\t/x\text4\tdefaults,nofail\t0\t2\n/dev/sdz1 /z ext4 defaults 0 2\n/dev/vg/b\t/y\text4\tdefaults,nofail\t0\t2\n"
+    assert cc_localfs.fstab_text(text, [a, b], {"/dev/vg/b": ["/dev/mapper/vg-b"]}) == text
+
+
+@pytest.mark.parametrize("written, read", [("/my\\040dir", "/my dir"), ("ext\\064", "ext4"), ("/a\\134b\\x20", "/a\\b\\x20"),
+                                           ("/m\\303\\251", "/m\u00e9"), ("\\043x", "#x"), ("/a\\04", "/a\\04")])
+def test_fstab_unescape_reads_fields_as_findmnt_does(written: str, read: str) -> None:
+    """What `findmnt --fstab --tab-file` (util-linux 2.38) prints for these fields: any three
+    octal digits after a backslash are one byte, nothing else is an escape."""
+    assert cc_localfs.fstab_unescape(written) == read
+
+
+def test_a_foreign_mount_point_is_compared_as_libmount_reads_it() -> None:
+    """fstab(5) escapes a space as \\040, but a tool may write any character as `\\ooo`: the
+    admin's `/\\150ome` and `/caf\\303\\251` are our /home and /café (commented out, ours added
+    once); `\\x20` is no escape, so `/my\\x20dir` is another mount point (left alone). A line of
+    our own device written with other escapes is ours: kept, not added again."""
+    home, cafe = ("/dev/vg/home", "/home", "ext4", "defaults,nofail", 0, 2), ("/dev/vg/cafe", "/caf\u00e9", "ext4", "defaults,nofail", 0, 2)
+    mine = ("/dev/vg/my", "/my dir", "ext4", "defaults,nofail", 0, 2)
+    current = "/dev/sdb1 /\\150ome ext4 defaults 0 2\n/dev/sdb2 /caf\\303\\251 xfs defaults 0 2\n/dev/sdb3 /my\\x20dir ext4 defaults 0 2\n"
+    text = cc_localfs.fstab_text(current, [home, cafe, mine], {})
+    assert text.splitlines() == [
+        "# vfarm localfs: replaced by /dev/vg/home: /dev/sdb1 /\\150ome ext4 defaults 0 2",
+        "# vfarm localfs: replaced by /dev/vg/cafe: /dev/sdb2 /caf\\303\\251 xfs defaults 0 2",
+        "/dev/sdb3 /my\\x20dir ext4 defaults 0 2",
+        "# vfarm localfs",
+        "/dev/vg/home\t/home\text4\tdefaults,nofail\t0\t2",
+        "/dev/vg/cafe\t/caf\u00e9\text4\tdefaults,nofail\t0\t2",
+        "/dev/vg/my\t/my\\040dir\text4\tdefaults,nofail\t0\t2",
+    ]
+    assert cc_localfs.fstab_text(text, [home, cafe, mine], {}) == text
+    own = "/dev/vg/\\150ome /\\150ome ext\\064 defaults,nofail 0 2\n"
+    assert cc_localfs.fstab_text(own, [home], {}) == own
+
+
+def kernel_mounts(machine: FakeMachine) -> dict[tuple[str, ...], Any]:
+    """mount as the kernel does it: a target that is a symlink is mounted where the link leads
+    (and findmnt shows that path)."""
+
+    def mount(argv: list[str]) -> tuple[int, str, str]:
+        machine.mounts[os.path.realpath(argv[-1])] = argv[-2]
+        return 0, "", ""
+
+    return {("mount",): mount}
+
+
+def test_a_mount_point_that_is_a_symlink_is_mounted_where_it_leads(root: Path) -> None:
+    """/home -> var/home on the image (as on Fedora Atomic images): the plan uses /var/home, where
+    mount puts the volume and findmnt shows it; the content is carried from there, fstab's line
+    names it, and the next run finds the volume mounted: nothing again, no mount on top."""
+    (root / "var").mkdir()
+    (root / "home").rename(root / "var/home")
+    (root / "home").symlink_to("var/home")
+    machine = fresh_machine()
+    status = run(root, FakeRunner(machine=machine, answers=kernel_mounts(machine)))
+    assert status["status"] == "ok", status["reason"]
+    assert machine.mounts[str(root / "var/home")] == "/dev/vg_local/home"
+    again = FakeRunner(machine=machine, answers=kernel_mounts(machine))
+    status = run(root, again)
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+    assert "/dev/vg_local/home\t/var/home\text4\t" + AT_BOOT + "\t0\t2" in (root / "etc/fstab").read_text()
+
+
+def test_a_mount_point_that_is_a_symlink_to_a_place_validate_refuses_is_refused(root: Path) -> None:
+    """validate sees /scratch and /data, and finds nothing wrong; on this image they lead into
+    /usr, to /, and to /home, which the home part takes: each refused before any step, as
+    validate refuses those places written in the config."""
+    (root / "usr/local/scratch").mkdir(parents=True)
+    (root / "scratch").symlink_to("usr/local/scratch")
+    (root / "data").symlink_to(".")
+    (root / "srv").symlink_to("home")
+    for mount, reason in (("/scratch", "a symlink to /usr/local/scratch (system folder /usr)"), ("/data", "a symlink to / (system folder /)"),
+                          ("/srv", "a symlink to /home (another part's mount point)")):
+        section = {"parts": {"home": 20, "extra": {"size": 10, "mount": mount}}}
+        assert localfs_spec.check(section) == []
+        runner = FakeRunner(machine=fresh_machine())
+        status = run(root, runner, section)
+        assert status["status"] == "failed" and f"mount point {mount} is {reason}" in status["reason"], status["reason"]
+        assert runner.changing_calls() == [] and (root / "etc/fstab").read_text() == IMAGE_FSTAB
+
+
+FSTAB_GENERATOR = Path("/lib/systemd/system-generators/systemd-fstab-generator")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not FSTAB_GENERATOR.exists(), reason="no systemd-fstab-generator on this host")
+def test_systemd_wants_our_mounts_before_local_fs_target(root: Path, tmp_path: Path) -> None:
+    """This host's systemd-fstab-generator on the fstab a first boot writes: our mounts are wanted,
+    not required, by local-fs.target (a missing volume is no emergency mode) and still ordered
+    before it, as they were without nofail."""
+    import subprocess
+
+    assert run(root, FakeRunner(machine=fresh_machine()))["status"] == "ok"
+    units = tmp_path / "units"
+    units.mkdir()
+    subprocess.run([str(FSTAB_GENERATOR), units, units, units], check=True, capture_output=True, timeout=60,
+                   env={"PATH": os.environ["PATH"], "SYSTEMD_FSTAB": str(root / "etc/fstab"), "SYSTEMD_PROC_CMDLINE": ""})
+    wanted = sorted(p.name for p in (units / "local-fs.target.wants").iterdir() if p.name.endswith(".mount"))
+    assert wanted == ["home.mount", "tmp.mount", "var-lib-cvmfs.mount"]
+    assert not (units / "local-fs.target.requires/home.mount").exists()
+    assert all("Before=local-fs.target" in (units / name).read_text().splitlines() for name in wanted)
