@@ -13,6 +13,10 @@ List it LAST in `cloud_final_modules`. WHEN it checks is the whole point:
 - It survives the end of the stage: Debian's cloud-final.service (22.4) and
   cloud-init-main.service (25.1, the single process running all stages) both set
   KillMode=process, so systemd does not kill what the stage left running.
+- It fails closed: the check is imported in that process, not here (cloud-init skips a config
+  module that does not import, and nothing would power off), and the process powers off when the
+  check does not run to its end (an ImportError or SyntaxError in it, a failed fork, anything its
+  own guard did not catch), as the check does when it judges a failure.
 The settings come from the raw user-data (see check.py), so the check works even when cloud-init
 consumed none of the user-data (a failed #include). Frequency `always`: every boot is checked,
 so a worker that failed once cannot quietly join the pool after a restart.
@@ -21,23 +25,42 @@ so a worker that failed once cannot quietly join the pool after a restart.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import check
+from ..files import log_dir
 from .meta import DISTROS, module_meta
+
+if TYPE_CHECKING:
+    from .check import Paths, Runner
 
 frequency = "always"
 distros = DISTROS
 meta = module_meta("cc_vfarm_check", "Summary of the vfarm handlers and cloud-init, power off on failure", __doc__, frequency)
 
-# Tests point these elsewhere; on an instance they are the real paths and the one runner.
-PATHS = check.Paths()
-RUNNER: Optional[check.Runner] = None
+# Tests point these elsewhere; on an instance (None) they are the real paths and the one runner.
+PATHS: Optional[Paths] = None
+RUNNER: Optional[Runner] = None
+POWEROFF = ["shutdown", "-P", "now", "vfarm check: FAILED: the final check could not run; poweroff now"]
+
+
+def _check() -> None:
+    from . import check  # here, in the detached process: see the module's docstring
+
+    check.run_guarded(PATHS or check.Paths(), run=RUNNER)
+
+
+def _power_off() -> None:
+    """Power off without the check's modules: they may be what broke."""
+    if RUNNER is not None:
+        RUNNER(list(POWEROFF))
+    else:
+        os.execvp(POWEROFF[0], POWEROFF)
 
 
 def _detach(target: Callable[[], object]) -> int:
     """Run TARGET in a grandchild that is no longer ours (own session, stdio on /dev/null);
-    returns the grandchild's pid to the caller, who returns at once."""
+    returns the grandchild's pid to the caller, who returns at once. When TARGET (or the detaching
+    itself) does not run to its end, that process powers off (_power_off)."""
     read_end, write_end = os.pipe()
     middle = os.fork()
     if middle:
@@ -46,34 +69,35 @@ def _detach(target: Callable[[], object]) -> int:
         with os.fdopen(read_end, "r") as pipe:
             text = pipe.read().strip()
         return int(text) if text.isdigit() else 0
-    code = 1
+    done = False
     try:
         os.close(read_end)
         os.setsid()
         grandchild = os.fork()
         if grandchild:
             os.write(write_end, str(grandchild).encode())
-            code = 0
         else:
             os.close(write_end)
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            try:
-                target()
-                code = 0
-            finally:
-                os._exit(code)
+            target()
+        done = True
     finally:
-        os._exit(code)
+        try:
+            if not done:
+                _power_off()
+        finally:
+            os._exit(0 if done else 1)
 
 
 def handle(*args: Any, **kwargs: Any) -> None:
     """cloud-init calls this positionally (22.4: name, cfg, cloud, log, args) or by keyword
     (25.1: name, cfg, cloud, args); the check needs none of them."""
     log = kwargs.get("log") or (args[3] if len(args) > 3 else None)
-    pid = _detach(lambda: check.run_guarded(PATHS, run=RUNNER))
-    message = f"vfarm_check: checking in process {pid} once cloud-init has finished (summary: {PATHS.log_dir / 'summary.log'})"
+    pid = _detach(_check)
+    folder = PATHS.log_dir if PATHS else log_dir()
+    message = f"vfarm_check: checking in process {pid} once cloud-init has finished (summary: {folder / 'summary.log'})"
     if log is not None and hasattr(log, "info"):
         log.info(message)
     else:

@@ -16,7 +16,9 @@ The settings come from the raw user-data, not from anything cloud-init processed
 no readable settings the default is to power off on failure.
 
 Runs as `python3 -m vfarm.cc_modules.check` (or bundled into one file by the builder), e.g. as
-a `power_state` condition, and from the baked config module `cc_vfarm_check`.
+a `power_state` condition, and from the baked config module `cc_vfarm_check`. As a condition it
+exits HANDLED only when it ran to its end; the condition turns any other exit (a script that
+could not even start) into a power-off.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ VERDICT_PREFIX = "vfarm-verdict: "
 VERDICT_VERSION = 1
 VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
+# `--power-state-condition` exits this when the check judged the boot and acted on it: no code
+# Python or the shell gives a crash (1, 2, 120, 126, 127, 128+N), so the condition reads any
+# other as "the check did not run" and has cloud-init power off.
+HANDLED = 3
 
 Runner = Callable[[list[str]], Any]
 
@@ -765,12 +771,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--power-state-condition",
         action="store_true",
-        help="run as cloud-init's power_state condition: act here, then exit 1 so that cloud-init itself changes nothing",
+        help=f"run as cloud-init's power_state condition: act here, then exit {HANDLED} (the condition: change nothing)",
     )
     args = parser.parse_args(argv)
     summary = run_guarded(Paths(Path(args.root)), args.wait, act=not args.dry_run)
     if args.power_state_condition:
-        return 1  # everything is done here: cloud-init's power_state must change nothing
+        # A check that broke has tried to power off itself; not HANDLED: cloud-init does it too.
+        return HANDLED if summary is not None else 1
     if summary is None:
         return 1
     if args.dry_run:

@@ -7,16 +7,18 @@ cloud-init has exited. So the part is a `#cloud-config` that
 - writes the bundled check (one self-contained Python file, `mime_builder.bundle`) to disk
   (`write_files`, init stage), and
 - sets `power_state` with that file as the condition. The check waits for result.json itself,
-  writes the summary and powers off through its own command runner when it must; as a condition
-  it then always exits 1, so cloud-init's power_state changes nothing by itself.
+  writes the summary and powers off through its own command runner when it must, then exits
+  check.HANDLED, which the condition turns into 1: cloud-init's power_state changes nothing.
+  Any other exit (python3 missing, the script missing, a crash before the check could judge:
+  an ImportError, a SyntaxError, a MemoryError) the condition turns into 0: cloud-init powers
+  the instance off itself, since a check that cannot run cannot vouch for the boot.
 
 In `embed` the script travels once, inside the library part of the handlers: registering that
 part writes it to the check's place (bundle.CHECK_LIBRARY_TAIL), and this part only sets
 `power_state`. With `include` the script is a hosted file fetched with the handlers
 (bundle.bundle_check: the same part-handler that writes itself there; `--pin` verifies it and
 writes it), and this part is the same. When the script is not there (the part carrying it never
-ran, or its sha256 did not match), the condition is met and cloud-init powers the instance off
-itself: a check that cannot run cannot vouch for the boot.
+ran, or its sha256 did not match), python3 cannot open it and the condition powers off.
 
 `baked` images list the `vfarm_check` config module (cc_vfarm_check) instead: no part at all.
 With `include`, a failed fetch makes cloud-init consume no part at all, this one included: only
@@ -40,13 +42,7 @@ POWER_STATE_TIMEOUT = 60
 
 Part = tuple[str, str, str]  # (content type, filename, payload)
 
-POWER_STATE = (
-    "power_state:\n"
-    "  mode: poweroff\n"
-    "  delay: now\n"
-    f"  timeout: {POWER_STATE_TIMEOUT}\n"
-)
-MISSING_MESSAGE = "vfarm check: FAILED: no final check script (the part that carries it never ran); poweroff now"
+NOT_RUN_MESSAGE = "vfarm check: FAILED: the final check could not run (no script, or it broke); poweroff now"
 
 
 def _mode(handlers_mode: str) -> str:
@@ -68,8 +64,7 @@ def cloud_config(script: str) -> str:
         "    permissions: '0700'\n"
         "    content: |\n"
         f"{body}"
-        f"{POWER_STATE}"
-        f"  condition: [python3, {CHECK_PATH}, --power-state-condition]\n"
+        f"{power_state()}"
     )
     # Guard against a script line that would break the literal block.
     parsed = yaml.safe_load(text)
@@ -78,10 +73,26 @@ def cloud_config(script: str) -> str:
     return text
 
 
-def library_condition(script: str = CHECK_PATH) -> str:
-    """The power_state condition (a shell command) running SCRIPT, written by the embed library
-    part; when it is not there, the condition is met (exit 0) and cloud-init powers off."""
-    return f"test -f {script} || exit 0; exec python3 {script} --power-state-condition"
+def condition(script: str = CHECK_PATH) -> str:
+    """The power_state condition of every mode: a shell command (as a list, a missing python3
+    would be an exception, which cloud-init reads as "do not apply") that runs SCRIPT and exits 1
+    (change nothing) only when SCRIPT exited check.HANDLED, else 0 (cloud-init powers off)."""
+    from ..cc_modules.check import HANDLED
+
+    return f"python3 {script} --power-state-condition; [ $? != {HANDLED} ]"
+
+
+def power_state() -> str:
+    """The `power_state` mapping that runs the check as its condition (NOT_RUN_MESSAGE is the
+    shutdown message when cloud-init itself powers off)."""
+    return (
+        "power_state:\n"
+        "  mode: poweroff\n"
+        "  delay: now\n"
+        f"  timeout: {POWER_STATE_TIMEOUT}\n"
+        f"  message: '{NOT_RUN_MESSAGE}'\n"
+        f"  condition: '{condition()}'\n"
+    )
 
 
 def library_cloud_config() -> str:
@@ -89,9 +100,7 @@ def library_cloud_config() -> str:
     return (
         "#cloud-config\n"
         "# vfarm final check (written by the library part): runs after cloud-init, powers off on failure.\n"
-        f"{POWER_STATE}"
-        f"  message: '{MISSING_MESSAGE}'\n"
-        f"  condition: '{library_condition()}'\n"
+        f"{power_state()}"
     )
 
 

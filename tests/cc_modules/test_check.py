@@ -298,7 +298,7 @@ def fake_shutdown(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 
 @pytest.mark.integration
-def test_power_state_condition_acts_itself_and_exits_1(tmp_path: Path) -> None:
+def test_power_state_condition_acts_itself_and_exits_handled(tmp_path: Path) -> None:
     root = failing_root(tmp_path)
     (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
     env, calls = fake_shutdown(tmp_path)
@@ -306,7 +306,7 @@ def test_power_state_condition_acts_itself_and_exits_1(tmp_path: Path) -> None:
         [sys.executable, "-m", "vfarm.cc_modules.check", "--root", str(root), "--power-state-condition"],
         env=env, capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 1, done.stderr  # cloud-init's power_state must do nothing itself
+    assert done.returncode == check.HANDLED, done.stderr  # the condition: cloud-init's power_state does nothing itself
     argv = json.loads(calls.read_text().splitlines()[0])
     assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3]
     assert json.loads((root / "var/log/vfarm/summary.json").read_text())["decision"]["action"] == "halt"
@@ -335,6 +335,31 @@ def test_baked_module_waits_for_cloud_init_then_checks(tmp_path: Path, monkeypat
     assert json.loads(summary_path.read_text())["result"] == "failed"
 
 
+def test_baked_module_powers_off_when_the_check_cannot_even_be_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloud-init skips a config module that does not import: the check is imported in the
+    detached process, which powers off when it cannot be."""
+    import importlib
+
+    import vfarm.cc_modules as package
+
+    calls = tmp_path / "runner.calls"
+
+    def runner(argv: list[str]) -> None:  # runs in the detached grandchild: leave a trace on disk
+        calls.write_text(json.dumps(argv))
+
+    monkeypatch.setattr(package, "cc_vfarm_check", cc_vfarm_check)  # restored after the fresh import below
+    monkeypatch.delitem(sys.modules, "vfarm.cc_modules.cc_vfarm_check")
+    monkeypatch.delattr(package, "check")
+    monkeypatch.setitem(sys.modules, "vfarm.cc_modules.check", None)  # importing it raises ImportError
+    fresh = importlib.import_module("vfarm.cc_modules.cc_vfarm_check")  # as cloud-init loads it
+    fresh.RUNNER = runner
+    fresh.handle("vfarm_check", {}, None, [])
+    deadline = time.monotonic() + 15
+    while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(calls.read_text()) == cc_vfarm_check.POWEROFF and cc_vfarm_check.POWEROFF[:3] == ["shutdown", "-P", "now"]
+
+
 @pytest.mark.integration
 def test_baked_module_loads_in_real_cloud_init(cloudinit_release: Release) -> None:
     done = cloudinit_release.run(
@@ -359,7 +384,7 @@ def test_check_part_carries_a_working_script(tmp_path: Path, cloudinit_release: 
     ((ctype, filename, payload),) = parts
     assert (ctype, filename) == ("text/cloud-config", "vfarm-check.cfg")
     doc = yaml.safe_load(payload)
-    assert doc["power_state"]["condition"] == ["python3", checkpart.CHECK_PATH, "--power-state-condition"]
+    assert doc["power_state"]["condition"] == checkpart.condition()  # one shell form for every mode
     script = tmp_path / "vfarm-check.py"
     script.write_text(doc["write_files"][0]["content"])
     root = failing_root(tmp_path)
@@ -390,7 +415,7 @@ def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudin
     ((ctype, filename, payload),) = checkpart.check_parts(None, "embed", from_library=True)
     assert (ctype, filename) == ("text/cloud-config", "vfarm-check.cfg")
     doc = yaml.safe_load(payload)
-    assert "write_files" not in doc and doc["power_state"]["condition"] == checkpart.library_condition()
+    assert "write_files" not in doc and doc["power_state"]["condition"] == checkpart.condition()
     validate = subprocess.run(
         [sys.executable, "-c",
          "import sys, yaml\n"
@@ -400,16 +425,10 @@ def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudin
         input=payload, env=cloudinit_release.env(), capture_output=True, text=True, timeout=60,
     )
     assert validate.returncode == 0 and validate.stdout.strip() == "valid", validate.stderr[-2000:]
-    # The release's own check_condition: no script -> met (power off); a script exiting 1 -> not met.
-    stub = tmp_path / "exits-1.py"
-    stub.write_text("raise SystemExit(1)\n")
-    conditions = [checkpart.library_condition(str(tmp_path / "missing.py")), checkpart.library_condition(str(stub))]
-    done = cloudinit_release.run(
-        "import json, os\nfrom cloudinit.config.cc_power_state_change import check_condition\n"
-        "print(json.dumps([check_condition(c) for c in json.loads(os.environ['CONDITIONS'])]))\n",
-        env={"CONDITIONS": json.dumps(conditions)},
-    )
-    assert done.returncode == 0 and json.loads(done.stdout) == [True, False], done.stderr[-2000:]
+    # The release's own check_condition: no script -> met (power off); a script exiting HANDLED -> not met.
+    stub = tmp_path / "handled.py"
+    stub.write_text(f"raise SystemExit({check.HANDLED})\n")
+    assert release_conditions(cloudinit_release, [checkpart.condition(str(tmp_path / "missing.py")), checkpart.condition(str(stub))]) == [True, False]
     # The library, registered as cloud-init does (handle_part __begin__), installs itself as the check.
     lib = bundle.bundle_library(["localfs"], with_check=True)
     part = tmp_path / "handlers/part-handler-000.py"
@@ -428,6 +447,51 @@ def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudin
     done = subprocess.run([sys.executable, "-I", str(script), "--root", str(root), "--dry-run", "--wait", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert "decision: halt (delay 2): localfs: never-ran" in done.stdout
+
+
+def release_conditions(release: Release, conditions: list[str], path: str = os.environ["PATH"]) -> list[bool]:
+    """Each of CONDITIONS as the release's own power_state checks it (True: cloud-init powers off),
+    its commands found on PATH."""
+    done = release.run(
+        "import json, os\nfrom cloudinit.config.cc_power_state_change import check_condition\n"
+        "print(json.dumps([check_condition(c) for c in json.loads(os.environ['CONDITIONS'])]))\n",
+        env={"CONDITIONS": json.dumps(conditions), "PATH": path},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: list[bool] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_the_condition_powers_off_unless_the_check_ran_to_its_end(tmp_path: Path, cloudinit_release: Release) -> None:
+    """The real bundled check behind the real condition (sh, python3) and the release's own
+    check_condition: a check that judged and acted leaves power_state nothing to do; one that dies
+    before its guard (at import: ImportError, SyntaxError, MemoryError), a missing script and a
+    missing python3 make cloud-init power off."""
+    from vfarm.mime_builder import bundle
+
+    real = tmp_path / "vfarm-check.py"
+    real.write_text(bundle.bundle_check())
+    root = failing_root(tmp_path)
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    env, calls = fake_shutdown(tmp_path)
+    (Path(env["PATH"]) / "python3").symlink_to(sys.executable)  # PATH: python3 and the fake shutdown, nothing else
+    scripts = {
+        # The condition passes --power-state-condition only: this runs the real check on the fake root.
+        "ran": f"import runpy, sys\nsys.argv[1:] = ['--root', {str(root)!r}, '--wait', '0'] + sys.argv[1:]\n"
+               f"runpy.run_path({str(real)!r}, run_name='__main__')\n",
+        "import-error": "raise ImportError('a module of the bundle is missing')\n" + real.read_text(),
+        "syntax-error": real.read_text() + "\n)\n",
+        "memory-error": "raise MemoryError\n" + real.read_text(),
+    }
+    for name, text in scripts.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    conditions = [checkpart.condition(str(tmp_path / f"{name}.py")) for name in [*scripts, "missing"]]
+    assert release_conditions(cloudinit_release, conditions, env["PATH"]) == [False, True, True, True, True]
+    # "ran" judged the failed boot and acted itself (on-failure: halt, delay 2), once.
+    assert [json.loads(line)[:3] for line in calls.read_text().splitlines()] == [["-H", "--", "+2"]]
+    # Without python3 the check cannot run at all: cloud-init powers off.
+    (Path(env["PATH"]) / "python3").unlink()
+    assert release_conditions(cloudinit_release, [checkpart.condition(str(tmp_path / "ran.py"))], env["PATH"]) == [True]
 
 
 def test_vfarm_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

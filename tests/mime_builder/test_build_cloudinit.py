@@ -167,7 +167,7 @@ def test_embed_gzip(cloudinit_release: Release, tmp_path: Path, config: configur
     (library,) = [p for p in built.parts if p.filename == "vfarm-library.py"]
     script = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
     assert script.read_bytes() == library.payload and script.stat().st_mode & 0o777 == 0o700
-    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.library_condition()
+    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.condition()
     root = tmp_path / "root"
     for folder in ("run/cloud-init", "var/log/vfarm", "var/lib/cloud/instance"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def test_include(cloudinit_release: Release, tmp_path: Path, config: configurati
     # The fetched check registered and wrote itself where the check's power_state part runs it.
     script = tmp_path / "root" / checkpart.CHECK_PATH.lstrip("/")
     assert script.read_text() == (folder / bundle.CHECK_FILENAME).read_text() and script.stat().st_mode & 0o777 == 0o700
-    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.library_condition()
+    assert yaml.safe_load(built.parts[-1].payload)["power_state"]["condition"] == checkpart.condition()
 
 
 def test_pin(cloudinit_release: Release, tmp_path: Path, config: configuration.Config, served: tuple[Path, str]) -> None:
@@ -225,7 +225,7 @@ def test_pin(cloudinit_release: Release, tmp_path: Path, config: configuration.C
 def test_pin_writes_no_check_that_changed_on_the_server(cloudinit_release: Release, tmp_path: Path, config: configuration.Config,
                                                          served: tuple[Path, str]) -> None:
     """A check file that does not match its sha256 is not written: the power_state condition then
-    finds no script and powers off (checkpart.library_condition)."""
+    finds no script and powers off (checkpart.condition)."""
     folder, base = served
     built = mime.build(config, handlers=f"include={base}", pin=True, max_size=BIG)
     with (folder / bundle.CHECK_FILENAME).open("a") as tampered:
