@@ -46,3 +46,21 @@ def test_display_width_counts_terminal_columns() -> None:
     assert display_width("漢字") == 4 and display_width("ＢＢ") == 4  # East Asian Wide, Fullwidth
     assert display_width("e\u0301") == 1 and display_width("a\u20dd") == 1  # combining, enclosing marks
     assert display_width("x\u00ady") == 3  # a terminal draws the soft hyphen
+
+
+def test_each_cell_is_measured_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """display_width walks every character of a cell (a category and a width look-up each): the
+    table measures each cell once, for its column's width and its padding alike."""
+    from vfarm.cc_modules import table
+
+    measured: list[str] = []
+
+    def counting(text: str) -> int:
+        measured.append(text)
+        return display_width(text)
+
+    rows = [["i-1", "Owner", 1], ["i-2", "漢字", 22]]
+    expected = render(["ID", "STATE", "N"], rows, right=["N"])
+    monkeypatch.setattr(table, "display_width", counting)
+    assert table.render(["ID", "STATE", "N"], rows, right=["N"]) == expected
+    assert sorted(measured) == sorted(["ID", "STATE", "N", "i-1", "Owner", "1", "i-2", "漢字", "22"])
