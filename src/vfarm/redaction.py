@@ -4,9 +4,10 @@ in clear.
 
 Every pass takes time linear in the text (a 256 KiB value in milliseconds, whatever it holds).
 No pattern here loops over characters that a loop before it could also take (that backtracks
-quadratically), and none is tried at every position of a text: the passes jump with `str.find`
-to the few places a secret can start (`://`, `eyJ`, `@`, a secret word, an option's `-`) and look
-around those alone, a run of characters at most once.
+quadratically), and none but two (the user options' and the `-p` commands', whose every try is
+a few characters) is tried at every position of a text: the passes jump with `str.find` to the
+few places a secret can start (`://`, `eyJ`, `@`, a secret word, an option's `-`) and look around
+those alone, a run of characters at most once (a YAML block's lines: once per key line).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORD)
 # of it holds one of the _TRIGGERS.
 _SECRET_FOLDED = re.compile(_SECRET_WORD)
 _TRIGGERS = ("pass", "pwd", "secret", "token", "key", "credential", "authoriz")
-# A setting: KEY, then `=`, `=>` or `:` (quotes and spaces around; `[` opens a JSON list), then its
-# value: quoted, to its closing quote; else to a blank, or to `&` or `;` (which end values in a
-# query and in cookies and lists). An `Authorization: Basic X` hides X, not the scheme.
+# A setting: KEY, then `=`, `=>`, `:` or a URL-encoded `=` (`%3D`, a query inside a query) (quotes
+# and spaces around; `[` opens a JSON list), then its value: quoted, to its closing quote; else to
+# a blank, or to `&` or `;` (which end values in a query and in cookies and lists), or after `%3D`
+# to an encoded `&` (`%26`). An `Authorization: Basic X` hides X, not the scheme.
 _KEY_CHARS = re.compile(r"[\w.-]*")
-_SEPARATOR = re.compile(r"""["']?\s*(?:=[=>]?|:)\s*(?:\[\s*)?(["']?)""")
+_SEPARATOR = re.compile(r"""["']?\s*(?:=[=>]?|:|(%3[Dd]))\s*(?:\[\s*)?(["']?)""")
 _SETTING_VALUE = re.compile(r"[^\s&;]+")
+_ENCODED_VALUE = re.compile(r"[^\s&;%]*(?:%(?!26)[^\s&;%]*)*")
+# A YAML block scalar's header (`password: |`, `token: >-`, `|2+`): the value is the lines below.
+_BLOCK_HEADER = re.compile(r"[|>][-+0-9]*[ \t]*")
+_INDENT = re.compile(r"[ \t]*")
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -43,6 +49,12 @@ _WORD = re.compile(r"\S+")
 # part stops at `=` too, so that no run of `-u=-u=...` is read once per option.
 _USER_OPTIONS = ("-u", "-U", "--user", "--proxy-user")
 _USER_OPTION = re.compile(f"(?:{'|'.join(map(re.escape, _USER_OPTIONS))})" + r"(?:=|[ \t]+)[^\s:=]*:(\S+)")
+# Commands that take a password glued to `-p` (`mysql -pSECRET`, `sshpass -pSECRET`): after one of
+# them, in its argv or on its line, `-p` with text glued to it is a password (a quoted one to its
+# quote). Only after them: elsewhere `-p` is something else (`mkdir -p`, `ssh -p 22`, `cp -pr`).
+_GLUED_COMMAND = r"(?:mysql|mariadb)[\w-]*|sshpass"
+_GLUED_LINE = re.compile(rf"(?<![\w-])(?:{_GLUED_COMMAND})(?![\w-])[^\n]*")
+_GLUED_PASSWORD = re.compile(r"""(?<![^\s"'])-p(?:'([^'\n]*)|"([^"\n]*)|([^\s"']\S*))""")
 # An IDTOKEN (JWT): HTCondor pool tokens. JWT is its shape, to match one value; in a text,
 # `redact` finds each `eyJ` (a JWT header is base64url of `{"`), whatever precedes it (`%3D` of
 # a URL-encoded `token=`, `_`), and reads the rest with _JWT_REST, which never scans a segment
@@ -56,19 +68,25 @@ _SCHEME_BACKWARDS = re.compile(r"[A-Za-z0-9+.-]*")
 _SPACE = re.compile(r"\s")
 _PATH_START = re.compile(r"[/?#]")
 _LIST_TAIL = "|;,'\" "
-# A word holding a `user:password@host` without a scheme (`https_proxy=alice:pw@proxy:3128`).
-_BARE_WORD = re.compile(r"""[^\s"'`]*""")
+# A word holding a `user:password@host` without a scheme (`https_proxy=alice:pw@proxy:3128`): it
+# ends at a blank, and at a quote or backtick unless the word goes on past it (a password may hold
+# one: `"user:p'w@host"`), read in either direction; `=:,;` and brackets beyond a quote end it
+# there (`"mail":"bob@host"`: the quote opens a value).
+_BARE_WORD = re.compile(r"""(?:[^\s"'`]|["'`](?=[^\s"'`=:,;()\[\]{}]))*""")
 _HOST_START = re.compile(r"[A-Za-z0-9\[]")
 HIDDEN = "***"
 
 
 def redact(text: str) -> str:
     """Hide secrets in TEXT: credentials (see `hide_credentials`), the values of secret-named
-    settings (`TOKEN=...`, `"password": "..."`, `Authorization: Basic ...`) and options (`--token
-    X`, `--password 'a b'`), and the password of `-u user:password`."""
+    settings (`TOKEN=...`, `"password": "..."`, `password%3D...`, `Authorization: Basic ...`, a
+    YAML block `password: |` and its lines) and options (`--token X`, `--password 'a b'`), the
+    password of `-u user:password`, and that of `-pSECRET` after `mysql` (_GLUED_COMMAND)."""
     text = hide_credentials(text)
     if "-" in text:
         text = _hide(text, _user_option_spans(text))
+        if "-p" in text:
+            text = _hide(text, _glued_password_spans(text))
     folded = _folded(text)
     if any(word in folded for word in _TRIGGERS):
         text = _hide(text, _value_spans(text, folded))
@@ -94,16 +112,21 @@ def hide_credentials(text: str) -> str:
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """ARGV redacted as the command it is, not word by word: an argument after a secret-named
     option (`--token X`, unless X is an option) is hidden whole, blanks and all; the password of
-    one after a user option (`-u user:password`) is hidden; every argument goes through `redact`."""
+    one after a user option (`-u user:password`) is hidden, and so is the text of `-pSECRET` after
+    a command that takes it so (`mysql`, _GLUED_COMMAND); every argument goes through `redact`."""
     out: list[str] = []
+    glued = False
     for number, arg in enumerate(argv):
         option = argv[number - 1] if number else ""
         if option.startswith("-") and "=" not in option and is_secret_name(option) and arg and not arg.startswith("-"):
             out.append(HIDDEN)
         elif option in _USER_OPTIONS and ":" in arg:
             out.append(arg[: arg.index(":") + 1] + HIDDEN)
+        elif glued and arg.startswith("-p") and len(arg) > 2:
+            out.append("-p" + HIDDEN)
         else:
             out.append(redact(arg))
+        glued = glued or re.fullmatch(_GLUED_COMMAND, arg.rsplit("/", 1)[-1]) is not None
     return out
 
 
@@ -227,6 +250,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
+    line = [0, -1, 0, 0]  # the last key line _block_value read: start, end, its block's span
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
     while heap:
@@ -242,13 +266,19 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
             if _SECRET_FOLDED.search(folded, start, key_end):
                 separator = _SEPARATOR.match(text, key_end)
                 if separator is not None:
-                    begin, quote = separator.end(), separator.group(1)
+                    begin, quote = separator.end(), separator.group(2)
                     scheme = None if quote else _AUTH_SCHEME.match(text, begin)
                     if scheme is not None:
                         begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        end = _quoted_end(text, begin, quote, unclosed) if quote else _end_of(_SETTING_VALUE, text, begin)
-                        value_run = (begin, end)
+                        block = None if quote else _block_value(text, start, begin, line)
+                        if block is not None:  # the lines below are hidden, the header is not
+                            value_run = (begin, block[1])
+                            begin = block[0]
+                        elif quote:
+                            value_run = (begin, _quoted_end(text, begin, quote, unclosed))
+                        else:
+                            value_run = (begin, _end_of(_ENCODED_VALUE if separator.group(1) else _SETTING_VALUE, text, begin))
                     if begin < value_run[1]:
                         spans.append((begin, value_run[1]))
         if at >= option_end:
@@ -259,6 +289,31 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
             heapq.heappush(heap, (following, word))
     spans.sort()
     return spans
+
+
+def _block_value(text: str, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
+    """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
+    of the key at KEY or before a comment: the lines below that are blank or indented more than
+    the key's line, without the blanks around them; None when there is no header or no such line.
+    LINE caches the key line's end and that span: the keys of one line read the lines below once."""
+    header = _BLOCK_HEADER.match(text, begin)
+    if header is None or (header.end() < len(text) and text[header.end()] not in "\r\n#"):
+        return None
+    if not line[0] <= key <= line[1]:
+        start, end = text.rfind("\n", 0, key) + 1, text.find("\n", key)
+        end = len(text) if end < 0 else end
+        indent = _end_of(_INDENT, text, start) - start
+        block = re.compile(rf"(?:[ \t]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(text, end + 1)
+        below = block.group() if block else ""
+        line[:] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]
+    return (line[2], line[3]) if line[2] < line[3] else None
+
+
+def _glued_password_spans(text: str) -> list[tuple[int, int]]:
+    """The passwords glued to `-p` (`-pSECRET`, `-p'a b'`) on the rest of each line after a
+    command that takes one so (_GLUED_COMMAND)."""
+    return [found.span(found.lastindex or 0) for line in _GLUED_LINE.finditer(text)
+            for found in _GLUED_PASSWORD.finditer(text, line.start(), line.end())]
 
 
 # --- URLs -------------------------------------------------------------------------------------
