@@ -105,6 +105,15 @@ def trace(seed: int, hours: float, bursts: int, background_per_hour: float) -> l
     return [Job(i, s, min(4 * 3600.0, rng.lognormvariate(math.log(1200), 0.8))) for i, s in enumerate(times)]
 
 
+def drain_attributes(draining: bool) -> dict[str, Any]:
+    """What the startd of a worker the scaler drains advertises (HTCondor 23.9): condor_drain's -reason."""
+    if not draining:
+        return {}
+    from vfarm.scaler.model import DRAIN_REASON_PREFIX  # imported where used, as the rest of vfarm here
+
+    return {"Draining": True, "DrainReason": f"{DRAIN_REASON_PREFIX}idle"}
+
+
 def boot_times(seed: int, count: int = 5000) -> list[Optional[float]]:
     rng = random.Random(seed * 7919 + 1)
     return [None if rng.random() < 0.03 else rng.uniform(60, 240) for _ in range(count)]
@@ -216,7 +225,7 @@ class Sim:
                 state = "Claimed" if job is not None else ("Drained" if vm.draining else "Unclaimed")
                 activity = ("Retiring" if vm.draining else "Busy") if job is not None else "Idle"
                 slots.append({"Name": f"slot{i + 1}@{vm.id}", "VfarmInstanceId": vm.id, "State": state, "Activity": activity, "Cpus": 1,
-                              "EnteredCurrentState": START + vm.slot_since[i]})
+                              "EnteredCurrentState": START + vm.slot_since[i], **drain_attributes(vm.draining)})
         return {"now": START + now, "jobs": jobs, "slots": slots, "instances": instances}
 
 
@@ -400,7 +409,7 @@ class MixedSim(Sim):
             slots.append({"Name": f"slot1@{vm.id}", "VfarmInstanceId": vm.id, "State": "Drained" if vm.draining else "Unclaimed",
                           "Activity": "Retiring" if vm.draining and vm.jobs else "Idle", "Cpus": vm.free_cpus, "Memory": vm.free_memory,
                           "PartitionableSlot": True, "EnteredCurrentState": START + (vm.launched + (vm.boot or 0)),
-                          "NumDynamicSlotsTime": START + vm.changed})
+                          "NumDynamicSlotsTime": START + vm.changed, **drain_attributes(vm.draining)})
             slots += [{"Name": f"slot1_{j.id}@{vm.id}", "VfarmInstanceId": vm.id, "State": "Claimed", "Activity": "Retiring" if vm.draining else "Busy",
                        "Cpus": j.cpus, "Memory": j.memory, "DynamicSlot": True, "EnteredCurrentState": START + (j.start or 0)} for j in vm.jobs.values()]
         return {"now": START + now, "jobs": jobs, "slots": slots, "instances": instances}

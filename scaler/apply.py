@@ -17,7 +17,9 @@ What happens here:
   end under MaxJobRetirementTime, no new job starts), run through the host runner
   (clouds/hostcmd.py) with the prefix `pool.admin-command` (how to run HTCondor's admin tools on
   this host). The htcondor2 bindings cannot drain a token-only worker (see BINDINGS_DRAIN below).
-- Terminate only what the plan names (lost, or drained with no claim), after tagging it
+  Every drain, an idle worker's or a consolidation's, gives the reason DRAIN_REASON_PREFIX + the
+  plan's reason: the startd's DrainReason is how the planner knows the drain for its own.
+- Terminate only what the plan names (lost, or drained by the scaler with no claim), after tagging it
   `vfarm:end` = lost|drained: that tag is how the black-hole rule finds its history again after
   a restart. A hybrid farm terminates cloud by cloud, each with its own back-off.
 - A failed cloud call backs off exponentially (per operation, launches per type; in a hybrid
@@ -43,7 +45,7 @@ from ..clouds import hostcmd
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
 from . import plan as planner
-from .model import CLOUD_TAG, END_OF, FARM_TAG, TYPE_TAG, Action, Decision, LaunchOption, Plan
+from .model import CLOUD_TAG, DRAIN_REASON_PREFIX, END_OF, FARM_TAG, TYPE_TAG, Action, Decision, LaunchOption, Plan
 
 CLOUD_BACKOFF_MAX = 900.0
 DRAIN_TIMEOUT = 120.0
@@ -128,7 +130,7 @@ class CondorDrain:
         """The argv that drains the startd of slot NAME: the prefix, then condor_drain's words;
         after an ssh prefix those words go as one shell-quoted line (ssh joins its words with
         blanks for the remote shell, which would split the reason and run what a slot name says)."""
-        words = ["condor_drain", "-pool", self.collector, "-graceful", "-reason", f"vfarm scale: {reason}", name]
+        words = ["condor_drain", "-pool", self.collector, "-graceful", "-reason", DRAIN_REASON_PREFIX + reason, name]
         remote = bool(self.prefix) and os.path.basename(self.prefix[0]) in REMOTE_SHELLS
         return [*self.prefix, shlex.join(words)] if remote else [*self.prefix, *words]
 

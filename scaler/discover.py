@@ -12,17 +12,20 @@ import re
 from collections.abc import Iterable
 from typing import Any, Optional
 
-# Job states the planner looks at (idle, running); history and held jobs stay out of the snapshot.
-# Running jobs are read one by one (their RemoteHost is the schedd's evidence that a worker is
-# busy); idle jobs are read as groups (the schedd's group-by query, `condor_q -group-by`): one ad
-# per set of jobs equal in every projected attribute, with JobCount and JobIds ("1.0 ... 1.4999").
+from .plan import ON_WORKER
+
+# Job states the planner looks at (idle, and on a worker: running, transferring output, suspended);
+# history and held jobs stay out of the snapshot. Jobs on a worker are read one by one (their
+# RemoteHost is the schedd's evidence that the worker is busy); idle jobs are read as groups (the
+# schedd's group-by query, `condor_q -group-by`): one ad per set of jobs equal in every projected
+# attribute, with JobCount and JobIds ("1.0 ... 1.4999").
 # The projection holds every attribute the planner reads of an idle job, times included, so a
 # group's ad is exactly what each of its jobs' ads would have said: the plan is the same. Seen on
 # HTCondor 23.9: the attributes the schedd adds because an expression names them are keys too;
 # the constraint is evaluated on the group's ad (hence JobStatus among the keys); the autocluster
 # query (QueryOpt.AutoCluster) is no substitute: its ads have neither the times nor JobStatus (a
 # constraint on JobStatus returns no group at all).
-RUNNING_CONSTRAINT = "JobStatus == 2"
+ON_WORKER_CONSTRAINT = " || ".join(f"JobStatus == {status}" for status in ON_WORKER)
 IDLE_CONSTRAINT = "JobStatus == 1"
 # The job attributes the planner reads: a big queue (100,000 jobs) is read far faster with a
 # projection. The schedd adds the job attributes a projected expression names (HTCondor 23.9: the
@@ -81,7 +84,7 @@ def pool_snapshot(collector: str, schedd: Optional[str] = None, token_dir: Optio
         name = ad.get("Name", "?")
         try:
             queue = htcondor2.Schedd(ad)
-            for constraint, attributes, opts in ((RUNNING_CONSTRAINT, JOB_ATTRIBUTES, htcondor2.QueryOpt.Default),
+            for constraint, attributes, opts in ((ON_WORKER_CONSTRAINT, JOB_ATTRIBUTES, htcondor2.QueryOpt.Default),
                                                  (IDLE_CONSTRAINT, GROUP_ATTRIBUTES, htcondor2.QueryOpt.GroupBy)):
                 found = [ad_to_json(job) for job in queue.query(constraint=constraint, projection=list(attributes), opts=opts)]
                 named = {n for n in expression_names(found) - set(attributes) if not any(n in job for job in found)}

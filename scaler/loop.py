@@ -327,10 +327,11 @@ class Scaler:
 
 
 def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list[dict[str, Any]]:
-    """The farm as operators want to see it: instance, type, state, age, slots, running jobs.
-    SNAPSHOT as Scaler.discover() makes it: only the farm's instances, stopped ones included."""
-    # Running jobs as the planner counts them: by the startd or machine of each job's RemoteHost
-    # (a job on a dynamic slot whose ad has not arrived yet is the worker's all the same).
+    """The farm as operators want to see it: instance, type, state, age, slots, jobs there (running,
+    transferring output or suspended). SNAPSHOT as Scaler.discover() makes it: only the farm's
+    instances, stopped ones included."""
+    # Jobs as the planner counts them: by the startd or machine of each job's RemoteHost (a job on
+    # a dynamic slot whose ad has not arrived yet is the worker's all the same).
     by_instance: dict[str, list[dict[str, Any]]] = {}
     for slot in snapshot["slots"]:
         if isinstance(slot.get(INSTANCE_ATTRIBUTE), str):

@@ -67,6 +67,10 @@ JOINED = frozenset({WorkerState.IDLE, WorkerState.BUSY, WorkerState.OTHER, Worke
 ACTIVE = frozenset({WorkerState.BOOTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.OTHER})
 # How a terminated instance ended (the value of its `vfarm:end` tag).
 END_OF = {WorkerState.LOST: "lost", WorkerState.DRAINED: "drained"}
+# How the scaler's drains name themselves: condor_drain's -reason is this prefix and the plan's
+# reason, and the drained startd advertises it as DrainReason on its slot ads (HTCondor 23.9). A
+# worker drained with any other reason (an admin's condor_drain, condor_defrag) is not the scaler's.
+DRAIN_REASON_PREFIX = "vfarm scale: "
 
 
 class Action(Named):

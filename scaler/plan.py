@@ -15,8 +15,9 @@ plain data: how many to launch, which instances to drain and to terminate, each 
 plus the state of every farm instance and the counts behind the decision. Same snapshot, same plan.
 
 Idle truth. A worker counts as idle only when no evidence says otherwise:
-- the schedd: a running job (JobStatus 2) whose RemoteHost is one of the worker's slots, or names
-  its startd (the part after the slot's '@'), makes the worker busy whatever its slot ads say;
+- the schedd: a job there (ON_WORKER: running, JobStatus 2; transferring its output, 6; suspended,
+  7) whose RemoteHost is one of the worker's slots, or names its startd (the part after the slot's
+  '@'), makes the worker busy whatever its slot ads say, and a drained one not yet terminable;
 - the scaler's own observations: `observed_idle_since` maps each worker seen idle in every cycle of
   an unbroken run to the time of the first cycle of that run. A worker missing from it is seen idle
   for the first time now: idle for 0 s. The plan returns the map for the next cycle (the loop keeps
@@ -29,6 +30,22 @@ A snapshot without `observed_idle_since` is therefore planned as the first cycle
 it drains nothing (unless idle-time is 0). To replay a later cycle, the snapshot carries the map.
 Left to the ads alone: a job that starts and ends between two cycles; once an ad refreshed after
 its end arrives (within UPDATE_INTERVAL), NumDynamicSlotsTime shows that end.
+
+Drains. Only a worker the scaler drained itself is terminated once drained: every slot ad of it in
+state Drained names the scaler's drain (DrainReason starts with DRAIN_REASON_PREFIX, what apply.py
+gives condor_drain). One drained by anyone else (an admin's maintenance, condor_defrag), or without
+a DrainReason, is left alone (OTHER, with that reason), drained or still draining: never
+terminated, never counted as the scaler's drain nor as free CPUs.
+
+Slot ads. Any startd holding the pool's token advertises what it likes: a number the planner
+reads of a slot ad that no 64-bit number holds (1e300, NaN, an infinity) is read as absent, never
+a failed cycle (check_snapshot). Absent means unknown to every reader, and each errs on the safe
+side: no EnteredCurrentState, idle from now (never drained early); no NumDynamicSlotsTime, only
+EnteredCurrentState and the scaler's own sightings; no LastHeardFrom, a dynamic slot is never
+taken for stale (the worker looks busy the longer); no Cpus, Memory or GPUs, an unclaimed slot adds
+nothing to the supply (at worst one more launch, within max-vms), and consolidation counts the
+slot as one CPU. Instances' and the collector's numbers stay strict: the cloud and the collector
+are no pool user's to write.
 """
 
 from __future__ import annotations
@@ -48,6 +65,7 @@ from . import consolidate, fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
     ACTIVE,
     CLOUD_TAG,
+    DRAIN_REASON_PREFIX,
     END_OF,
     END_TAG,
     FARM_TAG,
@@ -79,6 +97,11 @@ CONSOLIDATING = "consolidating"  # ids of workers this scaler drained for consol
 BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate" (hybrid: "launch@CLOUD", "terminate@CLOUD"): epoch seconds}: no such call before then
 RUNNING = 2  # JobStatus of a running job
 IDLE_JOB = 1
+TRANSFERRING_OUTPUT = 6
+SUSPENDED = 7
+# The JobStatus of a job on a worker, still holding its claim: the schedd's evidence that the
+# worker is busy. A tuple: `in` compares, so a JobStatus that is a list (any ad) raises nothing.
+ON_WORKER = (RUNNING, TRANSFERRING_OUTPUT, SUSPENDED)
 BLACK_HOLE_LOSSES = 3
 BLACK_HOLE_FIRST = 300.0
 BLACK_HOLE_MAX = 3600.0
@@ -90,15 +113,21 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be planned from; the message is one line for the user."""
 
 
-# The numbers plan() reads, per list: they must fit in 64 bits (sums of them never overflow a float).
+# The numbers plan() reads, per list, that must fit in 64 bits (sums of them never overflow a float).
 NUMBER_FIELDS = {
     # Any pool user's job may carry what it likes: a request out of range is read by fit.rank (more than
     # any type offers, or none), a time out of range as no time (scan_jobs); never a failed cycle.
     "jobs": (),
-    "slots": ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs", "LastHeardFrom"),
+    # Any startd with the pool's token advertises what it likes: see SLOT_NUMBERS.
+    "slots": (),
     "instances": ("LaunchTime",),
     "collector": ("DaemonStartTime", "MyCurrentTime", "MonitorSelfAge"),
 }
+# The numbers plan() reads of a slot ad: one that is no finite 64-bit number is read as absent
+# (check_snapshot; what absent means to each reader: the module's doc).
+SLOT_NUMBERS = ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", "GPUs", "LastHeardFrom")
+# The times scan_jobs reads of a job ad, likewise.
+JOB_TIMES = ("EnteredCurrentStatus", "QDate")
 NUMBER_LIMIT = 2**63
 
 
@@ -121,8 +150,10 @@ def _check_numbers(ad: dict[str, Any], where: str, keys: tuple[str, ...]) -> Non
 
 def check_snapshot(data: Any) -> dict[str, Any]:
     """DATA as a snapshot, or SnapshotError saying (in one line, with the place) what is wrong
-    with it: the shape plan() relies on, and the numbers it reads of slots, instances and the
-    collector within 64 bits (the jobs' numbers are read, never refused: scan_jobs, fit.rank)."""
+    with it: the shape plan() relies on, and the numbers it reads of instances and the collector
+    within 64 bits. The jobs' and slot ads' numbers are read, never refused (scan_jobs, fit.rank;
+    a slot ad's number that is no finite 64-bit number is left out of the snapshot returned, a
+    copy then: read as absent)."""
     if not isinstance(data, dict):
         raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
     missing = [key for key in REQUIRED if key not in data]
@@ -144,6 +175,7 @@ def check_snapshot(data: Any) -> dict[str, Any]:
                 if value is None or ((kind is int or kind is float) and -NUMBER_LIMIT <= value <= NUMBER_LIMIT):
                     continue
                 _check_numbers(item, f"{key}[{i}]", (name,))
+    data = _readable_slots(data)
     for i, instance in enumerate(data["instances"]):
         if not isinstance(instance.get("InstanceId"), str):
             raise SnapshotError(f"'instances[{i}]' has no InstanceId")
@@ -166,6 +198,25 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         if isinstance(ad, dict):
             _check_numbers(ad, f"collector[{i}]" if isinstance(collector, list) else "collector", NUMBER_FIELDS["collector"])
     return data
+
+
+def _readable_slots(data: dict[str, Any]) -> dict[str, Any]:
+    """DATA with each slot ad's SLOT_NUMBERS that are no finite 64-bit number left out (a copy of
+    DATA and of those ads when there are any; DATA itself otherwise)."""
+    slots: list[dict[str, Any]] = data["slots"]
+    readable: Optional[list[dict[str, Any]]] = None
+    limit = NUMBER_LIMIT
+    for i, slot in enumerate(slots):
+        for name in SLOT_NUMBERS:  # the common case inline (a 64-bit int or float, or absent)
+            value = slot.get(name)
+            kind = value.__class__
+            if value is None or ((kind is int or kind is float) and -limit <= value <= limit):
+                continue
+            if readable is None:
+                readable = list(slots)
+            readable[i] = _without_odd_numbers(slot, SLOT_NUMBERS)
+            break
+    return data if readable is None else {**data, "slots": readable}
 
 
 def _check_memory(data: dict[str, Any]) -> None:
@@ -246,23 +297,23 @@ def _startd(name: str) -> str:
 
 
 class JobScan(NamedTuple):
-    running: dict[str, int]  # running jobs per startd (running_by_startd)
+    running: dict[str, int]  # jobs on a worker (ON_WORKER) per startd (running_by_startd)
     waiting: list[dict[str, Any]]  # idle jobs that have waited waiting-time
     young: list[dict[str, Any]]  # idle jobs that have not (yet: no demand, but the negotiator may match them)
 
 
-def _without_odd_times(job: dict[str, Any]) -> dict[str, Any]:
-    """JOB without the times that are not finite 64-bit numbers (read as no time), a copy if any."""
-    odd = {key for key in ("EnteredCurrentStatus", "QDate") if key in job and not (_is_number(job[key]) and abs(job[key]) <= NUMBER_LIMIT)}
-    return {key: value for key, value in job.items() if key not in odd} if odd else job
+def _without_odd_numbers(ad: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """AD without those of KEYS whose values are not finite 64-bit numbers (read as absent), a copy if any."""
+    odd = {key for key in keys if key in ad and not (_is_number(ad[key]) and abs(ad[key]) <= NUMBER_LIMIT)}
+    return {key: value for key, value in ad.items() if key not in odd} if odd else ad
 
 
 def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> JobScan:
-    """One pass over the queue (100,000 jobs and more on a big pool): the running jobs counted per
-    startd, the idle jobs that have waited long enough (since EnteredCurrentStatus, else QDate)
-    collected; a time no 64-bit number holds is read as no time. An entry with JobCount N stands
-    for N jobs identical in every attribute the planner reads (the schedd's group-by query, which
-    discover uses for idle jobs)."""
+    """One pass over the queue (100,000 jobs and more on a big pool): the jobs on a worker (running,
+    transferring output, suspended: ON_WORKER) counted per startd, the idle jobs that have waited
+    long enough (since EnteredCurrentStatus, else QDate) collected; a time no 64-bit number holds
+    is read as no time. An entry with JobCount N stands for N jobs identical in every attribute
+    the planner reads (the schedd's group-by query, which discover uses for idle jobs)."""
     running: dict[str, int] = {}
     waiting: list[dict[str, Any]] = []
     young: list[dict[str, Any]] = []
@@ -273,7 +324,7 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
         # The common case inline (64-bit numbers, or absent); anything else is read in full.
         if not ((entered is None or ((entered.__class__ is int or entered.__class__ is float) and -limit <= entered <= limit))
                 and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))):
-            job = _without_odd_times(job)
+            job = _without_odd_numbers(job, JOB_TIMES)
             get = job.get
             entered, queued = get("EnteredCurrentStatus"), get("QDate")
         count = 1
@@ -290,7 +341,7 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
                 waiting.append(job)
             elif since.__class__ is int or since.__class__ is float:
                 young.append(job)
-        elif status == RUNNING:
+        elif status in ON_WORKER:
             host = get("RemoteHost")
             if host.__class__ is str and host:
                 at = host.find("@")
@@ -300,12 +351,13 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
 
 
 def running_by_startd(jobs: list[dict[str, Any]]) -> dict[str, int]:
-    """How many running jobs the schedd places on each startd (by the job's RemoteHost; an entry
-    with JobCount N counts N), as scan_jobs counts them, for a reader that needs no more of the queue."""
+    """How many jobs the schedd places on each startd (running, transferring output or suspended:
+    ON_WORKER; by the job's RemoteHost; an entry with JobCount N counts N), as scan_jobs counts
+    them, for a reader that needs no more of the queue."""
     counts: dict[str, int] = {}
     for job in jobs:
         host = job.get("RemoteHost")
-        if job.get("JobStatus") == RUNNING and isinstance(host, str) and host:
+        if job.get("JobStatus") in ON_WORKER and isinstance(host, str) and host:
             key = _startd(host)
             count = job.get("JobCount", 1)
             counts[key] = counts.get(key, 0) + (count if count.__class__ is int and count > 0 else 1)
@@ -319,13 +371,13 @@ def _hosts(slots: list[dict[str, Any]]) -> set[str]:
 
 
 def running_on(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
-    """The schedd's running jobs on the worker holding SLOTS: on one of its startds or machines."""
+    """The schedd's jobs (ON_WORKER) on the worker holding SLOTS: on one of its startds or machines."""
     return sum(running.get(key, 0) for key in _hosts(slots))
 
 
 def running_unlisted(slots: list[dict[str, Any]], running: dict[str, int]) -> int:
-    """The schedd's running jobs on startds that none of SLOTS (the pool's) belongs to: their ads
-    are gone from the collector (expired in a network break, say) while the jobs run on."""
+    """The schedd's jobs (ON_WORKER) on startds that none of SLOTS (the pool's) belongs to: their
+    ads are gone from the collector (expired in a network break, say) while the jobs run on."""
     listed = _hosts(slots)
     return sum(count for key, count in running.items() if key not in listed)
 
@@ -382,10 +434,12 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
              running: int = 0, observed_since: Optional[float] = None, memo: Optional[Memo] = None,
              unplaced: Callable[[], int] = lambda: 0) -> Worker:
     """One farm instance's state, with its reason and the figures behind it. RUNNING: the jobs the
-    schedd says run there; OBSERVED_SINCE: since when this scaler has seen it idle in every cycle
-    (None: not before now); UNPLACED: how many jobs the schedd says run on startds the collector
-    lists no ad of (an instance without ads may be running them: it is never declared lost then),
-    asked only for an instance that would be lost."""
+    schedd places there (ON_WORKER: running, transferring output, suspended); OBSERVED_SINCE:
+    since when this scaler has seen it idle in every cycle (None: not before now); UNPLACED: how
+    many jobs the schedd places on startds the collector lists no ad of (an instance without ads
+    may be running them: it is never declared lost then), asked only for an instance that would
+    be lost. A worker with a Drained slot is the scaler's to end only if the scaler drained it
+    (_others_drain)."""
     memo = memo or Memo(spec)
     iid = str(instance["InstanceId"])
     slots = current_slots(slots) if slots else slots
@@ -407,21 +461,30 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
                 why = f"not in the pool after {age:.0f}s, but the collector restarted less than {spec.boot_timeout:.0f}s ago"
                 return worker(WorkerState.BOOTING, why)
             if unplaced():
-                why = f"no slot ads {age:.0f}s after launch, but {unplaced()} job(s) run on startds the collector does not list: it may be running them"
+                why = (f"no slot ads {age:.0f}s after launch, but the schedd has {unplaced()} job(s) on startds the collector does not list: "
+                       "it may be running them")
                 return worker(WorkerState.OTHER, why)
             return worker(WorkerState.LOST, f"not in the pool {age:.0f}s after launch (boot-timeout {spec.boot_timeout:.0f}s)")
         return worker(WorkerState.BOOTING, f"launched {age:.0f}s ago, not in the pool yet")
     if "Drained" in states:
+        drained = all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots)
+        still = f"the schedd still has {running} job(s) there" if running else f"{claimed} slot(s) still claimed" if claimed else ""
+        foreign = _others_drain(slots)
+        if foreign is not None:
+            # Not the scaler's to end, nor to count as its drain (consolidation's budget).
+            done = "drained" if drained and not running else "being drained"
+            return worker(WorkerState.OTHER, f"{done} by someone else ({foreign}){', ' + still if still else ''}: left alone")
         if running:
-            return worker(WorkerState.DRAINING, f"draining, {running} job(s) still running there by the schedd")
-        if all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in slots):
+            return worker(WorkerState.DRAINING, f"draining, {still}")
+        if drained:
             return worker(WorkerState.DRAINED, "every slot drained and idle")
-        return worker(WorkerState.DRAINING, f"draining, {claimed} slot(s) still claimed" if claimed else "draining")
+        return worker(WorkerState.DRAINING, f"draining, {still}" if still else "draining")
     if claimed:
         return worker(WorkerState.BUSY, f"{claimed} of {len(slots)} slot(s) claimed")
     if running:
-        # The slot ads lag (UPDATE_INTERVAL); the schedd knows its running jobs now.
-        return worker(WorkerState.BUSY, f"{running} job(s) running there by the schedd, whatever its slot ads say")
+        # The slot ads lag (UPDATE_INTERVAL); the schedd knows its jobs now.
+        return worker(WorkerState.BUSY, f"the schedd has {running} job(s) there (running, transferring output or suspended), "
+                                        "whatever its slot ads say")
     if all(s == "Unclaimed" for s in states):
         entered = [float(s["EnteredCurrentState"]) for s in slots if _is_number(s.get("EnteredCurrentState"))]
         # Without the attribute the idle time is unknown: count it from now (never drained early).
@@ -439,6 +502,20 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
         return worker(WorkerState.IDLE, why, since, seen)
     odd = sorted({str(s) for s in states if s != "Unclaimed"})
     return worker(WorkerState.OTHER, f"slot state(s) {', '.join(odd)}: neither idle nor busy")
+
+
+def _others_drain(slots: list[dict[str, Any]]) -> Optional[str]:
+    """Whose drain a worker's Drained SLOTS show when it is not the scaler's (their DrainReason
+    does not start with DRAIN_REASON_PREFIX): that reason, quoted, or that they name none; None
+    when each of them names the scaler's drain."""
+    for s in slots:
+        if s.get("State") == "Drained":
+            reason = s.get("DrainReason")
+            if not isinstance(reason, str):
+                return "no DrainReason"
+            if not reason.startswith(DRAIN_REASON_PREFIX):
+                return f"reason {_shown(reason)}"
+    return None
 
 
 def client_token(name: str, first_attempt: float, count: int) -> str:
@@ -519,6 +596,11 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
 
 
 def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
+    """The unclaimed resources of an active worker's SLOTS; none while it drains (someone else's
+    drain: the scaler's own are not active), as a drained startd takes no new job whatever a
+    lagging Unclaimed ad of it says."""
+    if any(s.get("State") == "Drained" for s in slots):
+        return fit.Resources()
     free = [s for s in slots if s.get("State") == "Unclaimed"]
     return fit.Resources(sum(int(_number(s.get("Cpus"), 0)) for s in free), sum(int(_number(s.get("Memory"), 0)) for s in free),
                          sum(int(_number(s.get("GPUs"), 0)) for s in free))

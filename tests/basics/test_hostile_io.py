@@ -345,8 +345,7 @@ def test_snapshot_refuses_wrong_types_with_their_place(text: str, reason: str, t
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("slots", {"Cpus": -1e300}),
-        ("slots", {"EnteredCurrentState": float("inf")}),
+        # A slot's numbers out of range are read as absent (tests/scaler): any startd may send them.
         ("instances", {"InstanceId": "i-1", "LaunchTime": -1e20}),
     ],
 )

@@ -17,6 +17,7 @@ import pytest
 from tests.fixtures.condor_pool import CondorPool, ensure_rootfs, processes_in_namespace, wait_for
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
 pytestmark = pytest.mark.pool
 
@@ -67,7 +68,8 @@ def test_graceful_drain_of_a_token_only_worker_lets_the_job_finish(condor_pool: 
     wait_for(lambda: [j for j in condor_pool.jobs(cluster) if j.get("JobStatus") == 2], JOB_TIMEOUT, "the job running")
     pslot = next(ad["Name"] for ad in condor_pool.ads("Startd", f'VfarmInstanceId == "{iid}" && SlotType == "Partitionable"'))
     drained_at = time.monotonic()
-    result = condor_pool.run(["condor_drain", "-graceful", pslot])
+    # The scaler terminates only what it drained: its drains carry its reason (a real admin's do not).
+    result = condor_pool.run(["condor_drain", "-graceful", "-reason", f"{DRAIN_REASON_PREFIX}test", pslot])
     assert "Sent request to drain" in result.stdout + result.stderr
     # A second job for the same worker must not start there while it drains.
     later = condor_pool.submit(1, 1, requirements=f'VfarmInstanceId == "{iid}"')

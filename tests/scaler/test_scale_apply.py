@@ -92,9 +92,18 @@ class FakeCloud:
 class FakeDrain:
     def __init__(self) -> None:
         self.drained: list[str] = []
+        self.reasons: dict[str, str] = {}  # the plan's reason of each drain
 
     def drain(self, instance_id: str, slots: list[dict[str, Any]], reason: str) -> None:
         self.drained.append(instance_id)
+        self.reasons[instance_id] = reason
+
+
+def advertised(reason: str) -> str:
+    """The DrainReason a startd advertises once the scaler drained it for REASON: the -reason word
+    CondorDrain gives condor_drain (HTCondor 23.9 advertises it as given)."""
+    argv = apply.CondorDrain("cm:9618").command("slot1@w", reason)
+    return argv[argv.index("-reason") + 1]
 
 
 class World:
@@ -106,6 +115,7 @@ class World:
         self.drain = FakeDrain()
         self.jobs: list[dict[str, Any]] = []
         self.slots: list[dict[str, Any]] = []
+        self.collector: list[dict[str, Any]] = []
         self.pool_down: Optional[str] = None
         self.spec = spec
         self.metrics = loop.Metrics(spec.name)
@@ -120,7 +130,7 @@ class World:
     def pool(self) -> dict[str, Any]:
         if self.pool_down:
             raise discover.DiscoverError(self.pool_down)
-        return {"jobs": list(self.jobs), "slots": list(self.slots), "collector": []}
+        return {"jobs": list(self.jobs), "slots": list(self.slots), "collector": list(self.collector)}
 
     def tick(self, seconds: float) -> None:
         self.now[0] += seconds
@@ -187,10 +197,21 @@ def test_an_unreachable_pool_or_cloud_skips_the_cycle_and_changes_nothing(caplog
     assert ("terminate", {"i-lost": "lost"}) in w.cloud.calls
 
 
+def test_a_broken_startds_numbers_stop_no_cycle(caplog: pytest.LogCaptureFixture) -> None:
+    """Any startd holding the pool's token may advertise numbers outside 64 bits: they are read as
+    absent, and the farm's cycle goes on."""
+    w = World(caplog)
+    w.cloud.instances["i-lost"] = instance("i-lost", w.now[0] - 5000)  # terminated as lost by any cycle that runs
+    w.slots = [{"Name": "slot1@w", "Cpus": 10**30, "EnteredCurrentState": float("nan"), "LastHeardFrom": -1e300, "VfarmInstanceId": "i-other"}]
+    assert w.scaler.cycle() is not None
+    assert ("terminate", {"i-lost": "lost"}) in w.cloud.calls and "cycle skipped" not in caplog.text
+    assert 'vfarm_scale_cycles_total{farm="farm",result="applied"} 1.0' in w.metrics.text()
+
+
 def test_ads_the_planner_cannot_read_skip_the_cycle_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     w = World(caplog)
     w.cloud.instances["i-lost"] = instance("i-lost", w.now[0] - 5000)  # would be terminated as lost
-    w.slots = [{"Name": "slot1@w", "Cpus": 10**30, "VfarmInstanceId": "i-other"}]  # outside 64 bits, as a broken startd could advertise
+    w.collector = [{"MyType": "Collector", "MyCurrentTime": w.now[0], "MonitorSelfAge": 10**30}]  # outside 64 bits
     assert w.scaler.cycle() is None
     assert "cycle skipped, nothing changed" in caplog.text and "Traceback" not in caplog.text
     assert not [c for c in w.cloud.calls if c[0] != "describe"]
@@ -212,10 +233,42 @@ def test_drain_then_terminate_only_without_a_claim(caplog: pytest.LogCaptureFixt
     w.scaler.cycle()  # seen idle in every cycle for idle-time
     assert w.drain.drained == ["i-a"] and not [c for c in w.cloud.calls if c[0] == "terminate"]
     assert "drain i-a: idle for 100s (idle-time 100s)" in caplog.text
-    w.slots[0] = {**slot("i-a"), "State": "Drained", "Activity": "Idle"}
+    w.slots[0] = {**slot("i-a"), "State": "Drained", "Activity": "Idle", "Draining": True, "DrainReason": advertised(w.drain.reasons["i-a"])}
     w.scaler.cycle()
     assert ("terminate", {"i-a": "drained"}) in w.cloud.calls
     assert w.cloud.instances["i-b"]["State"]["Name"] == "running"
+
+
+def test_a_worker_drained_by_someone_else_is_never_terminated_and_every_view_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """An admin drains a farm worker for maintenance (condor_drain -reason ...): the scaler leaves it
+    alone, and --status (table and JSON: the status page's data), the plan's table and its JSON
+    (--snapshot, --dry-run) say whose drain it is. Once the admin cancels the drain it is a worker
+    like any: idle for idle-time, the scaler drains it itself, and that drain it terminates."""
+    w = World(caplog)
+    w.cloud.instances["i-a"] = instance("i-a", w.now[0] - 1000)
+    maintenance = {**slot("i-a"), "State": "Drained", "Activity": "Idle", "Draining": True, "DrainReason": "maintenance: new disk",
+                   "DrainingRequestId": "d8a1"}
+    w.slots = [maintenance]
+    for _ in range(4):
+        w.scaler.cycle()
+        w.tick(60)
+    assert not [c for c in w.cloud.calls if c[0] == "terminate"] and w.drain.drained == []
+    why = "drained by someone else (reason 'maintenance: new disk'): left alone"
+    snapshot = w.scaler.discover()
+    result = planner.plan(snapshot, SPEC)
+    status = loop.status_document(result, snapshot, SPEC, w.scaler.applier.read_verdict)
+    assert [(r["instance"], r["state"], r["reason"]) for r in status["instances"]] == [("i-a", "other", why)]
+    assert why in commands.render_status(status["instances"], SPEC, result)
+    assert why in commands.render(result, SPEC)
+    assert [(i["id"], i["state"], i["reason"]) for i in result.to_json()["instances"]] == [("i-a", "other", why)]
+    w.slots = [{**slot("i-a"), "EnteredCurrentState": w.now[0]}]  # condor_drain -cancel
+    for _ in range(3):
+        w.scaler.cycle()
+        w.tick(50)
+    assert w.drain.drained == ["i-a"] and not [c for c in w.cloud.calls if c[0] == "terminate"]
+    w.slots = [{**maintenance, "DrainReason": advertised(w.drain.reasons["i-a"]), "DrainingRequestId": "e01f"}]
+    w.scaler.cycle()
+    assert ("terminate", {"i-a": "drained"}) in w.cloud.calls
 
 
 def test_black_hole_stops_launches_loudly_then_probes(caplog: pytest.LogCaptureFixture) -> None:

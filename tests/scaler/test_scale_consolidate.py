@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 from vfarm.config import scale as scale_spec
 from vfarm.config.loader import ConfigError, load_text
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
 NOW = 1_700_000_000.0
 FARM = "farm"
 CPUS = 8
 TICK = 15.0
+# The DrainReason a startd the scaler drained advertises (HTCondor 23.9): condor_drain's -reason.
+SCALERS_DRAIN = f"{DRAIN_REASON_PREFIX}consolidation: 9 idle CPU(s) on the farm's workers"
 
 
 def spec(**extra: Any) -> scale_spec.ScaleSpec:
@@ -36,13 +39,14 @@ def instance(iid: str) -> dict[str, Any]:
     return {"InstanceId": iid, "LaunchTime": NOW - 9999, "State": {"Name": "running"}, "Tags": [{"Key": "vfarm:farm", "Value": FARM}]}
 
 
-def worker_slots(iid: str, jobs: list[int], drained: bool = False, cpus: int = CPUS) -> list[dict[str, Any]]:
-    """A partitionable slot and one dynamic slot per job (its CPUs), as the collector shows them."""
+def worker_slots(iid: str, jobs: list[int], drained: bool = False, cpus: int = CPUS, drain_reason: str = SCALERS_DRAIN) -> list[dict[str, Any]]:
+    """A partitionable slot and one dynamic slot per job (its CPUs), as the collector shows them;
+    a drained one with the drain attributes of its startd (DRAIN_REASON: whose drain it is)."""
     free = cpus - sum(jobs)
     state = "Drained" if drained else "Unclaimed"
     pslot = {"Name": f"slot1@{iid}", "Machine": f"m-{iid}", "State": state, "Activity": "Retiring" if drained and jobs else "Idle",
              "Cpus": free, "PartitionableSlot": True, "EnteredCurrentState": NOW - 9999, "NumDynamicSlotsTime": NOW - 600,
-             "VfarmInstanceId": iid}
+             "VfarmInstanceId": iid, **({"Draining": True, "DrainReason": drain_reason} if drained else {})}
     dynamic = [{"Name": f"slot1_{n + 1}@{iid}", "Machine": f"m-{iid}", "State": "Claimed", "Activity": "Retiring" if drained else "Busy",
                 "Cpus": c, "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "VfarmInstanceId": iid} for n, c in enumerate(jobs)]
     return [pslot, *dynamic]
@@ -53,10 +57,11 @@ def running(iid: str, jobs: list[int], cluster: int) -> list[dict[str, Any]]:
              "RemoteHost": f"slot1_{n + 1}@{iid}"} for n, c in enumerate(jobs)]
 
 
-def snapshot(load: dict[str, list[int]], drained: tuple[str, ...] = (), idle_jobs: int = 0, **memory: Any) -> dict[str, Any]:
+def snapshot(load: dict[str, list[int]], drained: tuple[str, ...] = (), idle_jobs: int = 0, drain_reason: str = SCALERS_DRAIN,
+             **memory: Any) -> dict[str, Any]:
     slots, jobs = [], []
     for k, (iid, cpus) in enumerate(sorted(load.items())):
-        slots += worker_slots(iid, cpus, iid in drained)
+        slots += worker_slots(iid, cpus, iid in drained, drain_reason=drain_reason)
         jobs += running(iid, cpus, 100 + k)
     jobs += [{"ClusterId": 1, "ProcId": n, "JobStatus": 1, "RequestCpus": 1, "QDate": NOW - 900, "EnteredCurrentStatus": NOW - 900}
              for n in range(idle_jobs)]
@@ -110,6 +115,16 @@ def test_the_disruption_budget_counts_remembered_and_draining_workers() -> None:
     # A remembered worker that is gone (terminated) no longer counts.
     gone = planner.plan(snapshot({"i-b": [1], "i-c": [1]}, consolidating=["i-a"]), spec())
     assert [d.instance for d in consolidation(gone)] == ["i-b"] and gone.consolidating == ["i-b"]
+
+
+def test_a_worker_someone_else_drains_is_no_drain_of_the_scalers_budget() -> None:
+    """The disruption budget counts the scaler's own drains. A worker an admin (or condor_defrag)
+    drains while its jobs run is left alone: neither counted against the budget nor a place for jobs."""
+    load = {"i-a": [1], "i-b": [1], "i-c": [1]}
+    assert consolidation(planner.plan(snapshot(load, drained=("i-a",)), spec())) == []  # the scaler's: counted
+    result = planner.plan(snapshot(load, drained=("i-a",), drain_reason="defrag"), spec())
+    assert [d.instance for d in consolidation(result)] == ["i-b"] and result.consolidating == ["i-b"]
+    assert result.instances[0].state == "other" and "being drained by someone else (reason 'defrag')" in result.instances[0].reason
 
 
 def test_the_free_cpus_of_a_worker_drained_as_idle_are_no_room_for_the_others() -> None:
@@ -173,7 +188,7 @@ def test_a_drained_worker_the_schedd_still_runs_a_job_on_is_not_terminated() -> 
     assert planner.plan(snap, spec()).terminate == ["i-a"]
     snap["jobs"] = running("i-a", [1], 7)  # its ads lag: the schedd knows the job still runs there
     result = planner.plan(snap, spec())
-    assert result.terminate == [] and result.instances[0].state == "draining" and "by the schedd" in result.instances[0].reason
+    assert result.terminate == [] and result.instances[0].state == "draining" and "the schedd still has 1 job(s) there" in result.instances[0].reason
 
 
 def test_settings_defaults_and_checks() -> None:

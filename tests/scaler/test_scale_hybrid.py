@@ -20,6 +20,7 @@ from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import apply, backends, loop
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
 NOW = 1_700_000_000.0
 FARM = """\
@@ -166,7 +167,8 @@ def test_back_off_and_black_hole_are_per_cloud() -> None:
     assert launches(holed) == {"default@aws": 2}
     # Terminations back off per cloud too.
     drained = [instance("i-a", "aws"), instance("i-s", "site")]
-    slots = [{"Name": f"slot1@{i}", "VfarmInstanceId": i, "State": "Drained", "Activity": "Idle", "Cpus": 1} for i in ("i-a", "i-s")]
+    slots = [{"Name": f"slot1@{i}", "VfarmInstanceId": i, "State": "Drained", "Activity": "Idle", "Cpus": 1, "Draining": True,
+              "DrainReason": f"{DRAIN_REASON_PREFIX}idle for 99s"} for i in ("i-a", "i-s")]
     ends = planner.plan({"now": NOW, "jobs": [], "slots": slots, "instances": drained, planner.BACKOFF: {"terminate@site": NOW + 9}}, farm)
     assert [(d.action.value, d.instance, d.cloud) for d in ends.decisions] == [("terminate", "i-a", "aws"), ("hold", "i-s", "site")]
 

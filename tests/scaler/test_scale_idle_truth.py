@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import discover, loop
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
 NOW = 1_700_000_000.0
 FARM = "farm"
@@ -65,12 +66,41 @@ def test_a_job_the_schedd_runs_there_makes_the_worker_busy_whatever_its_stale_ad
     for remote in (f"slot1_1@w-i-a@{HOST}", f"slot1@w-i-a@{HOST}", HOST):  # a dynamic slot, the slot itself, its machine
         result = planner.plan(snapshot([stale], [running_job(0, remote)], observed=watched), spec(60))
         assert result.drain == [] and only(result).state == "busy", remote
-        assert "running there by the schedd" in only(result).reason
+        assert "the schedd has 1 job(s) there" in only(result).reason
         assert result.observed_idle_since == {}  # not seen idle in this cycle: the next one starts afresh
     elsewhere = planner.plan(snapshot([stale], [running_job(0, f"slot1_1@w-i-b@{HOST}")], observed=watched), spec(60))
     assert elsewhere.drain == ["i-a"]  # another worker's job on the same machine name's startd does not count
     idle = {**running_job(0, f"slot1_1@w-i-a@{HOST}"), "JobStatus": 1}
-    assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60))).state == "idle"  # only running jobs count
+    assert only(planner.plan(snapshot([stale], [idle], observed=watched), spec(60))).state == "idle"  # an idle job is no evidence
+
+
+@pytest.mark.parametrize("status", [6, 7], ids=["transferring-output", "suspended"])
+def test_a_job_transferring_output_or_suspended_there_is_the_schedds_evidence_too(status: int) -> None:
+    """A job that transfers its output (JobStatus 6) or is suspended (7) still holds its claim on
+    the worker: with slot ads that lag, the worker is busy, and a drained one is not terminated
+    (its job's output would be lost). Such a job is no idle demand, and the status shows it."""
+    stale = pslot("i-a", NOW - 9999, NOW - 9000)
+    watched = {"i-a": NOW - 9000}
+    there = {**running_job(0, f"slot1_1@w-i-a@{HOST}"), "JobStatus": status}
+    result = planner.plan(snapshot([stale], [there], observed=watched), spec(60))
+    assert result.drain == [] and only(result).state == "busy" and result.observed_idle_since == {}
+    assert only(result).reason == "the schedd has 1 job(s) there (running, transferring output or suspended), whatever its slot ads say"
+    assert (result.waiting, result.demand, result.supply) == (0, 0, 4)  # what the ads say of its CPUs, as for a running job
+    drained = {**pslot("i-a", NOW - 9999, NOW - 60, "Drained", "Idle"), "Draining": True, "DrainReason": f"{DRAIN_REASON_PREFIX}idle for 99s"}
+    ended = planner.plan(snapshot([drained], [there]), spec(60))
+    assert ended.terminate == [] and only(ended).state == "draining" and only(ended).reason == "draining, the schedd still has 1 job(s) there"
+    assert planner.plan(snapshot([drained], []), spec(60)).terminate == ["i-a"]
+    assert planner.running_by_startd([there]) == {f"w-i-a@{HOST}": 1}
+    rows = loop.status_rows(result, snapshot([stale], [there]), spec(60))
+    assert [(r["state"], r["jobs"]) for r in rows] == [("busy", 1)]
+
+
+def test_discover_asks_the_schedd_for_every_job_on_a_worker_and_no_other() -> None:
+    """The constraint of discover's first query, evaluated by HTCondor's own ClassAd library."""
+    import classad2
+
+    matched = [status for status in range(1, 8) if classad2.ExprTree(discover.ON_WORKER_CONSTRAINT).eval(classad2.ClassAd({"JobStatus": status}))]
+    assert matched == [2, 6, 7]  # running, transferring output, suspended; not idle (1), removed (3), completed (4), held (5)
 
 
 def test_a_dynamic_slots_ad_older_than_its_partitionable_slots_newer_ad_is_stale() -> None:
@@ -142,6 +172,7 @@ class Timeline:
     update: float
     joined: float = NOW - 1
     drained: dict[str, float] = field(default_factory=dict)
+    drain_reasons: dict[str, str] = field(default_factory=dict)  # the DrainReason each drained startd advertises
 
     def changes(self, iid: str, until: float) -> list[float]:
         return [t for j in self.jobs if j.worker == iid for t in (j.start, j.end) if t <= until]
@@ -159,7 +190,8 @@ class Timeline:
         slots, jobs = [], []
         for iid in self.workers:
             if iid in self.drained:
-                slots.append(pslot(iid, self.joined, self.drained[iid], "Drained", "Idle"))
+                slots.append({**pslot(iid, self.joined, self.drained[iid], "Drained", "Idle"), "Draining": True,
+                              "DrainReason": self.drain_reasons[iid]})
                 continue
             sent = self.last_refresh(iid, t)
             changed = max([self.joined, *self.changes(iid, sent)])
@@ -198,6 +230,7 @@ class Drain:
 
     def drain(self, instance_id: str, slots: list[dict[str, Any]], reason: str) -> None:
         self.timeline.drained[instance_id] = self.clock[0]
+        self.timeline.drain_reasons[instance_id] = DRAIN_REASON_PREFIX + reason  # what condor_drain -reason gives the startd
         if reason.startswith("consolidation"):
             self.for_consolidation.add(instance_id)
 

@@ -88,6 +88,28 @@ def test_what_one_user_submits_is_read_never_a_failed_cycle(condor_pool: CondorP
             condor_pool.run(["condor_rm", str(cluster)], check=False)
 
 
+def test_a_suspended_job_is_the_schedds_evidence_that_its_worker_is_busy(condor_pool: CondorPool) -> None:
+    """condor_suspend: the job is JobStatus 7 and keeps its RemoteHost; discover reads it with the
+    running ones, so the planner counts it on its worker (what a lagging slot ad would not show)."""
+    from tests.fixtures.condor_pool import wait_for
+
+    iid = "i-suspend"
+    condor_pool.add_worker(iid, cpus=1, memory=1024)
+    cluster = condor_pool.submit(1, 120, requirements=f'VfarmInstanceId == "{iid}"')
+    try:
+        wait_for(lambda: [j for j in condor_pool.jobs(cluster) if j.get("JobStatus") == 2], 90, "the job running")
+        condor_pool.run(["condor_suspend", str(cluster)])
+        wait_for(lambda: [j for j in condor_pool.jobs(cluster) if j.get("JobStatus") == 7], 90, "the job suspended")
+        found = discover.pool_snapshot(condor_pool.collector_address)
+        ours = [j for j in found["jobs"] if j.get("ClusterId") == cluster]
+        assert [(j["JobStatus"], j["RemoteHost"].split("@")[1]) for j in ours] == [(7, f"w-{iid}")], ours
+        slots = [s for s in found["slots"] if s.get("VfarmInstanceId") == iid]
+        assert planner.running_on(slots, planner.running_by_startd(found["jobs"])) == 1
+    finally:
+        condor_pool.run(["condor_rm", str(cluster)], check=False)
+        condor_pool.remove_worker(iid)
+
+
 def test_an_unreachable_collector_is_an_error_never_an_empty_pool() -> None:
     with pytest.raises(discover.DiscoverError, match="collector 127.0.0.1:9"):
         discover.pool_snapshot("127.0.0.1:9")

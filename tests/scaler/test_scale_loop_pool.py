@@ -128,6 +128,7 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
     from vfarm.config import scale as scale_spec
     from vfarm.scaler import apply, discover
     from vfarm.scaler import plan as planner
+    from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
     iid = "i-race"
     condor_pool.add_worker(iid, cpus=1, memory=1024)
@@ -158,8 +159,41 @@ def test_the_scalers_drain_of_a_busy_token_only_worker_lets_the_job_finish(condo
         assert "draining" in states
         history = condor_pool.history(cluster)
         assert [(ad["NumJobStarts"], ad["ExitCode"]) for ad in history] == [(1, 0)]
+        # What the planner knew the drain by: the startd advertises condor_drain's -reason.
+        ads = [s for s in discover.pool_snapshot(condor_pool.collector_address)["slots"] if s.get("VfarmInstanceId") == iid]
+        assert {s.get("DrainReason") for s in ads if s.get("State") == "Drained"} == {f"{DRAIN_REASON_PREFIX}test"}, ads
     finally:
         condor_pool.run(["condor_rm", str(cluster)], check=False)
+        condor_pool.remove_worker(iid)
+
+
+def test_a_worker_an_admin_drained_is_left_alone(condor_pool: CondorPool) -> None:
+    """An admin's `condor_drain -graceful -reason ...` of a farm worker (maintenance): once its ads
+    show it drained, the planner leaves it alone, never terminates it; the same worker drained by
+    the scaler (test above) is terminated."""
+    from tests.fixtures.condor_pool import wait_for
+    from vfarm.config import scale as scale_spec
+    from vfarm.scaler import discover
+    from vfarm.scaler import plan as planner
+
+    iid = "i-maint"
+    condor_pool.add_worker(iid, cpus=1, memory=1024)
+    try:
+        pslot = next(ad["Name"] for ad in condor_pool.ads("Startd", f'VfarmInstanceId == "{iid}" && SlotType == "Partitionable"'))
+        condor_pool.run(["condor_drain", "-pool", condor_pool.collector_address, "-graceful", "-reason", "kernel update", pslot])
+
+        def drained() -> list[dict[str, Any]]:
+            ads = [s for s in discover.pool_snapshot(condor_pool.collector_address)["slots"] if s.get("VfarmInstanceId") == iid]
+            return ads if ads and all(s.get("State") == "Drained" and s.get("Activity") == "Idle" for s in ads) else []
+
+        ads = wait_for(drained, 90, "the worker drained by the admin", interval=0.5)
+        assert {s.get("DrainReason") for s in ads} == {"kernel update"}, ads
+        spec = scale_spec.parse({"name": "maint", "cloud": {"type": "ec2"}, "max-vms": 1, "idle-time": 0, "waiting-time": 0})
+        instance = {"InstanceId": iid, "State": {"Name": "running"}, "LaunchTime": time.time() - 60, "Tags": [{"Key": "vfarm:farm", "Value": "maint"}]}
+        plan = planner.plan({"now": time.time(), **discover.pool_snapshot(condor_pool.collector_address), "instances": [instance]}, spec)
+        assert plan.terminate == [] and plan.drain == []
+        assert (plan.instances[0].state, plan.instances[0].reason) == ("other", "drained by someone else (reason 'kernel update'): left alone")
+    finally:
         condor_pool.remove_worker(iid)
 
 

@@ -22,6 +22,7 @@ from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import apply, loop
 from vfarm.scaler import plan as planner
+from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
 NOW = 1_700_000_000.0
 FARM = """\
@@ -146,7 +147,8 @@ def test_idle_workers_of_other_types_make_room_under_max_cpus() -> None:
     result = planner.plan({"now": NOW, "jobs": big[:1], "slots": slots, "instances": workers, "observed_idle_since": seen}, farm)
     assert result.drain == small[:3]
     # Workers already on their way out count as freed: the next cycle drains no more.
-    draining = [{**s, "State": "Drained", "Activity": "Retiring"} for s in slots[:3]]
+    draining = [{**s, "State": "Drained", "Activity": "Retiring", "Draining": True, "DrainReason": f"{DRAIN_REASON_PREFIX}{d.reason}"}
+                for s, d in zip(slots[:3], result.of(planner.Action.DRAIN))]  # as the startds advertise the scaler's drains
     result = planner.plan({"now": NOW, "jobs": big[:1], "slots": draining + slots[3:], "instances": workers, "observed_idle_since": seen}, farm)
     assert result.drain == [] and result.launch == 0
     # Idle for less than idle-time: kept.

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import plan as planner
-from vfarm.scaler.model import Action
+from vfarm.scaler.model import DRAIN_REASON_PREFIX, Action
 
 NOW = 1_700_000_000
 FARM = "torino"
@@ -59,8 +59,15 @@ def instance(iid: str, age: float = 3600, state: str = "running", farm: Optional
     }
 
 
-def slot(iid: str, n: int = 1, state: str = "Unclaimed", activity: str = "Idle", cpus: int = 4, since: float = NOW - 7200) -> dict[str, Any]:
-    return {
+# The DrainReason a startd the scaler drained advertises (HTCondor 23.9): condor_drain's -reason.
+SCALERS_DRAIN = f"{DRAIN_REASON_PREFIX}idle for 3700s (idle-time 3600s)"
+
+
+def slot(iid: str, n: int = 1, state: str = "Unclaimed", activity: str = "Idle", cpus: int = 4, since: float = NOW - 7200,
+         drain_reason: Optional[str] = SCALERS_DRAIN) -> dict[str, Any]:
+    """A static slot's ad; a Drained one with the drain attributes its startd advertises (none
+    when DRAIN_REASON is None)."""
+    ad = {
         "MyType": "Machine",
         "Name": f"slot{n}@w-{iid}@host",
         "Machine": "host",
@@ -71,6 +78,9 @@ def slot(iid: str, n: int = 1, state: str = "Unclaimed", activity: str = "Idle",
         "EnteredCurrentState": since,
         "VfarmInstanceId": iid,
     }
+    if state == "Drained" and drain_reason is not None:
+        ad.update(Draining=True, DrainReason=drain_reason, DrainingRequestId=f"{iid}-drain")
+    return ad
 
 
 def job(proc: int, status: int = 1, waited: float = 120, cpus: Optional[int] = 1, entered: bool = True) -> dict[str, Any]:
@@ -167,7 +177,7 @@ def test_a_worker_whose_ads_vanished_while_the_schedd_runs_jobs_on_it_is_not_los
     listed = [slot("i-busy", 1, state="Claimed", activity="Busy")]
     doubt = planner.plan(snap(jobs=[running, elsewhere], slots=listed, instances=[instance("i-quiet", age=7200), instance("i-busy")]), spec())
     assert state_of(doubt, "i-quiet") == "other" and doubt.terminate == []
-    assert "1 job(s) run on startds the collector does not list" in next(w.reason for w in doubt.instances if w.id == "i-quiet")
+    assert "the schedd has 1 job(s) on startds the collector does not list" in next(w.reason for w in doubt.instances if w.id == "i-quiet")
     clear = planner.plan(snap(jobs=[elsewhere], slots=listed, instances=[instance("i-quiet", age=7200), instance("i-busy")]), spec())
     assert state_of(clear, "i-quiet") == "lost" and clear.terminate == ["i-quiet"]
 
@@ -199,6 +209,43 @@ def test_joined_states() -> None:
     assert idle.idle_since == NOW - 100  # the latest EnteredCurrentState of its slots
     assert result.terminate == ["i-drained"]
     assert result.active == 3  # idle, busy, other
+
+
+def test_only_a_worker_the_scaler_drained_is_terminated_once_drained() -> None:
+    """An admin's maintenance drain (condor_drain) or condor_defrag's drain of a farm worker is not
+    the scaler's: drained or still draining, the worker is left alone with whose drain it is, never
+    terminated; one whose ads name no DrainReason cannot be shown to be the scaler's either."""
+    maintenance = "kernel update, back at 14:00"
+    slots = [
+        slot("i-ours", 1, state="Drained"), slot("i-ours", 2, state="Drained"),
+        slot("i-admin", 1, state="Drained", drain_reason=maintenance), slot("i-admin", 2, state="Drained", drain_reason=maintenance),
+        slot("i-defrag", 1, state="Drained", activity="Retiring", drain_reason="defrag"), slot("i-defrag", 2, state="Claimed", activity="Retiring"),
+        slot("i-finishing", 1, state="Drained", drain_reason=maintenance),  # its ads lag: the schedd still runs a job there
+        slot("i-mute", 1, state="Drained", drain_reason=None),
+        slot("i-lookalike", 1, state="Drained", drain_reason="vfarm scale"),  # not the prefix
+    ]
+    running = {**job(0, status=2), "RemoteHost": "slot1@w-i-finishing@host"}
+    names = ["i-ours", "i-admin", "i-defrag", "i-finishing", "i-mute", "i-lookalike"]
+    result = planner.plan(snap(jobs=[running], slots=slots, instances=[instance(n) for n in names]), spec(idle_time=0))
+    assert result.terminate == ["i-ours"] and result.drain == []
+    reasons = {w.id: (w.state.value, w.reason) for w in result.instances}
+    assert reasons == {
+        "i-ours": ("drained", "every slot drained and idle"),
+        "i-admin": ("other", f"drained by someone else (reason {maintenance!r}): left alone"),
+        "i-defrag": ("other", "being drained by someone else (reason 'defrag'), 1 slot(s) still claimed: left alone"),
+        "i-finishing": ("other", f"being drained by someone else (reason {maintenance!r}), the schedd still has 1 job(s) there: left alone"),
+        "i-mute": ("other", "drained by someone else (no DrainReason): left alone"),
+        "i-lookalike": ("other", "drained by someone else (reason 'vfarm scale'): left alone"),
+    }
+    assert result.active == 5 and result.supply == 0  # live instances of the farm, but no room for a job
+
+
+def test_a_worker_drained_by_someone_else_is_no_free_cpus() -> None:
+    """A drained startd takes no new job, whatever a lagging Unclaimed ad of it says: the waiting
+    jobs get a worker of their own."""
+    slots = [slot("i-admin", 1, state="Drained", drain_reason="maintenance"), slot("i-admin", 2, cpus=4)]
+    result = planner.plan(snap(jobs=[job(n) for n in range(4)], slots=slots, instances=[instance("i-admin")]), spec())
+    assert state_of(result, "i-admin") == "other" and result.supply == 0 and result.launch == 1
 
 
 # --- demand and supply ------------------------------------------------------------------------
@@ -344,6 +391,90 @@ def test_a_job_number_out_of_range_is_read_never_a_failed_cycle(key: str, value:
         assert [u.jobs for u in result.unfit] == [("7.8",)] and len(result.warnings) == 1, result.warnings
 
 
+# Numbers no 64-bit number holds, as a startd may advertise them (`Cpus = 1e300`) and condor_status -json prints them.
+ODD_NUMBERS = [1e300, -1e300, float("inf"), -float("inf"), float("nan"), 10**30]
+
+
+def odd_worker(key: str, value: Any) -> dict[str, Any]:
+    """The partitionable slot of i-odd, a worker seen idle for long, with KEY set to VALUE (None:
+    left out)."""
+    pslot = {**slot("i-odd", since=NOW - 9999), "PartitionableSlot": True, "NumDynamicSlotsTime": NOW - 5000, "LastHeardFrom": NOW - 10,
+             "GPUs": 0, "ChildName": []}
+    if value is None:
+        del pslot[key]
+    else:
+        pslot[key] = value
+    return pslot
+
+
+@pytest.mark.parametrize("value", ODD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("key", planner.SLOT_NUMBERS)
+def test_a_slot_number_out_of_range_is_read_as_absent_never_a_failed_cycle(key: str, value: Any) -> None:
+    """Any startd holding the pool's token can advertise `Cpus = 1e300`: one such worker must not
+    stop the farm's scaling. The number is read as absent: the plan is the plan of the ad without it."""
+    gone = {**slot("i-odd", 2, state="Claimed", activity="Busy", since=NOW - 6000), "Name": "slot1_1@w-i-odd@host", "DynamicSlot": True,
+            "LastHeardFrom": NOW - 5000}  # given back since: its parent's newer ad lists it no more
+    others = [slot("i-busy", state="Claimed", activity="Busy"), slot("i-spare", since=NOW - 100)]
+    instances = [instance("i-odd"), instance("i-busy"), instance("i-spare")]
+    for jobs in ([], [job(n) for n in range(6)]):  # quiet: drains; jobs waiting: supply and launches
+        odd = snap(jobs=jobs, slots=[odd_worker(key, value), gone, *others], instances=instances)
+        frozen = copy.deepcopy(odd)
+        result = planner.plan(odd, spec(max_vms=5))
+        assert odd == frozen  # read as absent, not removed from the caller's snapshot
+        absent = planner.plan(snap(jobs=jobs, slots=[odd_worker(key, None), gone, *others], instances=instances), spec(max_vms=5))
+        assert result.to_json() == absent.to_json()
+
+
+def test_what_an_absent_slot_number_means_errs_on_the_safe_side() -> None:
+    """EnteredCurrentState unknown: idle from now, never drained early; Cpus unknown: no free CPUs
+    (the waiting jobs get a worker); LastHeardFrom unknown: a dynamic slot is never taken for stale."""
+    idle = snap(slots=[slot("i-a", since=NOW - 9999)], instances=[instance("i-a")])
+    assert planner.plan(idle, spec()).drain == ["i-a"]
+    unknown = snap(slots=[slot("i-a", since=1e300)], instances=[instance("i-a")])
+    result = planner.plan(unknown, spec())
+    assert result.drain == [] and state_of(result, "i-a") == "idle" and result.instances[0].idle_since == NOW
+    huge = snap(jobs=[job(n) for n in range(4)], slots=[{**slot("i-a"), "Cpus": 1e300}], instances=[instance("i-a")])
+    result = planner.plan(huge, spec())
+    assert result.supply == 0 and result.launch == 1
+    parent = odd_worker("LastHeardFrom", float("nan"))
+    child = {**slot("i-odd", 2, state="Claimed", activity="Busy"), "Name": "slot1_1@w-i-odd@host", "DynamicSlot": True, "LastHeardFrom": NOW - 5000}
+    assert state_of(planner.plan(snap(slots=[parent, child], instances=[instance("i-odd")]), spec()), "i-odd") == "busy"
+    assert state_of(planner.plan(snap(slots=[odd_worker("LastHeardFrom", NOW), child], instances=[instance("i-odd")]), spec()), "i-odd") == "idle"
+
+
+@pytest.mark.parametrize("key,changes,place", [
+    ("instances", {"LaunchTime": 1e300}, "'instances[0].LaunchTime' is out of range (a 64-bit number), got 1e+300"),
+    ("instances", {"LaunchTime": float("nan")}, "'instances[0].LaunchTime' is out of range"),
+    ("collector", {"DaemonStartTime": float("inf")}, "'collector.DaemonStartTime' is out of range"),
+    ("collector", {"MonitorSelfAge": -(10**30)}, "'collector.MonitorSelfAge' is out of range"),
+])
+def test_instances_and_the_collectors_numbers_stay_strict(key: str, changes: dict[str, Any], place: str) -> None:
+    """The cloud's and the collector's numbers are no pool user's to write: one out of range is a
+    snapshot the planner refuses, with its place."""
+    base = snap(instances=[instance("i-a")], collector={"MyCurrentTime": NOW, "MonitorSelfAge": 600})
+    bad = {**base, "instances": [{**instance("i-a"), **changes}]} if key == "instances" else {**base, "collector": {**base["collector"], **changes}}
+    with pytest.raises(planner.SnapshotError, match=re.escape(place)):
+        planner.plan(bad, spec())
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('{"now": 1, "jobs": [], "slots": {"Cpus": 4}, "instances": []}', "'slots' must be a list, got dict"),
+    ('{"now": 1, "jobs": [], "slots": [4], "instances": []}', "'slots[0]' must be an object, got int"),
+    ('{"now": 1, "jobs": [], "slots": [], "instances": [{"LaunchTime": 1}]}', "'instances[0]' has no InstanceId"),
+    ('{"now": 1, "jobs": [], "slots": [], "instances": [], "collector": 5}', "'collector' must be an ad or a list of ads, got int"),
+])
+def test_a_snapshot_file_of_the_wrong_shape_is_still_refused_with_its_place(text: str, reason: str, tmp_path: Path) -> None:
+    """Only the slot ads' numbers are read leniently: a snapshot file whose shape the planner cannot
+    read is refused, in one line naming the file and the place."""
+    from vfarm.cli import scale as commands
+
+    path = tmp_path / "snap.json"
+    path.write_text(text)
+    with pytest.raises(planner.SnapshotError) as refused:
+        commands.read_snapshot(str(path))
+    assert str(refused.value) == f"{path}: {reason}"
+
+
 # --- snapshots and the command ----------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -417,7 +548,8 @@ def snapshots(draw: Any) -> tuple[dict[str, Any], scale_spec.ScaleSpec]:
                                   farm=draw(st.sampled_from([FARM, FARM, FARM, "other"]))))
         for s in range(draw(st.integers(0, 3))):
             state, activity = draw(SLOT_STATES)
-            slots.append(slot(iid, s + 1, state, activity, cpus=draw(st.integers(0, 4)), since=NOW - draw(st.integers(0, 5000))))
+            slots.append(slot(iid, s + 1, state, activity, cpus=draw(st.integers(0, 4)), since=NOW - draw(st.integers(0, 5000)),
+                              drain_reason=draw(st.sampled_from([SCALERS_DRAIN, SCALERS_DRAIN, "maintenance", None]))))
     jobs = [
         job(j, status=draw(st.sampled_from([1, 1, 2, 5])), waited=draw(st.integers(0, 300)), cpus=draw(st.integers(1, 6)))
         for j in range(draw(st.integers(0, 30)))
@@ -453,6 +585,8 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
     claimed = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Claimed"}
     touched = set(result.drain) | set(result.terminate)
     assert not set(result.terminate) & claimed  # never a busy instance terminated
+    others = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Drained" and s.get("DrainReason") != SCALERS_DRAIN}
+    assert not touched & others  # never one someone else drains, nor drained again
     # A busy worker is drained only to consolidate (gracefully: its jobs run to their end), while
     # the plan launches nothing, and never more than the disruption budget at once.
     consolidating = {d.instance for d in result.decisions if d.action is Action.DRAIN and d.reason.startswith("consolidation")}
