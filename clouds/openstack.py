@@ -422,21 +422,16 @@ class OpenStackCloud:
             raise OpenStackNotFoundError(f"{self.where}: no such server {server_id}")
         return describe(self._guard("show a server", self.conn.compute.get_server, found.id))
 
-    def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
-        """Set metadata on IDS (the scaler records why it ended a server). A server Nova no longer
-        has is skipped: the others are still tagged."""
-        for server_id in ids:
-            try:
-                self._guard("set metadata", self.conn.compute.set_server_metadata, server_id, **dict(tags))
-            except OpenStackNotFoundError:
-                continue
-
-    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
-        """Delete servers. Before anything is deleted, refuses if any ID is not one of vfarm's own
-        servers (with ONLY_MANAGED, the default), or lacks one of TAGS (metadata K=V each: `vfarm
-        terminate ID... --tag K=V` touches only that farm's servers). A server Nova no longer has
-        (deleted meanwhile: 404 by ID) is skipped, its change `terminated` before and after; any
-        other failure to look a server up is raised as itself."""
+    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None,
+                  mark: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[dict[str, Any]]:
+        """Delete servers. Before anything is marked or deleted, refuses if any ID is not one of
+        vfarm's own servers (with ONLY_MANAGED, the default), or lacks one of TAGS (metadata K=V
+        each: `vfarm terminate ID... --tag K=V` touches only that farm's servers). MARK (ID ->
+        metadata) is then set on each server just before it is deleted (the scaler records why it
+        ended a worker); a server that refuses it (Nova's 409 for one still building) is deleted
+        all the same. A server Nova no longer has (deleted meanwhile: 404 by ID) is skipped, its
+        change `terminated` before and after; any other failure to look a server up is raised as
+        itself."""
         ids = list(dict.fromkeys(ids))
         current: dict[str, dict[str, Any]] = {}
         for server_id in ids:
@@ -460,6 +455,11 @@ class OpenStackCloud:
                 changes.append({"InstanceId": server_id, "PreviousState": {"Name": "terminated"}, "CurrentState": {"Name": "terminated"}})
                 continue
             real = current[server_id]["InstanceId"]
+            if mark and server_id in mark:
+                try:
+                    self._guard("set metadata", self.conn.compute.set_server_metadata, real, **dict(mark[server_id]))
+                except OpenStackError:
+                    pass  # deleting the server matters more than recording why
             self._guard("delete a server", self.conn.compute.delete_server, real)
             before = current[server_id]["State"]["Name"]
             changes.append({"InstanceId": real, "PreviousState": {"Name": before}, "CurrentState": {"Name": "shutting-down"}})

@@ -212,12 +212,10 @@ class OpenStackBackend:
         return placed
 
     def terminate(self, ends: dict[str, str]) -> None:
-        for end in sorted(set(ends.values())):
-            try:
-                self._call(self.cloud.tag, [i for i, e in ends.items() if e == end], {END_TAG: end})
-            except CloudError:
-                pass  # Nova refuses metadata on a server still building (a lost one): deleting it matters more
-        self._call(self.cloud.terminate, list(ends))
+        """Tag each server with how it ended, then delete it: only once every one of them proved
+        to be this farm's (vfarm's metadata and the farm's), so a foreign server is never tagged.
+        Nova refuses metadata on a server still building (a lost one): it is deleted all the same."""
+        self._call(self.cloud.terminate, list(ends), tags={FARM_TAG: self.spec.name}, mark={i: {END_TAG: end} for i, end in ends.items()})
 
     def verdict(self, instance_id: str) -> Any:
         """The final check's verdict on the server's console log (Nova keeps it while the server exists)."""

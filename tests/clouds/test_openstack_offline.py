@@ -44,7 +44,6 @@ def test_dry_run_writes_the_built_userdata_and_prints_the_openstack_line(tmp_pat
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--property", "vfarm:token=x"], "property vfarm:token is vfarm's own"),
     (["--property", "novalue"], "bad property 'novalue': expected KEY=VALUE"),
-    (["--count", "0"], "--count must be at least 1, not 0"),
     (["--handlers", "embed", "--max-size", "20000"], "over the limit of 20000"),
 ])
 def test_dry_run_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str) -> None:
@@ -373,3 +372,49 @@ def test_terminate_ids_checks_every_tag(nova: FakeCompute, capsys: pytest.Captur
     code, out, err = terminate(torino, "--tag", "vfarm:farm=torino")
     assert code == 0 and out.split()[3:] == [torino, "running", "shutting-down"], (out, err)
     assert list(nova.servers_) == [milano]
+
+
+def test_the_scaler_tags_only_its_farms_servers_and_only_after_the_check(nova: FakeCompute) -> None:
+    """The scaler records why it ended a worker (metadata vfarm:end) just before deleting it, and
+    only once every server asked for proved to be vfarm's and its farm's: a foreign server, or
+    another farm's, is neither tagged nor deleted, and nor is any other server of the same call."""
+    from vfarm.scaler.apply import CloudError
+    from vfarm.scaler.backends import OpenStackBackend
+
+    ours = nova.add("66666666-0000-0000-0000-000000000001", {**MANAGED, "vfarm:farm": "torino"})
+    building = nova.add("66666666-0000-0000-0000-000000000002", {**MANAGED, "vfarm:farm": "torino"})
+    foreign = nova.add("66666666-0000-0000-0000-000000000003", {"owner": "someone"})
+    milano = nova.add("66666666-0000-0000-0000-000000000004", {**MANAGED, "vfarm:farm": "milano"})
+    before = {sid: dict(server["metadata"]) for sid, server in nova.servers_.items()}
+    calls: list[tuple[str, str]] = []
+    ended: dict[str, dict[str, str]] = {}  # the metadata each deleted server ended with
+    set_metadata, delete = nova.set_server_metadata, nova.delete_server
+
+    def recorded_set(sid: str, **metadata: str) -> None:
+        calls.append(("set metadata", sid))
+        if sid == building:  # Nova refuses metadata on a server still building
+            raise http_error("ConflictException", 409, "Cannot 'update_metadata' instance while it is in vm_state building")
+        set_metadata(sid, **metadata)
+
+    def recorded_delete(sid: str) -> None:
+        calls.append(("delete", sid))
+        ended[sid] = dict(nova.servers_[sid]["metadata"])
+        delete(sid)
+
+    nova.set_server_metadata = recorded_set  # type: ignore[method-assign]
+    nova.delete_server = recorded_delete  # type: ignore[method-assign]
+    spec = scale_spec.parse({"name": "torino", "max-vms": 5, "cloud": {"type": "openstack", "image": "i", "flavor": "f"}})
+    backend = OpenStackBackend(spec, b"#cloud-config\n", cloud=fake_cloud())
+
+    with pytest.raises(CloudError, match=f"not vfarm servers \\(no metadata vfarm:managed=true\\), nothing deleted: {foreign}$"):
+        backend.terminate({ours: "drained", foreign: "lost"})
+    with pytest.raises(CloudError, match=f"not tagged vfarm:farm=torino \\(metadata\\), nothing deleted: {milano}$"):
+        backend.terminate({milano: "lost", ours: "drained"})
+    assert calls == []
+    assert {sid: server["metadata"] for sid, server in nova.servers_.items()} == before
+
+    # Its own: tagged, then deleted; one that refuses the tag is deleted all the same.
+    backend.terminate({ours: "drained", building: "lost"})
+    assert calls == [("set metadata", ours), ("delete", ours), ("set metadata", building), ("delete", building)]
+    assert ended[ours]["vfarm:end"] == "drained" and "vfarm:end" not in ended[building]
+    assert sorted(nova.servers_) == [foreign, milano]
