@@ -18,11 +18,14 @@ libraries carry t64 names on amd64 that `Provides:` the old ones, so the same pa
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -104,12 +107,37 @@ def _release(suite: str, files: dict[str, bytes]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """FOLDER's lock (FOLDER/.lock), held while the block runs: two set-ups on one machine (two
+    checkouts) share the cache, so one builds while the other waits, and says so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("cvmfs", f"another set-up is building in {folder}: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(apt: Optional[Path] = None) -> Path:
-    """The CERN-shaped repository folder of the built packages (made once per set of packages)."""
+    """The CERN-shaped repository folder of the built packages (made once per set of packages,
+    by one set-up at a time)."""
     apt = apt or built_apt()
     final = cache_dir() / key(apt)
     if (final / "dists").is_dir():
         return final
+    with _locked(cache_dir()):
+        if (final / "dists").is_dir():  # built by the set-up this one waited for
+            return final
+        _build(apt, final)
+    progress("cvmfs", f"CernVM-FS {client_version(apt)} (built locally) as CERN's apt layout in {final}")
+    return final
+
+
+def _build(apt: Path, final: Path) -> None:
+    """The repository of APT's packages as FINAL, older ones removed (the caller holds the lock)."""
     work = cache_dir() / f".build-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     repo = work / "repo"
@@ -133,5 +161,3 @@ def build(apt: Optional[Path] = None) -> Path:
     for old in cache_dir().iterdir():
         if old != final and old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
             shutil.rmtree(old, ignore_errors=True)
-    progress("cvmfs", f"CernVM-FS {client_version(apt)} (built locally) as CERN's apt layout in {final}")
-    return final
