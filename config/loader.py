@@ -186,10 +186,33 @@ def _number_problem(text: str, tag: str, plain: bool) -> Optional[str]:
     return None
 
 
+def _version_problem(version: tuple[int, int]) -> Optional[str]:
+    """Why a `%YAML` directive asking for VERSION is refused, or None for 1.1.
+
+    vfarm reads YAML 1.1 whatever the file says (PyYAML takes any 1.x directive and still reads
+    1.1), and a file that asks for another version expects other meanings: in YAML 1.2 a bare
+    `on`, `yes` or `no` is text, in 1.1 true or false. Such a file is refused, never misread.
+    """
+    if version == (1, 1):
+        return None
+    asked = ".".join(map(str, version))
+    return (f"%YAML {asked}: vfarm reads YAML 1.1, where a bare yes, no, on or off is true or false: "
+            f'remove the directive, and quote each value meant as text ("on")')
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing deep nesting while it composes (it recurses per level)."""
+    """PyYAML's safe loader, refusing deep nesting while it composes (it recurses per level) and
+    any `%YAML` directive but 1.1."""
 
     depth = 0
+
+    def get_token(self) -> Any:
+        token = super().get_token()
+        if isinstance(token, yaml.DirectiveToken) and token.name == "YAML":
+            problem = _version_problem(token.value)
+            if problem:
+                raise _Fatal((token.start_mark.line + 1, token.start_mark.column + 1), problem)
+        return token
 
     def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
         self.depth += 1
