@@ -23,8 +23,11 @@ DEFAULTS: dict[str, Any] = {
     "check-every": 15,
     "disruption-budget": 1,
 }
-# Zero makes no sense for these: a worker would be lost at launch, the loop would spin.
-POSITIVE = ("boot-timeout", "check-every")
+# Zero makes no sense for this one: a worker would be lost at launch.
+POSITIVE = ("boot-timeout",)
+# The shortest cycle: each one queries the collector, the schedd and the cloud's API, so a shorter
+# period would only hammer them (zero: a busy loop) without deciding anything sooner.
+MIN_CHECK_EVERY = 1.0
 DURATIONS = ("waiting-time", "idle-time", "boot-timeout", "check-every")
 # The one type of a scale section that lists none (its cpus: cpus-per-vm).
 DEFAULT_TYPE = "default"
@@ -233,7 +236,8 @@ def _worker_type(item: dict[str, Any]) -> WorkerType:
 
 
 def check(section: dict[str, Any]) -> list[Finding]:
-    """What the schema cannot say: min-vms <= max-vms, durations above zero and at most a year,
+    """What the schema cannot say: min-vms <= max-vms, durations at most a year, boot-timeout above
+    zero, check-every at least MIN_CHECK_EVERY seconds,
     disruption-budget at most max-vms, the collector's host a real name or address, one of cloud
     and clouds, distinct cloud and type names, worker types' clouds and cloud settings those of the
     farm's clouds. An integral float (5.0) is the integer it equals, as the schema took it."""
@@ -252,7 +256,10 @@ def check(section: dict[str, Any]) -> list[Finding]:
         except ValueError:
             findings.append(Finding((key,), f"{key} must be at most {MAX_SECONDS} seconds (a year)"))
             continue
-        if key in POSITIVE and duration <= 0:
+        if key == "check-every" and duration < MIN_CHECK_EVERY:
+            findings.append(Finding((key,), f"check-every must be at least {MIN_CHECK_EVERY:g} second (each cycle queries the pool and the cloud), "
+                                            f"got {section[key]}"))
+        elif key in POSITIVE and duration <= 0:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
     findings += _check_clouds(section)
     findings += _check_types(section)

@@ -108,6 +108,20 @@ def test_local_memory_in_megabytes_and_durations_as_numbers() -> None:
     assert errors_of(ONE + "  cloud: {type: local, memory: 2048.5}\n") == [
         "f.yaml:4:32: scale.cloud.memory: expected a memory size in MB, or like 2G or 2048M, got 2048.5"]
     assert errors_of(ONE + "  cloud: {type: local, memory: 0}\n") == ["f.yaml:4:32: scale.cloud.memory: must be >= 1, got 0"]
-    assert errors_of(ONE + "  cloud: {type: local}\n  check-every: 0.0\n") == ["f.yaml:5:16: scale: check-every must be longer than zero"]
+    assert errors_of(ONE + "  cloud: {type: local}\n  boot-timeout: 0.0\n") == ["f.yaml:5:17: scale: boot-timeout must be longer than zero"]
     assert errors_of(ONE + "  cloud: {type: local}\n  idle-time: -0.5\n") == [
         "f.yaml:5:14: scale.idle-time: expected a duration in seconds (0 to 31536000, a year), got -0.5"]
+
+
+@pytest.mark.parametrize("written", ["0.001", "0", "0.0", "'0.5s'", "0.99"])
+def test_check_every_under_a_second_is_refused(written: str) -> None:
+    """Each cycle queries the collector, the schedd and the cloud: a period of 0.001 s is a busy loop."""
+    shown = written.strip("'")
+    assert errors_of(ONE + f"  cloud: {{type: local}}\n  check-every: {written}\n") == [
+        f"f.yaml:5:16: scale: check-every must be at least 1 second (each cycle queries the pool and the cloud), got {shown}"]
+
+
+@pytest.mark.parametrize("written", ["1", "1.0", "1s", "15", "1m"])
+def test_check_every_of_a_second_or_more_is_taken(written: str) -> None:
+    spec = scale_spec.parse(load_text(ONE + f"  cloud: {{type: local}}\n  check-every: {written}\n", "f.yaml").sections["scale"])
+    assert spec.check_every >= 1
