@@ -16,7 +16,7 @@ from ..clouds import ec2
 from ..display import escape_controls, shown_message
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import COUNT, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None,
@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", help="the #multiple-config file")
     p.add_argument("--image-id", required=True, metavar="ID", help="the image (AMI or EMI) to start")
     p.add_argument("--instance-type", required=True, metavar="TYPE", help="the instance type, e.g. m5.xlarge")
-    p.add_argument("--count", type=int, default=1, metavar="N", help="how many instances (default 1)")
+    p.add_argument("--count", type=COUNT, default=1, metavar="N", help="how many instances (default 1)")
     p.add_argument("--key-name", metavar="K", help="SSH key pair name")
     p.add_argument("--security-group", action="append", default=[], metavar="G", help="group name, or ID (sg-...); repeatable")
     p.add_argument("--subnet", metavar="S", help="subnet ID (VPC)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import textwrap
 import time
@@ -88,18 +89,25 @@ def positive_seconds(text: str) -> float:
 
 def whole_number(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
     """An argparse type for a count or a port (--reboot, --smp): a decimal integer from MINIMUM
-    to MAXIMUM (no upper bound when None)."""
+    to MAXIMUM (no upper bound when None), in ASCII digits."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not _WHOLE.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+        value = int(text)
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
             raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
         return value
 
     return parse
+
+
+# A sign and ASCII digits, no more than any bound here needs (not `1_000`, ` 2` or `٣`).
+_WHOLE = re.compile(r"[-+]?[0-9]{1,20}")
+# How many instances a launch starts (--count).
+COUNT = whole_number(1)
+# A TCP port to listen on (--metrics-port); 0 (any free port) is no use: nobody would know it.
+PORT = whole_number(1, 65535)
 
 
 HANDLERS_HELP = "how the handlers reach the instance: include=URL_BASE (fetched, see `vfarm handlers`), embed (default) or baked into the image"

@@ -44,14 +44,43 @@ def _validate_json(paths: list[str]) -> int:
     return EXIT_OK if all(entry["valid"] for entry in report) else EXIT_PROBLEM
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+# LVM counts extents in 512-byte sectors, in 32 bits (lvm2's vg_check_new_extent_size): a power
+# of 2 sectors, or any multiple of 128 KiB (the lvm2 metadata format takes those too).
+SECTOR = 512
+EXTENT_MULTIPLE = 128 * 1024
+MAX_EXTENT = (2**32 - 1) * SECTOR
+
+
+def _size(text: str) -> int:
     try:
-        vg_bytes = sizes.parse_bytes(args.vg_size)
-        extent = sizes.parse_bytes(args.extent_size)
+        return sizes.parse_bytes(text)
     except ValueError as err:
-        return fail(str(err))
-    if extent <= 0 or vg_bytes < extent:
-        return fail(f"--vg-size {args.vg_size} must hold at least one extent of {args.extent_size}")
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def volume_group_size(text: str) -> int:
+    """An argparse type for --vg-size: a size above zero, like 100G."""
+    n_bytes = _size(text)
+    if n_bytes <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size above 0, like 100G, got {text!r}")
+    return n_bytes
+
+
+def extent_size(text: str) -> int:
+    """An argparse type for --extent-size: a size `vgcreate -s` takes, in whole sectors: a power of
+    2 (4M, its default), or a multiple of 128K (3M); below 2T."""
+    n_bytes = _size(text)
+    power_of_2 = n_bytes & (n_bytes - 1) == 0
+    if n_bytes <= 0 or n_bytes % SECTOR or not (power_of_2 or n_bytes % EXTENT_MULTIPLE == 0) or n_bytes > MAX_EXTENT:
+        raise argparse.ArgumentTypeError(f"expected an LVM extent size: a power of 2 from 512 bytes (like 4M) or a multiple of 128K "
+                                         f"(like 3M), below 2T; got {text!r}")
+    return n_bytes
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    vg_bytes, extent = args.vg_size, args.extent_size
+    if vg_bytes < extent:
+        return fail(f"--vg-size {sizes.human(vg_bytes)} must hold at least one extent of {sizes.human(extent)}")
     config = load_or_report(args.file)
     if config is None:
         return EXIT_PROBLEM
@@ -95,7 +124,8 @@ def register(sub: Any) -> None:
                                 "extents and size, its file system and mount point, and what is left free. Nothing is touched.",
                     examples=["vfarm plan examples/torino.yaml --vg-size 100G", "vfarm plan examples/torino.yaml --vg-size 1T --extent-size 32M --json"])
     p.add_argument("file", metavar="FILE", help="a #multiple-config file with a localfs section")
-    p.add_argument("--vg-size", required=True, metavar="SIZE", help="size of the volume group, e.g. 100G")
-    p.add_argument("--extent-size", default="4M", metavar="SIZE", help="physical extent size (default 4M, as vgcreate)")
+    p.add_argument("--vg-size", required=True, type=volume_group_size, metavar="SIZE", help="size of the volume group, e.g. 100G")
+    p.add_argument("--extent-size", default="4M", type=extent_size, metavar="SIZE",
+                   help="physical extent size (default 4M, as vgcreate): a power of 2, or a multiple of 128K")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)

@@ -19,7 +19,7 @@ from ..display import escape_controls, shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets, print_instances, read_verdicts
-from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import COUNT, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -34,8 +34,6 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
     try:
         properties = openstack.parse_properties(args.property)
         openstack.server_metadata(properties, args.client_token or "dry-run")
-        if args.count < 1:
-            raise openstack.OpenStackError(f"--count must be at least 1, not {args.count}")
         if args.max_size > OPENSTACK_LIMIT:
             # Nova's limit is fixed: more would only be refused by Nova, after the build
             raise openstack.OpenStackError(f"--max-size {args.max_size} is over what Nova takes: {OPENSTACK_LIMIT} bytes "
@@ -138,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flavor", required=True, metavar="FLAVOR", help="flavor name or ID")
     p.add_argument("--network", metavar="NET", help="network name or ID (default: the project's one network)")
     p.add_argument("--key-name", metavar="K", help="SSH key pair name")
-    p.add_argument("--count", type=int, default=1, metavar="N", help="how many servers (default 1)")
+    p.add_argument("--count", type=COUNT, default=1, metavar="N", help="how many servers (default 1)")
     p.add_argument("--name", default="vfarm-worker", metavar="NAME", help="server name prefix (default vfarm-worker; servers are found by metadata)")
     p.add_argument("--property", action="append", default=[], metavar="K=V", help="extra server metadata, e.g. vfarm:farm=torino; repeatable")
     p.add_argument("--client-token", metavar="T", help="launch token: the same token never starts more than --count servers")

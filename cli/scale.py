@@ -31,7 +31,7 @@ from ..jsonbounds import JsonInputError, loads_bounded
 from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
 from ..scaler.model import TYPE_ATTR, Action, Plan
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report
+from .common import EXIT_OK, EXIT_PROBLEM, PORT, add_command, fail, load_or_report
 
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
@@ -290,8 +290,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
         return fail("--save-snapshot goes with --once")
     if args.metrics_port is not None and (args.once or args.status):
         return fail("--metrics-port serves the metrics of the loop: it does not go with --once or --status")
-    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
-        return fail(f"--metrics-port: not a port number: {args.metrics_port}")
     http: Optional[tuple[str, int]] = None
     if args.http is not None:
         if args.once or args.status or args.snapshot:
@@ -364,7 +362,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--save-snapshot", metavar="FILE", help="write what the live cycle saw, for a later --snapshot")
     p.add_argument("--json", action="store_true", help="print the plan (or --status) as JSON")
     p.add_argument("--status", action="store_true", help="print the farm: instance, state, age, slots, jobs (changes nothing)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT while the loop runs")
+    p.add_argument("--metrics-port", type=PORT, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT while the loop runs")
     p.add_argument("--http", metavar="[ADDRESS:]PORT",
                    help="serve the read-only status page (and its JSON) while the loop runs; on 127.0.0.1 unless ADDRESS is given")
     p.set_defaults(func=cmd_scale)

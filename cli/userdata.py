@@ -15,7 +15,7 @@ from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..mime_builder import bundle, mime
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact, redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, int_bytes, write_userdata
+from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, whole_number, write_userdata
 
 SUMS = "SHA256SUMS"
 
@@ -130,7 +130,7 @@ def register(sub: Any) -> None:
                               "vfarm build examples/torino.yaml --handlers baked | vfarm inspect -"])
     p.add_argument("file", metavar="FILE", help="user-data, plain or gzip ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-size", type=int_bytes, default=EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {EC2_LIMIT})")
+    p.add_argument("--max-size", type=whole_number(1), default=EC2_LIMIT, metavar="BYTES", help=f"the size limit to check against (default {EC2_LIMIT})")
     p.set_defaults(func=cmd_inspect)
 
     p = add_command(sub, "handlers", "write the bundled, self-contained handler files and SHA256SUMS for hosting",

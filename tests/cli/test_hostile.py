@@ -3,8 +3,8 @@ generated inputs below, each run as an attacker would hand it to the tool.
 
 Every case runs the venv's `vfarm` console script in a subprocess, under a 1 GiB address-space
 limit and a timeout, and must keep the promises every command makes about its input:
-- the expected exit code: 1 for a refused input; 0 only where the input is legal, and such a
-  case says why (`legal`);
+- the expected exit code: 1 for a refused input (2 for a refused option value: argparse's usage
+  error); 0 only where the input is legal, and such a case says why (`legal`);
 - a refusal is ONE problem line on stderr (warnings aside), located: `FILE:LINE:COL: ...` at the
   hostile value's line for a config, a line naming the file for other inputs;
 - no `Traceback`, no marker secret (`S3CR3T`, `MARKER`: planted in passwords, tokens and keys) in
@@ -217,12 +217,14 @@ def argv_case(kind: str, name: str, args: list[str], outcomes: tuple[Outcome, ..
     return Case(f"{kind}-args/{name}", kind, prepare, outcomes, legal=legal)
 
 
-SIZE = Outcome(1, True, message="(?i)size")
+# A bad option value is argparse's usage error: exit 2, its usage, then one line saying what is wrong.
+SIZE = Outcome(2, True, message="(?i)error: argument --(vg|extent)-size: .*size")
 BUILD_TORINO = ["build", str(TORINO), "-o", "{tmp}/user-data"]
 ARGV_CASES = [
     argv_case("plan", "vg-size-400-digits", ["plan", str(TORINO), "--vg-size", "1" + "0" * 400 + "G"], (SIZE,)),
     argv_case("plan", "vg-size-5000-digits", ["plan", str(TORINO), "--vg-size", "1" + "0" * 5000 + "T"], (SIZE,)),
     argv_case("plan", "extent-size-400-digits", ["plan", str(TORINO), "--vg-size", "20G", "--extent-size", "1" + "0" * 400 + "M"], (SIZE,)),
+    argv_case("plan", "extent-size-not-lvm", ["plan", str(TORINO), "--vg-size", "20G", "--extent-size", "3K"], (SIZE,)),
     argv_case("plan", "vg-size-esc", ["plan", str(TORINO), "--vg-size", "\x1b[2J20G"], (SIZE,)),
     argv_case("plan", "vg-size-trailing-newline", ["plan", str(TORINO), "--vg-size", "20G\n"], (SIZE,)),
     argv_case("build", "include-url-credentials-ftp", [*BUILD_TORINO, "--handlers", "include=ftp://user:S3CR3T-MARKER@h.example.org/x"],
@@ -632,6 +634,8 @@ def mismatch(case: Case, outcome: Outcome, ran: Ran) -> Optional[str]:
         return f"exit {ran.returncode}, expected {outcome.exit}"
     if outcome.refused:
         problems = [line for line in ran.stderr.splitlines() if line.strip() and not WARNING.search(line)]
+        if outcome.exit == 2:  # argparse's usage (its first line, then indented ones) comes before the problem
+            problems = [line for line in problems if not line.startswith(("usage: ", " "))]
         if len(problems) != 1:
             return f"{len(problems)} problem lines on stderr, expected exactly one"
         line = problems[0]

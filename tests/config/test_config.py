@@ -185,6 +185,23 @@ def test_yaml_1_1_numbers_never_change_silently(written: str, why: str) -> None:
     assert load_text(f"cvmfs:\n  local:\n    max-retries: '{written}'\n").sections["cvmfs"]["local"]["max-retries"] == written
 
 
+YAML12_REFUSED = ('%YAML 1.2: vfarm reads YAML 1.1, where a bare yes, no, on or off is true or false: '
+                  'remove the directive, and quote each value meant as text ("on")')
+
+
+@pytest.mark.parametrize("directives", ["%YAML 1.2\n", "%TAG !e! tag:example.org,2000:\n%YAML 1.2\n"])
+def test_a_yaml_1_2_directive_is_refused_never_read_as_1_1(directives: str) -> None:
+    # YAML 1.2 reads `on` as text; read as 1.1 it would silently be true.
+    text = f"#multiple-config\n{directives}---\ncvmfs:\n  install: on\n  local: {{repositories: alice.cern.ch, http-proxy: DIRECT}}\n"
+    line = directives.count("\n") + 1
+    assert errors_of(text) == [f"f.yaml:{line}:1: {YAML12_REFUSED}"]
+    assert errors_of(text.replace("%YAML 1.2", "%YAML 2.0")) == [f"f.yaml:{line}:1: {YAML12_REFUSED.replace('1.2:', '2.0:', 1)}"]
+    assert errors_of(text.replace("%YAML 1.2", "%YAML 1.0")) == [f"f.yaml:{line}:1: {YAML12_REFUSED.replace('1.2:', '1.0:', 1)}"]
+    # The version vfarm reads, said or not, is read as before.
+    for same in (text.replace("%YAML 1.2", "%YAML 1.1"), text.replace("%YAML 1.2\n", "")):
+        assert load_text(same).sections["cvmfs"]["install"] is True
+
+
 def test_plain_numbers_read_as_both_yaml_versions_read_them() -> None:
     config = load_text(CM + "  attributes: {A: +12, B: .5, C: 1.5e+1, D: -0, E: 7}\n")
     assert config.sections["condor"]["attributes"] == {"A": 12, "B": 0.5, "C": 15.0, "D": 0, "E": 7}
@@ -425,9 +442,12 @@ def test_sizes_are_exact_and_bounded() -> None:
 def test_plan_refuses_a_volume_group_size_of_hundreds_of_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("localfs:\n  parts:\n    home: 50\n")
-    assert cli.main(["plan", str(config), "--vg-size", "9" * 400 + "G"]) == 1
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error: its usage, then one line
+        cli.main(["plan", str(config), "--vg-size", "9" * 400 + "G"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "is too large (at most 8 EiB)" in err and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("vfarm plan: error: argument --vg-size: size 99999999999999999999... is too large (at most 8 EiB)")
+    assert "Traceback" not in err and len(err) < 300
 
 
 def test_durations_are_bounded_where_they_are_used() -> None:
