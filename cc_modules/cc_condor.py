@@ -38,7 +38,7 @@ POLL_SECONDS = 5.0  # between collector queries while waiting for this worker's 
 SERVICE = "condor"
 # A hung command must end as a recorded failure, not as a boot that never finishes.
 TIMEOUTS = {"install": 1800.0, "install-guard": 1800.0, "mkdir": 60.0, "check-config": 600.0, "start": 300.0, "restart": 300.0,
-            "enable-guard": 60.0, "protect-metadata": 60.0}
+            "enable-guard": 60.0, "protect-metadata": 60.0, "hold": 60.0}
 
 frequency = PER_INSTANCE
 distros = DISTROS
@@ -90,6 +90,14 @@ def _private(path: Path) -> bool:
     except FileNotFoundError:
         return True
     return stat.S_ISREG(info.st_mode) and info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o600
+
+
+def _mask(verb: str) -> list[str]:
+    return ["systemctl", verb, "--runtime", SERVICE]
+
+
+def _release_start(ctx: Context) -> None:
+    ctx.runner.run(_mask("unmask"), check=False, timeout=TIMEOUTS["hold"])
 
 
 def _install_argv(spec: CondorSpec, manager: Optional[str]) -> list[str]:
@@ -158,7 +166,13 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
     if not facts.installed:
         if not spec.install:
             raise StepError("HTCondor is not installed (no condor_config_val): install it in the image or set condor.install: true")
-        steps.append(Run("install", _install_argv(spec, facts.package_manager), env=env_for(facts.package_manager), timeout=TIMEOUTS["install"]))
+        # Debian's postinst starts condor with a blocking `systemctl start`, which would wait for
+        # network-online.target, so for the end of the very stage this handler runs in: a deadlock
+        # (see the start step). Masked in /run for the install (gone at reboot), started below.
+        steps.append(Run("hold-start", _mask("mask"), timeout=TIMEOUTS["hold"]))
+        steps.append(Run("install", _install_argv(spec, facts.package_manager), env=env_for(facts.package_manager), timeout=TIMEOUTS["install"],
+                         undo=_release_start))
+        steps.append(Run("release-start", _mask("unmask"), timeout=TIMEOUTS["hold"]))
     try:
         config = condor_spec.render(spec, instance_id)
     except UnsafeValue as err:

@@ -185,6 +185,23 @@ def test_install_true_installs_first(root: Path, monkeypatch: pytest.MonkeyPatch
     assert status["status"] == "ok", status["reason"]
     assert runner.calls.index(["apt-get", "install", "-y", "--no-install-recommends", "condor"]) < runner.calls.index(["condor_config_val", "-summary"])
 
+    hold, release = ["systemctl", "mask", "--runtime", "condor"], ["systemctl", "unmask", "--runtime", "condor"]
+    install = runner.calls.index(["apt-get", "install", "-y", "--no-install-recommends", "condor"])
+    start = runner.calls.index(["systemctl", "start", "--job-mode=ignore-dependencies", "condor"])
+    assert runner.calls.index(hold) < install < runner.calls.index(release) < start
+
+
+def test_a_failed_install_releases_the_held_start(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service masked for the install is unmasked again when the install fails, so a later
+    install or start by hand is not refused as masked."""
+    monkeypatch.setattr(cc_condor.shutil, "which", lambda tool: "/usr/bin/apt-get" if tool == "apt-get" else None)
+    answers = FakeCondorHost(root).answers()
+    answers[("apt-get", "install")] = (100, "", "E: Unable to locate package condor")
+    runner = FakeRunner(answers=answers)
+    status = run(root, runner, {**SECTION, "install": True})
+    assert status["status"] == "failed" and "install" in status["reason"]
+    assert runner.calls[-1] == ["systemctl", "unmask", "--runtime", "condor"]
+
 
 def test_no_instance_id_fails(root: Path) -> None:
     status = handling.execute("condor", lambda: dict(SECTION), cc_condor.work, cloud=None, directory=root.parent / "log", root=root,

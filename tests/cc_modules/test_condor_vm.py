@@ -13,16 +13,15 @@ final check powers it off and the summary names condor. Launch-to-joined is prin
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from tests.fixtures.condor_pool import UID_DOMAIN, CondorPool, namespaced_pool, wait_for
-from vfarm.clouds.local import BootResult, LocalInstance
+from tests.fixtures.vm import Booting, collected
+from vfarm.clouds.local import LocalInstance
 from vfarm.clouds.local_launch import make_instance
 from vfarm.config import loader as configuration
 from vfarm.mime_builder import mime
@@ -71,34 +70,6 @@ def launch(pool: CondorPool, tmp: Path, token: str, join_timeout: int, attach: t
                          pool_forward=f"{POOL_ADDRESS}:{pool.port}", netns=f"/proc/{pool.master_pid}/ns/net")
 
 
-class Booting:
-    """The boot in a thread (it returns at power-off), so the test can watch the pool meanwhile."""
-
-    def __init__(self, instance: LocalInstance):
-        self.instance = instance
-        self.result: Optional[BootResult] = None
-        self.error: Optional[BaseException] = None
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._run, name="vfarm-vm-boot", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self.instance.boot(timeout=BOOT_TIMEOUT)
-        except BaseException as err:  # noqa: BLE001 - handed to the test
-            self.error = err
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def wait(self) -> BootResult:
-        self.thread.join(BOOT_TIMEOUT + 120)
-        if self.error:
-            raise self.error
-        assert self.result is not None, "the boot thread did not finish"
-        return self.result
-
-
 def submit_inside(pool: CondorPool, iid: str) -> int:
     """A job for this worker, submitted inside the pool's folder by the test user."""
     description = f"""\
@@ -118,19 +89,12 @@ queue
     return pool.submit_file("job.sub", description)
 
 
-def collected(instance: LocalInstance, tmp: Path) -> str:
-    """What to show when an assertion fails: the summary and the condor log of the guest."""
-    found = instance.collect(tmp / "collected")
-    log = tmp / "collected/var/log/vfarm/condor.log"
-    return f"collected {found}; condor.log:\n" + (log.read_text()[-3000:] if log.exists() else "(none)")
-
-
 def test_worker_vm_joins_runs_a_job_on_its_localfs_part_and_checks_ok(vm_pool: CondorPool, tmp_path: Path) -> None:
     token = vm_pool.token(f"condor@{UID_DOMAIN}")
     wait = mime.Attachment("text/x-shellscript", "wait-for-job.sh", WAIT_FOR_JOB.encode())
     instance = launch(vm_pool, tmp_path, token, 300, (wait,))
     iid = instance.instance_id
-    booting = Booting(instance)
+    booting = Booting(instance, BOOT_TIMEOUT)
     try:
         ads = wait_for(lambda: vm_pool.ads("Startd", f'VfarmInstanceId == "{iid}"') or booting.done(), JOIN_TIMEOUT, f"{iid}'s startd in the pool")
         joined = time.monotonic() - booting.started
