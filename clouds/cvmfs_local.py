@@ -18,18 +18,15 @@ libraries carry t64 names on amd64 that `Provides:` the old ones, so the same pa
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from .hostcmd import CommandError, progress, run
+from .hostcmd import CommandError, locked, progress, run
 
 SUITES = ("bookworm-prod", "trixie-prod")
 VARIANT = "debian"  # the build variant guests install (tests/fixtures/cvmfs_build.py)
@@ -107,20 +104,6 @@ def _release(suite: str, files: dict[str, bytes]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """FOLDER's lock (FOLDER/.lock), held while the block runs: two set-ups on one machine (two
-    checkouts) share the cache, so one builds while the other waits, and says so."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("cvmfs", f"another set-up is building in {folder}: waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def build(apt: Optional[Path] = None) -> Path:
     """The CERN-shaped repository folder of the built packages (made once per set of packages,
     by one set-up at a time)."""
@@ -128,7 +111,8 @@ def build(apt: Optional[Path] = None) -> Path:
     final = cache_dir() / key(apt)
     if (final / "dists").is_dir():
         return final
-    with _locked(cache_dir()):
+    # Two set-ups on one machine (two checkouts) share the cache: one builds, the other waits and says so.
+    with locked(cache_dir() / ".lock", f"another set-up is building in {cache_dir()}: waiting for it", area="cvmfs"):
         if (final / "dists").is_dir():  # built by the set-up this one waited for
             return final
         _build(apt, final)

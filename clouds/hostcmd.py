@@ -3,16 +3,19 @@
 Every subprocess of the admin side starts here: `run` for a command that ends, `start` for one
 that runs beside vfarm (a VM, a supervisor). A failure names the command and its cause: the first
 line that looks like an error (mmdebstrap's "E: ..." lines), not only its last words.
+`locked` holds a lock file while a cache is built or a state folder changes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,6 +51,23 @@ def cause(output: str, returncode: int) -> str:
 
 def progress(area: str, message: str) -> None:
     print(f"[vfarm {area}] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def locked(path: Path, waiting: str = "", area: str = "lock") -> Iterator[None]:
+    """PATH flocked (made, and its folder, when missing) while the block runs: one holder at a
+    time across processes and threads, and the kernel frees it with the file, however the holder
+    ends. When another holds it, WAITING (unless empty) is said once through `progress` under
+    AREA, then this one waits as long as that takes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                progress(area, waiting)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeout: Optional[float] = None,

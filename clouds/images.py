@@ -10,22 +10,19 @@ The mirror is the one the host's apt uses (VFARM_MIRROR or --mirror override it)
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from . import bake as baking
 from . import cvmfs_local
-from .hostcmd import CommandError, Stopwatch, progress, run
+from .hostcmd import CommandError, Stopwatch, locked, progress, run
 from .loopback import LoopbackServer
 
 SUITES = ("bookworm", "trixie")
@@ -211,14 +208,6 @@ def image_key(suite: str, variant: str = "") -> str:
     return _digest(*parts)
 
 
-@contextmanager
-def _locked(name: str) -> Iterator[None]:
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> Path:
     """mmdebstrap's tar of SUITE (plus a VARIANT's packages), made once per recipe."""
     if suite not in SUITES:
@@ -228,7 +217,7 @@ def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> P
     target = cache_root() / "rootfs" / f"{label}-{rootfs_key(suite, variant)}.tar"
     if target.is_file():
         return target
-    with _locked(f"rootfs-{label}"):
+    with locked(cache_root() / f".rootfs-{label}.lock"):
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +321,7 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
     if (final / "image.json").is_file() and not force:
         return load_image(final)
     tar = rootfs_tar(suite, mirror, variant)
-    with _locked(f"image-{name}"):
+    with locked(cache_root() / f".image-{name}.lock"):
         if (final / "image.json").is_file() and not force:
             return load_image(final)
         watch = Stopwatch()

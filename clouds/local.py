@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import fcntl
 import http.server
 import json
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..files import atomic_write
-from .hostcmd import CommandError, Stopwatch, progress, run, start
+from .hostcmd import CommandError, Stopwatch, locked, progress, run, start
 from .images import HARNESS_MARK, Image, cache_root
 from .loopback import LoopbackServer
 
@@ -342,11 +341,9 @@ def vg_disk_template(size: str, vg: str = VG_NAME) -> tuple[Path, dict[str, int]
     """A cached data disk of SIZE carrying an empty volume group VG (pvcreate/vgcreate through a
     loop device: the host can do that much LVM, not more). Returns the file and the VG's extents."""
     base = cache_root() / "data"
-    base.mkdir(parents=True, exist_ok=True)
     target = base / f"{vg}-{size}.raw"
     meta = target.with_suffix(".json")
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(base / ".lock"):
         if target.is_file() and meta.is_file():
             return target, json.loads(meta.read_text())
         partial = base / f".{vg}-{size}.partial"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vfarm.clouds import cvmfs_local
+from vfarm.clouds import cvmfs_local, hostcmd
 
 PACKAGES = "Package: cvmfs\nVersion: 2.12.0~1+debian12\n\nPackage: cvmfs-libs\nVersion: 2.12.0~1+debian12\n"
 
@@ -45,6 +45,7 @@ def test_two_builds_at_once_take_turns(tmp_path: Path, monkeypatch: pytest.Monke
         return SimpleNamespace(stdout=PACKAGES)
 
     monkeypatch.setattr(cvmfs_local, "progress", progress)
+    monkeypatch.setattr(hostcmd, "progress", progress)  # the lock's waiting message
     monkeypatch.setattr(cvmfs_local, "run", scan)
     start = threading.Barrier(2)
     built: list[Path] = []
