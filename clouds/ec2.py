@@ -464,10 +464,13 @@ class Ec2Cloud:
         found: list[dict[str, Any]] = self._guard("describe instances", pages)
         return sorted(found, key=lambda i: (str(i.get("LaunchTime", "")), i["InstanceId"]))
 
-    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None) -> list[dict[str, Any]]:
-        """TerminateInstances. Before anything is terminated, refuses if any ID is not one of
-        vfarm's own instances (with only_managed, the default), or lacks one of TAGS (K=V each:
-        `vfarm terminate ID... --tag K=V` touches only that farm's instances)."""
+    def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None,
+                  mark: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[dict[str, Any]]:
+        """TerminateInstances. Before anything is marked or terminated, refuses if any ID is not
+        one of vfarm's own instances (with only_managed, the default), or lacks one of TAGS (K=V
+        each: `vfarm terminate ID... --tag K=V` touches only that farm's instances). MARK (ID ->
+        tags) is then set on the instances (CreateTags) just before they are terminated: the
+        scaler records why it ended a worker. A failure to mark terminates nothing."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             return []
@@ -481,14 +484,16 @@ class Ec2Cloud:
             if other:
                 shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
                 raise Ec2Error(f"not tagged {shown}, nothing terminated: {' '.join(other)}")
+        # One CreateTags for all the instances that get the same tags.
+        marks = mark or {}
+        same: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for iid in ids:
+            if marks.get(iid):
+                same.setdefault(tuple(sorted(marks[iid].items())), []).append(iid)
+        for pairs, marked in sorted(same.items()):
+            self._guard("tag instances", self.client.create_tags, Resources=marked, Tags=[{"Key": k, "Value": v} for k, v in pairs])
         response = self._guard("terminate", self.client.terminate_instances, InstanceIds=ids)
         return list(response.get("TerminatingInstances", []))
-
-    def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
-        """CreateTags on IDS (the scaler records why it ended an instance, for its restart)."""
-        if ids and tags:
-            pairs = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
-            self._guard("tag instances", self.client.create_tags, Resources=list(ids), Tags=pairs)
 
     def userdata(self, instance_id: str) -> bytes:
         """The raw user-data the cloud holds for an instance (DescribeInstanceAttribute)."""

@@ -26,7 +26,6 @@ worker must keep running, so `keep_running()` gives a user-data part that cancel
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import os
 import re
@@ -42,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .hostcmd import CommandError, start
+from .hostcmd import CommandError, locked, start
 from .verdict import CONSOLE_TAIL, Verdict, find_line, parse_console
 
 LIVE_STATES = ("pending", "running")
@@ -223,8 +222,7 @@ class LocalFarm:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self._private()
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.root / ".lock"):
             yield
 
     def _reap(self) -> None:
@@ -398,13 +396,26 @@ class LocalFarm:
                 record["TagMap"] = {**record.get("TagMap", {}), **tags}
                 _write_json(path, record)
 
-    def terminate(self, ids: Sequence[str]) -> list[str]:
+    def terminate(self, ids: Sequence[str], tags: Optional[Mapping[str, str]] = None,
+                  mark: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[str]:
         """Kill each VM (its supervisor's process group: qemu and its socats), remove its folder,
-        keep a tombstone. Unknown ids: an error before anything is touched. Ended ones: no-op."""
+        keep a tombstone. Before anything is marked or touched, refuses unknown ids and any id
+        lacking one of TAGS (K=V each: the scaler touches only its farm's instances). MARK (ID ->
+        tags) is then set on each instance just before it is killed (the scaler records why it
+        ended a worker). Ended ones: marked, nothing more."""
         with self._locked():
             found = self._find(list(dict.fromkeys(ids)))
+            wanted = dict(tags or {})
+            other = [iid for iid, (_p, record) in found.items() if any(record.get("TagMap", {}).get(k) != v for k, v in wanted.items())]
+            if other:
+                shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+                raise LocalFarmError(f"not tagged {shown}, nothing terminated: {' '.join(other)}")
             self._private(self.ended_dir)
+            marks = mark or {}
             for iid, (path, record) in found.items():
+                if marks.get(iid):
+                    record["TagMap"] = {**record.get("TagMap", {}), **marks[iid]}
+                    _write_json(path, record)
                 if path.parent == self.ended_dir:
                     continue
                 self._stop(record, path.parent)

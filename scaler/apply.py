@@ -88,7 +88,9 @@ class Backend(Protocol):
         Raises CapacityError for a quota or capacity refusal, CloudError otherwise."""
 
     def terminate(self, ends: dict[str, str]) -> None:
-        """Tag each id with `vfarm:end` = its end (lost/drained), then terminate them."""
+        """Tag each id with `vfarm:end` = its end (lost/drained), then terminate it: only once every
+        id proved to be this farm's (vfarm's, tagged vfarm:farm with its name). One that is not
+        refuses the whole call (CloudError) with nothing tagged or terminated."""
 
 
 class Drainer(Protocol):

@@ -34,11 +34,10 @@ def userdata_for(userdata: UserData, worker_type: WorkerType) -> bytes:
     return userdata if isinstance(userdata, bytes) else userdata(worker_type)
 
 
-def _tag_and_terminate(tag: Callable[..., Any], terminate: Callable[..., Any], ends: dict[str, str]) -> None:
-    """Tag each instance with how it ended (the black hole reads it after a restart), then end them."""
-    for end in sorted(set(ends.values())):
-        tag([i for i, e in ends.items() if e == end], {END_TAG: end})
-    terminate(list(ends))
+def _end_marks(ends: dict[str, str]) -> dict[str, dict[str, str]]:
+    """What each cloud's terminate marks an instance with, once it proved to be this farm's: how
+    it ended (the black hole reads it after a restart)."""
+    return {i: {END_TAG: end} for i, end in ends.items()}
 
 
 class Ec2Backend:
@@ -70,7 +69,7 @@ class Ec2Backend:
         return [str(i["InstanceId"]) for i in started]
 
     def terminate(self, ends: dict[str, str]) -> None:
-        self._call(_tag_and_terminate, self.cloud.tag, self.cloud.terminate, ends)
+        self._call(self.cloud.terminate, list(ends), tags={FARM_TAG: self.spec.name}, mark=_end_marks(ends))
 
     def verdict(self, instance_id: str) -> Any:
         """The final check's verdict on the instance's console output (GetConsoleOutput)."""
@@ -124,7 +123,7 @@ class LocalBackend:
         return [str(i["InstanceId"]) for i in started]
 
     def terminate(self, ends: dict[str, str]) -> None:
-        self._call(_tag_and_terminate, self.farm.tag, self.farm.terminate, ends)
+        self._call(self.farm.terminate, list(ends), tags={FARM_TAG: self.spec.name}, mark=_end_marks(ends))
 
     def verdict(self, instance_id: str) -> Any:
         """The final check's verdict from the VM's console logs (or its tombstone)."""
@@ -212,10 +211,8 @@ class OpenStackBackend:
         return placed
 
     def terminate(self, ends: dict[str, str]) -> None:
-        """Tag each server with how it ended, then delete it: only once every one of them proved
-        to be this farm's (vfarm's metadata and the farm's), so a foreign server is never tagged.
-        Nova refuses metadata on a server still building (a lost one): it is deleted all the same."""
-        self._call(self.cloud.terminate, list(ends), tags={FARM_TAG: self.spec.name}, mark={i: {END_TAG: end} for i, end in ends.items()})
+        """Nova refuses metadata on a server still building (a lost one): it is deleted all the same."""
+        self._call(self.cloud.terminate, list(ends), tags={FARM_TAG: self.spec.name}, mark=_end_marks(ends))
 
     def verdict(self, instance_id: str) -> Any:
         """The final check's verdict on the server's console log (Nova keeps it while the server exists)."""

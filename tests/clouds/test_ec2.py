@@ -233,6 +233,39 @@ def test_terminate_with_tags_refuses_an_instance_without_them(ec2_endpoint: Ec2E
     assert [c["InstanceId"] for c in cloud.terminate([a], tags={"vfarm:farm": "a"})] == [a]
 
 
+def test_the_scaler_tags_only_its_farms_instances_and_only_after_the_check(ec2_endpoint: Ec2Endpoint) -> None:
+    """The scaler records why it ended a worker (tag vfarm:end) just before terminating it, and
+    only once every instance asked for proved to be vfarm's and its farm's: a foreign instance, or
+    another farm's, is neither tagged nor terminated, and nor is any other instance of the call."""
+    cloud = cloud_for(ec2_endpoint)
+    raw = ec2_endpoint.client()
+
+    def launch(farm: str) -> str:
+        return str(cloud.launch(b"#cloud-config\n", ec2_endpoint.image_id, "t3.micro", tags={"vfarm:farm": farm})[0]["InstanceId"])
+
+    drained, lost, milano = launch("torino"), launch("torino"), launch("milano")
+    foreign = raw.run_instances(ImageId=ec2_endpoint.image_id, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    spec = scale_spec.parse({"name": "torino", "max-vms": 5, "cloud": {"type": "ec2", "endpoint-url": ec2_endpoint.url,
+                                                                       "image-id": ec2_endpoint.image_id, "instance-type": "t3.micro"}})
+    backend = backends.backend_for(spec, b"#cloud-config\n")
+
+    def seen() -> dict[str, tuple[str, str | None]]:
+        return {i["InstanceId"]: (i["State"]["Name"], ec2.tags_of(i).get("vfarm:end")) for i in cloud.describe([drained, lost, milano, foreign])}
+
+    with pytest.raises(CloudError, match=f"^not vfarm instances \\(no tag vfarm:managed=true\\), nothing terminated: {foreign}$"):
+        backend.terminate({drained: "drained", foreign: "lost"})
+    assert seen() == {i: ("running", None) for i in (drained, lost, milano, foreign)}
+    with pytest.raises(CloudError, match=f"^not tagged vfarm:farm=torino, nothing terminated: {milano}$"):
+        backend.terminate({milano: "lost", drained: "drained"})
+    assert seen() == {i: ("running", None) for i in (drained, lost, milano, foreign)}
+
+    backend.terminate({drained: "drained", lost: "lost"})
+    ended = seen()
+    assert {i: ended[i][1] for i in (drained, lost)} == {drained: "drained", lost: "lost"}
+    assert {ended[i][0] for i in (drained, lost)} <= {"shutting-down", "terminated"}
+    assert {i: ended[i] for i in (milano, foreign)} == {milano: ("running", None), foreign: ("running", None)}
+
+
 def test_credentials_refused_and_accepted_by_a_checking_endpoint(ec2_endpoint: Ec2Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     with ec2_endpoint.server.enforce_auth() as (key_id, secret):
         good = ec2.Ec2Cloud(ec2.Ec2Params(endpoint_url=ec2_endpoint.url, access_key=key_id, secret_key=secret))

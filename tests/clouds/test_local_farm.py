@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -19,7 +19,7 @@ from vfarm.cli import scale as commands
 from vfarm.clouds import images, local_farm
 from vfarm.clouds.images import Image
 from vfarm.config import scale as scale_spec
-from vfarm.scaler import apply, loop
+from vfarm.scaler import apply, loop, model
 from vfarm.scaler import plan as planner
 from vfarm.scaler.backends import LocalBackend
 
@@ -210,6 +210,29 @@ def test_the_scalers_local_backend(farm: local_farm.LocalFarm) -> None:
     assert ended["State"]["Name"] == "terminated" and {"Key": "vfarm:end", "Value": "lost"} in ended["Tags"]
     with pytest.raises(apply.CloudError, match="no such instance"):
         backend.terminate({"i-local-ffffffffffff": "lost"})
+
+
+def test_the_scaler_tags_only_its_farms_instances_and_only_after_the_check(farm: local_farm.LocalFarm) -> None:
+    """Farms share the local cloud's folder. The scaler records why it ended a worker (tag
+    vfarm:end) just before killing it, and only once every instance asked for proved to be its
+    farm's: another farm's, or an unknown id, refuses the call with nothing tagged or killed."""
+    spec = scale_spec.parse({"name": "lf", "cloud": {"type": "local"}, "pool": {"collector": "10.0.2.100"}, "max-vms": 2})
+    backend = LocalBackend(spec, b"ud", farm)
+    drained, lost = (i["InstanceId"] for i in farm.launch(b"", count=2, tags=TAGS))
+    [other] = [i["InstanceId"] for i in farm.launch(b"", count=1, tags={"vfarm:farm": "other"})]
+
+    def seen() -> dict[str, tuple[str, Optional[str]]]:
+        return {i["InstanceId"]: (i["State"]["Name"], model.tag(i, model.END_TAG)) for i in farm.instances(states=None)}
+
+    with pytest.raises(apply.CloudError, match="^no such instance: i-local-ffffffffffff$"):
+        backend.terminate({drained: "drained", "i-local-ffffffffffff": "lost"})
+    assert seen() == {i: ("running", None) for i in (drained, lost, other)}
+    with pytest.raises(apply.CloudError, match=f"^not tagged vfarm:farm=lf, nothing terminated: {other}$"):
+        backend.terminate({drained: "drained", other: "lost"})
+    assert seen() == {i: ("running", None) for i in (drained, lost, other)}
+
+    backend.terminate({drained: "drained", lost: "lost"})
+    assert seen() == {drained: ("terminated", "drained"), lost: ("terminated", "lost"), other: ("running", None)}
 
 
 def test_vfarm_scale_selects_the_local_cloud_and_keeps_the_test_image_running(tmp_path: Path, image: Image,
