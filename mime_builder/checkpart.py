@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from ..files import CHECK_HANDLED
 from ..files import CHECK_SCRIPT as CHECK_PATH
 
 FILENAME = "vfarm-check.cfg"
@@ -76,10 +77,8 @@ def cloud_config(script: str) -> str:
 def condition(script: str = CHECK_PATH) -> str:
     """The power_state condition of every mode: a shell command (as a list, a missing python3
     would be an exception, which cloud-init reads as "do not apply") that runs SCRIPT and exits 1
-    (change nothing) only when SCRIPT exited check.HANDLED, else 0 (cloud-init powers off)."""
-    from ..cc_modules.check import HANDLED
-
-    return f"python3 {script} --power-state-condition; [ $? != {HANDLED} ]"
+    (change nothing) only when SCRIPT exited CHECK_HANDLED, else 0 (cloud-init powers off)."""
+    return f"python3 {script} --power-state-condition; [ $? != {CHECK_HANDLED} ]"
 
 
 def power_state() -> str:

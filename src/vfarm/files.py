@@ -163,6 +163,10 @@ DEFAULT_LOG_DIR = "/var/log/vfarm"
 # where the check, the builder and the condor section all reach them without importing each other.
 CHECK_SCRIPT = "/var/lib/vfarm/vfarm-check.py"
 CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
+# What the check's `--power-state-condition` exits when it judged the boot and acted on it: no code
+# Python or the shell gives a crash (1, 2, 120, 126, 127, 128+N), so the condition (the builder's
+# checkpart.condition) reads any other as "the check did not run" and has cloud-init power off.
+CHECK_HANDLED = 3
 
 
 def log_dir(explicit: Union[str, Path, None] = None, root: PathLike = "/") -> Path:
