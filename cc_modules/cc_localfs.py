@@ -8,7 +8,8 @@ devices unless `force`; the sizes are known to fit before anything is touched (o
 to create: the devices' sizes); existing content of a mount point is carried into the new
 filesystem (once: a marker at its root), never with a mount below it that is not ours; fstab is
 written atomically, once, at the end, one line per volume of ours, each with `nofail`; a second
-run plans nothing.
+run plans nothing. The record lists the volumes as `mounts` (what fstab says of them), which the
+final check finds in place at every boot: this module runs once per instance.
 """
 
 from __future__ import annotations
@@ -391,6 +392,7 @@ class LocalfsPlan(Plan):
     create_vg: bool = False  # the volume group is made first; its volumes are planned after
     parts: list[dict[str, Any]] = field(default_factory=list)  # the resolved sizes, for the record
     rediscover: bool = False  # plan again after these steps (a new volume group)
+    mounts: list[list[str]] = field(default_factory=list)  # [device, mount point or "swap"], as fstab has them
 
 
 def _nesting(targets: list[str]) -> dict[str, int]:
@@ -491,7 +493,8 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:
         steps.append(WriteFile("write-fstab", FSTAB, new_fstab))
-    return LocalfsPlan(steps, notes, vg=vg, parts=[p.as_dict() for p in resolved])
+    return LocalfsPlan(steps, notes, vg=vg, parts=[p.as_dict() for p in resolved],
+                       mounts=[[device, fs if fs == "swap" else target] for device, target, fs, *_ in entries])
 
 
 # --- apply and record -------------------------------------------------------------------------
@@ -508,6 +511,7 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
         for note in todo.notes:
             ctx.logger.info("%s", note)
         ctx.record.step("plan", True, vg=todo.vg, steps=len(todo.steps), parts=[(p["name"], p["extents"]) for p in todo.parts])
+        ctx.record.data["mounts"] = todo.mounts
         if not todo.steps:
             ctx.logger.info("nothing to do: the machine already matches the config")
         apply(todo, ctx)

@@ -5,9 +5,13 @@ discover -> plan -> apply, like every vfarm module:
   the status records of the handlers (/var/log/vfarm/NAME.status.json), cloud-init's
   /run/cloud-init/status.json and result.json (22.4 and 25.1 formats), the RAW user-data (which
   `text/<section>-config` parts were sent: those handlers are expected; the `check` settings),
-  and cloud-init.log of this boot (parts that no handler took).
+  and cloud-init.log of this boot (parts that no handler took); for a record that lists
+  `mounts` (what its handler set up: localfs's volumes), what of them this boot has, read from
+  /proc/self/mountinfo and /proc/swaps and compared by device number.
 - plan (`plan`): a pure function facts + settings -> summary with the decision (power off or
-  not, and why). Absence of a success record is a failure.
+  not, and why). Absence of a success record is a failure; so is a handler's success whose
+  mounts are not in place at this boot (status "missing": the check runs at every boot, the
+  handler once per instance, and EC2 blanks the instance store on a stop and start).
 - apply (`apply`): write /var/log/vfarm/summary.json and summary.log atomically, sync, say the
   verdict on the console, and power off through the one command runner when configured.
 
@@ -30,6 +34,7 @@ import gzip
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..display import shown
+from ..files import CHECK_HANDLED as HANDLED
 from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, under
 from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
@@ -65,10 +71,10 @@ VERDICT_PREFIX = "vfarm-verdict: "
 VERDICT_VERSION = 1
 VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only counted
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
-# `--power-state-condition` exits this when the check judged the boot and acted on it: no code
-# Python or the shell gives a crash (1, 2, 120, 126, 127, 128+N), so the condition reads any
-# other as "the check did not run" and has cloud-init power off.
-HANDLED = 3
+# A record's `mounts`: [device, mount point], or [device, SWAP] for a swap device.
+SWAP = "swap"
+# /proc/self/mountinfo and /proc/swaps write a space, tab, newline or backslash in a path as \ooo.
+PROC_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 Runner = Callable[[list[str]], Any]
 
@@ -104,6 +110,10 @@ class Paths:
     @property
     def instance_id_files(self) -> tuple[Path, ...]:
         return (self._p("/run/cloud-init/.instance-id"), self._p("/var/lib/cloud/data/instance-id"))
+
+    @property
+    def proc(self) -> Path:
+        return self._p("/proc")
 
     @property
     def console(self) -> Path:
@@ -288,6 +298,33 @@ def unhandled_parts(lines: Sequence[str]) -> list[dict[str, str]]:
     return found
 
 
+def _mounts(record: Any) -> list[list[str]]:
+    """What RECORD's handler set up that every boot must have: its `mounts`, each [device, mount
+    point or SWAP]; an item of another shape is none."""
+    items = record.get("mounts") if isinstance(record, dict) else None
+    return [i for i in items if isinstance(i, list) and len(i) == 2 and all(isinstance(s, str) for s in i)] if isinstance(items, list) else []
+
+
+def device_number(path: Path) -> Optional[str]:
+    """"MAJOR:MINOR" of the block device at PATH, symlinks followed (/dev/VG/LV, /dev/mapper/VG-LV
+    and /dev/dm-N are one device), as mountinfo writes it; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else None
+
+
+def _proc_rows(path: Path, problems: list[str]) -> list[list[str]]:
+    """The lines of a /proc table split at blanks, each path field with its \\ooo read back."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as err:
+        problems.append(f"{path}: {err}")
+        return []
+    return [[PROC_ESCAPE.sub(lambda octal: chr(int(octal[1], 8)), f) for f in line.split()] for line in text.splitlines()]
+
+
 def discover(paths: Paths) -> dict[str, Any]:
     """Everything the plan needs, as plain data (what a test can also write by hand)."""
     facts: dict[str, Any] = {"read_problems": []}
@@ -300,6 +337,13 @@ def discover(paths: Paths) -> dict[str, Any]:
             doc, why = read_json(path)
             records[name] = doc if isinstance(doc, dict) else {"status": "unreadable", "reason": why or "not a JSON object"}
     facts["records"] = records
+
+    wanted = {device for record in records.values() for device, _ in _mounts(record)}
+    if wanted:  # what this boot has of it, by device number: any name of a device counts
+        facts["devices"] = {device: device_number(under(paths.root, device)) for device in wanted}
+        # The kernel lists mounts in the order they were made: the last on a point is the one seen.
+        facts["mounted"] = {row[4]: row[2] for row in _proc_rows(paths.proc / "self/mountinfo", problems) if len(row) > 4}
+        facts["swaps"] = [device_number(under(paths.root, row[0])) for row in _proc_rows(paths.proc / "swaps", problems)[1:] if row]
 
     for name in ("status", "result"):
         doc, why = read_json(paths.run_dir / f"{name}.json")
@@ -457,6 +501,19 @@ def _handler(name: str, record: Optional[dict[str, Any]], expected: bool, instan
     return entry
 
 
+def _missing(record: Any, facts: dict[str, Any]) -> list[str]:
+    """What RECORD's handler set up (its `mounts`) that this boot does not have: a mount point
+    not mounted from its device, a swap device not active."""
+    devices, mounted, swaps = facts.get("devices") or {}, facts.get("mounted") or {}, facts.get("swaps") or []
+    missing: list[str] = []
+    for device, where in _mounts(record):
+        number = devices.get(device)
+        if not number or (number not in swaps if where == SWAP else mounted.get(where) != number):
+            what = f"swap {device} not active" if where == SWAP else f"{where} not mounted from {device}"
+            missing.append(what if number else f"{what} (no such device)")
+    return missing
+
+
 def plan(facts: dict[str, Any], settings: Settings, waited_out: bool = False) -> dict[str, Any]:
     """The summary and the decision, from the facts alone (pure: no file, no clock)."""
     userdata = facts.get("userdata") or {}
@@ -499,6 +556,9 @@ def plan(facts: dict[str, Any], settings: Settings, waited_out: bool = False) ->
     for name in sorted(set(records) - set(expected)):
         handlers.append(_handler(name, records[name], False, facts.get("instance_id"), why_absent))
     for entry in handlers:
+        missing = _missing(records.get(entry["name"]), facts) if entry["status"] == "ok" else []
+        if missing:
+            entry.update(status="missing", reason="set up, but not in place at this boot: " + "; ".join(missing), failed=True)
         if entry["failed"] or (not entry["expected"] and entry["status"] == "failed"):
             entry["failed"] = True
             problems.append(f"{entry['name']}: {entry['status']}: {entry['reason']}")

@@ -3,7 +3,9 @@
 For a handler NAME, in the log dir (default /var/log/vfarm, env VFARM_LOG_DIR overrides):
 - NAME.log: the detailed log (every command, exit code, duration, stderr; secrets redacted);
 - NAME.status.json, written atomically: {"handler", "status": running|ok|failed|skipped,
-  "reason", "started", "finished", "seconds", "instance_id", "changed", "steps", "vfarm_version"}.
+  "reason", "started", "finished", "seconds", "instance_id", "changed", "steps", "vfarm_version"},
+  and from a handler that mounts volumes "mounts": [[device, mount point or "swap"], ...], which
+  the final check finds in place at every boot (the handler runs once per instance).
 "running" is written first, so a crash leaves "running" behind (counted as failed). A dry run writes
 NAME.dry-run.json instead: the final check reads *.status.json only, so a dry run never stands
 for, nor overwrites, the real outcome.

@@ -1,0 +1,158 @@
+"""The final check at every boot: what localfs set up (its record's `mounts`) must be in place.
+
+localfs runs once per instance; EC2 blanks the instance store on a stop and start and keeps the
+instance id, so the next boot has no volumes and localfs does not run again. The check reads
+/proc/self/mountinfo and /proc/swaps (here: files under the test's root) and compares devices by
+number, which tests give through `check.device_number`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from tests.fakesystem import FakeMachine, FakeRunner
+from vfarm.cc_modules import cc_localfs, check, handling
+
+SECTION = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
+# The LVs as the kernel numbers them, under each of their names.
+NUMBERS = {"/dev/vg_local/cvmfs": "253:0", "/dev/vg_local/home": "253:1", "/dev/vg_local/tmp": "253:2", "/dev/vg_local/swap": "253:3",
+           "/dev/dm-3": "253:3", "/dev/nvme0n1p1": "259:1"}
+MOUNTINFO_HEAD = "22 1 259:1 / / rw,relatime - ext4 /dev/nvme0n1p1 rw\n23 22 0:21 / /proc rw - proc proc rw\n"
+SWAPS_HEAD = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> None:
+        self.calls.append(list(argv))
+
+
+def numbers_of(root: Path, present: dict[str, str]) -> Any:
+    """A `check.device_number` for ROOT: the block devices PRESENT (path -> MAJOR:MINOR)."""
+
+    def number(path: Path) -> Optional[str]:
+        return present.get("/" + str(path.relative_to(root)))
+
+    return number
+
+
+def boot_root(tmp_path: Path) -> Path:
+    """An image's root whose cloud-init finished cleanly, before localfs ran."""
+    root = tmp_path / "root"
+    for folder in ("etc", "home/debian", "tmp", "run/cloud-init", "dev", "proc/self"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/fstab").write_text("LABEL=root / ext4 defaults 0 1\n")
+    (root / "run/cloud-init/status.json").write_text(json.dumps({"v1": {"init": {"errors": [], "start": 1.0, "finished": 2.0}}}))
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    (root / "dev/console").write_text("")
+    return root
+
+
+def kernel_view(root: Path, mounts: list[tuple[str, str]], swaps: list[str]) -> None:
+    """ROOT's /proc: MOUNTS (mount point, MAJOR:MINOR) after the root's own, active SWAPS."""
+    lines = [f"{30 + n} 22 {number} / {target.replace(' ', chr(92) + '040')} rw - ext4 x rw" for n, (target, number) in enumerate(mounts)]
+    (root / "proc/self/mountinfo").write_text(MOUNTINFO_HEAD + "".join(line + "\n" for line in lines))
+    (root / "proc/swaps").write_text(SWAPS_HEAD + "".join(f"{name}\tpartition\t1048572\t0\t-2\n" for name in swaps))
+
+
+def verdict(root: Path) -> dict[str, Any]:
+    """The newest verdict line on ROOT's console (it keeps every boot's)."""
+    line = [line for line in (root / "dev/console").read_text().splitlines() if line.startswith(check.VERDICT_PREFIX)][-1]
+    found: dict[str, Any] = json.loads(line[len(check.VERDICT_PREFIX) :])
+    return found
+
+
+def test_localfs_volumes_gone_after_a_stop_and_start_power_the_worker_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    root = boot_root(tmp_path)
+    machine = FakeMachine().add_vg("vg_local", 5000)
+    status = handling.execute("localfs", lambda: SECTION, cc_localfs.work, directory=root / "var/log/vfarm", root=root,
+                              runner=FakeRunner(machine=machine))
+    assert status["status"] == "ok", status["reason"]
+    # The record says what fstab says, in fstab's order.
+    assert status["mounts"] == [["/dev/vg_local/cvmfs", "/var/lib/cvmfs"], ["/dev/vg_local/home", "/home"],
+                                ["/dev/vg_local/tmp", "/tmp"], ["/dev/vg_local/swap", "swap"]]
+
+    # First boot: what localfs mounted, as the kernel shows it (/tmp's tmpfs of the image under
+    # ours; the swap named /dev/dm-3, the LV's other name): ok, nothing powers off.
+    monkeypatch.setattr(check, "device_number", numbers_of(root, NUMBERS))
+    assert {target[len(str(root)) :] for target in machine.mounts} == {"/var/lib/cvmfs", "/home", "/tmp"}
+    kernel_view(root, [("/tmp", "0:30"), ("/var/lib/cvmfs", "253:0"), ("/home", "253:1"), ("/tmp", "253:2")], ["/dev/dm-3"])
+    runner = Recorder()
+    summary = check.run_check(check.Paths(root), wait=0, run=runner)
+    assert summary["result"] == "ok", summary["problems"]
+    assert [(h["name"], h["status"]) for h in summary["handlers"]] == [("localfs", "ok")] and runner.calls == []
+
+    # Stopped and started: the instance store is blank, the VG gone, the mount points on the root
+    # disk; the same instance id, so localfs does not run again and its record still says ok.
+    monkeypatch.setattr(check, "device_number", numbers_of(root, {"/dev/nvme0n1p1": "259:1"}))
+    kernel_view(root, [("/tmp", "0:30")], [])
+    assert check.main(["--root", str(root), "--wait", "0", "--dry-run"]) == 1  # the dry run says it and changes nothing
+    assert "localfs  missing" in capsys.readouterr().out and runner.calls == []
+    summary = check.run_check(check.Paths(root), wait=0, run=runner)
+    localfs = summary["handlers"][0]
+    gone = ("/var/lib/cvmfs not mounted from /dev/vg_local/cvmfs (no such device); /home not mounted from /dev/vg_local/home (no such device); "
+            "/tmp not mounted from /dev/vg_local/tmp (no such device); swap /dev/vg_local/swap not active (no such device)")
+    assert (localfs["status"], localfs["failed"]) == ("missing", True)
+    assert localfs["reason"] == f"set up, but not in place at this boot: {gone}"
+    assert summary["result"] == "failed" and summary["decision"]["action"] == "poweroff"
+    assert summary["decision"]["reason"].startswith("localfs: missing: set up, but not in place at this boot: /var/lib/cvmfs not mounted")
+    assert len(runner.calls) == 1 and runner.calls[0][:4] == ["shutdown", "-P", "--", "now"]
+    assert verdict(root)["failed"] == [["localfs", "missing", f"set up, but not in place at this boot: {gone}"[: check.VERDICT_MAX_TEXT]]]
+
+
+def test_volumes_present_but_not_mounted_or_hidden_are_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The devices are there (a mount that failed at boot, a swap not activated): named without
+    "no such device"; a mount made over ours hides it; a mount point with a blank is read back."""
+    root = tmp_path
+    (root / "proc/self").mkdir(parents=True)
+    (root / "var/log/vfarm").mkdir(parents=True)
+    record = {"status": "ok", "mounts": [["/dev/vg_local/data", "/srv/my data"], ["/dev/vg_local/home", "/home"],
+                                         ["/dev/vg_local/tmp", "/tmp"], ["/dev/vg_local/swap", "swap"]]}
+    (root / "var/log/vfarm/localfs.status.json").write_text(json.dumps(record))
+    monkeypatch.setattr(check, "device_number", numbers_of(root, {**NUMBERS, "/dev/vg_local/data": "253:4"}))
+    kernel_view(root, [("/srv/my data", "253:4"), ("/tmp", "253:2"), ("/tmp", "0:30")], [])
+    facts = check.discover(check.Paths(root))
+    assert facts["mounted"]["/srv/my data"] == "253:4" and facts["mounted"]["/tmp"] == "0:30"
+    localfs = check.plan(facts, check.Settings())["handlers"][0]
+    assert localfs["status"] == "missing", localfs
+    assert localfs["reason"] == ("set up, but not in place at this boot: /home not mounted from /dev/vg_local/home; "
+                                 "/tmp not mounted from /dev/vg_local/tmp; swap /dev/vg_local/swap not active")
+
+
+def test_device_numbers_follow_symlinks_to_block_devices_only(tmp_path: Path) -> None:
+    """/dev/VG/LV is a symlink to ../dm-N: its number is the block device's, as the kernel writes
+    it in mountinfo (and in sysfs); anything but a block device has none."""
+    (tmp_path / "file").write_text("")
+    assert check.device_number(tmp_path / "file") is None and check.device_number(tmp_path / "absent") is None
+    assert check.device_number(Path("/dev/null")) is None  # a character device
+    blocks = [p for p in sorted(Path("/dev").iterdir()) if p.is_block_device() and Path(f"/sys/class/block/{p.name}/dev").exists()]
+    if not blocks:
+        pytest.skip("no block device in this host's /dev")
+    (tmp_path / "lv").symlink_to(blocks[0])
+    assert check.device_number(tmp_path / "lv") == Path(f"/sys/class/block/{blocks[0].name}/dev").read_text().strip()
+
+
+def test_only_a_handler_that_succeeded_is_held_to_its_mounts() -> None:
+    """A failed handler keeps its own reason; a record of another instance stays one; a record
+    without mounts (an older vfarm, another handler) asks nothing; a mounts item of another shape
+    is none; all in place is ok."""
+    mounts = [["/dev/vg_local/home", "/home"], "junk", ["/dev/vg_local/swap", 3]]
+    facts = {"records": {"localfs": {"status": "failed", "reason": "lvcreate failed", "mounts": mounts},
+                         "old": {"status": "ok", "instance_id": "i-old", "mounts": mounts},
+                         "cvmfs": {"status": "ok"},
+                         "here": {"status": "ok", "mounts": mounts}},
+             "devices": {"/dev/vg_local/home": "253:1"}, "swaps": [],
+             "instance_id": "i-1"}
+    gone = ("missing", "set up, but not in place at this boot: /home not mounted from /dev/vg_local/home")
+    for mounted, here in (({"/home": "253:1"}, ("ok", "")), ({}, gone)):
+        facts["mounted"] = mounted
+        handlers = {h["name"]: (h["status"], h["reason"]) for h in check.plan(facts, check.Settings())["handlers"]}
+        assert handlers["here"] == here
+        assert handlers["localfs"] == ("failed", "lvcreate failed") and handlers["cvmfs"] == ("ok", "")
+        assert handlers["old"][0] == "never-ran" and "another instance" in handlers["old"][1]
