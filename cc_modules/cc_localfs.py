@@ -6,10 +6,11 @@ Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TA
 LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
 devices unless `force`; the sizes are known to fit before anything is touched (on a VG still
 to create: the devices' sizes); existing content of a mount point is carried into the new
-filesystem (once: a marker at its root), never with a mount below it that is not ours; fstab is
-written atomically, once, at the end, one line per volume of ours, each with `nofail`; a second
-run plans nothing. The record lists the volumes as `mounts` (what fstab says of them), which the
-final check finds in place at every boot: this module runs once per instance.
+filesystem (once: a marker at its root) if that holds nothing else yet (a volume with data is
+refused there, neither copied onto nor mounted over), never with a mount below it that is not
+ours; fstab is written atomically, once, at the end, one line per volume of ours, each with
+`nofail`; a second run plans nothing. The record lists the volumes as `mounts` (what fstab says
+of them), which the final check finds in place at every boot: this module runs once per instance.
 """
 
 from __future__ import annotations
@@ -256,19 +257,29 @@ def _new_vg(spec: LocalfsSpec, facts: Facts, vg: str) -> VolumeGroup:
 
 
 def _carry(part: str, target: str, source: str, carry: str) -> Custom:
-    """Copy SOURCE's content (one file system: -x) onto the filesystem mounted at CARRY, then a
-    marker at its root. The marker is read through this same mount, at apply time: a run after
-    one that failed (or a reboot) redoes a copy that did not finish and never repeats one that
-    did (it would put the image's old files back over newer ones). A failure unmounts CARRY."""
+    """Copy SOURCE's content (one file system: -x) onto the filesystem mounted at CARRY if it holds
+    no one's files: nothing but lost+found, or a copy of TARGET that failed part-way (redone). A
+    marker at its root says, before the copy, that it started and, once the copy is on disk, that
+    it finished: a finished copy is never repeated (it would put the image's old files back over
+    newer ones). Other content (the user's, a copy of another mount point) is refused: a copy
+    would overwrite it, a mount without one would hide TARGET's. Read through this same mount, at
+    apply time; a failure or a refusal unmounts CARRY."""
     argv = ["cp", "-a", "-x", f"{source}/.", f"{carry}/"]
+    mark, started, done = f"{carry}/{CARRY_MARK}", f"vfarm localfs copying {target}\n", f"vfarm localfs copied {target} here\n"
 
     def run(ctx: Context) -> dict[str, Any]:
-        if os.path.lexists(f"{carry}/{CARRY_MARK}"):
-            return {"changed": False, "skipped": "copied by an earlier run"}
         try:
+            found = read_text(mark)
+            if found == done:
+                return {"changed": False, "skipped": "copied by an earlier run"}
+            # A mount point is a folder; a test's fake mount may have none (nothing on it).
+            if found != started and (found is not None or os.path.isdir(carry) and set(os.listdir(carry)) - {"lost+found"}):
+                raise PlanError(f"{target} is not empty and volume {part} holds other data (a copy would overwrite it, a mount hide "
+                                f"{target}'s): choose another mount point for {part} or move {target}'s files away")
+            atomic_write(mark, started)
             ctx.runner.run(argv)
             ctx.runner.run(["sync", "--file-system", carry])  # the copy is on disk before its marker
-            atomic_write(f"{carry}/{CARRY_MARK}", f"vfarm localfs copied {target} here\n")
+            atomic_write(mark, done)
         except Exception:
             ctx.runner.run(["umount", carry], check=False)
             raise

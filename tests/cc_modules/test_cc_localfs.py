@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -397,10 +398,71 @@ def test_a_copy_mount_left_mounted_is_used_and_unmounted(root: Path) -> None:
     machine = fresh_machine().add_lv("vg_local", "home", 2900, fs="ext4")
     carry = str(root / "run/vfarm/localfs/home")
     machine.mounts[carry] = "/dev/mapper/vg_local-home"
+    (root / "run/vfarm/localfs/home/lost+found").mkdir(parents=True)  # what mkfs.ext4 leaves: no one's data
     runner = FakeRunner(machine=machine)
     assert run(root, runner)["status"] == "ok"
     home_calls = [c for c in runner.changing_calls() if any(carry in a for a in c)]
     assert home_calls == [["cp", "-a", "-x", f"{root}/home/.", f"{carry}/"], ["sync", "--file-system", carry], ["umount", carry]]
+    again = FakeRunner(machine=machine)
+    assert run(root, again)["status"] == "ok" and again.changing_calls() == []
+
+
+def real_copy(fail_after: bool = False) -> dict[tuple[str, ...], Any]:
+    """`cp -a -x SOURCE/. CARRY/` as cp does it, onto the fake's volume (its copy mount's folder):
+    the image's files there, same-named ones replaced; FAIL_AFTER: then exit 5, as a copy that
+    died part-way (the disk full at its last file)."""
+
+    def cp(argv: list[str]) -> tuple[int, str, str]:
+        shutil.copytree(argv[-2], argv[-1], symlinks=True, dirs_exist_ok=True)
+        return (5, "", "cp: error writing: No space left on device") if fail_after else (0, "", "")
+
+    return {("cp",): cp}
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["nothing-copied-in-before", "copied-in-from-scratch"])
+def test_a_volume_with_data_moved_to_a_mount_point_with_content_is_refused(root: Path, copied: bool) -> None:
+    """scratch held the user's files at /scratch (the image's /scratch copied in first, or
+    nothing: it was empty); the config moves it to /data, where the image has files of its own.
+    Copying them in would overwrite the user's same-named files, mounting it without would hide
+    them: refused, naming /data and what to do, with nothing copied and nothing mounted there;
+    the next run refuses the same way."""
+    if copied:
+        (root / "scratch").mkdir()
+        (root / "scratch/README").write_text("the image's scratch\n")
+    machine = fresh_machine()
+    before = {"parts": {"scratch": {"size": 10, "mount": "/scratch"}, "home": 20}}
+    assert run(root, FakeRunner(machine=machine, answers=real_copy()), before)["status"] == "ok"
+    volume = root / "run/vfarm/localfs/scratch"  # the fake's volume: its copy mount's folder
+    assert (volume / cc_localfs.CARRY_MARK).exists() is copied
+    volume.mkdir(parents=True, exist_ok=True)
+    (volume / "README").write_text("the user's results\n")
+    (root / "data").mkdir()
+    (root / "data/README").write_text("the image's data\n")
+    after = {"parts": {"scratch": {"size": 10, "mount": "/data"}, "home": 20}}
+    for _ in range(2):
+        runner = FakeRunner(machine=machine, answers=real_copy())
+        status = run(root, runner, after)
+        assert status["status"] == "failed" and "/data is not empty" in status["reason"], status["reason"]
+        assert "choose another mount point for scratch or move /data's files away" in status["reason"]
+        assert (volume / "README").read_text() == "the user's results\n"
+        assert not any(c[0] == "cp" for c in runner.calls)
+        assert str(root / "data") not in machine.mounts and str(volume) not in machine.mounts
+        assert machine.mounts[str(root / "scratch")] == "/dev/vg_local/scratch"  # where it was, untouched
+
+
+def test_a_copy_that_failed_part_way_is_redone(root: Path) -> None:
+    """cp died with part of /home on the volume (no mark of a finished copy): the next run sees
+    by the mark written before the copy that those files are the image's /home, copies again
+    (over them), then mounts; the run after changes nothing."""
+    machine = fresh_machine()
+    volume, home = root / "run/vfarm/localfs/home", str(root / "home")
+    first = run(root, FakeRunner(machine=machine, answers=real_copy(fail_after=True)))
+    assert first["status"] == "failed" and "cp -a -x" in first["reason"], first["reason"]
+    assert (volume / "debian/.profile").exists() and home not in machine.mounts
+    second = FakeRunner(machine=machine, answers=real_copy())
+    status = run(root, second)
+    assert status["status"] == "ok", status["reason"]
+    assert ["cp", "-a", "-x", f"{home}/.", f"{volume}/"] in second.calls and machine.mounts[home] == "/dev/vg_local/home"
     again = FakeRunner(machine=machine)
     assert run(root, again)["status"] == "ok" and again.changing_calls() == []
 
