@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .hostcmd import CommandError, locked, progress, run
+from .hostcmd import CommandError, cache_base, locked, progress, run
 
 SUITES = ("bookworm-prod", "trixie-prod")
 VARIANT = "debian"  # the build variant guests install (tests/fixtures/cvmfs_build.py)
@@ -34,14 +34,8 @@ EPOCH = 1700000000  # fixed dates: the same packages give the same repository
 PACKAGE_NAMES = ("cvmfs", "cvmfs-libs", "cvmfs-config-default")  # what a client install takes from here
 
 
-def _cache_roots() -> list[Path]:
-    """Where set-up's caches live: VFARM_CACHE_DIR (the cvmfs fixtures' name), VFARM_CACHE, the default."""
-    roots = [os.environ.get("VFARM_CACHE_DIR"), os.environ.get("VFARM_CACHE"), "/var/cache/vfarm"]
-    return list(dict.fromkeys(Path(r) for r in roots if r))
-
-
 def cache_dir() -> Path:
-    return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm")) / "cvmfs-local"
+    return cache_base() / "cvmfs-local"
 
 
 def built_apt() -> Path:
@@ -51,8 +45,7 @@ def built_apt() -> Path:
         if not (Path(override) / "Packages").is_file():
             raise CommandError(f"VFARM_CVMFS_APT={override}: no Packages file there (a flat apt repository of cvmfs .debs)")
         return Path(override)
-    found = [p.parent / "apt" for root in _cache_roots() for p in (root / "cvmfs").glob(f"{VARIANT}-*/build.json")
-             if (p.parent / "apt/Packages").is_file()]
+    found = [p.parent / "apt" for p in (cache_base() / "cvmfs").glob(f"{VARIANT}-*/build.json") if (p.parent / "apt/Packages").is_file()]
     if not found:
         raise CommandError("no locally built CernVM-FS packages (/var/cache/vfarm/cvmfs/debian-*/apt): `tools/run setup` builds them")
     return max(found, key=lambda p: (p / "Packages").stat().st_mtime)

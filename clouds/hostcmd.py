@@ -53,6 +53,11 @@ def progress(area: str, message: str) -> None:
     print(f"[vfarm {area}] {message}", file=sys.stderr, flush=True)
 
 
+def cache_base() -> Path:
+    """Where set-up's caches live (images, packages, releases): /var/cache/vfarm, or VFARM_CACHE."""
+    return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm"))
+
+
 @contextmanager
 def locked(path: Path, waiting: str = "", area: str = "lock") -> Iterator[None]:
     """PATH flocked (made, and its folder, when missing) while the block runs: one holder at a

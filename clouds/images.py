@@ -22,7 +22,7 @@ from typing import Optional
 
 from . import bake as baking
 from . import cvmfs_local
-from .hostcmd import CommandError, Stopwatch, locked, progress, run
+from .hostcmd import CommandError, Stopwatch, cache_base, locked, progress, run
 from .loopback import LoopbackServer
 
 SUITES = ("bookworm", "trixie")
@@ -138,7 +138,7 @@ source /etc/network/interfaces.d/*
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm")) / "images"
+    return cache_base() / "images"
 
 
 def host_mirror(etc: Path = Path("/etc")) -> str:

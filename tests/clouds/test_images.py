@@ -158,9 +158,7 @@ def test_client_dependencies_from_the_packages_file(tmp_path: Path) -> None:
 
 def test_built_apt_is_found_under_the_cache_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VFARM_CVMFS_APT", raising=False)
-    monkeypatch.setenv("VFARM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("VFARM_CACHE", str(tmp_path))
-    monkeypatch.setattr(cvmfs_local, "_cache_roots", lambda: [tmp_path])
     with pytest.raises(CommandError, match="tools/run setup"):
         cvmfs_local.built_apt()
     apt = tmp_path / "cvmfs/debian-0123/apt"
