@@ -60,7 +60,8 @@ def display_width(text: str) -> int:
 
 def shown(value: object) -> str:
     """VALUE as vfarm prints user-derived text: control characters escaped (first, so that a
-    newline inside a password cannot cut its URL short), then secrets hidden."""
+    newline inside a password cannot cut its URL short), then secrets hidden (a YAML block's
+    lines too: the redaction reads a text's escaped line ends as line ends when it has no other)."""
     return redact(escape_controls(str(value)))
 
 

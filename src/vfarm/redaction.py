@@ -5,9 +5,10 @@ in clear.
 Every pass takes time linear in the text (a 256 KiB value in milliseconds, whatever it holds).
 No pattern here loops over characters that a loop before it could also take (that backtracks
 quadratically), and none but two (the user options' and the `-p` commands', whose every try is
-a few characters) is tried at every position of a text: the passes jump with `str.find` to the
-few places a secret can start (`://`, `eyJ`, `@`, a secret word, an option's `-`) and look around
-those alone, a run of characters at most once (a YAML block's lines: once per key line).
+a few characters, after sshpass a few words) is tried at every position of a text: the passes
+jump with `str.find` to the few places a secret can start (`://`, `eyJ`, `@`, a secret word, an
+option's `-`) and look around those alone, a run of characters at most once (a YAML block's
+lines: once per key line).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 # Names whose values are secrets (env variables, options, KEY=VALUE settings, JSON keys). `pass`
-# and `pwd` only as a whole part of a name (`DB_PASS`, `--pwd`): `passed`, `bypass` are no secrets.
-_SECRET_WORD = (r"(?:passw(?:or)?d|passphrase|(?<![a-z0-9])(?:pass|pwd)(?![a-z0-9])|secret|token|api[_-]?key|access[_-]?key"
+# and `pwd` only as a whole part of a name (`DB_PASS`, `--pwd`, `%3Fpass` and `%26pass`: after a
+# URL-encoded `?` or `&`): `passed`, `bypass` are no secrets.
+_SECRET_WORD = (r"(?:passw(?:or)?d|passphrase|(?:(?<![a-z0-9])|(?<=%3f|%26))(?:pass|pwd)(?![a-z0-9])|secret|token|api[_-]?key|access[_-]?key"
                 r"|private[_-]?key|credential|auth[_-]?key|authorization)")
 SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORD)
 # SECRET_NAME on a _folded text (without `(?i)`, the search is many times faster); every match
@@ -38,6 +40,11 @@ _ENCODED_VALUE = re.compile(r"[^\s&;%]*(?:%(?!26)[^\s&;%]*)*")
 # A YAML block scalar's header (`password: |`, `token: >-`, `|2+`): the value is the lines below.
 _BLOCK_HEADER = re.compile(r"[|>][-+0-9]*[ \t]*")
 _INDENT = re.compile(r"[ \t]*")
+# A text on one line may hold its line ends escaped: `\n` (a repr: cloud-init's errors) or `\x0a`
+# (`escape_controls`, which `shown` applies before it redacts). Its blocks are read in a copy where
+# each is a real line end, padded with `\r` to the same length; `\\` (a repr's backslash) stays.
+_ESCAPED_END = re.compile(r"\\(?:[nr]|x0[ad]|\\)")
+_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\"}
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -52,9 +59,14 @@ _USER_OPTION = re.compile(f"(?:{'|'.join(map(re.escape, _USER_OPTIONS))})" + r"(
 # Commands that take a password glued to `-p` (`mysql -pSECRET`, `sshpass -pSECRET`): after one of
 # them, in its argv or on its line, `-p` with text glued to it is a password (a quoted one to its
 # quote). Only after them: elsewhere `-p` is something else (`mkdir -p`, `ssh -p 22`, `cp -pr`).
+# sshpass also takes it as the next word (`sshpass -p SECRET ssh ...`), among its own options:
+# those before the command it runs (a few at most: `-v`, `-e`, `-f FILE`, `-d FD`, `-P PROMPT`).
+# Not mysql: `-p` alone prompts there, and a word after it is the database.
 _GLUED_COMMAND = r"(?:mysql|mariadb)[\w-]*|sshpass"
 _GLUED_LINE = re.compile(rf"(?<![\w-])(?:{_GLUED_COMMAND})(?![\w-])[^\n]*")
-_GLUED_PASSWORD = re.compile(r"""(?<![^\s"'])-p(?:'([^'\n]*)|"([^"\n]*)|([^\s"']\S*))""")
+_GLUED_PASSWORD = re.compile(r"""(?:(?<![^\s"'])-p|(?<![\w-])sshpass(?:[ \t]+-(?:[fdP][ \t]*\S+|[evVh]+)){0,4}[ \t]+-p[ \t]+)"""
+                             r"""(?:'([^'\n]*)|"([^"\n]*)|([^\s"']\S*))""")
+_SSHPASS_ARGUMENTS = ("-f", "-d", "-P", "-p")
 # An IDTOKEN (JWT): HTCondor pool tokens. JWT is its shape, to match one value; in a text,
 # `redact` finds each `eyJ` (a JWT header is base64url of `{"`), whatever precedes it (`%3D` of
 # a URL-encoded `token=`, `_`), and reads the rest with _JWT_REST, which never scans a segment
@@ -81,7 +93,8 @@ def redact(text: str) -> str:
     """Hide secrets in TEXT: credentials (see `hide_credentials`), the values of secret-named
     settings (`TOKEN=...`, `"password": "..."`, `password%3D...`, `Authorization: Basic ...`, a
     YAML block `password: |` and its lines) and options (`--token X`, `--password 'a b'`), the
-    password of `-u user:password`, and that of `-pSECRET` after `mysql` (_GLUED_COMMAND)."""
+    password of `-u user:password`, and that of `-pSECRET` after `mysql` (_GLUED_COMMAND) or of
+    `sshpass -p SECRET`."""
     text = hide_credentials(text)
     if "-" in text:
         text = _hide(text, _user_option_spans(text))
@@ -113,9 +126,10 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     """ARGV redacted as the command it is, not word by word: an argument after a secret-named
     option (`--token X`, unless X is an option) is hidden whole, blanks and all; the password of
     one after a user option (`-u user:password`) is hidden, and so is the text of `-pSECRET` after
-    a command that takes it so (`mysql`, _GLUED_COMMAND); every argument goes through `redact`."""
+    a command that takes it so (`mysql`, _GLUED_COMMAND), and the word after `-p` among sshpass's
+    own options (up to its command); every argument goes through `redact`."""
     out: list[str] = []
-    glued = False
+    glued = sshpass = False
     for number, arg in enumerate(argv):
         option = argv[number - 1] if number else ""
         if option.startswith("-") and "=" not in option and is_secret_name(option) and arg and not arg.startswith("-"):
@@ -124,9 +138,13 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             out.append(arg[: arg.index(":") + 1] + HIDDEN)
         elif glued and arg.startswith("-p") and len(arg) > 2:
             out.append("-p" + HIDDEN)
+        elif sshpass and option == "-p":
+            out.append(HIDDEN)
         else:
             out.append(redact(arg))
-        glued = glued or re.fullmatch(_GLUED_COMMAND, arg.rsplit("/", 1)[-1]) is not None
+        command = arg.rsplit("/", 1)[-1]
+        glued = glued or re.fullmatch(_GLUED_COMMAND, command) is not None
+        sshpass = command == "sshpass" or sshpass and (arg.startswith("-") or option in _SSHPASS_ARGUMENTS)
     return out
 
 
@@ -250,6 +268,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
+    lines = text if "\n" in text or "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
     line = [0, -1, 0, 0]  # the last key line _block_value read: start, end, its block's span
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
@@ -271,7 +290,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                     if scheme is not None:
                         begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        block = None if quote else _block_value(text, start, begin, line)
+                        block = None if quote else _block_value(lines, at, begin, line)
                         if block is not None:  # the lines below are hidden, the header is not
                             value_run = (begin, block[1])
                             begin = block[0]
@@ -293,9 +312,11 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
 
 def _block_value(text: str, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
     """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
-    of the key at KEY or before a comment: the lines below that are blank or indented more than
-    the key's line, without the blanks around them; None when there is no header or no such line.
-    LINE caches the key line's end and that span: the keys of one line read the lines below once."""
+    of the key whose secret word is at KEY (not the key's start: the `n` of an escaped `\\n` before
+    it is a key character) or before a comment: the lines below that are blank (`\\r` too) or
+    indented more than the key's line, without the blanks around them; None when there is no header
+    or no such line. TEXT is the one read for lines (see _LINE_END). LINE caches the key line's end
+    and that span: the keys of one line read the lines below once."""
     header = _BLOCK_HEADER.match(text, begin)
     if header is None or (header.end() < len(text) and text[header.end()] not in "\r\n#"):
         return None
@@ -303,7 +324,7 @@ def _block_value(text: str, key: int, begin: int, line: list[int]) -> tuple[int,
         start, end = text.rfind("\n", 0, key) + 1, text.find("\n", key)
         end = len(text) if end < 0 else end
         indent = _end_of(_INDENT, text, start) - start
-        block = re.compile(rf"(?:[ \t]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(text, end + 1)
+        block = re.compile(rf"(?:[ \t\r]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(text, end + 1)
         below = block.group() if block else ""
         line[:] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]
     return (line[2], line[3]) if line[2] < line[3] else None
@@ -311,7 +332,7 @@ def _block_value(text: str, key: int, begin: int, line: list[int]) -> tuple[int,
 
 def _glued_password_spans(text: str) -> list[tuple[int, int]]:
     """The passwords glued to `-p` (`-pSECRET`, `-p'a b'`) on the rest of each line after a
-    command that takes one so (_GLUED_COMMAND)."""
+    command that takes one so (_GLUED_COMMAND), and those after sshpass's `-p` (`-p SECRET`)."""
     return [found.span(found.lastindex or 0) for line in _GLUED_LINE.finditer(text)
             for found in _GLUED_PASSWORD.finditer(text, line.start(), line.end())]
 
@@ -367,9 +388,10 @@ def _url_spans(text: str) -> list[tuple[int, int]]:
             following = colons[number + 1]
             mirrored = len(text) - following
             end, cut = following - (_end_of(_SCHEME_BACKWARDS, backwards, mirrored, len(text) - start) - mirrored), True
-            if end > start and text[end - 1] not in _LIST_TAIL and "@" not in text[start:end]:
-                # No separator before that `scheme://` and no `@` yet: it is inside this URL's
-                # password (`user:0://x@host`), not a next URL of a proxy list (`a|http://b`).
+            if (end == start or text[end - 1] not in _LIST_TAIL) and "@" not in text[start:end]:
+                # No separator before that `scheme://` (or nothing: it starts the authority) and
+                # no `@` yet: it is inside this URL's userinfo (`user:0://x@host`, `user://0?@host`:
+                # a password starting `//`), not a next URL of a proxy list (`a|http://b`).
                 end, cut = word_end, False
         span = _credentials(text, start, end, cut)
         if span is not None:

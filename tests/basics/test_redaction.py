@@ -1,4 +1,4 @@
-"""The one redaction (cc_modules/redaction.py) and the terminal-safe display (cc_modules/display.py):
+"""The one redaction (src/vfarm/redaction.py) and the terminal-safe display (src/vfarm/display.py):
 what they hide and keep, URL shapes that used to leak, linear time on inputs built to make
 backtracking regexes quadratic, and control characters shown escaped."""
 
@@ -98,14 +98,29 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         ("token: >-\n  abc\n\n  def\nx: 1", "token: >-\n  ***\nx: 1"),
         ("a:\n  password: |2+ # the db's\n    s3cret\n  b: 1", "a:\n  password: |2+ # the db's\n    ***\n  b: 1"),
         ("password: |\nuser: me", "password: ***\nuser: me"),  # an empty block: nothing below it to hide
+        ("token: >-\r\n  abc\r\n\r\n  def\r\nx: 1", "token: >-\r\n  ***\r\nx: 1"),  # a blank line ending in \r
+        # ... and on one line, its line ends escaped (cloud-init's error texts, `shown`): read as line ends
+        ("password: |\\n  s3cret\\n  more\\nuser: me", "password: |\\n  ***\\nuser: me"),
+        ("('x', 'a:\\r\\n  token: >-\\r\\n    abc\\r\\n\\r\\n    d\\\\ne\\r\\n  b: 1')", "('x', 'a:\\r\\n  token: >-\\r\\n    ***\\r\\n  b: 1')"),
+        ("a:\\x0a  password: |\\x0a    s3cret\\x0a\\x0a    more\\x0a  b: 1", "a:\\x0a  password: |\\x0a    ***\\x0a  b: 1"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
+        # ... also `pass` and `pwd`, a whole name after an encoded `?` or `&`
+        ("?next=https%3A%2F%2Fh%2Fx%3Fpassword%3Dhunter2%26a%3D1", "?next=https%3A%2F%2Fh%2Fx%3Fpassword%3D***%26a%3D1"),
+        ("?next=https%3A%2F%2Fh%2Fx%3Fpass%3Dhunter2%26a%3D1", "?next=https%3A%2F%2Fh%2Fx%3Fpass%3D***%26a%3D1"),
+        ("?next=%2Fx%3fa%3D1%26PWD%3Dhunter2%26b%3D2", "?next=%2Fx%3fa%3D1%26PWD%3D***%26b%3D2"),
+        ("?next=%2Fx%3Fbypass%3D1%26passenger%3D2%26a%3Dpass", "?next=%2Fx%3Fbypass%3D1%26passenger%3D2%26a%3Dpass"),
         # a password glued to -p after a command that takes it so, on its line; -p elsewhere is no password
         ("mysql -uroot -ps3cret db; mkdir -p /x", "mysql -uroot -p*** db; mkdir -p /x"),
         ("/usr/bin/mysqldump -p'my pass' db\ncp -pr a b", "/usr/bin/mysqldump -p'***' db\ncp -pr a b"),
         ("sshpass -ps3cret ssh -p 22 host", "sshpass -p*** ssh -p 22 host"),
         ("ssh -p 22 h; mkdir -pv x; cp -pr a b; gcc -pthread; mysql -p db", "ssh -p 22 h; mkdir -pv x; cp -pr a b; gcc -pthread; mysql -p db"),
+        # sshpass also takes it as the word after -p, among its own options (before the command it runs)
+        ("sshpass -p s3cret ssh -p 22 host", "sshpass -p *** ssh -p 22 host"),
+        ("/usr/bin/sshpass -v -P assword: -p 'my pass' scp -P 22 a h:", "/usr/bin/sshpass -v -P assword: -p '***' scp -P 22 a h:"),
+        ("sshpass -e ssh -p 22 h; sshpass -f pw.txt scp -p a h:; mysql -p db", "sshpass -e ssh -p 22 h; sshpass -f pw.txt scp -p a h:; mysql -p db"),
+        ("mysql --password s3cret", "mysql --password ***"),  # a secret-named option (for mysql, s3cret is the database: hidden all the same)
         # a quote or backtick inside a password does not end its word; one that opens a value does
         ('got "user:p\'w@cm.example.org:9618"', 'got "user:***@cm.example.org:9618"'),
         ("got 'user:p`w@cm.example.org:9618'", "got 'user:***@cm.example.org:9618'"),
@@ -156,6 +171,20 @@ def test_an_argv_hides_a_password_glued_to_p_only_after_a_command_that_takes_it(
     for argv in (["mkdir", "-pv", "x"], ["gcc", "-pthread", "x.c"], ["ssh", "-p22", "h"], ["cp", "-pr", "mysql", "x"]):
         assert redact_argv(argv) == argv
     assert redact_strings({"argv": ["mysqladmin", "-pS3cret", "status"]}) == {"argv": ["mysqladmin", "-p***", "status"]}
+
+
+def test_an_argv_hides_the_word_after_p_among_the_options_of_sshpass() -> None:
+    """sshpass's own options run to the command it runs (an option's argument aside): a `-p` there
+    is followed by the password, one of the command after them is not (`ssh -p 22`)."""
+    assert redact_argv(["sshpass", "-p", "s3cret", "ssh", "-p", "22", "h"]) == ["sshpass", "-p", "***", "ssh", "-p", "22", "h"]
+    assert redact_argv(["/usr/bin/sshpass", "-v", "-P", "assword:", "-p", "a b", "scp", "-P", "22", "a", "h:"]) == [
+        "/usr/bin/sshpass", "-v", "-P", "assword:", "-p", "***", "scp", "-P", "22", "a", "h:"]
+    assert redact_strings({"argv": ["sudo", "sshpass", "-p", "s3cret", "rsync"]}) == {"argv": ["sudo", "sshpass", "-p", "***", "rsync"]}
+    unchanged = (["sshpass", "-e", "ssh", "-p", "22", "h"], ["sshpass", "-f", "pw.txt", "scp", "-p", "a", "h:"], ["ssh", "-p", "22", "sshpass"])
+    for argv in (*unchanged, ["mysql", "-p", "db"]):
+        assert redact_argv(argv) == argv
+    # for mysql a word after `-p` is the database (`-p` alone prompts): never hidden; `--password X` is, as any secret-named option's
+    assert redact_argv(["mysql", "--password", "s3cret"]) == ["mysql", "--password", "***"]
 
 
 @pytest.mark.parametrize("password", ["pw", "p'w", 'p"w', "p`w", "p@ss:w0rd"])
@@ -212,10 +241,38 @@ def test_no_password_survives_display_with_control_characters(password: str, con
 @settings(max_examples=200, deadline=None)
 @given(st.text(PASSWORD_CHARS, min_size=4, max_size=40))
 def test_no_password_survives_in_a_yaml_block(password: str) -> None:
-    for around in ("password: |\n  \x00\nuser: me", "a:\n  token: >- # x\n    a\n\n    \x00\n  b: 1"):
+    for around in ("password: |\n  \x00\nuser: me", "a:\n  token: >- # x\n    a\n\n    \x00\n  b: 1", "password: |\r\n  \x00\r\nuser: me"):
         if password in around:
             continue  # the password is also a word of the YAML around it: it proves nothing
-        assert password not in redact(around.replace("\x00", password))
+        text = around.replace("\x00", password)
+        assert password not in redact(text)
+        if "\\" not in password:  # a `\n` or `\x0a` of its own would read as a line end
+            # one line, its line ends escaped: by `shown` (`\x0a`), or as in a repr (`\n`)
+            assert password not in shown(text)
+            assert password not in redact(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+
+def test_shown_hides_a_yaml_block_though_it_escapes_first() -> None:
+    """`shown` escapes control characters before it redacts (a newline in a URL's password must not
+    cut the URL short): a block's line ends reach the redaction as `\x0a`, and count as line ends."""
+    assert shown("a:\n  token: >-\n    s3cret\n\n    more\n  b: 1") == "a:\\x0a  token: >-\\x0a    ***\\x0a  b: 1"
+    assert shown("password: |\r\n  s3cret\r\nuser: me") == "password: |\\x0d\\x0a  ***\\x0d\\x0auser: me"
+    # a text with real line ends reads only those: a `\n` in it is a value's
+    assert redact("password: |\n  a\\nb\n") == "password: |\n  ***\n"
+
+
+def test_the_final_check_hides_a_yaml_block_in_cloud_inits_errors() -> None:
+    """cloud-init's errors are often reprs (`('scripts_user', RuntimeError('...'))`): a YAML block
+    in them has `\n` for its line ends; the summary, its log and the verdict line hide it."""
+    from vfarm.cc_modules import check
+
+    error = "('scripts_user', RuntimeError('bad config:\\npassword: |\\n  s3cret1\\n  s3cret2\\nuser: me'))"
+    stage = {"errors": [error], "start": 1.0, "finished": 2.0, "recoverable_errors": {"WARNING": [error]}}
+    facts = {"records": {}, "status": {"v1": {"init": stage}}, "result": {"v1": {"errors": [error]}}, "userdata": {"sections": [], "includes": []},
+             "unhandled": [], "instance_id": "i-1"}
+    summary = check.plan(facts, check.Settings())
+    for text in (json.dumps(summary), check.render(summary), check.verdict_line(summary)):
+        assert "s3cret" not in text and "user: me" in text.replace("\\\\", "\\"), text
 
 
 def _repeat(piece: str) -> str:
@@ -261,6 +318,14 @@ HOSTILE = {
     "yaml blocks, every indent": ("".join(" " * i + "password: |\nx\n" for i in range(700)), "password: ***\nx\n password: ***"),
     "encoded settings": (_repeat("password%3D"), "password%3D***"),
     "glued passwords": (_repeat("mysql -p"), "mysql -p***"),
+    "sshpass passwords": (_repeat("sshpass -p "), "sshpass -p *** -p"),
+    "sshpass options": (_repeat("sshpass -P "), None),
+    "sshpass short options": ("sshpass " + _repeat("-v "), None),
+    "escaped yaml block headers": (_repeat("password: |\\n"), "password: ***"),
+    "escaped nested yaml blocks": ("".join(" " * i + "password: |\\x0a" for i in range(700)), "password: |\\x0a ***"),
+    "escaped yaml block lines": ("password: |" + _repeat("\\n  x"), "password: |\\n  ***"),
+    "escaped backslashes": ("password: |\\n " + "\\" * SIZE, "password: |\\n ***"),
+    "encoded short names": (_repeat("%3Fpass%3D"), "%3Fpass%3D***"),
     "glued password options": ("mysql " + _repeat("-px "), "mysql -p*** -p***"),
     "quotes in words": (_repeat("a'b@") + "host", None),
     "quoted at signs": (_repeat("'@"), None),
@@ -301,7 +366,7 @@ def test_shown_leaves_no_control_character(text: str) -> None:
         assert unicodedata.category(char) not in ("Cc", "Zl", "Zp", "Cs") and char not in BIDI, repr(char)
 
 
-@pytest.mark.parametrize("password", ["0://", "a://", "pa://ss", "x:y://z"])
+@pytest.mark.parametrize("password", ["0://", "a://", "pa://ss", "x:y://z", "//0?", "//h/x", "//\\x0a0?"])
 def test_a_password_holding_a_scheme_is_hidden_whole(password: str) -> None:
     """`scheme://` inside a password is not the start of a next URL: no list separator precedes it."""
     for url in (f"http://user:{password}@host:3128/x", f"http://a:b@h1:3128|http://user:{password}@host:3128;DIRECT"):
