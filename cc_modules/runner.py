@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import StepError
-from ..redaction import is_secret_name, redact
+from ..redaction import is_secret_name, redact, redact_argv
 
 MAX_LOGGED = 4000  # characters of stdout/stderr kept in the log per command
 # A command given no timeout gets this one: a hung mount or lvcreate must not hang cloud-init
@@ -33,6 +33,12 @@ CHUNK = 65536
 PIPE_BUF = 512  # a write this small to a pipe select() calls writable never blocks
 
 
+def shown_command(argv: list[str]) -> str:
+    """ARGV as the log and records show it: redacted as a command first (a password after its
+    option is hidden whole, blanks and all), then as the one line it becomes."""
+    return redact(" ".join(redact_argv(argv)))
+
+
 @dataclass(frozen=True)
 class Result:
     argv: list[str]
@@ -44,7 +50,7 @@ class Result:
 
     @property
     def command(self) -> str:
-        return redact(" ".join(self.argv))
+        return shown_command(self.argv)
 
     def summary(self) -> str:
         """One line for a status record: the command, its exit code and the last stderr line."""
@@ -168,7 +174,7 @@ class Runner:
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of strings, got {argv!r}")
         argv = list(argv)
-        shown = redact(" ".join(argv))
+        shown = shown_command(argv)
         extra = ""
         if env:
             extra = " with " + " ".join(f"{k}={'***' if is_secret_name(k) else redact(v)}" for k, v in sorted(env.items()))

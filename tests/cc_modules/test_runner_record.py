@@ -44,6 +44,15 @@ def test_runner_redacts_credentials(logger: logging.Logger, tmp_path: Path) -> N
 
 
 @pytest.mark.integration
+def test_a_password_with_blanks_after_its_option_is_hidden_whole(logger: logging.Logger, tmp_path: Path) -> None:
+    # Joined first, `--password 'a b'` would lose its quotes and show its second word.
+    runner = Runner(logger)
+    result = runner.run(["sh", "-c", "exit 1", "--password", "hunter2 swordfish"], check=False)
+    log = (tmp_path / "run.log").read_text()
+    assert "hunter2" not in log + result.command and "swordfish" not in log + result.command, log
+
+
+@pytest.mark.integration
 def test_runner_missing_command_timeout_and_argv_only(logger: logging.Logger) -> None:
     runner = Runner(logger)
     missing = runner.run(["vfarm-no-such-tool"], check=False)
