@@ -5,6 +5,11 @@
 pool and the cloud, plan, apply unless --dry-run); `vfarm scale FARM [--dry-run] [--metrics-port P]`
 runs the loop until SIGTERM, with `--http [ADDRESS:]PORT` its read-only status page (scaler/page.py,
 127.0.0.1 unless an address is given); `--status` shows the farm.
+
+A saved snapshot replays its cycle exactly: a number in it that the snapshot reader's bounds refuse
+(1e300, NaN, an infinity, an integer past 64 bits: what any pool user may put in an ad) is written
+as its text, its place listed under ODD_NUMBERS, and read back as that number; the planner reads
+it as it did live.
 """
 
 from __future__ import annotations
@@ -15,19 +20,20 @@ import copy
 import functools
 import json
 import logging
+import re
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ..cc_modules import table
 from ..config import condor as condor_spec
 from ..config import scale as scale_spec
 from ..display import ShownFormatter, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
-from ..jsonbounds import JsonInputError, loads_bounded
+from ..jsonbounds import JsonInputError, loads_bounded, within_bounds
 from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
 from ..scaler.model import TYPE_ATTR, Action, Plan
@@ -36,6 +42,11 @@ from .common import EXIT_OK, EXIT_PROBLEM, PORT, add_command, fail, load_or_repo
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
 MAX_SNAPSHOT_VALUES = 1_000_000
+# A saved snapshot's places (lists of keys and indices) of the numbers written as their text.
+ODD_NUMBERS = "odd_numbers"
+# Such a number's text, as repr() writes it: an integer, or a float (inf, nan, 1e+300).
+NUMBER_TEXT = re.compile(r"-?(?:inf|nan|\d{1,400}(?:\.\d{1,400})?(?:e[+-]?\d{1,4})?)", re.I | re.A)
+Place = list[Union[str, int]]
 
 
 def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
@@ -66,9 +77,38 @@ def read_snapshot(path: str) -> dict[str, Any]:
     except JsonInputError as err:
         raise planner.SnapshotError(f"{path}: {err}") from None
     try:
-        return planner.check_snapshot(data)
+        return planner.check_snapshot(_odd_numbers_back(data))
     except planner.SnapshotError as err:
         raise planner.SnapshotError(f"{path}: {err}") from None
+
+
+def _odd_numbers_back(data: Any) -> Any:
+    """DATA, a saved snapshot, with each number written as its text (ODD_NUMBERS) put back."""
+    if not isinstance(data, dict) or ODD_NUMBERS not in data:
+        return data
+    places = data.pop(ODD_NUMBERS)
+    if not isinstance(places, list):
+        raise planner.SnapshotError(f"'{ODD_NUMBERS}' must be a list of places (lists of keys and indices), got {type(places).__name__}")
+    for i, place in enumerate(places):
+        holder: Any = data
+        if isinstance(place, list) and place:
+            for step in place[:-1]:
+                holder = _step(holder, step)
+        last = place[-1] if isinstance(place, list) and place else None
+        written = _step(holder, last)
+        if not (isinstance(written, str) and NUMBER_TEXT.fullmatch(written)):
+            raise planner.SnapshotError(f"'{ODD_NUMBERS}[{i}]' must be the place (a list of keys and indices) of a number written as text")
+        holder[last] = int(written) if written.lstrip("-").isdigit() else float(written)
+    return data
+
+
+def _step(holder: Any, key: Any) -> Any:
+    """What HOLDER holds under KEY (an object's key, a list's index), or None."""
+    if isinstance(holder, dict) and isinstance(key, str):
+        return holder.get(key)
+    if isinstance(holder, list) and isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(holder):
+        return holder[key]
+    return None
 
 
 def _age(seconds: Optional[float]) -> str:
@@ -325,9 +365,33 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def _save_snapshot(path: str, snapshot: dict[str, Any]) -> None:
     try:
-        atomic_write(path, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(_odd_numbers_as_text(snapshot), indent=1, sort_keys=True) + "\n")
     except OSError as err:
         raise planner.SnapshotError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def _odd_numbers_as_text(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """SNAPSHOT as it is saved: each number the snapshot reader's bounds refuse written as its
+    text, its place listed under ODD_NUMBERS (a copy then; SNAPSHOT itself otherwise)."""
+    places: list[Place] = []
+    stack: list[tuple[Place, Any]] = [([], snapshot)]
+    while stack:
+        path, value = stack.pop()
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(item, (dict, list)):
+                stack.append(([*path, key], item))
+            elif isinstance(item, (int, float)) and not isinstance(item, bool) and not within_bounds(item):
+                places.append([*path, key])
+    if not places:
+        return snapshot
+    saved = copy.deepcopy(snapshot)
+    for place in places:
+        holder: Any = saved
+        for step in place[:-1]:
+            holder = holder[step]
+        holder[place[-1]] = repr(holder[place[-1]])
+    saved[ODD_NUMBERS] = places
+    return saved
 
 
 def _print_plan(result: Plan, spec: scale_spec.ScaleSpec, as_json: bool, warn: bool = True, applied: Optional[dict[str, Any]] = None) -> int:

@@ -283,11 +283,16 @@ class HybridBackend:
         return grouped
 
     def terminate(self, ends: dict[str, str]) -> None:
+        """Each cloud's instances on that cloud, every cloud tried whatever another answered; then
+        CloudError naming each cloud that failed (the others' terminations are done)."""
+        failed: list[str] = []
         for cloud, ids in self._by_cloud(list(ends)).items():
             try:
                 self._backend(cloud).terminate({i: ends[i] for i in ids})
             except CloudError as err:
-                raise CloudError(f"cloud {cloud}: {err}") from None
+                failed.append(f"cloud {cloud}: {err}")
+        if failed:
+            raise CloudError("; ".join(failed))
 
     def verdict(self, instance_id: str) -> Any:
         """The verdict, read on the instance's cloud (CloudError when that backend cannot read consoles)."""

@@ -8,7 +8,8 @@ Rules:
 - Above that, busy workers are drained, the least loaded first (fewest CPUs in use, then the
   largest share left over, then the instance id), and only one whose jobs would fit in the idle
   CPUs of the others. A worker wholly idle is left to `idle-time`; a worker the schedd says is busy
-  while its slot ads say idle (the ads lag) is not a candidate: its load is unknown.
+  while its slot ads say idle (the ads lag), or with a claimed slot whose Cpus is unknown (absent,
+  or read as absent: the planner's rule for slot numbers), is not a candidate: its load is unknown.
 - The drain is graceful (`condor_drain -graceful`, the same as for an idle worker): its jobs run to
   their end, no new job starts there, and it is terminated only once drained with no claim and no
   job the schedd runs there. No job is killed or started twice.
@@ -39,6 +40,7 @@ class Load:
 
     used: int  # CPUs of its claimed slots
     free: int  # CPUs of its unclaimed slots
+    known: bool = True  # False: a claimed slot's Cpus is unknown, so is what its jobs hold
 
     @property
     def total(self) -> int:
@@ -46,15 +48,18 @@ class Load:
 
 
 def load_of(slots: Iterable[dict[str, Any]]) -> Load:
+    """A worker's load by its slot ads; a slot without a positive Cpus counts as one CPU."""
     used = free = 0
+    known = True
     for slot in slots:
         cpus = slot.get("Cpus")
-        n = int(cpus) if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0 else 1
+        n = int(cpus) if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0 else None
         if slot.get("State") == "Claimed":
-            used += n
+            used += 1 if n is None else n
+            known = known and n is not None
         elif slot.get("State") == "Unclaimed":
-            free += n
-    return Load(used, free)
+            free += 1 if n is None else n
+    return Load(used, free, known)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def choose(workers: list[Worker], loads: dict[str, Load], remembered: Iterable[s
     slots_left = min(disruption_budget - len(draining), room)
     if quiet and idle > idle_cpus_budget and slots_left > 0:
         candidates = [w for w in counted if w.state is WorkerState.BUSY and w.claimed > 0 and w.id in loads
-                      and loads[w.id].used > 0 and loads[w.id].free > 0]
+                      and loads[w.id].known and loads[w.id].used > 0 and loads[w.id].free > 0]
         candidates.sort(key=lambda w: (loads[w.id].used, -loads[w.id].free / loads[w.id].total, w.id))
         left = idle
         for w in candidates:

@@ -39,13 +39,15 @@ terminated, never counted as the scaler's drain nor as free CPUs.
 
 Slot ads. Any startd holding the pool's token advertises what it likes: a number the planner
 reads of a slot ad that no 64-bit number holds (1e300, NaN, an infinity) is read as absent, never
-a failed cycle (check_snapshot). Absent means unknown to every reader, and each errs on the safe
-side: no EnteredCurrentState, idle from now (never drained early); no NumDynamicSlotsTime, only
+a failed cycle (check_snapshot); so is a Cpus, Memory or GPUs no machine has: negative, or more
+than SLOT_RESOURCES. Absent means unknown to every reader, and each errs on the safe side: no
+EnteredCurrentState, idle from now (never drained early); no NumDynamicSlotsTime, only
 EnteredCurrentState and the scaler's own sightings; no LastHeardFrom, a dynamic slot is never
 taken for stale (the worker looks busy the longer); no Cpus, Memory or GPUs, an unclaimed slot adds
 nothing to the supply (at worst one more launch, within max-vms), and consolidation counts the
-slot as one CPU. Instances' and the collector's numbers stay strict: the cloud and the collector
-are no pool user's to write.
+slot as one CPU, and a worker with a claimed one as of unknown load (never drained for it).
+Instances' and the collector's numbers stay strict: the cloud and the collector are no pool
+user's to write.
 """
 
 from __future__ import annotations
@@ -129,6 +131,15 @@ SLOT_NUMBERS = ("Cpus", "EnteredCurrentState", "NumDynamicSlotsTime", "Memory", 
 # The times scan_jobs reads of a job ad, likewise.
 JOB_TIMES = ("EnteredCurrentStatus", "QDate")
 NUMBER_LIMIT = 2**63
+# The most of each resource a slot ad is read with: far beyond any machine (the largest hold some
+# thousand CPUs, some ten TB of memory, some ten GPUs), so no real slot is misread. A negative
+# amount or more than this is impossible, and read as absent too: it would cancel the free
+# resources of other slots, or hide the waiting jobs' demand.
+SLOT_RESOURCES = {"Cpus": 2**16, "Memory": 2**30, "GPUs": 2**10}  # Memory in MB, as slot ads count it
+# Where each number the planner reads of an ad is read as it is; outside (NaN too), as absent.
+Ranges = dict[str, tuple[Number, Number]]
+SLOT_RANGES: Ranges = {name: (0, SLOT_RESOURCES[name]) if name in SLOT_RESOURCES else (-NUMBER_LIMIT, NUMBER_LIMIT) for name in SLOT_NUMBERS}
+JOB_RANGES: Ranges = {name: (-NUMBER_LIMIT, NUMBER_LIMIT) for name in JOB_TIMES}
 
 
 def _shown(value: Any) -> str:
@@ -152,7 +163,7 @@ def check_snapshot(data: Any) -> dict[str, Any]:
     """DATA as a snapshot, or SnapshotError saying (in one line, with the place) what is wrong
     with it: the shape plan() relies on, and the numbers it reads of instances and the collector
     within 64 bits. The jobs' and slot ads' numbers are read, never refused (scan_jobs, fit.rank;
-    a slot ad's number that is no finite 64-bit number is left out of the snapshot returned, a
+    a slot ad's number outside its range, SLOT_RANGES, is left out of the snapshot returned, a
     copy then: read as absent)."""
     if not isinstance(data, dict):
         raise SnapshotError(f"a snapshot is a JSON object with {', '.join(REQUIRED)}; got {type(data).__name__}")
@@ -201,20 +212,20 @@ def check_snapshot(data: Any) -> dict[str, Any]:
 
 
 def _readable_slots(data: dict[str, Any]) -> dict[str, Any]:
-    """DATA with each slot ad's SLOT_NUMBERS that are no finite 64-bit number left out (a copy of
-    DATA and of those ads when there are any; DATA itself otherwise)."""
+    """DATA with each slot ad's SLOT_NUMBERS outside SLOT_RANGES left out (a copy of DATA and of
+    those ads when there are any; DATA itself otherwise)."""
     slots: list[dict[str, Any]] = data["slots"]
     readable: Optional[list[dict[str, Any]]] = None
-    limit = NUMBER_LIMIT
+    ranges = tuple(SLOT_RANGES.items())
     for i, slot in enumerate(slots):
-        for name in SLOT_NUMBERS:  # the common case inline (a 64-bit int or float, or absent)
+        for name, (low, high) in ranges:  # the common case inline (an int or float in range, or absent)
             value = slot.get(name)
             kind = value.__class__
-            if value is None or ((kind is int or kind is float) and -limit <= value <= limit):
+            if value is None or ((kind is int or kind is float) and low <= value <= high):
                 continue
             if readable is None:
                 readable = list(slots)
-            readable[i] = _without_odd_numbers(slot, SLOT_NUMBERS)
+            readable[i] = _without_odd_numbers(slot, SLOT_RANGES)
             break
     return data if readable is None else {**data, "slots": readable}
 
@@ -302,9 +313,9 @@ class JobScan(NamedTuple):
     young: list[dict[str, Any]]  # idle jobs that have not (yet: no demand, but the negotiator may match them)
 
 
-def _without_odd_numbers(ad: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """AD without those of KEYS whose values are not finite 64-bit numbers (read as absent), a copy if any."""
-    odd = {key for key in keys if key in ad and not (_is_number(ad[key]) and abs(ad[key]) <= NUMBER_LIMIT)}
+def _without_odd_numbers(ad: dict[str, Any], ranges: Ranges) -> dict[str, Any]:
+    """AD without those of RANGES' keys whose values are no numbers in their range (read as absent), a copy if any."""
+    odd = {key for key, (low, high) in ranges.items() if key in ad and not (_is_number(ad[key]) and low <= ad[key] <= high)}
     return {key: value for key, value in ad.items() if key not in odd} if odd else ad
 
 
@@ -324,7 +335,7 @@ def scan_jobs(jobs: list[dict[str, Any]], now: float, waiting_time: float) -> Jo
         # The common case inline (64-bit numbers, or absent); anything else is read in full.
         if not ((entered is None or ((entered.__class__ is int or entered.__class__ is float) and -limit <= entered <= limit))
                 and (queued is None or ((queued.__class__ is int or queued.__class__ is float) and -limit <= queued <= limit))):
-            job = _without_odd_numbers(job, JOB_TIMES)
+            job = _without_odd_numbers(job, JOB_RANGES)
             get = job.get
             entered, queued = get("EnteredCurrentStatus"), get("QDate")
         count = 1
@@ -447,10 +458,14 @@ def classify(instance: dict[str, Any], slots: list[dict[str, Any]], now: float, 
     age = now - launched if launched is not None else None
     states = [s.get("State") for s in slots]
     claimed = states.count("Claimed")
-    placed = memo.placement(tag(instance, TYPE_TAG), tag(instance, CLOUD_TAG))
+    on = tag(instance, CLOUD_TAG)
+    placed = memo.placement(tag(instance, TYPE_TAG), on)
+    # The cloud it runs on, where its drain is counted and its termination goes (and backs off),
+    # even when no type of the farm may run there any more (its placement is then another cloud's).
+    cloud = on if on is not None and on != placed.on and spec.cloud_named(on) is not None else placed.on
 
     def worker(state: WorkerState, reason: str, idle_since: Optional[float] = None, seen: Optional[float] = None) -> Worker:
-        return Worker(iid, placed.name, state, reason, age, len(slots), claimed, idle_since, seen, placed.on)
+        return Worker(iid, placed.name, state, reason, age, len(slots), claimed, idle_since, seen, cloud)
 
     if not slots:
         if age is None:
@@ -722,11 +737,13 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
     for name, free in supply.items():
         figures[name].supply = free.cpus
     type_active = collections.Counter({p.kind: 0 for p in placements})
-    cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
     for p in placements:
         type_active[p.kind] += figures[p.name].active
-        if p.on is not None:
-            cloud_active[p.on] += figures[p.name].active
+    # A cloud's max counts the workers it holds: by the cloud each runs on, not its placement's.
+    cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
+    for w in instances:
+        if w.state in ACTIVE and w.cloud is not None:
+            cloud_active[w.cloud] += 1
     return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
                  live_cpus=sum(spec.worker_type(w.type).cpus for w in instances))
 

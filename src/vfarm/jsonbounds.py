@@ -44,16 +44,24 @@ class _Unusable:
         self.reason = reason
 
 
+def within_bounds(value: Union[int, float]) -> bool:
+    """Whether loads_bounded reads the number VALUE, written as JSON, back: finite, and at most
+    MAX_JSON_NUMBER either way."""
+    if isinstance(value, int):
+        return abs(value) <= MAX_JSON_NUMBER
+    return math.isfinite(value) and abs(value) <= MAX_JSON_NUMBER
+
+
 def _parse_int(text: str) -> Any:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS:
         return _Unusable(f"a number of {len(text.lstrip('-'))} digits: more than a 64-bit integer")
     value = int(text)
-    return value if abs(value) <= MAX_JSON_NUMBER else _Unusable(f"{text} is more than a 64-bit integer")
+    return value if within_bounds(value) else _Unusable(f"{text} is more than a 64-bit integer")
 
 
 def _parse_float(text: str) -> Any:
     value = float(text)
-    if not math.isfinite(value) or abs(value) > MAX_JSON_NUMBER:
+    if not within_bounds(value):
         return _Unusable(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is out of range (more than 2**63)")
     return value
 

@@ -83,6 +83,37 @@ def test_the_least_loaded_busy_worker_is_drained_when_idle_cpus_exceed_the_budge
     assert result.terminate == []  # it still runs a job: drained gracefully, never terminated now
 
 
+
+# Cpus no slot has, as any startd holding the pool's token may advertise them: read as absent.
+IMPOSSIBLE_CPUS = [-1, -(2**62), 2**62, planner.SLOT_RESOURCES["Cpus"] + 1, 1e300, float("nan")]
+
+
+@pytest.mark.parametrize("cpus", IMPOSSIBLE_CPUS, ids=repr)
+def test_a_worker_whose_claimed_cpus_are_unknown_is_never_drained_for_consolidation(cpus: Any) -> None:
+    """How much a worker's jobs hold is unknown when a claimed slot's Cpus is: it is no candidate
+    (its jobs might not fit in the others' idle CPUs); a worker of known load still is."""
+    both = snapshot({"i-a": [1], "i-b": [1]})  # 7 + 7 idle CPUs, above 8: the least loaded goes, i-a by its id
+    assert [d.instance for d in consolidation(planner.plan(both, spec()))] == ["i-a"]
+    for ad in both["slots"]:
+        if ad["Name"] == "slot1_1@i-a":
+            ad["Cpus"] = cpus
+    assert [d.instance for d in consolidation(planner.plan(both, spec()))] == ["i-b"]
+
+
+@pytest.mark.parametrize("cpus", IMPOSSIBLE_CPUS, ids=repr)
+def test_free_cpus_no_slot_has_drain_no_worker_for_consolidation(cpus: Any) -> None:
+    """A partitionable slot advertising more free CPUs than any machine has (or fewer than none)
+    lends the farm no idle CPUs beyond one: no worker, neither its own nor another, is drained for it."""
+    farm = snapshot({"i-a": [1], "i-b": [4, 3]})  # 7 + 1 idle CPUs: not above 8, nothing to consolidate
+    pslot = next(ad for ad in farm["slots"] if ad["Name"] == "slot1@i-b")
+    del pslot["Cpus"]
+    absent = planner.plan(farm, spec())
+    assert consolidation(absent) == []
+    pslot["Cpus"] = cpus
+    result = planner.plan(farm, spec())
+    assert consolidation(result) == [] and result.to_json() == absent.to_json()
+
+
 def test_within_the_budget_nothing_is_drained() -> None:
     assert consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [4, 2], "i-c": [2, 2, 2]}), spec())) == []  # 2 + 2 + 2 idle
     assert len(consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [2], "i-c": [2, 2, 2]}), spec()))) == 1  # 2 + 6 + 2 = 10 > 8

@@ -345,3 +345,71 @@ def test_openstack_servers_without_a_valid_host_are_a_capacity_refusal_in_the_sa
     broken = Nova([[server("e", "ERROR", fault=("500", "Build of instance e aborted: image not active"))]])
     assert backends.OpenStackBackend(farm.on_cloud(farm.clouds[0]), b"", cloud=broken).launch(1, "tok", farm.placements[0]) == ["e"]
     assert broken.deleted == []
+
+
+# A farm whose one type no longer runs on aws: aws still holds workers launched there before.
+RETIRED = """\
+scale:
+  name: burst
+  max-vms: 5
+  waiting-time: 0
+  boot-timeout: 100
+  clouds:
+    - {name: site, type: openstack, image: worker, flavor: m1.small, max: 1}
+    - {name: aws, type: ec2, image-id: ami-1, instance-type: m5.large}
+  types:
+    - name: small
+      cpus: 1
+      clouds: [site]
+"""
+
+
+class Refusing(Cloud):
+    """A cloud whose terminate fails (its API down)."""
+
+    def terminate(self, ends: dict[str, str]) -> None:
+        self.terminated.append(dict(ends))
+        raise apply.CloudError(f"{self.name} API down")
+
+
+def drained_slot(iid: str) -> dict[str, Any]:
+    return {"Name": f"slot1@{iid}", "VfarmInstanceId": iid, "State": "Drained", "Activity": "Idle", "Cpus": 1,
+            "DrainReason": f"{DRAIN_REASON_PREFIX}idle for 99s"}
+
+
+def test_a_failed_termination_on_one_cloud_holds_back_no_other_and_backs_off_only_its_own() -> None:
+    """The dispatching backend tries every cloud's terminations whatever another answered. A worker
+    is the cloud's it runs on, also when no type of the farm may run there any more: its
+    termination goes there, and only that cloud's failure postpones it."""
+    farm = spec(PLAIN)
+    site, aws = Refusing("site", instances=[instance("s-1", "site")]), Cloud("aws", instances=[instance("a-1", "aws")])
+    hybrid = backends.HybridBackend(farm, {"site": site, "aws": aws})
+    hybrid.farm_instances()
+    with pytest.raises(apply.CloudError, match="^cloud site: site API down$"):
+        hybrid.terminate({"s-1": "drained", "a-1": "drained"})  # site's first: it fails
+    assert aws.terminated == [{"a-1": "drained"}]
+
+    farm = spec(RETIRED)
+    site, aws = Refusing("site", instances=[instance("s-1", "site", "small")]), Cloud("aws", instances=[instance("a-1", "aws", "small")])
+    hybrid = backends.HybridBackend(farm, {"site": site, "aws": aws})
+    snapshot = {"now": NOW, "jobs": [], "slots": [drained_slot("a-1"), drained_slot("s-1")], "instances": hybrid.farm_instances()}
+    decided = planner.plan(snapshot, farm)
+    assert [(d.action.value, d.instance, d.cloud) for d in decided.decisions] == [("terminate", "a-1", "aws"), ("terminate", "s-1", "site")]
+    applier = apply.Applier(farm, hybrid, apply.CondorDrain("cm"), logging.getLogger("vfarm.test"))
+    outcome = applier.apply(decided, snapshot)
+    assert aws.terminated == [{"a-1": "drained"}] and outcome.terminated == ["a-1"] and outcome.cloud_errors == {"terminate": 1}
+    assert set(applier.memory()[planner.BACKOFF]) == {"terminate@site"}
+    again = planner.plan({**snapshot, **applier.memory()}, farm)
+    assert [(d.action.value, d.instance) for d in again.decisions] == [("terminate", "a-1"), ("hold", "s-1")]
+    assert again.clouds["aws"].states["drained"] == 1 and again.clouds["site"].states["drained"] == 1
+
+
+def test_a_clouds_max_counts_the_workers_it_holds_not_their_placements() -> None:
+    """A worker left on a cloud no type may run on any more counts against that cloud's max, not
+    against the max of the cloud its type now runs on."""
+    farm = spec(RETIRED)
+    idle = {"Name": "slot1@a-1", "VfarmInstanceId": "a-1", "State": "Unclaimed", "Activity": "Idle", "Cpus": 0, "EnteredCurrentState": NOW - 10}
+    result = planner.plan({"now": NOW, "jobs": [job(0)], "slots": [idle], "instances": [instance("a-1", "aws", "small")]}, farm)
+    assert launches(result) == {"small@site": 1}, result.decisions
+    assert (result.clouds["site"].active, result.clouds["aws"].active) == (0, 1)
+    assert [w.cloud for w in result.instances] == ["aws"]

@@ -425,6 +425,41 @@ def test_a_slot_number_out_of_range_is_read_as_absent_never_a_failed_cycle(key: 
         assert result.to_json() == absent.to_json()
 
 
+# A worker of this type offers what every kind of waiting job below asks for: CPUs, memory and GPUs.
+AMOUNTS = {"Cpus": 4, "Memory": 4096, "GPUs": 4}
+
+
+def impossible(key: str, which: str) -> int:
+    """An amount of KEY no machine has, as any startd holding the pool's token may advertise it."""
+    return {"cancels-a-worker": -AMOUNTS[key], "very-negative": -(2**62), "2**62": 2**62, "past-any-machine": planner.SLOT_RESOURCES[key] + 1}[which]
+
+
+@pytest.mark.parametrize("which", ["cancels-a-worker", "very-negative", "2**62", "past-any-machine"])
+@pytest.mark.parametrize("key", list(AMOUNTS))
+def test_a_slot_resource_no_machine_has_is_read_as_absent(key: str, which: str) -> None:
+    """A negative Cpus, Memory or GPUs would cancel other workers' free resources (launches for
+    nothing), one beyond any machine would hide the waiting jobs' demand (no launch): either is read
+    as absent, and no worker is drained or terminated for it."""
+    farm = scale_spec.parse({"name": FARM, "cloud": {"type": "ec2", "image-id": "ami-1", "instance-type": "g4dn.xlarge"}, "max-vms": 5,
+                             "waiting-time": 40, "idle-time": 3600, "types": [{"name": "gpu", **{k.lower(): v for k, v in AMOUNTS.items()}}]})
+
+    def worker(iid: str, value: Any, **changes: Any) -> dict[str, Any]:
+        ad = {**slot(iid, since=NOW - 9999), **AMOUNTS, "PartitionableSlot": True, "NumDynamicSlotsTime": NOW - 5000, **changes}
+        return {k: v for k, v in {**ad, key: value}.items() if v is not None}
+
+    instances = [instance("i-odd"), instance("i-done"), instance("i-spare")]
+    asking = [{**job(n), "RequestMemory": 1024, "RequestGPUs": 1} for n in range(6)]  # 6 of each: i-spare's 4, and one worker more
+    for jobs in ([], asking):  # quiet: drains and terminations; jobs waiting: supply and launches
+        plans = []
+        for value in (impossible(key, which), None):
+            slots = [worker("i-odd", value), worker("i-done", value, State="Drained", DrainReason=SCALERS_DRAIN),
+                     worker("i-spare", AMOUNTS[key], EnteredCurrentState=NOW - 100)]
+            plans.append(planner.plan(snap(jobs=jobs, slots=slots, instances=instances), farm))
+        odd, absent = plans
+        assert odd.to_json() == absent.to_json()
+        assert (absent.launch, absent.drain, absent.terminate) == ((1, [], ["i-done"]) if jobs else (0, ["i-odd"], ["i-done"]))
+
+
 def test_what_an_absent_slot_number_means_errs_on_the_safe_side() -> None:
     """EnteredCurrentState unknown: idle from now, never drained early; Cpus unknown: no free CPUs
     (the waiting jobs get a worker); LastHeardFrom unknown: a dynamic slot is never taken for stale."""
