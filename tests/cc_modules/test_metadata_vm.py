@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cc_modules.test_condor_vm import JOB_TIMEOUT, JOBS_DIR, JOIN_TIMEOUT, Booting, collected
+from tests.cc_modules.test_condor_vm import BOOT_TIMEOUT, JOB_TIMEOUT, JOBS_DIR, JOIN_TIMEOUT
 from tests.fixtures.condor_pool import SUBMITTER, UID_DOMAIN, CondorPool, namespaced_pool, wait_for
+from tests.fixtures.vm import Booting, collected
 from vfarm.cc_modules.metadata_guard import TABLE
 from vfarm.clouds.local import METADATA_ADDRESS, METADATA_POOL
 from vfarm.clouds.local_launch import make_instance
@@ -97,7 +98,7 @@ def test_a_job_cannot_read_the_user_data_root_can(link_local_pool: CondorPool, t
                              metadata=True)
     assert not (instance.folder / "seed.iso").exists()
     iid = instance.instance_id
-    booting = Booting(instance)
+    booting = Booting(instance, BOOT_TIMEOUT)
     try:
         ads = wait_for(lambda: pool.ads("Startd", f'VfarmInstanceId == "{iid}"') or booting.done(), JOIN_TIMEOUT, f"{iid}'s startd in the pool")
         assert ads is not True, f"the VM ended before joining: {collected(instance, tmp_path)}"
