@@ -48,15 +48,17 @@ class Load:
 
 
 def load_of(slots: Iterable[dict[str, Any]]) -> Load:
-    """A worker's load by its slot ads; a slot without a positive Cpus counts as one CPU."""
+    """A worker's load by its slot ads: a claimed slot without a positive Cpus counts as one CPU
+    used (the load is then unknown), an unclaimed one without a Cpus as one free; Cpus 0 is none
+    (a partitionable slot whose CPUs all went to its jobs' dynamic slots)."""
     used = free = 0
     known = True
     for slot in slots:
         cpus = slot.get("Cpus")
-        n = int(cpus) if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0 else None
+        n = int(cpus) if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus >= 0 else None
         if slot.get("State") == "Claimed":
-            used += 1 if n is None else n
-            known = known and n is not None
+            used += n or 1
+            known = known and bool(n)
         elif slot.get("State") == "Unclaimed":
             free += 1 if n is None else n
     return Load(used, free, known)

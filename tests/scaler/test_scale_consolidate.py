@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from vfarm.config import scale as scale_spec
 from vfarm.config.loader import ConfigError, load_text
+from vfarm.scaler import consolidate
 from vfarm.scaler import plan as planner
 from vfarm.scaler.model import DRAIN_REASON_PREFIX
 
@@ -317,3 +318,12 @@ def test_never_more_than_the_budget_drained_for_consolidation_and_never_a_job_ki
         draining = [w.id for w in workers.values() if w.for_consolidation]
         assert len(draining) <= line.budget, f"cycle {cycle}: {draining} drained for consolidation, budget {line.budget}"
     assert all(n == 1 for n in started.values())
+
+
+def test_a_partitionable_slot_given_out_whole_is_no_free_cpu() -> None:
+    """Its ad says Cpus 0 once every CPU went to a dynamic slot: that worker is full, not one CPU idle."""
+    full = [{"State": "Unclaimed", "Cpus": 0, "PartitionableSlot": True},
+            {"State": "Claimed", "Cpus": 2, "DynamicSlot": True}, {"State": "Claimed", "Cpus": 2, "DynamicSlot": True}]
+    assert consolidate.load_of(full) == consolidate.Load(used=4, free=0)
+    # Without a number it stays one of each, as before; a claimed slot of 0 CPUs is an unknown load.
+    assert consolidate.load_of([{"State": "Unclaimed"}, {"State": "Claimed", "Cpus": 0}]) == consolidate.Load(used=1, free=1, known=False)
