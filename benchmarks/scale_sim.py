@@ -954,14 +954,14 @@ planner hands the cap out in queue order (the oldest jobs first, whatever their 
 max-vms, packs the jobs that need a worker onto the type that holds them in the fewest workers.
 Met on this trace (seed 8; on 2 of 12 traces, see the table after this note): where no cap binds
 (max-vms 400: 0.62 x elastiq's idle core-hours, p95 4.1 against 14.2 min)
-and under a cloud quota of elastiq's cores at max-vms 100 told to the planner (max-cpus 800: 0.61,
-p95 9.1 against 14.7; elastiq counts jobs, not CPUs: one 8-CPU worker per 8 waiting jobs).
+and under a cloud quota of elastiq's cores at max-vms 100 told to the planner (max-cpus 800: 0.59,
+p95 8.9 against 14.7; elastiq counts jobs, not CPUs: one 8-CPU worker per 8 waiting jobs).
 Not met, and why:
-- max-cpus 240 (elastiq's 30 x 8 cores): 0.70 (805 against 1154), p95 58.4 against 50.7 min. The
+- max-cpus 240 (elastiq's 30 x 8 cores): 0.69 (799 against 1154), p95 58.8 against 50.7 min. The
   queue order changes nothing on this trace (each burst is one shape, so the budget is never
   contended by two types at once: in a replay that ran the farm-order rule beside it, none of its
   6,251 assignments, fallbacks included, launched otherwise). What costs the p95 is the column
-  before the launches: while jobs waited, 209 core-hours sat in idle workers too small for the
+  before the launches: while jobs waited, 215 core-hours sat in idle workers too small for the
   largest waiting job (elastiq: 0, its idle workers are all 8-CPU and take any job at once; listing
   the 8-CPU type first, which made every job's least-waste tie go to it, gave p95 51.1 min at 0.99
   x elastiq's idle core-hours in an earlier run). Those are workers whose jobs ended less than
@@ -969,13 +969,16 @@ Not met, and why:
   are drained to make room (then a new worker boots). Packing held-back jobs onto 8-CPU workers
   under max-cpus as well (a run outside the table) gave p95 57.9 min at 0.75 x elastiq's: the
   8-CPU jobs' p95 (158 against 147 min) is set by that idle-time, not by the planner's choice.
-  Under the quota without max-cpus the planner asks for workers the cloud refuses: 1.15, p95 66.6.
-- max-vms 30 and 100 with types: packing halved the p95 (30: 199.7 -> 105.6 min, 100: 61.4 ->
-  26.1) at 0.38 and 0.55 x elastiq's, still above its 50.7 and 14.7. max-vms counts workers: jobs
+  Under the quota without max-cpus the planner asks for workers the cloud refuses: 1.13, p95 62.5.
+- max-vms 30 and 100 with types: with packing the p95 is 163.3 min at 30 and 28.1 at 100 (199.7
+  and 61.4 without it, an earlier run) at 0.41 and 0.56 x elastiq's, above its 50.7 and 14.7. At 30
+  it was 105.6 while consolidation read a partitionable slot given out whole (Cpus 0) as one idle
+  CPU: the drains that miscount added freed worker slots for a burst's 8-CPU workers (a replay with
+  the old reading gives 105.6 again); correct counting drains less. max-vms counts workers: jobs
   that come while the cap does not bind (the background's single jobs) get small workers, by the
   least-waste rule, and each holds a worker slot for its run time plus idle-time; when a burst
-  comes, the farm cannot grow to elastiq's cores (peak 182 against 240 cores at max-vms 30, 630
-  against 800 at 100), and the 8-CPU jobs wait longest (p95 274 against 147 min at 30). A farm
+  comes, the farm cannot grow to elastiq's cores (peak 206 against 240 cores at max-vms 30, 612
+  against 800 at 100), and the 8-CPU jobs wait longest (p95 287 against 147 min at 30). A farm
   capped at elastiq's count of 8-CPU workers meets elastiq's p95 only with 8-CPU workers whenever
   a burst may come, which is the one-type farm above (1.02 x elastiq's, p95 49.9 at 30): under a
   cap in workers the target (both bounds at once) is not reached by choosing worker sizes; a cap in
@@ -987,7 +990,7 @@ max-cpus, and only when those caps (not a type's own max) hold them back.
 """
 
 SEEDS_NOTE = """Reading it: the verdict of the mixed table above (seed 8) is not the rule. Across the 12 traces
-vfarm's idle core-hours are 0.59-1.17 x elastiq's (median 0.86) at a p95 wait 3-5 x shorter; the
+vfarm's idle core-hours are 0.57-1.16 x elastiq's (median 0.85) at a p95 wait 3-5 x shorter; the
 target holds on 2. What decides it is the share of 8-CPU jobs (2 and 6 % on the two traces where it
 holds, 31 and 21 % on the two where vfarm idles more than elastiq) and elastiq's count: it launches
 one 8-CPU worker per 8 waiting jobs, whatever they ask, so a burst of 8-CPU jobs gets an eighth of
@@ -995,16 +998,16 @@ the workers it needs and runs in waves on them (their p95 wait 17-29 min on seed
 against vfarm's 4-5), each worker running many jobs before its one idle-time tail. vfarm starts a
 worker per waiting 8-CPU job, which runs one job and then idles for idle-time: 8 cores x 20 min per
 job. Against the same rule counting CPUs (as fast as vfarm: p95 about 4 min) the right-sized
-workers save 11-43 % of the idle core-hours (0.57-0.89). What is left is every worker's idle-time
+workers save 11-44 % of the idle core-hours (0.56-0.89). What is left is every worker's idle-time
 tail, which the idle-truth rule (never drained less than idle-time after its last job) keeps for
 every policy; `waiting-time` 300-900 s instead of 40 s (launching later, so that more jobs land on
 workers that free up) moved the ratio by 0.02-0.07 at a p95 of 8-18 min (seeds 1, 6, 9 and 10, a
 replay outside the table). Pacing the launches instead (at most 32, 64 or 128 cores booting at
 once, elastiq's waves without its undercount; same replay) reaches neither bound at once: seed 1
 0.66 at a p95 of 92 min and 0.74 at 56 (elastiq: 23.4), seed 9 0.83 at 51 and 0.94 at 30 (20.4).
-The last two columns say where the idle core-hours are: vfarm wastes 1.6-8.9 x less beside running
-jobs than elastiq (right-sized workers: 140-512 against 668-1,455 core-hours) and little on workers
-that never ran a job (1-6 % of its idle core-hours), but its tails are 1.1-1.6 x elastiq's: 2.6-5.4
+The last two columns say where the idle core-hours are: vfarm wastes 1.5-8.8 x less beside running
+jobs than elastiq (right-sized workers: 142-528 against 668-1,455 core-hours) and little on workers
+that never ran a job (1-5 % of its idle core-hours), but its tails are 1.1-1.5 x elastiq's: 2.6-5.4
 x as many launches, each worker holding its cores for idle-time after its last job. Launching fewer
 workers of the larger types (one per k waiting jobs of the type, elastiq's count for them, k 2-8; a
 replay outside the table) cuts those tails, and the big jobs then wait about as long as under
