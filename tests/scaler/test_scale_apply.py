@@ -489,7 +489,8 @@ def test_ec2_backend_on_moto_idempotent_launch_tags_and_terminate(ec2_endpoint: 
 @pytest.mark.integration
 def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) -> None:
     farm = tmp_path / "farm.yaml"
-    farm.write_text("check: {}\nscale:\n  name: t\n  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small, endpoint-url: 'http://127.0.0.1:9'}\n"
+    farm.write_text("check: {}\nscale:\n  name: t\n"
+                    "  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small, endpoint-url: 'http://127.0.0.1:9', handlers: baked}\n"
                     "  pool: {collector: '127.0.0.1:9'}\n  max-vms: 1\n  check-every: 1h\n")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "vfarm", "scale", str(farm)], stderr=subprocess.PIPE, text=True, env=env)
@@ -508,7 +509,7 @@ def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) ->
 @pytest.mark.integration
 def test_status_and_once_with_the_collector_down_are_one_line_errors(tmp_path: Path) -> None:
     farm = tmp_path / "farm.yaml"
-    farm.write_text("check: {}\nscale:\n  name: t\n  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small}\n"
+    farm.write_text("check: {}\nscale:\n  name: t\n  cloud: {type: ec2, image-id: ami-1, instance-type: m1.small, handlers: baked}\n"
                     "  pool: {collector: '127.0.0.1:9'}\n  max-vms: 1\n")
     for extra in (["--status"], ["--once"], ["--status", "--json"]):
         done = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), *extra], text=True, capture_output=True, timeout=60)
