@@ -1,7 +1,8 @@
 """A local "cloud" of worker VMs on this machine, for `vfarm scale` with `cloud.type: local`.
 
 The same calls the scaler makes of clouds/ec2.py (launch with tags and a client token, instances
-by tag filters and states, tag, terminate), answered from folders on disk instead of an API:
+by tag filters and states, terminate with its marks), answered from folders on disk instead of an
+API:
 
 - One folder per instance under ROOT/instances/<id>/: LocalInstance's disks, seed and console
   logs, plus `record.json` (tags, launch time, client token, image, size, and the pid + start
@@ -389,12 +390,6 @@ class LocalFarm:
             return parse_console(line, iid) if isinstance(line, str) else None
         line = console_verdict_line(path.parent, iid)
         return parse_console(line, iid) if line else None
-
-    def tag(self, ids: Sequence[str], tags: Mapping[str, str]) -> None:
-        with self._locked():
-            for path, record in self._find(ids).values():
-                record["TagMap"] = {**record.get("TagMap", {}), **tags}
-                _write_json(path, record)
 
     def terminate(self, ids: Sequence[str], tags: Optional[Mapping[str, str]] = None,
                   mark: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[str]:

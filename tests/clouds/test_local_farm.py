@@ -109,8 +109,7 @@ def test_terminate_kills_the_vm_removes_its_folder_and_keeps_a_tombstone(farm: l
     folder = farm.instances_dir / iid
     qemu = int(wait_until(lambda: (folder / "qemu.pid").exists() and (folder / "qemu.pid").read_text().strip()))
     sup = json.loads((folder / "record.json").read_text())["supervisor"]["pid"]
-    farm.tag([iid], {"vfarm:end": "drained"})
-    assert farm.terminate([iid]) == [iid]
+    assert farm.terminate([iid], mark={iid: {"vfarm:end": "drained"}}) == [iid]
     assert not folder.exists()
     assert not local_farm.alive(qemu, None) and not local_farm.alive(sup, None) and local_farm.group_members(sup) == []
     assert farm.instances(tag_filters=TAGS) == []
@@ -121,7 +120,7 @@ def test_terminate_kills_the_vm_removes_its_folder_and_keeps_a_tombstone(farm: l
     with pytest.raises(local_farm.LocalFarmError, match="no such instance: i-local-000000000000"):
         farm.terminate(["i-local-000000000000"])
     with pytest.raises(local_farm.LocalFarmError, match="no such instance"):
-        farm.tag(["../etc"], {"a": "b"})
+        farm.terminate(["../etc"], mark={"../etc": {"a": "b"}})
 
 
 def test_an_instance_mid_terminate_is_listed_once_as_terminated(farm: local_farm.LocalFarm) -> None:
