@@ -44,7 +44,8 @@ def farm_file(tmp_path: Path, pool: CondorPool, ec2: Ec2Endpoint) -> Path:
         "check: {}\n"
         "scale:\n"
         f"  name: {FARM}\n"
-        f"  cloud: {{type: ec2, image-id: {ec2.image_id}, instance-type: m1.small, endpoint-url: '{ec2.url}', region: {ec2.region}}}\n"
+        # baked: the workers' user-data is not this test's subject (a check-only embed is over EC2's 16 KiB).
+        f"  cloud: {{type: ec2, image-id: {ec2.image_id}, instance-type: m1.small, endpoint-url: '{ec2.url}', region: {ec2.region}, handlers: baked}}\n"
         f"  pool: {{collector: '{pool.collector_address}', token-file: admin.token, admin-command: {json.dumps(admin)}}}\n"
         "  max-vms: 2\n  cpus-per-vm: 2\n  waiting-time: 0\n  idle-time: 5\n  boot-timeout: 600\n  check-every: 2\n"
     )
