@@ -26,7 +26,7 @@ from typing import Any, Optional
 from ..config import localfs as localfs_spec
 from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
 from ..errors import PlanError, StepError
-from ..files import atomic_write, read_text, under
+from ..files import atomic_write, read_text, under, unescape_octal
 from ..textsafe import UnsafeValue
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
@@ -327,15 +327,6 @@ def fstab_line(entry: tuple[str, str, str, str, int, int]) -> str:
     return "\t".join(fstab_field(str(field)) for field in entry)
 
 
-_FSTAB_ESCAPE = re.compile(rb"\\([0-7]{3})")
-
-
-def fstab_unescape(field: str) -> str:
-    """FIELD as libmount reads it: any `\\ooo` (three octal digits) is that byte, whichever
-    character a tool escaped; the bytes are UTF-8."""
-    return _FSTAB_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), field.encode()).decode(errors="surrogateescape")
-
-
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]]) -> str:
     """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
     its first line stays as it is when it says what the entry says, else it is rewritten in
@@ -343,7 +334,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     a missing one added at the end. A line of another device on one of our mount points is
     commented out (it would hide ours after a reboot); any other line is left as it is. Lines
     end at newlines only; fields are split as libmount splits them and compared as it reads
-    them (fstab_unescape), a foreign mount point also normalised (`/home/` is /home)."""
+    them (files.unescape_octal), a foreign mount point also normalised (`/home/` is /home)."""
     lines = current.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -356,7 +347,7 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
         if not raw or raw[0].startswith("#") or len(raw) < 3:
             out.append(line)
             continue
-        fields = [fstab_unescape(field) for field in raw]
+        fields = [unescape_octal(field) for field in raw]
         index = index_of.get(fields[0])
         if index is None:
             device = our_targets.get(fields[1]) or our_targets.get(localfs_spec.normal_path(fields[1]))

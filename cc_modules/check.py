@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..display import shown
 from ..files import CHECK_HANDLED as HANDLED
-from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, under
+from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, under, unescape_octal
 from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
 
@@ -73,8 +73,6 @@ VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only count
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
 # A record's `mounts`: [device, mount point], or [device, SWAP] for a swap device.
 SWAP = "swap"
-# /proc/self/mountinfo and /proc/swaps write a space, tab, newline or backslash in a path as \ooo.
-PROC_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 Runner = Callable[[list[str]], Any]
 
@@ -322,7 +320,7 @@ def _proc_rows(path: Path, problems: list[str]) -> list[list[str]]:
     except OSError as err:
         problems.append(f"{path}: {err}")
         return []
-    return [[PROC_ESCAPE.sub(lambda octal: chr(int(octal[1], 8)), f) for f in line.split()] for line in text.splitlines()]
+    return [[unescape_octal(f) for f in line.split()] for line in text.splitlines()]
 
 
 def discover(paths: Paths) -> dict[str, Any]:

@@ -267,6 +267,16 @@ def _replace(path: str, data: bytes, mode: Optional[int]) -> None:
         os.close(dir_fd)
 
 
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def unescape_octal(field: str) -> str:
+    """FIELD of /etc/fstab or /proc/self/mountinfo as libmount and the kernel read it: any `\\ooo`
+    (three octal digits) is that byte, whichever character a tool escaped; the bytes are UTF-8."""
+    raw = field.encode(errors="surrogateescape")
+    return _OCTAL_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), raw).decode(errors="surrogateescape")
+
+
 def read_text(path: PathLike) -> Optional[str]:
     """The file's text, or None when it does not exist."""
     try:

@@ -585,10 +585,10 @@ def test_fstab_has_one_line_per_volume_of_ours_whatever_it_mounts_it_on() -> Non
 
 @pytest.mark.parametrize("written, read", [("/my\\040dir", "/my dir"), ("ext\\064", "ext4"), ("/a\\134b\\x20", "/a\\b\\x20"),
                                            ("/m\\303\\251", "/m\u00e9"), ("\\043x", "#x"), ("/a\\04", "/a\\04")])
-def test_fstab_unescape_reads_fields_as_findmnt_does(written: str, read: str) -> None:
+def test_fstab_fields_are_unescaped_as_findmnt_does(written: str, read: str) -> None:
     """What `findmnt --fstab --tab-file` (util-linux 2.38) prints for these fields: any three
     octal digits after a backslash are one byte, nothing else is an escape."""
-    assert cc_localfs.fstab_unescape(written) == read
+    assert files.unescape_octal(written) == read
 
 
 def test_a_foreign_mount_point_is_compared_as_libmount_reads_it() -> None:
