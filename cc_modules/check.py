@@ -73,6 +73,8 @@ VERDICT_MAX_FAILED = 8  # failed handlers named in the line; the rest only count
 VERDICT_MAX_TEXT = 240  # characters of each reason in the line
 # A record's `mounts`: [device, mount point], or [device, SWAP] for a swap device.
 SWAP = "swap"
+# The handlers whose records list `mounts`: an ok one without the key was written by an older vfarm.
+LISTS_MOUNTS = ("localfs",)
 
 Runner = Callable[[list[str]], Any]
 
@@ -339,8 +341,11 @@ def discover(paths: Paths) -> dict[str, Any]:
     wanted = {device for record in records.values() for device, _ in _mounts(record)}
     if wanted:  # what this boot has of it, by device number: any name of a device counts
         facts["devices"] = {device: device_number(under(paths.root, device)) for device in wanted}
-        # The kernel lists mounts in the order they were made: the last on a point is the one seen.
-        facts["mounted"] = {row[4]: row[2] for row in _proc_rows(paths.proc / "self/mountinfo", problems) if len(row) > 4}
+        # On top of a point: the mount there that no other mount there has for its parent (the
+        # kernel lists mounts in the order they were made, and a `mount --move` keeps its place).
+        rows = [row for row in _proc_rows(paths.proc / "self/mountinfo", problems) if len(row) > 4]
+        covered = {(row[1], row[4]) for row in rows}
+        facts["mounted"] = {row[4]: row[2] for row in rows if (row[0], row[4]) not in covered}
         facts["swaps"] = [device_number(under(paths.root, row[0])) for row in _proc_rows(paths.proc / "swaps", problems)[1:] if row]
 
     for name in ("status", "result"):
@@ -501,7 +506,8 @@ def _handler(name: str, record: Optional[dict[str, Any]], expected: bool, instan
 
 def _missing(record: Any, facts: dict[str, Any]) -> list[str]:
     """What RECORD's handler set up (its `mounts`) that this boot does not have: a mount point
-    not mounted from its device, a swap device not active."""
+    not mounted from its device, a swap device not active. No wait for them: the boot has waited
+    for each device (its unit is before local-fs.target or swap.target, the check after both)."""
     devices, mounted, swaps = facts.get("devices") or {}, facts.get("mounted") or {}, facts.get("swaps") or []
     missing: list[str] = []
     for device, where in _mounts(record):
@@ -554,9 +560,12 @@ def plan(facts: dict[str, Any], settings: Settings, waited_out: bool = False) ->
     for name in sorted(set(records) - set(expected)):
         handlers.append(_handler(name, records[name], False, facts.get("instance_id"), why_absent))
     for entry in handlers:
-        missing = _missing(records.get(entry["name"]), facts) if entry["status"] == "ok" else []
+        record = records.get(entry["name"])
+        missing = _missing(record, facts) if entry["status"] == "ok" else []
         if missing:
             entry.update(status="missing", reason="set up, but not in place at this boot: " + "; ".join(missing), failed=True)
+        elif entry["status"] == "ok" and entry["name"] in LISTS_MOUNTS and "mounts" not in (record or {}):
+            entry["reason"] = "; ".join(filter(None, (entry["reason"], "volumes not verified: its record (an older vfarm's) lists no mounts")))
         if entry["failed"] or (not entry["expected"] and entry["status"] == "failed"):
             entry["failed"] = True
             problems.append(f"{entry['name']}: {entry['status']}: {entry['reason']}")

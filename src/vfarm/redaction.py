@@ -269,6 +269,9 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
     lines = text if "\n" in text or "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
+    # Read there too: a key's start (`\npass` starts with `pass`), and the blanks after its `:`
+    # (YAML's `token:\n  X` is token X). A value still ends at a blank of TEXT (a `\n` may be its own).
+    keys = folded if lines is text else _folded(lines)
     line = [0, -1, 0, 0]  # the last key line _block_value read: start, end, its block's span
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
@@ -282,8 +285,8 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
             elif text.find(".", start, key_end) < 0:
                 option_end = key_end
                 _option_value(text, folded, start, key_end, spans, unclosed)
-            if _SECRET_FOLDED.search(folded, start, key_end):
-                separator = _SEPARATOR.match(text, key_end)
+            if _SECRET_FOLDED.search(keys, start, key_end):
+                separator = _SEPARATOR.match(lines, key_end)
                 if separator is not None:
                     begin, quote = separator.end(), separator.group(2)
                     scheme = None if quote else _AUTH_SCHEME.match(text, begin)

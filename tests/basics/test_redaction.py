@@ -103,6 +103,12 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         ("password: |\\n  s3cret\\n  more\\nuser: me", "password: |\\n  ***\\nuser: me"),
         ("('x', 'a:\\r\\n  token: >-\\r\\n    abc\\r\\n\\r\\n    d\\\\ne\\r\\n  b: 1')", "('x', 'a:\\r\\n  token: >-\\r\\n    ***\\r\\n  b: 1')"),
         ("a:\\x0a  password: |\\x0a    s3cret\\x0a\\x0a    more\\x0a  b: 1", "a:\\x0a  password: |\\x0a    ***\\x0a  b: 1"),
+        # ... also a value on the line below its key (YAML's plain scalar), `pass`/`pwd` starting a line; a value
+        # still runs to a blank (a `\n` in it may be its own)
+        ("ValueError('condor:\\n  token:\\n    s3cret\\n  host: cm')", "ValueError('condor:\\n  token:\\n    ***  host: cm')"),
+        ("ValueError('db:\\npass: s3cret\\nuser: me')", "ValueError('db:\\npass: *** me')"),
+        ("a\\x0apwd=s3cret b\\r\\npwd: s3cret", "a\\x0apwd=*** b\\r\\npwd: ***"),
+        ("tests\\npassed: 3\\nbypass=on\\\\npass: x", "tests\\npassed: 3\\nbypass=on\\\\npass: x"),  # `\\n`: a backslash, then `npass`
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -275,6 +281,22 @@ def test_the_final_check_hides_a_yaml_block_in_cloud_inits_errors() -> None:
         assert "s3cret" not in text and "user: me" in text.replace("\\\\", "\\"), text
 
 
+def test_the_final_check_hides_a_value_on_the_line_below_its_key_in_cloud_inits_errors() -> None:
+    """A handler's error quoting its section by repr(): `token:` with its value on the next line
+    (YAML reads `token:\\n  X` as token X) and `pass: X` starting a line, their line ends `\\n`: hidden
+    in summary.json's errors list (which keeps each error as it was), its log and the verdict line."""
+    from vfarm.cc_modules import check
+
+    section = "condor:\n  host: cm.example.org\n  token:\n    s3cret1\n  db:\n    pass: s3cret2\n"
+    error = f"('vfarm_condor', ValueError('cannot use the section {section!r}'))"
+    facts = {"records": {}, "status": {"v1": {"init": {"errors": [error], "start": 1.0, "finished": 2.0}}}, "result": {"v1": {"errors": [error]}},
+             "userdata": {"sections": [], "includes": []}, "unhandled": [], "instance_id": "i-1"}
+    summary = check.plan(facts, check.Settings())
+    assert "token:\\n    ***" in summary["cloud_init"]["stages"][0]["errors"][0]
+    for text in (json.dumps(summary), check.render(summary), check.verdict_line(summary)):
+        assert "s3cret" not in text and "cm.example.org" in text, text
+
+
 def _repeat(piece: str) -> str:
     return (piece * (SIZE // len(piece) + 1))[:SIZE]
 
@@ -325,6 +347,8 @@ HOSTILE = {
     "escaped nested yaml blocks": ("".join(" " * i + "password: |\\x0a" for i in range(700)), "password: |\\x0a ***"),
     "escaped yaml block lines": ("password: |" + _repeat("\\n  x"), "password: |\\n  ***"),
     "escaped backslashes": ("password: |\\n " + "\\" * SIZE, "password: |\\n ***"),
+    "escaped line ends after a key": ("password:" + _repeat("\\n"), None),
+    "escaped line ends between keys": (_repeat("\\npass:\\n  "), "\\npass:\\n  \\n***"),
     "encoded short names": (_repeat("%3Fpass%3D"), "%3Fpass%3D***"),
     "glued password options": ("mysql " + _repeat("-px "), "mysql -p*** -p***"),
     "quotes in words": (_repeat("a'b@") + "host", None),

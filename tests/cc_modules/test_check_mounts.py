@@ -8,6 +8,7 @@ number, which tests give through `check.device_number`."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -54,8 +55,13 @@ def boot_root(tmp_path: Path) -> Path:
 
 
 def kernel_view(root: Path, mounts: list[tuple[str, str]], swaps: list[str]) -> None:
-    """ROOT's /proc: MOUNTS (mount point, MAJOR:MINOR) after the root's own, active SWAPS."""
-    lines = [f"{30 + n} 22 {number} / {target.replace(' ', chr(92) + '040')} rw - ext4 x rw" for n, (target, number) in enumerate(mounts)]
+    """ROOT's /proc: MOUNTS (mount point, MAJOR:MINOR) made in that order after the root's own (one
+    on a point already mounted has the mount on top there for its parent), active SWAPS."""
+    top: dict[str, int] = {}
+    lines = []
+    for n, (target, number) in enumerate(mounts):
+        lines.append(f"{30 + n} {top.get(target, 22)} {number} / {target.replace(' ', chr(92) + '040')} rw - ext4 x rw")
+        top[target] = 30 + n
     (root / "proc/self/mountinfo").write_text(MOUNTINFO_HEAD + "".join(line + "\n" for line in lines))
     (root / "proc/swaps").write_text(SWAPS_HEAD + "".join(f"{name}\tpartition\t1048572\t0\t-2\n" for name in swaps))
 
@@ -156,3 +162,69 @@ def test_only_a_handler_that_succeeded_is_held_to_its_mounts() -> None:
         assert handlers["here"] == here
         assert handlers["localfs"] == ("failed", "lvcreate failed") and handlers["cvmfs"] == ("ok", "")
         assert handlers["old"][0] == "never-ran" and "another instance" in handlers["old"][1]
+
+
+def test_the_mount_on_top_of_a_point_is_the_one_no_other_there_is_mounted_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mountinfo lists mounts in the order they were made, and a moved mount keeps its place: after
+    `mount B /y; mount A /x; mount --move /y /x`, B is on top of /x but listed before A (the lines
+    below are what Linux 6.18 wrote for it). On top is the mount at a point that no other mount at
+    that point has for its parent; a plain overmount (listed last) reads the same."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "var/log/vfarm").mkdir(parents=True)
+    record = {"status": "ok", "mounts": [["/dev/vg_local/home", "/home"], ["/dev/vg_local/tmp", "/tmp"]]}
+    (tmp_path / "var/log/vfarm/localfs.status.json").write_text(json.dumps(record))
+    monkeypatch.setattr(check, "device_number", numbers_of(tmp_path, NUMBERS))
+    moved = "66 67 253:1 / /home rw,relatime - ext4 /dev/mapper/vg_local-home rw\n67 22 0:41 / /home rw,relatime - tmpfs A rw\n"
+    stacked = "68 22 0:30 / /tmp rw - tmpfs tmpfs rw\n69 68 253:2 / /tmp rw - ext4 /dev/mapper/vg_local-tmp rw\n"
+    (tmp_path / "proc/self/mountinfo").write_text(MOUNTINFO_HEAD + moved + stacked)
+    facts = check.discover(check.Paths(tmp_path))
+    assert facts["mounted"] == {"/": "259:1", "/proc": "0:21", "/home": "253:1", "/tmp": "253:2"}
+    assert check.plan(facts, check.Settings())["handlers"][0]["status"] == "ok"
+    # The other way round: A, made first, moved over our /home, which it hides though listed before it.
+    (tmp_path / "proc/self/mountinfo").write_text(MOUNTINFO_HEAD + "66 67 0:41 / /home rw - tmpfs A rw\n67 22 253:1 / /home rw - ext4 x rw\n" + stacked)
+    facts = check.discover(check.Paths(tmp_path))
+    assert facts["mounted"]["/home"] == "0:41"
+    assert check.plan(facts, check.Settings())["handlers"][0]["reason"] == "set up, but not in place at this boot: /home not mounted from /dev/vg_local/home"
+
+
+def test_a_localfs_record_of_an_older_vfarm_says_its_volumes_are_not_verified() -> None:
+    """localfs's record lists `mounts` since the check verifies them; an ok record of localfs
+    without the key (an older vfarm wrote it) cannot be verified: the summary says so, on that
+    handler's row, and guesses nothing (no failure, no warning). Other handlers never list any."""
+    facts: dict[str, Any] = {"records": {"localfs": {"status": "ok", "reason": "2 volume(s)"}, "cvmfs": {"status": "ok"}}, "instance_id": "i-1",
+                             "status": {"v1": {"init": {"errors": [], "start": 1.0, "finished": 2.0}}}, "result": {"v1": {"errors": []}}}
+    summary = check.plan(facts, check.Settings())
+    handlers = {h["name"]: (h["status"], h["reason"], h["failed"]) for h in summary["handlers"]}
+    assert handlers == {"localfs": ("ok", "2 volume(s); volumes not verified: its record (an older vfarm's) lists no mounts", False),
+                        "cvmfs": ("ok", "", False)}
+    assert (summary["result"], summary["warnings"]) == ("ok", [])
+    assert "volumes not verified" in check.render(summary)
+    facts["records"]["localfs"] = {"status": "ok", "mounts": []}  # a record that lists none: nothing to verify, nothing to say
+    assert check.plan(facts, check.Settings())["handlers"][0]["reason"] == ""
+
+
+FSTAB_GENERATOR = Path("/usr/lib/systemd/system-generators/systemd-fstab-generator")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not FSTAB_GENERATOR.exists(), reason="no systemd-fstab-generator on this host")
+def test_the_boot_waits_for_the_volumes_so_the_check_does_not(tmp_path: Path) -> None:
+    """Why the check does not wait for a volume itself: systemd's own fstab generator makes of each
+    filesystem line localfs writes a mount unit ordered before local-fs.target (nofail alone would
+    drop that: x-systemd.before=local-fs.target restores it), and a swap unit is before swap.target
+    whatever its options (systemd.swap(5)). sysinit.target is after both, and cloud-final (after
+    multi-user.target), hence the check, after it: the boot has waited for each device up to its
+    timeout (90 s by default) before the check runs, and systemd does not mount one that comes later."""
+    root = boot_root(tmp_path)
+    status = handling.execute("localfs", lambda: SECTION, cc_localfs.work, directory=root / "var/log/vfarm", root=root,
+                              runner=FakeRunner(machine=FakeMachine().add_vg("vg_local", 5000)))
+    assert status["status"] == "ok", status["reason"]
+    out = tmp_path / "units"
+    for folder in ("normal", "early", "late"):
+        (out / folder).mkdir(parents=True)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_FSTAB": str(root / "etc/fstab"), "SYSTEMD_PROC_CMDLINE": "", "SYSTEMD_IN_INITRD": "0"}
+    subprocess.run([str(FSTAB_GENERATOR), *(str(out / f) for f in ("normal", "early", "late"))], env=env, check=True, capture_output=True)
+    units = {path.name: path.read_text() for path in (out / "normal").glob("*.mount") if path.name != "-.mount"}  # not the image's root
+    assert set(units) == {"var-lib-cvmfs.mount", "home.mount", "tmp.mount"}
+    for name, text in units.items():
+        assert "\nBefore=local-fs.target\n" in text and "nofail" in text, f"{name}:\n{text}"
