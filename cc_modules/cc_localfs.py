@@ -7,10 +7,13 @@ LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate o
 devices unless `force`; the sizes are known to fit before anything is touched (on a VG still
 to create: the devices' sizes); existing content of a mount point is carried into the new
 filesystem (once: a marker at its root) if that holds nothing else yet (a volume with data is
-refused there, neither copied onto nor mounted over), never with a mount below it that is not
-ours; fstab is written atomically, once, at the end, one line per volume of ours, each with
+refused there, neither copied onto nor mounted over: by the plan when the volume is mounted
+somewhere, its root read there), never with a mount below it that is not ours; a volume moved
+elsewhere is unmounted from its old place once mounted at the new one (plain umount, a failure
+recorded); fstab is written atomically, once, at the end, one line per volume of ours, each with
 `nofail`; a second run plans nothing. The record lists the volumes as `mounts` (what fstab says
 of them), which the final check finds in place at every boot: this module runs once per instance.
+Volumes of ours the config no longer names are kept, fstab lines too, and recorded as `kept`.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class Facts:
     nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
     existing_dirs: list[str] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # lv path -> other names (dm, mapper)
-    links: dict[str, str] = field(default_factory=dict)  # mount point -> where its symlinks lead
+    links: dict[str, str] = field(default_factory=dict)  # mount point (config's, fstab's) -> where its symlinks lead
+    roots: dict[str, tuple[Optional[str], bool]] = field(default_factory=dict)  # lv path (mounted) -> volume_root there
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +130,14 @@ def _real(ctx: Context, device: str) -> str:
         return device
 
 
+def _follow(ctx: Context, facts: Facts, mount: str) -> str:
+    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink."""
+    real = localfs_spec.normal_path(_real(ctx, mount))  # a link to the root: / not /.
+    if real != mount:
+        facts.links[mount] = real
+    return real
+
+
 def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts = Facts()
     report = _lvm_report(ctx)
@@ -161,14 +173,18 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
             facts.mounts[row["target"]] = row.get("source") or ""
     except (ValueError, AttributeError, KeyError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None
+    for path in facts.aliases:  # our volumes that the config names
+        seen = next((target for target, source in facts.mounts.items() if _is_device(facts, path, source)), None)
+        if seen is not None:
+            facts.roots[path] = volume_root(seen)
     swaps = ctx.runner.run(["swapon", "--show=NAME", "--noheadings", "--raw"], check=False, changes=False)
     facts.swaps = [line.strip() for line in swaps.stdout.splitlines() if line.strip()]
     facts.fstab = read_text(ctx.path(FSTAB)) or ""
+    for mount in fstab_mount_points(facts.fstab):
+        _follow(ctx, facts, localfs_spec.normal_path(mount))
     for part in spec.parts:
         if part.mount:
-            real = localfs_spec.normal_path(_real(ctx, part.mount))  # a link to the root: / not /.
-            if real != part.mount:
-                facts.links[part.mount] = real
+            real = _follow(ctx, facts, part.mount)
             where = ctx.path(real)
             if where.is_dir():
                 facts.existing_dirs.append(real)
@@ -256,6 +272,30 @@ def _new_vg(spec: LocalfsSpec, facts: Facts, vg: str) -> VolumeGroup:
     return VolumeGroup(vg, NEW_EXTENT, extents, extents)
 
 
+def _marks(target: str) -> tuple[str, str]:
+    """The carry mark's text while TARGET's content is copied onto a volume, and once it is."""
+    return f"vfarm localfs copying {target}\n", f"vfarm localfs copied {target} here\n"
+
+
+def volume_root(folder: str) -> tuple[Optional[str], bool]:
+    """What the root of a volume mounted at FOLDER holds: its carry mark's text (None: no mark),
+    and whether anything but lost+found is there. (A test's fake mount may have no folder.)"""
+    content = os.path.isdir(folder) and bool(set(os.listdir(folder)) - {"lost+found"})
+    return read_text(f"{folder}/{CARRY_MARK}"), content
+
+
+def copy_refused(target: str, mark: Optional[str], content: bool) -> bool:
+    """Whether copying TARGET onto a volume whose root holds MARK and CONTENT is refused: it
+    holds someone's files (a mark of another copy, or files and no mark), not nothing yet
+    (lost+found at most) nor TARGET's copy, finished or part-way."""
+    return mark not in _marks(target) and (mark is not None or content)
+
+
+def _refusal(part: str, target: str) -> PlanError:
+    return PlanError(f"{target} is not empty and volume {part} holds other data (a copy would overwrite it, a mount hide "
+                     f"{target}'s): choose another mount point for {part} or move {target}'s files away")
+
+
 def _carry(part: str, target: str, source: str, carry: str) -> Custom:
     """Copy SOURCE's content (one file system: -x) onto the filesystem mounted at CARRY if it holds
     no one's files: nothing but lost+found, or a copy of TARGET that failed part-way (redone). A
@@ -265,17 +305,15 @@ def _carry(part: str, target: str, source: str, carry: str) -> Custom:
     would overwrite it, a mount without one would hide TARGET's. Read through this same mount, at
     apply time; a failure or a refusal unmounts CARRY."""
     argv = ["cp", "-a", "-x", f"{source}/.", f"{carry}/"]
-    mark, started, done = f"{carry}/{CARRY_MARK}", f"vfarm localfs copying {target}\n", f"vfarm localfs copied {target} here\n"
+    mark, (started, done) = f"{carry}/{CARRY_MARK}", _marks(target)
 
     def run(ctx: Context) -> dict[str, Any]:
         try:
-            found = read_text(mark)
+            found, content = volume_root(carry)
             if found == done:
                 return {"changed": False, "skipped": "copied by an earlier run"}
-            # A mount point is a folder; a test's fake mount may have none (nothing on it).
-            if found != started and (found is not None or os.path.isdir(carry) and set(os.listdir(carry)) - {"lost+found"}):
-                raise PlanError(f"{target} is not empty and volume {part} holds other data (a copy would overwrite it, a mount hide "
-                                f"{target}'s): choose another mount point for {part} or move {target}'s files away")
+            if copy_refused(target, found, content):
+                raise _refusal(part, target)
             atomic_write(mark, started)
             ctx.runner.run(argv)
             ctx.runner.run(["sync", "--file-system", carry])  # the copy is on disk before its marker
@@ -286,6 +324,33 @@ def _carry(part: str, target: str, source: str, carry: str) -> Custom:
         return {}
 
     return Custom("carry", run, {"part": part, "argv": argv})
+
+
+def _unmount_moved(part: str, old: str) -> Custom:
+    """Unmount OLD, where volume PART is still mounted after its mount point moved, once it is
+    mounted at the new one (the step after that mount; a failed mount stops the run before it):
+    a plain umount, never lazy nor forced. When it fails (a process works there, a mount inside
+    it) the volume stays mounted there too until the next boot: the record says so
+    (`left_mounted`), and the run goes on. Nothing to undo: a failed umount changed nothing.
+    Not tried again: the next run finds fstab's line moved (the old place no longer known)."""
+    argv = ["umount", old]
+
+    def run(ctx: Context) -> dict[str, Any]:
+        result = ctx.runner.run(argv, check=False)
+        if result.returncode == 0:
+            return {}
+        ctx.logger.warning("volume %s stays mounted at %s until the next boot: %s", part, old, result.summary())
+        return {"changed": False, "left_mounted": result.summary()}
+
+    return Custom("umount-moved", run, {"part": part, "argv": argv})
+
+
+def _fstab_place(fstab: str, names: list[str], links: dict[str, str]) -> Optional[str]:
+    """Where the first line of FSTAB for a device (under any of its NAMES) mounts it, or None."""
+    for fields in map(fstab_fields, fstab.split("\n")):
+        if fields and fields[0] in names:
+            return _place(fields[1], links)
+    return None
 
 
 def _is_device(facts: Facts, path: str, other: str) -> bool:
@@ -327,14 +392,50 @@ def fstab_line(entry: tuple[str, str, str, str, int, int]) -> str:
     return "\t".join(fstab_field(str(field)) for field in entry)
 
 
-def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]]) -> str:
+_REPLACED = re.compile(r"^# vfarm localfs: replaced by \S+: (.*)$")  # a line we commented out, as it was
+
+
+def fstab_fields(line: str) -> Optional[list[str]]:
+    """The fields of fstab LINE as libmount splits and reads them (files.unescape_octal); None
+    for a blank line, a comment or a line of fewer than 3 fields."""
+    raw = [field for field in _FSTAB_BLANKS.split(line) if field]
+    if not raw or raw[0].startswith("#") or len(raw) < 3:
+        return None
+    return [unescape_octal(field) for field in raw]
+
+
+def fstab_mount_points(text: str) -> list[str]:
+    """The absolute mount points of fstab TEXT's lines, and of the lines we commented out."""
+    points = []
+    for line in text.split("\n"):
+        replaced = _REPLACED.match(line)
+        fields = fstab_fields(replaced.group(1) if replaced else line)
+        if fields and fields[1].startswith("/"):
+            points.append(fields[1])
+    return points
+
+
+def _place(mount: str, links: dict[str, str]) -> str:
+    """Where an fstab line's MOUNT point really is: normalised (`/home/` is /home) and, when it is
+    a symlink on the image (LINKS: /home -> /var/home), where it leads, as mount follows it."""
+    if not mount.startswith("/"):
+        return mount  # swap's `none`
+    path = localfs_spec.normal_path(mount)
+    return links.get(path, path)
+
+
+def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]],
+               links: Optional[dict[str, str]] = None) -> str:
     """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
     its first line stays as it is when it says what the entry says, else it is rewritten in
     place (an older vfarm's options, a mount point moved since); a second line of it is dropped,
     a missing one added at the end. A line of another device on one of our mount points is
-    commented out (it would hide ours after a reboot); any other line is left as it is. Lines
-    end at newlines only; fields are split as libmount splits them and compared as it reads
-    them (files.unescape_octal), a foreign mount point also normalised (`/home/` is /home)."""
+    commented out (it would hide ours after a reboot), and put back as it was once no line
+    mounts there any more (the mount point left the config); any other line is left as it is
+    (a volume of ours the config no longer names included: see `plan`). Lines end at newlines
+    only; fields are compared as libmount reads them (fstab_fields), a foreign mount point at
+    the place mount would put it (_place: normalised, symlinks followed as in LINKS)."""
+    links = links or {}
     lines = current.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -343,14 +444,13 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     index_of = {name: index for index, entry in enumerate(entries) for name in (entry[0], *aliases.get(entry[0], []))}
     our_targets = {entry[1]: entry[0] for entry in entries if entry[2] != "swap"}
     for line in lines:
-        raw = [field for field in _FSTAB_BLANKS.split(line) if field]
-        if not raw or raw[0].startswith("#") or len(raw) < 3:
+        fields = fstab_fields(line)
+        if fields is None:
             out.append(line)
             continue
-        fields = [unescape_octal(field) for field in raw]
         index = index_of.get(fields[0])
         if index is None:
-            device = our_targets.get(fields[1]) or our_targets.get(localfs_spec.normal_path(fields[1]))
+            device = our_targets.get(fields[1]) or our_targets.get(_place(fields[1], links))
             out.append(f"# vfarm localfs: replaced by {fstab_field(device)}: {line}" if device else line)
         elif index not in present:
             present.add(index)
@@ -360,7 +460,21 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
         if FSTAB_MARK not in out:
             out.append(FSTAB_MARK)
         out += [fstab_line(entry) for entry in missing]
+    out = _put_back(out, set(index_of), links)
     return "\n".join(out) + "\n" if out else ""
+
+
+def _put_back(lines: list[str], ours: set[str], links: dict[str, str]) -> list[str]:
+    """LINES with each line we commented out restored as it was when no line of LINES mounts at
+    its place any more, unless it names one of OUR devices (that one has its own line)."""
+    taken = {_place(fields[1], links) for fields in map(fstab_fields, lines) if fields}
+    restored = []
+    for line in lines:
+        match = _REPLACED.match(line)
+        fields = fstab_fields(match.group(1)) if match else None
+        free = fields is not None and fields[0] not in ours and _place(fields[1], links) not in taken
+        restored.append(match.group(1) if match and free else line)
+    return restored
 
 
 def at_boot(options: str, fs: str) -> str:
@@ -377,10 +491,10 @@ def follow_links(spec: LocalfsSpec, facts: Facts) -> LocalfsSpec:
     """SPEC with each mount point that is a symlink on the image (/home -> /var/home) replaced by
     where it leads, where mount, findmnt and systemd's fstab generator put and see the volume.
     Refused as validate refuses a mount point written there: /, a system folder, or one that
-    another part takes too."""
+    another part takes too. (FACTS.links has fstab's mount points too: not the config's business.)"""
     parts = tuple(replace(part, mount=facts.links.get(part.mount, part.mount)) if part.mount else part for part in spec.parts)
     mounts = [part.mount for part in parts]
-    for mount, real in facts.links.items():
+    for mount, real in ((p.mount, facts.links[p.mount]) for p in spec.parts if p.mount in facts.links):
         folder = "/" if real == "/" else localfs_spec.system_folder(real)
         if folder or mounts.count(real) > 1:
             why = f"system folder {folder}" if folder else "another part's mount point"
@@ -395,6 +509,7 @@ class LocalfsPlan(Plan):
     parts: list[dict[str, Any]] = field(default_factory=list)  # the resolved sizes, for the record
     rediscover: bool = False  # plan again after these steps (a new volume group)
     mounts: list[list[str]] = field(default_factory=list)  # [device, mount point or "swap"], as fstab has them
+    kept: list[str] = field(default_factory=list)  # "vg/lv" of our volumes the config no longer names: left as they are
 
 
 def _nesting(targets: list[str]) -> dict[str, int]:
@@ -405,6 +520,14 @@ def _nesting(targets: list[str]) -> dict[str, int]:
 
 def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     """The steps that bring the machine to SPEC, as plain data. No steps: nothing to do.
+
+    A volume of ours that SPEC no longer names (a part removed from the config) is kept as it is:
+    its LV (its data), its mount and its fstab line, so that it still mounts where its users left
+    their files; unmounted, they would write into the folder below it and find their data gone.
+    The plan lists it as `kept`, not in `mounts` (the final check asks for the config's volumes
+    only); its line is commented out only when a part of SPEC takes its mount point (fstab_text).
+    Mounting it no more is the admin's edit of fstab; putting the part back in the config makes it
+    one of the config's volumes again, data and all.
 
     ROOT prefixes the paths commands act on (a temp dir in tests); fstab keeps the real ones."""
 
@@ -464,8 +587,14 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         source = facts.mounts.get(at(target))
         mounted = source is not None and _is_device(facts, device, source)
         covered = any(at(target) != str(outer) and PurePosixPath(at(target)).is_relative_to(outer) for outer in unmounted)
+        # Moved: still mounted where fstab's line of it says (unless a part of ours goes there).
+        old = _fstab_place(facts.fstab, [device, *aliases[device]], facts.links)
+        leave: list[Step] = []
+        if old is not None and old != target and at(old) not in ours and _is_device(facts, device, facts.mounts.get(at(old), "")):
+            leave.append(_unmount_moved(name, at(old)))
         if mounted and not covered:
             these += [_command("carry", ["umount", carry], part=name)] if left_mounted else []
+            these += leave
             continue
         if source is not None:
             notes.append(f"{target} is a mount of {source}: {device} is mounted {'again after the volume it is in' if mounted else 'over it'}")
@@ -473,6 +602,8 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         if below:
             raise PlanError(f"{', '.join(below)} mounted inside {target}: {device} would hide it (and not copy it); unmount it first")
         if target in facts.nonempty and not mounted:
+            if device in facts.roots and copy_refused(target, *facts.roots[device]):
+                raise _refusal(name, target)  # known now (it is mounted somewhere): before any step
             if not left_mounted:
                 these += [_command("carry", ["mkdir", "-p", carry], part=name), _command("carry", ["mount", "-t", fs, device, carry], part=name)]
             these += [_carry(name, target, at(target), carry), _command("carry", ["umount", carry], part=name)]
@@ -483,6 +614,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
         these.append(_command("mount", ["mount", "-t", fs, "-o", part.spec.options, device, at(target)], part=name))
         if part.spec.mode:
             these.append(_command("chmod", ["chmod", part.spec.mode, at(target)], part=name))
+        these += leave
     # A mount point inside another's is mounted after it (else the outer mount hides it), here and
     # at boot (fstab's order); otherwise the config's order.
     depth = _nesting([entry[1] for entry in entries if entry[2] != "swap"])
@@ -490,13 +622,15 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     mounts.sort(key=lambda group: depth.get(group[0], 0) if group[0] else 0)
     steps = creates + mkfs + [step for _target, group in mounts for step in group]
     try:
-        new_fstab = fstab_text(facts.fstab, entries, aliases)
+        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links)
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:
         steps.append(WriteFile("write-fstab", FSTAB, new_fstab))
+    kept = [f"{vg}/{name}" for name in _own_lvs(facts, vg) if all(p.name != name for p in spec.parts)]
+    notes += [f"{key} is vfarm's but no longer in the config: kept as it is (data, mount, fstab line)" for key in kept]
     return LocalfsPlan(steps, notes, vg=vg, parts=[p.as_dict() for p in resolved],
-                       mounts=[[device, fs if fs == "swap" else target] for device, target, fs, *_ in entries])
+                       mounts=[[device, fs if fs == "swap" else target] for device, target, fs, *_ in entries], kept=kept)
 
 
 # --- apply and record -------------------------------------------------------------------------
@@ -514,6 +648,7 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
             ctx.logger.info("%s", note)
         ctx.record.step("plan", True, vg=todo.vg, steps=len(todo.steps), parts=[(p["name"], p["extents"]) for p in todo.parts])
         ctx.record.data["mounts"] = todo.mounts
+        ctx.record.data["kept"] = todo.kept
         if not todo.steps:
             ctx.logger.info("nothing to do: the machine already matches the config")
         apply(todo, ctx)

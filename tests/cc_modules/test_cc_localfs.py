@@ -331,7 +331,7 @@ class _DevicesRunner(runner_mod.Runner):
         super().__init__(logging.getLogger("vfarm.test"))
         self.devices = devices
 
-    def run(self, argv: list[str], **kwargs: Any) -> runner_mod.Result:  # type: ignore[override]
+    def run(self, argv: list[str], **kwargs: Any) -> runner_mod.Result:
         if argv[:2] == ["lvm", "fullreport"]:
             argv = [*argv[:2], "--devices", ",".join(self.devices), *argv[2:]]
         return super().run(argv, **kwargs)
@@ -680,3 +680,111 @@ def test_systemd_wants_our_mounts_before_local_fs_target(root: Path, tmp_path: P
     assert wanted == ["home.mount", "tmp.mount", "var-lib-cvmfs.mount"]
     assert not (units / "local-fs.target.requires/home.mount").exists()
     assert all("Before=local-fs.target" in (units / name).read_text().splitlines() for name in wanted)
+
+
+def test_a_foreign_line_at_a_symlink_to_our_mount_point_is_commented_out(root: Path) -> None:
+    """/home -> var/home on the image, and the admin's line names /home: mount would put it at
+    /var/home, where our volume is, so it is commented out as a line written /var/home is; a
+    foreign line at a symlink into a system folder (/var/lock -> /run/lock) is no refusal of the
+    config's mount points, and stays; the next run changes nothing."""
+    (root / "var").mkdir()
+    (root / "home").rename(root / "var/home")
+    (root / "home").symlink_to("var/home")
+    (root / "run/lock").mkdir(parents=True)
+    (root / "var/lock").symlink_to("../run/lock")
+    (root / "etc/fstab").write_text(IMAGE_FSTAB + "/dev/sdb1 /home ext4 defaults 0 2\ntmpfs /var/lock tmpfs defaults 0 0\n")
+    machine = fresh_machine()
+    status = run(root, FakeRunner(machine=machine, answers=kernel_mounts(machine)), {"parts": {"home": 50}})
+    assert status["status"] == "ok", status["reason"]
+    assert (root / "etc/fstab").read_text().splitlines() == [
+        *IMAGE_FSTAB.splitlines(),
+        "# vfarm localfs: replaced by /dev/vg_local/home: /dev/sdb1 /home ext4 defaults 0 2",
+        "tmpfs /var/lock tmpfs defaults 0 0",
+        "# vfarm localfs",
+        f"/dev/vg_local/home\t/var/home\text4\t{AT_BOOT}\t0\t2",
+    ]
+    again = FakeRunner(machine=machine, answers=kernel_mounts(machine))
+    status = run(root, again, {"parts": {"home": 50}})
+    assert status["status"] == "ok" and status["changed"] is False and again.changing_calls() == []
+
+
+def test_a_line_we_commented_out_is_put_back_when_no_line_mounts_there_any_more(root: Path) -> None:
+    """The admin's /data line gave way to scratch; scratch moves to /scratch: the line is put back
+    as it was (nothing else mounts /data at boot now); the next run changes nothing. A line of
+    one of our volumes, commented out by hand as ours is, stays as it is (that volume has its own
+    line)."""
+    machine = fresh_machine()
+    admins = "/dev/sdb1 /data xfs defaults 0 2"
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{admins}\n")
+    assert run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 10, "mount": "/data"}}})["status"] == "ok"
+    assert f"# vfarm localfs: replaced by /dev/vg_local/scratch: {admins}" in (root / "etc/fstab").read_text().splitlines()
+    moved = {"parts": {"scratch": {"size": 10, "mount": "/scratch"}}}
+    assert run(root, FakeRunner(machine=machine), moved)["status"] == "ok"
+    assert (root / "etc/fstab").read_text().splitlines() == [
+        *IMAGE_FSTAB.splitlines(), admins, "# vfarm localfs", f"/dev/vg_local/scratch\t/scratch\text4\t{AT_BOOT}\t0\t2"]
+    again = FakeRunner(machine=machine)
+    assert run(root, again, moved)["status"] == "ok" and again.changing_calls() == []
+    entry = ("/dev/vg/a", "/x", "ext4", "defaults", 0, 2)
+    own = "# vfarm localfs: replaced by /dev/vg/b: /dev/mapper/vg-a /y ext4 defaults 0 2\n/dev/vg/a\t/x\text4\tdefaults\t0\t2\n"
+    assert cc_localfs.fstab_text(own, [entry], {"/dev/vg/a": ["/dev/mapper/vg-a"]}) == own
+
+
+def test_a_part_removed_from_the_config_is_kept_with_its_line_and_recorded(root: Path) -> None:
+    """tmp leaves the config: its LV (its data) stays, mounted, and so does its fstab line (it
+    still mounts at boot, where its files are; the image's tmpfs line it replaced stays commented
+    out); the record lists it as kept, not among the mounts the final check asks for; nothing
+    runs. Put back in the config, it is one of the config's volumes again."""
+    machine = fresh_machine()
+    assert run(root, FakeRunner(machine=machine))["status"] == "ok"
+    fstab = (root / "etc/fstab").read_text()
+    without_tmp = {"parts": {k: v for k, v in TORINO["parts"].items() if k != "tmp"}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, without_tmp)
+    assert status["status"] == "ok" and status["changed"] is False and runner.changing_calls() == []
+    assert (root / "etc/fstab").read_text() == fstab and "vg_local/tmp" in machine.lvs
+    assert status["kept"] == ["vg_local/tmp"] and ["/dev/vg_local/tmp", "/tmp"] not in status["mounts"]
+    back = FakeRunner(machine=machine)
+    status = run(root, back)
+    assert status["kept"] == [] and ["/dev/vg_local/tmp", "/tmp"] in status["mounts"] and back.changing_calls() == []
+
+
+def test_a_moved_volume_is_unmounted_from_its_old_mount_point(root: Path) -> None:
+    """scratch moves from /scratch to /data: mounted at /data, then unmounted from /scratch (a
+    plain umount); when that umount fails (busy), the run goes on, the record says the volume
+    stays mounted there until the next boot, and the next run changes nothing."""
+    before, after = {"parts": {"scratch": {"size": 10, "mount": "/scratch"}}}, {"parts": {"scratch": {"size": 10, "mount": "/data"}}}
+    for busy in (False, True):
+        machine = fresh_machine()
+        assert run(root, FakeRunner(machine=machine), before)["status"] == "ok"
+        old = str(root / "scratch")
+        runner = FakeRunner(machine=machine, fail=("umount", old) if busy else None)
+        status = run(root, runner, after)
+        assert status["status"] == "ok", status["reason"]
+        changes = runner.changing_calls()
+        assert changes.index(["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/scratch", str(root / "data")]) < changes.index(["umount", old])
+        step = next(s for s in status["steps"] if s["action"] == "umount-moved")
+        assert step["ok"] and step["argv"] == ["umount", old]
+        assert (old in machine.mounts) is busy and ("simulated failure" in step.get("left_mounted", "")) is busy
+        assert "\t/data\t" in (root / "etc/fstab").read_text()
+        again = FakeRunner(machine=machine)
+        assert run(root, again, after)["status"] == "ok" and again.changing_calls() == []
+        (root / "etc/fstab").write_text(IMAGE_FSTAB)
+
+
+def test_a_volume_with_data_moved_onto_content_is_refused_before_anything_is_done(root: Path) -> None:
+    """scratch, mounted at /scratch with the user's files, moves to /data, where the image has
+    files; tmp is new. What scratch holds is read where it is mounted, so the plan refuses:
+    nothing is created, mounted or copied, and a dry run shows the refusal."""
+    machine = fresh_machine()
+    assert run(root, FakeRunner(machine=machine, answers=real_copy()), {"parts": {"scratch": {"size": 10, "mount": "/scratch"}}})["status"] == "ok"
+    for folder in (root / "scratch", root / "run/vfarm/localfs/scratch"):  # the volume as mounted, and the fake's volume
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results").write_text("the user's results\n")
+    (root / "data").mkdir()
+    (root / "data/README").write_text("the image's data\n")
+    after = {"parts": {"scratch": {"size": 10, "mount": "/data"}, "tmp": 5}}
+    for dry_run in (True, False):
+        runner = FakeRunner(machine=machine, answers=real_copy(), dry_run=dry_run)
+        status = run(root, runner, after)
+        assert status["status"] == "failed" and "/data is not empty and volume scratch holds other data" in status["reason"], status["reason"]
+        assert runner.changing_calls() == [] and "vg_local/tmp" not in machine.lvs
