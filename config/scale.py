@@ -105,6 +105,9 @@ class ScaleSpec:
     max_vms: int
     min_vms: int = 0
     cpus_per_vm: int = 1
+    # Whether the section sets cpus-per-vm: only then are a worker's ads read as at most that many
+    # CPUs (the default 1 is no statement of what the site's workers have).
+    cpus_per_vm_given: bool = False
     waiting_jobs_threshold: int = 0
     waiting_time: float = 40.0
     idle_time: float = 3600.0
@@ -192,6 +195,7 @@ def parse(section: dict[str, Any]) -> ScaleSpec:
         max_vms=int(merged["max-vms"]),
         min_vms=int(merged["min-vms"]),
         cpus_per_vm=int(merged["cpus-per-vm"]),
+        cpus_per_vm_given="cpus-per-vm" in section,
         waiting_jobs_threshold=int(merged["waiting-jobs-threshold"]),
         waiting_time=seconds(merged["waiting-time"]),
         idle_time=seconds(merged["idle-time"]),

@@ -46,6 +46,15 @@ EnteredCurrentState and the scaler's own sightings; no LastHeardFrom, a dynamic 
 taken for stale (the worker looks busy the longer); no Cpus, Memory or GPUs, an unclaimed slot adds
 nothing to the supply (at worst one more launch, within max-vms), and consolidation counts the
 slot as one CPU, and a worker with a claimed one as of unknown load (never drained for it).
+Nor is a worker believed to have more than its type: when the farm knows the type it launched
+(the type its tag vfarm:type names; in a farm of one type, cpus-per-vm when the section sets
+it: the default 1 says nothing of the site's workers), the unclaimed CPUs,
+memory and GPUs its slot ads add up to are read as at most the type's (memory and GPUs where the
+type declares them) less what its other slots hold (claimed, or in any state but Unclaimed): for
+the supply, and for consolidation's idle CPUs. A forged ad claiming 64 free CPUs on a 4-CPU worker
+hides no demand and drains no other worker. The plan warns, naming each such worker and what its
+ads claimed (a misconfigured startd, or a type's figures that are not the cloud's, show up the
+same way). A worker whose type tag names no type of the farm is read as its ads say.
 Instances' and the collector's numbers stay strict: the cloud and the collector are no pool
 user's to write.
 """
@@ -58,7 +67,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
 
 from ..config.condor import INSTANCE_ATTRIBUTE
@@ -610,15 +619,38 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
     return holes
 
 
+def _amounts(slots: Iterable[dict[str, Any]]) -> fit.Resources:
+    """What SLOTS advertise in all (an absent amount: none)."""
+    slots = list(slots)
+    return fit.Resources(sum(int(_number(s.get("Cpus"), 0)) for s in slots), sum(int(_number(s.get("Memory"), 0)) for s in slots),
+                         sum(int(_number(s.get("GPUs"), 0)) for s in slots))
+
+
 def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
     """The unclaimed resources of an active worker's SLOTS; none while it drains (someone else's
     drain: the scaler's own are not active), as a drained startd takes no new job whatever a
     lagging Unclaimed ad of it says."""
     if any(s.get("State") == "Drained" for s in slots):
         return fit.Resources()
-    free = [s for s in slots if s.get("State") == "Unclaimed"]
-    return fit.Resources(sum(int(_number(s.get("Cpus"), 0)) for s in free), sum(int(_number(s.get("Memory"), 0)) for s in free),
-                         sum(int(_number(s.get("GPUs"), 0)) for s in free))
+    return _amounts(s for s in slots if s.get("State") == "Unclaimed")
+
+
+def _at_most(free: fit.Resources, slots: list[dict[str, Any]], worker_type: WorkerType) -> fit.Resources:
+    """FREE, a worker's unclaimed resources by its SLOTS, as at most what a worker of WORKER_TYPE
+    has (its CPUs; its memory and GPUs where the type declares them) less what its other current
+    slots hold (every state but Unclaimed; a slot given back since is not counted: current_slots)."""
+    held = _amounts(s for s in current_slots(slots) if s.get("State") != "Unclaimed")
+    return fit.Resources(min(free.cpus, max(0, worker_type.cpus - held.cpus)),
+                         free.memory if worker_type.memory is None else min(free.memory, max(0, worker_type.memory - held.memory)),
+                         free.gpus if worker_type.gpus is None else min(free.gpus, max(0, worker_type.gpus - held.gpus)))
+
+
+def _overstated(spec: ScaleSpec, iid: str, worker_type: WorkerType, claimed: fit.Resources, believed: fit.Resources) -> str:
+    """A worker whose ads claimed more than its type has, for the plan's warning."""
+    read = [f"{have} {unit} free read as {kept}" for have, kept, unit in ((claimed.cpus, believed.cpus, "CPUs"),
+            (claimed.memory, believed.memory, "MB of memory"), (claimed.gpus, believed.gpus, "GPUs")) if have != kept]
+    of = f"type {worker_type.kind}" if spec.typed else f"cpus-per-vm {spec.cpus_per_vm}"
+    return f"{iid} ({of}: {', '.join(read)})"
 
 
 def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
@@ -632,11 +664,22 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
     started = collector_started(snapshot.get("collector"))
     instances, by_instance = _workers(snapshot, spec, now, scanned, started, memo)
+    # The workers whose type the farm knows (a farm of one type: every one if it sets cpus-per-vm,
+    # none on the default): their ads are read as at most that type's.
+    names = {t.name for t in spec.types}
+    tagged = (frozenset(str(i["InstanceId"]) for i in snapshot["instances"] if tag(i, TYPE_TAG) in names) if spec.typed
+              else None if spec.cpus_per_vm_given else frozenset())
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
     holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
-    farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()})
+    farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()},
+                        frozenset(w.id for w in instances if tagged is None or w.id in tagged))
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
+    if farm.overstated:
+        shown = farm.overstated[:3] + ([f"{len(farm.overstated) - 3} more"] if len(farm.overstated) > 3 else [])
+        warnings.append(f"{len(farm.overstated)} worker(s) advertise more free resources than their type has, read as at most the type's "
+                        f"less what their other slots hold (a misconfigured startd or type, or ads from another holder of the pool's "
+                        f"token): {'; '.join(shown)}")
     if scanned.young:
         young = fit.rank(scanned.young, spec.placements, requirements=spec.typed)
         farm.young_kinds = frozenset(spec.worker_type(spec.placements[i].name).kind for g in young.groups for i in g.choices)
@@ -707,6 +750,8 @@ class _Farm:
     cloud_active: collections.Counter[str]
     active: int
     live_cpus: int  # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included
+    known: frozenset[str] = frozenset()  # workers whose type the farm knows: read as at most that type's amounts
+    overstated: list[str] = field(default_factory=list)  # those whose ads claimed more (for the plan's warning)
     young_kinds: frozenset[str] = frozenset()  # the types some idle job younger than waiting-time fits
 
     @property
@@ -721,8 +766,11 @@ class _Farm:
 
 
 def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
-           backoff: dict[str, float]) -> _Farm:
+           backoff: dict[str, float], known: frozenset[str] = frozenset()) -> _Farm:
+    """The farm's counts; KNOWN: the workers whose type the farm knows, whose free resources are
+    read as at most their type's (_at_most)."""
     placements = spec.placements
+    overstated: list[str] = []
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
                for p in placements}
     supply = {p.name: fit.Resources() for p in placements}
@@ -733,7 +781,14 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
         if w.state is WorkerState.BOOTING:
             supply[w.type] = supply[w.type] + fit.capacity(spec.worker_type(w.type))
         else:
-            supply[w.type] = supply[w.type] + _slot_supply(by_instance.get(w.id, []))
+            slots = by_instance.get(w.id, [])
+            free = _slot_supply(slots)
+            if w.id in known:
+                believed = _at_most(free, slots, spec.worker_type(w.type))
+                if believed != free:
+                    overstated.append(_overstated(spec, w.id, spec.worker_type(w.type), free, believed))
+                free = believed
+            supply[w.type] = supply[w.type] + free
     for name, free in supply.items():
         figures[name].supply = free.cpus
     type_active = collections.Counter({p.kind: 0 for p in placements})
@@ -745,7 +800,7 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
         if w.state in ACTIVE and w.cloud is not None:
             cloud_active[w.cloud] += 1
     return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
-                 live_cpus=sum(spec.worker_type(w.type).cpus for w in instances))
+                 live_cpus=sum(spec.worker_type(w.type).cpus for w in instances), known=known, overstated=overstated)
 
 
 @dataclass
@@ -923,6 +978,10 @@ def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision]
     # could take (it is not demand yet, but it may land on the free CPUs consolidation counts).
     quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions) and not farm.young_kinds
     loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ())) for w in farm.instances if w.state in consolidate.OPEN}
+    for w in farm.instances:  # no more idle CPUs than its type has, less those in use (as _at_most)
+        if w.id in loads and w.id in farm.known:
+            load, cpus = loads[w.id], spec.worker_type(w.type).cpus
+            loads[w.id] = consolidate.Load(load.used, min(load.free, max(0, cpus - load.used)), load.known)
     return consolidate.choose(farm.instances, loads, remembered, spec.idle_cpus_budget, spec.disruption_budget,
                               max(0, farm.active - spec.min_vms - len(leaving)), quiet, leaving)
 

@@ -115,6 +115,19 @@ def test_free_cpus_no_slot_has_drain_no_worker_for_consolidation(cpus: Any) -> N
     assert consolidation(result) == [] and result.to_json() == absent.to_json()
 
 
+def test_free_cpus_beyond_what_a_workers_type_has_drain_no_worker_for_consolidation() -> None:
+    """A slot in a busy worker's name (any startd holding the pool's token may advertise one)
+    claiming 64 free CPUs: the planner believes no more than the worker's CPUs (cpus-per-vm) less
+    what its claimed slots hold, none here, so no other worker is drained to fill it."""
+    farm = snapshot({"i-a": [4, 2], "i-b": [8]})  # 2 + 0 idle CPUs: nothing to consolidate
+    assert consolidation(planner.plan(farm, spec())) == []
+    farm["slots"].append({"Name": "slot2@i-b", "Machine": "m-i-b", "State": "Unclaimed", "Activity": "Idle", "Cpus": 64,
+                          "EnteredCurrentState": NOW - 9999, "VfarmInstanceId": "i-b"})
+    result = planner.plan(farm, spec())
+    assert consolidation(result) == [] and result.drain == []
+    assert [w for w in result.warnings if "i-b" in w], result.warnings
+
+
 def test_within_the_budget_nothing_is_drained() -> None:
     assert consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [4, 2], "i-c": [2, 2, 2]}), spec())) == []  # 2 + 2 + 2 idle
     assert len(consolidation(planner.plan(snapshot({"i-a": [4, 2], "i-b": [2], "i-c": [2, 2, 2]}), spec()))) == 1  # 2 + 6 + 2 = 10 > 8
@@ -297,11 +310,11 @@ def test_never_more_than_the_budget_drained_for_consolidation_and_never_a_job_ki
                     break
         slots, jobs = [], []
         for k, w in enumerate(sorted(workers.values(), key=lambda w: w.id)):
-            cpus = [c for c, _e in w.jobs.values()]
+            held = [c for c, _e in w.jobs.values()]  # the CPUs of each job it runs
             if w.ads is None or line.refresh[cycle % len(line.refresh)][k]:
-                w.ads = worker_slots(w.id, cpus, w.drained)
+                w.ads = worker_slots(w.id, held, w.drained)
             slots += w.ads
-            jobs += running(w.id, cpus, 1000 + k)
+            jobs += running(w.id, held, 1000 + k)
         jobs += [{"ClusterId": jid, "ProcId": 0, "JobStatus": 1, "RequestCpus": c, "QDate": now - 60, "EnteredCurrentStatus": now - 60}
                  for jid, c, _r in queue]
         snap = {"now": now, "jobs": jobs, "slots": slots, "instances": [instance(iid) for iid in sorted(workers)], **memory}

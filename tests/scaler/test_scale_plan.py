@@ -101,7 +101,7 @@ def snap(jobs: Optional[list[Any]] = None, slots: Optional[list[Any]] = None, in
     return {"now": NOW, "jobs": jobs or [], "slots": slots or [], "instances": instances or [], "observed_idle_since": watched, **extra}
 
 
-def state_of(result: dict[str, Any], iid: str) -> str:
+def state_of(result: planner.Plan, iid: str) -> str:
     return str(next(i.state for i in result.instances if i.id == iid))
 
 
@@ -458,6 +458,33 @@ def test_a_slot_resource_no_machine_has_is_read_as_absent(key: str, which: str) 
         odd, absent = plans
         assert odd.to_json() == absent.to_json()
         assert (absent.launch, absent.drain, absent.terminate) == ((1, [], ["i-done"]) if jobs else (0, ["i-odd"], ["i-done"]))
+
+
+def test_slot_ads_claiming_more_cpus_than_cpus_per_vm_stop_no_launch() -> None:
+    """Any startd holding the pool's token may advertise 64 free CPUs for a worker the farm launched
+    with cpus-per-vm 4 (or a second startd may advertise a slot in its name): the planner believes
+    at most 4, less what the worker's other slots hold, so the waiting jobs still get their
+    workers, and a warning names the worker."""
+    jobs = [job(n) for n in range(8)]  # 8 one-CPU jobs: i-a's 4 free CPUs and one worker more
+    honest = planner.plan(snap(jobs=jobs, slots=[slot("i-a")], instances=[instance("i-a")]), spec())
+    assert (honest.supply, honest.launch, honest.warnings) == (4, 1, [])
+    forged = planner.plan(snap(jobs=jobs, slots=[{**slot("i-a"), "Cpus": 64}], instances=[instance("i-a")]), spec())
+    assert (forged.supply, forged.launch) == (4, 1)
+    assert [w for w in forged.warnings if "i-a" in w and "64 CPUs" in w and "cpus-per-vm 4" in w], forged.warnings
+    # Busy on its 4 CPUs, and another slot in its name says 64 more are free: none are.
+    busy = planner.plan(snap(jobs=jobs, slots=[slot("i-a", state="Claimed", activity="Busy"), {**slot("i-a", 2), "Cpus": 64}],
+                             instances=[instance("i-a")]), spec())
+    assert (busy.supply, busy.launch) == (0, 2)
+
+
+def test_a_farm_on_the_default_cpus_per_vm_reads_its_workers_ads_as_they_are() -> None:
+    """cpus-per-vm left at its default (1) says nothing of what the site's workers have: an 8-CPU
+    worker's 8 free CPUs are supply, not 1 (that would launch a worker per waiting job)."""
+    section = configuration.load_text(EXAMPLE).sections["scale"]
+    section.pop("cpus-per-vm")
+    result = planner.plan(snap(jobs=[job(n) for n in range(8)], slots=[{**slot("i-a"), "Cpus": 8}], instances=[instance("i-a")]),
+                          scale_spec.parse(section))
+    assert (result.supply, result.launch, result.warnings) == (8, 0, [])
 
 
 def test_what_an_absent_slot_number_means_errs_on_the_safe_side() -> None:

@@ -304,7 +304,7 @@ def test_properties_of_typed_plans(types: list[dict[str, Any]], asked: list[tupl
     assert sum(f.waiting for f in result.types.values()) + sum(len(u.jobs) for u in result.unfit) == len(jobs)
     assert len({u.reason for u in result.unfit}) == len(result.unfit)  # each reason reported once
     for n, (cpus, memory, gpus, req) in enumerate(asked):
-        holders = [t for t in farm.types if t.cpus >= cpus and t.gpus >= gpus and (t.memory is None or memory is None or memory <= t.memory)
+        holders = [t for t in farm.types if t.cpus >= cpus and (t.gpus is None or t.gpus >= gpus) and (t.memory is None or memory is None or memory <= t.memory)
                    and not (req == 'TARGET.VfarmWorkerType == "t0"' and t.name != "t0") and not (req == "TARGET.Cpus >= 4" and t.cpus < 4)]
         assert (f"{n}.0" in {j for u in result.unfit for j in u.jobs}) == (not holders), (n, cpus, memory, gpus, req)
     # a type in its black hole back-off starts nothing; a probing one at most one
@@ -411,3 +411,40 @@ def test_jobs_of_the_same_age_get_the_scarce_worker_whatever_the_schedds_order()
     plans = [planner.plan({"now": now, "jobs": jobs, "slots": [], "instances": []}, farm) for jobs in ([a, b], [b, a])]
     assert [[(d.action.value, d.type, d.count) for d in p.decisions] for p in plans][0] == \
         [[(d.action.value, d.type, d.count) for d in p.decisions] for p in plans][1]
+
+
+def free_slot(iid: str, **amounts: Any) -> dict[str, Any]:
+    """The partitionable slot of an idle worker of FARM, advertising AMOUNTS (Cpus, Memory, GPUs)."""
+    return {"Name": f"slot1@{iid}", "Machine": f"m-{iid}", "State": "Unclaimed", "Activity": "Idle", "PartitionableSlot": True,
+            "EnteredCurrentState": NOW - 50, "NumDynamicSlotsTime": NOW - 50, "VfarmInstanceId": iid, **amounts}
+
+
+@pytest.mark.parametrize("kind,honest,forged,jobs", [
+    # 4 one-CPU jobs fit small workers (1 CPU): a worker's 1 free CPU, and 3 more workers.
+    ("small", {"Cpus": 1, "Memory": 1800}, {"Cpus": 64}, [job(n) for n in range(4)]),
+    # 3 jobs of one GPU each: a gpu worker holds one; claiming 8 GPUs, it would hold them all.
+    ("gpu", {"Cpus": 8, "Memory": 30000, "GPUs": 1}, {"GPUs": 8}, [job(n, cpus=2, gpus=1) for n in range(3)]),
+    # 2 jobs of 20000 MB: a large worker (32G) holds one; claiming 1 TB of memory, both.
+    ("large", {"Cpus": 8, "Memory": 30000}, {"Memory": 10**6}, [job(n, memory=20000) for n in range(2)]),
+], ids=["cpus", "gpus", "memory"])
+def test_a_slot_ad_claiming_more_than_its_workers_type_has_stops_no_launch(kind: str, honest: dict[str, Any], forged: dict[str, Any],
+                                                                         jobs: list[dict[str, Any]]) -> None:
+    """Any startd holding the pool's token may advertise what it likes for a worker of the farm:
+    the planner believes no more free CPUs, memory or GPUs than the worker's type has (the one its
+    tag vfarm:type names), so the launches the queue needs are the same as with the worker's true
+    ad; a warning names the worker and what it claimed."""
+    instances = [instance("i-w", kind, NOW - 1000)]
+    true = planner.plan({"now": NOW, "jobs": jobs, "slots": [free_slot("i-w", **honest)], "instances": instances}, spec())
+    assert launches(true)[kind] > 0 and true.warnings == []
+    lying = planner.plan({"now": NOW, "jobs": jobs, "slots": [free_slot("i-w", **{**honest, **forged})], "instances": instances}, spec())
+    assert launches(lying) == launches(true) and lying.types[kind].supply == true.types[kind].supply
+    assert [w for w in lying.warnings if "i-w" in w and f"type {kind}" in w], lying.warnings
+
+
+def test_a_worker_of_a_type_the_farm_no_longer_lists_is_read_as_its_ads_say() -> None:
+    """A worker whose vfarm:type names no type of the farm (a type since removed) counts as the
+    first type's, but what it has is unknown: its ads are believed as they are (within any machine's)."""
+    instances = [instance("i-old", "retired", NOW - 1000)]
+    result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(4)], "slots": [free_slot("i-old", Cpus=8, Memory=30000)],
+                           "instances": instances}, spec())
+    assert result.types["small"].supply == 8 and launches(result) == {} and result.warnings == []
