@@ -37,6 +37,8 @@ MANAGED_TAG = "vfarm:managed"
 SIGNING_REGION_FALLBACK = "us-east-1"
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
+# Ended for good: a terminate's mark on such an instance adds only the tags it lacks (the first end's stand).
+ENDED_STATES = ("shutting-down", "terminated")
 
 # EC2 error codes, grouped by what the user has to do about them.
 CREDENTIAL_CODES = {
@@ -470,12 +472,15 @@ class Ec2Cloud:
         one of vfarm's own instances (with only_managed, the default), or lacks one of TAGS (K=V
         each: `vfarm terminate ID... --tag K=V` touches only that farm's instances). MARK (ID ->
         tags) is then set on the instances (CreateTags) just before they are terminated: the
-        scaler records why it ended a worker. A failure to mark terminates nothing."""
+        scaler records why it ended a worker. A failure to mark terminates nothing. An instance
+        already ended (shutting-down, terminated: a retry, another cycle) gets only the tags of MARK
+        it lacks: what its first end recorded (vfarm:end) is never rewritten."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             return []
+        described = {i["InstanceId"]: i for i in self.describe(ids)} if only_managed or tags or mark else {}
+        known = {iid: tags_of(i) for iid, i in described.items()}
         if only_managed or tags:
-            known = {i["InstanceId"]: tags_of(i) for i in self.describe(ids)}
             foreign = [i for i in ids if only_managed and known.get(i, {}).get(MANAGED_TAG) != "true"]
             if foreign:
                 raise Ec2Error(f"not vfarm instances (no tag {MANAGED_TAG}=true), nothing terminated: {' '.join(foreign)}")
@@ -488,8 +493,10 @@ class Ec2Cloud:
         marks = mark or {}
         same: dict[tuple[tuple[str, str], ...], list[str]] = {}
         for iid in ids:
-            if marks.get(iid):
-                same.setdefault(tuple(sorted(marks[iid].items())), []).append(iid)
+            ended = iid in described and described[iid].get("State", {}).get("Name") in ENDED_STATES
+            pairs = tuple(sorted((k, v) for k, v in (marks.get(iid) or {}).items() if not (ended and k in known[iid])))
+            if pairs:
+                same.setdefault(pairs, []).append(iid)
         for pairs, marked in sorted(same.items()):
             self._guard("tag instances", self.client.create_tags, Resources=marked, Tags=[{"Key": k, "Value": v} for k, v in pairs])
         response = self._guard("terminate", self.client.terminate_instances, InstanceIds=ids)

@@ -397,7 +397,9 @@ class LocalFarm:
         keep a tombstone. Before anything is marked or touched, refuses unknown ids and any id
         lacking one of TAGS (K=V each: the scaler touches only its farm's instances). MARK (ID ->
         tags) is then set on each instance just before it is killed (the scaler records why it
-        ended a worker). Ended ones: marked, nothing more."""
+        ended a worker). Ended ones (tombstones: a retry, another cycle): only the tags of MARK they
+        lack are added, nothing more; what the first end recorded (vfarm:end, EndEpoch, EndReason)
+        stands."""
         with self._locked():
             found = self._find(list(dict.fromkeys(ids)))
             wanted = dict(tags or {})
@@ -408,10 +410,14 @@ class LocalFarm:
             self._private(self.ended_dir)
             marks = mark or {}
             for iid, (path, record) in found.items():
-                if marks.get(iid):
-                    record["TagMap"] = {**record.get("TagMap", {}), **marks[iid]}
+                ended = path.parent == self.ended_dir
+                have = record.get("TagMap", {})
+                # An ended one keeps what its first end recorded: only the tags it lacks are added.
+                new = {k: v for k, v in (marks.get(iid) or {}).items() if not (ended and k in have)}
+                if new:
+                    record["TagMap"] = {**have, **new}
                     _write_json(path, record)
-                if path.parent == self.ended_dir:
+                if ended:
                     continue
                 self._stop(record, path.parent)
                 # The console logs go with the folder: the tombstone keeps the verdict line.

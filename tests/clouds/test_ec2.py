@@ -266,6 +266,35 @@ def test_the_scaler_tags_only_its_farms_instances_and_only_after_the_check(ec2_e
     assert {i: ended[i] for i in (milano, foreign)} == {milano: ("running", None), foreign: ("running", None)}
 
 
+def test_a_second_terminate_keeps_the_first_ends_tag(ec2_endpoint: Ec2Endpoint) -> None:
+    """How a worker ended (vfarm:end) is what the first terminate recorded: a later one (a retry
+    whose reply was lost, another cycle, `vfarm terminate`) never rewrites it; it adds only tags
+    the ended instance lacks. A live instance's tag is no end yet: after a terminate that tagged it
+    and then failed, the retry's tag is the one the instance ends with."""
+    cloud = cloud_for(ec2_endpoint)
+    raw = ec2_endpoint.client()
+    spec = scale_spec.parse({"name": "torino", "max-vms": 5, "cloud": {"type": "ec2", "endpoint-url": ec2_endpoint.url,
+                                                                       "image-id": ec2_endpoint.image_id, "instance-type": "t3.micro"}})
+    backend = backends.backend_for(spec, b"#cloud-config\n")
+    ended, retried = (str(i["InstanceId"]) for i in cloud.launch(b"#cloud-config\n", ec2_endpoint.image_id, "t3.micro", count=2,
+                                                                tags={"vfarm:farm": "torino"}))
+
+    def seen() -> dict[str, tuple[str, str | None, str | None]]:
+        return {i["InstanceId"]: (i["State"]["Name"], ec2.tags_of(i).get("vfarm:end"), ec2.tags_of(i).get("note"))
+                for i in cloud.describe([ended, retried])}
+
+    backend.terminate({ended: "lost"})
+    assert seen()[ended][1] == "lost" and seen()[ended][0] in ("shutting-down", "terminated")
+    backend.terminate({ended: "drained"})  # another cycle, the same instance: the first end stands
+    assert seen()[ended][1] == "lost"
+    cloud.terminate([ended], tags={"vfarm:farm": "torino"}, mark={ended: {"vfarm:end": "drained", "note": "later"}})
+    assert seen()[ended][1:] == ("lost", "later")  # only what the first end left unsaid is added
+
+    raw.create_tags(Resources=[retried], Tags=[{"Key": "vfarm:end", "Value": "lost"}])  # tagged, then the terminate failed
+    backend.terminate({retried: "drained"})
+    assert seen()[retried][1] == "drained"
+
+
 def test_credentials_refused_and_accepted_by_a_checking_endpoint(ec2_endpoint: Ec2Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     with ec2_endpoint.server.enforce_auth() as (key_id, secret):
         good = ec2.Ec2Cloud(ec2.Ec2Params(endpoint_url=ec2_endpoint.url, access_key=key_id, secret_key=secret))

@@ -21,7 +21,7 @@ from vfarm.clouds.images import Image
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import apply, loop, model
 from vfarm.scaler import plan as planner
-from vfarm.scaler.backends import LocalBackend
+from vfarm.scaler.backends import LocalBackend, userdata_for
 
 pytestmark = pytest.mark.integration  # starts processes (see tests/conftest.py)
 
@@ -234,6 +234,32 @@ def test_the_scaler_tags_only_its_farms_instances_and_only_after_the_check(farm:
     assert seen() == {drained: ("terminated", "drained"), lost: ("terminated", "lost"), other: ("running", None)}
 
 
+def test_a_second_terminate_keeps_the_first_ends_tag(farm: local_farm.LocalFarm, image: Image) -> None:
+    """How a worker ended (vfarm:end, and the tombstone's end time and reason) is what the first
+    terminate recorded: a later one (a retry, another cycle, another scaler on the same folder)
+    never rewrites it; it adds only tags the tombstone lacks. A VM that powered itself off is not
+    ended yet: the terminate that ends it records why."""
+    spec = scale_spec.parse({"name": "lf", "cloud": {"type": "local"}, "pool": {"collector": "10.0.2.100"}, "max-vms": 2})
+    backend = LocalBackend(spec, b"ud", farm)
+    [iid] = [i["InstanceId"] for i in farm.launch(b"", count=1, tags=TAGS)]
+    backend.terminate({iid: "lost"})
+    tombstone = json.loads((farm.ended_dir / f"{iid}.json").read_text())
+    assert tombstone["TagMap"]["vfarm:end"] == "lost"
+    backend.terminate({iid: "drained"})
+    LocalBackend(spec, b"ud", make_farm(farm.root, image)).terminate({iid: "drained"})
+    farm.terminate([iid], tags=TAGS, mark={iid: {"vfarm:end": "drained", "note": "later"}})
+    again = json.loads((farm.ended_dir / f"{iid}.json").read_text())
+    assert again == {**tombstone, "TagMap": {**tombstone["TagMap"], "note": "later"}}
+    [ended] = farm.instances(states=None)
+    assert model.tag(ended, model.END_TAG) == "lost"
+
+    off = make_farm(farm.root, image, mode="poweroff")
+    [stopped] = [i["InstanceId"] for i in off.launch(b"", count=1, tags=TAGS)]
+    wait_until(lambda: [i for i in off.instances(states=None) if i["InstanceId"] == stopped and i["State"]["Name"] == "stopped"])
+    LocalBackend(spec, b"ud", off).terminate({stopped: "lost"})
+    assert {i["InstanceId"]: (i["State"]["Name"], model.tag(i, model.END_TAG)) for i in off.instances(states=None)}[stopped] == ("terminated", "lost")
+
+
 def test_vfarm_scale_selects_the_local_cloud_and_keeps_the_test_image_running(tmp_path: Path, image: Image,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(images, "find", lambda name: image)
@@ -245,9 +271,11 @@ def test_vfarm_scale_selects_the_local_cloud_and_keeps_the_test_image_running(tm
     backend = commands.make_backend(spec, str(farm), build=True)
     assert isinstance(backend, LocalBackend)
     assert backend.farm.memory == 1024 and backend.farm.vcpus == 1
-    assert b"vfarm-local-keep-running.sh" in backend.userdata and b"systemctl --no-block stop vfarm-local-harness.service" in backend.userdata
+    userdata = userdata_for(backend.userdata, spec.types[0])  # what a worker of the farm's one type boots with
+    assert b"vfarm-local-keep-running.sh" in userdata and b"systemctl --no-block stop vfarm-local-harness.service" in userdata
     image.info["harness"] = False  # a site's image has no harness: nothing extra
-    assert b"keep-running" not in commands.make_backend(spec, str(farm), build=True).userdata  # type: ignore[attr-defined]
+    plain = commands.make_backend(spec, str(farm), build=True)
+    assert isinstance(plain, LocalBackend) and b"keep-running" not in userdata_for(plain.userdata, spec.types[0])
 
 
 @pytest.mark.parametrize(("given", "expected"), [("10.0.2.100", "10.0.2.100:9618"), ("cm:9619", "cm:9619"), ("[::1]", "[::1]:9618")])
