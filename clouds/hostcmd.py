@@ -13,11 +13,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 Arg = Union[str, Path]
 
@@ -58,21 +59,59 @@ def cache_base() -> Path:
     return Path(os.environ.get("VFARM_CACHE", "/var/cache/vfarm"))
 
 
+# Per thread, the lock files (device, inode) a `locked` block of this thread holds: a nested
+# block on the same file goes through (a second flock would wait for the first for ever).
+_held = threading.local()
+LOCK_POLL = 0.2  # seconds between tries when a wait has a timeout
+
+
+class LockTimeout(CommandError):
+    """Another process held the lock longer than the caller's timeout."""
+
+
 @contextmanager
-def locked(path: Path, waiting: str = "", area: str = "lock") -> Iterator[None]:
+def locked(path: Path, waiting: str = "", area: str = "lock", timeout: Optional[float] = None) -> Iterator[None]:
     """PATH flocked (made, and its folder, when missing) while the block runs: one holder at a
     time across processes and threads, and the kernel frees it with the file, however the holder
     ends. When another holds it, WAITING (unless empty) is said once through `progress` under
-    AREA, then this one waits as long as that takes."""
+    AREA, then this one waits as long as that takes, or TIMEOUT seconds (then LockTimeout).
+    Re-entrant within a thread: a nested block on the same file holds it already."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    held: set[tuple[int, int]] = _held.__dict__.setdefault("files", set())  # this thread's
     with open(path, "w") as lock:
+        info = os.fstat(lock.fileno())
+        ident = (info.st_dev, info.st_ino)
+        if ident in held:  # this thread's outer block holds it (and frees it)
+            yield
+            return
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
                 progress(area, waiting)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+            _wait(lock, path, timeout)
+        held.add(ident)
+        try:
+            yield
+        finally:
+            held.discard(ident)
+
+
+def _wait(lock: IO[str], path: Path, timeout: Optional[float]) -> None:
+    """Take LOCK's flock, waiting at most TIMEOUT seconds (None: as long as it takes)."""
+    if timeout is None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(f"{path}: another process has held this lock for over {timeout:.0f} s") from None
+            time.sleep(min(LOCK_POLL, left))
 
 
 def run(argv: Sequence[Arg], *, check: bool = True, capture: bool = True, timeout: Optional[float] = None,
