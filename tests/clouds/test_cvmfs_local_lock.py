@@ -71,4 +71,4 @@ def test_two_builds_at_once_take_turns(tmp_path: Path, monkeypatch: pytest.Monke
     assert said[1:] == [f"CernVM-FS 2.12.0~1+debian12 (built locally) as CERN's apt layout in {final}"]
     for suite in cvmfs_local.SUITES:
         assert (final / "dists" / suite / "main/binary-amd64/Packages").read_text() == PACKAGES
-    assert sorted(p.name for p in cvmfs_local.cache_dir().iterdir()) == [".lock", final.name]  # no work folder left
+    assert sorted(p.name for p in cvmfs_local.cache_dir().iterdir()) == [".lock", ".users", final.name]  # no work folder left
