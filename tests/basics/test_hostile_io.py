@@ -423,7 +423,7 @@ def test_output_to_a_fifo_nobody_reads_is_refused(fifo: Path, tmp_path: Path) ->
     link = tmp_path / "to-fifo"
     link.symlink_to(fifo)
     assert_refused(vfarm("build", EXAMPLE, "--handlers", "baked", "-o", link), "a FIFO that nobody reads")
-    argv = ["launch", "ec2", EXAMPLE, "--image-id", "ami-1", "--instance-type", "t3.micro", "--endpoint-url", "http://127.0.0.1:9"]
+    argv: list[Union[str, Path]] = ["launch", "ec2", EXAMPLE, "--image-id", "ami-1", "--instance-type", "t3.micro", "--endpoint-url", "http://127.0.0.1:9"]
     assert_refused(vfarm(*argv, "--handlers", "baked", "--dry-run", "-o", fifo), "a FIFO that nobody reads")
     assert err.startswith("vfarm: ")
 

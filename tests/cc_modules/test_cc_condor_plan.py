@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -16,10 +17,9 @@ SECTION = {"central-manager": "cm.example.org", "token": "aaa.bbb.ccc", "attribu
 SPEC = condor_spec.parse(SECTION)
 
 
-def facts(**changes: object) -> cc_condor.Facts:
-    base = dict(config=None, token=None, installed=True, active=False, execute_exists=False, package_manager="apt-get")
-    base.update(changes)
-    return cc_condor.Facts(**base)  # type: ignore[arg-type]
+def facts(**changes: Any) -> cc_condor.Facts:
+    base: dict[str, Any] = dict(config=None, token=None, installed=True, active=False, execute_exists=False, package_manager="apt-get")
+    return cc_condor.Facts(**{**base, **changes})
 
 
 def actions(plan: Plan) -> list[str]:

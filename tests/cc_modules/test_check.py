@@ -352,7 +352,7 @@ def test_baked_module_powers_off_when_the_check_cannot_even_be_imported(tmp_path
     monkeypatch.delattr(package, "check")
     monkeypatch.setitem(sys.modules, "vfarm.cc_modules.check", None)  # importing it raises ImportError
     fresh = importlib.import_module("vfarm.cc_modules.cc_vfarm_check")  # as cloud-init loads it
-    fresh.RUNNER = runner
+    monkeypatch.setattr(fresh, "RUNNER", runner)  # raises if the module has no RUNNER: never the real shutdown
     fresh.handle("vfarm_check", {}, None, [])
     deadline = time.monotonic() + 15
     while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:

@@ -60,7 +60,7 @@ def test_runner_missing_command_timeout_and_argv_only(logger: logging.Logger) ->
     slow = runner.run(["sleep", "5"], check=False, timeout=0.2)
     assert slow.returncode == 124
     with pytest.raises(TypeError):
-        runner.run("rm -rf /")
+        runner.run("rm -rf /")  # type: ignore[arg-type]  # deliberately a string: the runner takes an argv only
 
 
 @pytest.mark.integration
@@ -215,9 +215,13 @@ def test_the_log_redacts_every_line_tracebacks_too(tmp_path: Path) -> None:
 
 def test_an_unexpected_error_is_redacted_in_the_log_and_beyond(tmp_path: Path) -> None:
     """The traceback goes to the handler's log and, propagated, to cloud-init's own handlers."""
-    seen = logging.Handler()
-    seen.emit = lambda entry: lines.append(logging.Formatter().format(entry))  # type: ignore[method-assign]
     lines: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(logging.Formatter().format(record))
+
+    seen = Seen()
     logging.getLogger().addHandler(seen)
 
     def work(section: dict[str, Any], ctx: handling.Context) -> bool:

@@ -97,7 +97,8 @@ def assert_real_client(text: Text, site: GuestSite, requests_before: int = 0) ->
     assert meant["CVMFS_SERVER_URL"] == SERVER_URL and meant["CVMFS_KEYS_DIR"] == KEYS_DIR
     # Mounted: every published file reads back through the mount with the checksum it was written with.
     assert "OK" in text(f"{cvmfs}/probe-{REPOSITORY}.txt"), text(f"{cvmfs}/probe-{REPOSITORY}.txt")
-    read = dict(reversed(line.split(maxsplit=1)) for line in text(f"{cvmfs}/sha256-{REPOSITORY}.txt").splitlines() if line.strip())
+    sums = [line.split(maxsplit=1) for line in text(f"{cvmfs}/sha256-{REPOSITORY}.txt").splitlines() if line.strip()]
+    read = {name: digest for digest, name in sums}  # sha256sum prints DIGEST  NAME
     assert read == site.site.published.manifest["files"], text(f"{cvmfs}/sha256-{REPOSITORY}.txt")[-2000:]
     assert text(f"{cvmfs}/symlink-{REPOSITORY}.txt").strip() == "v1"
     # The running mount: cache base and quota as configured, the cache filled on the cvmfs LV.

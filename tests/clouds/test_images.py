@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -85,7 +86,8 @@ def test_bake_cli_one_line_error(tmp_path: Path) -> None:
 
 
 def test_placement_of_an_unknown_module_is_before_power_state() -> None:
-    lists = {"cloud_init_modules": ["mounts"], "cloud_config_modules": [], "cloud_final_modules": ["final-message", ["power-state-change", "always"]]}
+    lists: dict[str, list[Any]] = {"cloud_init_modules": ["mounts"], "cloud_config_modules": [],
+                                   "cloud_final_modules": ["final-message", ["power-state-change", "always"]]}
     result = bake.with_ours(lists, ["localfs", "other"])
     assert result["cloud_init_modules"] == ["mounts", "localfs"]
     assert result["cloud_final_modules"] == ["final-message", "other", ["power-state-change", "always"]]

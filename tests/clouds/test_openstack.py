@@ -21,7 +21,7 @@ from vfarm.cli.main import main
 from vfarm.clouds import openstack
 from vfarm.config import scale as scale_spec
 from vfarm.scaler.apply import CloudError
-from vfarm.scaler.backends import OpenStackBackend
+from vfarm.scaler.backends import OpenStackBackend, userdata_for
 
 pytestmark = pytest.mark.openstack
 
@@ -332,6 +332,7 @@ def test_scaler_cycles_launch_then_end_lost_workers_on_openstack(openstack_env: 
     spec = load_spec(str(farm))  # validated by the schema, as `vfarm scale` reads it
     assert spec is not None
     backend = make_backend(spec, str(farm), build=True)
+    assert isinstance(backend, OpenStackBackend)
     offset = [0.0]
     jobs = [{"ClusterId": n, "ProcId": 0, "JobStatus": 1, "EnteredCurrentStatus": time.time() - 100, "RequestCpus": 1} for n in range(5)]
     scaler = loop.Scaler(spec, backend, NoDrain(), logging.getLogger("vfarm.test"), clock=lambda: time.time() + offset[0],
@@ -343,7 +344,7 @@ def test_scaler_cycles_launch_then_end_lost_workers_on_openstack(openstack_env: 
     assert len(workers) == 2
     admin = openstack_env.connect()
     userdata = base64.b64decode(admin.compute.get_server(sorted(workers)[0]).user_data)
-    assert userdata == backend.userdata and b"Content-Type: multipart/mixed" in userdata[:200]
+    assert userdata == userdata_for(backend.userdata, spec.types[0]) and b"Content-Type: multipart/mixed" in userdata[:200]
 
     scaler.cycle()
     assert {i["InstanceId"] for i in backend.farm_instances()} == workers  # booting workers count

@@ -11,7 +11,7 @@ import shlex
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import pytest
 
@@ -210,7 +210,7 @@ def test_novas_answer_is_quoted_short_and_without_the_userdata(nova: FakeCompute
     token inside): the error quotes Nova's words without any long base64 run, at most 300 characters."""
     secret = b"IDTOKEN-of-the-pool-never-on-stderr-9f3c"
 
-    def refuse(**kwargs: Any) -> None:
+    def refuse(**kwargs: Any) -> NoReturn:
         value = base64.b64encode(base64.b64decode(kwargs["user_data"]) + secret).decode()
         raise http_error("BadRequestException", 400, "BadRequestException: 400: Client Error for url: http://127.0.0.1:8774/v2.1/servers",
                          f"Invalid input for field/attribute user_data. Value: {value}. '{value}' is too long")

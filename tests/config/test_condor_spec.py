@@ -150,7 +150,7 @@ def test_what_validates_renders_and_keeps_vfarms_settings(data: dict[str, Any]) 
     own = condor_lines({k: v for k, v in section.items() if k not in ("attributes", "config")}) or []
     for ours in {m[1].lower() for m in map(SETTING.fullmatch, own) if m}:
         assert names.count(ours) == 1, (data, ours, lines)
-    values = dict(m.groups() for m in map(SETTING.fullmatch, lines) if m)
+    values = {m[1]: m[2] for m in map(SETTING.fullmatch, lines) if m}
     assert int(values["MAXJOBRETIREMENTTIME"]) > 0
     assert condor_spec.parse(section).join_timeout > 0
 

@@ -456,7 +456,7 @@ def test_durations_are_bounded_where_they_are_used() -> None:
     assert sizes.parse_seconds("365d") == sizes.MAX_SECONDS
     for value in ("366d", "9" * 400, 10**30, "1e999"):
         with pytest.raises(ValueError):
-            sizes.parse_seconds(value)  # type: ignore[arg-type]
+            sizes.parse_seconds(value)
     assert errors_of(CM + "  retirement-time: 400d\n") == ["f.yaml:4:20: condor: retirement-time must be at most 31536000 seconds (365 days)"]
     assert errors_of(CM + "  join-timeout: 99999999999\n") == ["f.yaml:4:17: condor.join-timeout: must be <= 31536000, got 99999999999"]
     scale = "scale:\n  name: f\n  max-vms: 1\n  cloud: {type: local}\n"

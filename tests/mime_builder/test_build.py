@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import gzip
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -26,11 +27,17 @@ def torino() -> configuration.Config:
     return configuration.load_file(EXAMPLE)
 
 
-def parts_of(data: bytes) -> list[tuple[str, str, bytes]]:
+def parts_of(data: bytes) -> list[tuple[str, Optional[str], bytes]]:
+    """(content type, file name, decoded payload) of each part."""
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    message = email.message_from_bytes(data)
-    return [(p.get_content_type(), p.get_filename(), p.get_payload(decode=True)) for p in message.walk() if not p.is_multipart()]
+    parts = []
+    for part in email.message_from_bytes(data).walk():
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes), (part.get_content_type(), payload)
+            parts.append((part.get_content_type(), part.get_filename(), payload))
+    return parts
 
 
 def test_embed_order_and_payloads(torino: configuration.Config) -> None:

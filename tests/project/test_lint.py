@@ -55,3 +55,10 @@ def test_mypy_clean_benchmarks(tmp_path: Path) -> None:
     """mypy takes a package or files, not both in one run."""
     result = mypy(tmp_path, str(ROOT / "benchmarks"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_clean_tests(tmp_path: Path) -> None:
+    """The tests too: a fixture called with the wrong arguments, or a monkeypatch of an attribute
+    that is not there, makes a test that proves nothing."""
+    result = mypy(tmp_path, str(ROOT / "tests"))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -19,7 +19,7 @@ DOCS = [ROOT / "README.md"]
 def console_examples(path: Path) -> list[tuple[str, str, int]]:
     """(command, expected output, expected exit code) for each `$ vfarm ...` in ```console blocks.
     A following `$ echo $?` line gives the exit code (default 0)."""
-    examples = []
+    examples: list[tuple[str, str, int]] = []
     for block in re.findall(r"```console\n(.*?)```", path.read_text(), re.S):
         steps = re.split(r"^\$ ", block, flags=re.M)[1:]
         for step in steps:

@@ -356,7 +356,7 @@ def test_a_failing_cycle_does_not_end_the_loop(caplog: pytest.LogCaptureFixture)
         raise RuntimeError("a bug")
 
     w.scaler._pool = broken
-    spec = scale_spec.parse({"name": NAME, "cloud": {"type": "ec2"}, "max-vms": 1, "check-every": 0.01})  # type: ignore[dict-item]
+    spec = scale_spec.parse({"name": NAME, "cloud": {"type": "ec2"}, "max-vms": 1, "check-every": 0.01})
     w.scaler.spec = spec
     assert w.scaler.loop(threading.Event(), cycles=3) == 3 and len(calls) == 3
     assert caplog.text.count("cycle failed") == 3

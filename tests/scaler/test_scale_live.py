@@ -49,7 +49,8 @@ def test_idle_jobs_are_read_as_groups_that_plan_as_the_jobs_one_by_one(condor_po
     never = 'VfarmInstanceId == "nowhere"'
     clusters = [condor_pool.submit(3, 1, requirements=never), condor_pool.submit(2, 1, cpus=2, requirements=never),
                 # Requirements naming a job attribute that differs job by job: each value its own group.
-                condor_pool.submit(2, 1, requirements=f'{never} && MY.VfarmTestTag =!= "p0"', **{"+VfarmTestTag": '"p$(ProcId)"'})]
+                # cpus given by name: the ** then fills **extra only (mypy cannot tell its keys from `cpus`)
+                condor_pool.submit(2, 1, cpus=1, requirements=f'{never} && MY.VfarmTestTag =!= "p0"', **{"+VfarmTestTag": '"p$(ProcId)"'})]
     try:
         found = discover.pool_snapshot(condor_pool.collector_address)
         ours = [j for j in found["jobs"] if int(str(j.get("JobIds", "0.")).split(".")[0]) in clusters]
