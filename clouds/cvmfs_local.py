@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 from typing import Optional
 
+from . import shared_cache
 from .hostcmd import CommandError, cache_base, locked, progress, run
+from .shared_cache import prune, record_use
 
 SUITES = ("bookworm-prod", "trixie-prod")
 VARIANT = "debian"  # the build variant guests install (tests/fixtures/cvmfs_build.py)
 EPOCH = 1700000000  # fixed dates: the same packages give the same repository
 PACKAGE_NAMES = ("cvmfs", "cvmfs-libs", "cvmfs-config-default")  # what a client install takes from here
-USERS = ".users"  # cache_dir()/.users/ID.json: which KEY folder a checkout asks for, with which packages
-MADE = ".vfarm-made"  # in a KEY folder made by this code (one without it is left alone)
+USERS = shared_cache.USERS  # cache_dir()/.users/ID.json: which KEY folder a checkout asks for, with which packages
+MADE = shared_cache.MADE  # in a KEY folder made by this code (one without it is left alone)
 
 
 def cache_dir() -> Path:
@@ -121,57 +121,12 @@ def build(apt: Optional[Path] = None) -> Path:
     return final
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _record_use(apt: Path, final: Path) -> None:
-    """Note in USERS that this checkout (this module's file) asks for FINAL, the repository of
-    APT's packages: another checkout's clean-up keeps FINAL while this file and APT's Packages
-    are as now. One record per (this file, APT), rewritten when what it says changes; a cache
-    this process cannot write gets none (as before: nothing protects FINAL then)."""
+    """Note that this checkout (this module's file) asks for FINAL, the repository of APT's
+    packages: another checkout's clean-up keeps FINAL while this file and APT's Packages are as
+    now (the two decide KEY). One record per (this file, APT); see shared_cache.record_use."""
     module, packages = Path(__file__).resolve(), (apt / "Packages").resolve()
-    record = json.dumps({"module": str(module), "module_sha256": _sha256(module), "packages": str(packages),
-                         "packages_sha256": _sha256(packages), "key": final.name}, sort_keys=True)
-    name = hashlib.sha256(str(module).encode() + b"\0" + str(packages).encode()).hexdigest()[:16]
-    path = cache_dir() / USERS / f"{name}.json"
-    try:
-        if path.is_file() and path.read_text(encoding="utf-8") == record:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        partial.write_text(record, encoding="utf-8")
-        partial.replace(path)
-    except OSError:
-        pass
-
-
-def _wanted() -> Optional[set[str]]:
-    """The KEY folders some checkout still asks for: those of the USERS records whose module
-    file and Packages file are still as recorded. A stale record (either changed or gone: that
-    checkout now asks for another KEY) is removed. None when a record cannot be read (then
-    nothing is provably stale)."""
-    wanted: set[str] = set()
-    for path in sorted((cache_dir() / USERS).glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            name = str(record["key"])
-            module, packages = Path(record["module"]), Path(record["packages"])
-            current = _same(module, record["module_sha256"]) and _same(packages, record["packages_sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if current:
-            wanted.add(name)
-        else:
-            path.unlink(missing_ok=True)
-    return wanted
-
-
-def _same(path: Path, sha256: object) -> bool:
-    try:
-        return _sha256(path) == sha256
-    except FileNotFoundError:
-        return False
+    record_use(cache_dir(), final.name, (str(module), str(packages)), {"module": module, "packages": packages})
 
 
 def _alive(pid: int) -> bool:
@@ -186,16 +141,13 @@ def _alive(pid: int) -> bool:
 
 def _clean(final: Path) -> None:
     """Remove what is provably stale, never what another checkout may use (the caller holds the
-    lock): KEY folders made by this code (MADE) that no USERS record asks for any more, and the
-    work folders of builds whose process is gone (killed mid-build)."""
-    wanted = _wanted()
+    lock): KEY folders made by this code (MADE) that no USERS record asks for any more
+    (shared_cache.prune), and the work folders of builds whose process is gone (killed mid-build)."""
     for old in cache_dir().iterdir():
         work = re.fullmatch(r"\.build-([0-9]+)", old.name)
         if work and not _alive(int(work[1])):
             shutil.rmtree(old, ignore_errors=True)
-        elif (wanted is not None and old != final and old.name not in wanted and re.fullmatch(r"[0-9a-f]{16}", old.name)
-              and old.is_dir() and not old.is_symlink() and (old / MADE).is_file()):
-            shutil.rmtree(old, ignore_errors=True)
+    prune(cache_dir(), [old for old in cache_dir().iterdir() if re.fullmatch(r"[0-9a-f]{16}", old.name)], final.name)
 
 
 def _build(apt: Path, final: Path) -> None:
