@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures import cvmfs_build
+
 pytest_plugins: list[str] = [
     "tests.fixtures.cloudinit",
     "tests.fixtures.check",
@@ -27,6 +29,15 @@ pytest_plugins: list[str] = [
 # The builder's disk cache stays off in tests (and in the vfarm processes they start): a test sees
 # the bundles its own code makes, never ones a developer's earlier run left in ~/.cache.
 os.environ["VFARM_BUNDLE_CACHE"] = ""
+# This checkout's CernVM-FS build, the one its images were made with: other checkouts' builds share
+# the cache, and cvmfs_local.built_apt alone would take the newest.
+if "VFARM_CVMFS_APT" not in os.environ:
+    try:
+        _built = cvmfs_build.cached()
+    except cvmfs_build.BuildError:  # no source beside the checkout: the tests needing it say so
+        _built = None
+    if _built is not None:
+        os.environ["VFARM_CVMFS_APT"] = str(_built / "apt")
 
 TIERS = ("integration", "pool", "cvmfs", "openstack", "vm")
 # Fixtures that start processes: a test using one is at least an integration test.
