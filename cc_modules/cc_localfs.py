@@ -29,7 +29,7 @@ from typing import Any, Optional
 from ..config import localfs as localfs_spec
 from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
 from ..errors import PlanError, StepError
-from ..files import atomic_write, read_text, under, unescape_octal
+from ..files import atomic_write, on_top, read_text, under, unescape_octal
 from ..textsafe import UnsafeValue
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
@@ -62,10 +62,10 @@ class Facts:
     vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extent_size, extents, free
     lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> size, tags
     pvs: dict[str, str] = field(default_factory=dict)  # device (symlinks resolved) -> vg name ("" when none)
-    devices: dict[str, str] = field(default_factory=dict)  # configured device -> its symlinks resolved
+    devices: dict[str, str] = field(default_factory=dict)  # configured device, or one of a line we commented out -> its symlinks resolved
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
-    mounts: dict[str, str] = field(default_factory=dict)  # target -> source
+    mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
     swaps: list[str] = field(default_factory=list)  # active swap devices
     fstab: str = ""
     nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
@@ -165,13 +165,13 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
             path = f"/dev/{vg}/{lv}"
             facts.signatures[path] = _probe(ctx, path)
             facts.aliases[path] = sorted({mapper_name(vg, lv), os.path.realpath(path)} - {path})
-    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,FSTYPE"], check=False, changes=False)
+    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,ID,PARENT"], check=False, changes=False)
     if found.returncode not in (0, 1):  # 1: nothing mounted that matches
         raise CommandFailed(found)
-    try:
-        for row in json.loads(found.stdout or "{}").get("filesystems", []):
-            facts.mounts[row["target"]] = row.get("source") or ""
-    except (ValueError, AttributeError, KeyError) as err:
+    try:  # (an older util-linux gives the IDs as strings)
+        rows = json.loads(found.stdout or "{}").get("filesystems", [])
+        facts.mounts = on_top([(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows])
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None
     for path in facts.aliases:  # our volumes that the config names
         seen = next((target for target, source in facts.mounts.items() if _is_device(facts, path, source)), None)
@@ -182,6 +182,10 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts.fstab = read_text(ctx.path(FSTAB)) or ""
     for mount in fstab_mount_points(facts.fstab):
         _follow(ctx, facts, localfs_spec.normal_path(mount))
+    for replaced in filter(None, map(_REPLACED.match, facts.fstab.split("\n"))):  # a line we commented out:
+        device = (fstab_fields(replaced.group(1)) or [""])[0]  # its device, named as the PVs are
+        if device.startswith("/"):
+            facts.devices.setdefault(device, _real(ctx, device))
     for part in spec.parts:
         if part.mount:
             real = _follow(ctx, facts, part.mount)
@@ -425,16 +429,17 @@ def _place(mount: str, links: dict[str, str]) -> str:
 
 
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]],
-               links: Optional[dict[str, str]] = None) -> str:
+               links: Optional[dict[str, str]] = None, held: frozenset[str] = frozenset()) -> str:
     """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
     its first line stays as it is when it says what the entry says, else it is rewritten in
     place (an older vfarm's options, a mount point moved since); a second line of it is dropped,
     a missing one added at the end. A line of another device on one of our mount points is
     commented out (it would hide ours after a reboot), and put back as it was once no line
-    mounts there any more (the mount point left the config); any other line is left as it is
-    (a volume of ours the config no longer names included: see `plan`). Lines end at newlines
-    only; fields are compared as libmount reads them (fstab_fields), a foreign mount point at
-    the place mount would put it (_place: normalised, symlinks followed as in LINKS)."""
+    mounts there any more (the mount point left the config: _put_back; never one naming a device
+    in HELD, ours now: a PV, the config's devices); any other line is left as it is (a volume of
+    ours the config no longer names included: see `plan`). Lines end at newlines only; fields are
+    compared as libmount reads them (fstab_fields), a foreign mount point at the place mount would
+    put it (_place: normalised, symlinks followed as in LINKS)."""
     links = links or {}
     lines = current.split("\n")
     if lines and lines[-1] == "":
@@ -460,20 +465,23 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
         if FSTAB_MARK not in out:
             out.append(FSTAB_MARK)
         out += [fstab_line(entry) for entry in missing]
-    out = _put_back(out, set(index_of), links)
+    out = _put_back(out, set(index_of) | held, links)
     return "\n".join(out) + "\n" if out else ""
 
 
 def _put_back(lines: list[str], ours: set[str], links: dict[str, str]) -> list[str]:
-    """LINES with each line we commented out restored as it was when no line of LINES mounts at
-    its place any more, unless it names one of OUR devices (that one has its own line)."""
+    """LINES with a line we commented out restored as it was when no line of LINES mounts at its
+    place any more: one per place (two there fail the boot), the one commented out last (the lowest:
+    ours are added below); never one that names one of OUR devices (a volume of the config has its
+    own line; a PV holds no filesystem) nor one whose mount point is not absolute (edited by hand)."""
     taken = {_place(fields[1], links) for fields in map(fstab_fields, lines) if fields}
-    restored = []
-    for line in lines:
-        match = _REPLACED.match(line)
+    restored = list(lines)
+    for number in reversed(range(len(lines))):
+        match = _REPLACED.match(lines[number])
         fields = fstab_fields(match.group(1)) if match else None
-        free = fields is not None and fields[0] not in ours and _place(fields[1], links) not in taken
-        restored.append(match.group(1) if match and free else line)
+        if match and fields and fields[1].startswith("/") and fields[0] not in ours and _place(fields[1], links) not in taken:
+            taken.add(_place(fields[1], links))
+            restored[number] = match.group(1)
     return restored
 
 
@@ -621,8 +629,11 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     entries.sort(key=lambda entry: depth.get(entry[1], 0) if entry[2] != "swap" else 0)
     mounts.sort(key=lambda group: depth.get(group[0], 0) if group[0] else 0)
     steps = creates + mkfs + [step for _target, group in mounts for step in group]
+    # Devices ours now, by any name: a line we commented out may name one by a symlink to it.
+    held = {*facts.pvs, *spec.devices, *(_pv(facts, d) for d in spec.devices), *(n for e in entries for n in (e[0], *aliases[e[0]]))}
+    held |= {name for name, real in facts.devices.items() if real in held}
     try:
-        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links)
+        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links, frozenset(held))
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..display import shown
 from ..files import CHECK_HANDLED as HANDLED
-from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, under, unescape_octal
+from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, on_top, under, unescape_octal
 from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
 
@@ -341,11 +341,9 @@ def discover(paths: Paths) -> dict[str, Any]:
     wanted = {device for record in records.values() for device, _ in _mounts(record)}
     if wanted:  # what this boot has of it, by device number: any name of a device counts
         facts["devices"] = {device: device_number(under(paths.root, device)) for device in wanted}
-        # On top of a point: the mount there that no other mount there has for its parent (the
-        # kernel lists mounts in the order they were made, and a `mount --move` keeps its place).
+        # The mount on top of each point (files.on_top): id, parent, MAJOR:MINOR, /, mount point.
         rows = [row for row in _proc_rows(paths.proc / "self/mountinfo", problems) if len(row) > 4]
-        covered = {(row[1], row[4]) for row in rows}
-        facts["mounted"] = {row[4]: row[2] for row in rows if (row[0], row[4]) not in covered}
+        facts["mounted"] = on_top([(row[0], row[1], row[4], row[2]) for row in rows])
         facts["swaps"] = [device_number(under(paths.root, row[0])) for row in _proc_rows(paths.proc / "swaps", problems)[1:] if row]
 
     for name in ("status", "result"):

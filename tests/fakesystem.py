@@ -114,7 +114,8 @@ class FakeMachine:
             found = self.signatures.get(argv[-1])
             return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n", "") if found else (2, "", "")
         if tool == "findmnt":
-            return 0, json.dumps({"filesystems": [{"target": t, "source": s, "fstype": "ext4"} for t, s in self.mounts.items()]}), ""
+            rows = [{"target": t, "source": s, "id": n, "parent": 1} for n, (t, s) in enumerate(self.mounts.items(), start=2)]  # each on /'s
+            return 0, json.dumps({"filesystems": rows}), ""
         if tool == "swapon" and argv[1:2] == ["--show=NAME"]:
             return 0, "".join(f"{s}\n" for s in self.swaps), ""
         if tool == "swapon":

@@ -277,6 +277,15 @@ def unescape_octal(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), raw).decode(errors="surrogateescape")
 
 
+def on_top(mounts: list[tuple[str, str, str, str]]) -> dict[str, str]:
+    """Mount point -> the source of the mount on top there, of MOUNTS (id, parent id, mount point,
+    source) as mountinfo and findmnt list them: the one at a point that no other mount at that point
+    has for its parent (they are listed in the order they were made, and a `mount --move` keeps its
+    place: the last one listed at a point may be below another)."""
+    covered = {(parent, target) for _, parent, target, _ in mounts}
+    return {target: source for mount, _, target, source in mounts if (mount, target) not in covered}
+
+
 def read_text(path: PathLike) -> Optional[str]:
     """The file's text, or None when it does not exist."""
     try:

@@ -40,11 +40,12 @@ _ENCODED_VALUE = re.compile(r"[^\s&;%]*(?:%(?!26)[^\s&;%]*)*")
 # A YAML block scalar's header (`password: |`, `token: >-`, `|2+`): the value is the lines below.
 _BLOCK_HEADER = re.compile(r"[|>][-+0-9]*[ \t]*")
 _INDENT = re.compile(r"[ \t]*")
-# A text on one line may hold its line ends escaped: `\n` (a repr: cloud-init's errors) or `\x0a`
-# (`escape_controls`, which `shown` applies before it redacts). Its blocks are read in a copy where
-# each is a real line end, padded with `\r` to the same length; `\\` (a repr's backslash) stays.
-_ESCAPED_END = re.compile(r"\\(?:[nr]|x0[ad]|\\)")
-_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\"}
+# A text may hold line ends (and tabs) escaped: `\n` (a repr: cloud-init's errors, a traceback's
+# lines) or `\x0a` (`escape_controls`, which `shown` applies before it redacts). Keys are read in a
+# copy where each is the real character, padded with `\r` to the same length (so are the blocks of
+# a text on one line); `\\` (a repr's backslash) stays.
+_ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[ad]|\\)")
+_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\"}
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -268,10 +269,11 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
-    lines = text if "\n" in text or "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
-    # Read there too: a key's start (`\npass` starts with `pass`), and the blanks after its `:`
-    # (YAML's `token:\n  X` is token X). A value still ends at a blank of TEXT (a `\n` may be its own).
-    keys = folded if lines is text else _folded(lines)
+    padded = text if "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
+    lines = text if "\n" in text else padded
+    # Read there too: a key's start (`\npass` starts with `pass`; `\token` still reads as `token`), and
+    # the blanks after its `:` (YAML's `token:\n  X` is token X). A value ends at a blank of TEXT.
+    keys = folded if padded is text else _folded(padded)
     line = [0, -1, 0, 0]  # the last key line _block_value read: start, end, its block's span
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
@@ -285,8 +287,8 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
             elif text.find(".", start, key_end) < 0:
                 option_end = key_end
                 _option_value(text, folded, start, key_end, spans, unclosed)
-            if _SECRET_FOLDED.search(keys, start, key_end):
-                separator = _SEPARATOR.match(lines, key_end)
+            if _SECRET_FOLDED.search(keys, start, key_end) or _SECRET_FOLDED.search(folded, start, key_end):
+                separator = _SEPARATOR.match(padded, key_end)
                 if separator is not None:
                     begin, quote = separator.end(), separator.group(2)
                     scheme = None if quote else _AUTH_SCHEME.match(text, begin)

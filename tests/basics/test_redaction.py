@@ -109,6 +109,9 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         ("ValueError('db:\\npass: s3cret\\nuser: me')", "ValueError('db:\\npass: *** me')"),
         ("a\\x0apwd=s3cret b\\r\\npwd: s3cret", "a\\x0apwd=*** b\\r\\npwd: ***"),
         ("tests\\npassed: 3\\nbypass=on\\\\npass: x", "tests\\npassed: 3\\nbypass=on\\\\npass: x"),  # `\\n`: a backslash, then `npass`
+        # ... in a text of several lines too (a traceback quoting a repr); an escaped tab before a key
+        ("E\nValueError: 'c:\\n  token:\\n    s3cret1\\n  db:\\npass: s3cret2' (x)\nn", "E\nValueError: 'c:\\n  token:\\n    ***  db:\\npass: *** (x)\nn"),
+        ("env: 'USER=me\\tpass=s3cret' x\\tbypass=1 C:\\\\tpass=on \\token=s3cret", "env: 'USER=me\\tpass=*** x\\tbypass=1 C:\\\\tpass=on \\token=***"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -288,13 +291,14 @@ def test_the_final_check_hides_a_value_on_the_line_below_its_key_in_cloud_inits_
     from vfarm.cc_modules import check
 
     section = "condor:\n  host: cm.example.org\n  token:\n    s3cret1\n  db:\n    pass: s3cret2\n"
-    error = f"('vfarm_condor', ValueError('cannot use the section {section!r}'))"
-    facts = {"records": {}, "status": {"v1": {"init": {"errors": [error], "start": 1.0, "finished": 2.0}}}, "result": {"v1": {"errors": [error]}},
-             "userdata": {"sections": [], "includes": []}, "unhandled": [], "instance_id": "i-1"}
-    summary = check.plan(facts, check.Settings())
-    assert "token:\\n    ***" in summary["cloud_init"]["stages"][0]["errors"][0]
-    for text in (json.dumps(summary), check.render(summary), check.verdict_line(summary)):
-        assert "s3cret" not in text and "cm.example.org" in text, text
+    # one line, or several (a command's error quoting it in its output, a traceback)
+    for error in (f"('vfarm_condor', ValueError('cannot use the section {section!r}'))", f"Command: ['x']\nStdout: cannot use {section!r}\nStderr: -"):
+        facts = {"records": {}, "status": {"v1": {"init": {"errors": [error], "start": 1.0, "finished": 2.0}}}, "result": {"v1": {"errors": [error]}},
+                 "userdata": {"sections": [], "includes": []}, "unhandled": [], "instance_id": "i-1"}
+        summary = check.plan(facts, check.Settings())
+        assert "token:\\n    ***" in summary["cloud_init"]["stages"][0]["errors"][0]
+        for text in (json.dumps(summary), check.render(summary), check.verdict_line(summary)):
+            assert "s3cret" not in text and "cm.example.org" in text, text
 
 
 def _repeat(piece: str) -> str:

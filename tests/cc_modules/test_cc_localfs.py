@@ -360,6 +360,7 @@ def test_discover_reads_the_real_lvm_fullreport(tmp_path: Path) -> None:
         assert facts.vgs == {"vg_fullreport": {"extent_size": 4 << 20, "extents": 15, "free": 15}}
         assert facts.pvs == {loops[0]: "vg_fullreport", loops[1]: ""}
         assert facts.lvs == {}
+        assert "/" in facts.mounts  # read from the real findmnt's IDs and PARENTs
     finally:
         if loops:
             subprocess.run(["vgremove", "-qf", "--devices", ",".join(loops), "vg_fullreport"], env=env, capture_output=True)
@@ -769,6 +770,58 @@ def test_a_moved_volume_is_unmounted_from_its_old_mount_point(root: Path) -> Non
         again = FakeRunner(machine=machine)
         assert run(root, again, after)["status"] == "ok" and again.changing_calls() == []
         (root / "etc/fstab").write_text(IMAGE_FSTAB)
+
+
+def test_a_moved_volume_under_a_foreign_mount_moved_on_top_of_it_is_not_unmounted(root: Path) -> None:
+    """scratch moves from /scratch to /data, but a foreign mount B was moved on top of it at
+    /scratch (`mount B /y; mount --move /y /scratch`: findmnt 2.38 lists B first, its parent our
+    mount): a plain umount there would take B down, so none is run; scratch is mounted at /data."""
+    before, after = {"parts": {"scratch": {"size": 10, "mount": "/scratch"}}}, {"parts": {"scratch": {"size": 10, "mount": "/data"}}}
+    machine = fresh_machine()
+    assert run(root, FakeRunner(machine=machine), before)["status"] == "ok"
+    old = str(root / "scratch")
+    rows = [{"target": old, "source": "B", "id": 97, "parent": 98}, {"target": old, "source": "/dev/mapper/vg_local-scratch", "id": 98, "parent": 1}]
+    runner = FakeRunner(machine=machine, answers={("findmnt",): (0, json.dumps({"filesystems": rows}), "")})
+    status = run(root, runner, after)
+    assert status["status"] == "ok", status["reason"]
+    assert ["umount", old] not in runner.calls and ["mount", "-t", "ext4", "-o", "defaults", "/dev/vg_local/scratch", str(root / "data")] in runner.calls
+
+
+def test_at_most_one_commented_out_line_is_put_back_per_place(root: Path) -> None:
+    """scratch took /data (the admin's line commented out), then left the config (kept, its line
+    too); work took /data (scratch's line commented out), then moved to /srv: only the line
+    commented out last comes back, scratch's (two at /data: systemd's generator refuses the
+    second); the next run changes nothing. A comment edited by hand (a mount point that is not
+    absolute) never comes back."""
+    admins = "/dev/sdb1 /data xfs defaults 0 2"
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{admins}\n")
+    machine = fresh_machine()
+    for parts in ({"scratch": {"size": 10, "mount": "/data"}}, {"work": {"size": 10, "mount": "/data"}}, {"work": {"size": 10, "mount": "/srv"}}):
+        assert run(root, FakeRunner(machine=machine), {"parts": parts})["status"] == "ok"
+    lines = (root / "etc/fstab").read_text().splitlines()
+    assert [fields[0] for fields in map(cc_localfs.fstab_fields, lines) if fields and fields[1] == "/data"] == ["/dev/vg_local/scratch"]
+    assert f"# vfarm localfs: replaced by /dev/vg_local/scratch: {admins}" in lines
+    again = FakeRunner(machine=machine)
+    assert run(root, again, {"parts": parts})["status"] == "ok" and again.changing_calls() == []
+    edited = "# vfarm localfs: replaced by X: a b c\n"
+    assert cc_localfs.fstab_text(edited, [], {}) == edited
+
+
+def test_a_commented_out_line_of_a_device_now_a_pv_is_never_put_back(root: Path) -> None:
+    """The image's /data line names /dev/vdb (or a symlink to it); the config makes the volume
+    group there (force) with scratch at /data: the line is commented out. scratch moves to
+    /scratch: the line stays commented out (it would mount a PV at every boot)."""
+    (root / "dev/disk/by-id").mkdir(parents=True)
+    (root / "dev/disk/by-id/virtio-data").symlink_to("../../vdb")
+    for name in ("/dev/vdb", "/dev/disk/by-id/virtio-data"):
+        line = f"{name} /data ext4 defaults 0 2"
+        (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{line}\n")
+        machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4"})
+        for mount in ("/data", "/scratch"):
+            section = {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": mount}}}
+            assert run(root, FakeRunner(machine=machine), section)["status"] == "ok"
+        assert f"# vfarm localfs: replaced by /dev/vg_local/scratch: {line}" in (root / "etc/fstab").read_text().splitlines()
+        assert machine.pvs == {"/dev/vdb": "vg_local"}
 
 
 def test_a_volume_with_data_moved_onto_content_is_refused_before_anything_is_done(root: Path) -> None:
