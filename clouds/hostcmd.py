@@ -66,7 +66,7 @@ LOCK_POLL = 0.2  # seconds between tries when a wait has a timeout
 
 
 class LockTimeout(CommandError):
-    """Another process held the lock longer than the caller's timeout."""
+    """Another holder (a process, or another thread of this one) kept the lock longer than the caller's timeout."""
 
 
 @contextmanager
@@ -110,7 +110,7 @@ def _wait(lock: IO[str], path: Path, timeout: Optional[float]) -> None:
         except BlockingIOError:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LockTimeout(f"{path}: another process has held this lock for over {timeout:.0f} s") from None
+                raise LockTimeout(f"{path}: another process or thread has held this lock for over {timeout:.0f} s") from None
             time.sleep(min(LOCK_POLL, left))
 
 

@@ -138,7 +138,7 @@ def test_a_wait_with_a_timeout_ends_with_lock_timeout(tmp_path: Path, monkeypatc
     with open(path, "w") as holder:  # another process's lock, as flock sees it: another open file
         fcntl.flock(holder, fcntl.LOCK_EX)
         started = time.monotonic()
-        with pytest.raises(hostcmd.LockTimeout, match=r"\.lock: another process has held this lock for over 0 s"), \
+        with pytest.raises(hostcmd.LockTimeout, match=r"\.lock: another process or thread has held this lock for over 0 s"), \
                 locked(path, "busy: waiting", area="test", timeout=0.3):
             pytest.fail("the block ran without the lock")
         assert 0.3 <= time.monotonic() - started < 5
