@@ -43,7 +43,7 @@ _INDENT = re.compile(r"[ \t]*")
 # A text may hold line ends (and tabs) escaped: `\n` (a repr: cloud-init's errors, a traceback's
 # lines) or `\x0a` (`escape_controls`, which `shown` applies before it redacts). Keys are read in a
 # copy where each is the real character, padded with `\r` to the same length (so are the blocks of
-# a text on one line); `\\` (a repr's backslash) stays.
+# a key line that ends escaped); `\\` (a repr's backslash) stays.
 _ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[ad]|\\)")
 _LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\"}
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
@@ -270,11 +270,10 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
     padded = text if "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
-    lines = text if "\n" in text else padded
     # Read there too: a key's start (`\npass` starts with `pass`; `\token` still reads as `token`), and
     # the blanks after its `:` (YAML's `token:\n  X` is token X). A value ends at a blank of TEXT.
     keys = folded if padded is text else _folded(padded)
-    line = [0, -1, 0, 0]  # the last key line _block_value read: start, end, its block's span
+    line = [0, -1, 0, 0, -1]  # the last key line _block_value read: start, end, its block's span, next real line end
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
     heapq.heapify(heap)
     while heap:
@@ -295,7 +294,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                     if scheme is not None:
                         begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        block = None if quote else _block_value(lines, at, begin, line)
+                        block = None if quote else _block_value(text, padded, at, begin, line)
                         if block is not None:  # the lines below are hidden, the header is not
                             value_run = (begin, block[1])
                             begin = block[0]
@@ -315,23 +314,29 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _block_value(text: str, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
+def _block_value(text: str, padded: str, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
     """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
     of the key whose secret word is at KEY (not the key's start: the `n` of an escaped `\\n` before
     it is a key character) or before a comment: the lines below that are blank (`\\r` too) or
     indented more than the key's line, without the blanks around them; None when there is no header
-    or no such line. TEXT is the one read for lines (see _LINE_END). LINE caches the key line's end
-    and that span: the keys of one line read the lines below once."""
-    header = _BLOCK_HEADER.match(text, begin)
-    if header is None or (header.end() < len(text) and text[header.end()] not in "\r\n#"):
+    or no such line. Lines are TEXT's if the key line ends at a real line end (a `\\n` below is a
+    value's), else PADDED's up to the next real one (a repr's). LINE caches the key line's end, that
+    span and the next real line end: the keys of one line read the lines below once."""
+    header = _BLOCK_HEADER.match(padded, begin)
+    if header is None or (header.end() < len(padded) and padded[header.end()] not in "\r\n#"):
         return None
     if not line[0] <= key <= line[1]:
-        start, end = text.rfind("\n", 0, key) + 1, text.find("\n", key)
+        end = padded.find("\n", key)
         end = len(text) if end < 0 else end
-        indent = _end_of(_INDENT, text, start) - start
-        block = re.compile(rf"(?:[ \t\r]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(text, end + 1)
+        if line[4] < end:
+            stop = text.find("\n", end)
+            line[4] = len(text) if stop < 0 else stop
+        lines, stop = (text, len(text)) if line[4] == end else (padded, line[4])
+        start = lines.rfind("\n", 0, key) + 1
+        indent = _end_of(_INDENT, lines, start) - start
+        block = re.compile(rf"(?:[ \t\r]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(lines, end + 1, stop)
         below = block.group() if block else ""
-        line[:] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]
+        line[:4] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]
     return (line[2], line[3]) if line[2] < line[3] else None
 
 

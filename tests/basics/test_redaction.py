@@ -112,6 +112,12 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         # ... in a text of several lines too (a traceback quoting a repr); an escaped tab before a key
         ("E\nValueError: 'c:\\n  token:\\n    s3cret1\\n  db:\\npass: s3cret2' (x)\nn", "E\nValueError: 'c:\\n  token:\\n    ***  db:\\npass: *** (x)\nn"),
         ("env: 'USER=me\\tpass=s3cret' x\\tbypass=1 C:\\\\tpass=on \\token=s3cret", "env: 'USER=me\\tpass=*** x\\tbypass=1 C:\\\\tpass=on \\token=***"),
+        # ... a YAML block there too, to the repr's end: the real line after it is not the block's, however indented
+        ('Traceback (most recent call last):\n  File "x", line 1\nValueError: \'password: |\\n    s3cret\\nother: 1\'',
+         'Traceback (most recent call last):\n  File "x", line 1\nValueError: \'password: |\\n    ***\\nother: 1\''),
+        ("E\nKeyError: 'a:\\x0a  token: >-\\x0a    s3cret\\x0a\\x0a    more'\n    x: 1", "E\nKeyError: 'a:\\x0a  token: >-\\x0a    ***\n    x: 1"),
+        ("E\na:\\x0a  password: |\\x0a    s3cret\\x0a  token:\\x0a    s3cret2 x\\x0a  b: 1\nn",
+         "E\na:\\x0a  password: |\\x0a    ***\\x0a  token:\\x0a    *** x\\x0a  b: 1\nn"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -256,9 +262,12 @@ def test_no_password_survives_in_a_yaml_block(password: str) -> None:
         text = around.replace("\x00", password)
         assert password not in redact(text)
         if "\\" not in password:  # a `\n` or `\x0a` of its own would read as a line end
-            # one line, its line ends escaped: by `shown` (`\x0a`), or as in a repr (`\n`)
+            # one line, its line ends escaped: by `shown` (`\x0a`), or as in a repr (`\n`), alone or in a text of several lines
             assert password not in shown(text)
-            assert password not in redact(text.replace("\r", "\\r").replace("\n", "\\n"))
+            escaped = around.replace("\r", "\\r").replace("\n", "\\n")
+            for lines in (escaped, f"E\nValueError: '{escaped}'\n    x"):
+                if password not in lines:
+                    assert password not in redact(lines.replace("\x00", password))
 
 
 def test_shown_hides_a_yaml_block_though_it_escapes_first() -> None:
@@ -349,6 +358,7 @@ HOSTILE = {
     "sshpass short options": ("sshpass " + _repeat("-v "), None),
     "escaped yaml block headers": (_repeat("password: |\\n"), "password: ***"),
     "escaped nested yaml blocks": ("".join(" " * i + "password: |\\x0a" for i in range(700)), "password: |\\x0a ***"),
+    "escaped yaml blocks, a real line end": (_repeat("password: |\\n x\\n") + "\n", "password: |\\n ***\\npassword: |\\n ***"),
     "escaped yaml block lines": ("password: |" + _repeat("\\n  x"), "password: |\\n  ***"),
     "escaped backslashes": ("password: |\\n " + "\\" * SIZE, "password: |\\n ***"),
     "escaped line ends after a key": ("password:" + _repeat("\\n"), None),
