@@ -25,12 +25,13 @@ import hashlib
 import os
 import re
 import shutil
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Optional
 
 from . import shared_cache
 from .hostcmd import CommandError, cache_base, locked, progress, run
-from .shared_cache import prune, record_use
+from .shared_cache import asking, prune
 
 SUITES = ("bookworm-prod", "trixie-prod")
 VARIANT = "debian"  # the build variant guests install (tests/fixtures/cvmfs_build.py)
@@ -108,9 +109,9 @@ def build(apt: Optional[Path] = None) -> Path:
     by one set-up at a time)."""
     apt = apt or built_apt()
     final = cache_dir() / key(apt)
-    _record_use(apt, final)  # first: a clean-up that reads it from now on keeps FINAL
-    if (final / "dists").is_dir():
-        return final
+    with _asking(apt, final):  # a clean-up from now on keeps FINAL; one before it took a stale FINAL
+        if (final / "dists").is_dir():
+            return final
     # Two set-ups on one machine (two checkouts) share the cache: one builds, the other waits and says so.
     with locked(cache_dir() / ".lock", f"another set-up is building in {cache_dir()}: waiting for it", area="cvmfs"):
         if (final / "dists").is_dir():  # built by the set-up this one waited for
@@ -121,12 +122,13 @@ def build(apt: Optional[Path] = None) -> Path:
     return final
 
 
-def _record_use(apt: Path, final: Path) -> None:
+def _asking(apt: Path, final: Path) -> AbstractContextManager[None]:
     """Note that this checkout (this module's file) asks for FINAL, the repository of APT's
-    packages: another checkout's clean-up keeps FINAL while this file and APT's Packages are as
-    now (the two decide KEY). One record per (this file, APT); see shared_cache.record_use."""
+    packages, while the block looks for it: another checkout's clean-up keeps FINAL while this
+    file and APT's Packages are as now (the two decide KEY). One record per (this file, APT);
+    see shared_cache.asking."""
     module, packages = Path(__file__).resolve(), (apt / "Packages").resolve()
-    record_use(cache_dir(), final.name, (str(module), str(packages)), {"module": module, "packages": packages})
+    return asking(cache_dir(), final.name, (str(module), str(packages)), {"module": module, "packages": packages})
 
 
 def _alive(pid: int) -> bool:

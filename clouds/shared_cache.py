@@ -5,7 +5,10 @@ One rule for every builder of such a cache (clouds/cvmfs_local.py, tests/fixture
 tests/fixtures/cvmfs_repo.py):
   * Before it looks for its folder, a builder records which folder its checkout asks for
     (`record_use`: CACHE/.users/ID.json), with the sha256 of the files whose contents decide that
-    folder and, optionally, a file of the checkout that must still be there.
+    folder and, optionally, a file of the checkout that must still be there. It records and looks
+    inside `asking`, which holds the records' lock shared; `prune` holds it exclusive, so a prune
+    comes wholly before the look (which then finds the folder gone and builds it) or after the
+    record (which it then reads).
   * A record stands while each of its files is as recorded and its checkout file is there: a
     changed or missing file means that checkout asks for another folder now, or is gone. A later
     record of the same asker replaces it.
@@ -19,12 +22,14 @@ keeps that folder and every folder that holds it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +37,7 @@ USERS = ".users"  # CACHE/.users/ID.json: which folder an asker (a checkout, wit
 MADE = ".vfarm-made"  # in a folder made by a builder that records (one without it is left alone)
 SHA = "_sha256"  # a record's field LABEL + SHA is the sha256 of the file at field LABEL
 CHECKOUT = "checkout"  # a record's field: a file of the checkout; the record stands while it is there
+RECORDS_LOCK = ".lock"  # CACHE/.users/.lock: shared while a builder records and looks, exclusive while one prunes
 
 
 def sha256(path: Path) -> str:
@@ -67,9 +73,35 @@ def record_use(cache: Path, key: str, asker: Sequence[str], files: Mapping[str, 
         pass
 
 
-def wanted(cache: Path) -> Optional[set[str]]:
+@contextmanager
+def asking(cache: Path, key: str, asker: Sequence[str], files: Mapping[str, Path], checkout: Optional[Path] = None) -> Iterator[None]:
+    """`record_use`, then the block (the caller's look for CACHE/KEY), with no prune in between."""
+    with _records_locked(cache, fcntl.LOCK_SH):
+        record_use(cache, key, asker, files, checkout)
+        yield
+
+
+@contextmanager
+def _records_locked(cache: Path, mode: int) -> Iterator[None]:
+    """CACHE's records' lock held in MODE (flock's LOCK_SH or LOCK_EX) while the block runs; not
+    at all when this process cannot make it (then it cannot write a record either)."""
+    try:
+        (cache / USERS).mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(cache / USERS / RECORDS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, mode)
+        yield
+    finally:
+        os.close(descriptor)  # (the kernel drops the flock with the file)
+
+
+def _wanted(cache: Path) -> Optional[set[str]]:
     """The folders some checkout still asks for: the keys of CACHE's standing records. A record
-    that no longer stands is removed. None when a record cannot be read (then nothing is
+    that no longer stands is removed (under the records' lock held exclusive: no owner is
+    rewriting it). None when a record cannot be read (then nothing is
     provably stale)."""
     keys: set[str] = set()
     for path in sorted((cache / USERS).glob("*.json")):
@@ -111,16 +143,17 @@ def prune(cache: Path, candidates: Iterable[Path], keep: str) -> list[Path]:
     them) that no standing record names, neither holding a folder one names, nor KEEP (the
     caller's own folder, as its record names it). The caller holds the cache's lock.
     The folders removed."""
-    names = wanted(cache)
-    if names is None:
-        return []
-    names.add(keep)
-    removed = []
-    for folder in candidates:
-        name = folder.relative_to(cache).as_posix()
-        if any(kept == name or kept.startswith(name + "/") for kept in names):
-            continue
-        if folder.is_dir() and not folder.is_symlink() and (folder / MADE).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+    with _records_locked(cache, fcntl.LOCK_EX):
+        names = _wanted(cache)
+        if names is None:
+            return []
+        names.add(keep)
+        removed = []
+        for folder in candidates:
+            name = folder.relative_to(cache).as_posix()
+            if any(kept == name or kept.startswith(name + "/") for kept in names):
+                continue
+            if folder.is_dir() and not folder.is_symlink() and (folder / MADE).is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed

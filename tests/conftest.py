@@ -34,7 +34,7 @@ os.environ["VFARM_BUNDLE_CACHE"] = ""
 if "VFARM_CVMFS_APT" not in os.environ:
     try:
         _built = cvmfs_build.cached()
-    except cvmfs_build.BuildError:  # no source beside the checkout: the tests needing it say so
+    except (cvmfs_build.BuildError, OSError):  # no source (or its sums) beside the checkout: the tests needing it say so
         _built = None
     if _built is not None:
         os.environ["VFARM_CVMFS_APT"] = str(_built / "apt")
