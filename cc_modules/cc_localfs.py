@@ -4,15 +4,19 @@ swap and /etc/fstab. discover (lvm2 JSON reports, blkid, findmnt) -> plan (pure)
 
 Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TAG`; a same-named
 LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
-devices unless `force`; the sizes are known to fit before anything is touched (on a VG still
-to create: the devices' sizes); existing content of a mount point is carried into the new
-filesystem (once: a marker at its root) if that holds nothing else yet (a volume with data is
-refused there, neither copied onto nor mounted over: by the plan when the volume is mounted
-somewhere, its root read there), never with a mount below it that is not ours; a volume moved
-elsewhere is unmounted from its old place once mounted at the new one (plain umount, a failure
-recorded); fstab is written atomically, once, at the end, one line per volume of ours, each with
-`nofail`; a second run plans nothing. The record lists the volumes as `mounts` (what fstab says
-of them), which the final check finds in place at every boot: this module runs once per instance.
+devices unless `force` (which unmounts and swaps off such a device first: cloud-init's `mounts`
+puts EC2's instance store at /mnt; a failure stops the run before any wipe); the sizes are known
+to fit before anything is touched (on a VG still to create: the devices' sizes); existing
+content of a mount point is carried into the new filesystem (once: a marker at its root) if
+that holds nothing else yet (a volume with data is refused there, neither copied onto nor
+mounted over: by the plan when the volume is mounted somewhere, its root read there), never
+with a mount below it that is not ours; a volume moved elsewhere is unmounted from its old place
+once mounted at the new one (plain umount, a failure recorded); fstab is written atomically,
+at the end, one line per volume of ours, each with `nofail`; every line naming a device that
+becomes a PV (by any name: a symlink, UUID=, LABEL=) is commented out, before the wipe, and
+recorded as `commented_out`; a second run plans nothing. The record lists the volumes as
+`mounts` (what fstab says of them), which the final check finds in place at every boot: this
+module runs once per instance.
 Volumes of ours the config no longer names are kept, fstab lines too, and recorded as `kept`.
 """
 
@@ -62,7 +66,8 @@ class Facts:
     vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extent_size, extents, free
     lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> size, tags
     pvs: dict[str, str] = field(default_factory=dict)  # device (symlinks resolved) -> vg name ("" when none)
-    devices: dict[str, str] = field(default_factory=dict)  # configured device, or one of a line we commented out -> its symlinks resolved
+    devices: dict[str, str] = field(default_factory=dict)  # device named by the config, fstab, findmnt, swapon -> its symlinks resolved
+    ids: dict[str, list[str]] = field(default_factory=dict)  # configured device -> UUID=, LABEL=... blkid found on it: fstab's names of it
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
@@ -102,19 +107,24 @@ def _lvm_report(ctx: Context) -> dict[str, list[dict[str, str]]]:
     return rows
 
 
-def _probe(ctx: Context, device: str) -> Optional[str]:
-    """What blkid finds on DEVICE (filesystem TYPE or partition table), None when blank."""
+BLKID_IDS = {"UUID": "UUID", "LABEL": "LABEL", "PART_ENTRY_UUID": "PARTUUID", "PART_ENTRY_NAME": "PARTLABEL"}  # blkid -p's -> fstab's
+
+
+def _probe(ctx: Context, device: str) -> tuple[Optional[str], list[str]]:
+    """What blkid finds on DEVICE (filesystem TYPE or partition table; None when blank), and the
+    names fstab may give it by that content (UUID=..., LABEL=..., PARTUUID=..., PARTLABEL=...)."""
     result = ctx.runner.run(["blkid", "-p", "-o", "export", device], check=False, changes=False)
     if result.returncode == 2 and not result.stderr.strip():
-        return None
+        return None, []
     if result.returncode != 0:
         raise CommandFailed(result)
     values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    ids = [BLKID_IDS[key] + "=" + re.sub(r"\\(.)", r"\1", value) for key, value in values.items() if key in BLKID_IDS and value]  # `\ `: a space
     if values.get("TYPE"):
-        return values["TYPE"]
+        return values["TYPE"], ids
     if values.get("PTTYPE"):
-        return f"a {values['PTTYPE']} partition table"
-    return values.get("USAGE") or "something"
+        return f"a {values['PTTYPE']} partition table", ids
+    return values.get("USAGE") or "something", ids
 
 
 def mapper_name(vg: str, lv: str) -> str:
@@ -155,7 +165,7 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     for device in spec.devices:
         real = facts.devices[device] = _real(ctx, device)
         if real not in facts.pvs:
-            facts.signatures[device] = _probe(ctx, device)
+            facts.signatures[device], facts.ids[device] = _probe(ctx, device)
         if not facts.pvs.get(real):
             size = ctx.runner.run(["blockdev", "--getsize64", device], changes=False).stdout.strip()
             facts.sizes[device] = int(size) if size.isdigit() else 0
@@ -163,7 +173,7 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
         vg, lv = key.split("/", 1)
         if any(part.name == lv for part in spec.parts):
             path = f"/dev/{vg}/{lv}"
-            facts.signatures[path] = _probe(ctx, path)
+            facts.signatures[path] = _probe(ctx, path)[0]
             facts.aliases[path] = sorted({mapper_name(vg, lv), os.path.realpath(path)} - {path})
     found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,ID,PARENT"], check=False, changes=False)
     if found.returncode not in (0, 1):  # 1: nothing mounted that matches
@@ -182,9 +192,9 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     facts.fstab = read_text(ctx.path(FSTAB)) or ""
     for mount in fstab_mount_points(facts.fstab):
         _follow(ctx, facts, localfs_spec.normal_path(mount))
-    for replaced in filter(None, map(_REPLACED.match, facts.fstab.split("\n"))):  # a line we commented out:
-        device = (fstab_fields(replaced.group(1)) or [""])[0]  # its device, named as the PVs are
-        if device.startswith("/"):
+    # Devices by other names (a symlink; EC2's /dev/xvdb): mounted, swap, of fstab's lines (ours commented out too, and what replaced them).
+    for device in [*facts.mounts.values(), *facts.swaps, *(name for by, fields in _fstab_lines(facts.fstab) for name in (fields[0], by) if name)]:
+        if device.startswith("/dev/"):
             facts.devices.setdefault(device, _real(ctx, device))
     for part in spec.parts:
         if part.mount:
@@ -201,12 +211,23 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
 
 
 def _pv(facts: Facts, device: str) -> str:
-    """The name FACTS.pvs knows a configured DEVICE by."""
+    """The name FACTS.pvs knows DEVICE by (a configured one, or one discover saw elsewhere)."""
     return facts.devices.get(device, device)
 
 
 def _own_lvs(facts: Facts, vg: str) -> list[str]:
     return [key.split("/", 1)[1] for key, lv in facts.lvs.items() if key.startswith(vg + "/") and LV_TAG in lv["tags"]]
+
+
+def _pv_names(spec: LocalfsSpec, facts: Facts) -> dict[str, str]:
+    """Each name fstab may give a device of SPEC (its path, a symlink to it, UUID=, LABEL=... of
+    what blkid found on it before the wipe) -> the config's name of it."""
+    names: dict[str, str] = {}
+    for device in spec.devices:
+        real = _pv(facts, device)
+        names.update({name: device for name, other in facts.devices.items() if other == real})
+        names.update(dict.fromkeys([device, real, *facts.ids.get(device, [])], device))
+    return names
 
 
 def choose_vg(spec: LocalfsSpec, facts: Facts) -> tuple[str, bool]:
@@ -247,7 +268,30 @@ def _command(action: str, argv: list[str], **details: Any) -> Run:
     return Run(action, argv, env=LVM_ENV if argv[0] in LVM_TOOLS else None, details=details)
 
 
-def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[Step]:
+def _free(device: str, argv: list[str], where: str) -> Custom:
+    """ARGV, a plain umount or swapoff (never lazy nor forced), so that force can wipe DEVICE, in
+    use WHERE. A failure (busy) stops the run before anything is wiped; nothing to undo."""
+
+    def run(ctx: Context) -> dict[str, Any]:
+        result = ctx.runner.run(argv, check=False)
+        if result.returncode != 0:
+            raise StepError(f"device {device} is {where} and {result.summary()}: nothing wiped")
+        return {}
+
+    return Custom(argv[0], run, {"device": device, "argv": argv})
+
+
+def _in_use(facts: Facts, device: str) -> list[Custom]:
+    """The steps that free DEVICE (any name of it) where it is mounted (the innermost first) or swap."""
+    real = _pv(facts, device)
+    targets = sorted((target for target, source in facts.mounts.items() if _pv(facts, source) == real), reverse=True)
+    return [_free(device, ["umount", target], f"mounted at {target}") for target in targets] + [
+        _free(device, ["swapoff", swap], "swap in use") for swap in facts.swaps if _pv(facts, swap) == real]
+
+
+def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> list[Step]:
+    """Free the devices force wipes, then FSTAB (their lines commented out), then wipe, pvcreate, vgcreate."""
+    free: list[Step] = []
     steps: list[Step] = []
     if len({_pv(facts, d) for d in spec.devices}) < len(spec.devices):
         raise PlanError(f"devices {', '.join(spec.devices)} name one device more than once")
@@ -261,10 +305,11 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str) -> list[Step]:
         if found:
             if not spec.force:
                 raise PlanError(f"device {device} holds {found}: refusing to pvcreate on it (set force: true to destroy what is there)")
+            free += _in_use(facts, device)
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
     steps.append(_command("vgcreate", ["vgcreate", vg, *spec.devices], vg=vg))
-    return steps
+    return free + fstab + steps
 
 
 def _new_vg(spec: LocalfsSpec, facts: Facts, vg: str) -> VolumeGroup:
@@ -396,7 +441,7 @@ def fstab_line(entry: tuple[str, str, str, str, int, int]) -> str:
     return "\t".join(fstab_field(str(field)) for field in entry)
 
 
-_REPLACED = re.compile(r"^# vfarm localfs: replaced by \S+: (.*)$")  # a line we commented out, as it was
+_REPLACED = re.compile(r"^# vfarm localfs: replaced by (\S+): (.*)$")  # a line we commented out: by what, the line as it was
 
 
 def fstab_fields(line: str) -> Optional[list[str]]:
@@ -408,15 +453,30 @@ def fstab_fields(line: str) -> Optional[list[str]]:
     return [unescape_octal(field) for field in raw]
 
 
-def fstab_mount_points(text: str) -> list[str]:
-    """The absolute mount points of fstab TEXT's lines, and of the lines we commented out."""
-    points = []
+def _fstab_lines(text: str) -> list[tuple[Optional[str], list[str]]]:
+    """The fields of fstab TEXT's lines and of the lines we commented out, each with the device
+    that replaced it (None: a line in force)."""
+    found: list[tuple[Optional[str], list[str]]] = []
     for line in text.split("\n"):
         replaced = _REPLACED.match(line)
-        fields = fstab_fields(replaced.group(1) if replaced else line)
-        if fields and fields[1].startswith("/"):
-            points.append(fields[1])
-    return points
+        fields = fstab_fields(replaced.group(2) if replaced else line)
+        if fields:
+            found.append((unescape_octal(replaced.group(1)) if replaced else None, fields))
+    return found
+
+
+def fstab_mount_points(text: str) -> list[str]:
+    """The absolute mount points of fstab TEXT's lines, and of the lines we commented out."""
+    return [fields[1] for _by, fields in _fstab_lines(text) if fields[1].startswith("/")]
+
+
+def _released(line: str, pvs: dict[str, str]) -> str:
+    """fstab LINE, commented out when it names a device of PVS (any name of it -> the config's
+    name), a PV of ours now or after the wipe: at boot the line would mount a PV or, without
+    nofail, stop the boot. Replaced by that device, it is never put back (_put_back)."""
+    fields = fstab_fields(line)
+    device = pvs.get(fields[0].replace('"', "")) if fields else None  # libmount reads UUID="x" as UUID=x
+    return f"# vfarm localfs: replaced by {fstab_field(device)}: {line}" if device else line
 
 
 def _place(mount: str, links: dict[str, str]) -> str:
@@ -429,19 +489,20 @@ def _place(mount: str, links: dict[str, str]) -> str:
 
 
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]],
-               links: Optional[dict[str, str]] = None, held: frozenset[str] = frozenset()) -> str:
+               links: Optional[dict[str, str]] = None, held: frozenset[str] = frozenset(), pvs: Optional[dict[str, str]] = None) -> str:
     """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
     its first line stays as it is when it says what the entry says, else it is rewritten in
     place (an older vfarm's options, a mount point moved since); a second line of it is dropped,
     a missing one added at the end. A line of another device on one of our mount points is
     commented out (it would hide ours after a reboot), and put back as it was once no line
     mounts there any more (the mount point left the config: _put_back; never one naming a device
-    in HELD, ours now: a PV, the config's devices); any other line is left as it is (a volume of
+    in HELD, ours now: a PV, the config's devices); so is a line of a device of PVS, wherever it
+    mounts (_released), never put back; any other line is left as it is (a volume of
     ours the config no longer names included: see `plan`). Lines end at newlines only; fields are
     compared as libmount reads them (fstab_fields), a foreign mount point at the place mount would
     put it (_place: normalised, symlinks followed as in LINKS)."""
     links = links or {}
-    lines = current.split("\n")
+    lines = [_released(line, pvs or {}) for line in current.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     out: list[str] = []
@@ -465,23 +526,25 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
         if FSTAB_MARK not in out:
             out.append(FSTAB_MARK)
         out += [fstab_line(entry) for entry in missing]
-    out = _put_back(out, set(index_of) | held, links)
+    out = _put_back(out, set(index_of) | held, held - set(index_of), links)
     return "\n".join(out) + "\n" if out else ""
 
 
-def _put_back(lines: list[str], ours: set[str], links: dict[str, str]) -> list[str]:
+def _put_back(lines: list[str], ours: set[str], pvs: frozenset[str], links: dict[str, str]) -> list[str]:
     """LINES with a line we commented out restored as it was when no line of LINES mounts at its
     place any more: one per place (two there fail the boot), the one commented out last (the lowest:
     ours are added below); never one that names one of OUR devices (a volume of the config has its
-    own line; a PV holds no filesystem) nor one whose mount point is not absolute (edited by hand)."""
+    own line; a PV holds no filesystem), nor one replaced by one of PVS (it named a PV's device by
+    what was on it before the wipe, UUID=...), nor one whose mount point is not absolute (edited by hand)."""
     taken = {_place(fields[1], links) for fields in map(fstab_fields, lines) if fields}
     restored = list(lines)
     for number in reversed(range(len(lines))):
         match = _REPLACED.match(lines[number])
-        fields = fstab_fields(match.group(1)) if match else None
-        if match and fields and fields[1].startswith("/") and fields[0] not in ours and _place(fields[1], links) not in taken:
+        fields = fstab_fields(match.group(2)) if match else None
+        if (match and fields and fields[1].startswith("/") and fields[0] not in ours and unescape_octal(match.group(1)) not in pvs
+                and _place(fields[1], links) not in taken):
             taken.add(_place(fields[1], links))
-            restored[number] = match.group(1)
+            restored[number] = match.group(2)
     return restored
 
 
@@ -518,6 +581,7 @@ class LocalfsPlan(Plan):
     rediscover: bool = False  # plan again after these steps (a new volume group)
     mounts: list[list[str]] = field(default_factory=list)  # [device, mount point or "swap"], as fstab has them
     kept: list[str] = field(default_factory=list)  # "vg/lv" of our volumes the config no longer names: left as they are
+    commented_out: list[str] = field(default_factory=list)  # fstab's lines of a device that becomes a PV, as they were
 
 
 def _nesting(targets: list[str]) -> dict[str, int]:
@@ -544,10 +608,16 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
 
     spec = follow_links(spec, facts)
     vg, create = choose_vg(spec, facts)
-    if create:
-        steps = _vg_steps(spec, facts, vg)
+    pvs = _pv_names(spec, facts)
+    try:
+        released = [_released(line, pvs) for line in facts.fstab.split("\n")]
+    except UnsafeValue as err:
+        raise PlanError(f"cannot write {FSTAB}: {err}") from None
+    gone = [line for line, now in zip(facts.fstab.split("\n"), released) if now != line]
+    if create:  # lines commented out before the wipe: their UUID= or LABEL= names nothing after it
+        steps = _vg_steps(spec, facts, vg, [WriteFile("write-fstab", FSTAB, "\n".join(released))] if gone else [])
         projected = localfs_spec.resolve(spec, _new_vg(spec, facts, vg))  # PlanError before the VG is made
-        return LocalfsPlan(steps, vg=vg, create_vg=True, parts=[p.as_dict() for p in projected], rediscover=True)
+        return LocalfsPlan(steps, vg=vg, create_vg=True, parts=[p.as_dict() for p in projected], rediscover=True, commented_out=gone)
     info = facts.vgs[vg]
     for taken in (p.name for p in spec.parts if f"{vg}/{p.name}" in facts.lvs):
         if LV_TAG not in facts.lvs[f"{vg}/{taken}"]["tags"]:
@@ -630,10 +700,10 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     mounts.sort(key=lambda group: depth.get(group[0], 0) if group[0] else 0)
     steps = creates + mkfs + [step for _target, group in mounts for step in group]
     # Devices ours now, by any name: a line we commented out may name one by a symlink to it.
-    held = {*facts.pvs, *spec.devices, *(_pv(facts, d) for d in spec.devices), *(n for e in entries for n in (e[0], *aliases[e[0]]))}
+    held = {*facts.pvs, *pvs, *(n for e in entries for n in (e[0], *aliases[e[0]]))}
     held |= {name for name, real in facts.devices.items() if real in held}
     try:
-        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links, frozenset(held))
+        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links, frozenset(held), pvs)
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:
@@ -641,7 +711,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     kept = [f"{vg}/{name}" for name in _own_lvs(facts, vg) if all(p.name != name for p in spec.parts)]
     notes += [f"{key} is vfarm's but no longer in the config: kept as it is (data, mount, fstab line)" for key in kept]
     return LocalfsPlan(steps, notes, vg=vg, parts=[p.as_dict() for p in resolved],
-                       mounts=[[device, fs if fs == "swap" else target] for device, target, fs, *_ in entries], kept=kept)
+                       mounts=[[device, fs if fs == "swap" else target] for device, target, fs, *_ in entries], kept=kept, commented_out=gone)
 
 
 # --- apply and record -------------------------------------------------------------------------
@@ -660,6 +730,7 @@ def work(section: dict[str, Any], ctx: Context) -> bool:
         ctx.record.step("plan", True, vg=todo.vg, steps=len(todo.steps), parts=[(p["name"], p["extents"]) for p in todo.parts])
         ctx.record.data["mounts"] = todo.mounts
         ctx.record.data["kept"] = todo.kept
+        ctx.record.data["commented_out"] = [*ctx.record.data.get("commented_out", []), *todo.commented_out]  # both rounds'
         if not todo.steps:
             ctx.logger.info("nothing to do: the machine already matches the config")
         apply(todo, ctx)

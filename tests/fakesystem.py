@@ -67,6 +67,7 @@ class FakeMachine:
     pvs: dict[str, str] = field(default_factory=dict)
     devices: dict[str, int] = field(default_factory=dict)  # blank disks: path -> extents
     signatures: dict[str, str] = field(default_factory=dict)  # path -> TYPE
+    ids: dict[str, str] = field(default_factory=dict)  # path -> what else blkid -p says of it ("UUID=...\nLABEL=...\n"), gone with TYPE
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source
     swaps: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
@@ -112,7 +113,7 @@ class FakeMachine:
             return 0, f"{self.device_size(argv[2])}\n", ""
         if tool == "blkid":
             found = self.signatures.get(argv[-1])
-            return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n", "") if found else (2, "", "")
+            return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n{self.ids.get(argv[-1], '')}", "") if found else (2, "", "")
         if tool == "findmnt":
             rows = [{"target": t, "source": s, "id": n, "parent": 1} for n, (t, s) in enumerate(self.mounts.items(), start=2)]  # each on /'s
             return 0, json.dumps({"filesystems": rows}), ""
@@ -120,11 +121,15 @@ class FakeMachine:
             return 0, "".join(f"{s}\n" for s in self.swaps), ""
         if tool == "swapon":
             self.swaps.append(argv[-1])
+        elif tool == "swapoff":
+            self.swaps = [s for s in self.swaps if self.links.get(s, s) != argv[-1]]
         elif tool == "pvcreate":
             self.pvs[argv[-1]] = ""
             self.signatures.pop(argv[-1], None)
+            self.ids.pop(argv[-1], None)
         elif tool == "wipefs":
             self.signatures.pop(argv[-1], None)
+            self.ids.pop(argv[-1], None)
         elif tool == "vgcreate":
             name, devices = argv[1], argv[2:]
             extents = sum(self.devices.get(d, 1000) for d in devices)

@@ -820,7 +820,7 @@ def test_a_commented_out_line_of_a_device_now_a_pv_is_never_put_back(root: Path)
         for mount in ("/data", "/scratch"):
             section = {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": mount}}}
             assert run(root, FakeRunner(machine=machine), section)["status"] == "ok"
-        assert f"# vfarm localfs: replaced by /dev/vg_local/scratch: {line}" in (root / "etc/fstab").read_text().splitlines()
+        assert f"# vfarm localfs: replaced by /dev/vdb: {line}" in (root / "etc/fstab").read_text().splitlines()  # before the wipe
         assert machine.pvs == {"/dev/vdb": "vg_local"}
 
 
@@ -841,3 +841,115 @@ def test_a_volume_with_data_moved_onto_content_is_refused_before_anything_is_don
         status = run(root, runner, after)
         assert status["status"] == "failed" and "/data is not empty and volume scratch holds other data" in status["reason"], status["reason"]
         assert runner.changing_calls() == [] and "vg_local/tmp" not in machine.lvs
+
+
+CLOUD_INIT_MNT = "/dev/vdb\t/mnt\tauto\tdefaults,nofail,x-systemd.requires=cloud-init.service,_netdev,comment=cloudconfig\t0\t2"  # its `mounts`
+
+
+def ephemeral0(root: Path) -> FakeMachine:
+    """An EC2-like instance store as cloud-init's `mounts` leaves it (init stage, before us): ext4 on
+    /dev/vdb, mounted at /mnt, its fstab line written."""
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n")
+    return FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4"}, mounts={str(root / "mnt"): "/dev/vdb"})
+
+
+def test_force_unmounts_the_instance_store_cloud_init_mounted_and_comments_out_its_line(root: Path) -> None:
+    """Without force: refused in the plan, nothing done (not even the umount). With force: /mnt
+    unmounted (plain umount), cloud-init's line commented out, both before the wipe; the record
+    says so; the line stays commented out, and the next run changes nothing. A dry run shows it all."""
+    machine = ephemeral0(root)
+    section = {"devices": ["/dev/vdb"], "parts": {"scratch": {"size": 50, "mount": "/mnt"}}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, section)
+    assert status["status"] == "failed" and "/dev/vdb holds ext4: refusing to pvcreate" in status["reason"], status["reason"]
+    assert runner.changing_calls() == [] and (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
+    forced = {**section, "force": True}
+    dry = run(root, FakeRunner(machine=machine, dry_run=True), forced)
+    assert [s["action"] for s in dry["steps"]][-5:] == ["umount", "write-fstab", "wipefs", "pvcreate", "vgcreate"]
+    assert dry["commented_out"] == [CLOUD_INIT_MNT] and machine.mounts == {str(root / "mnt"): "/dev/vdb"}
+    assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, forced)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:3] == [["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/vdb"], ["pvcreate", "--yes", "/dev/vdb"]]
+    umount = next(s for s in status["steps"] if s["action"] == "umount")
+    assert umount["ok"] and umount["device"] == "/dev/vdb" and umount["argv"] == ["umount", str(root / "mnt")]
+    assert status["commented_out"] == [CLOUD_INIT_MNT]
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.splitlines()[2:] == [f"# vfarm localfs: replaced by /dev/vdb: {CLOUD_INIT_MNT}", "# vfarm localfs",
+                                      f"/dev/vg_local/scratch\t/mnt\text4\t{AT_BOOT}\t0\t2"]
+    assert machine.mounts == {str(root / "mnt"): "/dev/vg_local/scratch"}
+    again = FakeRunner(machine=machine)
+    status = run(root, again, forced)
+    assert status["status"] == "ok" and again.changing_calls() == [] and (root / "etc/fstab").read_text() == fstab
+    assert status["commented_out"] == []
+
+
+def test_a_busy_mount_stops_the_run_before_anything_is_wiped(root: Path) -> None:
+    """umount /mnt fails (a process works there): the run stops, naming the device and where it is
+    mounted; nothing is wiped, fstab is as it was."""
+    machine = ephemeral0(root)
+    runner = FakeRunner(machine=machine, fail=("umount",))
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "failed" and f"device /dev/vdb is mounted at {root}/mnt and `umount {root}/mnt` failed" in status["reason"]
+    assert runner.changing_calls() == [["umount", str(root / "mnt")]] and machine.signatures == {"/dev/vdb": "ext4"}
+    assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
+
+
+def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
+    """The device held swap, in use, with a UUID and a label: swapped off before the wipe; the
+    lines naming it by what blkid saw on it (UUID=, LABEL="..." as libmount reads it), at a place
+    that is not ours, are commented out before the wipe (after it, those names name nothing we
+    could know) and never put back, though no line mounts /data; the next run changes nothing.
+    Another device's UUID line stays."""
+    lines = ["UUID=0f3a-77 none swap sw 0 0", 'LABEL="eph\\040zero" /data ext4 defaults 0 2', "UUID=other /srv ext4 defaults 0 2"]
+    (root / "etc/fstab").write_text(IMAGE_FSTAB + "".join(f"{line}\n" for line in lines))
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "swap"}, ids={"/dev/vdb": "UUID=0f3a-77\nLABEL=eph\\ zero\n"},
+                          swaps=["/dev/vdb"])
+    section = {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, section)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:2] == [["swapoff", "/dev/vdb"], ["wipefs", "--all", "/dev/vdb"]] and machine.swaps == []
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.splitlines()[2:5] == [*(f"# vfarm localfs: replaced by /dev/vdb: {line}" for line in lines[:2]), lines[2]]
+    assert status["commented_out"] == lines[:2]
+    again = FakeRunner(machine=machine)
+    assert run(root, again, section)["status"] == "ok" and again.changing_calls() == [] and (root / "etc/fstab").read_text() == fstab
+
+
+def test_ec2s_device_name_is_a_symlink_to_what_findmnt_and_lvm_say(root: Path) -> None:
+    """The config and cloud-init's line say /dev/xvdb, a symlink to nvme1n1 (Nitro), which findmnt
+    shows mounted at /mnt: unmounted by that name, the line commented out though /mnt is no mount
+    point of ours (scratch goes to /scratch), and a line naming it by another symlink too; the
+    next run changes nothing."""
+    (root / "dev/disk/by-id").mkdir(parents=True)
+    (root / "dev/xvdb").symlink_to("nvme1n1")
+    (root / "dev/disk/by-id/nvme-Instance_Storage").symlink_to("../../nvme1n1")
+    xvdb = CLOUD_INIT_MNT.replace("/dev/vdb", "/dev/xvdb")
+    by_id = "/dev/disk/by-id/nvme-Instance_Storage /srv ext4 defaults 0 2"
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{xvdb}\n{by_id}\n")
+    machine = FakeMachine(devices={"/dev/nvme1n1": 2000}, signatures={"/dev/nvme1n1": "ext4"}, mounts={str(root / "mnt"): "/dev/nvme1n1"},
+                          links={"/dev/xvdb": "/dev/nvme1n1"})
+    section = {"devices": ["/dev/xvdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, section)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:2] == [["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/xvdb"]]
+    assert machine.pvs == {"/dev/nvme1n1": "vg_local"} and str(root / "mnt") not in machine.mounts
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.splitlines()[2:4] == [f"# vfarm localfs: replaced by /dev/xvdb: {line}" for line in (xvdb, by_id)]
+    again = FakeRunner(machine=machine)
+    assert run(root, again, section)["status"] == "ok" and again.changing_calls() == [] and (root / "etc/fstab").read_text() == fstab
+
+
+def test_fstab_comments_out_every_line_of_a_pv_and_never_puts_one_back() -> None:
+    """fstab_text: a line naming a PV of the config (PVS: any name of it) is commented out wherever
+    it mounts, and stays so (its replacer is a device of HELD), while the image's other lines stay."""
+    entry = ("/dev/vg/a", "/x", "ext4", "defaults", 0, 2)
+    pvs = {"/dev/vdb": "/dev/vdb", "UUID=u1": "/dev/vdb"}
+    current = 'UUID="u1" /data ext4 defaults 0 2\n/dev/vdb none swap sw 0 0\n/dev/vdc /srv ext4 defaults 0 2\n'
+    text = cc_localfs.fstab_text(current, [entry], {}, held=frozenset(pvs), pvs=pvs)
+    assert text.splitlines()[:3] == ['# vfarm localfs: replaced by /dev/vdb: UUID="u1" /data ext4 defaults 0 2',
+                                     "# vfarm localfs: replaced by /dev/vdb: /dev/vdb none swap sw 0 0", "/dev/vdc /srv ext4 defaults 0 2"]
+    assert cc_localfs.fstab_text(text, [entry], {}, held=frozenset({"/dev/vdb"})) == text  # the UUID unknown after the wipe
