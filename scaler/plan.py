@@ -47,7 +47,8 @@ taken for stale (the worker looks busy the longer); no Cpus, Memory or GPUs, an 
 nothing to the supply (at worst one more launch, within max-vms), and consolidation counts the
 slot as one CPU, and a worker with a claimed one as of unknown load (never drained for it).
 Nor is a worker believed to have more than its type: when the farm knows the type it launched
-(the type its tag vfarm:type names; in a farm of one type, cpus-per-vm when the section sets
+(the type its tag vfarm:type names, even where it counts under another type's placement: a type
+no longer allowed on its cloud; in a farm of one type, cpus-per-vm when the section sets
 it: the default 1 says nothing of the site's workers), the unclaimed CPUs,
 memory and GPUs its slot ads add up to are read as at most the type's (memory and GPUs where the
 type declares them) less what its other slots hold (claimed, or in any state but Unclaimed): for
@@ -653,6 +654,21 @@ def _overstated(spec: ScaleSpec, iid: str, worker_type: WorkerType, claimed: fit
     return f"{iid} ({of}: {', '.join(read)})"
 
 
+def _known_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Worker]) -> dict[str, WorkerType]:
+    """The type each of WORKERS is known to have been launched as, by LISTED (the instances), whose
+    figures its ads are read as at most (_at_most): the type its tag vfarm:type names where the farm
+    lists that type, not the placement the worker counts under (a worker of a type no longer allowed
+    on its cloud, or without a cloud tag, counts under another placement, of another type, yet has
+    what it was launched with). A farm of one type: that type for every worker if the section sets
+    cpus-per-vm, none on the default. A worker whose tag names no listed type: absent (its ads are
+    read as they are)."""
+    if not spec.typed:
+        return {w.id: spec.types[0] for w in workers} if spec.cpus_per_vm_given else {}
+    types = {t.name: t for t in spec.types}
+    tagged = {str(i["InstanceId"]): types[kind] for i in listed if (kind := tag(i, TYPE_TAG)) in types}
+    return {w.id: tagged[w.id] for w in workers if w.id in tagged}
+
+
 def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     """The decisions for one snapshot (see the module's doc). Pure: reads nothing else.
     Read the farm, fit the waiting jobs, then decide in this order: launches (and holds), drains of
@@ -664,16 +680,11 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     scanned = scan_jobs(snapshot["jobs"], now, spec.waiting_time)
     started = collector_started(snapshot.get("collector"))
     instances, by_instance = _workers(snapshot, spec, now, scanned, started, memo)
-    # The workers whose type the farm knows (a farm of one type: every one if it sets cpus-per-vm,
-    # none on the default): their ads are read as at most that type's.
-    names = {t.name for t in spec.types}
-    tagged = (frozenset(str(i["InstanceId"]) for i in snapshot["instances"] if tag(i, TYPE_TAG) in names) if spec.typed
-              else None if spec.cpus_per_vm_given else frozenset())
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
     holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
     farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()},
-                        frozenset(w.id for w in instances if tagged is None or w.id in tagged))
+                        _known_types(spec, snapshot["instances"], instances))
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
     if farm.overstated:
         shown = farm.overstated[:3] + ([f"{len(farm.overstated) - 3} more"] if len(farm.overstated) > 3 else [])
@@ -750,7 +761,7 @@ class _Farm:
     cloud_active: collections.Counter[str]
     active: int
     live_cpus: int  # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included
-    known: frozenset[str] = frozenset()  # workers whose type the farm knows: read as at most that type's amounts
+    known: dict[str, WorkerType] = field(default_factory=dict)  # by id, the type a worker is known to be: read as at most its amounts
     overstated: list[str] = field(default_factory=list)  # those whose ads claimed more (for the plan's warning)
     young_kinds: frozenset[str] = frozenset()  # the types some idle job younger than waiting-time fits
 
@@ -766,9 +777,9 @@ class _Farm:
 
 
 def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
-           backoff: dict[str, float], known: frozenset[str] = frozenset()) -> _Farm:
-    """The farm's counts; KNOWN: the workers whose type the farm knows, whose free resources are
-    read as at most their type's (_at_most)."""
+           backoff: dict[str, float], known: dict[str, WorkerType]) -> _Farm:
+    """The farm's counts; KNOWN: by id, the type of each worker whose type the farm knows
+    (_known_types), whose free resources are read as at most that type's (_at_most)."""
     placements = spec.placements
     overstated: list[str] = []
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
@@ -779,14 +790,15 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
             continue
         figures[w.type].active += 1
         if w.state is WorkerState.BOOTING:
-            supply[w.type] = supply[w.type] + fit.capacity(spec.worker_type(w.type))
+            supply[w.type] = supply[w.type] + fit.capacity(known.get(w.id) or spec.worker_type(w.type))  # what it was launched with
         else:
             slots = by_instance.get(w.id, [])
             free = _slot_supply(slots)
-            if w.id in known:
-                believed = _at_most(free, slots, spec.worker_type(w.type))
+            launched_as = known.get(w.id)
+            if launched_as is not None:
+                believed = _at_most(free, slots, launched_as)
                 if believed != free:
-                    overstated.append(_overstated(spec, w.id, spec.worker_type(w.type), free, believed))
+                    overstated.append(_overstated(spec, w.id, launched_as, free, believed))
                 free = believed
             supply[w.type] = supply[w.type] + free
     for name, free in supply.items():
@@ -800,7 +812,7 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
         if w.state in ACTIVE and w.cloud is not None:
             cloud_active[w.cloud] += 1
     return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
-                 live_cpus=sum(spec.worker_type(w.type).cpus for w in instances), known=known, overstated=overstated)
+                 live_cpus=sum((known.get(w.id) or spec.worker_type(w.type)).cpus for w in instances), known=known, overstated=overstated)
 
 
 @dataclass
@@ -978,10 +990,10 @@ def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision]
     # could take (it is not demand yet, but it may land on the free CPUs consolidation counts).
     quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions) and not farm.young_kinds
     loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ())) for w in farm.instances if w.state in consolidate.OPEN}
-    for w in farm.instances:  # no more idle CPUs than its type has, less those in use (as _at_most)
-        if w.id in loads and w.id in farm.known:
-            load, cpus = loads[w.id], spec.worker_type(w.type).cpus
-            loads[w.id] = consolidate.Load(load.used, min(load.free, max(0, cpus - load.used)), load.known)
+    for iid, launched_as in farm.known.items():  # no more idle CPUs than its type has, less those in use (as _at_most)
+        if iid in loads:
+            load = loads[iid]
+            loads[iid] = consolidate.Load(load.used, min(load.free, max(0, launched_as.cpus - load.used)), load.known)
     return consolidate.choose(farm.instances, loads, remembered, spec.idle_cpus_budget, spec.disruption_budget,
                               max(0, farm.active - spec.min_vms - len(leaving)), quiet, leaving)
 

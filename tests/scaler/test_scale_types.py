@@ -448,3 +448,85 @@ def test_a_worker_of_a_type_the_farm_no_longer_lists_is_read_as_its_ads_say() ->
     result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(4)], "slots": [free_slot("i-old", Cpus=8, Memory=30000)],
                            "instances": instances}, spec())
     assert result.types["small"].supply == 8 and launches(result) == {} and result.warnings == []
+
+
+# A hybrid farm whose `large` type ran on both clouds and now runs on aws only.
+MOVED = """\
+scale:
+  name: mixed
+  max-vms: 10
+  waiting-time: 0
+  boot-timeout: 100
+  clouds:
+    - {name: site, type: openstack, image: worker, flavor: m1.small, max: 5}
+    - {name: aws, type: ec2, image-id: ami-1, instance-type: m5.large}
+  types:
+    - name: small
+      cpus: 1
+      memory: 2G
+      clouds:
+        site:
+        aws: {instance-type: m5.large}
+    - name: large
+      cpus: 8
+      memory: 32G
+      clouds:
+        aws: {instance-type: m5.2xlarge}
+"""
+
+
+def placed(iid: str, kind: str, cloud: Optional[str]) -> dict[str, Any]:
+    """An instance of MOVED tagged KIND, on CLOUD (None: no vfarm:cloud tag)."""
+    inst = instance(iid, kind, NOW - 5000)
+    inst["Tags"] += [{"Key": "vfarm:cloud", "Value": cloud}] if cloud else []
+    return inst
+
+
+@pytest.mark.parametrize("cloud", ["site", None], ids=["left-on-site", "no-cloud-tag"])
+def test_a_worker_counted_under_another_types_placement_is_read_as_the_type_it_was_launched_as(cloud: Optional[str]) -> None:
+    """A large worker still on site (where large may no longer run), or without a cloud tag, counts
+    under the cloud's first placement, small@site; yet it has what it was launched with, a large's
+    8 CPUs: its 8 free CPUs take the 8 waiting one-CPU jobs (no launch, no warning), not one CPU
+    (seven needless launches, and a warning blaming an honest worker). A forged ad of it is still
+    read as at most a large's."""
+    farm, instances, jobs = spec(MOVED), [placed("i-big", "large", cloud)], [job(n) for n in range(8)]
+    honest = planner.plan({"now": NOW, "jobs": jobs, "slots": [free_slot("i-big", Cpus=8, Memory=30000)], "instances": instances}, farm)
+    assert [w.type for w in honest.instances] == ["small@site"]  # where it counts
+    assert (honest.types["small@site"].supply, launches(honest), honest.warnings) == (8, {}, [])
+    forged = planner.plan({"now": NOW, "jobs": jobs, "slots": [free_slot("i-big", Cpus=64, Memory=30000)], "instances": instances}, farm)
+    assert (forged.types["small@site"].supply, launches(forged)) == (8, {})
+    assert [w for w in forged.warnings if "i-big (type large: 64 CPUs free read as 8)" in w], forged.warnings
+
+
+def test_consolidation_reads_a_worker_counted_under_another_types_placement_as_the_type_it_was_launched_as() -> None:
+    """MOVED, the queue quiet: two large workers, one still on site (counted as small@site), each
+    running a one-CPU job: 7 + 7 idle CPUs, above the budget (8, the largest type's), so one is
+    drained for the other to fill; the site one's idle CPUs are a large's, not a small's (none)."""
+    slots: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = []
+    for k, iid in enumerate(["i-aws", "i-site"]):
+        slots += [{**free_slot(iid, Cpus=7, Memory=28000), "EnteredCurrentState": NOW - 9999, "NumDynamicSlotsTime": NOW - 600},
+                  {"Name": f"slot1_1@{iid}", "Machine": f"m-{iid}", "State": "Claimed", "Activity": "Busy", "Cpus": 1, "Memory": 1024,
+                   "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "VfarmInstanceId": iid}]
+        jobs.append({"ClusterId": 100 + k, "ProcId": 0, "JobStatus": 2, "RequestCpus": 1, "QDate": NOW - 900,
+                     "EnteredCurrentStatus": NOW - 600, "RemoteHost": f"slot1_1@{iid}"})
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": slots, "instances": [placed("i-aws", "large", "aws"), placed("i-site", "large", "site")]},
+                          spec(MOVED))
+    assert {w.id: (w.type, w.state.value) for w in result.instances} == {"i-aws": ("large@aws", "busy"), "i-site": ("small@site", "busy")}
+    drained = [d for d in result.of(planner.Action.DRAIN) if d.reason.startswith("consolidation")]
+    assert len(drained) == 1 and "14 idle CPU(s)" in drained[0].reason, result.decisions
+    assert result.warnings == [] and launches(result) == {}
+
+
+def test_a_booting_worker_counted_under_another_types_placement_brings_what_it_was_launched_with() -> None:
+    """A large worker still booting on site (counted as small@site) brings a large's 8 CPUs to the
+    supply, not a small's one: the 8 waiting one-CPU jobs need no launch. max-cpus counts its 8
+    cores as a cloud's quota would: with max-cpus 9, one more large (8) would exceed it."""
+    booting = placed("i-big", "large", "site")
+    booting["LaunchTime"] = NOW - 10
+    result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(8)], "slots": [], "instances": [booting]}, spec(MOVED))
+    assert [(w.type, w.state.value) for w in result.instances] == [("small@site", "booting")]
+    assert (result.types["small@site"].supply, launches(result)) == (8, {})
+    capped = spec(MOVED.replace("  max-vms: 10\n", "  max-vms: 10\n  max-cpus: 9\n"))
+    more = planner.plan({"now": NOW, "jobs": [job(n, cpus=8) for n in range(9)], "slots": [], "instances": [booting]}, capped)
+    assert launches(more).get("large@aws", 0) == 0, more.decisions
