@@ -273,6 +273,11 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   volumes; the check: the mount on top after a `mount --move`, older records noted; redaction of
   keys after an escaped line end): torino 39238 to 39990, condor 40084 to 40709, localfs only
   33545 to 34374 (+0.6 to 0.8 KB); include and --pin unchanged within a few bytes.
+- The fourteenth session's fixes (localfs with force: a device in use unmounted or swapped off
+  before the wipe, every fstab line naming a device that becomes a PV commented out, by path,
+  symlink, UUID= or LABEL=; at most one line put back per place; the mount on top by findmnt's
+  ID/PARENT; redaction of YAML blocks in a repr inside multi-line text): torino 39990 to 40441,
+  condor 40709 to 41550, localfs only 34374 to 35146 (+0.5 to 0.8 KB).
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole. By function (table above), no one
