@@ -214,7 +214,7 @@ class MetadataService:
     thread: threading.Thread
 
     def _init_service(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str, image_id: str,
-                      local_ipv4: str, zone: str, require_token: bool) -> None:
+                      local_ipv4: str, zone: str, require_token: bool, instance_store: bool = False) -> None:
         self.userdata = userdata
         self.require_token = require_token
         self.token = uuid.uuid4().hex
@@ -227,6 +227,8 @@ class MetadataService:
             "network": {"interfaces": {"macs": {GUEST_MAC: {"device-number": "0", "interface-id": "eni-local", "local-ipv4s": local_ipv4,
                                                             "mac": GUEST_MAC}}}},
         }
+        if instance_store:  # the data disk, described as EC2 describes an instance store (cloud-init maps sdb to vdb)
+            self.meta["block-device-mapping"] = {"ami": "/dev/sda1", "ephemeral0": "sdb", "root": "/dev/sda1"}
         self.identity = {"instanceId": instance_id, "instanceType": instance_type, "imageId": self.meta["ami-id"], "region": zone,
                          "availabilityZone": zone, "privateIp": local_ipv4}
 
@@ -272,9 +274,9 @@ class UnixMetadataServer(MetadataService, socketserver.ThreadingUnixStreamServer
     daemon_threads = True
 
     def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
-                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False) -> None:
+                 local_ipv4: str = METADATA_GUEST, zone: str = "local", require_token: bool = False, instance_store: bool = False) -> None:
         self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local_ipv4,
-                           zone=zone, require_token=require_token)
+                           zone=zone, require_token=require_token, instance_store=instance_store)
         # Its own short folder: a socket path may hold only 107 bytes.
         self.folder = Path(tempfile.mkdtemp(prefix="vfarm-md-"))
         super().__init__(str(self.folder / "metadata.sock"), MetadataHandler)
@@ -478,11 +480,15 @@ class LocalInstance:
     def __init__(self, image: Image, userdata: bytes, *, folder: Optional[Path] = None, disk_size: str = "8G",
                  data_disk: str = "vg", http_root: Optional[Path] = None, smp: int = 2, memory: int = 2048,
                  instance_id: Optional[str] = None, quiet: bool = False, pool_forward: Optional[str] = None,
-                 netns: Optional[str] = None, metadata: bool = False, forwards: Optional[dict[int, str]] = None):
+                 netns: Optional[str] = None, metadata: bool = False, forwards: Optional[dict[int, str]] = None,
+                 instance_store: bool = False):
         self.image = image
         # METADATA: the guest reads meta-data and user-data from an EC2-style service at
-        # 169.254.169.254 (UnixMetadataServer), as on a cloud, instead of a NoCloud seed.
+        # 169.254.169.254 (UnixMetadataServer), as on a cloud, instead of a NoCloud seed; with
+        # INSTANCE_STORE it says the data disk is EC2's instance store (ephemeral0), which
+        # cloud-init's `mounts` then mounts at /mnt by default, as on EC2.
         self.metadata = metadata
+        self.instance_store = instance_store
         self.pool_forward = pool_forward  # HOST:PORT of an HTCondor pool, as qemu's socat reaches it
         # More routes: the guest's 10.0.2.100:PORT (169.254.0.100:PORT with the metadata service) -> HOST:PORT
         # on this host (e.g. 3128 to a squid).
@@ -593,7 +599,8 @@ class LocalInstance:
         if self.netns and self.http_root:
             raise CommandError(NETNS_NO_HTTP)
         server = LoopbackServer(self.http_root) if self.http_root else None
-        metadata = UnixMetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name) if self.metadata else None
+        metadata = (UnixMetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name, instance_store=self.instance_store)
+                    if self.metadata else None)
         meta_target = metadata.socat_target if metadata else None
         try:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")

@@ -53,10 +53,12 @@ def serve_folder(folder: Path, *, handlers: bool, local_cvmfs: bool) -> Path:
 def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embed", gzip: str = "auto", pin: bool = False,
                   max_size: int = 1 << 20, disk: str = "8G", data_disk: str = "vg", smp: int = 2, local_cvmfs: bool = True,
                   attach: Sequence[Any] = (), folder: Optional[Path] = None, quiet: bool = False, pool_forward: Optional[str] = None,
-                  netns: Optional[str] = None, metadata: bool = False, forwards: Optional[dict[int, str]] = None) -> LocalInstance:
+                  netns: Optional[str] = None, metadata: bool = False, forwards: Optional[dict[int, str]] = None,
+                  instance_store: bool = False) -> LocalInstance:
     """A prepared local instance for CONFIG (a loaded Config): user-data built, disks and seed made,
     the loopback HTTP folder filled. With METADATA the guest reads its user-data from an EC2-style
-    metadata service instead of a seed; its only other route is the pool forward. FORWARDS: guest
+    metadata service instead of a seed (INSTANCE_STORE: the data disk as EC2's instance store, see
+    LocalInstance); its only other route is the pool forward. FORWARDS: guest
     port -> HOST:PORT, more routes from 10.0.2.100 (e.g. 3128 to a squid). Raises CommandError, or
     the builder's BuildError; a folder it made is removed again when it fails (or is interrupted)."""
     from ..mime_builder import mime
@@ -72,6 +74,8 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
         mode = f"include=http://{GUEST_HTTP}/{HANDLER_DIR}/"
     # Conflicting options are refused before anything is made (user-data, image, disks).
     needs_http = serve_handlers or local_cvmfs or mode.startswith(f"include=http://{GUEST_HTTP}")
+    if instance_store and not metadata:
+        raise CommandError("an instance store is described by the metadata service: it needs metadata")
     if needs_http and metadata:
         raise CommandError(f"a guest reading the metadata service reaches nothing at {GUEST_HTTP}: use --handlers embed or baked, "
                            "and give a cvmfs section its package-repository")
@@ -81,7 +85,7 @@ def make_instance(config: Any, *, image: str = "bookworm", handlers: str = "embe
     if len(userdata) > EC2_LIMIT and not quiet:
         progress("local", f"warning: {len(userdata)} bytes of user-data: over EC2's limit of {EC2_LIMIT} (a NoCloud seed takes it)")
     instance = LocalInstance(images.find(image), userdata, disk_size=disk, data_disk=data_disk, smp=smp, folder=folder, quiet=quiet,
-                             pool_forward=pool_forward, netns=netns, metadata=metadata, forwards=forwards)
+                             pool_forward=pool_forward, netns=netns, metadata=metadata, forwards=forwards, instance_store=instance_store)
     existed = instance.folder.exists()
     try:
         instance.make_folder()

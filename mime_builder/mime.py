@@ -2,7 +2,8 @@
 
 Order (cloud-init walks parts in order and drops a part that comes before its handler):
 handlers (include list, pin loader or embedded bundles), attached part-handlers, the config parts
-(localfs, cvmfs, condor, then the others in file order), other attachments, the final check's parts.
+(localfs, cvmfs, condor, then the others in file order), the #cloud-config they need of cloud-init's
+own modules (cloudconfig.py), other attachments, the final check's parts.
 Compression is of the whole payload only: cloud-init cannot route a gzipped custom part.
 The output depends only on the input: the boundary is a hash of the content, gzip has no date.
 """
@@ -28,7 +29,7 @@ from ..config.loader import Config
 from ..files import read_bounded
 from ..redaction import HIDDEN
 from ..textsafe import control_character
-from . import bundle, checkpart
+from . import bundle, checkpart, cloudconfig
 from .limits import EC2_LIMIT, GZIP_MODES
 from .pinloader import split_userinfo
 
@@ -294,6 +295,8 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
         raise BuildError(f"cannot bundle the handlers: {err}") from None
     parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type == PART_HANDLER]
     parts += [Part(f"text/{n}-config", f"{n}-config.ccfg", section_payload(n, sent_section(config, n)), "config") for n in sections]
+    needs = cloudconfig.parts({n: config.sections[n] for n in sections})
+    parts += [Part(ctype, filename, text.encode("ascii"), "config") for ctype, filename, text in needs]
     parts += [Part(a.content_type, a.filename, a.payload, "attachment") for a in attach if a.content_type != PART_HANDLER]
     check_mode = "include" if mode.kind == "include" else mode.kind
     # The check script travels in the library part (embed) or is fetched (include).

@@ -396,15 +396,7 @@ def test_check_part_carries_a_working_script(tmp_path: Path, cloudinit_release: 
     assert done.returncode == 1, done.stderr
     assert "decision: halt (delay 2): localfs: never-ran" in done.stdout
     # And it is a valid cloud-config for the release's own schema.
-    validate = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, yaml\n"
-         "from cloudinit.config.schema import get_schema, validate_cloudconfig_schema\n"
-         "validate_cloudconfig_schema(yaml.safe_load(sys.stdin.read()), get_schema(), strict=True)\n"
-         "print('valid')\n"],
-        input=payload, env=cloudinit_release.env(), capture_output=True, text=True, timeout=60,
-    )
-    assert validate.returncode == 0 and validate.stdout.strip() == "valid", validate.stderr[-2000:]
+    assert cloudinit_release.schema_problems(payload) == ""
 
 
 def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudinit_release: Release) -> None:
@@ -416,15 +408,7 @@ def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudin
     assert (ctype, filename) == ("text/cloud-config", "vfarm-check.cfg")
     doc = yaml.safe_load(payload)
     assert "write_files" not in doc and doc["power_state"]["condition"] == checkpart.condition()
-    validate = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, yaml\n"
-         "from cloudinit.config.schema import get_schema, validate_cloudconfig_schema\n"
-         "validate_cloudconfig_schema(yaml.safe_load(sys.stdin.read()), get_schema(), strict=True)\n"
-         "print('valid')\n"],
-        input=payload, env=cloudinit_release.env(), capture_output=True, text=True, timeout=60,
-    )
-    assert validate.returncode == 0 and validate.stdout.strip() == "valid", validate.stderr[-2000:]
+    assert cloudinit_release.schema_problems(payload) == ""
     # The release's own check_condition: no script -> met (power off); a script exiting HANDLED -> not met.
     stub = tmp_path / "handled.py"
     stub.write_text(f"raise SystemExit({check.HANDLED})\n")

@@ -26,9 +26,10 @@ class MetadataServer(local.MetadataService, http.server.ThreadingHTTPServer):
     """The same service on 127.0.0.1 (a free port), for the HTTP clients of these tests (vfarm's
     guests reach theirs on a Unix socket: local.UnixMetadataServer)."""
 
-    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "") -> None:
+    def __init__(self, instance_id: str, userdata: bytes, hostname: str, *, instance_type: str = "local", image_id: str = "",
+                 instance_store: bool = False) -> None:
         self._init_service(instance_id, userdata, hostname, instance_type=instance_type, image_id=image_id, local_ipv4=local.METADATA_GUEST,
-                           zone="local", require_token=False)
+                           zone="local", require_token=False, instance_store=instance_store)
         super().__init__(("127.0.0.1", 0), local.MetadataHandler)
         self._start(self.serve_forever)
 
@@ -77,6 +78,20 @@ def test_it_answers_as_ec2s_metadata_service(server: MetadataServer) -> None:
     for missing in ("/latest/meta-data/nothing", "/latest/meta-data/instance-id/x", "/1999-01-01/meta-data/", "/latest/elsewhere"):
         assert get(server, missing)[0] == 404, missing
     assert any(r.startswith("GET /latest/user-data") for r in server.requests)
+
+
+def test_an_instance_store_is_described_as_ec2_describes_it() -> None:
+    """With an instance store, the block-device-mapping EC2 serves for one (ephemeral0 as sdb, which
+    cloud-init maps to the guest's vdb, the data disk); without, none (cloud-init mounts nothing)."""
+    for store, expected in ((True, (200, b"ami\nephemeral0\nroot")), (False, (404, b""))):
+        running = MetadataServer("i-local-0123456789ab", USERDATA, "vfarm-456789ab", instance_store=store)
+        try:
+            assert get(running, "/latest/meta-data/block-device-mapping/")[0] == expected[0]
+            if store:
+                assert get(running, "/latest/meta-data/block-device-mapping/") == expected
+                assert get(running, "/latest/meta-data/block-device-mapping/ephemeral0") == (200, b"sdb")
+        finally:
+            running.close()
 
 
 def test_imdsv2_tokens(server: MetadataServer) -> None:

@@ -303,3 +303,23 @@ def test_admin_only_sections_are_not_sent(tmp_path: Path) -> None:
     assert yaml.safe_load(built.parts[2].payload) == {"check": {"on-failure": "none"}}
     for name in sections.ADMIN_ONLY:
         assert all(not p.filename.startswith(name) for p in built.parts)
+
+
+def test_the_devices_localfs_takes_are_left_alone_by_cloud_inits_mounts(tmp_path: Path) -> None:
+    """A localfs section with `devices` brings a #cloud-config part that drops cloud-init's own
+    mount of each (`[DEVICE]`, no mount point: on EC2 it mounts the instance store, ephemeral0, at /mnt after
+    the part-handlers made it a PV), after the config parts and before the attachments (an attached
+    `mounts` replaces the list, as cloud-init merges); none without `devices`."""
+    devices = ["/dev/xvdb", "/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS1:x"]
+    config = configuration.load_text(f"localfs:\n  devices: [{', '.join(devices)}]\n  force: true\n  parts:\n    home: 50\n", "ec2.yaml")
+    cc = tmp_path / "mine.yaml"
+    cc.write_text("runcmd: [true]\n")
+    for handlers in ("embed", "baked"):
+        built = mime.build(config, handlers=handlers, attach=[mime.attachment(f"{cc}:cloud-config")], max_size=BIG)
+        names = [p.filename for p in built.parts]
+        assert names.index("localfs-config.ccfg") < names.index("localfs-mounts.cfg") < names.index("mine.yaml"), names
+        part = next(p for p in built.parts if p.filename == "localfs-mounts.cfg")
+        assert part.content_type == "text/cloud-config" and part.payload.startswith(b"#cloud-config\n")
+        assert yaml.safe_load(part.payload) == {"mounts": [[device] for device in devices]}
+    plain = configuration.load_text("localfs:\n  parts:\n    home: 50\n", "plain.yaml")
+    assert "localfs-mounts.cfg" not in [p.filename for p in mime.build(plain, handlers="baked").parts]

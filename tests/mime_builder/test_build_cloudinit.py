@@ -247,3 +247,13 @@ def test_baked(cloudinit_release: Release, tmp_path: Path, config: configuration
     assert delivered(out) == {"localfs-config.ccfg": "localfs_handler", "cvmfs-config.ccfg": "cvmfs_handler", "check-config.ccfg": "check_handler"}
     assert_ran(out)
     assert not problems(log), problems(log)
+
+
+def test_the_mounts_part_of_localfs_devices_is_valid_cloud_config(cloudinit_release: Release) -> None:
+    """The #cloud-config localfs's devices bring (cloud-init's `mounts` leaves them alone) is valid
+    for the release's own schema: a problem there makes every stage "degraded"."""
+    config = configuration.load_text("localfs:\n  devices: [/dev/xvdb, /dev/nvme1n1]\n  force: true\n  parts:\n    home: 50\n", "ec2.yaml")
+    part = next(p for p in mime.build(config, handlers="baked").parts if p.filename == "localfs-mounts.cfg")
+    assert yaml.safe_load(part.payload)["mounts"] == [["/dev/xvdb"], ["/dev/nvme1n1"]]
+    assert cloudinit_release.schema_problems(part.payload.decode()) == ""
+    assert cloudinit_release.schema_problems("#cloud-config\nmounts:\n  - [/dev/xvdb, null]\n") != ""  # what 25.1 refused on a real boot
