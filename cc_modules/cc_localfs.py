@@ -127,6 +127,13 @@ def _probe(ctx: Context, device: str) -> tuple[Optional[str], list[str]]:
     return values.get("USAGE") or "something", ids
 
 
+def _names_only(ctx: Context, name: str, real: str) -> bool:
+    """Whether NAME (UUID=..., LABEL=...) names no device but REAL among those blkid knows: a disk
+    made from the image's snapshot carries its root's UUID and LABEL, a reused LABEL another's."""
+    found = ctx.runner.run(["blkid", "-o", "device", "-t", name], check=False, changes=False)
+    return all(_real(ctx, other) == real for other in found.stdout.split())
+
+
 def mapper_name(vg: str, lv: str) -> str:
     return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
@@ -165,7 +172,8 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     for device in spec.devices:
         real = facts.devices[device] = _real(ctx, device)
         if real not in facts.pvs:
-            facts.signatures[device], facts.ids[device] = _probe(ctx, device)
+            facts.signatures[device], ids = _probe(ctx, device)
+            facts.ids[device] = [name for name in ids if _names_only(ctx, name, real)]
         if not facts.pvs.get(real):
             size = ctx.runner.run(["blockdev", "--getsize64", device], changes=False).stdout.strip()
             facts.sizes[device] = int(size) if size.isdigit() else 0
@@ -470,12 +478,15 @@ def fstab_mount_points(text: str) -> list[str]:
     return [fields[1] for _by, fields in _fstab_lines(text) if fields[1].startswith("/")]
 
 
-def _released(line: str, pvs: dict[str, str]) -> str:
+def _released(line: str, pvs: dict[str, str], others: frozenset[str] = frozenset()) -> str:
     """fstab LINE, commented out when it names a device of PVS (any name of it -> the config's
     name), a PV of ours now or after the wipe: at boot the line would mount a PV or, without
-    nofail, stop the boot. Replaced by that device, it is never put back (_put_back)."""
+    nofail, stop the boot. Replaced by that device, it is never put back (_put_back). Never a line
+    of / nor one of OTHERS, mount points another device is mounted at now: that line is its own."""
     fields = fstab_fields(line)
-    device = pvs.get(fields[0].replace('"', "")) if fields else None  # libmount reads UUID="x" as UUID=x
+    if not fields or localfs_spec.normal_path(fields[1]) in others | {"/"}:
+        return line
+    device = pvs.get(fields[0].replace('"', ""))  # libmount reads UUID="x" as UUID=x
     return f"# vfarm localfs: replaced by {fstab_field(device)}: {line}" if device else line
 
 
@@ -489,7 +500,8 @@ def _place(mount: str, links: dict[str, str]) -> str:
 
 
 def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]], aliases: dict[str, list[str]],
-               links: Optional[dict[str, str]] = None, held: frozenset[str] = frozenset(), pvs: Optional[dict[str, str]] = None) -> str:
+               links: Optional[dict[str, str]] = None, held: frozenset[str] = frozenset(), pvs: Optional[dict[str, str]] = None,
+               others: frozenset[str] = frozenset()) -> str:
     """CURRENT with one line per device of ENTRIES (our volumes, under any of their ALIASES):
     its first line stays as it is when it says what the entry says, else it is rewritten in
     place (an older vfarm's options, a mount point moved since); a second line of it is dropped,
@@ -497,12 +509,12 @@ def fstab_text(current: str, entries: list[tuple[str, str, str, str, int, int]],
     commented out (it would hide ours after a reboot), and put back as it was once no line
     mounts there any more (the mount point left the config: _put_back; never one naming a device
     in HELD, ours now: a PV, the config's devices); so is a line of a device of PVS, wherever it
-    mounts (_released), never put back; any other line is left as it is (a volume of
+    mounts (_released: but at / or one of OTHERS), never put back; any other line is left as it is (a volume of
     ours the config no longer names included: see `plan`). Lines end at newlines only; fields are
     compared as libmount reads them (fstab_fields), a foreign mount point at the place mount would
     put it (_place: normalised, symlinks followed as in LINKS)."""
     links = links or {}
-    lines = [_released(line, pvs or {}) for line in current.split("\n")]
+    lines = [_released(line, pvs or {}, others) for line in current.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
     out: list[str] = []
@@ -608,9 +620,14 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
 
     spec = follow_links(spec, facts)
     vg, create = choose_vg(spec, facts)
-    pvs = _pv_names(spec, facts)
+    # The names of the devices that are PVs of VG, or become them now (not one of an existing VG
+    # the config names beside them), and where other devices are mounted: their lines stay.
+    pvs = {name: d for name, d in _pv_names(spec, facts).items() if create or facts.pvs.get(_pv(facts, d)) == vg}
+    devices = {_pv(facts, d) for d in spec.devices}
+    others = frozenset(point for point in map(localfs_spec.normal_path, fstab_mount_points(facts.fstab))
+                       if (held_by := facts.mounts.get(at(point), "")).startswith("/dev/") and _pv(facts, held_by) not in devices)
     try:
-        released = [_released(line, pvs) for line in facts.fstab.split("\n")]
+        released = [_released(line, pvs, others) for line in facts.fstab.split("\n")]
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     gone = [line for line, now in zip(facts.fstab.split("\n"), released) if now != line]
@@ -703,7 +720,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     held = {*facts.pvs, *pvs, *(n for e in entries for n in (e[0], *aliases[e[0]]))}
     held |= {name for name, real in facts.devices.items() if real in held}
     try:
-        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links, frozenset(held), pvs)
+        new_fstab = fstab_text(facts.fstab, entries, aliases, facts.links, frozenset(held), pvs, others)
     except UnsafeValue as err:
         raise PlanError(f"cannot write {FSTAB}: {err}") from None
     if new_fstab != facts.fstab:

@@ -111,6 +111,9 @@ class FakeMachine:
         argv = [self.links.get(a, a) for a in argv]  # the kernel's names
         if argv[:2] == ["blockdev", "--getsize64"]:
             return 0, f"{self.device_size(argv[2])}\n", ""
+        if tool == "blkid" and argv[1:4] == ["-o", "device", "-t"]:  # every device carrying that UUID=, LABEL=...
+            named = [d for d, ids in self.ids.items() if argv[4] in ids.replace('"', "").splitlines() and self.signatures.get(d)]
+            return (0, "".join(f"{d}\n" for d in named), "") if named else (2, "", "")
         if tool == "blkid":
             found = self.signatures.get(argv[-1])
             return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n{self.ids.get(argv[-1], '')}", "") if found else (2, "", "")

@@ -953,3 +953,37 @@ def test_fstab_comments_out_every_line_of_a_pv_and_never_puts_one_back() -> None
     assert text.splitlines()[:3] == ['# vfarm localfs: replaced by /dev/vdb: UUID="u1" /data ext4 defaults 0 2',
                                      "# vfarm localfs: replaced by /dev/vdb: /dev/vdb none swap sw 0 0", "/dev/vdc /srv ext4 defaults 0 2"]
     assert cc_localfs.fstab_text(text, [entry], {}, held=frozenset({"/dev/vdb"})) == text  # the UUID unknown after the wipe
+
+
+@pytest.mark.parametrize("mounted", [True, False], ids=["the-other-disk-mounted", "the-other-disk-not-mounted"])
+def test_a_uuid_or_label_the_device_shares_with_another_disk_keeps_that_disks_line(root: Path, mounted: bool) -> None:
+    """The forced device was made from the image's snapshot (it carries the root filesystem's
+    label) and reuses another disk's label: lines naming those are the other disks', never
+    commented out, whether that disk is mounted now (findmnt) or not (blkid finds the label on it
+    too); only the device's own UUID line is."""
+    lines = ["LABEL=cloudimg-rootfs / ext4 defaults 0 1", "LABEL=data /data ext4 defaults,nofail 0 2", "UUID=5e1c /old ext4 defaults 0 2"]
+    (root / "etc/fstab").write_text("".join(f"{line}\n" for line in lines))
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4", "/dev/vda1": "ext4", "/dev/vdc": "ext4"},
+                          ids={"/dev/vdb": "UUID=5e1c\nLABEL=cloudimg-rootfs\n", "/dev/vda1": "LABEL=cloudimg-rootfs\n", "/dev/vdc": "LABEL=data\n"},
+                          mounts={str(root): "/dev/vda1", **({str(root / "data"): "/dev/vdc"} if mounted else {})})
+    machine.ids["/dev/vdb"] += "LABEL=data\n"
+    if mounted:  # and blkid does not list it (the label check alone would not tell): findmnt does
+        machine.ids["/dev/vdc"] = ""
+    status = run(root, FakeRunner(machine=machine), {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "ok", status["reason"]
+    assert (root / "etc/fstab").read_text().splitlines()[:3] == [*lines[:2], f"# vfarm localfs: replaced by /dev/vdb: {lines[2]}"]
+    assert status["commented_out"] == [lines[2]]
+
+
+def test_a_device_the_config_lists_beside_an_existing_volume_group_keeps_its_line(root: Path) -> None:
+    """The config's volume group exists on another disk: the listed device is never made a PV,
+    so its line (mounted at /mnt, no force) stays as it is."""
+    line = "/dev/vdb /mnt auto defaults,nofail 0 2"
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{line}\n")
+    machine = FakeMachine(devices={"/dev/vdb": 2000}, signatures={"/dev/vdb": "ext4"}, mounts={str(root / "mnt"): "/dev/vdb"},
+                          pvs={"/dev/vda2": "vg_local"}).add_vg("vg_local", 2500)
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"vg": "vg_local", "devices": ["/dev/vdb"], "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "ok", status["reason"]
+    assert line in (root / "etc/fstab").read_text().splitlines() and status["commented_out"] == []
+    assert not [call for call in runner.changing_calls() if call[0] in ("umount", "wipefs", "pvcreate")]
