@@ -803,9 +803,11 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
             supply[w.type] = supply[w.type] + free
     for name, free in supply.items():
         figures[name].supply = free.cpus
+    # A type's max counts the workers launched as it (known), not those counted under its placements.
     type_active = collections.Counter({p.kind: 0 for p in placements})
-    for p in placements:
-        type_active[p.kind] += figures[p.name].active
+    for w in instances:
+        if w.state in ACTIVE:
+            type_active[(known.get(w.id) or spec.worker_type(w.type)).kind] += 1
     # A cloud's max counts the workers it holds: by the cloud each runs on, not its placement's.
     cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
     for w in instances:

@@ -530,3 +530,14 @@ def test_a_booting_worker_counted_under_another_types_placement_brings_what_it_w
     capped = spec(MOVED.replace("  max-vms: 10\n", "  max-vms: 10\n  max-cpus: 9\n"))
     more = planner.plan({"now": NOW, "jobs": [job(n, cpus=8) for n in range(9)], "slots": [], "instances": [booting]}, capped)
     assert launches(more).get("large@aws", 0) == 0, more.decisions
+
+
+def test_a_types_max_counts_the_workers_launched_as_it_wherever_they_count() -> None:
+    """large has max 1 and one large worker, busy, still on site (counted under small@site): the
+    waiting 8-CPU jobs launch no second large; small's own max is not charged for it."""
+    farm = spec(MOVED.replace("      cpus: 8\n", "      cpus: 8\n      max: 1\n"))
+    slots = [{"Name": "slot1_1@i-big", "Machine": "m-i-big", "State": "Claimed", "Activity": "Busy", "Cpus": 8, "Memory": 30000,
+              "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "VfarmInstanceId": "i-big"}]
+    result = planner.plan({"now": NOW, "jobs": [job(n, cpus=8) for n in range(3)], "slots": slots, "instances": [placed("i-big", "large", "site")]}, farm)
+    assert [(w.type, w.state.value) for w in result.instances] == [("small@site", "busy")]
+    assert launches(result).get("large@aws", 0) == 0, result.decisions
