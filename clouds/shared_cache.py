@@ -85,14 +85,21 @@ def asking(cache: Path, key: str, asker: Sequence[str], files: Mapping[str, Path
 def _records_locked(cache: Path, mode: int) -> Iterator[None]:
     """CACHE's records' lock held in MODE (flock's LOCK_SH or LOCK_EX) while the block runs; not
     at all when this process cannot make it (then it cannot write a record either)."""
+    path = cache / USERS / RECORDS_LOCK
     try:
-        (cache / USERS).mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(cache / USERS / RECORDS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # open for writing where it can: NFS's emulated flock takes an exclusive lock only so
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            descriptor = os.open(path, os.O_RDONLY)
     except OSError:
         yield
         return
     try:
-        fcntl.flock(descriptor, mode)
+        try:
+            fcntl.flock(descriptor, mode)
+        except OSError:  # a file system without locks: nothing to hold
+            pass
         yield
     finally:
         os.close(descriptor)  # (the kernel drops the flock with the file)

@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from typing import Any, Optional
 
+from ..config.localfs import normal_path
+
 CONTENT_TYPE = "text/cloud-config"
 
 
@@ -23,9 +25,11 @@ def localfs_mounts(section: dict[str, Any]) -> Optional[str]:
     devices = section.get("devices") or []
     if not devices:
         return None
-    entries = "".join(f"  - [{json.dumps(device)}]\n" for device in devices)  # (JSON strings: valid YAML)
+    # As localfs reads them (/dev//xvdb/ is /dev/xvdb), and cc_mounts compares names as written.
+    entries = "".join(f"  - [{json.dumps(normal_path(device))}]\n" for device in devices)  # (JSON strings: valid YAML)
     return ("#cloud-config\n"
             "# vfarm localfs: cloud-init's mounts leaves the devices of the volume group alone\n"
+            "# (this list replaces the image's own `mounts`, as user-data does: add its entries here)\n"
             f"mounts:\n{entries}")
 
 

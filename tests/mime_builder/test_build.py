@@ -14,7 +14,7 @@ import yaml
 from vfarm.cli.main import main as vfarm
 from vfarm.config import loader as configuration
 from vfarm.config import sections
-from vfarm.mime_builder import mime
+from vfarm.mime_builder import cloudconfig, mime
 from vfarm.mime_builder.limits import EC2_LIMIT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,5 +321,7 @@ def test_the_devices_localfs_takes_are_left_alone_by_cloud_inits_mounts(tmp_path
         part = next(p for p in built.parts if p.filename == "localfs-mounts.cfg")
         assert part.content_type == "text/cloud-config" and part.payload.startswith(b"#cloud-config\n")
         assert yaml.safe_load(part.payload) == {"mounts": [[device] for device in devices]}
+    # Named as localfs reads them: cloud-init compares the names as written.
+    assert yaml.safe_load(cloudconfig.localfs_mounts({"devices": ["/dev//xvdb/"]}) or "") == {"mounts": [["/dev/xvdb"]]}
     plain = configuration.load_text("localfs:\n  parts:\n    home: 50\n", "plain.yaml")
     assert "localfs-mounts.cfg" not in [p.filename for p in mime.build(plain, handlers="baked").parts]
