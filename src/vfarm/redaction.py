@@ -43,9 +43,13 @@ _INDENT = re.compile(r"[ \t]*")
 # A text may hold line ends (and tabs) escaped: `\n` (a repr: cloud-init's errors, a traceback's
 # lines) or `\x0a` (`escape_controls`, which `shown` applies before it redacts). Keys are read in a
 # copy where each is the real character, padded with `\r` to the same length (so are the blocks of
-# a key line that ends escaped); `\\` (a repr's backslash) stays.
+# a key line that ends escaped); `\\` (a repr's backslash) stays. In a repr of a repr (a JSON
+# record's) they are escaped twice (`\\n`; `\\\\` is a backslash): a second copy reads those as line
+# ends too, for the blanks after a key's `:` and a block whose header's line end is escaped so. Not
+# for keys: `\\npass` may as well be a backslash and `npass`.
 _ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[ad]|\\)")
-_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\"}
+_TWICE_ESCAPED_END = re.compile(r"\\(?:\\{3}|\\?(?:[nrt]|x0[ad])|\\)")
+_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\", "\\" * 4: "\\" * 4}
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -269,9 +273,10 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
-    padded = text if "\\" not in text else _ESCAPED_END.sub(lambda end: _LINE_END[end.group()], text)
+    padded = text if "\\" not in text else _padded(text, _ESCAPED_END)
+    twice = padded if "\\\\" not in text else _padded(text, _TWICE_ESCAPED_END)
     # Read there too: a key's start (`\npass` starts with `pass`; `\token` still reads as `token`), and
-    # the blanks after its `:` (YAML's `token:\n  X` is token X). A value ends at a blank of TEXT.
+    # in TWICE the blanks after its `:` (YAML's `token:\n  X` is token X). A value ends at a blank of TEXT.
     keys = folded if padded is text else _folded(padded)
     line = [0, -1, 0, 0, -1]  # the last key line _block_value read: start, end, its block's span, next real line end
     heap = [(at, word) for word in _TRIGGERS if (at := folded.find(word)) >= 0]
@@ -287,14 +292,14 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                 option_end = key_end
                 _option_value(text, folded, start, key_end, spans, unclosed)
             if _SECRET_FOLDED.search(keys, start, key_end) or _SECRET_FOLDED.search(folded, start, key_end):
-                separator = _SEPARATOR.match(padded, key_end)
+                separator = _SEPARATOR.match(twice, key_end)
                 if separator is not None:
                     begin, quote = separator.end(), separator.group(2)
                     scheme = None if quote else _AUTH_SCHEME.match(text, begin)
                     if scheme is not None:
                         begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        block = None if quote else _block_value(text, padded, at, begin, line)
+                        block = None if quote else _block_value((text, padded, twice), start, at, begin, line)
                         if block is not None:  # the lines below are hidden, the header is not
                             value_run = (begin, block[1])
                             begin = block[0]
@@ -314,26 +319,41 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _block_value(text: str, padded: str, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
+def _padded(text: str, escaped: re.Pattern[str]) -> str:
+    """TEXT with each ESCAPED line end (or tab) the real character, padded in front with `\\r` to the
+    same length; an escaped backslash stays."""
+    return escaped.sub(lambda end: _LINE_END.get(end.group()) or "\r" + _LINE_END[end.group()[1:]], text)
+
+
+def _block_value(views: tuple[str, str, str], key_start: int, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
     """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
     of the key whose secret word is at KEY (not the key's start: the `n` of an escaped `\\n` before
     it is a key character) or before a comment: the lines below that are blank (`\\r` too) or
     indented more than the key's line, without the blanks around them; None when there is no header
-    or no such line. Lines are TEXT's if the key line ends at a real line end (a `\\n` below is a
-    value's), else PADDED's up to the next real one (a repr's). LINE caches the key line's end, that
-    span and the next real line end: the keys of one line read the lines below once."""
+    or no such line. VIEWS are the text, PADDED and TWICE (_ESCAPED_END): lines are the text's if the
+    key line ends at a real line end (a `\\n` below is a value's), else PADDED's, TWICE's if the
+    header's line end is escaped twice, up to the next real one (a repr's). On a real line's first
+    escaped line, a key (from KEY_START) after other text (`    raise ValueError('password: |`) is
+    indented by the blanks after a quote right before it (a repr's opening one), else not at all: the
+    YAML starts there, not at the real line's start. LINE caches the key line's end, that span and
+    the next real line end: the keys of one line read the lines below once."""
+    text, padded, twice = views
     header = _BLOCK_HEADER.match(padded, begin)
-    if header is None or (header.end() < len(padded) and padded[header.end()] not in "\r\n#"):
+    if header is None or (header.end() < len(padded) and twice[header.end()] not in "\r\n#"):
         return None
     if not line[0] <= key <= line[1]:
-        end = padded.find("\n", key)
+        lines = twice if padded[header.end() : header.end() + 1] == "\\" else padded
+        end = lines.find("\n", key)
         end = len(text) if end < 0 else end
         if line[4] < end:
             stop = text.find("\n", end)
             line[4] = len(text) if stop < 0 else stop
-        lines, stop = (text, len(text)) if line[4] == end else (padded, line[4])
+        lines, stop = (text, len(text)) if line[4] == end else (lines, line[4])
         start = lines.rfind("\n", 0, key) + 1
         indent = _end_of(_INDENT, lines, start) - start
+        if lines is not text and key_start > start + indent and (start == 0 or text[start - 1] == "\n"):
+            prefix = lines[start:key_start].rstrip(" \t")
+            indent = min(indent, key_start - start - len(prefix) if prefix[-1] in "'\"" else 0)
         block = re.compile(rf"(?:[ \t\r]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(lines, end + 1, stop)
         below = block.group() if block else ""
         line[:4] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]

@@ -118,6 +118,21 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         ("E\nKeyError: 'a:\\x0a  token: >-\\x0a    s3cret\\x0a\\x0a    more'\n    x: 1", "E\nKeyError: 'a:\\x0a  token: >-\\x0a    ***\n    x: 1"),
         ("E\na:\\x0a  password: |\\x0a    s3cret\\x0a  token:\\x0a    s3cret2 x\\x0a  b: 1\nn",
          "E\na:\\x0a  password: |\\x0a    ***\\x0a  token:\\x0a    *** x\\x0a  b: 1\nn"),
+        # ... a key on a repr's first line, after other text: its indentation is counted from the repr's quote, not from
+        # the real line's start (`    raise`); without a quote, the key's line is indented by nothing (the YAML starts at it)
+        ("    reason: ValueError('password: |\\n  s3cret\\n')", "    reason: ValueError('password: |\\n  ***\\n')"),
+        ("Traceback:\n    raise ValueError('password: |\\n  s3cret\\n')\nValueError", "Traceback:\n    raise ValueError('password: |\\n  ***\\n')\nValueError"),
+        ("  log: KeyError('token: >-\\x0a  s3cret\\x0a\\x0a  more\\x0auser: me')\nn", "  log: KeyError('token: >-\\x0a  ***\\x0auser: me')\nn"),
+        ("    raise ValueError('  password: |\\n    s3cret\\n  user: me')\nE", "    raise ValueError('  password: |\\n    ***\\n  user: me')\nE"),
+        ("    msg: password: |\\x0a s3cret\\x0auser: me", "    msg: password: |\\x0a ***\\x0auser: me"),
+        # ... a repr of a repr (a JSON record's): line ends escaped twice after a block header or a key's `:` are line ends
+        # too (`\\\\` a backslash), on to the real line's end; a secret word after `\\n` is still none (above)
+        ("RuntimeError(\"failed: 'password: |\\\\n    s3cret'\")", "RuntimeError(\"failed: 'password: |\\\\n    ***"),
+        ("log {'e': \"E('password: |\\\\n    s3cret\\\\n    more\\\\nuser: me')\"}\nn", "log {'e': \"E('password: |\\\\n    ***\\\\nuser: me')\"}\nn"),
+        ('{"reason": "KeyError: \'a:\\\\x0a  token: >-\\\\x0a    s3cret\\\\x0a  b: 1\'"}',
+         '{"reason": "KeyError: \'a:\\\\x0a  token: >-\\\\x0a    ***\\\\x0a  b: 1\'"}'),
+        ("E(\"'password: |\\\\n  ab\\\\\\\\ncd\\\\nuser: me'\") E('a\\nb')", "E(\"'password: |\\\\n  ***\\\\nuser: me'\") E('a\\nb')"),
+        ("RuntimeError(\"failed: 'token:\\\\n    s3cret'\")", "RuntimeError(\"failed: 'token:\\\\n    ***"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -263,9 +278,12 @@ def test_no_password_survives_in_a_yaml_block(password: str) -> None:
         assert password not in redact(text)
         if "\\" not in password:  # a `\n` or `\x0a` of its own would read as a line end
             # one line, its line ends escaped: by `shown` (`\x0a`), or as in a repr (`\n`), alone or in a text of several lines
+            # (the repr after an indented line's text), or twice (a repr of a repr) unless a comment ends the header's line
             assert password not in shown(text)
             escaped = around.replace("\r", "\\r").replace("\n", "\\n")
-            for lines in (escaped, f"E\nValueError: '{escaped}'\n    x"):
+            doubled = escaped.replace("\\", "\\\\")
+            twice = [] if "#" in around else [f"E\n  {{'e': \"V('{doubled}')\"}}\n    x"]
+            for lines in (escaped, f"E\nValueError: '{escaped}'\n    x", f"E\n    raise ValueError('{escaped}')\n    x", *twice):
                 if password not in lines:
                     assert password not in redact(lines.replace("\x00", password))
 
@@ -362,6 +380,12 @@ HOSTILE = {
     "escaped yaml block lines": ("password: |" + _repeat("\\n  x"), "password: |\\n  ***"),
     "escaped backslashes": ("password: |\\n " + "\\" * SIZE, "password: |\\n ***"),
     "escaped line ends after a key": ("password:" + _repeat("\\n"), None),
+    "twice escaped yaml block headers": (_repeat("password: |\\\\n"), "password: ***"),
+    "twice escaped nested yaml blocks": ("".join(" " * i + "password: |\\\\x0a" for i in range(700)), "password: |\\\\x0a ***"),
+    "twice escaped yaml blocks, a real line end": (_repeat("password: |\\\\n x\\\\n") + "\n", "password: |\\\\n ***\\\\npassword: |\\\\n ***"),
+    "twice escaped backslashes": ("password: |\\\\n " + "\\" * SIZE, "password: |\\\\n ***"),
+    "twice escaped line ends after a key": ("password:" + "\\\\n" * (SIZE // 3), None),
+    "once and twice escaped yaml blocks": (_repeat("password: |\\\\nx\\\\npassword: |\\n y\\n"), "password: *** |\\n ***\\npassword: ***"),
     "escaped line ends between keys": (_repeat("\\npass:\\n  "), "\\npass:\\n  \\n***"),
     "encoded short names": (_repeat("%3Fpass%3D"), "%3Fpass%3D***"),
     "glued password options": ("mysql " + _repeat("-px "), "mysql -p*** -p***"),
