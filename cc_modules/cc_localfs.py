@@ -4,19 +4,19 @@ swap and /etc/fstab. discover (lvm2 JSON reports, blkid, findmnt) -> plan (pure)
 
 Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TAG`; a same-named
 LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
-devices unless `force` (which unmounts and swaps off such a device first: cloud-init's `mounts`
-puts EC2's instance store at /mnt; a failure stops the run before any wipe); the sizes are known
-to fit before anything is touched (on a VG still to create: the devices' sizes); existing
-content of a mount point is carried into the new filesystem (once: a marker at its root) if
-that holds nothing else yet (a volume with data is refused there, neither copied onto nor
-mounted over: by the plan when the volume is mounted somewhere, its root read there), never
-with a mount below it that is not ours; a volume moved elsewhere is unmounted from its old place
-once mounted at the new one (plain umount, a failure recorded); fstab is written atomically,
-at the end, one line per volume of ours, each with `nofail`; every line naming a device that
-becomes a PV (by any name: a symlink, UUID=, LABEL=) is commented out, before the wipe, and
-recorded as `commented_out`; a second run plans nothing. The record lists the volumes as
-`mounts` (what fstab says of them), which the final check finds in place at every boot: this
-module runs once per instance.
+devices unless `force` (which unmounts and swaps off such a device and its partitions first:
+cloud-init's `mounts` puts EC2's instance store, Azure's resource disk's sdb1 at /mnt; a failure
+stops the run before any wipe); the sizes are known to fit before anything is touched (on a VG
+still to create: the devices' sizes); existing content of a mount point is carried into the new
+filesystem (once: a marker at its root) if that holds nothing else yet (a volume with data is
+refused there, neither copied onto nor mounted over: by the plan when the volume is mounted
+somewhere, its root read there), never with a mount below it that is not ours; a volume moved
+elsewhere is unmounted from its old place once mounted at the new one (plain umount, a failure
+recorded); fstab is written atomically, at the end, one line per volume of ours, each with
+`nofail`; every line naming a device that becomes a PV, or one of its partitions (by any name:
+a symlink, UUID=, LABEL=) is commented out, before the wipe, and recorded as `commented_out`; a
+second run plans nothing. The record lists the volumes as `mounts` (what fstab says of them),
+which the final check finds in place at every boot: this module runs once per instance.
 Volumes of ours the config no longer names are kept, fstab lines too, and recorded as `kept`.
 """
 
@@ -67,7 +67,8 @@ class Facts:
     lvs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "vg/lv" -> size, tags
     pvs: dict[str, str] = field(default_factory=dict)  # device (symlinks resolved) -> vg name ("" when none)
     devices: dict[str, str] = field(default_factory=dict)  # device named by the config, fstab, findmnt, swapon -> its symlinks resolved
-    ids: dict[str, list[str]] = field(default_factory=dict)  # configured device -> UUID=, LABEL=... blkid found on it: fstab's names of it
+    ids: dict[str, list[str]] = field(default_factory=dict)  # configured device -> UUID=, LABEL=... blkid found on it and its partitions: fstab's names of them
+    partitions: dict[str, list[str]] = field(default_factory=dict)  # configured device force wipes -> its partitions (symlinks resolved)
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
@@ -134,6 +135,16 @@ def _names_only(ctx: Context, name: str, real: str) -> bool:
     return all(_real(ctx, other) == real for other in found.stdout.split())
 
 
+def _partitions(ctx: Context, device: str, real: str) -> list[str]:
+    """The partitions the kernel knows on DEVICE (REAL: DEVICE itself, when it is one), symlinks resolved."""
+    found = ctx.runner.run(["lsblk", "--json", "--list", "--paths", "-o", "NAME,TYPE", device], changes=False)
+    try:  # --list: every device below it, holders (dm) too
+        rows = json.loads(found.stdout or "{}").get("blockdevices", [])
+        return [name for row in rows if row["type"] == "part" and (name := _real(ctx, row["name"])) != real]
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
+        raise StepError(f"cannot read lsblk's JSON: {err}") from None
+
+
 def mapper_name(vg: str, lv: str) -> str:
     return f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
@@ -174,6 +185,9 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
         if real not in facts.pvs:
             facts.signatures[device], ids = _probe(ctx, device)
             facts.ids[device] = [name for name in ids if _names_only(ctx, name, real)]
+            if facts.signatures[device] and spec.force:  # what force wipes: its partitions are freed, their lines released too
+                facts.partitions[device] = _partitions(ctx, device, real)
+                facts.ids[device] += [name for part in facts.partitions[device] for name in _probe(ctx, part)[1] if _names_only(ctx, name, part)]
         if not facts.pvs.get(real):
             size = ctx.runner.run(["blockdev", "--getsize64", device], changes=False).stdout.strip()
             facts.sizes[device] = int(size) if size.isdigit() else 0
@@ -227,14 +241,19 @@ def _own_lvs(facts: Facts, vg: str) -> list[str]:
     return [key.split("/", 1)[1] for key, lv in facts.lvs.items() if key.startswith(vg + "/") and LV_TAG in lv["tags"]]
 
 
+def _reals(facts: Facts, device: str) -> set[str]:
+    """The real names of DEVICE and of its partitions (force wipes them all)."""
+    return {_pv(facts, device), *facts.partitions.get(device, [])}
+
+
 def _pv_names(spec: LocalfsSpec, facts: Facts) -> dict[str, str]:
-    """Each name fstab may give a device of SPEC (its path, a symlink to it, UUID=, LABEL=... of
-    what blkid found on it before the wipe) -> the config's name of it."""
+    """Each name fstab may give a device of SPEC or one of its partitions (its path, a symlink to
+    it, UUID=, LABEL=... of what blkid found on it before the wipe) -> the config's name of it."""
     names: dict[str, str] = {}
     for device in spec.devices:
-        real = _pv(facts, device)
-        names.update({name: device for name, other in facts.devices.items() if other == real})
-        names.update(dict.fromkeys([device, real, *facts.ids.get(device, [])], device))
+        reals = _reals(facts, device)
+        names.update({name: device for name, other in facts.devices.items() if other in reals})
+        names.update(dict.fromkeys([device, *reals, *facts.ids.get(device, [])], device))
     return names
 
 
@@ -290,15 +309,20 @@ def _free(device: str, argv: list[str], where: str) -> Custom:
 
 
 def _in_use(facts: Facts, device: str) -> list[Custom]:
-    """The steps that free DEVICE (any name of it) where it is mounted (the innermost first) or swap."""
-    real = _pv(facts, device)
-    targets = sorted((target for target, source in facts.mounts.items() if _pv(facts, source) == real), reverse=True)
-    return [_free(device, ["umount", target], f"mounted at {target}") for target in targets] + [
-        _free(device, ["swapoff", swap], "swap in use") for swap in facts.swaps if _pv(facts, swap) == real]
+    """The steps that free DEVICE (any name of it) and its partitions where they are mounted (the
+    innermost first) or swap; a partition's step names it."""
+    reals = _reals(facts, device)
+
+    def name(other: str) -> str:
+        return device if _pv(facts, other) == _pv(facts, device) else other
+
+    targets = sorted(((target, source) for target, source in facts.mounts.items() if _pv(facts, source) in reals), reverse=True)
+    return [_free(name(source), ["umount", target], f"mounted at {target}") for target, source in targets] + [
+        _free(name(swap), ["swapoff", swap], "swap in use") for swap in facts.swaps if _pv(facts, swap) in reals]
 
 
 def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> list[Step]:
-    """Free the devices force wipes, then FSTAB (their lines commented out), then wipe, pvcreate, vgcreate."""
+    """Free the devices force wipes (their partitions too), then FSTAB (their lines commented out), then wipe, pvcreate, vgcreate."""
     free: list[Step] = []
     steps: list[Step] = []
     if len({_pv(facts, d) for d in spec.devices}) < len(spec.devices):
@@ -313,6 +337,9 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> li
         if found:
             if not spec.force:
                 raise PlanError(f"device {device} holds {found}: refusing to pvcreate on it (set force: true to destroy what is there)")
+            owned = [f"{part} belongs to volume group {facts.pvs[part]}" for part in facts.partitions.get(device, []) if facts.pvs.get(part)]
+            if owned:  # as the device itself would: another VG's PV is never wiped
+                raise PlanError(f"device {device}'s partition {owned[0]}: refusing to wipe it")
             free += _in_use(facts, device)
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
@@ -623,7 +650,7 @@ def plan(spec: LocalfsSpec, facts: Facts, root: str = "/") -> LocalfsPlan:
     # The names of the devices that are PVs of VG, or become them now (not one of an existing VG
     # the config names beside them), and where other devices are mounted: their lines stay.
     pvs = {name: d for name, d in _pv_names(spec, facts).items() if create or facts.pvs.get(_pv(facts, d)) == vg}
-    devices = {_pv(facts, d) for d in spec.devices}
+    devices = {real for d in spec.devices for real in _reals(facts, d)}
     others = frozenset(point for point in map(localfs_spec.normal_path, fstab_mount_points(facts.fstab))
                        if (held_by := facts.mounts.get(at(point), "")).startswith("/dev/") and _pv(facts, held_by) not in devices)
     try:

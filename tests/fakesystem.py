@@ -50,16 +50,18 @@ class FakeRunner(Runner):
 
     def changing_calls(self) -> list[list[str]]:
         """The calls that change something (not the read-only discovery commands)."""
-        readonly = {"lvm", "blkid", "findmnt", "dpkg-query", "rpm", "apt-cache"}
+        readonly = {"lvm", "blkid", "lsblk", "findmnt", "dpkg-query", "rpm", "apt-cache"}
         checks = (["swapon", "--show=NAME"], ["blockdev", "--getsize64"], ["cvmfs_config", "chksetup"], ["cvmfs_config", "probe"])
         return [c for c in self.calls if c[0] not in readonly and c[:2] not in checks]
 
 
 @dataclass
 class FakeMachine:
-    """A small model: volume groups, LVs (with tags), PVs, what blkid finds, mounts, swaps.
-    `links` are other names of devices (/dev/disk/by-id/x -> /dev/vdb): LVM names a PV by the
-    kernel's name whatever name pvcreate and vgcreate were given."""
+    """A small model: volume groups, LVs (with tags), PVs, what blkid finds, partitions, mounts,
+    swaps. `links` are other names of devices (/dev/disk/by-id/x -> /dev/vdb): LVM names a PV by
+    the kernel's name whatever name pvcreate and vgcreate were given. A disk with `partitions`
+    holds a partition table (its signature is blkid's PTTYPE); wipefs on it is refused while it or
+    a partition is mounted or swap (busy), and drops them (the kernel reads the table again)."""
 
     extent_size: int = 4 * 1024**2
     vgs: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> extents, free
@@ -71,6 +73,7 @@ class FakeMachine:
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source
     swaps: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+    partitions: dict[str, list[str]] = field(default_factory=dict)  # disk -> its partitions (kernel names)
 
     def device_size(self, device: str) -> int:
         """What `blockdev --getsize64` says: the extents vgcreate makes of it, and the PV header."""
@@ -116,7 +119,12 @@ class FakeMachine:
             return (0, "".join(f"{d}\n" for d in named), "") if named else (2, "", "")
         if tool == "blkid":
             found = self.signatures.get(argv[-1])
-            return (0, f"DEVNAME={argv[-1]}\nTYPE={found}\n{self.ids.get(argv[-1], '')}", "") if found else (2, "", "")
+            kind = "PTTYPE" if argv[-1] in self.partitions else "TYPE"
+            return (0, f"DEVNAME={argv[-1]}\n{kind}={found}\n{self.ids.get(argv[-1], '')}", "") if found else (2, "", "")
+        if tool == "lsblk":  # --json --list --paths -o NAME,TYPE DEVICE: it and its partitions
+            part = any(argv[-1] in parts for parts in self.partitions.values())
+            below = [{"name": argv[-1], "type": "part" if part else "disk"}, *({"name": p, "type": "part"} for p in self.partitions.get(argv[-1], []))]
+            return 0, json.dumps({"blockdevices": below}), ""
         if tool == "findmnt":
             rows = [{"target": t, "source": s, "id": n, "parent": 1} for n, (t, s) in enumerate(self.mounts.items(), start=2)]  # each on /'s
             return 0, json.dumps({"filesystems": rows}), ""
@@ -131,8 +139,13 @@ class FakeMachine:
             self.signatures.pop(argv[-1], None)
             self.ids.pop(argv[-1], None)
         elif tool == "wipefs":
-            self.signatures.pop(argv[-1], None)
-            self.ids.pop(argv[-1], None)
+            wiped = [argv[-1], *self.partitions.get(argv[-1], [])]
+            if {self.links.get(d, d) for d in [*self.mounts.values(), *self.swaps]} & set(wiped):
+                return 1, "", f"wipefs: error: {argv[-1]}: probing initialization failed: Device or resource busy"
+            self.partitions.pop(argv[-1], None)
+            for device in wiped:
+                self.signatures.pop(device, None)
+                self.ids.pop(device, None)
         elif tool == "vgcreate":
             name, devices = argv[1], argv[2:]
             extents = sum(self.devices.get(d, 1000) for d in devices)

@@ -987,3 +987,99 @@ def test_a_device_the_config_lists_beside_an_existing_volume_group_keeps_its_lin
     assert status["status"] == "ok", status["reason"]
     assert line in (root / "etc/fstab").read_text().splitlines() and status["commented_out"] == []
     assert not [call for call in runner.changing_calls() if call[0] in ("umount", "wipefs", "pvcreate")]
+
+
+AZURE_MNT = CLOUD_INIT_MNT.replace("/dev/vdb", "/dev/sdb1")  # cloud-init's `mounts` on Azure: the resource disk's partition
+
+
+def azure_resource(root: Path) -> FakeMachine:
+    """Azure's resource disk as cloud-init leaves it: /dev/sdb, a dos partition table, ext4 on
+    /dev/sdb1 mounted at /mnt, its fstab line written."""
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}{AZURE_MNT}\n")
+    return FakeMachine(devices={"/dev/sdb": 2000}, signatures={"/dev/sdb": "dos", "/dev/sdb1": "ext4"}, partitions={"/dev/sdb": ["/dev/sdb1"]},
+                       ids={"/dev/sdb1": "UUID=4b1e\nPART_ENTRY_UUID=9c1d5e2a-01\n"}, mounts={str(root / "mnt"): "/dev/sdb1"})
+
+
+def test_force_frees_a_disk_whose_partition_cloud_init_mounted_and_comments_out_its_line(root: Path) -> None:
+    """Without force: refused in the plan (a partition table), nothing done, its partitions not
+    even listed. With force: /mnt, where sdb1 is mounted, unmounted and cloud-init's line naming
+    sdb1 commented out, both before the wipe (else wipefs finds the disk busy, and the line
+    mounts a partition gone at the next boot); never put back; the next run changes nothing."""
+    machine = azure_resource(root)
+    section = {"devices": ["/dev/sdb"], "parts": {"scratch": {"size": 50, "mount": "/mnt"}}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, section)
+    assert status["status"] == "failed" and "/dev/sdb holds a dos partition table: refusing to pvcreate" in status["reason"], status["reason"]
+    assert runner.changing_calls() == [] and not [c for c in runner.calls if c[0] == "lsblk"]
+    assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{AZURE_MNT}\n"
+    forced = {**section, "force": True}
+    dry = run(root, FakeRunner(machine=machine, dry_run=True), forced)
+    assert [s["action"] for s in dry["steps"]][-5:] == ["umount", "write-fstab", "wipefs", "pvcreate", "vgcreate"] and dry["commented_out"] == [AZURE_MNT]
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, forced)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:3] == [["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/sdb"], ["pvcreate", "--yes", "/dev/sdb"]]
+    umount = next(s for s in status["steps"] if s["action"] == "umount")
+    assert umount["ok"] and umount["device"] == "/dev/sdb1"
+    assert status["commented_out"] == [AZURE_MNT]
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.splitlines()[2:] == [f"# vfarm localfs: replaced by /dev/sdb: {AZURE_MNT}", "# vfarm localfs",
+                                      f"/dev/vg_local/scratch\t/mnt\text4\t{AT_BOOT}\t0\t2"]
+    assert machine.mounts == {str(root / "mnt"): "/dev/vg_local/scratch"} and machine.pvs == {"/dev/sdb": "vg_local"} and machine.partitions == {}
+    again = FakeRunner(machine=machine)
+    status = run(root, again, forced)
+    assert status["status"] == "ok" and again.changing_calls() == [] and (root / "etc/fstab").read_text() == fstab
+    assert status["commented_out"] == [] and not [c for c in again.calls if c[0] == "lsblk"]  # a PV now: not probed again
+
+
+def test_partitions_in_use_are_freed_and_their_lines_by_any_name_commented_out(root: Path) -> None:
+    """The config names the disk by a symlink. Its partitions: sdb1 at /data, sdb3 at /data/inner
+    (unmounted first), sdb2 swap in use: all freed before the wipe. Their lines (by UUID=,
+    PARTUUID=, a symlink) are commented out, replaced by the configured name; a LABEL sdb1 shares
+    with another disk names that disk (its line stays), as do / and another disk's UUID line. The
+    next run changes nothing."""
+    (root / "dev/disk/cloud").mkdir(parents=True)
+    (root / "dev/disk/cloud/azure_resource").symlink_to("../../sdb")
+    (root / "dev/disk/cloud/azure_resource-part3").symlink_to("../../sdb3")
+    theirs = ["LABEL=cloudimg-rootfs / ext4 defaults 0 1", "LABEL=data /srv ext4 defaults,nofail 0 2", "UUID=other /opt ext4 defaults 0 2"]
+    partitions = ["UUID=4b1e /data ext4 defaults 0 2", "PARTUUID=9c1d5e2a-02 none swap sw 0 0",
+                  "/dev/disk/cloud/azure_resource-part3 /data/inner ext4 defaults 0 2"]
+    (root / "etc/fstab").write_text("".join(f"{line}\n" for line in theirs + partitions))
+    machine = FakeMachine(devices={"/dev/sdb": 2000}, partitions={"/dev/sdb": ["/dev/sdb1", "/dev/sdb2", "/dev/sdb3"]},
+                          signatures={"/dev/sdb": "gpt", "/dev/sdb1": "ext4", "/dev/sdb2": "swap", "/dev/sdb3": "ext4", "/dev/vdc": "ext4"},
+                          ids={"/dev/sdb1": "UUID=4b1e\nLABEL=data\nPART_ENTRY_UUID=9c1d5e2a-01\n", "/dev/sdb2": "PART_ENTRY_UUID=9c1d5e2a-02\n",
+                               "/dev/sdb3": "UUID=77aa\n", "/dev/vdc": "LABEL=data\n"},
+                          mounts={str(root / "data"): "/dev/sdb1", str(root / "data/inner"): "/dev/sdb3"}, swaps=["/dev/sdb2"],
+                          links={"/dev/disk/cloud/azure_resource": "/dev/sdb"})
+    section = {"devices": ["/dev/disk/cloud/azure_resource"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, section)
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:4] == [["umount", str(root / "data/inner")], ["umount", str(root / "data")], ["swapoff", "/dev/sdb2"],
+                                           ["wipefs", "--all", "/dev/disk/cloud/azure_resource"]]
+    fstab = (root / "etc/fstab").read_text()
+    assert fstab.splitlines()[:6] == [*theirs, *(f"# vfarm localfs: replaced by /dev/disk/cloud/azure_resource: {line}" for line in partitions)]
+    assert status["commented_out"] == partitions and machine.swaps == [] and machine.mounts == {str(root / "scratch"): "/dev/vg_local/scratch"}
+    again = FakeRunner(machine=machine)
+    assert run(root, again, section)["status"] == "ok" and again.changing_calls() == [] and (root / "etc/fstab").read_text() == fstab
+
+
+def test_a_busy_partition_stops_the_run_before_anything_is_wiped(root: Path) -> None:
+    """umount of the partition's mount point fails: the run stops, naming the partition; nothing
+    wiped, fstab as it was."""
+    machine = azure_resource(root)
+    runner = FakeRunner(machine=machine, fail=("umount",))
+    status = run(root, runner, {"devices": ["/dev/sdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "failed" and f"device /dev/sdb1 is mounted at {root}/mnt and `umount {root}/mnt` failed" in status["reason"]
+    assert runner.changing_calls() == [["umount", str(root / "mnt")]] and machine.signatures == {"/dev/sdb": "dos", "/dev/sdb1": "ext4"}
+    assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{AZURE_MNT}\n"
+
+
+def test_a_disk_with_a_partition_in_another_volume_group_is_never_wiped(root: Path) -> None:
+    """As a device of another volume group is not, even with force."""
+    machine = FakeMachine(devices={"/dev/sdb": 2000}, signatures={"/dev/sdb": "gpt", "/dev/sdb1": "LVM2_member"}, partitions={"/dev/sdb": ["/dev/sdb1"]},
+                          pvs={"/dev/sdb1": "vg_data"}).add_vg("vg_data", 500)
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/sdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "failed" and "device /dev/sdb's partition /dev/sdb1 belongs to volume group vg_data" in status["reason"], status["reason"]
+    assert runner.changing_calls() == []

@@ -255,3 +255,24 @@ def test_disk_with_a_filesystem_is_not_touched(boot_vm: BootFn, tmp_path: Path) 
     assert booted.instance.read_data_disk("/keep-me.txt") == b"site data\n"
     blkid = subprocess.run(["blkid", "-p", "-o", "export", str(booted.instance.data)], capture_output=True, text=True).stdout
     assert "TYPE=ext4" in blkid and "LABEL=sitedata" in blkid, blkid
+
+
+def test_force_takes_a_partitioned_disk(boot_vm: BootFn, tmp_path: Path) -> None:
+    """A data disk with a partition table and a filesystem on its partition, as a cloud's resource
+    disk may come: with force, localfs reads its partitions with the guest's own lsblk, wipes the
+    disk and makes the volume group of it (the kernel drops the partition it knew)."""
+    disk, content = tmp_path / "parted.raw", tmp_path / "fs.raw"
+    subprocess.run(["truncate", "-s", "2G", str(disk)], check=True)
+    with disk.open("r+b") as raw:  # an MBR: one Linux partition from 1 MiB, 512 MiB long
+        raw.write(bytes(446) + bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little") + (2048 * 512).to_bytes(4, "little")
+                  + bytes(48) + b"\x55\xaa")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "olddata", str(content), "512M"], check=True)
+    subprocess.run(["dd", f"if={content}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc", "status=none"], check=True)
+    content.unlink()
+    booted = boot_vm("localfs:\n  devices: [/dev/vdb]\n  force: true\n  parts:\n    home: 50\n", handlers="baked", data_disk=str(disk))
+    summary = booted.summary
+    localfs = next(h for h in summary["handlers"] if h["name"] == "localfs")
+    assert summary["result"] == "ok" and localfs["status"] == "ok", localfs
+    assert mounts(collected_text(booted.collected))["/home"] == "/dev/mapper/vg_local-home"
+    blkid = subprocess.run(["blkid", "-p", "-o", "export", str(booted.instance.data)], capture_output=True, text=True).stdout
+    assert "TYPE=LVM2_member" in blkid and "PTTYPE" not in blkid, blkid
