@@ -277,7 +277,11 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   before the wipe, every fstab line naming a device that becomes a PV commented out, by path,
   symlink, UUID= or LABEL=; at most one line put back per place; the mount on top by findmnt's
   ID/PARENT; redaction of YAML blocks in a repr inside multi-line text): torino 39990 to 40441,
-  condor 40709 to 41550, localfs only 34374 to 35146 (+0.5 to 0.8 KB).
+  condor 40709 to 41550, localfs only 34374 to 35146 (+0.5 to 0.8 KB). Then the review's fixes
+  (localfs: IDs another disk shares, a partitioned disk, the lines of devices not wiped; redaction
+  of a repr's block after other text and of a repr of a repr): torino 41194, condor 42155, localfs
+  only 35713 (+0.6 to 0.8 KB); longform's include +113 (localfs-mounts.cfg: its devices are left
+  alone by cloud-init's mounts).
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole. By function (table above), no one
