@@ -69,6 +69,7 @@ class Facts:
     devices: dict[str, str] = field(default_factory=dict)  # device named by the config, fstab, findmnt, swapon -> its symlinks resolved
     ids: dict[str, list[str]] = field(default_factory=dict)  # configured device -> UUID=, LABEL=... blkid found on it and its partitions: fstab's names of them
     partitions: dict[str, list[str]] = field(default_factory=dict)  # configured device force wipes -> its partitions (symlinks resolved)
+    stacked: dict[str, list[str]] = field(default_factory=dict)  # the same -> devices on it or them: "NAME (TYPE)"
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
@@ -135,12 +136,14 @@ def _names_only(ctx: Context, name: str, real: str) -> bool:
     return all(_real(ctx, other) == real for other in found.stdout.split())
 
 
-def _partitions(ctx: Context, device: str, real: str) -> list[str]:
-    """The partitions the kernel knows on DEVICE (REAL: DEVICE itself, when it is one), symlinks resolved."""
+def _partitions(ctx: Context, device: str, real: str) -> tuple[list[str], list[str]]:
+    """The partitions the kernel knows on DEVICE (REAL: DEVICE itself, when it is one), symlinks
+    resolved, and what is stacked on it or them ("NAME (TYPE)": dm-crypt, md, LVM's volumes)."""
     found = ctx.runner.run(["lsblk", "--json", "--list", "--paths", "-o", "NAME,TYPE", device], changes=False)
     try:  # --list: every device below it, holders (dm) too
         rows = json.loads(found.stdout or "{}").get("blockdevices", [])
-        return [name for row in rows if row["type"] == "part" and (name := _real(ctx, row["name"])) != real]
+        parts = [name for row in rows if row["type"] == "part" and (name := _real(ctx, row["name"])) != real]
+        return parts, [f"{row['name']} ({row['type']})" for row in rows if row["type"] not in ("disk", "part", "loop")]
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read lsblk's JSON: {err}") from None
 
@@ -186,7 +189,7 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
             facts.signatures[device], ids = _probe(ctx, device)
             facts.ids[device] = [name for name in ids if _names_only(ctx, name, real)]
             if facts.signatures[device] and spec.force:  # what force wipes: its partitions are freed, their lines released too
-                facts.partitions[device] = _partitions(ctx, device, real)
+                facts.partitions[device], facts.stacked[device] = _partitions(ctx, device, real)
                 facts.ids[device] += [name for part in facts.partitions[device] for name in _probe(ctx, part)[1] if _names_only(ctx, name, part)]
         if not facts.pvs.get(real):
             size = ctx.runner.run(["blockdev", "--getsize64", device], changes=False).stdout.strip()
@@ -340,6 +343,8 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> li
             owned = [f"{part} belongs to volume group {facts.pvs[part]}" for part in facts.partitions.get(device, []) if facts.pvs.get(part)]
             if owned:  # as the device itself would: another VG's PV is never wiped
                 raise PlanError(f"device {device}'s partition {owned[0]}: refusing to wipe it")
+            if facts.stacked.get(device):  # in use below any mount: wipefs would fail busy after fstab changed
+                raise PlanError(f"device {device} holds {', '.join(facts.stacked[device])}: refusing to wipe it (stop and remove that first)")
             free += _in_use(facts, device)
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))

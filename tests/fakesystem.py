@@ -74,6 +74,7 @@ class FakeMachine:
     swaps: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)  # disk -> its partitions (kernel names)
+    stacked: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # disk -> (name, type) lsblk lists on it or its partitions
 
     def device_size(self, device: str) -> int:
         """What `blockdev --getsize64` says: the extents vgcreate makes of it, and the PV header."""
@@ -124,6 +125,7 @@ class FakeMachine:
         if tool == "lsblk":  # --json --list --paths -o NAME,TYPE DEVICE: it and its partitions
             part = any(argv[-1] in parts for parts in self.partitions.values())
             below = [{"name": argv[-1], "type": "part" if part else "disk"}, *({"name": p, "type": "part"} for p in self.partitions.get(argv[-1], []))]
+            below += [{"name": name, "type": kind} for name, kind in self.stacked.get(argv[-1], [])]
             return 0, json.dumps({"blockdevices": below}), ""
         if tool == "findmnt":
             rows = [{"target": t, "source": s, "id": n, "parent": 1} for n, (t, s) in enumerate(self.mounts.items(), start=2)]  # each on /'s

@@ -1083,3 +1083,15 @@ def test_a_disk_with_a_partition_in_another_volume_group_is_never_wiped(root: Pa
     status = run(root, runner, {"devices": ["/dev/sdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
     assert status["status"] == "failed" and "device /dev/sdb's partition /dev/sdb1 belongs to volume group vg_data" in status["reason"], status["reason"]
     assert runner.changing_calls() == []
+
+
+def test_a_disk_with_a_device_stacked_on_its_partition_is_never_wiped(root: Path) -> None:
+    """dm-crypt on a partition (lsblk lists it below the disk): refused in the plan, before fstab
+    or anything else is touched (wipefs would only fail busy, after the lines were released)."""
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}/dev/mapper/secret /secret ext4 defaults 0 2\n")
+    machine = FakeMachine(devices={"/dev/sdb": 2000}, signatures={"/dev/sdb": "gpt", "/dev/sdb1": "crypto_LUKS"}, partitions={"/dev/sdb": ["/dev/sdb1"]},
+                          stacked={"/dev/sdb": [("/dev/mapper/secret", "crypt")]})
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/sdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "failed" and "device /dev/sdb holds /dev/mapper/secret (crypt)" in status["reason"], status["reason"]
+    assert runner.changing_calls() == [] and "/dev/mapper/secret /secret" in (root / "etc/fstab").read_text()
