@@ -782,6 +782,11 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
     (_known_types), whose free resources are read as at most that type's (_at_most)."""
     placements = spec.placements
     overstated: list[str] = []
+
+    def type_of(w: Worker) -> WorkerType:
+        """The type W was launched as: its known type, else its placement's."""
+        return known.get(w.id) or spec.worker_type(w.type)
+
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
                for p in placements}
     supply = {p.name: fit.Resources() for p in placements}
@@ -790,7 +795,7 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
             continue
         figures[w.type].active += 1
         if w.state is WorkerState.BOOTING:
-            supply[w.type] = supply[w.type] + fit.capacity(known.get(w.id) or spec.worker_type(w.type))  # what it was launched with
+            supply[w.type] = supply[w.type] + fit.capacity(type_of(w))
         else:
             slots = by_instance.get(w.id, [])
             free = _slot_supply(slots)
@@ -807,14 +812,14 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
     type_active = collections.Counter({p.kind: 0 for p in placements})
     for w in instances:
         if w.state in ACTIVE:
-            type_active[(known.get(w.id) or spec.worker_type(w.type)).kind] += 1
+            type_active[type_of(w).kind] += 1
     # A cloud's max counts the workers it holds: by the cloud each runs on, not its placement's.
     cloud_active = collections.Counter({c.name: 0 for c in spec.clouds})
     for w in instances:
         if w.state in ACTIVE and w.cloud is not None:
             cloud_active[w.cloud] += 1
     return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
-                 live_cpus=sum((known.get(w.id) or spec.worker_type(w.type)).cpus for w in instances), known=known, overstated=overstated)
+                 live_cpus=sum(type_of(w).cpus for w in instances), known=known, overstated=overstated)
 
 
 @dataclass
