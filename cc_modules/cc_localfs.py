@@ -6,7 +6,7 @@ Safety: an existing LV is left alone (ours carry the LVM tag `localfs_spec.LV_TA
 LV without it is a conflict); no mkfs where blkid finds a filesystem; pvcreate only on blank
 devices unless `force` (which unmounts and swaps off such a device and its partitions first:
 cloud-init's `mounts` puts EC2's instance store, Azure's resource disk's sdb1 at /mnt; a failure
-stops the run before any wipe); the sizes are known to fit before anything is touched (on a VG
+stops the run before any wipe; one mounted under another mount is refused); the sizes are known to fit before anything is touched (on a VG
 still to create: the devices' sizes); existing content of a mount point is carried into the new
 filesystem (once: a marker at its root) if that holds nothing else yet (a volume with data is
 refused there, neither copied onto nor mounted over: by the plan when the volume is mounted
@@ -33,7 +33,7 @@ from typing import Any, Optional
 from ..config import localfs as localfs_spec
 from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
 from ..errors import PlanError, StepError
-from ..files import atomic_write, on_top, read_text, under, unescape_octal
+from ..files import atomic_write, on_top, read_text, shadowed, under, unescape_octal
 from ..textsafe import UnsafeValue
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
@@ -73,6 +73,7 @@ class Facts:
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
+    hidden: list[list[str]] = field(default_factory=list)  # [target, source] of mounts no path reaches (files.shadowed)
     swaps: list[str] = field(default_factory=list)  # active swap devices
     fstab: str = ""
     nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
@@ -161,8 +162,17 @@ def _real(ctx: Context, device: str) -> str:
         return device
 
 
+def _device(source: str) -> str:
+    """The device of findmnt's SOURCE: a bind mount's (or btrfs subvolume's) is `/dev/vdb[/sub]`."""
+    return re.sub(r"\[/.*\]$", "", source)
+
+
 def _follow(ctx: Context, facts: Facts, mount: str) -> str:
-    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink."""
+    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink. A mount
+    point in use is not looked at: the kernel names it by its real path already, and a stat there
+    (a dead NFS server) could hang the boot."""
+    if str(ctx.path(mount)) in {*facts.mounts, *(target for target, _ in facts.hidden)}:
+        return mount
     real = localfs_spec.normal_path(_real(ctx, mount))  # a link to the root: / not /.
     if real != mount:
         facts.links[mount] = real
@@ -205,7 +215,8 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
         raise CommandFailed(found)
     try:  # (an older util-linux gives the IDs as strings)
         rows = json.loads(found.stdout or "{}").get("filesystems", [])
-        facts.mounts = on_top([(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows])
+        mounts = [(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows]
+        facts.mounts, facts.hidden = on_top(mounts), [list(mount) for mount in shadowed(mounts)]
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None
     for path in facts.aliases:  # our volumes that the config names
@@ -218,7 +229,8 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     for mount in fstab_mount_points(facts.fstab):
         _follow(ctx, facts, localfs_spec.normal_path(mount))
     # Devices by other names (a symlink; EC2's /dev/xvdb): mounted, swap, of fstab's lines (ours commented out too, and what replaced them).
-    for device in [*facts.mounts.values(), *facts.swaps, *(name for by, fields in _fstab_lines(facts.fstab) for name in (fields[0], by) if name)]:
+    mounted = [_device(source) for source in [*facts.mounts.values(), *(source for _, source in facts.hidden)]]
+    for device in [*mounted, *facts.swaps, *(name for by, fields in _fstab_lines(facts.fstab) for name in (fields[0], by) if name)]:
         if device.startswith("/dev/"):
             facts.devices.setdefault(device, _real(ctx, device))
     for part in spec.parts:
@@ -319,7 +331,7 @@ def _in_use(facts: Facts, device: str) -> list[Custom]:
     def name(other: str) -> str:
         return device if _pv(facts, other) == _pv(facts, device) else other
 
-    targets = sorted(((target, source) for target, source in facts.mounts.items() if _pv(facts, source) in reals), reverse=True)
+    targets = sorted(((target, _device(source)) for target, source in facts.mounts.items() if _pv(facts, _device(source)) in reals), reverse=True)
     return [_free(name(source), ["umount", target], f"mounted at {target}") for target, source in targets] + [
         _free(name(swap), ["swapoff", swap], "swap in use") for swap in facts.swaps if _pv(facts, swap) in reals]
 
@@ -345,6 +357,9 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> li
                 raise PlanError(f"device {device}'s partition {owned[0]}: refusing to wipe it")
             if facts.stacked.get(device):  # in use below any mount: wipefs would fail busy after fstab changed
                 raise PlanError(f"device {device} holds {', '.join(facts.stacked[device])}: refusing to wipe it (stop and remove that first)")
+            hidden = [target for target, source in facts.hidden if _pv(facts, _device(source)) in _reals(facts, device)]
+            if hidden:  # umount there would take the mount on top: refused before fstab changes
+                raise PlanError(f"device {device} is mounted at {hidden[0]} under another mount: refusing to wipe it (unmount both first)")
             free += _in_use(facts, device)
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))

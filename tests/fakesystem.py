@@ -70,7 +70,8 @@ class FakeMachine:
     devices: dict[str, int] = field(default_factory=dict)  # blank disks: path -> extents
     signatures: dict[str, str] = field(default_factory=dict)  # path -> TYPE
     ids: dict[str, str] = field(default_factory=dict)  # path -> what else blkid -p says of it ("UUID=...\nLABEL=...\n"), gone with TYPE
-    mounts: dict[str, str] = field(default_factory=dict)  # target -> source
+    mounts: dict[str, str] = field(default_factory=dict)  # target -> source (`/dev/vdb[/sub]`: a bind mount), in the order made
+    covered: dict[str, str] = field(default_factory=dict)  # target -> source of a mount made before the one `mounts` has there
     swaps: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)  # disk -> its partitions (kernel names)
@@ -127,8 +128,12 @@ class FakeMachine:
             below = [{"name": argv[-1], "type": "part" if part else "disk"}, *({"name": p, "type": "part"} for p in self.partitions.get(argv[-1], []))]
             below += [{"name": name, "type": kind} for name, kind in self.stacked.get(argv[-1], [])]
             return 0, json.dumps({"blockdevices": below}), ""
-        if tool == "findmnt":
-            rows = [{"target": t, "source": s, "id": n, "parent": 1} for n, (t, s) in enumerate(self.mounts.items(), start=2)]  # each on /'s
+        if tool == "findmnt":  # each in the one made last at its point or the folder nearest above it, or the host's /
+            rows: list[dict[str, Any]] = [{"target": "/", "source": "/dev/host", "id": 1, "parent": 0}]
+            for number, (target, source) in enumerate([*self.covered.items(), *self.mounts.items()], start=2):
+                above = [row for row in rows if target == row["target"] or target.startswith(row["target"].rstrip("/") + "/")]
+                parent = max(above, key=lambda row: (len(row["target"]), row["id"]))["id"] if above else 1
+                rows.append({"target": target, "source": source, "id": number, "parent": parent})
             return 0, json.dumps({"filesystems": rows}), ""
         if tool == "swapon" and argv[1:2] == ["--show=NAME"]:
             return 0, "".join(f"{s}\n" for s in self.swaps), ""
@@ -142,7 +147,7 @@ class FakeMachine:
             self.ids.pop(argv[-1], None)
         elif tool == "wipefs":
             wiped = [argv[-1], *self.partitions.get(argv[-1], [])]
-            if {self.links.get(d, d) for d in [*self.mounts.values(), *self.swaps]} & set(wiped):
+            if {self.links.get(d, d) for d in [*(s.split("[")[0] for s in [*self.mounts.values(), *self.covered.values()]), *self.swaps]} & set(wiped):
                 return 1, "", f"wipefs: error: {argv[-1]}: probing initialization failed: Device or resource busy"
             self.partitions.pop(argv[-1], None)
             for device in wiped:
@@ -164,8 +169,12 @@ class FakeMachine:
             self.add_lv(vg, name, extents, tuple(tags))
         elif tool.startswith("mkfs.") or tool == "mkswap":
             self.signatures[argv[-1]] = "swap" if tool == "mkswap" else tool.split(".", 1)[1]
-        elif tool == "mount":
+        elif tool == "mount":  # over what is mounted there: that one is covered
+            if argv[-1] in self.mounts:
+                self.covered[argv[-1]] = self.mounts.pop(argv[-1])
             self.mounts[argv[-1]] = argv[-2]
-        elif tool == "umount":
+        elif tool == "umount":  # the mount on top there; the one it covered is on top then
             self.mounts.pop(argv[-1], None)
+            if argv[-1] in self.covered:
+                self.mounts[argv[-1]] = self.covered.pop(argv[-1])
         return 0, "", ""

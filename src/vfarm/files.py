@@ -15,7 +15,7 @@ import stat
 import sys
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -284,6 +284,26 @@ def on_top(mounts: list[tuple[str, str, str, str]]) -> dict[str, str]:
     place: the last one listed at a point may be below another)."""
     covered = {(parent, target) for _, parent, target, _ in mounts}
     return {target: source for mount, _, target, source in mounts if (mount, target) not in covered}
+
+
+def shadowed(mounts: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
+    """(mount point, source) of the MOUNTS (as on_top reads them) that no path reaches: another
+    mount of the same tree (a listing may miss a parent: a chroot's) sits at their mount point or
+    at a folder above it and is not one they are mounted in. `umount` there takes the one on top."""
+    parent = {mount: up for mount, up, _, _ in mounts}
+    chains: dict[str, set[str]] = {}
+    for mount in parent:  # each mount and those it is mounted in
+        chain, up = {mount}, parent[mount]
+        while up in parent and up not in chain:
+            chain.add(up)
+            up = parent[up]
+        chains[mount] = chain
+    at: dict[str, list[str]] = {}
+    for mount, _, target, _ in mounts:
+        at.setdefault(target, []).append(mount)
+    return [(target, source) for mount, _, target, source in mounts
+            if any(other not in chains[mount] and chains[other] & chains[mount]
+                   for place in (target, *map(str, PurePosixPath(target).parents)) for other in at.get(place, []))]
 
 
 def read_text(path: PathLike) -> Optional[str]:

@@ -896,6 +896,55 @@ def test_a_busy_mount_stops_the_run_before_anything_is_wiped(root: Path) -> None
     assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
 
 
+@pytest.mark.parametrize("how", ["covered", "above"])
+def test_a_forced_device_mounted_under_another_mount_is_refused_before_anything_changes(root: Path, how: str) -> None:
+    """/dev/vdb is mounted at /mnt, and a tmpfs was mounted over /mnt (covered) or over the folder
+    above it (above): `umount /mnt` would take the tmpfs, or miss, and wipefs would then find the
+    disk busy after fstab's line was released. Refused in the plan, naming the place: nothing run,
+    fstab as it was."""
+    machine = ephemeral0(root)
+    if how == "covered":
+        machine.covered, machine.mounts = {str(root / "mnt"): "/dev/vdb"}, {str(root / "mnt"): "tmpfs"}
+    else:
+        machine.mounts = {str(root / "mnt/data"): "/dev/vdb", str(root / "mnt"): "tmpfs"}
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    where = root / ("mnt" if how == "covered" else "mnt/data")
+    assert status["status"] == "failed" and f"device /dev/vdb is mounted at {where} under another mount: refusing to wipe it" in status["reason"]
+    assert runner.changing_calls() == [] and machine.signatures == {"/dev/vdb": "ext4"}
+    assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
+
+
+def test_a_bind_mount_of_the_forced_device_is_unmounted_before_the_wipe(root: Path) -> None:
+    """The image bind-mounts a folder of the instance store (/mnt/scratch at /scratch): findmnt
+    names its source `/dev/vdb[/scratch]`. Both mounts are freed before the wipe (else it fails busy)."""
+    machine = ephemeral0(root)
+    machine.mounts[str(root / "scratch")] = "/dev/vdb[/scratch]"
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"data": {"size": 50, "mount": "/data"}}})
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:3] == [["umount", str(root / "scratch")], ["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/vdb"]]
+    assert [s["device"] for s in status["steps"] if s["action"] == "umount"] == ["/dev/vdb", "/dev/vdb"]
+
+
+def test_fstab_mount_points_in_use_are_not_looked_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat of a mount point whose NFS server is gone hangs (a hard mount): discover never
+    resolves a point something is mounted at (the kernel gives its real path); others it does."""
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}server:/export /nfs nfs hard 0 0\nserver:/old /nfs-old nfs noauto 0 0\n")
+    looked: list[str] = []
+    real = os.path.realpath
+
+    def realpath(path: Any, *args: Any, **kwargs: Any) -> str:
+        looked.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(cc_localfs.os.path, "realpath", realpath)
+    machine = FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000)
+    status = run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "ok", status["reason"]
+    assert str(root / "nfs") not in looked and str(root / "nfs-old") in looked
+
+
 def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
     """The device held swap, in use, with a UUID and a label: swapped off before the wipe; the
     lines naming it by what blkid saw on it (UUID=, LABEL="..." as libmount reads it), at a place

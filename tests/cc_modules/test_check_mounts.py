@@ -15,6 +15,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.fakesystem import FakeMachine, FakeRunner
+from vfarm import files
 from vfarm.cc_modules import cc_localfs, check, handling
 
 SECTION = {"parts": {"cvmfs": 17, "cvmfs-mount": "/var/lib/cvmfs", "home": 58, "tmp": 8, "swap": 100}}
@@ -185,6 +186,18 @@ def test_the_mount_on_top_of_a_point_is_the_one_no_other_there_is_mounted_on(tmp
     facts = check.discover(check.Paths(tmp_path))
     assert facts["mounted"]["/home"] == "0:41"
     assert check.plan(facts, check.Settings())["handlers"][0]["reason"] == "set up, but not in place at this boot: /home not mounted from /dev/vg_local/home"
+
+
+def test_shadowed_mounts_are_those_another_mount_hides_at_their_point_or_above() -> None:
+    """Rows as findmnt gives them (id, parent, point, source). Hidden: B's first mount of /home
+    under the one moved over it (listed before it), /data/x under the /data made after it. Not
+    hidden: the mounts in /data's tree, /, /proc, the one on top of /home."""
+    rows = [("22", "1", "/", "/dev/vda1"), ("23", "22", "/proc", "proc"),
+            ("66", "67", "/home", "A"), ("67", "22", "/home", "/dev/vg/home"),
+            ("70", "22", "/data/x", "/dev/vdb"), ("71", "22", "/data", "tmpfs"), ("72", "71", "/data/y", "/dev/vdc"),
+            ("73", "72", "/data/y/z", "/dev/vdd[/z]")]
+    assert files.shadowed(rows) == [("/home", "/dev/vg/home"), ("/data/x", "/dev/vdb")]
+    assert files.shadowed([row for row in rows if row[0] not in ("67", "70")]) == []
 
 
 def test_a_localfs_record_of_an_older_vfarm_says_its_volumes_are_not_verified() -> None:
