@@ -128,11 +128,11 @@ class FakeMachine:
             below = [{"name": argv[-1], "type": "part" if part else "disk"}, *({"name": p, "type": "part"} for p in self.partitions.get(argv[-1], []))]
             below += [{"name": name, "type": kind} for name, kind in self.stacked.get(argv[-1], [])]
             return 0, json.dumps({"blockdevices": below}), ""
-        if tool == "findmnt":  # each in the one made last at its point or the folder nearest above it, or the host's /
+        if tool == "findmnt":  # each in the one made last at its point or at a folder above it (the host's / at least)
             rows: list[dict[str, Any]] = [{"target": "/", "source": "/dev/host", "id": 1, "parent": 0}]
             for number, (target, source) in enumerate([*self.covered.items(), *self.mounts.items()], start=2):
                 above = [row for row in rows if target == row["target"] or target.startswith(row["target"].rstrip("/") + "/")]
-                parent = max(above, key=lambda row: (len(row["target"]), row["id"]))["id"] if above else 1
+                parent = max(row["id"] for row in above)
                 rows.append({"target": target, "source": source, "id": number, "parent": parent})
             return 0, json.dumps({"filesystems": rows}), ""
         if tool == "swapon" and argv[1:2] == ["--show=NAME"]:

@@ -277,33 +277,47 @@ def unescape_octal(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), raw).decode(errors="surrogateescape")
 
 
+def _hidden(mounts: list[tuple[str, str, str, str]]) -> set[str]:
+    """The ids of the MOUNTS (id, parent id, mount point, source) that no path reaches. A path is
+    walked as the kernel walks it: from the mount its tree starts at (a listing may miss a
+    parent: a chroot's), folder by folder, taking the mount made at that folder in the one reached
+    so far, then any mount on top of that (a `mount --move` keeps its place in the listing: the
+    order says nothing)."""
+    parent = {mount: up for mount, up, _, _ in mounts}
+    point = {mount: PurePosixPath(target) for mount, _, target, _ in mounts}
+    child = {(up, PurePosixPath(target)): mount for mount, up, target, _ in mounts if up != mount}
+
+    def reached(mount: str) -> str:
+        top, seen = mount, {mount}
+        while parent[top] in parent and parent[top] not in seen:
+            top = parent[top]
+            seen.add(top)
+        base = point[top]
+        if not point[mount].is_relative_to(base):
+            return top
+        below = point[mount].relative_to(base).parts
+        for place in [base.joinpath(*below[:depth]) for depth in range(len(below) + 1)]:
+            for _ in mounts:  # (bounded: a listing that loops)
+                if (top, place) not in child:
+                    break
+                top = child[(top, place)]
+        return top
+
+    return {mount for mount in parent if reached(mount) != mount}
+
+
 def on_top(mounts: list[tuple[str, str, str, str]]) -> dict[str, str]:
-    """Mount point -> the source of the mount on top there, of MOUNTS (id, parent id, mount point,
-    source) as mountinfo and findmnt list them: the one at a point that no other mount at that point
-    has for its parent (they are listed in the order they were made, and a `mount --move` keeps its
-    place: the last one listed at a point may be below another)."""
-    covered = {(parent, target) for _, parent, target, _ in mounts}
-    return {target: source for mount, _, target, source in mounts if (mount, target) not in covered}
+    """Mount point -> the source of the mount a path there reaches, of MOUNTS (id, parent id,
+    mount point, source) as mountinfo and findmnt list them (none where every mount is hidden)."""
+    hidden = _hidden(mounts)
+    return {target: source for mount, _, target, source in mounts if mount not in hidden}
 
 
 def shadowed(mounts: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-    """(mount point, source) of the MOUNTS (as on_top reads them) that no path reaches: another
-    mount of the same tree (a listing may miss a parent: a chroot's) sits at their mount point or
-    at a folder above it and is not one they are mounted in. `umount` there takes the one on top."""
-    parent = {mount: up for mount, up, _, _ in mounts}
-    chains: dict[str, set[str]] = {}
-    for mount in parent:  # each mount and those it is mounted in
-        chain, up = {mount}, parent[mount]
-        while up in parent and up not in chain:
-            chain.add(up)
-            up = parent[up]
-        chains[mount] = chain
-    at: dict[str, list[str]] = {}
-    for mount, _, target, _ in mounts:
-        at.setdefault(target, []).append(mount)
-    return [(target, source) for mount, _, target, source in mounts
-            if any(other not in chains[mount] and chains[other] & chains[mount]
-                   for place in (target, *map(str, PurePosixPath(target).parents)) for other in at.get(place, []))]
+    """(mount point, source) of the MOUNTS no path reaches (on_top's others): `umount` at such a
+    point takes the mount on top, or finds none."""
+    hidden = _hidden(mounts)
+    return [(target, source) for mount, _, target, source in mounts if mount in hidden]
 
 
 def read_text(path: PathLike) -> Optional[str]:

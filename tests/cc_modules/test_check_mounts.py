@@ -169,7 +169,8 @@ def test_the_mount_on_top_of_a_point_is_the_one_no_other_there_is_mounted_on(tmp
     """mountinfo lists mounts in the order they were made, and a moved mount keeps its place: after
     `mount B /y; mount A /x; mount --move /y /x`, B is on top of /x but listed before A (the lines
     below are what Linux 6.18 wrote for it). On top is the mount at a point that no other mount at
-    that point has for its parent; a plain overmount (listed last) reads the same."""
+    that point has for its parent; a plain overmount (listed last) reads the same. A mount made
+    later over a folder above a point hides what is mounted there."""
     (tmp_path / "proc/self").mkdir(parents=True)
     (tmp_path / "var/log/vfarm").mkdir(parents=True)
     record = {"status": "ok", "mounts": [["/dev/vg_local/home", "/home"], ["/dev/vg_local/tmp", "/tmp"]]}
@@ -186,6 +187,11 @@ def test_the_mount_on_top_of_a_point_is_the_one_no_other_there_is_mounted_on(tmp
     facts = check.discover(check.Paths(tmp_path))
     assert facts["mounted"]["/home"] == "0:41"
     assert check.plan(facts, check.Settings())["handlers"][0]["reason"] == "set up, but not in place at this boot: /home not mounted from /dev/vg_local/home"
+    # Our /tmp under a tmpfs mounted over / later (a mount at a folder above it hides it too).
+    (tmp_path / "proc/self/mountinfo").write_text(MOUNTINFO_HEAD + moved + stacked + "70 22 0:50 / / rw - tmpfs over rw\n")
+    facts = check.discover(check.Paths(tmp_path))
+    assert facts["mounted"] == {"/": "0:50"}
+    assert check.plan(facts, check.Settings())["handlers"][0]["reason"].endswith("; /tmp not mounted from /dev/vg_local/tmp")
 
 
 def test_shadowed_mounts_are_those_another_mount_hides_at_their_point_or_above() -> None:
