@@ -30,26 +30,30 @@ SECRET_NAME = re.compile(r"(?i)" + _SECRET_WORD)
 _SECRET_FOLDED = re.compile(_SECRET_WORD)
 _TRIGGERS = ("pass", "pwd", "secret", "token", "key", "credential", "authoriz")
 # A setting: KEY, then `=`, `=>`, `:` or a URL-encoded `=` (`%3D`, a query inside a query) (quotes
-# and spaces around; `[` opens a JSON list), then its value: quoted, to its closing quote; else to
+# and spaces around, escaped quotes too: `\"password\": \"x\"` of JSON in a JSON string; `[` opens a
+# JSON list), then its value: quoted, to its closing quote (an escaped one's: to an unescaped one); else to
 # a blank, or to `&` or `;` (which end values in a query and in cookies and lists), or after `%3D`
 # to an encoded `&` (`%26`). An `Authorization: Basic X` hides X, not the scheme.
 _KEY_CHARS = re.compile(r"[\w.-]*")
-_SEPARATOR = re.compile(r"""["']?\s*(?:=[=>]?|:|(%3[Dd]))\s*(?:\[\s*)?(["']?)""")
+_SEPARATOR = re.compile(r"""(?:\\*["'])?\s*(?:=[=>]?|:|(%3[Dd]))()\s*(?:\[\s*)?(?:\\*(["']))?""")
 _SETTING_VALUE = re.compile(r"[^\s&;]+")
 _ENCODED_VALUE = re.compile(r"[^\s&;%]*(?:%(?!26)[^\s&;%]*)*")
 # A YAML block scalar's header (`password: |`, `token: >-`, `|2+`): the value is the lines below.
 _BLOCK_HEADER = re.compile(r"[|>][-+0-9]*[ \t]*")
+# A comment after one runs on over the lines (in TWICE, below) that start with no blank: a `\n` in it may
+# be its own (`# C:\new`); a block's lines start with a blank.
+_COMMENT = re.compile(r"[ \t\r]*#[^\n]*(?:\n[^ \t\r\n][^\n]*)*")
 _INDENT = re.compile(r"[ \t]*")
 # A text may hold line ends (and tabs) escaped: `\n` (a repr: cloud-init's errors, a traceback's
-# lines) or `\x0a` (`escape_controls`, which `shown` applies before it redacts). Keys are read in a
-# copy where each is the real character, padded with `\r` to the same length (so are the blocks of
+# lines) or `\x0a`, `\x09` (`escape_controls`, which `shown` applies before it redacts). Keys are read
+# in a copy where each is the real character, padded with `\r` to the same length (so are the blocks of
 # a key line that ends escaped); `\\` (a repr's backslash) stays. In a repr of a repr (a JSON
 # record's) they are escaped twice (`\\n`; `\\\\` is a backslash): a second copy reads those as line
 # ends too, for the blanks after a key's `:` and a block whose header's line end is escaped so. Not
 # for keys: `\\npass` may as well be a backslash and `npass`.
-_ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[ad]|\\)")
-_TWICE_ESCAPED_END = re.compile(r"\\(?:\\{3}|\\?(?:[nrt]|x0[ad])|\\)")
-_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x0d": "\r\r\r\r", "\\\\": "\\\\", "\\" * 4: "\\" * 4}
+_ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[9ad]|\\)")
+_TWICE_ESCAPED_END = re.compile(r"\\(?:\\{3}|\\?(?:[nrt]|x0[9ad])|\\)")
+_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x09": "\r\r\r\t", "\\x0d": "\r\r\r\r", "\\\\": "\\\\", "\\" * 4: "\\" * 4}
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -294,7 +298,7 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
             if _SECRET_FOLDED.search(keys, start, key_end) or _SECRET_FOLDED.search(folded, start, key_end):
                 separator = _SEPARATOR.match(twice, key_end)
                 if separator is not None:
-                    begin, quote = separator.end(), separator.group(2)
+                    begin, quote = separator.end(), separator.group(3)
                     scheme = None if quote else _AUTH_SCHEME.match(text, begin)
                     if scheme is not None:
                         begin = scheme.end()
@@ -307,6 +311,9 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                             value_run = (begin, _quoted_end(text, begin, quote, unclosed))
                         else:
                             value_run = (begin, _end_of(_ENCODED_VALUE if separator.group(1) else _SETTING_VALUE, text, begin))
+                            # No real blank before it, only escaped ones: they may be the value's own (`password=\new`).
+                            if begin < value_run[1] and twice[begin - 1] != text[begin - 1] and not _SPACE.search(text, separator.start(2), begin):
+                                begin = separator.start(2)
                     if begin < value_run[1]:
                         spans.append((begin, value_run[1]))
         if at >= option_end:
@@ -328,11 +335,12 @@ def _padded(text: str, escaped: re.Pattern[str]) -> str:
 def _block_value(views: tuple[str, str, str], key_start: int, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
     """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
     of the key whose secret word is at KEY (not the key's start: the `n` of an escaped `\\n` before
-    it is a key character) or before a comment: the lines below that are blank (`\\r` too) or
-    indented more than the key's line, without the blanks around them; None when there is no header
-    or no such line. VIEWS are the text, PADDED and TWICE (_ESCAPED_END): lines are the text's if the
-    key line ends at a real line end (a `\\n` below is a value's), else PADDED's, TWICE's if the
-    header's line end is escaped twice, up to the next real one (a repr's). On a real line's first
+    it is a key character) or before a comment: the lines below that are blank (`\\r` too), indented
+    more than the key's line, or by a tab (no YAML indentation, but meant as one), without the blanks
+    around them; None when there is no header or no such line. VIEWS are the text, PADDED and TWICE
+    (_ESCAPED_END): lines are the text's if the key line ends at a real line end (a `\\n` below is a
+    value's), else PADDED's, TWICE's if the header's line end (or that of its comment, _COMMENT) is
+    escaped twice, up to the next real one (a repr's). On a real line's first
     escaped line, a key (from KEY_START) after other text (`    raise ValueError('password: |`) is
     indented by the blanks after a quote right before it (a repr's opening one), else not at all: the
     YAML starts there, not at the real line's start. LINE caches the key line's end, that span and
@@ -348,13 +356,17 @@ def _block_value(views: tuple[str, str, str], key_start: int, key: int, begin: i
         if line[4] < end:
             stop = text.find("\n", end)
             line[4] = len(text) if stop < 0 else stop
+        comment = _COMMENT.match(twice, header.end(), line[4])
+        if comment is not None:  # the lines below are read as the line end that ends it is: real, escaped once or twice
+            end = comment.end()
+            lines = padded if padded.startswith("\n", end) else twice
         lines, stop = (text, len(text)) if line[4] == end else (lines, line[4])
         start = lines.rfind("\n", 0, key) + 1
         indent = _end_of(_INDENT, lines, start) - start
         if lines is not text and key_start > start + indent and (start == 0 or text[start - 1] == "\n"):
             prefix = lines[start:key_start].rstrip(" \t")
             indent = min(indent, key_start - start - len(prefix) if prefix[-1] in "'\"" else 0)
-        block = re.compile(rf"(?:[ \t\r]*\n|[ \t]{{{indent + 1}}}[^\n]*\n?)*").match(lines, end + 1, stop)
+        block = re.compile(rf"(?:[ \t\r]*\n|(?:[ \t]{{{indent + 1}}}|[ \r]*\t)[^\n]*\n?)*").match(lines, end + 1, stop)
         below = block.group() if block else ""
         line[:4] = [start, end, end + 1 + len(below) - len(below.lstrip()), end + 1 + len(below.rstrip())]
     return (line[2], line[3]) if line[2] < line[3] else None

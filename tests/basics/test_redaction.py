@@ -133,6 +133,22 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
          '{"reason": "KeyError: \'a:\\\\x0a  token: >-\\\\x0a    ***\\\\x0a  b: 1\'"}'),
         ("E(\"'password: |\\\\n  ab\\\\\\\\ncd\\\\nuser: me'\") E('a\\nb')", "E(\"'password: |\\\\n  ***\\\\nuser: me'\") E('a\\nb')"),
         ("RuntimeError(\"failed: 'token:\\\\n    s3cret'\")", "RuntimeError(\"failed: 'token:\\\\n    ***"),
+        # ... also after a comment on the header's line, and in a JSON record whose other strings hold `\n`s of their own
+        ("log {'e': \"E('password: | # note\\\\n    s3cret\\\\nuser: me')\"}\nn", "log {'e': \"E('password: | # note\\\\n    ***\\\\nuser: me')\"}\nn"),
+        ('{"errors": ["E(\'a:\\\\n  token: >- # why\\\\n    s3cret\\\\n  b: 1\')"], "out": "a\\nb"}',
+         '{"errors": ["E(\'a:\\\\n  token: >- # why\\\\n    ***\\\\n  b: 1\')"], "out": "a\\nb"}'),
+        # a comment may hold a `\n` of its own (`# C:\new`): in a text of real lines, or a repr's `\\n` (a backslash, then `n`)
+        ("password: | # C:\\new\n  s3cret\nuser: me", "password: | # C:\\new\n  ***\nuser: me"),
+        ("'password: | # C:\\\\new\\n  s3cret\\nuser: me'", "'password: | # C:\\\\new\\n  ***\\nuser: me'"),
+        # a block's lines indented by a tab (no YAML indentation, but meant as one), escaped or not: the whole line is the value's
+        ("a:\n  password: |\n\ts3cret\n  b: 1", "a:\n  password: |\n\t***\n  b: 1"),
+        ("'a:\\n  password: |\\n  \\ts3cret\\n  b: 1'", "'a:\\n  password: |\\n  \\t***\\n  b: 1'"),
+        ("'password: |\\n\\t s3cret\\n\\tmore s3cret\\nuser: me'", "'password: |\\n\\t ***\\nuser: me'"),
+        # a value read after an escaped blank alone may start with what looks like one: hidden with it
+        ("password=\\new1 DB_PASS=\\t0ken", "password=*** DB_PASS=***"),
+        # a key in escaped quotes: JSON in a JSON string (its value runs on to an unescaped quote), a repr's `\'`
+        ('{"body": "{\\"password\\": \\"s3 cret\\", \\"u\\": \\"me\\"}"}', '{"body": "{\\"password\\": \\"***"}'),
+        ("ValueError('\\'password\\': s3cret \"x\"')", "ValueError('\\'password\\': *** \"x\"')"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -271,19 +287,21 @@ def test_no_password_survives_display_with_control_characters(password: str, con
 @settings(max_examples=200, deadline=None)
 @given(st.text(PASSWORD_CHARS, min_size=4, max_size=40))
 def test_no_password_survives_in_a_yaml_block(password: str) -> None:
-    for around in ("password: |\n  \x00\nuser: me", "a:\n  token: >- # x\n    a\n\n    \x00\n  b: 1", "password: |\r\n  \x00\r\nuser: me"):
+    arounds = ("password: |\n  \x00\nuser: me", "a:\n  token: >- # x\n    a\n\n    \x00\n  b: 1", "password: |\r\n  \x00\r\nuser: me",
+               "a:\n  password: | # see \\new\n\t\x00\n  b: 1")  # a comment holding a `\n` of its own, a line indented by a tab
+    for around in arounds:
         if password in around:
             continue  # the password is also a word of the YAML around it: it proves nothing
         text = around.replace("\x00", password)
         assert password not in redact(text)
         if "\\" not in password:  # a `\n` or `\x0a` of its own would read as a line end
             # one line, its line ends escaped: by `shown` (`\x0a`), or as in a repr (`\n`), alone or in a text of several lines
-            # (the repr after an indented line's text), or twice (a repr of a repr) unless a comment ends the header's line
+            # (the repr after an indented line's text), or twice (a repr of a repr)
             assert password not in shown(text)
             escaped = around.replace("\r", "\\r").replace("\n", "\\n")
             doubled = escaped.replace("\\", "\\\\")
-            twice = [] if "#" in around else [f"E\n  {{'e': \"V('{doubled}')\"}}\n    x"]
-            for lines in (escaped, f"E\nValueError: '{escaped}'\n    x", f"E\n    raise ValueError('{escaped}')\n    x", *twice):
+            twice = f"E\n  {{'e': \"V('{doubled}')\"}}\n    x"
+            for lines in (escaped, f"E\nValueError: '{escaped}'\n    x", f"E\n    raise ValueError('{escaped}')\n    x", twice):
                 if password not in lines:
                     assert password not in redact(lines.replace("\x00", password))
 
@@ -293,6 +311,9 @@ def test_shown_hides_a_yaml_block_though_it_escapes_first() -> None:
     cut the URL short): a block's line ends reach the redaction as `\x0a`, and count as line ends."""
     assert shown("a:\n  token: >-\n    s3cret\n\n    more\n  b: 1") == "a:\\x0a  token: >-\\x0a    ***\\x0a  b: 1"
     assert shown("password: |\r\n  s3cret\r\nuser: me") == "password: |\\x0d\\x0a  ***\\x0d\\x0auser: me"
+    # a tab is `\x09` then: in a block's header line or its indentation, and before a key
+    assert shown("a:\n  token: >-\t# C:\\new\n\ts3cret\n\tmore\n  b: 1") == "a:\\x0a  token: >-\\x09# C:\\new\\x0a\\x09***\\x0a  b: 1"
+    assert shown("USER=me\tpass=s3cret x") == "USER=me\\x09pass=*** x"
     # a text with real line ends reads only those: a `\n` in it is a value's
     assert redact("password: |\n  a\\nb\n") == "password: |\n  ***\n"
 
@@ -385,6 +406,14 @@ HOSTILE = {
     "twice escaped yaml blocks, a real line end": (_repeat("password: |\\\\n x\\\\n") + "\n", "password: |\\\\n ***\\\\npassword: |\\\\n ***"),
     "twice escaped backslashes": ("password: |\\\\n " + "\\" * SIZE, "password: |\\\\n ***"),
     "twice escaped line ends after a key": ("password:" + "\\\\n" * (SIZE // 3), None),
+    "commented escaped yaml block headers": (_repeat("password: | #\\nx"), "password: *** #\\nxpassword: ***"),
+    "commented twice escaped yaml block headers": (_repeat("password: | #\\\\nx"), "password: *** #\\\\nxpassword: ***"),
+    "commented yaml block headers, blank lines": (_repeat("password: | #\\n "), "password: | #\\n ***"),
+    "comment lines": ("password: | #" + _repeat("\\nx") + "\n  s3cret", "password: | #\\nx\\nx"),
+    "tab indented yaml block lines": ("".join("\t" * i + "password: |\n" for i in range(700)), "password: |\n\t***"),
+    "escaped tab indented yaml block lines": (_repeat("password: |\\n\\t"), "password: |\\n\\t***"),
+    "escaped quoted keys": (_repeat('\\"password\\": \\"'), '\\"password\\": \\"***'),
+    "escaped blanks after keys": (_repeat("password=\\t"), "password=***"),
     "once and twice escaped yaml blocks": (_repeat("password: |\\\\nx\\\\npassword: |\\n y\\n"), "password: *** |\\n ***\\npassword: ***"),
     "escaped line ends between keys": (_repeat("\\npass:\\n  "), "\\npass:\\n  \\n***"),
     "encoded short names": (_repeat("%3Fpass%3D"), "%3Fpass%3D***"),
