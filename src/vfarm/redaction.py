@@ -32,11 +32,17 @@ _TRIGGERS = ("pass", "pwd", "secret", "token", "key", "credential", "authoriz")
 # A setting: KEY, then `=`, `=>`, `:` or a URL-encoded `=` (`%3D`, a query inside a query) (quotes
 # and spaces around, escaped quotes too: `\"password\": \"x\"` of JSON in a JSON string; `[` opens a
 # JSON list), then its value: quoted, to its closing quote (an escaped one's: to an unescaped one); else to
-# a blank, or to `&` or `;` (which end values in a query and in cookies and lists), or after `%3D`
-# to an encoded `&` (`%26`). An `Authorization: Basic X` hides X, not the scheme.
+# a blank, after `=` also to `&` or `;` (which end values in a query and in cookies and lists: after
+# `:`, YAML's and a header's, they are the value's own), or after `%3D` to an encoded `&` (`%26`).
+# An `Authorization: Basic X` hides X, not the scheme.
 _KEY_CHARS = re.compile(r"[\w.-]*")
 _SEPARATOR = re.compile(r"""(?:\\*["'])?\s*(?:=[=>]?|:|(%3[Dd]))()\s*(?:\[\s*)?(?:\\*(["']))?""")
 _SETTING_VALUE = re.compile(r"[^\s&;]+")
+_COLON_VALUE = re.compile(r"\S+")
+# YAML node properties after a `:` (a tag `!!str`, `!x`, an anchor `&a`: a YAML value cannot start
+# with `!` or `&`), then the value proper, maybe quoted. A plain one is hidden with them. Once one
+# starts, the match succeeds (the text's end ends one too): no key inside is read again.
+_PROPERTIES = re.compile(r"""(?:[!&]\S*(?:\s+|\Z))+(?:\\*(["']))?""")
 _ENCODED_VALUE = re.compile(r"[^\s&;%]*(?:%(?!26)[^\s&;%]*)*")
 # A YAML block scalar's header (`password: |`, `token: >-`, `|2+`): the value is the lines below.
 _BLOCK_HEADER = re.compile(r"[|>][-+0-9]*[ \t]*")
@@ -46,14 +52,17 @@ _COMMENT = re.compile(r"[ \t\r]*#[^\n]*(?:\n[^ \t\r\n][^\n]*)*")
 _INDENT = re.compile(r"[ \t]*")
 # A text may hold line ends (and tabs) escaped: `\n` (a repr: cloud-init's errors, a traceback's
 # lines) or `\x0a`, `\x09` (`escape_controls`, which `shown` applies before it redacts). Keys are read
-# in a copy where each is the real character, padded with `\r` to the same length (so are the blocks of
-# a key line that ends escaped); `\\` (a repr's backslash) stays. In a repr of a repr (a JSON
-# record's) they are escaped twice (`\\n`; `\\\\` is a backslash): a second copy reads those as line
-# ends too, for the blanks after a key's `:` and a block whose header's line end is escaped so. Not
-# for keys: `\\npass` may as well be a backslash and `npass`.
+# in a copy where each is the real character (`\r` a `\n`: alone, it ends a line of old Mac text),
+# padded with `\r` to the same length (so are the blocks of a key line that ends escaped); `\\` (a
+# repr's backslash) stays. In a repr of a repr (a JSON record's) they are escaped twice (`\\n`; `\\\\`
+# is a backslash): a second copy reads those as line ends too, for the blanks after a key's `:` and a
+# block whose header's line end is escaped so. Not for keys: `\\npass` may as well be a backslash and
+# `npass`.
 _ESCAPED_END = re.compile(r"\\(?:[nrt]|x0[9ad]|\\)")
 _TWICE_ESCAPED_END = re.compile(r"\\(?:\\{3}|\\?(?:[nrt]|x0[9ad])|\\)")
-_LINE_END = {"\\n": "\r\n", "\\r": "\r\r", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x09": "\r\r\r\t", "\\x0d": "\r\r\r\r", "\\\\": "\\\\", "\\" * 4: "\\" * 4}
+_LINE_END = {"\\n": "\r\n", "\\r": "\r\n", "\\t": "\r\t", "\\x0a": "\r\r\r\n", "\\x09": "\r\r\r\t", "\\x0d": "\r\r\r\n", "\\\\": "\\\\", "\\" * 4: "\\" * 4}
+# A real `\r` alone ends a line too (old Mac text): where blocks are read, it is a `\n`.
+_LONE_CR = re.compile(r"\r(?!\n)")
 _AUTH_SCHEME = re.compile(r"(?i)(?:basic|bearer|digest|negotiate)[ \t]+")
 # A quoted value's rest, when its closing quote (not one escaped by `\`) is on the same line.
 _QUOTED = {quote: re.compile(rf"(?:[^{quote}\\\n]|\\.)*{quote}") for quote in "\"'"}
@@ -101,9 +110,9 @@ HIDDEN = "***"
 def redact(text: str) -> str:
     """Hide secrets in TEXT: credentials (see `hide_credentials`), the values of secret-named
     settings (`TOKEN=...`, `"password": "..."`, `password%3D...`, `Authorization: Basic ...`, a
-    YAML block `password: |` and its lines) and options (`--token X`, `--password 'a b'`), the
-    password of `-u user:password`, and that of `-pSECRET` after `mysql` (_GLUED_COMMAND) or of
-    `sshpass -p SECRET`."""
+    YAML block `password: |` and its lines, a YAML tag or anchor before a value: `password: &a
+    !!str X` with X) and options (`--token X`, `--password 'a b'`), the password of `-u
+    user:password`, and that of `-pSECRET` after `mysql` (_GLUED_COMMAND) or of `sshpass -p SECRET`."""
     text = hide_credentials(text)
     if "-" in text:
         text = _hide(text, _user_option_spans(text))
@@ -277,8 +286,9 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
     key_end = option_end = 0
     value_run = (0, 0)  # the last value's run: a value starting inside it ends where it ends
     unclosed: Unclosed = {}
-    padded = text if "\\" not in text else _padded(text, _ESCAPED_END)
-    twice = padded if "\\\\" not in text else _padded(text, _TWICE_ESCAPED_END)
+    ends = _LONE_CR.sub("\n", text) if "\r" in text else text
+    padded = ends if "\\" not in text else _padded(ends, _ESCAPED_END)
+    twice = padded if "\\\\" not in text else _padded(ends, _TWICE_ESCAPED_END)
     # Read there too: a key's start (`\npass` starts with `pass`; `\token` still reads as `token`), and
     # in TWICE the blanks after its `:` (YAML's `token:\n  X` is token X). A value ends at a blank of TEXT.
     keys = folded if padded is text else _folded(padded)
@@ -303,14 +313,20 @@ def _value_spans(text: str, folded: str) -> list[tuple[int, int]]:
                     if scheme is not None:
                         begin = scheme.end()
                     if not value_run[0] <= begin < value_run[1]:
-                        block = None if quote else _block_value((text, padded, twice), start, at, begin, line)
+                        # The value's run starts before its properties: a key inside them is not read again.
+                        colon = twice[separator.start(2) - 1] == ":"
+                        tagged = _PROPERTIES.match(twice, begin) if colon and not quote else None
+                        value = tagged.end() if tagged else begin
+                        quote = tagged.group(1) if tagged else quote
+                        block = None if quote else _block_value((ends, padded, twice), start, at, value, line)
                         if block is not None:  # the lines below are hidden, the header is not
                             value_run = (begin, block[1])
                             begin = block[0]
                         elif quote:
-                            value_run = (begin, _quoted_end(text, begin, quote, unclosed))
+                            value_run = (begin, _quoted_end(text, value, quote, unclosed))
+                            begin = value
                         else:
-                            value_run = (begin, _end_of(_ENCODED_VALUE if separator.group(1) else _SETTING_VALUE, text, begin))
+                            value_run = (begin, _end_of(_ENCODED_VALUE if separator.group(1) else _COLON_VALUE if colon else _SETTING_VALUE, text, value))
                             # No real blank before it, only escaped ones: they may be the value's own (`password=\new`).
                             if begin < value_run[1] and twice[begin - 1] != text[begin - 1] and not _SPACE.search(text, separator.start(2), begin):
                                 begin = separator.start(2)
@@ -333,25 +349,26 @@ def _padded(text: str, escaped: re.Pattern[str]) -> str:
 
 
 def _block_value(views: tuple[str, str, str], key_start: int, key: int, begin: int, line: list[int]) -> tuple[int, int] | None:
-    """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on the line
-    of the key whose secret word is at KEY (not the key's start: the `n` of an escaped `\\n` before
-    it is a key character) or before a comment: the lines below that are blank (`\\r` too), indented
-    more than the key's line, or by a tab (no YAML indentation, but meant as one), without the blanks
-    around them; None when there is no header or no such line. VIEWS are the text, PADDED and TWICE
-    (_ESCAPED_END): lines are the text's if the key line ends at a real line end (a `\\n` below is a
+    """The span of the YAML block scalar whose header (`|`, `>-`) is at BEGIN, alone on its line (that
+    of the key whose secret word is at KEY, or one below it: `? password\\n: |`; KEY, not the key's
+    start: the `n` of an escaped `\\n` before it is a key character) or before a comment: the lines
+    below that are blank (`\\r` too), indented more than the key's line, or by a tab (no YAML
+    indentation, but meant as one), without the blanks around them; None when there is no header or
+    no such line. VIEWS are the text, PADDED and TWICE (_ESCAPED_END; a `\\r` alone is a `\\n` in
+    all three): lines are the text's if the header's line ends at a real line end (a `\\n` below is a
     value's), else PADDED's, TWICE's if the header's line end (or that of its comment, _COMMENT) is
-    escaped twice, up to the next real one (a repr's). On a real line's first
-    escaped line, a key (from KEY_START) after other text (`    raise ValueError('password: |`) is
-    indented by the blanks after a quote right before it (a repr's opening one), else not at all: the
-    YAML starts there, not at the real line's start. LINE caches the key line's end, that span and
-    the next real line end: the keys of one line read the lines below once."""
+    escaped twice, up to the next real one (a repr's). On a real line's first escaped line, a key
+    (from KEY_START) after other text (`    raise ValueError('password: |`) is indented by the blanks
+    after a quote right before it (a repr's opening one), else not at all: the YAML starts there, not
+    at the real line's start. LINE caches the span from the key's line to the header's line end, the
+    block's span and the next real line end: the keys of one line read the lines below once."""
     text, padded, twice = views
     header = _BLOCK_HEADER.match(padded, begin)
     if header is None or (header.end() < len(padded) and twice[header.end()] not in "\r\n#"):
         return None
     if not line[0] <= key <= line[1]:
         lines = twice if padded[header.end() : header.end() + 1] == "\\" else padded
-        end = lines.find("\n", key)
+        end = lines.find("\n", begin)
         end = len(text) if end < 0 else end
         if line[4] < end:
             stop = text.find("\n", end)

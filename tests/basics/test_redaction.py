@@ -149,6 +149,30 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
         # a key in escaped quotes: JSON in a JSON string (its value runs on to an unescaped quote), a repr's `\'`
         ('{"body": "{\\"password\\": \\"s3 cret\\", \\"u\\": \\"me\\"}"}', '{"body": "{\\"password\\": \\"***"}'),
         ("ValueError('\\'password\\': s3cret \"x\"')", "ValueError('\\'password\\': *** \"x\"')"),
+        # YAML node properties before a value (a tag, an anchor): a plain value is hidden with them, a quoted or block one as
+        # ever; in a repr and a repr of a repr too. `&` after `=` still ends a query's value
+        ("password: !!str s3cret\nuser: me", "password: ***\nuser: me"),
+        ("password: !str s3cret x", "password: *** x"),
+        ("a:\n  password: &pw s3cret\n  b: 1", "a:\n  password: ***\n  b: 1"),
+        ("password: &a !!str s3cret\nuser: me", "password: ***\nuser: me"),
+        ("password: &pw\n  s3cret\nuser: me", "password: ***\nuser: me"),
+        ("password: !!str 's3 cret' x", "password: !!str '***' x"),
+        ("token: !!binary |\n  czNjcmV0\n  more\nuser: me", "token: !!binary |\n  ***\nuser: me"),
+        ("'password: &a !!str s3cret\\nuser: me'", "'password: *** me'"),
+        ("'a:\\n  token: !!binary >-\\n    s3cret\\n  b: 1'", "'a:\\n  token: !!binary >-\\n    ***\\n  b: 1'"),
+        ('E("\'password: !!str s3cret\\\\nuser: me\'")', 'E("\'password: *** me\'")'),
+        ('E("\'token: &t !!binary |\\\\n  s3cret\\\\nuser: me\'")', 'E("\'token: &t !!binary |\\\\n  ***\\\\nuser: me\'")'),
+        ("password=x&user=y https://h/?a=1&user=y password=&user=y", "password=***&user=y https://h/?a=1&user=y password=&user=y"),
+        # after `:` (YAML, a header) `&` and `;` are the value's own
+        ("password: a&b;c\nuser: me", "password: ***\nuser: me"),
+        ("token: ;s3cret x-auth-token:s3&c;r", "token: *** x-auth-token:***"),
+        # a `\r` alone ends a line (old Mac text), escaped or not
+        ("password: |\r  s3cret\r  more\ruser: me", "password: |\r  ***\ruser: me"),
+        ("'a:\\r  password: |\\r    s3cret\\r  b: 1'", "'a:\\r  password: |\\r    ***\\r  b: 1'"),
+        ('E("\'password: |\\\\r  s3cret\\\\ruser: me\'")', 'E("\'password: |\\\\r  ***\\\\ruser: me\'")'),
+        # an explicit key (`? key`): the block's header is on the line below it
+        ("? password\n: |\n  s3cret\nuser: me", "? password\n: |\n  ***\nuser: me"),
+        ("'a:\\n  ? token\\n  : >-\\n    s3cret\\n  b: 1'", "'a:\\n  ? token\\n  : >-\\n    ***\\n  b: 1'"),
         # URL-encoded settings (a query inside a query): the value ends at an encoded `&`
         ("https://x/login?next=%2Fa%3Fpassword%3Ds3cret%26page%3D2&b=1", "https://x/login?next=%2Fa%3Fpassword%3D***%26page%3D2&b=1"),
         ("https://x/?r=%2Fcb%3Ftoken%3Dopaque", "https://x/?r=%2Fcb%3Ftoken%3D***"),
@@ -288,7 +312,8 @@ def test_no_password_survives_display_with_control_characters(password: str, con
 @given(st.text(PASSWORD_CHARS, min_size=4, max_size=40))
 def test_no_password_survives_in_a_yaml_block(password: str) -> None:
     arounds = ("password: |\n  \x00\nuser: me", "a:\n  token: >- # x\n    a\n\n    \x00\n  b: 1", "password: |\r\n  \x00\r\nuser: me",
-               "a:\n  password: | # see \\new\n\t\x00\n  b: 1")  # a comment holding a `\n` of its own, a line indented by a tab
+               "a:\n  password: | # see \\new\n\t\x00\n  b: 1",  # a comment holding a `\n` of its own, a line indented by a tab
+               "a:\n  token: &t !!binary |\n    \x00\n  b: 1", "password: |\r  \x00\ruser: me", "? password\n: |\n  \x00\nuser: me")  # a tag, `\r`, `?`
     for around in arounds:
         if password in around:
             continue  # the password is also a word of the YAML around it: it proves nothing
@@ -412,6 +437,12 @@ HOSTILE = {
     "comment lines": ("password: | #" + _repeat("\\nx") + "\n  s3cret", "password: | #\\nx\\nx"),
     "tab indented yaml block lines": ("".join("\t" * i + "password: |\n" for i in range(700)), "password: |\n\t***"),
     "escaped tab indented yaml block lines": (_repeat("password: |\\n\\t"), "password: |\\n\\t***"),
+    "yaml tags": (_repeat("password: !"), "password: ***"),
+    "yaml anchors without blanks": (_repeat("token:&"), "token:***"),
+    "yaml tags after keys": (_repeat("password: !a "), "password: *** ***"),
+    "old mac yaml block headers": (_repeat("password: |\r"), "password: ***\r"),
+    "escaped old mac yaml block headers": (_repeat("password: |\\r"), "password: ***"),
+    "explicit yaml keys": (_repeat("? password\n: |\n"), "? password\n: ***\n"),
     "escaped quoted keys": (_repeat('\\"password\\": \\"'), '\\"password\\": \\"***'),
     "escaped blanks after keys": (_repeat("password=\\t"), "password=***"),
     "once and twice escaped yaml blocks": (_repeat("password: |\\\\nx\\\\npassword: |\\n y\\n"), "password: *** |\\n ***\\npassword: ***"),
