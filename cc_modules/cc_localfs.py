@@ -74,6 +74,7 @@ class Facts:
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
     hidden: list[list[str]] = field(default_factory=list)  # [target, source] of mounts no path reaches (files.shadowed)
+    remote: list[str] = field(default_factory=list)  # mount points of network and FUSE filesystems
     swaps: list[str] = field(default_factory=list)  # active swap devices
     fstab: str = ""
     nonempty: list[str] = field(default_factory=list)  # mount points (absolute) with content
@@ -167,11 +168,17 @@ def _device(source: str) -> str:
     return re.sub(r"\[/.*\]$", "", source)
 
 
+# Filesystems whose server may not answer: a stat at or below their mount point may hang.
+_REMOTE = re.compile(r"nfs.*|cifs|smb.*|ceph|glusterfs|lustre|gpfs|afs|9p|fuse.*")
+
+
 def _follow(ctx: Context, facts: Facts, mount: str) -> str:
-    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink. A mount
-    point in use is not looked at: the kernel names it by its real path already, and a stat there
-    (a dead NFS server) could hang the boot."""
-    if str(ctx.path(mount)) in {*facts.mounts, *(target for target, _ in facts.hidden)}:
+    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink. Not
+    looked at: a mount point in use (the kernel names it by its real path already), or a path at
+    or below a network or FUSE filesystem's (a dead hard NFS mount hangs a stat; such mounts
+    usually come after cloud-init's init stage, where this runs, but an image may make one earlier)."""
+    where = ctx.path(mount)
+    if str(where) in {*facts.mounts, *(target for target, _ in facts.hidden)} or any(where.is_relative_to(point) for point in facts.remote):
         return mount
     real = localfs_spec.normal_path(_real(ctx, mount))  # a link to the root: / not /.
     if real != mount:
@@ -210,13 +217,14 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
             path = f"/dev/{vg}/{lv}"
             facts.signatures[path] = _probe(ctx, path)[0]
             facts.aliases[path] = sorted({mapper_name(vg, lv), os.path.realpath(path)} - {path})
-    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,ID,PARENT"], check=False, changes=False)
+    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,ID,PARENT,FSTYPE"], check=False, changes=False)
     if found.returncode not in (0, 1):  # 1: nothing mounted that matches
         raise CommandFailed(found)
     try:  # (an older util-linux gives the IDs as strings)
         rows = json.loads(found.stdout or "{}").get("filesystems", [])
         mounts = [(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows]
         facts.mounts, facts.hidden = on_top(mounts), [list(mount) for mount in shadowed(mounts)]
+        facts.remote = [row["target"] for row in rows if _REMOTE.fullmatch(row.get("fstype") or "")]
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None
     for path in facts.aliases:  # our volumes that the config names
@@ -310,17 +318,42 @@ def _command(action: str, argv: list[str], **details: Any) -> Run:
     return Run(action, argv, env=LVM_ENV if argv[0] in LVM_TOOLS else None, details=details)
 
 
-def _free(device: str, argv: list[str], where: str) -> Custom:
-    """ARGV, a plain umount or swapoff (never lazy nor forced), so that force can wipe DEVICE, in
-    use WHERE. A failure (busy) stops the run before anything is wiped; nothing to undo."""
+def _mounted_at(ctx: Context, reals: set[str]) -> list[str]:
+    """Where the devices REALS (symlinks resolved) are mounted now, hidden mounts too."""
+    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE"], check=False, changes=False)
+    try:
+        rows = json.loads(found.stdout or "{}").get("filesystems", [])
+        return [row["target"] for row in rows if (row.get("source") or "").startswith("/dev/") and _real(ctx, _device(row["source"])) in reals]
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
+        raise StepError(f"cannot read findmnt's JSON: {err}") from None
+
+
+def _free(device: str, argv: list[str], where: str, reals: set[str]) -> Custom:
+    """ARGV, a plain umount or swapoff (never lazy nor forced), so that force can wipe DEVICE
+    (REALS: it and its partitions), in use WHERE. A failure (busy) stops the run before anything is
+    wiped; nothing to undo. A umount that finds the mount gone (it went with a peer's: mount
+    propagation) is no failure."""
 
     def run(ctx: Context) -> dict[str, Any]:
         result = ctx.runner.run(argv, check=False)
-        if result.returncode != 0:
+        if result.returncode != 0 and (argv[0] != "umount" or argv[1] in _mounted_at(ctx, reals)):
             raise StepError(f"device {device} is {where} and {result.summary()}: nothing wiped")
-        return {}
+        return {} if result.returncode == 0 else {"changed": False}
 
     return Custom(argv[0], run, {"device": device, "argv": argv})
+
+
+def _freed(device: str, reals: set[str]) -> Custom:
+    """A check once DEVICE's mounts are unmounted: one that no path reached (under another mount)
+    was a copy that went with them (mount propagation), or it stops the run before the wipe."""
+
+    def run(ctx: Context) -> dict[str, Any]:
+        left = _mounted_at(ctx, reals)
+        if left:
+            raise StepError(f"device {device} is still mounted at {left[0]}, under another mount: nothing wiped (unmount both first)")
+        return {"changed": False}
+
+    return Custom("freed", run, {"device": device}, changes=False)
 
 
 def _in_use(facts: Facts, device: str) -> list[Custom]:
@@ -332,8 +365,8 @@ def _in_use(facts: Facts, device: str) -> list[Custom]:
         return device if _pv(facts, other) == _pv(facts, device) else other
 
     targets = sorted(((target, _device(source)) for target, source in facts.mounts.items() if _pv(facts, _device(source)) in reals), reverse=True)
-    return [_free(name(source), ["umount", target], f"mounted at {target}") for target, source in targets] + [
-        _free(name(swap), ["swapoff", swap], "swap in use") for swap in facts.swaps if _pv(facts, swap) in reals]
+    return [_free(name(source), ["umount", target], f"mounted at {target}", reals) for target, source in targets] + [
+        _free(name(swap), ["swapoff", swap], "swap in use", reals) for swap in facts.swaps if _pv(facts, swap) in reals]
 
 
 def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> list[Step]:
@@ -357,10 +390,11 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> li
                 raise PlanError(f"device {device}'s partition {owned[0]}: refusing to wipe it")
             if facts.stacked.get(device):  # in use below any mount: wipefs would fail busy after fstab changed
                 raise PlanError(f"device {device} holds {', '.join(facts.stacked[device])}: refusing to wipe it (stop and remove that first)")
+            freeing = _in_use(facts, device)
             hidden = [target for target, source in facts.hidden if _pv(facts, _device(source)) in _reals(facts, device)]
-            if hidden:  # umount there would take the mount on top: refused before fstab changes
+            if hidden and not any(step.action == "umount" for step in freeing):  # no umount of ours can take it (umount there takes the one on top)
                 raise PlanError(f"device {device} is mounted at {hidden[0]} under another mount: refusing to wipe it (unmount both first)")
-            free += _in_use(facts, device)
+            free += freeing + ([_freed(device, _reals(facts, device))] if hidden else [])
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
     steps.append(_command("vgcreate", ["vgcreate", vg, *spec.devices], vg=vg))

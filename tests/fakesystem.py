@@ -72,6 +72,7 @@ class FakeMachine:
     ids: dict[str, str] = field(default_factory=dict)  # path -> what else blkid -p says of it ("UUID=...\nLABEL=...\n"), gone with TYPE
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source (`/dev/vdb[/sub]`: a bind mount), in the order made
     covered: dict[str, str] = field(default_factory=dict)  # target -> source of a mount made before the one `mounts` has there
+    peers: list[set[str]] = field(default_factory=list)  # targets a umount of one of them clears all at once, covered mounts too (propagation)
     swaps: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)  # disk -> its partitions (kernel names)
@@ -133,7 +134,7 @@ class FakeMachine:
             for number, (target, source) in enumerate([*self.covered.items(), *self.mounts.items()], start=2):
                 above = [row for row in rows if target == row["target"] or target.startswith(row["target"].rstrip("/") + "/")]
                 parent = max(row["id"] for row in above)
-                rows.append({"target": target, "source": source, "id": number, "parent": parent})
+                rows.append({"target": target, "source": source, "id": number, "parent": parent, "fstype": "nfs4" if ":/" in source else "ext4"})
             return 0, json.dumps({"filesystems": rows}), ""
         if tool == "swapon" and argv[1:2] == ["--show=NAME"]:
             return 0, "".join(f"{s}\n" for s in self.swaps), ""
@@ -174,7 +175,14 @@ class FakeMachine:
                 self.covered[argv[-1]] = self.mounts.pop(argv[-1])
             self.mounts[argv[-1]] = argv[-2]
         elif tool == "umount":  # the mount on top there; the one it covered is on top then
-            self.mounts.pop(argv[-1], None)
-            if argv[-1] in self.covered:
-                self.mounts[argv[-1]] = self.covered.pop(argv[-1])
+            if argv[-1] not in self.mounts:
+                return 32, "", f"umount: {argv[-1]}: not mounted."
+            peers = next((group for group in self.peers if argv[-1] in group), None)
+            for target in peers or ():
+                self.mounts.pop(target, None)
+                self.covered.pop(target, None)
+            if peers is None:
+                self.mounts.pop(argv[-1])
+                if argv[-1] in self.covered:
+                    self.mounts[argv[-1]] = self.covered.pop(argv[-1])
         return 0, "", ""

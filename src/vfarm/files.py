@@ -277,33 +277,50 @@ def unescape_octal(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda octal: bytes([int(octal[1], 8) & 255]), raw).decode(errors="surrogateescape")
 
 
+def _folders_between(outer: str, inner: str) -> Optional[list[str]]:
+    """The folders strictly between OUTER and INNER, INNER's parents, or None when INNER is not in OUTER."""
+    folders: list[str] = []
+    for folder in map(str, PurePosixPath(inner).parents):
+        if folder == outer:
+            return folders
+        folders.append(folder)
+    return None
+
+
 def _hidden(mounts: list[tuple[str, str, str, str]]) -> set[str]:
     """The ids of the MOUNTS (id, parent id, mount point, source) that no path reaches. A path is
-    walked as the kernel walks it: from the mount its tree starts at (a listing may miss a
-    parent: a chroot's), folder by folder, taking the mount made at that folder in the one reached
-    so far, then any mount on top of that (a `mount --move` keeps its place in the listing: the
-    order says nothing)."""
+    walked as the kernel walks it: from the reader's root (a mount stacked on / is never entered:
+    the walk starts below it), folder by folder, taking the mount made at that folder in the one
+    reached so far, then any mount stacked on that. Mounts whose parent is not listed (a chroot's)
+    form one tree from /. A `mount --move` keeps its place in the listing: the order says nothing."""
     parent = {mount: up for mount, up, _, _ in mounts}
-    point = {mount: PurePosixPath(target) for mount, _, target, _ in mounts}
-    child = {(up, PurePosixPath(target)): mount for mount, up, target, _ in mounts if up != mount}
+    point = {mount: target for mount, _, target, _ in mounts}
+    child = {(up, point[mount]): mount for mount, up, _, _ in mounts if up != mount}
+    start = {mount for mount, up in parent.items() if up not in parent or up == mount}
+    arrives: dict[str, bool] = {}  # the walk to its point ends in it (maybe to go on into one stacked on it)
+    reached: dict[str, bool] = {}  # ... and stays there
 
-    def reached(mount: str) -> str:
-        top, seen = mount, {mount}
-        while parent[top] in parent and parent[top] not in seen:
-            top = parent[top]
-            seen.add(top)
-        base = point[top]
-        if not point[mount].is_relative_to(base):
-            return top
-        below = point[mount].relative_to(base).parts
-        for place in [base.joinpath(*below[:depth]) for depth in range(len(below) + 1)]:
-            for _ in mounts:  # (bounded: a listing that loops)
-                if (top, place) not in child:
-                    break
-                top = child[(top, place)]
-        return top
+    def entered(mount: str) -> bool:  # a walk at its point goes on into the mount stacked on it
+        return (mount, point[mount]) in child and not (mount in start and point[mount] == "/")
 
-    return {mount for mount in parent if reached(mount) != mount}
+    for first in parent:
+        chain = [first]  # up to a mount known or a tree's start (each computed once: linear)
+        while chain[-1] not in arrives and chain[-1] not in start and parent[chain[-1]] not in chain:
+            chain.append(parent[chain[-1]])
+        for mount in reversed(chain):
+            if mount in arrives:
+                continue
+            up = parent[mount]
+            if mount in start or up not in arrives:
+                between = _folders_between("/", point[mount])
+                arrives[mount] = point[mount] == "/" or between is not None and not any((up, f) in child for f in between)
+            elif point[mount] == point[up]:
+                arrives[mount] = arrives[up] and entered(up)
+            else:
+                between = _folders_between(point[up], point[mount])
+                arrives[mount] = reached[up] and between is not None and not any((up, f) in child for f in between)
+            reached[mount] = arrives[mount] and not entered(mount)
+    return {mount for mount in parent if not reached[mount]}
 
 
 def on_top(mounts: list[tuple[str, str, str, str]]) -> dict[str, str]:

@@ -915,6 +915,37 @@ def test_a_forced_device_mounted_under_another_mount_is_refused_before_anything_
     assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
 
 
+@pytest.mark.parametrize("propagated", [True, False])
+def test_a_hidden_mount_that_goes_with_the_visible_one_is_no_obstacle(root: Path, propagated: bool) -> None:
+    """/dev/vdb at /mnt, and a copy of that mount no path reaches (mount propagation under a
+    self-bind on a shared parent puts one there): the plain umount takes both, and the wipe goes
+    on. A hidden mount still there after the umount stops the run before fstab changes."""
+    machine = ephemeral0(root)
+    machine.covered = {str(root / "mnt"): "/dev/vdb"}
+    machine.peers = [{str(root / "mnt")}] if propagated else []
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    if propagated:
+        assert status["status"] == "ok", status["reason"]
+        assert runner.changing_calls()[:2] == [["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/vdb"]]
+    else:
+        assert status["status"] == "failed" and f"device /dev/vdb is still mounted at {root}/mnt, under another mount: nothing wiped" in status["reason"]
+        assert runner.changing_calls() == [["umount", str(root / "mnt")]] and machine.signatures == {"/dev/vdb": "ext4"}
+        assert (root / "etc/fstab").read_text() == f"{IMAGE_FSTAB}{CLOUD_INIT_MNT}\n"
+
+
+def test_a_mount_gone_with_its_peers_umount_is_no_failure(root: Path) -> None:
+    """/mnt is also bound at /mnt2 on a shared parent (peers): the first umount takes both, the
+    second finds it gone (`not mounted`): no failure, the wipe goes on."""
+    machine = ephemeral0(root)
+    machine.mounts[str(root / "mnt2")] = "/dev/vdb"
+    machine.peers = [{str(root / "mnt"), str(root / "mnt2")}]
+    runner = FakeRunner(machine=machine)
+    status = run(root, runner, {"devices": ["/dev/vdb"], "force": True, "parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
+    assert status["status"] == "ok", status["reason"]
+    assert runner.changing_calls()[:3] == [["umount", str(root / "mnt2")], ["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/vdb"]]
+
+
 def test_a_bind_mount_of_the_forced_device_is_unmounted_before_the_wipe(root: Path) -> None:
     """The image bind-mounts a folder of the instance store (/mnt/scratch at /scratch): findmnt
     names its source `/dev/vdb[/scratch]`. Both mounts are freed before the wipe (else it fails busy)."""
@@ -927,10 +958,12 @@ def test_a_bind_mount_of_the_forced_device_is_unmounted_before_the_wipe(root: Pa
     assert [s["device"] for s in status["steps"] if s["action"] == "umount"] == ["/dev/vdb", "/dev/vdb"]
 
 
-def test_fstab_mount_points_in_use_are_not_looked_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stat of a mount point whose NFS server is gone hangs (a hard mount): discover never
-    resolves a point something is mounted at (the kernel gives its real path); others it does."""
-    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}server:/export /nfs nfs hard 0 0\nserver:/old /nfs-old nfs noauto 0 0\n")
+def test_fstab_mount_points_in_use_or_on_a_network_filesystem_are_not_looked_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat at or below a mount point whose NFS server is gone hangs (a hard mount): discover
+    never resolves a point something is mounted at (the kernel gives its real path) nor one below
+    a network filesystem's; others it does."""
+    (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}server:/export /nfs nfs hard 0 0\nserver:/sub /nfs/sub nfs noauto 0 0\n"
+                                    "server:/old /nfs-old nfs noauto 0 0\n")
     looked: list[str] = []
     real = os.path.realpath
 
@@ -942,7 +975,7 @@ def test_fstab_mount_points_in_use_are_not_looked_at(root: Path, monkeypatch: py
     machine = FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000)
     status = run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
     assert status["status"] == "ok", status["reason"]
-    assert str(root / "nfs") not in looked and str(root / "nfs-old") in looked
+    assert str(root / "nfs") not in looked and str(root / "nfs/sub") not in looked and str(root / "nfs-old") in looked
 
 
 def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
