@@ -27,7 +27,7 @@ import os
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from ..config import localfs as localfs_spec
@@ -172,14 +172,23 @@ def _device(source: str) -> str:
 _REMOTE = re.compile(r"nfs.*|cifs|smb.*|ceph|glusterfs|lustre|gpfs|afs|9p|fuse.*")
 
 
+def _on_remote(facts: Facts, where: Path) -> bool:
+    return any(where.is_relative_to(point) for point in facts.remote)
+
+
 def _follow(ctx: Context, facts: Facts, mount: str) -> str:
     """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink. Not
     looked at: a mount point in use (the kernel names it by its real path already), or a path at
-    or below a network or FUSE filesystem's (a dead hard NFS mount hangs a stat; such mounts
-    usually come after cloud-init's init stage, where this runs, but an image may make one earlier)."""
+    or below a network or FUSE filesystem's, or a symlink leading there (a dead hard NFS mount
+    hangs a stat; such mounts usually come after cloud-init's init stage, where this runs, but an
+    image may make one earlier)."""
     where = ctx.path(mount)
-    if str(where) in {*facts.mounts, *(target for target, _ in facts.hidden)} or any(where.is_relative_to(point) for point in facts.remote):
+    if str(where) in {*facts.mounts, *(target for target, _ in facts.hidden)} or _on_remote(facts, where):
         return mount
+    if facts.remote and where.is_symlink():  # one that leads onto one (/data -> /srv/data, NFS): not followed
+        link = os.readlink(where)
+        if _on_remote(facts, Path(os.path.normpath(under(ctx.root, link) if link.startswith("/") else where.parent / link))):
+            return mount
     real = localfs_spec.normal_path(_real(ctx, mount))  # a link to the root: / not /.
     if real != mount:
         facts.links[mount] = real

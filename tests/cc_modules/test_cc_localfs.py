@@ -963,7 +963,10 @@ def test_fstab_mount_points_in_use_or_on_a_network_filesystem_are_not_looked_at(
     never resolves a point something is mounted at (the kernel gives its real path) nor one below
     a network filesystem's; others it does."""
     (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}server:/export /nfs nfs hard 0 0\nserver:/sub /nfs/sub nfs noauto 0 0\n"
-                                    "server:/old /nfs-old nfs noauto 0 0\n")
+                                    "server:/old /nfs-old nfs noauto 0 0\n/dev/vdc /data ext4 noauto 0 0\n/dev/vdd /opt ext4 noauto 0 0\n")
+    (root / "nfs").mkdir()
+    (root / "data").symlink_to("nfs/data")  # leads onto the NFS mount: not followed
+    (root / "opt").symlink_to("/srv/opt")  # an absolute link, inside the root: followed
     looked: list[str] = []
     real = os.path.realpath
 
@@ -976,6 +979,7 @@ def test_fstab_mount_points_in_use_or_on_a_network_filesystem_are_not_looked_at(
     status = run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
     assert status["status"] == "ok", status["reason"]
     assert str(root / "nfs") not in looked and str(root / "nfs/sub") not in looked and str(root / "nfs-old") in looked
+    assert str(root / "data") not in looked and str(root / "opt") in looked
 
 
 def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
