@@ -287,7 +287,7 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   device mounted only where no path reaches refused, a hidden copy that goes with the visible
   umount; no stat below a network filesystem; redaction of YAML tags and anchors, block comments
   holding `\\n`, tab indentation, lone `\\r` line ends, escaped-quoted keys, `&` and `;` after `:`):
-  torino 41194 to 42267, condor 42155 to 43195, localfs only 35713 to 36754 (+1.0 to 1.1 KB);
+  torino 41194 to 42270, condor 42155 to 43174, localfs only 35713 to 36819 (+1.0 to 1.1 KB);
   include and --pin within a few bytes.
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
