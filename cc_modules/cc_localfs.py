@@ -33,7 +33,7 @@ from typing import Any, Optional
 from ..config import localfs as localfs_spec
 from ..config.localfs import LV_TAG, LocalfsSpec, VolumeGroup
 from ..errors import PlanError, StepError
-from ..files import atomic_write, on_top, read_text, shadowed, under, unescape_octal
+from ..files import atomic_write, read_text, split_mounts, under, unescape_octal
 from ..textsafe import UnsafeValue
 from .handling import PER_INSTANCE, Context, config_module
 from .meta import DISTROS, module_meta
@@ -73,7 +73,7 @@ class Facts:
     sizes: dict[str, int] = field(default_factory=dict)  # configured device not in a VG -> bytes
     signatures: dict[str, Optional[str]] = field(default_factory=dict)  # device -> TYPE/PTTYPE or None
     mounts: dict[str, str] = field(default_factory=dict)  # target -> source of the mount on top there
-    hidden: list[list[str]] = field(default_factory=list)  # [target, source] of mounts no path reaches (files.shadowed)
+    hidden: list[list[str]] = field(default_factory=list)  # [target, source] of mounts no path reaches (files.split_mounts)
     remote: list[str] = field(default_factory=list)  # mount points of network and FUSE filesystems
     swaps: list[str] = field(default_factory=list)  # active swap devices
     fstab: str = ""
@@ -232,7 +232,8 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
     try:  # (an older util-linux gives the IDs as strings)
         rows = json.loads(found.stdout or "{}").get("filesystems", [])
         mounts = [(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows]
-        facts.mounts, facts.hidden = on_top(mounts), [list(mount) for mount in shadowed(mounts)]
+        facts.mounts, hidden = split_mounts(mounts)
+        facts.hidden = [list(mount) for mount in hidden]
         facts.remote = [row["target"] for row in rows if _REMOTE.fullmatch(row.get("fstype") or "")]
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None

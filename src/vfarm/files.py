@@ -323,18 +323,19 @@ def _hidden(mounts: list[tuple[str, str, str, str]]) -> set[str]:
     return {mount for mount in parent if not reached[mount]}
 
 
+def split_mounts(mounts: list[tuple[str, str, str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Of MOUNTS (id, parent id, mount point, source) as mountinfo and findmnt list them: mount
+    point -> the source of the mount a path there reaches (none where every mount is hidden), and
+    (mount point, source) of the others, which no path reaches (`umount` at such a point takes the
+    mount on top, or finds none)."""
+    hidden = _hidden(mounts)
+    return ({target: source for mount, _, target, source in mounts if mount not in hidden},
+            [(target, source) for mount, _, target, source in mounts if mount in hidden])
+
+
 def on_top(mounts: list[tuple[str, str, str, str]]) -> dict[str, str]:
-    """Mount point -> the source of the mount a path there reaches, of MOUNTS (id, parent id,
-    mount point, source) as mountinfo and findmnt list them (none where every mount is hidden)."""
-    hidden = _hidden(mounts)
-    return {target: source for mount, _, target, source in mounts if mount not in hidden}
-
-
-def shadowed(mounts: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-    """(mount point, source) of the MOUNTS no path reaches (on_top's others): `umount` at such a
-    point takes the mount on top, or finds none."""
-    hidden = _hidden(mounts)
-    return [(target, source) for mount, _, target, source in mounts if mount in hidden]
+    """Mount point -> the source of the mount a path there reaches (split_mounts)."""
+    return split_mounts(mounts)[0]
 
 
 def read_text(path: PathLike) -> Optional[str]:
