@@ -163,6 +163,17 @@ def _real(ctx: Context, device: str) -> str:
         return device
 
 
+def _findmnt(ctx: Context, columns: str) -> list[dict[str, Any]]:
+    """findmnt's rows of every mount (hidden ones too), with COLUMNS."""
+    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", columns], check=False, changes=False)
+    if found.returncode not in (0, 1):  # 1: nothing mounted that matches
+        raise CommandFailed(found)
+    try:  # (the rows' fields are checked where they are read)
+        return list(json.loads(found.stdout or "{}").get("filesystems", []))
+    except (ValueError, AttributeError, TypeError) as err:
+        raise StepError(f"cannot read findmnt's JSON: {err}") from None
+
+
 def _device(source: str) -> str:
     """The device of findmnt's SOURCE: a bind mount's (or btrfs subvolume's) is `/dev/vdb[/sub]`."""
     return re.sub(r"\[/.*\]$", "", source)
@@ -226,11 +237,8 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
             path = f"/dev/{vg}/{lv}"
             facts.signatures[path] = _probe(ctx, path)[0]
             facts.aliases[path] = sorted({mapper_name(vg, lv), os.path.realpath(path)} - {path})
-    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE,ID,PARENT,FSTYPE"], check=False, changes=False)
-    if found.returncode not in (0, 1):  # 1: nothing mounted that matches
-        raise CommandFailed(found)
+    rows = _findmnt(ctx, "TARGET,SOURCE,ID,PARENT,FSTYPE")
     try:  # (an older util-linux gives the IDs as strings)
-        rows = json.loads(found.stdout or "{}").get("filesystems", [])
         mounts = [(str(row["id"]), str(row["parent"]), row["target"], row.get("source") or "") for row in rows]
         facts.mounts, hidden = split_mounts(mounts)
         facts.hidden = [list(mount) for mount in hidden]
@@ -330,9 +338,8 @@ def _command(action: str, argv: list[str], **details: Any) -> Run:
 
 def _mounted_at(ctx: Context, reals: set[str]) -> list[str]:
     """Where the devices REALS (symlinks resolved) are mounted now, hidden mounts too."""
-    found = ctx.runner.run(["findmnt", "--json", "--list", "-o", "TARGET,SOURCE"], check=False, changes=False)
+    rows = _findmnt(ctx, "TARGET,SOURCE")
     try:
-        rows = json.loads(found.stdout or "{}").get("filesystems", [])
         return [row["target"] for row in rows if (row.get("source") or "").startswith("/dev/") and _real(ctx, _device(row["source"])) in reals]
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise StepError(f"cannot read findmnt's JSON: {err}") from None
@@ -400,11 +407,11 @@ def _vg_steps(spec: LocalfsSpec, facts: Facts, vg: str, fstab: list[Step]) -> li
                 raise PlanError(f"device {device}'s partition {owned[0]}: refusing to wipe it")
             if facts.stacked.get(device):  # in use below any mount: wipefs would fail busy after fstab changed
                 raise PlanError(f"device {device} holds {', '.join(facts.stacked[device])}: refusing to wipe it (stop and remove that first)")
-            freeing = _in_use(facts, device)
-            hidden = [target for target, source in facts.hidden if _pv(facts, _device(source)) in _reals(facts, device)]
+            freeing, reals = _in_use(facts, device), _reals(facts, device)
+            hidden = [target for target, source in facts.hidden if _pv(facts, _device(source)) in reals]
             if hidden and not any(step.action == "umount" for step in freeing):  # no umount of ours can take it (umount there takes the one on top)
                 raise PlanError(f"device {device} is mounted at {hidden[0]} under another mount: refusing to wipe it (unmount both first)")
-            free += freeing + ([_freed(device, _reals(facts, device))] if hidden else [])
+            free += freeing + ([_freed(device, reals)] if hidden else [])
             steps.append(_command("wipefs", ["wipefs", "--all", device], device=device))
         steps.append(_command("pvcreate", ["pvcreate", "--yes", device], device=device))
     steps.append(_command("vgcreate", ["vgcreate", vg, *spec.devices], vg=vg))

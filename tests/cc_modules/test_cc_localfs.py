@@ -946,6 +946,14 @@ def test_a_mount_gone_with_its_peers_umount_is_no_failure(root: Path) -> None:
     assert runner.changing_calls()[:3] == [["umount", str(root / "mnt2")], ["umount", str(root / "mnt")], ["wipefs", "--all", "/dev/vdb"]]
 
 
+@pytest.mark.parametrize("out", ["not json", '{"filesystems": {"a": 1}}', '{"filesystems": [1]}', "[]"])
+def test_findmnt_output_it_cannot_read_fails_the_run_in_one_line(root: Path, out: str) -> None:
+    runner = FakeRunner(machine=fresh_machine(), answers={("findmnt",): (0, out, "")})
+    status = run(root, runner, {"parts": {"scratch": 50}})
+    assert status["status"] == "failed" and status["reason"].startswith("cannot read findmnt's JSON: ") and "\n" not in status["reason"]
+    assert runner.changing_calls() == []
+
+
 def test_a_bind_mount_of_the_forced_device_is_unmounted_before_the_wipe(root: Path) -> None:
     """The image bind-mounts a folder of the instance store (/mnt/scratch at /scratch): findmnt
     names its source `/dev/vdb[/scratch]`. Both mounts are freed before the wipe (else it fails busy)."""
