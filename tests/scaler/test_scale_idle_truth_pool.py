@@ -95,6 +95,9 @@ def test_a_worker_whose_ads_lag_is_not_drained_before_idle_time_after_its_job(co
     thread = threading.Thread(target=scaler.loop, args=(stop,), daemon=True)
     started = time.time()
     cluster = condor_pool.submit(1, JOB_SECONDS, requirements=f'VfarmInstanceId == "{IID}"')
+    # The scaler starts once the job runs: a worker that waits for its first match longer than
+    # idle-time (a loaded machine) is rightly drained as never used, which is not this test's case.
+    wait_for(lambda: [job for job in condor_pool.jobs(cluster, ["JobStatus"]) if job.get("JobStatus") == 2], TIMEOUT, "the job running")
     thread.start()
     try:
         wait_for(lambda: ("busy" in [s for _, s in scaler.states()]), TIMEOUT, "the scaler seeing the job run")
