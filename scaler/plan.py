@@ -964,6 +964,14 @@ def _idle_drains(farm: _Farm, launching: _Launching) -> list[Decision]:
     candidates = [w for w in farm.instances if w.state is WorkerState.IDLE and w.idle_since is not None and now - w.idle_since >= spec.idle_time
                   and (not over_threshold or spec.worker_type(w.type).kind not in wanted_kinds)
                   and spec.worker_type(w.type).kind not in farm.young_kinds]
+    # Nor one a waiting job idle for less than idle-time fits now, whatever the threshold says: the
+    # negotiator may match it there at its next cycle; drained, the job would wait for a new worker's
+    # boot, or for ever below waiting-jobs-threshold. Past idle-time the negotiator had its chance.
+    matchable = _matchable(farm, launching.fitted, candidates)
+    for w in candidates:
+        if w.id in matchable:
+            w.reason += "; kept: a waiting job idle for less than idle-time fits its free slot(s) (the negotiator may match it there)"
+    candidates = [w for w in candidates if w.id not in matchable]
     candidates.sort(key=lambda w: (w.idle_since, w.id))
     room = max(0, farm.active - spec.min_vms)
     if over_threshold:
@@ -986,6 +994,35 @@ def _idle_drains(farm: _Farm, launching: _Launching) -> list[Decision]:
         if not over_threshold:
             w.reason += f"; kept for min-vms {spec.min_vms}"
     return decisions
+
+
+def _matchable(farm: _Farm, fitted: fit.Fitted, workers: list[Worker]) -> set[str]:
+    """Those of WORKERS (idle) one of whose unclaimed slots holds a waiting job of FITTED that
+    has been idle for less than idle-time and may run on the worker's type."""
+    if not workers:
+        return set()
+    horizon = farm.now - farm.spec.idle_time
+    needs: dict[int, set[fit.Resources]] = {}  # by placement index: what such jobs ask
+    for group in fitted.groups:
+        if group.ages and max(group.ages) > horizon:
+            r = group.request
+            for i in group.choices:
+                needs.setdefault(i, set()).add(fit.Resources(r.cpus, r.memory or 0, r.gpus))
+    # Only the smallest asks matter (none smaller in every amount): a few, however long the queue.
+    least: dict[int, list[fit.Resources]] = {}
+    for i, asks in needs.items():
+        front = least[i] = []
+        for a in sorted(asks, key=lambda r: (r.cpus, r.memory, r.gpus)):  # any that holds less comes before
+            if not any(b.memory <= a.memory and b.gpus <= a.gpus for b in front):
+                front.append(a)
+    index = {p.name: i for i, p in enumerate(farm.spec.placements)}
+    return {w.id for w in workers if any(_slot_holds(s, ask) for ask in least.get(index.get(w.type, -1), ())
+                                         for s in farm.by_instance.get(w.id, []) if s.get("State") == "Unclaimed")}
+
+
+def _slot_holds(slot: dict[str, Any], ask: fit.Resources) -> bool:
+    """Whether SLOT's advertised resources hold ASK (an amount the slot does not advertise: no bound)."""
+    return all(need <= _number(slot.get(key), need) for key, need in (("Cpus", ask.cpus), ("Memory", ask.memory), ("GPUs", ask.gpus)))
 
 
 def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision], remembered: Iterable[str]) -> consolidate.Consolidation:

@@ -346,6 +346,27 @@ def test_no_drain_while_jobs_wait() -> None:
     assert planner.plan(snap(jobs=[big], slots=slots, instances=[instance("i-a")]), spec(waiting_jobs_threshold=1)).drain == ["i-a"]
 
 
+def test_a_worker_a_waiting_job_fits_is_kept_until_the_negotiator_had_idle_time_to_match_it() -> None:
+    """Below waiting-jobs-threshold nothing is launched for a waiting job; draining the idle worker
+    it fits would leave it nowhere to run. Once the job has been idle for idle-time as well, the
+    negotiator evidently does not match them: the worker goes."""
+    slots = [slot("i-a", since=NOW - 9000, cpus=4)]
+    config = spec(waiting_jobs_threshold=5, idle_time=600)
+    fresh = planner.plan(snap(jobs=[job(0, waited=599, cpus=2)], slots=slots, instances=[instance("i-a")]), config)
+    assert fresh.drain == [] and fresh.launch == 0
+    assert "the negotiator may match it there" in next(i for i in fresh.instances if i.id == "i-a").reason
+    assert planner.plan(snap(jobs=[job(0, waited=600, cpus=2)], slots=slots, instances=[instance("i-a")]), config).drain == ["i-a"]
+    # A job the worker's free slot cannot hold (5 CPUs on 4, or more memory than it has) keeps nothing.
+    assert planner.plan(snap(jobs=[job(0, waited=100, cpus=5)], slots=slots, instances=[instance("i-a")]), config).drain == ["i-a"]
+    bigger = {**job(0, waited=100, cpus=1), "RequestMemory": 4096}
+    assert planner.plan(snap(jobs=[bigger], slots=slots, instances=[instance("i-a")]), config).drain == ["i-a"]
+    # Any one of several waiting jobs is enough; the worker's other free slots count too.
+    two = [slot("i-a", 1, since=NOW - 9000, cpus=1), slot("i-a", 2, since=NOW - 9000, cpus=3)]
+    jobs = [job(0, waited=5000, cpus=2), job(1, waited=100, cpus=4), job(2, waited=100, cpus=3)]
+    assert planner.plan(snap(jobs=jobs, slots=two, instances=[instance("i-a")]), config).drain == []
+    assert planner.plan(snap(jobs=jobs[:2], slots=two, instances=[instance("i-a")]), config).drain == ["i-a"]
+
+
 def test_never_drain_or_terminate_a_claimed_instance() -> None:
     slots = [slot("i-a", 1, state="Claimed", activity="Busy", since=NOW - 99999), slot("i-a", 2, since=NOW - 99999)]
     result = planner.plan(snap(slots=slots, instances=[instance("i-a", age=99999)]), spec(idle_time=0))
