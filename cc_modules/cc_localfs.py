@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
+import stat
 import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -188,22 +190,56 @@ def _on_remote(facts: Facts, where: Path) -> bool:
 
 
 def _follow(ctx: Context, facts: Facts, mount: str) -> str:
-    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it is a symlink. Not
-    looked at: a mount point in use (the kernel names it by its real path already), or a path at
-    or below a network or FUSE filesystem's, or a symlink leading there (a dead hard NFS mount
-    hangs a stat; such mounts usually come after cloud-init's init stage, where this runs, but an
-    image may make one earlier)."""
-    where = ctx.path(mount)
-    if str(where) in {*facts.mounts, *(target for target, _ in facts.hidden)} or _on_remote(facts, where):
+    """Where the (normalised) MOUNT point leads, kept in FACTS.links when it leads elsewhere. Not
+    looked at: a mount point in use (the kernel names it by its real path already), nor one whose
+    walk reaches a network or FUSE filesystem (a dead hard NFS mount hangs a stat; such mounts
+    usually come after cloud-init's init stage, where this runs, but an image may make one earlier)."""
+    if str(ctx.path(mount)) in {*facts.mounts, *(target for target, _ in facts.hidden)}:
         return mount
-    if facts.remote and where.is_symlink():  # one that leads onto one (/data -> /srv/data, NFS): not followed
-        link = os.readlink(where)
-        if _on_remote(facts, Path(os.path.normpath(under(ctx.root, link) if link.startswith("/") else where.parent / link))):
-            return mount
-    real = localfs_spec.normal_path(_real(ctx, mount))  # a link to the root: / not /.
+    real = _walk(ctx, facts, mount)
+    if real is None:
+        return mount
+    real = localfs_spec.normal_path(real)  # a link to the root: / not /.
     if real != mount:
         facts.links[mount] = real
     return real
+
+
+_MAX_LINKS = 40  # as the kernel follows at most (ELOOP)
+
+
+def _walk(ctx: Context, facts: Facts, path: str) -> Optional[str]:
+    """PATH's real path, resolved one folder at a time as the kernel does (a link's target read
+    where it lies, `..` from where the walk has got to); None where the walk would look at a
+    network or FUSE filesystem's mount point or below it, or follow more links than the kernel."""
+    todo = [part for part in path.split("/") if part not in ("", ".")]
+    done, links = "/", 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            done = posixpath.dirname(done)
+            continue
+        step = posixpath.join(done, name)
+        where = ctx.path(step)
+        if _on_remote(facts, where):
+            return None
+        try:
+            is_link = stat.S_ISLNK(os.lstat(where).st_mode)
+        except OSError:  # missing (or unreadable): made as named
+            is_link = False
+        if not is_link:
+            done = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return None
+        try:
+            target = os.readlink(where)
+        except OSError:  # gone since: nothing to say where it leads
+            return None
+        done = "/" if target.startswith("/") else done
+        todo[:0] = [part for part in target.split("/") if part not in ("", ".")]
+    return done
 
 
 def discover(spec: LocalfsSpec, ctx: Context) -> Facts:

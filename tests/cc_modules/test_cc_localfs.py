@@ -968,26 +968,43 @@ def test_a_bind_mount_of_the_forced_device_is_unmounted_before_the_wipe(root: Pa
 
 def test_fstab_mount_points_in_use_or_on_a_network_filesystem_are_not_looked_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stat at or below a mount point whose NFS server is gone hangs (a hard mount): discover
-    never resolves a point something is mounted at (the kernel gives its real path) nor one below
-    a network filesystem's; others it does."""
+    never resolves a point something is mounted at (the kernel gives its real path) nor one whose
+    walk reaches a network filesystem (below its mount point, through a link to it, or through a
+    linked folder above it); others it does, links and `..` as the kernel reads them."""
     (root / "etc/fstab").write_text(f"{IMAGE_FSTAB}server:/export /nfs nfs hard 0 0\nserver:/sub /nfs/sub nfs noauto 0 0\n"
-                                    "server:/old /nfs-old nfs noauto 0 0\n/dev/vdc /data ext4 noauto 0 0\n/dev/vdd /opt ext4 noauto 0 0\n")
+                                    "server:/old /nfs-old nfs noauto 0 0\n/dev/vdc /data ext4 noauto 0 0\n/dev/vdd /opt ext4 noauto 0 0\n"
+                                    "/dev/vde /a/b ext4 noauto 0 0\n")
     (root / "nfs").mkdir()
     (root / "data").symlink_to("nfs/data")  # leads onto the NFS mount: not followed
     (root / "opt").symlink_to("/srv/opt")  # an absolute link, inside the root: followed
+    (root / "a").symlink_to("srv/../nfs/deep")  # a linked folder above the mount point leads onto NFS
+    (root / "srv").mkdir()
     looked: list[str] = []
-    real = os.path.realpath
+    lstat, real = os.lstat, os.path.realpath
+
+    def recorded(path: Any, *args: Any, **kwargs: Any) -> Any:
+        looked.append(str(path))
+        return lstat(path, *args, **kwargs)
 
     def realpath(path: Any, *args: Any, **kwargs: Any) -> str:
         looked.append(str(path))
         return real(path, *args, **kwargs)
 
+    monkeypatch.setattr(cc_localfs.os, "lstat", recorded)
     monkeypatch.setattr(cc_localfs.os.path, "realpath", realpath)
+    machine = FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000)
+    with record_mod.Record("localfs", directory=root.parent / "log") as record:
+        ctx = handling.Context(FakeRunner(machine=machine), record, root)
+        facts = cc_localfs.discover(localfs_spec.parse({"parts": {"scratch": {"size": 50, "mount": "/scratch"}}}), ctx)
+    assert not [path for path in looked if path == str(root / "nfs") or path.startswith(str(root / "nfs") + "/")], looked
+    assert str(root / "nfs-old") in looked and str(root / "opt") in looked and str(root / "a") in looked
+    assert facts.links == {"/opt": "/srv/opt"}
+    # `..` after a link goes up from where the link led, as the kernel (and realpath) read it.
+    (root / "up").symlink_to("srv/inner")
+    assert cc_localfs._walk(ctx, facts, "/up/../y") == "/srv/y"
     machine = FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000)
     status = run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
     assert status["status"] == "ok", status["reason"]
-    assert str(root / "nfs") not in looked and str(root / "nfs/sub") not in looked and str(root / "nfs-old") in looked
-    assert str(root / "data") not in looked and str(root / "opt") in looked
 
 
 def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
