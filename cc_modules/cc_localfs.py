@@ -29,7 +29,7 @@ import re
 import stat
 import unicodedata
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Optional
 
 from ..config import localfs as localfs_spec
@@ -83,6 +83,7 @@ class Facts:
     existing_dirs: list[str] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # lv path -> other names (dm, mapper)
     links: dict[str, str] = field(default_factory=dict)  # mount point (config's, fstab's) -> where its symlinks lead
+    unreachable: dict[str, str] = field(default_factory=dict)  # mount point (config's, fstab's) whose walk stopped -> why
     roots: dict[str, tuple[Optional[str], bool]] = field(default_factory=dict)  # lv path (mounted) -> volume_root there
 
     def as_dict(self) -> dict[str, Any]:
@@ -185,19 +186,17 @@ def _device(source: str) -> str:
 _REMOTE = re.compile(r"nfs.*|cifs|smb.*|ceph|glusterfs|lustre|gpfs|afs|9p|fuse.*")
 
 
-def _on_remote(facts: Facts, where: Path) -> bool:
-    return any(where.is_relative_to(point) for point in facts.remote)
-
-
 def _follow(ctx: Context, facts: Facts, mount: str) -> str:
     """Where the (normalised) MOUNT point leads, kept in FACTS.links when it leads elsewhere. Not
     looked at: a mount point in use (the kernel names it by its real path already), nor one whose
     walk reaches a network or FUSE filesystem (a dead hard NFS mount hangs a stat; such mounts
-    usually come after cloud-init's init stage, where this runs, but an image may make one earlier)."""
+    usually come after cloud-init's init stage, where this runs, but an image may make one
+    earlier): kept in FACTS.unreachable with why."""
     if str(ctx.path(mount)) in {*facts.mounts, *(target for target, _ in facts.hidden)}:
         return mount
-    real = _walk(ctx, facts, mount)
-    if real is None:
+    real, why = _walk(ctx, facts, mount)
+    if why:
+        facts.unreachable[mount] = why
         return mount
     real = localfs_spec.normal_path(real)  # a link to the root: / not /.
     if real != mount:
@@ -208,10 +207,11 @@ def _follow(ctx: Context, facts: Facts, mount: str) -> str:
 _MAX_LINKS = 40  # as the kernel follows at most (ELOOP)
 
 
-def _walk(ctx: Context, facts: Facts, path: str) -> Optional[str]:
+def _walk(ctx: Context, facts: Facts, path: str) -> tuple[str, str]:
     """PATH's real path, resolved one folder at a time as the kernel does (a link's target read
-    where it lies, `..` from where the walk has got to); None where the walk would look at a
-    network or FUSE filesystem's mount point or below it, or follow more links than the kernel."""
+    where it lies, `..` from where the walk has got to), and ""; or "" and why the walk stopped:
+    it would look at a network or FUSE filesystem's mount point or below it, or follow more links
+    than the kernel."""
     todo = [part for part in path.split("/") if part not in ("", ".")]
     done, links = "/", 0
     while todo:
@@ -221,8 +221,10 @@ def _walk(ctx: Context, facts: Facts, path: str) -> Optional[str]:
             continue
         step = posixpath.join(done, name)
         where = ctx.path(step)
-        if _on_remote(facts, where):
-            return None
+        remote = next((point for point in facts.remote if where.is_relative_to(point)), None)
+        if remote is not None:
+            inside = PurePosixPath(remote).relative_to(ctx.path("/"))
+            return "", f"it leads onto the network or FUSE filesystem mounted at /{'' if inside == PurePosixPath('.') else inside}"
         try:
             is_link = stat.S_ISLNK(os.lstat(where).st_mode)
         except OSError:  # missing (or unreadable): made as named
@@ -231,15 +233,15 @@ def _walk(ctx: Context, facts: Facts, path: str) -> Optional[str]:
             done = step
             continue
         links += 1
-        if links > _MAX_LINKS:
-            return None
         try:
+            if links > _MAX_LINKS:
+                raise OSError("too many levels of symbolic links")
             target = os.readlink(where)
-        except OSError:  # gone since: nothing to say where it leads
-            return None
+        except OSError as err:  # a loop, or gone since: nothing to say where it leads
+            return "", f"its symlinks cannot be followed ({err.strerror or err})"
         done = "/" if target.startswith("/") else done
         todo[:0] = [part for part in target.split("/") if part not in ("", ".")]
-    return done
+    return done, ""
 
 
 def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
@@ -299,7 +301,7 @@ def discover(spec: LocalfsSpec, ctx: Context) -> Facts:
         if part.mount:
             real = _follow(ctx, facts, part.mount)
             where = ctx.path(real)
-            if where.is_dir():
+            if part.mount not in facts.unreachable and where.is_dir():
                 facts.existing_dirs.append(real)
                 if any(entry != "lost+found" for entry in os.listdir(where)):
                     facts.nonempty.append(real)
@@ -707,10 +709,14 @@ def at_boot(options: str, fs: str) -> str:
 def follow_links(spec: LocalfsSpec, facts: Facts) -> LocalfsSpec:
     """SPEC with each mount point that is a symlink on the image (/home -> /var/home) replaced by
     where it leads, where mount, findmnt and systemd's fstab generator put and see the volume.
-    Refused as validate refuses a mount point written there: /, a system folder, or one that
-    another part takes too. (FACTS.links has fstab's mount points too: not the config's business.)"""
+    Refused: one whose path reaches a network or FUSE filesystem (or a symlink loop); and as
+    validate refuses a mount point written there: /, a system folder, or one that another part
+    takes too. (FACTS.links has fstab's mount points too: not the config's business.)"""
     parts = tuple(replace(part, mount=facts.links.get(part.mount, part.mount)) if part.mount else part for part in spec.parts)
     mounts = [part.mount for part in parts]
+    for mount in (p.mount for p in spec.parts if p.mount in facts.unreachable):
+        # A local volume there would mount before that filesystem (local-fs.target) and end up hidden under it.
+        raise PlanError(f"mount point {mount}: {facts.unreachable[mount]}: choose a local one")
     for mount, real in ((p.mount, facts.links[p.mount]) for p in spec.parts if p.mount in facts.links):
         folder = "/" if real == "/" else localfs_spec.system_folder(real)
         if folder or mounts.count(real) > 1:

@@ -999,12 +999,25 @@ def test_fstab_mount_points_in_use_or_on_a_network_filesystem_are_not_looked_at(
     assert not [path for path in looked if path == str(root / "nfs") or path.startswith(str(root / "nfs") + "/")], looked
     assert str(root / "nfs-old") in looked and str(root / "opt") in looked and str(root / "a") in looked
     assert facts.links == {"/opt": "/srv/opt"}
+    assert facts.unreachable == {mount: "it leads onto the network or FUSE filesystem mounted at /nfs" for mount in ("/nfs/sub", "/data", "/a/b")}
     # `..` after a link goes up from where the link led, as the kernel (and realpath) read it.
     (root / "up").symlink_to("srv/inner")
-    assert cc_localfs._walk(ctx, facts, "/up/../y") == "/srv/y"
+    assert cc_localfs._walk(ctx, facts, "/up/../y") == ("/srv/y", "")
     machine = FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000)
     status = run(root, FakeRunner(machine=machine), {"parts": {"scratch": {"size": 50, "mount": "/scratch"}}})
     assert status["status"] == "ok", status["reason"]
+    # The config's own mount point there: refused before anything changes (a local volume would be
+    # mounted before the network filesystem, then hidden under it), and never looked at either.
+    looked.clear()
+    runner = FakeRunner(machine=FakeMachine(mounts={str(root / "nfs"): "server:/export"}).add_vg("vg_local", 1000))
+    status = run(root, runner, {"parts": {"scratch": {"size": 50, "mount": "/a/scratch"}}})
+    assert status["status"] == "failed" and status["reason"] == ("mount point /a/scratch: it leads onto the network or FUSE filesystem "
+                                                                 "mounted at /nfs: choose a local one"), status["reason"]
+    assert runner.changing_calls() == [] and not [path for path in looked if path == str(root / "nfs") or path.startswith(str(root / "nfs") + "/")]
+    # A loop of links is refused too, in one line.
+    (root / "loop").symlink_to("loop")
+    status = run(root, FakeRunner(machine=fresh_machine()), {"parts": {"scratch": {"size": 50, "mount": "/loop/x"}}})
+    assert status["reason"] == "mount point /loop/x: its symlinks cannot be followed (too many levels of symbolic links): choose a local one"
 
 
 def test_lines_naming_the_wiped_device_by_uuid_or_label_are_commented_out_and_stay_so(root: Path) -> None:
