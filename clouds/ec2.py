@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from .. import __version__
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import hide_credentials
+from .quoted import cloud_words
 from .verdict import Verdict, parse_console
 
 MANAGED_TAG = "vfarm:managed"
@@ -67,6 +68,8 @@ QUOTA_CODES = {
     "QuotaExceeded",
 }
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+# The API's rate limit ("Limit" in the name, yet no quota): the same call later may well succeed.
+THROTTLE_CODES = {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException"}
 
 
 class Ec2Error(Exception):
@@ -83,7 +86,7 @@ class Ec2UnknownOutcome(Ec2Error):
 
 
 def is_capacity(code: str) -> bool:
-    return code in QUOTA_CODES or "Limit" in code or "Insufficient" in code
+    return code not in THROTTLE_CODES and (code in QUOTA_CODES or "Limit" in code or "Insufficient" in code)
 
 
 @dataclass(frozen=True)
@@ -119,12 +122,13 @@ class Ec2Params:
         return cls(endpoint_url=endpoint, region=region, profile=profile, access_key=access_key, secret_key=secret_key)
 
 
-def _as_list(response: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [inst for res in response.get("Reservations", []) for inst in res.get("Instances", [])]
+def _as_list(response: Mapping[str, Any]) -> list[Any]:
+    return [inst for res in response.get("Reservations") or [] for inst in res.get("Instances") or []]
 
 
 def tags_of(instance: Mapping[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t.get("Value", "") for t in instance.get("Tags", [])}
+    """The instance's tags; an entry that is no tag (no Key) is none."""
+    return {t["Key"]: t.get("Value", "") for t in instance.get("Tags") or [] if isinstance(t, dict) and isinstance(t.get("Key"), str)}
 
 
 def parse_tags(items: Iterable[str]) -> dict[str, str]:
@@ -387,7 +391,7 @@ class Ec2Cloud:
 
     def _explain(self, what: str, err: Any, kwargs: Mapping[str, Any]) -> str:
         error = err.response.get("Error", {})
-        code, message = error.get("Code", "Error"), error.get("Message", "")
+        code, message = error.get("Code", "Error"), cloud_words(str(error.get("Message", "")))
         where = self.endpoint
         if code in CREDENTIAL_CODES:
             return f"{where}: credentials refused ({code}: {message}); check EC2_ACCESS_KEY/EC2_SECRET_KEY, AWS_* or --profile"
@@ -429,13 +433,13 @@ class Ec2Cloud:
         try:
             # botocore base64-encodes UserData for RunInstances itself
             response = self._guard("launch", self.client.run_instances, UserData=userdata, **request)
+            return self._listed(response.get("Instances"), "launch")
         except Ec2UnknownOutcome as err:
             shown = " ".join(f"--tag {shlex.quote(f'{k}={v}')}" for k, v in sorted((tags or {}).items()) if k != MANAGED_TAG)
             listing = f"vfarm instances {shown}".rstrip()
             raise Ec2UnknownOutcome(
                 f"{err}; the launch may have started instances: `{listing}` shows them; retry with --client-token {token} to start none twice"
             ) from None
-        return list(response.get("Instances", []))
 
     def instances(
         self, tag_filters: Optional[Mapping[str, str]] = None, states: Optional[Sequence[str]] = LIVE_STATES, ids: Sequence[str] = ()
@@ -458,13 +462,22 @@ class Ec2Cloud:
                 kwargs["Filters"] = list(filters)
             if ids:
                 kwargs["InstanceIds"] = list(ids)
-            found: list[dict[str, Any]] = []
+            found: list[Any] = []
             for page in self.client.get_paginator("describe_instances").paginate(**kwargs):
                 found += _as_list(page)
             return found
 
-        found: list[dict[str, Any]] = self._guard("describe instances", pages)
+        found = self._listed(self._guard("describe instances", pages), "describe instances")
         return sorted(found, key=lambda i: (str(i.get("LaunchTime", "")), i["InstanceId"]))
+
+    def _listed(self, items: Any, what: str) -> list[dict[str, Any]]:
+        """ITEMS, a reply's instances, each with its InstanceId: what the rest reads them by. A reply
+        of another shape is no EC2 API's: its outcome is unknown (for a launch: maybe started)."""
+        if items is None:
+            return []
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("InstanceId"), str) and i["InstanceId"] for i in items):
+            raise Ec2UnknownOutcome(self._scrub(f"EC2 endpoint {self.endpoint} ({what}): the reply lists an instance without an InstanceId"))
+        return items
 
     def terminate(self, ids: Sequence[str], only_managed: bool = True, tags: Optional[Mapping[str, str]] = None,
                   mark: Optional[Mapping[str, Mapping[str, str]]] = None) -> list[dict[str, Any]]:
@@ -500,7 +513,7 @@ class Ec2Cloud:
         for pairs, marked in sorted(same.items()):
             self._guard("tag instances", self.client.create_tags, Resources=marked, Tags=[{"Key": k, "Value": v} for k, v in pairs])
         response = self._guard("terminate", self.client.terminate_instances, InstanceIds=ids)
-        return list(response.get("TerminatingInstances", []))
+        return self._listed(response.get("TerminatingInstances"), "terminate")
 
     def userdata(self, instance_id: str) -> bytes:
         """The raw user-data the cloud holds for an instance (DescribeInstanceAttribute)."""

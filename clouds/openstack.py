@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
 import shlex
 import time
 import uuid
@@ -37,6 +36,7 @@ from typing import Any, Callable, Optional
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT as USERDATA_B64_LIMIT
 from ..mime_builder.limits import OPENSTACK_LIMIT as USERDATA_LIMIT
 from ..redaction import hide_credentials
+from .quoted import cloud_words
 from .verdict import Verdict, parse_console
 
 MANAGED_KEY = "vfarm:managed"
@@ -68,11 +68,6 @@ LIVE_STATES = ("pending", "running", "stopped")
 # Servers that never will run again and still hold quota: a failed build, a worker whose final
 # check powered it off (Nova keeps it SHUTOFF: there is no terminate-on-shutdown).
 DEAD_STATUSES = ("ERROR", "SHUTOFF")
-# A cloud's own words quoted in an error: at most QUOTED_LIMIT characters, and no run of base64
-# over 64 characters (Nova's validator quotes a rejected user_data in full, twice: 200 KB of
-# base64 with the pool's token inside). Neither a token nor user-data belongs in a message.
-QUOTED_LIMIT = 300
-BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{65,}=*")
 
 
 class OpenStackError(Exception):
@@ -158,23 +153,29 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=r"(openstack|keystoneauth1)(\.|$)")
 
 
+def _mapping(value: Any) -> dict[Any, Any]:
+    """VALUE where the API gives an object; anything else (a reply outside its shape) is an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def describe(server: Any) -> dict[str, Any]:
     """A Nova server in the shape of EC2's DescribeInstances (what the scaler reads), with Nova's
     own status, name and fault beside it."""
     data = server.to_dict() if hasattr(server, "to_dict") else dict(server)
     status = str(data.get("status") or "UNKNOWN").upper()
-    metadata = {str(k): str(v) for k, v in (data.get("metadata") or {}).items()}
+    metadata = {str(k): str(v) for k, v in _mapping(data.get("metadata")).items()}
     fixed = floating = None
-    for entries in (data.get("addresses") or {}).values():
-        for entry in entries or []:
+    for entries in _mapping(data.get("addresses")).values():
+        for entry in entries if isinstance(entries, list) else []:
+            entry = _mapping(entry)
             kind = entry.get("OS-EXT-IPS:type") or entry.get("type")
             if kind == "floating":
                 floating = floating or entry.get("addr")
             else:
                 fixed = fixed or entry.get("addr")
-    flavor = data.get("flavor") or {}
+    flavor = _mapping(data.get("flavor"))
     image = data.get("image") or {}
-    fault = data.get("fault") or {}
+    fault = _mapping(data.get("fault"))
     described: dict[str, Any] = {
         "InstanceId": str(data.get("id")),
         "Name": data.get("name") or "",
@@ -362,7 +363,8 @@ class OpenStackCloud:
                name: str = "vfarm-worker", max_userdata: int = USERDATA_LIMIT) -> list[dict[str, Any]]:
         """COUNT servers holding vfarm:token = CLIENT_TOKEN (made up when not given), one create
         each. Before every create the servers with that token are listed: those a lost reply
-        started count, so the same token never starts more than COUNT. Returns them (described).
+        started count, so the same token never starts more than COUNT (and one call never makes
+        more than COUNT creates, however far the listing lags). Returns them (described).
         A failure once servers of the token may run (one was listed or created, or a reply was
         lost) is raised in its own class with TOKEN and STARTED set, and says "started K of N: IDS"."""
         if count < 1:
@@ -373,7 +375,7 @@ class OpenStackCloud:
         metadata = server_metadata(properties, token)
         image_id, flavor_id, networks = self.resolve(image, flavor, network)
         encoded = base64.b64encode(userdata).decode("ascii")
-        attempts = 0
+        attempts = created = 0
         # Whether servers of this launch may run: once one was listed or created, or a reply was
         # lost. A failure from then on says which run and the token (they keep running).
         maybe_running = False
@@ -383,13 +385,15 @@ class OpenStackCloud:
                 if len(have) >= count:
                     return have
                 maybe_running = maybe_running or bool(have)
+                if created >= count:  # a listing that lags behind the creates, or leaves them out: never more creates than COUNT
+                    raise OpenStackError(f"{self.where}: {created} server(s) created, yet the listing by token shows {len(have)}")
                 kwargs: dict[str, Any] = {"name": f"{name}-{len(have) + 1}", "image_id": image_id, "flavor_id": flavor_id,
                                           "networks": networks, "metadata": metadata, "user_data": encoded}
                 if key_name:
                     kwargs["key_name"] = key_name
                 try:
                     self._guard("create a server", self.conn.compute.create_server, **kwargs)
-                    maybe_running = True
+                    maybe_running, created = True, created + 1
                 except OpenStackError as err:
                     attempts += 1
                     lost = _reply_lost(str(err))
@@ -468,6 +472,8 @@ class OpenStackCloud:
     def console_output(self, server_id: str) -> str:
         """The server's console log as Nova keeps it ('' when it holds none)."""
         reply = self._guard("read the console output", self.conn.compute.get_server_console_output, server_id)
+        if reply is not None and not isinstance(reply, dict):
+            raise OpenStackError(f"{self.where}: the console output of {server_id} is not in Nova's shape")
         return str((reply or {}).get("output") or "")
 
     def verdict(self, server_id: str) -> Optional[Verdict]:
@@ -505,12 +511,9 @@ class OpenStackCloud:
 
 def _message(err: BaseException) -> str:
     """The server's own words where there are some (openstacksdk puts them in `details`), as an
-    error may quote them: every base64 run over 64 characters left out, at most QUOTED_LIMIT
-    characters."""
+    error may quote them (quoted.cloud_words)."""
     details = getattr(err, "details", None)
-    text = " ".join((str(details) if details else str(err)).split()) or type(err).__name__
-    text = BASE64_RUN.sub(lambda m: f"[{len(m.group())} characters left out]", text)
-    return text if len(text) <= QUOTED_LIMIT else f"{text[:QUOTED_LIMIT]}... [{len(text) - QUOTED_LIMIT} more characters left out]"
+    return cloud_words(str(details) if details else str(err)) or type(err).__name__
 
 
 def _status(err: BaseException) -> Optional[int]:

@@ -418,3 +418,24 @@ def test_the_scaler_tags_only_its_farms_servers_and_only_after_the_check(nova: F
     assert calls == [("set metadata", ours), ("delete", ours), ("set metadata", building), ("delete", building)]
     assert ended[ours]["vfarm:end"] == "drained" and "vfarm:end" not in ended[building]
     assert sorted(nova.servers_) == [foreign, milano]
+
+
+def test_a_listing_that_lags_behind_the_creates_never_starts_more_than_count(nova: FakeCompute) -> None:
+    """Nova took every create, yet its listing shows none of them (a lagging or partial listing):
+    one launch makes COUNT creates at most, then fails naming the token to retry with."""
+    nova.servers = lambda details=True: []  # type: ignore[method-assign]
+    with pytest.raises(openstack.OpenStackError, match=r"2 server\(s\) created, yet the listing by token shows 0") as info:
+        fake_cloud().launch(b"#cloud-config\n", "alma9", "m1", count=2, client_token="tok-lag")
+    assert nova.creates == 2 and len(nova.servers_) == 2 and info.value.token == "tok-lag"
+
+
+def test_replies_outside_novas_shape_are_read_or_one_line(nova: FakeCompute, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server's addresses, flavor or fault that are not objects read as none; a console reply
+    that is not one is one line, never a traceback."""
+    sid = nova.add("5f1c", dict(MANAGED))
+    nova.servers_[sid].update(addresses={"private": ["10.0.0.5", {"addr": "10.0.0.6"}], "odd": "x"}, flavor="m1", fault=["x"])
+    [listed] = fake_cloud().instances()
+    assert (listed["InstanceId"], listed["PrivateIpAddress"], listed["InstanceType"]) == (sid, "10.0.0.6", "?")
+    nova.get_server_console_output = lambda server_id: "console text"  # type: ignore[attr-defined]
+    with pytest.raises(openstack.OpenStackError, match=f"the console output of {sid} is not in Nova's shape$"):
+        fake_cloud().console_output(sid)
