@@ -15,10 +15,12 @@ A second run writes nothing and restarts nothing. The part-handler for text/cond
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
@@ -59,6 +61,7 @@ class Facts:
     guard_active: bool = False  # the guard's rules are in place now
     guard_enabled: bool = False  # its boot-time unit is enabled (an earlier run may have written it, then failed)
     token_private: bool = True  # the token file (if any) is a regular file of root's, mode 0600
+    execute_holds: list[str] = field(default_factory=list)  # a few entries of an existing EXECUTE that is not condor's (owner)
 
 
 def discover(spec: CondorSpec, ctx: Context) -> Facts:
@@ -73,6 +76,7 @@ def discover(spec: CondorSpec, ctx: Context) -> Facts:
         installed=shutil.which("condor_config_val") is not None,
         active=ctx.runner.run(["systemctl", "is-active", "--quiet", SERVICE], check=False, changes=False).returncode == 0,
         execute_exists=ctx.path(spec.execute).is_dir(),
+        execute_holds=_holds(ctx.path(spec.execute)),
         package_manager=package_manager(),
         firewall=firewall,
         guard_rules=read_text(ctx.path(metadata_guard.RULES_FILE)) if spec.protect_metadata else None,
@@ -81,6 +85,21 @@ def discover(spec: CondorSpec, ctx: Context) -> Facts:
         guard_enabled=guard_enabled,
         token_private=_private(ctx.path(condor_spec.TOKEN_FILE)),
     )
+
+
+def _holds(folder: Path) -> list[str]:
+    """A few of the entries of FOLDER (absent: none) when it is not the condor user's: the startd
+    removes everything in EXECUTE when it starts. A new file system's lost+found is no one's data."""
+    try:
+        if folder.stat().st_uid == pwd.getpwnam("condor").pw_uid:
+            return []
+    except (OSError, KeyError):  # no such folder, or no condor user yet (installed in this run)
+        pass
+    try:
+        entries = sorted(entry for entry in os.listdir(folder) if entry != "lost+found")
+    except OSError:
+        return []
+    return entries[:3] + ([f"{len(entries) - 3} more"] if len(entries) > 3 else [])
 
 
 def _private(path: Path) -> bool:
@@ -177,6 +196,9 @@ def plan(spec: CondorSpec, facts: Facts, instance_id: str) -> Plan:
         config = condor_spec.render(spec, instance_id)
     except UnsafeValue as err:
         raise StepError(f"cannot write {condor_spec.CONFIG_FILE}: {err}") from None
+    if facts.execute_holds and f"\nEXECUTE = {spec.execute}\n" not in (facts.config or ""):
+        raise StepError(f"execute {spec.execute} holds files ({', '.join(facts.execute_holds)}) and is not condor's: HTCondor's startd "
+                        f"removes everything in it when it starts; name a new or empty folder")
     if spec.token is not None and control_character(spec.token):
         raise StepError(f"cannot write {condor_spec.TOKEN_FILE}: the pool token holds a control character")
     # The guard first: a run that fails to put it in place writes no token and no pool config,

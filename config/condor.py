@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from ..files import CONDOR_VERDICT_FILE, read_bounded
+from ..files import CONDOR_VERDICT_FILE, normal_path, read_bounded, system_folder
 from ..textsafe import UnsafeValue, refuse_control
 from .findings import Finding
 from .findings import Path as FindingPath
@@ -36,6 +36,9 @@ TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
 INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances by it
 # What the startd advertises of vfarm itself: `condor_status -af VfarmVerdict VfarmVersion`.
 VERDICT_ATTRIBUTE = "VfarmVerdict"  # the final check's result: pending until it ran, then ok/degraded/failed
+# The startd takes jobs only once the final check has found the worker fit ("ok" or "degraded"):
+# not while it is "pending" (condor starts before the check), nor once "failed" (until the power-off).
+VERDICT_GATE = f'(MY.{VERDICT_ATTRIBUTE} =?= "ok" || MY.{VERDICT_ATTRIBUTE} =?= "degraded")'
 VERSION_ATTRIBUTE = "VfarmVersion"
 VFARM_ATTRIBUTES = (INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE, VERSION_ATTRIBUTE)
 TOKEN_FILE_MAX = 16 * 1024  # an IDTOKEN is a few hundred bytes
@@ -203,7 +206,7 @@ def _render_refusals(section: dict[str, Any], check_host: bool = True) -> list[F
     if "execute" in section:
         rules.append((("execute",), False, partial(_execute, section["execute"])))
     if "start" in section:
-        rules.append((("start",), False, partial(raw_value, "start", section["start"])))
+        rules.append((("start",), False, partial(_start, section["start"])))
     for name, value in section.get("attributes", {}).items():
         rules.append((("attributes", name), True, partial(_attribute_name, name)))
         rules.append((("attributes", name), False, partial(classad_literal, value, f"attribute {name}")))
@@ -240,19 +243,24 @@ def written_names(section: dict[str, Any]) -> dict[str, str]:
 
 def _vfarm_names(section: dict[str, Any]) -> list[Finding]:
     """`attributes` and `config` may not set a name vfarm writes, in any spelling: their lines come
-    after vfarm's (config last of all), and HTCondor keeps the last value of a name."""
+    after vfarm's (config last of all), and HTCondor keeps the last value of a name; nor with a
+    daemon's or local name's prefix (STARTD.START): HTCondor reads PREFIX.NAME before NAME."""
     written = written_names(section)
     findings = []
     for group in ("attributes", "config"):
         for name in section.get(group, {}):
-            ours = written.get(name.lower())
+            prefix, _, plain = name.rpartition(".")
+            ours = written.get(plain.lower())
             if ours is None:
                 continue
             if ours in VFARM_ATTRIBUTES:
                 why = f" ({', '.join(VFARM_ATTRIBUTES)})"
             else:
                 why = f": use {VFARM_KNOB_KEYS[ours]} instead" if ours in VFARM_KNOB_KEYS else ""
-            spelled = ours if name == ours else f"{name} is {ours} (HTCondor's names ignore case), which"
+            if prefix:
+                spelled = f"{name} sets {ours} for {prefix} (HTCondor reads {prefix}.NAME before NAME), which"
+            else:
+                spelled = ours if name == ours else f"{name} is {ours} (HTCondor's names ignore case), which"
             findings.append(Finding((group, name), f"{spelled} is set by vfarm{why}", at_key=True))
     return findings
 
@@ -346,11 +354,39 @@ def _host(host: str) -> str:
     return host
 
 
+def _start(value: str) -> str:
+    """The START expression as render puts it in brackets before VERDICT_GATE: its own brackets
+    must pair up (outside string literals), so that nothing in it closes them and escapes the gate."""
+    depth, quoted, escaped = 0, False, False
+    for char in raw_value("start", value):
+        if quoted:
+            quoted, escaped = (char != '"' or escaped), (char == "\\" and not escaped)
+        elif char == '"':
+            quoted = True
+        elif char in "()":
+            depth += 1 if char == "(" else -1
+            if depth < 0:
+                break
+    if depth or quoted:
+        raise UnsafeValue("start's brackets and quotes must pair up (vfarm adds the final check's verdict to it)")
+    return value.strip(" \t")
+
+
+# Folders whose files are someone's: the startd empties EXECUTE (and sets its mode) when it starts.
+DATA_FOLDERS = ("/", "/home", "/root", "/tmp", "/var", "/var/tmp", "/var/lib", "/srv", "/opt", "/mnt", "/media", "/scratch", "/data")
+
+
 def _execute(path: str) -> str:
-    """EXECUTE is created under its literal name: a macro in it would name another folder."""
+    """EXECUTE is created under its literal name: a macro in it would name another folder. Not a
+    system folder or a folder of everyone's data: HTCondor's startd removes all in EXECUTE as it starts."""
     raw_value("execute", path)
     if "$" in path or path != path.strip() or not path.startswith("/"):
         raise UnsafeValue("execute must be an absolute path without $ or blanks at either end")
+    normal = normal_path(path)
+    taken = normal if normal in DATA_FOLDERS else system_folder(normal)
+    if taken:
+        raise UnsafeValue(f"execute must not be {taken} or a system folder: HTCondor's startd removes everything in it when it starts; "
+                          f"name a folder of its own (such as /var/lib/condor/execute)")
     return path
 
 
@@ -365,7 +401,8 @@ def render(spec: CondorSpec, instance_id: str) -> str:
 
     The startd advertises VfarmVersion and VfarmVerdict. It starts before the final check runs, so
     VfarmVerdict is "pending" here; the last line includes (if it exists) the file in which the
-    check writes the verdict before it has the condor unit reload."""
+    check writes the verdict before it has the condor unit reload. START is the section's `start`
+    and VERDICT_GATE: no job starts before the check found the worker fit, nor after it failed."""
     attributes = [(INSTANCE_ATTRIBUTE, instance_id), (VERSION_ATTRIBUTE, VFARM_VERSION), (VERDICT_ATTRIBUTE, "pending"), *spec.attributes]
     lines = [
         "# Written by vfarm (cc_condor) from the condor section of the user-data; changes here are overwritten.",
@@ -377,10 +414,11 @@ def render(spec: CondorSpec, instance_id: str) -> str:
         lines.append("CCB_ADDRESS = $(COLLECTOR_HOST)")
     if spec.slots == "partitionable":
         lines += ["NUM_SLOTS = 1", "NUM_SLOTS_TYPE_1 = 1", "SLOT_TYPE_1 = 100%", "SLOT_TYPE_1_PARTITIONABLE = True"]
+    start = _start(spec.start)
     lines += [
         f"EXECUTE = {_execute(spec.execute)}",
         f"MAXJOBRETIREMENTTIME = {int(spec.retirement_time)}",
-        f"START = {raw_value('start', spec.start)}",
+        f"START = ({start}) && {VERDICT_GATE}",
     ]
     lines += [f"{_attribute_name(name)} = {classad_literal(value, f'attribute {name}')}" for name, value in attributes]
     names = " ".join(name for name, _ in attributes)

@@ -8,13 +8,13 @@ resolve the same config through `resolve()`, so the instance creates exactly wha
 from __future__ import annotations
 
 import math
-import posixpath
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Optional
 
 from ..errors import PlanError
+from ..files import LINKS, normal_path, system_folder
 from .findings import Finding
 from .sizes import human, parse_bytes
 
@@ -36,14 +36,6 @@ DEFAULTS = {
 # In the short form a bare number is a percent of the VG, except for swap: percent of what is FREE.
 FREE_BY_DEFAULT = {"swap"}
 LV_TAG = "vfarm"  # every LV we create carries it: a same-named LV without it is not ours
-# A volume mounted over these would hide the running system. Below them too, except /var, whose
-# subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
-# /var/run and /var/lock are symlinks into /run (Debian, EL): mount would follow them and the
-# volume would hide /run, so they are refused by name here, where the image is not seen; the
-# instance follows the symlinks of every mount point and refuses these places when one leads there.
-LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
-SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", *LINKS, "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
 # LV names lvm2 keeps for itself (lib/misc/lvm-string.c, apply_lvname_restrictions, 2.03): lvcreate
 # refuses them on the instance, after the parts before them were created.
 RESERVED_LV_PREFIXES = ("pvmove", "snapshot")
@@ -124,18 +116,6 @@ def parse_size(value: Any, name: str) -> Size:
     if match:
         return Size(match.group(2), float(match.group(1)))
     return Size("BYTES", parse_bytes(text))
-
-
-def normal_path(path: str) -> str:
-    """PATH with `.`, `..` and repeated slashes resolved (`/tmp/..` is `/`, `//x` is `/x`)."""
-    return "/" + posixpath.normpath(path).lstrip("/")
-
-
-def system_folder(mount: str) -> Optional[str]:
-    """The system folder a (normalised) mount point would hide, or None."""
-    if mount in SYSTEM_FOLDERS_ONLY_ITSELF:
-        return mount
-    return next((f for f in SYSTEM_FOLDERS if mount == f or mount.startswith(f + "/")), None)
 
 
 def lvm_reserved(name: str) -> Optional[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import re
 import select
 import stat
@@ -150,6 +151,28 @@ def _resolve(path: str) -> tuple[str, Optional[int]]:
             return current, None
         current = os.path.join(folder, os.readlink(current))
     raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+
+
+# A volume mounted over these would hide the running system. Below them too, except /var, whose
+# subfolders (/var/lib/cvmfs, /var/tmp) are where data goes.
+# /var/run and /var/lock are symlinks into /run (Debian, EL): mount would follow them and the
+# volume would hide /run, so they are refused by name here, where the image is not seen; the
+# instance follows the symlinks of every mount point and refuses these places when one leads there.
+LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
+SYSTEM_FOLDERS = ("/etc", "/proc", "/sys", "/dev", "/run", *LINKS, "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FOLDERS_ONLY_ITSELF = ("/var",)
+
+
+def normal_path(path: str) -> str:
+    """PATH with `.`, `..` and repeated slashes resolved (`/tmp/..` is `/`, `//x` is `/x`)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def system_folder(mount: str) -> Optional[str]:
+    """The system folder a (normalised) mount point would hide, or None."""
+    if mount in SYSTEM_FOLDERS_ONLY_ITSELF:
+        return mount
+    return next((f for f in SYSTEM_FOLDERS if mount == f or mount.startswith(f + "/")), None)
 
 
 def under(root: PathLike, absolute: str) -> Path:

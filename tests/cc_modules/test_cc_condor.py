@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -123,6 +124,30 @@ def test_second_run_writes_nothing_and_restarts_nothing(root: Path) -> None:
     assert status["changed"] is False
     assert [c for c in again.calls if c[:2] != ["systemctl", "is-active"] and c[0] != "condor_status"] == []
     assert (config.stat().st_mtime_ns, (root / condor_spec.TOKEN_FILE.lstrip("/")).stat().st_mtime_ns) == before
+
+
+def test_an_execute_folder_holding_someone_elses_files_is_refused_before_anything(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTCondor's startd removes everything in EXECUTE when it starts: a folder that holds files and
+    is not the condor user's is refused before anything is written or started (a new file
+    system's lost+found is nobody's data); condor's own folder, or the one our config already
+    names (a second run, with job sandboxes in it), is no refusal."""
+    execute = root / "scratch/condor"
+    (execute / "lost+found").mkdir(parents=True)
+    assert run(root, FakeRunner(answers=FakeCondorHost(root).answers()))["status"] == "ok"
+    (root / condor_spec.CONFIG_FILE.lstrip("/")).unlink()
+    for name in ("authorized_keys", "b", "c", "d"):
+        (execute / name).write_text("x")
+    runner = FakeRunner(answers=FakeCondorHost(root).answers())
+    status = run(root, runner)
+    assert status["status"] == "failed" and status["reason"] == (
+        "execute /scratch/condor holds files (authorized_keys, b, c, 1 more) and is not condor's: HTCondor's startd removes everything "
+        "in it when it starts; name a new or empty folder"), status["reason"]
+    assert [c for c in runner.calls if c[:2] != ["systemctl", "is-active"]] == [] and not (root / condor_spec.CONFIG_FILE.lstrip("/")).exists()
+    monkeypatch.setattr(cc_condor.pwd, "getpwnam", lambda name: SimpleNamespace(pw_uid=execute.stat().st_uid))  # condor's own folder
+    host = FakeCondorHost(root)
+    assert run(root, FakeRunner(answers=host.answers()))["status"] == "ok"
+    monkeypatch.setattr(cc_condor.pwd, "getpwnam", lambda name: SimpleNamespace(pw_uid=execute.stat().st_uid + 1))
+    assert run(root, FakeRunner(answers=host.answers()))["status"] == "ok"  # not condor's, but the config names it: ours
 
 
 def test_a_changed_config_restarts_a_running_condor(root: Path) -> None:

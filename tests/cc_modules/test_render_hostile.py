@@ -141,9 +141,10 @@ def test_condor_config_keeps_each_value_one_value(tmp_path: Path) -> None:
         elif where == "execute":
             assert got["values"]["EXECUTE"] == "/srv/" + value, (where, value)
         elif "$" not in value:  # START and config are HTCondor syntax: $(...) in them is a macro, by design
-            knob = "START" if where == "start" else "VFARM_TEST_KNOB"
-            if value.strip(" \t").lower() not in ("true", "false"):  # HTCondor prints START = TRUE as True
-                assert got["values"][knob] == value.strip(" \t"), (where, value)
+            if where == "start":  # in brackets, then the final check's verdict
+                assert got["values"]["START"] == "(" + value.strip(" \t") + ") && " + condor_spec.VERDICT_GATE, (where, value)
+            elif value.strip(" \t").lower() not in ("true", "false"):  # HTCondor prints X = TRUE as True
+                assert got["values"]["VFARM_TEST_KNOB"] == value.strip(" \t"), (where, value)
 
 
 @pytest.mark.integration
@@ -151,12 +152,60 @@ def test_the_condor_reader_sees_an_injected_line(tmp_path: Path) -> None:
     """Control: the same reader catches the exploit in a file written the old way (no checks)."""
     marker = tmp_path / "marker"
     hostile = f"TRUE\ninclude : /usr/bin/touch {marker} |\nVFARM_EXTRA = 1"
-    text = condor_spec.render(BASE_CONDOR, "i-1").replace("START = TRUE", f"START = {hostile}")
+    text = re.sub(r"(?m)^START = .*$", lambda _: f"START = {hostile}", condor_spec.render(BASE_CONDOR, "i-1"))
     baseline = read_condor(tmp_path, [condor_spec.render(BASE_CONDOR, "i-1")], [], [])[0]["keys"]
     got = read_condor(tmp_path, [text], ["START"], [])[0]
     assert marker.exists() and "VFARM_EXTRA" in got["keys"] and got["keys"] != baseline
     with pytest.raises(UnsafeValue, match="start holds a control character"):
         condor_spec.render(dataclasses.replace(BASE_CONDOR, start=hostile), "i-1")
+
+
+# The startd's view: START evaluated in its own ad, with the VfarmVerdict the config gives it.
+START_READER = """
+import json, os, sys
+import classad2, htcondor2
+out = {}
+for verdict, path in json.load(open(sys.argv[1])).items():
+    os.environ["CONDOR_CONFIG"] = path
+    htcondor2.set_subsystem("STARTD", htcondor2.SubsystemType.Startd)
+    htcondor2.reload_config()
+    ad = classad2.ClassAd()
+    ad["VfarmVerdict"] = classad2.ExprTree(htcondor2.param["VfarmVerdict"])
+    ad["START"] = classad2.ExprTree(htcondor2.param["START"])
+    ad["MaxJobRetirementTime"] = classad2.ExprTree(htcondor2.param["MAXJOBRETIREMENTTIME"])
+    out[verdict] = [ad.eval("START"), ad.eval("MaxJobRetirementTime")]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+def test_the_startd_takes_jobs_only_once_the_check_found_the_worker_fit(tmp_path: Path) -> None:
+    """Rendered as the handler writes it, with the file the final check writes (none before it
+    ran): START is the section's own expression only for "ok" and "degraded"; not while "pending"
+    (condor starts before the check) nor once "failed" (a delayed power-off leaves it in the pool).
+    Neither a daemon's prefix in `config` nor brackets in `start` get past it: both are refused."""
+    spec = condor_spec.parse({"central-manager": "cm.example.org", "token": "a.b.c", "start": "TARGET.RequestCpus <= 4 || TRUE"})
+    configs = {}
+    for verdict in ("pending", "ok", "degraded", "failed"):
+        folder = tmp_path / verdict
+        folder.mkdir()
+        verdict_file = folder / "condor-verdict.conf"
+        if verdict != "pending":
+            verdict_file.write_text(f'VfarmVerdict = "{verdict}"\n')
+        local = folder / "50-vfarm.conf"
+        local.write_text(condor_spec.render(spec, "i-1").replace(files.CONDOR_VERDICT_FILE, str(verdict_file)))
+        (folder / "condor_config").write_text(f"LOCAL_DIR = {folder}\nRELEASE_DIR = /usr\nLOCAL_CONFIG_FILE = {local}\n")
+        configs[verdict] = str(folder / "condor_config")
+    (tmp_path / "jobs.json").write_text(json.dumps(configs))
+    done = subprocess.run([sys.executable, "-c", START_READER, str(tmp_path / "jobs.json")], env=clean_env(HOME=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"pending": [False, 3600], "ok": [True, 3600], "degraded": [True, 3600], "failed": [False, 3600]}
+    for section, refused in ((dict(config={"STARTD.START": "TRUE"}), "STARTD.START sets START for STARTD"),
+                             (dict(config={"startd.MaxJobRetirementTime": 0}), "sets MAXJOBRETIREMENTTIME for startd"),
+                             (dict(start="TRUE) || (TRUE"), "start's brackets and quotes must pair up")):
+        with pytest.raises(ConfigError, match=re.escape(refused)):
+            load_text(yaml.safe_dump({"condor": {"central-manager": "cm.example.org", "token": "a.b.c", **section}}))
 
 
 @pytest.mark.parametrize("name", ["include", "IF", "else", "use", "bad name", "a\nb", "9lives", "x@=y"])
