@@ -289,6 +289,12 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   holding `\\n`, tab indentation, lone `\\r` line ends, escaped-quoted keys, `&` and `;` after `:`):
   torino 41194 to 42270, condor 42155 to 43174, localfs only 35713 to 36819 (+1.0 to 1.1 KB);
   include and --pin within a few bytes.
+- The sixteenth session's fixes (localfs: fstab and config mount points walked one folder at a
+  time, stopping at a network filesystem, a config mount point there refused; condor: START gated
+  on the final check's verdict, vfarm's names refused with a daemon prefix, an EXECUTE the startd
+  would empty refused; the system folders moved to vfarm/files.py so condor reads them without
+  config.localfs): torino 42270 to 42576, condor 43174 to 44005, localfs only 36819 to 37027
+  (+0.2 to 0.8 KB); include and --pin within a few bytes.
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole. By function (table above), no one
