@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Union
 
-from ..config.condor import INSTANCE_ATTRIBUTE
+from ..config.condor import INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE
 from ..config.scale import ScaleSpec, WorkerType
 from . import consolidate, fit
 from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for its callers
@@ -630,8 +630,9 @@ def _amounts(slots: Iterable[dict[str, Any]]) -> fit.Resources:
 def _slot_supply(slots: list[dict[str, Any]]) -> fit.Resources:
     """The unclaimed resources of an active worker's SLOTS; none while it drains (someone else's
     drain: the scaler's own are not active), as a drained startd takes no new job whatever a
-    lagging Unclaimed ad of it says."""
-    if any(s.get("State") == "Drained" for s in slots):
+    lagging Unclaimed ad of it says; none once its final check failed (its START refuses every
+    job until the power-off)."""
+    if any(s.get("State") == "Drained" or s.get(VERDICT_ATTRIBUTE) == "failed" for s in slots):
         return fit.Resources()
     return _amounts(s for s in slots if s.get("State") == "Unclaimed")
 

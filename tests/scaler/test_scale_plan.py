@@ -282,6 +282,10 @@ def test_supply_counts_unclaimed_cpus_of_joined_non_draining_and_booting_instanc
     result = planner.plan(snap(slots=slots, instances=instances), spec())
     assert result.supply == 3 + 2 + 4  # the booting one counts cpus-per-vm
     assert result.active == 3
+    # A worker whose final check failed takes no job (its START says so) until its power-off: no
+    # supply; one still "pending" (condor starts before the check) is about to take them.
+    checked = [{**s, "VfarmVerdict": "failed" if s["VfarmInstanceId"] == "i-idle" else "pending"} for s in slots]
+    assert planner.plan(snap(slots=checked, instances=instances), spec()).supply == 2 + 4
 
 
 # --- launch -----------------------------------------------------------------------------------
