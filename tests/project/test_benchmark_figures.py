@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.project.test_benchmarks_smoke import SMOKE_TIMEOUT
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _svgplot as svgplot  # noqa: E402
@@ -104,7 +106,7 @@ def test_axis_tops_are_round(value: float, top: float) -> None:
 def test_the_day_simulation_draws_one_figure_per_policy_on_shared_axes(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks/scale_sim.py"), "--smoke", "--output", str(output)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, timeout=SMOKE_TIMEOUT, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     links = sorted(set(re.findall(r"\]\((benchmarks/figures/[^)]+\.svg)\)", output.read_text())))
     assert links == [f"benchmarks/figures/scale-day-{policy}-{size}.svg" for policy in ("elastiq", "vfarm") for size in (100, 30)]
