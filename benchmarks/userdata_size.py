@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, section: common.Section) -> None:
     section.add("`embed` part by part (gzip -9 of each part alone; the whole payload compresses a little better together):\n")
     section.add(common.table(["part", "role", "bytes", "gzip alone"], parts))
     names = [n for n in mime.ordered_sections(config) if n in bundle.handler_names()]
-    entries = [f"part_handlers.{n}_handler" for n in names] + [bundle.CHECK_ENTRY]
+    entries = [f"part_handlers.{n}_handler" for n in names] + bundle.CHECK_ENTRIES
     lib = modules_of(entries, set(names)) + schema_bytes([n for n in names if n in bundle._all_schemas()])
     saved = packed_savings(entries, set(names))
     rows2 = [[name, size, zipped, saved.get(name, "")] for name, size, zipped in sorted(lib, key=lambda m: -m[2])]
@@ -200,7 +200,7 @@ def floor_table() -> str:
 
     rows: list[list[object]] = []
     for names in (["localfs"], ["localfs", "cvmfs"], ["localfs", "condor"]):
-        modules = minified_modules([f"part_handlers.{n}_handler" for n in names] + [bundle.CHECK_ENTRY], set(names))
+        modules = minified_modules([f"part_handlers.{n}_handler" for n in names] + bundle.CHECK_ENTRIES, set(names))
         every = set(modules)
         dropped = {name for _label, piece in PIECES for name in piece}
         cells: list[object] = ["+".join(names), packed_gz(modules)]

@@ -12,7 +12,9 @@ List it LAST in `cloud_final_modules`. WHEN it checks is the whole point:
   the summary and powers off.
 - It survives the end of the stage: Debian's cloud-final.service (22.4) and
   cloud-init-main.service (25.1, the single process running all stages) both set
-  KillMode=process, so systemd does not kill what the stage left running.
+  KillMode=process, so systemd does not kill what the stage left running; 22.4's init stage
+  (cloud-init.service, where the embed and include parts start it on later boots, `start`) is a
+  oneshot with RemainAfterExit=yes, whose processes run on until shutdown.
 - It fails closed: the check is imported in that process, not here (cloud-init skips a config
   module that does not import, and nothing would power off), and the process powers off when the
   check does not run to its end (an ImportError or SyntaxError in it, a failed fork, anything its
@@ -25,6 +27,7 @@ so a worker that failed once cannot quietly join the pool after a restart.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..files import log_dir
@@ -37,7 +40,8 @@ frequency = "always"
 distros = DISTROS
 meta = module_meta("cc_vfarm_check", "Summary of the vfarm handlers and cloud-init, power off on failure", __doc__, frequency)
 
-# Tests point these elsewhere; on an instance (None) they are the real paths and the one runner.
+# Tests point these elsewhere; on an instance (None) they are the real paths (under $VFARM_ROOT,
+# as check.install writes the script) and the one runner.
 PATHS: Optional[Paths] = None
 RUNNER: Optional[Runner] = None
 POWEROFF = ["shutdown", "-P", "now", "vfarm check: FAILED: the final check could not run; poweroff now"]
@@ -46,7 +50,7 @@ POWEROFF = ["shutdown", "-P", "now", "vfarm check: FAILED: the final check could
 def _check() -> None:
     from . import check  # here, in the detached process: see the module's docstring
 
-    check.run_guarded(PATHS or check.Paths(), run=RUNNER)
+    check.run_guarded(PATHS or check.Paths(Path(os.environ.get("VFARM_ROOT") or "/")), run=RUNNER)
 
 
 def _power_off() -> None:
@@ -91,11 +95,18 @@ def _detach(target: Callable[[], object]) -> int:
             os._exit(0 if done else 1)
 
 
+def start() -> int:
+    """Start the check in a detached process that waits for cloud-init to finish; returns its pid.
+    The embed and include parts call this on every boot after the first (their power_state
+    condition runs once per instance), from the init stage."""
+    return _detach(_check)
+
+
 def handle(*args: Any, **kwargs: Any) -> None:
     """cloud-init calls this positionally (22.4: name, cfg, cloud, log, args) or by keyword
     (25.1: name, cfg, cloud, args); the check needs none of them."""
     log = kwargs.get("log") or (args[3] if len(args) > 3 else None)
-    pid = _detach(_check)
+    pid = start()
     folder = PATHS.log_dir if PATHS else log_dir()
     message = f"vfarm_check: checking in process {pid} once cloud-init has finished (summary: {folder / 'summary.log'})"
     if log is not None and hasattr(log, "info"):

@@ -20,7 +20,8 @@ The settings come from the raw user-data, not from anything cloud-init processed
 no readable settings the default is to power off on failure.
 
 Runs as `python3 -m vfarm.cc_modules.check` (or bundled into one file by the builder), e.g. as
-a `power_state` condition, and from the baked config module `cc_vfarm_check`. As a condition it
+a `power_state` condition, and detached through `cc_vfarm_check` (the baked config module, and on
+later boots the embed and include parts that carry the check: power_state runs once per instance). As a condition it
 exits HANDLED only when it ran to its end; the condition turns any other exit (a script that
 could not even start) into a power-off.
 """

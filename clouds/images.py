@@ -208,6 +208,11 @@ def image_key(suite: str, variant: str = "") -> str:
     return _digest(*parts)
 
 
+def plain_key(suite: str, variant: str = "") -> str:
+    """Changes with the rootfs and this recipe (the harness among it), not with vfarm's code."""
+    return _digest(rootfs_key(suite, variant).encode(), Path(__file__).read_bytes())
+
+
 def rootfs_tar(suite: str, mirror: Optional[str] = None, variant: str = "") -> Path:
     """mmdebstrap's tar of SUITE (plus a VARIANT's packages), made once per recipe."""
     if suite not in SUITES:
@@ -315,7 +320,7 @@ def build(suite: str, *, force: bool = False, mirror: Optional[str] = None, bake
         raise CommandError(f"unknown image {suite!r}: one of {', '.join(SUITES)}, or a folder made by `vfarm image build`")
     if variant and (variant not in VARIANTS or suite not in VARIANT_SUITES.get(variant, SUITES)):
         raise CommandError(f"no image {suite}-{variant}: variants are " + ", ".join(f"{s}-{v}" for v in VARIANTS for s in VARIANT_SUITES.get(v, SUITES)))
-    key = image_key(suite, variant) if bake_vfarm else rootfs_key(suite, variant) + "-plain"
+    key = image_key(suite, variant) if bake_vfarm else plain_key(suite, variant)
     name = (f"{suite}-{variant}" if variant else suite) + ("" if bake_vfarm else "-plain")
     final = cache_root() / f"{name}-{key}"
     if (final / "image.json").is_file() and not force:

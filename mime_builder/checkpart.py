@@ -20,6 +20,10 @@ part writes it to the check's place (bundle.CHECK_LIBRARY_TAIL), and this part o
 writes it), and this part is the same. When the script is not there (the part carrying it never
 ran, or its sha256 did not match), python3 cannot open it and the condition powers off.
 
+power_state runs once per instance. On later boots the part that wrote the script (embed's
+library part, include's hosted check: frequency always) starts the check itself, detached, as the
+baked module does (bundle.CHECK_LIBRARY_TAIL); `--pin` checks the first boot only.
+
 `baked` images list the `vfarm_check` config module (cc_vfarm_check) instead: no part at all.
 With `include`, a failed fetch makes cloud-init consume no part at all, this one included: only
 a baked check (or `--pin`) powers such an instance off.

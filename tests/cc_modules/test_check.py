@@ -419,18 +419,53 @@ def test_embed_check_part_runs_the_script_of_the_library(tmp_path: Path, cloudin
     part.parent.mkdir()
     part.write_text(lib.source)
     root = failing_root(tmp_path)
-    register = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(part.parent)!r}); m = __import__('part-handler-000'); "
-         "assert m.list_types() == []; m.handle_part(None, '__begin__', None, None)"],
-        env={"VFARM_ROOT": str(root), "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
-    )
-    assert register.returncode == 0, register.stderr
+    register_part(part, root, "once-per-instance", os.environ["PATH"])
     script = root / checkpart.CHECK_PATH.lstrip("/")
     assert script.read_text() == lib.source and stat.S_IMODE(script.stat().st_mode) == 0o700
     (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
     done = subprocess.run([sys.executable, "-I", str(script), "--root", str(root), "--dry-run", "--wait", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
     assert "decision: halt (delay 2): localfs: never-ran" in done.stdout
+
+
+def register_part(part: Path, root: Path, frequency: str, path: str) -> None:
+    """Import the part-handler file PART and call its __begin__ as cloud-init does (handler_version
+    2: with the frequency of this boot's consumption), on the instance ROOT (VFARM_ROOT)."""
+    register = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(part.parent)!r}); m = __import__({part.stem!r}); "
+         f"assert m.list_types() == [] and m.frequency == 'always' and m.handler_version == 2; m.handle_part(None, '__begin__', None, None, {frequency!r})"],
+        env={"VFARM_ROOT": str(root), "PATH": path}, capture_output=True, text=True, timeout=60,
+    )
+    assert register.returncode == 0, register.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("hosted", [False, True], ids=["embed library", "include's hosted check"])
+def test_on_later_boots_the_part_starts_the_check_itself(tmp_path: Path, hosted: bool) -> None:
+    """power_state's condition runs once per instance: on a later boot (cloud-init consumes the
+    user-data with frequency always) the part that carries the check starts it detached, as a
+    baked image's cc_vfarm_check does, so a worker that failed is powered off again after a
+    restart. It returns at once (the init stage goes on); the check waits for cloud-init's end."""
+    from vfarm.mime_builder import bundle
+
+    part = tmp_path / "handlers/part-handler-001.py"
+    part.parent.mkdir()
+    part.write_text(bundle.bundle_check() if hosted else bundle.bundle_library(["localfs"], with_check=True).source)
+    root = failing_root(tmp_path)
+    env, calls = fake_shutdown(tmp_path)
+    started = time.monotonic()
+    register_part(part, root, "always", env["PATH"])
+    assert time.monotonic() - started < 30
+    assert not (root / checkpart.CHECK_PATH.lstrip("/")).exists(), "a later boot runs the check; it writes nothing else"
+    summary_path = root / "var/log/vfarm/summary.json"
+    assert not summary_path.exists(), "the check must wait for result.json (the end of cloud-init)"
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    deadline = time.monotonic() + 60  # the check polls every second
+    while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    argv = json.loads(calls.read_text().splitlines()[0])
+    assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3], argv
+    assert json.loads(summary_path.read_text())["result"] == "failed"
 
 
 def release_conditions(release: Release, conditions: list[str], path: str = os.environ["PATH"]) -> list[bool]:
