@@ -22,7 +22,8 @@ ran, or its sha256 did not match), python3 cannot open it and the condition powe
 
 power_state runs once per instance. On later boots the part that wrote the script (embed's
 library part, include's hosted check: frequency always) starts the check itself, detached, as the
-baked module does (bundle.CHECK_LIBRARY_TAIL); `--pin` checks the first boot only.
+baked module does (bundle.CHECK_LIBRARY_TAIL); with `--pin` the loader starts the check it wrote
+(pinloader.start_installed).
 
 `baked` images list the `vfarm_check` config module (cc_vfarm_check) instead: no part at all.
 With `include`, a failed fetch makes cloud-init consume no part at all, this one included: only

@@ -243,11 +243,12 @@ def pin_loader(mode: HandlerMode, names: Sequence[str]) -> str:
         source = bundle.bundle_handler(name)
         types, frequency = bundle.handler_types(name), bundle.handler_frequency(name)
         pinned.append({"name": name, "url": mode.url(name), "sha256": bundle.sha256(source), "types": types, "frequency": frequency})
-    frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
-    # The final check: verified like a handler, then written to its place rather than run.
+    # The final check: verified like a handler, then written to its place rather than run; on
+    # later boots (frequency always) the loader starts the check written there.
     check = bundle.bundle_check()
     pinned.append({"name": CHECK_RECORD, "url": mode.file_url(bundle.CHECK_FILENAME), "sha256": bundle.sha256(check), "types": [],
-                   "frequency": "once-per-instance", "install": files.CHECK_SCRIPT})
+                   "frequency": "always", "install": files.CHECK_SCRIPT})
+    frequency = "always" if any(p["frequency"] == "always" for p in pinned) else "once-per-instance"
     from ..cc_modules import record
     from . import pinloader
 

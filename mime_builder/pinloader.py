@@ -5,9 +5,11 @@ the user-data with PINNED and FREQUENCY filled in by `vfarm build`).
 When cloud-init registers it (`__begin__`), it fetches each handler file from its URL, checks the
 sha256 recorded at build time and only then loads it; it takes the content types of all pinned
 handlers and passes each part on to the handler it belongs to. The final check's file (an entry
-with `install`) is verified the same way and then written to its place, not loaded. A failed fetch or a mismatch is
-written as a failed status record of that handler (what the final check reads), never skipped
-in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
+with `install`) is verified the same way and then written to its place, not loaded; on later
+boots (cloud-init calls the loader with frequency always, and power_state's condition runs once
+per instance) the loader starts that written check instead (`start_installed`). A failed fetch or
+a mismatch is written as a failed status record of that handler (what the final check reads),
+never skipped in silence. cloud-init's own include would instead abort the whole user-data on a failed fetch.
 
 A handler URL may carry credentials (`https://user:password@host/...`, see `split_userinfo`):
 they are sent as HTTP basic authentication, to that host only (never to a redirect's). The
@@ -45,6 +47,7 @@ PER_INSTANCE, PER_ALWAYS = "once-per-instance", "always"
 ATTEMPTS = 5
 TIMEOUT = 10.0
 LOG = logging.getLogger("vfarm.pin")
+POWEROFF = ["shutdown", "-P", "now", "vfarm check: FAILED: the final check could not start; poweroff now"]
 handler_version = 3
 frequency = FREQUENCY
 _by_type: dict[str, types.ModuleType] = {}
@@ -190,6 +193,28 @@ def install(entry: dict[str, Any], cloud: Any = None) -> None:
         record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
 
 
+def start_installed(entry: dict[str, Any], cloud: Any = None) -> None:
+    """A later boot (power_state's condition runs once per instance): the check the first boot
+    wrote, if it is still the one pinned, loaded from its place and started as its own part-handler
+    starts it (detached, waiting for cloud-init's end). A check that cannot start cannot vouch for
+    the boot: its failure is recorded and the instance powered off."""
+    target = os.path.join(os.environ.get("VFARM_ROOT") or "/", entry["install"].lstrip("/"))
+    try:
+        with open(target, "rb") as file:
+            content = file.read()
+        if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{target} is not the pinned check (sha256 {entry['sha256']})")
+        module = types.ModuleType("vfarm_pinned_check")
+        module.__file__ = target
+        exec(compile(content.decode("utf-8"), target, "exec"), module.__dict__)  # noqa: S102 - verified above
+        module.handle_part(cloud, "__begin__", None, None, PER_ALWAYS)
+    except Exception as err:  # noqa: BLE001 - whatever stops it, it is recorded and fails closed
+        record_failure(entry["name"], f"the final check cannot start at this boot: {type(err).__name__}: {err}", cloud)
+        import subprocess
+
+        subprocess.run(POWEROFF, check=False, timeout=60)
+
+
 def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]:
     """The verified handler module of ENTRY, or None (after recording why)."""
     name, url = entry["name"], entry["url"]
@@ -225,7 +250,7 @@ def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: O
             if not _runs(entry.get("frequency", PER_INSTANCE), frequency):
                 continue
             if entry.get("install"):
-                install(entry, data)
+                (start_installed if frequency == PER_ALWAYS else install)(entry, data)
                 continue
             module = load(entry, data)
             if module is None:
@@ -247,6 +272,8 @@ def handle_part(data: Any, ctype: str, filename: Any, payload: Any, frequency: O
         return
     module = _by_type.get(ctype)
     if module is None:
+        if not any(ctype in entry["types"] and _runs(entry.get("frequency", PER_INSTANCE), frequency) for entry in PINNED):
+            return  # a later boot: its handler is once per instance, and cloud-init would not call it either
         LOG.error("vfarm pin: no verified handler for %r (%r): its failure is recorded", ctype, filename)  # repr: escaped
         return
     _call(module, data, ctype, filename, payload, frequency, headers)

@@ -171,3 +171,78 @@ def test_the_credentials_never_go_to_a_redirects_host(hosted: Path) -> None:
     assert content == (hosted / bundle.CHECK_FILENAME).read_bytes()
     assert server.seen == [(f"/moved/{bundle.CHECK_FILENAME}", basic("admin", "s3cret"))]
     assert elsewhere.seen == [(f"/vfarm/{bundle.CHECK_FILENAME}", None)]
+
+
+# --- later boots: the loader starts the check the first boot wrote ------------------------------
+
+LATER_BOOT = """
+import json, sys
+from vfarm.mime_builder import pinloader
+pinloader.PINNED[:] = [json.loads(sys.argv[1])]
+pinloader.handle_part(None, "__begin__", None, None, "always", {})
+"""
+
+
+@pytest.mark.integration
+def test_on_a_later_boot_the_loader_starts_the_check_it_wrote(tmp_path: Path) -> None:
+    """cloud-init calls the loader with frequency always on later boots, where power_state's
+    condition does not run: the written check (still the pinned one) is started detached and, once
+    cloud-init has finished, judges the boot (here a failed one: it halts, as its settings say)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.cc_modules.test_check import failing_root, fake_shutdown
+
+    check = bundle.bundle_check().encode()
+    root = failing_root(tmp_path)
+    script = root / CHECK.lstrip("/")
+    script.parent.mkdir(parents=True)
+    script.write_bytes(check)
+    env, calls = fake_shutdown(tmp_path)
+    pinned = dict(entry(check), frequency="always")
+    done = subprocess.run([sys.executable, "-c", LATER_BOOT, json.dumps(pinned)], env=dict(env, VFARM_ROOT=str(root)),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not calls.exists() and not (root / "var/log/vfarm/summary.json").exists(), "the check waits for cloud-init's end"
+    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    deadline = time.monotonic() + 60  # the check polls every second
+    while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    argv = json.loads(calls.read_text().splitlines()[0])
+    assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3], argv
+    assert script.read_bytes() == check, "nothing fetched or written at a later boot"
+
+
+@pytest.mark.integration
+def test_on_a_later_boot_a_changed_check_is_recorded_and_powers_off(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.cc_modules.test_check import fake_shutdown
+
+    check = bundle.bundle_check().encode()
+    script = tmp_path / "root" / CHECK.lstrip("/")
+    script.parent.mkdir(parents=True)
+    script.write_bytes(check + b"# changed\n")
+    env, calls = fake_shutdown(tmp_path)
+    done = subprocess.run([sys.executable, "-c", LATER_BOOT, json.dumps(dict(entry(check), frequency="always"))],
+                          env=dict(env, VFARM_ROOT=str(tmp_path / "root"), VFARM_LOG_DIR=str(tmp_path / "log")),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "log/final-check.status.json").read_text())
+    assert record["status"] == "failed" and "is not the pinned check" in record["reason"], record
+    assert [json.loads(line) for line in calls.read_text().splitlines()] == [pinloader.POWEROFF[1:]]
+
+
+def test_on_a_later_boot_a_part_of_a_once_per_instance_handler_is_no_error(monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """cloud-init calls no once-per-instance handler on later boots: nor does the loader, silently."""
+    handler = {"name": "localfs", "url": "https://h.example.org/vfarm/localfs_handler.py", "sha256": "0" * 64,
+               "types": ["text/localfs-config"], "frequency": "once-per-instance"}
+    monkeypatch.setattr(pinloader, "PINNED", [handler])
+    with caplog.at_level(logging.WARNING, logger="vfarm.pin"):
+        pinloader.handle_part(None, "text/localfs-config", "localfs-config.ccfg", "parts: {}", "always", {})
+        assert caplog.records == []
+        pinloader.handle_part(None, "text/localfs-config", "localfs-config.ccfg", "parts: {}", "once-per-instance", {})
+    assert [r.levelname for r in caplog.records] == ["ERROR"]  # the first boot: its handler did not load
