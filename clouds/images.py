@@ -68,6 +68,8 @@ VARIANT_SUITES: dict[str, tuple[str, ...]] = {"condor": ("trixie",)}
 LOCAL_SOURCE = {"cvmfs"}  # variants whose packages come from the locally built apt repository
 DPKG_OPTS = ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
 
+# While this file exists the harness does not power off (a test's boot script holds it: tests only).
+HARNESS_HOLD = "/run/vfarm-local-hold"
 # The local backend's report-and-power-off step. Only the local test images have it: the host can
 # neither run lsblk in the guest nor read /run after power-off, so the guest writes them to disk.
 HARNESS_SCRIPT = """#!/bin/sh
@@ -79,6 +81,10 @@ mkdir -p "$out"
 # wait until no cloud-init process is left, so its summary is on disk (bounded: 5 minutes).
 n=0
 while [ $n -lt 600 ] && grep -qs 'cloud-[i]nit' /proc/[0-9]*/cmdline; do sleep 0.5; n=$((n+1)); done
+# A test holds the power-off while this file exists (its boot script waits there for a job, which
+# the worker takes only once the check has found it fit; bounded: 15 minutes).
+n=0
+while [ $n -lt 1800 ] && [ -e {HOLD_FILE} ]; do sleep 0.5; n=$((n+1)); done
 lsblk --json --bytes -o NAME,KNAME,TYPE,SIZE,FSTYPE,LABEL,MOUNTPOINT > "$out/lsblk.json" 2>&1
 swapon --show --bytes > "$out/swapon.txt" 2>&1
 findmnt --json > "$out/findmnt.json" 2>&1
@@ -110,7 +116,7 @@ echo "$(cat /proc/sys/kernel/random/boot_id) $(date -u +%FT%TZ)" >> "$out/boots.
 sync
 echo "vfarm-local: harness done, powering off" > /dev/console
 systemctl poweroff --no-block
-"""
+""".replace("{HOLD_FILE}", HARNESS_HOLD)
 HARNESS_UNIT = """[Unit]
 Description=vfarm local test harness: report and power off after cloud-init
 After=cloud-final.service

@@ -36,10 +36,9 @@ TOKEN_FILE = "/etc/condor/tokens.d/vfarm-pool.token"
 INSTANCE_ATTRIBUTE = "VfarmInstanceId"  # the scaler maps workers to instances by it
 # What the startd advertises of vfarm itself: `condor_status -af VfarmVerdict VfarmVersion`.
 VERDICT_ATTRIBUTE = "VfarmVerdict"  # the final check's result: pending until it ran, then ok/degraded/failed
-# The startd takes no job once the final check failed (a `delay` keeps the worker in the pool until
-# the power-off). "pending" (condor starts before the check, which runs only after cloud-init) still
-# takes them: a boot's own final-stage work may wait on a job.
-VERDICT_GATE = f'(MY.{VERDICT_ATTRIBUTE} =!= "failed")'
+# The startd takes jobs only once the final check has found the worker fit ("ok" or "degraded"):
+# not while it is "pending" (condor starts before the check), nor once "failed" (until the power-off).
+VERDICT_GATE = f'(MY.{VERDICT_ATTRIBUTE} =?= "ok" || MY.{VERDICT_ATTRIBUTE} =?= "degraded")'
 VERSION_ATTRIBUTE = "VfarmVersion"
 VFARM_ATTRIBUTES = (INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE, VERSION_ATTRIBUTE)
 TOKEN_FILE_MAX = 16 * 1024  # an IDTOKEN is a few hundred bytes
@@ -403,7 +402,7 @@ def render(spec: CondorSpec, instance_id: str) -> str:
     The startd advertises VfarmVersion and VfarmVerdict. It starts before the final check runs, so
     VfarmVerdict is "pending" here; the last line includes (if it exists) the file in which the
     check writes the verdict before it has the condor unit reload. START is the section's `start`
-    and VERDICT_GATE: no job starts once the check failed."""
+    and VERDICT_GATE: no job starts before the check found the worker fit, nor after it failed."""
     attributes = [(INSTANCE_ATTRIBUTE, instance_id), (VERSION_ATTRIBUTE, VFARM_VERSION), (VERDICT_ATTRIBUTE, "pending"), *spec.attributes]
     lines = [
         "# Written by vfarm (cc_condor) from the condor section of the user-data; changes here are overwritten.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.fixtures.condor_instance import InstanceWorker, instance_worker
 from tests.fixtures.condor_pool import UID_DOMAIN, CondorPool, wait_for
 from vfarm.cc_modules import cc_condor, handling
 from vfarm.config import condor as condor_spec
+from vfarm.files import CONDOR_VERDICT_FILE
 
 pytestmark = pytest.mark.pool
 
@@ -79,9 +81,21 @@ def test_the_config_it_writes_joins_the_pool_and_runs_a_job(condor_pool: CondorP
     assert instance.tool(["condor_config_val", "EXECUTE"]).stdout.strip() == instance.execute
     written = "".join(p.read_text() for p in (instance.host_root.parent / "log").iterdir())
     assert token not in written and token.split(".")[2] not in written
-    # a job runs there (a dynamic slot of its partitionable slot)
+    # No job before the final check found the worker fit: the negotiator turns the job down while
+    # the startd says "pending" (it considered it: LastRejMatchTime), then the check's verdict file
+    # and the unit's reload (as check.tell_condor does) let it run.
     cluster = condor_pool.submit(1, 1, requirements=f'VfarmInstanceId == "{iid}"')
-    ads = wait_for(lambda: [] if condor_pool.jobs(cluster) else condor_pool.history(cluster), JOB_TIMEOUT, f"job {cluster} done")
+    wait_for(lambda: [job for job in condor_pool.jobs(cluster, ["LastRejMatchTime"]) if "LastRejMatchTime" in job], JOB_TIMEOUT,
+             f"the negotiator turning job {cluster} down")
+    assert [job["JobStatus"] for job in condor_pool.jobs(cluster, ["JobStatus"])] == [1]
+    assert [ad["VfarmVerdict"] for ad in condor_pool.ads("Startd", f'VfarmInstanceId == "{iid}"')] == ["pending"]
+    condor_pool.run(["install", "-d", os.path.dirname(CONDOR_VERDICT_FILE)])
+    condor_pool.write(CONDOR_VERDICT_FILE, 'VfarmVerdict = "ok"\n')  # inside the pool's root: the worker's /run
+    try:
+        subprocess.run([str(instance.wrappers / "systemctl"), "--no-block", "reload", "condor"], check=True, capture_output=True, timeout=60)
+        ads = wait_for(lambda: [] if condor_pool.jobs(cluster) else condor_pool.history(cluster), JOB_TIMEOUT, f"job {cluster} done")
+    finally:
+        condor_pool.run(["rm", "-f", CONDOR_VERDICT_FILE])
     assert [(ad["ExitCode"], ad["NumJobStarts"]) for ad in ads] == [(0, 1)]
     assert str(ads[0]["LastRemoteHost"]).endswith(f"@{instance.name}@{os.uname().nodename}") or instance.name in str(ads[0]["LastRemoteHost"])
     print(f"cc_condor: written, checked, started and joined in {took:.1f} s")

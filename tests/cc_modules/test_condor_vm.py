@@ -21,6 +21,7 @@ import pytest
 
 from tests.fixtures.condor_pool import UID_DOMAIN, CondorPool, namespaced_pool, wait_for
 from tests.fixtures.vm import Booting, collected
+from vfarm.clouds.images import HARNESS_HOLD
 from vfarm.clouds.local import LocalInstance
 from vfarm.clouds.local_launch import make_instance
 from vfarm.config import loader as configuration
@@ -31,15 +32,15 @@ pytestmark = [pytest.mark.vm, pytest.mark.pool]
 POOL_ADDRESS = "10.0.2.100"  # inside the pool's namespace only
 BOOT_TIMEOUT = 1200.0  # boot to login 77-92 s, joined at 101-105 s under TCG (htcondor-facts.md); a job and the check after
 JOIN_TIMEOUT = 600.0  # the test's wait for the ad; the handler's own join-timeout is below
-JOB_TIMEOUT = 300.0
+JOB_TIMEOUT = 600.0  # from the ad: the rest of the boot, the final check, then the job
 JOBS_DIR = "/srv/vfarm-jobs"
-# Keeps cloud-init's final stage (so the local harness's power-off) waiting until a job ran here.
-# The job may start before this runs (the worker joins during the init stage): it waits for the folder.
+# Holds the local harness's power-off until a job ran here. In the background: the worker takes
+# jobs only once cloud-init has finished and the final check found it fit.
 WAIT_FOR_JOB = f"""#!/bin/sh
-# vfarm VM test only: wait (at most 10 minutes) until the pool's test job has run on this worker.
+# vfarm VM test only: hold the power-off (at most 10 minutes) until the pool's test job has run here.
 install -d -m 1777 {JOBS_DIR}
-n=0
-while [ $n -lt 1200 ] && [ ! -e {JOBS_DIR}/done ]; do sleep 0.5; n=$((n+1)); done
+touch {HARNESS_HOLD}
+(n=0; while [ $n -lt 1200 ] && [ ! -e {JOBS_DIR}/done ]; do sleep 0.5; n=$((n+1)); done; rm -f {HARNESS_HOLD}) >/dev/null 2>&1 &
 """
 CONFIG = """\
 #multiple-config

@@ -179,10 +179,10 @@ print(json.dumps(out))
 
 
 @pytest.mark.integration
-def test_the_startd_takes_no_job_once_the_check_failed(tmp_path: Path) -> None:
+def test_the_startd_takes_jobs_only_once_the_check_found_the_worker_fit(tmp_path: Path) -> None:
     """Rendered as the handler writes it, with the file the final check writes (none before it
-    ran): START is the section's own expression for "pending", "ok" and "degraded", false once
-    "failed" (a delayed power-off leaves the worker in the pool).
+    ran): START is the section's own expression only for "ok" and "degraded"; not while "pending"
+    (condor starts before the check) nor once "failed" (a delayed power-off leaves it in the pool).
     Neither a daemon's prefix in `config` nor brackets in `start` get past it: both are refused."""
     spec = condor_spec.parse({"central-manager": "cm.example.org", "token": "a.b.c", "start": "TARGET.RequestCpus <= 4 || TRUE"})
     configs = {}
@@ -200,7 +200,7 @@ def test_the_startd_takes_no_job_once_the_check_failed(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", START_READER, str(tmp_path / "jobs.json")], env=clean_env(HOME=str(tmp_path)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == {"pending": [True, 3600], "ok": [True, 3600], "degraded": [True, 3600], "failed": [False, 3600]}
+    assert json.loads(done.stdout) == {"pending": [False, 3600], "ok": [True, 3600], "degraded": [True, 3600], "failed": [False, 3600]}
     for section, refused in ((dict(config={"STARTD.START": "TRUE"}), "STARTD.START sets START for STARTD"),
                              (dict(config={"startd.MaxJobRetirementTime": 0}), "sets MAXJOBRETIREMENTTIME for startd"),
                              (dict(start="TRUE) || (TRUE"), "start's brackets and quotes must pair up")):

@@ -38,7 +38,7 @@ def test_issue_example_validates_and_renders() -> None:
         "SLOT_TYPE_1_PARTITIONABLE = True",
         "EXECUTE = /scratch/condor",
         "MAXJOBRETIREMENTTIME = 3600",
-        'START = (TRUE) && (MY.VfarmVerdict =!= "failed")',
+        'START = (TRUE) && (MY.VfarmVerdict =?= "ok" || MY.VfarmVerdict =?= "degraded")',
         'VfarmInstanceId = "i-0abc"',
         f'VfarmVersion = "{vfarm.__version__}"',
         'VfarmVerdict = "pending"',
