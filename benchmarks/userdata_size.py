@@ -295,6 +295,11 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   would empty refused; the system folders moved to vfarm/files.py so condor reads them without
   config.localfs): torino 42270 to 42576, condor 43174 to 44005, localfs only 36819 to 37027
   (+0.2 to 0.8 KB); include and --pin within a few bytes.
+- The seventeenth session's (every boot checked in embed, include and --pin: the library part and
+  the hosted check carry cc_vfarm_check's detached start, the pin loader starts the check it wrote;
+  the bundled START gate refuses "pending" again): torino 42576 to 43108, condor 44005 to 44496,
+  localfs only 37027 to 37564 (+0.5 KB); --pin 3349 to 3594 (+0.2 KB, the loader's later-boot
+  start); include unchanged.
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole. By function (table above), no one
