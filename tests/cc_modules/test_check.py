@@ -459,13 +459,19 @@ def test_on_later_boots_the_part_starts_the_check_itself(tmp_path: Path, hosted:
     assert not (root / checkpart.CHECK_PATH.lstrip("/")).exists(), "a later boot runs the check; it writes nothing else"
     summary_path = root / "var/log/vfarm/summary.json"
     assert not summary_path.exists(), "the check must wait for result.json (the end of cloud-init)"
+    finish_and_see_it_halt(root, calls)
+    assert json.loads(summary_path.read_text())["result"] == "failed"
+
+
+def finish_and_see_it_halt(root: Path, calls: Path) -> None:
+    """cloud-init has finished (result.json): the detached check judges the failing ROOT and halts
+    as its settings say, through the fake shutdown that writes CALLS."""
     (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
     deadline = time.monotonic() + 60  # the check polls every second
     while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     argv = json.loads(calls.read_text().splitlines()[0])
     assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3], argv
-    assert json.loads(summary_path.read_text())["result"] == "failed"
 
 
 def release_conditions(release: Release, conditions: list[str], path: str = os.environ["PATH"]) -> list[bool]:

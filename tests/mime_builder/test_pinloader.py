@@ -8,11 +8,14 @@ import hashlib
 import http.server
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
+from tests.cc_modules.test_check import failing_root, fake_shutdown, finish_and_see_it_halt
 from vfarm.clouds.loopback import LoopbackServer
 from vfarm.config import loader as configuration
 from vfarm.mime_builder import bundle, mime, pinloader
@@ -188,12 +191,6 @@ def test_on_a_later_boot_the_loader_starts_the_check_it_wrote(tmp_path: Path) ->
     """cloud-init calls the loader with frequency always on later boots, where power_state's
     condition does not run: the written check (still the pinned one) is started detached and, once
     cloud-init has finished, judges the boot (here a failed one: it halts, as its settings say)."""
-    import subprocess
-    import sys
-    import time
-
-    from tests.cc_modules.test_check import failing_root, fake_shutdown
-
     check = bundle.bundle_check().encode()
     root = failing_root(tmp_path)
     script = root / CHECK.lstrip("/")
@@ -205,22 +202,12 @@ def test_on_a_later_boot_the_loader_starts_the_check_it_wrote(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not calls.exists() and not (root / "var/log/vfarm/summary.json").exists(), "the check waits for cloud-init's end"
-    (root / "run/cloud-init/result.json").write_text(json.dumps({"v1": {"errors": []}}))
-    deadline = time.monotonic() + 60  # the check polls every second
-    while not (calls.exists() and calls.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    argv = json.loads(calls.read_text().splitlines()[0])
-    assert argv[:3] == ["-H", "--", "+2"] and "localfs: never-ran" in argv[3], argv
+    finish_and_see_it_halt(root, calls)
     assert script.read_bytes() == check, "nothing fetched or written at a later boot"
 
 
 @pytest.mark.integration
 def test_on_a_later_boot_a_changed_check_is_recorded_and_powers_off(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.cc_modules.test_check import fake_shutdown
-
     check = bundle.bundle_check().encode()
     script = tmp_path / "root" / CHECK.lstrip("/")
     script.parent.mkdir(parents=True)
