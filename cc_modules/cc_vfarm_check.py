@@ -27,10 +27,9 @@ so a worker that failed once cannot quietly join the pool after a restart.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..files import log_dir
+from ..files import log_dir, system_root
 from .meta import DISTROS, module_meta
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ POWEROFF = ["shutdown", "-P", "now", "vfarm check: FAILED: the final check could
 def _check() -> None:
     from . import check  # here, in the detached process: see the module's docstring
 
-    check.run_guarded(PATHS or check.Paths(Path(os.environ.get("VFARM_ROOT") or "/")), run=RUNNER)
+    check.run_guarded(PATHS or check.Paths(system_root()), run=RUNNER)
 
 
 def _power_off() -> None:

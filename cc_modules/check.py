@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..display import shown
 from ..files import CHECK_HANDLED as HANDLED
-from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, on_top, under, unescape_octal
+from ..files import CHECK_SCRIPT, CONDOR_VERDICT_FILE, atomic_write, on_top, system_root, under, unescape_octal
 from ..files import log_dir as records_folder
 from ..redaction import redact, redact_strings
 
@@ -823,7 +823,7 @@ def install(source_file: str, root: Optional[str] = None) -> Path:
     """Copy SOURCE_FILE (a bundle that runs this module's main() as a script) to the check's
     place under ROOT (default $VFARM_ROOT or /), readable by root only. The embed library part
     does this when cloud-init registers it, so the check travels once with the handlers."""
-    target = Paths(Path(root or os.environ.get("VFARM_ROOT") or "/")).script
+    target = Paths(system_root(root)).script
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, Path(source_file).read_bytes(), 0o700)
     return target

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 from ..config import loader as vconfig
 from ..config import yamltext
 from ..errors import StepError, VfarmError
-from ..files import log_dir, under
+from ..files import log_dir, system_root, under
 from ..redaction import redact
 from . import record as record_mod
 from .runner import Runner
@@ -54,10 +54,6 @@ Work = Callable[[dict[str, Any], Context], bool]  # returns whether anything cha
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
-
-
-def system_root(explicit: Union[str, Path, None] = None) -> Path:
-    return Path(explicit or os.environ.get("VFARM_ROOT") or "/")
 
 
 def instance_id(cloud: Any) -> Optional[str]:

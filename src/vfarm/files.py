@@ -192,6 +192,11 @@ CONDOR_VERDICT_FILE = "/run/vfarm/condor-verdict.conf"
 CHECK_HANDLED = 3
 
 
+def system_root(explicit: Union[str, Path, None] = None) -> Path:
+    """The root of the system the instance side works on: EXPLICIT, else $VFARM_ROOT (tests), else /."""
+    return Path(explicit or os.environ.get("VFARM_ROOT") or "/")
+
+
 def log_dir(explicit: Union[str, Path, None] = None, root: PathLike = "/") -> Path:
     """Where the handlers' records and logs go: EXPLICIT, else $VFARM_LOG_DIR, else /var/log/vfarm
     in ROOT. Here, not in cc_modules/record.py, so that the final check's bundle (in the
