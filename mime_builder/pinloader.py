@@ -193,6 +193,14 @@ def install(entry: dict[str, Any], cloud: Any = None) -> None:
         record_failure(entry["name"], f"cannot write {target}: {err}", cloud)
 
 
+def _module(name: str, where: str, content: bytes) -> types.ModuleType:
+    """A module NAME of verified CONTENT; WHERE names it in tracebacks (its shown URL or path)."""
+    module = types.ModuleType(name)
+    module.__file__ = where
+    exec(compile(content.decode("utf-8"), where, "exec"), module.__dict__)  # noqa: S102 - verified by the caller
+    return module
+
+
 def start_installed(entry: dict[str, Any], cloud: Any = None) -> None:
     """A later boot (power_state's condition runs once per instance): the check the first boot
     wrote, if it is still the one pinned, loaded from its place and started as its own part-handler
@@ -204,10 +212,7 @@ def start_installed(entry: dict[str, Any], cloud: Any = None) -> None:
             content = file.read()
         if hashlib.sha256(content).hexdigest() != entry["sha256"]:
             raise ValueError(f"{target} is not the pinned check (sha256 {entry['sha256']})")
-        module = types.ModuleType("vfarm_pinned_check")
-        module.__file__ = target
-        exec(compile(content.decode("utf-8"), target, "exec"), module.__dict__)  # noqa: S102 - verified above
-        module.handle_part(cloud, "__begin__", None, None, PER_ALWAYS)
+        _module("vfarm_pinned_check", target, content).handle_part(cloud, "__begin__", None, None, PER_ALWAYS)
     except Exception as err:  # noqa: BLE001 - whatever stops it, it is recorded and fails closed
         record_failure(entry["name"], f"the final check cannot start at this boot: {type(err).__name__}: {err}", cloud)
         import subprocess
@@ -222,10 +227,8 @@ def load(entry: dict[str, Any], cloud: Any = None) -> Optional[types.ModuleType]
     content = verified(entry, cloud)
     if content is None:
         return None
-    module = types.ModuleType(f"vfarm_pinned_{name}")
-    module.__file__ = where  # tracebacks of the handler name it
     try:
-        exec(compile(content.decode("utf-8"), where, "exec"), module.__dict__)  # noqa: S102 - verified above
+        module = _module(f"vfarm_pinned_{name}", where, content)
     except Exception as err:  # noqa: BLE001
         record_failure(name, f"pinned handler from {where} does not load: {type(err).__name__}: {error_text(err, url)}", cloud)
         return None
