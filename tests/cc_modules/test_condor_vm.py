@@ -34,14 +34,18 @@ BOOT_TIMEOUT = 1200.0  # boot to login 77-92 s, joined at 101-105 s under TCG (h
 JOIN_TIMEOUT = 600.0  # the test's wait for the ad; the handler's own join-timeout is below
 JOB_TIMEOUT = 600.0  # from the ad: the rest of the boot, the final check, then the job
 JOBS_DIR = "/srv/vfarm-jobs"
-# Holds the local harness's power-off until a job ran here. In the background: the worker takes
-# jobs only once cloud-init has finished and the final check found it fit.
-WAIT_FOR_JOB = f"""#!/bin/sh
-# vfarm VM test only: hold the power-off (at most 10 minutes) until the pool's test job has run here.
-install -d -m 1777 {JOBS_DIR}
-touch {HARNESS_HOLD}
-(n=0; while [ $n -lt 1200 ] && [ ! -e {JOBS_DIR}/done ]; do sleep 0.5; n=$((n+1)); done; rm -f {HARNESS_HOLD}) >/dev/null 2>&1 &
-"""
+
+
+def hold_until_the_job_ran(then: str = "") -> str:
+    """Shell lines of a boot script: hold the local harness's power-off and, in the background (the
+    worker takes jobs only once cloud-init has finished and the final check found it fit), wait (at
+    most 10 minutes) until the pool's test job has run here, run THEN, and let the power-off go."""
+    return (f"install -d -m 1777 {JOBS_DIR}\ntouch {HARNESS_HOLD}\n(\nn=0\n"
+            f"while [ $n -lt 1200 ] && [ ! -e {JOBS_DIR}/done ]; do sleep 0.5; n=$((n+1)); done\n"
+            f"{then}rm -f {HARNESS_HOLD}\n) >/dev/null 2>&1 &\n")
+
+
+WAIT_FOR_JOB = "#!/bin/sh\n# vfarm VM test only: hold the power-off until the pool's test job has run here.\n" + hold_until_the_job_ran()
 CONFIG = """\
 #multiple-config
 localfs:

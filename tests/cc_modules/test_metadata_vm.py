@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cc_modules.test_condor_vm import BOOT_TIMEOUT, JOB_TIMEOUT, JOBS_DIR, JOIN_TIMEOUT
+from tests.cc_modules.test_condor_vm import BOOT_TIMEOUT, JOB_TIMEOUT, JOBS_DIR, JOIN_TIMEOUT, hold_until_the_job_ran
 from tests.fixtures.condor_pool import SUBMITTER, UID_DOMAIN, CondorPool, namespaced_pool, wait_for
 from tests.fixtures.vm import Booting, collected
 from vfarm.cc_modules.metadata_guard import TABLE
-from vfarm.clouds.images import HARNESS_HOLD
 from vfarm.clouds.local import METADATA_ADDRESS, METADATA_POOL
 from vfarm.clouds.local_launch import make_instance
 from vfarm.config import loader as configuration
@@ -51,18 +50,8 @@ echo ran > {JOBS_DIR}/done
 # cloud-init's final stage, as root: holds the harness's power-off and, in the background (the
 # worker takes the job only once cloud-init has finished and the check found it fit), waits until
 # the job ran, then the same fetch and what to show.
-ROOT_SCRIPT = f"""#!/bin/sh
-install -d -m 1777 {JOBS_DIR}
-install -d -m 0700 {SEEN}
-touch {HARNESS_HOLD}
-(
-n=0
-while [ $n -lt 1200 ] && [ ! -e {JOBS_DIR}/done ]; do sleep 0.5; n=$((n+1)); done
-{fetch(f"> {SEEN}/root-fetch ")}nft list table inet {TABLE} > {SEEN}/guard 2>&1
-stat -c '%a %U' {TOKEN_FILE} > {SEEN}/token-mode
-rm -f {HARNESS_HOLD}
-) >/dev/null 2>&1 &
-"""
+ROOT_SCRIPT = f"#!/bin/sh\ninstall -d -m 0700 {SEEN}\n" + hold_until_the_job_ran(
+    f"{fetch(f'> {SEEN}/root-fetch ')}nft list table inet {TABLE} > {SEEN}/guard 2>&1\nstat -c '%a %U' {TOKEN_FILE} > {SEEN}/token-mode\n")
 CONFIG = """\
 #multiple-config
 condor:
