@@ -70,6 +70,9 @@ STAGES = [
     (re.compile(r"reboot: (Power down|System halted)"), "{0}"),
     (re.compile(r"(Kernel panic.*)"), "{0}"),
 ]
+# The kernel's report of its own fault (an oops), as opposed to a panic userspace brings about
+# ("Attempted to kill init!", out of memory).
+KERNEL_FAULT = re.compile(r"\bOops: ")
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 NETNS_NO_HTTP = "the loopback HTTP server cannot serve a guest in another network namespace: use --handlers embed or baked"
 PRIVATE_DIR = 0o700  # instance state: the seed carries the user-data and with it the pool's token
@@ -457,7 +460,9 @@ def _die_with_parent() -> None:
 
 @dataclass
 class BootResult:
-    outcome: str  # "poweroff" (qemu exited), "timeout", "panic", "no-pit"/"stalled"/"early-panic" (kernel failed before userspace: retried as pc)
+    # "poweroff" (qemu exited), "timeout", "panic", "kernel-fault" (the guest kernel oopsed: a first
+    # boot starts over from the image), "no-pit"/"stalled"/"early-panic" (kernel failed before userspace: retried as pc)
+    outcome: str
     seconds: float
     harness_poweroff: bool  # the local harness powered it off (False: the instance did it itself)
     stages: list[tuple[float, str]] = field(default_factory=list)
@@ -616,6 +621,16 @@ class LocalInstance:
                 argv = self.qemu_argv(server.port if server else None, "pc", meta_target)
                 (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
                 result = self._run_qemu(argv, console, timeout, number)
+            if result.outcome == "kernel-fault" and number == 1:
+                # Under TCG on a loaded host the emulated CPU now and then corrupts the guest kernel's
+                # state (seen: "Oops: int3", "Oops: double fault" with impossible EFLAGS), after the
+                # guest wrote to its disks. Nothing it did can be trusted: start over from the image.
+                # A fault the guest's own work causes comes back on the second boot, and fails there.
+                self._say(f"{self.instance_id}: the guest kernel faulted (an emulation fault on a busy host): starting the instance over from its image")
+                console.rename(self.folder / f"console-{number}-kernel-fault.log")
+                self.prepare()
+                argv = self.qemu_argv(server.port if server else None, argv[argv.index("-machine") + 1].split(",")[0], meta_target)
+                result = self._run_qemu(argv, console, timeout, number)
         finally:
             if server:
                 self.http_requests += server.requests
@@ -631,7 +646,7 @@ class LocalInstance:
     def _run_qemu(self, argv: list[str], console: Path, timeout: float, number: int) -> BootResult:
         watch = Stopwatch()
         stages: list[tuple[float, str]] = []
-        flags = {"harness": False, "finished": False, "panic": False, "no-pit": False, "userspace": False}
+        flags = {"harness": False, "finished": False, "panic": False, "no-pit": False, "userspace": False, "oops": False}
         last_output = [time.monotonic()]
         machine = argv[argv.index("-machine") + 1].split(",")[0]
         self._say(f"{self.instance_id}: boot {number} ({self.image.name}, {argv[2]}, {machine}, {self.smp} vCPU), console: {console}")
@@ -649,6 +664,8 @@ class LocalInstance:
                     line = ESCAPES.sub("", raw.decode("utf-8", errors="replace")).strip()
                     if "Run /init as init process" in line or "Welcome to" in line:
                         flags["userspace"] = True
+                    elif KERNEL_FAULT.search(line):
+                        flags["oops"] = True
                     for pattern, label in STAGES:
                         m = pattern.search(line)
                         if m:
@@ -674,7 +691,8 @@ class LocalInstance:
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             if panic.is_set():
-                outcome = "no-pit" if flags["no-pit"] else "panic" if flags["userspace"] else "early-panic"
+                outcome = ("no-pit" if flags["no-pit"] else "early-panic" if not flags["userspace"]
+                           else "kernel-fault" if flags["oops"] else "panic")
                 break
             if time.monotonic() > deadline:
                 outcome = "timeout"

@@ -127,6 +127,30 @@ def test_a_kernel_panic_before_userspace_on_microvm_boots_again_as_pc(tmp_path: 
     assert instance.boot(timeout=60).outcome == "panic"
 
 
+def test_a_guest_kernel_fault_on_the_first_boot_starts_the_instance_over_from_its_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen in CI: a trixie guest under TCG died of "Oops: double fault" (impossible EFLAGS) after its
+    # check had run. Its disks were written by then: the second boot starts from fresh copies.
+    faulted = tmp_path / "faulted"
+    script = ('if [ ! -e "$1" ]; then touch "$1"; echo scribbled > "$2"; echo "Run /init as init process"; '
+              'echo "[  169.1] Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI"; '
+              'echo "Kernel panic - not syncing: Fatal exception in interrupt"; exec sleep 30; fi')
+
+    def fake_argv(self: local.LocalInstance, port: int | None, machine: str = "microvm", metadata: str | None = None) -> list[str]:
+        return ["sh", "-c", script, "qemu", str(faulted), str(self.disk), "-machine", machine]
+
+    monkeypatch.setattr(local.LocalInstance, "qemu_argv", fake_argv)
+    instance = local.LocalInstance(fake_image(tmp_path / "image"), b"#cloud-config\n", folder=tmp_path / "i", data_disk="blank",
+                                   disk_size="1M", quiet=True).prepare()
+    result = instance.boot(timeout=60)
+    assert result.outcome == "poweroff"
+    assert "Oops: double fault" in (instance.folder / "console-1-kernel-fault.log").read_text()
+    assert instance.disk.read_bytes() == b"x"  # the image's copy again, not what the faulted boot wrote
+    # On a later boot the instance's earlier boots are in its disks: no starting over.
+    faulted.unlink()
+    assert instance.boot(timeout=60).outcome == "kernel-fault"
+    assert instance.disk.read_bytes() == b"scribbled\n"
+
+
 def test_instance_state_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The seed carries the user-data (a pool token, proxy credentials): the local state root, the
     instance folder and the seed are its owner's only, as `vfarm build` writes user-data 0600."""
