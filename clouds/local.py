@@ -607,30 +607,36 @@ class LocalInstance:
         metadata = (UnixMetadataServer(self.instance_id, self.userdata, self.hostname, image_id=self.image.name, instance_store=self.instance_store)
                     if self.metadata else None)
         meta_target = metadata.socat_target if metadata else None
+        port = server.port if server else None
+
+        def run(machine: str) -> BootResult:
+            argv = self.qemu_argv(port, machine, meta_target)
+            (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
+            return self._run_qemu(argv, console, timeout, number)
+
+        def keep_console(kept_as: str) -> None:
+            console.rename(self.folder / f"console-{number}-{kept_as}.log")
+
         try:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
-            argv = self.qemu_argv(server.port if server else None, machine, meta_target)
-            (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
-            result = self._run_qemu(argv, console, timeout, number)
+            result = run(machine)
             if result.outcome in ("no-pit", "stalled", "early-panic") and machine == "microvm":
                 # microvm's timer calibration fails at random on a loaded host (the kernel then
                 # hangs, or panics in a timer interrupt); it shows before userspace runs, so the
                 # disks are untouched: boot again as `pc`.
                 self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
-                console.rename(self.folder / f"console-{number}-microvm-{result.outcome}.log")
-                argv = self.qemu_argv(server.port if server else None, "pc", meta_target)
-                (self.folder / f"qemu-{number}.argv").write_text(json.dumps(argv) + "\n")
-                result = self._run_qemu(argv, console, timeout, number)
+                keep_console(f"microvm-{result.outcome}")
+                machine = "pc"
+                result = run(machine)
             if result.outcome == "kernel-fault" and number == 1:
                 # Under TCG on a loaded host the emulated CPU now and then corrupts the guest kernel's
                 # state (seen: "Oops: int3", "Oops: double fault" with impossible EFLAGS), after the
                 # guest wrote to its disks. Nothing it did can be trusted: start over from the image.
                 # A fault the guest's own work causes comes back on the second boot, and fails there.
                 self._say(f"{self.instance_id}: the guest kernel faulted (an emulation fault on a busy host): starting the instance over from its image")
-                console.rename(self.folder / f"console-{number}-kernel-fault.log")
+                keep_console("kernel-fault")
                 self.prepare()
-                argv = self.qemu_argv(server.port if server else None, argv[argv.index("-machine") + 1].split(",")[0], meta_target)
-                result = self._run_qemu(argv, console, timeout, number)
+                result = run(machine)
         finally:
             if server:
                 self.http_requests += server.requests
