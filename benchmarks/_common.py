@@ -15,6 +15,7 @@ import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ sides interleaved, because these machines are noisy (2 shared cores, other engin
 Re-run a section with the command in it; `benchmarks/README.md` says what each one measures.
 A command with `--output FILE` wrote its section into a scratch file, copied here unchanged
 (so that benchmarks could run while other sections were being written); without `--output` a
-script writes this file directly. Targets not met say why and what would meet them.
+script writes this file directly (a `--smoke` run, which measures nothing, writes a scratch
+file instead). Targets not met say why and what would meet them.
 """
 
 
@@ -130,8 +132,19 @@ def command_line(script: str, argv: Sequence[str]) -> str:
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds, no VM) that only proves the script works")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the markdown file to write the section into (default BENCHMARKS.md)")
+    p.add_argument("--output", type=Path, help="the markdown file to write the section into (default BENCHMARKS.md; "
+                                               "a --smoke run: a scratch file under the temporary folder)")
     return p
+
+
+def output_path(output: Optional[Path], smoke: bool) -> Path:
+    """Where a run writes: --output if given, else BENCHMARKS.md. A smoke run measures nothing, so
+    without --output it writes a scratch file of its own and never touches BENCHMARKS.md."""
+    if output is not None:
+        return output
+    if smoke:
+        return Path(tempfile.mkdtemp(prefix="vfarm-bench-smoke-")) / "BENCHMARKS.md"
+    return DEFAULT_OUTPUT
 
 
 Runner = Callable[[argparse.Namespace, Section], None]
@@ -145,6 +158,7 @@ def main(name: str, title: str, script: str, description: str, run: Runner,
         extra(p)
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(args_list)
+    args.output = output_path(args.output, args.smoke)
     section = Section(name, title + (" (smoke run: not a measurement)" if args.smoke else ""), command_line(script, args_list))
     run(args, section)
     write_section(section, args.output)

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}")
     p.add_argument("--smoke", action="store_true", help="each script's tiny mode: proves they work, measures nothing")
-    p.add_argument("--output", type=Path, default=common.DEFAULT_OUTPUT, help="markdown file to write (default BENCHMARKS.md)")
+    p.add_argument("--output", type=Path, help="markdown file to write (default BENCHMARKS.md; with --smoke a scratch file)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -51,9 +51,10 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"run.py: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 1
+    output = common.output_path(args.output, args.smoke)  # one scratch file for every smoke section
     failed = []
     for name in args.names or list(BENCHMARKS):
-        argv_ = [sys.executable, str(HERE / BENCHMARKS[name]), "--output", str(args.output), *(["--smoke"] if args.smoke else []), *extra]
+        argv_ = [sys.executable, str(HERE / BENCHMARKS[name]), "--output", str(output), *(["--smoke"] if args.smoke else []), *extra]
         print(f"run.py: {name}: {' '.join(argv_[1:])}", file=sys.stderr, flush=True)
         if subprocess.run(argv_).returncode != 0:
             failed.append(name)

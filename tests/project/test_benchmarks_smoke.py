@@ -4,6 +4,7 @@ Each writes its section into a scratch BENCHMARKS.md; a second script must keep 
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,32 @@ def test_run_py_lists_every_script() -> None:
     assert listed == set(SCRIPTS)
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks/run.py"), "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "unknown benchmark" in bad.stderr
+
+
+@pytest.mark.parametrize("smoke_flag", [["--smoke"], []])
+def test_a_smoke_run_never_writes_the_default_file(smoke_flag: list[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke run without --output goes to a scratch file; a real run goes to BENCHMARKS.md (here a
+    stand-in, so a regression cannot overwrite the repository's measurements)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import _common as common
+
+    default = tmp_path / "BENCHMARKS.md"
+    default.write_text("# measured\n")
+    monkeypatch.setattr(common, "DEFAULT_OUTPUT", default)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(common.tempfile, "tempdir", None)  # re-read TMPDIR
+    written: list[Path] = []
+
+    def run(args: argparse.Namespace, section: object) -> None:
+        written.append(args.output)
+
+    assert common.main("x", "X", "x.py", "a test", run, argv=smoke_flag) == 0
+    if smoke_flag:
+        assert written[0].parent.parent == tmp_path / "scratch"
+        assert default.read_text() == "# measured\n"
+        assert "(smoke run: not a measurement)" in written[0].read_text()
+    else:
+        assert written == [default]
+        assert "<!-- bench:x -->" in default.read_text()
