@@ -203,13 +203,7 @@ def check_snapshot(data: Any) -> dict[str, Any]:
         tags = instance.get("Tags")
         if tags is not None and not (isinstance(tags, list) and all(isinstance(t, dict) and isinstance(t.get("Key"), str) for t in tags)):
             raise SnapshotError(f"'instances[{i}].Tags' must be a list of {{Key, Value}} with text keys, got {_shown(tags)}")
-    observed = data.get(OBSERVED)
-    if observed is not None:
-        if not isinstance(observed, dict):
-            raise SnapshotError(f"'{OBSERVED}' must be an object of instance id: epoch seconds, got {type(observed).__name__}")
-        for iid, since in observed.items():
-            if not _is_number(since) or abs(since) > NUMBER_LIMIT:
-                raise SnapshotError(f"'{OBSERVED}.{iid}' must be epoch seconds (a number), got {_shown(since)}")
+    _check_epochs(data, OBSERVED, "instance id")
     _check_memory(data)
     collector = data.get("collector")
     if collector is not None and not isinstance(collector, (dict, list)):
@@ -254,13 +248,19 @@ def _check_memory(data: dict[str, Any]) -> None:
             if not (isinstance(intent, dict) and isinstance(intent.get("token"), str) and isinstance(intent.get("count"), int)
                     and not isinstance(intent.get("count"), bool) and 0 < intent["count"] <= NUMBER_LIMIT):
                 raise SnapshotError(f"'{INTENTS}.{name}' must be {{\"token\": TEXT, \"count\": a positive integer}}")
-    backoff = data.get(BACKOFF)
-    if backoff is not None:
-        if not isinstance(backoff, dict):
-            raise SnapshotError(f"'{BACKOFF}' must be an object of operation: epoch seconds, got {type(backoff).__name__}")
-        for key, until in backoff.items():
-            if not _is_number(until) or abs(until) > NUMBER_LIMIT:
-                raise SnapshotError(f"'{BACKOFF}.{key}' must be epoch seconds (a number), got {_shown(until)}")
+    _check_epochs(data, BACKOFF, "operation")
+
+
+def _check_epochs(data: dict[str, Any], key: str, what: str) -> None:
+    """DATA[KEY], when there, maps WHAT (text) to epoch seconds."""
+    times = data.get(key)
+    if times is None:
+        return
+    if not isinstance(times, dict):
+        raise SnapshotError(f"'{key}' must be an object of {what}: epoch seconds, got {type(times).__name__}")
+    for name, when in times.items():
+        if not _is_number(when) or abs(when) > NUMBER_LIMIT:
+            raise SnapshotError(f"'{key}.{name}' must be epoch seconds (a number), got {_shown(when)}")
 
 
 def _is_number(value: Any) -> bool:
