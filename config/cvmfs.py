@@ -147,8 +147,13 @@ def _proxy_problem(proxy: str) -> Optional[str]:
 def _settings_findings(settings: dict[str, Any], where: tuple[str, ...]) -> list[Finding]:
     path: tuple[str | int, ...]
     findings = []
+    spelled: dict[str, str] = {}  # variable -> the key that set it first
     for key, value in settings.items():
         name = variable(key)
+        if name in spelled:  # two spellings of one variable: the file's last line would win, silently
+            message = f"{name} is set twice, as '{spelled[name]}' and as '{key}': keep one of them"
+            findings.append(Finding(where + (key,), message, at_key=True))
+        spelled.setdefault(name, key)
         if name in PROXY_KEYS:
             groups = value if isinstance(value, list) else str(value).split(";")
             for i, group in enumerate(groups):
