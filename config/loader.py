@@ -493,6 +493,38 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
     return problems, bad_keys
 
 
+def _schema_at(schema: Any, path: Path) -> Optional[dict[str, Any]]:
+    """The plain subschema that validates the value at PATH (None where it is not one)."""
+    for key in path:
+        if not isinstance(schema, dict):
+            return None
+        if isinstance(key, int):
+            schema = schema.get("items")
+        else:
+            named = schema.get("properties", {})
+            schema = named[key] if key in named else schema.get("additionalProperties")
+    return schema if isinstance(schema, dict) else None
+
+
+def _ambiguous_booleans(config: Config, name: str) -> list[Problem]:
+    """A bare yes, no, on or off where the value may be text or a boolean: YAML 1.1 reads a boolean
+    (`Country: NO` is false), which no schema can tell from one meant. Where only a boolean fits,
+    `install: yes` is plain, and where only text fits the schema's message says how to quote it.
+    Values behind a $ref are left alone: cvmfs's settings, written back as yes/no, which CernVM-FS
+    reads as the same boolean."""
+    problems = []
+    schema = load_schema(name)
+    for path, written in config.written.items():
+        if path[:1] != (name,) or written.lower() not in ("yes", "no", "on", "off"):
+            continue
+        types = (_schema_at(schema, path[1:]) or {}).get("type")
+        if isinstance(types, list) and "string" in types and "boolean" in types:
+            meaning = "true" if written.lower() in ("yes", "on") else "false"
+            problems.append(config.problem(path, f'{_dotted(name, path[1:])}: {written} is {meaning} in YAML 1.1 (a bare yes, no, on or '
+                                                 f'off is a boolean): write {meaning}, or quote it ("{written}") if it is text'))
+    return problems
+
+
 def _semantic_problems(config: Config, name: str, data: Any, partial: bool = False) -> list[Problem]:
     """Problems the section's model finds. `partial`: DATA lacks keys that failed the schema, so
     findings about the section as a whole (which may stem from those keys) are left out."""
@@ -599,7 +631,7 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
                 section_problems += _semantic_problems(config, name, {k: v for k, v in value.items() if k not in bad_keys}, partial=True)
             except (KeyError, TypeError, ValueError):
                 pass
-        problems += section_problems
+        problems += section_problems + _ambiguous_booleans(config, name)
     if not any(not p.warning for p in problems):
         problems += _cross_problems(config)
         for check in CROSS_CHECKS:
