@@ -99,12 +99,18 @@ def cmd_handlers(args: argparse.Namespace) -> int:
     except OSError as err:
         return fail(f"cannot write into {outdir}: {err.strerror or err}")
     written = [(str(outdir / filename), len(source.encode("utf-8")), bundle.sha256(source)) for filename, source in sorted(files.items())]
+    # Handlers of an earlier run that --only left out: an older vfarm's, perhaps, and now unlisted.
+    unlisted = [str(outdir / f) for f in sorted(bundle.handler_filename(n) for n in bundle.handler_names()) if f not in files and (outdir / f).exists()]
     if args.json:
-        print(json.dumps({"folder": str(outdir), "sums": str(outdir / SUMS),
+        print(json.dumps({"folder": str(outdir), "sums": str(outdir / SUMS), "unlisted": unlisted,
                           "files": [{"file": path, "bytes": size, "sha256": digest} for path, size, digest in written]}, indent=2))
     else:
         for path, size, digest in written:
             print(f"{shown_message(path)}: {size} bytes, sha256 {digest}")
+    for path in unlisted:
+        print(f"warning: {shown_message(path)} was left as it was, now unlisted in {SUMS}: workers that fetch it run what an earlier "
+              "run wrote (a --pin build refuses it at boot unless that run was this vfarm); write every handler (no --only) or remove it",
+              file=sys.stderr)
     print(f"{outdir / SUMS}: check with `sha256sum -c {SUMS}`; host the folder and build with --handlers include=URL_BASE [--pin]", file=sys.stderr)
     return EXIT_OK
 
