@@ -271,6 +271,10 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     if pin and mode.kind != "include":
         raise BuildError("--pin needs --handlers include=URL_BASE (it pins the URLs of the handlers)")
     warnings: list[str] = []
+    if mode.kind == "include" and not mode.url_base.lower().startswith("https://"):
+        shown = password_hidden(mode.url_base)
+        warnings.append(f"--handlers include={shown} is not https: the handlers travel in clear "
+                        + ("(--pin checks their sha256)" if pin else "and anyone on the path can change what runs as root (--pin checks a sha256)"))
     sections = ordered_sections(config)
     if not sections:
         raise BuildError(f"{config.source}: no section to send to an instance")

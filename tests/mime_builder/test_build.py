@@ -325,3 +325,18 @@ def test_the_devices_localfs_takes_are_left_alone_by_cloud_inits_mounts(tmp_path
     assert yaml.safe_load(cloudconfig.localfs_mounts({"devices": ["/dev//xvdb/"]}) or "") == {"mounts": [["/dev/xvdb"]]}
     plain = configuration.load_text("localfs:\n  parts:\n    home: 50\n", "plain.yaml")
     assert "localfs-mounts.cfg" not in [p.filename for p in mime.build(plain, handlers="baked").parts]
+
+
+@pytest.mark.parametrize("base,pin,expected", [
+    ("https://h.example.org/v", False, None),
+    ("http://admin:s3cret@h.example.org/v", False, "include=http://admin:***@h.example.org/v is not https: the handlers travel in clear "
+                                                   "and anyone on the path can change what runs as root"),
+    ("http://h.example.org/v", True, "include=http://h.example.org/v is not https: the handlers travel in clear (--pin checks their sha256)"),
+])
+def test_an_include_base_that_is_not_https_is_warned_about(base: str, pin: bool, expected: Optional[str], torino: configuration.Config) -> None:
+    """What `vfarm inspect` warns about in the user-data, `vfarm build` says when it writes it (no password)."""
+    warnings = mime.build(torino, handlers=f"include={base}", pin=pin).warnings
+    if expected is None:
+        assert warnings == ()
+    else:
+        assert [w for w in warnings if expected in w] and not any("s3cret" in w for w in warnings), warnings
