@@ -438,7 +438,7 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
             bad_keys.add(str(error.absolute_path[0]))
         where = _dotted(name, tuple(error.absolute_path))
         sub = error.schema if isinstance(error.schema, dict) else {}
-        expected = sub.get("x-expected")
+        expected = _expected(error)
         secret = bool(sub.get("x-secret"))
         types = value if isinstance(value, list) else [value]
         text_expected = error.validator == "type" and "string" in types  # a number or null where text was expected
@@ -491,6 +491,18 @@ def _schema_problems(config: Config, name: str, data: Any, skip: Optional[set[Pa
             message = redact(message)
         problems.append(config.problem(path, message, at_key=at_key))
     return problems, bad_keys
+
+
+def _expected(error: jsonschema.ValidationError) -> Optional[str]:
+    """The x-expected of ERROR's schema; for a pattern without one, that of the nearest schema
+    around it (a oneOf's string branch: `4GB` for "a memory size in MB, or like 4G"), never the
+    regular expression itself."""
+    own = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
+    around = error.parent if error.validator == "pattern" else None
+    while own is None and around is not None:
+        own = around.schema.get("x-expected") if isinstance(around.schema, dict) else None
+        around = around.parent
+    return None if own is None else str(own)
 
 
 def _schema_at(schema: Any, path: Path) -> Optional[dict[str, Any]]:
