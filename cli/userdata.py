@@ -34,6 +34,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.output and args.output != "-":
         if not write_userdata(Path(args.output), args.file, built.data):
             return EXIT_PROBLEM
+    elif built.compressed and sys.stdout.isatty():
+        # as gzip does: compressed bytes on a terminal are noise, and can reprogram it
+        return fail(f"the user-data is gzipped ({len(built.data)} bytes) and stdout is a terminal: write it with -o FILE or through a pipe")
     else:
         sys.stdout.buffer.write(built.data)
         sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import gzip
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -340,3 +341,16 @@ def test_an_include_base_that_is_not_https_is_warned_about(base: str, pin: bool,
         assert warnings == ()
     else:
         assert [w for w in warnings if expected in w] and not any("s3cret" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("gzip_mode,refused", [("always", True), ("never", False)])
+def test_gzipped_user_data_never_goes_to_a_terminal(gzip_mode: str, refused: bool, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code = vfarm(["build", str(EXAMPLE), "--handlers", "baked", "--gzip", gzip_mode])
+    captured = capsys.readouterr()
+    if refused:
+        assert code == 1 and captured.out == ""
+        assert "the user-data is gzipped" in captured.err and "stdout is a terminal" in captured.err
+    else:
+        assert code == 0 and captured.out.startswith("Content-Type: multipart/mixed")
