@@ -197,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     examples=["vfarm launch ec2 examples/torino.yaml --image-id ami-0123456789abcdef0 --instance-type m5.xlarge --handlers baked --dry-run",
                               "vfarm launch ec2 examples/torino.yaml --image-id ami-0123456789abcdef0 --instance-type m5.xlarge "
                               "--handlers include=https://handlers.example.org/vfarm/ --pin --count 4 --tag vfarm:farm=torino --wait"])
-    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file ('-' for stdin)")
     p.add_argument("--image-id", required=True, metavar="ID", help="the image (AMI or EMI) to start")
     p.add_argument("--instance-type", required=True, metavar="TYPE", help="the instance type, e.g. m5.xlarge")
     p.add_argument("--count", type=COUNT, default=1, metavar="N", help="how many instances (default 1)")

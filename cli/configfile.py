@@ -109,12 +109,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = add_command(sub, "validate", "check config files; one FILE:LINE:COL: message per problem",
                     description="Check config files: syntax, every section against its schema and its rules, the files they name. "
-                                "Every problem is one FILE:LINE:COL: message line on stderr; nothing is printed for a valid file with -q.",
+                                "Every problem is one FILE:LINE:COL: message line on stderr, and so is every warning; with -q a file "
+                                "without either prints nothing.",
                     examples=["vfarm validate examples/torino.yaml", "vfarm validate -q examples/condor.yaml examples/hybrid.yaml examples/longform.yaml",
                               "vfarm validate --json examples/torino.yaml examples/condor.yaml"],
                     exit_codes="exit codes: 0 every file valid, 1 a problem in any of them, 2 usage error")
-    p.add_argument("files", nargs="+", metavar="FILE", help="a #multiple-config file")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a #multiple-config file ('-' for stdin)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no 'valid' line: print only the problems and warnings")
     p.add_argument("--json", action="store_true",
                    help="print one JSON list instead: per file its sections and each problem's line, column, severity and message")
     p.set_defaults(func=cmd_validate)
@@ -123,7 +124,7 @@ def register(sub: Any) -> None:
                     description="Show what the config's localfs section would create on a volume group of --vg-size: each volume's "
                                 "extents and size, its file system and mount point, and what is left free. Nothing is touched.",
                     examples=["vfarm plan examples/torino.yaml --vg-size 100G", "vfarm plan examples/torino.yaml --vg-size 1T --extent-size 32M --json"])
-    p.add_argument("file", metavar="FILE", help="a #multiple-config file with a localfs section")
+    p.add_argument("file", metavar="FILE", help="a #multiple-config file with a localfs section ('-' for stdin)")
     p.add_argument("--vg-size", required=True, type=volume_group_size, metavar="SIZE", help="size of the volume group, e.g. 100G")
     p.add_argument("--extent-size", default="4M", type=extent_size, metavar="SIZE",
                    help="physical extent size (default 4M, as vgcreate): a power of 2, or a multiple of 128K")

@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Boot FILE's user-data in a throw-away local VM: a fresh copy of a Debian cloud image with vfarm baked in, "
                     "a data disk carrying an empty volume group vg_local, the guest's only network a loopback HTTP server "
                     "(handlers for include mode, the locally built CernVM-FS packages as an apt repository).")
-    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file ('-' for stdin)")
     p.add_argument("--image", default="bookworm", help="bookworm, trixie (built and cached when missing), X-cvmfs (CernVM-FS client preinstalled), "
                                                         "X-plain (nothing baked), or an image folder")
     p.add_argument("--disk", default="8G", metavar="SIZE", help="size of the data disk (default 8G)")

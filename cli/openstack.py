@@ -131,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"{openstack.MANAGED_KEY}=true (plus --property) and a launch token of vfarm's own, so a retry with the same "
         "--client-token never starts a server twice.",
     )
-    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file ('-' for stdin)")
     p.add_argument("--image", required=True, metavar="IMAGE", help="image name or ID")
     p.add_argument("--flavor", required=True, metavar="FLAVOR", help="flavor name or ID")
     p.add_argument("--network", metavar="NET", help="network name or ID (default: the project's one network)")

@@ -126,7 +126,7 @@ def register(sub: Any) -> None:
                     examples=["vfarm build examples/torino.yaml --handlers baked -o torino-baked.mime",
                               "vfarm build examples/torino.yaml --handlers include=https://handlers.example.org/vfarm/ --pin -o torino-pinned.mime",
                               "vfarm build examples/torino.yaml --max-size 65535 -o torino-embed.mime"])
-    p.add_argument("file", metavar="FILE", help="the #multiple-config file")
+    p.add_argument("file", metavar="FILE", help="the #multiple-config file ('-' for stdin)")
     p.add_argument("-o", "--output", metavar="OUT", help="write here (default: stdout)")
     add_userdata_options(p)
     p.set_defaults(func=cmd_build)

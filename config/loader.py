@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Union
 import jsonschema
 import yaml
 
-from ..files import read_bounded
+from ..files import read_bounded, read_stdin_bounded
 from ..redaction import redact
 from ..schemas import load as load_schema
 from ..textsafe import BIDI, C0_C1, SEPARATORS
@@ -657,9 +657,13 @@ def load_text(text: str, source: str = "<string>", sections: Optional[set[str]] 
 
 
 def load_file(path: Union[str, FilePath], sections: Optional[set[str]] = None) -> Config:
+    """The config in the file at PATH; `-` is standard input (the files it names are then read
+    from the current folder)."""
     source = str(path)
+    stdin = source == "-"
     try:
-        raw = read_bounded(path, MAX_BYTES)  # size checked before reading; FIFOs and devices bounded
+        # size checked before reading; FIFOs and devices bounded
+        raw = read_stdin_bounded(MAX_BYTES) if stdin else read_bounded(path, MAX_BYTES)
     except OSError as err:
         if err.errno == errno.EFBIG:
             raise ConfigError([Problem(source, 1, 1, f"file is larger than {MAX_BYTES // 1024} KiB: not a vfarm config")]) from None
@@ -667,6 +671,7 @@ def load_file(path: Union[str, FilePath], sections: Optional[set[str]] = None) -
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError([Problem(source, line, 1, "not UTF-8 text")]) from None
-    return load_text(text, source, sections, base_dir=FilePath(path).parent)
+        line_start = raw.rfind(b"\n", 0, err.start) + 1
+        line, column = raw[: err.start].count(b"\n") + 1, len(raw[line_start : err.start].decode("utf-8", "replace")) + 1
+        raise ConfigError([Problem(source, line, column, "not UTF-8 text")]) from None
+    return load_text(text, source, sections, base_dir=FilePath.cwd() if stdin else FilePath(path).parent)

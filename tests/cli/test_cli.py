@@ -39,3 +39,17 @@ def test_build_imports_no_cloud_scaler_or_network_code(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_config_from_standard_input(tmp_path: Path) -> None:
+    """`-` reads the config from stdin; files it names are found from the current folder."""
+    text = EXAMPLE.read_text()
+    done = subprocess.run([sys.executable, "-m", "vfarm", "validate", "-"], input=text, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "-: valid (localfs, cvmfs)\n"), done
+    out = tmp_path / "ud.mime"
+    done = subprocess.run([sys.executable, "-m", "vfarm", "build", "-", "--handlers", "baked", "-o", str(out)], input=text,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and out.read_bytes().startswith(b"Content-Type: multipart/mixed"), done.stderr
+    condor = "#multiple-config\ncondor:\n  central-manager: cm.example.org\n  token-file: pool.token\n"
+    done = subprocess.run([sys.executable, "-m", "vfarm", "validate", "-"], input=condor, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1 and f"-:4:15: condor: cannot read token file {tmp_path / 'pool.token'}" in done.stderr, done.stderr

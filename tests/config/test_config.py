@@ -99,6 +99,9 @@ def test_unreadable_and_binary_files(tmp_path: Path) -> None:
     binary.write_bytes(b"localfs:\n\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"bin.yaml:2:1: not UTF-8 text"):
         load_file(binary)
+    binary.write_bytes(b"localfs:\n  parts: {home: 50} # caf\xc3\xa9 \xe9\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml:2:28: not UTF-8 text"):  # the column of the bad byte, counted in characters
+        load_file(binary)
 
 
 def test_small_aliases_are_fine_but_recursion_is_not() -> None:
