@@ -30,6 +30,7 @@ import yaml
 from ..config.loader import MAGIC as CONFIG_MAGIC
 from ..config.loader import MAX_BYTES as MAX_CONFIG_BYTES
 from ..config.loader import MAX_NODES as MAX_CONFIG_NODES
+from ..config.sections import BY_NAME as SECTIONS
 from ..files import size_text
 from ..redaction import is_secret_name, redact
 from .limits import EC2_LIMIT
@@ -207,7 +208,7 @@ def _tree_problem(root: yaml.Node) -> Optional[str]:
 
 
 class _NotShown(Exception):
-    """A config part inspect will not build (too large, too deep, an alias bomb): why."""
+    """A config part inspect will not build (not YAML, not one section of its type, too large, too deep, an alias bomb): why."""
 
 
 def config_content(ctype: str, payload: bytes) -> Optional[str]:
@@ -226,9 +227,22 @@ def _config_content(ctype: str, payload: bytes) -> Optional[str]:
     if len(payload) > MAX_CONFIG_BYTES:
         raise _NotShown(f"larger than {size_text(MAX_CONFIG_BYTES)}")
     try:
+        return _section_content(m.group(1), ctype, payload)
+    except _Unreadable as why:  # a vfarm section's handler would fail on it; another handler's type may hold anything
+        if m.group(1) in SECTIONS:
+            raise _NotShown(str(why)) from None
+        return None
+
+
+class _Unreadable(_NotShown):
+    """A part that is not one YAML section of its type."""
+
+
+def _section_content(name: str, ctype: str, payload: bytes) -> str:
+    try:
         loader = yaml.SafeLoader(payload.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError):
-        return None
+        raise _Unreadable("not UTF-8 text") from None
     try:
         node = loader.get_single_node()
         # Composing keeps an alias one node; building it would expand an alias bomb.
@@ -238,12 +252,15 @@ def _config_content(ctype: str, payload: bytes) -> Optional[str]:
         doc = loader.construct_document(node) if node is not None else None
     except RecursionError:
         raise _NotShown(f"nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    except yaml.MarkedYAMLError as err:  # its problem only: the rest of PyYAML's text quotes the part's lines
+        mark = err.problem_mark
+        raise _Unreadable(f"not YAML ({err.problem or 'a syntax error'}{f' at line {mark.line + 1}' if mark else ''})") from None
     except (yaml.YAMLError, ValueError, OverflowError):  # ValueError: PyYAML building 2001-02-30 or !!int 0x_
-        return None
+        raise _Unreadable("a value YAML cannot build") from None
     finally:
         loader.dispose()
-    if not isinstance(doc, dict) or list(doc) != [m.group(1)]:
-        return None
+    if not isinstance(doc, dict) or list(doc) != [name]:
+        raise _Unreadable(f"it does not hold one '{name}:' section, as its type {ctype} says")
     text = yaml.safe_dump(hide_secrets(doc), default_flow_style=True, sort_keys=False, width=1 << 20).strip()
     return redact(text)
 

@@ -91,6 +91,23 @@ def test_a_config_part_pyyaml_cannot_build_is_listed_without_its_content(body: s
     assert [p.filename for p in report.parts] == ["l.ccfg"] and report.parts[0].content is None
 
 
+@pytest.mark.parametrize("body,why", [
+    ("condor: {central-manager: cm, token: s3cret\n", "not YAML (expected ',' or '}', but got '<stream end>' at line 2)"),
+    ("localfs:\n  parts: {home: 50}\n", "it does not hold one 'condor:' section, as its type text/condor-config says"),
+    ("\tcondor: {}\n", "not YAML (found character '\\t' that cannot start any token at line 1)"),
+])
+def test_a_vfarm_config_part_its_handler_cannot_read_is_warned_about(body: str, why: str) -> None:
+    report = inspect_bytes(mime_of(("condor-config", "c.ccfg", body)))
+    assert report.parts[0].content is None
+    assert f"part 1 (c.ccfg) is a config part vfarm's loader refuses: {why}" in report.warnings, report.warnings
+    assert not any("s3cret" in w for w in report.warnings)
+
+
+def test_another_handlers_config_type_may_hold_anything() -> None:
+    report = inspect_bytes(mime_of(("site-config", "s.ccfg", "not: [yaml\n")))
+    assert report.parts[0].content is None and not any("loader refuses" in w for w in report.warnings), report.warnings
+
+
 def test_compressed_custom_part() -> None:
     message = MIMEMultipart()
     part = MIMEApplication(gzip.compress(b"localfs:\n  parts: {home: 50}\n"), "gzip")
