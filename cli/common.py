@@ -67,13 +67,6 @@ def load_or_report(path: str) -> Optional[Config]:
     return config
 
 
-def int_bytes(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
-
-
 def positive_seconds(text: str) -> float:
     """An argparse type for a duration (--wait-timeout, --wait-interval): a finite number above 0.
     `nan` would never time out (every comparison with it is false), `inf` neither, and a negative
@@ -119,7 +112,7 @@ def add_userdata_options(p: argparse._ActionsContainer, *, handlers_help: str = 
     p.add_argument("--handlers", default="embed", metavar="MODE", help=handlers_help)
     p.add_argument("--pin", action="store_true", help="with include: a small loader checks each fetched handler's sha256 and records a failure")
     p.add_argument("--gzip", choices=GZIP_MODES, default="auto", help="compress the whole payload: auto (when over --max-size, default), always, never")
-    p.add_argument("--max-size", type=int_bytes, default=max_size, metavar="BYTES",
+    p.add_argument("--max-size", type=whole_number(1), default=max_size, metavar="BYTES",
                    help=max_size_help or f"refuse larger user-data (default {max_size}: EC2)")
     if attach:
         p.add_argument("--attach", action="append", default=[], metavar="FILE[:TYPE]",

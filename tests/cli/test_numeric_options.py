@@ -58,10 +58,12 @@ def test_metrics_port_in_range_parses() -> None:
         assert cli.build_parser(argv).parse_args(argv).metrics_port == int(port)
 
 
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_inspect_max_size_below_one_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    line = usage_error(["inspect", EXAMPLE, "--max-size", value], capsys)
-    assert line.endswith(f"error: argument --max-size: expected a whole number of at least 1, got '{value}'")
+@pytest.mark.parametrize("command", [["inspect"], ["build"], ["launch", "local"], ["launch", "ec2"], ["launch", "openstack"]])
+@pytest.mark.parametrize("value", ["0", "-5", "1k"])
+def test_max_size_below_one_is_a_usage_error(command: list[str], value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error([*command, EXAMPLE, "--max-size", value], capsys)
+    rule = "a whole number" if value == "1k" else "a whole number of at least 1"
+    assert line.endswith(f"error: argument --max-size: expected {rule}, got '{value}'")
 
 
 EXTENT_RULE = "expected an LVM extent size: a power of 2 from 512 bytes (like 4M) or a multiple of 128K (like 3M), below 2T"

@@ -225,7 +225,6 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
         (["build", "{example}", "--attach", "{plain}"], "cannot tell the type"),
         (["build", "{example}", "--attach", "nowhere.sh:x-shellscript"], "cannot read nowhere.sh"),
         (["build", "{example}", "--pin"], "--pin needs --handlers include=URL_BASE"),
-        (["build", "{example}", "--max-size", "0"], "--max-size must be a positive number"),
         (["build", "{example}", "--gzip", "never"], "over the limit of 16384"),
         (["build", "{copy}", "--handlers", "baked", "-o", "{copy}"], "is the config file the user-data is made from"),
         (["launch", "ec2", "{copy}", "--image-id", "ami-1", "--instance-type", "m5.large", "--handlers", "baked", "--dry-run", "-o", "{copy}",
