@@ -22,19 +22,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         config = load_or_report(path)
         ok = ok and config is not None
         if config is not None and not args.quiet:
-            print(f"{path}: valid ({', '.join(config.sections)})")
+            print(f"{shown_message(path)}: valid ({', '.join(config.sections)})")
     return EXIT_OK if ok else EXIT_PROBLEM
 
 
 def _validate_json(paths: list[str]) -> int:
     """Every file's verdict as one JSON list on stdout, each problem and warning with its line,
     column and the very message the text output shows (control characters escaped, credentials
-    hidden); nothing on stderr."""
+    hidden); nothing on stderr. "file" is the path as given, for tools to open (JSON escapes it)."""
     report = []
     for path in paths:
         config, problems = load_problems(path)
         report.append({
-            "file": shown_message(path),
+            "file": path,
             "valid": config is not None,
             "sections": list(config.sections) if config is not None else [],
             "problems": [{"line": p.line, "column": p.col, "severity": "warning" if p.warning else "error", "message": shown_message(p.message)}

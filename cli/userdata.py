@@ -24,7 +24,8 @@ def _size_report(path: str, built: mime.Built, max_size: int) -> str:
     names = ", ".join(p.filename for p in built.parts)
     how = f"gzip of {built.plain_size} bytes" if built.compressed else "not compressed"
     share = 100 * len(built.data) / max_size
-    return f"vfarm build: {path}: {len(built.data)} bytes ({how}), {share:.0f}% of the {max_size}-byte limit; {len(built.parts)} parts: {names}"
+    count = f"{len(built.parts)} part" + ("" if len(built.parts) == 1 else "s")
+    return f"vfarm build: {path}: {len(built.data)} bytes ({how}), {share:.0f}% of the {max_size}-byte limit; {count}: {names}"
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,13 @@ def test_a_config_from_standard_input(tmp_path: Path) -> None:
     condor = "#multiple-config\ncondor:\n  central-manager: cm.example.org\n  token-file: pool.token\n"
     done = subprocess.run([sys.executable, "-m", "vfarm", "validate", "-"], input=condor, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1 and f"-:4:15: condor: cannot read token file {tmp_path / 'pool.token'}" in done.stderr, done.stderr
+
+
+def test_validate_shows_a_path_with_control_characters_escaped_and_json_gives_it_as_is(tmp_path: Path) -> None:
+    odd = tmp_path / "evil\x1b[31m.yaml"
+    odd.write_bytes(EXAMPLE.read_bytes())
+    text = subprocess.run([sys.executable, "-m", "vfarm", "validate", str(odd)], capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "\x1b" not in text.stdout and "valid (localfs, cvmfs)" in text.stdout, text
+    report = subprocess.run([sys.executable, "-m", "vfarm", "validate", "--json", str(odd)], capture_output=True, text=True, timeout=120)
+    assert "\x1b" not in report.stdout  # JSON escapes it
+    assert json.loads(report.stdout)[0]["file"] == str(odd)
