@@ -210,7 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_userdata_options(b, max_size_help=f"refuse larger user-data (default {EC2_LIMIT}: AWS; more on some EC2-compatible clouds)")
     p.add_argument("--wait", action="store_true", help="wait until every instance runs, with progress on stderr")
     p.add_argument("--wait-timeout", type="seconds", default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
-    p.add_argument("--wait-interval", type="seconds", default=5.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--wait-interval", type="seconds", default=5.0, metavar="S", help="seconds between two polls while waiting (default 5)")
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the euca2ools / aws CLI lines; call nothing")
     p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
     _endpoint_args(p)

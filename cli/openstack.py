@@ -145,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          max_size_help=f"refuse larger user-data (default {OPENSTACK_LIMIT}: Nova's {OPENSTACK_B64_LIMIT} characters of base64)")
     p.add_argument("--wait", action="store_true", help="wait until every server is ACTIVE, with progress on stderr")
     p.add_argument("--wait-timeout", type="seconds", default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
-    p.add_argument("--wait-interval", type="seconds", default=2.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--wait-interval", type="seconds", default=2.0, metavar="S", help="seconds between two polls while waiting (default 2)")
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the openstack server create line; call nothing")
     p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
     p.add_argument("--json", action="store_true", help="print the servers as JSON")
