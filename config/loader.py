@@ -569,6 +569,8 @@ def _syntax_problem(source: str, err: yaml.MarkedYAMLError) -> Problem:
             message = f"{err.context}, {err.problem}"
         elif err.context_mark and err.context_mark.line != (mark.line if mark else -1):
             message += f" ({err.context} that starts at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+    if err.problem == "found character '\\t' that cannot start any token":
+        message = "a tab where YAML expects indentation or a value: indent with spaces, never tabs"
     return Problem(source, line, col, f"YAML syntax: {message}")
 
 

@@ -7,6 +7,7 @@ resolve the same config through `resolve()`, so the instance creates exactly wha
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -228,7 +229,9 @@ def check(section: dict[str, Any]) -> list[Finding]:
                 findings.append(Finding(where, f"part '{part.name}' is swap and cannot have a mount point"))
             continue
         if part.mount is None:
-            hint = f"add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)"
+            close = difflib.get_close_matches(part.name, DEFAULTS, n=1)
+            typo = f"did you mean '{close[0]}'? else " if close else ""
+            hint = f"{typo}add '{part.name}-mount: PATH' or 'mount:' (only cvmfs, home, tmp and swap have defaults)"
             findings.append(Finding(where, f"part '{part.name}' has no mount point: {hint}", at_key=True))
         elif part.mount == "/":
             written = value.get("mount") if isinstance(value, dict) and "mount" in value else mounts.get(part.name, part.mount)
