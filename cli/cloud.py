@@ -73,7 +73,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
     userdata = built.data
     if args.dry_run:
         # No API call at all: write the user-data and show how the classic tools would launch it.
-        out = write_dry_run(args, userdata)
+        out = write_dry_run(args, built)
         if out is None:
             return EXIT_PROBLEM
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.

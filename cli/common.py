@@ -162,28 +162,30 @@ def wait_reporter(started: float, state: Callable[[dict[str, Any]], str], ready:
     return report
 
 
-def write_userdata(out: Path, config: str, data: bytes) -> bool:
-    """DATA written to OUT, 0600 (user-data may carry proxy credentials or a pool token), never
-    over CONFIG, the file it was made from; False after reporting why not."""
+def write_userdata(out: Path, built: Built) -> bool:
+    """The user-data written to OUT, 0600 (it may carry proxy credentials or a pool token), never
+    over a file it was made from (the config, its token file, an attachment); False after
+    reporting why not."""
+    for path, what in built.inputs:
+        try:
+            if out.exists() and os.path.samefile(out, path):
+                fail(f"{out} is {what} the user-data is made from: write it to another file")
+                return False
+        except OSError:
+            pass  # not there, or unreadable: atomic_write says why it cannot write
     try:
-        if out.exists() and os.path.samefile(out, config):
-            fail(f"{out} is the config file the user-data is made from: write it to another file")
-            return False
-    except OSError:
-        pass  # not there, or unreadable: atomic_write says why it cannot write
-    try:
-        atomic_write(out, data, 0o600)
+        atomic_write(out, built.data, 0o600)
     except OSError as err:
         fail(f"cannot write {out}: {err.strerror or err}")
         return False
     return True
 
 
-def write_dry_run(args: argparse.Namespace, userdata: bytes) -> Optional[Path]:
-    """A launch's --dry-run: USERDATA written to -o, else FILE's name + .userdata; None after
+def write_dry_run(args: argparse.Namespace, built: Built) -> Optional[Path]:
+    """A launch's --dry-run: the user-data written to -o, else FILE's name + .userdata; None after
     reporting why not."""
     out = Path(args.output or Path(args.file).stem + ".userdata")
-    if not write_userdata(out, args.file, userdata):
+    if not write_userdata(out, built):
         return None
-    print(f"vfarm: wrote {len(userdata)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
+    print(f"vfarm: wrote {len(built.data)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)
     return out

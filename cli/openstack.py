@@ -48,7 +48,7 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         # No API call at all: write the user-data and show how the openstack client would start it.
         if len(userdata) > args.max_size:
             return fail(f"user-data is {len(userdata)} bytes, over the limit of {args.max_size}")
-        out = write_dry_run(args, userdata)
+        out = write_dry_run(args, built)
         if out is None:
             return EXIT_PROBLEM
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,

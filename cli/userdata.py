@@ -33,7 +33,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if built is None:
         return EXIT_PROBLEM
     if args.output and args.output != "-":
-        if not write_userdata(Path(args.output), args.file, built.data):
+        if not write_userdata(Path(args.output), built):
             return EXIT_PROBLEM
     elif built.compressed and sys.stdout.isatty():
         # as gzip does: compressed bytes on a terminal are noise, and can reprogram it

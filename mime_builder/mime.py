@@ -78,6 +78,7 @@ class Attachment:
     content_type: str
     filename: str
     payload: bytes
+    path: str = ""  # the file it was read from ("" when made in memory)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,17 @@ class Built:
     plain_size: int  # the MIME before compression
     compressed: bool
     warnings: tuple[str, ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()  # (path, what it is) of each file the build read
+
+
+def inputs_of(config: Config, attach: Sequence[Attachment]) -> tuple[tuple[str, str], ...]:
+    """The files a build of CONFIG reads: the config file, condor's token file, the attachments."""
+    files = [] if config.source == "-" else [(config.source, "the config file")]
+    condor = config.sections.get("condor")
+    if isinstance(condor, dict) and isinstance(condor.get("token-file"), str):
+        base = config.base_dir if config.base_dir is not None else Path.cwd()
+        files.append((str(condor_spec.token_file_path(condor, base)), "condor's token file"))
+    return (*files, *((a.path, "an --attach file") for a in attach if a.path))
 
 
 def type_from_payload(payload: bytes) -> Optional[str]:
@@ -153,7 +165,7 @@ def attachment(arg: str) -> Attachment:
     if any(mark in name for mark in _QUOTING) or name != name.strip(" "):
         raise BuildError(f"--attach {arg}: the file's name is quoted in a MIME header, where quotes, backslashes and blanks at its ends do not "
                          f"read back as written (cloud-init drops quotes and those blanks): rename {name!r} (letters, digits, spaces and . _ - for instance)")
-    return Attachment(ctype, name, payload)
+    return Attachment(ctype, name, payload, path)
 
 
 @dataclass(frozen=True)
@@ -418,7 +430,7 @@ def build(
     data = compress(plain) if compressed else plain
     if len(data) > max_size:
         raise _too_big(config, len(data), max_size, compressed, plain, handlers, attach, pin)
-    return Built(data, tuple(parts), len(plain), compressed, tuple(warnings))
+    return Built(data, tuple(parts), len(plain), compressed, tuple(warnings), inputs_of(config, attach))
 
 
 def build_userdata(

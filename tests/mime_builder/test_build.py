@@ -227,6 +227,8 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
         (["build", "{example}", "--pin"], "--pin needs --handlers include=URL_BASE"),
         (["build", "{example}", "--gzip", "never"], "over the limit of 16384"),
         (["build", "{copy}", "--handlers", "baked", "-o", "{copy}"], "is the config file the user-data is made from"),
+        (["build", "{condor}", "--handlers", "baked", "-o", "{token}"], "is condor's token file the user-data is made from"),
+        (["build", "{copy}", "--handlers", "baked", "--attach", "{script}", "-o", "{script}"], "is an --attach file the user-data is made from"),
         (["launch", "ec2", "{copy}", "--image-id", "ami-1", "--instance-type", "m5.large", "--handlers", "baked", "--dry-run", "-o", "{copy}",
           "--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"], "is the config file the user-data is made from"),
         (["inspect", "missing.bin"], "missing.bin: cannot read"),
@@ -235,8 +237,10 @@ def test_attachments(torino: configuration.Config, tmp_path: Path) -> None:
 )
 def test_bad_input_is_one_line_exit_1(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {"cloud": tmp_path / "cloud.yaml", "script": tmp_path / "s.sh", "plain": tmp_path / "notes.txt", "badgz": tmp_path / "bad.gz",
-             "copy": tmp_path / "torino.yaml"}
+             "copy": tmp_path / "torino.yaml", "condor": tmp_path / "condor.yaml", "token": tmp_path / "pool.token"}
     files["copy"].write_bytes(EXAMPLE.read_bytes())
+    for name in ("condor.yaml", "pool.token"):
+        (tmp_path / name).write_bytes((EXAMPLE.parent / name).read_bytes())
     files["cloud"].write_text("#cloud-config\nruncmd: [true]\n")
     files["script"].write_text("#!/bin/sh\n")
     files["plain"].write_text("just words\n")
