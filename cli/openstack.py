@@ -52,7 +52,7 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
         if out is None:
             return EXIT_PROBLEM
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
-                                        properties, args.os_cloud, args.wait)
+                                        properties, args.os_cloud, args.wait, args.os_region)
         print(escape_controls(line))
         return EXIT_OK
     cloud = _cloud(args)

@@ -120,12 +120,14 @@ def new_token() -> str:
 
 def create_command(image: str, flavor: str, count: int, userdata_file: str, name: str, network: Optional[str] = None,
                    key_name: Optional[str] = None, properties: Optional[Mapping[str, str]] = None,
-                   os_cloud: Optional[str] = None, wait: bool = False) -> str:
+                   os_cloud: Optional[str] = None, wait: bool = False, os_region: Optional[str] = None) -> str:
     """The `openstack server create` line that starts the same servers (no secret in it: the
     client finds its credentials where vfarm does). It has no token: run twice, it starts twice."""
     argv = ["openstack"]
     if os_cloud:
         argv += ["--os-cloud", os_cloud]
+    if os_region:
+        argv += ["--os-region-name", os_region]
     argv += ["server", "create", "--image", image, "--flavor", flavor]
     argv += ["--network", network] if network else ["--nic", "auto"]
     if key_name:
