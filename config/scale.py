@@ -267,12 +267,31 @@ def check(section: dict[str, Any]) -> list[Finding]:
             findings.append(Finding((key,), f"{key} must be longer than zero"))
     findings += _check_clouds(section)
     findings += _check_types(section)
+    findings += _too_big_for_max_cpus(section)
     collector = section.get("pool", {}).get("collector")
     if isinstance(collector, str):
         problem = address_problem(collector)
         if problem:
             findings.append(Finding(("pool", "collector"), problem))
     return findings
+
+
+def _too_big_for_max_cpus(section: dict[str, Any]) -> list[Finding]:
+    """A worker type (or cpus-per-vm) larger than max-cpus: no such worker could ever start; an
+    error when no type fits, else a warning. max-cpus 0 launches nothing on purpose (a farm being emptied)."""
+    cap = whole(section.get("max-cpus"))
+    if not isinstance(cap, int) or cap == 0:
+        return []
+    types = section.get("types")
+    if isinstance(types, list):
+        sizes = [(("types", i, "cpus"), f"type {item.get('name')!r}", item.get("cpus")) for i, item in enumerate(types) if isinstance(item, dict)]
+    else:
+        sizes = [(("cpus-per-vm",), "cpus-per-vm", section.get("cpus-per-vm", DEFAULTS["cpus-per-vm"]))]
+    too_big = [(path, what, cpus) for path, what, cpus in ((p, w, whole(c)) for p, w, c in sizes) if isinstance(cpus, int) and cpus > cap]
+    # None fits: nothing ever starts (an error); some fit: those types never start (a warning).
+    alone = len(too_big) == len(sizes)
+    return [Finding(path, f"{what} has {cpus} CPUs, more than max-cpus ({cap}): no such worker can ever start", warning=not alone)
+            for path, what, cpus in too_big]
 
 
 def _check_clouds(section: dict[str, Any]) -> list[Finding]:
