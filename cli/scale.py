@@ -122,10 +122,15 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _young(result: Plan, spec: scale_spec.ScaleSpec) -> str:
+    """Idle jobs not yet demand, said beside the waiting ones (else an idle queue reads as empty)."""
+    return f" (+{result.young} idle for less than waiting-time {spec.waiting_time:g}s)" if result.young else ""
+
+
 def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
     """The plan as an operator reads it: the figures, the decisions, the types, then every farm instance."""
     lines = [
-        f"farm {spec.name}: {result.waiting} waiting job(s), demand {result.demand} CPU(s), "
+        f"farm {spec.name}: {result.waiting} waiting job(s){_young(result, spec)}, demand {result.demand} CPU(s), "
         f"supply {result.supply} CPU(s), {result.active} active worker(s) (min {spec.min_vms}, max {spec.max_vms}"
         + (f", max-cpus {spec.max_cpus})" if spec.max_cpus is not None else ")")
     ]
@@ -251,7 +256,7 @@ def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: con
 
 
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
-    head = (f"farm {spec.name}: {len(rows)} instance(s), {result.waiting} waiting job(s), "
+    head = (f"farm {spec.name}: {len(rows)} instance(s), {result.waiting} waiting job(s){_young(result, spec)}, "
             f"demand {result.demand} CPU(s), supply {result.supply} CPU(s)\n")
     if spec.hybrid:
         counts = loop.cloud_counts(rows, spec)
@@ -338,13 +343,24 @@ def cmd_scale(args: argparse.Namespace) -> int:
             http = page.parse_address(args.http)
         except page.AddressError as err:
             return fail(f"--http: {err}")
+    if args.json and not (args.once or args.status or args.snapshot):
+        return fail("--json prints one plan or status: it goes with --once, --status or --snapshot (the loop logs)")
     if args.snapshot:
         try:
-            result = planner.plan(read_snapshot(args.snapshot), spec)
+            snapshot = read_snapshot(args.snapshot)
         except planner.SnapshotError as err:
             return fail(str(err))
+        try:
+            result = planner.plan(snapshot, spec)
+        except planner.SnapshotError as err:  # what only planning finds (a job entry's JobCount)
+            return fail(f"{args.snapshot}: {err}")
         return _print_plan(result, spec, args.json)
+    # What live cycles need of the file, said before anything is contacted (a replay needs neither).
+    if not spec.collector:
+        return fail(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
     dry_run = bool(args.dry_run) or bool(args.status)
+    if not dry_run and not _sends_a_section(args.farm):
+        return fail(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
     try:
         with contextlib.ExitStack() as stack:
             # --once is one cycle of the loop: it records the same metrics (nothing serves them).
@@ -361,6 +377,15 @@ def cmd_scale(args: argparse.Namespace) -> int:
     except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
         return fail(str(err))
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
+
+
+def _sends_a_section(farm: str) -> bool:
+    from ..config import loader as configuration
+
+    try:
+        return bool(configuration.load_file(farm).sent_sections())
+    except configuration.ConfigError:
+        return True  # load_spec read it a moment ago: the build says what changed
 
 
 def _save_snapshot(path: str, snapshot: dict[str, Any]) -> None:

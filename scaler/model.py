@@ -227,6 +227,7 @@ class Plan:
     # Hybrid farms: per cloud, in priority order (empty for a farm of one cloud).
     clouds: dict[str, CloudFigures] = field(default_factory=dict)
     consolidating: list[str] = field(default_factory=list)  # workers draining for consolidation (the disruption budget counts them)
+    young: int = 0  # idle jobs that have not waited waiting-time yet: not demand (the negotiator may still match them)
 
     def of(self, action: Action) -> list[Decision]:
         return [d for d in self.decisions if d.action is action]
@@ -254,6 +255,7 @@ class Plan:
             "drain": self.drain,
             "terminate": self.terminate,
             "waiting": self.waiting,
+            "young": self.young,
             "demand": self.demand,
             "supply": self.supply,
             "active": self.active,

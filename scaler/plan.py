@@ -711,6 +711,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
         joined=sorted(joined), intents=intents, clouds=_cloud_figures(farm, launching, decisions), consolidating=merged.remembered,
+        young=sum(job.get("JobCount", 1) for job in scanned.young),
     )
 
 

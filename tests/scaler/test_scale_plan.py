@@ -272,6 +272,17 @@ def test_waiting_time_counts_from_entered_current_status_not_qdate() -> None:
     assert planner.plan(snap(jobs=[requeued]), spec()).waiting == 0
 
 
+def test_idle_jobs_younger_than_waiting_time_are_counted_and_shown_not_demand() -> None:
+    from vfarm.cli.scale import render
+
+    jobs = [job(0, waited=10), {**job(1, waited=5), "JobCount": 46}, job(2, waited=100)]
+    result = planner.plan(snap(jobs=jobs), spec())
+    assert (result.waiting, result.young, result.to_json()["young"]) == (1, 47, 47)
+    assert "1 waiting job(s) (+47 idle for less than waiting-time 40s)," in render(result, spec())
+    quiet = planner.plan(snap(jobs=[job(2, waited=100)]), spec())
+    assert quiet.young == 0 and "waiting job(s), demand" in render(quiet, spec())
+
+
 def test_supply_counts_unclaimed_cpus_of_joined_non_draining_and_booting_instances() -> None:
     slots = [
         slot("i-idle", cpus=3),
@@ -609,13 +620,32 @@ def test_command_prints_the_plan_and_refuses_bad_snapshots(tmp_path: Path) -> No
     table = run_vfarm("scale", str(farm), "--snapshot", str(path))
     assert table.returncode == 0
     assert "launch" in table.stdout and "i-dead" in table.stdout and "boot-timeout" in table.stdout
-    for bad, reason in (("not json", "not JSON"), ('{"now": 1}', "lacks 'jobs'")):
+    bad_count = json.dumps({**snapshot, "jobs": [{**snapshot["jobs"][0], "JobCount": 0}]})
+    for bad, reason in (("not json", "not JSON: Expecting value (line 1, column 1)"), ('{"now": 1}', "lacks 'jobs'"),
+                        (bad_count, f"{path}: 'jobs[0].JobCount' must be a positive integer")):
         path.write_text(bad)
         result = run_vfarm("scale", str(farm), "--snapshot", str(path))
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     missing = run_vfarm("scale", str(farm), "--snapshot", str(tmp_path / "nope.json"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize("text,argv,message", [
+    ("#multiple-config\n" + EXAMPLE.replace("  pool: {collector: 127.0.0.1:9618}\n", "") + "localfs: {parts: {home: 50}}\n", ["--once"],
+     "the scale section has no pool.collector: live cycles read the queue from it"),
+    ("#multiple-config\n" + EXAMPLE, ["--once"], "no section for the workers (localfs, cvmfs, condor...): their user-data would be empty"),
+    ("#multiple-config\n" + EXAMPLE, [], "--json prints one plan or status: it goes with --once, --status or --snapshot"),
+])
+def test_what_live_cycles_need_is_said_before_anything_is_contacted(text: str, argv: list[str], message: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from vfarm.cli.main import main
+
+    farm = tmp_path / "farm.yaml"
+    farm.write_text(text)
+    assert main(["scale", str(farm), *argv, *(["--json"] if not argv else [])]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
 
 
 # --- properties -------------------------------------------------------------------------------
