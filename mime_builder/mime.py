@@ -289,7 +289,7 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
                         + ("(--pin checks their sha256)" if pin else "and anyone on the path can change what runs as root (--pin checks a sha256)"))
     sections = ordered_sections(config)
     if not sections:
-        raise BuildError(f"{config.source}: no section to send to an instance")
+        raise BuildError("no section to send to an instance (localfs, cvmfs, condor...)")
     available = set(bundle.handler_names())
     names = [n for n in sections if n in available]
     for name in sections:

@@ -92,7 +92,7 @@ def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH, max_values: Option
     try:
         data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except json.JSONDecodeError as err:
-        raise JsonInputError(f"not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        raise JsonInputError(f"not JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
     except RecursionError:
         raise JsonInputError(f"nested deeper than {max_depth} levels at {_deep_place(text, max_depth)}") from None
     _check_values(data, max_depth, max_values)

@@ -492,6 +492,8 @@ def test_loads_bounded_keeps_what_json_means() -> None:
     assert jsonbounds.loads_bounded("[[1], 2]", max_values=4) == [[1], 2]
     with pytest.raises(jsonbounds.JsonInputError, match=r"^\[1\]: more than 3 values in all$"):
         jsonbounds.loads_bounded("[[1], 2]", max_values=3)
+    with pytest.raises(jsonbounds.JsonInputError, match=r"^not JSON: Unterminated string starting at \(line 2, column 7\)$"):
+        jsonbounds.loads_bounded('{"a": 1,\n "b": "x}')
 
 
 def test_atomic_write_without_following_replaces_the_link(tmp_path: Path) -> None:
