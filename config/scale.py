@@ -283,6 +283,7 @@ def _too_big_for_max_cpus(section: dict[str, Any]) -> list[Finding]:
     if not isinstance(cap, int) or cap == 0:
         return []
     types = section.get("types")
+    sizes: list[tuple[tuple[str | int, ...], str, Any]]
     if isinstance(types, list):
         sizes = [(("types", i, "cpus"), f"type {item.get('name')!r}", item.get("cpus")) for i, item in enumerate(types) if isinstance(item, dict)]
     else:

@@ -35,7 +35,8 @@ def test_dry_run_writes_the_built_userdata_and_prints_the_openstack_line(tmp_pat
     # the same bytes as `vfarm build` with the same options and the limit Nova takes
     assert main(["build", str(EXAMPLE), "--handlers", "include=https://h.example.org/v1", "--max-size", "49149", "-o", str(built)]) == 0
     assert out_file.read_bytes() == built.read_bytes()
-    assert shlex.split(out) == ["openstack", "--os-cloud", "cern", "--os-region-name", "RegionTwo", "server", "create", "--image", "alma9", "--flavor", "m1.large",
+    assert shlex.split(out) == ["openstack", "--os-cloud", "cern", "--os-region-name", "RegionTwo", "server", "create",
+                                "--image", "alma9", "--flavor", "m1.large",
                                 "--network", "workers", "--key-name", "site", "--user-data", str(out_file),
                                 "--property", "vfarm:farm=torino", "--property", "vfarm:managed=true",
                                 "--min", "3", "--max", "3", "--wait", "vfarm-worker"]
