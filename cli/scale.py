@@ -449,7 +449,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--once", action="store_true", help="run one live cycle (discover, plan, apply) instead of the loop")
     p.add_argument("--dry-run", action="store_true", help="decide, print, change nothing")
     p.add_argument("--save-snapshot", metavar="FILE", help="write what the live cycle saw, for a later --snapshot")
-    p.add_argument("--json", action="store_true", help="print the plan (or --status) as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan (or --status) as JSON: with --once, --status or --snapshot")
     p.add_argument("--status", action="store_true", help="print the farm: instance, state, age, slots, jobs (changes nothing)")
     p.add_argument("--metrics-port", type=PORT, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT while the loop runs")
     p.add_argument("--http", metavar="[ADDRESS:]PORT",
