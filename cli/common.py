@@ -166,13 +166,13 @@ def write_userdata(out: Path, built: Built) -> bool:
     """The user-data written to OUT, 0600 (it may carry proxy credentials or a pool token), never
     over a file it was made from (the config, its token file, an attachment); False after
     reporting why not."""
-    for path, what in built.inputs:
+    for path, what in built.inputs if out.exists() else ():
         try:
-            if out.exists() and os.path.samefile(out, path):
+            if os.path.samefile(out, path):
                 fail(f"{out} is {what} the user-data is made from: write it to another file")
                 return False
         except OSError:
-            pass  # not there, or unreadable: atomic_write says why it cannot write
+            pass  # an input gone since, or unreadable: atomic_write says why it cannot write
     try:
         atomic_write(out, built.data, 0o600)
     except OSError as err:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..cc_modules import table
 from ..config import condor as condor_spec
@@ -38,6 +38,9 @@ from ..scaler import apply, backends, discover, loop, page
 from ..scaler import plan as planner
 from ..scaler.model import TYPE_ATTR, Action, Plan
 from .common import EXIT_OK, EXIT_PROBLEM, PORT, add_command, fail, load_or_report
+
+if TYPE_CHECKING:
+    from ..config.loader import Config
 
 # A pool's jobs and slots as condor_q/condor_status -json print them: some thousand ads of a few KiB.
 MAX_SNAPSHOT = 16 * 1024 * 1024
@@ -51,6 +54,12 @@ Place = list[Union[str, int]]
 
 def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
     """The farm file's `scale` section, or None after printing why not."""
+    farm = load_farm(path)
+    return farm[1] if farm is not None else None
+
+
+def load_farm(path: str) -> Optional[tuple[Config, scale_spec.ScaleSpec]]:
+    """The farm file and its `scale` section, or None after printing why not."""
     config = load_or_report(path)
     if config is None:
         return None
@@ -58,7 +67,7 @@ def load_spec(path: str) -> Optional[scale_spec.ScaleSpec]:
     if section is None:
         fail(f"{path}: has no scale section: nothing to scale")
         return None
-    return scale_spec.parse(section)
+    return config, scale_spec.parse(section)
 
 
 def read_snapshot(path: str) -> dict[str, Any]:
@@ -324,9 +333,10 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    spec = load_spec(args.farm)
-    if spec is None:
+    farm = load_farm(args.farm)
+    if farm is None:
         return EXIT_PROBLEM
+    config, spec = farm
     if args.snapshot and (args.once or args.save_snapshot or args.status or args.metrics_port is not None):
         return fail("--snapshot decides from a saved snapshot: it does not go with --once, --status, --save-snapshot or --metrics-port")
     if args.status and (args.once or args.dry_run or args.save_snapshot):
@@ -359,7 +369,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if not spec.collector:
         return fail(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
     dry_run = bool(args.dry_run) or bool(args.status)
-    if not dry_run and not _sends_a_section(args.farm):
+    if not dry_run and not config.sent_sections():
         return fail(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
     try:
         with contextlib.ExitStack() as stack:
@@ -377,15 +387,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
         return fail(str(err))
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
-
-
-def _sends_a_section(farm: str) -> bool:
-    from ..config import loader as configuration
-
-    try:
-        return bool(configuration.load_file(farm).sent_sections())
-    except configuration.ConfigError:
-        return True  # load_spec read it a moment ago: the build says what changed
 
 
 def _save_snapshot(path: str, snapshot: dict[str, Any]) -> None:

@@ -248,17 +248,16 @@ def check(section: dict[str, Any]) -> list[Finding]:
             findings.append(Finding(where, f"parts '{seen_mounts[part.mount]}' and '{part.name}' are both mounted on {part.mount}", at_key=True))
         else:
             seen_mounts[part.mount] = part.name
+    shares = {kind: " + ".join(f"{p.name} {p.size.value:g}" for p in spec.parts if p.size.kind == kind) for kind in percent}
     for kind, label in (("VG", "the volume group"), ("FREE", "the free space")):
         if percent[kind] > 100:
-            detail = " + ".join(f"{p.name} {p.size.value:g}" for p in spec.parts if p.size.kind == kind)
-            findings.append(Finding(("parts",), f"parts take {float(percent[kind]):g}% of {label} ({detail}); at most 100% fit", at_key=True))
+            findings.append(Finding(("parts",), f"parts take {float(percent[kind]):g}% of {label} ({shares[kind]}); at most 100% fit", at_key=True))
     if percent["VG"] == 100:
         # The VG's percentages are taken first: what else is there cannot fit, whatever the VG's size.
-        whole = " + ".join(f"{p.name} {p.size.value:g}" for p in spec.parts if p.size.kind == "VG")
         for part in spec.parts:
             if part.size.kind != "VG" and part.size.value > 0:
                 how = f"{part.size.value:g}% of the free space" if part.size.kind == "FREE" else "its size in bytes"
-                message = (f"parts take 100% of the volume group ({whole}): nothing is left for part '{part.name}' ({how}) "
+                message = (f"parts take 100% of the volume group ({shares['VG']}): nothing is left for part '{part.name}' ({how}) "
                            "on any volume group; give the others less")
                 findings.append(Finding(("parts", part.name), message, at_key=True))
     return findings

@@ -104,8 +104,7 @@ def inputs_of(config: Config, attach: Sequence[Attachment]) -> tuple[tuple[str, 
     files = [] if config.source == "-" else [(config.source, "the config file")]
     condor = config.sections.get("condor")
     if isinstance(condor, dict) and isinstance(condor.get("token-file"), str):
-        base = config.base_dir if config.base_dir is not None else Path.cwd()
-        files.append((str(condor_spec.token_file_path(condor, base)), "condor's token file"))
+        files.append((str(condor_spec.token_file_path(condor, _base_dir(config))), "condor's token file"))
     return (*files, *((a.path, "an --attach file") for a in attach if a.path))
 
 
@@ -237,11 +236,16 @@ def sent_section(config: Config, name: str) -> Any:
     section = config.sections[name]
     if name != "condor" or not isinstance(section, dict) or "token-file" not in section:
         return section
-    base = config.base_dir if config.base_dir is not None else Path.cwd()
+    base = _base_dir(config)
     problems = condor_spec.check_files(section, base)
     if problems:
         raise BuildError(f"condor.token-file: {problems[0].message}")
     return condor_spec.for_instance(section, base)
+
+
+def _base_dir(config: Config) -> Path:
+    """Where the files CONFIG names are found: its own folder (the current one for a text)."""
+    return config.base_dir if config.base_dir is not None else Path.cwd()
 
 
 def ordered_sections(config: Config) -> list[str]:
