@@ -34,7 +34,7 @@ from ..config import scale as scale_spec
 from ..display import ShownFormatter, shown_message
 from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, loads_bounded, within_bounds
-from ..scaler import apply, backends, discover, loop, page
+from ..scaler import apply, backends, discover, loop, page, runlock
 from ..scaler import plan as planner
 from ..scaler.model import TYPE_ATTR, Action, Plan
 from .common import EXIT_OK, EXIT_PROBLEM, PORT, add_command, fail, load_or_report
@@ -285,6 +285,13 @@ def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result
     return head + "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"), body, right=("AGE", "SLOTS", "JOBS"))
 
 
+def _scaler_here(here: dict[str, Any]) -> str:
+    if not here["running"]:
+        return "scaler: no vfarm scale of this farm runs on this host\n"
+    who = f"pid {here['pid']}" if here["pid"] else "a vfarm scale"
+    return f"scaler: {who} runs this farm on this host\n"
+
+
 def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> int:
     snapshot = scaler.discover()
     snapshot.update(scaler.memory())
@@ -293,7 +300,7 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
     if as_json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        print(render_status(status["instances"], spec, result), end="")
+        print(render_status(status["instances"], spec, result) + _scaler_here(status["scaler_here"]), end="")
     return EXIT_OK
 
 
@@ -373,6 +380,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
         return fail(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
     try:
         with contextlib.ExitStack() as stack:
+            if not dry_run:  # a scaler that may change the farm: one per farm on this host
+                stack.enter_context(runlock.hold(spec.name))
             # --once is one cycle of the loop: it records the same metrics (nothing serves them).
             metrics = loop.Metrics(spec.name, [c.name for c in spec.clouds]) if args.metrics_port is not None or args.once else None
             scaler = make_scaler(spec, args, stack, dry_run, metrics, keep_status=http is not None)
@@ -384,7 +393,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             cycled = scaler.cycle(save=save, strict=True)  # exactly one cycle of the loop
             assert cycled is not None  # strict: a skipped cycle raised
             applied = scaler.outcome.to_json() if scaler.outcome is not None and not dry_run else None
-    except (discover.DiscoverError, apply.CloudError, planner.SnapshotError) as err:
+    except (discover.DiscoverError, apply.CloudError, planner.SnapshotError, runlock.RunLockError) as err:
         return fail(str(err))
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
 
@@ -439,7 +448,8 @@ def register(subparsers: Any) -> None:
                     description="Watch the HTCondor pool of FARM's scale section and keep its farm the size the queue needs: launch "
                                 "workers of the types the waiting jobs fit, drain idle ones gracefully and terminate them once "
                                 "drained, every check-every (15 s by default). --snapshot decides from a saved snapshot and changes "
-                                "nothing; --status only shows the farm.",
+                                "nothing; --status only shows the farm. One scaler that may change a farm runs on a host at a "
+                                "time: a second is refused while the first runs.",
                     examples=["vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json",
                               "vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json --json",
                               "vfarm scale examples/hybrid.yaml --status",

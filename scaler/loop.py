@@ -29,7 +29,7 @@ from ..clouds import verdict as verdicts
 from ..config.condor import INSTANCE_ATTRIBUTE
 from ..config.scale import ScaleSpec
 from ..redaction import redact_strings
-from . import discover
+from . import discover, runlock
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
 from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, tag
@@ -388,13 +388,16 @@ def status_document(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec, rea
     """The farm as `vfarm scale --status --json` prints it and the status page serves it: the
     queue's figures and every farm instance (live, stopped, ended), with the final check's verdict
     of those that ended or are ending (READ_VERDICT: Applier.read_verdict); strings redacted. A
-    hybrid farm's counts per cloud too (`clouds`)."""
+    hybrid farm's counts per cloud too (`clouds`); whether a scaler of the farm runs on this host
+    (`scaler_here`: runlock)."""
     rows = status_rows(result, snapshot, spec) + ended_rows(snapshot, spec)
     for row in rows:
         if row["state"] in VERDICT_STATES:
             row["lost_reason"], row["verdict"] = read_verdict(row["instance"])
+    held, pid = runlock.running(spec.name)
     document = {"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
-                "supply": result.supply, "instances": redact_strings(rows)}
+                "supply": result.supply, "instances": redact_strings(rows),
+                "scaler_here": {"running": held, "pid": int(pid) if pid else None}}
     if spec.hybrid:
         document["clouds"] = cloud_counts(rows, spec)
     return document

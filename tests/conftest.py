@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,10 @@ pytest_plugins: list[str] = [
 # The builder's disk cache stays off in tests (and in the vfarm processes they start): a test sees
 # the bundles its own code makes, never ones a developer's earlier run left in ~/.cache.
 os.environ["VFARM_BUNDLE_CACHE"] = ""
+# vfarm scale's farm locks (scaler/runlock.py) in a folder of this run's own: CI's pytest runs side
+# by side run farms of the same names, and a developer's own scaler may hold /run/vfarm's.
+_RUN_DIR = tempfile.TemporaryDirectory(prefix="vfarm-run-")
+os.environ["VFARM_RUN_DIR"] = _RUN_DIR.name
 # This checkout's CernVM-FS build, the one its images were made with: other checkouts' builds share
 # the cache, and cvmfs_local.built_apt alone would take the newest.
 if "VFARM_CVMFS_APT" not in os.environ:

@@ -80,7 +80,7 @@ def test_status_json_is_what_status_shows_and_history_records_the_cycle(served: 
     # What --status --json prints, from the snapshot the cycle planned from: the same function.
     expected = loop.status_document(planner.plan(saved[0], w.spec), saved[0], w.spec, w.scaler.applier.read_verdict)
     assert status == json.loads(json.dumps(expected))
-    assert set(status) == {"farm", "now", "waiting", "demand", "supply", "instances"}
+    assert set(status) == {"farm", "now", "waiting", "demand", "supply", "instances", "scaler_here"}
     assert (status["farm"], status["now"], status["waiting"], status["demand"], status["supply"]) == ("farm", now, 3, 3, 0)
     assert [(r["instance"], r["state"], r["jobs"]) for r in status["instances"]] == [("i-busy", "busy", 1), ("i-gone", "terminated", 0)]
     assert status["instances"][1]["lost_reason"] == "console-unreadable"  # the fake cloud reads no console
