@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import __version__
+from ..display import shown_message
+from ..files import io_timeout_problem
 from .common import EXIT_CODES, EXIT_OK, fail
 
 # Modules that add sub-commands of their own: each has `register(subparsers)`.
@@ -52,6 +54,9 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    unused = io_timeout_problem()
+    if unused:
+        print(f"vfarm: warning: {shown_message(unused)}", file=sys.stderr)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

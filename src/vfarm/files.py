@@ -38,13 +38,27 @@ class InputError(OSError):
         super().__init__(code, reason)
 
 
-def io_timeout() -> float:
-    """The deadline for pipes, FIFOs and devices: VFARM_IO_TIMEOUT seconds, else 10."""
+def _io_timeout_setting() -> Optional[float]:
+    """VFARM_IO_TIMEOUT as seconds if it is set to such a number (more than 0, less than a day), else None."""
     try:
         value = float(os.environ.get(IO_TIMEOUT_ENV, ""))
     except ValueError:
-        return DEFAULT_IO_TIMEOUT
-    return value if 0 < value < 86400 else DEFAULT_IO_TIMEOUT
+        return None
+    return value if 0 < value < 86400 else None
+
+
+def io_timeout() -> float:
+    """The deadline for pipes, FIFOs and devices: VFARM_IO_TIMEOUT seconds, else 10."""
+    value = _io_timeout_setting()
+    return DEFAULT_IO_TIMEOUT if value is None else value
+
+
+def io_timeout_problem() -> Optional[str]:
+    """Why VFARM_IO_TIMEOUT, when set, is not used (then the default applies), or None."""
+    text = os.environ.get(IO_TIMEOUT_ENV)
+    if text is None or _io_timeout_setting() is not None:
+        return None
+    return f"{IO_TIMEOUT_ENV}={text!r} is not a number of seconds above 0 and below 86400: {DEFAULT_IO_TIMEOUT:g} s applies"
 
 
 def size_text(n_bytes: int) -> str:

@@ -478,6 +478,23 @@ def test_io_timeout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert files.io_timeout() == 2.5
 
 
+def test_an_io_timeout_setting_that_is_not_used_is_said_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A VFARM_IO_TIMEOUT the reader ignores (and waits its 10 s instead) is a warning on every
+    command, escaped; a good one or none is no word at all."""
+    for good in (None, "2.5"):
+        if good is None:
+            monkeypatch.delenv(files.IO_TIMEOUT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(files.IO_TIMEOUT_ENV, good)
+        assert cli.main(["validate", str(EXAMPLE)]) == 0
+        assert capsys.readouterr().err == ""
+    monkeypatch.setenv(files.IO_TIMEOUT_ENV, "30s\x1b[2J")
+    assert cli.main(["validate", str(EXAMPLE)]) == 0
+    err = capsys.readouterr().err
+    assert err == ("vfarm: warning: VFARM_IO_TIMEOUT='30s\\x1b[2J' is not a number of seconds above 0 and below 86400: "
+                   "10 s applies\n"), err
+
+
 def test_loads_bounded_keeps_what_json_means() -> None:
     doc = {"a": [1, -2, 3.5, "[[[{", None, True], "n": 2**63, "m": -(2**63)}
     assert jsonbounds.loads_bounded(json.dumps(doc)) == doc
