@@ -10,19 +10,25 @@ MAX_BYTES = 8 * 1024**6  # LVM's largest logical volume (8 EiB)
 # The longest duration anything takes (a year): longer ones overflow timers and time stamps.
 MAX_SECONDS = 365 * 86400
 # Blanks around are spaces only: a newline or tab in a size is a pasting accident, not a size.
-_SIZE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGTP]?)(?:i?B)? *", re.IGNORECASE)
+# A bare `b` is bytes (as vgcreate -s 512b); no B or iB after a unit: a config's size refuses them
+# (is 20GB 20*10**9 bytes or 20 GiB?), and so does every other size vfarm reads.
+_SIZE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGTP]?|B) *", re.IGNORECASE)
+_WITH_BYTES = re.compile(r" *[0-9]+(?:\.[0-9]+)? *([KMGTP])i?B *", re.IGNORECASE)
 
 
 def parse_bytes(text: str) -> int:
     """`20G` -> 21474836480 (binary units, as `lvcreate -L`). Raises ValueError."""
     match = _SIZE.fullmatch(text)
+    with_bytes = None if match else _WITH_BYTES.fullmatch(text)
+    if with_bytes:
+        raise ValueError(f"not a size: {text!r} (binary units without B, as lvcreate -L: like 20{with_bytes.group(1).upper()})")
     if not match:
         raise ValueError(f"not a size: {text!r} (expected a number with K, M, G or T, like 20G)")
     number, unit = match.groups()
     whole, _, fraction = number.partition(".")
     if len(whole.lstrip("0")) > len(str(MAX_BYTES)):  # before any arithmetic on hundreds of digits
         raise ValueError(f"size {text.strip()[:20]}... is too large (at most 8 EiB)")
-    scale = UNITS[unit.upper()]
+    scale = UNITS[unit.upper().rstrip("B")]
     fraction = fraction[:30]  # finer than a byte of the largest unit
     n_bytes = int(whole) * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
     if n_bytes > MAX_BYTES:

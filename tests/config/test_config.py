@@ -440,6 +440,10 @@ def test_sizes_are_exact_and_bounded() -> None:
     for text in ("8193P", "9" * 400 + "G", "1" * 5000):
         with pytest.raises(ValueError, match="is too large"):
             sizes.parse_bytes(text)
+    # As a config's size refuses them (is 20GB 20*10**9 bytes or 20 GiB?), so do --vg-size and --extent-size.
+    for text, unit in (("20GB", "G"), ("20gib", "G"), ("4 MiB", "M")):
+        with pytest.raises(ValueError, match=f"binary units without B, as lvcreate -L: like 20{unit}"):
+            sizes.parse_bytes(text)
 
 
 def test_plan_refuses_a_volume_group_size_of_hundreds_of_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
