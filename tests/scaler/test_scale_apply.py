@@ -486,6 +486,17 @@ def test_ec2_backend_on_moto_idempotent_launch_tags_and_terminate(ec2_endpoint: 
         backends.Ec2Backend(no_room, b"x").launch(1, planner.client_token("moto", 2.0, 1), no_room.types[0])
 
 
+def stderr_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """PROC's stderr lines up to the first holding TEXT (all of them if it never comes)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    return seen
+
+
 @pytest.mark.integration
 def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) -> None:
     farm = tmp_path / "farm.yaml"
@@ -494,13 +505,8 @@ def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) ->
                     "  pool: {collector: '127.0.0.1:9'}\n  max-vms: 1\n  check-every: 1h\n")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
     proc = subprocess.Popen([sys.executable, "-m", "vfarm", "scale", str(farm)], stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "cycle skipped, nothing changed: collector 127.0.0.1:9" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
+    seen = stderr_until(proc, "cycle skipped, nothing changed: collector 127.0.0.1:9")
+    proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, "".join(seen) + rest
     assert "SIGTERM: stopping after this cycle" in rest and "stopped after 1 cycle(s)" in rest

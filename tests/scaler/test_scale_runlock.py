@@ -15,7 +15,7 @@ import pytest
 from vfarm.scaler import loop, runlock
 from vfarm.scaler import plan as planner
 
-from .test_scale_apply import SPEC, World, commands, instance
+from .test_scale_apply import SPEC, World, commands, instance, stderr_until
 
 
 @pytest.fixture
@@ -103,12 +103,7 @@ def test_a_second_scale_of_a_running_farm_is_refused_until_the_first_ends(tmp_pa
 
     first = subprocess.Popen([sys.executable, "-m", "vfarm", "scale", str(farm)], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert first.stderr is not None
-        seen = []
-        for line in first.stderr:
-            seen.append(line)
-            if "cycle skipped, nothing changed: collector 127.0.0.1:9" in line:
-                break
+        seen = stderr_until(first, "cycle skipped, nothing changed: collector 127.0.0.1:9")
         assert first.poll() is None, "".join(seen)
 
         for extra in ([], ["--once"]):

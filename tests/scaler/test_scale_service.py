@@ -20,6 +20,8 @@ import pytest
 
 from tests.fixtures.condor_pool import free_port
 
+from .test_scale_apply import stderr_until
+
 UNIT = Path(__file__).resolve().parents[2] / "examples" / "vfarm-scale@.service"
 INSTALLED = "/usr/local/bin/vfarm"
 VFARM = str(Path(sys.executable).parent / "vfarm")
@@ -89,12 +91,7 @@ def test_its_command_starts_the_loop_with_the_env_files_options_and_sigterm_ends
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_EC2_METADATA_DISABLED": "true"}
     loop = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert loop.stderr is not None
-        seen = []
-        for line in loop.stderr:
-            seen.append(line)
-            if "cycle skipped, nothing changed: collector 127.0.0.1:9" in line:
-                break
+        seen = stderr_until(loop, "cycle skipped, nothing changed: collector 127.0.0.1:9")
         assert loop.poll() is None, "".join(seen)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
             assert 'vfarm_scale_cycles_total{farm="torino",result="skipped"} 1.0' in reply.read().decode()
