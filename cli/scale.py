@@ -3,8 +3,9 @@
 `vfarm scale FARM --snapshot SNAP.json [--json]` decides from a saved snapshot and changes nothing;
 `vfarm scale FARM --once [--dry-run] [--save-snapshot FILE]` runs one live cycle (discover from the
 pool and the cloud, plan, apply unless --dry-run); `vfarm scale FARM [--dry-run] [--metrics-port P]`
-runs the loop until SIGTERM, with `--http [ADDRESS:]PORT` its read-only status page (scaler/page.py,
-127.0.0.1 unless an address is given); `--status` shows the farm.
+runs the loop until SIGTERM (SIGHUP: the farm file read again before the next cycle), with
+`--http [ADDRESS:]PORT` its read-only status page (scaler/page.py, 127.0.0.1 unless an address is
+given); `--status` shows the farm.
 
 A saved snapshot replays its cycle exactly: a number in it that the snapshot reader's bounds refuse
 (1e300, NaN, an infinity, an integer past 64 bits: what any pool user may put in an ad) is written
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..cc_modules import table
 from ..config import condor as condor_spec
@@ -253,15 +254,20 @@ def _build(farm: str, config: Any, spec: scale_spec.ScaleSpec) -> bytes:
     return built.data
 
 
-def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
-                metrics: Optional[loop.Metrics] = None, keep_status: bool = False) -> loop.Scaler:
-    token_dir = _token_dir(spec, args.farm, stack)
-    backend = make_backend(spec, args.farm, build=not dry_run)
+def _parts(spec: scale_spec.ScaleSpec, farm: str, stack: contextlib.ExitStack, dry_run: bool) -> loop.Parts:
+    """What a scaler of SPEC works with: the section, its cloud backend, its drain command, its token folder."""
+    token_dir = _token_dir(spec, farm, stack)
+    backend = make_backend(spec, farm, build=not dry_run)
     prefix = [str(a) for a in spec.pool.get("admin-command") or []]
     env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
-    logger = _logger()
-    drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=logger)
-    return loop.Scaler(spec, backend, drainer, logger, token_dir=token_dir, dry_run=dry_run, metrics=metrics, keep_status=keep_status)
+    drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=_logger())
+    return spec, backend, drainer, token_dir
+
+
+def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
+                metrics: Optional[loop.Metrics] = None, keep_status: bool = False) -> loop.Scaler:
+    _, backend, drainer, token_dir = _parts(spec, args.farm, stack, dry_run)
+    return loop.Scaler(spec, backend, drainer, _logger(), token_dir=token_dir, dry_run=dry_run, metrics=metrics, keep_status=keep_status)
 
 
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
@@ -304,14 +310,50 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
     return EXIT_OK
 
 
-def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int], http: Optional[tuple[str, int]] = None) -> int:
+def _reader(args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool) -> Callable[[], loop.Parts]:
+    """How the loop reads the farm file again (SIGHUP): the same checks as at the start, the
+    problems as one ReloadError (the file's FILE:LINE:COL lines joined)."""
+
+    def read() -> loop.Parts:
+        from ..config import loader as configuration
+
+        if args.farm == "-":
+            raise loop.ReloadError("the farm file came from stdin: there is nothing to read again")
+        try:
+            config = configuration.load_file(args.farm)
+        except configuration.ConfigError as err:
+            raise loop.ReloadError("; ".join(str(p) for p in err.problems[:5]) + (" ..." if len(err.problems) > 5 else "")) from None
+        section = config.sections.get("scale")
+        if section is None:
+            raise loop.ReloadError(f"{args.farm}: has no scale section any more")
+        spec = scale_spec.parse(section)
+        if not spec.collector:
+            raise loop.ReloadError(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
+        if not dry_run and not config.sent_sections():
+            raise loop.ReloadError(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
+        try:
+            return _parts(spec, args.farm, stack, dry_run)
+        except discover.DiscoverError as err:  # the token file
+            raise loop.ReloadError(str(err)) from None
+
+    return read
+
+
+def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int], http: Optional[tuple[str, int]] = None,
+              reload: Optional[loop.Reload] = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         scaler.log.info("%s: stopping after this cycle", signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        scaler.log.info("SIGHUP: reading the farm file again before the next cycle")
+        if reload is not None:
+            reload.ask()
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     server = None
     stop_page = None
     try:
@@ -328,7 +370,7 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
                 return fail(f"--http {http[0]}:{http[1]}: cannot listen: {err.strerror or err}")
             host = f"[{http[0]}]" if ":" in http[0] else http[0]
             scaler.log.info("status page on http://%s:%d/", host, http[1])
-        scaler.loop(stop)
+        scaler.loop(stop, reload=reload)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -388,7 +430,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             if args.status:
                 return _status(scaler, spec, args.json)
             if not args.once:
-                return _run_loop(scaler, metrics, args.metrics_port, http)
+                return _run_loop(scaler, metrics, args.metrics_port, http, loop.Reload(_reader(args, stack, dry_run)))
             save = functools.partial(_save_snapshot, args.save_snapshot) if args.save_snapshot else None
             cycled = scaler.cycle(save=save, strict=True)  # exactly one cycle of the loop
             assert cycled is not None  # strict: a skipped cycle raised
@@ -447,9 +489,10 @@ def register(subparsers: Any) -> None:
     p = add_command(subparsers, "scale", "the queue monitor: launch, drain and terminate workers from the HTCondor queue",
                     description="Watch the HTCondor pool of FARM's scale section and keep its farm the size the queue needs: launch "
                                 "workers of the types the waiting jobs fit, drain idle ones gracefully and terminate them once "
-                                "drained, every check-every (15 s by default). --snapshot decides from a saved snapshot and changes "
-                                "nothing; --status only shows the farm. One scaler that may change a farm runs on a host at a "
-                                "time: a second is refused while the first runs.",
+                                "drained, every check-every (15 s by default), until SIGTERM; SIGHUP reads FARM again before the next "
+                                "cycle. --snapshot decides from a saved snapshot and changes nothing; --status only shows the "
+                                "farm. One scaler that may change a farm runs on a host at a time: a second is refused while the "
+                                "first runs.",
                     examples=["vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json",
                               "vfarm scale examples/hybrid.yaml --snapshot examples/hybrid-snapshot.json --json",
                               "vfarm scale examples/hybrid.yaml --status",

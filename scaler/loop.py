@@ -11,6 +11,11 @@ idle-time of such sightings, whatever its lagging slot ads say. A skipped or fai
 them all (it saw nothing, so the next one starts afresh), as a restart does: both can only delay a
 drain.
 
+Reading the farm file again (SIGHUP: `Reload`) between cycles keeps all of that: the new settings
+take effect from the next cycle on, with the workers' idle sightings, launches of unknown outcome
+and back-off timers of the old ones. The farm's name and its clouds (names and kinds) must stay: the
+farm's instances are found by them. A file that does not load leaves the scaler as it was.
+
 The scaler also keeps its own history for the status page (`History`): a bounded ring of cycle
 records (figures, decisions and what was done), in memory only, never more than HISTORY_CYCLES
 records and HISTORY_DECISIONS cycles with their decisions, however long it runs.
@@ -19,6 +24,7 @@ records and HISTORY_DECISIONS cycles with their decisions, however long it runs.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -161,6 +167,47 @@ class History:
                     "limits": {"cycles": self._figures.maxlen, "decisions": self._decisions.maxlen, "per_cycle": self._per_cycle}}
 
 
+class ReloadError(Exception):
+    """Why the farm file read again cannot be taken: one line."""
+
+
+# What a reload hands the scaler: the new section, its cloud backend, its drain command and its token folder.
+Parts = tuple[ScaleSpec, Backend, Drainer, Optional[str]]
+# The settings a reload reports when they change (in the section's spelling); others as "changed".
+RELOAD_REPORTED = ("max_vms", "min_vms", "max_cpus", "cpus_per_vm", "waiting_jobs_threshold", "waiting_time", "idle_time", "boot_timeout",
+                   "check_every", "consolidate_idle_cpus", "disruption_budget", "cloud", "clouds", "pool", "types")
+RELOAD_POLL = 0.5  # how soon a waiting loop notices a reload request
+
+
+@dataclasses.dataclass
+class Reload:
+    """A request to read the farm file again, and how: READ gives the scaler's new parts or raises
+    ReloadError. `ask()` may be called from a signal handler."""
+
+    read: Callable[[], Parts]
+    asked: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def ask(self) -> None:
+        self.asked.set()
+
+
+def _clouds(spec: ScaleSpec) -> list[tuple[str, str]]:
+    """The clouds a farm's instances are found on: (name, kind) each ('' for a farm of one cloud)."""
+    return [(c.name, str(c.settings.get("type"))) for c in spec.clouds] or [("", str(spec.cloud.get("type")))]
+
+
+def changed_settings(old: ScaleSpec, new: ScaleSpec) -> list[str]:
+    """What differs between two farm sections, as the admin wrote it: `max-vms 20 -> 40`, `pool changed`."""
+    said = []
+    for name in RELOAD_REPORTED:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            shown = name.replace("_", "-")
+            scalar = all(v is None or isinstance(v, (int, float, str)) for v in (before, after))
+            said.append(f"{shown} {before if before is not None else '-'} -> {after if after is not None else '-'}" if scalar else f"{shown} changed")
+    return said
+
+
 class Scaler:
     """One farm's scaler: discovery, planning, applying and recording, one cycle at a time."""
 
@@ -214,6 +261,31 @@ class Scaler:
         """What this scaler remembers for the next plan (in memory only: a restart starts afresh)."""
         return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined),
                 planner.CONSOLIDATING: list(self.consolidating), **self.applier.memory()}
+
+    def adopt(self, parts: Parts) -> list[str]:
+        """Go on with the farm section read again (PARTS), keeping what this scaler learnt of the
+        farm; what changed. ReloadError if it names another farm or other clouds."""
+        spec, backend, drainer, token_dir = parts
+        if spec.name != self.spec.name:
+            raise ReloadError(f"the farm's name changed ({self.spec.name} -> {spec.name}): that is another farm; restart for it")
+        if _clouds(spec) != _clouds(self.spec):
+            raise ReloadError("the farm's clouds (names or kinds) changed: its instances are found on them; restart for that")
+        old = self.applier
+        self.spec, self.backend, self.token_dir = spec, backend, token_dir
+        self.applier = Applier(spec, backend, drainer, self.log, dry_run=old.dry_run)
+        placements = {p.name for p in spec.placements}
+        self.applier.intents = {name: intent for name, intent in old.intents.items() if name in placements}
+        self.applier.backoff = dict(old.backoff)
+        self.applier.lost_reasons = dict(old.lost_reasons)
+        return changed_settings(old.spec, spec)
+
+    def _reload(self, reload: Reload) -> None:
+        try:
+            changed = self.adopt(reload.read())
+        except ReloadError as err:
+            self.log.error("reload refused, going on as before: %s", err)
+            return
+        self.log.info("reloaded the farm file: %s", "; ".join(changed) if changed else "no setting of the scale section changed")
 
     # --- one cycle -----------------------------------------------------------------------------
     def cycle(self, save: Optional[Callable[[dict[str, Any]], None]] = None, strict: bool = False) -> Optional[Plan]:
@@ -303,13 +375,17 @@ class Scaler:
         m.last_cycle.labels(farm).set(self.clock())
 
     # --- the loop ------------------------------------------------------------------------------
-    def loop(self, stop: threading.Event, cycles: Optional[int] = None) -> int:
+    def loop(self, stop: threading.Event, cycles: Optional[int] = None, reload: Optional[Reload] = None) -> int:
         """Cycles every check-every seconds until STOP is set (or CYCLES ran); how many ran.
-        A stop request during a cycle lets it finish; no exception of one cycle ends the loop."""
+        A stop request during a cycle lets it finish; no exception of one cycle ends the loop.
+        A RELOAD request is taken before the next cycle, which then starts at once."""
         done = 0
         self.log.info("scaling farm %s every %.0fs (min %d, max %d workers%s)", self.spec.name, self.spec.check_every,
                       self.spec.min_vms, self.spec.max_vms, f", max-cpus {self.spec.max_cpus}" if self.spec.max_cpus is not None else "")
         while not stop.is_set():
+            if reload is not None and reload.asked.is_set():
+                reload.asked.clear()
+                self._reload(reload)
             started = time.monotonic()
             try:
                 self.cycle()
@@ -321,7 +397,9 @@ class Scaler:
             done += 1
             if cycles is not None and done >= cycles:
                 break
-            stop.wait(max(0.0, self.spec.check_every - (time.monotonic() - started)))
+            until = started + self.spec.check_every
+            while not stop.is_set() and time.monotonic() < until and not (reload is not None and reload.asked.is_set()):
+                stop.wait(max(0.0, min(until - time.monotonic(), RELOAD_POLL if reload is not None else self.spec.check_every)))
         self.log.info("stopped after %d cycle(s)", done)
         return done
 

@@ -1,8 +1,8 @@
 """examples/vfarm-scale@.service, the unit the README gives for running `vfarm scale` as a service:
 systemd's own checker accepts it, and its ExecStart, run as systemd would run it (the instance name
 for %i, the environment file's VFARM_SCALE_ARGS split into words), starts the loop with those
-options; the signal it is stopped with ends the loop with exit 0, which Restart=on-failure leaves
-stopped."""
+options; its ExecReload makes the loop read the farm file again; the signal it is stopped with
+ends the loop with exit 0, which Restart=on-failure leaves stopped."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def test_the_unit_runs_the_loop_and_says_how_it_stops() -> None:
     assert service["EnvironmentFile"] == "-/etc/vfarm/%i.env"  # optional
     assert service["Restart"] == "on-failure" and "KillSignal" not in service  # SIGTERM: the loop's own stop
     assert service["KillMode"] == "mixed"  # the signal to vfarm scale alone, not to an admin-command it runs
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the loop reads the farm file again
 
 
 @pytest.mark.integration
@@ -77,7 +78,7 @@ def exec_start(instance: str, etc: Path) -> list[str]:
 
 
 @pytest.mark.integration
-def test_its_command_starts_the_loop_with_the_env_files_options_and_sigterm_ends_it_cleanly(tmp_path: Path) -> None:
+def test_its_command_starts_the_loop_with_the_env_files_options_reload_reads_the_file_and_sigterm_ends_it_cleanly(tmp_path: Path) -> None:
     etc = tmp_path / "etc-vfarm"
     etc.mkdir()
     (etc / "torino.yaml").write_text(
@@ -95,6 +96,10 @@ def test_its_command_starts_the_loop_with_the_env_files_options_and_sigterm_ends
         assert loop.poll() is None, "".join(seen)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
             assert 'vfarm_scale_cycles_total{farm="torino",result="skipped"} 1.0' in reply.read().decode()
+        reload = shlex.split(settings("Service")["ExecReload"].replace("$MAINPID", str(loop.pid)))
+        assert subprocess.run(reload, timeout=60).returncode == 0  # what systemctl reload runs
+        seen += stderr_until(loop, "cycle skipped, nothing changed: collector 127.0.0.1:9")
+        assert any("reloaded the farm file: no setting of the scale section changed" in line for line in seen), "".join(seen)
         loop.send_signal(signal.SIGTERM)
         rest = loop.communicate(timeout=120)[1]
     finally:
