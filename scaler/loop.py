@@ -475,7 +475,7 @@ def status_document(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec, rea
     held, pid = runlock.running(spec.name)
     document = {"farm": spec.name, "now": snapshot["now"], "waiting": result.waiting, "demand": result.demand,
                 "supply": result.supply, "instances": redact_strings(rows),
-                "scaler_here": {"running": held, "pid": int(pid) if pid else None}}
+                "scaler_here": {"running": held, "pid": pid}}
     if spec.hybrid:
         document["clouds"] = cloud_counts(rows, spec)
     return document

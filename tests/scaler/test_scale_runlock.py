@@ -28,7 +28,8 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_second_holder_of_one_farm_is_refused_with_the_first_ones_pid(run_dir: Path) -> None:
     with runlock.hold("torino") as path:
         assert path == run_dir / "scale-torino.lock" and path.read_text() == f"{os.getpid()}\n"
-        assert runlock.running("torino") == (True, str(os.getpid()))
+        assert path.stat().st_mode & 0o777 == 0o600  # no other user may open it, so none may lock it
+        assert runlock.running("torino") == (True, os.getpid())
         with pytest.raises(runlock.RunLockError) as refused:
             with runlock.hold("torino"):
                 pass
@@ -37,13 +38,35 @@ def test_a_second_holder_of_one_farm_is_refused_with_the_first_ones_pid(run_dir:
         assert "--dry-run, --status and --snapshot" in message and "\n" not in message
         with runlock.hold("milano"):  # another farm's scaler is no conflict
             assert runlock.running("milano")[0]
-    assert runlock.running("torino") == (False, "")
+    assert runlock.running("torino") == (False, None)
+    assert path.read_text() == ""  # no pid of a process that is gone
     with runlock.hold("torino"):  # released at the end of the block
         pass
 
 
+@pytest.mark.integration
+def test_looking_never_makes_a_starting_scaler_fail(run_dir: Path, tmp_path: Path) -> None:
+    """`running()` (every --status, every cycle of a status page) reads /proc/locks and takes no
+    lock, so a scaler starting meanwhile is never refused: another process looks as fast as it can
+    while this one takes and leaves the lock 3000 times."""
+    with runlock.hold("torino"):
+        pass
+    looker = subprocess.Popen([sys.executable, "-c", "import sys\nfrom vfarm.scaler import runlock\n"
+                               "print('looking', flush=True)\nwhile True: runlock.running('torino')"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "VFARM_RUN_DIR": str(run_dir)})
+    try:
+        assert looker.stdout is not None and looker.stdout.readline() == "looking\n"
+        for _ in range(3000):
+            with runlock.hold("torino"):
+                pass
+        assert looker.poll() is None
+    finally:
+        looker.kill()
+        looker.wait()
+
+
 def test_no_lock_file_means_no_scaler_and_a_folder_others_may_write_is_refused(run_dir: Path) -> None:
-    assert runlock.running("torino") == (False, "")
+    assert runlock.running("torino") == (False, None)
     run_dir.mkdir(mode=0o777)
     os.chmod(run_dir, 0o777)
     with pytest.raises(runlock.RunLockError, match="not a folder of this user's that only it may write to"):
@@ -57,15 +80,42 @@ def test_no_lock_file_means_no_scaler_and_a_folder_others_may_write_is_refused(r
     assert not (run_dir / "elsewhere").exists()
 
 
+def test_a_users_scaler_is_refused_while_roots_runs_the_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root_dir, user_dir = tmp_path / "run-vfarm", tmp_path / "state"
+    monkeypatch.setenv("VFARM_RUN_DIR", str(root_dir))
+    with runlock.hold("torino"):
+        monkeypatch.setattr(runlock, "SYSTEM_RUN_DIR", root_dir)
+        monkeypatch.setenv("VFARM_RUN_DIR", str(user_dir))
+        assert runlock.running("torino") == (True, os.getpid())
+        with pytest.raises(runlock.RunLockError, match=f"pid {os.getpid()}.*lock: {root_dir}/scale-torino.lock"):
+            with runlock.hold("torino"):
+                pass
+    with runlock.hold("torino") as path:  # root's ended: the user's own lock
+        assert path == user_dir / "scale-torino.lock"
+
+
 def test_the_lock_folder_by_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VFARM_RUN_DIR", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert runlock.lock_path("torino") == Path("/run/vfarm/scale-torino.lock")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-    assert runlock.run_dir() == Path("/run/user/1000/vfarm")
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert runlock.run_dir().name == "vfarm-1000"
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/ada/.state")
+    assert runlock.run_dir() == Path("/home/ada/.state/vfarm")
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", "/home/ada")
+    assert runlock.run_dir() == Path("/home/ada/.local/state/vfarm")
+
+
+def test_proc_locks_lines_are_read_as_the_kernel_writes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locks = tmp_path / "locks"
+    locks.write_text("1: POSIX  ADVISORY  WRITE 77 00:2a:99 0 EOF\n"
+                     "2: FLOCK  ADVISORY  WRITE 4242 fd:01:123456 0 EOF\n"
+                     "2: -> FLOCK  ADVISORY  WRITE 5151 fd:01:123456 0 EOF\n"
+                     "3: FLOCK  ADVISORY  READ 88 garbage 0 EOF\n")
+    monkeypatch.setattr(runlock, "PROC_LOCKS", locks)
+    assert runlock._flock_holders() == {(0xFD, 1, 123456): 4242}  # a waiter (->) holds nothing
+    monkeypatch.setattr(runlock, "PROC_LOCKS", tmp_path / "none")
+    assert runlock._flock_holders() is None
 
 
 def test_status_says_whether_a_scaler_of_the_farm_runs_here(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
