@@ -13,7 +13,7 @@ MAX_SECONDS = 365 * 86400
 # A bare `b` is bytes (as vgcreate -s 512b); no B or iB after a unit: a config's size refuses them
 # (is 20GB 20*10**9 bytes or 20 GiB?), and so does every other size vfarm reads.
 _SIZE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGTP]?|B) *", re.IGNORECASE)
-_WITH_BYTES = re.compile(r" *[0-9]+(?:\.[0-9]+)? *([KMGTP])i?B *", re.IGNORECASE)
+_WITH_BYTES = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([KMGTP])i?B *", re.IGNORECASE)
 
 
 def parse_bytes(text: str) -> int:
@@ -21,7 +21,8 @@ def parse_bytes(text: str) -> int:
     match = _SIZE.fullmatch(text)
     with_bytes = None if match else _WITH_BYTES.fullmatch(text)
     if with_bytes:
-        raise ValueError(f"not a size: {text!r} (binary units without B, as lvcreate -L: like 20{with_bytes.group(1).upper()})")
+        number, unit = with_bytes.group(1)[:20], with_bytes.group(2).upper()
+        raise ValueError(f"not a size: {text!r} (write {number}{unit}: binary units, without B, as lvcreate -L)")
     if not match:
         raise ValueError(f"not a size: {text!r} (expected a number with K, M, G or T, like 20G)")
     number, unit = match.groups()

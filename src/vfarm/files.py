@@ -56,7 +56,7 @@ def io_timeout() -> float:
 def io_timeout_problem() -> Optional[str]:
     """Why VFARM_IO_TIMEOUT, when set, is not used (then the default applies), or None."""
     text = os.environ.get(IO_TIMEOUT_ENV)
-    if text is None or _io_timeout_setting() is not None:
+    if not text or _io_timeout_setting() is not None:  # unset, or set to nothing (as VAR= says "unset")
         return None
     return f"{IO_TIMEOUT_ENV}={text!r} is not a number of seconds above 0 and below 86400: {DEFAULT_IO_TIMEOUT:g} s applies"
 

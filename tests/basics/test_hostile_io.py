@@ -481,7 +481,7 @@ def test_io_timeout_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_io_timeout_setting_that_is_not_used_is_said_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A VFARM_IO_TIMEOUT the reader ignores (and waits its 10 s instead) is a warning on every
     command, escaped; a good one or none is no word at all."""
-    for good in (None, "2.5"):
+    for good in (None, "", "2.5"):
         if good is None:
             monkeypatch.delenv(files.IO_TIMEOUT_ENV, raising=False)
         else:

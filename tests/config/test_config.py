@@ -441,8 +441,8 @@ def test_sizes_are_exact_and_bounded() -> None:
         with pytest.raises(ValueError, match="is too large"):
             sizes.parse_bytes(text)
     # As a config's size refuses them (is 20GB 20*10**9 bytes or 20 GiB?), so do --vg-size and --extent-size.
-    for text, unit in (("20GB", "G"), ("20gib", "G"), ("4 MiB", "M")):
-        with pytest.raises(ValueError, match=f"binary units without B, as lvcreate -L: like 20{unit}"):
+    for text, meant in (("20GB", "20G"), ("20gib", "20G"), ("4 MiB", "4M"), ("1.5kB", "1.5K")):
+        with pytest.raises(ValueError, match=f"\\(write {meant}: binary units, without B, as lvcreate -L\\)$"):
             sizes.parse_bytes(text)
 
 
