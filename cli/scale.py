@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..cc_modules import table
 from ..config import condor as condor_spec
@@ -261,13 +262,14 @@ def _parts(spec: scale_spec.ScaleSpec, farm: str, stack: contextlib.ExitStack, d
     prefix = [str(a) for a in spec.pool.get("admin-command") or []]
     env = {"_CONDOR_SEC_TOKEN_DIRECTORY": token_dir} if token_dir else None
     drainer = apply.CondorDrain(spec.collector or "", prefix, env=env, log=_logger())
-    return spec, backend, drainer, token_dir
+    return loop.Parts(spec, backend, drainer, token_dir)
 
 
 def make_scaler(spec: scale_spec.ScaleSpec, args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool,
                 metrics: Optional[loop.Metrics] = None, keep_status: bool = False) -> loop.Scaler:
-    _, backend, drainer, token_dir = _parts(spec, args.farm, stack, dry_run)
-    return loop.Scaler(spec, backend, drainer, _logger(), token_dir=token_dir, dry_run=dry_run, metrics=metrics, keep_status=keep_status)
+    parts = _parts(spec, args.farm, stack, dry_run)
+    return loop.Scaler(spec, parts.backend, parts.drainer, _logger(), token_dir=parts.token_dir, dry_run=dry_run, metrics=metrics,
+                       keep_status=keep_status)
 
 
 def render_status(rows: list[dict[str, Any]], spec: scale_spec.ScaleSpec, result: Plan) -> str:
@@ -310,9 +312,26 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
     return EXIT_OK
 
 
-def _reader(args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool) -> Callable[[], loop.Parts]:
-    """How the loop reads the farm file again (SIGHUP): the same checks as at the start, the
-    problems as one ReloadError (the file's FILE:LINE:COL lines joined)."""
+def _workers_inputs(config: Config) -> str:
+    """A digest of what the workers' user-data is made of: the sections sent and the files they name."""
+    from ..mime_builder import mime
+
+    digest = hashlib.sha256(json.dumps(config.sent_sections(), sort_keys=True, default=str).encode())
+    for path, what in mime.inputs_of(config, ()):
+        if what != "the config file":
+            try:
+                digest.update(read_bounded(path, condor_spec.TOKEN_FILE_MAX))
+            except OSError as err:
+                digest.update(f"unreadable: {err}".encode())
+    return digest.hexdigest()
+
+
+def _reloading(args: argparse.Namespace, config: Config, dry_run: bool, hangup: threading.Event) -> loop.Reload:
+    """How the loop reads the farm file again (SIGHUP: HANGUP): the start's checks, every problem
+    as one ReloadError (the file's FILE:LINE:COL lines joined), its warnings logged. A reload's
+    token folder is removed once the next reload is taken, or at once when it is not."""
+    taken = {"inputs": _workers_inputs(config)}
+    stacks: dict[str, Optional[contextlib.ExitStack]] = {"current": None, "pending": None}
 
     def read() -> loop.Parts:
         from ..config import loader as configuration
@@ -323,6 +342,8 @@ def _reader(args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool
             config = configuration.load_file(args.farm)
         except configuration.ConfigError as err:
             raise loop.ReloadError("; ".join(str(p) for p in err.problems[:5]) + (" ..." if len(err.problems) > 5 else "")) from None
+        for warning in config.warnings:
+            _logger().warning("%s", warning)
         section = config.sections.get("scale")
         if section is None:
             raise loop.ReloadError(f"{args.farm}: has no scale section any more")
@@ -331,12 +352,25 @@ def _reader(args: argparse.Namespace, stack: contextlib.ExitStack, dry_run: bool
             raise loop.ReloadError(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
         if not dry_run and not config.sent_sections():
             raise loop.ReloadError(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
+        inputs = _workers_inputs(config)
+        stack = stacks["pending"] = contextlib.ExitStack()
         try:
-            return _parts(spec, args.farm, stack, dry_run)
-        except discover.DiscoverError as err:  # the token file
+            parts = _parts(spec, args.farm, stack, dry_run)
+        except (discover.DiscoverError, apply.CloudError) as err:  # the token file; the workers' user-data
             raise loop.ReloadError(str(err)) from None
+        same = inputs == taken["inputs"]
+        taken["next"] = inputs
+        return parts._replace(same_userdata=same)
 
-    return read
+    def settled(spec: Optional[scale_spec.ScaleSpec]) -> None:
+        old, new = (stacks["pending"], stacks["current"]) if spec is None else (stacks["current"], stacks["pending"])
+        if spec is not None:
+            taken["inputs"] = taken.pop("next", taken["inputs"])
+        stacks["current"], stacks["pending"] = new, None
+        if old is not None:
+            old.close()
+
+    return loop.Reload(read, asked=hangup, settled=settled)
 
 
 def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Optional[int], http: Optional[tuple[str, int]] = None,
@@ -353,7 +387,7 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
             reload.ask()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    signal.signal(signal.SIGHUP, on_hangup)  # cmd_scale's (a flag only, since the start) is put back after
     server = None
     stop_page = None
     try:
@@ -420,6 +454,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
     dry_run = bool(args.dry_run) or bool(args.status)
     if not dry_run and not config.sent_sections():
         return fail(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
+    # A SIGHUP from here on is a reload request (else it would end the process while the user-data is built).
+    hangup = threading.Event()
+    previous_hangup = signal.signal(signal.SIGHUP, lambda _signum, _frame: hangup.set()) if not (args.once or args.status) else None
     try:
         with contextlib.ExitStack() as stack:
             if not dry_run:  # a scaler that may change the farm: one per farm on this host
@@ -430,13 +467,16 @@ def cmd_scale(args: argparse.Namespace) -> int:
             if args.status:
                 return _status(scaler, spec, args.json)
             if not args.once:
-                return _run_loop(scaler, metrics, args.metrics_port, http, loop.Reload(_reader(args, stack, dry_run)))
+                return _run_loop(scaler, metrics, args.metrics_port, http, _reloading(args, config, dry_run, hangup))
             save = functools.partial(_save_snapshot, args.save_snapshot) if args.save_snapshot else None
             cycled = scaler.cycle(save=save, strict=True)  # exactly one cycle of the loop
             assert cycled is not None  # strict: a skipped cycle raised
             applied = scaler.outcome.to_json() if scaler.outcome is not None and not dry_run else None
     except (discover.DiscoverError, apply.CloudError, planner.SnapshotError, runlock.RunLockError) as err:
         return fail(str(err))
+    finally:
+        if previous_hangup is not None:
+            signal.signal(signal.SIGHUP, previous_hangup)
     return _print_plan(cycled, spec, args.json, warn=False, applied=applied)
 
 

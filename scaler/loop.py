@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..clouds import verdict as verdicts
 from ..config.condor import INSTANCE_ATTRIBUTE
@@ -130,6 +130,7 @@ class History:
         self._figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=cycles)
         self._decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=decisions)
         self._per_cycle = per_cycle
+        self.check_every: Optional[float] = None  # the scaler's, as its farm file says now (the page shows it)
         self._status: Optional[dict[str, Any]] = None
 
     def applied(self, at: float, result: Plan, outcome: Outcome) -> None:
@@ -171,40 +172,68 @@ class ReloadError(Exception):
     """Why the farm file read again cannot be taken: one line."""
 
 
-# What a reload hands the scaler: the new section, its cloud backend, its drain command and its token folder.
-Parts = tuple[ScaleSpec, Backend, Drainer, Optional[str]]
-# The settings a reload reports when they change (in the section's spelling); others as "changed".
-RELOAD_REPORTED = ("max_vms", "min_vms", "max_cpus", "cpus_per_vm", "waiting_jobs_threshold", "waiting_time", "idle_time", "boot_timeout",
-                   "check_every", "consolidate_idle_cpus", "disruption_budget", "cloud", "clouds", "pool", "types")
+class Parts(NamedTuple):
+    """What a reload hands the scaler: the new section, its cloud backend, its drain command and
+    token folder, and whether the workers' user-data is the one its launches carried so far."""
+
+    spec: ScaleSpec
+    backend: Backend
+    drainer: Drainer
+    token_dir: Optional[str]
+    same_userdata: bool = True
+
+
+# The settings a reload reports when they change, in the section's spelling.
+RELOAD_NUMBERS = ("max_vms", "min_vms", "max_cpus", "waiting_jobs_threshold", "consolidate_idle_cpus", "disruption_budget")
+RELOAD_DURATIONS = ("waiting_time", "idle_time", "boot_timeout", "check_every")
+RELOAD_MAPPINGS = ("cloud", "pool")  # by key; values are not shown (an endpoint may hold a password)
+RELOAD_LISTS = ("types", "clouds")
+# What says where a cloud's instances are (besides its kind): a change makes them another farm's.
+LOCATING = {"ec2": ("endpoint-url", "region", "profile"), "openstack": ("cloud", "region")}
 RELOAD_POLL = 0.5  # how soon a waiting loop notices a reload request
 
 
 @dataclasses.dataclass
 class Reload:
     """A request to read the farm file again, and how: READ gives the scaler's new parts or raises
-    ReloadError. `ask()` may be called from a signal handler."""
+    ReloadError; SETTLED hears how it ended (the section taken, or None: the scaler goes on as it
+    was). `ask()` may be called from a signal handler."""
 
     read: Callable[[], Parts]
     asked: threading.Event = dataclasses.field(default_factory=threading.Event)
+    settled: Callable[[Optional[ScaleSpec]], None] = lambda _spec: None
 
     def ask(self) -> None:
         self.asked.set()
 
 
-def _clouds(spec: ScaleSpec) -> list[tuple[str, str]]:
-    """The clouds a farm's instances are found on: (name, kind) each ('' for a farm of one cloud)."""
-    return [(c.name, str(c.settings.get("type"))) for c in spec.clouds] or [("", str(spec.cloud.get("type")))]
+def _clouds(spec: ScaleSpec) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """Where a farm's instances are found: (name, kind, locating settings) of each cloud ('' for a farm of one cloud)."""
+    settings = [(c.name, c.settings) for c in spec.clouds] or [("", spec.cloud)]
+    return [(name, str(cloud.get("type")), tuple(cloud.get(k) for k in LOCATING.get(str(cloud.get("type")), ()))) for name, cloud in settings]
 
 
 def changed_settings(old: ScaleSpec, new: ScaleSpec) -> list[str]:
-    """What differs between two farm sections, as the admin wrote it: `max-vms 20 -> 40`, `pool changed`."""
+    """What differs between two farm sections, as the admin wrote it: `max-vms 20 -> 40`,
+    `idle-time 3600s -> 1800s`, `cloud: instance-type changed`."""
+    def shown(value: Any, unit: str = "") -> str:
+        return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else str(value)
+
     said = []
-    for name in RELOAD_REPORTED:
+    for name in RELOAD_NUMBERS + RELOAD_DURATIONS:
         before, after = getattr(old, name), getattr(new, name)
         if before != after:
-            shown = name.replace("_", "-")
-            scalar = all(v is None or isinstance(v, (int, float, str)) for v in (before, after))
-            said.append(f"{shown} {before if before is not None else '-'} -> {after if after is not None else '-'}" if scalar else f"{shown} changed")
+            unit = "s" if name in RELOAD_DURATIONS else ""
+            said.append(f"{name.replace('_', '-')} {shown(before, unit)} -> {shown(after, unit)}")
+    cpus = [spec.cpus_per_vm if spec.cpus_per_vm_given else None for spec in (old, new)]
+    if cpus[0] != cpus[1]:
+        said.append(f"cpus-per-vm {shown(cpus[0])} -> {shown(cpus[1])}")
+    for name in RELOAD_MAPPINGS:
+        before, after = getattr(old, name), getattr(new, name)
+        keys = sorted(str(k) for k in set(before) | set(after) if before.get(k) != after.get(k))
+        if keys:
+            said.append(f"{name}: {', '.join(keys)} changed")
+    said += [f"{name} changed" for name in RELOAD_LISTS if getattr(old, name) != getattr(new, name)]
     return said
 
 
@@ -231,6 +260,7 @@ class Scaler:
         self.outcome: Optional[Outcome] = None  # what the last cycle's apply did
         self._pool = pool
         self.history = History()
+        self.history.check_every = spec.check_every
         # KEEP_STATUS: after each cycle, the farm as --status shows it goes into the history (the page).
         self.keep_status = keep_status
         # The page's verdicts read from consoles: (reason, what it said, when to read again or None),
@@ -264,27 +294,48 @@ class Scaler:
 
     def adopt(self, parts: Parts) -> list[str]:
         """Go on with the farm section read again (PARTS), keeping what this scaler learnt of the
-        farm; what changed. ReloadError if it names another farm or other clouds."""
-        spec, backend, drainer, token_dir = parts
+        farm; what changed. ReloadError if it names another farm or other clouds (or the same ones
+        reached elsewhere). A launch of unknown outcome is retried with its token only while what
+        it launches is unchanged (a cloud refuses a token again with other parameters): else it is
+        forgotten, said in a warning."""
+        spec = parts.spec
         if spec.name != self.spec.name:
             raise ReloadError(f"the farm's name changed ({self.spec.name} -> {spec.name}): that is another farm; restart for it")
         if _clouds(spec) != _clouds(self.spec):
-            raise ReloadError("the farm's clouds (names or kinds) changed: its instances are found on them; restart for that")
-        old = self.applier
-        self.spec, self.backend, self.token_dir = spec, backend, token_dir
-        self.applier = Applier(spec, backend, drainer, self.log, dry_run=old.dry_run)
-        placements = {p.name for p in spec.placements}
-        self.applier.intents = {name: intent for name, intent in old.intents.items() if name in placements}
-        self.applier.backoff = dict(old.backoff)
+            raise ReloadError("the farm's clouds changed (names, kinds, or where their instances are: endpoint, region, account): "
+                              "its instances are found on them; restart for that")
+        old, old_spec = self.applier, self.spec
+        self.spec, self.backend, self.token_dir = spec, parts.backend, parts.token_dir
+        self.applier = Applier(spec, parts.backend, parts.drainer, self.log, dry_run=old.dry_run)
+        before = {p.name: p for p in old_spec.placements}
+        for p in spec.placements:
+            intent = old.intents.get(p.name)
+            if intent is None:
+                continue
+            if parts.same_userdata and p.name in before and old_spec.cloud_of(before[p.name]) == spec.cloud_of(p):
+                self.applier.intents[p.name] = intent
+            else:
+                self.log.warning("launch of %d worker(s) of unknown outcome (%s) forgotten: what it launches changed with the farm file",
+                                 intent[1], p.name)
+        for key, timer in old.backoff.items():
+            self.applier.backoff[key] = dataclasses.replace(timer, base=self.applier.base)
         self.applier.lost_reasons = dict(old.lost_reasons)
-        return changed_settings(old.spec, spec)
+        self.applier._said_black_hole = dict(old._said_black_hole)
+        self.history.check_every = spec.check_every
+        return changed_settings(old_spec, spec)
 
     def _reload(self, reload: Reload) -> None:
         try:
             changed = self.adopt(reload.read())
         except ReloadError as err:
             self.log.error("reload refused, going on as before: %s", err)
+            reload.settled(None)
             return
+        except Exception as err:  # noqa: BLE001 - a reload must never end the loop
+            self.log.exception("reload failed, going on as before: %s", err)
+            reload.settled(None)
+            return
+        reload.settled(self.spec)
         self.log.info("reloaded the farm file: %s", "; ".join(changed) if changed else "no setting of the scale section changed")
 
     # --- one cycle -----------------------------------------------------------------------------

@@ -130,7 +130,8 @@ class PageHandler(BaseHTTPRequestHandler):
             else:
                 self._json(status, body)
         elif path == "/history.json":
-            self._json({"farm": self.server.farm, "check_every": self.server.check_every, **self.server.history.to_json()}, body)
+            check_every = self.server.history.check_every or self.server.check_every  # a reloaded farm file's
+            self._json({"farm": self.server.farm, "check_every": check_every, **self.server.history.to_json()}, body)
         else:
             self._send(404, b'{"error": "not found"}\n', "application/json", body=body)
 

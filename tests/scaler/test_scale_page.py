@@ -5,6 +5,7 @@ Host names, secrets redacted, and its files all part of the package."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import fnmatch
 import http.client
 import json
@@ -87,6 +88,8 @@ def test_status_json_is_what_status_shows_and_history_records_the_cycle(served: 
 
     history = get_json(port, "/history.json")
     assert history["farm"] == "farm" and history["check_every"] == 15
+    w.scaler.adopt(loop.Parts(dataclasses.replace(w.spec, check_every=60.0), w.cloud, w.drain, None))  # SIGHUP's reload
+    assert get_json(port, "/history.json")["check_every"] == 60
     [cycle] = history["cycles"]
     assert (cycle["waiting"], cycle["demand"], cycle["launched"], cycle["states"]["busy"]) == (3, 3, 2, 1)
     [entry] = history["decisions"]
