@@ -497,6 +497,17 @@ def stderr_until(proc: subprocess.Popen[str], text: str) -> list[str]:
     return seen
 
 
+def stop_and_read(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM to a `vfarm scale` loop (it ends after its cycle); the rest of its stderr (killed after 120 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1]
+
+
 @pytest.mark.integration
 def test_the_loop_command_stops_on_sigterm_with_the_pool_down(tmp_path: Path) -> None:
     farm = tmp_path / "farm.yaml"

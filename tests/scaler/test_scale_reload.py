@@ -21,7 +21,7 @@ import pytest
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import loop
 
-from .test_scale_apply import NAME, SPEC, World, instance, job, launches, slot, stderr_until
+from .test_scale_apply import NAME, SPEC, World, instance, job, launches, slot, stderr_until, stop_and_read
 
 
 def test_a_reload_keeps_what_the_scaler_learnt_and_says_what_changed(caplog: pytest.LogCaptureFixture) -> None:
@@ -183,12 +183,8 @@ def test_sighup_reads_the_farm_file_again_and_one_that_cannot_be_taken_changes_n
         assert f"reload refused, going on as before: {farm}:6:12: scale.max-vms:" in refused[0]
         assert f"reload refused, going on as before: {farm}: the workers' user-data: gzipped user-data is" in refused[1]
         assert len(list(scratch.glob("vfarm-token-*"))) == 2
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=120)[1]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        rest = stop_and_read(proc)
     assert proc.returncode == 0, "".join(seen) + rest
     assert "stopped after 6 cycle(s)" in rest
     assert not list(scratch.glob("vfarm-token-*"))

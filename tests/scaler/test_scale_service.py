@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -20,7 +19,7 @@ import pytest
 
 from tests.fixtures.condor_pool import free_port
 
-from .test_scale_apply import stderr_until
+from .test_scale_apply import stderr_until, stop_and_read
 
 UNIT = Path(__file__).resolve().parents[2] / "examples" / "vfarm-scale@.service"
 INSTALLED = "/usr/local/bin/vfarm"
@@ -100,11 +99,7 @@ def test_its_command_starts_the_loop_with_the_env_files_options_reload_reads_the
         assert subprocess.run(reload, timeout=60).returncode == 0  # what systemctl reload runs
         seen += stderr_until(loop, "cycle skipped, nothing changed: collector 127.0.0.1:9")
         assert any("reloaded the farm file: no setting of the scale section changed" in line for line in seen), "".join(seen)
-        loop.send_signal(signal.SIGTERM)
-        rest = loop.communicate(timeout=120)[1]
     finally:
-        if loop.poll() is None:
-            loop.kill()
-            loop.communicate()
+        rest = stop_and_read(loop)  # systemctl stop: SIGTERM (KillMode=mixed: to vfarm scale alone)
     assert loop.returncode == 0, "".join(seen) + rest  # Restart=on-failure: a clean stop stays stopped
     assert "SIGTERM: stopping after this cycle" in rest
