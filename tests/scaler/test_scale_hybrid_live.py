@@ -1,6 +1,7 @@
 """A hybrid farm against real systems: the HTCondor pool (waiting jobs), the OpenStack control plane
 first (its quota holds one more server) and an EC2 API (moto) second, all on 127.0.0.1. One cycle
-starts one worker on OpenStack and, refused for quota there, the rest on moto in the same cycle;
+starts one worker on OpenStack (none when both creates lose Nova's quota recheck, as they may on a
+busy host) and, refused for quota there, the rest on moto in the same cycle;
 --status counts them per cloud; past boot-timeout each is terminated on its own cloud; servers and
 instances that are not the farm's are untouched on both. And a flavor Nova finds no valid host
 for: the servers are deleted and moto starts the workers in the same cycle."""
@@ -98,24 +99,37 @@ def test_a_hybrid_farm_fills_openstack_then_falls_back_to_ec2_in_one_cycle(condo
             assert (launch_site.type, launch_site.count, launch_site.cloud) == ("default@site", JOBS, "site")
             assert [(o.type, o.count) for o in launch_site.fallback] == [("default@aws", JOBS)]
             # OpenStack took one before its quota refused; moto started the other two in the same cycle.
-            assert scaler.outcome.launched_by_cloud == {"site": 1, "aws": 2}, caplog.text
+            # Or, on a busy host, Nova's quota race: the second create passed the API's check before
+            # the first server was counted, then both lost the conductor's recheck (413, ERROR) and
+            # were deleted: moto started all three in the same cycle.
+            on_site = scaler.outcome.launched_by_cloud.get("site", 0)
+            assert scaler.outcome.launched_by_cloud == {**({"site": 1} if on_site else {}), "aws": JOBS - on_site}, caplog.text
             [fallback] = scaler.outcome.fallbacks
-            assert (fallback["from"], fallback["to"], fallback["count"], fallback["started_before"]) == ("default@site", "default@aws", 2, 1)
+            assert (fallback["from"], fallback["to"], fallback["count"], fallback["started_before"]) == ("default@site", "default@aws",
+                                                                                                          JOBS - on_site, on_site)
             assert "Quota exceeded for instances" in fallback["reason"] and PASSWORD not in caplog.text
-            ours_site = {s.id: s for s in admin.compute.servers(all_projects=True) if s.metadata.get("vfarm:farm") == FARM}
-            assert len(ours_site) == 1 and all(s.metadata.get("vfarm:cloud") == "site" for s in ours_site.values())
+            if not on_site:
+                assert "server(s) not placed, deleted" in fallback["reason"], fallback["reason"]
+
+            def ours_on_site() -> dict[str, Any]:
+                return {s.id: s for s in admin.compute.servers(all_projects=True) if s.metadata.get("vfarm:farm") == FARM}
+
+            wait_for(lambda: len(ours_on_site()) == on_site, 600, "the farm's servers on OpenStack: the placed ones, the unplaced deleted",
+                     interval=0.5)
+            ours_site = ours_on_site()
+            assert all(s.metadata.get("vfarm:cloud") == "site" for s in ours_site.values())
             ours_aws = {iid: i for iid, i in moto_instances(ec2_endpoint).items() if tags_of(i).get("vfarm:farm") == FARM}
-            assert len(ours_aws) == 2 and all(tags_of(i).get("vfarm:cloud") == "aws" for i in ours_aws.values())
+            assert len(ours_aws) == JOBS - on_site and all(tags_of(i).get("vfarm:cloud") == "aws" for i in ours_aws.values())
             assert set(scaler.outcome.launched) == set(ours_site) | set(ours_aws)
-            assert 'vfarm_scale_cloud_launches_total{cloud="aws",farm="hybrid"} 2.0' in metrics.text()
-            print(f"first cycle (discover, plan, 1 on OpenStack, quota refusal, 2 on moto): {took:.1f} s")
+            assert f'vfarm_scale_cloud_launches_total{{cloud="aws",farm="hybrid"}} {JOBS - on_site}.0' in metrics.text()
+            print(f"first cycle (discover, plan, {on_site} on OpenStack, quota refusal, {JOBS - on_site} on moto): {took:.1f} s")
 
             # An operator looks: per-cloud counts.
             status = subprocess.run([sys.executable, "-m", "vfarm", "scale", str(farm), "--status", "--json"], text=True, capture_output=True,
                                     timeout=120, env=dict(os.environ))
             assert status.returncode == 0, status.stderr
             seen = json.loads(status.stdout)
-            assert seen["clouds"] == {"site": {"booting": 1}, "aws": {"booting": 2}}
+            assert seen["clouds"] == {"site": {"booting": 1} if on_site else {}, "aws": {"booting": JOBS - on_site}}
             assert {r["instance"]: r["cloud"] for r in seen["instances"]} == {**{i: "site" for i in ours_site}, **{i: "aws" for i in ours_aws}}
 
             # The queue empties; past boot-timeout none has joined: each is terminated on its own cloud.
