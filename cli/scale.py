@@ -312,6 +312,15 @@ def _status(scaler: loop.Scaler, spec: scale_spec.ScaleSpec, as_json: bool) -> i
     return EXIT_OK
 
 
+def _unfit_for_live_cycles(farm: str, config: Config, spec: scale_spec.ScaleSpec, dry_run: bool) -> Optional[str]:
+    """Why the farm file cannot drive live cycles (at the start and on a reload), or None. A replay needs neither."""
+    if not spec.collector:
+        return f"{farm}: the scale section has no pool.collector: live cycles read the queue from it"
+    if not dry_run and not config.sent_sections():
+        return f"{farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty"
+    return None
+
+
 def _workers_inputs(config: Config) -> str:
     """A digest of what the workers' user-data is made of: the sections sent and the files they name."""
     from ..mime_builder import mime
@@ -348,10 +357,9 @@ def _reloading(args: argparse.Namespace, config: Config, dry_run: bool, hangup: 
         if section is None:
             raise loop.ReloadError(f"{args.farm}: has no scale section any more")
         spec = scale_spec.parse(section)
-        if not spec.collector:
-            raise loop.ReloadError(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
-        if not dry_run and not config.sent_sections():
-            raise loop.ReloadError(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
+        unfit = _unfit_for_live_cycles(args.farm, config, spec, dry_run)
+        if unfit:
+            raise loop.ReloadError(unfit)
         inputs = _workers_inputs(config)
         stack = stacks["pending"] = contextlib.ExitStack()
         try:
@@ -448,12 +456,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
         except planner.SnapshotError as err:  # what only planning finds (a job entry's JobCount)
             return fail(f"{args.snapshot}: {err}")
         return _print_plan(result, spec, args.json)
-    # What live cycles need of the file, said before anything is contacted (a replay needs neither).
-    if not spec.collector:
-        return fail(f"{args.farm}: the scale section has no pool.collector: live cycles read the queue from it")
     dry_run = bool(args.dry_run) or bool(args.status)
-    if not dry_run and not config.sent_sections():
-        return fail(f"{args.farm}: no section for the workers (localfs, cvmfs, condor...): their user-data would be empty")
+    unfit = _unfit_for_live_cycles(args.farm, config, spec, dry_run)  # said before anything is contacted
+    if unfit:
+        return fail(unfit)
     # A SIGHUP from here on is a reload request (else it would end the process while the user-data is built).
     hangup = threading.Event()
     previous_hangup = signal.signal(signal.SIGHUP, lambda _signum, _frame: hangup.set()) if not (args.once or args.status) else None

@@ -12,9 +12,10 @@ them all (it saw nothing, so the next one starts afresh), as a restart does: bot
 drain.
 
 Reading the farm file again (SIGHUP: `Reload`) between cycles keeps all of that: the new settings
-take effect from the next cycle on, with the workers' idle sightings, launches of unknown outcome
-and back-off timers of the old ones. The farm's name and its clouds (names and kinds) must stay: the
-farm's instances are found by them. A file that does not load leaves the scaler as it was.
+take effect from the next cycle on, with the workers' idle sightings and back-off timers of the old
+ones, and launches of unknown outcome while what they launch is unchanged. The farm's name and its
+clouds (names, kinds and where their instances are) must stay: the farm's instances are found by
+them. A reload that fails in any way leaves the scaler as it was.
 
 The scaler also keeps its own history for the status page (`History`): a bounded ring of cycle
 records (figures, decisions and what was done), in memory only, never more than HISTORY_CYCLES
