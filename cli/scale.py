@@ -407,7 +407,7 @@ def _run_loop(scaler: loop.Scaler, metrics: Optional[loop.Metrics], port: Option
             scaler.log.info("metrics on http://127.0.0.1:%d/metrics", port)
         if http is not None:
             try:
-                _, stop_page = page.serve(http, scaler.history, scaler.spec.name, scaler.spec.check_every, scaler.log)
+                _, stop_page = page.serve(http, scaler.history, scaler.spec.name, scaler.log)
             except OSError as err:
                 return fail(f"--http {http[0]}:{http[1]}: cannot listen: {err.strerror or err}")
             host = f"[{http[0]}]" if ":" in http[0] else http[0]

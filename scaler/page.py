@@ -130,8 +130,7 @@ class PageHandler(BaseHTTPRequestHandler):
             else:
                 self._json(status, body)
         elif path == "/history.json":
-            check_every = self.server.history.check_every or self.server.check_every  # a reloaded farm file's
-            self._json({"farm": self.server.farm, "check_every": check_every, **self.server.history.to_json()}, body)
+            self._json({"farm": self.server.farm, "check_every": self.server.history.check_every, **self.server.history.to_json()}, body)
         else:
             self._send(404, b'{"error": "not found"}\n', "application/json", body=body)
 
@@ -156,14 +155,13 @@ class PageServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger,
+    def __init__(self, address: tuple[str, int], history: History, farm: str, log: logging.Logger,
                  timeout: float = CONNECTION_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.history = history
         self.farm = farm
-        self.check_every = check_every
         self.log = log
         self.connection_timeout = timeout
         self._open = threading.BoundedSemaphore(max_connections)
@@ -218,11 +216,11 @@ def _loopback_hosts(host: str, port: int) -> Optional[set[str]]:
     return hosts
 
 
-def serve(address: tuple[str, int], history: History, farm: str, check_every: float, log: logging.Logger,
+def serve(address: tuple[str, int], history: History, farm: str, log: logging.Logger,
           timeout: float = CONNECTION_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> tuple[PageServer, Callable[[], None]]:
     """Start the page on ADDRESS in a thread; (the server, what stops it). OSError when it cannot listen.
     TIMEOUT and MAX_CONNECTIONS: see PageServer."""
-    server = PageServer(address, history, farm, check_every, log, timeout, max_connections)
+    server = PageServer(address, history, farm, log, timeout, max_connections)
     thread = threading.Thread(target=server.serve_forever, name="vfarm-page", daemon=True)
     thread.start()
 

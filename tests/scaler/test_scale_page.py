@@ -42,7 +42,7 @@ def world(caplog: pytest.LogCaptureFixture) -> World:
 @pytest.fixture
 def served(world: World) -> Iterator[tuple[World, int]]:
     port = free_port()
-    _, stop = page.serve(("127.0.0.1", port), world.scaler.history, world.spec.name, world.spec.check_every, logging.getLogger("vfarm.test"))
+    _, stop = page.serve(("127.0.0.1", port), world.scaler.history, world.spec.name, logging.getLogger("vfarm.test"))
     try:
         yield world, port
     finally:
@@ -255,7 +255,7 @@ def test_a_loopback_page_on_port_80_answers_to_the_bare_names(world: World) -> N
     assert "127.0.0.1" not in (page._loopback_hosts("127.0.0.1", 8080) or set())  # elsewhere the port is always sent
     assert page._loopback_hosts("0.0.0.0", 80) is None
     # Through the handler, without binding port 80: the Host header a browser sends for http://127.0.0.1/.
-    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"))
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", logging.getLogger("vfarm.test"))
     server.loopback_hosts = hosts
     port = server.server_address[1]
     try:
@@ -268,7 +268,7 @@ def test_a_loopback_page_on_port_80_answers_to_the_bare_names(world: World) -> N
 
 def test_a_silent_connection_is_closed_after_the_timeout(world: World) -> None:
     assert page.CONNECTION_TIMEOUT == 10
-    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"), timeout=1.0)
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", logging.getLogger("vfarm.test"), timeout=1.0)
     port = server.server_address[1]
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=8) as silent, \
@@ -284,7 +284,7 @@ def test_a_silent_connection_is_closed_after_the_timeout(world: World) -> None:
 
 def test_connections_beyond_the_cap_are_closed_at_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     assert page.MAX_CONNECTIONS == 32
-    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"), max_connections=2)
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", logging.getLogger("vfarm.test"), max_connections=2)
     port = server.server_address[1]
     ended = threading.Semaphore(0)
     handle = server.process_request_thread
@@ -322,7 +322,7 @@ def test_a_client_gone_mid_answer_is_one_debug_line_not_a_traceback(world: World
         return read_asset(name)
 
     monkeypatch.setattr(page, "read_asset", after_the_client_left)
-    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", 15, logging.getLogger("vfarm.test"))
+    server, stop = page.serve(("127.0.0.1", 0), world.scaler.history, "farm", logging.getLogger("vfarm.test"))
     port = server.server_address[1]
     ended = threading.Event()
     handle = server.process_request_thread
