@@ -137,7 +137,7 @@ class OpenStackBackend:
       failed; Nova has no terminate-on-shutdown) until it is deleted, and it holds quota all that
       time. Before each launch the farm's dead servers are deleted.
     - Nova forgets deleted servers at once (EC2 lists them for an hour): the black-hole rule sees a
-      deleted worker's fate only while the scaler runs (its `joined` memory), not across a restart.
+      deleted worker's fate only while the scaler runs (its `ended` memory), not across a restart.
     """
 
     # How long a launch waits for Nova to schedule its servers: a server that finds no valid host

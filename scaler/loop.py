@@ -126,12 +126,13 @@ class History:
     """The scaler's own record of its last cycles, for the status page: bounded, in memory only.
     Written by the loop's thread, read by the page's; every read gets copies."""
 
-    def __init__(self, cycles: int = HISTORY_CYCLES, decisions: int = HISTORY_DECISIONS, per_cycle: int = DECISIONS_PER_CYCLE) -> None:
+    def __init__(self, check_every: Optional[float] = None, cycles: int = HISTORY_CYCLES, decisions: int = HISTORY_DECISIONS,
+                 per_cycle: int = DECISIONS_PER_CYCLE) -> None:
         self._lock = threading.Lock()
         self._figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=cycles)
         self._decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=decisions)
         self._per_cycle = per_cycle
-        self.check_every: Optional[float] = None  # the scaler's, as its farm file says now (the page shows it)
+        self.check_every = check_every  # the scaler's, as its farm file says now (a reload changes it; the page shows it)
         self._status: Optional[dict[str, Any]] = None
 
     def applied(self, at: float, result: Plan, outcome: Outcome) -> None:
@@ -256,12 +257,13 @@ class Scaler:
         self.observed_idle_since: dict[str, float] = {}
         # Farm instances seen in the pool (live or ended): the black hole's "joined".
         self.joined: list[str] = []
+        # The newest decided launches (plan.ENDED): the black hole's memory of what the cloud forgets.
+        self.ended: list[dict[str, Any]] = []
         # Workers drained for consolidation: the disruption budget counts them until their ads show it.
         self.consolidating: list[str] = []
         self.outcome: Optional[Outcome] = None  # what the last cycle's apply did
         self._pool = pool
-        self.history = History()
-        self.history.check_every = spec.check_every
+        self.history = History(spec.check_every)
         # KEEP_STATUS: after each cycle, the farm as --status shows it goes into the history (the page).
         self.keep_status = keep_status
         # The page's verdicts read from consoles: (reason, what it said, when to read again or None),
@@ -291,7 +293,7 @@ class Scaler:
     def memory(self) -> dict[str, Any]:
         """What this scaler remembers for the next plan (in memory only: a restart starts afresh)."""
         return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined),
-                planner.CONSOLIDATING: list(self.consolidating), **self.applier.memory()}
+                planner.CONSOLIDATING: list(self.consolidating), planner.ENDED: [dict(e) for e in self.ended], **self.applier.memory()}
 
     def adopt(self, parts: Parts) -> list[str]:
         """Go on with the farm section read again (PARTS), keeping what this scaler learnt of the
@@ -365,6 +367,7 @@ class Scaler:
             return None
         self.observed_idle_since = dict(result.observed_idle_since)
         self.joined = list(result.joined)
+        self.ended = [dict(e) for e in result.ended]
         for warning in result.warnings:
             self.log.warning("%s", warning)
         self.log.info("cycle: %d waiting job(s), demand %d CPU(s), supply %d CPU(s), %d active (%s)",

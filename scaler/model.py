@@ -227,6 +227,7 @@ class Plan:
     # Hybrid farms: per cloud, in priority order (empty for a farm of one cloud).
     clouds: dict[str, CloudFigures] = field(default_factory=dict)
     consolidating: list[str] = field(default_factory=list)  # workers draining for consolidation (the disruption budget counts them)
+    ended: list[dict[str, Any]] = field(default_factory=list)  # the newest decided launches, for the black hole (plan.ENDED)
     young: int = 0  # idle jobs that have not waited waiting-time yet: not demand (the negotiator may still match them)
 
     def of(self, action: Action) -> list[Decision]:
@@ -271,4 +272,5 @@ class Plan:
             "launch_intents": {name: {"token": token, "count": count} for name, (token, count) in self.intents.items()},
             **({"clouds": {name: asdict(figures) for name, figures in self.clouds.items()}} if self.clouds else {}),
             "consolidating": list(self.consolidating),
+            "ended": [dict(e) for e in self.ended],
         }

@@ -104,6 +104,9 @@ REQUIRED = ("now", "jobs", "slots", "instances")
 # What the scaler remembers from cycle to cycle (in memory only), fed back with each snapshot.
 OBSERVED = "observed_idle_since"
 JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
+# [{id, launched, fate, type, cloud}]: the newest decided launches (joined or lost), for the black
+# hole once the cloud no longer lists them (Nova forgets a deleted server at once)
+ENDED = "ended"
 INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
 CONSOLIDATING = "consolidating"  # ids of workers this scaler drained for consolidation
 BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate" (hybrid: "launch@CLOUD", "terminate@CLOUD"): epoch seconds}: no such call before then
@@ -117,6 +120,8 @@ ON_WORKER = (RUNNING, TRANSFERRING_OUTPUT, SUSPENDED)
 BLACK_HOLE_LOSSES = 3
 BLACK_HOLE_FIRST = 300.0
 BLACK_HOLE_MAX = 3600.0
+# Decided launches remembered per placement (ENDED): enough for the black hole's longest back-off.
+ENDED_KEEP = BLACK_HOLE_LOSSES + math.ceil(math.log2(BLACK_HOLE_MAX / BLACK_HOLE_FIRST)) + 1
 
 Number = Union[int, float]
 
@@ -249,6 +254,16 @@ def _check_memory(data: dict[str, Any]) -> None:
                     and not isinstance(intent.get("count"), bool) and 0 < intent["count"] <= NUMBER_LIMIT):
                 raise SnapshotError(f"'{INTENTS}.{name}' must be {{\"token\": TEXT, \"count\": a positive integer}}")
     _check_epochs(data, BACKOFF, "operation")
+    ended = data.get(ENDED)
+    if ended is not None:
+        if not isinstance(ended, list):
+            raise SnapshotError(f"'{ENDED}' must be a list of {{id, launched, fate, type, cloud}}, got {type(ended).__name__}")
+        for n, entry in enumerate(ended):
+            if not (isinstance(entry, dict) and isinstance(entry.get("id"), str) and _is_number(entry.get("launched"))
+                    and abs(entry["launched"]) <= NUMBER_LIMIT and entry.get("fate") in ("joined", "lost")
+                    and all(isinstance(entry.get(k), (str, type(None))) for k in ("type", "cloud"))):
+                raise SnapshotError(f"'{ENDED}[{n}]' must be {{\"id\": TEXT, \"launched\": epoch seconds, \"fate\": \"joined\" or \"lost\", "
+                                    f"\"type\" and \"cloud\": TEXT or null}}")
 
 
 def _check_epochs(data: dict[str, Any], key: str, what: str) -> None:
@@ -559,28 +574,43 @@ def terminate_key(cloud: Optional[str]) -> str:
     return f"terminate@{cloud}" if cloud is not None else "terminate"
 
 
-def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
-                now: float, memo: Optional[Memo] = None) -> dict[str, BlackHole]:
-    """The black-hole state of each type (in a hybrid farm: of each type on each cloud), from the
-    farm's instances (ended ones included).
+class Fate(NamedTuple):
+    """What became of one launch of the farm (LAUNCHED: epoch seconds), for the black hole."""
 
-    Fate of a launch, newest first: joined (has been in the pool: known joined, or ended with
-    `vfarm:end=drained`, or joined now), lost (`vfarm:end=lost`, lost now, or ended before ever
-    joining without a tag of ours: it powered itself off, e.g. a failed final check), or undecided
-    (still booting). When the newest BLACK_HOLE_LOSSES decided launches of a type were all lost,
-    its launches stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX,
-    counted from when the newest became lost (LaunchTime + boot-timeout); after that, one probe at
-    a time until one joins."""
+    launched: float
+    id: str
+    fate: str  # joined, lost or booting
+    kind: Optional[str]  # its vfarm:type and vfarm:cloud tags
+    cloud: Optional[str]
+    listed: bool = True  # False: remembered, the cloud no longer lists it
+
+
+def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
+                 memo: Optional[Memo] = None, remembered: Iterable[dict[str, Any]] = ()) -> dict[str, list[Fate]]:
+    """The fate of each launch of the farm, per placement, newest first: from its instances (ended
+    ones included) and, for those the cloud no longer lists, what the scaler REMEMBERED of them
+    (ENDED entries: Nova forgets a deleted server at once, EC2 after an hour).
+
+    Fate of a launch: joined (has been in the pool: known joined, or ended with `vfarm:end=drained`,
+    or joined now), lost (`vfarm:end=lost`, lost now, or ended before ever joining without a tag of
+    ours: it powered itself off, e.g. a failed final check), or booting (undecided)."""
     memo = memo or Memo(spec)
-    fates: dict[str, list[tuple[float, str, str]]] = {t.name: [] for t in spec.placements}
+    fates: dict[str, list[Fate]] = {t.name: [] for t in spec.placements}
+    listed: set[str] = set()
+
+    def add(launched: float, iid: str, fate: str, kind: Any, cloud: Any, listed: bool = True) -> None:
+        kind, cloud = (str(kind) if kind is not None else None), (str(cloud) if cloud is not None else None)
+        fates[memo.placement(kind, cloud).name].append(Fate(launched, iid, fate, kind, cloud, listed))
+
     for inst in instances:
         tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags") or () if isinstance(t, dict)}
         if tags.get(FARM_TAG) != spec.name:
             continue
+        iid = str(inst.get("InstanceId"))
+        listed.add(iid)
         launched = memo.epoch(inst.get("LaunchTime"))
         if launched is None:
             continue
-        iid = str(inst.get("InstanceId"))
         end = tags.get(END_TAG)
         current = workers.get(iid)
         state = current.state if current is not None else None
@@ -592,24 +622,52 @@ def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joi
             fate = "booting"
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
-        kind, cloud = tags.get(TYPE_TAG), tags.get(CLOUD_TAG)
-        fates[memo.placement(str(kind) if kind is not None else None, str(cloud) if cloud is not None else None).name].append((launched, iid, fate))
+        add(launched, iid, fate, tags.get(TYPE_TAG), tags.get(CLOUD_TAG))
+    for entry in remembered:
+        if entry["id"] not in listed:
+            add(float(entry["launched"]), entry["id"], entry["fate"], entry.get("type"), entry.get("cloud"), listed=False)
+    for history in fates.values():
+        history.sort(reverse=True)
+    return fates
+
+
+def ended_memory(fates: dict[str, list[Fate]]) -> list[dict[str, Any]]:
+    """The decided launches to remember for the next cycle (ENDED): the newest ENDED_KEEP of each
+    placement, as many as the black hole's longest back-off counts."""
+    kept = []
+    for history in fates.values():
+        decided = [f for f in history if f.fate != "booting"][:ENDED_KEEP]
+        kept += [{"id": f.id, "launched": f.launched, "fate": f.fate, "type": f.kind, "cloud": f.cloud} for f in decided]
+    return sorted(kept, key=lambda e: (e["launched"], e["id"]))
+
+
+def black_holes(instances: list[dict[str, Any]], workers: dict[str, Worker], joined: set[str], spec: ScaleSpec,
+                now: float, memo: Optional[Memo] = None, remembered: Iterable[dict[str, Any]] = ()) -> dict[str, BlackHole]:
+    """The black-hole state of each type (in a hybrid farm: of each type on each cloud), from the
+    fates of its launches (launch_fates)."""
+    return _black_holes(launch_fates(instances, workers, joined, spec, memo, remembered), spec, now)
+
+
+def _black_holes(fates: dict[str, list[Fate]], spec: ScaleSpec, now: float) -> dict[str, BlackHole]:
+    """When the newest BLACK_HOLE_LOSSES decided launches of a placement were all lost, its launches
+    stop for BLACK_HOLE_FIRST seconds, doubling per further loss up to BLACK_HOLE_MAX, counted from
+    when the newest became lost (LaunchTime + boot-timeout); after that, one probe at a time until
+    one joins. `lost` names the lost launches the cloud still lists (the scaler reads their consoles)."""
     holes = {}
     for name, history in fates.items():
-        history.sort(reverse=True)
-        lost = [iid for _launched, iid, fate in history if fate == "lost"]
+        lost = [f.id for f in history if f.fate == "lost" and f.listed]
         streak, in_flight = 0, 0
         newest_lost: Optional[float] = None
-        for launched, _iid, fate in history:
-            if fate == "booting":
+        for f in history:
+            if f.fate == "booting":
                 in_flight += 1
                 continue
-            if fate != "lost":
+            if f.fate != "lost":
                 break
             streak += 1
             if newest_lost is None:
-                newest_lost = launched + spec.boot_timeout
-        streak_ids = [iid for _launched, iid, fate in history if fate != "booting"][:streak]
+                newest_lost = f.launched + spec.boot_timeout
+        streak_ids = [f.id for f in history if f.fate != "booting"][:streak]
         if streak < BLACK_HOLE_LOSSES:
             holes[name] = BlackHole(streak=streak, in_flight=in_flight, lost=lost, streak_ids=streak_ids)
             continue
@@ -683,7 +741,8 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     instances, by_instance = _workers(snapshot, spec, now, scanned, started, memo)
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
-    holes = black_holes(snapshot["instances"], {w.id: w for w in instances}, joined, spec, now, memo)
+    fates = launch_fates(snapshot["instances"], {w.id: w for w in instances}, joined, spec, memo, snapshot.get(ENDED) or ())
+    holes = _black_holes(fates, spec, now)
     farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()},
                         _known_types(spec, snapshot["instances"], instances))
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
@@ -711,6 +770,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
         joined=sorted(joined), intents=intents, clouds=_cloud_figures(farm, launching, decisions), consolidating=merged.remembered,
+        ended=ended_memory(fates),
         young=sum(job.get("JobCount", 1) for job in scanned.young),
     )
 

@@ -58,6 +58,8 @@ class FakeCloud:
         self.tokens: dict[str, list[str]] = {}
         self.fail: dict[str, str] = {}  # operation -> message
         self.lose_reply = False  # the launch happens, the reply is lost
+        self.forgets_ended = False  # as Nova: a terminated instance is no longer listed
+        self.launched = 0
         self.calls: list[tuple[str, Any]] = []
 
     def farm_instances(self) -> list[dict[str, Any]]:
@@ -71,7 +73,8 @@ class FakeCloud:
         if "launch" in self.fail:
             raise apply.CloudError(self.fail["launch"])
         if token not in self.tokens:
-            ids = [f"i-{len(self.instances) + k:04d}" for k in range(count)]
+            ids = [f"i-{self.launched + k:04d}" for k in range(count)]
+            self.launched += count
             for iid in ids:
                 self.instances[iid] = instance(iid, self.clock[0], "pending")
             self.tokens[token] = ids
@@ -87,6 +90,8 @@ class FakeCloud:
         for iid, end in ends.items():
             self.instances[iid]["Tags"].append({"Key": "vfarm:end", "Value": end})
             self.instances[iid]["State"] = {"Name": "terminated"}
+            if self.forgets_ended:
+                del self.instances[iid]
 
 
 class FakeDrain:
@@ -312,6 +317,66 @@ def test_black_hole_stops_launches_loudly_then_probes(caplog: pytest.LogCaptureF
     result = w.scaler.cycle()
     assert result is not None and result.types["default"].black_hole.active is False
     assert launches(w.cloud)[-1][0] > 1
+
+
+def test_black_hole_holds_on_a_cloud_that_forgets_ended_instances(caplog: pytest.LogCaptureFixture) -> None:
+    # Nova lists a deleted server no more: the scaler remembers the fates of its ended launches.
+    spec = scale_spec.parse({"name": NAME, "cloud": {"type": "ec2"}, "max-vms": 3, "cpus-per-vm": 1, "waiting-time": 0,
+                             "boot-timeout": 100, "check-every": 10})
+    w = World(caplog, spec)
+    w.cloud.forgets_ended = True
+    w.jobs = [job(i) for i in range(3)]
+    w.scaler.cycle()
+    w.tick(100)
+    w.scaler.cycle()  # all three lost and terminated: the cloud forgets them
+    lost_at = w.now[0]
+    assert w.cloud.instances == {} and len(launches(w.cloud)) == 1
+    for _ in range(5):
+        w.tick(50)
+        result = w.scaler.cycle()
+        assert result is not None and result.types["default"].black_hole.blocked
+    assert len(launches(w.cloud)) == 1
+    w.now[0] = lost_at + 300
+    w.scaler.cycle()
+    assert launches(w.cloud)[-1][0] == 1  # one probe
+    w.tick(100)
+    result = w.scaler.cycle()  # the probe is lost too: the back-off doubles
+    assert result is not None and (result.types["default"].black_hole.streak, result.types["default"].black_hole.delay) == (4, 600.0)
+    assert len(w.scaler.ended) == 4 and {e["fate"] for e in w.scaler.ended} == {"lost"}
+    w.now[0] = result.types["default"].black_hole.until
+    w.scaler.cycle()
+    probe = [i for i, d in w.cloud.instances.items() if d["State"]["Name"] == "pending"]
+    assert len(probe) == 1 and len(launches(w.cloud)) == 3
+    w.slots = [slot(probe[0], entered=w.now[0])]  # it joins (and, later ended, the cloud forgets it)
+    w.jobs = []
+    w.tick(10)
+    w.scaler.cycle()
+    assert [e["fate"] for e in w.scaler.ended][-1] == "joined"
+    del w.cloud.instances[probe[0]]
+    w.slots = []
+    w.jobs = [job(i) for i in range(3)]
+    w.tick(10)
+    result = w.scaler.cycle()  # the newest decided launch joined: launches go on, whole
+    assert result is not None and result.types["default"].black_hole.active is False
+    assert launches(w.cloud)[-1][0] == 3
+
+
+def test_the_black_holes_memory_keeps_the_newest_decided_launches_of_each_type() -> None:
+    spec = scale_spec.parse({"name": NAME, "cloud": {"type": "ec2"}, "max-vms": 3, "boot-timeout": 100})
+    insts = [instance(f"i-{k:02d}", 1000.0 + k, "terminated", "lost") for k in range(12)] + [instance("i-new", 3000.0, "pending")]
+    result = planner.plan({"now": 3010.0, "jobs": [], "slots": [], "instances": insts}, spec)
+    assert [e["id"] for e in result.ended] == [f"i-{k:02d}" for k in range(12 - planner.ENDED_KEEP, 12)]
+    assert result.ended[-1] == {"id": "i-11", "launched": 1011.0, "fate": "lost", "type": None, "cloud": None}
+    # fed back with nothing listed, the same black hole; a listed instance wins over what is remembered
+    again = planner.plan({"now": 3010.0, "jobs": [], "slots": [], "instances": [], "ended": result.ended}, spec)
+    hole, remembered = result.types["default"].black_hole, again.types["default"].black_hole
+    assert (remembered.active, remembered.blocked, remembered.delay, remembered.until) == (True, True, 3600.0, hole.until)
+    assert remembered.streak == planner.ENDED_KEEP and remembered.lost == []  # no console to read of what the cloud forgot
+    listed = planner.plan({"now": 3010.0, "jobs": [], "slots": [], "instances": [instance("i-11", 1011.0, "terminated", "drained")],
+                           "ended": result.ended}, spec)
+    assert listed.types["default"].black_hole.active is False
+    with pytest.raises(planner.SnapshotError, match=r"'ended\[0\]' must be"):
+        planner.plan({"now": 1.0, "jobs": [], "slots": [], "instances": [], "ended": [{"id": "i-1", "launched": 1.0, "fate": "gone"}]}, spec)
 
 
 def test_black_hole_back_off_doubles_to_an_hour() -> None:
