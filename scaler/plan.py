@@ -68,7 +68,7 @@ import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Optional, Union
 
 from ..config.condor import INSTANCE_ATTRIBUTE, VERDICT_ATTRIBUTE
@@ -1095,11 +1095,11 @@ def _consolidation(farm: _Farm, launching: _Launching, decisions: list[Decision]
     # Quiet: no launch, no waiting jobs over the threshold, and no job just submitted that a worker
     # could take (it is not demand yet, but it may land on the free CPUs consolidation counts).
     quiet = not launching.over_threshold and not any(d.action is Action.LAUNCH for d in decisions) and not farm.young_kinds
-    loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ())) for w in farm.instances if w.state in consolidate.OPEN}
+    loads = {w.id: consolidate.load_of(farm.by_instance.get(w.id, ()), farm.now) for w in farm.instances if w.state in consolidate.OPEN}
     for iid, launched_as in farm.known.items():  # no more idle CPUs than its type has, less those in use (as _at_most)
         if iid in loads:
             load = loads[iid]
-            loads[iid] = consolidate.Load(load.used, min(load.free, max(0, launched_as.cpus - load.used)), load.known)
+            loads[iid] = replace(load, free=min(load.free, max(0, launched_as.cpus - load.used)))
     return consolidate.choose(farm.instances, loads, remembered, spec.idle_cpus_budget, spec.disruption_budget,
                               max(0, farm.active - spec.min_vms - len(leaving)), quiet, leaving)
 

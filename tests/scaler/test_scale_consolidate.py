@@ -20,7 +20,7 @@ from vfarm.config import scale as scale_spec
 from vfarm.config.loader import ConfigError, load_text
 from vfarm.scaler import consolidate
 from vfarm.scaler import plan as planner
-from vfarm.scaler.model import DRAIN_REASON_PREFIX
+from vfarm.scaler.model import DRAIN_REASON_PREFIX, Action
 
 NOW = 1_700_000_000.0
 FARM = "farm"
@@ -49,7 +49,8 @@ def worker_slots(iid: str, jobs: list[int], drained: bool = False, cpus: int = C
              "Cpus": free, "PartitionableSlot": True, "EnteredCurrentState": NOW - 9999, "NumDynamicSlotsTime": NOW - 600,
              "VfarmInstanceId": iid, **({"Draining": True, "DrainReason": drain_reason} if drained else {})}
     dynamic = [{"Name": f"slot1_{n + 1}@{iid}", "Machine": f"m-{iid}", "State": "Claimed", "Activity": "Retiring" if drained else "Busy",
-                "Cpus": c, "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "VfarmInstanceId": iid} for n, c in enumerate(jobs)]
+                "Cpus": c, "DynamicSlot": True, "EnteredCurrentState": NOW - 600, "JobStart": NOW - 600, "MaxJobRetirementTime": 3600,
+                "VfarmInstanceId": iid} for n, c in enumerate(jobs)]
     return [pslot, *dynamic]
 
 
@@ -331,6 +332,26 @@ def test_never_more_than_the_budget_drained_for_consolidation_and_never_a_job_ki
         draining = [w.id for w in workers.values() if w.for_consolidation]
         assert len(draining) <= line.budget, f"cycle {cycle}: {draining} drained for consolidation, budget {line.budget}"
     assert all(n == 1 for n in started.values())
+
+
+def test_a_worker_whose_job_a_drain_would_evict_is_not_drained_for_consolidation() -> None:
+    """HTCondor evicts a job on a draining worker MaxJobRetirementTime after the job started: a
+    worker whose job has less retirement time left than it has run is left alone (its ads say so)."""
+    base = snapshot({"i-a": [1], "i-b": [2], "i-c": [1]})
+    assert [d.instance for d in planner.plan(base, spec()).decisions if d.action is Action.DRAIN] == ["i-a"]
+
+    def aged(snap: dict[str, Any], iid: str, **ad: Any) -> dict[str, Any]:
+        return {**snap, "slots": [{**s, **ad} if s.get("DynamicSlot") and s["VfarmInstanceId"] == iid else s for s in snap["slots"]]}
+
+    for ad in ({"JobStart": NOW - 7200}, {"JobStart": NOW - 1900}, {"MaxJobRetirementTime": 0}):
+        drained = [d.instance for d in planner.plan(aged(base, "i-a", **ad), spec()).decisions if d.action is Action.DRAIN]
+        assert drained == ["i-c"], ad  # the next least loaded, whose job is young
+    # Half its retirement time run, not more: still drained.
+    drained = [d.instance for d in planner.plan(aged(base, "i-a", JobStart=NOW - 1800), spec()).decisions if d.action is Action.DRAIN]
+    assert drained == ["i-a"]
+    assert consolidate.load_of([{"State": "Claimed", "Cpus": 1, "JobStart": NOW - 10, "MaxJobRetirementTime": 0}], NOW).evicts
+    assert not consolidate.load_of([{"State": "Claimed", "Cpus": 1, "JobStart": NOW - 10, "MaxJobRetirementTime": 0}]).evicts
+    assert not consolidate.load_of([{"State": "Claimed", "Cpus": 1, "JobStart": "x", "MaxJobRetirementTime": 0}], NOW).evicts
 
 
 def test_a_partitionable_slot_given_out_whole_is_no_free_cpu() -> None:

@@ -704,7 +704,7 @@ def test_properties(case: tuple[dict[str, Any], scale_spec.ScaleSpec]) -> None:
     assert not set(result.terminate) & claimed  # never a busy instance terminated
     others = {s["VfarmInstanceId"] for s in snapshot["slots"] if s["State"] == "Drained" and s.get("DrainReason") != SCALERS_DRAIN}
     assert not touched & others  # never one someone else drains, nor drained again
-    # A busy worker is drained only to consolidate (gracefully: its jobs run to their end), while
+    # A busy worker is drained only to consolidate (gracefully: its jobs run on within their retirement time), while
     # the plan launches nothing, and never more than the disruption budget at once.
     consolidating = {d.instance for d in result.decisions if d.action is Action.DRAIN and d.reason.startswith("consolidation")}
     assert set(result.drain) & claimed <= consolidating
