@@ -7,7 +7,9 @@ Bad input never shows a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -52,6 +54,21 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     return parser
 
 
+# What writing stdout fails with besides a closed pipe: ENOSPC, EDQUOT, EFBIG, EIO.
+OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _stdout_closed() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit has nothing left to
+    fail on (Python's advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser(argv).parse_args(argv)
     unused = io_timeout_problem()
@@ -59,10 +76,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"vfarm: warning: {shown_message(unused)}", file=sys.stderr)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a full disk is then one line too
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        _stdout_closed()
         return EXIT_OK
+    except OSError as err:
+        if err.filename is not None or err.errno not in OUTPUT_ERRORS:
+            raise
+        # Writing stdout failed (a file on a full disk): every other write names its file.
+        _stdout_closed()
+        return fail(f"{args.command}: cannot write the output: {err.strerror}")
     except (RecursionError, MemoryError) as err:
         # A last guard: every reader bounds its input, but a bound missed must still be one line.
         return fail(f"{args.command}: the input is too large or too deeply nested to handle ({type(err).__name__})")

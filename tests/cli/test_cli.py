@@ -64,3 +64,13 @@ def test_validate_shows_a_path_with_control_characters_escaped_and_json_gives_it
     report = subprocess.run([sys.executable, "-m", "vfarm", "validate", "--json", str(odd)], capture_output=True, text=True, timeout=120)
     assert "\x1b" not in report.stdout  # JSON escapes it
     assert json.loads(report.stdout)[0]["file"] == str(odd)
+
+
+@pytest.mark.parametrize("argv", [["build", "examples/torino.yaml", "--handlers", "baked"], ["validate", "--json", "examples/torino.yaml"]],
+                         ids=["build", "validate-json"])
+def test_output_onto_a_full_disk_is_one_line_and_exit_1(argv: list[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "vfarm", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"vfarm: {argv[0]}: cannot write the output: No space left on device\n"
