@@ -33,6 +33,9 @@ from . import bundle, checkpart, cloudconfig
 from .limits import EC2_LIMIT, GZIP_MODES
 from .pinloader import split_userinfo
 
+# A host name: labels of 1-63 letters, digits, inner hyphens (and underscores, which some sites' names carry).
+HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
+
 MAX_ATTACHMENT = 1024 * 1024
 # Types cloud-init (22.4 and 25.1) has a handler or a special meaning for, by make-mime subtype.
 CLOUD_INIT_TYPES = (
@@ -201,8 +204,33 @@ def parse_handlers(value: str) -> HandlerMode:
         if parts.query or parts.fragment or any(mark in bare for mark in "?#"):
             raise BuildError(f"--handlers include=URL_BASE: {shown!r} has a query or fragment (? or #): the base is a folder, "
                              "each handler's file name is added to it (like https://example.org/vfarm/handlers)")
+        where = _fetch_problem(parts)
+        if where:
+            # A fetch that fails makes cloud-init drop the whole user-data: no handler, no power-off.
+            raise BuildError(f"--handlers include=URL_BASE: {shown!r}: {where} (like https://example.org/vfarm/handlers)")
         return HandlerMode("include", base)
     raise BuildError(f"--handlers: expected embed, baked or include=URL_BASE, got {password_hidden(value)!r}")
+
+
+def _fetch_problem(parts: Any) -> Optional[str]:
+    """Why no instance could ever fetch from the URL of PARTS (urlsplit's), or None: a port out of
+    range or not a number, no host, a host name with an empty or malformed label, a bad IP address."""
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    if port == 0:
+        return "its port is not a number from 1 to 65535"
+    host = parts.hostname or ""
+    if not host:
+        return "it names no host"
+    bracketed = parts.netloc.rpartition("@")[2].startswith("[")
+    if bracketed or ":" in host or re.fullmatch(r"[\d.]+", host):
+        problem = condor_spec.host_problem(host, bracketed)
+        return f"its host: {problem}" if problem else None
+    if not HOST_NAME.fullmatch(host.rstrip(".")) or len(host) > condor_spec.MAX_HOST_NAME:
+        return f"{host!r} is not a host name (dot-separated labels of letters, digits and inner hyphens)"
+    return None
 
 
 def password_hidden(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import gzip
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -357,3 +358,26 @@ def test_gzipped_user_data_never_goes_to_a_terminal(gzip_mode: str, refused: boo
         assert "the user-data is gzipped" in captured.err and "stdout is a terminal" in captured.err
     else:
         assert code == 0 and captured.out.startswith("Content-Type: multipart/mixed")
+
+
+@pytest.mark.parametrize(("base", "why"), [
+    ("https://h.example.org:99999/v", "its port is not a number from 1 to 65535"),
+    ("https://h.example.org:abc/v", "its port is not a number from 1 to 65535"),
+    ("https://h.example.org:0/v", "its port is not a number from 1 to 65535"),
+    ("https://:80/v", "it names no host"),
+    ("https://user:Pw9Secret@:80/v", "it names no host"),
+    ("https://h..example/v", "'h..example' is not a host name"),
+    ("https://-h.example/v", "'-h.example' is not a host name"),
+    ("http://999.1.1.1/h", "its host: 999.1.1.1 is not an IPv4 address"),
+])
+def test_an_include_base_no_instance_could_fetch_from_is_refused(base: str, why: str) -> None:
+    """A fetch that fails makes cloud-init drop the whole user-data: refused when building."""
+    with pytest.raises(mime.BuildError, match=re.escape(why)) as err:
+        mime.parse_handlers(f"include={base}")
+    assert "Pw9Secret" not in str(err.value)
+
+
+@pytest.mark.parametrize("base", ["https://h.example.org:8443/v", "http://127.0.0.1:8080/h", "http://[::1]:8080/h", "https://h.example.org./v",
+                                  "https://u:p@web_01.site.example/h"])
+def test_an_include_base_an_instance_can_fetch_from_is_taken(base: str) -> None:
+    assert mime.parse_handlers(f"include={base}").url_base == base
