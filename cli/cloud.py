@@ -228,8 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "terminate", "terminate vfarm's instances on an EC2 API or OpenStack (never others)",
                     description="Terminate the instances named (or, with --all, every vfarm instance, narrowed by --tag); an "
                                 f"instance without the {ec2.MANAGED_TAG}=true tag (OpenStack: metadata) is never touched. With IDs, "
-                                "--tag is a check: if any ID lacks one of the tags, nothing is terminated (exit 1; EC2 only, "
-                                "OpenStack takes --tag with --all only).",
+                                "--tag is a check: if any ID lacks one of the tags (OpenStack: metadata), nothing is terminated (exit 1).",
                     examples=["vfarm terminate i-0123456789abcdef0", "vfarm terminate --all --tag vfarm:farm=torino",
                               "vfarm terminate i-0123456789abcdef0 --tag vfarm:farm=torino", "vfarm terminate --os-cloud site --all"])
     p.add_argument("ids", nargs="*", metavar="ID", help="an instance (server) ID")
