@@ -728,6 +728,14 @@ def _known_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Wo
     return {w.id: tagged[w.id] for w in workers if w.id in tagged}
 
 
+def _unlisted_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Worker]) -> dict[str, str]:
+    """By id, the type tag of each of WORKERS whose vfarm:type names no type the farm lists (a
+    farm file reloaded or restarted without it): what it has is unknown to the spec."""
+    names = {t.name for t in spec.types}
+    tagged = {str(i["InstanceId"]): str(kind) for i in listed if (kind := tag(i, TYPE_TAG)) is not None and kind not in names}
+    return {w.id: tagged[w.id] for w in workers if w.id in tagged}
+
+
 def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     """The decisions for one snapshot (see the module's doc). Pure: reads nothing else.
     Read the farm, fit the waiting jobs, then decide in this order: launches (and holds), drains of
@@ -744,8 +752,12 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     fates = launch_fates(snapshot["instances"], {w.id: w for w in instances}, joined, spec, memo, snapshot.get(ENDED) or ())
     holes = _black_holes(fates, spec, now)
     farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()},
-                        _known_types(spec, snapshot["instances"], instances))
+                        _known_types(spec, snapshot["instances"], instances), _unlisted_types(spec, snapshot["instances"], instances))
     fitted, unfit = _fit_waiting(scanned, spec, warnings)
+    if farm.unlisted and spec.max_cpus is not None:
+        kinds = ", ".join(sorted(set(farm.unlisted.values())))
+        warnings.append(f"{len(farm.unlisted)} live worker(s) of type(s) the farm no longer lists ({kinds}): max-cpus counts each as the CPUs "
+                        f"its ads advertise, at least the largest listed type's")
     if farm.overstated:
         shown = farm.overstated[:3] + ([f"{len(farm.overstated) - 3} more"] if len(farm.overstated) > 3 else [])
         warnings.append(f"{len(farm.overstated)} worker(s) advertise more free resources than their type has, read as at most the type's "
@@ -825,6 +837,7 @@ class _Farm:
     live_cpus: int  # max-cpus counts what a cloud's quota in cores counts: every live worker, draining ones included
     known: dict[str, WorkerType] = field(default_factory=dict)  # by id, the type a worker is known to be: read as at most its amounts
     overstated: list[str] = field(default_factory=list)  # those whose ads claimed more (for the plan's warning)
+    unlisted: dict[str, str] = field(default_factory=dict)  # live workers of a type no longer listed: their type tag (a warning)
     young_kinds: frozenset[str] = frozenset()  # the types some idle job younger than waiting-time fits
 
     @property
@@ -839,15 +852,25 @@ class _Farm:
 
 
 def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instance: dict[str, list[dict[str, Any]]], holes: dict[str, BlackHole],
-           backoff: dict[str, float], known: dict[str, WorkerType]) -> _Farm:
+           backoff: dict[str, float], known: dict[str, WorkerType], unlisted: Optional[dict[str, str]] = None) -> _Farm:
     """The farm's counts; KNOWN: by id, the type of each worker whose type the farm knows
-    (_known_types), whose free resources are read as at most that type's (_at_most)."""
+    (_known_types), whose free resources are read as at most that type's (_at_most); UNLISTED: by
+    id, the type tag of each live worker whose type the farm no longer lists (_unlisted_types)."""
     placements = spec.placements
     overstated: list[str] = []
+    unlisted = unlisted or {}
+    largest = max(t.cpus for t in spec.types)
 
     def type_of(w: Worker) -> WorkerType:
         """The type W was launched as: its known type, else its placement's."""
         return known.get(w.id) or spec.worker_type(w.type)
+
+    def cpus_of(w: Worker) -> int:
+        """W's CPUs as max-cpus counts them: a worker of a type no longer listed has what its ads
+        advertise (TotalCpus), at least the largest listed type's CPUs."""
+        if w.id in unlisted:
+            return max([largest, *(int(c) for s in by_instance.get(w.id, ()) if _is_number(c := s.get("TotalCpus")) and 0 < c <= NUMBER_LIMIT)])
+        return type_of(w).cpus
 
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
                for p in placements}
@@ -881,7 +904,8 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
         if w.state in ACTIVE and w.cloud is not None:
             cloud_active[w.cloud] += 1
     return _Farm(spec, now, instances, by_instance, figures, supply, backoff, type_active, cloud_active, active=sum(f.active for f in figures.values()),
-                 live_cpus=sum(type_of(w).cpus for w in instances), known=known, overstated=overstated)
+                 live_cpus=sum(cpus_of(w) for w in instances), known=known, overstated=overstated,
+                 unlisted={w.id: unlisted[w.id] for w in instances if w.id in unlisted and w.state in ACTIVE})
 
 
 @dataclass

@@ -541,3 +541,20 @@ def test_a_types_max_counts_the_workers_launched_as_it_wherever_they_count() -> 
     result = planner.plan({"now": NOW, "jobs": [job(n, cpus=8) for n in range(3)], "slots": slots, "instances": [placed("i-big", "large", "site")]}, farm)
     assert [(w.type, w.state.value) for w in result.instances] == [("small@site", "busy")]
     assert launches(result).get("large@aws", 0) == 0, result.decisions
+
+
+def test_max_cpus_counts_a_worker_of_a_type_no_longer_listed_by_its_ads() -> None:
+    """A farm file reloaded without a type its live workers were launched as: their CPUs are what
+    their ads advertise (at least the largest listed type's), so max-cpus is not overshot."""
+    small_only = spec(FARM.replace("max-vms: 10", "max-vms: 50\n  max-cpus: 32").split("    - {name: large")[0])
+    insts = [instance(f"i-L{k}", "large", NOW - 500) for k in range(4)]
+    slots = [{"Name": f"slot1@w-i-L{k}", "VfarmInstanceId": f"i-L{k}", "State": "Unclaimed", "Activity": "Idle", "Cpus": 0, "TotalCpus": 8,
+              "EnteredCurrentState": NOW - 10, "SlotType": "Partitionable"} for k in range(4)]
+    result = planner.plan({"now": NOW, "jobs": [job(n) for n in range(40)], "slots": slots, "instances": insts}, small_only)
+    assert launches(result) == {}
+    assert any("max-cpus 32 reached (32 CPUs live)" in d.reason for d in result.decisions if d.action == "hold")
+    assert any("4 live worker(s) of type(s) the farm no longer lists (large)" in w for w in result.warnings)
+    # Booting, without ads: each counts as the largest listed type (1 CPU here), and the warning says so.
+    young = [instance(f"i-L{k}", "large", NOW - 50, "pending") for k in range(4)]
+    booting = planner.plan({"now": NOW, "jobs": [job(n) for n in range(40)], "slots": [], "instances": young}, small_only)
+    assert launches(booting) == {"small": 28}
