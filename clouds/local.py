@@ -125,6 +125,22 @@ def private_dir(path: Path, *, create: bool = True) -> Path:
 _KVM: Optional[bool] = None
 
 
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo"), cpufreq: Path = Path("/sys/devices/system/cpu/cpu0/cpufreq")) -> Optional[int]:
+    """The rate of this host's TSC in kHz, which a TCG guest's TSC runs at (qemu reads the host's),
+    when CPUINFO gives it: an invariant TSC (constant_tsc, nonstop_tsc) on a host without CPUFREQ,
+    where "cpu MHz" is the kernel's TSC rate, not a current clock frequency. Else None."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*(\d+(?:\.\d+)?)\s*$", text, re.M)
+    if flags is None or mhz is None or cpufreq.exists() or not {"constant_tsc", "nonstop_tsc"} <= set(flags.group(1).split()):
+        return None
+    khz = round(float(mhz.group(1)) * 1000)
+    return khz if 100_000 <= khz <= 10_000_000 else None
+
+
 def kvm_works(kernel: Optional[Path] = None) -> bool:
     """True only where KVM really runs a guest: vmx/svm and kvm_intel/kvm_amd, then a bounded probe
     boot. On these machines /dev/kvm is a software backend that hangs stock kernels (test-vm-facts)."""
@@ -567,12 +583,18 @@ class LocalInstance:
         # loaded host and trixie guests died of "Oops: int3" (seen twice in full CI runs).
         accel = "kvm" if kvm_works(self.image.kernel) else "tcg,thread=single"
         mmio = machine == "microvm"
+        # microvm has no HPET or ACPI PM timer: the kernel calibrates its TSC against the PIT alone,
+        # which under TCG fails on some hosts on every boot (the kernel then hangs). Told the rate,
+        # it skips the calibration (tsc=reliable: one TSC for both vCPUs, as qemu gives them).
+        tsc = host_tsc_khz() if mmio and accel != "kvm" else None
+        cmdline = "root=LABEL=root console=ttyS0 rw" + (f" tsc_early_khz={tsc} tsc=reliable" if tsc else "")
+        if metadata is not None:
+            cmdline += " " + metadata_cmdline(str(self.image.info.get("cloud_init", "")))
         argv = ["qemu-system-x86_64", "-accel", accel, "-cpu", "host" if accel == "kvm" else "qemu64",
                 "-smp", str(self.smp), "-m", str(self.memory),
                 "-machine", "microvm,pit=on,pic=on,rtc=on" if mmio else "pc", "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", "root=LABEL=root console=ttyS0 rw" + (" " + metadata_cmdline(str(self.image.info.get("cloud_init", "")))
-                                                                 if metadata is not None else "")]
+                "-append", cmdline]
         disks = [(self.disk, False), (self.data, False)] + ([(self.folder / "seed.iso", True)] if metadata is None else [])
         suffix = "device" if mmio else "pci"
         for n, (path, readonly) in enumerate(disks):
@@ -621,10 +643,10 @@ class LocalInstance:
             machine = os.environ.get("VFARM_QEMU_MACHINE", "microvm")
             result = run(machine)
             if result.outcome in ("no-pit", "stalled", "early-panic") and machine == "microvm":
-                # microvm's timer calibration fails at random on a loaded host (the kernel then
-                # hangs, or panics in a timer interrupt); it shows before userspace runs, so the
-                # disks are untouched: boot again as `pc`.
-                self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}, a busy host): booting as -machine pc")
+                # microvm's timer calibration fails on some hosts (the kernel then hangs, or panics
+                # in a timer interrupt), at random on a loaded one; it shows before userspace runs,
+                # so the disks are untouched: boot again as `pc`.
+                self._say(f"{self.instance_id}: microvm hung in the kernel ({result.outcome}): booting as -machine pc")
                 keep_console(f"microvm-{result.outcome}")
                 machine = "pc"
                 result = run(machine)

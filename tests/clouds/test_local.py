@@ -36,6 +36,28 @@ def test_qemu_line_reaches_only_the_loopback_forward(tmp_path: Path, monkeypatch
     assert pc[pc.index("-machine") + 1] == "pc" and "virtio-blk-pci,drive=d0" in pc
 
 
+def test_microvm_under_tcg_is_told_the_hosts_tsc_rate_when_cpuinfo_gives_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 1996.249\nflags\t\t: fpu tsc constant_tsc nonstop_tsc tsc_known_freq\n")
+    assert local.host_tsc_khz(cpuinfo, tmp_path / "no-cpufreq") == 1996249
+    (tmp_path / "cpufreq").mkdir()  # "cpu MHz" is then a current clock frequency, not the TSC's
+    assert local.host_tsc_khz(cpuinfo, tmp_path / "cpufreq") is None
+    cpuinfo.write_text("cpu MHz\t\t: 1996.249\nflags\t\t: fpu tsc\n")  # a TSC that may change its rate
+    assert local.host_tsc_khz(cpuinfo, tmp_path / "no-cpufreq") is None
+    assert local.host_tsc_khz(tmp_path / "missing", tmp_path / "no-cpufreq") is None
+
+    monkeypatch.setattr(local, "_KVM", False)
+    monkeypatch.setattr(local, "host_tsc_khz", lambda: 2000000)
+    instance = local.LocalInstance(fake_image(tmp_path), b"", folder=tmp_path / "i")
+    micro = instance.qemu_argv(port=None)
+    assert micro[micro.index("-append") + 1].endswith(" tsc_early_khz=2000000 tsc=reliable")
+    pc = instance.qemu_argv(port=None, machine="pc")
+    assert "tsc_early_khz" not in pc[pc.index("-append") + 1]
+    monkeypatch.setattr(local, "host_tsc_khz", lambda: None)
+    micro = instance.qemu_argv(port=None)
+    assert "tsc" not in micro[micro.index("-append") + 1]
+
+
 def test_seed_has_meta_data_user_data_and_network_config(tmp_path: Path) -> None:
     iso = local.make_seed(tmp_path, b"#cloud-config\n", "i-test", "host-test", network=True)
     listing = subprocess.run(["isoinfo", "-R", "-f", "-i", str(iso)], capture_output=True, text=True).stdout.split()
