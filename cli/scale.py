@@ -164,6 +164,8 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
             hole = f.black_hole
             note = ("black hole, blocked" if hole.blocked else "black hole, probing" if hole.probing else
                     f"{hole.streak} lost in a row" if hole.streak else "-")
+            if f.launch_backoff_until > result.now:
+                note = f"back-off {f.launch_backoff_until - result.now:.0f}s" + ("" if note == "-" else f", {note}")
             most = spec.worker_type(t.kind).max  # a placement's: its type's, over all its clouds
             type_rows.append((t.name, t.cpus, t.memory if t.memory is not None else "-", t.gpus, most if most is not None else "-", f"{t.cost:g}",
                               f.active, f.waiting, f.wanted, note))

@@ -1008,6 +1008,9 @@ def _launch_decisions(farm: _Farm, launching: _Launching, intents_seen: dict[str
                 why += ", capped at " + _reached(farm, p, launches, capped=True)
         if f.black_hole.probing:
             why = f"probe after a black hole ({f.black_hole.streak} lost in a row); " + why
+        passed_over = _held_before(farm, launching, p)
+        if passed_over:
+            why += "; instead of " + "; ".join(passed_over)
         if intent is not None and intent[1] <= n:
             token, n = intent[0], intent[1]  # the same call again: the cloud hands back what a lost reply started
             why += "; the same token as a launch of unknown outcome"
@@ -1016,6 +1019,21 @@ def _launch_decisions(farm: _Farm, launching: _Launching, intents_seen: dict[str
         options = _fallback(farm, launching, p) if launching.over_threshold else ()
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
     return decisions, kept
+
+
+def _held_before(farm: _Farm, launching: _Launching, placement: WorkerType) -> list[str]:
+    """The placements held at 0 (black hole, back-off, a probe booting) that some of the jobs
+    PLACEMENT launches for would go to first, each with why it is held."""
+    spec = farm.spec
+    index = spec.placements.index(placement)
+    earlier = {c for g in launching.fitted.groups if index in g.choices for c in g.choices[:g.choices.index(index)]}
+    shown = []
+    for c in sorted(earlier):
+        q = spec.placements[c]
+        if q.name in launching.held:
+            what = " on ".join(filter(None, [f"type {q.kind}" if spec.typed else "", f"cloud {q.on}" if q.on is not None else ""]))
+            shown.append(f"{what or q.name}: {launching.held[q.name]}")
+    return shown
 
 
 def _idle_drains(farm: _Farm, launching: _Launching) -> list[Decision]:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfarm.cli import scale as commands
 from vfarm.config import loader as configuration
 from vfarm.config import scale as scale_spec
 from vfarm.scaler import apply, loop
@@ -147,6 +148,16 @@ def test_a_type_at_its_max_or_in_a_black_hole_sends_its_jobs_to_the_next_type() 
     result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": lost}, spec())
     assert result.types["small"].black_hole.blocked and launches(result) == {"large": 1}
     assert not any(d.action == "hold" for d in result.decisions)  # nothing left waiting for small
+    # ... and the launch says what it stands in for, and why.
+    [launch] = [d for d in result.decisions if d.action == "launch"]
+    assert launch.reason.endswith("; instead of type small: NOT launching, black hole back-off (3 lost in a row) for 252s more")
+    # A type in cloud back-off: the same, and the types' table shows the back-off.
+    result = planner.plan({"now": NOW, "jobs": jobs, "slots": [], "instances": [], "cloud_backoff": {"launch:small": NOW + 400}}, spec())
+    [launch] = [d for d in result.decisions if d.action == "launch"]
+    assert launches(result) == {"large": 1}
+    assert launch.reason.endswith("; instead of type small: launch postponed, cloud back-off for 400s more after a failed launch")
+    small = next(line for line in commands.render(result, spec()).splitlines() if line.startswith("small "))
+    assert small.endswith("back-off 400s")
     # A job only small can hold (Requirements) is held, with the black hole as the reason.
     only_small = job(7, requirements='TARGET.VfarmWorkerType == "small"')
     result = planner.plan({"now": NOW, "jobs": [only_small], "slots": [], "instances": lost}, spec())
