@@ -39,7 +39,7 @@ from ..redaction import redact_strings
 from . import discover, runlock
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, tag
+from .model import CLOUD_TAG, END_TAG, ENDED, LIVE, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, not_a_worker, tag
 
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
 VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
@@ -257,7 +257,7 @@ class Scaler:
         self.observed_idle_since: dict[str, float] = {}
         # Farm instances seen in the pool (live or ended): the black hole's "joined".
         self.joined: list[str] = []
-        # The newest decided launches (plan.ENDED): the black hole's memory of what the cloud forgets.
+        # The newest decided launches (plan.ENDED_KEY): the black hole's memory of what the cloud forgets.
         self.ended: list[dict[str, Any]] = []
         # Workers drained for consolidation: the disruption budget counts them until their ads show it.
         self.consolidating: list[str] = []
@@ -293,7 +293,7 @@ class Scaler:
     def memory(self) -> dict[str, Any]:
         """What this scaler remembers for the next plan (in memory only: a restart starts afresh)."""
         return {planner.OBSERVED: dict(self.observed_idle_since), planner.JOINED_KEY: list(self.joined),
-                planner.CONSOLIDATING: list(self.consolidating), planner.ENDED: [dict(e) for e in self.ended], **self.applier.memory()}
+                planner.CONSOLIDATING: list(self.consolidating), planner.ENDED_KEY: [dict(e) for e in self.ended], **self.applier.memory()}
 
     def adopt(self, parts: Parts) -> list[str]:
         """Go on with the farm section read again (PARTS), keeping what this scaler learnt of the
@@ -476,12 +476,11 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
     now = float(snapshot["now"])
     for inst in snapshot["instances"]:
         state = cloud_state(inst)
-        if state in STOPPED:  # the backend lists the farm's instances only
+        if state not in LIVE and state not in ENDED:  # stopped, or a state no rule knows (the backend lists the farm's instances only)
             launched = planner.epoch(inst.get("LaunchTime"))
             rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
                          "age": now - launched if launched is not None else None,
-                         "slots": 0, "jobs": 0, "reason": "a stopped farm instance: needs a clean-up (vfarm terminate)",
-                         **_cloud_of(tag(inst, CLOUD_TAG), spec)})
+                         "slots": 0, "jobs": 0, "reason": not_a_worker(state), **_cloud_of(tag(inst, CLOUD_TAG), spec)})
     return rows
 
 

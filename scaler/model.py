@@ -49,6 +49,13 @@ STOPPED = frozenset({CloudState.STOPPING.value, CloudState.STOPPED.value})
 ENDED = frozenset({CloudState.SHUTTING_DOWN.value, CloudState.TERMINATED.value})
 
 
+def not_a_worker(state: str) -> str:
+    """Why a farm instance in cloud STATE (neither live nor ended) is no worker: for a look by hand."""
+    if state in STOPPED:
+        return "a stopped farm instance: needs a clean-up (vfarm terminate)"
+    return f"the cloud says {state or 'nothing'!r}: not counted as a worker; look at it (vfarm instances --all-states)"
+
+
 class WorkerState(Named):
     """A farm instance as the planner sees it (declared in the order the status table lists them)."""
 
@@ -227,7 +234,9 @@ class Plan:
     # Hybrid farms: per cloud, in priority order (empty for a farm of one cloud).
     clouds: dict[str, CloudFigures] = field(default_factory=dict)
     consolidating: list[str] = field(default_factory=list)  # workers draining for consolidation (the disruption budget counts them)
-    ended: list[dict[str, Any]] = field(default_factory=list)  # the newest decided launches, for the black hole (plan.ENDED)
+    ended: list[dict[str, Any]] = field(default_factory=list)  # the newest decided launches, for the black hole (plan.ENDED_KEY)
+    # Farm instances neither live nor ended (stopped, or a state no rule knows): {instance, state, age, reason}.
+    others: list[dict[str, Any]] = field(default_factory=list)
     young: int = 0  # idle jobs that have not waited waiting-time yet: not demand (the negotiator may still match them)
 
     def of(self, action: Action) -> list[Decision]:
@@ -273,4 +282,5 @@ class Plan:
             **({"clouds": {name: asdict(figures) for name, figures in self.clouds.items()}} if self.clouds else {}),
             "consolidating": list(self.consolidating),
             "ended": [dict(e) for e in self.ended],
+            "others": [dict(o) for o in self.others],
         }

@@ -80,6 +80,7 @@ from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for i
     DRAIN_REASON_PREFIX,
     END_OF,
     END_TAG,
+    ENDED,
     FARM_TAG,
     JOINED,
     LIVE,
@@ -95,6 +96,7 @@ from .model import (  # noqa: F401 - Plan and Worker: the planner's types, for i
     Worker,
     WorkerState,
     cloud_state,
+    not_a_worker,
     tag,
 )
 
@@ -106,7 +108,7 @@ OBSERVED = "observed_idle_since"
 JOINED_KEY = "joined"  # ids of farm instances this scaler has seen in the pool
 # [{id, launched, fate, type, cloud}]: the newest decided launches (joined or lost), for the black
 # hole once the cloud no longer lists them (Nova forgets a deleted server at once)
-ENDED = "ended"
+ENDED_KEY = "ended"
 INTENTS = "launch_intents"  # {type: {"token", "count"}}: launches of unknown outcome, retried with the same token
 CONSOLIDATING = "consolidating"  # ids of workers this scaler drained for consolidation
 BACKOFF = "cloud_backoff"  # {"launch:TYPE" or "terminate" (hybrid: "launch@CLOUD", "terminate@CLOUD"): epoch seconds}: no such call before then
@@ -120,7 +122,7 @@ ON_WORKER = (RUNNING, TRANSFERRING_OUTPUT, SUSPENDED)
 BLACK_HOLE_LOSSES = 3
 BLACK_HOLE_FIRST = 300.0
 BLACK_HOLE_MAX = 3600.0
-# Decided launches remembered per placement (ENDED): enough for the black hole's longest back-off.
+# Decided launches remembered per placement (ENDED_KEY): enough for the black hole's longest back-off.
 ENDED_KEEP = BLACK_HOLE_LOSSES + math.ceil(math.log2(BLACK_HOLE_MAX / BLACK_HOLE_FIRST)) + 1
 
 Number = Union[int, float]
@@ -254,15 +256,15 @@ def _check_memory(data: dict[str, Any]) -> None:
                     and not isinstance(intent.get("count"), bool) and 0 < intent["count"] <= NUMBER_LIMIT):
                 raise SnapshotError(f"'{INTENTS}.{name}' must be {{\"token\": TEXT, \"count\": a positive integer}}")
     _check_epochs(data, BACKOFF, "operation")
-    ended = data.get(ENDED)
+    ended = data.get(ENDED_KEY)
     if ended is not None:
         if not isinstance(ended, list):
-            raise SnapshotError(f"'{ENDED}' must be a list of {{id, launched, fate, type, cloud}}, got {type(ended).__name__}")
+            raise SnapshotError(f"'{ENDED_KEY}' must be a list of {{id, launched, fate, type, cloud}}, got {type(ended).__name__}")
         for n, entry in enumerate(ended):
             if not (isinstance(entry, dict) and isinstance(entry.get("id"), str) and _is_number(entry.get("launched"))
                     and abs(entry["launched"]) <= NUMBER_LIMIT and entry.get("fate") in ("joined", "lost")
                     and all(isinstance(entry.get(k), (str, type(None))) for k in ("type", "cloud"))):
-                raise SnapshotError(f"'{ENDED}[{n}]' must be {{\"id\": TEXT, \"launched\": epoch seconds, \"fate\": \"joined\" or \"lost\", "
+                raise SnapshotError(f"'{ENDED_KEY}[{n}]' must be {{\"id\": TEXT, \"launched\": epoch seconds, \"fate\": \"joined\" or \"lost\", "
                                     f"\"type\" and \"cloud\": TEXT or null}}")
 
 
@@ -589,7 +591,7 @@ def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], jo
                  memo: Optional[Memo] = None, remembered: Iterable[dict[str, Any]] = ()) -> dict[str, list[Fate]]:
     """The fate of each launch of the farm, per placement, newest first: from its instances (ended
     ones included) and, for those the cloud no longer lists, what the scaler REMEMBERED of them
-    (ENDED entries: Nova forgets a deleted server at once, EC2 after an hour).
+    (ENDED_KEY entries: Nova forgets a deleted server at once, EC2 after an hour).
 
     Fate of a launch: joined (has been in the pool: known joined, or ended with `vfarm:end=drained`,
     or joined now), lost (`vfarm:end=lost`, lost now, or ended before ever joining without a tag of
@@ -632,7 +634,7 @@ def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], jo
 
 
 def ended_memory(fates: dict[str, list[Fate]]) -> list[dict[str, Any]]:
-    """The decided launches to remember for the next cycle (ENDED): the newest ENDED_KEEP of each
+    """The decided launches to remember for the next cycle (ENDED_KEY): the newest ENDED_KEEP of each
     placement, as many as the black hole's longest back-off counts."""
     kept = []
     for history in fates.values():
@@ -728,6 +730,20 @@ def _known_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Wo
     return {w.id: tagged[w.id] for w in workers if w.id in tagged}
 
 
+def _others(listed: list[dict[str, Any]], spec: ScaleSpec, now: float, memo: Memo) -> list[dict[str, Any]]:
+    """The farm's instances that are neither live nor ended (stopped, unknown, error...): no
+    worker, shown for a look by hand."""
+    others = []
+    for inst in listed:
+        state = cloud_state(inst)
+        if tag(inst, FARM_TAG) != spec.name or state in LIVE or state in ENDED:
+            continue
+        launched = memo.epoch(inst.get("LaunchTime"))
+        others.append({"instance": str(inst.get("InstanceId")), "state": state, "age": now - launched if launched is not None else None,
+                       "reason": not_a_worker(state)})
+    return others
+
+
 def _unlisted_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Worker]) -> dict[str, str]:
     """By id, the type tag of each of WORKERS whose vfarm:type names no type the farm lists (a
     farm file reloaded or restarted without it): what it has is unknown to the spec."""
@@ -749,7 +765,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
     instances, by_instance = _workers(snapshot, spec, now, scanned, started, memo)
     known = {str(i.get("InstanceId")) for i in snapshot["instances"] if tag(i, FARM_TAG) == spec.name}
     joined = {iid for iid in snapshot.get(JOINED_KEY) or () if iid in known} | {w.id for w in instances if w.state in JOINED}
-    fates = launch_fates(snapshot["instances"], {w.id: w for w in instances}, joined, spec, memo, snapshot.get(ENDED) or ())
+    fates = launch_fates(snapshot["instances"], {w.id: w for w in instances}, joined, spec, memo, snapshot.get(ENDED_KEY) or ())
     holes = _black_holes(fates, spec, now)
     farm = _farm_counts(spec, now, instances, by_instance, holes, {k: float(v) for k, v in (snapshot.get(BACKOFF) or {}).items()},
                         _known_types(spec, snapshot["instances"], instances), _unlisted_types(spec, snapshot["instances"], instances))
@@ -782,7 +798,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
         joined=sorted(joined), intents=intents, clouds=_cloud_figures(farm, launching, decisions), consolidating=merged.remembered,
-        ended=ended_memory(fates),
+        ended=ended_memory(fates), others=_others(snapshot["instances"], spec, now, memo),
         young=sum(job.get("JobCount", 1) for job in scanned.young),
     )
 

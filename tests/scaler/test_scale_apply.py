@@ -459,7 +459,7 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     w.cloud.instances.update({
         "i-boot": instance("i-boot", now - 30), "i-busy": instance("i-busy", now - 4000), "i-idle": instance("i-idle", now - 700),
         "i-lost": instance("i-lost", now - 9000), "i-stop": instance("i-stop", now - 100, "stopped"),
-        "i-gone": instance("i-gone", now - 100, "terminated"),
+        "i-gone": instance("i-gone", now - 100, "terminated"), "i-odd": instance("i-odd", now - 100, "error"),
     })
     w.slots = [slot("i-busy", "Claimed", name="slot1_1@w-i-busy@h"), slot("i-busy", "Claimed", name="slot1_2@w-i-busy@h"),
                slot("i-idle", entered=now - 60), {**slot("i-drain"), "State": "Drained"}]
@@ -468,13 +468,19 @@ def test_status_lists_every_instance_with_state_age_slots_and_jobs(caplog: pytes
     result = planner.plan(snapshot, SPEC)
     rows = loop.status_rows(result, snapshot, SPEC)
     assert [(r["instance"], r["state"], r["slots"], r["jobs"]) for r in rows] == [
-        ("i-boot", "booting", 0, 0), ("i-busy", "busy", 2, 2), ("i-idle", "idle", 1, 0), ("i-lost", "lost", 0, 0), ("i-stop", "stopped", 0, 0)]
+        ("i-boot", "booting", 0, 0), ("i-busy", "busy", 2, 2), ("i-idle", "idle", 1, 0), ("i-lost", "lost", 0, 0), ("i-stop", "stopped", 0, 0),
+        ("i-odd", "error", 0, 0)]
+    assert rows[5]["reason"] == "the cloud says 'error': not counted as a worker; look at it (vfarm instances --all-states)"
+    # --snapshot's plan lists them too (not the ended one: the cloud lists it only for a while)
+    others = commands.render(result, SPEC).split("INSTANCE")[1]
+    assert "i-odd " in others and "i-stop " in others and "i-gone" not in others
+    assert [(o["instance"], o["state"]) for o in result.to_json()["others"]] == [("i-stop", "stopped"), ("i-odd", "error")]
     text = commands.render_status(rows, SPEC, result)
     lines = text.splitlines()
-    assert lines[0].startswith("farm farm: 5 instance(s), 1 waiting job(s)")
+    assert lines[0].startswith("farm farm: 6 instance(s), 1 waiting job(s)")
     assert lines[2].split() == ["INSTANCE", "STATE", "AGE", "SLOTS", "JOBS", "WHY", "VERDICT"]
     assert lines[4].split()[:5] == ["i-busy", "busy", "67m", "2", "2"]
-    assert "needs a clean-up" in lines[-1]
+    assert "needs a clean-up" in lines[-2] and "not counted as a worker" in lines[-1]
     assert not [c for c in w.cloud.calls if c[0] != "describe"]  # looking changes nothing
     # A job on a dynamic slot whose ad has not arrived yet is counted as the planner counts it
     # (by the startd of its RemoteHost), so JOBS agrees with the state beside it.
