@@ -1032,6 +1032,11 @@ def _launch_decisions(farm: _Farm, launching: _Launching, intents_seen: dict[str
             why += "; the same token as a launch of unknown outcome"
         else:
             token = client_token(_token_name(spec, p), now, n)
+            if intent is not None:
+                # A cloud refuses a token again with another count: what the first call started, if
+                # anything, is listed by now or counted as a lost launch later.
+                decisions.append(Decision(Action.FORGET, f"launch of {intent[1]} worker(s){of_type} of unknown outcome forgotten: {n} wanted "
+                                                         f"now, launched with a new token", type=p.name, count=intent[1], token=intent[0], cloud=p.on))
         options = _fallback(farm, launching, p) if launching.over_threshold else ()
         decisions.append(Decision(Action.LAUNCH, why, type=p.name, count=n, token=token, fallback=options, cloud=p.on))
     return decisions, kept

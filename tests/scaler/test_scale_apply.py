@@ -161,6 +161,23 @@ def test_a_launch_carries_the_tag_and_a_retried_launch_reuses_its_token(caplog: 
     assert "cloud error (launch)" in caplog.text
 
 
+def test_a_launch_of_unknown_outcome_replaced_by_a_smaller_one_is_forgotten_aloud(caplog: pytest.LogCaptureFixture) -> None:
+    w = World(caplog)
+    w.jobs = [job(i) for i in range(3)]
+    w.cloud.lose_reply = True
+    w.scaler.cycle()
+    w.tick(15)
+    w.cloud.instances.clear()  # not listed (yet): the plan wants workers again, fewer now
+    w.jobs = [job(0)]
+    result = w.scaler.cycle()
+    assert result is not None
+    [forget] = result.of(planner.Action.FORGET)
+    assert (forget.count, forget.token) == (2, launches(w.cloud)[0][1])
+    assert forget.reason == "launch of 2 worker(s) of unknown outcome forgotten: 1 wanted now, launched with a new token"
+    assert launches(w.cloud)[-1][0] == 1 and launches(w.cloud)[-1][1] != forget.token
+    assert "forget: launch of 2 worker(s) of unknown outcome forgotten" in caplog.text
+
+
 def test_cloud_errors_back_off_exponentially_and_the_loop_survives(caplog: pytest.LogCaptureFixture) -> None:
     w = World(caplog)
     w.jobs = [job(1)]
