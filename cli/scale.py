@@ -177,7 +177,7 @@ def render(result: Plan, spec: scale_spec.ScaleSpec) -> str:
         out += "\n" + table.render(("CLOUD", "KIND", "MAX", "ACTIVE", "LAUNCH", "IF-REFUSED", "BACK-OFF"), cloud_rows,
                                     right=("MAX", "ACTIVE", "LAUNCH", "IF-REFUSED"))
     if result.instances or result.others:
-        inst_rows = [(w.id, w.state.value, _age(w.age), w.slots, w.claimed, w.reason) for w in result.instances]
+        inst_rows: list[tuple[Any, ...]] = [(w.id, w.state.value, _age(w.age), w.slots, w.claimed, w.reason) for w in result.instances]
         inst_rows += [(o["instance"], o["state"] or "-", _age(o["age"]), "-", "-", o["reason"]) for o in result.others]
         out += "\n" + table.render(("INSTANCE", "STATE", "AGE", "SLOTS", "CLAIMED", "WHY"), inst_rows, right=("AGE", "SLOTS", "CLAIMED"))
     return out

@@ -884,9 +884,10 @@ def _farm_counts(spec: ScaleSpec, now: float, instances: list[Worker], by_instan
     def cpus_of(w: Worker) -> int:
         """W's CPUs as max-cpus counts them: a worker of a type no longer listed has what its ads
         advertise (TotalCpus), at least the largest listed type's CPUs."""
-        if w.id in unlisted:
-            return max([largest, *(int(c) for s in by_instance.get(w.id, ()) if _is_number(c := s.get("TotalCpus")) and 0 < c <= NUMBER_LIMIT)])
-        return type_of(w).cpus
+        if w.id not in unlisted:
+            return type_of(w).cpus
+        advertised = [_number(s.get("TotalCpus"), 0) for s in by_instance.get(w.id, ())]
+        return max([largest, *(int(c) for c in advertised if 0 < c <= NUMBER_LIMIT)])
 
     figures = {p.name: TypeFigures(p.name, black_hole=holes[p.name], launch_backoff_until=backoff.get(launch_key(p), 0.0))
                for p in placements}
