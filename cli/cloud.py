@@ -77,7 +77,11 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         if out is None:
             return EXIT_PROBLEM
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
-        for line in ec2.cli_equivalents(request, str(out), userdata, params):
+        commands = ec2.cli_equivalents(request, str(out), userdata, params)
+        if args.json:
+            print(json.dumps({"userdata": str(out), "commands": list(commands)}, indent=2))
+            return EXIT_OK
+        for line in commands:
             print(escape_controls(line))
         return EXIT_OK
     cloud = ec2.Ec2Cloud(params)
@@ -170,7 +174,8 @@ def _endpoint_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--endpoint-url", metavar="URL", help="EC2 API endpoint (default: EC2_URL, then boto3's settings)")
     g.add_argument("--region", metavar="R", help="region (with an endpoint of its own and no region: us-east-1)")
     g.add_argument("--profile", metavar="P", help="profile in the AWS config/credentials files")
-    p.add_argument("--json", action="store_true", help="print the instances as JSON, as the EC2 API describes them")
+    p.add_argument("--json", action="store_true",
+                   help="print the instances as JSON, as the EC2 API describes them (launch --dry-run: the user-data file and the command lines)")
 
 
 def launch_targets(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from ..clouds.hostcmd import CommandError, progress
 from ..clouds.local import DEFAULT_TIMEOUT
@@ -20,13 +20,14 @@ from ..mime_builder.mime import BuildError
 from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, fail, load_or_report, whole_number
 
 
-def print_summary(summary: Optional[dict[str, Any]]) -> bool:
+def print_summary(summary: Optional[dict[str, Any]], out: TextIO = sys.stdout) -> bool:
+    """The instance's summary as a table on OUT; whether it says ok."""
     if summary is None:
         print("vfarm: the instance wrote no /var/log/vfarm/summary.json: the final check did not run", file=sys.stderr)
         return False
     from ..cc_modules import check
 
-    print(check.render(summary), end="")
+    print(check.render(summary), end="", file=out)
     return summary.get("result") == "ok"
 
 
@@ -59,7 +60,7 @@ def cmd_launch_local(args: argparse.Namespace) -> int:
             found = instance.collect(Path(args.collect))
             progress("local", f"collected {len(found)} item(s) into {args.collect}")
         summary = instance.summary()
-        ok = print_summary(summary) and ok
+        ok = print_summary(summary, sys.stderr if args.json else sys.stdout) and ok  # --json: stdout is JSON alone
         if args.json and summary is not None:
             print(json.dumps(summary, indent=2, sort_keys=True))
     except (CommandError, OSError) as err:
@@ -126,5 +127,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(cloud-init's Ec2 datasource), no seed disk; the guest's network is then 169.254.0.0/16")
     p.add_argument("--netns", metavar="PATH",
                    help="run qemu inside this network namespace (/run/netns/NAME or /proc/PID/ns/net), e.g. the one the pool listens in")
-    p.add_argument("--json", action="store_true", help="also print summary.json")
+    p.add_argument("--json", action="store_true", help="print summary.json on stdout (the table then goes to stderr)")
     p.set_defaults(func=cmd_launch_local)

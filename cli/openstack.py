@@ -53,7 +53,7 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
             return EXIT_PROBLEM
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
                                         properties, args.os_cloud, args.wait, args.os_region)
-        print(escape_controls(line))
+        print(json.dumps({"userdata": str(out), "commands": [line]}, indent=2) if args.json else escape_controls(line))
         return EXIT_OK
     cloud = _cloud(args)
     started = time.monotonic()
@@ -148,6 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-interval", type="seconds", default=2.0, metavar="S", help="seconds between two polls while waiting (default 2)")
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the openstack server create line; call nothing")
     p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
-    p.add_argument("--json", action="store_true", help="print the servers as JSON")
+    p.add_argument("--json", action="store_true", help="print the servers as JSON (with --dry-run: the user-data file and the command line)")
     cloud_args(p)
     p.set_defaults(func=cmd_launch_openstack)

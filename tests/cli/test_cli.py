@@ -74,3 +74,33 @@ def test_output_onto_a_full_disk_is_one_line_and_exit_1(argv: list[str]) -> None
         done = subprocess.run([sys.executable, "-m", "vfarm", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root)
     assert done.returncode == 1, done.stderr
     assert done.stderr == f"vfarm: {argv[0]}: cannot write the output: No space left on device\n"
+
+
+def test_launch_local_json_keeps_stdout_json_alone(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vfarm launch local --json | jq`: the summary's table goes to stderr (no VM: a stand-in instance)."""
+    from vfarm.cli import local as local_cli
+
+    summary: dict[str, object] = {"result": "ok", "instance_id": "i-local-1", "handlers": {}, "problems": []}
+
+    class Booted:
+        folder = Path("/nonexistent")
+        removed = False
+
+        def boot(self, timeout: float) -> argparse.Namespace:
+            return argparse.Namespace(powered_off=True)
+
+        def summary(self) -> dict[str, object]:
+            return summary
+
+        def remove(self) -> None:
+            self.removed = True
+
+    booted = Booted()
+    monkeypatch.setattr(local_cli, "make_instance", lambda *a, **k: booted)
+    assert cli.main(["launch", "local", str(EXAMPLE), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == summary
+    assert "i-local-1" in err and booted.removed
+    assert cli.main(["launch", "local", str(EXAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    assert "i-local-1" in out and not out.lstrip().startswith("{")

@@ -97,6 +97,10 @@ def test_dry_run_writes_the_userdata_and_calls_nothing(capsys: pytest.CaptureFix
     assert tag_spec[0]["Tags"] == [{"Key": "vfarm:farm", "Value": "torino"}, {"Key": "vfarm:managed", "Value": "true"}]
     for flag, value in (("--image-id", "ami-0123abcd"), ("--count", "3"), ("--security-groups", "workers"), ("--key-name", "site")):
         assert words[words.index(flag) + 1] == value
+    # --json: the same, as JSON alone on stdout
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"userdata": "torino.userdata", "commands": [euca, tag_note, aws]}
 
 
 def test_launch_refusals_are_one_line(ec2_endpoint: Ec2Endpoint, capsys: pytest.CaptureFixture[str]) -> None:

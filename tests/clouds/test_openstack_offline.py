@@ -6,6 +6,7 @@ show on cue: a launch failing part-way, a 400 quoting the user-data, a server de
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
 import uuid
@@ -41,6 +42,12 @@ def test_dry_run_writes_the_built_userdata_and_prints_the_openstack_line(tmp_pat
                                 "--property", "vfarm:farm=torino", "--property", "vfarm:managed=true",
                                 "--min", "3", "--max", "3", "--wait", "vfarm-worker"]
     assert "never-printed-password-77" not in out + err
+    code, as_json, err = run(capsys, "launch", "openstack", str(EXAMPLE), "--handlers", "include=https://h.example.org/v1", "--image", "alma9",
+                             "--flavor", "m1.large", "--network", "workers", "--key-name", "site", "--count", "3",
+                             "--property", "vfarm:farm=torino", "--os-cloud", "cern", "--os-region", "RegionTwo", "--dry-run", "-o", str(out_file),
+                             "--wait", "--json")
+    assert code == 0, err
+    assert json.loads(as_json) == {"userdata": str(out_file), "commands": [out.strip()]}
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
