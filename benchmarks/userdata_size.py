@@ -305,6 +305,9 @@ SIZE_NOTE = """What each step of the lean user-data work (issue 19) saved, gzip 
   localfs parts that never fit, a typo's "did you mean", one CernVM-FS variable under two
   spellings): torino 43108 to 43678, condor 44496 to 45031, localfs only 37564 to 38024 (+0.5 KB);
   --pin 3594 to 3610; include unchanged.
+- The twentieth session's refusals (files: a VFARM_IO_TIMEOUT that is not seconds is named, not
+  silently replaced; config.sizes: "20GB" refused with what to write): torino 43678 to 43802, condor 45031 to 45157, localfs only 38024
+  to 38215; --pin 3610 to 3606; include unchanged.
 Measured, not done:
 - Function-level pruning (top-level functions no bundled code names): 4 functions, a few
   hundred bytes: the bundled modules are used almost whole. By function (table above), no one
