@@ -132,13 +132,16 @@ def tags_of(instance: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parse_tags(items: Iterable[str]) -> dict[str, str]:
-    """`K=V` strings (from --tag) to a dict; a bare `K` is an empty value, as EC2 allows."""
+    """`K=V` strings (from --tag) to a dict; a bare `K` is an empty value, as EC2 allows. One key
+    with two values is refused (one of them would be dropped without a word)."""
     tags: dict[str, str] = {}
     for item in items:
         key, _, value = item.partition("=")
         key = key.strip()
         if not key:
             raise Ec2Error(f"bad tag {item!r}: expected KEY=VALUE")
+        if tags.get(key, value) != value:
+            raise Ec2Error(f"tag {key!r} given twice, with two values: give it once")
         tags[key] = value
     return tags
 

@@ -99,6 +99,8 @@ def parse_properties(items: Sequence[str]) -> dict[str, str]:
             raise OpenStackError(f"bad property {item!r}: expected KEY=VALUE")
         if len(key) > 255 or len(value) > 255:
             raise OpenStackError(f"property {key[:40]!r}: Nova takes keys and values of at most 255 characters")
+        if props.get(key, value) != value:
+            raise OpenStackError(f"property {key!r} given twice, with two values: give it once")
         props[key] = value
     return props
 

@@ -53,6 +53,7 @@ def test_dry_run_writes_the_built_userdata_and_prints_the_openstack_line(tmp_pat
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--property", "vfarm:token=x"], "property vfarm:token is vfarm's own"),
     (["--property", "novalue"], "bad property 'novalue': expected KEY=VALUE"),
+    (["--property", "site=a", "--property", "site=b"], "property 'site' given twice, with two values: give it once"),
     (["--handlers", "embed", "--max-size", "20000"], "over the limit of 20000"),
 ])
 def test_dry_run_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str) -> None:
