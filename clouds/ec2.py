@@ -146,6 +146,10 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
     return tags
 
 
+# EC2's limit on a RunInstances ClientToken.
+CLIENT_TOKEN_MAX = 64
+
+
 def run_request(
     image_id: str,
     instance_type: str,
@@ -189,6 +193,8 @@ def run_request(
     if subnet:
         request["SubnetId"] = subnet
     if client_token:
+        if len(client_token) > CLIENT_TOKEN_MAX or not client_token.isascii() or not client_token.isprintable():
+            raise Ec2Error(f"--client-token: EC2 takes at most {CLIENT_TOKEN_MAX} printable ASCII characters, got {len(client_token)} characters")
         request["ClientToken"] = client_token
     return request
 

@@ -361,6 +361,9 @@ def test_run_request_groups_tags_and_refusals() -> None:
         ec2.run_request("ami-1", "m5.large", tags={ec2.MANAGED_TAG: "false"})
     with pytest.raises(ec2.Ec2Error, match="KEY=VALUE"):
         ec2.parse_tags(["=x"])
+    with pytest.raises(ec2.Ec2Error, match="at most 64 printable ASCII characters, got 65"):
+        ec2.run_request("ami-1", "m5.large", client_token="t" * 65)
+    assert ec2.run_request("ami-1", "m5.large", client_token="t" * 64)["ClientToken"] == "t" * 64
     with pytest.raises(ec2.Ec2Error, match="tag 'a' given twice, with two values"):
         ec2.parse_tags(["a=1", "b=2", "a=2"])
     assert ec2.parse_tags(["a=1", "a=1", "b"]) == {"a": "1", "b": ""}
