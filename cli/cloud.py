@@ -217,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-timeout", type="seconds", default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type="seconds", default=5.0, metavar="S", help="seconds between two polls while waiting (default 5)")
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the euca2ools / aws CLI lines; call nothing")
-    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
+    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata; stdin.userdata for -)")
     _endpoint_args(p)
     p.set_defaults(func=cmd_launch_ec2)
 

@@ -182,9 +182,9 @@ def write_userdata(out: Path, built: Built) -> bool:
 
 
 def write_dry_run(args: argparse.Namespace, built: Built) -> Optional[Path]:
-    """A launch's --dry-run: the user-data written to -o, else FILE's name + .userdata; None after
-    reporting why not."""
-    out = Path(args.output or Path(args.file).stem + ".userdata")
+    """A launch's --dry-run: the user-data written to -o, else FILE's name + .userdata (from stdin:
+    stdin.userdata); None after reporting why not."""
+    out = Path(args.output or ("stdin" if args.file == "-" else Path(args.file).stem) + ".userdata")
     if not write_userdata(out, built):
         return None
     print(f"vfarm: wrote {len(built.data)} bytes of user-data to {shown_message(out)}; dry run, nothing launched", file=sys.stderr)

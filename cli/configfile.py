@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..cc_modules import table
@@ -11,10 +12,13 @@ from ..config import localfs as localfs_spec
 from ..config import sizes
 from ..display import shown_message
 from ..errors import PlanError
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail, load_or_report, load_problems
+from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, fail, load_or_report, load_problems
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.files.count("-") > 1:
+        print("vfarm validate: error: '-' (standard input) can be read once only", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         return _validate_json(args.files)
     ok = True

@@ -147,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-timeout", type="seconds", default=900.0, metavar="S", help="give up waiting after S seconds (default 900)")
     p.add_argument("--wait-interval", type="seconds", default=2.0, metavar="S", help="seconds between two polls while waiting (default 2)")
     p.add_argument("--dry-run", action="store_true", help="write the user-data and print the openstack server create line; call nothing")
-    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata)")
+    p.add_argument("-o", "--output", metavar="OUT", help="user-data file written by --dry-run (default: FILE's name + .userdata; stdin.userdata for -)")
     p.add_argument("--json", action="store_true", help="print the servers as JSON (with --dry-run: the user-data file and the command line)")
     cloud_args(p)
     p.set_defaults(func=cmd_launch_openstack)

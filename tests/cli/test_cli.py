@@ -54,6 +54,12 @@ def test_a_config_from_standard_input(tmp_path: Path) -> None:
     condor = "#multiple-config\ncondor:\n  central-manager: cm.example.org\n  token-file: pool.token\n"
     done = subprocess.run([sys.executable, "-m", "vfarm", "validate", "-"], input=condor, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1 and f"-:4:15: condor: cannot read token file {tmp_path / 'pool.token'}" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "vfarm", "validate", "-", "-"], input=text, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", "vfarm validate: error: '-' (standard input) can be read once only\n")
+    done = subprocess.run([sys.executable, "-m", "vfarm", "launch", "ec2", "-", "--image-id", "ami-1", "--instance-type", "m1.small",
+                           "--handlers", "baked", "--dry-run"], input=text, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and "user-data to stdin.userdata" in done.stderr, done.stderr
+    assert (tmp_path / "stdin.userdata").read_bytes() == out.read_bytes()
 
 
 def test_validate_shows_a_path_with_control_characters_escaped_and_json_gives_it_as_is(tmp_path: Path) -> None:
