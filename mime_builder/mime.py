@@ -233,6 +233,19 @@ def _fetch_problem(parts: Any) -> Optional[str]:
     return None
 
 
+def _sets_power_state(part: Attachment) -> bool:
+    """Whether an attached #cloud-config sets power_state (which the final check's part overrides)."""
+    if part.content_type != "text/cloud-config":
+        return False
+    import yaml  # only for an attached cloud-config: the builder starts cold without it
+
+    try:
+        data = yaml.safe_load(part.payload)
+    except (yaml.YAMLError, RecursionError):
+        return False
+    return isinstance(data, dict) and "power_state" in data
+
+
 def password_hidden(url: str) -> str:
     """URL (as the user gave it: blanks and all, maybe no URL at all) with whatever may be its
     password hidden: from the first `:` after `://` (or after the start, without one) to the last
@@ -351,6 +364,13 @@ def plan_parts(config: Config, handlers: str = "embed", attach: Sequence[Attachm
     # The check script travels in the library part (embed) or is fetched (include).
     from_library = mode.kind == "include" or any(p.filename == LIBRARY_FILENAME for p in parts)
     parts += [Part(ctype, filename, payload.encode("utf-8"), "check") for ctype, filename, payload in checkpart.check_parts(config, check_mode, from_library)]
+    checked_by_part = any(p.role == "check" for p in parts)
+    for a in attach:
+        if _sets_power_state(a):
+            warnings.append(f"--attach {a.path or a.filename}: its power_state is not used: the final check's part sets power_state too and "
+                            "comes after it (cloud-init keeps the last part's)" if checked_by_part else
+                            f"--attach {a.path or a.filename}: its power_state acts when cloud-init ends, maybe before the image's final check "
+                            "(run detached) has written its verdict or powered a failed instance off")
     # By the names cloud-init reads back: a part named like another overwrites its file there.
     seen: dict[str, str] = {}
     for part in parts:

@@ -381,3 +381,15 @@ def test_an_include_base_no_instance_could_fetch_from_is_refused(base: str, why:
                                   "https://u:p@web_01.site.example/h"])
 def test_an_include_base_an_instance_can_fetch_from_is_taken(base: str) -> None:
     assert mime.parse_handlers(f"include={base}").url_base == base
+
+
+def test_an_attached_power_state_is_named_in_a_warning(tmp_path: Path) -> None:
+    config = configuration.load_text("#multiple-config\nlocalfs:\n  parts: {home: 50}\n")
+    attached = tmp_path / "pc.cfg"
+    attached.write_text("#cloud-config\npower_state: {mode: reboot}\n")
+    baked = mime.build(config, handlers="baked", attach=[mime.attachment(str(attached))])
+    assert [w for w in baked.warnings if "power_state" in w] == [
+        f"--attach {attached}: its power_state acts when cloud-init ends, maybe before the image's final check (run detached) "
+        "has written its verdict or powered a failed instance off"]
+    attached.write_text("#cloud-config\nruncmd: [true]\n")
+    assert not [w for w in mime.build(config, handlers="baked", attach=[mime.attachment(str(attached))]).warnings if "power_state" in w]

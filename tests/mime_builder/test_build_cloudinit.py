@@ -181,6 +181,19 @@ def test_embed_gzip(cloudinit_release: Release, tmp_path: Path, config: configur
     assert done.returncode == 0 and "decision: none: all 2 handler(s) ok" in done.stdout, done.stdout + done.stderr
 
 
+def test_an_attached_power_state_gives_way_to_the_final_checks(cloudinit_release: Release, tmp_path: Path, config: configuration.Config) -> None:
+    """cloud-init keeps the last part's power_state: the check's, after every attachment (the build says so)."""
+    attached = tmp_path / "reboot.cfg"
+    attached.write_text("#cloud-config\npower_state: {mode: reboot}\n")
+    built = mime.build(config, handlers="embed", gzip="always", max_size=BIG, attach=[mime.attachment(str(attached))])
+    assert [w for w in built.warnings if "power_state" in w] == [
+        f"--attach {attached}: its power_state is not used: the final check's part sets power_state too and comes after it "
+        "(cloud-init keeps the last part's)"]
+    boot(cloudinit_release, tmp_path, built.data)
+    (merged,) = (tmp_path / "cloud").glob("instances/*/cloud-config.txt")
+    assert yaml.safe_load(merged.read_text())["power_state"]["condition"] == checkpart.condition()
+
+
 def test_include(cloudinit_release: Release, tmp_path: Path, config: configuration.Config, served: tuple[Path, str]) -> None:
     folder, base = served
     built = mime.build(config, handlers=f"include={base}/", max_size=BIG)
