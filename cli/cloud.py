@@ -16,7 +16,19 @@ from ..clouds import ec2
 from ..display import escape_controls, shown_message
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
-from .common import COUNT, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import (
+    COUNT,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    add_command,
+    add_userdata_options,
+    build_userdata,
+    fail,
+    output_without_dry_run,
+    wait_reporter,
+    write_dry_run,
+)
 
 
 def print_instances(instances: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict[str, str]] = None,
@@ -59,6 +71,9 @@ def _cloud(args: argparse.Namespace) -> ec2.Ec2Cloud:
 
 
 def cmd_launch_ec2(args: argparse.Namespace) -> int:
+    misused = output_without_dry_run(args, "launch ec2")
+    if misused is not None:
+        return misused
     try:
         tags = ec2.parse_tags(args.tag)
         request = ec2.run_request(

@@ -181,6 +181,15 @@ def write_userdata(out: Path, built: Built) -> bool:
     return True
 
 
+def output_without_dry_run(args: argparse.Namespace, command: str) -> Optional[int]:
+    """A launch's -o names --dry-run's user-data file: without --dry-run it would be ignored, so it
+    is a usage error (EXIT_USAGE, said on stderr); None when fine."""
+    if args.output is not None and not args.dry_run:
+        print(f"vfarm {command}: error: -o/--output is where --dry-run writes the user-data: add --dry-run, or leave -o out", file=sys.stderr)
+        return EXIT_USAGE
+    return None
+
+
 def write_dry_run(args: argparse.Namespace, built: Built) -> Optional[Path]:
     """A launch's --dry-run: the user-data written to -o, else FILE's name + .userdata (from stdin:
     stdin.userdata); None after reporting why not."""

@@ -19,7 +19,19 @@ from ..display import escape_controls, shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets, print_instances, read_verdicts
-from .common import COUNT, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, wait_reporter, write_dry_run
+from .common import (
+    COUNT,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    add_command,
+    add_userdata_options,
+    build_userdata,
+    fail,
+    output_without_dry_run,
+    wait_reporter,
+    write_dry_run,
+)
 
 
 def _cloud(args: argparse.Namespace) -> openstack.OpenStackCloud:
@@ -31,6 +43,9 @@ def _print(servers: list[dict[str, Any]], as_json: bool, verdicts: Optional[dict
 
 
 def cmd_launch_openstack(args: argparse.Namespace) -> int:
+    misused = output_without_dry_run(args, "launch openstack")
+    if misused is not None:
+        return misused
     try:
         properties = openstack.parse_properties(args.property)
         openstack.server_metadata(properties, args.client_token or "dry-run")

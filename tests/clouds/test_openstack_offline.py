@@ -63,6 +63,16 @@ def test_dry_run_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], ex
     assert expected in err, err
 
 
+def test_output_without_dry_run_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-o names --dry-run's file: without --dry-run it would be ignored (nothing built, nothing called)."""
+    for argv in (["launch", "openstack", str(EXAMPLE), "--image", "i", "--flavor", "f"],
+                 ["launch", "ec2", str(EXAMPLE), "--image-id", "ami-1", "--instance-type", "m1.small"]):
+        code, out, err = run(capsys, *argv, "-o", str(tmp_path / "u"))
+        assert (code, out) == (2, "")
+        assert err == f"vfarm {' '.join(argv[:2])}: error: -o/--output is where --dry-run writes the user-data: add --dry-run, or leave -o out\n"
+        assert not (tmp_path / "u").exists()
+
+
 def test_scale_section_openstack_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     farm = tmp_path / "farm.yaml"
     good = ("#multiple-config\nscale:\n  name: torino\n  max-vms: 3\n"
