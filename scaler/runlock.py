@@ -10,7 +10,10 @@ are not seen.
 
 RUN_DIR: $VFARM_RUN_DIR if set; /run/vfarm for root; for other users a folder of their own that
 outlives their session ($XDG_STATE_HOME/vfarm, ~/.local/state/vfarm), and root's is looked at
-too: a user's scaler is refused while root's runs the farm. The folder must be the user's own and
+too: a user's scaler is refused while root's runs the farm. Root, in turn, finds a user's scaler of
+the farm by the processes holding flocks (/proc/locks, then each holder's open files): a lock file
+of that name anywhere counts. Not with $VFARM_RUN_DIR set: that names the only folder to look in
+(tests running side by side use farms of the same names). The folder must be the user's own and
 writable by nobody else; the lock file is the user's alone (0600), so no other user can lock it.
 A lock file removed while its scaler runs is not seen by the next one: leave RUN_DIR alone.
 """
@@ -101,13 +104,38 @@ def _holder_of(path: Path) -> tuple[bool, Optional[int]]:
     return False, None
 
 
+def _held_elsewhere(farm: str, own: Path) -> Optional[tuple[int, str]]:
+    """Root only, without $VFARM_RUN_DIR: a process holding a flock on a file named like FARM's
+    lock other than OWN (a user's scaler of the farm), as (pid, its lock file); None if there is none."""
+    if os.geteuid() != 0 or os.environ.get("VFARM_RUN_DIR"):
+        return None
+    name = lock_path(farm, Path("/")).name
+    for (major, minor, inode), pid in (_flock_holders() or {}).items():
+        fds = f"/proc/{pid}/fd"
+        try:
+            entries = os.listdir(fds)
+        except OSError:
+            continue  # ended meanwhile
+        for entry in entries:
+            try:
+                target = os.readlink(f"{fds}/{entry}")
+                st = os.stat(f"{fds}/{entry}")
+            except OSError:
+                continue
+            if os.path.basename(target) == name and target != str(own) and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) == (major, minor, inode):
+                return pid, target
+    return None
+
+
 def running(farm: str) -> tuple[bool, Optional[int]]:
-    """Whether a scaler holds FARM's lock on this host now (this user's, or root's), and its pid."""
+    """Whether a scaler holds FARM's lock on this host now (this user's, or root's; for root, a
+    user's too), and its pid."""
     for folder in dict.fromkeys((run_dir(), SYSTEM_RUN_DIR)):
         held, pid = _holder_of(lock_path(farm, folder))
         if held:
             return True, pid
-    return False, None
+    elsewhere = _held_elsewhere(farm, lock_path(farm))
+    return (True, elsewhere[0]) if elsewhere else (False, None)
 
 
 def _busy(farm: str, pid: Optional[int], path: Path) -> RunLockError:
@@ -124,6 +152,9 @@ def hold(farm: str) -> Iterator[Path]:
         held, pid = _holder_of(lock_path(farm, SYSTEM_RUN_DIR))
         if held:
             raise _busy(farm, pid, lock_path(farm, SYSTEM_RUN_DIR))
+    elsewhere = _held_elsewhere(farm, lock_path(farm, folder))
+    if elsewhere:  # a user's scaler of the farm
+        raise _busy(farm, elsewhere[0], Path(elsewhere[1]))
     _own_folder(folder)
     path = lock_path(farm, folder)
     for _ in range(10):

@@ -94,6 +94,38 @@ def test_a_users_scaler_is_refused_while_roots_runs_the_farm(tmp_path: Path, mon
         assert path == user_dir / "scale-torino.lock"
 
 
+@pytest.mark.integration
+def test_roots_scaler_is_refused_while_a_users_runs_the_farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root finds a user's scaler of the farm by its lock wherever it is (the holders' open files),
+    unless VFARM_RUN_DIR names the one folder to look in."""
+    if os.geteuid() != 0:
+        pytest.skip("root's view of other processes' open files")  # CI runs as root
+    farm = f"user-farm-{os.getpid()}"
+    user_lock = tmp_path / "home/.local/state/vfarm" / f"scale-{farm}.lock"
+    user_lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()", str(user_lock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        monkeypatch.delenv("VFARM_RUN_DIR")
+        monkeypatch.setattr(runlock, "SYSTEM_RUN_DIR", tmp_path / "run-vfarm")
+        assert runlock.running(farm) == (True, holder.pid)
+        with pytest.raises(runlock.RunLockError, match=f"pid {holder.pid}.*lock: {user_lock}"):
+            with runlock.hold(farm):
+                pass
+        monkeypatch.setenv("VFARM_RUN_DIR", str(tmp_path / "tests"))  # one folder named: only it counts
+        assert runlock.running(farm) == (False, None)
+        with runlock.hold(farm):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv("VFARM_RUN_DIR")
+    with runlock.hold(farm) as path:  # the user's ended
+        assert path == tmp_path / "run-vfarm" / f"scale-{farm}.lock"
+
+
 def test_the_lock_folder_by_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VFARM_RUN_DIR", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
