@@ -307,25 +307,29 @@ class Scaler:
         if _clouds(spec) != _clouds(self.spec):
             raise ReloadError("the farm's clouds changed (names, kinds, or where their instances are: endpoint, region, account): "
                               "its instances are found on them; restart for that")
+        # Everything is made first and swapped in last: a failure on the way leaves the scaler as it was.
         old, old_spec = self.applier, self.spec
-        self.spec, self.backend, self.token_dir = spec, parts.backend, parts.token_dir
-        self.applier = Applier(spec, parts.backend, parts.drainer, self.log, dry_run=old.dry_run)
+        applier = Applier(spec, parts.backend, parts.drainer, self.log, dry_run=old.dry_run)
         before = {p.name: p for p in old_spec.placements}
+        forgotten = []
         for p in spec.placements:
             intent = old.intents.get(p.name)
             if intent is None:
                 continue
             if parts.same_userdata and p.name in before and old_spec.cloud_of(before[p.name]) == spec.cloud_of(p):
-                self.applier.intents[p.name] = intent
+                applier.intents[p.name] = intent
             else:
-                self.log.warning("launch of %d worker(s) of unknown outcome (%s) forgotten: what it launches changed with the farm file",
-                                 intent[1], p.name)
+                forgotten.append((intent[1], p.name))
         for key, timer in old.backoff.items():
-            self.applier.backoff[key] = dataclasses.replace(timer, base=self.applier.base)
-        self.applier.lost_reasons = dict(old.lost_reasons)
-        self.applier._said_black_hole = dict(old._said_black_hole)
+            applier.backoff[key] = dataclasses.replace(timer, base=applier.base)
+        applier.lost_reasons = dict(old.lost_reasons)
+        applier._said_black_hole = dict(old._said_black_hole)
+        changed = changed_settings(old_spec, spec)
+        self.spec, self.backend, self.token_dir, self.applier = spec, parts.backend, parts.token_dir, applier
         self.history.check_every = spec.check_every
-        return changed_settings(old_spec, spec)
+        for count, name in forgotten:
+            self.log.warning("launch of %d worker(s) of unknown outcome (%s) forgotten: what it launches changed with the farm file", count, name)
+        return changed
 
     def _reload(self, reload: Reload) -> None:
         try:
