@@ -98,12 +98,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parts = localfs_spec.resolve(spec, vg)
     except PlanError as err:
         return fail(f"{args.file}: {err}")
+    used = sum(p.extents for p in parts)
     if args.json:
-        doc = {"vg": {"name": vg.name, "extent_size": extent, "extents": total, "bytes": total * extent}, "parts": [p.as_dict() for p in parts]}
+        doc = {"vg": {"name": vg.name, "extent_size": extent, "extents": total, "bytes": total * extent}, "parts": [p.as_dict() for p in parts],
+               "free": {"extents": total - used, "bytes": (total - used) * extent}}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     rows = [(p.spec.name, str(p.spec.size), p.extents, sizes.human(p.bytes), p.spec.fs, p.spec.mount, p.spec.options) for p in parts]
-    used = sum(p.extents for p in parts)
     print(f"volume group {vg.name}: {total} extents of {sizes.human(extent)} ({sizes.human(total * extent)})")
     print(table.render(("NAME", "ASKED", "EXTENTS", "SIZE", "FS", "MOUNT", "OPTIONS"), rows, right=("EXTENTS", "SIZE")), end="")
     print(f"left free: {total - used} extents ({sizes.human((total - used) * extent)})")

@@ -40,6 +40,17 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["vg"] == {"name": "VG", "extent_size": 32 * 2**20, "extents": 320, "bytes": 10 * 2**30}
     assert [(p["name"], p["extents"]) for p in doc["parts"]] == [("cvmfs", 54), ("home", 185), ("tmp", 25), ("swap", 56)]
     assert doc["parts"][2]["mode"] == "1777"
+    assert doc["free"] == {"extents": 0, "bytes": 0}  # as the text's "left free"
+
+
+def test_plan_json_says_what_is_left_free(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "half.yaml"
+    config.write_text("#multiple-config\nlocalfs:\n  parts: {home: 50}\n")
+    assert cli.main(["plan", str(config), "--vg-size", "10G", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["free"] == {"extents": 1280, "bytes": 5 * 2**30}
+    assert cli.main(["plan", str(config), "--vg-size", "10G"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "left free: 1280 extents (5.00 GiB)"
 
 
 def test_plan_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
