@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ..cc_modules import check
-from ..files import read_bounded
+from ..files import read_bounded, read_stdin_bounded
 from ..jsonbounds import JsonInputError, JsonPath, json_path, loads_bounded
 from ..redaction import redact_strings
 from .common import EXIT_OK, EXIT_PROBLEM, add_command, fail
@@ -67,11 +67,11 @@ def check_shape(doc: Any) -> None:
 
 
 def load(path: str) -> dict[str, Any]:
-    """The summary in PATH; ValueError with one clear line (file, and the place in it) when it is
+    """The summary in PATH (`-`: standard input); ValueError with one clear line (file, and the place in it) when it is
     not one. At most MAX_SUMMARY bytes and MAX_VALUES values, nesting and numbers bounded
     (files.loads_bounded), lists the table shows at most MAX_ROWS long."""
     try:
-        text = read_bounded(path, MAX_SUMMARY).decode("utf-8")
+        text = (read_stdin_bounded(MAX_SUMMARY) if path == "-" else read_bounded(path, MAX_SUMMARY)).decode("utf-8")
     except OSError as err:
         raise ValueError(f"{path}: cannot read: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
@@ -105,6 +105,6 @@ def register(subparsers: Any) -> None:
                                 "copied from /var/log/vfarm/) as tables: each handler, cloud-init's stages, problems and the verdict.",
                     examples=["vfarm summary torino-boot/var/log/vfarm/summary.json", "vfarm summary --json torino-boot/var/log/vfarm/summary.json"],
                     exit_codes="exit codes: 0 the instance's result was ok or degraded, 1 it failed or the file is not a summary, 2 usage error")
-    p.add_argument("file", metavar="FILE", help="a summary.json collected from an instance")
+    p.add_argument("file", metavar="FILE", help="a summary.json collected from an instance ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)

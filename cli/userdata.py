@@ -15,7 +15,7 @@ from ..files import atomic_write, read_bounded, read_stdin_bounded
 from ..mime_builder import bundle, mime
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact, redact_strings
-from .common import EXIT_OK, EXIT_PROBLEM, add_command, add_userdata_options, build_userdata, fail, whole_number, write_userdata
+from .common import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_command, add_userdata_options, build_userdata, fail, whole_number, write_userdata
 
 SUMS = "SHA256SUMS"
 
@@ -29,6 +29,9 @@ def _size_report(path: str, built: mime.Built, max_size: int) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.output == "":
+        print("vfarm build: error: -o names no file (leave -o out, or give -, for stdout)", file=sys.stderr)
+        return EXIT_USAGE
     built = build_userdata(args, "build")
     if built is None:
         return EXIT_PROBLEM
@@ -96,6 +99,8 @@ def cmd_handlers(args: argparse.Namespace) -> int:
     except bundle.BundleError as err:
         return fail(str(err))
     sums = "".join(f"{bundle.sha256(source)}  {filename}\n" for filename, source in sorted(files.items()))
+    if outdir.exists() and not outdir.is_dir():
+        return fail(f"{outdir} is not a folder: name a folder (made when missing) for the handlers")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         for filename, data in [*((f, s.encode("utf-8")) for f, s in sorted(files.items())), (SUMS, sums.encode("ascii"))]:

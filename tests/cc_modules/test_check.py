@@ -519,6 +519,7 @@ def test_the_condition_powers_off_unless_the_check_ran_to_its_end(tmp_path: Path
     assert release_conditions(cloudinit_release, [checkpart.condition(str(tmp_path / "ran.py"))], env["PATH"]) == [True]
 
 
+@pytest.mark.integration
 def test_vfarm_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     failed = tmp_path / "failed.json"
     failed.write_text(json.dumps(check.plan(facts(records={}), check.Settings())))
@@ -533,3 +534,7 @@ def test_vfarm_summary_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert cli.main(["summary", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "not a vfarm summary.json" in err
+    # `-` reads it from standard input, as every FILE of the command line
+    with open(ok, "rb") as stdin:
+        done = subprocess.run([sys.executable, "-m", "vfarm", "summary", "-"], stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "HANDLER" in done.stdout, done.stderr

@@ -30,3 +30,17 @@ def test_a_fresh_folder_has_nothing_unlisted(tmp_path: Path, capsys: pytest.Capt
     assert main(["handlers", "--only", "localfs", "--json", str(tmp_path / "www")]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["unlisted"] == [] and "warning" not in captured.err
+
+
+def test_a_file_where_the_folder_should_be_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "www").write_text("not a folder\n")
+    assert main(["handlers", str(tmp_path / "www")]) == 1
+    assert capsys.readouterr().err == f"vfarm: {tmp_path / 'www'} is not a folder: name a folder (made when missing) for the handlers\n"
+    assert (tmp_path / "www").read_text() == "not a folder\n"
+
+
+def test_build_with_an_empty_output_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "torino.yaml"
+    assert main(["build", str(example), "--handlers", "baked", "-o", ""]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "vfarm build: error: -o names no file (leave -o out, or give -, for stdout)\n"
