@@ -1047,6 +1047,8 @@ def _held_before(farm: _Farm, launching: _Launching, placement: WorkerType) -> l
     """The placements held at 0 (black hole, back-off, a probe booting) that some of the jobs
     PLACEMENT launches for would go to first, each with why it is held."""
     spec = farm.spec
+    if not launching.held:
+        return []
     index = spec.placements.index(placement)
     earlier = {c for g in launching.fitted.groups if index in g.choices for c in g.choices[:g.choices.index(index)]}
     shown = []
