@@ -61,6 +61,8 @@ OUTPUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 def _stdout_closed() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush at exit has nothing left to
     fail on (Python's advice for SIGPIPE)."""
+    if sys.stdout is None:
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -76,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"vfarm: warning: {shown_message(unused)}", file=sys.stderr)
     try:
         result: int = args.func(args)
-        sys.stdout.flush()  # here, not at exit: a full disk is then one line too
+        if sys.stdout is not None:  # None when started with stdout closed
+            sys.stdout.flush()  # here, not at exit: a full disk is then one line too
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

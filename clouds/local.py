@@ -127,15 +127,17 @@ _KVM: Optional[bool] = None
 
 def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo"), cpufreq: Path = Path("/sys/devices/system/cpu/cpu0/cpufreq")) -> Optional[int]:
     """The rate of this host's TSC in kHz, which a TCG guest's TSC runs at (qemu reads the host's),
-    when CPUINFO gives it: an invariant TSC (constant_tsc, nonstop_tsc) on a host without CPUFREQ,
-    where "cpu MHz" is the kernel's TSC rate, not a current clock frequency. Else None."""
+    when CPUINFO gives it: an invariant TSC (constant_tsc, nonstop_tsc) on a host without CPUFREQ
+    and without aperfmperf, where "cpu MHz" is the kernel's TSC rate, not a measured clock
+    frequency. Else None."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     flags = re.search(r"^flags\s*:(.*)$", text, re.M)
     mhz = re.search(r"^cpu MHz\s*:\s*(\d+(?:\.\d+)?)\s*$", text, re.M)
-    if flags is None or mhz is None or cpufreq.exists() or not {"constant_tsc", "nonstop_tsc"} <= set(flags.group(1).split()):
+    have = set(flags.group(1).split()) if flags else set()
+    if mhz is None or cpufreq.exists() or not {"constant_tsc", "nonstop_tsc"} <= have or "aperfmperf" in have:
         return None
     khz = round(float(mhz.group(1)) * 1000)
     return khz if 100_000 <= khz <= 10_000_000 else None

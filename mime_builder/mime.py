@@ -241,7 +241,7 @@ def _sets_power_state(part: Attachment) -> bool:
 
     try:
         data = yaml.safe_load(part.payload)
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError):  # a bad date, say: cloud-init's to refuse
         return False
     return isinstance(data, dict) and "power_state" in data
 

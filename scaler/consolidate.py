@@ -14,9 +14,10 @@ Rules:
   starts there, its jobs run on, and it is terminated only once drained with no claim and no job
   the schedd runs there. HTCondor lets a job run on a draining worker until MaxJobRetirementTime
   after the job started, then evicts it: a worker is no candidate while one of its claimed slots
-  has less retirement time left than its job has run (JobStart, MaxJobRetirementTime of its ad; 0,
-  the default of a startd that does not set it, evicts at once). A job that runs on past
-  retirement-time is evicted and starts again elsewhere, as after any graceful drain.
+  has less retirement time left than its job has run (JobStart, MaxJobRetirementTime of its ad;
+  a startd that does not set it advertises 0, which evicts at once; an ad without these numbers
+  is not judged). A job that runs on past retirement-time is evicted and starts again elsewhere,
+  as after any graceful drain.
 - Never more than `disruption-budget` workers draining for consolidation at once: those a
   previous cycle chose (the scaler's memory, `consolidating`, kept until the worker is drained,
   whatever its lagging ads say meanwhile) and every draining worker that still runs jobs (after a

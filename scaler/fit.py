@@ -324,6 +324,8 @@ class Assignment:
     waiting: dict[str, int] = field(default_factory=dict)
     demand: dict[str, int] = field(default_factory=dict)  # CPUs
     capped: dict[str, int] = field(default_factory=dict)  # wanted workers max-vms or max-cpus holds back (not the type's own limit)
+    # Per type, the types ahead of it in its jobs' choices whose own limit sent those jobs on to it.
+    passed_over: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _wanted(worker_type: WorkerType, asked: Resources, free: Resources) -> int:
@@ -405,6 +407,7 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
     kept = [Resources()] * len(types)
     waiting = [0] * len(types)
     capped = [False] * len(types)
+    passed: list[set[int]] = [set() for _ in types]
     left, cpus_left = room, cpus
     groups = fitted.groups
     chunks = fitted.queue_order()
@@ -432,6 +435,7 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
                                                                    else -per_worker(types[k], r), order.index(k))))
                 order = packed[g]
         position = 0
+        skipped: list[int] = []
         while n > 0:
             i = order[position]
             t = types[i]
@@ -457,9 +461,11 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
                 kept[i] = kept[i] + Resources(r.cpus * placed, (r.memory or 0) * placed, r.gpus * placed)
                 waiting[i] += placed
                 position, n = position + 1, rest
+                skipped.append(i)
                 continue
             kept[i] = kept[i] + asked
             waiting[i] += n
+            passed[i].update(skipped)
             capped[i] = capped[i] or (rest > 0 and cap <= own)
             n = 0
     result = Assignment()
@@ -468,6 +474,7 @@ def _in_queue_order(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[
         result.launch[t.name], result.wanted[t.name] = launch[i], wanted
         result.waiting[t.name], result.demand[t.name] = waiting[i], kept[i].cpus
         result.capped[t.name] = wanted - launch[i] if capped[i] else 0
+        result.passed_over[t.name] = tuple(types[k].name for k in sorted(passed[i]))
     return result
 
 
@@ -535,6 +542,7 @@ def _by_type(fitted: Fitted, types: tuple[WorkerType, ...], supply: dict[str, Re
             result.launch[name], result.wanted[name] = launch, wanted
             result.waiting[name], result.demand[name] = sum(n for _g, _p, n in kept), asked.cpus
             result.capped[name] = 0
+            result.passed_over[name] = tuple(types[k].name for k in sorted({c for g, p, n in kept if n for c in g.choices[:p]}))
             by_type[index] = kept
         if not moved:
             return result

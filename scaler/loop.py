@@ -39,7 +39,7 @@ from ..redaction import redact_strings
 from . import discover, runlock
 from . import plan as planner
 from .apply import Applier, Backend, CloudError, Drainer, Outcome
-from .model import CLOUD_TAG, END_TAG, ENDED, LIVE, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, not_a_worker, tag
+from .model import CLOUD_TAG, END_TAG, ENDED, STOPPED, TYPE_TAG, Action, Plan, WorkerState, cloud_state, tag
 
 # The rows of --status whose instance ended or is ending: they show the final check's verdict.
 VERDICT_STATES = frozenset({WorkerState.LOST.value, *STOPPED, *ENDED})
@@ -311,15 +311,14 @@ class Scaler:
         old, old_spec = self.applier, self.spec
         applier = Applier(spec, parts.backend, parts.drainer, self.log, dry_run=old.dry_run)
         before = {p.name: p for p in old_spec.placements}
+        now = {p.name: p for p in spec.placements}
         forgotten = []
-        for p in spec.placements:
-            intent = old.intents.get(p.name)
-            if intent is None:
-                continue
-            if parts.same_userdata and p.name in before and old_spec.cloud_of(before[p.name]) == spec.cloud_of(p):
-                applier.intents[p.name] = intent
+        for name, intent in old.intents.items():  # a type the file no longer lists included
+            p = now.get(name)
+            if p is not None and parts.same_userdata and name in before and old_spec.cloud_of(before[name]) == spec.cloud_of(p):
+                applier.intents[name] = intent
             else:
-                forgotten.append((intent[1], p.name))
+                forgotten.append((intent[1], name))
         for key, timer in old.backoff.items():
             applier.backoff[key] = dataclasses.replace(timer, base=applier.base)
         applier.lost_reasons = dict(old.lost_reasons)
@@ -477,14 +476,9 @@ def status_rows(result: Plan, snapshot: dict[str, Any], spec: ScaleSpec) -> list
     jobs = {iid: planner.running_on(slots, running) for iid, slots in by_instance.items()}
     rows = [{"instance": w.id, "type": spec.worker_type(w.type).kind, "state": w.state.value, "age": w.age, "slots": w.slots,
              "jobs": jobs.get(w.id, 0), "reason": w.reason, **_cloud_of(w.cloud, spec)} for w in result.instances]
-    now = float(snapshot["now"])
-    for inst in snapshot["instances"]:
-        state = cloud_state(inst)
-        if state not in LIVE and state not in ENDED:  # stopped, or a state no rule knows (the backend lists the farm's instances only)
-            launched = planner.epoch(inst.get("LaunchTime"))
-            rows.append({"instance": inst["InstanceId"], "type": spec.worker_type(tag(inst, TYPE_TAG)).name, "state": state,
-                         "age": now - launched if launched is not None else None,
-                         "slots": 0, "jobs": 0, "reason": not_a_worker(state), **_cloud_of(tag(inst, CLOUD_TAG), spec)})
+    # Stopped, or in a state no rule knows: the plan's others.
+    rows += [{"instance": o["instance"], "type": o["type"], "state": o["state"], "age": o["age"], "slots": 0, "jobs": 0, "reason": o["reason"],
+              **_cloud_of(o["cloud"], spec)} for o in result.others]
     return rows
 
 

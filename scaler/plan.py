@@ -266,6 +266,9 @@ def _check_memory(data: dict[str, Any]) -> None:
                     and all(isinstance(entry.get(k), (str, type(None))) for k in ("type", "cloud"))):
                 raise SnapshotError(f"'{ENDED_KEY}[{n}]' must be {{\"id\": TEXT, \"launched\": epoch seconds, \"fate\": \"joined\" or \"lost\", "
                                     f"\"type\" and \"cloud\": TEXT or null}}")
+        twice = sorted(iid for iid, n in collections.Counter(entry["id"] for entry in ended).items() if n > 1)
+        if twice:
+            raise SnapshotError(f"'{ENDED_KEY}' names an instance twice: {twice[0]!r}")
 
 
 def _check_epochs(data: dict[str, Any], key: str, what: str) -> None:
@@ -625,20 +628,23 @@ def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], jo
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
         add(launched, iid, fate, tags.get(TYPE_TAG), tags.get(CLOUD_TAG))
+    kinds = {t.name for t in spec.types}
     for entry in remembered:
-        if entry["id"] not in listed:
+        # A type the farm no longer lists is no placement's history (it would count under the first).
+        if entry["id"] not in listed and entry.get("type") in (None, *kinds):
             add(float(entry["launched"]), entry["id"], entry["fate"], entry.get("type"), entry.get("cloud"), listed=False)
     for history in fates.values():
-        history.sort(reverse=True)
+        history.sort(key=lambda f: (f.launched, f.id), reverse=True)
     return fates
 
 
-def ended_memory(fates: dict[str, list[Fate]]) -> list[dict[str, Any]]:
+def ended_memory(fates: dict[str, list[Fate]], spec: ScaleSpec) -> list[dict[str, Any]]:
     """The decided launches to remember for the next cycle (ENDED_KEY): the newest ENDED_KEEP of each
-    placement, as many as the black hole's longest back-off counts."""
+    placement, as many as the black hole's longest back-off counts (of the types the farm lists)."""
+    kinds = {t.name for t in spec.types}
     kept = []
     for history in fates.values():
-        decided = [f for f in history if f.fate != "booting"][:ENDED_KEEP]
+        decided = [f for f in history if f.fate != "booting" and (f.kind is None or f.kind in kinds)][:ENDED_KEEP]
         kept += [{"id": f.id, "launched": f.launched, "fate": f.fate, "type": f.kind, "cloud": f.cloud} for f in decided]
     return sorted(kept, key=lambda e: (e["launched"], e["id"]))
 
@@ -739,8 +745,10 @@ def _others(listed: list[dict[str, Any]], spec: ScaleSpec, now: float, memo: Mem
         if tag(inst, FARM_TAG) != spec.name or state in LIVE or state in ENDED:
             continue
         launched = memo.epoch(inst.get("LaunchTime"))
+        kind, cloud = tag(inst, TYPE_TAG), tag(inst, CLOUD_TAG)
         others.append({"instance": str(inst.get("InstanceId")), "state": state, "age": now - launched if launched is not None else None,
-                       "reason": not_a_worker(state)})
+                       "reason": not_a_worker(state), "type": spec.worker_type(str(kind) if kind is not None else None).name,
+                       "cloud": str(cloud) if cloud is not None else None})
     return others
 
 
@@ -798,7 +806,7 @@ def plan(snapshot: dict[str, Any], spec: ScaleSpec) -> Plan:
         # Every worker seen idle in this cycle, since when: the next cycle's observed_idle_since.
         observed_idle_since={w.id: w.seen_idle_since for w in instances if w.state is WorkerState.IDLE and w.seen_idle_since is not None},
         joined=sorted(joined), intents=intents, clouds=_cloud_figures(farm, launching, decisions), consolidating=merged.remembered,
-        ended=ended_memory(fates), others=_others(snapshot["instances"], spec, now, memo),
+        ended=ended_memory(fates, spec), others=_others(snapshot["instances"], spec, now, memo),
         young=sum(job.get("JobCount", 1) for job in scanned.young),
     )
 
@@ -1044,16 +1052,13 @@ def _launch_decisions(farm: _Farm, launching: _Launching, intents_seen: dict[str
 
 
 def _held_before(farm: _Farm, launching: _Launching, placement: WorkerType) -> list[str]:
-    """The placements held at 0 (black hole, back-off, a probe booting) that some of the jobs
-    PLACEMENT launches for would go to first, each with why it is held."""
+    """The placements held at 0 (black hole, back-off, a probe booting) that jobs PLACEMENT now
+    holds went past (fit.assign's passed_over), each with why it is held."""
     spec = farm.spec
-    if not launching.held:
-        return []
-    index = spec.placements.index(placement)
-    earlier = {c for g in launching.fitted.groups if index in g.choices for c in g.choices[:g.choices.index(index)]}
+    placements = {p.name: p for p in spec.placements}
     shown = []
-    for c in sorted(earlier):
-        q = spec.placements[c]
+    for name in launching.assigned.passed_over.get(placement.name, ()):
+        q = placements[name]
         if q.name in launching.held:
             what = " on ".join(filter(None, [f"type {q.kind}" if spec.typed else "", f"cloud {q.on}" if q.on is not None else ""]))
             shown.append(f"{what or q.name}: {launching.held[q.name]}")

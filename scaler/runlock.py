@@ -104,13 +104,24 @@ def _holder_of(path: Path) -> tuple[bool, Optional[int]]:
     return False, None
 
 
+def _key(st: os.stat_result) -> tuple[int, int, int]:
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
+
+
 def _held_elsewhere(farm: str, own: Path) -> Optional[tuple[int, str]]:
     """Root only, without $VFARM_RUN_DIR: a process holding a flock on a file named like FARM's
-    lock other than OWN (a user's scaler of the farm), as (pid, its lock file); None if there is none."""
+    lock that is not OWN (a user's scaler of the farm), as (pid, its lock file); None if there is
+    none. Only a file of that name is looked at further (stat), so a hung mount elsewhere is no wait."""
     if os.geteuid() != 0 or os.environ.get("VFARM_RUN_DIR"):
         return None
+    try:
+        mine: Optional[tuple[int, int, int]] = _key(os.stat(own))
+    except OSError:
+        mine = None
     name = lock_path(farm, Path("/")).name
-    for (major, minor, inode), pid in (_flock_holders() or {}).items():
+    for key, pid in (_flock_holders() or {}).items():
+        if key == mine:
+            continue
         fds = f"/proc/{pid}/fd"
         try:
             entries = os.listdir(fds)
@@ -119,11 +130,10 @@ def _held_elsewhere(farm: str, own: Path) -> Optional[tuple[int, str]]:
         for entry in entries:
             try:
                 target = os.readlink(f"{fds}/{entry}")
-                st = os.stat(f"{fds}/{entry}")
+                if os.path.basename(target) == name and _key(os.stat(f"{fds}/{entry}")) == key:
+                    return pid, target
             except OSError:
                 continue
-            if os.path.basename(target) == name and target != str(own) and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) == (major, minor, inode):
-                return pid, target
     return None
 
 
@@ -148,13 +158,6 @@ def _busy(farm: str, pid: Optional[int], path: Path) -> RunLockError:
 def hold(farm: str) -> Iterator[Path]:
     """Hold FARM's lock until the block ends (or the process does); RunLockError if another holds it."""
     folder = run_dir()
-    if folder != SYSTEM_RUN_DIR:  # root's scaler of the farm counts for everyone
-        held, pid = _holder_of(lock_path(farm, SYSTEM_RUN_DIR))
-        if held:
-            raise _busy(farm, pid, lock_path(farm, SYSTEM_RUN_DIR))
-    elsewhere = _held_elsewhere(farm, lock_path(farm, folder))
-    if elsewhere:  # a user's scaler of the farm
-        raise _busy(farm, elsewhere[0], Path(elsewhere[1]))
     _own_folder(folder)
     path = lock_path(farm, folder)
     for _ in range(10):
@@ -180,6 +183,14 @@ def hold(farm: str) -> Iterator[Path]:
     else:
         raise RunLockError(f"cannot lock {path}: it keeps being removed")
     try:
+        # Others are looked for once this lock is held: of two starting at once, neither misses the other.
+        if folder != SYSTEM_RUN_DIR:  # root's scaler of the farm counts for everyone
+            held, pid = _holder_of(lock_path(farm, SYSTEM_RUN_DIR))
+            if held:
+                raise _busy(farm, pid, lock_path(farm, SYSTEM_RUN_DIR))
+        elsewhere = _held_elsewhere(farm, path)
+        if elsewhere:  # a user's scaler of the farm
+            raise _busy(farm, elsewhere[0], Path(elsewhere[1]))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         yield path

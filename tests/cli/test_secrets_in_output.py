@@ -141,10 +141,17 @@ def test_build_messages_hide_credentials(tmp_path: Path, capsys: pytest.CaptureF
     code, out, err = run(capsys, "build", str(EXAMPLE), "--handlers", f"include=ftp://user:{password}@h.example.org/vfarm")
     assert code == 1 and "is not an http(s) URL" in err and "user:***@h.example.org" in err, err
     assert_clean(out + err, password)
+    # A bare / ends the URL's authority (a password carries it as %2F): no instance could fetch
+    # from it, so it is refused, the password hidden all the same.
     include = f"include=http://user:{password}@h.example.org/vfarm"
+    code, out, err = run(capsys, "build", str(EXAMPLE), "-o", str(tmp_path / "ud"), "--handlers", include, "--pin")
+    assert code == 1 and "'http://user:***@h.example.org/vfarm': its port is not a number" in err, err
+    assert_clean(out + err, password)
+    include = f"include=http://user:{password.replace('/', '%2F')}@h.example.org/vfarm"
     code, out, err = run(capsys, "build", str(EXAMPLE), "-o", str(tmp_path / "ud"), "--handlers", include, "--pin")
     assert code == 0, err
     assert_clean(out + err, password)
+    assert_clean(out + err, password.replace("/", "%2F"))
 
 
 @pytest.mark.parametrize("password", [*PASSWORDS, "Qx7 Zk9Wm2"])  # a blank, not allowed in a URL, still hidden
@@ -165,7 +172,7 @@ def test_validate_messages_hide_proxy_passwords(tmp_path: Path, capsys: pytest.C
 # --- the pin loader, as the user-data carries it -------------------------------------------------
 
 
-@pytest.mark.parametrize("password", ["Qx7Zk9Wm2", "Qx7/Zk9Wm2", "Qx7#Zk9Wm2"])
+@pytest.mark.parametrize("password", ["Qx7Zk9Wm2", "Qx7%2FZk9Wm2", "Qx7#Zk9Wm2"])
 def test_pin_loader_logs_and_records_hide_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, torino: configuration.Config, password: str
 ) -> None:

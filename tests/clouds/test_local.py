@@ -44,6 +44,8 @@ def test_microvm_under_tcg_is_told_the_hosts_tsc_rate_when_cpuinfo_gives_it(tmp_
     assert local.host_tsc_khz(cpuinfo, tmp_path / "cpufreq") is None
     cpuinfo.write_text("cpu MHz\t\t: 1996.249\nflags\t\t: fpu tsc\n")  # a TSC that may change its rate
     assert local.host_tsc_khz(cpuinfo, tmp_path / "no-cpufreq") is None
+    cpuinfo.write_text("cpu MHz\t\t: 3400.000\nflags\t\t: tsc constant_tsc nonstop_tsc aperfmperf\n")  # "cpu MHz" measured
+    assert local.host_tsc_khz(cpuinfo, tmp_path / "no-cpufreq") is None
     assert local.host_tsc_khz(tmp_path / "missing", tmp_path / "no-cpufreq") is None
 
     monkeypatch.setattr(local, "_KVM", False)

@@ -392,6 +392,11 @@ def test_the_black_holes_memory_keeps_the_newest_decided_launches_of_each_type()
     listed = planner.plan({"now": 3010.0, "jobs": [], "slots": [], "instances": [instance("i-11", 1011.0, "terminated", "drained")],
                            "ended": result.ended}, spec)
     assert listed.types["default"].black_hole.active is False
+    # A type the farm no longer lists is nobody's history (not the first type's); an id twice is refused.
+    gone = [{**e, "type": "retired"} for e in result.ended]
+    assert planner.plan({"now": 3010.0, "jobs": [], "slots": [], "instances": [], "ended": gone}, spec).types["default"].black_hole.streak == 0
+    with pytest.raises(planner.SnapshotError, match="'ended' names an instance twice: 'i-11'"):
+        planner.plan({"now": 1.0, "jobs": [], "slots": [], "instances": [], "ended": [result.ended[-1], {**result.ended[-1], "type": None}]}, spec)
     with pytest.raises(planner.SnapshotError, match=r"'ended\[0\]' must be"):
         planner.plan({"now": 1.0, "jobs": [], "slots": [], "instances": [], "ended": [{"id": "i-1", "launched": 1.0, "fate": "gone"}]}, spec)
 

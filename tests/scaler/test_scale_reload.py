@@ -72,6 +72,11 @@ def test_a_launch_of_unknown_outcome_is_forgotten_when_what_it_launches_changed(
         w.scaler.cycle()
         assert launches(w.cloud)[-1][1] != token
         caplog.clear()
+    # One of a type the farm file no longer lists: forgotten aloud too.
+    w = World(caplog)
+    w.scaler.applier.intents["retired"] = ("vfarm-old", 2)
+    w.scaler.adopt(loop.Parts(SPEC, w.cloud, w.drain, None))
+    assert w.scaler.applier.intents == {} and "launch of 2 worker(s) of unknown outcome (retired) forgotten" in caplog.text
 
 
 def test_another_farm_or_other_clouds_are_refused_and_change_nothing(caplog: pytest.LogCaptureFixture) -> None:

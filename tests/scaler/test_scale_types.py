@@ -158,6 +158,11 @@ def test_a_type_at_its_max_or_in_a_black_hole_sends_its_jobs_to_the_next_type() 
     assert launch.reason.endswith("; instead of type small: launch postponed, cloud back-off for 400s more after a failed launch")
     small = next(line for line in commands.render(result, spec()).splitlines() if line.startswith("small "))
     assert small.endswith("back-off 400s")
+    # Only a launch whose jobs went past small says so: a GPU job never had small for a choice.
+    result = planner.plan({"now": NOW, "jobs": [job(1), job(5, cpus=2, gpus=1)], "slots": [], "instances": [],
+                           "cloud_backoff": {"launch:small": NOW + 400}}, spec())
+    reasons = {d.type: d.reason for d in result.decisions if d.action == "launch"}
+    assert set(reasons) == {"large", "gpu"} and "instead of type small" in reasons["large"] and "instead of" not in reasons["gpu"]
     # A job only small can hold (Requirements) is held, with the black hole as the reason.
     only_small = job(7, requirements='TARGET.VfarmWorkerType == "small"')
     result = planner.plan({"now": NOW, "jobs": [only_small], "slots": [], "instances": lost}, spec())
