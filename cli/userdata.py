@@ -38,6 +38,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.output and args.output != "-":
         if not write_userdata(Path(args.output), built):
             return EXIT_PROBLEM
+    elif sys.stdout is None:
+        return fail("stdout is closed: write the user-data with -o FILE")
     elif built.compressed and sys.stdout.isatty():
         # as gzip does: compressed bytes on a terminal are noise, and can reprogram it
         return fail(f"the user-data is gzipped ({len(built.data)} bytes) and stdout is a terminal: write it with -o FILE or through a pipe")

@@ -80,6 +80,13 @@ def test_output_onto_a_full_disk_is_one_line_and_exit_1(argv: list[str]) -> None
         done = subprocess.run([sys.executable, "-m", "vfarm", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=root)
     assert done.returncode == 1, done.stderr
     assert done.stderr == f"vfarm: {argv[0]}: cannot write the output: No space left on device\n"
+    # Started with stdout closed (Python has no sys.stdout then): a report is dropped as print()
+    # drops it; user-data is refused, in one line.
+    closed = subprocess.run(["sh", "-c", 'exec "$0" -m vfarm "$@" >&-', sys.executable, *argv], stderr=subprocess.PIPE, text=True, timeout=120, cwd=root)
+    if argv[0] == "build":
+        assert (closed.returncode, closed.stderr) == (1, "vfarm: stdout is closed: write the user-data with -o FILE\n")
+    else:
+        assert (closed.returncode, closed.stderr) == (0, ""), closed.stderr
 
 
 def test_launch_local_json_keeps_stdout_json_alone(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -391,5 +391,6 @@ def test_an_attached_power_state_is_named_in_a_warning(tmp_path: Path) -> None:
     assert [w for w in baked.warnings if "power_state" in w] == [
         f"--attach {attached}: its power_state acts when cloud-init ends, maybe before the image's final check (run detached) "
         "has written its verdict or powered a failed instance off"]
-    attached.write_text("#cloud-config\nruncmd: [true]\n")
-    assert not [w for w in mime.build(config, handlers="baked", attach=[mime.attachment(str(attached))]).warnings if "power_state" in w]
+    for text in ("#cloud-config\nruncmd: [true]\n", "#cloud-config\nwhen: 2001-13-01\n"):  # a bad date: cloud-init's to refuse
+        attached.write_text(text)
+        assert not [w for w in mime.build(config, handlers="baked", attach=[mime.attachment(str(attached))]).warnings if "power_state" in w]
