@@ -173,6 +173,11 @@ def write_userdata(out: Path, built: Built) -> bool:
                 return False
         except OSError:
             pass  # an input gone since, or unreadable: atomic_write says why it cannot write
+    folder = (out.parent if not out.is_symlink() else Path(os.path.realpath(out)).parent)
+    if not folder.is_dir():
+        # A typo in a path is said, not made into folders (a dangling symlink's target's included).
+        fail(f"cannot write {out}: no folder {folder}")
+        return False
     try:
         atomic_write(out, built.data, 0o600)
     except OSError as err:

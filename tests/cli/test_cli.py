@@ -117,3 +117,14 @@ def test_launch_local_json_keeps_stdout_json_alone(monkeypatch: pytest.MonkeyPat
     assert cli.main(["launch", "local", str(EXAMPLE)]) == 0
     out, err = capsys.readouterr()
     assert "i-local-1" in out and not out.lstrip().startswith("{")
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused_not_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in -o is said: no folder is made for it (a dangling symlink's target's included)."""
+    assert cli.main(["build", str(EXAMPLE), "--handlers", "baked", "-o", str(tmp_path / "typo/torino.mime")]) == 1
+    assert capsys.readouterr().err == f"vfarm: cannot write {tmp_path / 'typo/torino.mime'}: no folder {tmp_path / 'typo'}\n"
+    (tmp_path / "link").symlink_to(tmp_path / "gone/x")
+    assert cli.main(["build", str(EXAMPLE), "--handlers", "baked", "-o", str(tmp_path / "link")]) == 1
+    assert capsys.readouterr().err.endswith(f": no folder {tmp_path / 'gone'}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+    assert cli.main(["build", str(EXAMPLE), "--handlers", "baked", "-o", str(tmp_path / "torino.mime")]) == 0
