@@ -140,7 +140,7 @@ def test_once_dry_run_then_replay(condor_pool: CondorPool, ec2_endpoint: Ec2Endp
         assert decisions(plan) == (0, [joined], [], sorted([(booting, "booting"), (joined, "idle")]))
         snapshot = json.loads(saved.read_text())
         assert set(snapshot) == {"now", "jobs", "slots", "instances", "collector", "observed_idle_since", "joined", "launch_intents", "cloud_backoff",
-                                 "consolidating"}
+                                 "consolidating", "ended"}
         replay = vfarm("scale", str(farm), "--snapshot", str(saved), "--json")
         assert replay.returncode == 0, replay.stderr
         assert json.loads(replay.stdout) == plan
