@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from ..cc_modules import table
 from ..clouds import ec2
-from ..display import escape_controls, shown_message
+from ..display import shown_message
 from ..mime_builder.limits import EC2_LIMIT
 from ..redaction import redact_strings
 from .common import (
@@ -26,6 +26,7 @@ from .common import (
     build_userdata,
     fail,
     output_without_dry_run,
+    print_dry_run,
     wait_reporter,
     write_dry_run,
 )
@@ -92,13 +93,7 @@ def cmd_launch_ec2(args: argparse.Namespace) -> int:
         if out is None:
             return EXIT_PROBLEM
         # The endpoint's credentials are hidden in them (cli_equivalents); a client token is not a secret.
-        commands = ec2.cli_equivalents(request, str(out), userdata, params)
-        if args.json:
-            print(json.dumps({"userdata": str(out), "commands": list(commands)}, indent=2))
-            return EXIT_OK
-        for line in commands:
-            print(escape_controls(line))
-        return EXIT_OK
+        return print_dry_run(out, ec2.cli_equivalents(request, str(out), userdata, params), args.json)
     cloud = ec2.Ec2Cloud(params)
     started = time.monotonic()
     try:

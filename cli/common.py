@@ -4,6 +4,7 @@ and the user-data options (`vfarm build`, `vfarm launch ec2`, `vfarm launch loca
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..display import shown_message
+from ..display import escape_controls, shown_message
 from ..files import atomic_write
 from ..mime_builder.limits import EC2_LIMIT, GZIP_MODES
 
@@ -193,6 +194,17 @@ def output_without_dry_run(args: argparse.Namespace, command: str) -> Optional[i
         print(f"vfarm {command}: error: -o/--output is where --dry-run writes the user-data: add --dry-run, or leave -o out", file=sys.stderr)
         return EXIT_USAGE
     return None
+
+
+def print_dry_run(out: Path, commands: Sequence[str], as_json: bool) -> int:
+    """What a launch's --dry-run prints: the commands that would launch the user-data written to
+    OUT (control characters escaped), or both as JSON; EXIT_OK."""
+    if as_json:
+        print(json.dumps({"userdata": str(out), "commands": list(commands)}, indent=2))
+    else:
+        for line in commands:
+            print(escape_controls(line))
+    return EXIT_OK
 
 
 def write_dry_run(args: argparse.Namespace, built: Built) -> Optional[Path]:

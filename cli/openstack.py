@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ..cc_modules import table
 from ..clouds import openstack
-from ..display import escape_controls, shown_message
+from ..display import shown_message
 from ..mime_builder.limits import OPENSTACK_B64_LIMIT, OPENSTACK_LIMIT
 from ..redaction import redact_strings
 from .cloud import launch_targets, print_instances, read_verdicts
@@ -29,6 +29,7 @@ from .common import (
     build_userdata,
     fail,
     output_without_dry_run,
+    print_dry_run,
     wait_reporter,
     write_dry_run,
 )
@@ -68,8 +69,7 @@ def cmd_launch_openstack(args: argparse.Namespace) -> int:
             return EXIT_PROBLEM
         line = openstack.create_command(args.image, args.flavor, args.count, str(out), args.name, args.network, args.key_name,
                                         properties, args.os_cloud, args.wait, args.os_region)
-        print(json.dumps({"userdata": str(out), "commands": [line]}, indent=2) if args.json else escape_controls(line))
-        return EXIT_OK
+        return print_dry_run(out, [line], args.json)
     cloud = _cloud(args)
     started = time.monotonic()
     try:

@@ -143,6 +143,10 @@ class ScaleSpec:
                 for t in self.types for c in self.clouds if t.clouds is None or c.name in t.clouds)
         object.__setattr__(self, "placements", placements)
 
+    def lists_type(self, name: Optional[str]) -> bool:
+        """Whether a vfarm:type tag NAME is one of the farm's types (None, an untyped launch, is)."""
+        return name is None or any(t.name == name for t in self.types)
+
     @property
     def hybrid(self) -> bool:
         """Whether the farm lists several clouds (`clouds`): launches then carry the tag vfarm:cloud."""

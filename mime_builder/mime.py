@@ -216,10 +216,10 @@ def _fetch_problem(parts: Any) -> Optional[str]:
     """Why no instance could ever fetch from the URL of PARTS (urlsplit's), or None: a port out of
     range or not a number, no host, a host name with an empty or malformed label, a bad IP address."""
     try:
-        port = parts.port
-    except ValueError:
-        return "its port is not a number from 1 to 65535"
-    if port == 0:
+        bad_port = parts.port == 0
+    except ValueError:  # out of range, or not a number
+        bad_port = True
+    if bad_port:
         return "its port is not a number from 1 to 65535"
     host = parts.hostname or ""
     if not host:

@@ -311,10 +311,10 @@ class Scaler:
         old, old_spec = self.applier, self.spec
         applier = Applier(spec, parts.backend, parts.drainer, self.log, dry_run=old.dry_run)
         before = {p.name: p for p in old_spec.placements}
-        now = {p.name: p for p in spec.placements}
+        after = {p.name: p for p in spec.placements}
         forgotten = []
         for name, intent in old.intents.items():  # a type the file no longer lists included
-            p = now.get(name)
+            p = after.get(name)
             if p is not None and parts.same_userdata and name in before and old_spec.cloud_of(before[name]) == spec.cloud_of(p):
                 applier.intents[name] = intent
             else:

@@ -628,10 +628,9 @@ def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], jo
         else:
             fate = "lost"  # ended without our tag, never seen in the pool
         add(launched, iid, fate, tags.get(TYPE_TAG), tags.get(CLOUD_TAG))
-    kinds = {t.name for t in spec.types}
     for entry in remembered:
         # A type the farm no longer lists is no placement's history (it would count under the first).
-        if entry["id"] not in listed and entry.get("type") in (None, *kinds):
+        if entry["id"] not in listed and spec.lists_type(entry.get("type")):
             add(float(entry["launched"]), entry["id"], entry["fate"], entry.get("type"), entry.get("cloud"), listed=False)
     for history in fates.values():
         history.sort(key=lambda f: (f.launched, f.id), reverse=True)
@@ -641,10 +640,9 @@ def launch_fates(instances: list[dict[str, Any]], workers: dict[str, Worker], jo
 def ended_memory(fates: dict[str, list[Fate]], spec: ScaleSpec) -> list[dict[str, Any]]:
     """The decided launches to remember for the next cycle (ENDED_KEY): the newest ENDED_KEEP of each
     placement, as many as the black hole's longest back-off counts (of the types the farm lists)."""
-    kinds = {t.name for t in spec.types}
     kept = []
     for history in fates.values():
-        decided = [f for f in history if f.fate != "booting" and (f.kind is None or f.kind in kinds)][:ENDED_KEEP]
+        decided = [f for f in history if f.fate != "booting" and spec.lists_type(f.kind)][:ENDED_KEEP]
         kept += [{"id": f.id, "launched": f.launched, "fate": f.fate, "type": f.kind, "cloud": f.cloud} for f in decided]
     return sorted(kept, key=lambda e: (e["launched"], e["id"]))
 
@@ -755,8 +753,7 @@ def _others(listed: list[dict[str, Any]], spec: ScaleSpec, now: float, memo: Mem
 def _unlisted_types(spec: ScaleSpec, listed: list[dict[str, Any]], workers: list[Worker]) -> dict[str, str]:
     """By id, the type tag of each of WORKERS whose vfarm:type names no type the farm lists (a
     farm file reloaded or restarted without it): what it has is unknown to the spec."""
-    names = {t.name for t in spec.types}
-    tagged = {str(i["InstanceId"]): str(kind) for i in listed if (kind := tag(i, TYPE_TAG)) is not None and kind not in names}
+    tagged = {str(i["InstanceId"]): str(kind) for i in listed if not spec.lists_type(kind := tag(i, TYPE_TAG))}
     return {w.id: tagged[w.id] for w in workers if w.id in tagged}
 
 
